@@ -1,0 +1,1 @@
+//! copycat library.
