@@ -1,1 +1,10 @@
-//! copycat library.
+//! copycat keeps a backup copy of every container image a Kubernetes cluster runs in a registry you
+//! control. See `docs/architecture.md` for how the modules fit together.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod glob;
+pub mod platform;
+pub mod secret;
+pub mod telemetry;

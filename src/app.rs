@@ -1,0 +1,51 @@
+//! Runs the parsed command line: loads the configuration once and dispatches to the command.
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, Config, Purpose};
+use crate::telemetry;
+
+/// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Runs `cli` and returns the process exit code.
+pub async fn main(cli: Cli) -> ExitCode {
+    let command = cli.command.unwrap_or(Command::Run);
+    let purpose = match command {
+        Command::Run | Command::CheckConfig => Purpose::Daemon,
+        Command::Copy(_) | Command::Sync(_) => Purpose::OneShot,
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let loaded = match config::load(&env, &cli.flags.overrides(), purpose) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("copycat: {errors}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Command::CheckConfig = command {
+        for warning in &loaded.warnings {
+            eprintln!("copycat: warning: {warning}");
+        }
+        print!("{}", loaded.config.to_yaml());
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(loaded.config.log_level, loaded.config.log_format);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    match command {
+        Command::Run => run_daemon(&loaded.config),
+        Command::Copy(_) | Command::Sync(_) | Command::CheckConfig => not_built(&loaded.config),
+    }
+}
+
+fn run_daemon(config: &Config) -> ExitCode {
+    not_built(config)
+}
+
+fn not_built(config: &Config) -> ExitCode {
+    tracing::error!(config = %config.runtime.config_path.display(), "configuration is valid, but this command is not built yet in this version of copycat");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,544 @@
+//! Builds a [`Config`] from defaults, the YAML file, the environment and flags, collecting every
+//! problem instead of stopping at the first.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::model::*;
+use super::parse::{self, Input};
+use super::settings::{RESOURCE_KINDS, Setting, lookup};
+use super::{Overrides, Problem, Purpose, keys};
+use crate::platform::Platform;
+use crate::secret::Secret;
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Where a value came from, for error messages.
+enum Origin {
+    Env(&'static str),
+    File(String),
+    Default,
+}
+
+pub(super) struct Loader<'a> {
+    file: Value,
+    file_label: String,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    pub(super) problems: Vec<Problem>,
+    pub(super) warnings: Vec<String>,
+    /// Settings read so far; a test checks that every table row is read.
+    pub(super) used: Vec<&'static str>,
+}
+
+impl<'a> Loader<'a> {
+    pub(super) fn new(env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Loader {
+            file: Value::Null,
+            file_label: String::new(),
+            env,
+            problems: vec![],
+            warnings: vec![],
+            used: vec![],
+        }
+    }
+
+    /// Reads and parses the config file; a missing file means defaults.
+    pub(super) fn read_file(&mut self, path: &std::path::Path) -> bool {
+        self.file_label = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+            Err(e) => {
+                self.problems.push(Problem::new(
+                    self.file_label.clone(),
+                    None,
+                    format!("cannot read config file: {e}"),
+                ));
+                return true;
+            }
+        };
+        self.parse_text(&text);
+        true
+    }
+
+    pub(super) fn parse_text(&mut self, text: &str) {
+        match serde_saphyr::from_str::<Value>(text) {
+            Ok(Value::Null) => {}
+            Ok(mut v @ Value::Object(_)) => {
+                keys::canonicalize(
+                    &mut v,
+                    &self.file_label,
+                    &mut self.problems,
+                    &mut self.warnings,
+                );
+                self.file = v;
+            }
+            Ok(_) => self.problems.push(Problem::new(
+                self.file_label.clone(),
+                None,
+                "config file must be a YAML mapping of settings".into(),
+            )),
+            Err(e) => self.problems.push(Problem::new(
+                self.file_label.clone(),
+                None,
+                format!("invalid YAML: {e}"),
+            )),
+        }
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn file_value(&self, key: &str) -> Option<&Value> {
+        key.split('.')
+            .try_fold(&self.file, |v, k| v.get(k))
+            .filter(|v| !v.is_null())
+    }
+
+    /// The effective raw value of a setting: env (non-empty) over file over default.
+    fn raw(&mut self, setting: &'static Setting) -> (Origin, Input) {
+        self.used.push(setting.id());
+        if let Some(v) = setting.env.and_then(|name| self.env(name)) {
+            return (
+                Origin::Env(setting.env.unwrap_or_default()),
+                Input::Scalar(v),
+            );
+        }
+        if let Some(key) = setting.key
+            && let Some(v) = self.file_value(key)
+        {
+            match to_input(v) {
+                Ok(input) => return (Origin::File(key.to_owned()), input),
+                Err(msg) => self.problem(&Origin::File(key.to_owned()), None, msg),
+            }
+        }
+        (Origin::Default, Input::Scalar(setting.default.to_owned()))
+    }
+
+    /// Reads setting `id` with `parse`; on a bad value records a problem and uses the default.
+    fn get<T>(&mut self, id: &str, parse: impl Fn(&Input) -> Result<T, String>) -> T {
+        let setting = lookup(id);
+        let (origin, input) = self.raw(setting);
+        match parse(&input) {
+            Ok(v) => v,
+            Err(msg) => {
+                self.problem(&origin, Some(&input), msg);
+                let default = Input::Scalar(setting.default.to_owned());
+                parse(&default).unwrap_or_else(|e| panic!("default of {id} does not parse: {e}"))
+            }
+        }
+    }
+
+    /// Like [`Self::get`] but for a file-only list of mappings (`registryCredentials`, `pathMap`).
+    fn entries(&mut self, id: &'static str) -> Vec<(String, serde_json::Map<String, Value>)> {
+        self.used.push(id);
+        let Some(value) = self.file_value(id).cloned() else {
+            return vec![];
+        };
+        let Value::Array(items) = value else {
+            self.problem(
+                &Origin::File(id.into()),
+                None,
+                "expected a list of entries".into(),
+            );
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Value::Object(map) => out.push((format!("{id}[{i}]"), map)),
+                _ => self.problem(
+                    &Origin::File(format!("{id}[{i}]")),
+                    None,
+                    "expected a mapping".into(),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Reads field `name` of a list entry, through the same parsers as top-level settings.
+    fn field<T>(
+        &mut self,
+        entry: &(String, serde_json::Map<String, Value>),
+        name: &str,
+        parse: impl Fn(&Input) -> Result<T, String>,
+    ) -> Option<T> {
+        let origin = Origin::File(format!("{}.{name}", entry.0));
+        let input = match entry.1.get(name).filter(|v| !v.is_null()).map(to_input)? {
+            Ok(input) => input,
+            Err(msg) => {
+                self.problem(&origin, None, msg);
+                return None;
+            }
+        };
+        parse(&input)
+            .map_err(|msg| self.problem(&origin, Some(&input), msg))
+            .ok()
+    }
+
+    fn problem(&mut self, origin: &Origin, input: Option<&Input>, message: String) {
+        let origin = match origin {
+            Origin::Env(name) => format!("{name} (env)"),
+            Origin::File(key) => format!("{key} ({})", self.file_label),
+            Origin::Default => "default".into(),
+        };
+        self.problems.push(Problem::new(
+            origin,
+            input.map(ToString::to_string),
+            message,
+        ));
+    }
+
+    /// Records a problem about a setting's effective value (cross-field checks).
+    fn setting_problem(&mut self, id: &str, message: String) {
+        let setting = lookup(id);
+        let env_set = setting.env.is_some_and(|e| self.env(e).is_some());
+        let origin = match (setting.key, setting.env) {
+            (_, Some(env)) if env_set => Origin::Env(env),
+            (Some(key), _) if self.file_value(key).is_some() => Origin::File(key.into()),
+            (Some(key), Some(env)) => {
+                self.problems
+                    .push(Problem::new(format!("{key} / {env}"), None, message));
+                return;
+            }
+            _ => Origin::Default,
+        };
+        self.problem(&origin, None, message);
+    }
+}
+
+fn to_input(v: &Value) -> Result<Input, String> {
+    fn scalar(v: &Value) -> Result<String, String> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            Value::Null => Ok(String::new()),
+            Value::Array(_) | Value::Object(_) => {
+                Err("expected a value, got a nested list or mapping".into())
+            }
+        }
+    }
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(scalar)
+            .collect::<Result<_, _>>()
+            .map(Input::List),
+        Value::Object(_) => Err("expected a value or a list, got a mapping".into()),
+        other => scalar(other).map(Input::Scalar),
+    }
+}
+
+/// Builds the configuration; see [`super::load`].
+pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Purpose) -> Config {
+    let target_kind = match loader.get("targetKind", |i| parse::one_of(i, &["ecr", "docker"])) {
+        "docker" => TargetKind::Docker,
+        _ => TargetKind::Ecr,
+    };
+    let log_level = loader.get("logLevel", log_level);
+    let log_level = match &overrides.log_level {
+        Some(flag) => log_level_flag(loader, flag).unwrap_or(log_level),
+        None => log_level,
+    };
+    let ecr = EcrConfig {
+        account_id: loader.get("ecr.accountID", parse::text),
+        region: loader.get("ecr.region", parse::text),
+        repo_prefix: loader.get("ecr.repoPrefix", parse::text),
+        create_repo: loader.get("ecr.createRepo", parse::boolean),
+        assume_role_arn: loader.get("ecr.assumeRoleArn", parse::text),
+        lifecycle_policy: loader.get("ecr.lifecyclePolicy", json_text),
+    };
+    let docker = DockerConfig {
+        registry: loader.get("docker.registry", registry_host),
+        repo_prefix: loader.get("docker.repoPrefix", parse::text),
+        insecure: loader.get("docker.insecure", parse::boolean),
+        username: loader.get("TARGET_USERNAME", parse::text),
+        password: Secret::new(loader.get("TARGET_PASSWORD", parse::text)),
+    };
+    let lower_list =
+        |i: &Input| parse::list(i).map(|l| l.into_iter().map(|s| s.to_ascii_lowercase()).collect());
+    let config = Config {
+        target_kind,
+        log_level,
+        log_format: match loader.get("logFormat", |i| parse::one_of(i, &["json", "text"])) {
+            "text" => LogFormat::Text,
+            _ => LogFormat::Json,
+        },
+        ecr,
+        docker,
+        digest_pull: loader.get("digestPull", parse::boolean),
+        digest_pull_ignored_tags: loader.get("digestPullIgnoredTags", lower_list),
+        ignore_missing_platforms: loader.get("ignoreMissingPlatforms", patterns),
+        check_node_platform: loader.get("checkNodePlatform", parse::boolean),
+        mirror_platforms: loader.get("mirrorPlatforms", platforms),
+        allow_different_digest_repush: loader.get("allowDifferentDigestRepush", parse::boolean),
+        include_namespaces: loader.get("includeNamespaces", globs),
+        skip_namespaces: loader.get("skipNamespaces", parse::list),
+        skip_names: SkipNames {
+            deployments: loader.get("skipNames.deployments", parse::list),
+            stateful_sets: loader.get("skipNames.statefulSets", parse::list),
+            daemon_sets: loader.get("skipNames.daemonSets", parse::list),
+            jobs: loader.get("skipNames.jobs", parse::list),
+            cron_jobs: loader.get("skipNames.cronJobs", parse::list),
+            pods: loader.get("skipNames.pods", parse::list),
+        },
+        exclude_registries: loader.get("excludeRegistries", excluded_registries),
+        watch_resources: loader.get("watchResources", |i| parse::list_of(i, RESOURCE_KINDS)),
+        dry_run: overrides.dry_run || loader.get("dryRun", parse::boolean),
+        dry_pull: overrides.dry_pull || loader.get("dryPull", parse::boolean),
+        request_timeout: loader.get("requestTimeout", |i| parse::duration(i, SECOND)),
+        registry_retry_attempts: loader.get("registryRetryAttempts", parse::positive_u32),
+        registry_retry_backoff: loader.get("registryRetryBackoff", |i| {
+            parse::non_negative_duration(i, SECOND)
+        }),
+        failure_cooldown: loader.get("failureCooldownMinutes", |i| parse::duration(i, MINUTE)),
+        force_reconcile_interval: loader
+            .get("forceReconcileMinutes", |i| parse::duration(i, MINUTE)),
+        max_concurrent_reconciles: loader.get("maxConcurrentReconciles", parse::positive_u32),
+        registry_credentials: registry_credentials(loader),
+        path_map: path_map(loader),
+        runtime: RuntimeSettings {
+            config_path: PathBuf::new(),
+            config_found: false,
+            metrics_addr: overrides
+                .metrics_addr
+                .clone()
+                .unwrap_or_else(|| loader.get("METRICS_ADDR", parse::text)),
+            health_addr: overrides
+                .health_addr
+                .clone()
+                .unwrap_or_else(|| loader.get("HEALTH_ADDR", parse::text)),
+            leader_elect: overrides
+                .leader_elect
+                .unwrap_or_else(|| loader.get("LEADER_ELECT", parse::boolean)),
+            pod_namespace: loader.get("POD_NAMESPACE", parse::text),
+            kubeconfig: overrides.kubeconfig.clone(),
+        },
+    };
+    if purpose == Purpose::Daemon {
+        check_target(loader, &config);
+    }
+    config
+}
+
+fn check_target(loader: &mut Loader<'_>, config: &Config) {
+    match config.target_kind {
+        TargetKind::Ecr => {
+            let id = &config.ecr.account_id;
+            if id.is_empty() {
+                loader.setting_problem("ecr.accountID", "required when targetKind is ecr".into());
+            } else if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                loader.setting_problem(
+                    "ecr.accountID",
+                    format!("{id:?} is not a 12-digit AWS account id"),
+                );
+            }
+            if config.ecr.region.is_empty() {
+                loader.setting_problem("ecr.region", "required when targetKind is ecr".into());
+            }
+        }
+        TargetKind::Docker if config.docker.registry.is_empty() => {
+            loader.setting_problem(
+                "docker.registry",
+                "required when targetKind is docker".into(),
+            );
+        }
+        TargetKind::Docker => {}
+    }
+}
+
+fn log_level(input: &Input) -> Result<LogLevel, String> {
+    // zap's names, as k8s-copycat accepted them, map to the nearest level.
+    let allowed = [
+        "trace", "debug", "info", "warn", "warning", "error", "dpanic", "panic", "fatal",
+    ];
+    Ok(match parse::one_of(input, &allowed)? {
+        "trace" => LogLevel::Trace,
+        "debug" => LogLevel::Debug,
+        "info" => LogLevel::Info,
+        "warn" | "warning" => LogLevel::Warn,
+        _ => LogLevel::Error,
+    })
+}
+
+fn log_level_flag(loader: &mut Loader<'_>, flag: &str) -> Option<LogLevel> {
+    let input = Input::Scalar(flag.to_owned());
+    log_level(&input)
+        .map_err(|msg| {
+            loader.problems.push(Problem::new(
+                "--log-level (flag)".into(),
+                Some(input.to_string()),
+                msg,
+            ))
+        })
+        .ok()
+}
+
+fn json_text(input: &Input) -> Result<String, String> {
+    let text = parse::text(input)?;
+    if !text.is_empty() {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| format!("not valid JSON: {e}"))?;
+    }
+    Ok(text)
+}
+
+fn registry_host(input: &Input) -> Result<String, String> {
+    let host = parse::text(input)?;
+    if host.contains("://") {
+        return Err(
+            "give the registry host without a scheme, e.g. registry.example.com:5000".into(),
+        );
+    }
+    Ok(host.trim_end_matches('/').to_owned())
+}
+
+fn patterns(input: &Input) -> Result<Vec<Pattern>, String> {
+    parse::list(input)?
+        .into_iter()
+        .map(|p| {
+            regex::Regex::new(&p)
+                .map(Pattern)
+                .map_err(|e| format!("invalid regex {p:?}: {e}"))
+        })
+        .collect()
+}
+
+fn platforms(input: &Input) -> Result<Vec<Platform>, String> {
+    let mut out: Vec<Platform> = Vec::new();
+    for p in parse::list(input)? {
+        let p = Platform::parse(&p)?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn globs(input: &Input) -> Result<Vec<String>, String> {
+    let items = parse::list(input)?;
+    for item in &items {
+        crate::glob::validate(item)?;
+    }
+    Ok(items)
+}
+
+/// k8s-copycat's normalisation: lower-case, no scheme, no trailing `/`, `index.docker.io` → `docker.io`.
+fn excluded_registries(input: &Input) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = parse::list(input)?
+        .into_iter()
+        .map(|e| {
+            let e = e.to_ascii_lowercase();
+            let e = e
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            match e
+                .strip_prefix("index.docker.io")
+                .or_else(|| e.strip_prefix("registry-1.docker.io"))
+            {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                    format!("docker.io{rest}")
+                }
+                _ => e.to_owned(),
+            }
+        })
+        .filter(|e| !e.is_empty())
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn registry_credentials(loader: &mut Loader<'_>) -> Vec<RegistryCredential> {
+    let mut out = Vec::new();
+    for entry in loader.entries("registryCredentials") {
+        let registry = loader
+            .field(&entry, "registry", parse::text)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if registry.is_empty() {
+            loader.problem(
+                &Origin::File(format!("{}.registry", entry.0)),
+                None,
+                "required".into(),
+            );
+            continue;
+        }
+        let aliases = loader
+            .field(&entry, "registryAliases", parse::list)
+            .unwrap_or_default();
+        let value = |loader: &mut Loader<'_>, name: &str| {
+            let env_name = loader
+                .field(&entry, &format!("{name}Env"), parse::text)
+                .unwrap_or_default();
+            let from_env = if env_name.is_empty() {
+                None
+            } else {
+                loader.env(&env_name)
+            };
+            from_env
+                .or_else(|| loader.field(&entry, name, parse::text))
+                .unwrap_or_default()
+        };
+        let username = value(loader, "username");
+        let password = Secret::new(value(loader, "password"));
+        let token = Secret::new(value(loader, "token"));
+        if username.is_empty() && password.is_empty() && token.is_empty() {
+            loader.problem(
+                &Origin::File(entry.0.clone()),
+                None,
+                format!("no credentials for {registry}: username/password or token (or their *Env variables) are all empty"),
+            );
+            continue;
+        }
+        out.push(RegistryCredential {
+            registry,
+            registry_aliases: aliases
+                .into_iter()
+                .map(|a| a.to_ascii_lowercase())
+                .collect(),
+            username,
+            password,
+            token,
+        });
+    }
+    out
+}
+
+fn path_map(loader: &mut Loader<'_>) -> Vec<PathMapRule> {
+    let mut out = Vec::new();
+    for entry in loader.entries("pathMap") {
+        let from = loader
+            .field(&entry, "from", parse::text)
+            .unwrap_or_default();
+        let to = loader.field(&entry, "to", parse::text).unwrap_or_default();
+        let regex = loader
+            .field(&entry, "regex", parse::boolean)
+            .unwrap_or(false);
+        if from.is_empty() {
+            loader.problem(
+                &Origin::File(format!("{}.from", entry.0)),
+                None,
+                "required".into(),
+            );
+            continue;
+        }
+        if regex && let Err(e) = regex::Regex::new(&from) {
+            loader.problem(
+                &Origin::File(format!("{}.from", entry.0)),
+                None,
+                format!("invalid regex: {e}"),
+            );
+            continue;
+        }
+        out.push(PathMapRule { from, to, regex });
+    }
+    out
+}

@@ -1,0 +1,239 @@
+//! The validated configuration. Field names serialise to the YAML keys, so `check-config` prints a
+//! file that loads back to the same configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::platform::Platform;
+use crate::secret::Secret;
+
+/// Everything copycat reads at start, validated.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Kind of target registry.
+    pub target_kind: TargetKind,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// ECR target settings (used when `target_kind` is ECR).
+    pub ecr: EcrConfig,
+    /// Generic registry target settings (used when `target_kind` is Docker).
+    pub docker: DockerConfig,
+    /// Mirror by digest rather than by tag.
+    pub digest_pull: bool,
+    /// Tags that stay tag-based under `digest_pull` (lower-case).
+    pub digest_pull_ignored_tags: Vec<String>,
+    /// Patterns silencing missing-platform reports.
+    pub ignore_missing_platforms: Vec<Pattern>,
+    /// Use the Pod's Node platform.
+    pub check_node_platform: bool,
+    /// Extra platforms mirrored in digest mode.
+    pub mirror_platforms: Vec<Platform>,
+    /// Overwrite a target tag holding another digest.
+    pub allow_different_digest_repush: bool,
+    /// Namespace names and globs to watch.
+    pub include_namespaces: Vec<String>,
+    /// Namespaces never watched.
+    pub skip_namespaces: Vec<String>,
+    /// Per-kind skip lists.
+    pub skip_names: SkipNames,
+    /// Normalised registry prefixes never mirrored.
+    pub exclude_registries: Vec<String>,
+    /// Workload kinds to watch, canonical names from `settings::RESOURCE_KINDS`.
+    pub watch_resources: Vec<&'static str>,
+    /// Write nothing anywhere.
+    pub dry_run: bool,
+    /// Make no registry request at all.
+    pub dry_pull: bool,
+    /// Per-request timeout; `None` means no deadline.
+    #[serde(serialize_with = "optional_duration")]
+    pub request_timeout: Option<Duration>,
+    /// Attempts per registry request.
+    pub registry_retry_attempts: u32,
+    /// Base retry delay.
+    #[serde(serialize_with = "duration")]
+    pub registry_retry_backoff: Duration,
+    /// Per-target failure cooldown; `None` disables it.
+    #[serde(
+        rename = "failureCooldownMinutes",
+        serialize_with = "optional_duration"
+    )]
+    pub failure_cooldown: Option<Duration>,
+    /// Periodic full rescan; `None` disables it.
+    #[serde(rename = "forceReconcileMinutes", serialize_with = "optional_duration")]
+    pub force_reconcile_interval: Option<Duration>,
+    /// Concurrent mirror workers.
+    pub max_concurrent_reconciles: u32,
+    /// Source registry credentials.
+    pub registry_credentials: Vec<RegistryCredential>,
+    /// Source repository path rewrites.
+    pub path_map: Vec<PathMapRule>,
+    /// Settings that come only from the environment or flags.
+    #[serde(skip)]
+    pub runtime: RuntimeSettings,
+}
+
+/// Target registry kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// AWS ECR.
+    Ecr,
+    /// Any OCI/Docker registry.
+    Docker,
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Decisions and skips.
+    Debug,
+    /// Outcomes.
+    Info,
+    /// Problems that do not stop work.
+    Warn,
+    /// Failures.
+    Error,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object a line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// ECR target settings.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EcrConfig {
+    /// Account id (12 digits).
+    #[serde(rename = "accountID")]
+    pub account_id: String,
+    /// AWS region.
+    pub region: String,
+    /// Templated repository prefix.
+    pub repo_prefix: String,
+    /// Create missing repositories.
+    pub create_repo: bool,
+    /// Role to assume on top of the default chain.
+    pub assume_role_arn: String,
+    /// Lifecycle policy JSON for created repositories.
+    pub lifecycle_policy: String,
+}
+
+/// Generic registry target settings.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerConfig {
+    /// Target host, optionally with a port and a path.
+    pub registry: String,
+    /// Templated repository prefix.
+    pub repo_prefix: String,
+    /// Plain HTTP / no TLS verification for the target.
+    pub insecure: bool,
+    /// Target username (env only).
+    #[serde(skip)]
+    pub username: String,
+    /// Target password (env only).
+    #[serde(skip)]
+    pub password: Secret,
+}
+
+/// Per-kind skip lists: entries are `name`, `namespace/name` or `*`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkipNames {
+    /// Deployments.
+    pub deployments: Vec<String>,
+    /// StatefulSets.
+    pub stateful_sets: Vec<String>,
+    /// DaemonSets.
+    pub daemon_sets: Vec<String>,
+    /// Jobs.
+    pub jobs: Vec<String>,
+    /// CronJobs.
+    pub cron_jobs: Vec<String>,
+    /// Pods.
+    pub pods: Vec<String>,
+}
+
+/// Credentials for one source registry (and its aliases). `*Env` names are resolved at load time.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredential {
+    /// Host or host glob, lower-case.
+    pub registry: String,
+    /// Other hosts or globs sharing the credentials.
+    pub registry_aliases: Vec<String>,
+    /// Basic-auth username.
+    pub username: String,
+    /// Basic-auth password.
+    pub password: Secret,
+    /// Bearer token; wins over username/password.
+    pub token: Secret,
+}
+
+/// A source-path rewrite rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathMapRule {
+    /// Prefix or regex to match.
+    pub from: String,
+    /// Replacement.
+    pub to: String,
+    /// Whether `from` is a regex.
+    pub regex: bool,
+}
+
+/// A validated regular expression that prints as its source.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub regex::Regex);
+
+impl Serialize for Pattern {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+/// Settings read only from the environment or flags.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeSettings {
+    /// The config file path that was used.
+    pub config_path: PathBuf,
+    /// Whether that file existed.
+    pub config_found: bool,
+    /// `/metrics` and admin listener.
+    pub metrics_addr: String,
+    /// `/healthz` and `/readyz` listener.
+    pub health_addr: String,
+    /// Whether to use leader election.
+    pub leader_elect: bool,
+    /// Namespace of the Lease.
+    pub pod_namespace: String,
+    /// Explicit kubeconfig, if given.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+fn duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_duration(*d))
+}
+
+fn optional_duration<S: Serializer>(
+    d: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration(d, serializer),
+        None => serializer.serialize_str("0"),
+    }
+}

@@ -1,0 +1,461 @@
+//! The table of every setting: YAML key, environment variable, default and meaning. Loading reads
+//! values through it, strict key checking and `docs/configuration.md` are derived from it, so the
+//! three cannot drift apart.
+
+/// One configurable setting.
+#[derive(Debug)]
+pub struct Setting {
+    /// Dotted YAML path (`ecr.createRepo`); `[]` marks the fields of list entries. `None`: env/flag only.
+    pub key: Option<&'static str>,
+    /// Environment variable, if any.
+    pub env: Option<&'static str>,
+    /// Default, in the same syntax the setting accepts (it is parsed by the same code).
+    pub default: &'static str,
+    /// The value's type, as shown in the docs.
+    pub kind: &'static str,
+    /// What it does.
+    pub help: &'static str,
+}
+
+impl Setting {
+    /// The name used to look the setting up: its YAML key, else its env var.
+    pub fn id(&self) -> &'static str {
+        self.key.or(self.env).unwrap_or_default()
+    }
+}
+
+/// Finds a setting by YAML key or, for env-only settings, by env var name.
+pub fn lookup(id: &str) -> &'static Setting {
+    SETTINGS
+        .iter()
+        .find(|s| s.id() == id)
+        .unwrap_or_else(|| panic!("setting {id:?} is missing from the SETTINGS table"))
+}
+
+/// YAML keys accepted as another spelling of a key (k8s-copycat's Go decoder matched field names).
+pub const KEY_ALIASES: &[(&str, &str)] = &[
+    ("requestTimeoutSeconds", "requestTimeout"),
+    ("registryRetryBackoffSeconds", "registryRetryBackoff"),
+];
+
+/// Names of the watchable workload kinds, as `watchResources` spells them.
+pub const RESOURCE_KINDS: &[&str] = &[
+    "deployments",
+    "statefulsets",
+    "daemonsets",
+    "jobs",
+    "cronjobs",
+    "pods",
+];
+
+const fn s(
+    key: Option<&'static str>,
+    env: Option<&'static str>,
+    default: &'static str,
+    kind: &'static str,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        env,
+        default,
+        kind,
+        help,
+    }
+}
+
+/// Every setting copycat reads.
+pub static SETTINGS: &[Setting] = &[
+    s(
+        Some("targetKind"),
+        Some("TARGET_KIND"),
+        "ecr",
+        "`ecr` \\| `docker`",
+        "Kind of target registry (case-insensitive).",
+    ),
+    s(
+        Some("logLevel"),
+        Some("LOG_LEVEL"),
+        "info",
+        "`trace` \\| `debug` \\| `info` \\| `warn` \\| `error`",
+        "Log verbosity. Flag `--log-level` (alias `--zap-log-level`).",
+    ),
+    s(
+        Some("logFormat"),
+        Some("LOG_FORMAT"),
+        "json",
+        "`json` \\| `text`",
+        "Log line format: JSON for collectors, text for people.",
+    ),
+    s(
+        Some("ecr.accountID"),
+        Some("ECR_ACCOUNT_ID"),
+        "",
+        "string",
+        "AWS account id of the target ECR registry. Required when `targetKind` is `ecr`.",
+    ),
+    s(
+        Some("ecr.region"),
+        Some("AWS_REGION"),
+        "",
+        "string",
+        "AWS region of the target ECR registry. Required when `targetKind` is `ecr`.",
+    ),
+    s(
+        Some("ecr.repoPrefix"),
+        Some("ECR_REPO_PREFIX"),
+        "",
+        "template",
+        "Repository prefix in ECR; placeholders `$namespace`, `$podname`, `$container_name`, `$arch`, `$registry`.",
+    ),
+    s(
+        Some("ecr.createRepo"),
+        Some("ECR_CREATE_REPO"),
+        "true",
+        "bool",
+        "Create missing ECR repositories.",
+    ),
+    s(
+        Some("ecr.assumeRoleArn"),
+        None,
+        "",
+        "string",
+        "IAM role to assume (STS AssumeRole) on top of the default credential chain, e.g. a central account's push role.",
+    ),
+    s(
+        Some("ecr.lifecyclePolicy"),
+        None,
+        "",
+        "JSON string",
+        "Lifecycle policy applied to repositories copycat creates. Must be valid JSON.",
+    ),
+    s(
+        Some("docker.registry"),
+        Some("TARGET_REGISTRY"),
+        "",
+        "host[:port]",
+        "Target registry host for `targetKind: docker`. Required then.",
+    ),
+    s(
+        Some("docker.repoPrefix"),
+        Some("TARGET_REPO_PREFIX"),
+        "",
+        "template",
+        "Repository prefix in the target registry; same placeholders as `ecr.repoPrefix`.",
+    ),
+    s(
+        Some("docker.insecure"),
+        Some("TARGET_INSECURE"),
+        "false",
+        "bool",
+        "Allow plain HTTP and skip TLS verification for the target registry only.",
+    ),
+    s(
+        None,
+        Some("TARGET_USERNAME"),
+        "",
+        "string",
+        "Username for the docker target (anonymous when empty).",
+    ),
+    s(
+        None,
+        Some("TARGET_PASSWORD"),
+        "",
+        "secret",
+        "Password for the docker target. Never printed.",
+    ),
+    s(
+        Some("digestPull"),
+        Some("DIGEST_PULL"),
+        "false",
+        "bool",
+        "Mirror by digest: the Pod's `imageID`, or the tag resolved at the source for workloads without Pods.",
+    ),
+    s(
+        Some("digestPullIgnoredTags"),
+        Some("DIGEST_PULL_IGNORED_TAGS"),
+        "latest",
+        "list",
+        "Tags that stay tag-based under `digestPull`. An explicit empty list (`[]`) means none.",
+    ),
+    s(
+        Some("ignoreMissingPlatforms"),
+        Some("IGNORE_MISSING_PLATFORMS"),
+        "",
+        "list of regex",
+        "Silence 'platform missing' reports matching `<source>|<os>/<arch>`. Invalid regexes are errors.",
+    ),
+    s(
+        Some("checkNodePlatform"),
+        Some("CHECK_NODE_PLATFORM"),
+        "false",
+        "bool",
+        "Use the platform of the Node a Pod runs on (needs list/watch on nodes).",
+    ),
+    s(
+        Some("mirrorPlatforms"),
+        Some("MIRROR_PLATFORMS"),
+        "",
+        "list of platforms",
+        "Extra platforms to mirror in digest mode: `arch`, `os/arch` or `os/arch/variant` (`linux/arm/v7`).",
+    ),
+    s(
+        Some("allowDifferentDigestRepush"),
+        Some("ALLOW_DIFFERENT_DIGEST_REPUSH"),
+        "true",
+        "bool",
+        "Overwrite a target tag that holds a different digest.",
+    ),
+    s(
+        Some("includeNamespaces"),
+        Some("INCLUDE_NAMESPACES"),
+        "*",
+        "list of names/globs",
+        "Namespaces to watch. Globs (`team-*`) are evaluated continuously; a glob matching nothing matches nothing.",
+    ),
+    s(
+        Some("skipNamespaces"),
+        Some("SKIP_NAMESPACES"),
+        "",
+        "list",
+        "Namespaces never mirrored (wins over `includeNamespaces`).",
+    ),
+    s(
+        Some("skipNames.deployments"),
+        Some("SKIP_DEPLOYMENTS"),
+        "",
+        "list",
+        "Deployments to skip: `name`, `namespace/name` or `*`.",
+    ),
+    s(
+        Some("skipNames.statefulSets"),
+        Some("SKIP_STATEFULSETS"),
+        "",
+        "list",
+        "StatefulSets to skip: `name`, `namespace/name` or `*`.",
+    ),
+    s(
+        Some("skipNames.daemonSets"),
+        Some("SKIP_DAEMONSETS"),
+        "",
+        "list",
+        "DaemonSets to skip: `name`, `namespace/name` or `*`.",
+    ),
+    s(
+        Some("skipNames.jobs"),
+        Some("SKIP_JOBS"),
+        "",
+        "list",
+        "Jobs to skip: `name`, `namespace/name` or `*`.",
+    ),
+    s(
+        Some("skipNames.cronJobs"),
+        Some("SKIP_CRONJOBS"),
+        "",
+        "list",
+        "CronJobs to skip: `name`, `namespace/name` or `*`.",
+    ),
+    s(
+        Some("skipNames.pods"),
+        Some("SKIP_PODS"),
+        "",
+        "list",
+        "Pods to skip: `name`, `namespace/name` or `*`.",
+    ),
+    s(
+        Some("excludeRegistries"),
+        Some("EXCLUDE_REGISTRIES"),
+        "",
+        "list",
+        "Source registries (or registry/path prefixes) never mirrored. The target registry is always excluded.",
+    ),
+    s(
+        Some("watchResources"),
+        Some("WATCH_RESOURCES"),
+        "deployments,statefulsets,daemonsets,jobs,cronjobs,pods",
+        "list",
+        "Kinds to watch: `deployments`, `statefulsets`, `daemonsets`, `jobs`, `cronjobs`, `pods`.",
+    ),
+    s(
+        Some("dryRun"),
+        Some("DRY_RUN"),
+        "false",
+        "bool",
+        "Log what would be mirrored; write nothing anywhere (no repository creation, no push). Flag `--dry-run`.",
+    ),
+    s(
+        Some("dryPull"),
+        Some("DRY_PULL"),
+        "false",
+        "bool",
+        "Make no registry request at all; only log the planned mirror tasks. Flag `--dry-pull`.",
+    ),
+    s(
+        Some("requestTimeout"),
+        Some("REGISTRY_REQUEST_TIMEOUT"),
+        "300",
+        "seconds or duration",
+        "Timeout of each registry request; `0` means none. Also accepted as `requestTimeoutSeconds`.",
+    ),
+    s(
+        Some("registryRetryAttempts"),
+        Some("REGISTRY_RETRY_ATTEMPTS"),
+        "3",
+        "integer > 0",
+        "Attempts per registry request on transient errors (connection errors, 408, 429, 5xx).",
+    ),
+    s(
+        Some("registryRetryBackoff"),
+        Some("REGISTRY_RETRY_BACKOFF"),
+        "10",
+        "seconds or duration",
+        "Base delay between attempts (exponential, with jitter). Also accepted as `registryRetryBackoffSeconds`.",
+    ),
+    s(
+        Some("failureCooldownMinutes"),
+        Some("FAILURE_COOLDOWN_MINUTES"),
+        "60",
+        "minutes or duration",
+        "After a failure, wait this long before retrying that target; `0` disables the cooldown.",
+    ),
+    s(
+        Some("forceReconcileMinutes"),
+        Some("FORCE_RECONCILE_MINUTES"),
+        "0",
+        "minutes or duration",
+        "Full rescan interval; `0` disables periodic rescans.",
+    ),
+    s(
+        Some("maxConcurrentReconciles"),
+        Some("MAX_CONCURRENT_RECONCILES"),
+        "2",
+        "integer > 0",
+        "Concurrent mirror workers.",
+    ),
+    s(
+        Some("registryCredentials"),
+        None,
+        "",
+        "list of entries",
+        "Credentials for source registries; fields below.",
+    ),
+    s(
+        Some("registryCredentials[].registry"),
+        None,
+        "",
+        "host",
+        "Registry host the entry applies to (required). May be a glob such as `*.docker.io`.",
+    ),
+    s(
+        Some("registryCredentials[].registryAliases"),
+        None,
+        "",
+        "list of hosts",
+        "Other hosts (or globs) using the same credentials.",
+    ),
+    s(
+        Some("registryCredentials[].username"),
+        None,
+        "",
+        "string",
+        "Username for basic auth.",
+    ),
+    s(
+        Some("registryCredentials[].password"),
+        None,
+        "",
+        "secret",
+        "Password for basic auth. Prefer `passwordEnv`.",
+    ),
+    s(
+        Some("registryCredentials[].token"),
+        None,
+        "",
+        "secret",
+        "Bearer token, sent as is; wins over username/password.",
+    ),
+    s(
+        Some("registryCredentials[].usernameEnv"),
+        None,
+        "",
+        "env var name",
+        "Read the username from this env var (falls back to `username`).",
+    ),
+    s(
+        Some("registryCredentials[].passwordEnv"),
+        None,
+        "",
+        "env var name",
+        "Read the password from this env var (falls back to `password`).",
+    ),
+    s(
+        Some("registryCredentials[].tokenEnv"),
+        None,
+        "",
+        "env var name",
+        "Read the token from this env var (falls back to `token`).",
+    ),
+    s(
+        Some("pathMap"),
+        None,
+        "",
+        "list of rules",
+        "Rewrites of the source repository path; first matching rule wins; fields below.",
+    ),
+    s(
+        Some("pathMap[].from"),
+        None,
+        "",
+        "string",
+        "Prefix (or regex with `regex: true`) to match in the source repository path.",
+    ),
+    s(
+        Some("pathMap[].to"),
+        None,
+        "",
+        "string",
+        "Replacement; regex rules may use `$1` / `${name}`.",
+    ),
+    s(
+        Some("pathMap[].regex"),
+        None,
+        "false",
+        "bool",
+        "Treat `from` as a regular expression (replace all matches).",
+    ),
+    s(
+        None,
+        Some("CONFIG_PATH"),
+        "/config/config.yaml",
+        "path",
+        "Config file; a missing file means defaults. Flag `--config`.",
+    ),
+    s(
+        None,
+        Some("METRICS_ADDR"),
+        ":8080",
+        "address",
+        "Listener for `/metrics` and the admin endpoints. Flag `--metrics-bind-address`.",
+    ),
+    s(
+        None,
+        Some("HEALTH_ADDR"),
+        ":8081",
+        "address",
+        "Listener for `/healthz` and `/readyz`. Flag `--health-probe-bind-address`.",
+    ),
+    s(
+        None,
+        Some("LEADER_ELECT"),
+        "true",
+        "bool",
+        "Use a Lease so that only one replica mirrors. Flag `--leader-elect`.",
+    ),
+    s(
+        None,
+        Some("POD_NAMESPACE"),
+        "k8s-copycat",
+        "string",
+        "Namespace of the leader-election Lease (set from the downward API).",
+    ),
+];

@@ -1,0 +1,521 @@
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use super::*;
+
+fn load_with(
+    yaml: &str,
+    env: &[(&str, &str)],
+    overrides: Overrides,
+    purpose: Purpose,
+) -> Result<Loaded, ConfigErrors> {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let overrides = Overrides {
+        config: Some(file.path().to_owned()),
+        ..overrides
+    };
+    load(&|k| env.get(k).cloned(), &overrides, purpose)
+}
+
+fn ok(yaml: &str, env: &[(&str, &str)]) -> Config {
+    match load_with(yaml, env, Overrides::default(), Purpose::OneShot) {
+        Ok(l) => l.config,
+        Err(e) => panic!("expected success, got {e}"),
+    }
+}
+
+fn problems(yaml: &str, env: &[(&str, &str)], purpose: Purpose) -> Vec<String> {
+    match load_with(yaml, env, Overrides::default(), purpose) {
+        Ok(_) => panic!("expected problems for {yaml:?} {env:?}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const DOCKER: &str = "targetKind: docker\ndocker:\n  registry: registry.example.com\n";
+
+#[test]
+fn defaults_match_k8s_copycat() {
+    let c = ok("", &[]);
+    assert_eq!(c.target_kind, TargetKind::Ecr);
+    assert_eq!(c.digest_pull_ignored_tags, vec!["latest"]);
+    assert_eq!(c.include_namespaces, vec!["*"]);
+    assert_eq!(c.watch_resources, settings::RESOURCE_KINDS.to_vec());
+    assert_eq!(c.request_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(c.registry_retry_attempts, 3);
+    assert_eq!(c.registry_retry_backoff, Duration::from_secs(10));
+    assert_eq!(c.failure_cooldown, Some(Duration::from_secs(3600)));
+    assert_eq!(c.force_reconcile_interval, None);
+    assert_eq!(c.max_concurrent_reconciles, 2);
+    assert!(c.ecr.create_repo && c.allow_different_digest_repush && c.runtime.leader_elect);
+    assert!(!c.dry_run && !c.dry_pull && !c.digest_pull && !c.docker.insecure);
+    assert_eq!(
+        (
+            c.runtime.metrics_addr.as_str(),
+            c.runtime.health_addr.as_str()
+        ),
+        (":8080", ":8081")
+    );
+    assert_eq!(c.log_format, LogFormat::Json);
+}
+
+#[test]
+fn missing_file_means_defaults() {
+    let overrides = Overrides {
+        config: Some("/nonexistent/copycat.yaml".into()),
+        ..Default::default()
+    };
+    let loaded = load(&|_| None, &overrides, Purpose::OneShot).unwrap();
+    assert!(!loaded.config.runtime.config_found);
+}
+
+#[test]
+fn unreadable_or_invalid_file_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = Overrides {
+        config: Some(dir.path().to_owned()),
+        ..Default::default()
+    };
+    let err = load(&|_| None, &overrides, Purpose::OneShot).unwrap_err();
+    assert!(err.to_string().contains("cannot read config file"), "{err}");
+    let p = problems("dryRun: [unclosed", &[], Purpose::OneShot);
+    assert!(p[0].contains("invalid YAML"), "{p:?}");
+    let p = problems("- a\n- b\n", &[], Purpose::OneShot);
+    assert!(p[0].contains("must be a YAML mapping"), "{p:?}");
+}
+
+#[test]
+fn bad_values_are_reported_by_name() {
+    // (yaml, env, text every reported problem set must contain)
+    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+        (
+            "includeNamespace: [a]",
+            &[],
+            &[
+                "includeNamespace (",
+                "unknown key",
+                "did you mean \"includeNamespaces\"",
+            ],
+        ),
+        (
+            "",
+            &[("WATCH_RESOURCES", "deploymentz")],
+            &[
+                "WATCH_RESOURCES (env)",
+                "deploymentz",
+                "did you mean \"deployments\"",
+            ],
+        ),
+        (
+            "watchResources: [pods, deploymentz]",
+            &[],
+            &["watchResources (", "deploymentz"],
+        ),
+        (
+            "ecr:\n  acountID: '1'\n",
+            &[],
+            &["ecr.acountID", "did you mean \"ecr.accountID\""],
+        ),
+        (
+            "dryRun: maybe",
+            &[],
+            &["dryRun (", "\"maybe\"", "expected a boolean"],
+        ),
+        (
+            "",
+            &[("DRY_RUN", "maybe")],
+            &["DRY_RUN (env)", "expected a boolean"],
+        ),
+        (
+            "",
+            &[("TARGET_INSECURE", "sure")],
+            &["TARGET_INSECURE (env)", "expected a boolean"],
+        ),
+        (
+            "targetKind: gcr",
+            &[],
+            &["targetKind (", "allowed values: ecr, docker"],
+        ),
+        (
+            "registryRetryAttempts: 0",
+            &[],
+            &["registryRetryAttempts", "greater than 0"],
+        ),
+        (
+            "registryRetryBackoff: -1",
+            &[],
+            &["registryRetryBackoff", "must not be negative"],
+        ),
+        (
+            "requestTimeout: soon",
+            &[],
+            &["requestTimeout", "duration like 90s"],
+        ),
+        (
+            "maxConcurrentReconciles: two",
+            &[],
+            &["maxConcurrentReconciles", "whole number"],
+        ),
+        (
+            "ignoreMissingPlatforms: ['(']",
+            &[],
+            &["ignoreMissingPlatforms", "invalid regex"],
+        ),
+        (
+            "mirrorPlatforms: ['linux/']",
+            &[],
+            &["mirrorPlatforms", "invalid platform"],
+        ),
+        (
+            "includeNamespaces: ['team-[a']",
+            &[],
+            &["includeNamespaces", "unclosed '['"],
+        ),
+        (
+            "ecr:\n  lifecyclePolicy: '{nope'\n",
+            &[],
+            &["ecr.lifecyclePolicy", "not valid JSON"],
+        ),
+        (
+            "docker:\n  registry: https://r.example.com\n",
+            &[],
+            &["docker.registry", "without a scheme"],
+        ),
+        (
+            "pathMap:\n  - {from: '(', to: x, regex: true}\n",
+            &[],
+            &["pathMap[0].from", "invalid regex"],
+        ),
+        (
+            "pathMap:\n  - {to: x}\n",
+            &[],
+            &["pathMap[0].from", "required"],
+        ),
+        (
+            "pathMap:\n  - {from: a, too: x}\n",
+            &[],
+            &["pathMap[0].too", "did you mean \"pathMap[0].to\""],
+        ),
+        (
+            "registryCredentials:\n  - {username: u, password: p}\n",
+            &[],
+            &["registryCredentials[0].registry", "required"],
+        ),
+        (
+            "registryCredentials:\n  - {registry: ghcr.io, usernameEnv: NOPE}\n",
+            &[],
+            &["registryCredentials[0]", "no credentials for ghcr.io"],
+        ),
+        (
+            "skipNames:\n  deployment: [x]\n",
+            &[],
+            &[
+                "skipNames.deployment",
+                "did you mean \"skipNames.deployments\"",
+            ],
+        ),
+        ("dryRun: {a: 1}", &[], &["dryRun", "got a mapping"]),
+        (
+            "requestTimeout: 5\nrequestTimeoutSeconds: 6\n",
+            &[],
+            &["requestTimeoutSeconds", "given twice"],
+        ),
+    ];
+    for (yaml, env, wanted) in cases {
+        let all = problems(yaml, env, Purpose::OneShot).join("\n");
+        for w in *wanted {
+            assert!(
+                all.contains(w),
+                "for {yaml:?} {env:?}: expected {w:?} in:\n{all}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let p = problems(
+        "dryRun: maybe\nregistryRetryAttempts: 0\nincludeNamespace: [x]\n",
+        &[("WATCH_RESOURCES", "nope")],
+        Purpose::Daemon,
+    );
+    // three bad values, one unknown key, and the ECR target's two required settings
+    assert_eq!(p.len(), 6, "{p:#?}");
+}
+
+#[test]
+fn daemon_needs_a_target() {
+    let p = problems("", &[], Purpose::Daemon).join("\n");
+    assert!(
+        p.contains("ecr.accountID / ECR_ACCOUNT_ID: required when targetKind is ecr"),
+        "{p}"
+    );
+    assert!(p.contains("ecr.region / AWS_REGION: required"), "{p}");
+    let p = problems("targetKind: docker", &[], Purpose::Daemon).join("\n");
+    assert!(
+        p.contains("docker.registry / TARGET_REGISTRY: required when targetKind is docker"),
+        "{p}"
+    );
+    let p = problems(
+        "",
+        &[("ECR_ACCOUNT_ID", "12345"), ("AWS_REGION", "eu-west-1")],
+        Purpose::Daemon,
+    )
+    .join("\n");
+    assert!(
+        p.contains("ECR_ACCOUNT_ID (env): \"12345\" is not a 12-digit AWS account id"),
+        "{p}"
+    );
+    assert!(load_with(DOCKER, &[], Overrides::default(), Purpose::Daemon).is_ok());
+}
+
+#[test]
+fn fixed_k8s_copycat_config_bugs() {
+    // The documented keys are honoured (k8s-copycat ignored them), and so are the Go field names.
+    let c = ok("requestTimeout: 120\nregistryRetryBackoff: 2\n", &[]);
+    assert_eq!(
+        (c.request_timeout, c.registry_retry_backoff),
+        (Some(Duration::from_secs(120)), Duration::from_secs(2))
+    );
+    let c = ok(
+        "requestTimeoutSeconds: 7\nregistryRetryBackoffSeconds: 1\n",
+        &[],
+    );
+    assert_eq!(
+        (c.request_timeout, c.registry_retry_backoff),
+        (Some(Duration::from_secs(7)), Duration::from_secs(1))
+    );
+    // Case-insensitive TARGET_KIND, same bool syntax in file and env.
+    assert_eq!(
+        ok("", &[("TARGET_KIND", "DOCKER")]).target_kind,
+        TargetKind::Docker
+    );
+    assert_eq!(
+        ok("targetKind: Docker", &[]).target_kind,
+        TargetKind::Docker
+    );
+    assert!(ok("dryRun: 'Yes'", &[]).dry_run && ok("", &[("DRY_RUN", "Yes")]).dry_run);
+    assert!(ok("dryPull: on", &[]).dry_pull && ok("", &[("DRY_PULL", "1")]).dry_pull);
+    // An explicit empty list really means none.
+    assert!(
+        ok("digestPullIgnoredTags: []", &[])
+            .digest_pull_ignored_tags
+            .is_empty()
+    );
+    assert_eq!(
+        ok("digestPullIgnoredTags: [Latest, stable]", &[]).digest_pull_ignored_tags,
+        vec!["latest", "stable"]
+    );
+}
+
+#[test]
+fn durations_accept_integers_and_humantime() {
+    let cases = [
+        ("failureCooldownMinutes: 5", Some(300)),
+        ("failureCooldownMinutes: 90s", Some(90)),
+        ("failureCooldownMinutes: 0", None),
+        ("failureCooldownMinutes: -3", None),
+        ("failureCooldownMinutes: 1h", Some(3600)),
+    ];
+    for (yaml, want) in cases {
+        assert_eq!(
+            ok(yaml, &[]).failure_cooldown,
+            want.map(Duration::from_secs),
+            "{yaml}"
+        );
+    }
+    assert_eq!(
+        ok("forceReconcileMinutes: 30", &[]).force_reconcile_interval,
+        Some(Duration::from_secs(1800))
+    );
+    assert_eq!(ok("requestTimeout: 0", &[]).request_timeout, None);
+    assert_eq!(
+        ok("", &[("REGISTRY_REQUEST_TIMEOUT", "2m")]).request_timeout,
+        Some(Duration::from_secs(120))
+    );
+}
+
+#[test]
+fn precedence_flags_over_env_over_file() {
+    let c = ok(
+        "skipNamespaces: [a]\nmaxConcurrentReconciles: 4\n",
+        &[
+            ("MAX_CONCURRENT_RECONCILES", "8"),
+            ("SKIP_NAMESPACES", "  "),
+        ],
+    );
+    assert_eq!(c.max_concurrent_reconciles, 8);
+    assert_eq!(
+        c.skip_namespaces,
+        vec!["a"],
+        "a blank env var falls back to the file"
+    );
+    let overrides = Overrides {
+        metrics_addr: Some("127.0.0.1:9000".into()),
+        leader_elect: Some(false),
+        dry_run: true,
+        log_level: Some("debug".into()),
+        ..Default::default()
+    };
+    let c = load_with(
+        "dryRun: false\nlogLevel: error\n",
+        &[("METRICS_ADDR", ":1"), ("LEADER_ELECT", "true")],
+        overrides,
+        Purpose::OneShot,
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.runtime.metrics_addr, "127.0.0.1:9000");
+    assert!(!c.runtime.leader_elect && c.dry_run);
+    assert_eq!(c.log_level, LogLevel::Debug);
+    let bad = Overrides {
+        log_level: Some("loud".into()),
+        ..Default::default()
+    };
+    let err = load_with("", &[], bad, Purpose::OneShot).unwrap_err();
+    assert!(
+        err.to_string().contains("--log-level (flag) = \"loud\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn lists_and_normalisation() {
+    let c = ok(
+        "excludeRegistries: ['https://Index.Docker.io/', 'registry.gitlab.com/group/', 'docker.io']\nskipNames:\n  pods: ['a,b', c]\n",
+        &[("MIRROR_PLATFORMS", "arm64, linux/arm/v7, ARM64")],
+    );
+    assert_eq!(
+        c.exclude_registries,
+        vec!["docker.io", "registry.gitlab.com/group"]
+    );
+    assert_eq!(c.skip_names.pods, vec!["a", "b", "c"]);
+    let platforms: Vec<String> = c.mirror_platforms.iter().map(ToString::to_string).collect();
+    assert_eq!(platforms, vec!["linux/arm64", "linux/arm/v7"]);
+    assert_eq!(
+        ok("", &[("WATCH_RESOURCES", "Pods, JOBS,pods")]).watch_resources,
+        vec!["pods", "jobs"]
+    );
+}
+
+#[test]
+fn key_spelling_is_forgiven_only_in_case() {
+    let loaded = load_with(
+        "ECR:\n  accountId: '123456789012'\n",
+        &[],
+        Overrides::default(),
+        Purpose::OneShot,
+    )
+    .unwrap();
+    assert_eq!(loaded.config.ecr.account_id, "123456789012");
+    assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+}
+
+#[test]
+fn credentials_resolve_env_and_stay_masked() {
+    let yaml = "registryCredentials:\n  - registry: GHCR.io\n    registryAliases: ['*.ghcr.io']\n    username: literal\n    usernameEnv: GH_USER\n    passwordEnv: GH_PASS\n    password: fallback\n  - registry: quay.io\n    token: tok-123\n";
+    let c = ok(
+        yaml,
+        &[
+            ("GH_USER", "octocat"),
+            ("GH_PASS", "s3cret-pass"),
+            ("TARGET_PASSWORD", "t4rget-pass"),
+        ],
+    );
+    let creds = &c.registry_credentials;
+    assert_eq!(
+        (creds[0].registry.as_str(), creds[0].username.as_str()),
+        ("ghcr.io", "octocat")
+    );
+    assert_eq!(creds[0].password.expose(), "s3cret-pass");
+    assert_eq!(creds[1].token.expose(), "tok-123");
+    let printed = format!("{}\n{:?}", c.to_yaml(), c);
+    for secret in ["s3cret-pass", "tok-123", "t4rget-pass"] {
+        assert!(
+            !printed.contains(secret),
+            "secret {secret} printed:\n{printed}"
+        );
+    }
+    assert!(printed.contains(crate::secret::MASK));
+}
+
+#[test]
+fn effective_yaml_loads_back_to_the_same_config() {
+    let yaml = format!(
+        "{DOCKER}digestPull: true\nfailureCooldownMinutes: 90s\nrequestTimeout: 0\nmirrorPlatforms: [linux/arm/v7]\nignoreMissingPlatforms: ['.*arm.*']\npathMap:\n  - {{from: a/, to: b/}}\nlogLevel: debug\n"
+    );
+    let first = ok(&yaml, &[]).to_yaml();
+    let second = ok(&first, &[]).to_yaml();
+    assert_eq!(
+        first
+            .lines()
+            .filter(|l| !l.starts_with("#   CONFIG_PATH"))
+            .collect::<Vec<_>>(),
+        second
+            .lines()
+            .filter(|l| !l.starts_with("#   CONFIG_PATH"))
+            .collect::<Vec<_>>()
+    );
+    // every YAML key of the table appears in the output
+    for key in settings::SETTINGS
+        .iter()
+        .filter_map(|s| s.key)
+        .filter(|k| !k.contains("[]"))
+    {
+        let leaf = key.rsplit('.').next().unwrap();
+        assert!(
+            first.contains(&format!("{leaf}:")),
+            "{key} missing from:\n{first}"
+        );
+    }
+}
+
+#[test]
+fn every_setting_in_the_table_is_read() {
+    let env = |_: &str| None;
+    let mut loader = load::Loader::new(&env);
+    load::build(&mut loader, &Overrides::default(), Purpose::Daemon);
+    for s in settings::SETTINGS
+        .iter()
+        .filter(|s| !s.id().contains("[]") && s.id() != "CONFIG_PATH")
+    {
+        assert!(
+            loader.used.contains(&s.id()),
+            "setting {} is documented but never read",
+            s.id()
+        );
+    }
+}
+
+#[test]
+fn docs_list_every_setting() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let (start, end) = ("<!-- settings:start -->\n", "<!-- settings:end -->");
+    let table = reference_table();
+    let current = doc
+        .split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(t, _)| t);
+    if current == Some(table.as_str()) {
+        return;
+    }
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let (head, rest) = doc
+            .split_once(start)
+            .expect("docs/configuration.md lacks the settings:start marker");
+        let (_, tail) = rest
+            .split_once(end)
+            .expect("docs/configuration.md lacks the settings:end marker");
+        std::fs::write(path, format!("{head}{start}{table}{end}{tail}")).unwrap();
+        return;
+    }
+    panic!(
+        "docs/configuration.md is out of date with the settings table; run `UPDATE_DOCS=1 cargo test docs_list_every_setting`"
+    );
+}

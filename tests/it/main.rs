@@ -1,0 +1,3 @@
+//! Integration tests: the built binary and the library against real components.
+
+mod check_config;
