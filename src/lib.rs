@@ -1,1 +1,3 @@
 //! copycat library.
+
+pub mod reference;
