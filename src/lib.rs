@@ -6,5 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod glob;
 pub mod platform;
+pub mod reference;
 pub mod secret;
 pub mod telemetry;
