@@ -84,12 +84,7 @@ pub struct GlobalFlags {
     #[arg(long, global = true, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Log level: trace, debug, info, warn, error (overrides LOG_LEVEL).
-    #[arg(
-        long = "log-level",
-        alias = "zap-log-level",
-        global = true,
-        value_name = "LEVEL"
-    )]
+    #[arg(long = "log-level", alias = "zap-log-level", global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
 }
 
@@ -139,23 +134,15 @@ mod tests {
         assert_eq!(o.leader_elect, Some(false));
         assert!(o.dry_run && !o.dry_pull);
         assert_eq!(o.log_level.as_deref(), Some("debug"));
-        assert_eq!(
-            parse(&["--leader-elect"]).unwrap().flags.leader_elect,
-            Some(true)
-        );
+        assert_eq!(parse(&["--leader-elect"]).unwrap().flags.leader_elect, Some(true));
         assert!(parse(&["--leader-elect=perhaps"]).is_err());
     }
 
     #[test]
     fn commands() {
+        assert!(matches!(parse(&["run"]).unwrap().command, Some(Command::Run)));
         assert!(matches!(
-            parse(&["run"]).unwrap().command,
-            Some(Command::Run)
-        ));
-        assert!(matches!(
-            parse(&["check-config", "--config", "x.yaml"])
-                .unwrap()
-                .command,
+            parse(&["check-config", "--config", "x.yaml"]).unwrap().command,
             Some(Command::CheckConfig)
         ));
         let Some(Command::Copy(c)) = parse(&[
@@ -172,14 +159,10 @@ mod tests {
         else {
             panic!("not a copy")
         };
-        assert_eq!(
-            (c.source.as_str(), c.target.as_str(), c.platforms.len()),
-            ("a", "b", 2)
-        );
-        let Some(Command::Sync(s)) =
-            parse(&["sync", "--images", "f.yaml", "--jobs", "8", "--dry-run"])
-                .unwrap()
-                .command
+        assert_eq!((c.source.as_str(), c.target.as_str(), c.platforms.len()), ("a", "b", 2));
+        let Some(Command::Sync(s)) = parse(&["sync", "--images", "f.yaml", "--jobs", "8", "--dry-run"])
+            .unwrap()
+            .command
         else {
             panic!("not a sync")
         };

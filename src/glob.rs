@@ -12,10 +12,7 @@ pub fn validate(pattern: &str) -> Result<(), String> {
     let mut i = 0;
     while i < chars.len() {
         match chars[i] {
-            '[' => {
-                i = class_end(&chars, i)
-                    .ok_or_else(|| format!("unclosed '[' in pattern {pattern:?}"))?
-            }
+            '[' => i = class_end(&chars, i).ok_or_else(|| format!("unclosed '[' in pattern {pattern:?}"))?,
             '\\' if i + 1 == chars.len() => {
                 return Err(format!("trailing '\\' in pattern {pattern:?}"));
             }
@@ -43,9 +40,7 @@ fn match_from(p: &[char], t: &[char]) -> bool {
         Some('?') => t.first().is_some_and(|&c| c != '/') && match_from(&p[1..], &t[1..]),
         Some('[') => {
             let end = class_end(p, 0).unwrap_or(p.len() - 1);
-            t.first()
-                .is_some_and(|&c| c != '/' && class_matches(&p[1..end], c))
-                && match_from(&p[end + 1..], &t[1..])
+            t.first().is_some_and(|&c| c != '/' && class_matches(&p[1..end], c)) && match_from(&p[end + 1..], &t[1..])
         }
         Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && match_from(&p[2..], &t[1..]),
         Some(&c) => t.first() == Some(&c) && match_from(&p[1..], &t[1..]),

@@ -7,5 +7,6 @@ pub mod config;
 pub mod glob;
 pub mod platform;
 pub mod reference;
+pub mod registry;
 pub mod secret;
 pub mod telemetry;

@@ -16,11 +16,7 @@ pub struct Platform {
 impl Platform {
     /// Parses `arch`, `os/arch` or `os/arch/variant` (case-insensitive; a bare arch means Linux).
     pub fn parse(s: &str) -> Result<Platform, String> {
-        let parts: Vec<String> = s
-            .trim()
-            .split('/')
-            .map(|p| p.trim().to_ascii_lowercase())
-            .collect();
+        let parts: Vec<String> = s.trim().split('/').map(|p| p.trim().to_ascii_lowercase()).collect();
         if parts.iter().any(String::is_empty) {
             return Err(format!(
                 "invalid platform {s:?}: expected arch, os/arch or os/arch/variant"
@@ -88,9 +84,7 @@ mod tests {
             ("a/b/c/d", Err(())),
         ];
         for (input, want) in cases {
-            let got = Platform::parse(input)
-                .map(|p| p.to_string())
-                .map_err(|_| ());
+            let got = Platform::parse(input).map(|p| p.to_string()).map_err(|_| ());
             assert_eq!(got, want.map(str::to_owned), "{input:?}");
         }
     }

@@ -54,9 +54,7 @@ pub enum ReferenceError {
         ch: char,
     },
     /// A bare 64-hex-character string is an image ID, which Docker refuses to read as a name.
-    #[error(
-        "invalid reference {input:?}: a 64-character hex string is an image ID, not a repository name"
-    )]
+    #[error("invalid reference {input:?}: a 64-character hex string is an image ID, not a repository name")]
     AmbiguousHexName {
         /// The reference as given.
         input: String,
@@ -105,9 +103,7 @@ pub enum ReferenceError {
         component: String,
     },
     /// A character that may not appear in a repository path.
-    #[error(
-        "invalid reference {input:?}: invalid character {ch:?} in path component {component:?}"
-    )]
+    #[error("invalid reference {input:?}: invalid character {ch:?} in path component {component:?}")]
     InvalidPathCharacter {
         /// The reference as given.
         input: String,
@@ -146,9 +142,7 @@ pub enum ReferenceError {
         component: String,
     },
     /// An IPv6 address without brackets, which cannot be told apart from `host:port`.
-    #[error(
-        "invalid reference {input:?}: IPv6 registry address {registry:?} must be in brackets, like [::1]:5000"
-    )]
+    #[error("invalid reference {input:?}: IPv6 registry address {registry:?} must be in brackets, like [::1]:5000")]
     UnbracketedIpv6 {
         /// The reference as given.
         input: String,
@@ -172,9 +166,7 @@ pub enum ReferenceError {
         registry: String,
     },
     /// A port that is not a number from 1 to 65535.
-    #[error(
-        "invalid reference {input:?}: invalid port {port:?} (must be a number from 1 to 65535)"
-    )]
+    #[error("invalid reference {input:?}: invalid port {port:?} (must be a number from 1 to 65535)")]
     InvalidPort {
         /// The reference as given.
         input: String,
@@ -379,12 +371,9 @@ fn parse_digest(s: &str, reference: Option<&str>) -> Result<Digest, ReferenceErr
             digest: digest(),
         });
     };
-    let algorithm_ok = algorithm.split(['.', '+', '_', '-']).all(|part| {
-        !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    });
+    let algorithm_ok = algorithm
+        .split(['.', '+', '_', '-'])
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     if !algorithm_ok {
         return Err(ReferenceError::InvalidAlgorithm {
             reference: reference(),
@@ -425,10 +414,7 @@ fn parse_digest(s: &str, reference: Option<&str>) -> Result<Digest, ReferenceErr
                 got: encoded.len(),
             });
         }
-        if let Some(ch) = encoded
-            .chars()
-            .find(|&c| !matches!(c, '0'..='9' | 'a'..='f'))
-        {
+        if let Some(ch) = encoded.chars().find(|&c| !matches!(c, '0'..='9' | 'a'..='f')) {
             return Err(ReferenceError::DigestNotLowercaseHex {
                 reference: reference(),
                 digest: digest(),
@@ -507,10 +493,7 @@ impl ImageRef {
         };
         let len = registry.len() + 1 + repository.len();
         if len > MAX_NAME_LEN {
-            return Err(ReferenceError::NameTooLong {
-                input: input(),
-                len,
-            });
+            return Err(ReferenceError::NameTooLong { input: input(), len });
         }
 
         if let Some(tag) = tag {
@@ -618,9 +601,7 @@ impl FromStr for ImageRef {
 /// namespace, i.e. it has a '.' or ':', is `localhost`, or has upper case (Hub namespaces are lower-case).
 fn split_domain(name: &str) -> (Option<&str>, &str) {
     match name.split_once('/') {
-        Some((first, rest))
-            if looks_like_domain(first) || first.bytes().any(|b| b.is_ascii_uppercase()) =>
-        {
+        Some((first, rest)) if looks_like_domain(first) || first.bytes().any(|b| b.is_ascii_uppercase()) => {
             (Some(first), rest)
         }
         _ => (None, name),
@@ -676,9 +657,7 @@ fn validate_registry(input: &str, domain: &str) -> Result<String, ReferenceError
             });
         }
         for component in host.split('.') {
-            let valid = component
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            let valid = component.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && component.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && component.ends_with(|c: char| c.is_ascii_alphanumeric());
             if !valid {
@@ -698,8 +677,7 @@ fn validate_registry(input: &str, domain: &str) -> Result<String, ReferenceError
                 registry: domain.to_owned(),
             });
         }
-        let in_range =
-            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0);
+        let in_range = port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0);
         if !in_range {
             return Err(ReferenceError::InvalidPort {
                 input: input.to_owned(),
@@ -826,10 +804,7 @@ mod tests {
             digest: Option<String>,
         },
         /// Variant name (as printed by `Debug`) and a substring of the message.
-        Err {
-            variant: &'static str,
-            message: String,
-        },
+        Err { variant: &'static str, message: String },
     }
 
     struct Case {
@@ -837,12 +812,7 @@ mod tests {
         want: Want,
     }
 
-    fn ok(
-        input: impl Into<String>,
-        registry: &str,
-        repository: impl Into<String>,
-        tag: Option<&str>,
-    ) -> Case {
+    fn ok(input: impl Into<String>, registry: &str, repository: impl Into<String>, tag: Option<&str>) -> Case {
         ok_d(input, registry, repository, tag, None)
     }
 
@@ -896,78 +866,33 @@ mod tests {
             // Docker Hub normalisation.
             ok("nginx", "docker.io", "library/nginx", Some("latest")),
             ok("nginx:1.25", "docker.io", "library/nginx", Some("1.25")),
-            ok(
-                "library/nginx",
-                "docker.io",
-                "library/nginx",
-                Some("latest"),
-            ),
-            ok(
-                "docker.io/nginx",
-                "docker.io",
-                "library/nginx",
-                Some("latest"),
-            ),
-            ok(
-                "docker.io/library/nginx",
-                "docker.io",
-                "library/nginx",
-                Some("latest"),
-            ),
+            ok("library/nginx", "docker.io", "library/nginx", Some("latest")),
+            ok("docker.io/nginx", "docker.io", "library/nginx", Some("latest")),
+            ok("docker.io/library/nginx", "docker.io", "library/nginx", Some("latest")),
             ok(
                 "index.docker.io/library/nginx",
                 "docker.io",
                 "library/nginx",
                 Some("latest"),
             ),
-            ok(
-                "index.docker.io/nginx",
-                "docker.io",
-                "library/nginx",
-                Some("latest"),
-            ),
+            ok("index.docker.io/nginx", "docker.io", "library/nginx", Some("latest")),
             ok(
                 "registry-1.docker.io/bitnami/redis:7",
                 "docker.io",
                 "bitnami/redis",
                 Some("7"),
             ),
-            ok(
-                "bitnami/redis",
-                "docker.io",
-                "bitnami/redis",
-                Some("latest"),
-            ),
-            ok(
-                "Docker.IO/nginx",
-                "docker.io",
-                "library/nginx",
-                Some("latest"),
-            ),
-            ok(
-                "my_registry/x",
-                "docker.io",
-                "my_registry/x",
-                Some("latest"),
-            ),
+            ok("bitnami/redis", "docker.io", "bitnami/redis", Some("latest")),
+            ok("Docker.IO/nginx", "docker.io", "library/nginx", Some("latest")),
+            ok("my_registry/x", "docker.io", "my_registry/x", Some("latest")),
             // Without a '/', "localhost:5000" is the Hub image "localhost" with tag "5000" (as in distribution).
-            ok(
-                "localhost:5000",
-                "docker.io",
-                "library/localhost",
-                Some("5000"),
-            ),
+            ok("localhost:5000", "docker.io", "library/localhost", Some("5000")),
             // Other registries.
             ok("ghcr.io/org/app:v1", "ghcr.io", "org/app", Some("v1")),
             ok("quay.io/a/b/c/d:tag", "quay.io", "a/b/c/d", Some("tag")),
             ok("localhost/app", "localhost", "app", Some("latest")),
             ok("localhost:5000/app:1", "localhost:5000", "app", Some("1")),
-            ok(
-                "127.0.0.1:5000/a/b",
-                "127.0.0.1:5000",
-                "a/b",
-                Some("latest"),
-            ),
+            ok("127.0.0.1:5000/a/b", "127.0.0.1:5000", "a/b", Some("latest")),
             ok("[::1]:5000/a:b", "[::1]:5000", "a", Some("b")),
             ok("[2001:db8::1]/x", "[2001:db8::1]", "x", Some("latest")),
             ok("[2001:DB8::1]/x", "[2001:db8::1]", "x", Some("latest")),
@@ -1004,13 +929,7 @@ mod tests {
                 None,
                 Some(format!("sha512:{H128}")),
             ),
-            ok_d(
-                format!("r:5000/x:t@sha256:{H64}"),
-                "r:5000",
-                "x",
-                Some("t"),
-                sha256(),
-            ),
+            ok_d(format!("r:5000/x:t@sha256:{H64}"), "r:5000", "x", Some("t"), sha256()),
             ok_d(
                 "nginx@md5:d41d8cd98f00b204e9800998ecf8427e",
                 "docker.io",
@@ -1026,36 +945,21 @@ mod tests {
                 Some("sha256+b64u:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564".to_owned()),
             ),
             ok("nginx:_x", "docker.io", "library/nginx", Some("_x")),
-            ok(
-                "nginx:V1.2-RC_3",
-                "docker.io",
-                "library/nginx",
-                Some("V1.2-RC_3"),
-            ),
+            ok("nginx:V1.2-RC_3", "docker.io", "library/nginx", Some("V1.2-RC_3")),
             ok(
                 format!("nginx:{long_tag_ok}"),
                 "docker.io",
                 "library/nginx",
                 Some(long_tag_ok.as_str()),
             ),
-            ok(
-                format!("{H64}:v1"),
-                "docker.io",
-                format!("library/{H64}"),
-                Some("v1"),
-            ),
+            ok(format!("{H64}:v1"), "docker.io", format!("library/{H64}"), Some("v1")),
             // Separators.
             ok("a_b", "docker.io", "library/a_b", Some("latest")),
             ok("a__b", "docker.io", "library/a__b", Some("latest")),
             ok("a-b", "docker.io", "library/a-b", Some("latest")),
             ok("a---b", "docker.io", "library/a---b", Some("latest")),
             ok("a.b", "docker.io", "library/a.b", Some("latest")),
-            ok(
-                "x/a.b-c_d__e---f9",
-                "docker.io",
-                "x/a.b-c_d__e---f9",
-                Some("latest"),
-            ),
+            ok("x/a.b-c_d__e---f9", "docker.io", "x/a.b-c_d__e---f9", Some("latest")),
             ok("0/1", "docker.io", "0/1", Some("latest")),
             // Length limits.
             ok(
@@ -1070,11 +974,7 @@ mod tests {
                 &ghcr_255["ghcr.io/".len()..],
                 Some("latest"),
             ),
-            err(
-                name_256,
-                "NameTooLong",
-                "name is 256 characters, more than 255",
-            ),
+            err(name_256, "NameTooLong", "name is 256 characters, more than 255"),
             err(ghcr_256, "NameTooLong", "name is 256 characters"),
             // Whole-input errors.
             err("", "Empty", "invalid reference \"\": empty reference"),
@@ -1086,19 +986,11 @@ mod tests {
             err("nginx\u{a0}", "Whitespace", "whitespace"),
             err(H64, "AmbiguousHexName", "image ID"),
             // Repository path errors.
-            err(
-                "Nginx",
-                "Uppercase",
-                "repository name must be lowercase (\"Nginx\")",
-            ),
+            err("Nginx", "Uppercase", "repository name must be lowercase (\"Nginx\")"),
             err("docker.io/Nginx", "Uppercase", "(\"Nginx\")"),
             err("ghcr.io/Org/app", "Uppercase", "(\"Org/app\")"),
             err(":tag", "MissingRepository", "missing repository name"),
-            err(
-                format!("@sha256:{H64}"),
-                "MissingRepository",
-                "missing repository name",
-            ),
+            err(format!("@sha256:{H64}"), "MissingRepository", "missing repository name"),
             err("docker.io/", "MissingRepository", "missing repository name"),
             err("localhost/", "MissingRepository", "missing repository name"),
             err("a//b", "EmptyPathComponent", "empty path component"),
@@ -1113,11 +1005,7 @@ mod tests {
             err("a___b", "InvalidSeparator", "\"___\""),
             err("a._b", "InvalidSeparator", "\"._\""),
             err("a-_b", "InvalidSeparator", "\"-_\""),
-            err(
-                "-a",
-                "PathComponentEdge",
-                "path component \"-a\" must start and end",
-            ),
+            err("-a", "PathComponentEdge", "path component \"-a\" must start and end"),
             err("a-", "PathComponentEdge", "\"a-\""),
             err("x/_a", "PathComponentEdge", "\"_a\""),
             err("a.", "PathComponentEdge", "\"a.\""),
@@ -1135,19 +1023,11 @@ mod tests {
             err("[abc]/x", "InvalidPathCharacter", "'['"),
             // Registry errors.
             err("host:99999/x", "InvalidPort", "invalid port \"99999\""),
-            err(
-                "host:99999999/x",
-                "InvalidPort",
-                "invalid port \"99999999\"",
-            ),
+            err("host:99999999/x", "InvalidPort", "invalid port \"99999999\""),
             err("host:0/x", "InvalidPort", "invalid port \"0\""),
             err("host:5x/x", "InvalidPort", "invalid port \"5x\""),
             err("host:+1/x", "InvalidPort", "invalid port \"+1\""),
-            err(
-                "host:/x",
-                "EmptyPort",
-                "registry \"host:\" has an empty port",
-            ),
+            err("host:/x", "EmptyPort", "registry \"host:\" has an empty port"),
             err("[::1]:/x", "EmptyPort", "empty port"),
             err(":5000/x", "EmptyHost", "registry \":5000\" has no host"),
             err(
@@ -1155,26 +1035,10 @@ mod tests {
                 "InvalidDomainComponent",
                 "invalid component \"ex_ample\"",
             ),
-            err(
-                "-ex.com/x",
-                "InvalidDomainComponent",
-                "invalid component \"-ex\"",
-            ),
-            err(
-                "ex-.com/x",
-                "InvalidDomainComponent",
-                "invalid component \"ex-\"",
-            ),
-            err(
-                "ex..com/x",
-                "InvalidDomainComponent",
-                "invalid component \"\"",
-            ),
-            err(
-                "example.com./x",
-                "InvalidDomainComponent",
-                "invalid component \"\"",
-            ),
+            err("-ex.com/x", "InvalidDomainComponent", "invalid component \"-ex\""),
+            err("ex-.com/x", "InvalidDomainComponent", "invalid component \"ex-\""),
+            err("ex..com/x", "InvalidDomainComponent", "invalid component \"\""),
+            err("example.com./x", "InvalidDomainComponent", "invalid component \"\""),
             err(
                 "[::1/x",
                 "InvalidIpv6",
@@ -1198,16 +1062,8 @@ mod tests {
             ),
             err("fe80::1:5000/x", "UnbracketedIpv6", "must be in brackets"),
             // Tag errors.
-            err(
-                "nginx:",
-                "EmptyTag",
-                "invalid reference \"nginx:\": empty tag",
-            ),
-            err(
-                format!("ghcr.io/a/b:@sha256:{H64}"),
-                "EmptyTag",
-                "empty tag",
-            ),
+            err("nginx:", "EmptyTag", "invalid reference \"nginx:\": empty tag"),
+            err(format!("ghcr.io/a/b:@sha256:{H64}"), "EmptyTag", "empty tag"),
             err(
                 format!("nginx:{long_tag_bad}"),
                 "TagTooLong",
@@ -1227,11 +1083,7 @@ mod tests {
                 "EmptyDigest",
                 "invalid reference \"nginx@\": digest \"\": empty digest",
             ),
-            err(
-                "nginx@sha256:",
-                "EmptyEncoded",
-                "empty encoded value after \"sha256\"",
-            ),
+            err("nginx@sha256:", "EmptyEncoded", "empty encoded value after \"sha256\""),
             err(
                 "nginx@sha256",
                 "MissingDigestSeparator",
@@ -1257,11 +1109,7 @@ mod tests {
                 "InvalidAlgorithm",
                 "algorithm \"SHA256\"",
             ),
-            err(
-                format!("nginx@:{H64}"),
-                "InvalidAlgorithm",
-                "algorithm \"\"",
-            ),
+            err(format!("nginx@:{H64}"), "InvalidAlgorithm", "algorithm \"\""),
             err(
                 "nginx@sha256:abc/def",
                 "InvalidEncodedCharacter",
@@ -1303,17 +1151,9 @@ mod tests {
                         r.tag().map(str::to_owned),
                         r.digest().map(Digest::to_string),
                     );
-                    let expected = (
-                        registry.clone(),
-                        repository.clone(),
-                        tag.clone(),
-                        digest.clone(),
-                    );
+                    let expected = (registry.clone(), repository.clone(), tag.clone(), digest.clone());
                     if actual != expected {
-                        failures.push(format!(
-                            "{:?}: expected {expected:?}, got {actual:?}",
-                            case.input
-                        ));
+                        failures.push(format!("{:?}: expected {expected:?}, got {actual:?}", case.input));
                     }
                 }
                 (Want::Err { variant, message }, Err(e)) => {
@@ -1325,9 +1165,7 @@ mod tests {
                         ));
                     }
                 }
-                (Want::Ok { .. }, Err(e)) => {
-                    failures.push(format!("{:?}: expected Ok, got {e}", case.input))
-                }
+                (Want::Ok { .. }, Err(e)) => failures.push(format!("{:?}: expected Ok, got {e}", case.input)),
                 (Want::Err { variant, .. }, Ok(r)) => {
                     failures.push(format!("{:?}: expected {variant}, got Ok({r})", case.input))
                 }
@@ -1362,10 +1200,7 @@ mod tests {
     fn display_is_canonical() {
         let show = |s: &str| ImageRef::parse(s).unwrap().to_string();
         assert_eq!(show("nginx"), "docker.io/library/nginx:latest");
-        assert_eq!(
-            show("index.docker.io/bitnami/redis:7"),
-            "docker.io/bitnami/redis:7"
-        );
+        assert_eq!(show("index.docker.io/bitnami/redis:7"), "docker.io/bitnami/redis:7");
         assert_eq!(
             show(&format!("ghcr.io/a/b@sha256:{H64}")),
             format!("ghcr.io/a/b@sha256:{H64}")
@@ -1486,32 +1321,16 @@ mod tests {
         }
 
         let err_cases: Vec<(String, &str, &str)> = vec![
-            (
-                String::new(),
-                "EmptyDigest",
-                "invalid digest \"\": empty digest",
-            ),
+            (String::new(), "EmptyDigest", "invalid digest \"\": empty digest"),
             (
                 "sha256".into(),
                 "MissingDigestSeparator",
                 "expected <algorithm>:<encoded>",
             ),
             (format!(":{H64}"), "InvalidAlgorithm", "algorithm \"\""),
-            (
-                format!("SHA256:{H64}"),
-                "InvalidAlgorithm",
-                "algorithm \"SHA256\"",
-            ),
-            (
-                format!("sha256-:{H64}"),
-                "InvalidAlgorithm",
-                "algorithm \"sha256-\"",
-            ),
-            (
-                format!("sha..256:{H64}"),
-                "InvalidAlgorithm",
-                "\"sha..256\"",
-            ),
+            (format!("SHA256:{H64}"), "InvalidAlgorithm", "algorithm \"SHA256\""),
+            (format!("sha256-:{H64}"), "InvalidAlgorithm", "algorithm \"sha256-\""),
+            (format!("sha..256:{H64}"), "InvalidAlgorithm", "\"sha..256\""),
             (format!("+sha256:{H64}"), "InvalidAlgorithm", "\"+sha256\""),
             (format!(" sha256:{H64}"), "InvalidAlgorithm", "\" sha256\""),
             ("sha256:".into(), "EmptyEncoded", "empty encoded value"),
@@ -1531,26 +1350,14 @@ mod tests {
                 "DigestNotLowercaseHex",
                 "sha256 needs lowercase hex, found 'E'",
             ),
-            (
-                format!("sha256:{}g", &H64[1..]),
-                "DigestNotLowercaseHex",
-                "found 'g'",
-            ),
+            (format!("sha256:{}g", &H64[1..]), "DigestNotLowercaseHex", "found 'g'"),
             (
                 "sha256:ab cd".into(),
                 "InvalidEncodedCharacter",
                 "invalid character ' '",
             ),
-            (
-                "sha256:é".into(),
-                "InvalidEncodedCharacter",
-                "invalid character 'é'",
-            ),
-            (
-                "md5:a:b".into(),
-                "InvalidEncodedCharacter",
-                "invalid character ':'",
-            ),
+            ("sha256:é".into(), "InvalidEncodedCharacter", "invalid character 'é'"),
+            ("md5:a:b".into(), "InvalidEncodedCharacter", "invalid character ':'"),
         ];
         for (s, variant, message) in &err_cases {
             let e = Digest::parse(s).unwrap_err();
@@ -1565,14 +1372,8 @@ mod tests {
         assert_eq!(d.algorithm(), "sha256");
         assert_eq!(d.encoded(), H64);
         assert_eq!(d.to_string(), format!("sha256:{H64}"));
-        assert_eq!(
-            variant_name(&Digest::sha256_hex("abc").unwrap_err()),
-            "DigestLength"
-        );
-        assert_eq!(
-            variant_name(&Digest::sha256_hex("").unwrap_err()),
-            "EmptyEncoded"
-        );
+        assert_eq!(variant_name(&Digest::sha256_hex("abc").unwrap_err()), "DigestLength");
+        assert_eq!(variant_name(&Digest::sha256_hex("").unwrap_err()), "EmptyEncoded");
         assert_eq!(
             variant_name(&Digest::sha256_hex(&H64.to_ascii_uppercase()).unwrap_err()),
             "DigestNotLowercaseHex"
@@ -1588,14 +1389,12 @@ mod tests {
         let json = serde_json::to_string(&b).unwrap();
         assert_eq!(json, format!("\"sha256:{H64}\""));
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), b);
-        let list: Vec<Digest> =
-            serde_json::from_str(&format!("[\"sha256:{H64}\", \"sha512:{H128}\"]")).unwrap();
+        let list: Vec<Digest> = serde_json::from_str(&format!("[\"sha256:{H64}\", \"sha512:{H128}\"]")).unwrap();
         assert_eq!(list.len(), 2);
 
         let bad = serde_json::from_str::<Digest>("\"sha256:abc\"").unwrap_err();
         assert!(
-            bad.to_string()
-                .contains("sha256 needs 64 hex characters, got 3"),
+            bad.to_string().contains("sha256 needs 64 hex characters, got 3"),
             "{bad}"
         );
         assert!(serde_json::from_str::<Digest>("42").is_err());
@@ -1627,8 +1426,7 @@ mod tests {
         let mut inputs: Vec<String> = cases().into_iter().map(|c| c.input).collect();
         inputs.extend(
             [
-                "[", "]", "@", ":", "/", "[:", "[]:", "@@", "::", "//", ":/", "[::1]:", "a@:", "é",
-                "\u{0}",
+                "[", "]", "@", ":", "/", "[:", "[]:", "@@", "::", "//", ":/", "[::1]:", "a@:", "é", "\u{0}",
             ]
             .map(str::to_owned),
         );

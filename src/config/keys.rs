@@ -9,22 +9,11 @@ use super::parse::closest;
 use super::settings::{KEY_ALIASES, SETTINGS};
 
 /// Walks the parsed file, renaming tolerated spellings in place and reporting unknown keys.
-pub fn canonicalize(
-    root: &mut Value,
-    file: &str,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<String>,
-) {
+pub fn canonicalize(root: &mut Value, file: &str, problems: &mut Vec<Problem>, warnings: &mut Vec<String>) {
     walk(root, "", file, problems, warnings);
 }
 
-fn walk(
-    value: &mut Value,
-    prefix: &str,
-    file: &str,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<String>,
-) {
+fn walk(value: &mut Value, prefix: &str, file: &str, problems: &mut Vec<Problem>, warnings: &mut Vec<String>) {
     let Value::Object(map) = value else {
         // A wrong shape is reported by the reader of that setting, with its expected type.
         return;
@@ -53,10 +42,7 @@ fn walk(
                 ));
                 continue;
             }
-            warnings.push(format!(
-                "{file}: key {shown:?} read as {:?}",
-                join(prefix, canonical)
-            ));
+            warnings.push(format!("{file}: key {shown:?} read as {:?}", join(prefix, canonical)));
             let v = map.remove(&name).unwrap_or(Value::Null);
             map.insert(canonical.to_owned(), v);
         }
@@ -85,21 +71,11 @@ fn walk_element(
     warnings: &mut Vec<String>,
 ) {
     let mut item_problems = Vec::new();
-    walk(
-        item,
-        &format!("{path}[]"),
-        file,
-        &mut item_problems,
-        warnings,
-    );
+    walk(item, &format!("{path}[]"), file, &mut item_problems, warnings);
     // Name the entry's position, not the generic `[]`, so the user can find it.
     for mut p in item_problems {
-        p.origin = p
-            .origin
-            .replacen(&format!("{path}[]"), &format!("{path}[{index}]"), 1);
-        p.message = p
-            .message
-            .replacen(&format!("{path}[]"), &format!("{path}[{index}]"), 1);
+        p.origin = p.origin.replacen(&format!("{path}[]"), &format!("{path}[{index}]"), 1);
+        p.message = p.message.replacen(&format!("{path}[]"), &format!("{path}[{index}]"), 1);
         problems.push(p);
     }
 }
@@ -138,10 +114,7 @@ fn children(prefix: &str) -> Vec<&'static str> {
 }
 
 fn is_prefix(p: &str) -> bool {
-    SETTINGS
-        .iter()
-        .filter_map(|s| s.key)
-        .any(|k| k.starts_with(p))
+    SETTINGS.iter().filter_map(|s| s.key).any(|k| k.starts_with(p))
 }
 
 fn join(prefix: &str, name: &str) -> String {

@@ -68,12 +68,7 @@ impl<'a> Loader<'a> {
         match serde_saphyr::from_str::<Value>(text) {
             Ok(Value::Null) => {}
             Ok(mut v @ Value::Object(_)) => {
-                keys::canonicalize(
-                    &mut v,
-                    &self.file_label,
-                    &mut self.problems,
-                    &mut self.warnings,
-                );
+                keys::canonicalize(&mut v, &self.file_label, &mut self.problems, &mut self.warnings);
                 self.file = v;
             }
             Ok(_) => self.problems.push(Problem::new(
@@ -103,10 +98,7 @@ impl<'a> Loader<'a> {
     fn raw(&mut self, setting: &'static Setting) -> (Origin, Input) {
         self.used.push(setting.id());
         if let Some(v) = setting.env.and_then(|name| self.env(name)) {
-            return (
-                Origin::Env(setting.env.unwrap_or_default()),
-                Input::Scalar(v),
-            );
+            return (Origin::Env(setting.env.unwrap_or_default()), Input::Scalar(v));
         }
         if let Some(key) = setting.key
             && let Some(v) = self.file_value(key)
@@ -140,22 +132,14 @@ impl<'a> Loader<'a> {
             return vec![];
         };
         let Value::Array(items) = value else {
-            self.problem(
-                &Origin::File(id.into()),
-                None,
-                "expected a list of entries".into(),
-            );
+            self.problem(&Origin::File(id.into()), None, "expected a list of entries".into());
             return vec![];
         };
         let mut out = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             match item {
                 Value::Object(map) => out.push((format!("{id}[{i}]"), map)),
-                _ => self.problem(
-                    &Origin::File(format!("{id}[{i}]")),
-                    None,
-                    "expected a mapping".into(),
-                ),
+                _ => self.problem(&Origin::File(format!("{id}[{i}]")), None, "expected a mapping".into()),
             }
         }
         out
@@ -187,11 +171,8 @@ impl<'a> Loader<'a> {
             Origin::File(key) => format!("{key} ({})", self.file_label),
             Origin::Default => "default".into(),
         };
-        self.problems.push(Problem::new(
-            origin,
-            input.map(ToString::to_string),
-            message,
-        ));
+        self.problems
+            .push(Problem::new(origin, input.map(ToString::to_string), message));
     }
 
     /// Records a problem about a setting's effective value (cross-field checks).
@@ -219,17 +200,11 @@ fn to_input(v: &Value) -> Result<Input, String> {
             Value::Number(n) => Ok(n.to_string()),
             Value::Bool(b) => Ok(b.to_string()),
             Value::Null => Ok(String::new()),
-            Value::Array(_) | Value::Object(_) => {
-                Err("expected a value, got a nested list or mapping".into())
-            }
+            Value::Array(_) | Value::Object(_) => Err("expected a value, got a nested list or mapping".into()),
         }
     }
     match v {
-        Value::Array(items) => items
-            .iter()
-            .map(scalar)
-            .collect::<Result<_, _>>()
-            .map(Input::List),
+        Value::Array(items) => items.iter().map(scalar).collect::<Result<_, _>>().map(Input::List),
         Value::Object(_) => Err("expected a value or a list, got a mapping".into()),
         other => scalar(other).map(Input::Scalar),
     }
@@ -261,8 +236,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         username: loader.get("TARGET_USERNAME", parse::text),
         password: Secret::new(loader.get("TARGET_PASSWORD", parse::text)),
     };
-    let lower_list =
-        |i: &Input| parse::list(i).map(|l| l.into_iter().map(|s| s.to_ascii_lowercase()).collect());
+    let lower_list = |i: &Input| parse::list(i).map(|l| l.into_iter().map(|s| s.to_ascii_lowercase()).collect());
     let config = Config {
         target_kind,
         log_level,
@@ -294,12 +268,9 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         dry_pull: overrides.dry_pull || loader.get("dryPull", parse::boolean),
         request_timeout: loader.get("requestTimeout", |i| parse::duration(i, SECOND)),
         registry_retry_attempts: loader.get("registryRetryAttempts", parse::positive_u32),
-        registry_retry_backoff: loader.get("registryRetryBackoff", |i| {
-            parse::non_negative_duration(i, SECOND)
-        }),
+        registry_retry_backoff: loader.get("registryRetryBackoff", |i| parse::non_negative_duration(i, SECOND)),
         failure_cooldown: loader.get("failureCooldownMinutes", |i| parse::duration(i, MINUTE)),
-        force_reconcile_interval: loader
-            .get("forceReconcileMinutes", |i| parse::duration(i, MINUTE)),
+        force_reconcile_interval: loader.get("forceReconcileMinutes", |i| parse::duration(i, MINUTE)),
         max_concurrent_reconciles: loader.get("maxConcurrentReconciles", parse::positive_u32),
         registry_credentials: registry_credentials(loader),
         path_map: path_map(loader),
@@ -334,20 +305,14 @@ fn check_target(loader: &mut Loader<'_>, config: &Config) {
             if id.is_empty() {
                 loader.setting_problem("ecr.accountID", "required when targetKind is ecr".into());
             } else if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
-                loader.setting_problem(
-                    "ecr.accountID",
-                    format!("{id:?} is not a 12-digit AWS account id"),
-                );
+                loader.setting_problem("ecr.accountID", format!("{id:?} is not a 12-digit AWS account id"));
             }
             if config.ecr.region.is_empty() {
                 loader.setting_problem("ecr.region", "required when targetKind is ecr".into());
             }
         }
         TargetKind::Docker if config.docker.registry.is_empty() => {
-            loader.setting_problem(
-                "docker.registry",
-                "required when targetKind is docker".into(),
-            );
+            loader.setting_problem("docker.registry", "required when targetKind is docker".into());
         }
         TargetKind::Docker => {}
     }
@@ -371,11 +336,9 @@ fn log_level_flag(loader: &mut Loader<'_>, flag: &str) -> Option<LogLevel> {
     let input = Input::Scalar(flag.to_owned());
     log_level(&input)
         .map_err(|msg| {
-            loader.problems.push(Problem::new(
-                "--log-level (flag)".into(),
-                Some(input.to_string()),
-                msg,
-            ))
+            loader
+                .problems
+                .push(Problem::new("--log-level (flag)".into(), Some(input.to_string()), msg))
         })
         .ok()
 }
@@ -383,8 +346,7 @@ fn log_level_flag(loader: &mut Loader<'_>, flag: &str) -> Option<LogLevel> {
 fn json_text(input: &Input) -> Result<String, String> {
     let text = parse::text(input)?;
     if !text.is_empty() {
-        serde_json::from_str::<serde_json::Value>(&text)
-            .map_err(|e| format!("not valid JSON: {e}"))?;
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("not valid JSON: {e}"))?;
     }
     Ok(text)
 }
@@ -392,9 +354,7 @@ fn json_text(input: &Input) -> Result<String, String> {
 fn registry_host(input: &Input) -> Result<String, String> {
     let host = parse::text(input)?;
     if host.contains("://") {
-        return Err(
-            "give the registry host without a scheme, e.g. registry.example.com:5000".into(),
-        );
+        return Err("give the registry host without a scheme, e.g. registry.example.com:5000".into());
     }
     Ok(host.trim_end_matches('/').to_owned())
 }
@@ -464,16 +424,10 @@ fn registry_credentials(loader: &mut Loader<'_>) -> Vec<RegistryCredential> {
             .unwrap_or_default()
             .to_ascii_lowercase();
         if registry.is_empty() {
-            loader.problem(
-                &Origin::File(format!("{}.registry", entry.0)),
-                None,
-                "required".into(),
-            );
+            loader.problem(&Origin::File(format!("{}.registry", entry.0)), None, "required".into());
             continue;
         }
-        let aliases = loader
-            .field(&entry, "registryAliases", parse::list)
-            .unwrap_or_default();
+        let aliases = loader.field(&entry, "registryAliases", parse::list).unwrap_or_default();
         let value = |loader: &mut Loader<'_>, name: &str| {
             let env_name = loader
                 .field(&entry, &format!("{name}Env"), parse::text)
@@ -494,16 +448,15 @@ fn registry_credentials(loader: &mut Loader<'_>) -> Vec<RegistryCredential> {
             loader.problem(
                 &Origin::File(entry.0.clone()),
                 None,
-                format!("no credentials for {registry}: username/password or token (or their *Env variables) are all empty"),
+                format!(
+                    "no credentials for {registry}: username/password or token (or their *Env variables) are all empty"
+                ),
             );
             continue;
         }
         out.push(RegistryCredential {
             registry,
-            registry_aliases: aliases
-                .into_iter()
-                .map(|a| a.to_ascii_lowercase())
-                .collect(),
+            registry_aliases: aliases.into_iter().map(|a| a.to_ascii_lowercase()).collect(),
             username,
             password,
             token,
@@ -515,19 +468,11 @@ fn registry_credentials(loader: &mut Loader<'_>) -> Vec<RegistryCredential> {
 fn path_map(loader: &mut Loader<'_>) -> Vec<PathMapRule> {
     let mut out = Vec::new();
     for entry in loader.entries("pathMap") {
-        let from = loader
-            .field(&entry, "from", parse::text)
-            .unwrap_or_default();
+        let from = loader.field(&entry, "from", parse::text).unwrap_or_default();
         let to = loader.field(&entry, "to", parse::text).unwrap_or_default();
-        let regex = loader
-            .field(&entry, "regex", parse::boolean)
-            .unwrap_or(false);
+        let regex = loader.field(&entry, "regex", parse::boolean).unwrap_or(false);
         if from.is_empty() {
-            loader.problem(
-                &Origin::File(format!("{}.from", entry.0)),
-                None,
-                "required".into(),
-            );
+            loader.problem(&Origin::File(format!("{}.from", entry.0)), None, "required".into());
             continue;
         }
         if regex && let Err(e) = regex::Regex::new(&from) {

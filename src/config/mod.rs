@@ -26,11 +26,7 @@ pub struct Problem {
 
 impl Problem {
     fn new(origin: String, value: Option<String>, message: String) -> Self {
-        Problem {
-            origin,
-            value,
-            message,
-        }
+        Problem { origin, value, message }
     }
 }
 
@@ -122,8 +118,7 @@ impl Config {
     /// The effective configuration as YAML that loads back to the same settings, secrets masked,
     /// followed by the environment-only settings as comments.
     pub fn to_yaml(&self) -> String {
-        let mut out =
-            serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        let mut out = serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         let rt = &self.runtime;
         let file_note = if rt.config_found {
             ""
@@ -149,9 +144,8 @@ impl Config {
 
 /// The settings reference as a Markdown table, for `docs/configuration.md`.
 pub fn reference_table() -> String {
-    let mut out = String::from(
-        "| YAML key | Environment variable | Default | Type | Meaning |\n|---|---|---|---|---|\n",
-    );
+    let mut out =
+        String::from("| YAML key | Environment variable | Default | Type | Meaning |\n|---|---|---|---|---|\n");
     let code = |s: Option<&str>| s.map(|s| format!("`{s}`")).unwrap_or_else(|| "—".into());
     for s in settings::SETTINGS {
         let default = if s.default.is_empty() {

@@ -58,10 +58,7 @@ pub struct Config {
     #[serde(serialize_with = "duration")]
     pub registry_retry_backoff: Duration,
     /// Per-target failure cooldown; `None` disables it.
-    #[serde(
-        rename = "failureCooldownMinutes",
-        serialize_with = "optional_duration"
-    )]
+    #[serde(rename = "failureCooldownMinutes", serialize_with = "optional_duration")]
     pub failure_cooldown: Option<Duration>,
     /// Periodic full rescan; `None` disables it.
     #[serde(rename = "forceReconcileMinutes", serialize_with = "optional_duration")]
@@ -228,10 +225,7 @@ fn duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Erro
     serializer.collect_str(&humantime::format_duration(*d))
 }
 
-fn optional_duration<S: Serializer>(
-    d: &Option<Duration>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+fn optional_duration<S: Serializer>(d: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => duration(d, serializer),
         None => serializer.serialize_str("0"),

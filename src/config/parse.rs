@@ -110,13 +110,7 @@ pub fn one_of(input: &Input, allowed: &[&'static str]) -> Result<&'static str, S
         .iter()
         .find(|a| a.eq_ignore_ascii_case(s))
         .copied()
-        .ok_or_else(|| {
-            format!(
-                "allowed values: {}{}",
-                allowed.join(", "),
-                suggestion(s, allowed)
-            )
-        })
+        .ok_or_else(|| format!("allowed values: {}{}", allowed.join(", "), suggestion(s, allowed)))
 }
 
 /// A list whose items must each be one of `allowed` (case-insensitive); duplicates are dropped and
@@ -141,11 +135,7 @@ pub fn list_of(input: &Input, allowed: &[&'static str]) -> Result<Vec<&'static s
     };
     Err(format!(
         "unknown value(s) {}; allowed: {}{hint}",
-        unknown
-            .iter()
-            .map(|u| format!("{u:?}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        unknown.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", "),
         allowed.join(", ")
     ))
 }
@@ -162,12 +152,7 @@ pub fn closest<'a, S: AsRef<str>>(got: &str, candidates: &'a [S]) -> Option<&'a 
     let got = got.to_ascii_lowercase();
     candidates
         .iter()
-        .map(|c| {
-            (
-                strsim::jaro_winkler(&got, &c.as_ref().to_ascii_lowercase()),
-                c.as_ref(),
-            )
-        })
+        .map(|c| (strsim::jaro_winkler(&got, &c.as_ref().to_ascii_lowercase()), c.as_ref()))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
@@ -210,10 +195,7 @@ mod tests {
 
     #[test]
     fn lists() {
-        assert_eq!(
-            list(&s(" a, b ,,c ")),
-            Ok(vec!["a".into(), "b".into(), "c".into()])
-        );
+        assert_eq!(list(&s(" a, b ,,c ")), Ok(vec!["a".into(), "b".into(), "c".into()]));
         assert_eq!(list(&s("")), Ok(vec![]));
         assert_eq!(
             list(&Input::List(vec!["a,b".into(), " c ".into(), "".into()])),
@@ -241,10 +223,7 @@ mod tests {
             assert_eq!(duration(&s(v), unit).map_err(|_| ()), want, "{v}");
         }
         assert_eq!(non_negative_duration(&s("0"), sec), Ok(Duration::ZERO));
-        assert_eq!(
-            non_negative_duration(&s("10"), sec),
-            Ok(Duration::from_secs(10))
-        );
+        assert_eq!(non_negative_duration(&s("10"), sec), Ok(Duration::from_secs(10)));
         assert!(non_negative_duration(&s("-1"), sec).is_err());
     }
 

@@ -39,14 +39,7 @@ pub const KEY_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// Names of the watchable workload kinds, as `watchResources` spells them.
-pub const RESOURCE_KINDS: &[&str] = &[
-    "deployments",
-    "statefulsets",
-    "daemonsets",
-    "jobs",
-    "cronjobs",
-    "pods",
-];
+pub const RESOURCE_KINDS: &[&str] = &["deployments", "statefulsets", "daemonsets", "jobs", "cronjobs", "pods"];
 
 const fn s(
     key: Option<&'static str>,

@@ -4,18 +4,10 @@ use std::time::Duration;
 
 use super::*;
 
-fn load_with(
-    yaml: &str,
-    env: &[(&str, &str)],
-    overrides: Overrides,
-    purpose: Purpose,
-) -> Result<Loaded, ConfigErrors> {
+fn load_with(yaml: &str, env: &[(&str, &str)], overrides: Overrides, purpose: Purpose) -> Result<Loaded, ConfigErrors> {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(yaml.as_bytes()).unwrap();
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let overrides = Overrides {
         config: Some(file.path().to_owned()),
         ..overrides
@@ -55,10 +47,7 @@ fn defaults_match_k8s_copycat() {
     assert!(c.ecr.create_repo && c.allow_different_digest_repush && c.runtime.leader_elect);
     assert!(!c.dry_run && !c.dry_pull && !c.digest_pull && !c.docker.insecure);
     assert_eq!(
-        (
-            c.runtime.metrics_addr.as_str(),
-            c.runtime.health_addr.as_str()
-        ),
+        (c.runtime.metrics_addr.as_str(), c.runtime.health_addr.as_str()),
         (":8080", ":8081")
     );
     assert_eq!(c.log_format, LogFormat::Json);
@@ -105,11 +94,7 @@ fn bad_values_are_reported_by_name() {
         (
             "",
             &[("WATCH_RESOURCES", "deploymentz")],
-            &[
-                "WATCH_RESOURCES (env)",
-                "deploymentz",
-                "did you mean \"deployments\"",
-            ],
+            &["WATCH_RESOURCES (env)", "deploymentz", "did you mean \"deployments\""],
         ),
         (
             "watchResources: [pods, deploymentz]",
@@ -121,26 +106,14 @@ fn bad_values_are_reported_by_name() {
             &[],
             &["ecr.acountID", "did you mean \"ecr.accountID\""],
         ),
-        (
-            "dryRun: maybe",
-            &[],
-            &["dryRun (", "\"maybe\"", "expected a boolean"],
-        ),
-        (
-            "",
-            &[("DRY_RUN", "maybe")],
-            &["DRY_RUN (env)", "expected a boolean"],
-        ),
+        ("dryRun: maybe", &[], &["dryRun (", "\"maybe\"", "expected a boolean"]),
+        ("", &[("DRY_RUN", "maybe")], &["DRY_RUN (env)", "expected a boolean"]),
         (
             "",
             &[("TARGET_INSECURE", "sure")],
             &["TARGET_INSECURE (env)", "expected a boolean"],
         ),
-        (
-            "targetKind: gcr",
-            &[],
-            &["targetKind (", "allowed values: ecr, docker"],
-        ),
+        ("targetKind: gcr", &[], &["targetKind (", "allowed values: ecr, docker"]),
         (
             "registryRetryAttempts: 0",
             &[],
@@ -151,11 +124,7 @@ fn bad_values_are_reported_by_name() {
             &[],
             &["registryRetryBackoff", "must not be negative"],
         ),
-        (
-            "requestTimeout: soon",
-            &[],
-            &["requestTimeout", "duration like 90s"],
-        ),
+        ("requestTimeout: soon", &[], &["requestTimeout", "duration like 90s"]),
         (
             "maxConcurrentReconciles: two",
             &[],
@@ -191,11 +160,7 @@ fn bad_values_are_reported_by_name() {
             &[],
             &["pathMap[0].from", "invalid regex"],
         ),
-        (
-            "pathMap:\n  - {to: x}\n",
-            &[],
-            &["pathMap[0].from", "required"],
-        ),
+        ("pathMap:\n  - {to: x}\n", &[], &["pathMap[0].from", "required"]),
         (
             "pathMap:\n  - {from: a, too: x}\n",
             &[],
@@ -214,10 +179,7 @@ fn bad_values_are_reported_by_name() {
         (
             "skipNames:\n  deployment: [x]\n",
             &[],
-            &[
-                "skipNames.deployment",
-                "did you mean \"skipNames.deployments\"",
-            ],
+            &["skipNames.deployment", "did you mean \"skipNames.deployments\""],
         ),
         ("dryRun: {a: 1}", &[], &["dryRun", "got a mapping"]),
         (
@@ -229,10 +191,7 @@ fn bad_values_are_reported_by_name() {
     for (yaml, env, wanted) in cases {
         let all = problems(yaml, env, Purpose::OneShot).join("\n");
         for w in *wanted {
-            assert!(
-                all.contains(w),
-                "for {yaml:?} {env:?}: expected {w:?} in:\n{all}"
-            );
+            assert!(all.contains(w), "for {yaml:?} {env:?}: expected {w:?} in:\n{all}");
         }
     }
 }
@@ -282,31 +241,18 @@ fn fixed_k8s_copycat_config_bugs() {
         (c.request_timeout, c.registry_retry_backoff),
         (Some(Duration::from_secs(120)), Duration::from_secs(2))
     );
-    let c = ok(
-        "requestTimeoutSeconds: 7\nregistryRetryBackoffSeconds: 1\n",
-        &[],
-    );
+    let c = ok("requestTimeoutSeconds: 7\nregistryRetryBackoffSeconds: 1\n", &[]);
     assert_eq!(
         (c.request_timeout, c.registry_retry_backoff),
         (Some(Duration::from_secs(7)), Duration::from_secs(1))
     );
     // Case-insensitive TARGET_KIND, same bool syntax in file and env.
-    assert_eq!(
-        ok("", &[("TARGET_KIND", "DOCKER")]).target_kind,
-        TargetKind::Docker
-    );
-    assert_eq!(
-        ok("targetKind: Docker", &[]).target_kind,
-        TargetKind::Docker
-    );
+    assert_eq!(ok("", &[("TARGET_KIND", "DOCKER")]).target_kind, TargetKind::Docker);
+    assert_eq!(ok("targetKind: Docker", &[]).target_kind, TargetKind::Docker);
     assert!(ok("dryRun: 'Yes'", &[]).dry_run && ok("", &[("DRY_RUN", "Yes")]).dry_run);
     assert!(ok("dryPull: on", &[]).dry_pull && ok("", &[("DRY_PULL", "1")]).dry_pull);
     // An explicit empty list really means none.
-    assert!(
-        ok("digestPullIgnoredTags: []", &[])
-            .digest_pull_ignored_tags
-            .is_empty()
-    );
+    assert!(ok("digestPullIgnoredTags: []", &[]).digest_pull_ignored_tags.is_empty());
     assert_eq!(
         ok("digestPullIgnoredTags: [Latest, stable]", &[]).digest_pull_ignored_tags,
         vec!["latest", "stable"]
@@ -323,11 +269,7 @@ fn durations_accept_integers_and_humantime() {
         ("failureCooldownMinutes: 1h", Some(3600)),
     ];
     for (yaml, want) in cases {
-        assert_eq!(
-            ok(yaml, &[]).failure_cooldown,
-            want.map(Duration::from_secs),
-            "{yaml}"
-        );
+        assert_eq!(ok(yaml, &[]).failure_cooldown, want.map(Duration::from_secs), "{yaml}");
     }
     assert_eq!(
         ok("forceReconcileMinutes: 30", &[]).force_reconcile_interval,
@@ -344,17 +286,10 @@ fn durations_accept_integers_and_humantime() {
 fn precedence_flags_over_env_over_file() {
     let c = ok(
         "skipNamespaces: [a]\nmaxConcurrentReconciles: 4\n",
-        &[
-            ("MAX_CONCURRENT_RECONCILES", "8"),
-            ("SKIP_NAMESPACES", "  "),
-        ],
+        &[("MAX_CONCURRENT_RECONCILES", "8"), ("SKIP_NAMESPACES", "  ")],
     );
     assert_eq!(c.max_concurrent_reconciles, 8);
-    assert_eq!(
-        c.skip_namespaces,
-        vec!["a"],
-        "a blank env var falls back to the file"
-    );
+    assert_eq!(c.skip_namespaces, vec!["a"], "a blank env var falls back to the file");
     let overrides = Overrides {
         metrics_addr: Some("127.0.0.1:9000".into()),
         leader_elect: Some(false),
@@ -378,10 +313,7 @@ fn precedence_flags_over_env_over_file() {
         ..Default::default()
     };
     let err = load_with("", &[], bad, Purpose::OneShot).unwrap_err();
-    assert!(
-        err.to_string().contains("--log-level (flag) = \"loud\""),
-        "{err}"
-    );
+    assert!(err.to_string().contains("--log-level (flag) = \"loud\""), "{err}");
 }
 
 #[test]
@@ -390,10 +322,7 @@ fn lists_and_normalisation() {
         "excludeRegistries: ['https://Index.Docker.io/', 'registry.gitlab.com/group/', 'docker.io']\nskipNames:\n  pods: ['a,b', c]\n",
         &[("MIRROR_PLATFORMS", "arm64, linux/arm/v7, ARM64")],
     );
-    assert_eq!(
-        c.exclude_registries,
-        vec!["docker.io", "registry.gitlab.com/group"]
-    );
+    assert_eq!(c.exclude_registries, vec!["docker.io", "registry.gitlab.com/group"]);
     assert_eq!(c.skip_names.pods, vec!["a", "b", "c"]);
     let platforms: Vec<String> = c.mirror_platforms.iter().map(ToString::to_string).collect();
     assert_eq!(platforms, vec!["linux/arm64", "linux/arm/v7"]);
@@ -436,10 +365,7 @@ fn credentials_resolve_env_and_stay_masked() {
     assert_eq!(creds[1].token.expose(), "tok-123");
     let printed = format!("{}\n{:?}", c.to_yaml(), c);
     for secret in ["s3cret-pass", "tok-123", "t4rget-pass"] {
-        assert!(
-            !printed.contains(secret),
-            "secret {secret} printed:\n{printed}"
-        );
+        assert!(!printed.contains(secret), "secret {secret} printed:\n{printed}");
     }
     assert!(printed.contains(crate::secret::MASK));
 }
@@ -468,10 +394,7 @@ fn effective_yaml_loads_back_to_the_same_config() {
         .filter(|k| !k.contains("[]"))
     {
         let leaf = key.rsplit('.').next().unwrap();
-        assert!(
-            first.contains(&format!("{leaf}:")),
-            "{key} missing from:\n{first}"
-        );
+        assert!(first.contains(&format!("{leaf}:")), "{key} missing from:\n{first}");
     }
 }
 

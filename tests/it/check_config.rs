@@ -4,10 +4,7 @@ use std::process::{Command, Output};
 
 fn check_config(config: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
-    cmd.arg("check-config")
-        .arg("--config")
-        .arg(config)
-        .env_clear();
+    cmd.arg("check-config").arg("--config").arg(config).env_clear();
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -32,26 +29,18 @@ fn example_config_is_valid() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("registry: registry.example.com:5000"),
-        "{stdout}"
-    );
-    assert!(
-        !stdout.contains("dh-secret-value"),
-        "secret printed: {stdout}"
-    );
+    assert!(stdout.contains("registry: registry.example.com:5000"), "{stdout}");
+    assert!(!stdout.contains("dh-secret-value"), "secret printed: {stdout}");
 }
 
 #[test]
 fn misspelled_key_is_named_with_a_suggestion() {
-    let file =
-        write("targetKind: docker\ndocker: {registry: r.example.com}\nincludeNamespace: [a]\n");
+    let file = write("targetKind: docker\ndocker: {registry: r.example.com}\nincludeNamespace: [a]\n");
     let out = check_config(file.path().to_str().unwrap(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr.contains("includeNamespace (")
-            && stderr.contains("did you mean \"includeNamespaces\""),
+        stderr.contains("includeNamespace (") && stderr.contains("did you mean \"includeNamespaces\""),
         "{stderr}"
     );
 }
@@ -69,15 +58,11 @@ fn bad_env_value_is_named() {
 
 #[test]
 fn every_problem_is_listed_and_secrets_stay_hidden() {
-    let file = write(
-        "targetKind: docker\ndocker: {registry: r.example.com}\ndryRun: maybe\nregistryRetryAttempts: 0\n",
-    );
+    let file =
+        write("targetKind: docker\ndocker: {registry: r.example.com}\ndryRun: maybe\nregistryRetryAttempts: 0\n");
     let out = check_config(
         file.path().to_str().unwrap(),
-        &[
-            ("TARGET_PASSWORD", "pw-should-not-show"),
-            ("DIGEST_PULL", "nah"),
-        ],
+        &[("TARGET_PASSWORD", "pw-should-not-show"), ("DIGEST_PULL", "nah")],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));

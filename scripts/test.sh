@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need (idempotent), then runs
+# cargo fmt --check, clippy with -D warnings, and every test. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: real registries (docker-registry = CNCF distribution 2.8), skopeo as the
+# independent verifier, htpasswd for basic-auth registries, openssl for test certificates.
+missing=()
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v openssl >/dev/null || missing+=(openssl)
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# moto (the ECR control plane for ECR tests) in a project-local virtualenv.
+venv="${COPYCAT_VENV:-$PWD/target/venv}"
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "creating $venv with moto[server]"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]==5.2.5'
+fi
+export COPYCAT_MOTO_SERVER="$venv/bin/moto_server"
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi

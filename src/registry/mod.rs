@@ -1,0 +1,293 @@
+//! Registry HTTP client: the OCI distribution API over reqwest, with authentication (anonymous, basic,
+//! bearer-token challenge), retries with backoff, per-registry request caps and TLS settings.
+//! It knows nothing about Kubernetes or about what an image is made of; `copy` builds on it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::reference::Digest;
+use crate::secret::Secret;
+
+/// Manifest media types copycat sends in `Accept` (all of them, always: distribution 2.8 answers 404
+/// for OCI content by tag, and converts Docker v2 to schema1, when a type is missing).
+pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// A stream of blob bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes, RegistryError>>;
+
+/// Opens a fresh stream of a blob's bytes; called again for each upload attempt, since a stream
+/// cannot be replayed.
+pub type BlobSource<'a> = &'a (dyn Fn() -> BoxFuture<'static, Result<ByteStream, RegistryError>> + Send + Sync);
+
+/// What failed, with enough context to log it; never contains credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry answered with an unexpected status.
+    #[error("{method} {url}: HTTP {status}{}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]
+    Status {
+        /// HTTP method.
+        method: &'static str,
+        /// Request URL (no credentials in it).
+        url: String,
+        /// Status code.
+        status: u16,
+        /// Registry error codes/messages from the body, trimmed.
+        detail: String,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+    /// Authentication failed (credentials refused, or the token service failed).
+    #[error("authentication to {registry} failed: {detail}")]
+    Auth {
+        /// Registry host.
+        registry: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Connection-level failure: refused, reset, TLS, timeout, body cut short.
+    #[error("{context}: {source}")]
+    Transport {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The bytes do not match the digest or size they were requested by.
+    #[error("content of {digest} does not match: {detail}")]
+    DigestMismatch {
+        /// The expected digest.
+        digest: String,
+        /// What differed.
+        detail: String,
+    },
+    /// The registry's pull quota (Docker Hub `ratelimit-remaining`) is exhausted.
+    #[error("{registry}: pull rate limit exhausted; retry after {retry_after:?}")]
+    RateLimited {
+        /// Registry host.
+        registry: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// A response or setting copycat cannot use (e.g. a manifest over the size limit, a bad CA file).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RegistryError {
+    /// Whether retrying the same request may succeed: connection errors, 408, 429, 5xx.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RegistryError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            RegistryError::Transport { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// How a registry client behaves; built from the configuration.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Timeout of each request until its response headers (blob bodies stream beyond it, bounded by
+    /// a read timeout of the same length between chunks). `None`: no timeout.
+    pub request_timeout: Option<Duration>,
+    /// Attempts per request on retryable errors (at least 1).
+    pub retry_attempts: u32,
+    /// Base delay of the exponential backoff (with jitter); `Retry-After` wins when longer, capped.
+    pub retry_backoff: Duration,
+    /// Concurrent requests per registry host.
+    pub max_concurrent_requests: usize,
+    /// TLS and transport settings per registry host (lower-case `host[:port]`).
+    pub hosts: HashMap<String, HostSettings>,
+    /// `User-Agent` header.
+    pub user_agent: String,
+}
+
+/// Transport settings for one registry host.
+#[derive(Debug, Clone, Default)]
+pub struct HostSettings {
+    /// Allow plain HTTP and skip TLS verification.
+    pub insecure: bool,
+    /// Extra CA certificates (PEM) trusted for this host.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Credentials for one registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Credential {
+    /// No credentials.
+    #[default]
+    Anonymous,
+    /// Username and password: sent as Basic, or to the token service in a bearer challenge.
+    Basic {
+        /// Username.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+    /// A token sent as `Authorization: Bearer` without a token exchange.
+    Bearer(Secret),
+}
+
+/// Where credentials for a registry host come from.
+pub trait CredentialProvider: Send + Sync {
+    /// Credentials for `host` (lower-case `host[:port]`, Docker Hub as `docker.io`).
+    fn credential_for(&self, host: &str) -> Credential;
+}
+
+/// A manifest's identity as a HEAD reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// `Docker-Content-Digest`.
+    pub digest: Digest,
+    /// `Content-Type`.
+    pub media_type: String,
+    /// `Content-Length`.
+    pub size: u64,
+}
+
+/// A fetched manifest: its exact bytes, media type and (verified) digest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The bytes as the registry serves them.
+    pub bytes: Bytes,
+    /// `Content-Type` of the response.
+    pub media_type: String,
+    /// sha256 of `bytes` (checked against `Docker-Content-Digest` and a digest reference).
+    pub digest: Digest,
+}
+
+/// A blob being downloaded.
+pub struct BlobDownload {
+    /// `Content-Length`, when the registry sent one.
+    pub size: Option<u64>,
+    /// The bytes, unverified (the caller verifies while streaming).
+    pub stream: ByteStream,
+}
+
+/// Result of a cross-repository mount attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountOutcome {
+    /// The registry linked the blob; nothing was transferred.
+    Mounted,
+    /// The registry declined (it opened an upload session, which was cancelled).
+    NotMounted,
+}
+
+/// Counters of what the clients did, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests sent, by method (`GET`, `HEAD`, `PUT`, `POST`, `PATCH`, `DELETE`).
+    pub requests: std::sync::Mutex<HashMap<&'static str, u64>>,
+    /// Blob bytes uploaded.
+    pub bytes_uploaded: std::sync::atomic::AtomicU64,
+}
+
+/// Clients for every registry copycat talks to, sharing connection pools, token caches and request caps.
+#[derive(Clone)]
+pub struct Registries {
+    inner: Arc<RegistriesInner>,
+}
+
+struct RegistriesInner {
+    options: ClientOptions,
+    credentials: Arc<dyn CredentialProvider>,
+    stats: Arc<Stats>,
+}
+
+/// A client for one registry host. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    host: String,
+    parent: Registries,
+}
+
+impl Registries {
+    /// Builds the clients; fails on unusable settings (e.g. an unreadable CA file), naming them.
+    pub fn new(options: ClientOptions, credentials: Arc<dyn CredentialProvider>) -> Result<Registries, RegistryError> {
+        Ok(Registries { inner: Arc::new(RegistriesInner { options, credentials, stats: Arc::default() }) })
+    }
+
+    /// The client for `host` (`docker.io` is reached at `registry-1.docker.io`).
+    pub fn get(&self, host: &str) -> Registry {
+        Registry { host: host.to_ascii_lowercase(), parent: self.clone() }
+    }
+
+    /// What the clients did so far.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.inner.stats.clone()
+    }
+}
+
+impl Registry {
+    /// The registry host as given (`docker.io`, `127.0.0.1:5000`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// HEAD a manifest by tag or digest; `None` when it does not exist.
+    pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<Option<ManifestHead>, RegistryError> {
+        let _ = (repo, reference, &self.parent);
+        todo!("registry transport")
+    }
+
+    /// GET a manifest by tag or digest, refusing bodies over `max_size` bytes; the digest is verified.
+    pub async fn get_manifest(&self, repo: &str, reference: &str, max_size: u64) -> Result<Manifest, RegistryError> {
+        let _ = (repo, reference, max_size);
+        todo!("registry transport")
+    }
+
+    /// HEAD a blob; its size when present.
+    pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        let _ = (repo, digest);
+        todo!("registry transport")
+    }
+
+    /// GET a blob as a stream.
+    pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<BlobDownload, RegistryError> {
+        let _ = (repo, digest);
+        todo!("registry transport")
+    }
+
+    /// Asks the registry to link `digest` from `from_repo` into `repo`.
+    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from_repo: &str) -> Result<MountOutcome, RegistryError> {
+        let _ = (repo, digest, from_repo);
+        todo!("registry transport")
+    }
+
+    /// Uploads a blob of known `size` from `source`: one streaming monolithic PUT; chunked PATCHes only
+    /// when the registry refuses that. Retries reopen `source`.
+    pub async fn push_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        source: BlobSource<'_>,
+    ) -> Result<(), RegistryError> {
+        let _ = (repo, digest, size, source);
+        todo!("registry transport")
+    }
+
+    /// PUT a manifest under a tag or digest with its exact bytes; returns the digest the registry reports.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let _ = (repo, reference, bytes, media_type);
+        todo!("registry transport")
+    }
+}
