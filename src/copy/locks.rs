@@ -14,7 +14,9 @@ pub struct KeyedLocks<K> {
 impl<K: Eq + Hash + Clone> KeyedLocks<K> {
     /// No locks yet.
     pub fn new() -> Self {
-        KeyedLocks { locks: Mutex::new(HashMap::new()) }
+        KeyedLocks {
+            locks: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Waits until no one else holds `key`, then holds it until the guard drops.

@@ -24,7 +24,9 @@ const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     /// Docker schema 1 (deprecated, signed, not digest-stable).
-    #[error("Docker schema 1 manifests are not supported (the image is too old to copy byte-exactly; re-push it with a current client)")]
+    #[error(
+        "Docker schema 1 manifests are not supported (the image is too old to copy byte-exactly; re-push it with a current client)"
+    )]
     Schema1,
     /// Not JSON, or missing required parts.
     #[error("invalid manifest: {0}")]
@@ -81,14 +83,18 @@ pub struct EntryPlatform {
 impl Descriptor {
     /// Layers the registry is not expected to hold (Windows base layers and the like).
     pub fn is_foreign(&self) -> bool {
-        !self.urls.is_empty()
-            && (self.media_type.contains("foreign") || self.media_type.contains("nondistributable"))
+        !self.urls.is_empty() && (self.media_type.contains("foreign") || self.media_type.contains("nondistributable"))
     }
 
     /// buildx attestation entries (`unknown/unknown` platform, annotated with the image they describe).
     pub fn is_attestation(&self) -> bool {
-        self.annotations.get(REFERENCE_TYPE).is_some_and(|t| t == "attestation-manifest")
-            || self.platform.as_ref().is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
+        self.annotations
+            .get(REFERENCE_TYPE)
+            .is_some_and(|t| t == "attestation-manifest")
+            || self
+                .platform
+                .as_ref()
+                .is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
     }
 }
 
@@ -148,7 +154,11 @@ pub fn parse(bytes: &[u8], content_type: &str) -> Result<Parsed, ManifestError> 
         let shown = raw.media_type.as_deref().unwrap_or(content_type);
         return Err(ManifestError::UnsupportedMediaType(shown.to_owned()));
     };
-    let kind = if media_type == OCI_INDEX || media_type == DOCKER_LIST { Kind::Index } else { Kind::Image };
+    let kind = if media_type == OCI_INDEX || media_type == DOCKER_LIST {
+        Kind::Index
+    } else {
+        Kind::Image
+    };
     let parsed = Parsed {
         media_type,
         kind,
@@ -186,11 +196,29 @@ mod tests {
         // (bytes, content type, expected media type, kind)
         let cases: Vec<(String, &str, &str, Kind)> = vec![
             (image(OCI_MANIFEST), OCI_MANIFEST, OCI_MANIFEST, Kind::Image),
-            (image(DOCKER_MANIFEST), "application/vnd.docker.distribution.manifest.v2+json; charset=utf-8", DOCKER_MANIFEST, Kind::Image),
-            (image(DOCKER_MANIFEST), "application/octet-stream", DOCKER_MANIFEST, Kind::Image),
+            (
+                image(DOCKER_MANIFEST),
+                "application/vnd.docker.distribution.manifest.v2+json; charset=utf-8",
+                DOCKER_MANIFEST,
+                Kind::Image,
+            ),
+            (
+                image(DOCKER_MANIFEST),
+                "application/octet-stream",
+                DOCKER_MANIFEST,
+                Kind::Image,
+            ),
             (index.clone(), OCI_INDEX, OCI_INDEX, Kind::Index),
             (index.clone(), "", OCI_INDEX, Kind::Index),
-            (index.replace("\"schemaVersion\":2", &format!("\"schemaVersion\":2,\"mediaType\":\"{DOCKER_LIST}\"")), "text/plain", DOCKER_LIST, Kind::Index),
+            (
+                index.replace(
+                    "\"schemaVersion\":2",
+                    &format!("\"schemaVersion\":2,\"mediaType\":\"{DOCKER_LIST}\""),
+                ),
+                "text/plain",
+                DOCKER_LIST,
+                Kind::Index,
+            ),
             (helm, "", OCI_MANIFEST, Kind::Image),
         ];
         for (bytes, ct, want_type, want_kind) in cases {
@@ -207,11 +235,23 @@ mod tests {
     fn refusals() {
         let cases: [(&str, &str, &str); 6] = [
             (r#"{"schemaVersion":1,"fsLayers":[]}"#, "application/json", "schema 1"),
-            ("{}", "application/vnd.docker.distribution.manifest.v1+prettyjws", "schema 1"),
+            (
+                "{}",
+                "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                "schema 1",
+            ),
             ("not json", OCI_MANIFEST, "invalid manifest"),
-            (r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.artifact.manifest.v1+json"}"#, "", "unsupported"),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.artifact.manifest.v1+json"}"#,
+                "",
+                "unsupported",
+            ),
             (r#"{"schemaVersion":2,"layers":[]}"#, OCI_MANIFEST, "without a config"),
-            (r#"{"schemaVersion":2,"config":{"digest":"sha256:bad","size":1}}"#, OCI_MANIFEST, "invalid manifest"),
+            (
+                r#"{"schemaVersion":2,"config":{"digest":"sha256:bad","size":1}}"#,
+                OCI_MANIFEST,
+                "invalid manifest",
+            ),
         ];
         for (bytes, ct, want) in cases {
             let err = parse(bytes.as_bytes(), ct).unwrap_err().to_string();

@@ -149,7 +149,9 @@ pub enum CopyError {
         source: NoMatchingPlatform,
     },
     /// The target tag holds other content and may not be overwritten.
-    #[error("target {target} exists with digest {existing}, refusing to overwrite it with {new} (allowDifferentDigestRepush is false)")]
+    #[error(
+        "target {target} exists with digest {existing}, refusing to overwrite it with {new} (allowDifferentDigestRepush is false)"
+    )]
     TagConflict {
         /// The target reference.
         target: String,
@@ -172,7 +174,9 @@ impl CopyError {
     /// Whether trying again later may succeed (the daemon's cooldown decides when).
     pub fn is_transient(&self) -> bool {
         match self {
-            CopyError::Registry { source, .. } => source.is_retryable() || matches!(source, RegistryError::RateLimited { .. }),
+            CopyError::Registry { source, .. } => {
+                source.is_retryable() || matches!(source, RegistryError::RateLimited { .. })
+            }
             CopyError::DeadlineExceeded { .. } | CopyError::SourceNotFound(_) => true,
             _ => false,
         }
@@ -260,7 +264,12 @@ impl Copier {
         let result = match opts.deadline {
             Some(after) => tokio::time::timeout(after, self.run(req, &job))
                 .await
-                .unwrap_or_else(|_| Err(CopyError::DeadlineExceeded { target: req.target_display(None), after })),
+                .unwrap_or_else(|_| {
+                    Err(CopyError::DeadlineExceeded {
+                        target: req.target_display(None),
+                        after,
+                    })
+                }),
             None => self.run(req, &job).await,
         };
         let bytes = job.counters.bytes.load(Ordering::Relaxed);
@@ -286,7 +295,12 @@ impl Copier {
         job: &Job<'_>,
     ) -> Result<(Outcome, Digest, Option<Digest>, Vec<Platform>, bool), CopyError> {
         let opts = job.opts;
-        let platforms_key = opts.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let platforms_key = opts
+            .platforms
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
 
         // 1. The source digest, by HEAD (free on Docker Hub) unless the reference pins it.
         let source_digest = match req.source.digest() {
@@ -309,23 +323,39 @@ impl Copier {
         let expected = if opts.platforms.is_empty() {
             Some(source_digest.clone())
         } else {
-            self.shared.filtered.get(&(source_digest.clone(), platforms_key.clone()))
+            self.shared
+                .filtered
+                .get(&(source_digest.clone(), platforms_key.clone()))
         };
         let target_head = self.head_target(req, job, expected.as_ref()).await?;
         if let (Some(want), Some(head)) = (&expected, &target_head)
             && head.digest == *want
         {
-            return Ok((Outcome::AlreadyPresent, source_digest, Some(want.clone()), vec![], !opts.platforms.is_empty()));
+            return Ok((
+                Outcome::AlreadyPresent,
+                source_digest,
+                Some(want.clone()),
+                vec![],
+                !opts.platforms.is_empty(),
+            ));
         }
         if let Some(want) = &expected {
             check_overwrite(req, opts, target_head.as_ref(), want)?;
             if opts.dry_run {
-                return Ok((Outcome::WouldCopy, source_digest, Some(want.clone()), vec![], !opts.platforms.is_empty()));
+                return Ok((
+                    Outcome::WouldCopy,
+                    source_digest,
+                    Some(want.clone()),
+                    vec![],
+                    !opts.platforms.is_empty(),
+                ));
             }
         }
 
         // 3. Only now GET the source manifest, by digest so we copy exactly what we compared.
-        let top = self.get_manifest(&job.src, job.src_repo, &source_digest.to_string(), &req.source).await?;
+        let top = self
+            .get_manifest(&job.src, job.src_repo, &source_digest.to_string(), &req.source)
+            .await?;
         let top_parsed = parse_manifest(&top, &req.source)?;
         let (top, top_parsed, children, missing, filtered) =
             self.apply_platforms(req, job, top, top_parsed, &platforms_key).await?;
@@ -338,7 +368,13 @@ impl Copier {
         if let Some(head) = &target_head
             && head.digest == top.digest
         {
-            return Ok((Outcome::AlreadyPresent, source_digest, Some(top.digest), missing, filtered));
+            return Ok((
+                Outcome::AlreadyPresent,
+                source_digest,
+                Some(top.digest),
+                missing,
+                filtered,
+            ));
         }
         check_overwrite(req, opts, target_head.as_ref(), &top.digest)?;
         if opts.dry_run {
@@ -361,7 +397,10 @@ impl Copier {
             .dst
             .put_manifest(job.dst_repo, &reference, top.bytes.clone(), &top.media_type)
             .await
-            .map_err(registry_error(format!("PUT manifest {}", req.target_display(Some(&top.digest)))))?;
+            .map_err(registry_error(format!(
+                "PUT manifest {}",
+                req.target_display(Some(&top.digest))
+            )))?;
         if written != top.digest {
             tracing::warn!(target = %req.target_display(None), expected = %top.digest, reported = %written,
                 "target registry reports a different digest for the manifest it stored");
@@ -413,19 +452,32 @@ impl Copier {
             let children = parsed.manifests.clone();
             return Ok((top, parsed, children, vec![], false));
         }
-        let (selection, missing) = select::select(&top.bytes, &parsed.manifests, &job.opts.platforms)
-            .map_err(|source| CopyError::Platforms { reference: req.source.to_string(), source })?;
+        let (selection, missing) =
+            select::select(&top.bytes, &parsed.manifests, &job.opts.platforms).map_err(|source| {
+                CopyError::Platforms {
+                    reference: req.source.to_string(),
+                    source,
+                }
+            })?;
         match selection {
             Selection::Single(entry) => {
-                let child = self.get_manifest(&job.src, job.src_repo, &entry.digest.to_string(), &req.source).await?;
+                let child = self
+                    .get_manifest(&job.src, job.src_repo, &entry.digest.to_string(), &req.source)
+                    .await?;
                 let child_parsed = parse_manifest(&child, &req.source)?;
                 let children = child_parsed.manifests.clone();
                 Ok((child, child_parsed, children, missing, false))
             }
             Selection::Filtered { bytes, kept } => {
                 let digest = sha256_digest(&bytes);
-                self.shared.filtered.insert((top.digest.clone(), platforms_key.to_owned()), digest.clone());
-                let manifest = Manifest { bytes: Bytes::from(bytes), media_type: parsed.media_type.clone(), digest };
+                self.shared
+                    .filtered
+                    .insert((top.digest.clone(), platforms_key.to_owned()), digest.clone());
+                let manifest = Manifest {
+                    bytes: Bytes::from(bytes),
+                    media_type: parsed.media_type.clone(),
+                    digest,
+                };
                 Ok((manifest, parsed, kept, missing, true))
             }
         }
@@ -507,7 +559,12 @@ impl Copier {
         job.dst
             .push_blob(job.dst_repo, &blob.digest, blob.size, &open)
             .await
-            .map_err(registry_error(format!("copy blob {}/{}@{} to {shown}", job.src.host(), job.src_repo, blob.digest)))?;
+            .map_err(registry_error(format!(
+                "copy blob {}/{}@{} to {shown}",
+                job.src.host(),
+                job.src_repo,
+                blob.digest
+            )))?;
         job.counters.transferred.fetch_add(1, Ordering::Relaxed);
         self.remember(&key, job.dst_repo);
         Ok(())
@@ -538,8 +595,10 @@ impl Copier {
 }
 
 fn parse_manifest(manifest: &Manifest, shown: &ImageRef) -> Result<Parsed, CopyError> {
-    manifest::parse(&manifest.bytes, &manifest.media_type)
-        .map_err(|source| CopyError::Manifest { reference: format!("{}@{}", shown.name(), manifest.digest), source })
+    manifest::parse(&manifest.bytes, &manifest.media_type).map_err(|source| CopyError::Manifest {
+        reference: format!("{}@{}", shown.name(), manifest.digest),
+        source,
+    })
 }
 
 fn check_overwrite(
@@ -548,12 +607,18 @@ fn check_overwrite(
     target: Option<&ManifestHead>,
     new: &Digest,
 ) -> Result<(), CopyError> {
-    let (Some(tag), Some(head)) = (&req.target_tag, target) else { return Ok(()) };
+    let (Some(tag), Some(head)) = (&req.target_tag, target) else {
+        return Ok(());
+    };
     let always = opts.always_overwrite_tags.iter().any(|t| t.eq_ignore_ascii_case(tag));
     if head.digest == *new || opts.allow_overwrite || always {
         return Ok(());
     }
-    Err(CopyError::TagConflict { target: req.target_display(None), existing: head.digest.clone(), new: new.clone() })
+    Err(CopyError::TagConflict {
+        target: req.target_display(None),
+        existing: head.digest.clone(),
+        new: new.clone(),
+    })
 }
 
 /// `sha256:` digest of `bytes`.

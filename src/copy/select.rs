@@ -39,7 +39,10 @@ pub fn select(
     entries: &[Descriptor],
     requested: &[Platform],
 ) -> Result<(Selection, Vec<Platform>), NoMatchingPlatform> {
-    let runnable: Vec<&Descriptor> = entries.iter().filter(|e| !e.is_attestation() && e.platform.is_some()).collect();
+    let runnable: Vec<&Descriptor> = entries
+        .iter()
+        .filter(|e| !e.is_attestation() && e.platform.is_some())
+        .collect();
     let mut kept: Vec<&Descriptor> = Vec::new();
     let mut missing = Vec::new();
     for want in requested {
@@ -57,9 +60,16 @@ pub fn select(
         let available = runnable
             .iter()
             .filter_map(|e| e.platform.as_ref())
-            .map(|p| Platform { os: p.os.clone(), architecture: p.architecture.clone(), variant: p.variant.clone() })
+            .map(|p| Platform {
+                os: p.os.clone(),
+                architecture: p.architecture.clone(),
+                variant: p.variant.clone(),
+            })
             .collect();
-        return Err(NoMatchingPlatform { requested: requested.to_vec(), available });
+        return Err(NoMatchingPlatform {
+            requested: requested.to_vec(),
+            available,
+        });
     }
     if requested.len() == 1 {
         return Ok((Selection::Single(kept[0].clone()), missing));
@@ -67,10 +77,18 @@ pub fn select(
     let keep = |e: &Descriptor| {
         kept.iter().any(|k| k.digest == e.digest)
             || (e.is_attestation()
-                && e.annotations.get(ATTESTATION_FOR).is_some_and(|d| kept.iter().any(|k| k.digest.to_string() == *d)))
+                && e.annotations
+                    .get(ATTESTATION_FOR)
+                    .is_some_and(|d| kept.iter().any(|k| k.digest.to_string() == *d)))
     };
     let kept_entries: Vec<Descriptor> = entries.iter().filter(|e| keep(e)).cloned().collect();
-    Ok((Selection::Filtered { bytes: filtered_index(index_bytes, entries, &keep), kept: kept_entries }, missing))
+    Ok((
+        Selection::Filtered {
+            bytes: filtered_index(index_bytes, entries, &keep),
+            kept: kept_entries,
+        },
+        missing,
+    ))
 }
 
 /// The index with only the kept entries; every other field (and each kept entry) unchanged.
@@ -89,13 +107,19 @@ mod tests {
     use crate::copy::manifest::{OCI_INDEX, parse};
 
     fn digest(n: u8) -> String {
-        format!("sha256:{}", format!("{n:x}").repeat(64).chars().take(64).collect::<String>())
+        format!(
+            "sha256:{}",
+            format!("{n:x}").repeat(64).chars().take(64).collect::<String>()
+        )
     }
 
     fn index() -> String {
         let entry = |n: u8, arch: &str, variant: Option<&str>| {
             let v = variant.map(|v| format!(r#","variant":"{v}""#)).unwrap_or_default();
-            format!(r#"{{"mediaType":"m","digest":"{}","size":1,"platform":{{"architecture":"{arch}","os":"linux"{v}}}}}"#, digest(n))
+            format!(
+                r#"{{"mediaType":"m","digest":"{}","size":1,"platform":{{"architecture":"{arch}","os":"linux"{v}}}}}"#,
+                digest(n)
+            )
         };
         let att = |n: u8, of: u8| {
             format!(
@@ -123,10 +147,18 @@ mod tests {
 
     #[test]
     fn one_platform_selects_its_manifest() {
-        let cases = [("linux/amd64", 1), ("arm64", 2), ("linux/arm64/v8", 2), ("linux/arm/v7", 3), ("linux/arm", 3)];
+        let cases = [
+            ("linux/amd64", 1),
+            ("arm64", 2),
+            ("linux/arm64/v8", 2),
+            ("linux/arm/v7", 3),
+            ("linux/arm", 3),
+        ];
         for (p, n) in cases {
             let (sel, missing) = run(&[p]).unwrap();
-            let Selection::Single(d) = sel else { panic!("{p}: not single") };
+            let Selection::Single(d) = sel else {
+                panic!("{p}: not single")
+            };
             assert_eq!(d.digest.to_string(), digest(n), "{p}");
             assert!(missing.is_empty());
         }
@@ -135,7 +167,9 @@ mod tests {
     #[test]
     fn several_platforms_filter_the_index_keeping_their_attestations() {
         let (sel, missing) = run(&["linux/amd64", "linux/arm64", "linux/s390x"]).unwrap();
-        let Selection::Filtered { bytes, kept } = sel else { panic!("not filtered") };
+        let Selection::Filtered { bytes, kept } = sel else {
+            panic!("not filtered")
+        };
         let kept: Vec<String> = kept.iter().map(|d| d.digest.to_string()).collect();
         assert_eq!(kept, vec![digest(1), digest(2), digest(4), digest(5)]);
         assert_eq!(missing, vec![Platform::parse("linux/s390x").unwrap()]);
@@ -144,7 +178,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["annotations"]["a"], "b", "other fields are kept");
         // deterministic: same input, same bytes, same digest
-        let Selection::Filtered { bytes: again, .. } = run(&["linux/amd64", "linux/arm64", "linux/s390x"]).unwrap().0 else {
+        let Selection::Filtered { bytes: again, .. } = run(&["linux/amd64", "linux/arm64", "linux/s390x"]).unwrap().0
+        else {
             panic!()
         };
         assert_eq!(bytes, again);
@@ -154,7 +189,13 @@ mod tests {
     fn variant_mismatch_and_absent_platforms() {
         let err = run(&["linux/arm/v6", "windows/amd64"]).unwrap_err();
         assert_eq!(err.requested.len(), 2);
-        assert_eq!(err.available.iter().map(ToString::to_string).collect::<Vec<_>>(), vec!["linux/amd64", "linux/arm64/v8", "linux/arm/v7"]);
-        assert!(err.to_string().contains("none of the requested platforms linux/arm/v6, windows/amd64"));
+        assert_eq!(
+            err.available.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["linux/amd64", "linux/arm64/v8", "linux/arm/v7"]
+        );
+        assert!(
+            err.to_string()
+                .contains("none of the requested platforms linux/arm/v6, windows/amd64")
+        );
     }
 }

@@ -21,7 +21,9 @@ impl Hasher {
         match digest.algorithm() {
             "sha256" => Ok(Hasher::Sha256(Sha256::new())),
             "sha512" => Ok(Hasher::Sha512(Sha512::new())),
-            other => Err(RegistryError::Invalid(format!("cannot verify {digest}: unsupported digest algorithm {other}"))),
+            other => Err(RegistryError::Invalid(format!(
+                "cannot verify {digest}: unsupported digest algorithm {other}"
+            ))),
         }
     }
 
@@ -55,13 +57,21 @@ struct State {
 impl State {
     fn fail(&mut self, detail: String) -> RegistryError {
         self.done = true;
-        RegistryError::DigestMismatch { digest: self.digest.to_string(), detail }
+        RegistryError::DigestMismatch {
+            digest: self.digest.to_string(),
+            detail,
+        }
     }
 }
 
 /// Wraps `stream` so that it yields exactly `size` bytes hashing to `digest`, or ends in an error.
 /// Bytes read are added to `progress`.
-pub fn verified(stream: ByteStream, digest: &Digest, size: u64, progress: Arc<AtomicU64>) -> Result<ByteStream, RegistryError> {
+pub fn verified(
+    stream: ByteStream,
+    digest: &Digest,
+    size: u64,
+    progress: Arc<AtomicU64>,
+) -> Result<ByteStream, RegistryError> {
     let state = State {
         inner: stream,
         hasher: Some(Hasher::for_digest(digest)?),
@@ -81,7 +91,10 @@ pub fn verified(stream: ByteStream, digest: &Digest, size: u64, progress: Arc<At
                 Some(Ok(chunk)) => {
                     s.seen += chunk.len() as u64;
                     if s.seen > s.size {
-                        let e = s.fail(format!("source sent more than the {} bytes its descriptor declares", s.size));
+                        let e = s.fail(format!(
+                            "source sent more than the {} bytes its descriptor declares",
+                            s.size
+                        ));
                         return Some((Err(e), s));
                     }
                     s.progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -98,7 +111,10 @@ pub fn verified(stream: ByteStream, digest: &Digest, size: u64, progress: Arc<At
                 }
                 None => {
                     if s.seen != s.size {
-                        let e = s.fail(format!("source sent {} bytes, its descriptor declares {}", s.seen, s.size));
+                        let e = s.fail(format!(
+                            "source sent {} bytes, its descriptor declares {}",
+                            s.seen, s.size
+                        ));
                         return Some((Err(e), s));
                     }
                     let actual = s.hasher.take().map(Hasher::finish_hex).unwrap_or_default();
@@ -120,7 +136,13 @@ mod tests {
     use super::*;
 
     fn sha256(data: &[u8]) -> Digest {
-        Digest::sha256_hex(&Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap()
+        Digest::sha256_hex(
+            &Sha256::digest(data)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        )
+        .unwrap()
     }
 
     async fn run(chunks: Vec<&'static [u8]>, digest: &Digest, size: u64) -> (Vec<Result<Bytes, String>>, u64) {

@@ -216,12 +216,21 @@ pub struct Registry {
 impl Registries {
     /// Builds the clients; fails on unusable settings (e.g. an unreadable CA file), naming them.
     pub fn new(options: ClientOptions, credentials: Arc<dyn CredentialProvider>) -> Result<Registries, RegistryError> {
-        Ok(Registries { inner: Arc::new(RegistriesInner { options, credentials, stats: Arc::default() }) })
+        Ok(Registries {
+            inner: Arc::new(RegistriesInner {
+                options,
+                credentials,
+                stats: Arc::default(),
+            }),
+        })
     }
 
     /// The client for `host` (`docker.io` is reached at `registry-1.docker.io`).
     pub fn get(&self, host: &str) -> Registry {
-        Registry { host: host.to_ascii_lowercase(), parent: self.clone() }
+        Registry {
+            host: host.to_ascii_lowercase(),
+            parent: self.clone(),
+        }
     }
 
     /// What the clients did so far.
@@ -261,7 +270,12 @@ impl Registry {
     }
 
     /// Asks the registry to link `digest` from `from_repo` into `repo`.
-    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from_repo: &str) -> Result<MountOutcome, RegistryError> {
+    pub async fn mount_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from_repo: &str,
+    ) -> Result<MountOutcome, RegistryError> {
         let _ = (repo, digest, from_repo);
         todo!("registry transport")
     }
