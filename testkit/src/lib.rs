@@ -2,6 +2,8 @@
 //! pushed byte-exact ([`Image`], [`push`]), and skopeo as an independent verifier
 //! ([`skopeo_digest`]).
 
+#![warn(missing_docs)]
+
 mod certs;
 pub mod image;
 pub mod layer;

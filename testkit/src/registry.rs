@@ -309,17 +309,18 @@ impl Registry {
     fn config_yaml(&self) -> String {
         let d = self.dir.path();
         let q = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
-        let secret = crate::util::sha256_digest(d.display().to_string().as_bytes());
+        let secret = crate::util::sha256_digest(format!("secret:{}", d.display()).as_bytes());
         let mut y = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
              \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: \"{secret}\"\n\
-             \x20 headers:\n    X-Content-Type-Options: [nosniff]\n",
+             \x20 headers:\n    X-Content-Type-Options: [nosniff]\n    {INSTANCE_HEADER}: [\"{instance}\"]\n",
             root = q(&self.data_dir()),
             port = self.port,
             secret = &secret[7..],
+            instance = self.instance_id(),
         );
         if self.mode.is_tls() {
             y += &format!(
@@ -348,6 +349,15 @@ impl Registry {
             RegistryMode::Plain | RegistryMode::Tls => {}
         }
         y
+    }
+
+    /// Unique per registry; sent back in [`INSTANCE_HEADER`] so that the readiness probe can
+    /// tell our process from another one that grabbed the port first.
+    fn instance_id(&self) -> String {
+        let d = crate::util::sha256_digest(
+            format!("instance:{}", self.dir.path().display()).as_bytes(),
+        );
+        d[7..23].to_owned()
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), StartError> {
@@ -392,8 +402,8 @@ impl Registry {
                 });
             }
             let last_probe = match probe(self.port, self.tls_config()) {
-                Ok(200 | 401) => return Ok(()),
-                Ok(code) => format!("GET /v2/ answered {code}"),
+                Ok((200 | 401, Some(id))) if id == self.instance_id() => return Ok(()),
+                Ok((code, id)) => format!("GET /v2/ answered {code} from instance {id:?}"),
                 Err(e) => format!("{e:#}"),
             };
             if Instant::now() >= deadline {
@@ -456,8 +466,14 @@ fn rustls_config(ca_der: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// One `GET /v2/` over a fresh connection; returns the status code.
-fn probe(port: u16, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<u16> {
+/// Response header carrying the registry's instance id (set through `http.headers`).
+const INSTANCE_HEADER: &str = "X-Testkit-Instance";
+
+/// One `GET /v2/` over a fresh connection; returns the status code and the instance header.
+fn probe(
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<(u16, Option<String>)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -476,23 +492,34 @@ fn probe(port: u16, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<u1
     }
 }
 
-fn read_status(mut s: impl std::io::Read + std::io::Write, req: &str) -> anyhow::Result<u16> {
+fn read_status(
+    mut s: impl std::io::Read + std::io::Write,
+    req: &str,
+) -> anyhow::Result<(u16, Option<String>)> {
     s.write_all(req.as_bytes())?;
     s.flush()?;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
         let n = s.read(&mut chunk)?;
-        anyhow::ensure!(n > 0, "connection closed before the status line");
+        anyhow::ensure!(n > 0, "connection closed before the end of the headers");
         buf.extend_from_slice(&chunk[..n]);
     }
-    let line = String::from_utf8_lossy(&buf);
-    let code = line
+    let head = String::from_utf8_lossy(&buf);
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let code = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("bad status line: {line:?}"))?;
-    Ok(code)
+        .ok_or_else(|| anyhow::anyhow!("bad status line: {status_line:?}"))?;
+    let instance = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case(INSTANCE_HEADER)
+            .then(|| value.trim().to_owned())
+    });
+    Ok((code, instance))
 }
 
 /// Parses combined-log-format lines such as
