@@ -418,3 +418,23 @@ fn missing_tool_fails_loudly() {
             || std::path::Path::new("/usr/bin/docker-registry").exists()
     );
 }
+
+#[tokio::test]
+async fn skopeo_copy_between_registries_keeps_digests() -> Result<()> {
+    let src = Registry::start(RegistryMode::Tls)?;
+    let dst = Registry::start(RegistryMode::token(USER, PASS))?;
+    let image = Image::oci_index(&[2000], true, 16)?;
+    push(&src, "copy/me", "v1", &image).await?;
+    testkit::skopeo_copy(&src, "copy/me:v1", &dst, "copied/me:v1").await?;
+    assert_eq!(
+        manifest_digest(&dst, "copied/me", "v1").await?,
+        Some(image.digest.clone())
+    );
+    for digest in image.all_manifest_digests() {
+        assert_eq!(
+            manifest_digest(&dst, "copied/me", &digest).await?,
+            Some(digest.clone())
+        );
+    }
+    Ok(())
+}
