@@ -222,9 +222,15 @@ fn transport_settings() {
         "registries:\n  - {host: Reg.Example.com:5000, insecure: true}\n  - {host: ghcr.io, caFile: /ca.pem}\nregistryMirrors:\n  index.docker.io: [mirror.gcr.io, Mirror2.example.com]\nalwaysOverwriteTags: []\n",
         &[("IMAGE_DEADLINE", "0"), ("BLOB_CONCURRENCY", "8")],
     );
-    assert_eq!((c.registries[0].host.as_str(), c.registries[0].insecure), ("reg.example.com:5000", true));
+    assert_eq!(
+        (c.registries[0].host.as_str(), c.registries[0].insecure),
+        ("reg.example.com:5000", true)
+    );
     assert_eq!(c.registries[1].ca_file, "/ca.pem");
-    assert_eq!(c.registry_mirrors["docker.io"], vec!["mirror.gcr.io", "mirror2.example.com"]);
+    assert_eq!(
+        c.registry_mirrors["docker.io"],
+        vec!["mirror.gcr.io", "mirror2.example.com"]
+    );
     assert!(c.always_overwrite_tags.is_empty());
     assert_eq!((c.image_deadline, c.blob_concurrency), (None, 8));
     assert_eq!(ok("", &[]).always_overwrite_tags, vec!["latest"]);

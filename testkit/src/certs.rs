@@ -36,9 +36,7 @@ pub(crate) fn certs() -> anyhow::Result<&'static Certs> {
 
 fn generate() -> anyhow::Result<Certs> {
     let openssl = crate::tools::openssl()?;
-    let dir = tempfile::Builder::new()
-        .prefix("testkit-certs-")
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix("testkit-certs-").tempdir()?;
     let d = dir.path();
     // Every argument is free of spaces, so each command is written as one string.
     let run = |cmd: &str| -> anyhow::Result<()> {
@@ -111,21 +109,13 @@ fn generate() -> anyhow::Result<Certs> {
 
 fn check_signing_key(pkcs8: &[u8]) -> anyhow::Result<()> {
     let rng = ring::rand::SystemRandom::new();
-    ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        pkcs8,
-        &rng,
-    )
-    .map_err(|e| anyhow::anyhow!("ring rejected the token signing key: {e}"))?;
+    ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+        .map_err(|e| anyhow::anyhow!("ring rejected the token signing key: {e}"))?;
     Ok(())
 }
 
 /// Writes `contents` to `dir/name` and returns the path.
-pub(crate) fn write_file(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn write_file(dir: &Path, name: &str, contents: &[u8]) -> anyhow::Result<std::path::PathBuf> {
     let p = dir.join(name);
     std::fs::write(&p, contents).with_context(|| format!("writing {}", p.display()))?;
     Ok(p)

@@ -179,12 +179,7 @@ pub struct Image {
 
 impl Image {
     /// A single-platform image with layers of the given payload sizes.
-    pub fn single(
-        format: Format,
-        platform: &Platform,
-        layer_sizes: &[u64],
-        seed: u64,
-    ) -> anyhow::Result<Image> {
+    pub fn single(format: Format, platform: &Platform, layer_sizes: &[u64], seed: u64) -> anyhow::Result<Image> {
         let (manifest_type, config_type, layer_type) = match format {
             Format::Oci => (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP),
             Format::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP),
@@ -233,12 +228,7 @@ impl Image {
         let mut entries = Vec::new();
         let mut children = Vec::new();
         for (i, platform) in [Platform::amd64(), Platform::arm64()].iter().enumerate() {
-            let child = Image::single(
-                Format::Oci,
-                platform,
-                layer_sizes,
-                mix(seed, 100 + i as u64),
-            )?;
+            let child = Image::single(Format::Oci, platform, layer_sizes, mix(seed, 100 + i as u64))?;
             entries.push(entry(&child, platform.to_json(), None));
             children.push(child);
         }
@@ -261,12 +251,7 @@ impl Image {
         let mut entries = Vec::new();
         let mut children = Vec::new();
         for (i, platform) in [Platform::amd64(), Platform::arm64()].iter().enumerate() {
-            let child = Image::single(
-                Format::Docker,
-                platform,
-                layer_sizes,
-                mix(seed, 300 + i as u64),
-            )?;
+            let child = Image::single(Format::Docker, platform, layer_sizes, mix(seed, 300 + i as u64))?;
             entries.push(entry(&child, platform.to_json(), None));
             children.push(child);
         }
@@ -275,10 +260,7 @@ impl Image {
 
     /// An index of the given children with their platforms (`children` must have one).
     pub fn index_of(media_type: &str, children: Vec<Image>) -> anyhow::Result<Image> {
-        let entries = children
-            .iter()
-            .map(|c| entry(c, c.platform_json(), None))
-            .collect();
+        let entries = children.iter().map(|c| entry(c, c.platform_json(), None)).collect();
         Image::index(media_type, entries, children)
     }
 
@@ -408,11 +390,9 @@ impl Image {
 
     /// The child for `architecture` (first match, attestations excluded).
     pub fn child_for(&self, architecture: &str) -> Option<&Image> {
-        self.children.iter().find(|c| {
-            c.platform
-                .as_ref()
-                .is_some_and(|p| p.architecture == architecture)
-        })
+        self.children
+            .iter()
+            .find(|c| c.platform.as_ref().is_some_and(|p| p.architecture == architecture))
     }
 
     fn platform_json(&self) -> Value {
@@ -530,15 +510,9 @@ mod tests {
             e["annotations"]["vnd.docker.reference.digest"],
             idx.children[0].digest.as_str()
         );
-        assert_eq!(
-            e["annotations"]["vnd.docker.reference.type"],
-            "attestation-manifest"
-        );
+        assert_eq!(e["annotations"]["vnd.docker.reference.type"], "attestation-manifest");
         assert_eq!(m["manifests"][1]["platform"]["variant"], "v8");
-        assert_eq!(
-            idx.child_for("arm64").unwrap().digest,
-            idx.children[1].digest
-        );
+        assert_eq!(idx.child_for("arm64").unwrap().digest, idx.children[1].digest);
         assert_eq!(idx.all_manifest_digests().len(), 5);
     }
 

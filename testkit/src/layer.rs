@@ -38,10 +38,7 @@ pub struct LayerDigests {
 impl LayerSpec {
     /// Generates the gzipped blob and hands it to `sink` in pieces of at most about [`CHUNK`]
     /// bytes; returns the digests and size. Same spec, same bytes, same chunking: always.
-    pub fn generate(
-        &self,
-        mut sink: impl FnMut(&[u8]) -> anyhow::Result<()>,
-    ) -> anyhow::Result<LayerDigests> {
+    pub fn generate(&self, mut sink: impl FnMut(&[u8]) -> anyhow::Result<()>) -> anyhow::Result<LayerDigests> {
         let mut gz = GzEncoder::new(Vec::with_capacity(CHUNK + 64 * 1024), Compression::none());
         let mut tar_hash = Sha256::new();
         let mut blob_hash = Sha256::new();
@@ -108,8 +105,7 @@ impl KeyStream {
         let mut material = b"copycat-testkit-layer-".to_vec();
         material.extend_from_slice(&seed.to_le_bytes());
         let k = ring::digest::digest(&ring::digest::SHA256, &material);
-        let key =
-            LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, k.as_ref()).expect("32-byte key"));
+        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, k.as_ref()).expect("32-byte key"));
         KeyStream {
             key,
             buf: vec![0u8; CHUNK],
@@ -123,11 +119,7 @@ impl KeyStream {
         self.counter += 1;
         let _tag = self
             .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
-                &mut self.buf,
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut self.buf)
             .expect("chacha20 seal");
         &self.buf
     }
@@ -173,19 +165,13 @@ mod tests {
         assert_eq!(bytes, again);
 
         let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut tar)
-            .unwrap();
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut tar).unwrap();
         assert_eq!(crate::util::sha256_digest(&tar), d.diff_id);
         assert_eq!(tar.len() % 512, 0);
         let size = u64::from_str_radix(std::str::from_utf8(&tar[124..135]).unwrap(), 8).unwrap();
         assert_eq!(size, spec.payload_size);
         assert!(tar[tar.len() - 1024..].iter().all(|&b| b == 0));
-        assert!(
-            std::str::from_utf8(&tar[..20])
-                .unwrap()
-                .starts_with("layer-")
-        );
+        assert!(std::str::from_utf8(&tar[..20]).unwrap().starts_with("layer-"));
 
         let other = LayerSpec { seed: 8, ..spec }.to_bytes().unwrap().1;
         assert_ne!(other.digest, d.digest);
@@ -200,9 +186,7 @@ mod tests {
         .to_bytes()
         .unwrap();
         let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut tar)
-            .unwrap();
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut tar).unwrap();
         assert_eq!(tar.len(), 512 + 1024);
         assert_eq!(crate::util::sha256_digest(&tar), d.diff_id);
     }

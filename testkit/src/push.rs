@@ -92,12 +92,7 @@ impl Client {
     }
 
     /// An authenticated request to `path` (starting with `/v2/`) or to an absolute URL.
-    pub async fn request(
-        &self,
-        method: Method,
-        repo: &str,
-        path_or_url: &str,
-    ) -> anyhow::Result<RequestBuilder> {
+    pub async fn request(&self, method: Method, repo: &str, path_or_url: &str) -> anyhow::Result<RequestBuilder> {
         let url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
             path_or_url.to_owned()
         } else {
@@ -118,12 +113,7 @@ impl Client {
 
     /// A bearer token for `repository:<repo>:pull,push` (cached per repository).
     pub async fn token(&self, repo: &str) -> anyhow::Result<String> {
-        if let Some(t) = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(repo)
-        {
+        if let Some(t) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(repo) {
             return Ok(t.clone());
         }
         let (RegistryMode::Token { user, pass }, Some(url)) = (&self.mode, &self.token_url) else {
@@ -198,9 +188,7 @@ impl Client {
                     }
                 });
                 let stream = futures::stream::unfold(rx, |mut rx| async move {
-                    rx.recv()
-                        .await
-                        .map(|item| (item.map_err(std::io::Error::other), rx))
+                    rx.recv().await.map(|item| (item.map_err(std::io::Error::other), rx))
                 });
                 reqwest::Body::wrap_stream(stream)
             }
@@ -212,29 +200,17 @@ impl Client {
     pub async fn push_raw_blob(&self, repo: &str, data: Bytes) -> anyhow::Result<String> {
         let digest = sha256_digest(&data);
         let size = data.len() as u64;
-        self.upload(repo, &digest, size, reqwest::Body::from(data))
-            .await?;
+        self.upload(repo, &digest, size, reqwest::Body::from(data)).await?;
         Ok(digest)
     }
 
     /// Uploads `data` claiming it has `digest` (for hand-crafted failure cases: the registry
     /// is expected to refuse a wrong digest). Returns the final PUT status.
-    pub async fn push_blob_claiming(
-        &self,
-        repo: &str,
-        digest: &str,
-        data: Bytes,
-    ) -> anyhow::Result<StatusCode> {
+    pub async fn push_blob_claiming(&self, repo: &str, digest: &str, data: Bytes) -> anyhow::Result<StatusCode> {
         let location = self.start_upload(repo).await?;
         let size = data.len();
         let resp = self
-            .put_upload(
-                repo,
-                &location,
-                digest,
-                size as u64,
-                reqwest::Body::from(data),
-            )
+            .put_upload(repo, &location, digest, size as u64, reqwest::Body::from(data))
             .await?;
         Ok(resp.status())
     }
@@ -253,8 +229,8 @@ impl Client {
             "POST upload answered {status}: {}",
             resp.text().await.unwrap_or_default()
         );
-        let location = header(resp.headers(), LOCATION.as_str())
-            .ok_or_else(|| anyhow::anyhow!("upload without Location"))?;
+        let location =
+            header(resp.headers(), LOCATION.as_str()).ok_or_else(|| anyhow::anyhow!("upload without Location"))?;
         Ok(location)
     }
 
@@ -279,13 +255,7 @@ impl Client {
             .context("uploading blob")
     }
 
-    async fn upload(
-        &self,
-        repo: &str,
-        digest: &str,
-        size: u64,
-        body: reqwest::Body,
-    ) -> anyhow::Result<()> {
+    async fn upload(&self, repo: &str, digest: &str, size: u64, body: reqwest::Body) -> anyhow::Result<()> {
         let location = self.start_upload(repo).await?;
         let resp = self.put_upload(repo, &location, digest, size, body).await?;
         let status = resp.status();
@@ -307,11 +277,7 @@ impl Client {
         data: Bytes,
     ) -> anyhow::Result<String> {
         let resp = self
-            .request(
-                Method::PUT,
-                repo,
-                &format!("/v2/{repo}/manifests/{reference}"),
-            )
+            .request(Method::PUT, repo, &format!("/v2/{repo}/manifests/{reference}"))
             .await?
             .header(CONTENT_TYPE, media_type)
             .body(data)
@@ -330,17 +296,9 @@ impl Client {
 
     /// `HEAD` of a manifest with the full `Accept` list: its `Docker-Content-Digest`, or
     /// `None` on 404.
-    pub async fn manifest_digest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> anyhow::Result<Option<String>> {
+    pub async fn manifest_digest(&self, repo: &str, reference: &str) -> anyhow::Result<Option<String>> {
         let resp = self
-            .request(
-                Method::HEAD,
-                repo,
-                &format!("/v2/{repo}/manifests/{reference}"),
-            )
+            .request(Method::HEAD, repo, &format!("/v2/{repo}/manifests/{reference}"))
             .await?
             .header(ACCEPT, MANIFEST_ACCEPT)
             .send()
@@ -349,26 +307,17 @@ impl Client {
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             StatusCode::OK => Ok(Some(
-                header(resp.headers(), "docker-content-digest").ok_or_else(|| {
-                    anyhow::anyhow!("HEAD manifest without Docker-Content-Digest")
-                })?,
+                header(resp.headers(), "docker-content-digest")
+                    .ok_or_else(|| anyhow::anyhow!("HEAD manifest without Docker-Content-Digest"))?,
             )),
             s => anyhow::bail!("HEAD manifest {repo}:{reference} answered {s}"),
         }
     }
 
     /// `GET` of a manifest with the full `Accept` list: raw bytes and `Content-Type`.
-    pub async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> anyhow::Result<(Bytes, String)> {
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> anyhow::Result<(Bytes, String)> {
         let resp = self
-            .request(
-                Method::GET,
-                repo,
-                &format!("/v2/{repo}/manifests/{reference}"),
-            )
+            .request(Method::GET, repo, &format!("/v2/{repo}/manifests/{reference}"))
             .await?
             .header(ACCEPT, MANIFEST_ACCEPT)
             .send()
@@ -386,20 +335,13 @@ impl Client {
     /// Deletes a manifest by digest (the registry has `storage.delete.enabled`).
     pub async fn delete_manifest(&self, repo: &str, digest: &str) -> anyhow::Result<()> {
         let resp = self
-            .request(
-                Method::DELETE,
-                repo,
-                &format!("/v2/{repo}/manifests/{digest}"),
-            )
+            .request(Method::DELETE, repo, &format!("/v2/{repo}/manifests/{digest}"))
             .await?
             .send()
             .await
             .context("DELETE manifest")?;
         let status = resp.status();
-        anyhow::ensure!(
-            status == StatusCode::ACCEPTED,
-            "DELETE manifest answered {status}"
-        );
+        anyhow::ensure!(status == StatusCode::ACCEPTED, "DELETE manifest answered {status}");
         Ok(())
     }
 
@@ -428,20 +370,14 @@ impl Client {
             .await
             .context("GET blob")?;
         let status = resp.status();
-        anyhow::ensure!(
-            status == StatusCode::OK,
-            "GET blob {repo}@{digest} answered {status}"
-        );
+        anyhow::ensure!(status == StatusCode::OK, "GET blob {repo}@{digest} answered {status}");
         Ok(resp.bytes().await?)
     }
 
     /// Status of `GET /v2/`: with Basic credentials in Basic modes, bare otherwise (so an
     /// auth registry answers 401 to an anonymous client, and in Token mode to any client).
     pub async fn ping(&self) -> anyhow::Result<StatusCode> {
-        let mut rb = self
-            .http
-            .get(format!("{}/v2/", self.base))
-            .timeout(SMALL_TIMEOUT);
+        let mut rb = self.http.get(format!("{}/v2/", self.base)).timeout(SMALL_TIMEOUT);
         if let (false, RegistryMode::Basic { user, pass } | RegistryMode::BasicTls { user, pass }) =
             (self.anonymous, &self.mode)
         {
@@ -461,20 +397,12 @@ pub async fn push(reg: &Registry, repo: &str, tag: &str, image: &Image) -> anyho
 }
 
 /// `Docker-Content-Digest` of `repo:reference` (HEAD with full `Accept`), `None` on 404.
-pub async fn manifest_digest(
-    reg: &Registry,
-    repo: &str,
-    reference: &str,
-) -> anyhow::Result<Option<String>> {
+pub async fn manifest_digest(reg: &Registry, repo: &str, reference: &str) -> anyhow::Result<Option<String>> {
     Client::new(reg)?.manifest_digest(repo, reference).await
 }
 
 /// Raw manifest bytes and media type of `repo:reference`.
-pub async fn get_manifest(
-    reg: &Registry,
-    repo: &str,
-    reference: &str,
-) -> anyhow::Result<(Bytes, String)> {
+pub async fn get_manifest(reg: &Registry, repo: &str, reference: &str) -> anyhow::Result<(Bytes, String)> {
     Client::new(reg)?.get_manifest(repo, reference).await
 }
 
@@ -484,11 +412,7 @@ pub async fn blob_exists(reg: &Registry, repo: &str, digest: &str) -> anyhow::Re
 }
 
 /// Uploads arbitrary bytes as a blob of `repo`; returns the digest.
-pub async fn push_raw_blob(
-    reg: &Registry,
-    repo: &str,
-    data: impl Into<Bytes>,
-) -> anyhow::Result<String> {
+pub async fn push_raw_blob(reg: &Registry, repo: &str, data: impl Into<Bytes>) -> anyhow::Result<String> {
     Client::new(reg)?.push_raw_blob(repo, data.into()).await
 }
 

@@ -119,9 +119,7 @@ impl Registry {
     /// port (retrying on a port collision) and waits until `GET /v2/` answers 200 or 401.
     pub fn start(mode: RegistryMode) -> anyhow::Result<Registry> {
         crate::tools::docker_registry()?;
-        let dir = tempfile::Builder::new()
-            .prefix("testkit-registry-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("testkit-registry-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("data"))?;
         let mut reg = Registry {
             mode,
@@ -167,16 +165,12 @@ impl Registry {
 
     /// PEM file of the CA that signed the server certificate (TLS modes only).
     pub fn ca_pem_path(&self) -> Option<PathBuf> {
-        self.mode
-            .is_tls()
-            .then(|| self.dir.path().join("certs/ca.crt"))
+        self.mode.is_tls().then(|| self.dir.path().join("certs/ca.crt"))
     }
 
     /// A directory holding only `ca.crt`, for `skopeo --cert-dir` (TLS modes only).
     pub fn skopeo_cert_dir(&self) -> Option<PathBuf> {
-        self.mode
-            .is_tls()
-            .then(|| self.dir.path().join("skopeo-certs"))
+        self.mode.is_tls().then(|| self.dir.path().join("skopeo-certs"))
     }
 
     /// The storage root (`storage.filesystem.rootdirectory`).
@@ -217,10 +211,7 @@ impl Registry {
 
     /// Every request the token server received, oldest first (empty outside Token mode).
     pub fn token_log(&self) -> Vec<TokenRequest> {
-        self.token
-            .as_ref()
-            .map(TokenServer::log)
-            .unwrap_or_default()
+        self.token.as_ref().map(TokenServer::log).unwrap_or_default()
     }
 
     /// Requests the registry served so far (across restarts), parsed from the access log,
@@ -354,9 +345,7 @@ impl Registry {
     /// Unique per registry; sent back in [`INSTANCE_HEADER`] so that the readiness probe can
     /// tell our process from another one that grabbed the port first.
     fn instance_id(&self) -> String {
-        let d = crate::util::sha256_digest(
-            format!("instance:{}", self.dir.path().display()).as_bytes(),
-        );
+        let d = crate::util::sha256_digest(format!("instance:{}", self.dir.path().display()).as_bytes());
         d[7..23].to_owned()
     }
 
@@ -392,9 +381,7 @@ impl Registry {
                 self.child = None;
                 let log = self.log();
                 let new_log = log.get(log_offset as usize..).unwrap_or(&log);
-                let msg = format!(
-                    "docker-registry exited with {status} before becoming ready; log:\n{new_log}"
-                );
+                let msg = format!("docker-registry exited with {status} before becoming ready; log:\n{new_log}");
                 return Err(if new_log.contains("address already in use") {
                     StartError::AddrInUse(anyhow::anyhow!(msg))
                 } else {
@@ -457,12 +444,10 @@ fn free_port() -> anyhow::Result<u16> {
 fn rustls_config(ca_der: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(ca_der.to_vec()))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -470,10 +455,7 @@ fn rustls_config(ca_der: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 const INSTANCE_HEADER: &str = "X-Testkit-Instance";
 
 /// One `GET /v2/` over a fresh connection; returns the status code and the instance header.
-fn probe(
-    port: u16,
-    tls: Option<Arc<rustls::ClientConfig>>,
-) -> anyhow::Result<(u16, Option<String>)> {
+fn probe(port: u16, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<(u16, Option<String>)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -492,10 +474,7 @@ fn probe(
     }
 }
 
-fn read_status(
-    mut s: impl std::io::Read + std::io::Write,
-    req: &str,
-) -> anyhow::Result<(u16, Option<String>)> {
+fn read_status(mut s: impl std::io::Read + std::io::Write, req: &str) -> anyhow::Result<(u16, Option<String>)> {
     s.write_all(req.as_bytes())?;
     s.flush()?;
     let mut buf = Vec::new();

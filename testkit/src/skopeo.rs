@@ -37,9 +37,7 @@ pub fn docker_ref(reg: &Registry, reference: &str) -> String {
 pub async fn run_skopeo(args: &[String]) -> anyhow::Result<Vec<u8>> {
     let bin = crate::tools::skopeo()?;
     let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
     for var in [
         "HTTP_PROXY",
         "HTTPS_PROXY",
@@ -80,17 +78,8 @@ pub async fn skopeo_digest(reg: &Registry, reference: &str) -> anyhow::Result<St
 }
 
 /// `skopeo copy --all --preserve-digests` from `src`/`src_ref` to `dst`/`dst_ref`.
-pub async fn skopeo_copy(
-    src: &Registry,
-    src_ref: &str,
-    dst: &Registry,
-    dst_ref: &str,
-) -> anyhow::Result<()> {
-    let mut args = vec![
-        "copy".to_owned(),
-        "--all".to_owned(),
-        "--preserve-digests".to_owned(),
-    ];
+pub async fn skopeo_copy(src: &Registry, src_ref: &str, dst: &Registry, dst_ref: &str) -> anyhow::Result<()> {
+    let mut args = vec!["copy".to_owned(), "--all".to_owned(), "--preserve-digests".to_owned()];
     args.extend(skopeo_flags(src, "src-"));
     args.extend(skopeo_flags(dst, "dest-"));
     args.push(docker_ref(src, src_ref));

@@ -68,8 +68,7 @@ impl TokenServer {
             x5c: STANDARD.encode(&certs.signing_cert_der),
             log: Mutex::new(Vec::new()),
         });
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding token server")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding token server")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -77,10 +76,7 @@ impl TokenServer {
         let thread = std::thread::Builder::new()
             .name(format!("token-server-{}", addr.port()))
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
                         eprintln!("token server runtime: {e}");
@@ -123,11 +119,7 @@ impl TokenServer {
 
     /// All requests received so far, oldest first.
     pub(crate) fn log(&self) -> Vec<TokenRequest> {
-        self.shared
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -142,11 +134,7 @@ impl Drop for TokenServer {
     }
 }
 
-async fn token_handler(
-    State(shared): State<Arc<Shared>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
+async fn token_handler(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     let mut scopes = Vec::new();
     let mut service = None;
     for (k, v) in util::parse_query(query.as_deref().unwrap_or("")) {
@@ -161,16 +149,12 @@ async fn token_handler(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    shared
-        .log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(TokenRequest {
-            scopes: scopes.clone(),
-            service,
-            authorized: user.is_some(),
-            user_agent,
-        });
+    shared.log.lock().unwrap_or_else(|e| e.into_inner()).push(TokenRequest {
+        scopes: scopes.clone(),
+        service,
+        authorized: user.is_some(),
+        user_agent,
+    });
     let Some(user) = user else {
         return (
             StatusCode::UNAUTHORIZED,
@@ -240,10 +224,7 @@ fn mint(shared: &Shared, subject: &str, scopes: &[String]) -> anyhow::Result<Str
         .key
         .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
         .map_err(|_| anyhow::anyhow!("signing token"))?;
-    Ok(format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(sig.as_ref())
-    ))
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 /// A missing tool is an error, never a silent skip: the message says how to install it, e.g.
 /// `docker-registry not found: install it with 'apt-get install -y docker-registry'`.
 pub fn require_tool(name: &str, install_hint: &str) -> anyhow::Result<PathBuf> {
-    find_tool(name)
-        .ok_or_else(|| anyhow::anyhow!("{name} not found: install it with '{install_hint}'"))
+    find_tool(name).ok_or_else(|| anyhow::anyhow!("{name} not found: install it with '{install_hint}'"))
 }
 
 fn find_tool(name: &str) -> Option<PathBuf> {

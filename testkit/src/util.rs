@@ -128,8 +128,7 @@ mod tests {
 
     #[test]
     fn query() {
-        let q =
-            parse_query("service=test-registry&scope=repository%3Aa%2Fb%3Apull%2Cpush&scope=x+y&z");
+        let q = parse_query("service=test-registry&scope=repository%3Aa%2Fb%3Apull%2Cpush&scope=x+y&z");
         assert_eq!(
             q,
             vec![

@@ -5,9 +5,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Result;
-use testkit::{
-    Client, Image, Registry, RegistryMode, blob_exists, manifest_digest, push, skopeo_digest,
-};
+use testkit::{Client, Image, Registry, RegistryMode, blob_exists, manifest_digest, push, skopeo_digest};
 
 const USER: &str = "tester";
 const PASS: &str = "s3cret-pass";
@@ -35,11 +33,7 @@ async fn all_kinds_roundtrip(mode: RegistryMode) -> Result<Registry> {
         let pushed = client.push_image(&repo, "v1", &image).await?;
         assert_eq!(pushed, image.digest, "{name}: push digest");
         let head = client.manifest_digest(&repo, "v1").await?;
-        assert_eq!(
-            head.as_deref(),
-            Some(image.digest.as_str()),
-            "{name}: HEAD digest"
-        );
+        assert_eq!(head.as_deref(), Some(image.digest.as_str()), "{name}: HEAD digest");
         let skopeo = skopeo_digest(&reg, &format!("{repo}:v1")).await?;
         assert_eq!(skopeo, image.digest, "{name}: skopeo digest");
 
@@ -48,11 +42,7 @@ async fn all_kinds_roundtrip(mode: RegistryMode) -> Result<Registry> {
         assert_eq!(media_type, image.media_type, "{name}: media type");
         for digest in image.all_manifest_digests() {
             let got = client.manifest_digest(&repo, &digest).await?;
-            assert_eq!(
-                got.as_deref(),
-                Some(digest.as_str()),
-                "{name}: child {digest}"
-            );
+            assert_eq!(got.as_deref(), Some(digest.as_str()), "{name}: child {digest}");
         }
         for blob in image.all_blobs() {
             assert!(
@@ -64,10 +54,7 @@ async fn all_kinds_roundtrip(mode: RegistryMode) -> Result<Registry> {
         // Pushing again is idempotent (blobs are skipped after HEAD).
         assert_eq!(client.push_image(&repo, "v1", &image).await?, image.digest);
     }
-    assert_eq!(
-        client.manifest_digest("testkit/single-oci", "nope").await?,
-        None
-    );
+    assert_eq!(client.manifest_digest("testkit/single-oci", "nope").await?, None);
     eprintln!("{:?}: all kinds in {:?}", reg.mode(), started.elapsed());
     Ok(reg)
 }
@@ -90,12 +77,7 @@ async fn tls_all_kinds() -> Result<()> {
     assert!(reg.url().starts_with("https://127.0.0.1:"));
     let ca = std::fs::read_to_string(reg.ca_pem_path().expect("CA path"))?;
     assert!(ca.contains("BEGIN CERTIFICATE"));
-    assert!(
-        reg.skopeo_cert_dir()
-            .expect("cert dir")
-            .join("ca.crt")
-            .is_file()
-    );
+    assert!(reg.skopeo_cert_dir().expect("cert dir").join("ca.crt").is_file());
     Ok(())
 }
 
@@ -109,17 +91,12 @@ async fn basic_tls_all_kinds() -> Result<()> {
 async fn token_all_kinds() -> Result<()> {
     let reg = all_kinds_roundtrip(RegistryMode::token(USER, PASS)).await?;
     let log = reg.token_log();
-    assert!(
-        reg.token_requests() >= 2,
-        "our client and skopeo asked for tokens"
-    );
+    assert!(reg.token_requests() >= 2, "our client and skopeo asked for tokens");
     assert_eq!(reg.token_requests(), log.len());
     assert!(log.iter().all(|r| r.authorized));
     assert!(
-        log.iter().any(|r| r
-            .scopes
-            .iter()
-            .any(|s| s == "repository:testkit/helm:pull,push")),
+        log.iter()
+            .any(|r| r.scopes.iter().any(|s| s == "repository:testkit/helm:pull,push")),
         "{log:?}"
     );
     assert!(
@@ -155,14 +132,8 @@ async fn token_refuses_anonymous_and_wrong_password() -> Result<()> {
     assert_eq!(resp.status().as_u16(), 401);
     let challenge = resp.headers()["www-authenticate"].to_str()?.to_owned();
     assert!(challenge.starts_with("Bearer "), "{challenge}");
-    assert!(
-        challenge.contains(&reg.token_url().expect("token url")),
-        "{challenge}"
-    );
-    assert!(
-        challenge.contains("service=\"test-registry\""),
-        "{challenge}"
-    );
+    assert!(challenge.contains(&reg.token_url().expect("token url")), "{challenge}");
+    assert!(challenge.contains("service=\"test-registry\""), "{challenge}");
     let err = anon.manifest_digest("a/b", "latest").await.unwrap_err();
     assert!(format!("{err:#}").contains("401"), "{err:#}");
 
@@ -205,16 +176,11 @@ async fn skopeo_with_wrong_credentials_fails() -> Result<()> {
     let reg = Registry::start(RegistryMode::basic(USER, PASS))?;
     let image = Image::oci("amd64", &[10], 10)?;
     push(&reg, "a/b", "t", &image).await?;
-    let args: Vec<String> = [
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        "--creds=tester:wrong",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([testkit::skopeo::docker_ref(&reg, "a/b:t")])
-    .collect();
+    let args: Vec<String> = ["inspect", "--raw", "--tls-verify=false", "--creds=tester:wrong"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([testkit::skopeo::docker_ref(&reg, "a/b:t")])
+        .collect();
     assert!(testkit::skopeo::run_skopeo(&args).await.is_err());
     Ok(())
 }
@@ -263,11 +229,7 @@ async fn wipe_empties_a_running_registry() -> Result<()> {
 #[tokio::test]
 async fn access_log_shows_pushes() -> Result<()> {
     let reg = Registry::start(RegistryMode::Plain)?;
-    assert!(
-        reg.requests().is_empty(),
-        "probes are filtered: {:?}",
-        reg.requests()
-    );
+    assert!(reg.requests().is_empty(), "probes are filtered: {:?}", reg.requests());
     let image = Image::oci("amd64", &[1000], 13)?;
     push(&reg, "log/me", "v1", &image).await?;
     let reqs = reg.requests();
@@ -276,19 +238,14 @@ async fn access_log_shows_pushes() -> Result<()> {
             .any(|e| e.method == method && e.path.starts_with(prefix) && e.status == status)
     };
     assert!(
-        has(
-            "HEAD",
-            &format!("/v2/log/me/blobs/{}", image.blobs[1].digest),
-            404
-        ),
+        has("HEAD", &format!("/v2/log/me/blobs/{}", image.blobs[1].digest), 404),
         "{reqs:?}"
     );
     assert!(has("POST", "/v2/log/me/blobs/uploads/", 202), "{reqs:?}");
     assert!(has("PUT", "/v2/log/me/blobs/uploads/", 201), "{reqs:?}");
     assert!(has("PUT", "/v2/log/me/manifests/v1", 201), "{reqs:?}");
     assert!(
-        reqs.iter()
-            .all(|e| e.user_agent == testkit::push::USER_AGENT),
+        reqs.iter().all(|e| e.user_agent == testkit::push::USER_AGENT),
         "{reqs:?}"
     );
     Ok(())
@@ -321,10 +278,7 @@ async fn raw_pushes_and_refused_bad_digest() -> Result<()> {
     let client = Client::new(&reg)?;
     let digest = testkit::push_raw_blob(&reg, "raw/one", &b"hello"[..]).await?;
     assert_eq!(digest, testkit::sha256_digest(b"hello"));
-    assert_eq!(
-        client.get_blob("raw/one", &digest).await?.as_ref(),
-        b"hello"
-    );
+    assert_eq!(client.get_blob("raw/one", &digest).await?.as_ref(), b"hello");
     // A blob whose bytes do not match the claimed digest is refused.
     let status = client
         .push_blob_claiming(
@@ -341,14 +295,7 @@ async fn raw_pushes_and_refused_bad_digest() -> Result<()> {
         testkit::image::OCI_MANIFEST,
         testkit::image::OCI_CONFIG
     );
-    let d = testkit::push_raw_manifest(
-        &reg,
-        "raw/one",
-        "x",
-        testkit::image::OCI_MANIFEST,
-        manifest.clone(),
-    )
-    .await?;
+    let d = testkit::push_raw_manifest(&reg, "raw/one", "x", testkit::image::OCI_MANIFEST, manifest.clone()).await?;
     assert_eq!(d, testkit::sha256_digest(manifest.as_bytes()));
     assert_eq!(skopeo_digest(&reg, "raw/one:x").await?, d);
     // skopeo prints `--raw` as is: a manifest ending in a newline keeps it, none is added.
@@ -373,18 +320,12 @@ async fn large_layer_is_streamed() -> Result<()> {
     let started = Instant::now();
     let reg = Registry::start(RegistryMode::Plain)?;
     let image = Image::oci("amd64", &[200 * 1024 * 1024], 14)?;
-    assert!(
-        image.blobs[1].bytes().is_none(),
-        "200 MiB layer not held in memory"
-    );
+    assert!(image.blobs[1].bytes().is_none(), "200 MiB layer not held in memory");
     let built = started.elapsed();
     assert_eq!(push(&reg, "big/one", "v1", &image).await?, image.digest);
     assert!(blob_exists(&reg, "big/one", &image.blobs[1].digest).await?);
     assert_eq!(skopeo_digest(&reg, "big/one:v1").await?, image.digest);
-    eprintln!(
-        "200 MiB layer: built in {built:?}, total {:?}",
-        started.elapsed()
-    );
+    eprintln!("200 MiB layer: built in {built:?}, total {:?}", started.elapsed());
     Ok(())
 }
 
@@ -398,17 +339,13 @@ async fn one_gib_layer_is_streamed() -> Result<()> {
     let built = started.elapsed();
     assert_eq!(push(&reg, "big/gib", "v1", &image).await?, image.digest);
     assert_eq!(skopeo_digest(&reg, "big/gib:v1").await?, image.digest);
-    eprintln!(
-        "1 GiB layer: built in {built:?}, total {:?}",
-        started.elapsed()
-    );
+    eprintln!("1 GiB layer: built in {built:?}, total {:?}", started.elapsed());
     Ok(())
 }
 
 #[test]
 fn missing_tool_fails_loudly() {
-    let err =
-        testkit::require_tool("no-such-tool-xyz", "apt-get install -y no-such-tool").unwrap_err();
+    let err = testkit::require_tool("no-such-tool-xyz", "apt-get install -y no-such-tool").unwrap_err();
     assert_eq!(
         err.to_string(),
         "no-such-tool-xyz not found: install it with 'apt-get install -y no-such-tool'"
@@ -431,10 +368,7 @@ async fn skopeo_copy_between_registries_keeps_digests() -> Result<()> {
         Some(image.digest.clone())
     );
     for digest in image.all_manifest_digests() {
-        assert_eq!(
-            manifest_digest(&dst, "copied/me", &digest).await?,
-            Some(digest.clone())
-        );
+        assert_eq!(manifest_digest(&dst, "copied/me", &digest).await?, Some(digest.clone()));
     }
     Ok(())
 }
