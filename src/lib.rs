@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod glob;
+pub mod images_file;
 pub mod platform;
 pub mod reference;
 pub mod registry;
