@@ -34,10 +34,17 @@ fn measure(cmd: &mut Command) -> Run {
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = started.elapsed();
     assert_eq!(rc, pid, "wait4 failed");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed with status {status}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed with status {status}"
+    );
     std::mem::forget(child);
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Run { wall, cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss as u64 }
+    Run {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss as u64,
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -55,7 +62,10 @@ fn ratio(a: Duration, b: Duration) -> String {
 
 fn copycat() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
-    cmd.env_clear().env("LOG_FORMAT", "text").env("LOG_LEVEL", "warn").env("CONFIG_PATH", "/nonexistent");
+    cmd.env_clear()
+        .env("LOG_FORMAT", "text")
+        .env("LOG_LEVEL", "warn")
+        .env("CONFIG_PATH", "/nonexistent");
     cmd
 }
 
@@ -70,8 +80,14 @@ fn skopeo() -> Command {
 /// Checks that every target repository holds the source digest.
 fn verify(rt: &tokio::runtime::Runtime, dst: &Registry, expected: &[(String, String)]) {
     for (repo, digest) in expected {
-        let got = rt.block_on(testkit::manifest_digest(dst, repo, "v1")).expect("HEAD target");
-        assert_eq!(got.as_deref(), Some(digest.as_str()), "{repo}: target digest differs from the source");
+        let got = rt
+            .block_on(testkit::manifest_digest(dst, repo, "v1"))
+            .expect("HEAD target");
+        assert_eq!(
+            got.as_deref(),
+            Some(digest.as_str()),
+            "{repo}: target digest differs from the source"
+        );
     }
 }
 
@@ -82,8 +98,14 @@ fn wipe(dst: &Registry) {
 }
 
 fn main() {
-    let pairs: usize = std::env::var("BENCH_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let big_mib: u64 = std::env::var("BENCH_BIG_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let pairs: usize = std::env::var("BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let big_mib: u64 = std::env::var("BENCH_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let src = Registry::start(RegistryMode::Plain).expect("source registry");
     let dst = Registry::start(RegistryMode::Plain).expect("target registry");
@@ -126,9 +148,19 @@ fn main() {
     };
     let skopeo_sync = |file: &Path| {
         let mut c = skopeo();
-        c.args(["sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker", "--dest-tls-verify=false", "-q"])
-            .arg(file)
-            .arg(format!("{}/bench", dst.host()));
+        c.args([
+            "sync",
+            "--all",
+            "--preserve-digests",
+            "--src",
+            "yaml",
+            "--dest",
+            "docker",
+            "--dest-tls-verify=false",
+            "-q",
+        ])
+        .arg(file)
+        .arg(format!("{}/bench", dst.host()));
         c
     };
 
@@ -146,7 +178,13 @@ fn main() {
             };
             verify(&rt, &dst, &expected);
             let name = if is_copycat { "copycat" } else { "skopeo " };
-            eprintln!("pair {pair}: {name} cold {} (cpu {}), warm {} (cpu {})", secs(cold.wall), secs(cold.cpu), secs(warm.wall), secs(warm.cpu));
+            eprintln!(
+                "pair {pair}: {name} cold {} (cpu {}), warm {} (cpu {})",
+                secs(cold.wall),
+                secs(cold.cpu),
+                secs(warm.wall),
+                secs(warm.cpu)
+            );
             if is_copycat {
                 cc.push(cold);
                 cw.push(warm);
@@ -167,13 +205,24 @@ fn main() {
             wipe(&dst);
             let run = if is_copycat {
                 let mut c = copycat();
-                c.args(["copy", &format!("{}/bench/big:v1", src.host()), &format!("{}/bench/big:v1", dst.host())]);
+                c.args([
+                    "copy",
+                    &format!("{}/bench/big:v1", src.host()),
+                    &format!("{}/bench/big:v1", dst.host()),
+                ]);
                 measure(&mut c)
             } else {
                 let mut c = skopeo();
-                c.args(["copy", "-q", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"])
-                    .arg(format!("docker://{}/bench/big:v1", src.host()))
-                    .arg(format!("docker://{}/bench/big:v1", dst.host()));
+                c.args([
+                    "copy",
+                    "-q",
+                    "--all",
+                    "--preserve-digests",
+                    "--src-tls-verify=false",
+                    "--dest-tls-verify=false",
+                ])
+                .arg(format!("docker://{}/bench/big:v1", src.host()))
+                .arg(format!("docker://{}/bench/big:v1", dst.host()));
                 measure(&mut c)
             };
             verify(&rt, &dst, &big_expected);
@@ -184,15 +233,36 @@ fn main() {
     let wall = |v: &[Run]| median(v.iter().map(|r| r.wall).collect());
     let cpu = |v: &[Run]| median(v.iter().map(|r| r.cpu).collect());
     let rss = |v: &[Run]| v.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
-    println!("\n## copycat vs skopeo ({} repositories, {} MiB, {pairs} interleaved pairs, medians)\n", expected.len(), total >> 20);
+    println!(
+        "\n## copycat vs skopeo ({} repositories, {} MiB, {pairs} interleaved pairs, medians)\n",
+        expected.len(),
+        total >> 20
+    );
     println!("| scenario | copycat wall | skopeo wall | wall ratio | copycat CPU | skopeo CPU | CPU ratio |");
     println!("|---|---|---|---|---|---|---|");
-    for (name, c, s) in [("sync, cold", &cc, &sc), ("sync, warm", &cw, &sw), (&format!("copy, one {big_mib} MiB layer") as &str, &cb, &sb)] {
+    for (name, c, s) in [
+        ("sync, cold", &cc, &sc),
+        ("sync, warm", &cw, &sw),
+        (&format!("copy, one {big_mib} MiB layer") as &str, &cb, &sb),
+    ] {
         println!(
             "| {name} | {} | {} | {} | {} | {} | {} |",
-            secs(wall(c)), secs(wall(s)), ratio(wall(c), wall(s)), secs(cpu(c)), secs(cpu(s)), ratio(cpu(c), cpu(s))
+            secs(wall(c)),
+            secs(wall(s)),
+            ratio(wall(c), wall(s)),
+            secs(cpu(c)),
+            secs(cpu(s)),
+            ratio(cpu(c), cpu(s))
         );
     }
-    println!("\nPeak RSS copying the {big_mib} MiB layer: copycat {} MiB, skopeo {} MiB.", rss(&cb) / 1024, rss(&sb) / 1024);
-    println!("Cold sync peak RSS: copycat {} MiB, skopeo {} MiB.", rss(&cc) / 1024, rss(&sc) / 1024);
+    println!(
+        "\nPeak RSS copying the {big_mib} MiB layer: copycat {} MiB, skopeo {} MiB.",
+        rss(&cb) / 1024,
+        rss(&sb) / 1024
+    );
+    println!(
+        "Cold sync peak RSS: copycat {} MiB, skopeo {} MiB.",
+        rss(&cc) / 1024,
+        rss(&sc) / 1024
+    );
 }

@@ -61,7 +61,11 @@ pub fn parse(text: &str) -> Result<Vec<SyncEntry>, Vec<String>> {
             Err(e) => problems.push(format!("images[{i}] ({}): {e}", entry.source)),
         }
     }
-    if problems.is_empty() { Ok(entries) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(entries)
+    } else {
+        Err(problems)
+    }
 }
 
 fn resolve(prefix: &str, entry: &Entry) -> Result<SyncEntry, String> {
@@ -76,8 +80,19 @@ fn resolve(prefix: &str, entry: &Entry) -> Result<SyncEntry, String> {
     if let Some(tag) = &target_tag {
         target.with_tag(tag).map_err(|e| e.to_string())?;
     }
-    let platforms = if entry.amd64_only { vec![Platform::parse("linux/amd64").expect("valid")] } else { vec![] };
-    Ok(SyncEntry { request: CopyRequest { source, target, target_tag }, platforms })
+    let platforms = if entry.amd64_only {
+        vec![Platform::parse("linux/amd64").expect("valid")]
+    } else {
+        vec![]
+    };
+    Ok(SyncEntry {
+        request: CopyRequest {
+            source,
+            target,
+            target_tag,
+        },
+        platforms,
+    })
 }
 
 #[cfg(test)]
@@ -92,8 +107,10 @@ mod tests {
             "targetRepoPrefix: \"reg.example.com/external/\"\nimages:\n  - source: alpine:3.21\n  - source: ghcr.io/org/app@{D}\n  - source: ghcr.io/org/app@{D}\n    tag: \"1.4\"\n  - source: quay.io/org/tool:2@{D}\n    amd64Only: true\n  - source: localhost:5000/x/y\n"
         );
         let entries = parse(&text).unwrap();
-        let shown: Vec<String> =
-            entries.iter().map(|e| e.request.target_display(e.request.source.digest())).collect();
+        let shown: Vec<String> = entries
+            .iter()
+            .map(|e| e.request.target_display(e.request.source.digest()))
+            .collect();
         assert_eq!(
             shown,
             vec![
@@ -112,8 +129,14 @@ mod tests {
     fn problems_name_the_entry() {
         let cases = [
             ("targetRepoPrefix: r.io\nimages:\n  - source: Bad\n", "images[0] (Bad)"),
-            ("targetRepoPrefix: r.io\nimages:\n  - source: a\n    tag: '-x'\n", "images[0] (a)"),
-            ("targetRepoPrefix: r.io\nimages:\n  - sourc: a\n", "unknown field `sourc`"),
+            (
+                "targetRepoPrefix: r.io\nimages:\n  - source: a\n    tag: '-x'\n",
+                "images[0] (a)",
+            ),
+            (
+                "targetRepoPrefix: r.io\nimages:\n  - sourc: a\n",
+                "unknown field `sourc`",
+            ),
             ("targetRepoPrefix: https://r.io\nimages: []\n", "targetRepoPrefix"),
             ("images: []\n", "targetRepoPrefix"),
         ];

@@ -62,6 +62,11 @@ pub fn registries(config: &Config, target_hosts: &[&str]) -> Result<Registries, 
     Registries::new(options, Arc::new(credentials)).map_err(|e| e.to_string())
 }
 
+/// A copier over `registries` with the configured read mirrors.
+pub fn copier(config: &Config, registries: Registries) -> Copier {
+    Copier::new(registries).with_mirrors(config.registry_mirrors.clone().into_iter().collect())
+}
+
 /// The daemon's target host: `docker.registry` without its path, or the ECR registry host.
 pub fn daemon_target_host(config: &Config) -> Option<String> {
     match config.target_kind {
@@ -101,7 +106,7 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let copier = match registries(config, &[request.target.registry()]) {
-        Ok(r) => Copier::new(r),
+        Ok(r) => copier(config, r),
         Err(e) => return usage(&e),
     };
     let progress = Progress::start(&copier, 1);
@@ -144,7 +149,7 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
     }
     let target_hosts: Vec<&str> = entries.iter().map(|e| e.request.target.registry()).collect();
     let copier = match registries(config, &target_hosts) {
-        Ok(r) => Copier::new(r),
+        Ok(r) => copier(config, r),
         Err(e) => return usage(&e),
     };
     let progress = Progress::start(&copier, entries.len());

@@ -8,11 +8,13 @@ pub mod manifest;
 pub mod select;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 
@@ -192,6 +194,8 @@ fn registry_error(action: impl Into<String>) -> impl FnOnce(RegistryError) -> Co
 #[derive(Clone)]
 pub struct Copier {
     registries: Registries,
+    /// Read mirrors per source registry host, tried in order before the registry itself.
+    mirrors: Arc<HashMap<String, Vec<String>>>,
     shared: Arc<Shared>,
 }
 
@@ -219,7 +223,9 @@ struct Counters {
 
 /// The pieces of one copy that every step needs.
 struct Job<'a> {
+    /// The source registry; reads go through `readers` (mirrors first, then `src`).
     src: Registry,
+    readers: Vec<Registry>,
     src_repo: &'a str,
     dst: Registry,
     dst_repo: &'a str,
@@ -232,6 +238,7 @@ impl Copier {
     pub fn new(registries: Registries) -> Copier {
         Copier {
             registries,
+            mirrors: Arc::default(),
             shared: Arc::new(Shared {
                 blob_locks: KeyedLocks::new(),
                 known: moka::sync::Cache::new(100_000),
@@ -239,6 +246,13 @@ impl Copier {
                 total_bytes: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Reads from each source host in `mirrors` try those hosts first, in order, and fall back to the
+    /// host itself when a mirror fails or lacks the content. Writes never go to a mirror.
+    pub fn with_mirrors(mut self, mirrors: HashMap<String, Vec<String>>) -> Copier {
+        self.mirrors = Arc::new(mirrors);
+        self
     }
 
     /// The registry clients this copier uses.
@@ -253,8 +267,18 @@ impl Copier {
 
     /// Copies `req` according to `opts`.
     pub async fn copy(&self, req: &CopyRequest, opts: &CopyOptions) -> Result<CopyReport, CopyError> {
+        let src = self.registries.get(req.source.registry());
+        let mut readers: Vec<Registry> = self
+            .mirrors
+            .get(src.host())
+            .into_iter()
+            .flatten()
+            .map(|m| self.registries.get(m))
+            .collect();
+        readers.push(src.clone());
         let job = Job {
-            src: self.registries.get(req.source.registry()),
+            src,
+            readers,
             src_repo: req.source.repository(),
             dst: self.registries.get(req.target.registry()),
             dst_repo: req.target.repository(),
@@ -307,11 +331,13 @@ impl Copier {
             Some(d) => d.clone(),
             None => {
                 let tag = req.source.tag().unwrap_or("latest");
-                let head = job
-                    .src
-                    .head_manifest(job.src_repo, tag)
-                    .await
-                    .map_err(registry_error(format!("HEAD source {}", req.source)))?;
+                let head = read(
+                    &job.readers,
+                    |r| r.head_manifest(job.src_repo, tag).boxed(),
+                    Option::is_some,
+                )
+                .await
+                .map_err(registry_error(format!("HEAD source {}", req.source)))?;
                 match head {
                     Some(h) => h.digest,
                     None => return Err(CopyError::SourceNotFound(req.source.to_string())),
@@ -353,9 +379,7 @@ impl Copier {
         }
 
         // 3. Only now GET the source manifest, by digest so we copy exactly what we compared.
-        let top = self
-            .get_manifest(&job.src, job.src_repo, &source_digest.to_string(), &req.source)
-            .await?;
+        let top = self.get_manifest(job, &source_digest.to_string(), &req.source).await?;
         let top_parsed = parse_manifest(&top, &req.source)?;
         let (top, top_parsed, children, missing, filtered) =
             self.apply_platforms(req, job, top, top_parsed, &platforms_key).await?;
@@ -425,17 +449,14 @@ impl Copier {
             .map_err(registry_error(format!("HEAD target {}", req.target_display(expected))))
     }
 
-    async fn get_manifest(
-        &self,
-        registry: &Registry,
-        repo: &str,
-        reference: &str,
-        shown: &ImageRef,
-    ) -> Result<Manifest, CopyError> {
-        registry
-            .get_manifest(repo, reference, MAX_MANIFEST_SIZE)
-            .await
-            .map_err(registry_error(format!("GET manifest {}@{reference}", shown.name())))
+    async fn get_manifest(&self, job: &Job<'_>, reference: &str, shown: &ImageRef) -> Result<Manifest, CopyError> {
+        read(
+            &job.readers,
+            |r| r.get_manifest(job.src_repo, reference, MAX_MANIFEST_SIZE).boxed(),
+            |_| true,
+        )
+        .await
+        .map_err(registry_error(format!("GET manifest {}@{reference}", shown.name())))
     }
 
     /// Applies the platform list to an index: the manifest to write under the tag, what it needs, the
@@ -461,9 +482,7 @@ impl Copier {
             })?;
         match selection {
             Selection::Single(entry) => {
-                let child = self
-                    .get_manifest(&job.src, job.src_repo, &entry.digest.to_string(), &req.source)
-                    .await?;
+                let child = self.get_manifest(job, &entry.digest.to_string(), &req.source).await?;
                 let child_parsed = parse_manifest(&child, &req.source)?;
                 let children = child_parsed.manifests.clone();
                 Ok((child, child_parsed, children, missing, false))
@@ -494,7 +513,7 @@ impl Copier {
         if present.is_some() {
             return Ok(());
         }
-        let manifest = self.get_manifest(&job.src, job.src_repo, &digest, &req.source).await?;
+        let manifest = self.get_manifest(job, &digest, &req.source).await?;
         let parsed = parse_manifest(&manifest, &req.source)?;
         if parsed.kind == Kind::Index {
             // Nested indexes are rare but legal; copy them the same way.
@@ -546,12 +565,18 @@ impl Copier {
                 Err(e) => tracing::debug!(blob = %shown, from = %from, error = %e, "mount failed; will copy instead"),
             }
         }
-        let (src, src_repo, digest, size) = (job.src.clone(), job.src_repo.to_owned(), blob.digest.clone(), blob.size);
+        let (readers, src_repo, digest, size) = (
+            job.readers.clone(),
+            job.src_repo.to_owned(),
+            blob.digest.clone(),
+            blob.size,
+        );
         let progress = job.counters.bytes.clone();
         let open = move || {
-            let (src, src_repo, digest, progress) = (src.clone(), src_repo.clone(), digest.clone(), progress.clone());
+            let (readers, src_repo, digest, progress) =
+                (readers.clone(), src_repo.clone(), digest.clone(), progress.clone());
             async move {
-                let download = src.get_blob(&src_repo, &digest).await?;
+                let download = read(&readers, |r| r.get_blob(&src_repo, &digest).boxed(), |_| true).await?;
                 verify::verified(download.stream, &digest, size, progress)
             }
             .boxed()
@@ -592,6 +617,27 @@ impl Copier {
             self.shared.known.insert(key.clone(), Arc::new(repos));
         }
     }
+}
+
+/// Runs a read against each of `readers` in turn (mirrors, then the registry itself): the first
+/// mirror answer that is `found` wins; a mirror's failure falls through to the next reader.
+async fn read<'r, T>(
+    readers: &'r [Registry],
+    op: impl Fn(&'r Registry) -> BoxFuture<'r, Result<T, RegistryError>>,
+    found: impl Fn(&T) -> bool,
+) -> Result<T, RegistryError> {
+    let (upstream, mirrors) = readers.split_last().expect("the source registry is always a reader");
+    for mirror in mirrors {
+        match op(mirror).await {
+            Ok(value) if found(&value) => return Ok(value),
+            Ok(_) => tracing::debug!(
+                mirror = mirror.host(),
+                "mirror lacks the content; trying the next reader"
+            ),
+            Err(e) => tracing::debug!(mirror = mirror.host(), error = %e, "mirror failed; trying the next reader"),
+        }
+    }
+    op(upstream).await
 }
 
 fn parse_manifest(manifest: &Manifest, shown: &ImageRef) -> Result<Parsed, CopyError> {

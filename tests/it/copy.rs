@@ -333,3 +333,27 @@ async fn missing_source_is_reported() {
     assert!(matches!(err, CopyError::SourceNotFound(_)), "{err}");
     assert!(err.to_string().contains("nope:v1"), "{err}");
 }
+
+#[tokio::test]
+async fn reads_prefer_mirrors_and_fall_back_to_the_registry() {
+    let (upstream, mirror, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[50_000], 80).unwrap();
+    let only_upstream = Image::oci("amd64", &[50_000], 81).unwrap();
+    image.push(&upstream, "lib/app", "v1").await.unwrap();
+    image.push(&mirror, "lib/app", "v1").await.unwrap();
+    only_upstream.push(&upstream, "lib/other", "v1").await.unwrap();
+    let mirrors = HashMap::from([(upstream.host(), vec![mirror.host()])]);
+    let copier = copier(&[&upstream, &mirror, &dst]).with_mirrors(mirrors);
+    let upstream_before = upstream.requests().len();
+    let writes = |r: &Registry| r.requests().iter().filter(|r| matches!(r.method.as_str(), "PUT" | "POST" | "PATCH" | "DELETE")).count();
+    let mirror_writes_before = writes(&mirror);
+
+    copier.copy(&request(&upstream, "lib/app:v1", &dst, "app", Some("v1")), &CopyOptions::default()).await.unwrap();
+    assert_eq!(skopeo_digest(&dst, "app:v1").await.unwrap(), image.digest);
+    let upstream_hits: Vec<_> = upstream.requests().into_iter().skip(upstream_before).filter(|r| r.path.contains("lib/app")).collect();
+    assert!(upstream_hits.is_empty(), "the mirror served everything: {upstream_hits:?}");
+
+    copier.copy(&request(&upstream, "lib/other:v1", &dst, "other", Some("v1")), &CopyOptions::default()).await.unwrap();
+    assert_eq!(skopeo_digest(&dst, "other:v1").await.unwrap(), only_upstream.digest, "fell back to the registry");
+    assert_eq!(writes(&mirror), mirror_writes_before, "nothing is ever written to a mirror");
+}
