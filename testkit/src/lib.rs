@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod certs;
+pub mod fault;
 pub mod image;
 pub mod layer;
 pub mod push;
@@ -14,6 +15,7 @@ pub mod token;
 pub mod tools;
 pub mod util;
 
+pub use fault::{Fault, FaultKind, FaultProxy, Match, ProxyRequest};
 pub use image::{Blob, BlobSource, Format, Image, Platform};
 pub use push::{
     Client, blob_exists, get_manifest, http_client, manifest_digest, push, push_raw_blob, push_raw_manifest,

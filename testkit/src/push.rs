@@ -86,6 +86,13 @@ impl Client {
         })
     }
 
+    /// The same client addressing `base_url` (e.g. a [`crate::fault::FaultProxy`] in front of
+    /// the registry) instead of the registry; credentials and token server are unchanged.
+    pub fn with_base_url(mut self, base_url: &str) -> Client {
+        self.base = base_url.trim_end_matches('/').to_owned();
+        self
+    }
+
     /// The underlying HTTP client.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
