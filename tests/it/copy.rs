@@ -28,8 +28,13 @@ pub fn copier(registries: &[&Registry]) -> Copier {
 }
 
 pub fn copier_with(credentials: Credentials, hosts: HashMap<String, HostSettings>) -> Copier {
+    copier_timing_out(credentials, hosts, Duration::from_secs(30))
+}
+
+/// A copier whose requests time out after `timeout`.
+pub fn copier_timing_out(credentials: Credentials, hosts: HashMap<String, HostSettings>, timeout: Duration) -> Copier {
     let options = ClientOptions {
-        request_timeout: Some(Duration::from_secs(30)),
+        request_timeout: Some(timeout),
         retry_attempts: 3,
         retry_backoff: Duration::from_millis(50),
         max_concurrent_requests: 16,
@@ -47,7 +52,7 @@ pub fn request(src: &Registry, source: &str, dst: &Registry, target_repo: &str, 
     }
 }
 
-fn start(mode: RegistryMode) -> Registry {
+pub fn start(mode: RegistryMode) -> Registry {
     Registry::start(mode).expect("start docker-registry (apt-get install -y docker-registry)")
 }
 

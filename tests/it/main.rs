@@ -1,3 +1,5 @@
 //! Integration tests: the built binary and the library against real components.
 
 mod check_config;
+mod copy;
+mod faults;
