@@ -362,3 +362,55 @@ async fn reads_prefer_mirrors_and_fall_back_to_the_registry() {
     assert_eq!(skopeo_digest(&dst, "other:v1").await.unwrap(), only_upstream.digest, "fell back to the registry");
     assert_eq!(writes(&mirror), mirror_writes_before, "nothing is ever written to a mirror");
 }
+
+/// A registry that serves one hand-made manifest per repository, for content no real registry here
+/// will store: schema 1, and manifests over the size guard.
+async fn fake_registry(manifests: Vec<(&'static str, &'static str, Vec<u8>)>) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::routing::get;
+    let manifests = Arc::new(manifests);
+    let app = axum::Router::new().route("/v2/", get(|| async { "{}" })).route(
+        "/v2/{repo}/manifests/{reference}",
+        get(move |axum::extract::Path((repo, _reference)): axum::extract::Path<(String, String)>| {
+            let manifests = manifests.clone();
+            async move {
+                let Some((_, media_type, body)) = manifests.iter().find(|(r, _, _)| *r == repo) else {
+                    return (StatusCode::NOT_FOUND, HeaderMap::new(), Vec::new());
+                };
+                let mut headers = HeaderMap::new();
+                headers.insert(header::CONTENT_TYPE, media_type.parse().unwrap());
+                headers.insert("docker-content-digest", testkit::sha256_digest(body).parse().unwrap());
+                (StatusCode::OK, headers, body.clone())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    (host, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+}
+
+#[tokio::test]
+async fn hostile_and_obsolete_manifests_are_refused() {
+    let schema1 = br#"{"schemaVersion":1,"name":"old","tag":"v1","architecture":"amd64","fsLayers":[],"history":[]}"#.to_vec();
+    let mut huge = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 5 << 20));
+    huge.extend(br#""}}"#);
+    let (host, server) = fake_registry(vec![
+        ("old", "application/vnd.docker.distribution.manifest.v1+prettyjws", schema1),
+        ("huge", "application/vnd.oci.image.manifest.v1+json", huge),
+    ])
+    .await;
+    let dst = start(RegistryMode::Plain);
+    let copier = copier(&[&dst]);
+    for (repo, want) in [("old", "schema 1"), ("huge", "4194304")] {
+        let req = CopyRequest {
+            source: ImageRef::parse(&format!("{host}/{repo}:v1")).unwrap(),
+            target: ImageRef::parse(&format!("{}/{repo}", dst.host())).unwrap(),
+            target_tag: Some("v1".into()),
+        };
+        let err = copier.copy(&req, &CopyOptions::default()).await.unwrap_err();
+        assert!(err.to_string().contains(want), "{repo}: {err}");
+        assert_eq!(manifest_digest(&dst, repo, "v1").await.unwrap(), None);
+    }
+    server.abort();
+}
