@@ -14,6 +14,15 @@ use futures::stream::BoxStream;
 use crate::reference::Digest;
 use crate::secret::Secret;
 
+mod auth;
+pub mod credentials;
+mod ops;
+mod proto;
+mod retry;
+mod transport;
+
+pub use credentials::{Credentials, DockerAuths, parse_docker_config_json};
+
 /// Manifest media types copycat sends in `Accept` (all of them, always: distribution 2.8 answers 404
 /// for OCI content by tag, and converts Docker v2 to schema1, when a type is missing).
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -114,6 +123,20 @@ pub struct ClientOptions {
     pub user_agent: String,
 }
 
+impl Default for ClientOptions {
+    /// 60 s request timeout, 3 attempts from 500 ms backoff, 16 concurrent requests per host, no host settings.
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Some(Duration::from_secs(60)),
+            retry_attempts: 3,
+            retry_backoff: Duration::from_millis(500),
+            max_concurrent_requests: 16,
+            hosts: HashMap::new(),
+            user_agent: concat!("copycat/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
 /// Transport settings for one registry host.
 #[derive(Debug, Clone, Default)]
 pub struct HostSettings {
@@ -204,6 +227,9 @@ struct RegistriesInner {
     options: ClientOptions,
     credentials: Arc<dyn CredentialProvider>,
     stats: Arc<Stats>,
+    clients: transport::Clients,
+    hosts: std::sync::Mutex<HashMap<String, Arc<transport::HostState>>>,
+    tokens: auth::TokenCache,
 }
 
 /// A client for one registry host. Cheap to clone.
@@ -211,17 +237,43 @@ struct RegistriesInner {
 pub struct Registry {
     host: String,
     parent: Registries,
+    state: Arc<transport::HostState>,
 }
 
 impl Registries {
     /// Builds the clients; fails on unusable settings (e.g. an unreadable CA file), naming them.
     pub fn new(options: ClientOptions, credentials: Arc<dyn CredentialProvider>) -> Result<Registries, RegistryError> {
-        Ok(Registries { inner: Arc::new(RegistriesInner { options, credentials, stats: Arc::default() }) })
+        let clients = transport::Clients::build(&options)?;
+        Ok(Registries {
+            inner: Arc::new(RegistriesInner {
+                options,
+                credentials,
+                stats: Arc::default(),
+                clients,
+                hosts: Default::default(),
+                tokens: Default::default(),
+            }),
+        })
     }
 
-    /// The client for `host` (`docker.io` is reached at `registry-1.docker.io`).
+    /// The client for `host` (`docker.io` is reached at `registry-1.docker.io`). Clients for the same
+    /// registry (Docker Hub under any of its names) share the scheme decision, the request cap, the
+    /// authentication state and the rate-limit state.
     pub fn get(&self, host: &str) -> Registry {
-        Registry { host: host.to_ascii_lowercase(), parent: self.clone() }
+        let host = host.to_ascii_lowercase();
+        let key = proto::canonical_host(&host);
+        let state = {
+            let mut hosts = self.inner.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            hosts
+                .entry(key)
+                .or_insert_with(|| Arc::new(transport::HostState::new(&self.inner.options, &host)))
+                .clone()
+        };
+        Registry {
+            host,
+            parent: self.clone(),
+            state,
+        }
     }
 
     /// What the clients did so far.
@@ -236,34 +288,41 @@ impl Registry {
         &self.host
     }
 
+    /// The last Docker Hub `ratelimit-remaining` this registry reported (any client of the host),
+    /// `None` when it never sent one. While it is 0, manifest GETs fail fast with
+    /// [`RegistryError::RateLimited`]; HEADs still go and clear the pause when they report more.
+    pub fn ratelimit_remaining(&self) -> Option<u64> {
+        self.state.ratelimit_remaining()
+    }
+
     /// HEAD a manifest by tag or digest; `None` when it does not exist.
     pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<Option<ManifestHead>, RegistryError> {
-        let _ = (repo, reference, &self.parent);
-        todo!("registry transport")
+        self.head_manifest_impl(repo, reference).await
     }
 
     /// GET a manifest by tag or digest, refusing bodies over `max_size` bytes; the digest is verified.
     pub async fn get_manifest(&self, repo: &str, reference: &str, max_size: u64) -> Result<Manifest, RegistryError> {
-        let _ = (repo, reference, max_size);
-        todo!("registry transport")
+        self.get_manifest_impl(repo, reference, max_size).await
     }
 
     /// HEAD a blob; its size when present.
     pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
-        let _ = (repo, digest);
-        todo!("registry transport")
+        self.blob_size_impl(repo, digest).await
     }
 
     /// GET a blob as a stream.
     pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<BlobDownload, RegistryError> {
-        let _ = (repo, digest);
-        todo!("registry transport")
+        self.get_blob_impl(repo, digest).await
     }
 
     /// Asks the registry to link `digest` from `from_repo` into `repo`.
-    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from_repo: &str) -> Result<MountOutcome, RegistryError> {
-        let _ = (repo, digest, from_repo);
-        todo!("registry transport")
+    pub async fn mount_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from_repo: &str,
+    ) -> Result<MountOutcome, RegistryError> {
+        self.mount_blob_impl(repo, digest, from_repo).await
     }
 
     /// Uploads a blob of known `size` from `source`: one streaming monolithic PUT; chunked PATCHes only
@@ -275,8 +334,7 @@ impl Registry {
         size: u64,
         source: BlobSource<'_>,
     ) -> Result<(), RegistryError> {
-        let _ = (repo, digest, size, source);
-        todo!("registry transport")
+        self.push_blob_impl(repo, digest, size, source).await
     }
 
     /// PUT a manifest under a tag or digest with its exact bytes; returns the digest the registry reports.
@@ -287,7 +345,6 @@ impl Registry {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
-        let _ = (repo, reference, bytes, media_type);
-        todo!("registry transport")
+        self.put_manifest_impl(repo, reference, bytes, media_type).await
     }
 }
