@@ -21,6 +21,9 @@ mod proto;
 mod retry;
 mod transport;
 
+#[cfg(test)]
+mod tests;
+
 pub use credentials::{Credentials, DockerAuths, parse_docker_config_json};
 
 /// Manifest media types copycat sends in `Accept` (all of them, always: distribution 2.8 answers 404
