@@ -4,7 +4,9 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod glob;
+pub mod images_file;
 pub mod platform;
 pub mod reference;
 pub mod registry;

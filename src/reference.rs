@@ -429,6 +429,24 @@ fn parse_digest(s: &str, reference: Option<&str>) -> Result<Digest, ReferenceErr
     })
 }
 
+/// A registry host as [`ImageRef::registry`] spells it: lower-case, Docker Hub's aliases as `docker.io`.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim().trim_end_matches('/').to_ascii_lowercase();
+    if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
+        DOCKER_HUB.to_owned()
+    } else {
+        host
+    }
+}
+
+/// Whether the reference text names a tag itself (rather than getting the implied `latest`).
+pub fn has_explicit_tag(s: &str) -> bool {
+    let name_and_tag = s.split_once('@').map_or(s, |(before, _)| before);
+    name_and_tag
+        .rfind(':')
+        .is_some_and(|colon| name_and_tag.rfind('/').is_none_or(|slash| slash < colon))
+}
+
 /// A normalised image reference: `registry/repository[:tag][@digest]`.
 ///
 /// Fields are private so every value went through [`ImageRef::parse`] (or a validated `with_*`), which makes
@@ -788,6 +806,30 @@ fn validate_tag(input: &str, tag: &str) -> Result<(), ReferenceError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_normalisation_and_explicit_tags() {
+        let hosts = [
+            ("Index.Docker.io", "docker.io"),
+            ("registry-1.docker.io/", "docker.io"),
+            ("GHCR.io", "ghcr.io"),
+            ("localhost:5000", "localhost:5000"),
+        ];
+        for (input, want) in hosts {
+            assert_eq!(normalize_host(input), want, "{input}");
+        }
+        let tags = [
+            ("nginx", false),
+            ("nginx:1", true),
+            ("r:5000/x", false),
+            ("r:5000/x:t", true),
+            ("x@sha256:ab", false),
+            ("x:t@sha256:ab", true),
+        ];
+        for (input, want) in tags {
+            assert_eq!(has_explicit_tag(input), want, "{input}");
+        }
+    }
+
     use super::*;
 
     /// sha256 of the empty string.

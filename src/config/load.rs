@@ -233,6 +233,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         registry: loader.get("docker.registry", registry_host),
         repo_prefix: loader.get("docker.repoPrefix", parse::text),
         insecure: loader.get("docker.insecure", parse::boolean),
+        ca_file: loader.get("docker.caFile", parse::text),
         username: loader.get("TARGET_USERNAME", parse::text),
         password: Secret::new(loader.get("TARGET_PASSWORD", parse::text)),
     };
@@ -274,6 +275,12 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         max_concurrent_reconciles: loader.get("maxConcurrentReconciles", parse::positive_u32),
         registry_credentials: registry_credentials(loader),
         path_map: path_map(loader),
+        always_overwrite_tags: loader.get("alwaysOverwriteTags", lower_list),
+        blob_concurrency: loader.get("blobConcurrency", parse::positive_u32),
+        registry_max_concurrent_requests: loader.get("registryMaxConcurrentRequests", parse::positive_u32),
+        image_deadline: loader.get("imageDeadline", |i| parse::duration(i, SECOND)),
+        registries: registry_settings(loader),
+        registry_mirrors: registry_mirrors(loader),
         runtime: RuntimeSettings {
             config_path: PathBuf::new(),
             config_found: false,
@@ -484,6 +491,71 @@ fn path_map(loader: &mut Loader<'_>) -> Vec<PathMapRule> {
             continue;
         }
         out.push(PathMapRule { from, to, regex });
+    }
+    out
+}
+
+fn registry_settings(loader: &mut Loader<'_>) -> Vec<RegistrySettings> {
+    let mut out: Vec<RegistrySettings> = Vec::new();
+    for entry in loader.entries("registries") {
+        let host = loader
+            .field(&entry, "host", registry_host)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if host.is_empty() {
+            loader.problem(&Origin::File(format!("{}.host", entry.0)), None, "required".into());
+            continue;
+        }
+        if out.iter().any(|r| r.host == host) {
+            loader.problem(
+                &Origin::File(format!("{}.host", entry.0)),
+                None,
+                format!("{host} is listed twice"),
+            );
+            continue;
+        }
+        let insecure = loader.field(&entry, "insecure", parse::boolean).unwrap_or(false);
+        let ca_file = loader.field(&entry, "caFile", parse::text).unwrap_or_default();
+        out.push(RegistrySettings {
+            host,
+            insecure,
+            ca_file,
+        });
+    }
+    out
+}
+
+fn registry_mirrors(loader: &mut Loader<'_>) -> std::collections::BTreeMap<String, Vec<String>> {
+    let id = "registryMirrors";
+    loader.used.push(id);
+    let mut out = std::collections::BTreeMap::new();
+    let Some(value) = loader.file_value(id).cloned() else {
+        return out;
+    };
+    let Value::Object(map) = value else {
+        loader.problem(
+            &Origin::File(id.into()),
+            None,
+            "expected a mapping of registry host to a list of mirror hosts".into(),
+        );
+        return out;
+    };
+    for (host, mirrors) in map {
+        let origin = Origin::File(format!("{id}.{host}"));
+        let parsed = to_input(&mirrors).and_then(|i| parse::list(&i)).and_then(|list| {
+            list.iter()
+                .map(|m| registry_host(&Input::Scalar(m.clone())))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match parsed {
+            Ok(list) => {
+                out.insert(
+                    crate::reference::normalize_host(&host),
+                    list.into_iter().map(|m| m.to_ascii_lowercase()).collect(),
+                );
+            }
+            Err(msg) => loader.problem(&origin, None, msg),
+        }
     }
     out
 }

@@ -69,6 +69,19 @@ pub struct Config {
     pub registry_credentials: Vec<RegistryCredential>,
     /// Source repository path rewrites.
     pub path_map: Vec<PathMapRule>,
+    /// Tags overwritten regardless of `allow_different_digest_repush` (lower-case).
+    pub always_overwrite_tags: Vec<String>,
+    /// Blobs of one image transferred at once.
+    pub blob_concurrency: u32,
+    /// Requests in flight per registry host.
+    pub registry_max_concurrent_requests: u32,
+    /// Deadline for one image; `None` means none.
+    #[serde(serialize_with = "optional_duration")]
+    pub image_deadline: Option<Duration>,
+    /// Transport settings per registry host.
+    pub registries: Vec<RegistrySettings>,
+    /// Read mirrors per source registry host.
+    pub registry_mirrors: std::collections::BTreeMap<String, Vec<String>>,
     /// Settings that come only from the environment or flags.
     #[serde(skip)]
     pub runtime: RuntimeSettings,
@@ -142,6 +155,8 @@ pub struct DockerConfig {
     /// Target username (env only).
     #[serde(skip)]
     pub username: String,
+    /// Extra CA certificates for the target.
+    pub ca_file: String,
     /// Target password (env only).
     #[serde(skip)]
     pub password: Secret,
@@ -179,6 +194,18 @@ pub struct RegistryCredential {
     pub password: Secret,
     /// Bearer token; wins over username/password.
     pub token: Secret,
+}
+
+/// Transport settings for one registry host.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySettings {
+    /// Lower-case `host[:port]`.
+    pub host: String,
+    /// Plain HTTP / no TLS verification.
+    pub insecure: bool,
+    /// Extra CA certificates (PEM file), empty for none.
+    pub ca_file: String,
 }
 
 /// A source-path rewrite rule.

@@ -81,7 +81,7 @@ fn unreadable_or_invalid_file_is_fatal() {
 #[test]
 fn bad_values_are_reported_by_name() {
     // (yaml, env, text every reported problem set must contain)
-    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+    let cases: &[Case<'_>] = &[
         (
             "includeNamespace: [a]",
             &[],
@@ -188,12 +188,52 @@ fn bad_values_are_reported_by_name() {
             &["requestTimeoutSeconds", "given twice"],
         ),
     ];
+    assert_reported(cases);
+}
+
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+
+/// Each case's YAML and env must fail, with every listed text somewhere in the problems.
+fn assert_reported(cases: &[Case<'_>]) {
     for (yaml, env, wanted) in cases {
         let all = problems(yaml, env, Purpose::OneShot).join("\n");
         for w in *wanted {
             assert!(all.contains(w), "for {yaml:?} {env:?}: expected {w:?} in:\n{all}");
         }
     }
+}
+
+#[rustfmt::skip]
+#[test]
+fn bad_transport_settings_are_reported_by_name() {
+    assert_reported(&[
+        ("registries:\n  - {insecure: true}\n", &[], &["registries[0].host", "required"]),
+        ("registries:\n  - {host: a.io}\n  - {host: A.io}\n", &[], &["registries[1].host", "listed twice"]),
+        ("registries:\n  - {host: a.io, caFil: x}\n", &[], &["registries[0].caFil", "did you mean \"registries[0].caFile\""]),
+        ("registryMirrors: [a]", &[], &["registryMirrors", "expected a mapping"]),
+        ("registryMirrors:\n  docker.io: [https://m.example.com]\n", &[], &["registryMirrors.docker.io", "without a scheme"]),
+        ("blobConcurrency: 0", &[], &["blobConcurrency", "greater than 0"]),
+    ]);
+}
+
+#[test]
+fn transport_settings() {
+    let c = ok(
+        "registries:\n  - {host: Reg.Example.com:5000, insecure: true}\n  - {host: ghcr.io, caFile: /ca.pem}\nregistryMirrors:\n  index.docker.io: [mirror.gcr.io, Mirror2.example.com]\nalwaysOverwriteTags: []\n",
+        &[("IMAGE_DEADLINE", "0"), ("BLOB_CONCURRENCY", "8")],
+    );
+    assert_eq!(
+        (c.registries[0].host.as_str(), c.registries[0].insecure),
+        ("reg.example.com:5000", true)
+    );
+    assert_eq!(c.registries[1].ca_file, "/ca.pem");
+    assert_eq!(
+        c.registry_mirrors["docker.io"],
+        vec!["mirror.gcr.io", "mirror2.example.com"]
+    );
+    assert!(c.always_overwrite_tags.is_empty());
+    assert_eq!((c.image_deadline, c.blob_concurrency), (None, 8));
+    assert_eq!(ok("", &[]).always_overwrite_tags, vec!["latest"]);
 }
 
 #[test]

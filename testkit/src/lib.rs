@@ -1,1 +1,25 @@
-//! Test support for copycat.
+//! Test support for copycat: real registries on loopback ([`Registry`]), synthetic images
+//! pushed byte-exact ([`Image`], [`push`]), and skopeo as an independent verifier
+//! ([`skopeo_digest`]).
+
+#![warn(missing_docs)]
+
+mod certs;
+pub mod image;
+pub mod layer;
+pub mod push;
+pub mod registry;
+pub mod skopeo;
+pub mod token;
+pub mod tools;
+pub mod util;
+
+pub use image::{Blob, BlobSource, Format, Image, Platform};
+pub use push::{
+    Client, blob_exists, get_manifest, http_client, manifest_digest, push, push_raw_blob, push_raw_manifest,
+};
+pub use registry::{AccessLogEntry, Registry, RegistryMode};
+pub use skopeo::{skopeo_copy, skopeo_digest, skopeo_inspect_raw};
+pub use token::TokenRequest;
+pub use tools::require_tool;
+pub use util::sha256_digest;

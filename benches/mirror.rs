@@ -1,0 +1,268 @@
+//! Benchmark: copycat against skopeo, measured in the same run on the same machine.
+//!
+//! `cargo bench --bench mirror` (release build). Two local docker-registry processes; a data set of
+//! about 25 repositories and 900 MiB (20 single-arch images of 5 × 8 MiB layers, 5 multi-arch indexes
+//! of 2 × 3 × 4 MiB with attestations). `copycat sync` and `skopeo sync` run interleaved, cold (target
+//! wiped) and warm (everything present), `BENCH_PAIRS` pairs (default 3); every target digest is
+//! checked after each cold run. Then `copycat copy` against `skopeo copy` of one image with a single
+//! 1 GiB layer (`BENCH_BIG_MIB` to change the size), for wall time and peak RSS.
+//! Prints medians of wall time and client CPU (user + sys) and the ratios copycat / skopeo.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testkit::{Image, Registry, RegistryMode};
+
+/// One measured run of a client process.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kib: u64,
+}
+
+/// Runs `cmd`, waits with `wait4` to get that process's own CPU time and peak RSS.
+fn measure(cmd: &mut Command) -> Run {
+    let started = Instant::now();
+    let child = cmd.stdin(std::process::Stdio::null()).spawn().expect("spawn client");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet reaped (std's Child is never waited on), and the
+    // pointers are valid for the call.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert_eq!(rc, pid, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed with status {status}"
+    );
+    std::mem::forget(child);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Run {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss as u64,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64().max(1e-9))
+}
+
+fn copycat() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
+    cmd.env_clear()
+        .env("LOG_FORMAT", "text")
+        .env("LOG_LEVEL", "warn")
+        .env("CONFIG_PATH", "/nonexistent");
+    cmd
+}
+
+fn skopeo() -> Command {
+    let mut cmd = Command::new("skopeo");
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Checks that every target repository holds the source digest.
+fn verify(rt: &tokio::runtime::Runtime, dst: &Registry, expected: &[(String, String)]) {
+    for (repo, digest) in expected {
+        let got = rt
+            .block_on(testkit::manifest_digest(dst, repo, "v1"))
+            .expect("HEAD target");
+        assert_eq!(
+            got.as_deref(),
+            Some(digest.as_str()),
+            "{repo}: target digest differs from the source"
+        );
+    }
+}
+
+fn wipe(dst: &Registry) {
+    dst.wipe().expect("wipe target");
+    // Let the previous run's writeback settle so it does not land in the next measurement.
+    let _ = Command::new("sync").status();
+}
+
+fn main() {
+    let pairs: usize = std::env::var("BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let big_mib: u64 = std::env::var("BENCH_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let src = Registry::start(RegistryMode::Plain).expect("source registry");
+    let dst = Registry::start(RegistryMode::Plain).expect("target registry");
+    let work = tempfile::tempdir().expect("temp dir");
+
+    eprintln!("seeding the source registry…");
+    let mut expected = Vec::new();
+    let mut total = 0u64;
+    for i in 0..25u64 {
+        let image = if i < 20 {
+            Image::oci("amd64", &[8 << 20; 5], 1000 + i)
+        } else {
+            Image::oci_index(&[4 << 20; 3], true, 2000 + i)
+        }
+        .expect("image");
+        let repo = format!("bench/img{i:02}");
+        rt.block_on(image.push(&src, &repo, "v1")).expect("seed");
+        total += image.all_blobs().iter().map(|b| b.size).sum::<u64>();
+        expected.push((repo, image.digest.clone()));
+    }
+    eprintln!("data set: {} repositories, {} MiB", expected.len(), total >> 20);
+
+    let images_file = work.path().join("images.yaml");
+    let mut text = format!("targetRepoPrefix: \"{}/\"\nimages:\n", dst.host());
+    for (repo, _) in &expected {
+        text.push_str(&format!("  - source: \"{}/{repo}:v1\"\n", src.host()));
+    }
+    std::fs::write(&images_file, text).expect("images file");
+    let skopeo_file = work.path().join("skopeo.yaml");
+    let mut text = format!("{}:\n  tls-verify: false\n  images:\n", src.host());
+    for (repo, _) in &expected {
+        text.push_str(&format!("    {repo}: [v1]\n"));
+    }
+    std::fs::write(&skopeo_file, text).expect("skopeo sync file");
+
+    let copycat_sync = || {
+        let mut c = copycat();
+        c.args(["sync", "--images"]).arg(&images_file);
+        c
+    };
+    let skopeo_sync = |file: &Path| {
+        let mut c = skopeo();
+        c.args([
+            "sync",
+            "--all",
+            "--preserve-digests",
+            "--src",
+            "yaml",
+            "--dest",
+            "docker",
+            "--dest-tls-verify=false",
+            "-q",
+        ])
+        .arg(file)
+        .arg(format!("{}/bench", dst.host()));
+        c
+    };
+
+    let (mut cc, mut cw, mut sc, mut sw) = (vec![], vec![], vec![], vec![]);
+    for pair in 0..pairs {
+        let order: [bool; 2] = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        for is_copycat in order {
+            wipe(&dst);
+            let (cold, warm) = if is_copycat {
+                (measure(&mut copycat_sync()), measure(&mut copycat_sync()))
+            } else {
+                let cold = measure(&mut skopeo_sync(&skopeo_file));
+                verify(&rt, &dst, &expected);
+                (cold, measure(&mut skopeo_sync(&skopeo_file)))
+            };
+            verify(&rt, &dst, &expected);
+            let name = if is_copycat { "copycat" } else { "skopeo " };
+            eprintln!(
+                "pair {pair}: {name} cold {} (cpu {}), warm {} (cpu {})",
+                secs(cold.wall),
+                secs(cold.cpu),
+                secs(warm.wall),
+                secs(warm.cpu)
+            );
+            if is_copycat {
+                cc.push(cold);
+                cw.push(warm);
+            } else {
+                sc.push(cold);
+                sw.push(warm);
+            }
+        }
+    }
+
+    eprintln!("seeding one image with a single {big_mib} MiB layer…");
+    let big = Image::oci("amd64", &[big_mib << 20], 4242).expect("big image");
+    rt.block_on(big.push(&src, "bench/big", "v1")).expect("seed big");
+    let big_expected = vec![("bench/big".to_owned(), big.digest.clone())];
+    let (mut cb, mut sb) = (vec![], vec![]);
+    for pair in 0..pairs {
+        for is_copycat in if pair % 2 == 0 { [true, false] } else { [false, true] } {
+            wipe(&dst);
+            let run = if is_copycat {
+                let mut c = copycat();
+                c.args([
+                    "copy",
+                    &format!("{}/bench/big:v1", src.host()),
+                    &format!("{}/bench/big:v1", dst.host()),
+                ]);
+                measure(&mut c)
+            } else {
+                let mut c = skopeo();
+                c.args([
+                    "copy",
+                    "-q",
+                    "--all",
+                    "--preserve-digests",
+                    "--src-tls-verify=false",
+                    "--dest-tls-verify=false",
+                ])
+                .arg(format!("docker://{}/bench/big:v1", src.host()))
+                .arg(format!("docker://{}/bench/big:v1", dst.host()));
+                measure(&mut c)
+            };
+            verify(&rt, &dst, &big_expected);
+            if is_copycat { cb.push(run) } else { sb.push(run) }
+        }
+    }
+
+    let wall = |v: &[Run]| median(v.iter().map(|r| r.wall).collect());
+    let cpu = |v: &[Run]| median(v.iter().map(|r| r.cpu).collect());
+    let rss = |v: &[Run]| v.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+    println!(
+        "\n## copycat vs skopeo ({} repositories, {} MiB, {pairs} interleaved pairs, medians)\n",
+        expected.len(),
+        total >> 20
+    );
+    println!("| scenario | copycat wall | skopeo wall | wall ratio | copycat CPU | skopeo CPU | CPU ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, c, s) in [
+        ("sync, cold", &cc, &sc),
+        ("sync, warm", &cw, &sw),
+        (&format!("copy, one {big_mib} MiB layer") as &str, &cb, &sb),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            secs(wall(c)),
+            secs(wall(s)),
+            ratio(wall(c), wall(s)),
+            secs(cpu(c)),
+            secs(cpu(s)),
+            ratio(cpu(c), cpu(s))
+        );
+    }
+    println!(
+        "\nPeak RSS copying the {big_mib} MiB layer: copycat {} MiB, skopeo {} MiB.",
+        rss(&cb) / 1024,
+        rss(&sb) / 1024
+    );
+    println!(
+        "Cold sync peak RSS: copycat {} MiB, skopeo {} MiB.",
+        rss(&cc) / 1024,
+        rss(&sc) / 1024
+    );
+}

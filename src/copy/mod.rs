@@ -1,0 +1,674 @@
+//! The copy engine: mirror one image reference from a source registry to a target registry,
+//! byte-exact. HEADs first (an unchanged image costs two HEADs and no GET), then blobs (skip if
+//! present, mount if known elsewhere on the target, else stream with on-the-fly verification), then
+//! child manifests by digest, and the tag last, so a tag never points at incomplete content.
+
+mod locks;
+pub mod manifest;
+pub mod select;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
+
+use crate::platform::Platform;
+use crate::reference::{Digest, ImageRef};
+use crate::registry::{Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError};
+use locks::KeyedLocks;
+use manifest::{Descriptor, Kind, ManifestError, Parsed};
+use select::{NoMatchingPlatform, Selection};
+
+/// Manifests larger than this are refused (a guard against hostile registries).
+pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Mount sources remembered per digest; a few suffice, the first usually works.
+const MOUNT_CANDIDATES: usize = 3;
+
+/// How to copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Copy only these platforms of an index (empty: everything, digest preserved).
+    pub platforms: Vec<Platform>,
+    /// Overwrite a target tag that holds another digest.
+    pub allow_overwrite: bool,
+    /// Tags that may always be overwritten (k8s-copycat: `latest`).
+    pub always_overwrite_tags: Vec<String>,
+    /// Decide, but write nothing.
+    pub dry_run: bool,
+    /// Blobs transferred at the same time for one image.
+    pub blob_concurrency: usize,
+    /// Deadline for the whole image.
+    pub deadline: Option<Duration>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            platforms: vec![],
+            allow_overwrite: true,
+            always_overwrite_tags: vec!["latest".into()],
+            dry_run: false,
+            blob_concurrency: 4,
+            deadline: None,
+        }
+    }
+}
+
+/// One image to copy.
+#[derive(Debug, Clone)]
+pub struct CopyRequest {
+    /// Source reference (tag, digest or tag@digest).
+    pub source: ImageRef,
+    /// Target registry and repository (its tag and digest are ignored).
+    pub target: ImageRef,
+    /// Tag to write at the target; `None` pushes by digest only.
+    pub target_tag: Option<String>,
+}
+
+impl CopyRequest {
+    /// The target as text, `registry/repo:tag` or `registry/repo@digest`.
+    pub fn target_display(&self, digest: Option<&Digest>) -> String {
+        match (&self.target_tag, digest) {
+            (Some(tag), _) => format!("{}:{tag}", self.target.name()),
+            (None, Some(d)) => format!("{}@{d}", self.target.name()),
+            (None, None) => self.target.name(),
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target already held the content under the tag (or digest).
+    AlreadyPresent,
+    /// Content was written.
+    Copied,
+    /// Dry run: content would have been written.
+    WouldCopy,
+}
+
+/// The result of one copy.
+#[derive(Debug, Clone)]
+pub struct CopyReport {
+    /// What happened.
+    pub outcome: Outcome,
+    /// Digest of the source manifest (the index, for a filtered copy).
+    pub source_digest: Digest,
+    /// Digest written (or present) at the target; unknown only in some dry runs.
+    pub digest: Option<Digest>,
+    /// Blob bytes streamed from source to target.
+    pub bytes: u64,
+    /// Blobs already at the target.
+    pub blobs_skipped: u32,
+    /// Blobs linked from another repository of the target registry.
+    pub blobs_mounted: u32,
+    /// Blobs streamed.
+    pub blobs_transferred: u32,
+    /// Requested platforms the source does not offer.
+    pub missing_platforms: Vec<Platform>,
+    /// Whether a new, filtered index was written (its digest differs from the source's).
+    pub filtered: bool,
+}
+
+/// Why a copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A registry request failed.
+    #[error("{action}: {source}")]
+    Registry {
+        /// What was being done, with the reference.
+        action: String,
+        /// The failure.
+        #[source]
+        source: RegistryError,
+    },
+    /// The source reference does not exist.
+    #[error("source {0} not found")]
+    SourceNotFound(String),
+    /// A manifest cannot be copied.
+    #[error("{reference}: {source}")]
+    Manifest {
+        /// The manifest's reference.
+        reference: String,
+        /// Why.
+        #[source]
+        source: ManifestError,
+    },
+    /// None of the requested platforms exist.
+    #[error("{reference}: {source}")]
+    Platforms {
+        /// The source.
+        reference: String,
+        /// Requested and available platforms.
+        #[source]
+        source: NoMatchingPlatform,
+    },
+    /// The target tag holds other content and may not be overwritten.
+    #[error(
+        "target {target} exists with digest {existing}, refusing to overwrite it with {new} (allowDifferentDigestRepush is false)"
+    )]
+    TagConflict {
+        /// The target reference.
+        target: String,
+        /// Digest at the target.
+        existing: Digest,
+        /// Digest that would be written.
+        new: Digest,
+    },
+    /// The whole-image deadline passed.
+    #[error("copy to {target} did not finish within {after:?}")]
+    DeadlineExceeded {
+        /// The target reference.
+        target: String,
+        /// The deadline.
+        after: Duration,
+    },
+}
+
+impl CopyError {
+    /// Whether trying again later may succeed (the daemon's cooldown decides when).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CopyError::Registry { source, .. } => {
+                source.is_retryable() || matches!(source, RegistryError::RateLimited { .. })
+            }
+            CopyError::DeadlineExceeded { .. } | CopyError::SourceNotFound(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn registry_error(action: impl Into<String>) -> impl FnOnce(RegistryError) -> CopyError {
+    let action = action.into();
+    move |source| CopyError::Registry { action, source }
+}
+
+/// Copies images; shares blob locks and the mount cache across every copy it runs.
+#[derive(Clone)]
+pub struct Copier {
+    registries: Registries,
+    /// Read mirrors per source registry host, tried in order before the registry itself.
+    mirrors: Arc<HashMap<String, Vec<String>>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// One transfer per (target host, digest) at a time: an image waiting on a layer another image is
+    /// pushing then mounts it instead of transferring it again.
+    blob_locks: KeyedLocks<(String, Digest)>,
+    /// Repositories of a target host known to hold a digest: candidates for cross-repository mounts.
+    known: moka::sync::Cache<(String, Digest), Arc<Vec<String>>>,
+    /// Digest of the filtered index produced for (source index digest, platforms), so an unchanged
+    /// filtered copy is recognised by HEADs alone.
+    filtered: moka::sync::Cache<(Digest, String), Digest>,
+    /// Blob bytes moved by every copy.
+    total_bytes: AtomicU64,
+}
+
+/// Per-copy counters.
+#[derive(Default)]
+struct Counters {
+    bytes: Arc<AtomicU64>,
+    skipped: AtomicU32,
+    mounted: AtomicU32,
+    transferred: AtomicU32,
+}
+
+/// The pieces of one copy that every step needs.
+struct Job<'a> {
+    /// The source registry; reads go through `readers` (mirrors first, then `src`).
+    src: Registry,
+    readers: Vec<Registry>,
+    src_repo: &'a str,
+    dst: Registry,
+    dst_repo: &'a str,
+    opts: &'a CopyOptions,
+    counters: Counters,
+}
+
+impl Copier {
+    /// A copier over `registries`.
+    pub fn new(registries: Registries) -> Copier {
+        Copier {
+            registries,
+            mirrors: Arc::default(),
+            shared: Arc::new(Shared {
+                blob_locks: KeyedLocks::new(),
+                known: moka::sync::Cache::new(100_000),
+                filtered: moka::sync::Cache::new(10_000),
+                total_bytes: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Reads from each source host in `mirrors` try those hosts first, in order, and fall back to the
+    /// host itself when a mirror fails or lacks the content. Writes never go to a mirror.
+    pub fn with_mirrors(mut self, mirrors: HashMap<String, Vec<String>>) -> Copier {
+        self.mirrors = Arc::new(mirrors);
+        self
+    }
+
+    /// The registry clients this copier uses.
+    pub fn registries(&self) -> &Registries {
+        &self.registries
+    }
+
+    /// Blob bytes moved by this copier so far.
+    pub fn total_bytes(&self) -> u64 {
+        self.shared.total_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Copies `req` according to `opts`.
+    pub async fn copy(&self, req: &CopyRequest, opts: &CopyOptions) -> Result<CopyReport, CopyError> {
+        let src = self.registries.get(req.source.registry());
+        let mut readers: Vec<Registry> = self
+            .mirrors
+            .get(src.host())
+            .into_iter()
+            .flatten()
+            .map(|m| self.registries.get(m))
+            .collect();
+        readers.push(src.clone());
+        let job = Job {
+            src,
+            readers,
+            src_repo: req.source.repository(),
+            dst: self.registries.get(req.target.registry()),
+            dst_repo: req.target.repository(),
+            opts,
+            counters: Counters::default(),
+        };
+        let result = match opts.deadline {
+            Some(after) => tokio::time::timeout(after, self.run(req, &job))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(CopyError::DeadlineExceeded {
+                        target: req.target_display(None),
+                        after,
+                    })
+                }),
+            None => self.run(req, &job).await,
+        };
+        let bytes = job.counters.bytes.load(Ordering::Relaxed);
+        self.shared.total_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let (outcome, source_digest, digest, missing_platforms, filtered) = result?;
+        Ok(CopyReport {
+            outcome,
+            source_digest,
+            digest,
+            bytes,
+            blobs_skipped: job.counters.skipped.load(Ordering::Relaxed),
+            blobs_mounted: job.counters.mounted.load(Ordering::Relaxed),
+            blobs_transferred: job.counters.transferred.load(Ordering::Relaxed),
+            missing_platforms,
+            filtered,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn run(
+        &self,
+        req: &CopyRequest,
+        job: &Job<'_>,
+    ) -> Result<(Outcome, Digest, Option<Digest>, Vec<Platform>, bool), CopyError> {
+        let opts = job.opts;
+        let platforms_key = opts
+            .platforms
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+
+        // 1. The source digest, by HEAD (free on Docker Hub) unless the reference pins it.
+        let source_digest = match req.source.digest() {
+            Some(d) => d.clone(),
+            None => {
+                let tag = req.source.tag().unwrap_or("latest");
+                let head = read(
+                    &job.readers,
+                    |r| r.head_manifest(job.src_repo, tag).boxed(),
+                    Option::is_some,
+                )
+                .await
+                .map_err(registry_error(format!("HEAD source {}", req.source)))?;
+                match head {
+                    Some(h) => h.digest,
+                    None => return Err(CopyError::SourceNotFound(req.source.to_string())),
+                }
+            }
+        };
+
+        // 2. What the target should end up holding, when already known without a GET.
+        let expected = if opts.platforms.is_empty() {
+            Some(source_digest.clone())
+        } else {
+            self.shared
+                .filtered
+                .get(&(source_digest.clone(), platforms_key.clone()))
+        };
+        let target_head = self.head_target(req, job, expected.as_ref()).await?;
+        if let (Some(want), Some(head)) = (&expected, &target_head)
+            && head.digest == *want
+        {
+            return Ok((
+                Outcome::AlreadyPresent,
+                source_digest,
+                Some(want.clone()),
+                vec![],
+                !opts.platforms.is_empty(),
+            ));
+        }
+        if let Some(want) = &expected {
+            check_overwrite(req, opts, target_head.as_ref(), want)?;
+            if opts.dry_run {
+                return Ok((
+                    Outcome::WouldCopy,
+                    source_digest,
+                    Some(want.clone()),
+                    vec![],
+                    !opts.platforms.is_empty(),
+                ));
+            }
+        }
+
+        // 3. Only now GET the source manifest, by digest so we copy exactly what we compared.
+        let top = self.get_manifest(job, &source_digest.to_string(), &req.source).await?;
+        let top_parsed = parse_manifest(&top, &req.source)?;
+        let (top, top_parsed, children, missing, filtered) =
+            self.apply_platforms(req, job, top, top_parsed, &platforms_key).await?;
+        let target_head = match target_head {
+            // A digest-only target is looked up by the digest we now know.
+            None if req.target_tag.is_none() => self.head_target(req, job, Some(&top.digest)).await?,
+            head => head,
+        };
+
+        if let Some(head) = &target_head
+            && head.digest == top.digest
+        {
+            return Ok((
+                Outcome::AlreadyPresent,
+                source_digest,
+                Some(top.digest),
+                missing,
+                filtered,
+            ));
+        }
+        check_overwrite(req, opts, target_head.as_ref(), &top.digest)?;
+        if opts.dry_run {
+            return Ok((Outcome::WouldCopy, source_digest, Some(top.digest), missing, filtered));
+        }
+
+        // 4. Content first: children (with their blobs) by digest, or the image's blobs.
+        match top_parsed.kind {
+            Kind::Index => {
+                for child in &children {
+                    self.copy_child(req, job, child).await?;
+                }
+            }
+            Kind::Image => self.copy_blobs(job, &top_parsed).await?,
+        }
+
+        // 5. The tag last.
+        let reference = req.target_tag.clone().unwrap_or_else(|| top.digest.to_string());
+        let written = job
+            .dst
+            .put_manifest(job.dst_repo, &reference, top.bytes.clone(), &top.media_type)
+            .await
+            .map_err(registry_error(format!(
+                "PUT manifest {}",
+                req.target_display(Some(&top.digest))
+            )))?;
+        if written != top.digest {
+            tracing::warn!(target = %req.target_display(None), expected = %top.digest, reported = %written,
+                "target registry reports a different digest for the manifest it stored");
+        }
+        Ok((Outcome::Copied, source_digest, Some(top.digest), missing, filtered))
+    }
+
+    async fn head_target(
+        &self,
+        req: &CopyRequest,
+        job: &Job<'_>,
+        expected: Option<&Digest>,
+    ) -> Result<Option<ManifestHead>, CopyError> {
+        let reference = match (&req.target_tag, expected) {
+            (Some(tag), _) => tag.clone(),
+            (None, Some(d)) => d.to_string(),
+            (None, None) => return Ok(None),
+        };
+        job.dst
+            .head_manifest(job.dst_repo, &reference)
+            .await
+            .map_err(registry_error(format!("HEAD target {}", req.target_display(expected))))
+    }
+
+    async fn get_manifest(&self, job: &Job<'_>, reference: &str, shown: &ImageRef) -> Result<Manifest, CopyError> {
+        read(
+            &job.readers,
+            |r| r.get_manifest(job.src_repo, reference, MAX_MANIFEST_SIZE).boxed(),
+            |_| true,
+        )
+        .await
+        .map_err(registry_error(format!("GET manifest {}@{reference}", shown.name())))
+    }
+
+    /// Applies the platform list to an index: the manifest to write under the tag, what it needs, the
+    /// missing platforms and whether a new index was built.
+    async fn apply_platforms(
+        &self,
+        req: &CopyRequest,
+        job: &Job<'_>,
+        top: Manifest,
+        parsed: Parsed,
+        platforms_key: &str,
+    ) -> Result<(Manifest, Parsed, Vec<Descriptor>, Vec<Platform>, bool), CopyError> {
+        if parsed.kind == Kind::Image || job.opts.platforms.is_empty() {
+            let children = parsed.manifests.clone();
+            return Ok((top, parsed, children, vec![], false));
+        }
+        let (selection, missing) =
+            select::select(&top.bytes, &parsed.manifests, &job.opts.platforms).map_err(|source| {
+                CopyError::Platforms {
+                    reference: req.source.to_string(),
+                    source,
+                }
+            })?;
+        match selection {
+            Selection::Single(entry) => {
+                let child = self.get_manifest(job, &entry.digest.to_string(), &req.source).await?;
+                let child_parsed = parse_manifest(&child, &req.source)?;
+                let children = child_parsed.manifests.clone();
+                Ok((child, child_parsed, children, missing, false))
+            }
+            Selection::Filtered { bytes, kept } => {
+                let digest = sha256_digest(&bytes);
+                self.shared
+                    .filtered
+                    .insert((top.digest.clone(), platforms_key.to_owned()), digest.clone());
+                let manifest = Manifest {
+                    bytes: Bytes::from(bytes),
+                    media_type: parsed.media_type.clone(),
+                    digest,
+                };
+                Ok((manifest, parsed, kept, missing, true))
+            }
+        }
+    }
+
+    /// Copies one child of an index (and its blobs) by digest, unless the target has it.
+    async fn copy_child(&self, req: &CopyRequest, job: &Job<'_>, child: &Descriptor) -> Result<(), CopyError> {
+        let digest = child.digest.to_string();
+        let present = job
+            .dst
+            .head_manifest(job.dst_repo, &digest)
+            .await
+            .map_err(registry_error(format!("HEAD target {}@{digest}", req.target.name())))?;
+        if present.is_some() {
+            return Ok(());
+        }
+        let manifest = self.get_manifest(job, &digest, &req.source).await?;
+        let parsed = parse_manifest(&manifest, &req.source)?;
+        if parsed.kind == Kind::Index {
+            // Nested indexes are rare but legal; copy them the same way.
+            for grandchild in &parsed.manifests {
+                Box::pin(self.copy_child(req, job, grandchild)).await?;
+            }
+        } else {
+            self.copy_blobs(job, &parsed).await?;
+        }
+        job.dst
+            .put_manifest(job.dst_repo, &digest, manifest.bytes, &manifest.media_type)
+            .await
+            .map_err(registry_error(format!("PUT manifest {}@{digest}", req.target.name())))?;
+        Ok(())
+    }
+
+    async fn copy_blobs(&self, job: &Job<'_>, parsed: &Parsed) -> Result<(), CopyError> {
+        futures::stream::iter(parsed.blobs())
+            .map(|blob| self.copy_blob(job, blob))
+            .buffer_unordered(job.opts.blob_concurrency.max(1))
+            .try_collect::<()>()
+            .await
+    }
+
+    /// One blob: present → skip; known in another target repository (or the source shares the
+    /// registry) → mount; otherwise stream it, verified, in one monolithic upload.
+    async fn copy_blob(&self, job: &Job<'_>, blob: &Descriptor) -> Result<(), CopyError> {
+        let key = (job.dst.host().to_owned(), blob.digest.clone());
+        let _transfer = self.shared.blob_locks.lock(key.clone()).await;
+        let shown = format!("{}/{}@{}", job.dst.host(), job.dst_repo, blob.digest);
+        let present = job
+            .dst
+            .blob_size(job.dst_repo, &blob.digest)
+            .await
+            .map_err(registry_error(format!("HEAD blob {shown}")))?;
+        if present.is_some() {
+            job.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            self.remember(&key, job.dst_repo);
+            return Ok(());
+        }
+        for from in self.mount_candidates(job, &key) {
+            match job.dst.mount_blob(job.dst_repo, &blob.digest, &from).await {
+                Ok(MountOutcome::Mounted) => {
+                    job.counters.mounted.fetch_add(1, Ordering::Relaxed);
+                    self.remember(&key, job.dst_repo);
+                    return Ok(());
+                }
+                Ok(MountOutcome::NotMounted) => {}
+                Err(e) => tracing::debug!(blob = %shown, from = %from, error = %e, "mount failed; will copy instead"),
+            }
+        }
+        let (readers, src_repo, digest, size) = (
+            job.readers.clone(),
+            job.src_repo.to_owned(),
+            blob.digest.clone(),
+            blob.size,
+        );
+        let progress = job.counters.bytes.clone();
+        let open = move || {
+            let (readers, src_repo, digest, progress) =
+                (readers.clone(), src_repo.clone(), digest.clone(), progress.clone());
+            async move {
+                let download = read(&readers, |r| r.get_blob(&src_repo, &digest).boxed(), |_| true).await?;
+                verify::verified(download.stream, &digest, size, progress)
+            }
+            .boxed()
+        };
+        job.dst
+            .push_blob(job.dst_repo, &blob.digest, blob.size, &open)
+            .await
+            .map_err(registry_error(format!(
+                "copy blob {}/{}@{} to {shown}",
+                job.src.host(),
+                job.src_repo,
+                blob.digest
+            )))?;
+        job.counters.transferred.fetch_add(1, Ordering::Relaxed);
+        self.remember(&key, job.dst_repo);
+        Ok(())
+    }
+
+    fn mount_candidates(&self, job: &Job<'_>, key: &(String, Digest)) -> Vec<String> {
+        let mut candidates: Vec<String> = Vec::new();
+        if job.src.host() == job.dst.host() {
+            candidates.push(job.src_repo.to_owned());
+        }
+        if let Some(known) = self.shared.known.get(key) {
+            candidates.extend(known.iter().cloned());
+        }
+        candidates.retain(|r| r != job.dst_repo);
+        candidates.dedup();
+        candidates.truncate(MOUNT_CANDIDATES);
+        candidates
+    }
+
+    fn remember(&self, key: &(String, Digest), repo: &str) {
+        let mut repos: Vec<String> = self.shared.known.get(key).map(|r| r.to_vec()).unwrap_or_default();
+        if !repos.iter().any(|r| r == repo) {
+            repos.insert(0, repo.to_owned());
+            repos.truncate(MOUNT_CANDIDATES);
+            self.shared.known.insert(key.clone(), Arc::new(repos));
+        }
+    }
+}
+
+/// Runs a read against each of `readers` in turn (mirrors, then the registry itself): the first
+/// mirror answer that is `found` wins; a mirror's failure falls through to the next reader.
+async fn read<'r, T>(
+    readers: &'r [Registry],
+    op: impl Fn(&'r Registry) -> BoxFuture<'r, Result<T, RegistryError>>,
+    found: impl Fn(&T) -> bool,
+) -> Result<T, RegistryError> {
+    let (upstream, mirrors) = readers.split_last().expect("the source registry is always a reader");
+    for mirror in mirrors {
+        match op(mirror).await {
+            Ok(value) if found(&value) => return Ok(value),
+            Ok(_) => tracing::debug!(
+                mirror = mirror.host(),
+                "mirror lacks the content; trying the next reader"
+            ),
+            Err(e) => tracing::debug!(mirror = mirror.host(), error = %e, "mirror failed; trying the next reader"),
+        }
+    }
+    op(upstream).await
+}
+
+fn parse_manifest(manifest: &Manifest, shown: &ImageRef) -> Result<Parsed, CopyError> {
+    manifest::parse(&manifest.bytes, &manifest.media_type).map_err(|source| CopyError::Manifest {
+        reference: format!("{}@{}", shown.name(), manifest.digest),
+        source,
+    })
+}
+
+fn check_overwrite(
+    req: &CopyRequest,
+    opts: &CopyOptions,
+    target: Option<&ManifestHead>,
+    new: &Digest,
+) -> Result<(), CopyError> {
+    let (Some(tag), Some(head)) = (&req.target_tag, target) else {
+        return Ok(());
+    };
+    let always = opts.always_overwrite_tags.iter().any(|t| t.eq_ignore_ascii_case(tag));
+    if head.digest == *new || opts.allow_overwrite || always {
+        return Ok(());
+    }
+    Err(CopyError::TagConflict {
+        target: req.target_display(None),
+        existing: head.digest.clone(),
+        new: new.clone(),
+    })
+}
+
+/// `sha256:` digest of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> Digest {
+    let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    Digest::sha256_hex(&hex).expect("64 hex characters")
+}
