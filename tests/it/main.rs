@@ -1,3 +1,4 @@
 //! Integration tests: the built binary and the library against real components.
 
 mod check_config;
+mod registry;
