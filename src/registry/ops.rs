@@ -430,6 +430,16 @@ impl Registry {
             }
             s @ (400 | 404 | 405 | 413 | 416) => {
                 let err = status_error("PUT", &url, resp).await;
+                if let RegistryError::Status { detail, .. } = &err
+                    && (detail.contains("DIGEST_INVALID") || detail.contains("SIZE_INVALID"))
+                {
+                    // The registry took the bytes and they did not hash to the digest: not a refusal
+                    // of monolithic uploads, and resending the same source would not help.
+                    return Err(RegistryError::DigestMismatch {
+                        digest: digest.to_string(),
+                        detail: format!("{} refused the uploaded bytes: {detail}", self.host),
+                    });
+                }
                 tracing::debug!(registry = %self.host, error = %err, "monolithic upload refused");
                 Ok(Put::Refused(s))
             }

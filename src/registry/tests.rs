@@ -699,6 +699,29 @@ async fn push_blob_source_digest_mismatch_is_not_retried() {
 }
 
 #[tokio::test]
+async fn push_blob_wrong_bytes_is_a_digest_mismatch_not_a_fallback() {
+    let u = Arc::new(Uploads {
+        monolithic: true,
+        ..Default::default()
+    });
+    let f = fake(upload_handler(u.clone())).await;
+    let c = client(&f);
+    let claimed = digest_of("sha256", b"right bytes").unwrap();
+    let source = source_of(Bytes::from_static(b"wrong bytes"), Arc::default());
+    let err = c.push_blob("a", &claimed, 11, &source).await.unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    assert_eq!(f.count("PATCH", "/"), 0, "no chunked fallback");
+    assert_eq!(f.count("PUT", "/"), 1, "not retried");
+    // Monolithic uploads stay in use for the host.
+    let data = blob(1000);
+    let d = digest_of("sha256", &data).unwrap();
+    c.push_blob("a", &d, 1000, &source_of(data, Arc::default()))
+        .await
+        .unwrap();
+    assert_eq!(f.count("PATCH", "/"), 0);
+}
+
+#[tokio::test]
 async fn mount_outcomes() {
     let u = Arc::new(Uploads::default());
     let f = fake(upload_handler(u.clone())).await;
@@ -1094,4 +1117,78 @@ async fn docker_hub_names_share_one_client_state() {
     assert!(Arc::ptr_eq(&a.state, &b.state));
     assert_eq!(a.state.endpoint, "registry-1.docker.io");
     assert_eq!(b.host(), "index.docker.io");
+}
+
+// ---------- proxies from the environment ----------
+
+/// Run by `proxy_env_is_honoured` in a child process whose environment names a proxy; does nothing
+/// when run directly.
+#[tokio::test]
+#[ignore = "run by proxy_env_is_honoured in a child process"]
+async fn proxy_child() {
+    let Ok(expect) = std::env::var("COPYCAT_PROXY_CHILD") else {
+        return;
+    };
+    let o = ClientOptions {
+        retry_attempts: 1,
+        hosts: [(
+            "registry.invalid:5000".to_string(),
+            HostSettings {
+                insecure: true,
+                ca_file: None,
+            },
+        )]
+        .into(),
+        ..options()
+    };
+    let result = registries(o, Credentials::new())
+        .get("registry.invalid:5000")
+        .head_manifest("a", "t")
+        .await;
+    match expect.as_str() {
+        "proxied" => assert_eq!(result.unwrap(), None),
+        _ => assert!(matches!(result, Err(RegistryError::Transport { .. })), "{result:?}"),
+    }
+}
+
+#[tokio::test]
+async fn proxy_env_is_honoured() {
+    let proxy = fake(|s| {
+        if s.header("host") != Some("registry.invalid:5000") {
+            return resp(502, &[], "unexpected host");
+        }
+        ok_ping(s).unwrap_or_else(|| resp(404, &[], ""))
+    })
+    .await;
+    for (no_proxy, expect) in [("localhost", "proxied"), ("registry.invalid", "direct")] {
+        let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "registry::tests::proxy_child", "--ignored", "--nocapture"])
+            .env("COPYCAT_PROXY_CHILD", expect)
+            .env("HTTP_PROXY", format!("http://{}", proxy.host))
+            .env("NO_PROXY", no_proxy)
+            .env_remove("http_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("no_proxy")
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{expect}: {text}");
+        assert!(
+            text.contains("1 passed"),
+            "{expect}: the child test must have run: {text}"
+        );
+        let seen = proxy.seen().len();
+        match expect {
+            "proxied" => assert_eq!(seen, 2, "GET /v2/ and HEAD through the proxy"),
+            _ => assert_eq!(seen, 2, "NO_PROXY: nothing more through the proxy"),
+        }
+    }
 }
