@@ -1,6 +1,18 @@
 //! Registry HTTP client: the OCI distribution API over reqwest, with authentication (anonymous, basic,
 //! bearer-token challenge), retries with backoff, per-registry request caps and TLS settings.
 //! It knows nothing about Kubernetes or about what an image is made of; `copy` builds on it.
+//!
+//! * `transport`: TLS clients (one per TLS setting), the scheme decided once per host by `GET /v2/`
+//!   (HTTPS verified by default; insecure and loopback hosts try unverified HTTPS, then plain HTTP; a
+//!   host with a CA file uses verified HTTPS with that CA plus the system roots), the retry loop,
+//!   the 401 → authenticate → resend step, the per-host cap and Docker Hub's pull quota.
+//! * `auth`: `WWW-Authenticate` parsing, scopes, token responses, the token cache.
+//! * `retry`: what is retried and how long to wait.
+//! * `ops`: the distribution operations (manifests, blobs, uploads, mounts).
+//! * [`credentials`]: where credentials come from (explicit, configuration, Docker `config.json`).
+//!
+//! Nothing secret ever appears in an error or a log line: credentials live in [`Secret`]s, headers
+//! carrying them are marked sensitive, and token-service bodies are never quoted.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -143,11 +143,9 @@ impl Clients {
             TlsMode::Verified => self.verified.as_ref(),
             TlsMode::Insecure => self.insecure.as_ref(),
             TlsMode::CustomCa(p) => {
-                return Ok(self
-                    .custom
-                    .get(p)
-                    .cloned()
-                    .expect("CA clients are built for every host"));
+                return self.custom.get(p).cloned().ok_or_else(|| {
+                    RegistryError::Invalid(format!("CA file {}: no TLS client was set up for it", p.display()))
+                });
             }
         };
         r.cloned().map_err(|e| RegistryError::Invalid(e.clone()))
