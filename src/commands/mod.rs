@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use crate::cli::{CopyArgs, SyncArgs};
 use crate::config::{Config, TargetKind};
-use crate::copy::{CopyOptions, CopyRequest, Copier};
+use crate::copy::{Copier, CopyOptions, CopyRequest};
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef};
 use crate::registry::credentials::{Credentials, load_docker_config};
@@ -32,12 +32,23 @@ pub fn registries(config: &Config, target_hosts: &[&str]) -> Result<Registries, 
     let mut hosts: HashMap<String, HostSettings> = config
         .registries
         .iter()
-        .map(|r| (r.host.clone(), HostSettings { insecure: r.insecure, ca_file: non_empty_path(&r.ca_file) }))
+        .map(|r| {
+            (
+                r.host.clone(),
+                HostSettings {
+                    insecure: r.insecure,
+                    ca_file: non_empty_path(&r.ca_file),
+                },
+            )
+        })
         .collect();
     for host in target_hosts {
         let host = reference::normalize_host(host);
         if !docker.username.is_empty() || !docker.password.is_empty() {
-            let credential = Credential::Basic { username: docker.username.clone(), password: docker.password.clone() };
+            let credential = Credential::Basic {
+                username: docker.username.clone(),
+                password: docker.password.clone(),
+            };
             credentials = credentials.with_host(&host, credential);
         }
         let settings = hosts.entry(host).or_default();
@@ -97,12 +108,21 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(&e),
     };
-    let platforms = match args.platforms.iter().map(|p| Platform::parse(p)).collect::<Result<Vec<_>, _>>() {
+    let platforms = match args
+        .platforms
+        .iter()
+        .map(|p| Platform::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(p) => p,
         Err(e) => return usage(&format!("--platform: {e}")),
     };
     if config.dry_pull {
-        println!("dry pull: would copy {} → {}", request.source, request.target_display(request.source.digest()));
+        println!(
+            "dry pull: would copy {} → {}",
+            request.source,
+            request.target_display(request.source.digest())
+        );
         return ExitCode::SUCCESS;
     }
     let copier = match registries(config, &[request.target.registry()]) {
@@ -112,7 +132,11 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
     let progress = Progress::start(&copier, 1);
     let result = copier.copy(&request, &copy_options(config, platforms)).await;
     progress.finished(&request.source.to_string(), &request.target_display(None), &result);
-    if progress.summary() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) }
+    if progress.summary() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
 }
 
 /// Source and target of `copy`: the target keeps the source's tag unless it names one, and a
@@ -121,14 +145,20 @@ pub fn copy_request(source: &str, target: &str) -> Result<CopyRequest, String> {
     let source_ref = ImageRef::parse(source).map_err(|e| format!("SRC: {e}"))?;
     let target_ref = ImageRef::parse(target).map_err(|e| format!("DST: {e}"))?;
     if target_ref.digest().is_some() {
-        return Err(format!("DST {target:?}: name a tag or nothing; the digest is the source's"));
+        return Err(format!(
+            "DST {target:?}: name a tag or nothing; the digest is the source's"
+        ));
     }
     let target_tag = if reference::has_explicit_tag(target) {
         target_ref.tag().map(str::to_owned)
     } else {
         source_ref.tag().map(str::to_owned)
     };
-    Ok(CopyRequest { source: source_ref, target: target_ref.without_digest(), target_tag })
+    Ok(CopyRequest {
+        source: source_ref,
+        target: target_ref.without_digest(),
+        target_tag,
+    })
 }
 
 /// `copycat sync --images FILE`.
@@ -143,7 +173,11 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
     };
     if config.dry_pull {
         for e in &entries {
-            println!("dry pull: would copy {} → {}", e.request.source, e.request.target_display(e.request.source.digest()));
+            println!(
+                "dry pull: would copy {} → {}",
+                e.request.source,
+                e.request.target_display(e.request.source.digest())
+            );
         }
         return ExitCode::SUCCESS;
     }
@@ -164,11 +198,19 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
                     ..copy_options(config, entry.platforms.clone())
                 };
                 let result = copier.copy(&entry.request, &opts).await;
-                progress.finished(&entry.request.source.to_string(), &entry.request.target_display(None), &result);
+                progress.finished(
+                    &entry.request.source.to_string(),
+                    &entry.request.target_display(None),
+                    &result,
+                );
             }
         })
         .await;
-    if progress.summary() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) }
+    if progress.summary() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
 }
 
 fn usage(message: &str) -> ExitCode {
@@ -185,7 +227,11 @@ mod tests {
         const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let cases = [
             ("nginx:1.27", "r.io/m/nginx", Ok("r.io/m/nginx:1.27".to_owned())),
-            ("nginx:1.27", "r.io/m/nginx:stable", Ok("r.io/m/nginx:stable".to_owned())),
+            (
+                "nginx:1.27",
+                "r.io/m/nginx:stable",
+                Ok("r.io/m/nginx:stable".to_owned()),
+            ),
             (&format!("ghcr.io/a/b@{D}") as &str, "r.io/b", Ok(format!("r.io/b@{D}"))),
             (&format!("ghcr.io/a/b@{D}"), "r.io/b:v1", Ok("r.io/b:v1".to_owned())),
             (&format!("ghcr.io/a/b:v2@{D}"), "r.io/b", Ok("r.io/b:v2".to_owned())),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::copy::{CopyError, CopyReport, Copier, Outcome};
+use crate::copy::{Copier, CopyError, CopyReport, Outcome};
 
 /// Tallies of finished images.
 #[derive(Debug, Default)]
@@ -49,10 +49,18 @@ impl Progress {
             bar,
             ticker: Mutex::new(None),
         };
-        let (copier, bar, tally, started) =
-            (copier.clone(), progress.bar.clone(), progress.tally.clone(), progress.started);
+        let (copier, bar, tally, started) = (
+            copier.clone(),
+            progress.bar.clone(),
+            progress.tally.clone(),
+            progress.started,
+        );
         let handle = tokio::spawn(async move {
-            let period = if bar.is_some() { Duration::from_millis(500) } else { Duration::from_secs(10) };
+            let period = if bar.is_some() {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(10)
+            };
             let mut interval = tokio::time::interval(period);
             interval.tick().await;
             loop {
@@ -138,13 +146,20 @@ impl Progress {
 
 impl Tally {
     fn done(&self) -> u32 {
-        [&self.copied, &self.present, &self.would_copy, &self.failed].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        [&self.copied, &self.present, &self.would_copy, &self.failed]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
 /// One line saying what a copy did.
 pub fn describe(source: &str, target: &str, r: &CopyReport) -> String {
-    let digest = r.digest.as_ref().map(ToString::to_string).unwrap_or_else(|| "unknown digest".into());
+    let digest = r
+        .digest
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "unknown digest".into());
     let verb = match r.outcome {
         Outcome::Copied => "copied",
         Outcome::AlreadyPresent => "already present",
@@ -180,7 +195,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]
@@ -189,7 +208,14 @@ mod tests {
 
     #[test]
     fn bytes_are_human() {
-        let cases = [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (900 << 20, "900.0 MiB"), (3 << 30, "3.0 GiB")];
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (900 << 20, "900.0 MiB"),
+            (3 << 30, "3.0 GiB"),
+        ];
         for (n, want) in cases {
             assert_eq!(human_bytes(n), want);
         }

@@ -1,6 +1,18 @@
 //! Registry HTTP client: the OCI distribution API over reqwest, with authentication (anonymous, basic,
 //! bearer-token challenge), retries with backoff, per-registry request caps and TLS settings.
 //! It knows nothing about Kubernetes or about what an image is made of; `copy` builds on it.
+//!
+//! * `transport`: TLS clients (one per TLS setting), the scheme decided once per host by `GET /v2/`
+//!   (HTTPS verified by default; insecure and loopback hosts try unverified HTTPS, then plain HTTP; a
+//!   host with a CA file uses verified HTTPS with that CA plus the system roots), the retry loop,
+//!   the 401 → authenticate → resend step, the per-host cap and Docker Hub's pull quota.
+//! * `auth`: `WWW-Authenticate` parsing, scopes, token responses, the token cache.
+//! * `retry`: what is retried and how long to wait.
+//! * `ops`: the distribution operations (manifests, blobs, uploads, mounts).
+//! * [`credentials`]: where credentials come from (explicit, configuration, Docker `config.json`).
+//!
+//! Nothing secret ever appears in an error or a log line: credentials live in [`Secret`]s, headers
+//! carrying them are marked sensitive, and token-service bodies are never quoted.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,6 +25,18 @@ use futures::stream::BoxStream;
 
 use crate::reference::Digest;
 use crate::secret::Secret;
+
+mod auth;
+pub mod credentials;
+mod ops;
+mod proto;
+mod retry;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+pub use credentials::{Credentials, DockerAuths, parse_docker_config_json};
 
 /// Manifest media types copycat sends in `Accept` (all of them, always: distribution 2.8 answers 404
 /// for OCI content by tag, and converts Docker v2 to schema1, when a type is missing).
@@ -114,6 +138,20 @@ pub struct ClientOptions {
     pub user_agent: String,
 }
 
+impl Default for ClientOptions {
+    /// 60 s request timeout, 3 attempts from 500 ms backoff, 16 concurrent requests per host, no host settings.
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Some(Duration::from_secs(60)),
+            retry_attempts: 3,
+            retry_backoff: Duration::from_millis(500),
+            max_concurrent_requests: 16,
+            hosts: HashMap::new(),
+            user_agent: concat!("copycat/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
 /// Transport settings for one registry host.
 #[derive(Debug, Clone, Default)]
 pub struct HostSettings {
@@ -204,6 +242,9 @@ struct RegistriesInner {
     options: ClientOptions,
     credentials: Arc<dyn CredentialProvider>,
     stats: Arc<Stats>,
+    clients: transport::Clients,
+    hosts: std::sync::Mutex<HashMap<String, Arc<transport::HostState>>>,
+    tokens: auth::TokenCache,
 }
 
 /// A client for one registry host. Cheap to clone.
@@ -211,25 +252,42 @@ struct RegistriesInner {
 pub struct Registry {
     host: String,
     parent: Registries,
+    state: Arc<transport::HostState>,
 }
 
 impl Registries {
     /// Builds the clients; fails on unusable settings (e.g. an unreadable CA file), naming them.
     pub fn new(options: ClientOptions, credentials: Arc<dyn CredentialProvider>) -> Result<Registries, RegistryError> {
+        let clients = transport::Clients::build(&options)?;
         Ok(Registries {
             inner: Arc::new(RegistriesInner {
                 options,
                 credentials,
                 stats: Arc::default(),
+                clients,
+                hosts: Default::default(),
+                tokens: Default::default(),
             }),
         })
     }
 
-    /// The client for `host` (`docker.io` is reached at `registry-1.docker.io`).
+    /// The client for `host` (`docker.io` is reached at `registry-1.docker.io`). Clients for the same
+    /// registry (Docker Hub under any of its names) share the scheme decision, the request cap, the
+    /// authentication state and the rate-limit state.
     pub fn get(&self, host: &str) -> Registry {
+        let host = host.to_ascii_lowercase();
+        let key = proto::canonical_host(&host);
+        let state = {
+            let mut hosts = self.inner.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            hosts
+                .entry(key)
+                .or_insert_with(|| Arc::new(transport::HostState::new(&self.inner.options, &host)))
+                .clone()
+        };
         Registry {
-            host: host.to_ascii_lowercase(),
+            host,
             parent: self.clone(),
+            state,
         }
     }
 
@@ -245,28 +303,31 @@ impl Registry {
         &self.host
     }
 
+    /// The last Docker Hub `ratelimit-remaining` this registry reported (any client of the host),
+    /// `None` when it never sent one. While it is 0, manifest GETs fail fast with
+    /// [`RegistryError::RateLimited`]; HEADs still go and clear the pause when they report more.
+    pub fn ratelimit_remaining(&self) -> Option<u64> {
+        self.state.ratelimit_remaining()
+    }
+
     /// HEAD a manifest by tag or digest; `None` when it does not exist.
     pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<Option<ManifestHead>, RegistryError> {
-        let _ = (repo, reference, &self.parent);
-        todo!("registry transport")
+        self.head_manifest_impl(repo, reference).await
     }
 
     /// GET a manifest by tag or digest, refusing bodies over `max_size` bytes; the digest is verified.
     pub async fn get_manifest(&self, repo: &str, reference: &str, max_size: u64) -> Result<Manifest, RegistryError> {
-        let _ = (repo, reference, max_size);
-        todo!("registry transport")
+        self.get_manifest_impl(repo, reference, max_size).await
     }
 
     /// HEAD a blob; its size when present.
     pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
-        let _ = (repo, digest);
-        todo!("registry transport")
+        self.blob_size_impl(repo, digest).await
     }
 
     /// GET a blob as a stream.
     pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<BlobDownload, RegistryError> {
-        let _ = (repo, digest);
-        todo!("registry transport")
+        self.get_blob_impl(repo, digest).await
     }
 
     /// Asks the registry to link `digest` from `from_repo` into `repo`.
@@ -276,8 +337,7 @@ impl Registry {
         digest: &Digest,
         from_repo: &str,
     ) -> Result<MountOutcome, RegistryError> {
-        let _ = (repo, digest, from_repo);
-        todo!("registry transport")
+        self.mount_blob_impl(repo, digest, from_repo).await
     }
 
     /// Uploads a blob of known `size` from `source`: one streaming monolithic PUT; chunked PATCHes only
@@ -289,8 +349,7 @@ impl Registry {
         size: u64,
         source: BlobSource<'_>,
     ) -> Result<(), RegistryError> {
-        let _ = (repo, digest, size, source);
-        todo!("registry transport")
+        self.push_blob_impl(repo, digest, size, source).await
     }
 
     /// PUT a manifest under a tag or digest with its exact bytes; returns the digest the registry reports.
@@ -301,7 +360,6 @@ impl Registry {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
-        let _ = (repo, reference, bytes, media_type);
-        todo!("registry transport")
+        self.put_manifest_impl(repo, reference, bytes, media_type).await
     }
 }

@@ -3,3 +3,4 @@
 mod check_config;
 mod copy;
 mod faults;
+mod registry;

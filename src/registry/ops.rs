@@ -1,0 +1,587 @@
+//! The distribution API operations on top of `transport`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, Response, StatusCode, Url};
+use sha2::Digest as _;
+
+use super::auth::Access;
+use super::proto;
+use super::transport::{Payload, Req, status_error, transport};
+use super::{BlobDownload, BlobSource, ByteStream, Manifest, ManifestHead, MountOutcome, Registry, RegistryError};
+use crate::reference::Digest;
+
+/// Smallest PATCH chunk: ECR refuses parts under 5 MiB, and fewer round trips are faster anyway.
+pub const MIN_CHUNK: u64 = 5 * 1024 * 1024;
+/// Pieces a chunk is streamed in (for the idle timeout's progress).
+const PIECE: usize = 256 * 1024;
+/// Limit for the GET that stands in for a HEAD without `Docker-Content-Digest`.
+const HEAD_FALLBACK_LIMIT: u64 = 4 * 1024 * 1024;
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// `Content-Length` as sent (HEAD responses have no body, so reqwest's `content_length` is no help).
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok())
+}
+
+fn content_digest(headers: &HeaderMap, url: &Url) -> Result<Option<Digest>, RegistryError> {
+    match header_str(headers, "docker-content-digest") {
+        None => Ok(None),
+        Some(v) => Digest::parse(v).map(Some).map_err(|e| {
+            RegistryError::Invalid(format!(
+                "{}: invalid Docker-Content-Digest: {e}",
+                proto::display_url(url)
+            ))
+        }),
+    }
+}
+
+/// The digest of `bytes` with `algorithm` (sha256 or sha512).
+pub fn digest_of(algorithm: &str, bytes: &[u8]) -> Result<Digest, RegistryError> {
+    let hex = match algorithm {
+        "sha256" => hex(&sha2::Sha256::digest(bytes)),
+        "sha512" => hex(&sha2::Sha512::digest(bytes)),
+        other => {
+            return Err(RegistryError::Invalid(format!(
+                "unsupported digest algorithm {other:?}"
+            )));
+        }
+    };
+    Digest::parse(&format!("{algorithm}:{hex}")).map_err(|e| RegistryError::Invalid(e.to_string()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn path_error(what: &str, e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Invalid(format!("invalid {what}: {e}"))
+}
+
+/// Refuses path segments that would change the URL's meaning (`..`, `?`, `#`, empty).
+fn check_repo(repo: &str) -> Result<(), RegistryError> {
+    if repo.is_empty()
+        || repo.contains(['?', '#', ' ', '\\'])
+        || repo.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(path_error("repository", format!("{repo:?}")));
+    }
+    Ok(())
+}
+
+fn check_reference(reference: &str) -> Result<(), RegistryError> {
+    if reference.is_empty() || reference.contains(['/', '?', '#', ' ', '\\']) || reference == "." || reference == ".." {
+        return Err(path_error("manifest reference", format!("{reference:?}")));
+    }
+    Ok(())
+}
+
+/// Outcome of one monolithic PUT.
+enum Put {
+    Done,
+    /// The registry does not take monolithic uploads (status given): go chunked.
+    Refused(u16),
+}
+
+impl Registry {
+    pub(super) async fn head_manifest_impl(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        check_repo(repo)?;
+        check_reference(reference)?;
+        let url = self.api_url(&format!("/v2/{repo}/manifests/{reference}")).await?;
+        let resp = self
+            .send(Req::new(Method::HEAD, url.clone(), Access::Pull(repo)).accept_manifests())
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let headers = resp.headers();
+                let digest = content_digest(headers, &url)?;
+                let media_type = header_str(headers, header::CONTENT_TYPE.as_str())
+                    .map(|c| c.split(';').next().unwrap_or("").trim().to_string());
+                let size = content_length(headers);
+                match (digest, media_type, size) {
+                    (Some(digest), Some(media_type), Some(size)) if !media_type.is_empty() => Ok(Some(ManifestHead {
+                        digest,
+                        media_type,
+                        size,
+                    })),
+                    _ => {
+                        // Registries that omit the digest on HEAD: fetch it (rare; Docker Hub sends it).
+                        let m = self.get_manifest_impl(repo, reference, HEAD_FALLBACK_LIMIT).await?;
+                        Ok(Some(ManifestHead {
+                            digest: m.digest,
+                            media_type: m.media_type,
+                            size: m.bytes.len() as u64,
+                        }))
+                    }
+                }
+            }
+            _ => Err(status_error("HEAD", &url, resp).await),
+        }
+    }
+
+    pub(super) async fn get_manifest_impl(
+        &self,
+        repo: &str,
+        reference: &str,
+        max_size: u64,
+    ) -> Result<Manifest, RegistryError> {
+        check_repo(repo)?;
+        check_reference(reference)?;
+        let by_digest = if reference.contains(':') {
+            Some(Digest::parse(reference).map_err(|e| path_error("manifest digest", e))?)
+        } else {
+            None
+        };
+        let url = self.api_url(&format!("/v2/{repo}/manifests/{reference}")).await?;
+        let mut req = Req::new(Method::GET, url.clone(), Access::Pull(repo)).accept_manifests();
+        req.manifest_get = true;
+        let resp = self.send(req).await?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", &url, resp).await);
+        }
+        let too_big = |n: u64| {
+            RegistryError::Invalid(format!(
+                "manifest {repo}:{reference} on {} is {n} bytes, over the limit of {max_size}",
+                self.host
+            ))
+        };
+        if let Some(n) = resp.content_length().filter(|&n| n > max_size) {
+            return Err(too_big(n));
+        }
+        let header_digest = content_digest(resp.headers(), &url)?;
+        let content_type = header_str(resp.headers(), header::CONTENT_TYPE.as_str()).map(str::to_string);
+        let mut body = BytesMut::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| transport(format!("GET {}: reading body", proto::display_url(&url)), e))?;
+            if body.len() as u64 + chunk.len() as u64 > max_size {
+                return Err(too_big(body.len() as u64 + chunk.len() as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let bytes = body.freeze();
+        let primary = by_digest.clone().or_else(|| header_digest.clone());
+        let algorithm = primary.as_ref().map_or("sha256", |d| d.algorithm());
+        let digest = digest_of(algorithm, &bytes)?;
+        for (expected, source) in [
+            (&by_digest, "requested digest"),
+            (&header_digest, "Docker-Content-Digest"),
+        ] {
+            let Some(expected) = expected else { continue };
+            let actual = if expected.algorithm() == digest.algorithm() {
+                digest.clone()
+            } else {
+                digest_of(expected.algorithm(), &bytes)?
+            };
+            if &actual != expected {
+                return Err(RegistryError::DigestMismatch {
+                    digest: expected.to_string(),
+                    detail: format!(
+                        "manifest {repo}:{reference} from {} hashes to {actual} ({source} is {expected})",
+                        self.host
+                    ),
+                });
+            }
+        }
+        Ok(Manifest {
+            media_type: proto::manifest_media_type(content_type.as_deref(), &bytes),
+            bytes,
+            digest,
+        })
+    }
+
+    pub(super) async fn blob_size_impl(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        check_repo(repo)?;
+        let url = self.api_url(&format!("/v2/{repo}/blobs/{digest}")).await?;
+        let resp = self
+            .send(Req::new(Method::HEAD, url.clone(), Access::Pull(repo)))
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => content_length(resp.headers())
+                .map(Some)
+                .ok_or_else(|| RegistryError::Invalid(format!("HEAD {}: no Content-Length", proto::display_url(&url)))),
+            _ => Err(status_error("HEAD", &url, resp).await),
+        }
+    }
+
+    pub(super) async fn get_blob_impl(&self, repo: &str, digest: &Digest) -> Result<BlobDownload, RegistryError> {
+        check_repo(repo)?;
+        let url = self.api_url(&format!("/v2/{repo}/blobs/{digest}")).await?;
+        let resp = self
+            .send(Req::new(Method::GET, url.clone(), Access::Pull(repo)))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", &url, resp).await);
+        }
+        let size = resp.content_length();
+        let context = format!("GET {}: reading body", proto::display_url(&url));
+        let stream: ByteStream = resp
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| transport(context.clone(), e)))
+            .boxed();
+        Ok(BlobDownload { size, stream })
+    }
+
+    pub(super) async fn mount_blob_impl(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from_repo: &str,
+    ) -> Result<MountOutcome, RegistryError> {
+        check_repo(repo)?;
+        check_repo(from_repo)?;
+        let mut url = self.api_url(&format!("/v2/{repo}/blobs/uploads/")).await?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from_repo);
+        let access = Access::Mount { repo, from: from_repo };
+        let resp = self.send(Req::new(Method::POST, url.clone(), access)).await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(MountOutcome::Mounted),
+            StatusCode::ACCEPTED => {
+                // Declined: the registry opened an ordinary upload session instead. Close it.
+                if let Ok(session) = self.session_location(&url, &resp) {
+                    self.cancel_upload(repo, &session).await;
+                }
+                Ok(MountOutcome::NotMounted)
+            }
+            _ => Err(status_error("POST", &url, resp).await),
+        }
+    }
+
+    fn session_location(&self, request_url: &Url, resp: &Response) -> Result<Url, RegistryError> {
+        let location = header_str(resp.headers(), header::LOCATION.as_str()).ok_or_else(|| {
+            RegistryError::Invalid(format!(
+                "{} {}: HTTP {} without a Location header",
+                "POST",
+                proto::display_url(request_url),
+                resp.status().as_u16()
+            ))
+        })?;
+        proto::resolve_location(request_url, location)
+            .map_err(|e| RegistryError::Invalid(format!("{}: {e}", proto::display_url(request_url))))
+    }
+
+    /// Best-effort `DELETE` of an upload session.
+    async fn cancel_upload(&self, repo: &str, session: &Url) {
+        let mut req = Req::new(Method::DELETE, session.clone(), Access::Push(repo));
+        req.retry = false;
+        match self.send(req).await {
+            Ok(resp) if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND => {}
+            Ok(resp) => tracing::debug!(
+                registry = %self.host, session = %proto::display_url(session), status = resp.status().as_u16(),
+                "cancelling upload session refused"
+            ),
+            Err(e) => tracing::debug!(registry = %self.host, error = %e, "cancelling upload session failed"),
+        }
+    }
+
+    /// `POST /v2/<repo>/blobs/uploads/`: the session URL and the registry's minimum chunk size.
+    async fn open_upload(&self, repo: &str) -> Result<(Url, Option<u64>), RegistryError> {
+        let url = self.api_url(&format!("/v2/{repo}/blobs/uploads/")).await?;
+        let resp = self
+            .send(Req::new(Method::POST, url.clone(), Access::Push(repo)))
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(status_error("POST", &url, resp).await);
+        }
+        let min = header_str(resp.headers(), "oci-chunk-min-length").and_then(|v| v.parse().ok());
+        Ok((self.session_location(&url, &resp)?, min))
+    }
+
+    pub(super) async fn push_blob_impl(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        source: BlobSource<'_>,
+    ) -> Result<(), RegistryError> {
+        check_repo(repo)?;
+        let attempts = self.parent.inner.options.retry_attempts.max(1);
+        let mut failures = 0;
+        let mut reauthenticated = false;
+        loop {
+            let err = match self.upload_once(repo, digest, size, source).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            // A 401 on the streamed PUT (token expired mid-way): the transport already dropped the
+            // token; one extra attempt, not counted, picks up a fresh one.
+            if matches!(err, RegistryError::Status { status: 401, .. }) && !reauthenticated {
+                reauthenticated = true;
+                continue;
+            }
+            failures += 1;
+            if !err.is_retryable() || failures >= attempts {
+                return Err(err);
+            }
+            let delay = super::retry::retry_delay(
+                self.parent.inner.options.retry_backoff,
+                failures,
+                err.retry_after(),
+                super::retry::random_u64(),
+            );
+            tracing::debug!(registry = %self.host, %digest, error = %err, ?delay, "retrying blob upload");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One upload: monolithic unless the registry is known to refuse it, chunked when it refuses.
+    async fn upload_once(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        source: BlobSource<'_>,
+    ) -> Result<(), RegistryError> {
+        if !self.state.monolithic_refused.load(Ordering::Relaxed) {
+            let (session, _) = self.open_upload(repo).await?;
+            match self.put_monolithic(repo, &session, digest, size, source).await {
+                Ok(Put::Done) => return Ok(()),
+                Ok(Put::Refused(status)) => {
+                    tracing::info!(registry = %self.host, status, "monolithic upload refused; using chunked uploads");
+                    self.state.monolithic_refused.store(true, Ordering::Relaxed);
+                    self.cancel_upload(repo, &session).await;
+                }
+                Err(e) => {
+                    self.cancel_upload(repo, &session).await;
+                    return Err(e);
+                }
+            }
+        }
+        let (mut session, min) = self.open_upload(repo).await?;
+        let chunk = min.unwrap_or(0).max(MIN_CHUNK);
+        match self.put_chunked(repo, &mut session, digest, size, chunk, source).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.cancel_upload(repo, &session).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A stream body that counts uploaded bytes and keeps the source's own error (a
+    /// `DigestMismatch` must not turn into a retryable transport error).
+    fn counted_body(
+        &self,
+        stream: ByteStream,
+        progress: Arc<AtomicU64>,
+    ) -> (reqwest::Body, Arc<Mutex<Option<RegistryError>>>) {
+        let failure: Arc<Mutex<Option<RegistryError>>> = Arc::default();
+        let slot = failure.clone();
+        let stats = self.parent.inner.stats.clone();
+        let body = stream.map(move |r| match r {
+            Ok(b) => {
+                stats.bytes_uploaded.fetch_add(b.len() as u64, Ordering::Relaxed);
+                progress.fetch_add(b.len() as u64 + 1, Ordering::Relaxed);
+                Ok(b)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(std::io::Error::other(msg))
+            }
+        });
+        (reqwest::Body::wrap_stream(body), failure)
+    }
+
+    async fn put_monolithic(
+        &self,
+        repo: &str,
+        session: &Url,
+        digest: &Digest,
+        size: u64,
+        source: BlobSource<'_>,
+    ) -> Result<Put, RegistryError> {
+        let stream = source().await?;
+        let progress = Arc::new(AtomicU64::new(0));
+        let (body, failure) = self.counted_body(stream, progress.clone());
+        let url = proto::with_query(session, "digest", &digest.to_string());
+        let req = Req::new(Method::PUT, url.clone(), Access::Push(repo))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, &size.to_string())
+            .body(Payload::Stream(Some(body), progress));
+        let result = self.send(req).await;
+        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        let resp = result?;
+        match resp.status().as_u16() {
+            200..=299 => {
+                self.check_committed(&resp, digest, &url)?;
+                Ok(Put::Done)
+            }
+            s @ (400 | 404 | 405 | 413 | 416) => {
+                let err = status_error("PUT", &url, resp).await;
+                if let RegistryError::Status { detail, .. } = &err
+                    && (detail.contains("DIGEST_INVALID") || detail.contains("SIZE_INVALID"))
+                {
+                    // The registry took the bytes and they did not hash to the digest: not a refusal
+                    // of monolithic uploads, and resending the same source would not help.
+                    return Err(RegistryError::DigestMismatch {
+                        digest: digest.to_string(),
+                        detail: format!("{} refused the uploaded bytes: {detail}", self.host),
+                    });
+                }
+                tracing::debug!(registry = %self.host, error = %err, "monolithic upload refused");
+                Ok(Put::Refused(s))
+            }
+            _ => Err(status_error("PUT", &url, resp).await),
+        }
+    }
+
+    fn check_committed(&self, resp: &Response, digest: &Digest, url: &Url) -> Result<(), RegistryError> {
+        match content_digest(resp.headers(), url) {
+            Ok(Some(d)) if &d != digest => Err(RegistryError::DigestMismatch {
+                digest: digest.to_string(),
+                detail: format!("{} stored the upload as {d}", self.host),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn put_chunked(
+        &self,
+        repo: &str,
+        session: &mut Url,
+        digest: &Digest,
+        size: u64,
+        chunk: u64,
+        source: BlobSource<'_>,
+    ) -> Result<(), RegistryError> {
+        let mut stream = source().await?;
+        let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
+        let mut buf = BytesMut::new();
+        let mut offset = 0u64;
+        let mut done = false;
+        while !done {
+            match stream.next().await {
+                Some(item) => buf.extend_from_slice(&item?),
+                None => done = true,
+            }
+            while buf.len() >= chunk || (done && !buf.is_empty()) {
+                let n = buf.len().min(chunk);
+                let data = buf.split_to(n).freeze();
+                self.patch(repo, session, offset, data).await?;
+                offset += n as u64;
+            }
+        }
+        if offset != size {
+            return Err(RegistryError::DigestMismatch {
+                digest: digest.to_string(),
+                detail: format!("the source produced {offset} bytes, expected {size}"),
+            });
+        }
+        let url = proto::with_query(session, "digest", &digest.to_string());
+        let mut req = Req::new(Method::PUT, url.clone(), Access::Push(repo));
+        req.retry = false;
+        let resp = self.send(req).await?;
+        if !resp.status().is_success() {
+            return Err(status_error("PUT", &url, resp).await);
+        }
+        self.check_committed(&resp, digest, &url)
+    }
+
+    async fn patch(&self, repo: &str, session: &mut Url, offset: u64, data: Bytes) -> Result<(), RegistryError> {
+        let len = data.len() as u64;
+        let progress = Arc::new(AtomicU64::new(0));
+        let pieces: Vec<Result<Bytes, RegistryError>> = (0..data.len())
+            .step_by(PIECE)
+            .map(|i| Ok(data.slice(i..(i + PIECE).min(data.len()))))
+            .collect();
+        let (body, failure) = self.counted_body(futures::stream::iter(pieces).boxed(), progress.clone());
+        let req = Req::new(Method::PATCH, session.clone(), Access::Push(repo))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, &len.to_string())
+            .header(header::CONTENT_RANGE, &format!("{offset}-{}", offset + len - 1))
+            .body(Payload::Stream(Some(body), progress));
+        let result = self.send(req).await;
+        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        let resp = result?;
+        // 202 per the spec; ECR answers 201.
+        if !resp.status().is_success() {
+            return Err(status_error("PATCH", session, resp).await);
+        }
+        if let Some(location) = header_str(resp.headers(), header::LOCATION.as_str()) {
+            *session = proto::resolve_location(session, location)
+                .map_err(|e| RegistryError::Invalid(format!("PATCH {}: {e}", proto::display_url(session))))?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn put_manifest_impl(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        check_repo(repo)?;
+        check_reference(reference)?;
+        let url = self.api_url(&format!("/v2/{repo}/manifests/{reference}")).await?;
+        let local = digest_of("sha256", &bytes)?;
+        let req = Req::new(Method::PUT, url.clone(), Access::Push(repo))
+            .header(header::CONTENT_TYPE, media_type)
+            .body(Payload::Bytes(bytes));
+        let resp = self.send(req).await?;
+        if !resp.status().is_success() {
+            return Err(status_error("PUT", &url, resp).await);
+        }
+        Ok(content_digest(resp.headers(), &url)?.unwrap_or(local))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_known_values() {
+        assert_eq!(
+            digest_of("sha256", b"").unwrap().to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert!(
+            digest_of("sha512", b"abc")
+                .unwrap()
+                .to_string()
+                .starts_with("sha512:ddaf35a1")
+        );
+        assert!(digest_of("md5", b"").is_err());
+    }
+
+    #[test]
+    fn path_checks() {
+        for ok in ["library/nginx", "a", "a/b/c", "team_x/app-1"] {
+            assert!(check_repo(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/../b", "a//b", "/a", "a?x", "a#b", "./a"] {
+            assert!(check_repo(bad).is_err(), "{bad}");
+        }
+        for ok in ["latest", "v1.2", "sha256:abc"] {
+            assert!(check_reference(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "..", "x?y"] {
+            assert!(check_reference(bad).is_err(), "{bad}");
+        }
+    }
+}
