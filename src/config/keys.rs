@@ -52,11 +52,11 @@ fn walk(value: &mut Value, prefix: &str, file: &str, problems: &mut Vec<Problem>
         };
         if is_prefix(&format!("{path}.")) {
             walk(child, &path, file, problems, warnings);
-        } else if is_prefix(&format!("{path}[].")) {
-            if let Value::Array(items) = child {
-                for (i, item) in items.iter_mut().enumerate() {
-                    walk_element(item, &path, i, file, problems, warnings);
-                }
+        } else if is_prefix(&format!("{path}[]."))
+            && let Value::Array(items) = child
+        {
+            for (i, item) in items.iter_mut().enumerate() {
+                walk_element(item, &path, i, file, problems, warnings);
             }
         }
     }

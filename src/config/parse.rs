@@ -208,7 +208,8 @@ mod tests {
     fn durations() {
         let sec = Duration::from_secs(1);
         let min = Duration::from_secs(60);
-        let cases: [(&str, Duration, Result<Option<Duration>, ()>); 9] = [
+        type Case = (&'static str, Duration, Result<Option<Duration>, ()>);
+        let cases: [Case; 9] = [
             ("300", sec, Ok(Some(Duration::from_secs(300)))),
             ("60", min, Ok(Some(Duration::from_secs(3600)))),
             ("90s", min, Ok(Some(Duration::from_secs(90)))),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use copycat::copy::{CopyError, CopyOptions, CopyRequest, Copier, Outcome};
+use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome};
 use copycat::platform::Platform;
 use copycat::reference::ImageRef;
 use copycat::registry::credentials::Credentials;
@@ -18,10 +18,22 @@ pub fn copier(registries: &[&Registry]) -> Copier {
     let mut hosts = HashMap::new();
     for r in registries {
         if let Some((username, password)) = r.credentials() {
-            credentials = credentials.with_host(&r.host(), Credential::Basic { username, password: Secret::new(password) });
+            credentials = credentials.with_host(
+                &r.host(),
+                Credential::Basic {
+                    username,
+                    password: Secret::new(password),
+                },
+            );
         }
         if let Some(ca) = r.ca_pem_path() {
-            hosts.insert(r.host(), HostSettings { insecure: false, ca_file: Some(ca) });
+            hosts.insert(
+                r.host(),
+                HostSettings {
+                    insecure: false,
+                    ca_file: Some(ca),
+                },
+            );
         }
     }
     copier_with(credentials, hosts)
@@ -57,7 +69,10 @@ pub fn start(mode: RegistryMode) -> Registry {
 }
 
 fn manifest_gets(reg: &Registry) -> usize {
-    reg.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/manifests/")).count()
+    reg.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/manifests/"))
+        .count()
 }
 
 fn kinds() -> Vec<(&'static str, Image)> {
@@ -77,20 +92,48 @@ async fn every_kind_copies_byte_exact_then_costs_two_heads() {
     let copier = copier(&[&src, &dst]);
     for (name, image) in kinds() {
         image.push(&src, &format!("src/{name}"), "v1").await.unwrap();
-        let req = request(&src, &format!("src/{name}:v1"), &dst, &format!("dst/{name}"), Some("v1"));
-        let report = copier.copy(&req, &CopyOptions::default()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let req = request(
+            &src,
+            &format!("src/{name}:v1"),
+            &dst,
+            &format!("dst/{name}"),
+            Some("v1"),
+        );
+        let report = copier
+            .copy(&req, &CopyOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(report.outcome, Outcome::Copied, "{name}");
-        assert_eq!(report.digest.as_ref().map(ToString::to_string), Some(image.digest.clone()), "{name}");
-        assert_eq!(skopeo_digest(&dst, &format!("dst/{name}:v1")).await.unwrap(), image.digest, "{name}");
+        assert_eq!(
+            report.digest.as_ref().map(ToString::to_string),
+            Some(image.digest.clone()),
+            "{name}"
+        );
+        assert_eq!(
+            skopeo_digest(&dst, &format!("dst/{name}:v1")).await.unwrap(),
+            image.digest,
+            "{name}"
+        );
         for child in &image.children {
-            let d = manifest_digest(&dst, &format!("dst/{name}"), &child.digest).await.unwrap();
-            assert_eq!(d.as_deref(), Some(child.digest.as_str()), "{name}: child {}", child.digest);
+            let d = manifest_digest(&dst, &format!("dst/{name}"), &child.digest)
+                .await
+                .unwrap();
+            assert_eq!(
+                d.as_deref(),
+                Some(child.digest.as_str()),
+                "{name}: child {}",
+                child.digest
+            );
         }
 
         let gets_before = manifest_gets(&src);
         let again = copier.copy(&req, &CopyOptions::default()).await.unwrap();
         assert_eq!(again.outcome, Outcome::AlreadyPresent, "{name}");
-        assert_eq!(manifest_gets(&src), gets_before, "{name}: an unchanged image must not GET the source manifest");
+        assert_eq!(
+            manifest_gets(&src),
+            gets_before,
+            "{name}: an unchanged image must not GET the source manifest"
+        );
     }
 }
 
@@ -104,9 +147,19 @@ async fn digest_sources_are_pushed_by_digest_never_to_latest() {
     let by_digest = request(&src, &format!("app@{}", image.digest), &dst, "app", None);
     let report = copier.copy(&by_digest, &CopyOptions::default()).await.unwrap();
     assert_eq!(report.outcome, Outcome::Copied);
-    assert_eq!(manifest_digest(&dst, "app", &image.digest).await.unwrap().as_deref(), Some(image.digest.as_str()));
-    assert_eq!(manifest_digest(&dst, "app", "latest").await.unwrap(), None, "no :latest invented");
-    assert_eq!(copier.copy(&by_digest, &CopyOptions::default()).await.unwrap().outcome, Outcome::AlreadyPresent);
+    assert_eq!(
+        manifest_digest(&dst, "app", &image.digest).await.unwrap().as_deref(),
+        Some(image.digest.as_str())
+    );
+    assert_eq!(
+        manifest_digest(&dst, "app", "latest").await.unwrap(),
+        None,
+        "no :latest invented"
+    );
+    assert_eq!(
+        copier.copy(&by_digest, &CopyOptions::default()).await.unwrap().outcome,
+        Outcome::AlreadyPresent
+    );
 
     let pinned = request(&src, &format!("app:v1@{}", image.digest), &dst, "app", Some("v1"));
     copier.copy(&pinned, &CopyOptions::default()).await.unwrap();
@@ -133,7 +186,10 @@ async fn platform_subsets() {
 
     // Several: a filtered index with their attestations; a missing one is reported.
     let several = request(&src, "multi:v1", &dst, "several", Some("v1"));
-    let report = copier.copy(&several, &opts(&["linux/amd64", "linux/s390x"])).await.unwrap();
+    let report = copier
+        .copy(&several, &opts(&["linux/amd64", "linux/s390x"]))
+        .await
+        .unwrap();
     assert!(report.filtered);
     assert_eq!(report.missing_platforms, vec![Platform::parse("linux/s390x").unwrap()]);
     let digest = report.digest.unwrap().to_string();
@@ -141,11 +197,22 @@ async fn platform_subsets() {
     assert_eq!(skopeo_digest(&dst, "several:v1").await.unwrap(), digest);
     let (bytes, _) = testkit::get_manifest(&dst, "several", "v1").await.unwrap();
     let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "amd64 and its attestation");
+    assert_eq!(
+        index["manifests"].as_array().unwrap().len(),
+        2,
+        "amd64 and its attestation"
+    );
     let gets_before = manifest_gets(&src);
-    let again = copier.copy(&several, &opts(&["linux/amd64", "linux/s390x"])).await.unwrap();
+    let again = copier
+        .copy(&several, &opts(&["linux/amd64", "linux/s390x"]))
+        .await
+        .unwrap();
     assert_eq!(again.outcome, Outcome::AlreadyPresent);
-    assert_eq!(manifest_gets(&src), gets_before, "a remembered filtered copy needs no GET");
+    assert_eq!(
+        manifest_gets(&src),
+        gets_before,
+        "a remembered filtered copy needs no GET"
+    );
 
     // None available: an error naming what exists.
     let none = request(&src, "multi:v1", &dst, "none", Some("v1"));
@@ -157,40 +224,44 @@ async fn platform_subsets() {
 #[tokio::test]
 async fn mounts_and_shared_layers_move_bytes_once() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
-    let copier = copier(&[&src, &dst]);
+    let first_copier = copier(&[&src, &dst]);
     let image = Image::oci("amd64", &[300_000, 200_000], 30).unwrap();
     image.push(&src, "base", "v1").await.unwrap();
     let blob_bytes = image.total_blob_size();
 
-    let first = copier.copy(&request(&src, "base:v1", &dst, "a", Some("v1")), &CopyOptions::default()).await.unwrap();
+    let first = first_copier
+        .copy(
+            &request(&src, "base:v1", &dst, "a", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!((first.bytes, first.blobs_transferred), (blob_bytes, 3));
-    let second = copier.copy(&request(&src, "base:v1", &dst, "b", Some("v1")), &CopyOptions::default()).await.unwrap();
-    assert_eq!((second.bytes, second.blobs_mounted), (0, 3), "known blobs are mounted, not copied");
+    let second = first_copier
+        .copy(
+            &request(&src, "base:v1", &dst, "b", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.bytes, second.blobs_mounted),
+        (0, 3),
+        "known blobs are mounted, not copied"
+    );
 
     // Two images sharing all layers, copied at once to two new repositories: transferred once.
-    let fresh = copier_with_same_targets(&src, &dst);
-    let (x, y) = tokio::join!(
-        fresh.copy(&request(&src, "base:v1", &dst, "x", Some("v1")), &CopyOptions::default()),
-        fresh.copy(&request(&src, "base:v1", &dst, "y", Some("v1")), &CopyOptions::default()),
-    );
-    let (x, y) = (x.unwrap(), y.unwrap());
-    assert_eq!(x.bytes + y.bytes, 0, "the target already had every blob in repo a; mounts or skips only");
-    assert_eq!(skopeo_digest(&dst, "y:v1").await.unwrap(), image.digest);
-
+    let opts = CopyOptions::default();
     let other = start(RegistryMode::Plain);
     let to_other = copier(&[&src, &other]);
-    let (x, y) = tokio::join!(
-        to_other.copy(&request(&src, "base:v1", &other, "x", Some("v1")), &CopyOptions::default()),
-        to_other.copy(&request(&src, "base:v1", &other, "y", Some("v1")), &CopyOptions::default()),
+    let (to_x, to_y) = (
+        request(&src, "base:v1", &other, "x", Some("v1")),
+        request(&src, "base:v1", &other, "y", Some("v1")),
     );
+    let (x, y) = tokio::join!(to_other.copy(&to_x, &opts), to_other.copy(&to_y, &opts));
     let (x, y) = (x.unwrap(), y.unwrap());
     assert_eq!(x.bytes + y.bytes, blob_bytes, "a shared layer is transferred once");
     assert_eq!(x.blobs_mounted + y.blobs_mounted, 3);
-}
-
-/// A copier with no memory of earlier copies.
-fn copier_with_same_targets(src: &Registry, dst: &Registry) -> Copier {
-    copier(&[src, dst])
 }
 
 #[tokio::test]
@@ -199,7 +270,13 @@ async fn same_registry_copies_mount_from_the_source_repository() {
     let copier = copier(&[&reg]);
     let image = Image::oci("amd64", &[100_000], 35).unwrap();
     image.push(&reg, "upstream/app", "v1").await.unwrap();
-    let report = copier.copy(&request(&reg, "upstream/app:v1", &reg, "mirror/app", Some("v1")), &CopyOptions::default()).await.unwrap();
+    let report = copier
+        .copy(
+            &request(&reg, "upstream/app:v1", &reg, "mirror/app", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!((report.bytes, report.blobs_mounted), (0, 2));
     assert_eq!(skopeo_digest(&reg, "mirror/app:v1").await.unwrap(), image.digest);
 }
@@ -215,24 +292,60 @@ async fn tag_policy() {
     for tag in ["v1", "latest"] {
         old.push(&dst, "app", tag).await.unwrap();
     }
-    let strict = CopyOptions { allow_overwrite: false, ..CopyOptions::default() };
+    let strict = CopyOptions {
+        allow_overwrite: false,
+        ..CopyOptions::default()
+    };
 
-    let err = copier.copy(&request(&src, "app:v1", &dst, "app", Some("v1")), &strict).await.unwrap_err();
+    let err = copier
+        .copy(&request(&src, "app:v1", &dst, "app", Some("v1")), &strict)
+        .await
+        .unwrap_err();
     assert!(matches!(err, CopyError::TagConflict { .. }), "{err}");
-    assert!(err.to_string().contains(&old.digest) && err.to_string().contains("allowDifferentDigestRepush"), "{err}");
-    assert_eq!(manifest_digest(&dst, "app", "v1").await.unwrap().as_deref(), Some(old.digest.as_str()), "untouched");
+    assert!(
+        err.to_string().contains(&old.digest) && err.to_string().contains("allowDifferentDigestRepush"),
+        "{err}"
+    );
+    assert_eq!(
+        manifest_digest(&dst, "app", "v1").await.unwrap().as_deref(),
+        Some(old.digest.as_str()),
+        "untouched"
+    );
 
     // `latest` is in the always-overwritten set by default …
-    copier.copy(&request(&src, "app:latest", &dst, "app", Some("latest")), &strict).await.unwrap();
-    assert_eq!(manifest_digest(&dst, "app", "latest").await.unwrap().as_deref(), Some(new.digest.as_str()));
+    copier
+        .copy(&request(&src, "app:latest", &dst, "app", Some("latest")), &strict)
+        .await
+        .unwrap();
+    assert_eq!(
+        manifest_digest(&dst, "app", "latest").await.unwrap().as_deref(),
+        Some(new.digest.as_str())
+    );
     // … and the set may be empty.
     old.push(&dst, "app", "latest").await.unwrap();
-    let stricter = CopyOptions { always_overwrite_tags: vec![], ..strict.clone() };
-    assert!(copier.copy(&request(&src, "app:latest", &dst, "app", Some("latest")), &stricter).await.is_err());
+    let stricter = CopyOptions {
+        always_overwrite_tags: vec![],
+        ..strict.clone()
+    };
+    assert!(
+        copier
+            .copy(&request(&src, "app:latest", &dst, "app", Some("latest")), &stricter)
+            .await
+            .is_err()
+    );
 
     // With repush allowed the tag moves.
-    copier.copy(&request(&src, "app:v1", &dst, "app", Some("v1")), &CopyOptions::default()).await.unwrap();
-    assert_eq!(manifest_digest(&dst, "app", "v1").await.unwrap().as_deref(), Some(new.digest.as_str()));
+    copier
+        .copy(
+            &request(&src, "app:v1", &dst, "app", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        manifest_digest(&dst, "app", "v1").await.unwrap().as_deref(),
+        Some(new.digest.as_str())
+    );
 }
 
 #[tokio::test]
@@ -241,10 +354,20 @@ async fn dry_run_writes_nothing() {
     let copier = copier(&[&src, &dst]);
     let image = Image::oci_index(&[1000], true, 45).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
-    let opts = CopyOptions { dry_run: true, ..CopyOptions::default() };
-    let report = copier.copy(&request(&src, "app:v1", &dst, "app", Some("v1")), &opts).await.unwrap();
+    let opts = CopyOptions {
+        dry_run: true,
+        ..CopyOptions::default()
+    };
+    let report = copier
+        .copy(&request(&src, "app:v1", &dst, "app", Some("v1")), &opts)
+        .await
+        .unwrap();
     assert_eq!(report.outcome, Outcome::WouldCopy);
-    let writes = dst.requests().iter().filter(|r| matches!(r.method.as_str(), "PUT" | "POST" | "PATCH")).count();
+    let writes = dst
+        .requests()
+        .iter()
+        .filter(|r| matches!(r.method.as_str(), "PUT" | "POST" | "PATCH"))
+        .count();
     assert_eq!(writes, 0);
     assert_eq!(manifest_gets(&src), 0, "a dry run decides by HEADs");
 }
@@ -252,7 +375,10 @@ async fn dry_run_writes_nothing() {
 #[tokio::test]
 async fn auth_and_tls_on_both_sides() {
     let pairs = [
-        (RegistryMode::basic("alice", "src-pass-1"), RegistryMode::token("bob", "dst-pass-2")),
+        (
+            RegistryMode::basic("alice", "src-pass-1"),
+            RegistryMode::token("bob", "dst-pass-2"),
+        ),
         (RegistryMode::Tls, RegistryMode::basic_tls("carol", "dst-pass-3")),
         (RegistryMode::token("dave", "src-pass-4"), RegistryMode::Tls),
     ];
@@ -262,7 +388,10 @@ async fn auth_and_tls_on_both_sides() {
         image.push(&src, "team/app", "v1").await.unwrap();
         let copier = copier(&[&src, &dst]);
         let req = request(&src, "team/app:v1", &dst, "mirror/app", Some("v1"));
-        let report = copier.copy(&req, &CopyOptions::default()).await.unwrap_or_else(|e| panic!("{:?} → {:?}: {e}", src.mode(), dst.mode()));
+        let report = copier
+            .copy(&req, &CopyOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{:?} → {:?}: {e}", src.mode(), dst.mode()));
         assert_eq!(report.outcome, Outcome::Copied);
         assert_eq!(skopeo_digest(&dst, "mirror/app:v1").await.unwrap(), image.digest);
     }
@@ -270,31 +399,69 @@ async fn auth_and_tls_on_both_sides() {
 
 #[tokio::test]
 async fn refused_credentials_fail_without_printing_them() {
-    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::basic("erin", "right-pass")));
+    let (src, dst) = (
+        start(RegistryMode::Plain),
+        start(RegistryMode::basic("erin", "right-pass")),
+    );
     let image = Image::oci("amd64", &[1000], 55).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
-    let credentials = Credentials::new()
-        .with_host(&dst.host(), Credential::Basic { username: "erin".into(), password: Secret::new("wrong-pass-xyz") });
+    let credentials = Credentials::new().with_host(
+        &dst.host(),
+        Credential::Basic {
+            username: "erin".into(),
+            password: Secret::new("wrong-pass-xyz"),
+        },
+    );
     let copier = copier_with(credentials, HashMap::new());
-    let err = copier.copy(&request(&src, "app:v1", &dst, "app", Some("v1")), &CopyOptions::default()).await.unwrap_err();
+    let err = copier
+        .copy(
+            &request(&src, "app:v1", &dst, "app", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
     let text = format!("{err} {err:?}");
-    assert!(matches!(err, CopyError::Registry { source: RegistryError::Auth { .. }, .. }), "{text}");
+    assert!(
+        matches!(
+            err,
+            CopyError::Registry {
+                source: RegistryError::Auth { .. },
+                ..
+            }
+        ),
+        "{text}"
+    );
     assert!(text.contains(&dst.host()) && !text.contains("wrong-pass-xyz"), "{text}");
 }
 
 #[tokio::test]
 async fn docker_config_json_credentials() {
-    let (src, dst) = (start(RegistryMode::basic("frank", "cfg-pass")), start(RegistryMode::Plain));
+    let (src, dst) = (
+        start(RegistryMode::basic("frank", "cfg-pass")),
+        start(RegistryMode::Plain),
+    );
     let image = Image::oci("amd64", &[1000], 60).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let auth = base64_encode("frank:cfg-pass");
-    std::fs::write(dir.path().join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, src.host())).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, src.host()),
+    )
+    .unwrap();
     let dir_path = dir.path().to_str().unwrap().to_owned();
     let env = move |name: &str| (name == "DOCKER_CONFIG").then(|| dir_path.clone());
-    let (_, auths) = copycat::registry::credentials::load_docker_config(&env).unwrap().expect("config found");
+    let (_, auths) = copycat::registry::credentials::load_docker_config(&env)
+        .unwrap()
+        .expect("config found");
     let copier = copier_with(Credentials::new().with_docker_auths(auths), HashMap::new());
-    copier.copy(&request(&src, "app:v1", &dst, "app", Some("v1")), &CopyOptions::default()).await.unwrap();
+    copier
+        .copy(
+            &request(&src, "app:v1", &dst, "app", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(skopeo_digest(&dst, "app:v1").await.unwrap(), image.digest);
 }
 
@@ -313,35 +480,68 @@ async fn corrupted_source_blob_fails_the_image_and_tags_nothing() {
     good.push(&src, "good", "v1").await.unwrap();
     let layer = &bad.blobs[1].digest;
     let hex = layer.trim_start_matches("sha256:");
-    let file = src.data_dir().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let file = src
+        .data_dir()
+        .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
     let mut bytes = std::fs::read(&file).expect("the stored blob");
     bytes[100_000] ^= 0xff;
     std::fs::write(&file, bytes).unwrap();
 
     let opts = CopyOptions::default();
-    let (bad_result, good_result) = tokio::join!(
-        copier.copy(&request(&src, "bad:v1", &dst, "bad", Some("v1")), &opts),
-        copier.copy(&request(&src, "good:v1", &dst, "good", Some("v1")), &opts),
+    let (bad_req, good_req) = (
+        request(&src, "bad:v1", &dst, "bad", Some("v1")),
+        request(&src, "good:v1", &dst, "good", Some("v1")),
     );
+    let (bad_result, good_result) = tokio::join!(copier.copy(&bad_req, &opts), copier.copy(&good_req, &opts));
     let err = bad_result.unwrap_err();
-    assert!(matches!(err, CopyError::Registry { source: RegistryError::DigestMismatch { .. }, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CopyError::Registry {
+                source: RegistryError::DigestMismatch { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains(layer.as_str()), "{err}");
-    assert_eq!(manifest_digest(&dst, "bad", "v1").await.unwrap(), None, "no tag for a failed image");
-    assert!(!testkit::blob_exists(&dst, "bad", layer).await.unwrap(), "the bad blob was not committed");
-    assert_eq!(good_result.unwrap().outcome, Outcome::Copied, "other images are unaffected");
+    assert_eq!(
+        manifest_digest(&dst, "bad", "v1").await.unwrap(),
+        None,
+        "no tag for a failed image"
+    );
+    assert!(
+        !testkit::blob_exists(&dst, "bad", layer).await.unwrap(),
+        "the bad blob was not committed"
+    );
+    assert_eq!(
+        good_result.unwrap().outcome,
+        Outcome::Copied,
+        "other images are unaffected"
+    );
 }
 
 #[tokio::test]
 async fn missing_source_is_reported() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
-    let err = copier(&[&src, &dst]).copy(&request(&src, "nope:v1", &dst, "nope", Some("v1")), &CopyOptions::default()).await.unwrap_err();
+    let err = copier(&[&src, &dst])
+        .copy(
+            &request(&src, "nope:v1", &dst, "nope", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, CopyError::SourceNotFound(_)), "{err}");
     assert!(err.to_string().contains("nope:v1"), "{err}");
 }
 
 #[tokio::test]
 async fn reads_prefer_mirrors_and_fall_back_to_the_registry() {
-    let (upstream, mirror, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let (upstream, mirror, dst) = (
+        start(RegistryMode::Plain),
+        start(RegistryMode::Plain),
+        start(RegistryMode::Plain),
+    );
     let image = Image::oci("amd64", &[50_000], 80).unwrap();
     let only_upstream = Image::oci("amd64", &[50_000], 81).unwrap();
     image.push(&upstream, "lib/app", "v1").await.unwrap();
@@ -350,17 +550,50 @@ async fn reads_prefer_mirrors_and_fall_back_to_the_registry() {
     let mirrors = HashMap::from([(upstream.host(), vec![mirror.host()])]);
     let copier = copier(&[&upstream, &mirror, &dst]).with_mirrors(mirrors);
     let upstream_before = upstream.requests().len();
-    let writes = |r: &Registry| r.requests().iter().filter(|r| matches!(r.method.as_str(), "PUT" | "POST" | "PATCH" | "DELETE")).count();
+    let writes = |r: &Registry| {
+        r.requests()
+            .iter()
+            .filter(|r| matches!(r.method.as_str(), "PUT" | "POST" | "PATCH" | "DELETE"))
+            .count()
+    };
     let mirror_writes_before = writes(&mirror);
 
-    copier.copy(&request(&upstream, "lib/app:v1", &dst, "app", Some("v1")), &CopyOptions::default()).await.unwrap();
+    copier
+        .copy(
+            &request(&upstream, "lib/app:v1", &dst, "app", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(skopeo_digest(&dst, "app:v1").await.unwrap(), image.digest);
-    let upstream_hits: Vec<_> = upstream.requests().into_iter().skip(upstream_before).filter(|r| r.path.contains("lib/app")).collect();
-    assert!(upstream_hits.is_empty(), "the mirror served everything: {upstream_hits:?}");
+    let upstream_hits: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .skip(upstream_before)
+        .filter(|r| r.path.contains("lib/app"))
+        .collect();
+    assert!(
+        upstream_hits.is_empty(),
+        "the mirror served everything: {upstream_hits:?}"
+    );
 
-    copier.copy(&request(&upstream, "lib/other:v1", &dst, "other", Some("v1")), &CopyOptions::default()).await.unwrap();
-    assert_eq!(skopeo_digest(&dst, "other:v1").await.unwrap(), only_upstream.digest, "fell back to the registry");
-    assert_eq!(writes(&mirror), mirror_writes_before, "nothing is ever written to a mirror");
+    copier
+        .copy(
+            &request(&upstream, "lib/other:v1", &dst, "other", Some("v1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        skopeo_digest(&dst, "other:v1").await.unwrap(),
+        only_upstream.digest,
+        "fell back to the registry"
+    );
+    assert_eq!(
+        writes(&mirror),
+        mirror_writes_before,
+        "nothing is ever written to a mirror"
+    );
 }
 
 /// A registry that serves one hand-made manifest per repository, for content no real registry here
@@ -371,32 +604,43 @@ async fn fake_registry(manifests: Vec<(&'static str, &'static str, Vec<u8>)>) ->
     let manifests = Arc::new(manifests);
     let app = axum::Router::new().route("/v2/", get(|| async { "{}" })).route(
         "/v2/{repo}/manifests/{reference}",
-        get(move |axum::extract::Path((repo, _reference)): axum::extract::Path<(String, String)>| {
-            let manifests = manifests.clone();
-            async move {
-                let Some((_, media_type, body)) = manifests.iter().find(|(r, _, _)| *r == repo) else {
-                    return (StatusCode::NOT_FOUND, HeaderMap::new(), Vec::new());
-                };
-                let mut headers = HeaderMap::new();
-                headers.insert(header::CONTENT_TYPE, media_type.parse().unwrap());
-                headers.insert("docker-content-digest", testkit::sha256_digest(body).parse().unwrap());
-                (StatusCode::OK, headers, body.clone())
-            }
-        }),
+        get(
+            move |axum::extract::Path((repo, _reference)): axum::extract::Path<(String, String)>| {
+                let manifests = manifests.clone();
+                async move {
+                    let Some((_, media_type, body)) = manifests.iter().find(|(r, _, _)| *r == repo) else {
+                        return (StatusCode::NOT_FOUND, HeaderMap::new(), Vec::new());
+                    };
+                    let mut headers = HeaderMap::new();
+                    headers.insert(header::CONTENT_TYPE, media_type.parse().unwrap());
+                    headers.insert("docker-content-digest", testkit::sha256_digest(body).parse().unwrap());
+                    (StatusCode::OK, headers, body.clone())
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
-    (host, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+    (
+        host,
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
+    )
 }
 
 #[tokio::test]
 async fn hostile_and_obsolete_manifests_are_refused() {
-    let schema1 = br#"{"schemaVersion":1,"name":"old","tag":"v1","architecture":"amd64","fsLayers":[],"history":[]}"#.to_vec();
-    let mut huge = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":""#.to_vec();
+    let schema1 =
+        br#"{"schemaVersion":1,"name":"old","tag":"v1","architecture":"amd64","fsLayers":[],"history":[]}"#.to_vec();
+    let mut huge =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":""#.to_vec();
     huge.extend(std::iter::repeat_n(b'a', 5 << 20));
     huge.extend(br#""}}"#);
     let (host, server) = fake_registry(vec![
-        ("old", "application/vnd.docker.distribution.manifest.v1+prettyjws", schema1),
+        (
+            "old",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            schema1,
+        ),
         ("huge", "application/vnd.oci.image.manifest.v1+json", huge),
     ])
     .await;

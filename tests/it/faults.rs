@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use copycat::copy::{CopyError, CopyOptions, CopyRequest, Copier, Outcome};
+use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome};
 use copycat::reference::ImageRef;
 use copycat::registry::RegistryError;
 use copycat::registry::credentials::Credentials;
@@ -14,7 +14,8 @@ use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 use crate::copy::{copier_timing_out, start};
 
 struct Setup {
-    src: Registry,
+    /// Kept so the source registry lives as long as the setup; reached only through `src_proxy`.
+    _src: Registry,
     dst: Registry,
     src_proxy: FaultProxy,
     dst_proxy: FaultProxy,
@@ -29,7 +30,14 @@ async fn setup(layer: u64) -> Setup {
     let image = Image::oci("amd64", &[layer, 10_000], 90).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
     let copier = copier_timing_out(Credentials::new(), HashMap::new(), Duration::from_millis(1500));
-    Setup { src, dst, src_proxy, dst_proxy, image, copier }
+    Setup {
+        _src: src,
+        dst,
+        src_proxy,
+        dst_proxy,
+        image,
+        copier,
+    }
 }
 
 impl Setup {
@@ -50,7 +58,11 @@ impl Setup {
     }
 
     async fn assert_untagged(&self) {
-        assert_eq!(manifest_digest(&self.dst, "app", "v1").await.unwrap(), None, "no tag after a failed copy");
+        assert_eq!(
+            manifest_digest(&self.dst, "app", "v1").await.unwrap(),
+            None,
+            "no tag after a failed copy"
+        );
     }
 }
 
@@ -61,9 +73,17 @@ fn blob_get() -> Match {
 #[tokio::test]
 async fn server_errors_are_retried_on_every_kind_of_request() {
     let s = setup(100_000).await;
-    s.src_proxy.set(Fault::status(500).on(Match::new(Some("HEAD"), Some("/manifests/"))).times(1));
+    s.src_proxy.set(
+        Fault::status(500)
+            .on(Match::new(Some("HEAD"), Some("/manifests/")))
+            .times(1),
+    );
     s.src_proxy.set(Fault::status(503).on(blob_get()).times(2));
-    s.dst_proxy.set(Fault::status(502).on(Match::new(Some("PUT"), Some("/manifests/"))).times(2));
+    s.dst_proxy.set(
+        Fault::status(502)
+            .on(Match::new(Some("PUT"), Some("/manifests/")))
+            .times(2),
+    );
     let report = s.copy().await.unwrap();
     assert_eq!(report.outcome, Outcome::Copied);
     assert_eq!(s.src_proxy.faults_applied() + s.dst_proxy.faults_applied(), 5);
@@ -73,17 +93,22 @@ async fn server_errors_are_retried_on_every_kind_of_request() {
 #[tokio::test]
 async fn too_many_requests_waits_for_retry_after() {
     let s = setup(10_000).await;
-    s.src_proxy.set(Fault::status_retry_after(429, "1").on(blob_get()).times(1));
+    s.src_proxy
+        .set(Fault::status_retry_after(429, "1").on(blob_get()).times(1));
     let started = Instant::now();
     s.copy().await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(950), "Retry-After: 1 was not honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "Retry-After: 1 was not honoured"
+    );
     s.assert_identical().await;
 }
 
 #[tokio::test]
 async fn download_cut_mid_blob_is_retried_to_an_identical_copy() {
     let s = setup(2 << 20).await;
-    s.src_proxy.set(Fault::drop_response_after(1 << 20).on(blob_get()).times(1));
+    s.src_proxy
+        .set(Fault::drop_response_after(1 << 20).on(blob_get()).times(1));
     let report = s.copy().await.unwrap();
     assert_eq!(s.src_proxy.faults_applied(), 1);
     assert_eq!(report.outcome, Outcome::Copied);
@@ -93,18 +118,34 @@ async fn download_cut_mid_blob_is_retried_to_an_identical_copy() {
 #[tokio::test]
 async fn upload_cut_mid_blob_is_retried_from_a_fresh_download() {
     let s = setup(2 << 20).await;
-    s.dst_proxy.set(Fault::drop_request_after(512 << 10).on(Match::new(Some("PUT"), Some("/blobs/uploads/"))).times(1));
+    s.dst_proxy.set(
+        Fault::drop_request_after(512 << 10)
+            .on(Match::new(Some("PUT"), Some("/blobs/uploads/")))
+            .times(1),
+    );
     s.copy().await.unwrap();
     assert_eq!(s.dst_proxy.faults_applied(), 1);
-    let blob_gets = s.src_proxy.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/blobs/")).count();
-    assert!(blob_gets >= 3, "the source stream is reopened for the second attempt ({blob_gets} GETs)");
+    let blob_gets = s
+        .src_proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+        .count();
+    assert!(
+        blob_gets >= 3,
+        "the source stream is reopened for the second attempt ({blob_gets} GETs)"
+    );
     s.assert_identical().await;
 }
 
 #[tokio::test]
 async fn a_stall_beyond_the_timeout_is_retried() {
     let s = setup(10_000).await;
-    s.src_proxy.set(Fault::stall(Duration::from_secs(4)).on(Match::new(Some("GET"), Some("/manifests/"))).times(1));
+    s.src_proxy.set(
+        Fault::stall(Duration::from_secs(4))
+            .on(Match::new(Some("GET"), Some("/manifests/")))
+            .times(1),
+    );
     s.copy().await.unwrap();
     s.assert_identical().await;
 }
@@ -112,22 +153,61 @@ async fn a_stall_beyond_the_timeout_is_retried() {
 #[tokio::test]
 async fn persistent_faults_fail_cleanly() {
     let s = setup(10_000).await;
-    s.dst_proxy.set(Fault::status(500).on(Match::new(Some("PUT"), Some("/manifests/"))).times(100));
+    s.dst_proxy.set(
+        Fault::status(500)
+            .on(Match::new(Some("PUT"), Some("/manifests/")))
+            .times(100),
+    );
     let err = s.copy().await.unwrap_err();
-    assert!(matches!(&err, CopyError::Registry { source: RegistryError::Status { status: 500, .. }, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            CopyError::Registry {
+                source: RegistryError::Status { status: 500, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.is_transient());
     s.assert_untagged().await;
-    let puts = s.dst_proxy.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/manifests/")).count();
+    let puts = s
+        .dst_proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/manifests/"))
+        .count();
     assert_eq!(puts, 3, "registryRetryAttempts bounds the attempts");
 }
 
 #[tokio::test]
 async fn a_corrupting_source_fails_the_image_without_retrying() {
     let s = setup(200_000).await;
-    s.src_proxy.set(Fault::corrupt_body(150_000).on(blob_get()).times(1));
+    let layer = format!("/blobs/{}", s.image.blobs[1].digest);
+    s.src_proxy.set(
+        Fault::corrupt_body(150_000)
+            .on(Match::new(Some("GET"), Some(&layer)))
+            .times(1),
+    );
     let err = s.copy().await.unwrap_err();
-    assert!(matches!(&err, CopyError::Registry { source: RegistryError::DigestMismatch { .. }, .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            CopyError::Registry {
+                source: RegistryError::DigestMismatch { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!err.is_transient());
     s.assert_untagged().await;
-    drop(s.src);
+    assert_eq!(s.src_proxy.faults_applied(), 1);
+    let layer_gets = s
+        .src_proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&layer))
+        .count();
+    assert_eq!(layer_gets, 1, "a digest mismatch is not retried");
 }
