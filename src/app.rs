@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
+use crate::commands;
 use crate::config::{self, Config, Purpose};
 use crate::telemetry;
 
@@ -35,17 +36,18 @@ pub async fn main(cli: Cli) -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    match command {
-        Command::Run => run_daemon(&loaded.config),
-        Command::Copy(_) | Command::Sync(_) | Command::CheckConfig => not_built(&loaded.config),
+    match &command {
+        Command::Copy(args) => commands::copy(&loaded.config, args).await,
+        Command::Sync(args) => commands::sync(&loaded.config, args).await,
+        Command::Run | Command::CheckConfig => run_daemon(&loaded.config),
     }
 }
 
+/// The daemon needs cluster discovery, which is not built yet: say so instead of pretending to run.
 fn run_daemon(config: &Config) -> ExitCode {
-    not_built(config)
-}
-
-fn not_built(config: &Config) -> ExitCode {
-    tracing::error!(config = %config.runtime.config_path.display(), "configuration is valid, but this command is not built yet in this version of copycat");
+    tracing::error!(
+        config = %config.runtime.config_path.display(),
+        "configuration is valid, but the daemon (cluster discovery) is not built yet in this version; use `copycat copy` or `copycat sync`"
+    );
     ExitCode::FAILURE
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
+use crate::app::EXIT_USAGE;
 use crate::cli::{CopyArgs, SyncArgs};
 use crate::config::{Config, TargetKind};
 use crate::copy::{Copier, CopyOptions, CopyRequest};
@@ -20,8 +21,6 @@ use progress::Progress;
 
 /// Exit status when some images failed.
 const EXIT_FAILED: u8 = 1;
-/// Exit status for usage and input errors.
-const EXIT_USAGE: u8 = 2;
 
 /// Registry clients for `config`. `target_hosts` get the target's credentials (`TARGET_USERNAME`,
 /// `TARGET_PASSWORD`) and TLS settings (`docker.insecure`, `docker.caFile`).

@@ -122,8 +122,9 @@ impl Progress {
         let bytes = self.copier.total_bytes();
         let t = &self.tally;
         let mut line = format!(
-            "{} images: {} copied, {} already present, {} failed",
+            "{} image{}: {} copied, {} already present, {} failed",
             self.total,
+            if self.total == 1 { "" } else { "s" },
             t.copied.load(Ordering::Relaxed),
             t.present.load(Ordering::Relaxed),
             t.failed.load(Ordering::Relaxed),

@@ -1,6 +1,7 @@
 //! Integration tests: the built binary and the library against real components.
 
 mod check_config;
+mod commands;
 mod copy;
 mod faults;
 mod registry;
