@@ -95,11 +95,8 @@ enum Put {
 }
 
 impl Registry {
-    pub(super) async fn head_manifest_impl(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<Option<ManifestHead>, RegistryError> {
+    /// HEAD a manifest by tag or digest; `None` when it does not exist.
+    pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<Option<ManifestHead>, RegistryError> {
         check_repo(repo)?;
         check_reference(reference)?;
         let url = self.api_url(&format!("/v2/{repo}/manifests/{reference}")).await?;
@@ -122,7 +119,7 @@ impl Registry {
                     })),
                     _ => {
                         // Registries that omit the digest on HEAD: fetch it (rare; Docker Hub sends it).
-                        let m = self.get_manifest_impl(repo, reference, HEAD_FALLBACK_LIMIT).await?;
+                        let m = self.get_manifest(repo, reference, HEAD_FALLBACK_LIMIT).await?;
                         Ok(Some(ManifestHead {
                             digest: m.digest,
                             media_type: m.media_type,
@@ -135,12 +132,8 @@ impl Registry {
         }
     }
 
-    pub(super) async fn get_manifest_impl(
-        &self,
-        repo: &str,
-        reference: &str,
-        max_size: u64,
-    ) -> Result<Manifest, RegistryError> {
+    /// GET a manifest by tag or digest, refusing bodies over `max_size` bytes; the digest is verified.
+    pub async fn get_manifest(&self, repo: &str, reference: &str, max_size: u64) -> Result<Manifest, RegistryError> {
         check_repo(repo)?;
         check_reference(reference)?;
         let by_digest = if reference.contains(':') {
@@ -206,7 +199,8 @@ impl Registry {
         })
     }
 
-    pub(super) async fn blob_size_impl(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+    /// HEAD a blob; its size when present.
+    pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
         check_repo(repo)?;
         let url = self.api_url(&format!("/v2/{repo}/blobs/{digest}")).await?;
         let resp = self
@@ -221,7 +215,8 @@ impl Registry {
         }
     }
 
-    pub(super) async fn get_blob_impl(&self, repo: &str, digest: &Digest) -> Result<BlobDownload, RegistryError> {
+    /// GET a blob as a stream.
+    pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<BlobDownload, RegistryError> {
         check_repo(repo)?;
         let url = self.api_url(&format!("/v2/{repo}/blobs/{digest}")).await?;
         let resp = self
@@ -239,7 +234,8 @@ impl Registry {
         Ok(BlobDownload { size, stream })
     }
 
-    pub(super) async fn mount_blob_impl(
+    /// Asks the registry to link `digest` from `from_repo` into `repo`.
+    pub async fn mount_blob(
         &self,
         repo: &str,
         digest: &Digest,
@@ -306,7 +302,9 @@ impl Registry {
         Ok((self.session_location(&url, &resp)?, min))
     }
 
-    pub(super) async fn push_blob_impl(
+    /// Uploads a blob of known `size` from `source`: one streaming monolithic PUT; chunked PATCHes only
+    /// when the registry refuses that. Retries reopen `source`.
+    pub async fn push_blob(
         &self,
         repo: &str,
         digest: &Digest,
@@ -528,7 +526,8 @@ impl Registry {
         Ok(())
     }
 
-    pub(super) async fn put_manifest_impl(
+    /// PUT a manifest under a tag or digest with its exact bytes; returns the digest the registry reports.
+    pub async fn put_manifest(
         &self,
         repo: &str,
         reference: &str,

@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
-use crate::copy::start;
+use crate::support::start;
 
 fn copycat(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));

@@ -8,52 +8,25 @@ use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome};
 use copycat::platform::Platform;
 use copycat::reference::ImageRef;
 use copycat::registry::credentials::Credentials;
-use copycat::registry::{ClientOptions, Credential, HostSettings, Registries, RegistryError};
+use copycat::registry::{Credential, HostSettings, Registries, RegistryError};
 use copycat::secret::Secret;
 use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
-/// A copier that knows the credentials and CAs of `registries`.
-pub fn copier(registries: &[&Registry]) -> Copier {
-    let mut credentials = Credentials::new();
-    let mut hosts = HashMap::new();
-    for r in registries {
-        if let Some((username, password)) = r.credentials() {
-            credentials = credentials.with_host(
-                &r.host(),
-                Credential::Basic {
-                    username,
-                    password: Secret::new(password),
-                },
-            );
-        }
-        if let Some(ca) = r.ca_pem_path() {
-            hosts.insert(
-                r.host(),
-                HostSettings {
-                    insecure: false,
-                    ca_file: Some(ca),
-                },
-            );
-        }
-    }
-    copier_with(credentials, hosts)
+use crate::support::{self, start};
+
+/// A copier that can reach each of `regs`.
+pub fn copier(regs: &[&Registry]) -> Copier {
+    Copier::new(support::registries(regs))
 }
 
+/// A copier with explicit credentials and host settings.
 pub fn copier_with(credentials: Credentials, hosts: HashMap<String, HostSettings>) -> Copier {
-    copier_timing_out(credentials, hosts, Duration::from_secs(30))
+    copier_timing_out(credentials, hosts, support::TIMEOUT)
 }
 
 /// A copier whose requests time out after `timeout`.
 pub fn copier_timing_out(credentials: Credentials, hosts: HashMap<String, HostSettings>, timeout: Duration) -> Copier {
-    let options = ClientOptions {
-        request_timeout: Some(timeout),
-        retry_attempts: 3,
-        retry_backoff: Duration::from_millis(50),
-        max_concurrent_requests: 16,
-        hosts,
-        user_agent: "copycat-test".into(),
-    };
-    Copier::new(Registries::new(options, Arc::new(credentials)).expect("registry clients"))
+    Copier::new(Registries::new(support::options(hosts, timeout), Arc::new(credentials)).expect("registry clients"))
 }
 
 pub fn request(src: &Registry, source: &str, dst: &Registry, target_repo: &str, tag: Option<&str>) -> CopyRequest {
@@ -62,10 +35,6 @@ pub fn request(src: &Registry, source: &str, dst: &Registry, target_repo: &str, 
         target: ImageRef::parse(&format!("{}/{target_repo}", dst.host())).unwrap(),
         target_tag: tag.map(str::to_owned),
     }
-}
-
-pub fn start(mode: RegistryMode) -> Registry {
-    Registry::start(mode).expect("start docker-registry (apt-get install -y docker-registry)")
 }
 
 fn manifest_gets(reg: &Registry) -> usize {

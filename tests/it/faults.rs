@@ -11,7 +11,8 @@ use copycat::registry::credentials::Credentials;
 use testkit::fault::{Fault, FaultProxy, Match};
 use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
-use crate::copy::{copier_timing_out, start};
+use crate::copy::copier_timing_out;
+use crate::support::start;
 
 struct Setup {
     /// Kept so the source registry lives as long as the setup; reached only through `src_proxy`.

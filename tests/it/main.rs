@@ -5,3 +5,4 @@ mod commands;
 mod copy;
 mod faults;
 mod registry;
+mod support;

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -17,56 +16,15 @@ use copycat::registry::{
     ByteStream, ClientOptions, Credential, HostSettings, MountOutcome, Registries, Registry as Client, RegistryError,
 };
 use copycat::secret::Secret;
-use testkit::{Image, Registry, RegistryMode, blob_exists, manifest_digest, skopeo_digest};
+use testkit::{Image, RegistryMode, blob_exists, manifest_digest, skopeo_digest};
+
+use crate::support::{TIMEOUT, options, registries, start};
 
 const USER: &str = "mirror-user";
 const PASS: &str = "pa55-w0rd-xyz";
 
 fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn start(mode: RegistryMode) -> Registry {
-    Registry::start(mode).expect("start docker-registry (apt-get install -y docker-registry)")
-}
-
-fn options(hosts: HashMap<String, HostSettings>) -> ClientOptions {
-    ClientOptions {
-        request_timeout: Some(Duration::from_secs(30)),
-        retry_attempts: 3,
-        retry_backoff: Duration::from_millis(20),
-        max_concurrent_requests: 8,
-        hosts,
-        user_agent: "copycat-registry-test".into(),
-    }
-}
-
-/// Clients that know the credentials and CA of each of `regs` (CA files as host settings).
-fn registries(regs: &[&Registry]) -> Registries {
-    init();
-    let mut credentials = Credentials::new();
-    let mut hosts = HashMap::new();
-    for r in regs {
-        if let Some((username, password)) = r.credentials() {
-            credentials = credentials.with_host(
-                &r.host(),
-                Credential::Basic {
-                    username,
-                    password: Secret::new(password),
-                },
-            );
-        }
-        if let Some(ca) = r.ca_pem_path() {
-            hosts.insert(
-                r.host(),
-                HostSettings {
-                    insecure: false,
-                    ca_file: Some(ca),
-                },
-            );
-        }
-    }
-    Registries::new(options(hosts), Arc::new(credentials)).expect("registry clients")
 }
 
 fn digest(s: &str) -> Digest {
@@ -267,7 +225,7 @@ async fn registry_loopback_tls_without_settings_is_insecure() {
     let image = Image::oci("amd64", &[100], 31).unwrap();
     testkit::push(&reg, "a/b", "v1", &image).await.unwrap();
     init();
-    let regs = Registries::new(options(HashMap::new()), Arc::new(Credentials::new())).unwrap();
+    let regs = Registries::new(options(HashMap::new(), TIMEOUT), Arc::new(Credentials::new())).unwrap();
     let head = regs.get(&reg.host()).head_manifest("a/b", "v1").await.unwrap().unwrap();
     assert_eq!(head.digest.to_string(), image.digest);
 }
@@ -285,7 +243,7 @@ async fn registry_wrong_password_is_an_auth_error() {
                 password: Secret::new(wrong),
             },
         );
-        let regs = Registries::new(options(HashMap::new()), Arc::new(creds)).unwrap();
+        let regs = Registries::new(options(HashMap::new(), TIMEOUT), Arc::new(creds)).unwrap();
         let err = regs.get(&reg.host()).head_manifest("a/b", "v1").await.unwrap_err();
         assert!(matches!(err, RegistryError::Auth { .. }), "{mode:?}: {err}");
         let text = format!("{err} / {err:?}");
@@ -294,7 +252,7 @@ async fn registry_wrong_password_is_an_auth_error() {
         assert!(!err.is_retryable());
 
         // And anonymous.
-        let regs = Registries::new(options(HashMap::new()), Arc::new(Credentials::new())).unwrap();
+        let regs = Registries::new(options(HashMap::new(), TIMEOUT), Arc::new(Credentials::new())).unwrap();
         let err = regs
             .get(&reg.host())
             .get_manifest("a/b", "v1", 1 << 20)
@@ -447,7 +405,7 @@ async fn registry_reauthenticates_after_401() {
             password: Secret::new(PASS),
         },
     );
-    let regs = Registries::new(options(HashMap::new()), Arc::new(creds)).unwrap();
+    let regs = Registries::new(options(HashMap::new(), TIMEOUT), Arc::new(creds)).unwrap();
     let c = regs.get(&proxy.host);
     let before = reg.token_requests();
     c.head_manifest("team/app", "v1").await.unwrap().unwrap(); // token 1
@@ -506,7 +464,7 @@ async fn registry_tls_with_another_ca_fails_verification() {
     )]);
     let o = ClientOptions {
         retry_attempts: 1,
-        ..options(hosts)
+        ..options(hosts, TIMEOUT)
     };
     let regs = Registries::new(o, Arc::new(Credentials::new())).unwrap();
     let err = regs.get(&reg.host()).head_manifest("a/b", "v1").await.unwrap_err();
