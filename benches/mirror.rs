@@ -10,6 +10,8 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use testkit::{Image, Registry, RegistryMode};
@@ -22,17 +24,33 @@ struct Run {
     max_rss_kib: u64,
 }
 
-/// Runs `cmd`, waits with `wait4` to get that process's own CPU time and peak RSS.
+/// Runs `cmd`; `wait4` gives that process's own CPU time. Peak RSS is the process's `VmHWM`, polled:
+/// `ru_maxrss` would report the benchmark's own size, which a spawned child inherits until `exec`.
 fn measure(cmd: &mut Command) -> Run {
     let started = Instant::now();
     let child = cmd.stdin(std::process::Stdio::null()).spawn().expect("spawn client");
     let pid = child.id() as libc::pid_t;
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let (done, peak) = (done.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Some(kib) = vm_hwm_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `pid` is our own child, not yet reaped (std's Child is never waited on), and the
     // pointers are valid for the call.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    poller.join().expect("RSS poller");
     assert_eq!(rc, pid, "wait4 failed");
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
@@ -43,8 +61,15 @@ fn measure(cmd: &mut Command) -> Run {
     Run {
         wall,
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss as u64,
+        max_rss_kib: peak.load(Ordering::Relaxed),
     }
+}
+
+/// `VmHWM` of a running process, in KiB.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -157,7 +182,6 @@ fn main() {
             "--dest",
             "docker",
             "--dest-tls-verify=false",
-            "-q",
         ])
         .arg(file)
         .arg(format!("{}/bench", dst.host()));
