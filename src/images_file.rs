@@ -44,7 +44,7 @@ struct Entry {
 }
 
 /// Parses the file; every bad entry is reported, by position and source.
-pub fn parse(text: &str) -> Result<Vec<SyncEntry>, Vec<String>> {
+pub fn parse(text: &str, digest_tag_template: &str) -> Result<Vec<SyncEntry>, Vec<String>> {
     let file: File = serde_saphyr::from_str(text).map_err(|e| vec![format!("invalid images file: {e}")])?;
     let prefix = file.target_repo_prefix.trim().trim_end_matches('/');
     if prefix.is_empty() || prefix.contains("://") {
@@ -56,7 +56,7 @@ pub fn parse(text: &str) -> Result<Vec<SyncEntry>, Vec<String>> {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     for (i, entry) in file.images.iter().enumerate() {
-        match resolve(prefix, entry) {
+        match resolve(prefix, entry, digest_tag_template) {
             Ok(e) => entries.push(e),
             Err(e) => problems.push(format!("images[{i}] ({}): {e}", entry.source)),
         }
@@ -68,15 +68,11 @@ pub fn parse(text: &str) -> Result<Vec<SyncEntry>, Vec<String>> {
     }
 }
 
-fn resolve(prefix: &str, entry: &Entry) -> Result<SyncEntry, String> {
+fn resolve(prefix: &str, entry: &Entry, digest_tag_template: &str) -> Result<SyncEntry, String> {
     let source = ImageRef::parse(&entry.source).map_err(|e| e.to_string())?;
     let target = ImageRef::parse(&format!("{prefix}/{}", source.repository()))
         .map_err(|e| format!("target would be invalid: {e}"))?;
-    let target_tag = match (&entry.tag, source.digest(), source.tag()) {
-        (Some(tag), _, _) => Some(tag.clone()),
-        (None, Some(_), None) => None,
-        (None, _, tag) => tag.map(str::to_owned),
-    };
+    let target_tag = crate::naming::target_tag(&source, entry.tag.as_deref(), digest_tag_template)?;
     if let Some(tag) = &target_tag {
         target.with_tag(tag).map_err(|e| e.to_string())?;
     }
@@ -106,7 +102,7 @@ mod tests {
         let text = format!(
             "targetRepoPrefix: \"reg.example.com/external/\"\nimages:\n  - source: alpine:3.21\n  - source: ghcr.io/org/app@{D}\n  - source: ghcr.io/org/app@{D}\n    tag: \"1.4\"\n  - source: quay.io/org/tool:2@{D}\n    amd64Only: true\n  - source: localhost:5000/x/y\n"
         );
-        let entries = parse(&text).unwrap();
+        let entries = parse(&text, "").unwrap();
         let shown: Vec<String> = entries
             .iter()
             .map(|e| e.request.target_display(e.request.source.digest()))
@@ -141,7 +137,7 @@ mod tests {
             ("images: []\n", "targetRepoPrefix"),
         ];
         for (text, want) in cases {
-            let problems = parse(text).unwrap_err().join("\n");
+            let problems = parse(text, "").unwrap_err().join("\n");
             assert!(problems.contains(want), "{text:?}: {problems}");
         }
     }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod copy;
 pub mod glob;
 pub mod images_file;
+pub mod naming;
 pub mod platform;
 pub mod reference;
 pub mod registry;

@@ -13,6 +13,7 @@ use crate::app::EXIT_USAGE;
 use crate::cli::{CopyArgs, SyncArgs};
 use crate::config::{Config, TargetKind};
 use crate::copy::{Copier, CopyOptions, CopyRequest};
+use crate::naming;
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef};
 use crate::registry::credentials::{Credentials, load_docker_config};
@@ -103,7 +104,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
 
 /// `copycat copy SRC DST`.
 pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
-    let request = match copy_request(&args.source, &args.target) {
+    let request = match copy_request(&args.source, &args.target, &config.digest_tag_template) {
         Ok(r) => r,
         Err(e) => return usage(&e),
     };
@@ -139,8 +140,8 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
 }
 
 /// Source and target of `copy`: the target keeps the source's tag unless it names one, and a
-/// digest-only source is pushed by digest (never to `:latest`).
-pub fn copy_request(source: &str, target: &str) -> Result<CopyRequest, String> {
+/// digest-only source is pushed by digest (never to `:latest`), tagged by `digestTagTemplate` if set.
+pub fn copy_request(source: &str, target: &str, digest_tag_template: &str) -> Result<CopyRequest, String> {
     let source_ref = ImageRef::parse(source).map_err(|e| format!("SRC: {e}"))?;
     let target_ref = ImageRef::parse(target).map_err(|e| format!("DST: {e}"))?;
     if target_ref.digest().is_some() {
@@ -148,11 +149,12 @@ pub fn copy_request(source: &str, target: &str) -> Result<CopyRequest, String> {
             "DST {target:?}: name a tag or nothing; the digest is the source's"
         ));
     }
-    let target_tag = if reference::has_explicit_tag(target) {
-        target_ref.tag().map(str::to_owned)
+    let explicit = if reference::has_explicit_tag(target) {
+        target_ref.tag()
     } else {
-        source_ref.tag().map(str::to_owned)
+        None
     };
+    let target_tag = naming::target_tag(&source_ref, explicit, digest_tag_template).map_err(|e| format!("DST: {e}"))?;
     Ok(CopyRequest {
         source: source_ref,
         target: target_ref.without_digest(),
@@ -166,7 +168,7 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(&format!("cannot read {}: {e}", args.images.display())),
     };
-    let entries = match crate::images_file::parse(&text) {
+    let entries = match crate::images_file::parse(&text, &config.digest_tag_template) {
         Ok(e) => e,
         Err(problems) => return usage(&format!("{}:\n  {}", args.images.display(), problems.join("\n  "))),
     };
@@ -238,7 +240,7 @@ mod tests {
             ("Nginx", "r.io/b", Err("SRC")),
         ];
         for (src, dst, want) in cases {
-            let got = copy_request(src, dst).map(|r| r.target_display(r.source.digest()));
+            let got = copy_request(src, dst, "").map(|r| r.target_display(r.source.digest()));
             match want {
                 Ok(w) => assert_eq!(got.as_deref(), Ok(w.as_str()), "{src} {dst}"),
                 Err(prefix) => assert!(got.unwrap_err().starts_with(prefix), "{src} {dst}"),

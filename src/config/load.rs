@@ -276,6 +276,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         registry_credentials: registry_credentials(loader),
         path_map: path_map(loader),
         always_overwrite_tags: loader.get("alwaysOverwriteTags", lower_list),
+        digest_tag_template: loader.get("digestTagTemplate", digest_tag_template),
         blob_concurrency: loader.get("blobConcurrency", parse::positive_u32),
         registry_max_concurrent_requests: loader.get("registryMaxConcurrentRequests", parse::positive_u32),
         image_deadline: loader.get("imageDeadline", |i| parse::duration(i, SECOND)),
@@ -558,4 +559,13 @@ fn registry_mirrors(loader: &mut Loader<'_>) -> std::collections::BTreeMap<Strin
         }
     }
     out
+}
+
+fn digest_tag_template(input: &Input) -> Result<String, String> {
+    let template = parse::text(input)?;
+    if !template.is_empty() {
+        let sample = crate::reference::Digest::sha256_hex(&"0".repeat(64)).expect("valid digest");
+        crate::naming::digest_tag(&template, &sample)?;
+    }
+    Ok(template)
 }

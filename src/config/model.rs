@@ -71,6 +71,8 @@ pub struct Config {
     pub path_map: Vec<PathMapRule>,
     /// Tags overwritten regardless of `allow_different_digest_repush` (lower-case).
     pub always_overwrite_tags: Vec<String>,
+    /// Tag template for digest-only sources; empty: push by digest only.
+    pub digest_tag_template: String,
     /// Blobs of one image transferred at once.
     pub blob_concurrency: u32,
     /// Requests in flight per registry host.

@@ -113,6 +113,7 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("pathMap[].to"), None, "", "string", "Replacement; regex rules may use `$1` / `${name}`."),
     s(Some("pathMap[].regex"), None, "false", "bool", "Treat `from` as a regular expression (replace all matches)."),
     s(Some("alwaysOverwriteTags"), Some("ALWAYS_OVERWRITE_TAGS"), "latest", "list", "Tags overwritten even when `allowDifferentDigestRepush` is false (k8s-copycat: `latest`). `[]` means none."),
+    s(Some("digestTagTemplate"), Some("DIGEST_TAG_TEMPLATE"), "", "template", "Tag added when a digest-only source (`repo@sha256:…`) is mirrored, which is otherwise pushed by digest alone: `$algorithm`, `$hex`, `$short` (12 hex), e.g. `sha256-$hex`."),
     s(Some("blobConcurrency"), Some("BLOB_CONCURRENCY"), "4", "integer > 0", "Blobs of one image transferred at the same time."),
     s(Some("registryMaxConcurrentRequests"), Some("REGISTRY_MAX_CONCURRENT_REQUESTS"), "16", "integer > 0", "Requests in flight per registry host (until response headers)."),
     s(Some("imageDeadline"), Some("IMAGE_DEADLINE"), "1h", "seconds or duration", "Deadline for mirroring one image, all requests included; `0` means none."),

@@ -213,6 +213,8 @@ fn bad_transport_settings_are_reported_by_name() {
         ("registryMirrors: [a]", &[], &["registryMirrors", "expected a mapping"]),
         ("registryMirrors:\n  docker.io: [https://m.example.com]\n", &[], &["registryMirrors.docker.io", "without a scheme"]),
         ("blobConcurrency: 0", &[], &["blobConcurrency", "greater than 0"]),
+        ("digestTagTemplate: 'v-$hexx'", &[], &["digestTagTemplate", "unknown placeholder $hexx"]),
+        ("", &[("DIGEST_TAG_TEMPLATE", "bad/$short")], &["DIGEST_TAG_TEMPLATE (env)", "invalid tag"]),
     ]);
 }
 

@@ -170,3 +170,34 @@ fn bad_images_file_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("sourc"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn digest_only_sources_are_pushed_by_digest_or_tagged_by_template() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[3000], 300).unwrap();
+    image.push(&src, "lib/pinned", "v1").await.unwrap();
+    let source = format!("{}/lib/pinned@{}", src.host(), image.digest);
+
+    let plain = copycat(&["copy", &source, &format!("{}/by-digest", dst.host())], &[]);
+    assert_eq!(plain.status.code(), Some(0), "{}", text(&plain));
+    assert_eq!(
+        manifest_digest(&dst, "by-digest", &image.digest)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(image.digest.as_str())
+    );
+    assert_eq!(manifest_digest(&dst, "by-digest", "latest").await.unwrap(), None);
+
+    let tagged = copycat(
+        &["copy", &source, &format!("{}/tagged", dst.host())],
+        &[("DIGEST_TAG_TEMPLATE", "pin-$short")],
+    );
+    assert_eq!(tagged.status.code(), Some(0), "{}", text(&tagged));
+    let short = &image.digest.trim_start_matches("sha256:")[..12];
+    let tag = format!("pin-{short}");
+    assert_eq!(
+        skopeo_digest(&dst, &format!("tagged:{tag}")).await.unwrap(),
+        image.digest
+    );
+}
