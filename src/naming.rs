@@ -2,6 +2,191 @@
 
 use crate::reference::{Digest, ImageRef};
 
+use sha2::{Digest as _, Sha256};
+
+use crate::config::PathMapRule;
+
+/// Longest repository name copycat produces (ECR's and distribution's limit).
+pub const MAX_REPOSITORY_LEN: usize = 256;
+
+/// What a workload's image use contributes to its target name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameContext {
+    /// Namespace of the workload or Pod.
+    pub namespace: String,
+    /// Workload name; for a Pod owned by a workload, the workload's name (one repository per workload,
+    /// not per Pod replica); for a bare Pod, the Pod's name.
+    pub podname: String,
+    /// Container name.
+    pub container_name: String,
+    /// Platform architecture, when known (node architecture or the image's own).
+    pub arch: Option<String>,
+}
+
+/// Placeholders of `repoPrefix`.
+pub const PREFIX_PLACEHOLDERS: &[&str] = &["namespace", "podname", "container_name", "arch", "registry"];
+
+/// Expands a `repoPrefix` template: whole `$name` tokens only; segments trimmed and empty ones
+/// dropped (an unknown `$arch` removes that path level, as in k8s-copycat).
+pub fn expand_prefix(template: &str, ctx: &NameContext, source_registry: &str) -> Result<String, String> {
+    let expanded = expand(template, |name| match name {
+        "namespace" => Some(ctx.namespace.clone()),
+        "podname" => Some(ctx.podname.clone()),
+        "container_name" => Some(ctx.container_name.clone()),
+        "arch" => Some(ctx.arch.clone().unwrap_or_default()),
+        "registry" => Some(source_registry.to_owned()),
+        _ => None,
+    })?;
+    Ok(expanded
+        .split('/')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("/"))
+}
+
+/// A `pathMap` rule ready to apply.
+#[derive(Debug, Clone)]
+pub enum PathRule {
+    /// Replace a leading path (whole segments only) with another.
+    Prefix {
+        /// Matched prefix, without trailing `/`.
+        from: String,
+        /// Replacement, without trailing `/`; empty strips the prefix.
+        to: String,
+    },
+    /// Regex replace-all, `$1`/`${name}` in the replacement.
+    Regex {
+        /// The compiled pattern.
+        from: regex::Regex,
+        /// Replacement.
+        to: String,
+    },
+}
+
+impl PathRule {
+    /// Compiles configured rules; the configuration already validated the regexes.
+    pub fn compile(rules: &[PathMapRule]) -> Result<Vec<PathRule>, String> {
+        rules
+            .iter()
+            .map(|r| {
+                if r.regex {
+                    let from = regex::Regex::new(&r.from).map_err(|e| format!("pathMap {:?}: {e}", r.from))?;
+                    Ok(PathRule::Regex { from, to: r.to.clone() })
+                } else {
+                    let trim = |s: &str| s.trim_matches('/').to_owned();
+                    Ok(PathRule::Prefix {
+                        from: trim(&r.from),
+                        to: trim(&r.to),
+                    })
+                }
+            })
+            .collect()
+    }
+
+    fn apply(&self, path: &str) -> Option<String> {
+        match self {
+            PathRule::Prefix { from, to } => {
+                let rest = path.strip_prefix(from.as_str())?;
+                // Whole segments only: `group/project` does not match `group/project2/x`.
+                if !(rest.is_empty() || rest.starts_with('/')) {
+                    return None;
+                }
+                Some(format!("{to}{rest}").trim_start_matches('/').to_owned())
+            }
+            PathRule::Regex { from, to } => from
+                .is_match(path)
+                .then(|| from.replace_all(path, to.as_str()).into_owned()),
+        }
+    }
+}
+
+/// Applies the first matching rule to a source repository path (unchanged when none matches).
+pub fn map_path(rules: &[PathRule], path: &str) -> String {
+    rules
+        .iter()
+        .find_map(|r| r.apply(path))
+        .unwrap_or_else(|| path.to_owned())
+}
+
+/// Cleans a repository name to a form both the OCI distribution grammar and ECR accept: lower-case;
+/// characters outside `[a-z0-9._-/]` become `-`; each run of separators becomes one (`.`/`_` when the run
+/// is only that character, else `-`); no separator at a component's edge; no empty components; at most
+/// 256 characters (longer names keep a prefix and get `-` + 12 hex of their sha256); never empty.
+pub fn clean_repository(name: &str) -> String {
+    let lowered: String = name
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let components: Vec<String> = lowered
+        .split('/')
+        .map(clean_component)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let cleaned = components.join("/");
+    if cleaned.is_empty() {
+        return "library/unknown".into();
+    }
+    if cleaned.len() <= MAX_REPOSITORY_LEN {
+        return cleaned;
+    }
+    let hash: String = Sha256::digest(cleaned.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let keep = &cleaned[..MAX_REPOSITORY_LEN - hash.len() - 1];
+    let keep = keep.trim_end_matches(|c: char| "._-/".contains(c));
+    format!("{keep}-{hash}")
+}
+
+fn clean_component(component: &str) -> String {
+    let mut out = String::with_capacity(component.len());
+    let mut run = String::new();
+    for c in component.chars() {
+        if "._-".contains(c) {
+            run.push(c);
+            continue;
+        }
+        if !run.is_empty() {
+            if !out.is_empty() {
+                let first = run.chars().next().unwrap_or('-');
+                out.push(if run.chars().all(|r| r == first) && first != '-' {
+                    first
+                } else {
+                    '-'
+                });
+            }
+            run.clear();
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The target repository for a source: `clean(prefix + "/" + clean(pathMap(source path)))`.
+pub fn target_repository(
+    prefix_template: &str,
+    rules: &[PathRule],
+    source: &ImageRef,
+    ctx: &NameContext,
+) -> Result<String, String> {
+    let prefix = expand_prefix(prefix_template, ctx, source.registry())?;
+    let path = clean_repository(&map_path(rules, source.repository()));
+    Ok(if prefix.is_empty() {
+        path
+    } else {
+        clean_repository(&format!("{prefix}/{path}"))
+    })
+}
+
 /// Placeholders of `digestTagTemplate`.
 pub const DIGEST_TAG_PLACEHOLDERS: &[&str] = &["algorithm", "hex", "short"];
 
@@ -64,6 +249,140 @@ pub fn expand(template: &str, value: impl Fn(&str) -> Option<String>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx() -> NameContext {
+        NameContext {
+            namespace: "prod".into(),
+            podname: "web".into(),
+            container_name: "app".into(),
+            arch: Some("amd64".into()),
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        let cases = [
+            ("mirror/$namespace", "mirror/prod"),
+            ("$registry/$namespace", "docker.io/prod"),
+            ("$namespace/$podname/$container_name", "prod/web/app"),
+            ("$arch/$namespace", "amd64/prod"),
+            ("", ""),
+            ("/a//b/ ", "a/b"),
+            ("x/$namespace-mirror", "x/prod-mirror"),
+        ];
+        for (template, want) in cases {
+            assert_eq!(
+                expand_prefix(template, &ctx(), "docker.io").unwrap(),
+                want,
+                "{template}"
+            );
+        }
+        let no_arch = NameContext { arch: None, ..ctx() };
+        assert_eq!(
+            expand_prefix("$arch/$namespace", &no_arch, "docker.io").unwrap(),
+            "prod",
+            "empty segment dropped"
+        );
+        let err = expand_prefix("$namespaces", &ctx(), "docker.io").unwrap_err();
+        assert!(err.contains("$namespaces"), "{err}");
+    }
+
+    #[test]
+    fn path_maps() {
+        let rules = PathRule::compile(&[
+            PathMapRule {
+                from: "group/project".into(),
+                to: "prod/project".into(),
+                regex: false,
+            },
+            PathMapRule {
+                from: "strip/".into(),
+                to: "".into(),
+                regex: false,
+            },
+            PathMapRule {
+                from: "^team-(.*)/(.*)$".into(),
+                to: "teams/$1/$2".into(),
+                regex: true,
+            },
+        ])
+        .unwrap();
+        let cases = [
+            ("group/project/app", "prod/project/app"),
+            ("group/project", "prod/project"),
+            ("group/project2/x", "group/project2/x"),
+            ("strip/a/b", "a/b"),
+            ("team-red/app", "teams/red/app"),
+            ("library/nginx", "library/nginx"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(map_path(&rules, path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn cleaning() {
+        let long = "a".repeat(300);
+        let cases: Vec<(&str, String)> = vec![
+            ("library/nginx", "library/nginx".into()),
+            ("Org/App", "org/app".into()),
+            ("a__b/c--d/e..f", "a_b/c-d/e.f".into()),
+            ("a._b", "a-b".into()),
+            ("-a-/_b_/.c.", "a/b/c".into()),
+            ("a//b", "a/b".into()),
+            ("registry:5000/x", "registry-5000/x".into()),
+            ("ünïcode/app", "n-code/app".into()),
+            ("", "library/unknown".into()),
+            ("///", "library/unknown".into()),
+        ];
+        for (input, want) in cases {
+            assert_eq!(clean_repository(input), want, "{input:?}");
+        }
+        let cleaned = clean_repository(&long);
+        assert_eq!(cleaned.len(), MAX_REPOSITORY_LEN);
+        assert!(
+            cleaned.starts_with("aaaa") && cleaned.chars().nth(243) == Some('-'),
+            "{cleaned}"
+        );
+        assert_ne!(
+            clean_repository(&format!("{long}b")),
+            cleaned,
+            "the hash keeps long names apart"
+        );
+        let ecr = regex::Regex::new(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$").unwrap();
+        for input in ["A__B--C", "x/.y./-z-", "a._-b", &long, "9/_/x"] {
+            let c = clean_repository(input);
+            assert!(ecr.is_match(&c) && c.len() <= MAX_REPOSITORY_LEN, "{input:?} → {c:?}");
+        }
+    }
+
+    #[test]
+    fn target_repositories() {
+        let rules = PathRule::compile(&[PathMapRule {
+            from: "bitnami".into(),
+            to: "vendor/bitnami".into(),
+            regex: false,
+        }])
+        .unwrap();
+        let cases = [
+            ("mirror/$namespace", "nginx:1.25", "mirror/prod/library/nginx"),
+            (
+                "$registry/$namespace",
+                "docker.io/library/nginx:1.28",
+                "docker.io/prod/library/nginx",
+            ),
+            ("$registry", "localhost:5000/app:1", "localhost-5000/app"),
+            ("", "bitnami/redis:7", "vendor/bitnami/redis"),
+        ];
+        for (template, source, want) in cases {
+            let source = ImageRef::parse(source).unwrap();
+            assert_eq!(
+                target_repository(template, &rules, &source, &ctx()).unwrap(),
+                want,
+                "{template} {source}"
+            );
+        }
+    }
 
     #[test]
     fn target_tags() {

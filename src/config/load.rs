@@ -224,14 +224,14 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
     let ecr = EcrConfig {
         account_id: loader.get("ecr.accountID", parse::text),
         region: loader.get("ecr.region", parse::text),
-        repo_prefix: loader.get("ecr.repoPrefix", parse::text),
+        repo_prefix: loader.get("ecr.repoPrefix", prefix_template),
         create_repo: loader.get("ecr.createRepo", parse::boolean),
         assume_role_arn: loader.get("ecr.assumeRoleArn", parse::text),
         lifecycle_policy: loader.get("ecr.lifecyclePolicy", json_text),
     };
     let docker = DockerConfig {
         registry: loader.get("docker.registry", registry_host),
-        repo_prefix: loader.get("docker.repoPrefix", parse::text),
+        repo_prefix: loader.get("docker.repoPrefix", prefix_template),
         insecure: loader.get("docker.insecure", parse::boolean),
         ca_file: loader.get("docker.caFile", parse::text),
         username: loader.get("TARGET_USERNAME", parse::text),
@@ -567,5 +567,16 @@ fn digest_tag_template(input: &Input) -> Result<String, String> {
         let sample = crate::reference::Digest::sha256_hex(&"0".repeat(64)).expect("valid digest");
         crate::naming::digest_tag(&template, &sample)?;
     }
+    Ok(template)
+}
+
+fn prefix_template(input: &Input) -> Result<String, String> {
+    let template = parse::text(input)?;
+    crate::naming::expand_prefix(
+        &template,
+        &crate::naming::NameContext::default(),
+        "registry.example.com",
+    )
+    .map_err(|e| format!("{e}; placeholders: ${}", crate::naming::PREFIX_PLACEHOLDERS.join(", $")))?;
     Ok(template)
 }

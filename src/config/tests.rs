@@ -214,6 +214,8 @@ fn bad_transport_settings_are_reported_by_name() {
         ("registryMirrors:\n  docker.io: [https://m.example.com]\n", &[], &["registryMirrors.docker.io", "without a scheme"]),
         ("blobConcurrency: 0", &[], &["blobConcurrency", "greater than 0"]),
         ("digestTagTemplate: 'v-$hexx'", &[], &["digestTagTemplate", "unknown placeholder $hexx"]),
+        ("docker:\n  repoPrefix: mirror/$namespaces\n", &[], &["docker.repoPrefix", "unknown placeholder $namespaces", "$container_name"]),
+        ("", &[("ECR_REPO_PREFIX", "$cluster/x")], &["ECR_REPO_PREFIX (env)", "$cluster"]),
         ("", &[("DIGEST_TAG_TEMPLATE", "bad/$short")], &["DIGEST_TAG_TEMPLATE (env)", "invalid tag"]),
     ]);
 }
