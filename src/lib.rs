@@ -9,6 +9,7 @@ pub mod copy;
 pub mod glob;
 pub mod images_file;
 pub mod naming;
+pub mod plan;
 pub mod platform;
 pub mod reference;
 pub mod registry;
