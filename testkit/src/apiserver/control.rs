@@ -100,10 +100,12 @@ fn route(server: &ApiServer, method: &Method, path: &str, q: &Query, body: &Byte
             server.clear_requests();
             Ok(json!({}))
         }
-        (Method::GET, ["resource-version"]) => {
-            Ok(json!({ "resourceVersion": server.resource_version().to_string() }))
-        }
-        _ => Err(ApiError::new(404, "NotFound", format!("no control endpoint {method} {path}"))),
+        (Method::GET, ["resource-version"]) => Ok(json!({ "resourceVersion": server.resource_version().to_string() })),
+        _ => Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("no control endpoint {method} {path}"),
+        )),
     }
 }
 

@@ -101,16 +101,25 @@ fn dispatch(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"));
-    let get_only = |r: Response| if method == Method::GET { Ok(r) } else { Err(ApiError::method_not_allowed()) };
+    let get_only = |r: Response| {
+        if method == Method::GET {
+            Ok(r)
+        } else {
+            Err(ApiError::method_not_allowed())
+        }
+    };
     match segs {
         ["version"] => get_only(json_response(StatusCode::OK, &version())),
         ["healthz" | "livez" | "readyz"] => get_only("ok".into_response()),
         ["api"] if aggregated => get_only(discovery_response(aggregated_discovery(true))),
-        ["api"] => get_only(json_response(StatusCode::OK, &json!({
-            "kind": "APIVersions",
-            "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": host(headers) }],
-        }))),
+        ["api"] => get_only(json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": host(headers) }],
+            }),
+        )),
         ["apis"] if aggregated => get_only(discovery_response(aggregated_discovery(false))),
         ["apis"] => get_only(json_response(StatusCode::OK, &api_group_list())),
         ["api", "v1"] => get_only(json_response(StatusCode::OK, &resource_list("", "v1"))),
@@ -153,7 +162,16 @@ fn version() -> Value {
     })
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
 fn group_version_entry(g: &str, v: &str) -> Value {
@@ -254,7 +272,8 @@ fn aggregated_discovery(core: bool) -> Value {
                             e["shortNames"] = json!(r.short_names);
                         }
                         if r.status_subresource {
-                            e["subresources"] = json!([{ "subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS }]);
+                            e["subresources"] =
+                                json!([{ "subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS }]);
                         }
                         e
                     })
@@ -291,15 +310,45 @@ fn parse_target<'a>(g: &str, v: &str, rest: &[&'a str]) -> Result<Target<'a>, Ap
         ["namespaces", ns, plural, more @ ..] if resources::by_path(g, v, plural).is_some() => {
             let res = find(plural)?;
             match more {
-                [] => Target { res, ns: Some(ns), name: None, sub: None },
-                [name] => Target { res, ns: Some(ns), name: Some(name), sub: None },
-                [name, sub] => Target { res, ns: Some(ns), name: Some(name), sub: Some(sub) },
+                [] => Target {
+                    res,
+                    ns: Some(ns),
+                    name: None,
+                    sub: None,
+                },
+                [name] => Target {
+                    res,
+                    ns: Some(ns),
+                    name: Some(name),
+                    sub: None,
+                },
+                [name, sub] => Target {
+                    res,
+                    ns: Some(ns),
+                    name: Some(name),
+                    sub: Some(sub),
+                },
                 _ => return Err(ApiError::no_such_resource()),
             }
         }
-        [plural] => Target { res: find(plural)?, ns: None, name: None, sub: None },
-        [plural, name] => Target { res: find(plural)?, ns: None, name: Some(name), sub: None },
-        [plural, name, sub] => Target { res: find(plural)?, ns: None, name: Some(name), sub: Some(sub) },
+        [plural] => Target {
+            res: find(plural)?,
+            ns: None,
+            name: None,
+            sub: None,
+        },
+        [plural, name] => Target {
+            res: find(plural)?,
+            ns: None,
+            name: Some(name),
+            sub: None,
+        },
+        [plural, name, sub] => Target {
+            res: find(plural)?,
+            ns: None,
+            name: Some(name),
+            sub: Some(sub),
+        },
         _ => return Err(ApiError::no_such_resource()),
     };
     let rt = &RESOURCES[t.res];
@@ -346,7 +395,8 @@ fn parse_body(body: &Bytes, yaml_ok: bool) -> Result<Value, ApiError> {
         Ok(v) => Ok(v),
         Err(e) if yaml_ok => {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request(format!("{e}")))?;
-            serde_saphyr::from_str::<Value>(text).map_err(|y| ApiError::bad_request(format!("error decoding YAML: {y}")))
+            serde_saphyr::from_str::<Value>(text)
+                .map_err(|y| ApiError::bad_request(format!("error decoding YAML: {y}")))
         }
         Err(e) => Err(ApiError::bad_request(format!("error decoding JSON: {e}"))),
     }
@@ -357,7 +407,11 @@ fn write_opts(q: &Query, headers: &HeaderMap, sub: Option<&str>) -> Result<Write
         dry_run: match q.get("dryRun") {
             None | Some("") => false,
             Some("All") => true,
-            Some(v) => return Err(ApiError::bad_request(format!("unsupported dryRun value {v:?}: only All"))),
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "unsupported dryRun value {v:?}: only All"
+                )));
+            }
         },
         field_manager: q.non_empty("fieldManager").map(str::to_owned),
         force: q.flag("force")?.unwrap_or(false),
@@ -392,7 +446,9 @@ fn resource_request(
             }
         }
         (Method::GET, Some(name)) => {
-            let obj = sh.read(|st| ops::get(st, t.res, ns, name)).ok_or_else(|| ApiError::not_found(rt, name))?;
+            let obj = sh
+                .read(|st| ops::get(st, t.res, ns, name))
+                .ok_or_else(|| ApiError::not_found(rt, name))?;
             Ok(object_response(StatusCode::OK, &obj, headers))
         }
         (Method::POST, None) => {
@@ -423,7 +479,11 @@ fn resource_request(
             Ok(object_response(code, &out, headers))
         }
         (Method::DELETE, Some(name)) if t.sub.is_none() => {
-            let options = if body.is_empty() { json!({}) } else { parse_body(body, false)? };
+            let options = if body.is_empty() {
+                json!({})
+            } else {
+                parse_body(body, false)?
+            };
             let dry_run = write_opts(q, headers, None)?.dry_run
                 || options
                     .get("dryRun")
@@ -479,7 +539,11 @@ fn encode_continue(rt: &ResourceType, rv: u64, last: &Key) -> String {
 }
 
 fn decode_continue(rt: &ResourceType, res: ResIdx, s: &str) -> Result<(u64, Key), ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
     let bytes = URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).map_err(|_| bad())?;
     let t: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     if t.v != "meta.k8s.io/v1" || t.r != rt.qualified() {
@@ -608,12 +672,15 @@ fn list(sh: &Arc<Shared>, res: ResIdx, ns: Option<&str>, q: &Query, meta_only: b
     if meta_only {
         // PartialObjectMetadata items keep their apiVersion/kind on the real server.
         let partials: Vec<Value> = items.iter().map(|v| partial(v)).collect();
-        return Ok(json_response(StatusCode::OK, &json!({
-            "kind": "PartialObjectMetadataList",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": metadata,
-            "items": partials,
-        })));
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": metadata,
+                "items": partials,
+            }),
+        ));
     }
     let body = ListBody {
         kind: rt.list_kind(),
@@ -634,7 +701,11 @@ fn delete_collection(
 ) -> Result<Response, ApiError> {
     let rt = &RESOURCES[res];
     let (labels, fields) = selectors(rt, q)?;
-    let options = if body.is_empty() { json!({}) } else { parse_body(body, false)? };
+    let options = if body.is_empty() {
+        json!({})
+    } else {
+        parse_body(body, false)?
+    };
     let dry_run = write_opts(q, headers, None)?.dry_run;
     let (items, rv) = sh.write(|st| -> Result<_, ApiError> {
         let mut names: Vec<(String, String)> = Vec::new();
@@ -747,6 +818,11 @@ impl Watch {
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
+            // A closed connection loses whatever was not yet sent.
+            if self.epoch_rx.has_changed().unwrap_or(true) {
+                self.pending.clear();
+                return None;
+            }
             if let Some(b) = self.pending.pop_front() {
                 return Some(b);
             }
@@ -765,7 +841,7 @@ impl Watch {
                         self.done = true;
                     }
                 }
-                _ = self.epoch_rx.changed() => self.done = true,
+                _ = self.epoch_rx.changed() => return None,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.done = true;
                 }
@@ -783,10 +859,11 @@ fn watch(sh: &Arc<Shared>, res: ResIdx, ns: Option<&str>, q: &Query, meta_only: 
     let (labels, fields) = selectors(rt, q)?;
     let bookmarks = q.flag("allowWatchBookmarks")?.unwrap_or(false);
     let timeout = match q.non_empty("timeoutSeconds") {
-        Some(t) => Some(Duration::from_secs(
-            t.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
-        )),
+        Some(t) => {
+            Some(Duration::from_secs(t.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid timeoutSeconds {t:?}"))
+            })?))
+        }
         None => None,
     };
     let rv_param = q.get("resourceVersion").unwrap_or("");
@@ -809,7 +886,11 @@ fn watch(sh: &Arc<Shared>, res: ResIdx, ns: Option<&str>, q: &Query, meta_only: 
         ));
     }
     let initial = send_initial.unwrap_or(rv_param.is_empty() || rv_param == "0");
-    let requested = if rv_param.is_empty() { None } else { Some(parse_rv(rv_param)?) };
+    let requested = if rv_param.is_empty() {
+        None
+    } else {
+        Some(parse_rv(rv_param)?)
+    };
     let mut w = Watch {
         sh: sh.clone(),
         res,
@@ -845,10 +926,14 @@ fn watch(sh: &Arc<Shared>, res: ResIdx, ns: Option<&str>, q: &Query, meta_only: 
         } else {
             let from = requested.unwrap_or(st.rv);
             if from > st.rv {
-                w.pending.push_back(line("ERROR", &ApiError::too_large(from, st.rv).to_status()));
+                w.pending
+                    .push_back(line("ERROR", &ApiError::too_large(from, st.rv).to_status()));
                 w.done = true;
             } else if !st.in_window(from) {
-                w.pending.push_back(line("ERROR", &ApiError::too_old(from, st.history_start + 1).to_status()));
+                w.pending.push_back(line(
+                    "ERROR",
+                    &ApiError::too_old(from, st.history_start + 1).to_status(),
+                ));
                 w.done = true;
             }
             w.cursor = from;

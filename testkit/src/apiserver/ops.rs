@@ -93,7 +93,9 @@ fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut b = [0u8; 5];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    b.iter().map(|x| ALPHABET[usize::from(*x) % ALPHABET.len()] as char).collect()
+    b.iter()
+        .map(|x| ALPHABET[usize::from(*x) % ALPHABET.len()] as char)
+        .collect()
 }
 
 fn meta(v: &Value) -> Option<&Map<String, Value>> {
@@ -131,7 +133,9 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
         Err(ApiError::invalid(
             rt,
             name,
-            format!("metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+            format!(
+                "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            ),
         ))
     }
 }
@@ -214,7 +218,10 @@ fn prepare(rt: &ResourceType, old: Option<&Value>, new: &mut Value, ns: &str, na
     }
     let generation = match old {
         Some(o) => {
-            let g = meta(o).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
+            let g = meta(o)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             if spec_differs(o, &given) { g + 1 } else { g }
         }
         None => match (trust, m.get("generation").and_then(Value::as_i64)) {
@@ -235,9 +242,7 @@ fn prepare(rt: &ResourceType, old: Option<&Value>, new: &mut Value, ns: &str, na
     }
     match rt.kind {
         "Namespace" => {
-            let labels = meta_mut(new)
-                .entry("labels")
-                .or_insert_with(|| json!({}));
+            let labels = meta_mut(new).entry("labels").or_insert_with(|| json!({}));
             if let Some(l) = labels.as_object_mut() {
                 l.insert("kubernetes.io/metadata.name".into(), json!(name));
             }
@@ -305,8 +310,12 @@ fn finish(store: &mut Store, key: Key, old: Option<&Arc<Value>>, new: Value, dry
     }
     let terminating = meta(&new).is_some_and(|m| m.contains_key("deletionTimestamp"));
     if terminating && !has_finalizers(&new) && old.is_some() {
-        store.commit(key.clone(), Some(new));
-        return store.commit(key, None);
+        // Like the real registry: no MODIFIED, just the delete (whose event carries the last
+        // stored state); the caller gets its update back with the delete's resourceVersion.
+        let gone = store.commit(key, None);
+        let mut new = new;
+        meta_mut(&mut new).insert("resourceVersion".into(), json!(rv_of(&gone).to_string()));
+        return Arc::new(new);
     }
     store.commit(key, Some(new))
 }
@@ -352,7 +361,11 @@ fn check_namespace(store: &Store, rt: &ResourceType, ns: &str, body: &Value) -> 
         Some(n) if meta(n).is_some_and(|m| m.contains_key("deletionTimestamp")) => Err(ApiError::new(
             403,
             "Forbidden",
-            format!("{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", rt.qualified(), name_of(body)),
+            format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                rt.qualified(),
+                name_of(body)
+            ),
         )),
         Some(_) => Ok(()),
     }
@@ -425,7 +438,11 @@ pub(crate) fn replace(
     let rt = &RESOURCES[res];
     check_type(rt, &body)?;
     let key = key(res, ns, name);
-    let old = store.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(rt, name))?;
+    let old = store
+        .objects
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(rt, name))?;
     if let Some(bn) = meta_str(&body, "name")
         && bn != name
     {
@@ -536,7 +553,8 @@ pub(crate) fn patch(
             // Apply creates.
             validate_name(rt, name)?;
             check_namespace(store, rt, ns, body)?;
-            let mut new = patch::server_side_apply(None, body, &w, opts.force).map_err(|_| ApiError::stale(rt, name))?;
+            let mut new =
+                patch::server_side_apply(None, body, &w, opts.force).map_err(|_| ApiError::stale(rt, name))?;
             let mf = meta(&new).and_then(|m| m.get("managedFields")).cloned();
             prepare(rt, None, &mut new, ns, name, Trust::Api);
             if let Some(mf) = mf {
@@ -580,7 +598,11 @@ pub(crate) fn patch(
             }
         };
         let mf = meta(&new).and_then(|m| m.get("managedFields")).cloned();
-        let trust = if opts.subresource.is_some() { Trust::Control } else { Trust::Api };
+        let trust = if opts.subresource.is_some() {
+            Trust::Control
+        } else {
+            Trust::Api
+        };
         prepare(rt, Some(&old), &mut new, ns, name, trust);
         match mf {
             Some(mf) => {
@@ -632,7 +654,11 @@ pub(crate) fn delete(
 ) -> Result<Deleted, ApiError> {
     let rt = &RESOURCES[res];
     let key = key(res, ns, name);
-    let old = store.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(rt, name))?;
+    let old = store
+        .objects
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(rt, name))?;
     if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
         let actual = meta_str(&old, "uid").unwrap_or("");
         if uid != actual {
@@ -643,13 +669,18 @@ pub(crate) fn delete(
             ));
         }
     }
-    if let Some(rv) = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+    if let Some(rv) = options
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
         let actual = rv_of(&old).to_string();
         if rv != actual {
             return Err(ApiError::conflict(
                 rt,
                 name,
-                &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}"),
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}"
+                ),
             ));
         }
     }
@@ -736,7 +767,11 @@ mod tests {
 
     fn with_default_ns() -> Store {
         let mut s = Store::new(100);
-        control_apply(&mut s, json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "default" } })).unwrap();
+        control_apply(
+            &mut s,
+            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "default" } }),
+        )
+        .unwrap();
         s
     }
 
@@ -765,7 +800,15 @@ mod tests {
         assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
         // No-op writes keep the resourceVersion.
         let rv = s.rv;
-        let same = replace(&mut s, idx("pods"), "default", "p", (*updated).clone(), &WriteOpts::default()).unwrap();
+        let same = replace(
+            &mut s,
+            idx("pods"),
+            "default",
+            "p",
+            (*updated).clone(),
+            &WriteOpts::default(),
+        )
+        .unwrap();
         assert_eq!(s.rv, rv);
         assert_eq!(rv_of(&same), rv);
     }
@@ -776,7 +819,8 @@ mod tests {
         let cm = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "s", "finalizers": ["x/y"] }, "stringData": { "k": "v" } });
         let created = create(&mut s, idx("secrets"), "default", cm, &WriteOpts::default()).unwrap();
         assert_eq!(created["data"]["k"], "dg==");
-        let Deleted::Pending(marked) = delete(&mut s, idx("secrets"), "default", "s", &json!({}), false).unwrap() else {
+        let Deleted::Pending(marked) = delete(&mut s, idx("secrets"), "default", "s", &json!({}), false).unwrap()
+        else {
             panic!("expected pending")
         };
         assert!(marked["metadata"]["deletionTimestamp"].is_string());
@@ -797,9 +841,21 @@ mod tests {
     #[test]
     fn namespace_delete_cascades() {
         let mut s = with_default_ns();
-        control_apply(&mut s, json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "apps" } })).unwrap();
-        control_apply(&mut s, json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "a", "namespace": "apps" } })).unwrap();
-        control_apply(&mut s, json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "b" } })).unwrap();
+        control_apply(
+            &mut s,
+            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "apps" } }),
+        )
+        .unwrap();
+        control_apply(
+            &mut s,
+            json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "a", "namespace": "apps" } }),
+        )
+        .unwrap();
+        control_apply(
+            &mut s,
+            json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "b" } }),
+        )
+        .unwrap();
         assert!(control_delete(&mut s, idx("ns"), "", "apps").is_some());
         assert!(get(&s, idx("pods"), "apps", "a").is_none());
         assert!(get(&s, idx("pods"), "default", "b").is_some());

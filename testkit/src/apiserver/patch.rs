@@ -32,7 +32,10 @@ fn pointer_parts(ptr: &str) -> Result<Vec<String>, String> {
     let Some(rest) = ptr.strip_prefix('/') else {
         return Err(format!("invalid JSON pointer {ptr:?}"));
     };
-    Ok(rest.split('/').map(|p| p.replace("~1", "/").replace("~0", "~")).collect())
+    Ok(rest
+        .split('/')
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect())
 }
 
 fn parent_mut<'a>(doc: &'a mut Value, parts: &[String]) -> Result<&'a mut Value, String> {
@@ -51,7 +54,9 @@ fn parent_mut<'a>(doc: &'a mut Value, parts: &[String]) -> Result<&'a mut Value,
 }
 
 fn get_at(doc: &Value, ptr: &str) -> Result<Value, String> {
-    doc.pointer(ptr).cloned().ok_or_else(|| format!("path {ptr:?} not found"))
+    doc.pointer(ptr)
+        .cloned()
+        .ok_or_else(|| format!("path {ptr:?} not found"))
 }
 
 fn add_at(doc: &mut Value, ptr: &str, value: Value) -> Result<(), String> {
@@ -104,9 +109,20 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
     let ops = ops.as_array().ok_or("a JSON patch must be an array of operations")?;
     for op in ops {
         let name = op.get("op").and_then(Value::as_str).ok_or("operation without \"op\"")?;
-        let path = op.get("path").and_then(Value::as_str).ok_or("operation without \"path\"")?;
-        let value = || op.get("value").cloned().ok_or(format!("{name} operation without \"value\""));
-        let from = || op.get("from").and_then(Value::as_str).ok_or(format!("{name} operation without \"from\""));
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or("operation without \"path\"")?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or(format!("{name} operation without \"value\""))
+        };
+        let from = || {
+            op.get("from")
+                .and_then(Value::as_str)
+                .ok_or(format!("{name} operation without \"from\""))
+        };
         match name {
             "add" => add_at(doc, path, value()?)?,
             "remove" => {
@@ -446,7 +462,9 @@ pub fn server_side_apply(
 
 /// Removes the value at `path` (and then empty parent objects).
 fn remove_path(v: &mut Value, path: &[String]) {
-    let Some((first, rest)) = path.split_first() else { return };
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
     let Some(m) = v.as_object_mut() else { return };
     if rest.is_empty() {
         m.remove(first);
@@ -522,14 +540,23 @@ mod tests {
         set.insert(vec!["spec".to_owned(), "holderIdentity".to_owned()]);
         set.insert(vec!["metadata".to_owned(), "labels".to_owned(), "a".to_owned()]);
         let v = fields_to_v1(&set);
-        assert_eq!(v, json!({ "f:spec": { "f:holderIdentity": {} }, "f:metadata": { "f:labels": { "f:a": {} } } }));
+        assert_eq!(
+            v,
+            json!({ "f:spec": { "f:holderIdentity": {} }, "f:metadata": { "f:labels": { "f:a": {} } } })
+        );
         assert_eq!(fields_from_v1(&v), set);
     }
 
     #[test]
     fn apply_conflicts_and_force() {
         let base = json!({ "apiVersion": "v1", "kind": "X", "metadata": { "name": "n" }, "spec": {} });
-        let a = server_side_apply(Some(&base), &json!({ "spec": { "holder": "a", "t": 1 } }), &w("a"), false).unwrap();
+        let a = server_side_apply(
+            Some(&base),
+            &json!({ "spec": { "holder": "a", "t": 1 } }),
+            &w("a"),
+            false,
+        )
+        .unwrap();
         // Same value: shared ownership, no conflict.
         let shared = server_side_apply(Some(&a), &json!({ "spec": { "t": 1 } }), &w("b"), false).unwrap();
         assert_eq!(read_managed(&shared).len(), 2);
@@ -538,8 +565,16 @@ mod tests {
         let forced = server_side_apply(Some(&a), &json!({ "spec": { "holder": "b" } }), &w("b"), true).unwrap();
         assert_eq!(forced["spec"]["holder"], "b");
         let owners = read_managed(&forced);
-        assert!(owners.iter().any(|e| e.manager == "b" && e.fields.contains(&vec!["spec".into(), "holder".into()])));
-        assert!(!owners.iter().any(|e| e.manager == "a" && e.fields.contains(&vec!["spec".into(), "holder".into()])));
+        assert!(
+            owners
+                .iter()
+                .any(|e| e.manager == "b" && e.fields.contains(&vec!["spec".into(), "holder".into()]))
+        );
+        assert!(
+            !owners
+                .iter()
+                .any(|e| e.manager == "a" && e.fields.contains(&vec!["spec".into(), "holder".into()]))
+        );
         // Re-applying without a field removes it.
         let again = server_side_apply(Some(&a), &json!({ "spec": { "holder": "a" } }), &w("a"), false).unwrap();
         assert!(again["spec"].get("t").is_none());
@@ -548,7 +583,13 @@ mod tests {
     #[test]
     fn update_takes_ownership_and_removal_frees() {
         let base = json!({ "apiVersion": "v1", "kind": "X", "metadata": { "name": "n" }, "spec": {} });
-        let a = server_side_apply(Some(&base), &json!({ "spec": { "holder": "a", "t": 1 } }), &w("a"), false).unwrap();
+        let a = server_side_apply(
+            Some(&base),
+            &json!({ "spec": { "holder": "a", "t": 1 } }),
+            &w("a"),
+            false,
+        )
+        .unwrap();
         let mut released = a.clone();
         merge_patch(&mut released, &json!({ "spec": { "holder": null, "t": null } }));
         record_update(&a, &mut released, &w("a"));
@@ -560,6 +601,10 @@ mod tests {
         record_update(&b, &mut renewed, &w("b"));
         let entries = read_managed(&renewed);
         assert_eq!(entries.len(), 2);
-        assert!(entries.iter().any(|e| e.operation == "Update" && e.fields.contains(&vec!["spec".into(), "t".into()])));
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.operation == "Update" && e.fields.contains(&vec!["spec".into(), "t".into()]))
+        );
     }
 }

@@ -271,7 +271,10 @@ mod tests {
         assert_eq!(RESOURCES[by_name("deploy").unwrap()].kind, "Deployment");
         assert_eq!(RESOURCES[by_name("leases.coordination.k8s.io").unwrap()].kind, "Lease");
         assert_eq!(by_path("apps", "v1", "pods"), None);
-        assert_eq!(RESOURCES[by_api_version_kind("batch/v1", "CronJob").unwrap()].plural, "cronjobs");
+        assert_eq!(
+            RESOURCES[by_api_version_kind("batch/v1", "CronJob").unwrap()].plural,
+            "cronjobs"
+        );
         assert_eq!(group_versions()[0], ("", "v1"));
         assert_eq!(RESOURCES[by_name("pods").unwrap()].qualified(), "pods");
         assert_eq!(RESOURCES[by_name("jobs").unwrap()].qualified(), "jobs.batch");

@@ -41,7 +41,10 @@ impl LabelSelector {
                 break;
             }
             if !p.eat(b',') {
-                return Err(format!("unable to parse requirement: found '{}', expected: ','", p.rest()));
+                return Err(format!(
+                    "unable to parse requirement: found '{}', expected: ','",
+                    p.rest()
+                ));
             }
         }
         Ok(LabelSelector(reqs))
@@ -113,7 +116,10 @@ impl Parser<'_> {
         self.ws();
         let k = self.word();
         if k.is_empty() {
-            return Err(format!("unable to parse requirement: found '{}', expected: identifier", self.rest()));
+            return Err(format!(
+                "unable to parse requirement: found '{}', expected: identifier",
+                self.rest()
+            ));
         }
         validate_key(&k)?;
         Ok(k)
@@ -129,7 +135,10 @@ impl Parser<'_> {
     fn set(&mut self) -> Result<Vec<String>, String> {
         self.ws();
         if !self.eat(b'(') {
-            return Err(format!("unable to parse requirement: found '{}', expected: '('", self.rest()));
+            return Err(format!(
+                "unable to parse requirement: found '{}', expected: '('",
+                self.rest()
+            ));
         }
         let mut vs = Vec::new();
         loop {
@@ -139,7 +148,10 @@ impl Parser<'_> {
                 return Ok(vs);
             }
             if !self.eat(b',') {
-                return Err(format!("unable to parse requirement: found '{}', expected: ',' or ')'", self.rest()));
+                return Err(format!(
+                    "unable to parse requirement: found '{}', expected: ',' or ')'",
+                    self.rest()
+                ));
             }
         }
     }
@@ -198,7 +210,9 @@ fn validate_key(k: &str) -> Result<(), String> {
     if name_ok && prefix_ok {
         Ok(())
     } else {
-        Err(format!("invalid label key {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
+        Err(format!(
+            "invalid label key {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ))
     }
 }
 
@@ -237,13 +251,10 @@ impl FieldSelector {
                 return Err(format!("invalid selector: '{s}'; can't understand '{term}'"));
             };
             let field = field.trim().to_owned();
-            let supported = field == "metadata.name"
-                || field == "metadata.namespace"
-                || rt.field_labels.contains(&field.as_str());
+            let supported =
+                field == "metadata.name" || field == "metadata.namespace" || rt.field_labels.contains(&field.as_str());
             if !supported {
-                return Err(format!(
-                    "field label not supported: {field}"
-                ));
+                return Err(format!("field label not supported: {field}"));
             }
             out.push(FieldReq {
                 field,
@@ -257,7 +268,11 @@ impl FieldSelector {
     /// Whether the object satisfies every requirement (missing fields compare as `""`).
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|r| {
-            let path = if r.field == "source" { "source.component" } else { &r.field };
+            let path = if r.field == "source" {
+                "source.component"
+            } else {
+                &r.field
+            };
             let mut cur = Some(obj);
             for part in path.split('.') {
                 cur = cur.and_then(|v| v.get(part));
