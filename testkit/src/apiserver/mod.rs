@@ -228,6 +228,19 @@ impl ApiServer {
         })
     }
 
+    /// [`ApiServer::apply_all`] without handing the stored objects back (for bulk loads):
+    /// the number applied.
+    pub fn load(&self, objs: impl IntoIterator<Item = Value>) -> Result<usize, ApiError> {
+        self.shared.write(|st| {
+            let mut n = 0;
+            for o in objs {
+                ops::control_apply(st, o)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     /// Deletes an object at once (finalizers ignored; a namespace takes its contents), emitting
     /// DELETED. `kind` is a kind, plural or short name (`Pod`, `pods`, `deploy`); `ns` is `""`
     /// for cluster-scoped kinds. Returns the object's last state, `None` if it did not exist.
@@ -343,12 +356,14 @@ pub fn parse_documents(text: &str) -> anyhow::Result<Vec<Value>> {
         match d {
             Value::Null => {}
             Value::Array(items) => out.extend(items),
-            Value::Object(ref m) if m.get("items").is_some_and(Value::is_array) => {
-                if let Some(Value::Array(items)) = m.get("items") {
-                    out.extend(items.iter().cloned());
+            Value::Object(mut m) => match m.remove("items") {
+                Some(Value::Array(items)) => out.extend(items),
+                Some(other) => {
+                    m.insert("items".into(), other);
+                    out.push(Value::Object(m));
                 }
-            }
-            v @ Value::Object(_) => out.push(v),
+                None => out.push(Value::Object(m)),
+            },
             other => anyhow::bail!("not an object: {other}"),
         }
     }

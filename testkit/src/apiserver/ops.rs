@@ -142,43 +142,75 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
 
 /// Everything but `metadata`, `status`, `apiVersion`, `kind`: what bumps `generation`.
 fn spec_differs(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| -> Map<String, Value> {
-        v.as_object()
-            .map(|m| {
-                m.iter()
-                    .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let skip = |k: &str| matches!(k, "metadata" | "status" | "apiVersion" | "kind");
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a != b;
     };
-    strip(a) != strip(b)
+    let count = |m: &Map<String, Value>| m.keys().filter(|k| !skip(k)).count();
+    count(a) != count(b) || a.iter().filter(|(k, _)| !skip(k)).any(|(k, v)| b.get(k) != Some(v))
 }
 
 /// Equal apart from `resourceVersion` and managed-fields timestamps: such a write is a no-op.
 fn same_object(a: &Value, b: &Value) -> bool {
-    let norm = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            if let Some(Value::Array(entries)) = m.get_mut("managedFields") {
-                for e in entries {
-                    if let Some(e) = e.as_object_mut() {
-                        e.remove("time");
-                    }
-                }
+    fn keys_eq(a: &Map<String, Value>, b: &Map<String, Value>, skip: &dyn Fn(&str) -> bool) -> bool {
+        a.keys().filter(|k| !skip(k)).eq(b.keys().filter(|k| !skip(k)))
+    }
+    fn maps_eq(a: &Map<String, Value>, b: &Map<String, Value>, skip: &dyn Fn(&str) -> bool) -> bool {
+        keys_eq(a, b, skip) && a.iter().filter(|(k, _)| !skip(k)).all(|(k, v)| b.get(k) == Some(v))
+    }
+    fn managed_eq(x: &Value, y: &Value) -> bool {
+        match (x.as_array(), y.as_array()) {
+            (Some(xs), Some(ys)) => {
+                xs.len() == ys.len()
+                    && xs.iter().zip(ys).all(|(e, f)| match (e.as_object(), f.as_object()) {
+                        (Some(e), Some(f)) => maps_eq(e, f, &|k| k == "time"),
+                        _ => e == f,
+                    })
             }
+            _ => x == y,
         }
-        v
+    }
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
     };
-    norm(a) == norm(b)
+    keys_eq(a, b, &|_| false)
+        && a.iter().all(|(k, va)| {
+            let vb = &b[k];
+            match (k.as_str(), va.as_object(), vb.as_object()) {
+                ("metadata", Some(ma), Some(mb)) => {
+                    let skip = |k: &str| k == "resourceVersion" || k == "managedFields";
+                    maps_eq(ma, mb, &skip)
+                        && match (ma.get("managedFields"), mb.get("managedFields")) {
+                            (Some(x), Some(y)) => managed_eq(x, y),
+                            (x, y) => x == y,
+                        }
+                }
+                _ => va == vb,
+            }
+        })
 }
 
 /// Fills in and fixes up server-owned fields of `new` (which replaces `old`).
 fn prepare(rt: &ResourceType, old: Option<&Value>, new: &mut Value, ns: &str, name: &str, trust: Trust) {
     new["apiVersion"] = json!(rt.api_version());
     new["kind"] = json!(rt.kind);
-    let given = new.clone();
+    // Only fields outside metadata and status bump the generation: decide before touching them.
+    let generation = match old {
+        Some(o) => {
+            let g = meta(o)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            if spec_differs(o, new) { g + 1 } else { g }
+        }
+        None => match (
+            trust,
+            meta(new).and_then(|m| m.get("generation")).and_then(Value::as_i64),
+        ) {
+            (Trust::Control, Some(g)) => g,
+            _ => 1,
+        },
+    };
     let m = meta_mut(new);
     m.insert("name".into(), json!(name));
     if rt.namespaced {
@@ -216,19 +248,6 @@ fn prepare(rt: &ResourceType, old: Option<&Value>, new: &mut Value, ns: &str, na
         keep("deletionTimestamp", m);
         keep("deletionGracePeriodSeconds", m);
     }
-    let generation = match old {
-        Some(o) => {
-            let g = meta(o)
-                .and_then(|m| m.get("generation"))
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
-            if spec_differs(o, &given) { g + 1 } else { g }
-        }
-        None => match (trust, m.get("generation").and_then(Value::as_i64)) {
-            (Trust::Control, Some(g)) => g,
-            _ => 1,
-        },
-    };
     m.insert("generation".into(), json!(generation));
     if trust == Trust::Api && rt.status_subresource {
         match old.and_then(|o| o.get("status")) {

@@ -68,9 +68,8 @@ fn main() -> anyhow::Result<()> {
     for file in &args.load {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let docs = parse_documents(&text).with_context(|| format!("parsing {}", file.display()))?;
-        let n = docs.len();
-        server
-            .apply_all(docs)
+        let n = server
+            .load(docs)
             .map_err(|e| anyhow::anyhow!("loading {}: {e}", file.display()))?;
         eprintln!("loaded {n} objects from {}", file.display());
     }
