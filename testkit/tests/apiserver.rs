@@ -438,6 +438,29 @@ async fn label_and_field_selectors() {
         api_error(api.list(&ListParams::default().labels("app in web")).await),
         (400, "BadRequest".into())
     );
+
+    // A selector-filtered watch sees objects enter and leave the selection as ADDED/DELETED.
+    let rv = server.resource_version().to_string();
+    let mut s = api
+        .watch(&WatchParams::default().labels("app=web").disable_bookmarks(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    server.apply(pod("c", json!({ "app": "web" }))).unwrap();
+    server.apply(pod("a", json!({ "app": "db" }))).unwrap();
+    server.apply(pod("a", json!({ "app": "db", "x": "y" }))).unwrap();
+    server.apply(pod("b", json!({ "app": "web", "x": "y" }))).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = timeout(T, s.try_next()).await.unwrap().unwrap().unwrap();
+        seen.push(match ev {
+            WatchEvent::Added(p) => format!("ADDED {}", p.name_any()),
+            WatchEvent::Modified(p) => format!("MODIFIED {}", p.name_any()),
+            WatchEvent::Deleted(p) => format!("DELETED {}", p.name_any()),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(seen, ["ADDED c", "DELETED a", "MODIFIED b"]);
 }
 
 #[tokio::test]

@@ -858,12 +858,15 @@ fn watch(sh: &Arc<Shared>, res: ResIdx, ns: Option<&str>, q: &Query, meta_only: 
     let rt = &RESOURCES[res];
     let (labels, fields) = selectors(rt, q)?;
     let bookmarks = q.flag("allowWatchBookmarks")?.unwrap_or(false);
+    // No (or a zero) timeout: the stream lasts until the client goes or watches are closed.
     let timeout = match q.non_empty("timeoutSeconds") {
-        Some(t) => {
-            Some(Duration::from_secs(t.parse().map_err(|_| {
-                ApiError::bad_request(format!("invalid timeoutSeconds {t:?}"))
-            })?))
-        }
+        Some(t) => match t
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?
+        {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        },
         None => None,
     };
     let rv_param = q.get("resourceVersion").unwrap_or("");

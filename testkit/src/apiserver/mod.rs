@@ -313,7 +313,8 @@ impl ApiServer {
         self.shared.epoch_tx.send_modify(|e| *e += 1);
     }
 
-    /// Period of BOOKMARK events for watches opened from now on.
+    /// Period of BOOKMARK events: at once for watches opened from now on, after their next
+    /// bookmark for open ones.
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *lock(&self.shared.bookmark_interval) = interval.max(Duration::from_millis(1));
     }
