@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod apiserver;
 mod certs;
 pub mod fault;
 pub mod image;
