@@ -1,4 +1,6 @@
-//! Cluster discovery: which images the cluster's workloads use. Watchers (coming next) feed these
-//! extraction functions and keep only the image uses, never whole objects.
+//! Cluster discovery: which images the cluster's workloads use. Watchers reduce each object to its
+//! image uses on arrival; the inventory keeps only those, never whole objects.
 
 pub mod extract;
+pub mod inventory;
+pub mod watch;

@@ -3,6 +3,7 @@
 mod check_config;
 mod commands;
 mod copy;
+mod discovery;
 mod faults;
 mod registry;
 mod support;

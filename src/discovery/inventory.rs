@@ -1,0 +1,383 @@
+//! What the cluster currently uses, kept compactly: per object, only its image uses and its owner.
+//! Watch events update it; a relist (`Init` … `InitDone`) removes objects that vanished meanwhile.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::plan::Kind;
+
+use super::extract::{ContainerImage, Owner, OwnerKind};
+
+/// What copycat watches: the workload kinds, plus ReplicaSets (to resolve a Pod's Deployment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Watched {
+    /// A workload kind whose images are mirrored.
+    Workload(Kind),
+    /// ReplicaSets, for owner chains only.
+    ReplicaSet,
+}
+
+/// One object's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// Workload kind.
+    pub kind: Kind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// What an object contributes, extracted from a watch event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Images in use (empty for finished Pods).
+    pub images: Vec<ContainerImage>,
+    /// Controller, when the object has one copycat follows.
+    pub owner: Option<Owner>,
+}
+
+/// A watch event, reduced to what the inventory needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// A relist of `Watched` starts.
+    Init(Watched),
+    /// An object seen during a relist.
+    InitApply(Watched, Seen),
+    /// The relist is complete: objects not seen in it are gone.
+    InitDone(Watched),
+    /// An object was added or changed.
+    Apply(Watched, Seen),
+    /// An object was deleted.
+    Delete(Watched, Seen),
+}
+
+/// An object's image uses and owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Images in use.
+    pub images: Vec<ContainerImage>,
+    /// Controller, if any.
+    pub owner: Option<Owner>,
+}
+
+/// The current image uses of every watched object.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    objects: HashMap<ObjectKey, Entry>,
+    /// (namespace, ReplicaSet) → Deployment.
+    replica_sets: HashMap<(String, String), String>,
+    /// Objects seen by an ongoing relist, per watched kind.
+    relisting: HashMap<Watched, HashSet<(String, String)>>,
+    synced: HashSet<Watched>,
+}
+
+impl Inventory {
+    /// An empty inventory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one update; returns whether any image use changed (a reason to plan again).
+    pub fn apply(&mut self, update: Update) -> bool {
+        match update {
+            Update::Init(w) => {
+                self.relisting.insert(w, HashSet::new());
+                false
+            }
+            Update::InitApply(w, seen) => {
+                self.relisting
+                    .entry(w)
+                    .or_default()
+                    .insert((seen.namespace.clone(), seen.name.clone()));
+                self.upsert(w, seen)
+            }
+            Update::InitDone(w) => {
+                let seen = self.relisting.remove(&w).unwrap_or_default();
+                self.synced.insert(w);
+                self.retain(w, |ns, name| seen.contains(&(ns.to_owned(), name.to_owned())))
+            }
+            Update::Apply(w, seen) => self.upsert(w, seen),
+            Update::Delete(w, seen) => self.remove(w, &seen.namespace, &seen.name),
+        }
+    }
+
+    fn upsert(&mut self, w: Watched, seen: Seen) -> bool {
+        match w {
+            Watched::ReplicaSet => {
+                let key = (seen.namespace, seen.name);
+                match seen.owner.filter(|o| o.kind == OwnerKind::Workload(Kind::Deployment)) {
+                    Some(owner) => self.replica_sets.insert(key, owner.name.clone()).as_ref() != Some(&owner.name),
+                    None => self.replica_sets.remove(&key).is_some(),
+                }
+            }
+            Watched::Workload(kind) => {
+                let key = ObjectKey {
+                    kind,
+                    namespace: seen.namespace,
+                    name: seen.name,
+                };
+                let entry = Entry {
+                    images: seen.images,
+                    owner: seen.owner,
+                };
+                if self.objects.get(&key) == Some(&entry) {
+                    return false;
+                }
+                // An owner change alone matters to skips and names, so it counts as a change too.
+                self.objects.insert(key, entry);
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, w: Watched, namespace: &str, name: &str) -> bool {
+        match w {
+            Watched::ReplicaSet => self
+                .replica_sets
+                .remove(&(namespace.to_owned(), name.to_owned()))
+                .is_some(),
+            Watched::Workload(kind) => {
+                let key = ObjectKey {
+                    kind,
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                };
+                self.objects.remove(&key).is_some_and(|e| !e.images.is_empty())
+            }
+        }
+    }
+
+    fn retain(&mut self, w: Watched, keep: impl Fn(&str, &str) -> bool) -> bool {
+        match w {
+            Watched::ReplicaSet => {
+                let before = self.replica_sets.len();
+                self.replica_sets.retain(|(ns, name), _| keep(ns, name));
+                before != self.replica_sets.len()
+            }
+            Watched::Workload(kind) => {
+                let before = self.objects.len();
+                self.objects
+                    .retain(|k, _| k.kind != kind || keep(&k.namespace, &k.name));
+                before != self.objects.len()
+            }
+        }
+    }
+
+    /// Whether the first list of `w` has completed.
+    pub fn is_synced(&self, w: Watched) -> bool {
+        self.synced.contains(&w)
+    }
+
+    /// Every object with its entry.
+    pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Entry)> {
+        self.objects.iter()
+    }
+
+    /// The workload a Pod or Job belongs to, following ReplicaSet → Deployment and Job → CronJob; the
+    /// object itself when it has no such owner. A ReplicaSet not (yet) known is resolved by its name
+    /// (`<deployment>-<pod-template-hash>`), so a Pod never gets a name of its own by accident.
+    pub fn workload_of(&self, key: &ObjectKey, entry: &Entry) -> (Kind, String) {
+        let Some(owner) = &entry.owner else {
+            return (key.kind, key.name.clone());
+        };
+        match owner.kind {
+            OwnerKind::ReplicaSet => {
+                let deployment = self
+                    .replica_sets
+                    .get(&(key.namespace.clone(), owner.name.clone()))
+                    .cloned();
+                let fallback = || {
+                    owner
+                        .name
+                        .rsplit_once('-')
+                        .map_or(owner.name.clone(), |(d, _)| d.to_owned())
+                };
+                (Kind::Deployment, deployment.unwrap_or_else(fallback))
+            }
+            OwnerKind::Workload(Kind::Job) => {
+                let job = ObjectKey {
+                    kind: Kind::Job,
+                    namespace: key.namespace.clone(),
+                    name: owner.name.clone(),
+                };
+                match self.objects.get(&job).and_then(|e| e.owner.as_ref()) {
+                    Some(o) if o.kind == OwnerKind::Workload(Kind::CronJob) => (Kind::CronJob, o.name.clone()),
+                    _ => (Kind::Job, owner.name.clone()),
+                }
+            }
+            OwnerKind::Workload(kind) => (kind, owner.name.clone()),
+        }
+    }
+
+    /// Every workload in the owner chain of an object (itself first), for skip lists.
+    pub fn owner_chain(&self, key: &ObjectKey, entry: &Entry) -> Vec<(Kind, String)> {
+        let mut chain = vec![(key.kind, key.name.clone())];
+        if let Some(owner) = &entry.owner {
+            if let OwnerKind::Workload(Kind::Job) = owner.kind {
+                chain.push((Kind::Job, owner.name.clone()));
+            }
+            let top = self.workload_of(key, entry);
+            if !chain.contains(&top) {
+                chain.push(top);
+            }
+        }
+        chain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(ns: &str, name: &str, images: &[&str], owner: Option<(OwnerKind, &str)>) -> Seen {
+        Seen {
+            namespace: ns.into(),
+            name: name.into(),
+            images: images
+                .iter()
+                .map(|i| ContainerImage {
+                    image: (*i).into(),
+                    container: "c".into(),
+                    pod_digest: None,
+                })
+                .collect(),
+            owner: owner.map(|(kind, name)| Owner {
+                kind,
+                name: name.into(),
+            }),
+        }
+    }
+
+    const DEPLOY: Watched = Watched::Workload(Kind::Deployment);
+    const POD: Watched = Watched::Workload(Kind::Pod);
+
+    fn names(inv: &Inventory) -> Vec<String> {
+        let mut v: Vec<String> = inv
+            .objects()
+            .map(|(k, _)| format!("{:?}/{}/{}", k.kind, k.namespace, k.name))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn events_and_relists() {
+        let mut inv = Inventory::new();
+        assert!(!inv.apply(Update::Init(DEPLOY)));
+        assert!(inv.apply(Update::InitApply(DEPLOY, seen("a", "web", &["nginx:1"], None))));
+        assert!(inv.apply(Update::InitApply(DEPLOY, seen("a", "api", &["api:1"], None))));
+        assert!(!inv.apply(Update::InitDone(DEPLOY)));
+        assert!(inv.is_synced(DEPLOY) && !inv.is_synced(POD));
+        assert!(
+            !inv.apply(Update::Apply(DEPLOY, seen("a", "web", &["nginx:1"], None))),
+            "no change, no replan"
+        );
+        assert!(inv.apply(Update::Apply(DEPLOY, seen("a", "web", &["nginx:2"], None))));
+        // A relist after a 410 that no longer has `api`: it is gone.
+        inv.apply(Update::Init(DEPLOY));
+        inv.apply(Update::InitApply(DEPLOY, seen("a", "web", &["nginx:2"], None)));
+        assert!(inv.apply(Update::InitDone(DEPLOY)));
+        assert_eq!(names(&inv), vec!["Deployment/a/web"]);
+        assert!(inv.apply(Update::Delete(DEPLOY, seen("a", "web", &[], None))));
+        assert!(names(&inv).is_empty());
+    }
+
+    #[test]
+    fn owner_chains() {
+        let mut inv = Inventory::new();
+        inv.apply(Update::Apply(
+            Watched::ReplicaSet,
+            seen(
+                "a",
+                "web-7d4b9",
+                &[],
+                Some((OwnerKind::Workload(Kind::Deployment), "web")),
+            ),
+        ));
+        inv.apply(Update::Apply(
+            Watched::Workload(Kind::Job),
+            seen(
+                "a",
+                "nightly-123",
+                &["tool:1"],
+                Some((OwnerKind::Workload(Kind::CronJob), "nightly")),
+            ),
+        ));
+        let cases = [
+            (
+                seen(
+                    "a",
+                    "web-7d4b9-x1",
+                    &["nginx"],
+                    Some((OwnerKind::ReplicaSet, "web-7d4b9")),
+                ),
+                (Kind::Deployment, "web"),
+            ),
+            (
+                seen(
+                    "a",
+                    "other-5f6c7-x1",
+                    &["nginx"],
+                    Some((OwnerKind::ReplicaSet, "other-5f6c7")),
+                ),
+                (Kind::Deployment, "other"),
+            ),
+            (
+                seen(
+                    "a",
+                    "nightly-123-abc",
+                    &["tool"],
+                    Some((OwnerKind::Workload(Kind::Job), "nightly-123")),
+                ),
+                (Kind::CronJob, "nightly"),
+            ),
+            (
+                seen(
+                    "a",
+                    "once-abc",
+                    &["tool"],
+                    Some((OwnerKind::Workload(Kind::Job), "once")),
+                ),
+                (Kind::Job, "once"),
+            ),
+            (
+                seen(
+                    "a",
+                    "db-0",
+                    &["pg"],
+                    Some((OwnerKind::Workload(Kind::StatefulSet), "db")),
+                ),
+                (Kind::StatefulSet, "db"),
+            ),
+            (seen("a", "bare", &["x"], None), (Kind::Pod, "bare")),
+        ];
+        for (pod, (kind, name)) in cases {
+            inv.apply(Update::Apply(POD, pod.clone()));
+            let key = ObjectKey {
+                kind: Kind::Pod,
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+            };
+            let entry = inv.objects().find(|(k, _)| **k == key).map(|(_, e)| e.clone()).unwrap();
+            assert_eq!(inv.workload_of(&key, &entry), (kind, name.to_owned()), "{}", pod.name);
+        }
+        let key = ObjectKey {
+            kind: Kind::Pod,
+            namespace: "a".into(),
+            name: "nightly-123-abc".into(),
+        };
+        let entry = inv.objects().find(|(k, _)| **k == key).map(|(_, e)| e.clone()).unwrap();
+        assert_eq!(
+            inv.owner_chain(&key, &entry),
+            vec![
+                (Kind::Pod, "nightly-123-abc".into()),
+                (Kind::Job, "nightly-123".into()),
+                (Kind::CronJob, "nightly".into())
+            ]
+        );
+    }
+}

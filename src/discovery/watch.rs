@@ -1,0 +1,161 @@
+//! One `kube` runtime watcher per watched kind, each reduced on the fly to inventory updates, so no
+//! full object is kept after its event.
+
+use std::fmt::Debug;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::extract::{ContainerImage, controller, pod_images, pod_is_active, spec_images};
+use super::inventory::{Seen, Update, Watched};
+use crate::plan::Kind;
+
+/// A kind copycat watches, and how to reduce one of its objects.
+trait WatchedObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+    const WATCHED: Watched;
+
+    /// The images the object uses.
+    fn images(&self) -> Vec<ContainerImage>;
+
+    /// The object reduced to what the inventory keeps.
+    fn seen(&self) -> Seen {
+        Seen {
+            namespace: self.namespace().unwrap_or_default(),
+            name: self.name_any(),
+            images: self.images(),
+            owner: controller(self.meta()),
+        }
+    }
+}
+
+fn template(spec: Option<&PodSpec>) -> Vec<ContainerImage> {
+    spec.map(spec_images).unwrap_or_default()
+}
+
+impl WatchedObject for Deployment {
+    const WATCHED: Watched = Watched::Workload(Kind::Deployment);
+    fn images(&self) -> Vec<ContainerImage> {
+        template(self.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+    }
+}
+
+impl WatchedObject for StatefulSet {
+    const WATCHED: Watched = Watched::Workload(Kind::StatefulSet);
+    fn images(&self) -> Vec<ContainerImage> {
+        template(self.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+    }
+}
+
+impl WatchedObject for DaemonSet {
+    const WATCHED: Watched = Watched::Workload(Kind::DaemonSet);
+    fn images(&self) -> Vec<ContainerImage> {
+        template(self.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+    }
+}
+
+impl WatchedObject for Job {
+    const WATCHED: Watched = Watched::Workload(Kind::Job);
+    fn images(&self) -> Vec<ContainerImage> {
+        template(self.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+    }
+}
+
+impl WatchedObject for CronJob {
+    const WATCHED: Watched = Watched::Workload(Kind::CronJob);
+    fn images(&self) -> Vec<ContainerImage> {
+        let job = self.spec.as_ref().and_then(|s| s.job_template.spec.as_ref());
+        template(job.and_then(|j| j.template.spec.as_ref()))
+    }
+}
+
+impl WatchedObject for Pod {
+    const WATCHED: Watched = Watched::Workload(Kind::Pod);
+    fn images(&self) -> Vec<ContainerImage> {
+        if pod_is_active(self) { pod_images(self) } else { vec![] }
+    }
+}
+
+impl WatchedObject for ReplicaSet {
+    const WATCHED: Watched = Watched::ReplicaSet;
+    fn images(&self) -> Vec<ContainerImage> {
+        vec![]
+    }
+}
+
+/// Running watchers; dropping this stops them.
+pub struct Watchers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// What to watch for the configured kinds: the kinds themselves, plus ReplicaSets and Jobs when Pods
+/// are watched (to resolve a Pod's Deployment or CronJob; Jobs' own images count only when watched).
+pub fn watched_for(kinds: &[Kind]) -> Vec<Watched> {
+    let mut out: Vec<Watched> = kinds.iter().map(|k| Watched::Workload(*k)).collect();
+    if kinds.contains(&Kind::Pod) {
+        out.push(Watched::ReplicaSet);
+        if !kinds.contains(&Kind::Job) {
+            out.push(Watched::Workload(Kind::Job));
+        }
+    }
+    out
+}
+
+/// Starts a cluster-wide watcher for each of `watched`, sending updates to the returned channel.
+/// Watch errors (connection loss, 410 Gone) are retried with backoff; a 410 leads to a relist, whose
+/// `InitDone` lets the inventory drop objects deleted meanwhile.
+pub fn start(client: Client, watched: &[Watched]) -> (Watchers, mpsc::Receiver<Update>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let tasks = watched
+        .iter()
+        .map(|w| match w {
+            Watched::Workload(Kind::Deployment) => spawn::<Deployment>(client.clone(), tx.clone()),
+            Watched::Workload(Kind::StatefulSet) => spawn::<StatefulSet>(client.clone(), tx.clone()),
+            Watched::Workload(Kind::DaemonSet) => spawn::<DaemonSet>(client.clone(), tx.clone()),
+            Watched::Workload(Kind::Job) => spawn::<Job>(client.clone(), tx.clone()),
+            Watched::Workload(Kind::CronJob) => spawn::<CronJob>(client.clone(), tx.clone()),
+            Watched::Workload(Kind::Pod) => spawn::<Pod>(client.clone(), tx.clone()),
+            Watched::ReplicaSet => spawn::<ReplicaSet>(client.clone(), tx.clone()),
+        })
+        .collect();
+    (Watchers { tasks }, rx)
+}
+
+fn spawn<K: WatchedObject>(client: Client, tx: mpsc::Sender<Update>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let kind = K::kind(&());
+        let mut events = watcher(Api::<K>::all(client), watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            let update = match event {
+                Ok(watcher::Event::Init) => Update::Init(K::WATCHED),
+                Ok(watcher::Event::InitApply(o)) => Update::InitApply(K::WATCHED, o.seen()),
+                Ok(watcher::Event::InitDone) => Update::InitDone(K::WATCHED),
+                Ok(watcher::Event::Apply(o)) => Update::Apply(K::WATCHED, o.seen()),
+                Ok(watcher::Event::Delete(o)) => Update::Delete(K::WATCHED, o.seen()),
+                Err(e) => {
+                    tracing::warn!(%kind, error = %e, "watch failed; retrying");
+                    continue;
+                }
+            };
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+    })
+}
