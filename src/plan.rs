@@ -1,7 +1,15 @@
 //! From what a workload uses to what to mirror: filters, digest policy and naming. Pure logic; the
 //! discovery module feeds it, the queue consumes its tasks.
 
-use crate::config::SkipNames;
+use std::collections::BTreeMap;
+
+use crate::config::{Config, SkipNames, TargetKind};
+use crate::copy::CopyRequest;
+use crate::discovery::extract::ContainerImage;
+use crate::discovery::inventory::{Inventory, ObjectKey};
+use crate::naming::{self, NameContext, PathRule};
+use crate::platform::Platform;
+use crate::queue::MirrorTask;
 use crate::glob;
 use crate::reference::{Digest, ImageRef};
 
@@ -149,6 +157,117 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+
+    use crate::config::{Overrides, Purpose};
+    use crate::discovery::extract::{Owner, OwnerKind};
+    use crate::discovery::inventory::{Seen, Update, Watched};
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        let mut vars: Vec<(String, String)> = vec![("TARGET_KIND".into(), "docker".into()), ("TARGET_REGISTRY".into(), "mirror.example.com".into())];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let lookup = move |k: &str| vars.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let overrides = Overrides { config: Some("/nonexistent/copycat.yaml".into()), ..Overrides::default() };
+        crate::config::load(&lookup, &overrides, Purpose::Daemon).expect("valid test config").config
+    }
+
+    fn seen(ns: &str, name: &str, images: &[(&str, Option<&str>)], owner: Option<(OwnerKind, &str)>) -> Seen {
+        Seen {
+            namespace: ns.into(),
+            name: name.into(),
+            images: images
+                .iter()
+                .enumerate()
+                .map(|(i, (image, digest))| ContainerImage {
+                    image: (*image).into(),
+                    container: format!("c{i}"),
+                    pod_digest: digest.map(|d| Digest::parse(d).unwrap()),
+                })
+                .collect(),
+            owner: owner.map(|(kind, name)| Owner { kind, name: name.into() }),
+        }
+    }
+
+    fn inventory(objects: Vec<(Watched, Seen)>) -> Inventory {
+        let mut inv = Inventory::new();
+        for (w, s) in objects {
+            inv.apply(Update::Apply(w, s));
+        }
+        inv
+    }
+
+    fn targets(plan: &Plan) -> Vec<String> {
+        plan.tasks.iter().map(|t| format!("{} -> {}", t.request.source, t.request.target_display(t.request.source.digest()))).collect()
+    }
+
+    const DEPLOY: Watched = Watched::Workload(Kind::Deployment);
+    const POD: Watched = Watched::Workload(Kind::Pod);
+
+    #[test]
+    fn a_workload_and_its_pods_are_one_task() {
+        let inv = inventory(vec![
+            (DEPLOY, seen("shop", "web", &[("nginx:1.25", None)], None)),
+            (Watched::ReplicaSet, seen("shop", "web-5d8f", &[], Some((OwnerKind::Workload(Kind::Deployment), "web")))),
+            (POD, seen("shop", "web-5d8f-a", &[("nginx:1.25", None)], Some((OwnerKind::ReplicaSet, "web-5d8f")))),
+            (POD, seen("shop", "web-5d8f-b", &[("nginx:1.25", None)], Some((OwnerKind::ReplicaSet, "web-5d8f")))),
+        ]);
+        let plan = Planner::new(&config(&[("TARGET_REPO_PREFIX", "m/$namespace/$podname")]), "mirror.example.com").unwrap().plan(&inv);
+        assert_eq!(targets(&plan), vec!["docker.io/library/nginx:1.25 -> mirror.example.com/m/shop/web/library/nginx:1.25"]);
+        assert_eq!(plan.tasks[0].users, vec!["Deployment shop/web"]);
+    }
+
+    #[test]
+    fn filters_and_exclusions() {
+        let inv = inventory(vec![
+            (DEPLOY, seen("shop", "web", &[("nginx:1", None), ("mirror.example.com/m/x:1", None), ("quay.io/org/tool:2", None)], None)),
+            (DEPLOY, seen("kube-system", "dns", &[("coredns:1", None)], None)),
+            (DEPLOY, seen("shop", "legacy", &[("legacy:1", None)], None)),
+            (Watched::ReplicaSet, seen("shop", "legacy-1", &[], Some((OwnerKind::Workload(Kind::Deployment), "legacy")))),
+            (POD, seen("shop", "legacy-1-a", &[("legacy:1", None)], Some((OwnerKind::ReplicaSet, "legacy-1")))),
+            (DEPLOY, seen("shop", "broken", &[("Not:Valid:Image", None)], None)),
+        ]);
+        let config = config(&[("SKIP_NAMESPACES", "kube-system"), ("SKIP_DEPLOYMENTS", "shop/legacy"), ("EXCLUDE_REGISTRIES", "quay.io")]);
+        let plan = Planner::new(&config, "mirror.example.com").unwrap().plan(&inv);
+        assert_eq!(targets(&plan), vec!["docker.io/library/nginx:1 -> mirror.example.com/library/nginx:1"]);
+        assert_eq!(plan.excluded, 2, "quay.io and the target itself");
+        assert_eq!(plan.invalid.len(), 1);
+        assert_eq!(plan.invalid[0].1, "Not:Valid:Image");
+    }
+
+    #[test]
+    fn digest_mode_uses_what_pods_run() {
+        let digest = format!("sha256:{HEX}");
+        let inv = inventory(vec![
+            (POD, seen("a", "p", &[("app:1", Some(&digest)), ("tool:latest", Some(&digest))], None)),
+            (DEPLOY, seen("a", "d", &[("other:2", None)], None)),
+        ]);
+        let config = config(&[("DIGEST_PULL", "true"), ("MIRROR_PLATFORMS", "linux/amd64,linux/arm64")]);
+        let plan = Planner::new(&config, "mirror.example.com").unwrap().plan(&inv);
+        assert_eq!(
+            targets(&plan),
+            vec![
+                format!("docker.io/library/app:1@{digest} -> mirror.example.com/library/app:1"),
+                "docker.io/library/other:2 -> mirror.example.com/library/other:2".to_owned(),
+                "docker.io/library/tool:latest -> mirror.example.com/library/tool:latest".to_owned(),
+            ]
+        );
+        let platforms: Vec<usize> = plan.tasks.iter().map(|t| t.platforms.len()).collect();
+        assert_eq!(platforms, vec![2, 2, 0], "platform subsets only in digest mode; latest stays tag-based");
+    }
+
+    #[test]
+    fn target_paths_and_owner_only_watches() {
+        let inv = inventory(vec![
+            (Watched::Workload(Kind::Job), seen("a", "nightly-1", &[("tool:1", None)], Some((OwnerKind::Workload(Kind::CronJob), "nightly")))),
+            (POD, seen("a", "nightly-1-x", &[("tool:1", None)], Some((OwnerKind::Workload(Kind::Job), "nightly-1")))),
+        ]);
+        let config = config(&[("WATCH_RESOURCES", "pods"), ("TARGET_REGISTRY", "reg.example.com:5000/backup"), ("TARGET_REPO_PREFIX", "$podname")]);
+        let plan = Planner::new(&config, &config.docker.registry).unwrap().plan(&inv);
+        assert_eq!(targets(&plan), vec!["docker.io/library/tool:1 -> reg.example.com:5000/backup/nightly/library/tool:1"]);
+        assert_eq!(plan.tasks[0].users, vec!["CronJob a/nightly"], "the Job itself is watched for owners only");
+    }
+
     #[test]
     fn namespaces() {
         let scope = NamespaceScope::new(&strings(&["team-*", "prod", "[ab]x"]), &strings(&["team-secret"]));
@@ -256,4 +375,141 @@ mod tests {
             assert_eq!(pod_digest(&id).is_some(), want, "{id}");
         }
     }
+}
+
+/// Turns the inventory into mirror tasks: filters, digest policy and naming, one task per target.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    scope: NamespaceScope,
+    skip: SkipList,
+    exclusions: Exclusions,
+    rules: Vec<PathRule>,
+    mirrored: Vec<Kind>,
+    target_host: String,
+    target_path: String,
+    prefix: String,
+    digest_pull: bool,
+    ignored_tags: Vec<String>,
+    mirror_platforms: Vec<Platform>,
+    digest_tag_template: String,
+}
+
+/// The outcome of planning.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// One task per target reference, in a stable order.
+    pub tasks: Vec<MirrorTask>,
+    /// Image strings that are not valid references, with who uses them and why.
+    pub invalid: Vec<(String, String, String)>,
+    /// Image uses skipped by `excludeRegistries` or because they already live on the target.
+    pub excluded: usize,
+}
+
+impl Planner {
+    /// A planner for `config`, mirroring into `target` (`host[:port][/path]`).
+    pub fn new(config: &Config, target: &str) -> Result<Planner, String> {
+        let (host, path) = target.split_once('/').unwrap_or((target, ""));
+        let prefix = match config.target_kind {
+            TargetKind::Docker => config.docker.repo_prefix.clone(),
+            TargetKind::Ecr => config.ecr.repo_prefix.clone(),
+        };
+        Ok(Planner {
+            scope: NamespaceScope::new(&config.include_namespaces, &config.skip_namespaces),
+            skip: SkipList::new(&config.skip_names),
+            exclusions: Exclusions::new(&config.exclude_registries, Some(target)),
+            rules: PathRule::compile(&config.path_map)?,
+            mirrored: config.watch_resources.iter().filter_map(|r| kind_named(r)).collect(),
+            target_host: host.to_ascii_lowercase(),
+            target_path: path.trim_matches('/').to_owned(),
+            prefix,
+            digest_pull: config.digest_pull,
+            ignored_tags: config.digest_pull_ignored_tags.clone(),
+            mirror_platforms: config.mirror_platforms.clone(),
+            digest_tag_template: config.digest_tag_template.clone(),
+        })
+    }
+
+    /// The namespace scope, for callers that warn about missing namespaces.
+    pub fn scope(&self) -> &NamespaceScope {
+        &self.scope
+    }
+
+    /// Plans every image use of the inventory.
+    pub fn plan(&self, inventory: &Inventory) -> Plan {
+        let mut plan = Plan::default();
+        let mut by_target: BTreeMap<String, MirrorTask> = BTreeMap::new();
+        for (key, entry) in inventory.objects() {
+            if !self.mirrored.contains(&key.kind) || !self.scope.allows(&key.namespace) {
+                continue;
+            }
+            let chain = inventory.owner_chain(key, entry);
+            if chain.iter().any(|(kind, name)| self.skip.skips(*kind, &key.namespace, name)) {
+                continue;
+            }
+            let (workload_kind, workload) = inventory.workload_of(key, entry);
+            let user = format!("{workload_kind:?} {}/{workload}", key.namespace);
+            for use_ in &entry.images {
+                match self.task(key, &workload, use_) {
+                    Ok(Some(task)) => {
+                        let target = task.request.target_display(task.request.source.digest());
+                        match by_target.get_mut(&target) {
+                            Some(existing) => existing.add_user(&user),
+                            None => {
+                                let mut task = task;
+                                task.add_user(&user);
+                                by_target.insert(target, task);
+                            }
+                        }
+                    }
+                    Ok(None) => plan.excluded += 1,
+                    Err(e) => plan.invalid.push((user.clone(), use_.image.clone(), e)),
+                }
+            }
+        }
+        plan.tasks = by_target.into_values().collect();
+        plan
+    }
+
+    fn task(&self, key: &ObjectKey, workload: &str, use_: &ContainerImage) -> Result<Option<MirrorTask>, String> {
+        let image = ImageRef::parse(&use_.image).map_err(|e| e.to_string())?;
+        if self.exclusions.excluded_by(&image).is_some() {
+            return Ok(None);
+        }
+        let digest_mode = wants_digest(self.digest_pull, &self.ignored_tags, &image);
+        let source = match (&use_.pod_digest, digest_mode) {
+            (Some(d), true) => image.with_digest(d.clone()),
+            _ => image,
+        };
+        let ctx = NameContext {
+            namespace: key.namespace.clone(),
+            podname: workload.to_owned(),
+            container_name: use_.container.clone(),
+            arch: None,
+        };
+        let repo = naming::target_repository(&self.prefix, &self.rules, &source, &ctx)?;
+        let repo = if self.target_path.is_empty() { repo } else { naming::clean_repository(&format!("{}/{repo}", self.target_path)) };
+        let target = ImageRef::parse(&format!("{}/{repo}", self.target_host)).map_err(|e| format!("target: {e}"))?;
+        let target_tag = naming::target_tag(&source, None, &self.digest_tag_template)?;
+        let platforms = if digest_mode { self.mirror_platforms.clone() } else { vec![] };
+        let mut task = MirrorTask::new(CopyRequest { source, target, target_tag });
+        task.platforms = platforms;
+        Ok(Some(task))
+    }
+}
+
+fn kind_named(resource: &str) -> Option<Kind> {
+    Some(match resource {
+        "deployments" => Kind::Deployment,
+        "statefulsets" => Kind::StatefulSet,
+        "daemonsets" => Kind::DaemonSet,
+        "jobs" => Kind::Job,
+        "cronjobs" => Kind::CronJob,
+        "pods" => Kind::Pod,
+        _ => return None,
+    })
+}
+
+/// The workload kinds `watchResources` names.
+pub fn watched_kinds(config: &Config) -> Vec<Kind> {
+    config.watch_resources.iter().filter_map(|r| kind_named(r)).collect()
 }

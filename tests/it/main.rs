@@ -3,6 +3,7 @@
 mod check_config;
 mod commands;
 mod copy;
+mod daemon;
 mod discovery;
 mod faults;
 mod registry;

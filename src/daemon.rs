@@ -1,0 +1,141 @@
+//! `copycat run`: watch the cluster, plan mirror tasks from what it runs, mirror them through the
+//! queue. One loop owns the inventory; planning happens shortly after changes settle, and again on
+//! the `forceReconcileMinutes` timer.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::sync::mpsc;
+
+use crate::commands;
+use crate::config::{Config, TargetKind};
+use crate::discovery::inventory::{Inventory, Update};
+use crate::discovery::watch;
+use crate::plan::{Planner, watched_kinds};
+use crate::queue::{MirrorTask, Queue, QueueOptions};
+
+/// How long changes may keep arriving before a plan is made (a rollout touches many objects at once).
+const SETTLE: Duration = Duration::from_millis(250);
+/// How long running copies may finish after SIGTERM before they are cancelled.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let target = match config.target_kind {
+        TargetKind::Docker => config.docker.registry.clone(),
+        TargetKind::Ecr => bail!("targetKind ecr is not built yet in this version; use targetKind docker"),
+    };
+    let client = kube_client(config).await?;
+    let target_host = commands::daemon_target_host(config).unwrap_or_default();
+    let registries = commands::registries(config, &[&target_host]).map_err(anyhow::Error::msg)?;
+    let queue = Queue::start(commands::copier(config, registries), QueueOptions::from_config(config));
+    let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
+    let (watchers, updates) = watch::start(client, &watch::watched_for(&watched_kinds(config)));
+    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, "copycat started");
+
+    tokio::select! {
+        () = plan_loop(updates, &planner, &queue, config.force_reconcile_interval) => {
+            tracing::error!("watchers stopped");
+        }
+        () = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    drop(watchers);
+    queue.shutdown(SHUTDOWN_GRACE).await;
+    Ok(())
+}
+
+async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {
+    let kube_config = match &config.runtime.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("no in-cluster config, KUBECONFIG or ~/.kube/config")?,
+    };
+    kube::Client::try_from(kube_config).context("building the Kubernetes client")
+}
+
+/// Applies watch updates to the inventory and submits the tasks that changed.
+async fn plan_loop(mut updates: mpsc::Receiver<Update>, planner: &Planner, queue: &Queue, rescan: Option<Duration>) {
+    let mut inventory = Inventory::new();
+    let mut submitted: HashMap<String, String> = HashMap::new();
+    let mut reported_invalid: HashSet<(String, String)> = HashSet::new();
+    let mut dirty = false;
+    let mut next_rescan = rescan.map(|every| tokio::time::Instant::now() + every);
+    loop {
+        let settle = tokio::time::sleep(SETTLE);
+        let rescan_due = async {
+            match next_rescan {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            update = updates.recv() => match update {
+                Some(update) => dirty |= inventory.apply(update),
+                None => return,
+            },
+            () = settle, if dirty => {
+                dirty = false;
+                submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false);
+            }
+            () = rescan_due => {
+                next_rescan = rescan.map(|every| tokio::time::Instant::now() + every);
+                tracing::info!("periodic rescan");
+                submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true);
+            }
+        }
+    }
+}
+
+/// Plans and submits tasks that are new or whose source changed (all of them when `everything`).
+fn submit_changes(
+    planner: &Planner,
+    inventory: &Inventory,
+    queue: &Queue,
+    submitted: &mut HashMap<String, String>,
+    reported_invalid: &mut HashSet<(String, String)>,
+    everything: bool,
+) {
+    let plan = planner.plan(inventory);
+    for (user, image, error) in plan.invalid {
+        if reported_invalid.insert((user.clone(), image.clone())) {
+            tracing::warn!(workload = %user, image = %image, error = %error, "invalid image reference; not mirrored");
+        }
+    }
+    let mut current = HashMap::with_capacity(plan.tasks.len());
+    for task in plan.tasks {
+        let target = task.request.target_display(task.request.source.digest());
+        let source = format!("{} {:?}", task.request.source, task.platforms);
+        if everything || submitted.get(&target) != Some(&source) {
+            submit(queue, task);
+        }
+        current.insert(target, source);
+    }
+    *submitted = current;
+}
+
+fn submit(queue: &Queue, task: MirrorTask) {
+    tracing::debug!(source = %task.request.source, target = %task.request.target_display(None), "planned");
+    queue.submit(task);
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

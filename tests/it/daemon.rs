@@ -1,0 +1,109 @@
+//! `copycat run` as a black box: the built binary, configured by environment only, against the
+//! stand-in API server (over TCP, through a kubeconfig) and real registries.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testkit::apiserver::ApiServer;
+use testkit::{Image, RegistryMode, manifest_digest, skopeo_digest};
+
+use crate::support::start;
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
+        cmd.args(["run", "--kubeconfig"]).arg(kubeconfig).env_clear();
+        cmd.env("CONFIG_PATH", "/nonexistent/config.yaml").env("LOG_FORMAT", "text").env("LEADER_ELECT", "false");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start copycat run"))
+    }
+
+    /// Sends SIGTERM and returns the exit code and everything it logged.
+    fn stop(mut self) -> (Option<i32>, String) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.0.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "copycat did not exit within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn mirrors_what_the_cluster_runs_and_follows_changes() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let v1 = Image::oci_index(&[5000], true, 400).unwrap();
+    let v2 = Image::oci("amd64", &[6000], 401).unwrap();
+    let sidecar = Image::docker("amd64", &[4000], 402).unwrap();
+    v1.push(&src, "shop/web", "1.0").await.unwrap();
+    v2.push(&src, "shop/web", "2.0").await.unwrap();
+    sidecar.push(&src, "tools/envoy", "1").await.unwrap();
+
+    let server = ApiServer::new();
+    let deployment = |tag: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                   "containers": [{"name": "web", "image": format!("{}/shop/web:{tag}", src.host())}],
+                   "initContainers": [{"name": "proxy", "image": format!("{}/tools/envoy:1", src.host())}]}}}})
+    };
+    server.apply(deployment("1.0")).unwrap();
+    let running = server.serve().expect("serve the stand-in API server");
+
+    let daemon = Daemon::start(
+        running.kubeconfig_path(),
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host()), ("TARGET_REPO_PREFIX", "backup/$namespace"), ("FAILURE_COOLDOWN_MINUTES", "0")],
+    );
+    eventually("the first image", async || manifest_digest(&dst, "backup/default/shop/web", "1.0").await.unwrap().is_some()).await;
+    eventually("the init container's image", async || manifest_digest(&dst, "backup/default/tools/envoy", "1").await.unwrap().is_some()).await;
+    assert_eq!(skopeo_digest(&dst, "backup/default/shop/web:1.0").await.unwrap(), v1.digest);
+    assert_eq!(skopeo_digest(&dst, "backup/default/tools/envoy:1").await.unwrap(), sidecar.digest);
+
+    server.apply(deployment("2.0")).unwrap();
+    eventually("the changed image", async || manifest_digest(&dst, "backup/default/shop/web", "2.0").await.unwrap().is_some()).await;
+    assert_eq!(skopeo_digest(&dst, "backup/default/shop/web:2.0").await.unwrap(), v2.digest);
+
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let manifest_puts = dst.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/manifests/1.0")).count();
+    assert_eq!(manifest_puts, 1, "each target is written once");
+}
+
+#[tokio::test]
+async fn dry_pull_plans_without_any_registry_request() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let server = ApiServer::new();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+                      "spec": {"containers": [{"name": "c", "image": format!("{}/lib/app:1", src.host())}]}, "status": {"phase": "Running"}}))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let daemon = Daemon::start(running.kubeconfig_path(), &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host()), ("DRY_PULL", "true")]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("would mirror") && log.contains("lib/app:1"), "{log}");
+    assert!(src.requests().is_empty() && dst.requests().is_empty(), "dryPull sends no registry request");
+}
