@@ -4,5 +4,6 @@ mod check_config;
 mod commands;
 mod copy;
 mod faults;
+mod queue;
 mod registry;
 mod support;
