@@ -41,7 +41,8 @@ use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, Outcome};
 use crate::reference::Digest;
 use status::Counters;
 pub use status::{QueueCounters, TaskState, TaskStatus};
-pub use task::{MAX_USERS, MirrorTask, TargetKey, union_users};
+use task::union_users;
+pub use task::{MAX_USERS, MirrorTask, TargetKey};
 
 /// How long a successful copy is trusted without asking any registry.
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(6 * 60 * 60);
@@ -269,7 +270,7 @@ impl Queue {
     /// mirrored), deferred (cooldown) or queued. Ignored after [`Queue::shutdown`].
     pub fn submit(&self, mut task: MirrorTask) {
         let inner = &self.inner;
-        union_users(&mut task.users, []);
+        union_users(&mut task.users, []); // bounds them
         let key = task.key();
         let mut guard = inner.lock();
         let st = &mut *guard;
