@@ -12,6 +12,7 @@ pub mod images_file;
 pub mod naming;
 pub mod plan;
 pub mod platform;
+pub mod queue;
 pub mod reference;
 pub mod registry;
 pub mod secret;

@@ -531,8 +531,8 @@ impl Copier {
     }
 
     async fn copy_blobs(&self, job: &Job<'_>, parsed: &Parsed) -> Result<(), CopyError> {
-        futures::stream::iter(parsed.blobs())
-            .map(|blob| self.copy_blob(job, blob))
+        let copies: Vec<_> = parsed.blobs().map(|blob| self.copy_blob(job, blob)).collect();
+        futures::stream::iter(copies)
             .buffer_unordered(job.opts.blob_concurrency.max(1))
             .try_collect::<()>()
             .await

@@ -6,5 +6,6 @@ mod copy;
 mod daemon;
 mod discovery;
 mod faults;
+mod queue;
 mod registry;
 mod support;

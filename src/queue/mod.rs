@@ -1,0 +1,758 @@
+//! The mirror queue: turns [`MirrorTask`]s from discovery into calls of the copy engine.
+//!
+//! - **One task per target** ([`TargetKey`]: target repository plus tag, or digest). A submission for
+//!   a target already queued merges into it (users unioned, the newest request wins). While a target
+//!   is being copied it is not started again; if a submission during the copy asks for different
+//!   work (another source digest, say), the target runs once more afterwards (after the cooldown,
+//!   if the copy failed).
+//! - **Positive cache**: after a successful copy (copied, already present, or a dry-run decision)
+//!   the same target with the same source reference and platforms is skipped without any registry
+//!   request for [`QueueOptions::positive_ttl`], or until the source reference (a pinned digest
+//!   included) changes.
+//! - **Failure cooldown** per target: after a failure the target waits
+//!   [`QueueOptions::failure_cooldown`], then is retried by a timer with the latest request.
+//!   Submissions meanwhile do not run it early; [`Queue::reset_cooldown`] re-queues every waiting
+//!   target at once. Permanent errors (a tag conflict, a digest mismatch) cool down too, since the
+//!   operator may fix the registry, but are logged at error level.
+//! - **Worker pool**: at most [`QueueOptions::workers`] copies at a time.
+//! - **Dry pull**: no copy call, one log line per task. Dry runs are the copier's
+//!   ([`CopyOptions::dry_run`]).
+//!
+//! Every outcome is one structured log line. Memory is bounded by the number of distinct targets
+//! waiting or in cooldown; finished targets live in bounded caches.
+
+mod status;
+mod task;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::FutureExt;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::config::Config;
+use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, Outcome};
+use crate::reference::Digest;
+use status::Counters;
+pub use status::{QueueCounters, TaskState, TaskStatus};
+use task::union_users;
+pub use task::{MAX_USERS, MirrorTask, TargetKey};
+
+/// How long a successful copy is trusted without asking any registry.
+pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(6 * 60 * 60);
+
+/// Finished targets whose status is kept for [`Queue::snapshot`].
+pub const DEFAULT_STATUS_CAPACITY: u64 = 10_000;
+
+/// Targets the positive cache remembers.
+const POSITIVE_CAPACITY: u64 = 100_000;
+
+/// How the queue works.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Copies running at the same time (at least 1).
+    pub workers: usize,
+    /// Wait after a failure before retrying the target; `None` (or zero) disables the cooldown and
+    /// a failed target is retried only when submitted again.
+    pub failure_cooldown: Option<Duration>,
+    /// How long a successful copy is trusted (zero: not at all).
+    pub positive_ttl: Duration,
+    /// How to copy; `platforms` is replaced by each task's.
+    pub copy: CopyOptions,
+    /// Make no registry request: log what would be mirrored.
+    pub dry_pull: bool,
+    /// Finished targets kept for status.
+    pub status_capacity: u64,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            workers: 2,
+            failure_cooldown: Some(Duration::from_secs(60 * 60)),
+            positive_ttl: DEFAULT_POSITIVE_TTL,
+            copy: CopyOptions::default(),
+            dry_pull: false,
+            status_capacity: DEFAULT_STATUS_CAPACITY,
+        }
+    }
+}
+
+impl QueueOptions {
+    /// Options from the configuration: `maxConcurrentReconciles` workers, `failureCooldownMinutes`,
+    /// `dryRun` (through the copy options) and `dryPull`. With `forceReconcileMinutes`, the positive
+    /// cache trusts a copy for at most 90 % of that interval, so each periodic rescan re-checks the
+    /// registries (two HEADs per unchanged image) instead of finding everything cached.
+    pub fn from_config(config: &Config) -> QueueOptions {
+        let positive_ttl = match config.force_reconcile_interval {
+            Some(every) if !every.is_zero() => DEFAULT_POSITIVE_TTL.min(every * 9 / 10),
+            _ => DEFAULT_POSITIVE_TTL,
+        };
+        QueueOptions {
+            workers: (config.max_concurrent_reconciles as usize).max(1),
+            failure_cooldown: config.failure_cooldown,
+            positive_ttl,
+            copy: crate::commands::copy_options(config, vec![]),
+            dry_pull: config.dry_pull,
+            status_capacity: DEFAULT_STATUS_CAPACITY,
+        }
+    }
+}
+
+/// The mirror queue. Cloning is cheap and every clone is the same queue; when the last clone is
+/// dropped the workers stop after their current copy (prefer [`Queue::shutdown`]).
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+    _owner: Arc<Owner>,
+}
+
+/// Stops the workers when the last [`Queue`] clone goes (the workers themselves hold [`Inner`]).
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+struct Inner {
+    copier: Copier,
+    options: QueueOptions,
+    state: Mutex<State>,
+    /// Keys of queued entries, each sent once when its entry becomes queued.
+    ready: mpsc::UnboundedSender<TargetKey>,
+    /// Work that succeeded per target (users cleared).
+    positive: moka::sync::Cache<TargetKey, Arc<MirrorTask>>,
+    /// Status of targets no longer in `State::entries`.
+    finished: moka::sync::Cache<TargetKey, Arc<TaskStatus>>,
+    counters: Counters,
+    /// Queued plus running entries, for [`Queue::wait_idle`].
+    busy: watch::Sender<usize>,
+    /// Set once: workers take no more tasks.
+    stopping: watch::Sender<bool>,
+    /// Where cooldown timers run.
+    runtime: Handle,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Cooldown generations, so a stale timer cannot re-queue a newer cooldown.
+    generation: AtomicU64,
+}
+
+/// Targets queued, running or cooling down.
+#[derive(Default)]
+struct State {
+    entries: HashMap<TargetKey, Entry>,
+    queued: usize,
+    running: usize,
+    cooling: usize,
+    stopped: bool,
+}
+
+struct Entry {
+    /// The latest request (while running: the running one, plus users that arrived meanwhile).
+    task: MirrorTask,
+    phase: Phase,
+    last: Attempt,
+}
+
+enum Phase {
+    Queued,
+    Running {
+        /// A differing request submitted during the copy, run afterwards.
+        pending: Option<Box<MirrorTask>>,
+    },
+    Cooldown {
+        until: SystemTime,
+        generation: u64,
+        timer: AbortHandle,
+    },
+}
+
+/// What the last attempt left behind.
+#[derive(Default, Clone)]
+struct Attempt {
+    digest: Option<Digest>,
+    error: Option<String>,
+    started: Option<SystemTime>,
+    finished: Option<SystemTime>,
+}
+
+/// A successful attempt.
+enum Done {
+    Copy(CopyReport),
+    DryPull,
+}
+
+impl Done {
+    fn digest(&self) -> Option<Digest> {
+        match self {
+            Done::Copy(report) => report.digest.clone(),
+            Done::DryPull => None,
+        }
+    }
+
+    fn state(&self) -> TaskState {
+        match self {
+            Done::Copy(CopyReport {
+                outcome: Outcome::Copied | Outcome::AlreadyPresent,
+                ..
+            }) => TaskState::Mirrored,
+            _ => TaskState::DryRun,
+        }
+    }
+}
+
+/// A failed attempt.
+enum Failure {
+    Copy(CopyError),
+    /// The copy panicked; the worker survives and the target cools down like any failure.
+    Panicked(String),
+}
+
+impl Failure {
+    fn is_transient(&self) -> bool {
+        match self {
+            Failure::Copy(e) => e.is_transient(),
+            Failure::Panicked(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Copy(e) => e.fmt(f),
+            Failure::Panicked(message) => write!(f, "copy panicked: {message}"),
+        }
+    }
+}
+
+impl Queue {
+    /// Starts the worker pool on the current tokio runtime (panics outside one).
+    pub fn start(copier: Copier, options: QueueOptions) -> Queue {
+        let runtime = Handle::current();
+        let (ready, ready_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            copier,
+            positive: moka::sync::Cache::builder()
+                .max_capacity(POSITIVE_CAPACITY)
+                .time_to_live(options.positive_ttl)
+                .build(),
+            finished: moka::sync::Cache::new(options.status_capacity),
+            options,
+            state: Mutex::default(),
+            ready,
+            counters: Counters::default(),
+            busy: watch::Sender::new(0),
+            stopping: watch::Sender::new(false),
+            runtime: runtime.clone(),
+            workers: Mutex::default(),
+            generation: AtomicU64::new(0),
+        });
+        let ready_rx = Arc::new(tokio::sync::Mutex::new(ready_rx));
+        let handles = (0..inner.options.workers.max(1))
+            .map(|_| runtime.spawn(work(inner.clone(), ready_rx.clone())))
+            .collect();
+        *lock(&inner.workers) = handles;
+        Queue {
+            inner: inner.clone(),
+            _owner: Arc::new(Owner(inner)),
+        }
+    }
+
+    /// Hands a task to the queue. Never blocks and never fails: the task is merged, skipped (known
+    /// mirrored), deferred (cooldown) or queued. Ignored after [`Queue::shutdown`].
+    pub fn submit(&self, mut task: MirrorTask) {
+        let inner = &self.inner;
+        union_users(&mut task.users, []); // bounds them
+        let key = task.key();
+        let mut guard = inner.lock();
+        let st = &mut *guard;
+        if st.stopped {
+            tracing::debug!(target = %key, "queue stopped; task ignored");
+            return;
+        }
+        Counters::add(&inner.counters.submitted, 1);
+        if let Some(entry) = st.entries.get_mut(&key) {
+            Counters::add(&inner.counters.merged, 1);
+            match &mut entry.phase {
+                Phase::Queued | Phase::Cooldown { .. } => entry.task.absorb(task),
+                Phase::Running { pending: Some(pending) } => pending.absorb(task),
+                Phase::Running { pending: None } if entry.task.same_work(&task) => {
+                    union_users(&mut entry.task.users, task.users);
+                }
+                Phase::Running { pending } => *pending = Some(Box::new(task)),
+            }
+            return;
+        }
+        if let Some(done) = inner.positive.get(&key)
+            && done.same_work(&task)
+        {
+            Counters::add(&inner.counters.skipped_by_cache, 1);
+            tracing::debug!(target = %key, source = %task.request.source, "known mirrored; skipped");
+            inner.note_users(&key, task.users);
+            return;
+        }
+        let last = inner.finished.get(&key).map(|s| s.attempt()).unwrap_or_default();
+        st.entries.insert(
+            key.clone(),
+            Entry {
+                task,
+                phase: Phase::Queued,
+                last,
+            },
+        );
+        st.queued += 1;
+        inner.publish(st);
+        let _ = inner.ready.send(key);
+    }
+
+    /// Ends every cooldown and queues those targets now; returns how many there were.
+    pub fn reset_cooldown(&self) -> usize {
+        let inner = &self.inner;
+        let mut guard = inner.lock();
+        let st = &mut *guard;
+        if st.stopped {
+            return 0;
+        }
+        let mut cleared = 0;
+        for (key, entry) in &mut st.entries {
+            if let Phase::Cooldown { timer, .. } = &entry.phase {
+                timer.abort();
+                entry.phase = Phase::Queued;
+                cleared += 1;
+                let _ = inner.ready.send(key.clone());
+            }
+        }
+        st.cooling -= cleared;
+        st.queued += cleared;
+        Counters::add(&inner.counters.retried, cleared as u64);
+        inner.publish(st);
+        tracing::info!(cleared, "failure cooldown reset; targets queued again");
+        cleared
+    }
+
+    /// Whether failures put targets in cooldown (for `/reset-cooldown`'s answer).
+    pub fn cooldown_enabled(&self) -> bool {
+        self.inner.cooldown().is_some()
+    }
+
+    /// Waits until nothing is queued or running (targets in cooldown do not count); `false` if
+    /// `timeout` passed first.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let mut busy = self.inner.busy.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, busy.wait_for(|n| *n == 0)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Every target the queue knows: those queued, running or cooling down, and the most recent
+    /// finished ones (bounded), sorted by target.
+    pub fn snapshot(&self) -> Vec<TaskStatus> {
+        let st = self.inner.lock();
+        let mut all: Vec<TaskStatus> = st.entries.iter().map(|(key, entry)| entry.status(key, None)).collect();
+        all.extend(
+            self.inner
+                .finished
+                .iter()
+                .filter(|(key, _)| !st.entries.contains_key(&**key))
+                .map(|(_, status)| (*status).clone()),
+        );
+        drop(st);
+        all.sort_by(|a, b| a.target.cmp(&b.target));
+        all
+    }
+
+    /// Totals since the start and current gauges.
+    pub fn counters(&self) -> QueueCounters {
+        let st = self.inner.lock();
+        QueueCounters {
+            queued: st.queued,
+            running: st.running,
+            cooling_down: st.cooling,
+            ..self.inner.counters.totals()
+        }
+    }
+
+    /// Stops taking tasks and cancels cooldown timers, lets running copies finish within `grace`,
+    /// then cancels the rest (their futures are dropped: no tag is written by a cancelled copy).
+    pub async fn shutdown(self, grace: Duration) {
+        let inner = &self.inner;
+        inner.stop();
+        let workers = std::mem::take(&mut *lock(&inner.workers));
+        let running = inner.lock().running;
+        if running > 0 {
+            tracing::info!(running, grace = %humantime::format_duration(grace), "waiting for running copies");
+        }
+        let aborts: Vec<AbortHandle> = workers.iter().map(JoinHandle::abort_handle).collect();
+        let mut all = futures::future::join_all(workers);
+        if tokio::time::timeout(grace, &mut all).await.is_err() {
+            let running = inner.lock().running;
+            tracing::warn!(
+                running,
+                "copies still running after the shutdown grace; cancelling them"
+            );
+            aborts.iter().for_each(AbortHandle::abort);
+            all.await;
+            let mut guard = inner.lock();
+            let st = &mut *guard;
+            for entry in st.entries.values_mut() {
+                if let Phase::Running { pending } = &mut entry.phase {
+                    if let Some(pending) = pending.take() {
+                        entry.task.absorb(*pending);
+                    }
+                    entry.phase = Phase::Queued;
+                    entry.last.error = Some("cancelled by shutdown".into());
+                    st.running -= 1;
+                    st.queued += 1;
+                }
+            }
+            inner.publish(st);
+        }
+    }
+}
+
+type Ready = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<TargetKey>>>;
+
+/// One worker: takes queued targets until the queue stops.
+async fn work(inner: Arc<Inner>, ready: Ready) {
+    let mut stopping = inner.stopping.subscribe();
+    loop {
+        let key = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|s| *s) => return,
+            key = async { ready.lock().await.recv().await } => match key {
+                Some(key) => key,
+                None => return,
+            },
+        };
+        let Some(task) = inner.begin(&key) else {
+            continue;
+        };
+        let started = Instant::now();
+        let result = inner.execute(&task).await;
+        inner.finish(key, task, result, started.elapsed());
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// The failure cooldown, if enabled.
+    fn cooldown(&self) -> Option<Duration> {
+        self.options.failure_cooldown.filter(|d| !d.is_zero())
+    }
+
+    fn publish(&self, st: &State) {
+        let busy = st.queued + st.running;
+        self.busy.send_if_modified(|n| std::mem::replace(n, busy) != busy);
+    }
+
+    /// No more tasks: marks the state stopped, cancels cooldown timers, tells the workers.
+    fn stop(&self) {
+        let mut st = self.lock();
+        st.stopped = true;
+        for entry in st.entries.values() {
+            if let Phase::Cooldown { timer, .. } = &entry.phase {
+                timer.abort();
+            }
+        }
+        drop(st);
+        self.stopping.send_replace(true);
+    }
+
+    /// Moves a queued target to running; `None` when there is nothing to run (known mirrored by now).
+    fn begin(&self, key: &TargetKey) -> Option<MirrorTask> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let entry = st.entries.get_mut(key)?;
+        if !matches!(entry.phase, Phase::Queued) {
+            return None;
+        }
+        // A merge may have turned the task back into work that is known done.
+        if let Some(done) = self.positive.get(key)
+            && done.same_work(&entry.task)
+        {
+            let entry = st.entries.remove(key).expect("entry present");
+            st.queued -= 1;
+            self.publish(st);
+            Counters::add(&self.counters.skipped_by_cache, 1);
+            self.note_users(key, entry.task.users);
+            return None;
+        }
+        entry.phase = Phase::Running { pending: None };
+        entry.last.started = Some(SystemTime::now());
+        st.queued -= 1;
+        st.running += 1;
+        Some(entry.task.clone())
+    }
+
+    async fn execute(&self, task: &MirrorTask) -> Result<Done, Failure> {
+        if self.options.dry_pull {
+            return Ok(Done::DryPull);
+        }
+        let options = CopyOptions {
+            platforms: task.platforms.clone(),
+            ..self.options.copy.clone()
+        };
+        match AssertUnwindSafe(self.copier.copy(&task.request, &options))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(report)) => Ok(Done::Copy(report)),
+            Ok(Err(e)) => Err(Failure::Copy(e)),
+            Err(panic) => Err(Failure::Panicked(panic_message(panic.as_ref()))),
+        }
+    }
+
+    /// Records an attempt's outcome and decides what comes next for the target.
+    fn finish(self: &Arc<Self>, key: TargetKey, ran: MirrorTask, result: Result<Done, Failure>, took: Duration) {
+        let cooldown = self.cooldown();
+        self.report(&key, &ran, &result, took, cooldown);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(mut entry) = st.entries.remove(&key) else {
+            return;
+        };
+        let Phase::Running { pending } = std::mem::replace(&mut entry.phase, Phase::Queued) else {
+            st.entries.insert(key, entry);
+            return;
+        };
+        st.running -= 1;
+        entry.last.finished = Some(SystemTime::now());
+        let rerun = pending.as_ref().is_some_and(|p| !p.same_work(&ran));
+        if let Some(pending) = pending {
+            entry.task.absorb(*pending);
+        }
+        let next = match result {
+            Ok(done) => {
+                self.positive.insert(key.clone(), Arc::new(ran.work()));
+                entry.last.digest = done.digest();
+                entry.last.error = None;
+                (!rerun).then(|| done.state())
+            }
+            Err(failure) => {
+                self.positive.invalidate(&key);
+                entry.last.error = Some(failure.to_string());
+                if let Some(after) = cooldown {
+                    entry.phase = self.cool_down(&key, after);
+                    st.cooling += 1;
+                    st.entries.insert(key, entry);
+                    self.publish(st);
+                    return;
+                }
+                (!rerun).then_some(TaskState::Failed)
+            }
+        };
+        match next {
+            Some(state) => {
+                self.finished
+                    .insert(key.clone(), Arc::new(entry.status(&key, Some(state))));
+            }
+            None => {
+                Counters::add(&self.counters.reruns, 1);
+                st.queued += 1;
+                st.entries.insert(key.clone(), entry);
+                let _ = self.ready.send(key);
+            }
+        }
+        self.publish(st);
+    }
+
+    /// Starts the cooldown timer of `key`.
+    fn cool_down(self: &Arc<Self>, key: &TargetKey, after: Duration) -> Phase {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let queue = Arc::downgrade(self);
+        let expired = key.clone();
+        let timer = self.runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(queue) = queue.upgrade() {
+                queue.cooldown_expired(&expired, generation);
+            }
+        });
+        Phase::Cooldown {
+            until: SystemTime::now() + after,
+            generation,
+            timer: timer.abort_handle(),
+        }
+    }
+
+    fn cooldown_expired(&self, key: &TargetKey, generation: u64) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.stopped {
+            return;
+        }
+        let Some(entry) = st.entries.get_mut(key) else {
+            return;
+        };
+        if !matches!(entry.phase, Phase::Cooldown { generation: g, .. } if g == generation) {
+            return;
+        }
+        entry.phase = Phase::Queued;
+        tracing::debug!(target = %key, source = %entry.task.request.source, "cooldown over; retrying");
+        st.cooling -= 1;
+        st.queued += 1;
+        Counters::add(&self.counters.retried, 1);
+        self.publish(st);
+        let _ = self.ready.send(key.clone());
+    }
+
+    /// Adds users to a finished target's status (a cached skip still says who uses the image).
+    fn note_users(&self, key: &TargetKey, users: Vec<String>) {
+        if let Some(status) = self.finished.get(key)
+            && users.iter().any(|u| !status.users.contains(u))
+        {
+            let mut status = (*status).clone();
+            union_users(&mut status.users, users);
+            self.finished.insert(key.clone(), Arc::new(status));
+        }
+    }
+
+    /// Counts an attempt and logs it as one line.
+    fn report(
+        &self,
+        key: &TargetKey,
+        task: &MirrorTask,
+        result: &Result<Done, Failure>,
+        took: Duration,
+        cooldown: Option<Duration>,
+    ) {
+        let c = &self.counters;
+        let source = &task.request.source;
+        let users = task.users.join(", ");
+        let duration_ms = took.as_millis() as u64;
+        match result {
+            Ok(Done::DryPull) => {
+                Counters::add(&c.dry_pulled, 1);
+                tracing::info!(%source, target = %key, %users, result = "dry-pull", "would mirror {source} → {key}");
+            }
+            Ok(Done::Copy(report)) => {
+                let (counter, result) = match report.outcome {
+                    Outcome::Copied => (&c.copied, "copied"),
+                    Outcome::AlreadyPresent => (&c.present, "present"),
+                    Outcome::WouldCopy => (&c.would_copy, "would-copy"),
+                };
+                Counters::add(counter, 1);
+                Counters::add(&c.bytes, report.bytes);
+                let digest = report.digest.as_ref().map(ToString::to_string).unwrap_or_default();
+                tracing::info!(%source, target = %key, %users, result, %digest, bytes = report.bytes, duration_ms,
+                    missing_platforms = report.missing_platforms.len(), "mirror {result}");
+            }
+            Err(failure) => {
+                Counters::add(&c.failed, 1);
+                let retry_in = match cooldown {
+                    Some(d) => humantime::format_duration(d).to_string(),
+                    None => "on next submit".to_owned(),
+                };
+                if failure.is_transient() {
+                    tracing::warn!(%source, target = %key, %users, result = "failed", error = %failure, %retry_in,
+                        duration_ms, "mirror failed");
+                } else {
+                    tracing::error!(%source, target = %key, %users, result = "failed", reason = %failure, %retry_in,
+                        duration_ms, "mirror failed and will fail again until the registry changes");
+                }
+            }
+        }
+    }
+}
+
+impl Entry {
+    /// Status of an active entry, or of a finished one in `finished`.
+    fn status(&self, key: &TargetKey, finished: Option<TaskState>) -> TaskStatus {
+        let (state, next_retry) = match (&self.phase, finished) {
+            (_, Some(state)) => (state, None),
+            (Phase::Queued, None) => (TaskState::Queued, None),
+            (Phase::Running { .. }, None) => (TaskState::Running, None),
+            (Phase::Cooldown { until, .. }, None) => (TaskState::Cooldown, Some(*until)),
+        };
+        TaskStatus {
+            target: key.to_string(),
+            source: self.task.request.source.to_string(),
+            state,
+            digest: self.last.digest.clone(),
+            last_error: self.last.error.clone(),
+            next_retry,
+            users: self.task.users.clone(),
+            started: self.last.started,
+            finished: self.last.finished,
+        }
+    }
+}
+
+impl TaskStatus {
+    fn attempt(&self) -> Attempt {
+        Attempt {
+            digest: self.digest.clone(),
+            error: self.last_error.clone(),
+            started: self.started,
+            finished: self.finished,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, Purpose};
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let overrides = Overrides {
+            config: Some("/nonexistent/copycat-queue-test.yaml".into()),
+            ..Overrides::default()
+        };
+        crate::config::load(&|k| env.get(k).cloned(), &overrides, Purpose::OneShot)
+            .unwrap()
+            .config
+    }
+
+    #[test]
+    fn options_from_the_configuration() {
+        let o = QueueOptions::from_config(&config(&[]));
+        assert_eq!(o.workers, 2);
+        assert_eq!(o.failure_cooldown, Some(Duration::from_secs(3600)));
+        assert_eq!(o.positive_ttl, DEFAULT_POSITIVE_TTL);
+        assert!(!o.dry_pull && !o.copy.dry_run);
+
+        let o = QueueOptions::from_config(&config(&[
+            ("MAX_CONCURRENT_RECONCILES", "5"),
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+            ("FORCE_RECONCILE_MINUTES", "60"),
+            ("DRY_RUN", "true"),
+            ("DRY_PULL", "true"),
+        ]));
+        assert_eq!(o.workers, 5);
+        assert_eq!(o.failure_cooldown, None);
+        assert_eq!(
+            o.positive_ttl,
+            Duration::from_secs(54 * 60),
+            "re-checked by each hourly rescan"
+        );
+        assert!(o.dry_pull && o.copy.dry_run);
+
+        let o = QueueOptions::from_config(&config(&[("FORCE_RECONCILE_MINUTES", "1440")]));
+        assert_eq!(o.positive_ttl, DEFAULT_POSITIVE_TTL);
+    }
+}

@@ -1,0 +1,181 @@
+//! What the queue tells the outside: per-target status and counters.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+use crate::reference::Digest;
+
+/// Where a target stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskState {
+    /// Waiting for a worker.
+    Queued,
+    /// Being copied.
+    Running,
+    /// The target holds the source's content (copied, or already present).
+    Mirrored,
+    /// The last attempt failed and no retry is scheduled (the cooldown is disabled).
+    Failed,
+    /// The last attempt failed; retried at `next_retry`.
+    Cooldown,
+    /// Dry run or dry pull: decided, nothing written.
+    DryRun,
+}
+
+impl TaskState {
+    /// `queued`, `running`, `mirrored`, `failed`, `cooldown` or `dry-run`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Mirrored => "mirrored",
+            TaskState::Failed => "failed",
+            TaskState::Cooldown => "cooldown",
+            TaskState::DryRun => "dry-run",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One target as the queue knows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatus {
+    /// The target key: `registry/repo:tag` or `registry/repo@digest`.
+    pub target: String,
+    /// The source reference of the latest request.
+    pub source: String,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Digest written or found at the target by the last successful attempt.
+    pub digest: Option<Digest>,
+    /// Error of the last attempt, if it failed.
+    pub last_error: Option<String>,
+    /// When a target in cooldown is retried.
+    #[serde(serialize_with = "rfc3339")]
+    pub next_retry: Option<SystemTime>,
+    /// Who uses the image (the most recent few).
+    pub users: Vec<String>,
+    /// When the last attempt started.
+    #[serde(serialize_with = "rfc3339")]
+    pub started: Option<SystemTime>,
+    /// When the last attempt ended.
+    #[serde(serialize_with = "rfc3339")]
+    pub finished: Option<SystemTime>,
+}
+
+fn rfc3339<S: Serializer>(t: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serializer.collect_str(&humantime::format_rfc3339_millis(*t)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Totals since the queue started, and the current gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueCounters {
+    /// Tasks submitted (before shutdown).
+    pub submitted: u64,
+    /// Submissions merged into a task of the same target already queued, running or cooling down.
+    pub merged: u64,
+    /// Submissions (or dequeued tasks) skipped because the positive cache knows the target is mirrored.
+    pub skipped_by_cache: u64,
+    /// Copies that wrote content.
+    pub copied: u64,
+    /// Copies that found the content already at the target.
+    pub present: u64,
+    /// Dry-run copies that would have written content.
+    pub would_copy: u64,
+    /// Tasks only logged because of `dryPull`.
+    pub dry_pulled: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Targets re-queued after a cooldown (expired or reset).
+    pub retried: u64,
+    /// Extra runs because the request changed while a copy of the target ran.
+    pub reruns: u64,
+    /// Blob bytes moved by the queue's copies.
+    pub bytes: u64,
+    /// Tasks waiting for a worker now.
+    pub queued: usize,
+    /// Copies running now.
+    pub running: usize,
+    /// Targets in cooldown now.
+    pub cooling_down: usize,
+}
+
+/// The counters' atomic storage.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub submitted: AtomicU64,
+    pub merged: AtomicU64,
+    pub skipped_by_cache: AtomicU64,
+    pub copied: AtomicU64,
+    pub present: AtomicU64,
+    pub would_copy: AtomicU64,
+    pub dry_pulled: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    pub reruns: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The totals, with the gauges left at zero.
+    pub fn totals(&self) -> QueueCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        QueueCounters {
+            submitted: get(&self.submitted),
+            merged: get(&self.merged),
+            skipped_by_cache: get(&self.skipped_by_cache),
+            copied: get(&self.copied),
+            present: get(&self.present),
+            would_copy: get(&self.would_copy),
+            dry_pulled: get(&self.dry_pulled),
+            failed: get(&self.failed),
+            retried: get(&self.retried),
+            reruns: get(&self.reruns),
+            bytes: get(&self.bytes),
+            ..QueueCounters::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_serialises_for_the_status_endpoint() {
+        let status = TaskStatus {
+            target: "r.io/nginx:1.27".into(),
+            source: "docker.io/library/nginx:1.27".into(),
+            state: TaskState::DryRun,
+            digest: None,
+            last_error: None,
+            next_retry: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400)),
+            users: vec!["Deployment a/web".into()],
+            started: None,
+            finished: None,
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["state"], "dry-run");
+        assert_eq!(json["nextRetry"], "1970-01-02T00:00:00.000Z");
+        assert_eq!(json["lastError"], serde_json::Value::Null);
+        assert_eq!(TaskState::DryRun.to_string(), "dry-run");
+    }
+}

@@ -1,0 +1,229 @@
+//! Mirror tasks, their target keys and the rules for merging two tasks of one target. Pure logic.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::copy::CopyRequest;
+use crate::platform::Platform;
+
+/// Users kept per task (the most recent ones): enough to find who runs an image, bounded however many
+/// Pods share it.
+pub const MAX_USERS: usize = 5;
+
+/// One image to mirror to one target reference.
+#[derive(Debug, Clone)]
+pub struct MirrorTask {
+    /// Source, target repository and target tag (`None`: by digest).
+    pub request: CopyRequest,
+    /// Platforms to copy of an index; empty: the whole index, digest preserved.
+    pub platforms: Vec<Platform>,
+    /// Who uses the image, e.g. `Deployment shop/web`, for logs and status; at most [`MAX_USERS`] are
+    /// kept.
+    pub users: Vec<String>,
+}
+
+impl MirrorTask {
+    /// A task for `request`, whole index, no users.
+    pub fn new(request: CopyRequest) -> MirrorTask {
+        MirrorTask {
+            request,
+            platforms: vec![],
+            users: vec![],
+        }
+    }
+
+    /// The same task copying only `platforms`.
+    pub fn with_platforms(mut self, platforms: Vec<Platform>) -> MirrorTask {
+        self.platforms = platforms;
+        self
+    }
+
+    /// The same task with one more user.
+    pub fn with_user(mut self, user: impl Into<String>) -> MirrorTask {
+        union_users(&mut self.users, [user.into()]);
+        self
+    }
+
+    /// The target this task writes, which identifies it in the queue.
+    pub fn key(&self) -> TargetKey {
+        TargetKey::of(&self.request)
+    }
+
+    /// Whether both tasks would do the same copy (same source reference, digest included, same target
+    /// and tag, same platforms); users do not matter.
+    pub fn same_work(&self, other: &MirrorTask) -> bool {
+        self.request.source == other.request.source
+            && self.request.target.name() == other.request.target.name()
+            && self.request.target_tag == other.request.target_tag
+            && self.platforms == other.platforms
+    }
+
+    /// Merges a newer submission of the same target into this one: the newer request and platforms
+    /// win, users are unioned.
+    pub fn absorb(&mut self, newer: MirrorTask) {
+        let MirrorTask {
+            request,
+            platforms,
+            users,
+        } = newer;
+        self.request = request;
+        self.platforms = platforms;
+        union_users(&mut self.users, users);
+    }
+
+    /// The task without its users, as remembered by the positive cache.
+    pub(crate) fn work(&self) -> MirrorTask {
+        MirrorTask {
+            request: self.request.clone(),
+            platforms: self.platforms.clone(),
+            users: vec![],
+        }
+    }
+}
+
+/// Adds the users of `more` missing from `users`, then keeps the last [`MAX_USERS`] (the most recent).
+pub fn union_users(users: &mut Vec<String>, more: impl IntoIterator<Item = String>) {
+    for user in more {
+        if !users.contains(&user) {
+            users.push(user);
+        }
+    }
+    if users.len() > MAX_USERS {
+        users.drain(..users.len() - MAX_USERS);
+    }
+}
+
+/// The identity of a task: the target registry and repository with the tag, or with the digest for
+/// a digest-only target.
+///
+/// - `reg/repo:tag` when the request names a target tag;
+/// - `reg/repo@sha256:…` when it pushes by digest and the source pins the digest;
+/// - `reg/repo <- SOURCE` when it pushes by digest and the digest is only known after a HEAD at the
+///   source (one task per source reference, since the digest cannot be known without a request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetKey(Arc<str>);
+
+impl TargetKey {
+    /// The key of `request`.
+    pub fn of(request: &CopyRequest) -> TargetKey {
+        let text = match (&request.target_tag, request.source.digest()) {
+            (Some(tag), _) => format!("{}:{tag}", request.target.name()),
+            (None, Some(digest)) => format!("{}@{digest}", request.target.name()),
+            (None, None) => format!("{} <- {}", request.target.name(), request.source),
+        };
+        TargetKey(text.into())
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::ImageRef;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn task(source: &str, target: &str, tag: Option<&str>) -> MirrorTask {
+        MirrorTask::new(CopyRequest {
+            source: ImageRef::parse(source).unwrap(),
+            target: ImageRef::parse(target).unwrap(),
+            target_tag: tag.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn keys_name_the_target_tag_or_digest() {
+        let cases = [
+            (task("nginx:1.27", "r.io/m/nginx", Some("1.27")), "r.io/m/nginx:1.27"),
+            // The target's own tag or digest is ignored: the request's target tag decides.
+            (
+                task("nginx:1.27", "r.io/m/nginx:other", Some("1.27")),
+                "r.io/m/nginx:1.27",
+            ),
+            (
+                task(&format!("nginx:1.27@{D1}"), "r.io/m/nginx", Some("1.27")),
+                "r.io/m/nginx:1.27",
+            ),
+            (
+                task(&format!("ghcr.io/a/b@{D1}"), "r.io/b", None),
+                &format!("r.io/b@{D1}") as &str,
+            ),
+            (task("ghcr.io/a/b:v1", "r.io/b", None), "r.io/b <- ghcr.io/a/b:v1"),
+            // Registry host spellings normalise to one key.
+            (task("nginx", "R.IO:5000/b", Some("v1")), "r.io:5000/b:v1"),
+        ];
+        for (t, want) in cases {
+            assert_eq!(t.key().as_str(), want);
+            assert_eq!(t.key().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn one_key_per_target_whatever_the_source() {
+        let a = task(&format!("ghcr.io/a/b:v1@{D1}"), "r.io/b", Some("v1"));
+        let b = task(&format!("docker.io/a/b:v1@{D2}"), "r.io/b", Some("v1"));
+        assert_eq!(a.key(), b.key());
+        assert!(!a.same_work(&b));
+        // By digest, another digest is another target.
+        let c = task(&format!("ghcr.io/a/b@{D1}"), "r.io/b", None);
+        let d = task(&format!("ghcr.io/a/b@{D2}"), "r.io/b", None);
+        assert_ne!(c.key(), d.key());
+    }
+
+    #[test]
+    fn same_work_compares_source_digest_tag_and_platforms_not_users() {
+        let base = task(&format!("nginx:1.27@{D1}"), "r.io/nginx", Some("1.27"));
+        assert!(base.same_work(&base.clone().with_user("Pod a/b")));
+        assert!(!base.same_work(&task(&format!("nginx:1.27@{D2}"), "r.io/nginx", Some("1.27"))));
+        assert!(!base.same_work(&task("nginx:1.27", "r.io/nginx", Some("1.27"))));
+        assert!(!base.same_work(&task(&format!("nginx:1.27@{D1}"), "r.io/nginx", Some("stable"))));
+        let arm = base
+            .clone()
+            .with_platforms(vec![Platform::parse("linux/arm64").unwrap()]);
+        assert!(!base.same_work(&arm));
+        assert!(arm.same_work(&arm.clone()));
+    }
+
+    #[test]
+    fn absorb_takes_the_newest_request_and_unions_users() {
+        let mut queued = task(&format!("nginx:1.27@{D1}"), "r.io/nginx", Some("1.27"))
+            .with_user("Deployment a/web")
+            .with_user("Pod a/web-1");
+        let newer = task(&format!("nginx:1.27@{D2}"), "r.io/nginx", Some("1.27"))
+            .with_platforms(vec![Platform::parse("linux/amd64").unwrap()])
+            .with_user("Pod a/web-1")
+            .with_user("Pod a/web-2");
+        queued.absorb(newer.clone());
+        assert!(queued.same_work(&newer));
+        assert_eq!(queued.users, ["Deployment a/web", "Pod a/web-1", "Pod a/web-2"]);
+    }
+
+    #[test]
+    fn users_are_bounded_keeping_the_most_recent() {
+        let mut users = vec![];
+        union_users(&mut users, (0..3).map(|i| format!("Pod ns/p{i}")));
+        union_users(&mut users, (0..3).map(|i| format!("Pod ns/p{i}")));
+        assert_eq!(users.len(), 3, "duplicates are not added");
+        union_users(&mut users, (3..20).map(|i| format!("Pod ns/p{i}")));
+        assert_eq!(
+            users,
+            ["Pod ns/p15", "Pod ns/p16", "Pod ns/p17", "Pod ns/p18", "Pod ns/p19"]
+        );
+        let many = (0..100).fold(task("nginx", "r.io/nginx", Some("latest")), |t, i| {
+            t.with_user(format!("Pod ns/p{i}"))
+        });
+        assert_eq!(many.users.len(), MAX_USERS);
+        assert_eq!(many.work().users.len(), 0);
+    }
+}
