@@ -39,15 +39,17 @@ pub async fn main(cli: Cli) -> ExitCode {
     match &command {
         Command::Copy(args) => commands::copy(&loaded.config, args).await,
         Command::Sync(args) => commands::sync(&loaded.config, args).await,
-        Command::Run | Command::CheckConfig => run_daemon(&loaded.config),
+        Command::Run | Command::CheckConfig => run_daemon(&loaded.config).await,
     }
 }
 
-/// The daemon needs cluster discovery, which is not built yet: say so instead of pretending to run.
-fn run_daemon(config: &Config) -> ExitCode {
-    tracing::error!(
-        config = %config.runtime.config_path.display(),
-        "configuration is valid, but the daemon (cluster discovery) is not built yet in this version; use `copycat copy` or `copycat sync`"
-    );
-    ExitCode::FAILURE
+/// Runs the daemon; errors (no Kubernetes access, an unsupported target) exit 1 with the reason.
+async fn run_daemon(config: &Config) -> ExitCode {
+    match crate::daemon::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "copycat stopped");
+            ExitCode::FAILURE
+        }
+    }
 }

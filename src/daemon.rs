@@ -52,7 +52,9 @@ async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
         }
-        None => kube::Config::infer().await.context("no in-cluster config, KUBECONFIG or ~/.kube/config")?,
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config, KUBECONFIG or ~/.kube/config")?,
     };
     kube::Client::try_from(kube_config).context("building the Kubernetes client")
 }

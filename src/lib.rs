@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod copy;
+pub mod daemon;
 pub mod discovery;
 pub mod glob;
 pub mod images_file;

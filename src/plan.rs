@@ -7,10 +7,10 @@ use crate::config::{Config, SkipNames, TargetKind};
 use crate::copy::CopyRequest;
 use crate::discovery::extract::ContainerImage;
 use crate::discovery::inventory::{Inventory, ObjectKey};
+use crate::glob;
 use crate::naming::{self, NameContext, PathRule};
 use crate::platform::Platform;
 use crate::queue::MirrorTask;
-use crate::glob;
 use crate::reference::{Digest, ImageRef};
 
 /// The workload kinds copycat watches.
@@ -157,7 +157,6 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-
     use crate::config::{Overrides, Purpose};
     use crate::discovery::extract::{Owner, OwnerKind};
     use crate::discovery::inventory::{Seen, Update, Watched};
@@ -165,11 +164,19 @@ mod tests {
     const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn config(env: &[(&str, &str)]) -> Config {
-        let mut vars: Vec<(String, String)> = vec![("TARGET_KIND".into(), "docker".into()), ("TARGET_REGISTRY".into(), "mirror.example.com".into())];
+        let mut vars: Vec<(String, String)> = vec![
+            ("TARGET_KIND".into(), "docker".into()),
+            ("TARGET_REGISTRY".into(), "mirror.example.com".into()),
+        ];
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let lookup = move |k: &str| vars.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let overrides = Overrides { config: Some("/nonexistent/copycat.yaml".into()), ..Overrides::default() };
-        crate::config::load(&lookup, &overrides, Purpose::Daemon).expect("valid test config").config
+        let overrides = Overrides {
+            config: Some("/nonexistent/copycat.yaml".into()),
+            ..Overrides::default()
+        };
+        crate::config::load(&lookup, &overrides, Purpose::Daemon)
+            .expect("valid test config")
+            .config
     }
 
     fn seen(ns: &str, name: &str, images: &[(&str, Option<&str>)], owner: Option<(OwnerKind, &str)>) -> Seen {
@@ -185,7 +192,10 @@ mod tests {
                     pod_digest: digest.map(|d| Digest::parse(d).unwrap()),
                 })
                 .collect(),
-            owner: owner.map(|(kind, name)| Owner { kind, name: name.into() }),
+            owner: owner.map(|(kind, name)| Owner {
+                kind,
+                name: name.into(),
+            }),
         }
     }
 
@@ -198,7 +208,16 @@ mod tests {
     }
 
     fn targets(plan: &Plan) -> Vec<String> {
-        plan.tasks.iter().map(|t| format!("{} -> {}", t.request.source, t.request.target_display(t.request.source.digest()))).collect()
+        plan.tasks
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} -> {}",
+                    t.request.source,
+                    t.request.target_display(t.request.source.digest())
+                )
+            })
+            .collect()
     }
 
     const DEPLOY: Watched = Watched::Workload(Kind::Deployment);
@@ -208,28 +227,95 @@ mod tests {
     fn a_workload_and_its_pods_are_one_task() {
         let inv = inventory(vec![
             (DEPLOY, seen("shop", "web", &[("nginx:1.25", None)], None)),
-            (Watched::ReplicaSet, seen("shop", "web-5d8f", &[], Some((OwnerKind::Workload(Kind::Deployment), "web")))),
-            (POD, seen("shop", "web-5d8f-a", &[("nginx:1.25", None)], Some((OwnerKind::ReplicaSet, "web-5d8f")))),
-            (POD, seen("shop", "web-5d8f-b", &[("nginx:1.25", None)], Some((OwnerKind::ReplicaSet, "web-5d8f")))),
+            (
+                Watched::ReplicaSet,
+                seen(
+                    "shop",
+                    "web-5d8f",
+                    &[],
+                    Some((OwnerKind::Workload(Kind::Deployment), "web")),
+                ),
+            ),
+            (
+                POD,
+                seen(
+                    "shop",
+                    "web-5d8f-a",
+                    &[("nginx:1.25", None)],
+                    Some((OwnerKind::ReplicaSet, "web-5d8f")),
+                ),
+            ),
+            (
+                POD,
+                seen(
+                    "shop",
+                    "web-5d8f-b",
+                    &[("nginx:1.25", None)],
+                    Some((OwnerKind::ReplicaSet, "web-5d8f")),
+                ),
+            ),
         ]);
-        let plan = Planner::new(&config(&[("TARGET_REPO_PREFIX", "m/$namespace/$podname")]), "mirror.example.com").unwrap().plan(&inv);
-        assert_eq!(targets(&plan), vec!["docker.io/library/nginx:1.25 -> mirror.example.com/m/shop/web/library/nginx:1.25"]);
+        let plan = Planner::new(
+            &config(&[("TARGET_REPO_PREFIX", "m/$namespace/$podname")]),
+            "mirror.example.com",
+        )
+        .unwrap()
+        .plan(&inv);
+        assert_eq!(
+            targets(&plan),
+            vec!["docker.io/library/nginx:1.25 -> mirror.example.com/m/shop/web/library/nginx:1.25"]
+        );
         assert_eq!(plan.tasks[0].users, vec!["Deployment shop/web"]);
     }
 
     #[test]
     fn filters_and_exclusions() {
         let inv = inventory(vec![
-            (DEPLOY, seen("shop", "web", &[("nginx:1", None), ("mirror.example.com/m/x:1", None), ("quay.io/org/tool:2", None)], None)),
+            (
+                DEPLOY,
+                seen(
+                    "shop",
+                    "web",
+                    &[
+                        ("nginx:1", None),
+                        ("mirror.example.com/m/x:1", None),
+                        ("quay.io/org/tool:2", None),
+                    ],
+                    None,
+                ),
+            ),
             (DEPLOY, seen("kube-system", "dns", &[("coredns:1", None)], None)),
             (DEPLOY, seen("shop", "legacy", &[("legacy:1", None)], None)),
-            (Watched::ReplicaSet, seen("shop", "legacy-1", &[], Some((OwnerKind::Workload(Kind::Deployment), "legacy")))),
-            (POD, seen("shop", "legacy-1-a", &[("legacy:1", None)], Some((OwnerKind::ReplicaSet, "legacy-1")))),
+            (
+                Watched::ReplicaSet,
+                seen(
+                    "shop",
+                    "legacy-1",
+                    &[],
+                    Some((OwnerKind::Workload(Kind::Deployment), "legacy")),
+                ),
+            ),
+            (
+                POD,
+                seen(
+                    "shop",
+                    "legacy-1-a",
+                    &[("legacy:1", None)],
+                    Some((OwnerKind::ReplicaSet, "legacy-1")),
+                ),
+            ),
             (DEPLOY, seen("shop", "broken", &[("Not:Valid:Image", None)], None)),
         ]);
-        let config = config(&[("SKIP_NAMESPACES", "kube-system"), ("SKIP_DEPLOYMENTS", "shop/legacy"), ("EXCLUDE_REGISTRIES", "quay.io")]);
+        let config = config(&[
+            ("SKIP_NAMESPACES", "kube-system"),
+            ("SKIP_DEPLOYMENTS", "shop/legacy"),
+            ("EXCLUDE_REGISTRIES", "quay.io"),
+        ]);
         let plan = Planner::new(&config, "mirror.example.com").unwrap().plan(&inv);
-        assert_eq!(targets(&plan), vec!["docker.io/library/nginx:1 -> mirror.example.com/library/nginx:1"]);
+        assert_eq!(
+            targets(&plan),
+            vec!["docker.io/library/nginx:1 -> mirror.example.com/library/nginx:1"]
+        );
         assert_eq!(plan.excluded, 2, "quay.io and the target itself");
         assert_eq!(plan.invalid.len(), 1);
         assert_eq!(plan.invalid[0].1, "Not:Valid:Image");
@@ -239,7 +325,15 @@ mod tests {
     fn digest_mode_uses_what_pods_run() {
         let digest = format!("sha256:{HEX}");
         let inv = inventory(vec![
-            (POD, seen("a", "p", &[("app:1", Some(&digest)), ("tool:latest", Some(&digest))], None)),
+            (
+                POD,
+                seen(
+                    "a",
+                    "p",
+                    &[("app:1", Some(&digest)), ("tool:latest", Some(&digest))],
+                    None,
+                ),
+            ),
             (DEPLOY, seen("a", "d", &[("other:2", None)], None)),
         ]);
         let config = config(&[("DIGEST_PULL", "true"), ("MIRROR_PLATFORMS", "linux/amd64,linux/arm64")]);
@@ -253,19 +347,50 @@ mod tests {
             ]
         );
         let platforms: Vec<usize> = plan.tasks.iter().map(|t| t.platforms.len()).collect();
-        assert_eq!(platforms, vec![2, 2, 0], "platform subsets only in digest mode; latest stays tag-based");
+        assert_eq!(
+            platforms,
+            vec![2, 2, 0],
+            "platform subsets only in digest mode; latest stays tag-based"
+        );
     }
 
     #[test]
     fn target_paths_and_owner_only_watches() {
         let inv = inventory(vec![
-            (Watched::Workload(Kind::Job), seen("a", "nightly-1", &[("tool:1", None)], Some((OwnerKind::Workload(Kind::CronJob), "nightly")))),
-            (POD, seen("a", "nightly-1-x", &[("tool:1", None)], Some((OwnerKind::Workload(Kind::Job), "nightly-1")))),
+            (
+                Watched::Workload(Kind::Job),
+                seen(
+                    "a",
+                    "nightly-1",
+                    &[("tool:1", None)],
+                    Some((OwnerKind::Workload(Kind::CronJob), "nightly")),
+                ),
+            ),
+            (
+                POD,
+                seen(
+                    "a",
+                    "nightly-1-x",
+                    &[("tool:1", None)],
+                    Some((OwnerKind::Workload(Kind::Job), "nightly-1")),
+                ),
+            ),
         ]);
-        let config = config(&[("WATCH_RESOURCES", "pods"), ("TARGET_REGISTRY", "reg.example.com:5000/backup"), ("TARGET_REPO_PREFIX", "$podname")]);
+        let config = config(&[
+            ("WATCH_RESOURCES", "pods"),
+            ("TARGET_REGISTRY", "reg.example.com:5000/backup"),
+            ("TARGET_REPO_PREFIX", "$podname"),
+        ]);
         let plan = Planner::new(&config, &config.docker.registry).unwrap().plan(&inv);
-        assert_eq!(targets(&plan), vec!["docker.io/library/tool:1 -> reg.example.com:5000/backup/nightly/library/tool:1"]);
-        assert_eq!(plan.tasks[0].users, vec!["CronJob a/nightly"], "the Job itself is watched for owners only");
+        assert_eq!(
+            targets(&plan),
+            vec!["docker.io/library/tool:1 -> reg.example.com:5000/backup/nightly/library/tool:1"]
+        );
+        assert_eq!(
+            plan.tasks[0].users,
+            vec!["CronJob a/nightly"],
+            "the Job itself is watched for owners only"
+        );
     }
 
     #[test]
@@ -443,7 +568,10 @@ impl Planner {
                 continue;
             }
             let chain = inventory.owner_chain(key, entry);
-            if chain.iter().any(|(kind, name)| self.skip.skips(*kind, &key.namespace, name)) {
+            if chain
+                .iter()
+                .any(|(kind, name)| self.skip.skips(*kind, &key.namespace, name))
+            {
                 continue;
             }
             let (workload_kind, workload) = inventory.workload_of(key, entry);
@@ -451,13 +579,11 @@ impl Planner {
             for use_ in &entry.images {
                 match self.task(key, &workload, use_) {
                     Ok(Some(task)) => {
-                        let target = task.request.target_display(task.request.source.digest());
-                        match by_target.get_mut(&target) {
-                            Some(existing) => existing.add_user(&user),
+                        let task = task.with_user(user.clone());
+                        match by_target.get_mut(task.key().as_str()) {
+                            Some(existing) => existing.absorb(task),
                             None => {
-                                let mut task = task;
-                                task.add_user(&user);
-                                by_target.insert(target, task);
+                                by_target.insert(task.key().as_str().to_owned(), task);
                             }
                         }
                     }
@@ -487,13 +613,26 @@ impl Planner {
             arch: None,
         };
         let repo = naming::target_repository(&self.prefix, &self.rules, &source, &ctx)?;
-        let repo = if self.target_path.is_empty() { repo } else { naming::clean_repository(&format!("{}/{repo}", self.target_path)) };
+        let repo = if self.target_path.is_empty() {
+            repo
+        } else {
+            naming::clean_repository(&format!("{}/{repo}", self.target_path))
+        };
         let target = ImageRef::parse(&format!("{}/{repo}", self.target_host)).map_err(|e| format!("target: {e}"))?;
         let target_tag = naming::target_tag(&source, None, &self.digest_tag_template)?;
-        let platforms = if digest_mode { self.mirror_platforms.clone() } else { vec![] };
-        let mut task = MirrorTask::new(CopyRequest { source, target, target_tag });
-        task.platforms = platforms;
-        Ok(Some(task))
+        let platforms = if digest_mode {
+            self.mirror_platforms.clone()
+        } else {
+            vec![]
+        };
+        Ok(Some(
+            MirrorTask::new(CopyRequest {
+                source,
+                target,
+                target_tag,
+            })
+            .with_platforms(platforms),
+        ))
     }
 }
 

@@ -16,11 +16,18 @@ impl Daemon {
     fn start(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
         cmd.args(["run", "--kubeconfig"]).arg(kubeconfig).env_clear();
-        cmd.env("CONFIG_PATH", "/nonexistent/config.yaml").env("LOG_FORMAT", "text").env("LEADER_ELECT", "false");
+        cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
+            .env("LOG_FORMAT", "text")
+            .env("LEADER_ELECT", "false");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Daemon(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start copycat run"))
+        Daemon(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start copycat run"),
+        )
     }
 
     /// Sends SIGTERM and returns the exit code and everything it logged.
@@ -32,7 +39,9 @@ impl Daemon {
             assert!(Instant::now() < deadline, "copycat did not exit within 30 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
@@ -74,20 +83,56 @@ async fn mirrors_what_the_cluster_runs_and_follows_changes() {
 
     let daemon = Daemon::start(
         running.kubeconfig_path(),
-        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host()), ("TARGET_REPO_PREFIX", "backup/$namespace"), ("FAILURE_COOLDOWN_MINUTES", "0")],
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("TARGET_REPO_PREFIX", "backup/$namespace"),
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+        ],
     );
-    eventually("the first image", async || manifest_digest(&dst, "backup/default/shop/web", "1.0").await.unwrap().is_some()).await;
-    eventually("the init container's image", async || manifest_digest(&dst, "backup/default/tools/envoy", "1").await.unwrap().is_some()).await;
-    assert_eq!(skopeo_digest(&dst, "backup/default/shop/web:1.0").await.unwrap(), v1.digest);
-    assert_eq!(skopeo_digest(&dst, "backup/default/tools/envoy:1").await.unwrap(), sidecar.digest);
+    eventually("the first image", async || {
+        manifest_digest(&dst, "backup/default/shop/web", "1.0")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    eventually("the init container's image", async || {
+        manifest_digest(&dst, "backup/default/tools/envoy", "1")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert_eq!(
+        skopeo_digest(&dst, "backup/default/shop/web:1.0").await.unwrap(),
+        v1.digest
+    );
+    assert_eq!(
+        skopeo_digest(&dst, "backup/default/tools/envoy:1").await.unwrap(),
+        sidecar.digest
+    );
 
     server.apply(deployment("2.0")).unwrap();
-    eventually("the changed image", async || manifest_digest(&dst, "backup/default/shop/web", "2.0").await.unwrap().is_some()).await;
-    assert_eq!(skopeo_digest(&dst, "backup/default/shop/web:2.0").await.unwrap(), v2.digest);
+    eventually("the changed image", async || {
+        manifest_digest(&dst, "backup/default/shop/web", "2.0")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert_eq!(
+        skopeo_digest(&dst, "backup/default/shop/web:2.0").await.unwrap(),
+        v2.digest
+    );
 
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
-    let manifest_puts = dst.requests().iter().filter(|r| r.method == "PUT" && r.path.contains("/manifests/1.0")).count();
+    let manifest_puts = dst
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/manifests/1.0"))
+        .count();
     assert_eq!(manifest_puts, 1, "each target is written once");
 }
 
@@ -100,10 +145,20 @@ async fn dry_pull_plans_without_any_registry_request() {
                       "spec": {"containers": [{"name": "c", "image": format!("{}/lib/app:1", src.host())}]}, "status": {"phase": "Running"}}))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = Daemon::start(running.kubeconfig_path(), &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host()), ("DRY_PULL", "true")]);
+    let daemon = Daemon::start(
+        running.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("DRY_PULL", "true"),
+        ],
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("would mirror") && log.contains("lib/app:1"), "{log}");
-    assert!(src.requests().is_empty() && dst.requests().is_empty(), "dryPull sends no registry request");
+    assert!(
+        src.requests().is_empty() && dst.requests().is_empty(),
+        "dryPull sends no registry request"
+    );
 }
