@@ -31,6 +31,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let registries = commands::registries(config, &[&target_host]).map_err(anyhow::Error::msg)?;
     let queue = Queue::start(commands::copier(config, registries), QueueOptions::from_config(config));
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
+    warn_about_missing_namespaces(&client, &planner).await;
     let (watchers, updates) = watch::start(client, &watch::watched_for(&watched_kinds(config)));
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, "copycat started");
 
@@ -43,6 +44,24 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     drop(watchers);
     queue.shutdown(SHUTDOWN_GRACE).await;
     Ok(())
+}
+
+/// Explicitly named namespaces that do not exist yet are watched anyway (they are picked up when they
+/// appear); say so once at start, since a typo looks the same.
+async fn warn_about_missing_namespaces(client: &kube::Client, planner: &Planner) {
+    let api = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    match api.list_metadata(&Default::default()).await {
+        Ok(list) => {
+            let existing: HashSet<String> = list.items.into_iter().filter_map(|n| n.metadata.name).collect();
+            for name in planner.scope().explicit_names().filter(|n| !existing.contains(*n)) {
+                tracing::warn!(
+                    namespace = name,
+                    "includeNamespaces names a namespace that does not exist (yet); it is watched once it appears"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list namespaces to check includeNamespaces"),
+    }
 }
 
 async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {

@@ -162,3 +162,131 @@ async fn dry_pull_plans_without_any_registry_request() {
         "dryPull sends no registry request"
     );
 }
+
+#[tokio::test]
+async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
+    let (src, dst, other) = (
+        start(RegistryMode::Plain),
+        start(RegistryMode::Plain),
+        start(RegistryMode::Plain),
+    );
+    for (registry, repo) in [
+        (&src, "lib/kept"),
+        (&src, "lib/skipped-ns"),
+        (&src, "lib/owner-skipped"),
+        (&other, "lib/excluded"),
+        (&src, "lib/late"),
+    ] {
+        Image::oci("amd64", &[1000], repo.len() as u64)
+            .unwrap()
+            .push(registry, repo, "1")
+            .await
+            .unwrap();
+    }
+    Image::oci("amd64", &[1000], 9)
+        .unwrap()
+        .push(&dst, "already/here", "1")
+        .await
+        .unwrap();
+    let server = ApiServer::new();
+    let deployment = |ns: &str, name: &str, image: String| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+               "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                   "containers": [{"name": "c", "image": image}]}}}})
+    };
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}))
+        .unwrap();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "secret"}}))
+        .unwrap();
+    server
+        .apply(deployment("team-a", "kept", format!("{}/lib/kept:1", src.host())))
+        .unwrap();
+    server
+        .apply(deployment(
+            "team-a",
+            "excluded",
+            format!("{}/lib/excluded:1", other.host()),
+        ))
+        .unwrap();
+    server
+        .apply(deployment("team-a", "own", format!("{}/already/here:1", dst.host())))
+        .unwrap();
+    server
+        .apply(deployment(
+            "secret",
+            "hidden",
+            format!("{}/lib/skipped-ns:1", src.host()),
+        ))
+        .unwrap();
+    server
+        .apply(deployment(
+            "default",
+            "outside",
+            format!("{}/lib/skipped-ns:1", src.host()),
+        ))
+        .unwrap();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "legacy-1-x", "namespace": "team-a",
+                      "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "legacy-1", "uid": "u1", "controller": true}]},
+                      "spec": {"containers": [{"name": "c", "image": format!("{}/lib/owner-skipped:1", src.host())}]}, "status": {"phase": "Running"}}))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let (dst_before, other_before) = (dst.requests().len(), other.requests().len());
+    let daemon = Daemon::start(
+        running.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("INCLUDE_NAMESPACES", "team-*,secret,ghost"),
+            ("SKIP_NAMESPACES", "secret"),
+            ("SKIP_DEPLOYMENTS", "team-a/legacy"),
+            ("EXCLUDE_REGISTRIES", &other.host()),
+        ],
+    );
+    eventually("the kept image", async || {
+        manifest_digest(&dst, "lib/kept", "1").await.unwrap().is_some()
+    })
+    .await;
+
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-late"}}))
+        .unwrap();
+    server
+        .apply(deployment("team-late", "late", format!("{}/lib/late:1", src.host())))
+        .unwrap();
+    eventually("the image of a namespace created later", async || {
+        manifest_digest(&dst, "lib/late", "1").await.unwrap().is_some()
+    })
+    .await;
+
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for repo in ["lib/skipped-ns", "lib/owner-skipped", "lib/excluded"] {
+        assert_eq!(
+            manifest_digest(&dst, repo, "1").await.unwrap(),
+            None,
+            "{repo} must not be mirrored"
+        );
+    }
+    let touched_own: Vec<_> = dst
+        .requests()
+        .into_iter()
+        .skip(dst_before)
+        .filter(|r| r.path.contains("already/here"))
+        .collect();
+    assert!(
+        touched_own.is_empty(),
+        "images already on the target are excluded (no mirror loop): {touched_own:?}"
+    );
+    assert!(
+        log.contains("ghost") && log.contains("does not exist"),
+        "missing namespace warned about: {log}"
+    );
+    assert_eq!(
+        other.requests().len(),
+        other_before,
+        "the excluded registry is never contacted"
+    );
+}
