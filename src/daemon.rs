@@ -26,6 +26,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         TargetKind::Docker => config.docker.registry.clone(),
         TargetKind::Ecr => bail!("targetKind ecr is not built yet in this version; use targetKind docker"),
     };
+    if config.runtime.leader_elect {
+        tracing::warn!("leader election is not built yet in this version: every replica mirrors; run one replica (LEADER_ELECT=false silences this)");
+    }
     let client = kube_client(config).await?;
     let target_host = commands::daemon_target_host(config).unwrap_or_default();
     let registries = commands::registries(config, &[&target_host]).map_err(anyhow::Error::msg)?;
