@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::commands;
 use crate::config::{Config, TargetKind};
-use crate::discovery::inventory::{Inventory, Update};
+use crate::discovery::inventory::{Inventory, Update, Watched};
 use crate::discovery::watch;
 use crate::plan::{Planner, watched_kinds};
 use crate::queue::{MirrorTask, Queue, QueueOptions};
@@ -27,7 +28,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         TargetKind::Ecr => bail!("targetKind ecr is not built yet in this version; use targetKind docker"),
     };
     if config.runtime.leader_elect {
-        tracing::warn!("leader election is not built yet in this version: every replica mirrors; run one replica (LEADER_ELECT=false silences this)");
+        tracing::warn!(
+            "leader election is not built yet in this version: every replica mirrors; run one replica (LEADER_ELECT=false silences this)"
+        );
     }
     let client = kube_client(config).await?;
     let target_host = commands::daemon_target_host(config).unwrap_or_default();
@@ -35,11 +38,12 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let queue = Queue::start(commands::copier(config, registries), QueueOptions::from_config(config));
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
     warn_about_missing_namespaces(&client, &planner).await;
-    let (watchers, updates) = watch::start(client, &watch::watched_for(&watched_kinds(config)));
+    let watched = watch::watched_for(&watched_kinds(config));
+    let (watchers, updates) = watch::start(client, &watched);
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, "copycat started");
 
     tokio::select! {
-        () = plan_loop(updates, &planner, &queue, config.force_reconcile_interval) => {
+        () = plan_loop(updates, &watched, &planner, &queue, config.force_reconcile_interval) => {
             tracing::error!("watchers stopped");
         }
         () = shutdown_signal() => tracing::info!("shutting down"),
@@ -81,36 +85,55 @@ async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(kube_config).context("building the Kubernetes client")
 }
 
-/// Applies watch updates to the inventory and submits the tasks that changed.
-async fn plan_loop(mut updates: mpsc::Receiver<Update>, planner: &Planner, queue: &Queue, rescan: Option<Duration>) {
+/// Applies watch updates to the inventory and submits the tasks that changed, at most `SETTLE`
+/// after the first change not yet planned (so constant churn cannot postpone planning).
+async fn plan_loop(
+    mut updates: mpsc::Receiver<Update>,
+    watched: &[Watched],
+    planner: &Planner,
+    queue: &Queue,
+    rescan: Option<Duration>,
+) {
     let mut inventory = Inventory::new();
     let mut submitted: HashMap<String, String> = HashMap::new();
     let mut reported_invalid: HashSet<(String, String)> = HashSet::new();
-    let mut dirty = false;
-    let mut next_rescan = rescan.map(|every| tokio::time::Instant::now() + every);
+    let mut plan_at: Option<Instant> = None;
+    let mut listed = false;
+    let mut next_rescan = rescan.map(|every| Instant::now() + every);
     loop {
-        let settle = tokio::time::sleep(SETTLE);
-        let rescan_due = async {
-            match next_rescan {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let plan_due = until(plan_at);
+        let rescan_due = until(next_rescan);
         tokio::select! {
             update = updates.recv() => match update {
-                Some(update) => dirty |= inventory.apply(update),
+                Some(update) => {
+                    if inventory.apply(update) && plan_at.is_none() {
+                        plan_at = Some(Instant::now() + SETTLE);
+                    }
+                    if !listed && watched.iter().all(|w| inventory.is_synced(*w)) {
+                        listed = true;
+                        tracing::info!(objects = inventory.objects().count(), "initial list complete");
+                    }
+                }
                 None => return,
             },
-            () = settle, if dirty => {
-                dirty = false;
+            () = plan_due => {
+                plan_at = None;
                 submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false);
             }
             () = rescan_due => {
-                next_rescan = rescan.map(|every| tokio::time::Instant::now() + every);
+                next_rescan = rescan.map(|every| Instant::now() + every);
                 tracing::info!("periodic rescan");
                 submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true);
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -129,16 +152,20 @@ fn submit_changes(
             tracing::warn!(workload = %user, image = %image, error = %error, "invalid image reference; not mirrored");
         }
     }
-    let mut current = HashMap::with_capacity(plan.tasks.len());
+    let (tasks, excluded) = (plan.tasks.len(), plan.excluded);
+    let mut changed = 0;
+    let mut current = HashMap::with_capacity(tasks);
     for task in plan.tasks {
         let target = task.request.target_display(task.request.source.digest());
         let source = format!("{} {:?}", task.request.source, task.platforms);
         if everything || submitted.get(&target) != Some(&source) {
+            changed += 1;
             submit(queue, task);
         }
         current.insert(target, source);
     }
     *submitted = current;
+    tracing::info!(tasks, submitted = changed, excluded, "planned");
 }
 
 fn submit(queue: &Queue, task: MirrorTask) {
