@@ -570,14 +570,14 @@ async fn dry_run_counts_would_copy_and_writes_nothing() {
     assert_eq!(manifest_digest(&dst, "app", "v1").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn shutdown_lets_a_running_copy_finish_within_the_grace() {
+/// A queue copying one image whose blob downloads stall for `stall`, once a download has begun.
+async fn copying_with_stalled_downloads(stall: Duration, seed: u64) -> (Registry, Registry, FaultProxy, Image, Queue) {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let proxy = FaultProxy::start(&src.url()).unwrap();
-    let image = Image::oci("amd64", &[20_000], 17).unwrap();
+    let image = Image::oci("amd64", &[20_000], seed).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
     proxy.set(
-        Fault::stall(Duration::from_millis(500))
+        Fault::stall(stall)
             .on(Match::new(Some("GET"), Some("/blobs/sha256:")))
             .times(10),
     );
@@ -587,6 +587,12 @@ async fn shutdown_lets_a_running_copy_finish_within_the_grace() {
         proxy.requests().iter().any(|r| r.path.contains("/blobs/sha256:"))
     })
     .await;
+    (src, dst, proxy, image, queue)
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_running_copy_finish_within_the_grace() {
+    let (_src, dst, _proxy, image, queue) = copying_with_stalled_downloads(Duration::from_millis(500), 17).await;
 
     let began = Instant::now();
     queue.clone().shutdown(Duration::from_secs(5)).await;
@@ -600,21 +606,7 @@ async fn shutdown_lets_a_running_copy_finish_within_the_grace() {
 
 #[tokio::test]
 async fn shutdown_cancels_a_copy_that_outlasts_the_grace() {
-    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
-    let proxy = FaultProxy::start(&src.url()).unwrap();
-    let image = Image::oci("amd64", &[20_000], 18).unwrap();
-    image.push(&src, "app", "v1").await.unwrap();
-    proxy.set(
-        Fault::stall(Duration::from_secs(20))
-            .on(Match::new(Some("GET"), Some("/blobs/sha256:")))
-            .times(10),
-    );
-    let queue = Queue::start(copier(&[&src, &dst]), options(2));
-    queue.submit(task(&proxy.host(), "app:v1", &dst, "app", "v1"));
-    until("a blob download", || {
-        proxy.requests().iter().any(|r| r.path.contains("/blobs/sha256:"))
-    })
-    .await;
+    let (src, dst, _proxy, _image, queue) = copying_with_stalled_downloads(Duration::from_secs(20), 18).await;
 
     let began = Instant::now();
     queue.clone().shutdown(Duration::from_millis(300)).await;
