@@ -212,6 +212,15 @@ struct Shared {
     total_bytes: AtomicU64,
 }
 
+/// What a copy decided, before its counters are added to the report.
+struct Decision {
+    outcome: Outcome,
+    source_digest: Digest,
+    digest: Option<Digest>,
+    missing_platforms: Vec<Platform>,
+    filtered: bool,
+}
+
 /// Per-copy counters.
 #[derive(Default)]
 struct Counters {
@@ -298,7 +307,13 @@ impl Copier {
         };
         let bytes = job.counters.bytes.load(Ordering::Relaxed);
         self.shared.total_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let (outcome, source_digest, digest, missing_platforms, filtered) = result?;
+        let Decision {
+            outcome,
+            source_digest,
+            digest,
+            missing_platforms,
+            filtered,
+        } = result?;
         Ok(CopyReport {
             outcome,
             source_digest,
@@ -312,12 +327,7 @@ impl Copier {
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn run(
-        &self,
-        req: &CopyRequest,
-        job: &Job<'_>,
-    ) -> Result<(Outcome, Digest, Option<Digest>, Vec<Platform>, bool), CopyError> {
+    async fn run(&self, req: &CopyRequest, job: &Job<'_>) -> Result<Decision, CopyError> {
         let opts = job.opts;
         let platforms_key = opts
             .platforms
@@ -357,24 +367,24 @@ impl Copier {
         if let (Some(want), Some(head)) = (&expected, &target_head)
             && head.digest == *want
         {
-            return Ok((
-                Outcome::AlreadyPresent,
+            return Ok(Decision {
+                outcome: Outcome::AlreadyPresent,
                 source_digest,
-                Some(want.clone()),
-                vec![],
-                !opts.platforms.is_empty(),
-            ));
+                digest: Some(want.clone()),
+                missing_platforms: vec![],
+                filtered: !opts.platforms.is_empty(),
+            });
         }
         if let Some(want) = &expected {
             check_overwrite(req, opts, target_head.as_ref(), want)?;
             if opts.dry_run {
-                return Ok((
-                    Outcome::WouldCopy,
+                return Ok(Decision {
+                    outcome: Outcome::WouldCopy,
                     source_digest,
-                    Some(want.clone()),
-                    vec![],
-                    !opts.platforms.is_empty(),
-                ));
+                    digest: Some(want.clone()),
+                    missing_platforms: vec![],
+                    filtered: !opts.platforms.is_empty(),
+                });
             }
         }
 
@@ -392,17 +402,23 @@ impl Copier {
         if let Some(head) = &target_head
             && head.digest == top.digest
         {
-            return Ok((
-                Outcome::AlreadyPresent,
+            return Ok(Decision {
+                outcome: Outcome::AlreadyPresent,
                 source_digest,
-                Some(top.digest),
-                missing,
+                digest: Some(top.digest),
+                missing_platforms: missing,
                 filtered,
-            ));
+            });
         }
         check_overwrite(req, opts, target_head.as_ref(), &top.digest)?;
         if opts.dry_run {
-            return Ok((Outcome::WouldCopy, source_digest, Some(top.digest), missing, filtered));
+            return Ok(Decision {
+                outcome: Outcome::WouldCopy,
+                source_digest,
+                digest: Some(top.digest),
+                missing_platforms: missing,
+                filtered,
+            });
         }
 
         // 4. Content first: children (with their blobs) by digest, or the image's blobs.
@@ -429,7 +445,13 @@ impl Copier {
             tracing::warn!(target = %req.target_display(None), expected = %top.digest, reported = %written,
                 "target registry reports a different digest for the manifest it stored");
         }
-        Ok((Outcome::Copied, source_digest, Some(top.digest), missing, filtered))
+        Ok(Decision {
+            outcome: Outcome::Copied,
+            source_digest,
+            digest: Some(top.digest),
+            missing_platforms: missing,
+            filtered,
+        })
     }
 
     async fn head_target(
