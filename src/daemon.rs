@@ -38,7 +38,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let queue = Queue::start(commands::copier(config, registries), QueueOptions::from_config(config));
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
     warn_about_missing_namespaces(&client, &planner).await;
-    let watched = watch::watched_for(&watched_kinds(config));
+    let watched = watch::watched_for(&watched_kinds(config), config.check_node_platform);
     let (watchers, updates) = watch::start(client, &watched);
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, "copycat started");
 

@@ -196,6 +196,8 @@ mod tests {
                 kind,
                 name: name.into(),
             }),
+            node: None,
+            platform: None,
         }
     }
 
@@ -352,6 +354,71 @@ mod tests {
             vec![2, 2, 0],
             "platform subsets only in digest mode; latest stays tag-based"
         );
+    }
+
+    #[test]
+    fn node_platforms_and_arch() {
+        let digest = format!("sha256:{HEX}");
+        let on = |node: &str, pod: &str| Seen {
+            node: Some(node.into()),
+            ..seen("a", pod, &[("app:1", Some(&digest))], None)
+        };
+        let node = |name: &str, arch: &str| Seen {
+            platform: Some(Platform::parse(arch).unwrap()),
+            ..seen("", name, &[], None)
+        };
+        let inv = inventory(vec![
+            (Watched::Node, node("n-amd", "amd64")),
+            (Watched::Node, node("n-arm", "arm64")),
+            (POD, on("n-amd", "p1")),
+            (POD, on("n-arm", "p2")),
+        ]);
+        let shown = |plan: &Plan| {
+            plan.tasks
+                .iter()
+                .map(|t| {
+                    (
+                        t.request.target_display(None),
+                        t.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let config = config(&[
+            ("DIGEST_PULL", "true"),
+            ("CHECK_NODE_PLATFORM", "true"),
+            ("MIRROR_PLATFORMS", "linux/arm64"),
+        ]);
+        let plan = Planner::new(&config, "m.io").unwrap().plan(&inv);
+        assert_eq!(
+            shown(&plan),
+            vec![(
+                "m.io/library/app:1".to_owned(),
+                vec!["linux/amd64".to_owned(), "linux/arm64".to_owned()]
+            )],
+            "one tag, both platforms"
+        );
+        let by_arch = config.clone();
+        let by_arch = Config {
+            docker: crate::config::DockerConfig {
+                repo_prefix: "$arch".into(),
+                ..by_arch.docker
+            },
+            ..by_arch
+        };
+        let plan = Planner::new(&by_arch, "m.io").unwrap().plan(&inv);
+        let targets: Vec<String> = shown(&plan).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(targets, vec!["m.io/amd64/library/app:1", "m.io/arm64/library/app:1"]);
+        let off = config_with_node_platform_off();
+        assert!(
+            Planner::new(&off, "m.io").unwrap().plan(&inv).tasks[0]
+                .platforms
+                .is_empty()
+        );
+    }
+
+    fn config_with_node_platform_off() -> Config {
+        config(&[("DIGEST_PULL", "false"), ("CHECK_NODE_PLATFORM", "true")])
     }
 
     #[test]
@@ -516,6 +583,7 @@ pub struct Planner {
     digest_pull: bool,
     ignored_tags: Vec<String>,
     mirror_platforms: Vec<Platform>,
+    check_node_platform: bool,
     digest_tag_template: String,
 }
 
@@ -550,6 +618,7 @@ impl Planner {
             digest_pull: config.digest_pull,
             ignored_tags: config.digest_pull_ignored_tags.clone(),
             mirror_platforms: config.mirror_platforms.clone(),
+            check_node_platform: config.check_node_platform,
             digest_tag_template: config.digest_tag_template.clone(),
         })
     }
@@ -576,12 +645,23 @@ impl Planner {
             }
             let (workload_kind, workload) = inventory.workload_of(key, entry);
             let user = format!("{workload_kind:?} {}/{workload}", key.namespace);
+            let node = if self.check_node_platform {
+                inventory.platform_of(entry)
+            } else {
+                None
+            };
             for use_ in &entry.images {
-                match self.task(key, &workload, use_) {
+                match self.task(key, &workload, node, use_) {
                     Ok(Some(task)) => {
                         let task = task.with_user(user.clone());
                         match by_target.get_mut(task.key().as_str()) {
-                            Some(existing) => existing.absorb(task),
+                            // Pods of one image on nodes of different platforms share the tag: mirror
+                            // every platform they need instead of letting one overwrite the other.
+                            Some(existing) => {
+                                let platforms = union(&existing.platforms, &task.platforms);
+                                existing.absorb(task);
+                                existing.platforms = platforms;
+                            }
                             None => {
                                 by_target.insert(task.key().as_str().to_owned(), task);
                             }
@@ -596,7 +676,13 @@ impl Planner {
         plan
     }
 
-    fn task(&self, key: &ObjectKey, workload: &str, use_: &ContainerImage) -> Result<Option<MirrorTask>, String> {
+    fn task(
+        &self,
+        key: &ObjectKey,
+        workload: &str,
+        node: Option<&Platform>,
+        use_: &ContainerImage,
+    ) -> Result<Option<MirrorTask>, String> {
         let image = ImageRef::parse(&use_.image).map_err(|e| e.to_string())?;
         if self.exclusions.excluded_by(&image).is_some() {
             return Ok(None);
@@ -610,7 +696,7 @@ impl Planner {
             namespace: key.namespace.clone(),
             podname: workload.to_owned(),
             container_name: use_.container.clone(),
-            arch: None,
+            arch: node.map(|p| p.architecture.clone()),
         };
         let repo = naming::target_repository(&self.prefix, &self.rules, &source, &ctx)?;
         let repo = if self.target_path.is_empty() {
@@ -620,8 +706,10 @@ impl Planner {
         };
         let target = ImageRef::parse(&format!("{}/{repo}", self.target_host)).map_err(|e| format!("target: {e}"))?;
         let target_tag = naming::target_tag(&source, None, &self.digest_tag_template)?;
+        // Digest mode copies the node's platform first, then `mirrorPlatforms`; tag mode the whole index.
+        let node_platform: Vec<Platform> = node.cloned().into_iter().collect();
         let platforms = if digest_mode {
-            self.mirror_platforms.clone()
+            union(&node_platform, &self.mirror_platforms)
         } else {
             vec![]
         };
@@ -634,6 +722,13 @@ impl Planner {
             .with_platforms(platforms),
         ))
     }
+}
+
+/// `a` then the items of `b` not in it.
+fn union(a: &[Platform], b: &[Platform]) -> Vec<Platform> {
+    let mut out = a.to_vec();
+    out.extend(b.iter().filter(|p| !a.contains(p)).cloned());
+    out
 }
 
 fn kind_named(resource: &str) -> Option<Kind> {

@@ -2,10 +2,11 @@
 //! digests a Pod's status reports, and the workload that owns a Pod. Pure functions over the
 //! Kubernetes types.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::plan::{Kind, pod_digest};
+use crate::platform::Platform;
 use crate::reference::Digest;
 
 /// One container's image, as written in the spec.
@@ -59,6 +60,20 @@ pub fn pod_images(pod: &Pod) -> Vec<ContainerImage> {
             .and_then(|s| pod_digest(&s.image_id));
     }
     images
+}
+
+/// The platform a Node reports (`status.nodeInfo`), when it reports one.
+pub fn node_platform(node: &Node) -> Option<Platform> {
+    let info = node.status.as_ref()?.node_info.as_ref()?;
+    let (os, arch) = (
+        info.operating_system.to_ascii_lowercase(),
+        info.architecture.to_ascii_lowercase(),
+    );
+    (!os.is_empty() && !arch.is_empty()).then_some(Platform {
+        os,
+        architecture: arch,
+        variant: None,
+    })
 }
 
 /// Whether a Pod still matters: Pending or Running (finished Pods' images were mirrored while they ran,
@@ -154,6 +169,23 @@ mod tests {
             ]
         );
         assert!(pod_is_active(&p));
+    }
+
+    #[test]
+    fn node_platforms() {
+        let node = |info: serde_json::Value| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {"nodeInfo": info}})).unwrap()
+        };
+        let full = |os: &str, arch: &str| json!({"architecture": arch, "operatingSystem": os, "bootID": "", "containerRuntimeVersion": "", "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "osImage": "", "systemUUID": ""});
+        assert_eq!(
+            node_platform(&node(full("linux", "ARM64")))
+                .map(|p| p.to_string())
+                .as_deref(),
+            Some("linux/arm64")
+        );
+        assert_eq!(node_platform(&node(full("", "amd64"))), None);
+        let bare: Node = serde_json::from_value(json!({"metadata": {"name": "n"}})).unwrap();
+        assert_eq!(node_platform(&bare), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::plan::Kind;
+use crate::platform::Platform;
 
 use super::extract::{ContainerImage, Owner, OwnerKind};
 
@@ -14,6 +15,8 @@ pub enum Watched {
     Workload(Kind),
     /// ReplicaSets, for owner chains only.
     ReplicaSet,
+    /// Nodes, for the platform a Pod runs on (`checkNodePlatform`).
+    Node,
 }
 
 /// One object's identity.
@@ -38,6 +41,10 @@ pub struct Seen {
     pub images: Vec<ContainerImage>,
     /// Controller, when the object has one copycat follows.
     pub owner: Option<Owner>,
+    /// The Node a Pod runs on (`spec.nodeName`).
+    pub node: Option<String>,
+    /// The platform a Node reports.
+    pub platform: Option<Platform>,
 }
 
 /// A watch event, reduced to what the inventory needs.
@@ -62,6 +69,8 @@ pub struct Entry {
     pub images: Vec<ContainerImage>,
     /// Controller, if any.
     pub owner: Option<Owner>,
+    /// Node of a Pod.
+    pub node: Option<String>,
 }
 
 /// The current image uses of every watched object.
@@ -70,6 +79,8 @@ pub struct Inventory {
     objects: HashMap<ObjectKey, Entry>,
     /// (namespace, ReplicaSet) → Deployment.
     replica_sets: HashMap<(String, String), String>,
+    /// Node → platform.
+    nodes: HashMap<String, Platform>,
     /// Objects seen by an ongoing relist, per watched kind.
     relisting: HashMap<Watched, HashSet<(String, String)>>,
     synced: HashSet<Watched>,
@@ -107,6 +118,10 @@ impl Inventory {
 
     fn upsert(&mut self, w: Watched, seen: Seen) -> bool {
         match w {
+            Watched::Node => match seen.platform {
+                Some(p) => self.nodes.insert(seen.name, p.clone()).as_ref() != Some(&p),
+                None => self.nodes.remove(&seen.name).is_some(),
+            },
             Watched::ReplicaSet => {
                 let key = (seen.namespace, seen.name);
                 match seen.owner.filter(|o| o.kind == OwnerKind::Workload(Kind::Deployment)) {
@@ -123,6 +138,7 @@ impl Inventory {
                 let entry = Entry {
                     images: seen.images,
                     owner: seen.owner,
+                    node: seen.node,
                 };
                 if self.objects.get(&key) == Some(&entry) {
                     return false;
@@ -136,6 +152,7 @@ impl Inventory {
 
     fn remove(&mut self, w: Watched, namespace: &str, name: &str) -> bool {
         match w {
+            Watched::Node => self.nodes.remove(name).is_some(),
             Watched::ReplicaSet => self
                 .replica_sets
                 .remove(&(namespace.to_owned(), name.to_owned()))
@@ -153,6 +170,11 @@ impl Inventory {
 
     fn retain(&mut self, w: Watched, keep: impl Fn(&str, &str) -> bool) -> bool {
         match w {
+            Watched::Node => {
+                let before = self.nodes.len();
+                self.nodes.retain(|name, _| keep("", name));
+                before != self.nodes.len()
+            }
             Watched::ReplicaSet => {
                 let before = self.replica_sets.len();
                 self.replica_sets.retain(|(ns, name), _| keep(ns, name));
@@ -170,6 +192,11 @@ impl Inventory {
     /// Whether the first list of `w` has completed.
     pub fn is_synced(&self, w: Watched) -> bool {
         self.synced.contains(&w)
+    }
+
+    /// The platform of the Node an object runs on, when known.
+    pub fn platform_of(&self, entry: &Entry) -> Option<&Platform> {
+        self.nodes.get(entry.node.as_deref()?)
     }
 
     /// Every object with its entry.
@@ -249,6 +276,8 @@ mod tests {
                 kind,
                 name: name.into(),
             }),
+            node: None,
+            platform: None,
         }
     }
 
@@ -284,6 +313,31 @@ mod tests {
         assert_eq!(names(&inv), vec!["Deployment/a/web"]);
         assert!(inv.apply(Update::Delete(DEPLOY, seen("a", "web", &[], None))));
         assert!(names(&inv).is_empty());
+    }
+
+    #[test]
+    fn node_platforms() {
+        let mut inv = Inventory::new();
+        let node = |name: &str, arch: Option<&str>| Seen {
+            platform: arch.map(|a| Platform::parse(a).unwrap()),
+            ..seen("", name, &[], None)
+        };
+        assert!(inv.apply(Update::Apply(Watched::Node, node("n1", Some("arm64")))));
+        assert!(!inv.apply(Update::Apply(Watched::Node, node("n1", Some("arm64")))));
+        let pod = Seen {
+            node: Some("n1".into()),
+            ..seen("a", "p", &["x"], None)
+        };
+        inv.apply(Update::Apply(POD, pod));
+        let (_, entry) = inv.objects().next().unwrap();
+        assert_eq!(
+            inv.platform_of(entry).map(ToString::to_string).as_deref(),
+            Some("linux/arm64")
+        );
+        inv.apply(Update::Init(Watched::Node));
+        inv.apply(Update::InitDone(Watched::Node));
+        let (_, entry) = inv.objects().next().unwrap();
+        assert_eq!(inv.platform_of(entry), None, "a relist without the node forgets it");
     }
 
     #[test]

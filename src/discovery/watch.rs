@@ -6,14 +6,14 @@ use std::fmt::Debug;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::extract::{ContainerImage, controller, pod_images, pod_is_active, spec_images};
+use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
 use super::inventory::{Seen, Update, Watched};
 use crate::plan::Kind;
 
@@ -31,6 +31,8 @@ trait WatchedObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Deb
             name: self.name_any(),
             images: self.images(),
             owner: controller(self.meta()),
+            node: None,
+            platform: None,
         }
     }
 }
@@ -80,6 +82,34 @@ impl WatchedObject for Pod {
     fn images(&self) -> Vec<ContainerImage> {
         if pod_is_active(self) { pod_images(self) } else { vec![] }
     }
+    fn seen(&self) -> Seen {
+        let node = self.spec.as_ref().and_then(|s| s.node_name.clone());
+        Seen {
+            namespace: self.namespace().unwrap_or_default(),
+            name: self.name_any(),
+            images: self.images(),
+            owner: controller(self.meta()),
+            node,
+            platform: None,
+        }
+    }
+}
+
+impl WatchedObject for Node {
+    const WATCHED: Watched = Watched::Node;
+    fn images(&self) -> Vec<ContainerImage> {
+        vec![]
+    }
+    fn seen(&self) -> Seen {
+        Seen {
+            namespace: String::new(),
+            name: self.name_any(),
+            images: vec![],
+            owner: None,
+            node: None,
+            platform: node_platform(self),
+        }
+    }
 }
 
 impl WatchedObject for ReplicaSet {
@@ -103,13 +133,17 @@ impl Drop for Watchers {
 }
 
 /// What to watch for the configured kinds: the kinds themselves, plus ReplicaSets and Jobs when Pods
-/// are watched (to resolve a Pod's Deployment or CronJob; Jobs' own images count only when watched).
-pub fn watched_for(kinds: &[Kind]) -> Vec<Watched> {
+/// are watched (to resolve a Pod's Deployment or CronJob; Jobs' own images count only when watched),
+/// and Nodes when `node_platforms` (`checkNodePlatform`) asks for the platform Pods run on.
+pub fn watched_for(kinds: &[Kind], node_platforms: bool) -> Vec<Watched> {
     let mut out: Vec<Watched> = kinds.iter().map(|k| Watched::Workload(*k)).collect();
     if kinds.contains(&Kind::Pod) {
         out.push(Watched::ReplicaSet);
         if !kinds.contains(&Kind::Job) {
             out.push(Watched::Workload(Kind::Job));
+        }
+        if node_platforms {
+            out.push(Watched::Node);
         }
     }
     out
@@ -130,6 +164,7 @@ pub fn start(client: Client, watched: &[Watched]) -> (Watchers, mpsc::Receiver<U
             Watched::Workload(Kind::CronJob) => spawn::<CronJob>(client.clone(), tx.clone()),
             Watched::Workload(Kind::Pod) => spawn::<Pod>(client.clone(), tx.clone()),
             Watched::ReplicaSet => spawn::<ReplicaSet>(client.clone(), tx.clone()),
+            Watched::Node => spawn::<Node>(client.clone(), tx.clone()),
         })
         .collect();
     (Watchers { tasks }, rx)

@@ -26,7 +26,7 @@ struct Watching {
 
 impl Watching {
     fn start(client: kube::Client, kinds: &[Kind]) -> Watching {
-        let (watchers, updates) = watch::start(client, &watch::watched_for(kinds));
+        let (watchers, updates) = watch::start(client, &watch::watched_for(kinds, false));
         Watching {
             inventory: Inventory::new(),
             updates,
@@ -247,4 +247,30 @@ async fn changes_while_the_server_is_down_are_reconciled_by_the_relist() {
         name: "db".into(),
     };
     assert!(w.inventory.objects().any(|(k, _)| *k == key), "untouched objects stay");
+}
+
+#[tokio::test]
+async fn node_platforms_are_known_when_asked_for() {
+    let server = ApiServer::new();
+    let info = json!({"architecture": "arm64", "operatingSystem": "linux", "bootID": "", "containerRuntimeVersion": "", "kernelVersion": "",
+                      "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "osImage": "", "systemUUID": ""});
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "arm-1"}, "status": {"nodeInfo": info}}))
+        .unwrap();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+                      "spec": {"nodeName": "arm-1", "containers": [{"name": "c", "image": "app:1"}]}, "status": {"phase": "Running"}}))
+        .unwrap();
+    let client = kube::Client::new(server.router(), "default");
+    let (watchers, updates) = watch::start(client, &watch::watched_for(&[Kind::Pod], true));
+    let mut w = Watching {
+        inventory: Inventory::new(),
+        updates,
+        _watchers: watchers,
+    };
+    w.until("the pod's node platform", |inv| {
+        inv.objects()
+            .any(|(_, e)| inv.platform_of(e).is_some_and(|p| p.to_string() == "linux/arm64"))
+    })
+    .await;
 }
