@@ -54,7 +54,12 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         config.runtime.admin_token.clone(),
         Some(dockerhub),
     );
-    let servers = server::start(&config.runtime.metrics_addr, &config.runtime.health_addr, Arc::new(admin)).await?;
+    let servers = server::start(
+        &config.runtime.metrics_addr,
+        &config.runtime.health_addr,
+        Arc::new(admin),
+    )
+    .await?;
     warn_about_missing_namespaces(&client, &planner).await;
     let watched = watch::watched_for(&watched_kinds(config));
     let (watchers, updates) = watch::start(client, &watched);

@@ -7,9 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use prometheus::{
-    Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
-};
+use prometheus::{Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
 
 use crate::copy::{CopyError, Outcome};
 use crate::queue::{TaskState, TaskStatus};
@@ -67,7 +65,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = prometheus::Registry::new();
         let counter_vec = |name: &str, help: &str| {
-            let c = IntCounterVec::new(Opts::new(format!("{PREFIX}{name}"), help), &["registry"]).expect("valid metric");
+            let c =
+                IntCounterVec::new(Opts::new(format!("{PREFIX}{name}"), help), &["registry"]).expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
@@ -97,7 +96,9 @@ impl Metrics {
                 format!("{PREFIX}mirror_duration_seconds"),
                 "Duration of mirror attempts, by result (copied, present, would-copy, failed).",
             )
-            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0]),
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+            ]),
             &["result"],
         )
         .expect("valid metric");
@@ -308,8 +309,14 @@ mod tests {
     fn failures_are_classified_by_the_host_they_name() {
         let t = "r.example:5000";
         let cases = [
-            (registry_error(status("http://r.example:5000/v2/a/manifests/1")), Side::Push),
-            (registry_error(status("https://registry-1.docker.io/v2/library/nginx/manifests/1")), Side::Pull),
+            (
+                registry_error(status("http://r.example:5000/v2/a/manifests/1")),
+                Side::Push,
+            ),
+            (
+                registry_error(status("https://registry-1.docker.io/v2/library/nginx/manifests/1")),
+                Side::Pull,
+            ),
             (
                 registry_error(RegistryError::Auth {
                     registry: "r.example:5000".into(),
@@ -363,7 +370,13 @@ mod tests {
     fn outcomes_count_on_the_right_side_and_render() {
         let m = Metrics::new();
         m.mirror_succeeded("docker.io", "r.io", Outcome::Copied, 10, Duration::from_millis(5));
-        m.mirror_succeeded("registry-1.docker.io", "r.io", Outcome::AlreadyPresent, 0, Duration::ZERO);
+        m.mirror_succeeded(
+            "registry-1.docker.io",
+            "r.io",
+            Outcome::AlreadyPresent,
+            0,
+            Duration::ZERO,
+        );
         m.mirror_failed(
             "ghcr.io",
             "r.io",
@@ -373,15 +386,33 @@ mod tests {
         m.mirror_failed("ghcr.io", "r.io", None, Duration::ZERO);
         m.set_dockerhub_ratelimit(None);
         let text = m.render();
-        assert!(text.contains(r#"k8s_copycat_registry_pull_success_total{registry="docker.io"} 2"#), "{text}");
-        assert!(text.contains(r#"k8s_copycat_registry_push_success_total{registry="r.io"} 1"#), "{text}");
-        assert!(text.contains(r#"k8s_copycat_registry_pull_error_total{registry="ghcr.io"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"k8s_copycat_registry_pull_success_total{registry="docker.io"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"k8s_copycat_registry_push_success_total{registry="r.io"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"k8s_copycat_registry_pull_error_total{registry="ghcr.io"} 1"#),
+            "{text}"
+        );
         assert!(!text.contains("k8s_copycat_registry_push_error_total{"), "{text}");
         assert!(text.contains("k8s_copycat_bytes_copied_total 10"), "{text}");
-        assert!(text.contains(r#"k8s_copycat_mirror_duration_seconds_count{result="failed"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"k8s_copycat_mirror_duration_seconds_count{result="failed"} 2"#),
+            "{text}"
+        );
         assert!(text.contains(r#"k8s_copycat_tasks{state="mirrored"} 0"#), "{text}");
-        assert!(!text.contains("dockerhub_ratelimit_remaining{"), "absent until known: {text}");
+        assert!(
+            !text.contains("dockerhub_ratelimit_remaining{"),
+            "absent until known: {text}"
+        );
         m.set_dockerhub_ratelimit(Some(97));
-        assert!(m.render().contains(r#"k8s_copycat_dockerhub_ratelimit_remaining{registry="docker.io"} 97"#));
+        assert!(
+            m.render()
+                .contains(r#"k8s_copycat_dockerhub_ratelimit_remaining{registry="docker.io"} 97"#)
+        );
     }
 }

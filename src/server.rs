@@ -125,7 +125,10 @@ pub async fn start(metrics_addr: &str, health_addr: &str, admin: Arc<Admin>) -> 
         metrics_addr: None,
         health_addr: None,
     };
-    for (what, addr, app) in [("metrics", metrics_addr, admin_routes), ("health probe", health_addr, health_routes)] {
+    for (what, addr, app) in [
+        ("metrics", metrics_addr, admin_routes),
+        ("health probe", health_addr, health_routes),
+    ] {
         let Some(bind) = bind_address(addr) else {
             tracing::info!("{what} listener disabled ({addr:?})");
             continue;
@@ -311,7 +314,10 @@ async fn force_reconcile(State(admin): State<Arc<Admin>>, headers: HeaderMap, Qu
             Ok(_) => {
                 return message(
                     StatusCode::BAD_REQUEST,
-                    format!("wait {text:?} is longer than {}", humantime::format_duration(MAX_FORCE_WAIT)),
+                    format!(
+                        "wait {text:?} is longer than {}",
+                        humantime::format_duration(MAX_FORCE_WAIT)
+                    ),
                 );
             }
             Err(e) => return message(StatusCode::BAD_REQUEST, format!("invalid wait {text:?}: {e}")),
@@ -357,8 +363,14 @@ async fn force_reconcile(State(admin): State<Arc<Admin>>, headers: HeaderMap, Qu
         *admin.current.lock().await = None;
     }
     let answer = tally(&admin.queue, &summary, went_idle, wait);
-    tracing::info!(success = answer.success, workloads = answer.workloads_processed, mirrored = answer.images_mirrored,
-        pending = answer.pending, "force reconcile: {}", answer.message);
+    tracing::info!(
+        success = answer.success,
+        workloads = answer.workloads_processed,
+        mirrored = answer.images_mirrored,
+        pending = answer.pending,
+        "force reconcile: {}",
+        answer.message
+    );
     axum::Json(answer).into_response()
 }
 
@@ -390,7 +402,9 @@ fn tally(queue: &Queue, summary: &PlanSummary, went_idle: bool, wait: Duration) 
     } else if failed > 0 {
         (
             false,
-            format!("force reconcile failed: {failed} of {total} targets failed (see /status?state=cooldown and /status?state=failed)"),
+            format!(
+                "force reconcile failed: {failed} of {total} targets failed (see /status?state=cooldown and /status?state=failed)"
+            ),
         )
     } else {
         (true, "force reconcile completed".to_owned())

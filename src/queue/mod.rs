@@ -37,8 +37,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, Outcome};
+use crate::metrics::Metrics;
 use crate::reference::Digest;
 use status::Counters;
 pub use status::{QueueCounters, TaskState, TaskStatus};

@@ -25,7 +25,12 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
         cmd.args(["run", "--kubeconfig"])
             .arg(kubeconfig)
-            .args(["--metrics-bind-address", &metrics, "--health-probe-bind-address", &health])
+            .args([
+                "--metrics-bind-address",
+                &metrics,
+                "--health-probe-bind-address",
+                &health,
+            ])
             .env_clear();
         cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
             .env("LOG_FORMAT", "text")
@@ -79,11 +84,7 @@ impl Daemon {
             return None; // not listening yet
         }
         let all: Value = serde_json::from_str(&body).unwrap();
-        all.as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["target"] == target)
-            .cloned()
+        all.as_array().unwrap().iter().find(|s| s["target"] == target).cloned()
     }
 }
 
@@ -106,8 +107,11 @@ async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16
         let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
             return (0, String::new());
         };
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.unwrap();
@@ -163,7 +167,10 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     server
         .apply(deployment(
             "app",
-            &[format!("{}/shop/app:1", src.host()), format!("{}/shop/late:1", src.host())],
+            &[
+                format!("{}/shop/app:1", src.host()),
+                format!("{}/shop/late:1", src.host()),
+            ],
         ))
         .unwrap();
     let mut api = server.serve().unwrap();
@@ -188,13 +195,19 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     api.start().unwrap();
     eventually("/readyz 200", async || daemon.probe("/readyz").await.0 == 200).await;
 
-    let (app, late_target) = (format!("{}/shop/app:1", dst.host()), format!("{}/shop/late:1", dst.host()));
+    let (app, late_target) = (
+        format!("{}/shop/app:1", dst.host()),
+        format!("{}/shop/late:1", dst.host()),
+    );
     eventually("the present image mirrored", async || {
         daemon.status_of(&app).await.is_some_and(|s| s["state"] == "mirrored")
     })
     .await;
     eventually("the missing image in cooldown", async || {
-        daemon.status_of(&late_target).await.is_some_and(|s| s["state"] == "cooldown")
+        daemon
+            .status_of(&late_target)
+            .await
+            .is_some_and(|s| s["state"] == "cooldown")
     })
     .await;
     let status = daemon.status_of(&app).await.unwrap();
@@ -229,11 +242,22 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
         !text.contains("k8s_copycat_registry_push_error_total{"),
         "a missing source is no push error: {text}"
     );
-    assert_eq!(sample(&text, r#"k8s_copycat_tasks{state="mirrored"}"#), Some(1.0), "{text}");
-    assert_eq!(sample(&text, r#"k8s_copycat_tasks{state="cooldown"}"#), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"k8s_copycat_tasks{state="mirrored"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"k8s_copycat_tasks{state="cooldown"}"#),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(sample(&text, "k8s_copycat_images_tracked"), Some(2.0), "{text}");
     assert!(sample(&text, "k8s_copycat_bytes_copied_total") > Some(3000.0), "{text}");
-    assert!(sample(&text, "k8s_copycat_last_success_timestamp_seconds") > Some(0.0), "{text}");
+    assert!(
+        sample(&text, "k8s_copycat_last_success_timestamp_seconds") > Some(0.0),
+        "{text}"
+    );
 
     // The missing image appears; a reset retries it now instead of in an hour.
     late.push(&src, "shop/late", "1").await.unwrap();
@@ -248,7 +272,10 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     })
     .await;
     eventually("its status mirrored", async || {
-        daemon.status_of(&late_target).await.is_some_and(|s| s["state"] == "mirrored")
+        daemon
+            .status_of(&late_target)
+            .await
+            .is_some_and(|s| s["state"] == "mirrored")
     })
     .await;
     let (_, answer) = daemon.json("GET", "/reset-cooldown", None).await;
@@ -301,16 +328,17 @@ async fn force_reconcile_replans_and_admin_token_guards_the_admin_endpoints() {
     assert_eq!(daemon.get("/metrics").await.0, 200, "metrics need no token");
 
     // Still missing: the rescan retries it and reports the failure.
-    let (code, answer) = daemon
-        .json("POST", "/force-reconcile?wait=20s", Some("letmein"))
-        .await;
+    let (code, answer) = daemon.json("POST", "/force-reconcile?wait=20s", Some("letmein")).await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["triggered"], true, "{answer}");
     assert_eq!(answer["success"], false, "{answer}");
     assert_eq!(answer["workloadsProcessed"], 1, "{answer}");
     assert_eq!(answer["imagesMirrored"], 0, "{answer}");
     assert!(
-        answer["message"].as_str().unwrap().starts_with("force reconcile failed: 1 of 1"),
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("force reconcile failed: 1 of 1"),
         "{answer}"
     );
 
@@ -328,7 +356,9 @@ async fn force_reconcile_replans_and_admin_token_guards_the_admin_endpoints() {
         );
     }
     assert!(manifest_digest(&dst, "lib/web", "1").await.unwrap().is_some());
-    let (code, answer) = daemon.json("GET", "/force-reconcile?wait=nonsense", Some("letmein")).await;
+    let (code, answer) = daemon
+        .json("GET", "/force-reconcile?wait=nonsense", Some("letmein"))
+        .await;
     assert_eq!(code, 400, "{answer}");
 
     let (code, log) = daemon.stop();
