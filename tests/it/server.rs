@@ -21,7 +21,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-        let (metrics, health) = (free_address(), free_address());
+        Daemon::start_at(kubeconfig, env, free_address(), free_address())
+    }
+
+    fn start_at(kubeconfig: &std::path::Path, env: &[(&str, &str)], metrics: String, health: String) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
         cmd.args(["run", "--kubeconfig"])
             .arg(kubeconfig)
@@ -365,4 +368,33 @@ async fn force_reconcile_replans_and_admin_token_guards_the_admin_endpoints() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("forced rescan"), "{log}");
     assert!(!log.contains("letmein"), "the admin token is never logged");
+}
+
+#[tokio::test]
+async fn an_address_in_use_stops_the_start_naming_it() {
+    let dst = start(RegistryMode::Plain);
+    let api = ApiServer::new().serve().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let mut daemon = Daemon::start_at(
+        api.kubeconfig_path(),
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
+        free_address(),
+        address.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "copycat kept running with its health address taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Already exited: collect its output without signalling a reaped pid.
+    let out = std::mem::replace(&mut daemon.child, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let (code, log) = (out.status.code(), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains(&address) && log.contains("health probe"), "{log}");
 }
