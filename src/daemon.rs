@@ -3,6 +3,8 @@
 //! the `forceReconcileMinutes` timer.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -13,8 +15,10 @@ use crate::commands;
 use crate::config::{Config, TargetKind};
 use crate::discovery::inventory::{Inventory, Update, Watched};
 use crate::discovery::watch;
+use crate::metrics::Metrics;
 use crate::plan::{Planner, watched_kinds};
 use crate::queue::{MirrorTask, Queue, QueueOptions};
+use crate::server::{self, Admin, PlanSummary, RescanRequest};
 
 /// How long changes may keep arriving before a plan is made (a rollout touches many objects at once).
 const SETTLE: Duration = Duration::from_millis(250);
@@ -35,19 +39,48 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let client = kube_client(config).await?;
     let target_host = commands::daemon_target_host(config).unwrap_or_default();
     let registries = commands::registries(config, &[&target_host]).map_err(anyhow::Error::msg)?;
+    let dockerhub = registries.get("docker.io");
     let queue = Queue::start(commands::copier(config, registries), QueueOptions::from_config(config));
+    let metrics = Arc::new(Metrics::new());
+    queue.record_metrics(metrics.clone());
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let (rescan_tx, rescan_rx) = mpsc::channel(8);
+    let admin = Admin::new(
+        queue.clone(),
+        metrics.clone(),
+        ready.clone(),
+        rescan_tx,
+        config.runtime.admin_token.clone(),
+        Some(dockerhub),
+    );
+    let servers = server::start(
+        &config.runtime.metrics_addr,
+        &config.runtime.health_addr,
+        Arc::new(admin),
+    )
+    .await?;
     warn_about_missing_namespaces(&client, &planner).await;
     let watched = watch::watched_for(&watched_kinds(config), config.check_node_platform);
     let (watchers, updates) = watch::start(client, &watched);
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, "copycat started");
 
+    let loop_state = LoopState {
+        watched: &watched,
+        planner: &planner,
+        queue: &queue,
+        rescan: config.force_reconcile_interval,
+        ready: &ready,
+        metrics: &metrics,
+    };
     tokio::select! {
-        () = plan_loop(updates, &watched, &planner, &queue, config.force_reconcile_interval) => {
+        () = plan_loop(updates, rescan_rx, loop_state) => {
             tracing::error!("watchers stopped");
         }
         () = shutdown_signal() => tracing::info!("shutting down"),
     }
+    ready.store(false, Ordering::Release);
+    servers.shutdown().await;
     drop(watchers);
     queue.shutdown(SHUTDOWN_GRACE).await;
     Ok(())
@@ -85,15 +118,30 @@ async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(kube_config).context("building the Kubernetes client")
 }
 
-/// Applies watch updates to the inventory and submits the tasks that changed, at most `SETTLE`
-/// after the first change not yet planned (so constant churn cannot postpone planning).
-async fn plan_loop(
-    mut updates: mpsc::Receiver<Update>,
-    watched: &[Watched],
-    planner: &Planner,
-    queue: &Queue,
+/// What the plan loop works with.
+struct LoopState<'a> {
+    watched: &'a [Watched],
+    planner: &'a Planner,
+    queue: &'a Queue,
+    /// `forceReconcileMinutes`.
     rescan: Option<Duration>,
-) {
+    /// Set once the initial list is complete (`/readyz`).
+    ready: &'a AtomicBool,
+    metrics: &'a Metrics,
+}
+
+/// Applies watch updates to the inventory and submits the tasks that changed, at most `SETTLE`
+/// after the first change not yet planned (so constant churn cannot postpone planning). Full
+/// rescans run on the `forceReconcileMinutes` timer and when `/force-reconcile` asks.
+async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiver<RescanRequest>, s: LoopState<'_>) {
+    let LoopState {
+        watched,
+        planner,
+        queue,
+        rescan,
+        ready,
+        metrics,
+    } = s;
     let mut inventory = Inventory::new();
     let mut submitted: HashMap<String, String> = HashMap::new();
     let mut reported_invalid: HashSet<(String, String)> = HashSet::new();
@@ -111,6 +159,7 @@ async fn plan_loop(
                     }
                     if !listed && watched.iter().all(|w| inventory.is_synced(*w)) {
                         listed = true;
+                        ready.store(true, Ordering::Release);
                         tracing::info!(objects = inventory.objects().count(), "initial list complete");
                     }
                 }
@@ -118,12 +167,20 @@ async fn plan_loop(
             },
             () = plan_due => {
                 plan_at = None;
-                submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false);
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false);
+                metrics.set_images_tracked(summary.targets.len());
             }
             () = rescan_due => {
                 next_rescan = rescan.map(|every| Instant::now() + every);
                 tracing::info!("periodic rescan");
-                submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true);
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true);
+                metrics.set_images_tracked(summary.targets.len());
+            }
+            Some(reply) = forced.recv() => {
+                tracing::info!("forced rescan");
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true);
+                metrics.set_images_tracked(summary.targets.len());
+                let _ = reply.send(summary);
             }
         }
     }
@@ -137,7 +194,8 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// Plans and submits tasks that are new or whose source changed (all of them when `everything`).
+/// Plans and submits tasks that are new or whose source changed (all of them when `everything`);
+/// returns what the plan holds.
 fn submit_changes(
     planner: &Planner,
     inventory: &Inventory,
@@ -145,7 +203,7 @@ fn submit_changes(
     submitted: &mut HashMap<String, String>,
     reported_invalid: &mut HashSet<(String, String)>,
     everything: bool,
-) {
+) -> PlanSummary {
     let plan = planner.plan(inventory);
     for (user, image, error) in plan.invalid {
         if reported_invalid.insert((user.clone(), image.clone())) {
@@ -155,7 +213,11 @@ fn submit_changes(
     let (tasks, excluded) = (plan.tasks.len(), plan.excluded);
     let mut changed = 0;
     let mut current = HashMap::with_capacity(tasks);
+    let mut workloads: HashSet<String> = HashSet::new();
+    let mut targets = Vec::with_capacity(tasks);
     for task in plan.tasks {
+        workloads.extend(task.users.iter().cloned());
+        targets.push(task.key().to_string());
         let target = task.request.target_display(task.request.source.digest());
         let source = format!("{} {:?}", task.request.source, task.platforms);
         if everything || submitted.get(&target) != Some(&source) {
@@ -166,6 +228,10 @@ fn submit_changes(
     }
     *submitted = current;
     tracing::info!(tasks, submitted = changed, excluded, "planned");
+    PlanSummary {
+        workloads: workloads.len(),
+        targets,
+    }
 }
 
 fn submit(queue: &Queue, task: MirrorTask) {

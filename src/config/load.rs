@@ -297,6 +297,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
                 .leader_elect
                 .unwrap_or_else(|| loader.get("LEADER_ELECT", parse::boolean)),
             pod_namespace: loader.get("POD_NAMESPACE", parse::text),
+            admin_token: Secret::new(loader.get("ADMIN_TOKEN", parse::text)),
             kubeconfig: overrides.kubeconfig.clone(),
         },
     };

@@ -131,6 +131,7 @@ impl Config {
             format!("HEALTH_ADDR: {}", rt.health_addr),
             format!("LEADER_ELECT: {}", rt.leader_elect),
             format!("POD_NAMESPACE: {}", rt.pod_namespace),
+            format!("ADMIN_TOKEN: {}", rt.admin_token),
             format!("TARGET_USERNAME: {}", self.docker.username),
             format!("TARGET_PASSWORD: {}", self.docker.password),
         ];

@@ -246,6 +246,8 @@ pub struct RuntimeSettings {
     pub leader_elect: bool,
     /// Namespace of the Lease.
     pub pod_namespace: String,
+    /// Bearer token the POST admin endpoints require; empty: none.
+    pub admin_token: Secret,
     /// Explicit kubeconfig, if given.
     pub kubeconfig: Option<PathBuf>,
 }

@@ -28,7 +28,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt;
@@ -38,6 +38,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::config::Config;
 use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, Outcome};
+use crate::metrics::Metrics;
 use crate::reference::Digest;
 use status::Counters;
 pub use status::{QueueCounters, TaskState, TaskStatus};
@@ -142,6 +143,8 @@ struct Inner {
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Cooldown generations, so a stale timer cannot re-queue a newer cooldown.
     generation: AtomicU64,
+    /// Where outcomes are recorded for `/metrics`, once set.
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 /// Targets queued, running or cooling down.
@@ -254,6 +257,7 @@ impl Queue {
             runtime: runtime.clone(),
             workers: Mutex::default(),
             generation: AtomicU64::new(0),
+            metrics: OnceLock::new(),
         });
         let ready_rx = Arc::new(tokio::sync::Mutex::new(ready_rx));
         let handles = (0..inner.options.workers.max(1))
@@ -311,6 +315,11 @@ impl Queue {
         st.queued += 1;
         inner.publish(st);
         let _ = inner.ready.send(key);
+    }
+
+    /// Records every attempt's outcome in `metrics` from now on (set once; later calls are ignored).
+    pub fn record_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// Ends every cooldown and queues those targets now; returns how many there were.
@@ -631,6 +640,15 @@ impl Inner {
         let source = &task.request.source;
         let users = task.users.join(", ");
         let duration_ms = took.as_millis() as u64;
+        if let Some(metrics) = self.metrics.get() {
+            let (from, to) = (source.registry(), task.request.target.registry());
+            match result {
+                Ok(Done::Copy(report)) => metrics.mirror_succeeded(from, to, report.outcome, report.bytes, took),
+                Ok(Done::DryPull) => {}
+                Err(Failure::Copy(e)) => metrics.mirror_failed(from, to, Some(e), took),
+                Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
+            }
+        }
         match result {
             Ok(Done::DryPull) => {
                 Counters::add(&c.dry_pulled, 1);

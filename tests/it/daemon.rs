@@ -18,7 +18,10 @@ impl Daemon {
         cmd.args(["run", "--kubeconfig"]).arg(kubeconfig).env_clear();
         cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
             .env("LOG_FORMAT", "text")
-            .env("LEADER_ELECT", "false");
+            .env("LEADER_ELECT", "false")
+            // Any free port: tests run in parallel.
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("HEALTH_ADDR", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }

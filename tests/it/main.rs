@@ -8,4 +8,5 @@ mod discovery;
 mod faults;
 mod queue;
 mod registry;
+mod server;
 mod support;
