@@ -632,7 +632,11 @@ impl Planner {
     pub fn plan(&self, inventory: &Inventory) -> Plan {
         let mut plan = Plan::default();
         let mut by_target: BTreeMap<String, MirrorTask> = BTreeMap::new();
-        for (key, entry) in inventory.objects() {
+        // A stable order makes the plan deterministic: when two objects disagree about one target
+        // (Pods of an old and a new rollout), the same one wins every time.
+        let mut objects: Vec<_> = inventory.objects().collect();
+        objects.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, entry) in objects {
             if !self.mirrored.contains(&key.kind) || !self.scope.allows(&key.namespace) {
                 continue;
             }
@@ -706,7 +710,7 @@ impl Planner {
         };
         let target = ImageRef::parse(&format!("{}/{repo}", self.target_host)).map_err(|e| format!("target: {e}"))?;
         let target_tag = naming::target_tag(&source, None, &self.digest_tag_template)?;
-        // Digest mode copies the node's platform first, then `mirrorPlatforms`; tag mode the whole index.
+        // Digest mode copies the node's platform and `mirrorPlatforms`; tag mode the whole index.
         let node_platform: Vec<Platform> = node.cloned().into_iter().collect();
         let platforms = if digest_mode {
             union(&node_platform, &self.mirror_platforms)
@@ -724,10 +728,12 @@ impl Planner {
     }
 }
 
-/// `a` then the items of `b` not in it.
+/// The platforms of `a` and `b`, sorted and without repeats: a stable order keeps plans comparable
+/// between runs (which platform comes first does not change what is copied).
 fn union(a: &[Platform], b: &[Platform]) -> Vec<Platform> {
-    let mut out = a.to_vec();
-    out.extend(b.iter().filter(|p| !a.contains(p)).cloned());
+    let mut out: Vec<Platform> = a.iter().chain(b).cloned().collect();
+    out.sort();
+    out.dedup();
     out
 }
 
