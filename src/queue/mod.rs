@@ -39,7 +39,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 use crate::config::Config;
 use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, Outcome};
 use crate::metrics::Metrics;
-use crate::reference::Digest;
+use crate::platform::Platform;
+use crate::reference::{Digest, ImageRef};
 use status::Counters;
 pub use status::{QueueCounters, TaskState, TaskStatus};
 use task::union_users;
@@ -70,6 +71,8 @@ pub struct QueueOptions {
     pub dry_pull: bool,
     /// Finished targets kept for status.
     pub status_capacity: u64,
+    /// Missing platforms not worth a warning, matched against `<source>|<os>/<arch>`.
+    pub ignore_missing_platforms: Vec<regex::Regex>,
 }
 
 impl Default for QueueOptions {
@@ -81,6 +84,7 @@ impl Default for QueueOptions {
             copy: CopyOptions::default(),
             dry_pull: false,
             status_capacity: DEFAULT_STATUS_CAPACITY,
+            ignore_missing_platforms: vec![],
         }
     }
 }
@@ -102,6 +106,7 @@ impl QueueOptions {
             copy: crate::commands::copy_options(config, vec![]),
             dry_pull: config.dry_pull,
             status_capacity: DEFAULT_STATUS_CAPACITY,
+            ignore_missing_platforms: config.ignore_missing_platforms.iter().map(|p| p.0.clone()).collect(),
         }
     }
 }
@@ -145,6 +150,9 @@ struct Inner {
     generation: AtomicU64,
     /// Where outcomes are recorded for `/metrics`, once set.
     metrics: OnceLock<Arc<Metrics>>,
+    /// `target|platform` pairs already warned about, so a missing platform is reported once, not on
+    /// every retry or rescan.
+    reported_missing: moka::sync::Cache<String, ()>,
 }
 
 /// Targets queued, running or cooling down.
@@ -248,6 +256,7 @@ impl Queue {
                 .time_to_live(options.positive_ttl)
                 .build(),
             finished: moka::sync::Cache::new(options.status_capacity),
+            reported_missing: moka::sync::Cache::new(options.status_capacity),
             options,
             state: Mutex::default(),
             ready,
@@ -452,6 +461,28 @@ async fn work(inner: Arc<Inner>, ready: Ready) {
 }
 
 impl Inner {
+    /// Warns once per target and platform about a requested platform the source lacks, unless
+    /// `ignoreMissingPlatforms` matches `<source>|<os>/<arch>`.
+    fn report_missing_platforms(&self, key: &TargetKey, source: &ImageRef, missing: &[Platform]) {
+        for platform in missing {
+            let subject = format!("{source}|{}/{}", platform.os, platform.architecture);
+            if self
+                .options
+                .ignore_missing_platforms
+                .iter()
+                .any(|r| r.is_match(&subject))
+            {
+                continue;
+            }
+            let seen = format!("{key}|{platform}");
+            if self.reported_missing.contains_key(&seen) {
+                continue;
+            }
+            self.reported_missing.insert(seen, ());
+            tracing::warn!(%source, target = %key, %platform, "the source does not offer a requested platform");
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
@@ -665,6 +696,7 @@ impl Inner {
                 let digest = report.digest.as_ref().map(ToString::to_string).unwrap_or_default();
                 tracing::info!(%source, target = %key, %users, result, %digest, bytes = report.bytes, duration_ms,
                     missing_platforms = report.missing_platforms.len(), "mirror {result}");
+                self.report_missing_platforms(key, source, &report.missing_platforms);
             }
             Err(failure) => {
                 Counters::add(&c.failed, 1);

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use copycat::copy::{CopyOptions, CopyRequest};
+use copycat::platform::Platform;
 use copycat::queue::{MirrorTask, Queue, QueueOptions, TaskState, TaskStatus};
 use copycat::reference::ImageRef;
 use testkit::{AccessLogEntry, Fault, FaultProxy, Image, Match, Registry, RegistryMode, manifest_digest};
@@ -628,4 +629,46 @@ async fn shutdown_cancels_a_copy_that_outlasts_the_grace() {
     queue.submit(task(&src.host(), "app:v1", &dst, "app", "v1"));
     assert_eq!(queue.counters().submitted, submitted, "ignored after shutdown");
     assert_eq!(queue.reset_cooldown(), 0);
+}
+
+#[tokio::test]
+async fn a_missing_platform_is_reported_once_unless_ignored() {
+    let (logs, _guard) = Logs::capture();
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci_index(&[1000], false, 60).unwrap();
+    image.push(&src, "multi", "v1").await.unwrap();
+    image.push(&src, "quiet", "v1").await.unwrap();
+    let options = QueueOptions {
+        positive_ttl: Duration::ZERO,
+        ignore_missing_platforms: vec![regex::Regex::new(r"quiet.*\|linux/s390x$").unwrap()],
+        ..options(1)
+    };
+    let queue = Queue::start(copier(&[&src, &dst]), options);
+    let platforms: Vec<Platform> = ["linux/amd64", "linux/s390x"]
+        .iter()
+        .map(|p| Platform::parse(p).unwrap())
+        .collect();
+    for _ in 0..3 {
+        queue.submit(task(&src.host(), "multi:v1", &dst, "multi", "v1").with_platforms(platforms.clone()));
+        assert!(queue.wait_idle(Duration::from_secs(20)).await);
+    }
+    queue.submit(task(&src.host(), "quiet:v1", &dst, "quiet", "v1").with_platforms(platforms.clone()));
+    assert!(queue.wait_idle(Duration::from_secs(20)).await);
+    let warnings: Vec<serde_json::Value> = logs
+        .queue_lines()
+        .into_iter()
+        .filter(|l| l["fields"]["message"] == "the source does not offer a requested platform")
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "three copies of multi, one warning; quiet is ignored: {warnings:?}"
+    );
+    assert_eq!(warnings[0]["fields"]["platform"], "linux/s390x");
+    let c = queue.counters();
+    assert_eq!(
+        (c.copied + c.present, c.skipped_by_cache),
+        (4, 0),
+        "every submission ran a copy"
+    );
 }
