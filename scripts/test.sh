@@ -18,14 +18,24 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# moto (the ECR control plane for ECR tests) in a project-local virtualenv.
+# moto (the ECR control plane for ECR tests) and kubernetes-validate (offline schema check of
+# manifests/k8s.yaml) in a project-local virtualenv.
 venv="${COPYCAT_VENV:-$PWD/target/venv}"
-if [ ! -x "$venv/bin/moto_server" ]; then
-  echo "creating $venv with moto[server]"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q 'moto[server]==5.2.5'
+if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "installing moto[server] and kubernetes-validate into $venv"
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]==5.2.5' 'kubernetes-validate==1.37.0'
 fi
 export COPYCAT_MOTO_SERVER="$venv/bin/moto_server"
+
+# The install manifest against the Kubernetes schemas, offline. --strict rejects unknown fields; an
+# unknown kind (or apiVersion) is only a WARN with exit 0, so any output line fails too.
+if ! validation=$("$venv/bin/kubernetes-validate" --strict --quiet manifests/k8s.yaml 2>&1) ||
+  [ -n "$validation" ]; then
+  echo "manifests/k8s.yaml fails validation:" >&2
+  echo "$validation" >&2
+  exit 1
+fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
