@@ -135,7 +135,9 @@ impl Leadership {
         drop(upstream);
         match tokio::time::timeout(RELEASE_TIMEOUT, manager).await {
             Ok(Ok(Ok(_))) => tracing::info!(identity = %identity, "leader election lease released"),
-            Ok(Ok(Err(e))) => tracing::warn!(identity = %identity, error = %e, "cannot release the leader election lease"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(identity = %identity, error = %e, "cannot release the leader election lease")
+            }
             Ok(Err(e)) => tracing::warn!(identity = %identity, error = %e, "leader election task failed"),
             Err(_) => tracing::warn!(identity = %identity, "releasing the leader election lease timed out"),
         }
