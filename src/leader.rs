@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
@@ -22,6 +22,8 @@ pub const LEASE_NAME: &str = "k8s-copycat";
 pub const LEASE_DURATION: u64 = 15;
 /// How long before expiry the leader renews (seconds).
 pub const LEASE_GRACE: u64 = 5;
+/// How long to wait before reading the Lease again after an error.
+const RETRY: Duration = Duration::from_secs(2);
 /// How long releasing the Lease may take on shutdown.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,11 +35,30 @@ pub struct Leadership {
 }
 
 struct Elector {
-    /// Keeps the library's channel open; dropping it makes the library release the Lease.
-    upstream: watch::Receiver<bool>,
-    manager: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
-    relay: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// What the elector task needs to (re)build its lease manager.
+struct Params {
+    client: kube::Client,
+    namespace: String,
     identity: String,
+    duration: u64,
+    grace: u64,
+}
+
+impl Params {
+    async fn build(&self) -> kube_lease_manager::Result<LeaseManager> {
+        LeaseManagerBuilder::new(self.client.clone(), LEASE_NAME)
+            .with_namespace(self.namespace.clone())
+            .with_identity(self.identity.clone())
+            .with_duration(self.duration)
+            .with_grace(self.grace)
+            .with_field_manager("copycat")
+            .build()
+            .await
+    }
 }
 
 impl Leadership {
@@ -60,7 +81,8 @@ impl Leadership {
         Leadership::elect_with(client, namespace, identity, metrics, LEASE_DURATION, LEASE_GRACE).await
     }
 
-    /// [`Leadership::elect`] with explicit lease timings (seconds).
+    /// [`Leadership::elect`] with explicit lease timings (seconds). Fails when the Lease cannot be
+    /// read or created at start (a missing namespace, no RBAC).
     pub async fn elect_with(
         client: kube::Client,
         namespace: &str,
@@ -70,48 +92,24 @@ impl Leadership {
         grace: u64,
     ) -> anyhow::Result<Leadership> {
         metrics.set_leader(false);
-        let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
-            .with_namespace(namespace)
-            .with_identity(identity.clone())
-            .with_duration(duration)
-            .with_grace(grace)
-            .with_field_manager("copycat")
+        let params = Params {
+            client,
+            namespace: namespace.to_owned(),
+            identity,
+            duration,
+            grace,
+        };
+        let manager = params
             .build()
             .await
             .with_context(|| format!("leader election: cannot use Lease {namespace}/{LEASE_NAME}"))?;
-        tracing::info!(identity = %identity, lease = %format!("{namespace}/{LEASE_NAME}"), "leader election started");
-        let (upstream, manager) = manager.watch().await;
+        tracing::info!(identity = %params.identity, lease = %format!("{namespace}/{LEASE_NAME}"), "leader election started");
         let (tx, leading) = watch::channel(false);
-        let mut from = upstream.clone();
-        let who = identity.clone();
-        let relay = tokio::spawn(async move {
-            loop {
-                let now = *from.borrow_and_update();
-                if *tx.borrow() != now {
-                    if now {
-                        tracing::info!(identity = %who, "became the leader: mirroring");
-                    } else {
-                        tracing::warn!(identity = %who, "lost the leadership: no longer mirroring");
-                    }
-                    metrics.set_leader(now);
-                    let _ = tx.send(now);
-                }
-                if from.changed().await.is_err() {
-                    // The elector stopped (released or failed): no longer leading.
-                    metrics.set_leader(false);
-                    let _ = tx.send(false);
-                    return;
-                }
-            }
-        });
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(elector(params, manager, tx, metrics, stopped));
         Ok(Leadership {
             leading,
-            elector: Some(Elector {
-                upstream,
-                manager,
-                relay,
-                identity,
-            }),
+            elector: Some(Elector { stop, task }),
         })
     }
 
@@ -122,24 +120,81 @@ impl Leadership {
 
     /// Steps down and releases the Lease (bounded); nothing to do without election.
     pub async fn release(self) {
-        let Some(elector) = self.elector else { return };
-        let Elector {
-            upstream,
-            manager,
-            relay,
-            identity,
-        } = elector;
-        relay.abort();
-        let _ = relay.await;
-        // The last receiver gone, the library releases the Lease and returns.
-        drop(upstream);
-        match tokio::time::timeout(RELEASE_TIMEOUT, manager).await {
-            Ok(Ok(Ok(_))) => tracing::info!(identity = %identity, "leader election lease released"),
-            Ok(Ok(Err(e))) => {
-                tracing::warn!(identity = %identity, error = %e, "cannot release the leader election lease")
+        let Some(Elector { stop, task }) = self.elector else {
+            return;
+        };
+        let _ = stop.send(());
+        if tokio::time::timeout(RELEASE_TIMEOUT + Duration::from_secs(1), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("leader election did not stop in time");
+        }
+    }
+}
+
+/// Follows the Lease until `stopped`, publishing on `tx` and the gauge. When the API server cannot
+/// be reached the replica steps down at once (it cannot know it still holds the Lease) and starts
+/// over with a fresh manager, which reports leading again if the Lease is still its own.
+async fn elector(
+    params: Params,
+    manager: LeaseManager,
+    tx: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let id = params.identity.clone();
+    let publish = |now: bool| {
+        if *tx.borrow() != now {
+            if now {
+                tracing::info!(identity = %id, "became the leader: mirroring");
+            } else {
+                tracing::warn!(identity = %id, "not the leader any more: no longer mirroring");
             }
-            Ok(Err(e)) => tracing::warn!(identity = %identity, error = %e, "leader election task failed"),
-            Err(_) => tracing::warn!(identity = %identity, "releasing the leader election lease timed out"),
+            metrics.set_leader(now);
+            let _ = tx.send(now);
+        }
+    };
+    let mut manager = Some(manager);
+    loop {
+        let current = match manager.take() {
+            Some(m) => m,
+            None => match params.build().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: cannot read the Lease; retrying");
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        () = tokio::time::sleep(RETRY) => continue,
+                    }
+                }
+            },
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => {
+                    publish(false);
+                    match tokio::time::timeout(RELEASE_TIMEOUT, current.release()).await {
+                        Ok(Ok(())) => tracing::info!(identity = %id, "leader election lease released"),
+                        Ok(Err(e)) => tracing::warn!(identity = %id, error = %e, "cannot release the leader election lease"),
+                        Err(_) => tracing::warn!(identity = %id, "releasing the leader election lease timed out"),
+                    }
+                    return;
+                }
+                changed = current.changed() => match changed {
+                    Ok(now) => publish(now),
+                    Err(e) => {
+                        tracing::warn!(identity = %id, error = %e, "leader election: cannot renew or read the Lease");
+                        publish(false);
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(RETRY) => {}
         }
     }
 }
