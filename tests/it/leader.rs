@@ -254,3 +254,71 @@ async fn the_follower_takes_over_when_the_leader_stops() {
     assert!(log.contains("became the leader"), "{log}");
     eprintln!("takeover took {took:?}");
 }
+
+#[tokio::test]
+async fn a_leader_that_cannot_reach_the_api_server_steps_down_and_leads_again() {
+    let dst = start(RegistryMode::Plain);
+    let server = ApiServer::new();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "k8s-copycat"}}))
+        .unwrap();
+    let mut running = server.serve().unwrap();
+    let daemon = Daemon::start(
+        "solo",
+        running.kubeconfig_path(),
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
+    );
+    eventually("leading", Duration::from_secs(20), async || {
+        daemon.leader_gauge().await == Some(1.0)
+    })
+    .await;
+    running.stop();
+    let cut = Instant::now();
+    // It must step down before its term ends, when the renewal fails.
+    eventually(
+        "stepping down",
+        Duration::from_secs(copycat::leader::LEASE_DURATION),
+        async || daemon.leader_gauge().await == Some(0.0),
+    )
+    .await;
+    let (code, _) = http(&daemon.metrics, "POST", "/force-reconcile").await;
+    assert_eq!(code, 503);
+    let stepped_down = cut.elapsed();
+    running.start().unwrap();
+    eventually("leading again", Duration::from_secs(20), async || {
+        daemon.leader_gauge().await == Some(1.0)
+    })
+    .await;
+    assert_eq!(holder(&server).as_deref(), Some("solo"));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("cannot renew or read the Lease"), "{log}");
+    eprintln!("stepped down {stepped_down:?} after the API server went away");
+}
+
+#[tokio::test]
+async fn a_lease_namespace_that_does_not_exist_stops_the_start() {
+    let server = ApiServer::new();
+    let running = server.serve().unwrap();
+    let mut daemon = Daemon::start(
+        "solo",
+        running.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", "127.0.0.1:1"),
+            ("POD_NAMESPACE", "nowhere"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "copycat kept running without its Lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(daemon.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("nowhere/k8s-copycat"), "{log}");
+}
