@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -24,6 +25,8 @@ pub const LEASE_DURATION: u64 = 15;
 pub const LEASE_GRACE: u64 = 5;
 /// How long to wait before reading the Lease again after an error.
 const RETRY: Duration = Duration::from_secs(2);
+/// How often a follower checks whether the leader released the Lease.
+const RELEASE_POLL: Duration = Duration::from_secs(1);
 /// How long releasing the Lease may take on shutdown.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -133,6 +136,16 @@ impl Leadership {
     }
 }
 
+/// Why the elector stopped following one lease manager.
+enum Outcome {
+    /// Shutdown: release the Lease.
+    Stop,
+    /// Another holder released it: take it with a fresh manager.
+    Released,
+    /// The API server failed: step down, read the Lease again shortly.
+    Failed,
+}
+
 /// Follows the Lease until `stopped`, publishing on `tx` and the gauge. When the API server cannot
 /// be reached the replica steps down at once (it cannot know it still holds the Lease) and starts
 /// over with a fresh manager, which reports leading again if the Lease is still its own.
@@ -155,6 +168,7 @@ async fn elector(
             let _ = tx.send(now);
         }
     };
+    let leases: kube::Api<Lease> = kube::Api::namespaced(params.client.clone(), &params.namespace);
     let mut manager = Some(manager);
     loop {
         let current = match manager.take() {
@@ -170,27 +184,67 @@ async fn elector(
                 }
             },
         };
-        loop {
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + RELEASE_POLL, RELEASE_POLL);
+        let mut seen_held = false;
+        let mut free_polls = 0;
+        // Kept across the polls, so that a follower's wait for the holder's term is not restarted.
+        let mut changed = Box::pin(current.changed());
+        let outcome = loop {
             tokio::select! {
                 biased;
-                _ = &mut stopped => {
-                    publish(false);
-                    match tokio::time::timeout(RELEASE_TIMEOUT, current.release()).await {
-                        Ok(Ok(())) => tracing::info!(identity = %id, "leader election lease released"),
-                        Ok(Err(e)) => tracing::warn!(identity = %id, error = %e, "cannot release the leader election lease"),
-                        Err(_) => tracing::warn!(identity = %id, "releasing the leader election lease timed out"),
+                _ = &mut stopped => break Outcome::Stop,
+                result = &mut changed => match result {
+                    Ok(now) => {
+                        publish(now);
+                        changed.set(current.changed());
                     }
-                    return;
-                }
-                changed = current.changed() => match changed {
-                    Ok(now) => publish(now),
                     Err(e) => {
                         tracing::warn!(identity = %id, error = %e, "leader election: cannot renew or read the Lease");
                         publish(false);
-                        break;
+                        break Outcome::Failed;
+                    }
+                },
+                // The library only looks again when the holder's term ends; a follower that sees the
+                // Lease released (a leader shutting down) takes it at once with a fresh manager.
+                _ = poll.tick(), if !*tx.borrow() => {
+                    let holder = tokio::time::timeout(RELEASE_POLL, leases.get(LEASE_NAME)).await;
+                    if let Ok(Ok(lease)) = holder {
+                        let held = lease
+                            .spec
+                            .and_then(|s| s.holder_identity)
+                            .is_some_and(|h| !h.is_empty() && h != id);
+                        // A release seen happening, or a Lease left free for two polls in a row (a
+                        // fresh manager takes a free Lease at once; this one waits for a stale term).
+                        if held {
+                            seen_held = true;
+                            free_polls = 0;
+                        } else if seen_held || {
+                            free_polls += 1;
+                            free_polls >= 2
+                        } {
+                            tracing::info!(identity = %id, "the Lease was released: taking it");
+                            break Outcome::Released;
+                        }
                     }
                 }
             }
+        };
+        // The pending `changed()` may hold the manager's state lock: drop it before releasing.
+        drop(changed);
+        match outcome {
+            Outcome::Stop => {
+                publish(false);
+                match tokio::time::timeout(RELEASE_TIMEOUT, current.release()).await {
+                    Ok(Ok(())) => tracing::info!(identity = %id, "leader election lease released"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(identity = %id, error = %e, "cannot release the leader election lease")
+                    }
+                    Err(_) => tracing::warn!(identity = %id, "releasing the leader election lease timed out"),
+                }
+                return;
+            }
+            Outcome::Released => continue,
+            Outcome::Failed => {}
         }
         tokio::select! {
             _ = &mut stopped => return,

@@ -237,6 +237,10 @@ async fn the_follower_takes_over_when_the_leader_stops() {
     })
     .await;
     let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(copycat::leader::LEASE_DURATION),
+        "a released Lease is taken within the lease duration, took {took:?}"
+    );
     assert_eq!(holder(&server).as_deref(), Some(follower.name));
     server
         .apply(deployment("late", format!("{}/shop/late:1", src.host())))
@@ -252,6 +256,7 @@ async fn the_follower_takes_over_when_the_leader_stops() {
     let (code, log) = follower.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("became the leader"), "{log}");
+    assert!(log.contains("the Lease was released: taking it"), "{log}");
     eprintln!("takeover took {took:?}");
 }
 
