@@ -186,7 +186,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
             },
             () = plan_due => {
                 plan_at = None;
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false, lead);
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false, lead && leads(&leading));
                 metrics.set_images_tracked(summary.targets.len());
             }
             Ok(()) = leading.changed() => {
@@ -195,7 +195,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                     lead = now;
                     if lead && listed {
                         tracing::info!("leading: submitting the whole current plan");
-                        let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead);
+                        let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
                         metrics.set_images_tracked(summary.targets.len());
                     } else if lead {
                         // The initial list is not complete: the plan made once it is submits everything.
@@ -209,17 +209,23 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
             () = rescan_due => {
                 next_rescan = rescan.map(|every| Instant::now() + every);
                 tracing::info!("periodic rescan");
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead);
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
                 metrics.set_images_tracked(summary.targets.len());
             }
             Some(reply) = forced.recv() => {
                 tracing::info!("forced rescan");
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead);
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
                 metrics.set_images_tracked(summary.targets.len());
                 let _ = reply.send(summary);
             }
         }
     }
+}
+
+/// Whether the elector says this replica leads right now: checked again before every submission,
+/// so a loss not yet handled by the loop stops submissions at once.
+fn leads(leading: &channel::Receiver<bool>) -> bool {
+    *leading.borrow()
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
