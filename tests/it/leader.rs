@@ -327,3 +327,23 @@ async fn a_lease_namespace_that_does_not_exist_stops_the_start() {
     std::io::Read::read_to_string(daemon.child.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(log.contains("nowhere/k8s-copycat"), "{log}");
 }
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_when_its_term_ends() {
+    let dst = start(RegistryMode::Plain);
+    let server = ApiServer::new();
+    let running = server.serve().unwrap();
+    let (mut leader, follower) = two_replicas(&server, running.kubeconfig_path(), &dst.host()).await;
+    // SIGKILL: no release, the follower must wait for the term to end.
+    leader.child.kill().unwrap();
+    let killed = Instant::now();
+    eventually("the follower to take over", TAKEOVER, async || {
+        follower.leader_gauge().await == Some(1.0)
+    })
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(holder(&server).as_deref(), Some(follower.name));
+    let (code, log) = follower.stop();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!("takeover after SIGKILL took {took:?}");
+}
