@@ -1,6 +1,10 @@
 //! `copycat run`: watch the cluster, plan mirror tasks from what it runs, mirror them through the
 //! queue. One loop owns the inventory; planning happens shortly after changes settle, and again on
 //! the `forceReconcileMinutes` timer.
+//!
+//! With leader election every replica watches and plans (so a follower takes over at once), but
+//! only the leader submits to the queue: all of the current plan when it gains the Lease, nothing
+//! more from the moment it loses it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,13 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
 use crate::commands;
 use crate::config::{Config, TargetKind};
 use crate::discovery::inventory::{Inventory, Update, Watched};
 use crate::discovery::watch;
+use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::plan::{Planner, watched_kinds};
 use crate::queue::{MirrorTask, Queue, QueueOptions};
@@ -31,11 +36,6 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         TargetKind::Docker => config.docker.registry.clone(),
         TargetKind::Ecr => bail!("targetKind ecr is not built yet in this version; use targetKind docker"),
     };
-    if config.runtime.leader_elect {
-        tracing::warn!(
-            "leader election is not built yet in this version: every replica mirrors; run one replica (LEADER_ELECT=false silences this)"
-        );
-    }
     let client = kube_client(config).await?;
     let target_host = commands::daemon_target_host(config).unwrap_or_default();
     let registries = commands::registries(config, &[&target_host]).map_err(anyhow::Error::msg)?;
@@ -43,6 +43,17 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let queue = Queue::start(commands::copier(config, registries), QueueOptions::from_config(config));
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
+    let leadership = if config.runtime.leader_elect {
+        Leadership::elect(
+            client.clone(),
+            &config.runtime.pod_namespace,
+            leader::identity(),
+            metrics.clone(),
+        )
+        .await?
+    } else {
+        Leadership::always(&metrics)
+    };
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
     let ready = Arc::new(AtomicBool::new(false));
     let (rescan_tx, rescan_rx) = mpsc::channel(8);
@@ -53,7 +64,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         rescan_tx,
         config.runtime.admin_token.clone(),
         Some(dockerhub),
-    );
+    )
+    .with_leadership(leadership.subscribe());
     let servers = server::start(
         &config.runtime.metrics_addr,
         &config.runtime.health_addr,
@@ -72,6 +84,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         rescan: config.force_reconcile_interval,
         ready: &ready,
         metrics: &metrics,
+        leading: leadership.subscribe(),
     };
     tokio::select! {
         () = plan_loop(updates, rescan_rx, loop_state) => {
@@ -82,6 +95,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     ready.store(false, Ordering::Release);
     servers.shutdown().await;
     drop(watchers);
+    // Hand the Lease over before draining: running copies may finish while another replica leads.
+    leadership.release().await;
     queue.shutdown(SHUTDOWN_GRACE).await;
     Ok(())
 }
@@ -128,6 +143,8 @@ struct LoopState<'a> {
     /// Set once the initial list is complete (`/readyz`).
     ready: &'a AtomicBool,
     metrics: &'a Metrics,
+    /// Whether this replica leads (submits to the queue).
+    leading: channel::Receiver<bool>,
 }
 
 /// Applies watch updates to the inventory and submits the tasks that changed, at most `SETTLE`
@@ -141,7 +158,9 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
         rescan,
         ready,
         metrics,
+        mut leading,
     } = s;
+    let mut lead = *leading.borrow_and_update();
     let mut inventory = Inventory::new();
     let mut submitted: HashMap<String, String> = HashMap::new();
     let mut reported_invalid: HashSet<(String, String)> = HashSet::new();
@@ -167,23 +186,46 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
             },
             () = plan_due => {
                 plan_at = None;
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false);
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false, lead && leads(&leading));
                 metrics.set_images_tracked(summary.targets.len());
+            }
+            Ok(()) = leading.changed() => {
+                let now = *leading.borrow_and_update();
+                if now != lead {
+                    lead = now;
+                    if lead && listed {
+                        tracing::info!("leading: submitting the whole current plan");
+                        let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
+                        metrics.set_images_tracked(summary.targets.len());
+                    } else if lead {
+                        // The initial list is not complete: the plan made once it is submits everything.
+                        submitted.clear();
+                        plan_at.get_or_insert_with(|| Instant::now() + SETTLE);
+                    } else {
+                        tracing::info!("following: no longer submitting (running copies may finish)");
+                    }
+                }
             }
             () = rescan_due => {
                 next_rescan = rescan.map(|every| Instant::now() + every);
                 tracing::info!("periodic rescan");
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true);
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
                 metrics.set_images_tracked(summary.targets.len());
             }
             Some(reply) = forced.recv() => {
                 tracing::info!("forced rescan");
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true);
+                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
                 metrics.set_images_tracked(summary.targets.len());
                 let _ = reply.send(summary);
             }
         }
     }
+}
+
+/// Whether the elector says this replica leads right now: checked again before every submission,
+/// so a loss not yet handled by the loop stops submissions at once.
+fn leads(leading: &channel::Receiver<bool>) -> bool {
+    *leading.borrow()
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
@@ -203,6 +245,7 @@ fn submit_changes(
     submitted: &mut HashMap<String, String>,
     reported_invalid: &mut HashSet<(String, String)>,
     everything: bool,
+    lead: bool,
 ) -> PlanSummary {
     let plan = planner.plan(inventory);
     for (user, image, error) in plan.invalid {
@@ -220,14 +263,18 @@ fn submit_changes(
         targets.push(task.key().to_string());
         let target = task.request.target_display(task.request.source.digest());
         let source = format!("{} {:?}", task.request.source, task.platforms);
-        if everything || submitted.get(&target) != Some(&source) {
+        if lead && (everything || submitted.get(&target) != Some(&source)) {
             changed += 1;
             submit(queue, task);
         }
         current.insert(target, source);
     }
     *submitted = current;
-    tracing::info!(tasks, submitted = changed, excluded, "planned");
+    if lead {
+        tracing::info!(tasks, submitted = changed, excluded, "planned");
+    } else {
+        tracing::info!(tasks, excluded, "planned (following: nothing submitted)");
+    }
     PlanSummary {
         workloads: workloads.len(),
         targets,

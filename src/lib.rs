@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod glob;
 pub mod images_file;
+pub mod leader;
 pub mod metrics;
 pub mod naming;
 pub mod plan;

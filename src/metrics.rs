@@ -28,6 +28,7 @@ pub struct Metrics {
     tasks: IntGaugeVec,
     images_tracked: IntGauge,
     ratelimit: IntGaugeVec,
+    leader: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +129,11 @@ impl Metrics {
             &["registry"],
         )
         .expect("valid metric");
+        let leader = IntGauge::new(
+            format!("{PREFIX}leader"),
+            "1 while this replica holds the leader-election Lease and mirrors (always with LEADER_ELECT=false), else 0.",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(bytes_copied.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -135,6 +141,7 @@ impl Metrics {
             Box::new(tasks.clone()),
             Box::new(images_tracked.clone()),
             Box::new(ratelimit.clone()),
+            Box::new(leader.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -153,6 +160,7 @@ impl Metrics {
             tasks,
             images_tracked,
             ratelimit,
+            leader,
         }
     }
 
@@ -197,6 +205,11 @@ impl Metrics {
     /// Sets how many targets the latest plan holds.
     pub fn set_images_tracked(&self, n: usize) {
         self.images_tracked.set(n as i64);
+    }
+
+    /// Sets whether this replica leads (mirrors).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Sets Docker Hub's last reported `ratelimit-remaining`, if it reported one.

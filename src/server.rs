@@ -6,6 +6,8 @@
 //!   is complete).
 //!
 //! When `ADMIN_TOKEN` is set, the two admin endpoints require `Authorization: Bearer <token>`.
+//! With leader election, a replica that is not the leader answers them 503 (only the leader
+//! mirrors); `/status`, `/metrics` and the probes work on every replica.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
@@ -60,6 +62,8 @@ pub struct Admin {
     pub admin_token: Secret,
     /// Docker Hub's client, for its rate-limit gauge.
     pub dockerhub: Option<Registry>,
+    /// Whether this replica leads (`None`: no election, always).
+    leading: Option<watch::Receiver<bool>>,
     /// The rescan in flight (planned, queue not yet seen idle), which concurrent calls join.
     current: tokio::sync::Mutex<Option<PlanSummary>>,
 }
@@ -81,8 +85,26 @@ impl Admin {
             rescan,
             admin_token,
             dockerhub,
+            leading: None,
             current: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Answers the admin endpoints only while `leading` says this replica leads (503 otherwise).
+    pub fn with_leadership(mut self, leading: watch::Receiver<bool>) -> Admin {
+        self.leading = Some(leading);
+        self
+    }
+
+    /// The 503 a follower answers on the admin endpoints, `None` on the leader.
+    fn not_leader(&self) -> Option<Response> {
+        let leading = self.leading.as_ref().is_none_or(|l| *l.borrow());
+        (!leading).then(|| {
+            message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this replica is not the leader: only the leader mirrors; send this request to the leader (k8s_copycat_leader 1)".into(),
+            )
+        })
     }
 }
 
@@ -257,6 +279,9 @@ async fn reset_cooldown(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> 
     if let Some(denied) = unauthorized(&admin, &headers) {
         return denied;
     }
+    if let Some(follower) = admin.not_leader() {
+        return follower;
+    }
     let answer = if !admin.queue.cooldown_enabled() {
         ResetAnswer {
             reset: false,
@@ -306,6 +331,9 @@ pub struct ForceAnswer {
 async fn force_reconcile(State(admin): State<Arc<Admin>>, headers: HeaderMap, Query(q): Query<ForceQuery>) -> Response {
     if let Some(denied) = unauthorized(&admin, &headers) {
         return denied;
+    }
+    if let Some(follower) = admin.not_leader() {
+        return follower;
     }
     let wait = match q.wait.as_deref().filter(|w| !w.is_empty()) {
         None => DEFAULT_FORCE_WAIT,

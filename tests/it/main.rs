@@ -6,6 +6,7 @@ mod copy;
 mod daemon;
 mod discovery;
 mod faults;
+mod leader;
 mod manifests;
 mod queue;
 mod registry;
