@@ -1,67 +1,26 @@
 //! `copycat run` as a black box: the built binary, configured by environment only, against the
 //! stand-in API server (over TCP, through a kubeconfig) and real registries.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use testkit::apiserver::ApiServer;
 use testkit::{Image, RegistryMode, manifest_digest, skopeo_digest};
 
-use crate::support::start;
+use crate::support::{CopycatRun, eventually, start};
 
-struct Daemon(Child);
+/// How long a black-box test waits for the daemon to do something.
+const WAIT: Duration = Duration::from_secs(30);
 
-impl Daemon {
-    fn start(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
-        cmd.args(["run", "--kubeconfig"]).arg(kubeconfig).env_clear();
-        cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
-            .env("LOG_FORMAT", "text")
-            .env("LEADER_ELECT", "false")
-            // Any free port: tests run in parallel.
-            .env("METRICS_ADDR", "127.0.0.1:0")
-            .env("HEALTH_ADDR", "127.0.0.1:0");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Daemon(
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start copycat run"),
-        )
-    }
-
-    /// Sends SIGTERM and returns the exit code and everything it logged.
-    fn stop(mut self) -> (Option<i32>, String) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.0.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "copycat did not exit within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// `copycat run` on free listener ports, without leader election, plus `env`.
+fn daemon(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> CopycatRun {
+    let mut all = vec![
+        ("LEADER_ELECT", "false"),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("HEALTH_ADDR", "127.0.0.1:0"),
+    ];
+    all.extend_from_slice(env);
+    CopycatRun::start(kubeconfig, &[], &all)
 }
 
 #[tokio::test]
@@ -84,7 +43,7 @@ async fn mirrors_what_the_cluster_runs_and_follows_changes() {
     server.apply(deployment("1.0")).unwrap();
     let running = server.serve().expect("serve the stand-in API server");
 
-    let daemon = Daemon::start(
+    let daemon = daemon(
         running.kubeconfig_path(),
         &[
             ("TARGET_KIND", "docker"),
@@ -93,14 +52,14 @@ async fn mirrors_what_the_cluster_runs_and_follows_changes() {
             ("FAILURE_COOLDOWN_MINUTES", "0"),
         ],
     );
-    eventually("the first image", async || {
+    eventually("the first image", WAIT, async || {
         manifest_digest(&dst, "backup/default/shop/web", "1.0")
             .await
             .unwrap()
             .is_some()
     })
     .await;
-    eventually("the init container's image", async || {
+    eventually("the init container's image", WAIT, async || {
         manifest_digest(&dst, "backup/default/tools/envoy", "1")
             .await
             .unwrap()
@@ -117,7 +76,7 @@ async fn mirrors_what_the_cluster_runs_and_follows_changes() {
     );
 
     server.apply(deployment("2.0")).unwrap();
-    eventually("the changed image", async || {
+    eventually("the changed image", WAIT, async || {
         manifest_digest(&dst, "backup/default/shop/web", "2.0")
             .await
             .unwrap()
@@ -148,7 +107,7 @@ async fn dry_pull_plans_without_any_registry_request() {
                       "spec": {"containers": [{"name": "c", "image": format!("{}/lib/app:1", src.host())}]}, "status": {"phase": "Running"}}))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = Daemon::start(
+    let daemon = daemon(
         running.kubeconfig_path(),
         &[
             ("TARGET_KIND", "docker"),
@@ -237,7 +196,7 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
         .unwrap();
     let running = server.serve().unwrap();
     let (dst_before, other_before) = (dst.requests().len(), other.requests().len());
-    let daemon = Daemon::start(
+    let daemon = daemon(
         running.kubeconfig_path(),
         &[
             ("TARGET_KIND", "docker"),
@@ -248,7 +207,7 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
             ("EXCLUDE_REGISTRIES", &other.host()),
         ],
     );
-    eventually("the kept image", async || {
+    eventually("the kept image", WAIT, async || {
         manifest_digest(&dst, "lib/kept", "1").await.unwrap().is_some()
     })
     .await;
@@ -259,7 +218,7 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
     server
         .apply(deployment("team-late", "late", format!("{}/lib/late:1", src.host())))
         .unwrap();
-    eventually("the image of a namespace created later", async || {
+    eventually("the image of a namespace created later", WAIT, async || {
         manifest_digest(&dst, "lib/late", "1").await.unwrap().is_some()
     })
     .await;

@@ -1,21 +1,19 @@
 //! Leader election as a black box: two `copycat run` processes (the built binary) against one
 //! stand-in API server and real registries; only the holder of the Lease mirrors.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use testkit::{Image, RegistryMode, manifest_digest};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::start;
+use crate::support::{CopycatRun, eventually, free_address, http, start};
 
 /// The daemon's lease duration (`copycat::leader::LEASE_DURATION`) plus slack for a loaded machine.
 const TAKEOVER: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION + 10);
 
 struct Daemon {
-    child: Child,
+    run: CopycatRun,
     name: &'static str,
     metrics: String,
 }
@@ -23,45 +21,25 @@ struct Daemon {
 impl Daemon {
     fn start(name: &'static str, kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let metrics = free_address();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
-        cmd.args(["run", "--kubeconfig"])
-            .arg(kubeconfig)
-            .args(["--metrics-bind-address", &metrics, "--health-probe-bind-address", "0"])
-            .env_clear();
-        cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
-            .env("LOG_FORMAT", "text")
-            .env("LEADER_ELECT", "true")
-            .env("HOSTNAME", name)
-            .env("FAILURE_COOLDOWN_MINUTES", "0");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start copycat run");
-        Daemon { child, name, metrics }
+        let args = ["--metrics-bind-address", &metrics, "--health-probe-bind-address", "0"];
+        let mut all = vec![
+            ("LEADER_ELECT", "true"),
+            ("HOSTNAME", name),
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+        ];
+        all.extend_from_slice(env);
+        let run = CopycatRun::start(kubeconfig, &args, &all);
+        Daemon { run, name, metrics }
     }
 
     /// Sends SIGTERM and returns the exit code and everything it logged.
-    fn stop(mut self) -> (Option<i32>, String) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "copycat did not exit within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    fn stop(self) -> (Option<i32>, String) {
+        self.run.stop()
     }
 
     /// `k8s_copycat_leader`, once the metrics listener answers.
     async fn leader_gauge(&self) -> Option<f64> {
-        let (code, body) = http(&self.metrics, "GET", "/metrics").await;
+        let (code, body) = http(&self.metrics, "GET", "/metrics", None).await;
         if code != 200 {
             return None;
         }
@@ -70,53 +48,9 @@ impl Daemon {
     }
 
     async fn status_len(&self) -> usize {
-        let (code, body) = http(&self.metrics, "GET", "/status").await;
+        let (code, body) = http(&self.metrics, "GET", "/status", None).await;
         assert_eq!(code, 200, "/status works on every replica: {body}");
         serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().len()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// One HTTP/1.1 request; status 0 when nothing listens (yet). Bounded by 60 s.
-async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    let exchange = async {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-            return (0, String::new());
-        };
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (code, body.to_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(60), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path} took over 60 s"))
-}
-
-async fn eventually(what: &str, within: Duration, check: impl AsyncFn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -177,16 +111,16 @@ async fn only_the_leader_mirrors_and_the_follower_refuses_admin_requests() {
         manifest_digest(&dst, "shop/web", "1").await.unwrap().is_some()
     })
     .await;
-    let (code, body) = http(&follower.metrics, "POST", "/force-reconcile").await;
+    let (code, body) = http(&follower.metrics, "POST", "/force-reconcile", None).await;
     assert_eq!(code, 503, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
         answer["message"].as_str().unwrap().contains("not the leader"),
         "{answer}"
     );
-    let (code, body) = http(&follower.metrics, "POST", "/reset-cooldown").await;
+    let (code, body) = http(&follower.metrics, "POST", "/reset-cooldown", None).await;
     assert_eq!(code, 503, "{body}");
-    let (code, body) = http(&leader.metrics, "POST", "/force-reconcile?wait=20s").await;
+    let (code, body) = http(&leader.metrics, "POST", "/force-reconcile?wait=20s", None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["success"], true, "{body}");
     assert_eq!(follower.status_len().await, 0, "the follower submitted nothing");
@@ -251,7 +185,7 @@ async fn the_follower_takes_over_when_the_leader_stops() {
         async || manifest_digest(&dst, "shop/late", "1").await.unwrap().is_some(),
     )
     .await;
-    let (code, body) = http(&follower.metrics, "POST", "/force-reconcile?wait=20s").await;
+    let (code, body) = http(&follower.metrics, "POST", "/force-reconcile?wait=20s", None).await;
     assert_eq!(code, 200, "the new leader takes admin requests: {body}");
     let (code, log) = follower.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -286,7 +220,7 @@ async fn a_leader_that_cannot_reach_the_api_server_steps_down_and_leads_again() 
         async || daemon.leader_gauge().await == Some(0.0),
     )
     .await;
-    let (code, _) = http(&daemon.metrics, "POST", "/force-reconcile").await;
+    let (code, _) = http(&daemon.metrics, "POST", "/force-reconcile", None).await;
     assert_eq!(code, 503);
     let stepped_down = cut.elapsed();
     running.start().unwrap();
@@ -314,17 +248,8 @@ async fn a_lease_namespace_that_does_not_exist_stops_the_start() {
             ("POD_NAMESPACE", "nowhere"),
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "copycat kept running without its Lease");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(!status.success());
-    let mut log = String::new();
-    std::io::Read::read_to_string(daemon.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let (code, log) = daemon.run.wait_exit(Duration::from_secs(20));
+    assert_ne!(code, Some(0), "copycat must not start without its Lease: {log}");
     assert!(log.contains("nowhere/k8s-copycat"), "{log}");
 }
 
@@ -335,7 +260,7 @@ async fn a_killed_leader_is_replaced_when_its_term_ends() {
     let running = server.serve().unwrap();
     let (mut leader, follower) = two_replicas(&server, running.kubeconfig_path(), &dst.host()).await;
     // SIGKILL: no release, the follower must wait for the term to end.
-    leader.child.kill().unwrap();
+    leader.run.kill();
     let killed = Instant::now();
     eventually("the follower to take over", TAKEOVER, async || {
         follower.leader_gauge().await == Some(1.0)

@@ -1,20 +1,21 @@
 //! The daemon's HTTP endpoints as a black box: `copycat run` (the built binary) against the
 //! stand-in API server and real registries, asked over plain HTTP on free local ports.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use testkit::{Image, RegistryMode, manifest_digest};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::start;
+use crate::support::{CopycatRun, eventually, free_address, http, start};
 
 const PASSWORD: &str = "pa55-never-shown-7Qx";
 
+/// How long a black-box test waits for the daemon to do something.
+const WAIT: Duration = Duration::from_secs(30);
+
 struct Daemon {
-    child: Child,
+    run: CopycatRun,
     metrics: String,
     health: String,
 }
@@ -25,43 +26,21 @@ impl Daemon {
     }
 
     fn start_at(kubeconfig: &std::path::Path, env: &[(&str, &str)], metrics: String, health: String) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
-        cmd.args(["run", "--kubeconfig"])
-            .arg(kubeconfig)
-            .args([
-                "--metrics-bind-address",
-                &metrics,
-                "--health-probe-bind-address",
-                &health,
-            ])
-            .env_clear();
-        cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
-            .env("LOG_FORMAT", "text")
-            .env("LEADER_ELECT", "false");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start copycat run");
-        Daemon { child, metrics, health }
+        let args = [
+            "--metrics-bind-address",
+            &metrics,
+            "--health-probe-bind-address",
+            &health,
+        ];
+        let mut all = vec![("LEADER_ELECT", "false")];
+        all.extend_from_slice(env);
+        let run = CopycatRun::start(kubeconfig, &args, &all);
+        Daemon { run, metrics, health }
     }
 
     /// Sends SIGTERM and returns the exit code and everything it logged.
-    fn stop(mut self) -> (Option<i32>, String) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "copycat did not exit within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    fn stop(self) -> (Option<i32>, String) {
+        self.run.stop()
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -88,51 +67,6 @@ impl Daemon {
         }
         let all: Value = serde_json::from_str(&body).unwrap();
         all.as_array().unwrap().iter().find(|s| s["target"] == target).cloned()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A local address no one listens on right now.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// One HTTP/1.1 request; status 0 when nothing listens (yet). Bounded by 60 s.
-async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let exchange = async {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-            return (0, String::new());
-        };
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (code, body.to_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(60), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path} took over 60 s"))
-}
-
-async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -188,7 +122,7 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
             ("TARGET_PASSWORD", PASSWORD),
         ],
     );
-    eventually("/healthz", async || daemon.probe("/healthz").await.0 == 200).await;
+    eventually("/healthz", WAIT, async || daemon.probe("/healthz").await.0 == 200).await;
     let (code, body) = daemon.probe("/readyz").await;
     assert_eq!(code, 503, "not ready while the API server is unreachable: {body}");
     assert!(body.contains("initial list"), "{body}");
@@ -196,17 +130,17 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     assert_eq!((code, &answer["triggered"]), (503, &json!(false)), "{answer}");
 
     api.start().unwrap();
-    eventually("/readyz 200", async || daemon.probe("/readyz").await.0 == 200).await;
+    eventually("/readyz 200", WAIT, async || daemon.probe("/readyz").await.0 == 200).await;
 
     let (app, late_target) = (
         format!("{}/shop/app:1", dst.host()),
         format!("{}/shop/late:1", dst.host()),
     );
-    eventually("the present image mirrored", async || {
+    eventually("the present image mirrored", WAIT, async || {
         daemon.status_of(&app).await.is_some_and(|s| s["state"] == "mirrored")
     })
     .await;
-    eventually("the missing image in cooldown", async || {
+    eventually("the missing image in cooldown", WAIT, async || {
         daemon
             .status_of(&late_target)
             .await
@@ -270,11 +204,11 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
         answer,
         json!({"reset": true, "clearedTargets": 1, "message": "failure cooldown reset"})
     );
-    eventually("the late image mirrored", async || {
+    eventually("the late image mirrored", WAIT, async || {
         manifest_digest(&dst, "shop/late", "1").await.unwrap().is_some()
     })
     .await;
-    eventually("its status mirrored", async || {
+    eventually("its status mirrored", WAIT, async || {
         daemon
             .status_of(&late_target)
             .await
@@ -311,7 +245,7 @@ async fn force_reconcile_replans_and_admin_token_guards_the_admin_endpoints() {
         ],
     );
     let target = format!("{}/lib/web:1", dst.host());
-    eventually("the missing image failed", async || {
+    eventually("the missing image failed", WAIT, async || {
         daemon.status_of(&target).await.is_some_and(|s| s["state"] == "failed")
     })
     .await;
@@ -382,19 +316,7 @@ async fn an_address_in_use_stops_the_start_naming_it() {
         free_address(),
         address.clone(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while daemon.child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "copycat kept running with its health address taken"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Already exited: collect its output without signalling a reaped pid.
-    let out = std::mem::replace(&mut daemon.child, Command::new("true").spawn().unwrap())
-        .wait_with_output()
-        .unwrap();
-    let (code, log) = (out.status.code(), String::from_utf8_lossy(&out.stderr));
+    let (code, log) = daemon.run.wait_exit(WAIT);
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains(&address) && log.contains("health probe"), "{log}");
 }

@@ -59,3 +59,136 @@ pub fn registries(regs: &[&Registry]) -> Registries {
     let (credentials, hosts) = access(regs);
     Registries::new(options(hosts, TIMEOUT), Arc::new(credentials)).expect("registry clients")
 }
+
+/// A running `copycat run` (the built binary). Its stderr is drained as it comes, so a chatty daemon
+/// never blocks on a full pipe; dropping it kills the process.
+pub struct CopycatRun {
+    child: std::process::Child,
+    log: Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CopycatRun {
+    /// `copycat run --kubeconfig KUBECONFIG ARGS…` with an empty environment except `env` (later
+    /// entries win), no config file and text logs.
+    pub fn start(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> CopycatRun {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_copycat"));
+        cmd.args(["run", "--kubeconfig"]).arg(kubeconfig).args(args).env_clear();
+        cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
+            .env("LOG_FORMAT", "text");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start copycat run");
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let (stderr, sink) = (child.stderr.take().expect("piped stderr"), log.clone());
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        CopycatRun {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Whether (and how) the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for copycat")
+    }
+
+    /// SIGKILL, no clean-up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM; returns the exit code and everything logged (fails after 30 s).
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Waits for the process to exit by itself; returns the exit code and everything logged.
+    pub fn wait_exit(&mut self, within: Duration) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.try_wait() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "copycat did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status.code(), self.log.lock().unwrap().clone())
+    }
+}
+
+impl Drop for CopycatRun {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A local address no one listens on right now.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// One HTTP/1.1 request, with a bearer token if given; status 0 when nothing listens (yet). Bounded by 60 s.
+pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            return (0, String::new());
+        };
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return (0, String::new());
+        }
+        let mut response = Vec::new();
+        if stream.read_to_end(&mut response).await.is_err() {
+            return (0, String::new());
+        }
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} took over 60 s"))
+}
+
+/// Polls `check` every 200 ms until it holds; fails after `within`.
+pub async fn eventually(what: &str, within: Duration, check: impl AsyncFn() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
