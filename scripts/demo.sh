@@ -6,15 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: docker-registry (CNCF distribution 2.8) for both registries, skopeo to verify digests.
-missing=()
-command -v docker-registry >/dev/null || missing+=(docker-registry)
-command -v skopeo >/dev/null || missing+=(skopeo)
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  echo "installing: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source scripts/lib/packages.sh
+ensure_packages docker-registry:docker-registry skopeo:skopeo
 
 cargo build --release --bin copycat
 exec cargo run --release -p testkit --bin demo -- --copycat "${CARGO_TARGET_DIR:-target}/release/copycat"

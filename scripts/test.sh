@@ -6,17 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: real registries (docker-registry = CNCF distribution 2.8), skopeo as the
 # independent verifier, htpasswd for basic-auth registries, openssl for test certificates.
-missing=()
-command -v docker-registry >/dev/null || missing+=(docker-registry)
-command -v skopeo >/dev/null || missing+=(skopeo)
-command -v htpasswd >/dev/null || missing+=(apache2-utils)
-command -v openssl >/dev/null || missing+=(openssl)
-if ((${#missing[@]})); then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  echo "installing: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source scripts/lib/packages.sh
+ensure_packages docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl
 
 # moto (the ECR control plane for ECR tests) and kubernetes-validate (offline schema check of
 # manifests/k8s.yaml) in a project-local virtualenv.

@@ -46,15 +46,6 @@ pub enum Side {
     Push,
 }
 
-const STATES: [TaskState; 6] = [
-    TaskState::Queued,
-    TaskState::Running,
-    TaskState::Mirrored,
-    TaskState::Failed,
-    TaskState::Cooldown,
-    TaskState::DryRun,
-];
-
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -145,7 +136,7 @@ impl Metrics {
         ] {
             registry.register(m).expect("unique metric");
         }
-        for state in STATES {
+        for state in TaskState::ALL {
             tasks.with_label_values(&[state.as_str()]).set(0);
         }
         Metrics {
@@ -196,7 +187,7 @@ impl Metrics {
 
     /// Refreshes the task gauges from a queue snapshot.
     pub fn observe_queue(&self, snapshot: &[TaskStatus]) {
-        for state in STATES {
+        for state in TaskState::ALL {
             let n = snapshot.iter().filter(|s| s.state == state).count();
             self.tasks.with_label_values(&[state.as_str()]).set(n as i64);
         }

@@ -215,16 +215,8 @@ struct StatusQuery {
 async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -> Response {
     let mut all = admin.queue.snapshot();
     if let Some(wanted) = q.state.as_deref().filter(|s| !s.is_empty()) {
-        const STATES: [TaskState; 6] = [
-            TaskState::Queued,
-            TaskState::Running,
-            TaskState::Mirrored,
-            TaskState::Failed,
-            TaskState::Cooldown,
-            TaskState::DryRun,
-        ];
-        let Some(state) = STATES.into_iter().find(|s| s.as_str() == wanted) else {
-            let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
+        let Some(state) = TaskState::ALL.into_iter().find(|s| s.as_str() == wanted) else {
+            let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
             return message(
                 StatusCode::BAD_REQUEST,
                 format!("unknown state {wanted:?}; one of {}", names.join(", ")),

@@ -27,6 +27,16 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Mirrored,
+        TaskState::Failed,
+        TaskState::Cooldown,
+        TaskState::DryRun,
+    ];
+
     /// `queued`, `running`, `mirrored`, `failed`, `cooldown` or `dry-run`.
     pub fn as_str(self) -> &'static str {
         match self {
