@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
 use crate::commands;
-use crate::config::{Config, TargetKind};
+use crate::config::Config;
 use crate::discovery::inventory::{Inventory, Update, Watched};
 use crate::discovery::watch;
 use crate::leader::{self, Leadership};
@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::plan::{Planner, watched_kinds};
 use crate::queue::{MirrorTask, Queue, QueueOptions};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
+use crate::target::Target;
 
 /// How long changes may keep arriving before a plan is made (a rollout touches many objects at once).
 const SETTLE: Duration = Duration::from_millis(250);
@@ -32,15 +33,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
-    let target = match config.target_kind {
-        TargetKind::Docker => config.docker.registry.clone(),
-        TargetKind::Ecr => bail!("targetKind ecr is not built yet in this version; use targetKind docker"),
-    };
     let client = kube_client(config).await?;
-    let target_host = commands::daemon_target_host(config).unwrap_or_default();
-    let registries = commands::registries(config, &[&target_host]).map_err(anyhow::Error::msg)?;
+    let target_registry = Target::from_config(config).await;
+    let targets = [target_registry.clone()];
+    let registries = commands::registries(config, &targets).map_err(anyhow::Error::msg)?;
     let dockerhub = registries.get("docker.io");
-    let queue = Queue::start(commands::copier(config, registries), QueueOptions::from_config(config));
+    let queue = Queue::start(
+        commands::copier(config, registries, &targets),
+        QueueOptions::from_config(config),
+    );
+    let target = target_registry.registry;
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
     let leadership = if config.runtime.leader_elect {

@@ -20,4 +20,5 @@ pub mod reference;
 pub mod registry;
 pub mod secret;
 pub mod server;
+pub mod target;
 pub mod telemetry;

@@ -243,7 +243,7 @@ pub fn registry_label(host: &str) -> String {
 /// any other host (the source, a read mirror, Docker Hub's API host) means pull. Failures naming no
 /// host: a digest mismatch is bad source content (pull), anything else counts against the target.
 /// Copy-level failures: a missing source, an unusable manifest or platform list are pull errors;
-/// a tag conflict and the whole-image deadline are push errors.
+/// a tag conflict, an unpreparable target repository and the whole-image deadline are push errors.
 pub fn error_side(error: &CopyError, target_host: &str) -> Side {
     match error {
         CopyError::Registry { source, .. } => match error_host(source) {
@@ -253,7 +253,7 @@ pub fn error_side(error: &CopyError, target_host: &str) -> Side {
             None => Side::Push,
         },
         CopyError::SourceNotFound(_) | CopyError::Manifest { .. } | CopyError::Platforms { .. } => Side::Pull,
-        CopyError::TagConflict { .. } | CopyError::DeadlineExceeded { .. } => Side::Push,
+        CopyError::TagConflict { .. } | CopyError::Repository(_) | CopyError::DeadlineExceeded { .. } => Side::Push,
     }
 }
 

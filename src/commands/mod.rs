@@ -11,21 +11,23 @@ use futures::StreamExt;
 
 use crate::app::EXIT_USAGE;
 use crate::cli::{CopyArgs, SyncArgs};
-use crate::config::{Config, TargetKind};
+use crate::config::Config;
 use crate::copy::{Copier, CopyOptions, CopyRequest};
 use crate::naming;
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef};
 use crate::registry::credentials::{Credentials, load_docker_config};
 use crate::registry::{ClientOptions, Credential, HostSettings, Registries};
+use crate::target::Target;
 use progress::Progress;
 
 /// Exit status when some images failed.
 const EXIT_FAILED: u8 = 1;
 
-/// Registry clients for `config`. `target_hosts` get the target's credentials (`TARGET_USERNAME`,
-/// `TARGET_PASSWORD`) and TLS settings (`docker.insecure`, `docker.caFile`).
-pub fn registries(config: &Config, target_hosts: &[&str]) -> Result<Registries, String> {
+/// Registry clients for `config`. Targets with renewable credentials (ECR) get them; the other
+/// targets get the static target credentials (`TARGET_USERNAME`, `TARGET_PASSWORD`) and TLS
+/// settings (`docker.insecure`, `docker.caFile`).
+pub fn registries(config: &Config, targets: &[Target]) -> Result<Registries, String> {
     let env = |name: &str| std::env::var(name).ok();
     let mut credentials = Credentials::new();
     let docker = &config.docker;
@@ -42,8 +44,12 @@ pub fn registries(config: &Config, target_hosts: &[&str]) -> Result<Registries, 
             )
         })
         .collect();
-    for host in target_hosts {
-        let host = reference::normalize_host(host);
+    for target in targets {
+        let host = reference::normalize_host(&target.host);
+        if let Some(provider) = &target.credentials {
+            credentials = credentials.with_provider(&host, provider.clone());
+            continue;
+        }
         if !docker.username.is_empty() || !docker.password.is_empty() {
             let credential = Credential::Basic {
                 username: docker.username.clone(),
@@ -73,17 +79,26 @@ pub fn registries(config: &Config, target_hosts: &[&str]) -> Result<Registries, 
     Registries::new(options, Arc::new(credentials)).map_err(|e| e.to_string())
 }
 
-/// A copier over `registries` with the configured read mirrors.
-pub fn copier(config: &Config, registries: Registries) -> Copier {
-    Copier::new(registries).with_mirrors(config.registry_mirrors.clone().into_iter().collect())
+/// A copier over `registries` with the configured read mirrors, preparing the targets' repositories.
+pub fn copier(config: &Config, registries: Registries, targets: &[Target]) -> Copier {
+    let mut copier = Copier::new(registries).with_mirrors(config.registry_mirrors.clone().into_iter().collect());
+    for target in targets {
+        if let Some(preparer) = &target.repositories {
+            copier = copier.with_preparer(&target.host, preparer.clone());
+        }
+    }
+    copier
 }
 
-/// The daemon's target host: `docker.registry` without its path, or the ECR registry host.
-pub fn daemon_target_host(config: &Config) -> Option<String> {
-    match config.target_kind {
-        TargetKind::Docker => config.docker.registry.split('/').next().map(str::to_owned),
-        TargetKind::Ecr => None,
+/// The copier of the one-shot commands for images written to `target_hosts`.
+async fn command_copier(config: &Config, target_hosts: &[&str]) -> Result<Copier, String> {
+    let mut targets: Vec<Target> = Vec::new();
+    for host in target_hosts {
+        if !targets.iter().any(|t| t.host.eq_ignore_ascii_case(host)) {
+            targets.push(Target::for_host(config, host).await);
+        }
     }
+    Ok(copier(config, registries(config, &targets)?, &targets))
 }
 
 fn non_empty_path(path: &str) -> Option<std::path::PathBuf> {
@@ -125,8 +140,8 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let copier = match registries(config, &[request.target.registry()]) {
-        Ok(r) => copier(config, r),
+    let copier = match command_copier(config, &[request.target.registry()]).await {
+        Ok(c) => c,
         Err(e) => return usage(&e),
     };
     let progress = Progress::start(&copier, 1);
@@ -183,8 +198,8 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let target_hosts: Vec<&str> = entries.iter().map(|e| e.request.target.registry()).collect();
-    let copier = match registries(config, &target_hosts) {
-        Ok(r) => copier(config, r),
+    let copier = match command_copier(config, &target_hosts).await {
+        Ok(c) => c,
         Err(e) => return usage(&e),
     };
     let progress = Progress::start(&copier, entries.len());

@@ -227,7 +227,24 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         repo_prefix: loader.get("ecr.repoPrefix", prefix_template),
         create_repo: loader.get("ecr.createRepo", parse::boolean),
         assume_role_arn: loader.get("ecr.assumeRoleArn", parse::text),
+        assume_role_external_id: loader.get("ecr.assumeRoleExternalId", parse::text),
+        assume_role_session_name: loader.get("ecr.assumeRoleSessionName", parse::text),
+        registry_host: loader.get("ecr.registryHost", registry_host),
         lifecycle_policy: loader.get("ecr.lifecyclePolicy", json_text),
+        reconcile_lifecycle_policy: loader.get("ecr.reconcileLifecyclePolicy", parse::boolean),
+        image_tag_mutability: loader
+            .get("ecr.imageTagMutability", |i| {
+                parse::one_of(i, &["MUTABLE", "IMMUTABLE"])
+            })
+            .to_owned(),
+        scan_on_push: loader.get("ecr.scanOnPush", parse::boolean),
+        encryption_type: loader
+            .get("ecr.encryptionType", |i| {
+                parse::one_of(i, &["AES256", "KMS", "KMS_DSSE"])
+            })
+            .to_owned(),
+        kms_key: loader.get("ecr.kmsKey", parse::text),
+        tags: string_map(loader, "ecr.tags"),
     };
     let docker = DockerConfig {
         registry: loader.get("docker.registry", registry_host),
@@ -318,6 +335,12 @@ fn check_target(loader: &mut Loader<'_>, config: &Config) {
             }
             if config.ecr.region.is_empty() {
                 loader.setting_problem("ecr.region", "required when targetKind is ecr".into());
+            }
+            if !config.ecr.kms_key.is_empty() && config.ecr.encryption_type == "AES256" {
+                loader.setting_problem(
+                    "ecr.kmsKey",
+                    "set, but ecr.encryptionType is AES256; use KMS or KMS_DSSE, or leave the key empty".into(),
+                );
             }
         }
         TargetKind::Docker if config.docker.registry.is_empty() => {
@@ -523,6 +546,38 @@ fn registry_settings(loader: &mut Loader<'_>) -> Vec<RegistrySettings> {
             insecure,
             ca_file,
         });
+    }
+    out
+}
+
+/// A mapping of strings to strings (`ecr.tags`).
+fn string_map(loader: &mut Loader<'_>, id: &'static str) -> std::collections::BTreeMap<String, String> {
+    loader.used.push(id);
+    let mut out = std::collections::BTreeMap::new();
+    let Some(value) = loader.file_value(id).cloned() else {
+        return out;
+    };
+    let Value::Object(map) = value else {
+        if value != Value::Null {
+            loader.problem(
+                &Origin::File(id.into()),
+                None,
+                "expected a mapping of names to values".into(),
+            );
+        }
+        return out;
+    };
+    for (name, v) in map {
+        match to_input(&v) {
+            Ok(Input::Scalar(text)) => {
+                out.insert(name, text);
+            }
+            _ => loader.problem(
+                &Origin::File(format!("{id}.{name}")),
+                None,
+                "expected a single value".into(),
+            ),
+        }
     }
     out
 }

@@ -140,8 +140,26 @@ pub struct EcrConfig {
     pub create_repo: bool,
     /// Role to assume on top of the default chain.
     pub assume_role_arn: String,
+    /// External ID for AssumeRole.
+    pub assume_role_external_id: String,
+    /// Session name for AssumeRole.
+    pub assume_role_session_name: String,
+    /// Registry host override (empty: derived from account and region).
+    pub registry_host: String,
     /// Lifecycle policy JSON for created repositories.
     pub lifecycle_policy: String,
+    /// Keep the lifecycle policy of existing repositories in sync.
+    pub reconcile_lifecycle_policy: bool,
+    /// `MUTABLE` or `IMMUTABLE`, for created repositories.
+    pub image_tag_mutability: String,
+    /// Scan on push, for created repositories.
+    pub scan_on_push: bool,
+    /// `AES256`, `KMS` or `KMS_DSSE`, for created repositories.
+    pub encryption_type: String,
+    /// KMS key for `KMS*` encryption (empty: AWS managed key).
+    pub kms_key: String,
+    /// Resource tags for created repositories.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// Generic registry target settings.

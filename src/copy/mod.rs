@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
 use crate::registry::{Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError};
+use crate::target::{RepositoryError, RepositoryPreparer};
 use locks::KeyedLocks;
 use manifest::{Descriptor, Kind, ManifestError, Parsed};
 use select::{NoMatchingPlatform, Selection};
@@ -162,6 +163,10 @@ pub enum CopyError {
         /// Digest that would be written.
         new: Digest,
     },
+    /// The target repository cannot be prepared (ECR: missing and not allowed to create, or the
+    /// AWS call failed).
+    #[error("target repository: {0}")]
+    Repository(#[source] RepositoryError),
     /// The whole-image deadline passed.
     #[error("copy to {target} did not finish within {after:?}")]
     DeadlineExceeded {
@@ -179,6 +184,7 @@ impl CopyError {
             CopyError::Registry { source, .. } => {
                 source.is_retryable() || matches!(source, RegistryError::RateLimited { .. })
             }
+            CopyError::Repository(e) => e.transient,
             CopyError::DeadlineExceeded { .. } | CopyError::SourceNotFound(_) => true,
             _ => false,
         }
@@ -196,6 +202,8 @@ pub struct Copier {
     registries: Registries,
     /// Read mirrors per source registry host, tried in order before the registry itself.
     mirrors: Arc<HashMap<String, Vec<String>>>,
+    /// Preparation of target repositories before their first write, per target host.
+    preparers: Arc<HashMap<String, Arc<dyn RepositoryPreparer>>>,
     shared: Arc<Shared>,
 }
 
@@ -248,6 +256,7 @@ impl Copier {
         Copier {
             registries,
             mirrors: Arc::default(),
+            preparers: Arc::default(),
             shared: Arc::new(Shared {
                 blob_locks: KeyedLocks::new(),
                 known: moka::sync::Cache::new(100_000),
@@ -261,6 +270,13 @@ impl Copier {
     /// host itself when a mirror fails or lacks the content. Writes never go to a mirror.
     pub fn with_mirrors(mut self, mirrors: HashMap<String, Vec<String>>) -> Copier {
         self.mirrors = Arc::new(mirrors);
+        self
+    }
+
+    /// Repositories of target `host` are prepared by `preparer` before anything is written to them
+    /// (never in a dry run).
+    pub fn with_preparer(mut self, host: &str, preparer: Arc<dyn RepositoryPreparer>) -> Copier {
+        Arc::make_mut(&mut self.preparers).insert(host.to_ascii_lowercase(), preparer);
         self
     }
 
@@ -422,6 +438,9 @@ impl Copier {
         }
 
         // 4. Content first: children (with their blobs) by digest, or the image's blobs.
+        if let Some(preparer) = self.preparers.get(job.dst.host()) {
+            preparer.ensure(job.dst_repo).await.map_err(CopyError::Repository)?;
+        }
         match top_parsed.kind {
             Kind::Index => {
                 for child in &children {

@@ -17,11 +17,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
+use futures::future::BoxFuture;
 
 use super::proto::{DOCKER_HUB, DOCKER_HUB_ALIASES, canonical_host};
-use super::{Credential, CredentialProvider};
+use super::{Credential, CredentialProvider, RegistryError};
 use crate::config::RegistryCredential;
 use crate::glob;
 use crate::secret::Secret;
@@ -179,18 +181,42 @@ struct ConfigEntry {
     credential: Credential,
 }
 
-/// The [`CredentialProvider`] copycat uses: explicit hosts, then configuration, then Docker config.
-#[derive(Debug, Clone, Default)]
+/// The [`CredentialProvider`] copycat uses: a provider of expiring credentials for its host (the ECR
+/// target), explicit hosts, then configuration, then Docker config.
+#[derive(Clone, Default)]
 pub struct Credentials {
+    providers: Vec<(String, Arc<dyn CredentialProvider>)>,
     explicit: Vec<(String, Credential)>,
     config: Vec<ConfigEntry>,
     docker: DockerAuths,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("providers", &self.providers.iter().map(|(h, _)| h).collect::<Vec<_>>())
+            .field("explicit", &self.explicit)
+            .field("config", &self.config)
+            .field("docker", &self.docker)
+            .finish()
+    }
 }
 
 impl Credentials {
     /// No credentials at all (every registry anonymous).
     pub fn new() -> Credentials {
         Credentials::default()
+    }
+
+    /// Hands every credential question about exactly `host` to `provider` (e.g. ECR tokens).
+    pub fn with_provider(mut self, host: &str, provider: Arc<dyn CredentialProvider>) -> Credentials {
+        self.providers.push((canonical_host(host), provider));
+        self
+    }
+
+    fn provider_for(&self, host: &str) -> Option<&Arc<dyn CredentialProvider>> {
+        let host = canonical_host(host);
+        self.providers.iter().find(|(h, _)| *h == host).map(|(_, p)| p)
     }
 
     /// Adds credentials for exactly `host` that win over everything else (first added wins).
@@ -269,8 +295,18 @@ impl Credentials {
 }
 
 impl CredentialProvider for Credentials {
-    fn credential_for(&self, host: &str) -> Credential {
-        self.lookup(host).0
+    fn credential_for<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Credential, RegistryError>> {
+        match self.provider_for(host) {
+            Some(p) => p.credential_for(host),
+            None => Box::pin(std::future::ready(Ok(self.lookup(host).0))),
+        }
+    }
+
+    fn renew<'a>(&'a self, host: &'a str, refused: &'a Credential) -> BoxFuture<'a, bool> {
+        match self.provider_for(host) {
+            Some(p) => p.renew(host, refused),
+            None => Box::pin(std::future::ready(false)),
+        }
     }
 }
 
@@ -361,7 +397,7 @@ mod tests {
             let (got, got_source) = creds.lookup(host);
             assert_eq!(got, want, "{host}");
             assert_eq!(got_source, source, "{host}");
-            assert_eq!(creds.credential_for(host), want, "{host}");
+            assert_eq!(creds.lookup(host).0, want, "{host}");
         }
     }
 
@@ -375,20 +411,16 @@ mod tests {
         ] {
             let creds = Credentials::new().with_registry_credentials(&[rc(name, &[], "u", "p", "")]);
             for host in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
-                assert_eq!(creds.credential_for(host), basic("u", "p"), "entry {name}, host {host}");
+                assert_eq!(creds.lookup(host).0, basic("u", "p"), "entry {name}, host {host}");
             }
             let json = format!(r#"{{"auths":{{"{name}":{{"auth":"{}"}}}}}}"#, b64("d:q"));
             let creds = Credentials::new().with_docker_auths(parse_docker_config_json(json.as_bytes()).unwrap());
-            assert_eq!(
-                creds.credential_for("docker.io"),
-                basic("d", "q"),
-                "docker config key {name}"
-            );
+            assert_eq!(creds.lookup("docker.io").0, basic("d", "q"), "docker config key {name}");
         }
         // A glob written against one Docker Hub spelling matches Docker Hub.
         let creds = Credentials::new().with_registry_credentials(&[rc("*.docker.io", &[], "g", "p", "")]);
-        assert_eq!(creds.credential_for("docker.io"), basic("g", "p"));
-        assert_eq!(creds.credential_for("quay.io"), Credential::Anonymous);
+        assert_eq!(creds.lookup("docker.io").0, basic("g", "p"));
+        assert_eq!(creds.lookup("quay.io").0, Credential::Anonymous);
     }
 
     #[test]

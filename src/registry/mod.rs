@@ -180,8 +180,17 @@ pub enum Credential {
 
 /// Where credentials for a registry host come from.
 pub trait CredentialProvider: Send + Sync {
-    /// Credentials for `host` (lower-case `host[:port]`, Docker Hub as `docker.io`).
-    fn credential_for(&self, host: &str) -> Credential;
+    /// Credentials for `host` (lower-case `host[:port]`, Docker Hub as `docker.io`). Asked before
+    /// every authorization, so a provider of expiring credentials (ECR tokens) can renew them in time.
+    fn credential_for<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Credential, RegistryError>>;
+
+    /// `refused` was refused by `host` (HTTP 401, or 403 after authenticating). Returns whether
+    /// other credentials are now available, in which case the request is sent once more. Static
+    /// credentials have nothing else to offer.
+    fn renew<'a>(&'a self, host: &'a str, refused: &'a Credential) -> BoxFuture<'a, bool> {
+        let _ = (host, refused);
+        Box::pin(std::future::ready(false))
+    }
 }
 
 /// A manifest's identity as a HEAD reports it.

@@ -416,8 +416,12 @@ impl Registry {
         *lock(&self.stats_ref().requests).entry(method).or_insert(0) += 1;
     }
 
-    fn credential(&self) -> Credential {
-        self.parent.inner.credentials.credential_for(&self.state.canonical)
+    async fn credential(&self) -> Result<Credential, RegistryError> {
+        self.parent
+            .inner
+            .credentials
+            .credential_for(&self.state.canonical)
+            .await
     }
 
     /// The decided scheme and client, pinging `/v2/` the first time.
@@ -623,6 +627,7 @@ impl Registry {
     }
 
     /// One attempt: authorization from what is known, and on a 401 one re-authentication and resend.
+    /// A refusal of credentials that expire (401, or 403 after authenticating) renews them and resends.
     async fn attempt(&self, req: &mut Req<'_>) -> Result<Response, RegistryError> {
         if req.manifest_get {
             self.rate_paused()?;
@@ -630,15 +635,27 @@ impl Registry {
         let base = self.base().await?.clone();
         let scopes = auth::scopes(req.access);
         let ours = self.is_registry_url(&base, &req.url);
-        let first = if ours {
-            self.authorization(&base, &scopes).await?
+        let (credential, first) = if ours {
+            let credential = self.credential().await?;
+            let first = self.authorization(&base, &scopes, &credential).await?;
+            (credential, first)
         } else {
-            None
+            (Credential::Anonymous, None)
         };
         let resp = self.send_once(&base, req, first.as_ref()).await?;
         let resp = self.after_response(req, resp)?;
-        if resp.status() != StatusCode::UNAUTHORIZED || !ours {
+        let status = resp.status();
+        let forbidden = status == StatusCode::FORBIDDEN && first.is_some();
+        if !ours || !(status == StatusCode::UNAUTHORIZED || forbidden) {
             return Ok(resp);
+        }
+        if forbidden {
+            // ECR answers an expired token with 403 DENIED; static credentials are just not allowed.
+            if !self.renew(&credential).await || !req.replayable() {
+                return Ok(resp);
+            }
+            drop(resp);
+            return self.resend(&base, req, &scopes).await;
         }
         self.observe_challenge(&resp);
         if let Some(AuthHeader { token: Some(t), .. }) = &first {
@@ -646,12 +663,14 @@ impl Registry {
         }
         if !req.replayable() {
             // A streamed body cannot be resent: the caller restarts the whole upload, which picks up
-            // the fresh challenge and token.
+            // the fresh challenge, token or renewed credentials.
+            if first.is_some() {
+                self.renew(&credential).await;
+            }
             return Ok(resp);
         }
         drop(resp);
-        let second = self.authorization(&base, &scopes).await?;
-        let Some(second) = second else {
+        let Some(second) = self.authorization(&base, &scopes, &credential).await? else {
             return Err(RegistryError::Auth {
                 registry: self.host.clone(),
                 detail: format!(
@@ -663,23 +682,66 @@ impl Registry {
             });
         };
         if first.as_ref() == Some(&second) {
-            // Same static credentials (Basic, or a configured bearer token): they were refused.
-            return Err(self.refused(req));
+            // Same static credentials (Basic, or a configured bearer token): refused, unless the
+            // provider has fresher ones.
+            if !self.renew(&credential).await {
+                return Err(self.refused(req, &credential));
+            }
+            return self.resend(&base, req, &scopes).await;
         }
-        let resp = self.send_once(&base, req, Some(&second)).await?;
+        self.send_authorized(&base, req, &second, &credential).await
+    }
+
+    /// Sends `req` once more with freshly fetched credentials.
+    async fn resend(
+        &self,
+        base: &Base,
+        req: &mut Req<'_>,
+        scopes: &BTreeSet<String>,
+    ) -> Result<Response, RegistryError> {
+        let credential = self.credential().await?;
+        match self.authorization(base, scopes, &credential).await? {
+            Some(auth) => self.send_authorized(base, req, &auth, &credential).await,
+            None => Err(self.refused(req, &credential)),
+        }
+    }
+
+    /// The last send of an attempt: a 401 now means the credentials are refused.
+    async fn send_authorized(
+        &self,
+        base: &Base,
+        req: &mut Req<'_>,
+        auth: &AuthHeader,
+        credential: &Credential,
+    ) -> Result<Response, RegistryError> {
+        let resp = self.send_once(base, req, Some(auth)).await?;
         let resp = self.after_response(req, resp)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            if let Some(t) = &second.token {
+            if let Some(t) = &auth.token {
                 self.parent.inner.tokens.invalidate(&self.state.endpoint, t);
             }
             self.observe_challenge(&resp);
-            return Err(self.refused(req));
+            return Err(self.refused(req, credential));
         }
         Ok(resp)
     }
 
-    fn refused(&self, req: &Req<'_>) -> RegistryError {
-        let who = match self.credential() {
+    /// Asks the credential provider for other credentials than `refused`.
+    async fn renew(&self, refused: &Credential) -> bool {
+        let renewed = self
+            .parent
+            .inner
+            .credentials
+            .renew(&self.state.canonical, refused)
+            .await;
+        if renewed {
+            tracing::debug!(registry = %self.host, "credentials refused; renewed them");
+        }
+        renewed
+    }
+
+    fn refused(&self, req: &Req<'_>, credential: &Credential) -> RegistryError {
+        let who = match credential {
             Credential::Anonymous => "anonymous access",
             Credential::Basic { .. } => "the credentials",
             Credential::Bearer(_) => "the configured token",
@@ -749,9 +811,13 @@ impl Registry {
     /// The `Authorization` for a request needing `scopes`, from the known challenge and credentials:
     /// a configured bearer token as is; Basic when the registry asked for Basic; a (cached) token from
     /// the realm when it asked for Bearer; nothing before any challenge.
-    async fn authorization(&self, base: &Base, scopes: &BTreeSet<String>) -> Result<Option<AuthHeader>, RegistryError> {
-        let credential = self.credential();
-        if let Credential::Bearer(t) = &credential {
+    async fn authorization(
+        &self,
+        base: &Base,
+        scopes: &BTreeSet<String>,
+        credential: &Credential,
+    ) -> Result<Option<AuthHeader>, RegistryError> {
+        if let Credential::Bearer(t) = credential {
             return Ok(Some(AuthHeader {
                 value: Secret::new(format!("Bearer {}", t.expose())),
                 token: None,
@@ -760,7 +826,7 @@ impl Registry {
         let challenge = lock(&self.state.challenge).clone();
         let Some(challenge) = challenge else { return Ok(None) };
         match challenge.scheme.as_str() {
-            "basic" => Ok(match &credential {
+            "basic" => Ok(match credential {
                 Credential::Basic { username, password } => Some(AuthHeader {
                     value: Secret::new(basic_value(username, password)),
                     token: None,
@@ -768,7 +834,7 @@ impl Registry {
                 _ => None,
             }),
             "bearer" => {
-                let token = self.token(base, &challenge, scopes, &credential).await?;
+                let token = self.token(base, &challenge, scopes, credential).await?;
                 Ok(Some(AuthHeader {
                     value: Secret::new(format!("Bearer {}", token.expose())),
                     token: Some(token),

@@ -9,6 +9,7 @@ mod certs;
 pub mod fault;
 pub mod image;
 pub mod layer;
+pub mod moto;
 pub mod push;
 pub mod registry;
 pub mod skopeo;
@@ -18,6 +19,7 @@ pub mod util;
 
 pub use fault::{Fault, FaultKind, FaultProxy, Match, ProxyRequest};
 pub use image::{Blob, BlobSource, Format, Image, Platform};
+pub use moto::Moto;
 pub use push::{
     Client, blob_exists, get_manifest, http_client, manifest_digest, push, push_raw_blob, push_raw_manifest,
 };

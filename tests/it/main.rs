@@ -5,6 +5,7 @@ mod commands;
 mod copy;
 mod daemon;
 mod discovery;
+mod ecr;
 mod faults;
 mod leader;
 mod manifests;

@@ -1,0 +1,319 @@
+//! The ECR target against a real moto server (the ECR API) paired with a docker-registry whose
+//! htpasswd user is `AWS` with moto's token password (moto has no registry side).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome};
+use copycat::reference::ImageRef;
+use copycat::registry::Registries;
+use copycat::registry::credentials::Credentials;
+use copycat::target::ecr::{Ecr, RepositorySettings, Settings, TokenPolicy, sdk_defaults};
+use serde_json::json;
+use testkit::moto::ACCOUNT_ID;
+use testkit::{Fault, FaultProxy, Image, Match, Moto, Registry, RegistryMode, manifest_digest, skopeo_digest};
+
+use crate::support::{self, start};
+
+const REGION: &str = "us-east-1";
+const POLICY: &str = r#"{"rules":[{"rulePriority":1,"selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}}]}"#;
+
+fn moto() -> Moto {
+    Moto::start().expect("start moto_server")
+}
+
+/// The registry side of the fake ECR: Basic auth, user `AWS`, moto's token as password.
+fn ecr_registry() -> Registry {
+    start(RegistryMode::basic("AWS", &Moto::registry_password()))
+}
+
+fn settings(registry_host: &str) -> Settings {
+    Settings {
+        account_id: ACCOUNT_ID.into(),
+        region: REGION.into(),
+        registry_host: registry_host.into(),
+        create_repo: true,
+        lifecycle_policy: None,
+        reconcile_lifecycle_policy: false,
+        repository: RepositorySettings {
+            tag_mutability: "MUTABLE".into(),
+            scan_on_push: false,
+            encryption_type: "AES256".into(),
+            kms_key: None,
+            tags: BTreeMap::new(),
+        },
+        assume_role: None,
+        tokens: TokenPolicy::default(),
+    }
+}
+
+/// The ECR target on moto, with static test credentials.
+async fn connect(moto: &Moto, settings: Settings) -> Arc<Ecr> {
+    let creds = aws_sdk_ecr::config::Credentials::new("testing", "testing", None, None, "test");
+    let sdk = sdk_defaults(REGION)
+        .endpoint_url(moto.url())
+        .credentials_provider(creds)
+        .load()
+        .await;
+    Ecr::with_sdk_config(settings, &sdk).await
+}
+
+/// A copier that reads anonymously and writes to the ECR target (tokens from moto, repositories
+/// prepared through moto).
+fn copier(ecr: &Arc<Ecr>) -> Copier {
+    let host = ecr.settings().registry_host.clone();
+    let credentials = Credentials::new().with_provider(&host, ecr.clone());
+    let registries = Registries::new(
+        support::options(HashMap::new(), support::TIMEOUT),
+        Arc::new(credentials),
+    )
+    .unwrap();
+    Copier::new(registries).with_preparer(&host, ecr.clone())
+}
+
+fn request(src: &Registry, source: &str, target_host: &str, target_repo: &str, tag: &str) -> CopyRequest {
+    CopyRequest {
+        source: ImageRef::parse(&format!("{}/{source}", src.host())).unwrap(),
+        target: ImageRef::parse(&format!("{target_host}/{target_repo}")).unwrap(),
+        target_tag: Some(tag.into()),
+    }
+}
+
+fn repository(moto: &Moto, name: &str) -> Option<serde_json::Value> {
+    moto.ecr("DescribeRepositories", json!({"repositoryNames": [name]}))
+        .ok()
+        .map(|v| v["repositories"][0].clone())
+}
+
+#[tokio::test]
+async fn mirrors_into_new_repositories_created_with_settings_and_policy() {
+    let (moto, src, dst) = (moto(), start(RegistryMode::Plain), ecr_registry());
+    let images = [
+        Image::oci("amd64", &[3000, 200], 700).unwrap(),
+        Image::docker("amd64", &[2500], 701).unwrap(),
+        Image::oci_index(&[1500], true, 702).unwrap(),
+    ];
+    for (i, image) in images.iter().enumerate() {
+        image.push(&src, &format!("team/app{i}"), "1").await.unwrap();
+    }
+    let mut s = settings(&dst.host());
+    s.lifecycle_policy = Some(POLICY.into());
+    s.repository.tag_mutability = "IMMUTABLE".into();
+    s.repository.scan_on_push = true;
+    s.repository.tags = BTreeMap::from([("team".to_owned(), "platform".to_owned())]);
+    let ecr = connect(&moto, s).await;
+    let copier = copier(&ecr);
+
+    for round in 0..2 {
+        for i in 0..images.len() {
+            let req = request(
+                &src,
+                &format!("team/app{i}:1"),
+                &dst.host(),
+                &format!("mirror/app{i}"),
+                "1",
+            );
+            let report = copier.copy(&req, &CopyOptions::default()).await.unwrap();
+            let want = if round == 0 {
+                Outcome::Copied
+            } else {
+                Outcome::AlreadyPresent
+            };
+            assert_eq!(report.outcome, want, "round {round}, image {i}");
+        }
+    }
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(
+            skopeo_digest(&dst, &format!("mirror/app{i}:1")).await.unwrap(),
+            image.digest
+        );
+        let repo = repository(&moto, &format!("mirror/app{i}")).expect("repository created");
+        assert_eq!(repo["imageTagMutability"], "IMMUTABLE");
+        assert_eq!(repo["imageScanningConfiguration"]["scanOnPush"], true);
+        assert_eq!(repo["encryptionConfiguration"]["encryptionType"], "AES256");
+        let tags = moto
+            .ecr("ListTagsForResource", json!({"resourceArn": repo["repositoryArn"]}))
+            .unwrap();
+        assert_eq!(tags["tags"], json!([{"Key": "team", "Value": "platform"}]));
+        let policy = moto
+            .ecr(
+                "GetLifecyclePolicy",
+                json!({"repositoryName": format!("mirror/app{i}")}),
+            )
+            .unwrap();
+        let stored: serde_json::Value = serde_json::from_str(policy["lifecyclePolicyText"].as_str().unwrap()).unwrap();
+        assert_eq!(stored, serde_json::from_str::<serde_json::Value>(POLICY).unwrap());
+    }
+    // One token for everything, one existence check and one creation per repository.
+    assert_eq!(moto.count("GetAuthorizationToken"), 1);
+    assert_eq!(moto.count("DescribeRepositories") - images.len(), images.len());
+    assert_eq!(moto.count("CreateRepository"), images.len());
+    assert_eq!(moto.count("PutLifecyclePolicy"), images.len());
+}
+
+#[tokio::test]
+async fn existing_repositories_are_used_and_their_policy_reconciled_when_asked() {
+    let (moto, src, dst) = (moto(), start(RegistryMode::Plain), ecr_registry());
+    Image::oci("amd64", &[1000], 710)
+        .unwrap()
+        .push(&src, "lib/a", "1")
+        .await
+        .unwrap();
+    moto.ecr("CreateRepository", json!({"repositoryName": "mirror/a"}))
+        .unwrap();
+
+    let plain = connect(&moto, settings(&dst.host())).await;
+    copier(&plain)
+        .copy(
+            &request(&src, "lib/a:1", &dst.host(), "mirror/a", "1"),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(moto.count("CreateRepository"), 1, "only the test's own");
+    assert_eq!(
+        moto.count("PutLifecyclePolicy"),
+        0,
+        "existing repositories keep their policy by default"
+    );
+
+    let mut s = settings(&dst.host());
+    s.lifecycle_policy = Some(POLICY.into());
+    s.reconcile_lifecycle_policy = true;
+    let reconciling = connect(&moto, s).await;
+    reconciling.ensure_repository("mirror/a").await.unwrap();
+    assert_eq!(moto.count("PutLifecyclePolicy"), 1);
+    // Already in sync: a fresh instance reads the policy and leaves it.
+    let mut s = settings(&dst.host());
+    s.lifecycle_policy = Some(POLICY.into());
+    s.reconcile_lifecycle_policy = true;
+    connect(&moto, s).await.ensure_repository("mirror/a").await.unwrap();
+    assert_eq!(moto.count("PutLifecyclePolicy"), 1);
+}
+
+#[tokio::test]
+async fn a_missing_repository_without_create_repo_fails_naming_it_and_writes_nothing() {
+    let (moto, src, dst) = (moto(), start(RegistryMode::Plain), ecr_registry());
+    Image::oci("amd64", &[1000], 720)
+        .unwrap()
+        .push(&src, "lib/b", "1")
+        .await
+        .unwrap();
+    let mut s = settings(&dst.host());
+    s.create_repo = false;
+    let ecr = connect(&moto, s).await;
+    let err = copier(&ecr)
+        .copy(
+            &request(&src, "lib/b:1", &dst.host(), "mirror/b", "1"),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CopyError::Repository(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("mirror/b") && text.contains("ecr.createRepo is false"),
+        "{text}"
+    );
+    assert!(!text.contains(&Moto::registry_password()), "{text}");
+    assert!(repository(&moto, "mirror/b").is_none());
+    assert!(!dst.requests().iter().any(|r| r.method == "PUT" || r.method == "POST"));
+}
+
+#[tokio::test]
+async fn concurrent_creation_of_one_repository_is_success_for_everyone() {
+    let (moto, dst) = (moto(), ecr_registry());
+    // Two replicas (separate instances, no shared cache) race for the same repository.
+    let (a, b) = (
+        connect(&moto, settings(&dst.host())).await,
+        connect(&moto, settings(&dst.host())).await,
+    );
+    let (ra, rb) = tokio::join!(a.ensure_repository("race/app"), b.ensure_repository("race/app"));
+    ra.unwrap();
+    rb.unwrap();
+    // The losing side of the race: CreateRepository answers RepositoryAlreadyExistsException.
+    assert!(!a.create_repository("race/app").await.unwrap());
+    assert!(repository(&moto, "race/app").is_some());
+}
+
+#[tokio::test]
+async fn the_token_is_cached_and_renewed_when_due() {
+    let (moto, dst) = (moto(), ecr_registry());
+    let mut s = settings(&dst.host());
+    s.tokens = TokenPolicy {
+        max_age: Duration::from_millis(500),
+        min_age: Duration::ZERO,
+    };
+    let ecr = connect(&moto, s).await;
+    for _ in 0..5 {
+        ecr.credential().await.unwrap();
+    }
+    assert_eq!(moto.count("GetAuthorizationToken"), 1, "cached");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ecr.credential().await.unwrap();
+    assert_eq!(moto.count("GetAuthorizationToken"), 2, "renewed after max_age");
+}
+
+#[tokio::test]
+async fn a_refused_token_is_renewed_and_the_request_sent_again() {
+    let (moto, src, dst) = (moto(), start(RegistryMode::Plain), ecr_registry());
+    Image::oci("amd64", &[1000], 730)
+        .unwrap()
+        .push(&src, "lib/c", "1")
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(&dst.url()).unwrap();
+    let host = proxy.host();
+    let mut s = settings(&host);
+    s.tokens.min_age = Duration::ZERO;
+    let ecr = connect(&moto, s).await;
+    let copier = copier(&ecr);
+    // Learn the challenge and take a token, then have the registry refuse it once (expired).
+    copier
+        .copy(
+            &request(&src, "lib/c:1", &host, "mirror/c", "1"),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    proxy.set(
+        Fault::status(401)
+            .on(Match::new(Some("HEAD"), Some("/manifests/2")))
+            .times(1),
+    );
+    let report = copier
+        .copy(
+            &request(&src, "lib/c:1", &host, "mirror/c", "2"),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Copied);
+    assert_eq!(proxy.faults_applied(), 1);
+    assert_eq!(moto.count("GetAuthorizationToken"), 2, "one renewal after the refusal");
+    assert!(manifest_digest(&dst, "mirror/c", "2").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn dry_run_creates_nothing() {
+    let (moto, src, dst) = (moto(), start(RegistryMode::Plain), ecr_registry());
+    Image::oci("amd64", &[1000], 740)
+        .unwrap()
+        .push(&src, "lib/d", "1")
+        .await
+        .unwrap();
+    let ecr = connect(&moto, settings(&dst.host())).await;
+    let opts = CopyOptions {
+        dry_run: true,
+        ..CopyOptions::default()
+    };
+    let report = copier(&ecr)
+        .copy(&request(&src, "lib/d:1", &dst.host(), "mirror/d", "1"), &opts)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::WouldCopy);
+    assert_eq!(moto.count("CreateRepository"), 0);
+    assert_eq!(moto.count("DescribeRepositories"), 0);
+    assert!(!dst.requests().iter().any(|r| r.method == "PUT" || r.method == "POST"));
+}
