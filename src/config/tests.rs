@@ -415,6 +415,56 @@ fn credentials_resolve_env_and_stay_masked() {
 }
 
 #[test]
+fn ecr_repository_settings() {
+    let c = ok(
+        "ecr:\n  imageTagMutability: immutable\n  encryptionType: kms\n  kmsKey: alias/ecr\n  tags: {team: platform, cost-center: 42}\n  registryHost: VPCE.example.com\n",
+        &[("ECR_SCAN_ON_PUSH", "yes")],
+    );
+    assert_eq!(c.ecr.image_tag_mutability, "IMMUTABLE");
+    assert_eq!(c.ecr.encryption_type, "KMS");
+    assert!(c.ecr.scan_on_push);
+    assert_eq!(
+        crate::target::ecr::Settings::from_config(&c.ecr).registry_host,
+        "vpce.example.com"
+    );
+    let tags: Vec<(&str, &str)> = c.ecr.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(tags, [("cost-center", "42"), ("team", "platform")]);
+    let d = ok("", &[]);
+    assert_eq!(
+        (d.ecr.image_tag_mutability.as_str(), d.ecr.encryption_type.as_str()),
+        ("MUTABLE", "AES256")
+    );
+    assert_reported(&[
+        (
+            "ecr:\n  imageTagMutability: sometimes\n",
+            &[],
+            &["ecr.imageTagMutability (", "allowed values: MUTABLE, IMMUTABLE"],
+        ),
+        (
+            "",
+            &[("ECR_ENCRYPTION_TYPE", "rot13")],
+            &["ECR_ENCRYPTION_TYPE (env)", "AES256, KMS, KMS_DSSE"],
+        ),
+        ("ecr:\n  tags: [a, b]\n", &[], &["ecr.tags", "expected a mapping"]),
+        (
+            "ecr:\n  tags: {team: [a]}\n",
+            &[],
+            &["ecr.tags.team", "expected a single value"],
+        ),
+    ]);
+    let p = problems(
+        "ecr:\n  kmsKey: alias/x\n",
+        &[("ECR_ACCOUNT_ID", "123456789012"), ("AWS_REGION", "eu-west-1")],
+        Purpose::Daemon,
+    )
+    .join("\n");
+    assert!(
+        p.contains("ecr.kmsKey") && p.contains("ecr.encryptionType is AES256"),
+        "{p}"
+    );
+}
+
+#[test]
 fn effective_yaml_loads_back_to_the_same_config() {
     let yaml = format!(
         "{DOCKER}digestPull: true\nfailureCooldownMinutes: 90s\nrequestTimeout: 0\nmirrorPlatforms: [linux/arm/v7]\nignoreMissingPlatforms: ['.*arm.*']\npathMap:\n  - {{from: a/, to: b/}}\nlogLevel: debug\n"

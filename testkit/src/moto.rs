@@ -123,10 +123,7 @@ impl Moto {
         Ok(text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                let target = v["headers"]["X-Amz-Target"].as_str()?.to_owned();
-                Some(target.rsplit('.').next()?.to_owned())
-            })
+            .filter_map(|v| operation_of(&v))
             .collect())
     }
 
@@ -170,6 +167,24 @@ impl Moto {
         };
         Ok((status, body))
     }
+}
+
+/// The operation of a recorded request: JSON protocols (ECR) name it in `X-Amz-Target`, query
+/// protocols (STS) in the form body's `Action`.
+fn operation_of(request: &serde_json::Value) -> Option<String> {
+    if let Some(target) = request["headers"]["X-Amz-Target"].as_str() {
+        return target.rsplit('.').next().map(str::to_owned);
+    }
+    let body = request["body"].as_str()?;
+    let body = if request["body_encoded"].as_bool() == Some(true) {
+        use base64::Engine as _;
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(body).ok()?).ok()?
+    } else {
+        body.to_owned()
+    };
+    body.split('&')
+        .find_map(|pair| pair.strip_prefix("Action="))
+        .map(str::to_owned)
 }
 
 /// Decodes a chunked body.

@@ -6,7 +6,8 @@ use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
 use crate::support::start;
 
-fn copycat(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The built binary with an empty environment except `env`, no config file, text logs.
+pub(crate) fn copycat(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
     cmd.args(args)
         .env_clear()
@@ -18,7 +19,8 @@ fn copycat(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run copycat")
 }
 
-fn text(out: &Output) -> String {
+/// Everything the command printed.
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -14,7 +14,10 @@ use serde_json::json;
 use testkit::moto::ACCOUNT_ID;
 use testkit::{Fault, FaultProxy, Image, Match, Moto, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
-use crate::support::{self, start};
+use testkit::apiserver::ApiServer;
+
+use crate::commands::{copycat, text};
+use crate::support::{self, CopycatRun, eventually, start};
 
 const REGION: &str = "us-east-1";
 const POLICY: &str = r#"{"rules":[{"rulePriority":1,"selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}}]}"#;
@@ -316,4 +319,92 @@ async fn dry_run_creates_nothing() {
     assert_eq!(moto.count("CreateRepository"), 0);
     assert_eq!(moto.count("DescribeRepositories"), 0);
     assert!(!dst.requests().iter().any(|r| r.method == "PUT" || r.method == "POST"));
+}
+
+/// The environment that points copycat at moto for the ECR API (and STS) with static credentials.
+fn aws_env(moto: &Moto) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", moto.url()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", REGION.into()),
+        ("ECR_ACCOUNT_ID", ACCOUNT_ID.into()),
+    ]
+}
+
+fn config_file(yaml: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), yaml).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn the_daemon_mirrors_a_cluster_into_ecr_through_an_assumed_role() {
+    let (moto, src, dst) = (moto(), start(RegistryMode::Plain), ecr_registry());
+    let image = Image::oci_index(&[4000], true, 750).unwrap();
+    image.push(&src, "shop/web", "1.0").await.unwrap();
+    let server = ApiServer::new();
+    server
+        .apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "prod"},
+               "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                   "containers": [{"name": "web", "image": format!("{}/shop/web:1.0", src.host())}]}}}}))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let config = config_file(&format!(
+        "ecr:\n  assumeRoleArn: arn:aws:iam::{ACCOUNT_ID}:role/copycat-push\n  assumeRoleExternalId: ext-1\n  lifecyclePolicy: '{POLICY}'\n"
+    ));
+    let mut env = aws_env(&moto);
+    env.extend([
+        ("CONFIG_PATH", config.path().display().to_string()),
+        ("TARGET_KIND", "ecr".into()),
+        ("ECR_REGISTRY_HOST", dst.host()),
+        ("ECR_REPO_PREFIX", "mirror/$namespace".into()),
+        ("FAILURE_COOLDOWN_MINUTES", "0".into()),
+        ("LEADER_ELECT", "false".into()),
+        ("METRICS_ADDR", "127.0.0.1:0".into()),
+        ("HEALTH_ADDR", "127.0.0.1:0".into()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let daemon = CopycatRun::start(running.kubeconfig_path(), &[], &env);
+    eventually("the image in ECR", Duration::from_secs(30), async || {
+        manifest_digest(&dst, "mirror/prod/shop/web", "1.0")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        skopeo_digest(&dst, "mirror/prod/shop/web:1.0").await.unwrap(),
+        image.digest
+    );
+    let policy = moto
+        .ecr("GetLifecyclePolicy", json!({"repositoryName": "mirror/prod/shop/web"}))
+        .expect("repository created with the lifecycle policy");
+    assert!(policy["lifecyclePolicyText"].as_str().unwrap().contains("untagged"));
+    assert_eq!(moto.count("GetAuthorizationToken"), 1, "{log}");
+    assert_eq!(moto.count("AssumeRole"), 1, "the push role is assumed once: {log}");
+    assert!(!log.contains(&Moto::registry_password()), "{log}");
+}
+
+#[tokio::test]
+async fn copy_to_an_ecr_target_creates_the_repository() {
+    let (moto, src, dst) = (moto(), start(RegistryMode::Plain), ecr_registry());
+    let image = Image::docker("amd64", &[3000], 760).unwrap();
+    image.push(&src, "lib/tool", "2").await.unwrap();
+    let mut env = aws_env(&moto);
+    env.extend([("TARGET_KIND", "ecr".into()), ("ECR_REGISTRY_HOST", dst.host())]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = copycat(
+        &[
+            "copy",
+            &format!("{}/lib/tool:2", src.host()),
+            &format!("{}/backup/tool", dst.host()),
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(skopeo_digest(&dst, "backup/tool:2").await.unwrap(), image.digest);
+    assert!(repository(&moto, "backup/tool").is_some());
 }
