@@ -408,3 +408,64 @@ async fn copy_to_an_ecr_target_creates_the_repository() {
     assert_eq!(skopeo_digest(&dst, "backup/tool:2").await.unwrap(), image.digest);
     assert!(repository(&moto, "backup/tool").is_some());
 }
+
+/// An ECR API endpoint that always answers `ThrottlingException` (moto never throttles); counts calls.
+async fn throttling_endpoint() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                [
+                    ("content-type", "application/x-amz-json-1.1"),
+                    ("x-amzn-errortype", "ThrottlingException"),
+                ],
+                r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn throttling_is_retried_by_the_sdk_then_reported_as_transient_with_its_code() {
+    let (url, calls) = throttling_endpoint().await;
+    let creds = aws_sdk_ecr::config::Credentials::new("testing", "testing", None, None, "test");
+    let retry = aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(10));
+    let sdk = sdk_defaults(REGION)
+        .endpoint_url(url)
+        .credentials_provider(creds)
+        .retry_config(retry)
+        .load()
+        .await;
+    let ecr = Ecr::with_sdk_config(settings("127.0.0.1:1"), &sdk).await;
+    let err = ecr.ensure_repository("mirror/busy").await.unwrap_err();
+    assert!(err.transient, "{err:?}");
+    assert_eq!(err.code.as_deref(), Some("ThrottlingException"));
+    assert_eq!(
+        err.to_string(),
+        "ECR DescribeRepositories mirror/busy: ThrottlingException: Rate exceeded"
+    );
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "the SDK's own retries"
+    );
+    let err = ecr.credential().await.unwrap_err();
+    assert!(
+        err.transient
+            && err
+                .to_string()
+                .starts_with("ECR GetAuthorizationToken: ThrottlingException"),
+        "{err}"
+    );
+}
