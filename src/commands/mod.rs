@@ -114,6 +114,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         dry_run: config.dry_run,
         blob_concurrency: config.blob_concurrency as usize,
         deadline: config.image_deadline,
+        source_credentials: vec![],
     }
 }
 

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
-use crate::registry::{Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError};
+use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError};
 use crate::target::{RepositoryError, RepositoryPreparer};
 use locks::KeyedLocks;
 use manifest::{Descriptor, Kind, ManifestError, Parsed};
@@ -47,6 +47,9 @@ pub struct CopyOptions {
     pub blob_concurrency: usize,
     /// Deadline for the whole image.
     pub deadline: Option<Duration>,
+    /// Credentials for the source registry to try in order (a Pod's pull secrets) before the
+    /// configured ones; empty: only the configured ones.
+    pub source_credentials: Vec<Credential>,
 }
 
 impl Default for CopyOptions {
@@ -58,6 +61,7 @@ impl Default for CopyOptions {
             dry_run: false,
             blob_concurrency: 4,
             deadline: None,
+            source_credentials: vec![],
         }
     }
 }
@@ -191,6 +195,24 @@ impl CopyError {
     }
 }
 
+impl CopyError {
+    /// Whether the source refused these credentials, or hid the image from them (registries answer
+    /// 404 for private images): other credentials may do.
+    fn is_source_access_denied(&self) -> bool {
+        match self {
+            CopyError::SourceNotFound(_) => true,
+            CopyError::Registry { action, source } => {
+                action.contains("source")
+                    && matches!(
+                        source,
+                        RegistryError::Auth { .. } | RegistryError::Status { status: 401 | 403, .. }
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
 fn registry_error(action: impl Into<String>) -> impl FnOnce(RegistryError) -> CopyError {
     let action = action.into();
     move |source| CopyError::Registry { action, source }
@@ -290,9 +312,22 @@ impl Copier {
         self.shared.total_bytes.load(Ordering::Relaxed)
     }
 
-    /// Copies `req` according to `opts`.
+    /// Copies `req` according to `opts`. With source credentials, each is tried in order while the
+    /// source refuses access, then the configured credentials.
     pub async fn copy(&self, req: &CopyRequest, opts: &CopyOptions) -> Result<CopyReport, CopyError> {
         let src = self.registries.get(req.source.registry());
+        for credential in &opts.source_credentials {
+            match self.copy_from(req, opts, src.with_credential(credential.clone())).await {
+                Err(e) if e.is_source_access_denied() => {
+                    tracing::debug!(source = %req.source, error = %e, "pull secret refused; trying the next credentials");
+                }
+                result => return result,
+            }
+        }
+        self.copy_from(req, opts, src).await
+    }
+
+    async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {
         let mut readers: Vec<Registry> = self
             .mirrors
             .get(src.host())

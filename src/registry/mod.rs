@@ -178,6 +178,20 @@ pub enum Credential {
     Bearer(Secret),
 }
 
+impl Credential {
+    /// A short, non-reversible identifier of the credential (for cache keys, never for display).
+    fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let text = match self {
+            Credential::Anonymous => String::new(),
+            Credential::Basic { username, password } => format!("basic\0{username}\0{}", password.expose()),
+            Credential::Bearer(t) => format!("bearer\0{}", t.expose()),
+        };
+        let hash = sha2::Sha256::digest(text.as_bytes());
+        hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// Where credentials for a registry host come from.
 pub trait CredentialProvider: Send + Sync {
     /// Credentials for `host` (lower-case `host[:port]`, Docker Hub as `docker.io`). Asked before
@@ -262,6 +276,9 @@ pub struct Registry {
     host: String,
     parent: Registries,
     state: Arc<transport::HostState>,
+    /// Credentials used instead of the provider's (a Pod's pull secret), and the key that keeps
+    /// tokens obtained with them apart from everyone else's.
+    credential: Option<(Credential, String)>,
 }
 
 impl Registries {
@@ -297,6 +314,7 @@ impl Registries {
             host,
             parent: self.clone(),
             state,
+            credential: None,
         }
     }
 
@@ -307,6 +325,17 @@ impl Registries {
 }
 
 impl Registry {
+    /// The same client authenticating with `credential` instead of the configured credentials.
+    /// Scheme, request cap and rate-limit state stay shared; tokens obtained with `credential` are
+    /// cached apart, so they serve only requests made with the same credential.
+    pub fn with_credential(&self, credential: Credential) -> Registry {
+        let key = format!("{}#{}", self.state.endpoint, credential.fingerprint());
+        Registry {
+            credential: Some((credential, key)),
+            ..self.clone()
+        }
+    }
+
     /// The registry host as given (`docker.io`, `127.0.0.1:5000`).
     pub fn host(&self) -> &str {
         &self.host

@@ -417,11 +417,25 @@ impl Registry {
     }
 
     async fn credential(&self) -> Result<Credential, RegistryError> {
-        self.parent
-            .inner
-            .credentials
-            .credential_for(&self.state.canonical)
-            .await
+        match &self.credential {
+            Some((c, _)) => Ok(c.clone()),
+            None => {
+                self.parent
+                    .inner
+                    .credentials
+                    .credential_for(&self.state.canonical)
+                    .await
+            }
+        }
+    }
+
+    /// Key of this client's tokens in the token cache: the endpoint, or the endpoint plus the
+    /// fingerprint of an overriding credential.
+    fn token_key(&self) -> &str {
+        match &self.credential {
+            Some((_, key)) => key,
+            None => &self.state.endpoint,
+        }
     }
 
     /// The decided scheme and client, pinging `/v2/` the first time.
@@ -659,7 +673,7 @@ impl Registry {
         }
         self.observe_challenge(&resp);
         if let Some(AuthHeader { token: Some(t), .. }) = &first {
-            self.parent.inner.tokens.invalidate(&self.state.endpoint, t);
+            self.parent.inner.tokens.invalidate(self.token_key(), t);
         }
         if !req.replayable() {
             // A streamed body cannot be resent: the caller restarts the whole upload, which picks up
@@ -718,7 +732,7 @@ impl Registry {
         let resp = self.after_response(req, resp)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(t) = &auth.token {
-                self.parent.inner.tokens.invalidate(&self.state.endpoint, t);
+                self.parent.inner.tokens.invalidate(self.token_key(), t);
             }
             self.observe_challenge(&resp);
             return Err(self.refused(req, credential));
@@ -728,6 +742,9 @@ impl Registry {
 
     /// Asks the credential provider for other credentials than `refused`.
     async fn renew(&self, refused: &Credential) -> bool {
+        if self.credential.is_some() {
+            return false;
+        }
         let renewed = self
             .parent
             .inner
@@ -853,7 +870,7 @@ impl Registry {
         credential: &Credential,
     ) -> Result<Secret, RegistryError> {
         let tokens = &self.parent.inner.tokens;
-        let host = &self.state.endpoint;
+        let host = self.token_key();
         let scopes: BTreeSet<String> = if scopes.is_empty() {
             challenge.params_named("scope").map(str::to_string).collect()
         } else {

@@ -627,3 +627,34 @@ async fn hostile_and_obsolete_manifests_are_refused() {
     }
     server.abort();
 }
+
+#[tokio::test]
+async fn source_credentials_are_tried_in_order_and_their_tokens_kept_apart() {
+    for mode in [
+        RegistryMode::basic("puller", "right-pw"),
+        RegistryMode::token("puller", "right-pw"),
+    ] {
+        let (src, dst) = (start(mode), start(RegistryMode::Plain));
+        let image = Image::oci("amd64", &[2000], 880).unwrap();
+        image.push(&src, "private/app", "1").await.unwrap();
+        // The copier has no credentials for the source: only the Pod's pull secrets.
+        let (_, hosts) = support::access(&[&src]);
+        let copier = copier_with(Credentials::new(), hosts);
+        let basic = |u: &str, p: &str| Credential::Basic {
+            username: u.into(),
+            password: Secret::new(p),
+        };
+        let opts = CopyOptions {
+            source_credentials: vec![basic("puller", "wrong-pw"), basic("puller", "right-pw")],
+            ..CopyOptions::default()
+        };
+        let req = request(&src, "private/app:1", &dst, "mirror/app", Some("1"));
+        let report = copier.copy(&req, &opts).await.unwrap();
+        assert_eq!(report.outcome, Outcome::Copied, "{:?}", src.mode());
+        assert_eq!(skopeo_digest(&dst, "mirror/app:1").await.unwrap(), image.digest);
+        // What the right secret obtained serves only requests made with it.
+        let again = request(&src, "private/app:1", &dst, "mirror/app", Some("2"));
+        let err = copier.copy(&again, &CopyOptions::default()).await.unwrap_err();
+        assert!(err.to_string().contains("source"), "{err}");
+    }
+}
