@@ -136,5 +136,5 @@ pub static SETTINGS: &[Setting] = &[
     s(None, Some("HEALTH_ADDR"), ":8081", "address", "Listener for `/healthz` and `/readyz`. Flag `--health-probe-bind-address`."),
     s(None, Some("LEADER_ELECT"), "true", "bool", "Use a Lease so that only one replica mirrors. Flag `--leader-elect`."),
     s(None, Some("POD_NAMESPACE"), "k8s-copycat", "string", "Namespace of the leader-election Lease (set from the downward API)."),
-    s(None, Some("ADMIN_TOKEN"), "", "secret", "When set, `POST /force-reconcile` and `POST /reset-cooldown` require `Authorization: Bearer <token>`. Empty: no authentication (as k8s-copycat)."),
+    s(None, Some("ADMIN_TOKEN"), "", "secret", "When set, `/force-reconcile` and `/reset-cooldown` (POST or GET) require `Authorization: Bearer <token>`. Empty: no authentication (as k8s-copycat)."),
 ];
