@@ -21,7 +21,7 @@ use crate::discovery::inventory::{Inventory, Update, Watched};
 use crate::discovery::watch;
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
-use crate::plan::{Planner, watched_kinds};
+use crate::plan::{Planner, Workload, watched_kinds};
 use crate::queue::{MirrorTask, Queue, QueueOptions};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
 
@@ -163,7 +163,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
     let mut lead = *leading.borrow_and_update();
     let mut inventory = Inventory::new();
     let mut submitted: HashMap<String, String> = HashMap::new();
-    let mut reported_invalid: HashSet<(String, String)> = HashSet::new();
+    let mut reported_invalid: HashSet<(Workload, String)> = HashSet::new();
     let mut plan_at: Option<Instant> = None;
     let mut listed = false;
     let mut next_rescan = rescan.map(|every| Instant::now() + every);
@@ -243,7 +243,7 @@ fn submit_changes(
     inventory: &Inventory,
     queue: &Queue,
     submitted: &mut HashMap<String, String>,
-    reported_invalid: &mut HashSet<(String, String)>,
+    reported_invalid: &mut HashSet<(Workload, String)>,
     everything: bool,
     lead: bool,
 ) -> PlanSummary {
@@ -256,7 +256,7 @@ fn submit_changes(
     let (tasks, excluded) = (plan.tasks.len(), plan.excluded);
     let mut changed = 0;
     let mut current = HashMap::with_capacity(tasks);
-    let mut workloads: HashSet<String> = HashSet::new();
+    let mut workloads: HashSet<Workload> = HashSet::new();
     let mut targets = Vec::with_capacity(tasks);
     for task in plan.tasks {
         workloads.extend(task.users.iter().cloned());

@@ -39,12 +39,23 @@ use tokio::task::{AbortHandle, JoinHandle};
 use crate::config::Config;
 use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, Outcome};
 use crate::metrics::Metrics;
+use crate::plan::Workload;
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
 use status::Counters;
 pub use status::{QueueCounters, TaskState, TaskStatus};
 use task::union_users;
 pub use task::{MAX_USERS, MirrorTask, TargetKey};
+
+/// Logs one mirror outcome at `$level` (a constant) with [`OutcomeLine`]'s fields, `result`, then the
+/// extra fields and the message.
+macro_rules! outcome {
+    ($level:expr, $line:expr, $result:expr, $($rest:tt)+) => {
+        tracing::event!($level, source = %$line.source, target = %$line.target, namespace = $line.namespace,
+            workload = $line.workload.as_deref(), users = $line.users, result = $result,
+            digest = $line.digest.as_deref(), bytes = $line.bytes, duration_ms = $line.duration_ms, $($rest)+)
+    };
+}
 
 /// How long a successful copy is trusted without asking any registry.
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(6 * 60 * 60);
@@ -648,7 +659,7 @@ impl Inner {
     }
 
     /// Adds users to a finished target's status (a cached skip still says who uses the image).
-    fn note_users(&self, key: &TargetKey, users: Vec<String>) {
+    fn note_users(&self, key: &TargetKey, users: Vec<Workload>) {
         if let Some(status) = self.finished.get(key)
             && users.iter().any(|u| !status.users.contains(u))
         {
@@ -669,8 +680,6 @@ impl Inner {
     ) {
         let c = &self.counters;
         let source = &task.request.source;
-        let users = task.users.join(", ");
-        let duration_ms = took.as_millis() as u64;
         if let Some(metrics) = self.metrics.get() {
             let (from, to) = (source.registry(), task.request.target.registry());
             match result {
@@ -680,10 +689,12 @@ impl Inner {
                 Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
             }
         }
+        let line = OutcomeLine::new(key, task, took);
         match result {
             Ok(Done::DryPull) => {
                 Counters::add(&c.dry_pulled, 1);
-                tracing::info!(%source, target = %key, %users, result = "dry-pull", "would mirror {source} → {key}");
+                let line = OutcomeLine { bytes: Some(0), ..line };
+                outcome!(tracing::Level::INFO, line, "dry-pull", "would mirror {source} → {key}");
             }
             Ok(Done::Copy(report)) => {
                 let (counter, result) = match report.outcome {
@@ -693,9 +704,13 @@ impl Inner {
                 };
                 Counters::add(counter, 1);
                 Counters::add(&c.bytes, report.bytes);
-                let digest = report.digest.as_ref().map(ToString::to_string).unwrap_or_default();
-                tracing::info!(%source, target = %key, %users, result, %digest, bytes = report.bytes, duration_ms,
-                    missing_platforms = report.missing_platforms.len(), "mirror {result}");
+                let line = OutcomeLine {
+                    digest: report.digest.as_ref().map(ToString::to_string),
+                    bytes: Some(report.bytes),
+                    ..line
+                };
+                outcome!(tracing::Level::INFO, line, result, missing_platforms = report.missing_platforms.len(),
+                    "mirror {result}");
                 self.report_missing_platforms(key, source, &report.missing_platforms);
             }
             Err(failure) => {
@@ -705,13 +720,45 @@ impl Inner {
                     None => "on next submit".to_owned(),
                 };
                 if failure.is_transient() {
-                    tracing::warn!(%source, target = %key, %users, result = "failed", error = %failure, %retry_in,
-                        duration_ms, "mirror failed");
+                    outcome!(tracing::Level::WARN, line, "failed", error = %failure, %retry_in, "mirror failed");
                 } else {
-                    tracing::error!(%source, target = %key, %users, result = "failed", reason = %failure, %retry_in,
-                        duration_ms, "mirror failed and will fail again until the registry changes");
+                    outcome!(tracing::Level::ERROR, line, "failed", reason = %failure, %retry_in,
+                        "mirror failed and will fail again until the registry changes");
                 }
             }
+        }
+    }
+}
+
+/// The fields every outcome line has. `None` fields are left out of the line: the digest when
+/// neither the source pins one nor the copy found one, the bytes of a failed attempt.
+struct OutcomeLine<'a> {
+    source: &'a ImageRef,
+    target: &'a TargetKey,
+    /// Namespace of the first user.
+    namespace: Option<&'a str>,
+    /// The first user as `Kind/name`.
+    workload: Option<String>,
+    /// How many workloads use the image, when more than one.
+    users: Option<usize>,
+    digest: Option<String>,
+    bytes: Option<u64>,
+    duration_ms: u64,
+}
+
+impl<'a> OutcomeLine<'a> {
+    /// The line of an attempt at `task`, with the source's pinned digest and no bytes yet.
+    fn new(target: &'a TargetKey, task: &'a MirrorTask, took: Duration) -> OutcomeLine<'a> {
+        let first = task.users.first();
+        OutcomeLine {
+            source: &task.request.source,
+            target,
+            namespace: first.map(|u| u.namespace.as_str()),
+            workload: first.map(|u| format!("{}/{}", u.kind, u.name)),
+            users: (task.users.len() > 1).then_some(task.users.len()),
+            digest: task.request.source.digest().map(ToString::to_string),
+            bytes: None,
+            duration_ms: took.as_millis() as u64,
         }
     }
 }
