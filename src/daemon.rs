@@ -74,7 +74,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     .await?;
     warn_about_missing_namespaces(&client, &planner).await;
     let watched = watch::watched_for(&watched_kinds(config), config.check_node_platform);
-    let (watchers, updates) = watch::start(client, &watched);
+    let (watchers, updates) = watch::start(client, &watched, metrics.clone());
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, "copycat started");
 
     let loop_state = LoopState {
