@@ -4,7 +4,8 @@
 //!
 //! With leader election every replica watches and plans (so a follower takes over at once), but
 //! only the leader submits to the queue: all of the current plan when it gains the Lease, nothing
-//! more from the moment it loses it.
+//! more from the moment it loses it, when the queued tasks are dropped too (the new leader submits
+//! its own plan).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -202,7 +203,8 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                         submitted.clear();
                         plan_at.get_or_insert_with(|| Instant::now() + SETTLE);
                     } else {
-                        tracing::info!("following: no longer submitting (running copies may finish)");
+                        let dropped = queue.drop_waiting();
+                        tracing::info!(dropped, "following: no longer submitting; queued copies dropped (running ones may finish)");
                     }
                 }
             }

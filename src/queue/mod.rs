@@ -15,6 +15,8 @@
 //!   target at once. Permanent errors (a tag conflict, a digest mismatch) cool down too, since the
 //!   operator may fix the registry, but are logged at error level.
 //! - **Worker pool**: at most [`QueueOptions::workers`] copies at a time.
+//! - **Dropping waiting work** ([`Queue::drop_waiting`], when the replica loses leadership): queued
+//!   targets and those in cooldown are forgotten; running copies finish and schedule nothing more.
 //! - **Dry pull**: no copy call, one log line per task. Dry runs are the copier's
 //!   ([`CopyOptions::dry_run`]).
 //!
@@ -188,6 +190,9 @@ enum Phase {
     Running {
         /// A differing request submitted during the copy, run afterwards.
         pending: Option<Box<MirrorTask>>,
+        /// Dropped by [`Queue::drop_waiting`] while running: its outcome schedules nothing (no
+        /// cooldown retry, no rerun) unless the target is submitted again meanwhile.
+        dropped: bool,
     },
     Cooldown {
         until: SystemTime,
@@ -307,11 +312,15 @@ impl Queue {
             Counters::add(&inner.counters.merged, 1);
             match &mut entry.phase {
                 Phase::Queued | Phase::Cooldown { .. } => entry.task.absorb(task),
-                Phase::Running { pending: Some(pending) } => pending.absorb(task),
-                Phase::Running { pending: None } if entry.task.same_work(&task) => {
-                    union_users(&mut entry.task.users, task.users);
+                Phase::Running { pending, dropped } => {
+                    // Wanted again: the outcome schedules a retry or rerun as usual.
+                    *dropped = false;
+                    match pending {
+                        Some(pending) => pending.absorb(task),
+                        None if entry.task.same_work(&task) => union_users(&mut entry.task.users, task.users),
+                        None => *pending = Some(Box::new(task)),
+                    }
                 }
-                Phase::Running { pending } => *pending = Some(Box::new(task)),
             }
             return;
         }
@@ -365,6 +374,34 @@ impl Queue {
         inner.publish(st);
         tracing::info!(cleared, "failure cooldown reset; targets queued again");
         cleared
+    }
+
+    /// Drops every target waiting for a worker or for the end of its cooldown, and the reruns planned
+    /// for running ones; returns how many targets were dropped. For a replica that lost leadership:
+    /// the new leader submits its own plan, and work left here would duplicate it. Running copies
+    /// finish (they are idempotent), but schedule nothing afterwards unless submitted again.
+    pub fn drop_waiting(&self) -> usize {
+        let inner = &self.inner;
+        let mut guard = inner.lock();
+        let st = &mut *guard;
+        let before = st.entries.len();
+        // Keys already sent to the workers stay in the channel; `begin` skips keys without an entry.
+        st.entries.retain(|_, entry| match &mut entry.phase {
+            Phase::Queued => false,
+            Phase::Cooldown { timer, .. } => {
+                timer.abort();
+                false
+            }
+            Phase::Running { pending, dropped } => {
+                *pending = None;
+                *dropped = true;
+                true
+            }
+        });
+        st.queued = 0;
+        st.cooling = 0;
+        inner.publish(st);
+        before - st.entries.len()
     }
 
     /// Whether failures put targets in cooldown (for `/reset-cooldown`'s answer).
@@ -433,7 +470,7 @@ impl Queue {
             let mut guard = inner.lock();
             let st = &mut *guard;
             for entry in st.entries.values_mut() {
-                if let Phase::Running { pending } = &mut entry.phase {
+                if let Phase::Running { pending, .. } = &mut entry.phase {
                     if let Some(pending) = pending.take() {
                         entry.task.absorb(*pending);
                     }
@@ -540,7 +577,10 @@ impl Inner {
             self.note_users(key, entry.task.users);
             return None;
         }
-        entry.phase = Phase::Running { pending: None };
+        entry.phase = Phase::Running {
+            pending: None,
+            dropped: false,
+        };
         entry.last.started = Some(SystemTime::now());
         st.queued -= 1;
         st.running += 1;
@@ -567,14 +607,20 @@ impl Inner {
 
     /// Records an attempt's outcome and decides what comes next for the target.
     fn finish(self: &Arc<Self>, key: TargetKey, ran: MirrorTask, result: Result<Done, Failure>, took: Duration) {
-        let cooldown = self.cooldown();
+        // A target dropped while it ran waits for no retry. (Submitted again between this check and
+        // the update below, a failure ends `failed` and waits for the next submission instead.)
+        let dropped = matches!(
+            self.lock().entries.get(&key).map(|e| &e.phase),
+            Some(Phase::Running { dropped: true, .. })
+        );
+        let cooldown = self.cooldown().filter(|_| !dropped);
         self.report(&key, &ran, &result, took, cooldown);
         let mut guard = self.lock();
         let st = &mut *guard;
         let Some(mut entry) = st.entries.remove(&key) else {
             return;
         };
-        let Phase::Running { pending } = std::mem::replace(&mut entry.phase, Phase::Queued) else {
+        let Phase::Running { pending, .. } = std::mem::replace(&mut entry.phase, Phase::Queued) else {
             st.entries.insert(key, entry);
             return;
         };

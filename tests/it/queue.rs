@@ -540,6 +540,57 @@ async fn the_worker_cap_holds_copies_never_overlap_with_one_worker() {
 }
 
 #[tokio::test]
+async fn dropping_waiting_work_forgets_queued_and_cooling_targets_and_lets_running_copies_finish() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let proxy = FaultProxy::start(&src.url()).unwrap();
+    Image::oci("amd64", &[20_000], 20)
+        .unwrap()
+        .push(&src, "queued", "v1")
+        .await
+        .unwrap();
+    // The running copy's source is missing, and slow to say so.
+    proxy.set(Fault::stall(Duration::from_millis(500)).on(Match::new(Some("HEAD"), Some("/v2/running/manifests/"))));
+    let queue = Queue::start(copier(&[&src, &dst]), options(1));
+    let requested = |repo: &str| {
+        let path = format!("/v2/{repo}/");
+        proxy.requests().iter().filter(|r| r.path.starts_with(&path)).count()
+    };
+
+    queue.submit(task(&proxy.host(), "cooling:v1", &dst, "cooling", "v1"));
+    until("the first failure", || queue.counters().cooling_down == 1).await;
+    queue.submit(task(&proxy.host(), "running:v1", &dst, "running", "v1"));
+    until("the slow copy to start", || queue.counters().running == 1).await;
+    // Another source for the running target: a rerun after the copy, unless dropped.
+    queue.submit(task(&proxy.host(), "running:v2", &dst, "running", "v1"));
+    queue.submit(task(&proxy.host(), "queued:v1", &dst, "queued", "v1"));
+    assert_eq!(queue.counters().queued, 1);
+
+    assert_eq!(queue.drop_waiting(), 2, "the queued target and the one in cooldown");
+    let c = queue.counters();
+    assert_eq!((c.queued, c.running, c.cooling_down), (0, 1, 0), "{c:?}");
+    assert!(queue.wait_idle(WAIT).await);
+    let (cooling_requests, running_requests) = (requested("cooling"), requested("running"));
+    // Past the 1 s cooldown: nothing was retried or run again, and the dropped target never started.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = queue.counters();
+    assert_eq!((c.failed, c.retried, c.reruns, c.copied, c.cooling_down), (2, 0, 0, 0, 0), "{c:?}");
+    assert_eq!(
+        status(&queue, "/running:v1").state,
+        TaskState::Failed,
+        "the running copy's failure waits for the next submission, not a cooldown"
+    );
+    assert_eq!((requested("cooling"), requested("running")), (cooling_requests, running_requests));
+    assert_eq!(requested("queued"), 0);
+    assert!(queue.snapshot().iter().all(|s| !s.target.contains("/queued")));
+
+    // Submitted again (by a new leader's plan), the target runs as usual.
+    queue.submit(task(&proxy.host(), "queued:v1", &dst, "queued", "v1"));
+    assert!(queue.wait_idle(WAIT).await);
+    assert_eq!(queue.counters().copied, 1);
+    assert_eq!(manifest_puts(&dst, "queued"), 1);
+}
+
+#[tokio::test]
 async fn dry_pull_makes_no_registry_request_and_logs_each_task() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let image = Image::oci("amd64", &[20_000], 15).unwrap();
