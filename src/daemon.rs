@@ -20,6 +20,7 @@ use crate::commands;
 use crate::config::{Config, TargetKind};
 use crate::discovery::inventory::{Inventory, Update, Watched};
 use crate::discovery::watch;
+use crate::events::{self, Emitter};
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::plan::{Planner, Workload, watched_kinds};
@@ -44,17 +45,20 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let queue = Queue::start(commands::copier(config, registries), QueueOptions::from_config(config));
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
+    let identity = leader::identity();
     let leadership = if config.runtime.leader_elect {
         Leadership::elect(
             client.clone(),
             &config.runtime.pod_namespace,
-            leader::identity(),
+            identity.clone(),
             metrics.clone(),
         )
         .await?
     } else {
         Leadership::always(&metrics)
     };
+    let emitter = events::wanted(config)
+        .then(|| Emitter::new(client.clone(), identity, events::window(config), leadership.subscribe()).start(&queue));
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
     let ready = Arc::new(AtomicBool::new(false));
     let (rescan_tx, rescan_rx) = mpsc::channel(8);
@@ -76,7 +80,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     warn_about_missing_namespaces(&client, &planner).await;
     let watched = watch::watched_for(&watched_kinds(config), config.check_node_platform);
     let (watchers, updates) = watch::start(client, &watched, metrics.clone());
-    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, "copycat started");
+    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = emitter.is_some(), "copycat started");
 
     let loop_state = LoopState {
         watched: &watched,
@@ -99,6 +103,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     // Hand the Lease over before draining: running copies may finish while another replica leads.
     leadership.release().await;
     queue.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(emitter) = emitter {
+        emitter.abort();
+    }
     Ok(())
 }
 

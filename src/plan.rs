@@ -323,7 +323,10 @@ mod tests {
             targets(&plan),
             vec!["docker.io/library/nginx:1.25 -> mirror.example.com/m/shop/web/library/nginx:1.25"]
         );
-        assert_eq!(plan.tasks[0].users, vec![Workload::new(Kind::Deployment, "shop", "web")]);
+        assert_eq!(
+            plan.tasks[0].users,
+            vec![Workload::new(Kind::Deployment, "shop", "web")]
+        );
     }
 
     #[test]

@@ -163,6 +163,8 @@ struct Inner {
     generation: AtomicU64,
     /// Where outcomes are recorded for `/metrics`, once set.
     metrics: OnceLock<Arc<Metrics>>,
+    /// Where failures are reported (for Kubernetes Events), once set.
+    failures: OnceLock<mpsc::Sender<FailureReport>>,
     /// `target|platform` pairs already warned about, so a missing platform is reported once, not on
     /// every retry or rescan.
     reported_missing: moka::sync::Cache<String, ()>,
@@ -283,6 +285,7 @@ impl Queue {
             workers: Mutex::default(),
             generation: AtomicU64::new(0),
             metrics: OnceLock::new(),
+            failures: OnceLock::new(),
         });
         let ready_rx = Arc::new(tokio::sync::Mutex::new(ready_rx));
         let handles = (0..inner.options.workers.max(1))
@@ -349,6 +352,12 @@ impl Queue {
     /// Records every attempt's outcome in `metrics` from now on (set once; later calls are ignored).
     pub fn record_metrics(&self, metrics: Arc<Metrics>) {
         let _ = self.inner.metrics.set(metrics);
+    }
+
+    /// Reports every failed attempt to `to` from now on (set once; later calls are ignored). Never
+    /// blocks a worker: when `to` is full, the report is dropped.
+    pub fn report_failures(&self, to: mpsc::Sender<FailureReport>) {
+        let _ = self.inner.failures.set(to);
     }
 
     /// Ends every cooldown and queues those targets now; returns how many there were.
@@ -755,12 +764,18 @@ impl Inner {
                     bytes: Some(report.bytes),
                     ..line
                 };
-                outcome!(tracing::Level::INFO, line, result, missing_platforms = report.missing_platforms.len(),
-                    "mirror {result}");
+                outcome!(
+                    tracing::Level::INFO,
+                    line,
+                    result,
+                    missing_platforms = report.missing_platforms.len(),
+                    "mirror {result}"
+                );
                 self.report_missing_platforms(key, source, &report.missing_platforms);
             }
             Err(failure) => {
                 Counters::add(&c.failed, 1);
+                self.tell_failure(key, task, failure, cooldown);
                 let retry_in = match cooldown {
                     Some(d) => humantime::format_duration(d).to_string(),
                     None => "on next submit".to_owned(),
@@ -774,6 +789,40 @@ impl Inner {
             }
         }
     }
+}
+
+impl Inner {
+    /// Sends a failure to whoever asked for them ([`Queue::report_failures`]), if anyone.
+    fn tell_failure(&self, key: &TargetKey, task: &MirrorTask, failure: &Failure, retry_in: Option<Duration>) {
+        let Some(to) = self.failures.get() else {
+            return;
+        };
+        let report = FailureReport {
+            target: key.clone(),
+            source: task.request.source.clone(),
+            error: failure.to_string(),
+            users: task.users.clone(),
+            retry_in,
+        };
+        if to.try_send(report).is_err() {
+            tracing::debug!(target = %key, "failure report dropped: the receiver is busy or gone");
+        }
+    }
+}
+
+/// A failed attempt, as [`Queue::report_failures`] reports it.
+#[derive(Debug, Clone)]
+pub struct FailureReport {
+    /// The target.
+    pub target: TargetKey,
+    /// The source of the attempt.
+    pub source: ImageRef,
+    /// What went wrong (contains no credentials).
+    pub error: String,
+    /// Who uses the image (at most [`MAX_USERS`]).
+    pub users: Vec<Workload>,
+    /// When the target is retried; `None`: when it is submitted again.
+    pub retry_in: Option<Duration>,
 }
 
 /// The fields every outcome line has. `None` fields are left out of the line: the digest when
