@@ -302,8 +302,7 @@ async fn a_changed_source_digest_is_copied_again_each_outcome_one_log_line() {
     v2.push(&src, "app", "v2").await.unwrap();
     let (logs, _guard) = Logs::capture();
     let queue = Queue::start(copier(&[&src, &dst]), options(2));
-    let pinned =
-        |d: &str| task(&src.host(), &format!("app:v1@{d}"), &dst, "app", "v1").with_user(deployment("web"));
+    let pinned = |d: &str| task(&src.host(), &format!("app:v1@{d}"), &dst, "app", "v1").with_user(deployment("web"));
 
     queue.submit(pinned(&v1.digest));
     assert!(queue.wait_idle(WAIT).await);
@@ -329,8 +328,15 @@ async fn a_changed_source_digest_is_copied_again_each_outcome_one_log_line() {
         assert_eq!(f["result"], "copied");
         assert_eq!(f["source"], format!("{}/app:v1@{}", src.host(), image.digest));
         assert_eq!(f["target"], format!("{}/app:v1", dst.host()));
-        assert_eq!((&f["namespace"], &f["workload"]), (&json!("shop"), &json!("Deployment/web")));
-        assert_eq!(f["users"], Value::Null, "counted only when more than one workload uses the image");
+        assert_eq!(
+            (&f["namespace"], &f["workload"]),
+            (&json!("shop"), &json!("Deployment/web"))
+        );
+        assert_eq!(
+            f["users"],
+            Value::Null,
+            "counted only when more than one workload uses the image"
+        );
         assert_eq!(f["digest"], image.digest);
         assert!(f["bytes"].as_u64().unwrap() > 0, "{f}");
         assert!(f["duration_ms"].is_u64(), "{f}");
@@ -489,7 +495,10 @@ async fn permanent_errors_cool_down_too_and_log_at_error_level() {
         "{failure}"
     );
     let f = &failure["fields"];
-    assert_eq!((&f["namespace"], &f["workload"], &f["users"]), (&json!("shop"), &json!("Deployment/web"), &json!(2)));
+    assert_eq!(
+        (&f["namespace"], &f["workload"], &f["users"]),
+        (&json!("shop"), &json!("Deployment/web"), &json!(2))
+    );
     assert_eq!(f["bytes"], Value::Null, "unknown for a failure");
     assert_eq!(failure["fields"]["retry_in"], "1s");
 }
@@ -573,13 +582,20 @@ async fn dropping_waiting_work_forgets_queued_and_cooling_targets_and_lets_runni
     // Past the 1 s cooldown: nothing was retried or run again, and the dropped target never started.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let c = queue.counters();
-    assert_eq!((c.failed, c.retried, c.reruns, c.copied, c.cooling_down), (2, 0, 0, 0, 0), "{c:?}");
+    assert_eq!(
+        (c.failed, c.retried, c.reruns, c.copied, c.cooling_down),
+        (2, 0, 0, 0, 0),
+        "{c:?}"
+    );
     assert_eq!(
         status(&queue, "/running:v1").state,
         TaskState::Failed,
         "the running copy's failure waits for the next submission, not a cooldown"
     );
-    assert_eq!((requested("cooling"), requested("running")), (cooling_requests, running_requests));
+    assert_eq!(
+        (requested("cooling"), requested("running")),
+        (cooling_requests, running_requests)
+    );
     assert_eq!(requested("queued"), 0);
     assert!(queue.snapshot().iter().all(|s| !s.target.contains("/queued")));
 

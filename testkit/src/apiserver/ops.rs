@@ -892,7 +892,8 @@ mod tests {
         let timed = json!({ "eventTime": "2026-01-01T00:00:00.000000Z" });
         let e = create(&mut s, idx("events"), "shop", event("shop", timed), &opts).unwrap_err();
         assert!(
-            e.message.contains("[reportingComponent: Required value, reportingInstance: Required value]"),
+            e.message
+                .contains("[reportingComponent: Required value, reportingInstance: Required value]"),
             "{}",
             e.message
         );
