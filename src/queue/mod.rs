@@ -724,6 +724,23 @@ impl Inner {
         }
     }
 
+    /// Sends a failure to whoever asked for them ([`Queue::report_failures`]), if anyone.
+    fn tell_failure(&self, key: &TargetKey, task: &MirrorTask, failure: &Failure, retry_in: Option<Duration>) {
+        let Some(to) = self.failures.get() else {
+            return;
+        };
+        let report = FailureReport {
+            target: key.clone(),
+            source: task.request.source.clone(),
+            error: failure.to_string(),
+            users: task.users.clone(),
+            retry_in,
+        };
+        if to.try_send(report).is_err() {
+            tracing::debug!(target = %key, "failure report dropped: the receiver is busy or gone");
+        }
+    }
+
     /// Counts an attempt and logs it as one line.
     fn report(
         &self,
@@ -787,25 +804,6 @@ impl Inner {
                         "mirror failed and will fail again until the registry changes");
                 }
             }
-        }
-    }
-}
-
-impl Inner {
-    /// Sends a failure to whoever asked for them ([`Queue::report_failures`]), if anyone.
-    fn tell_failure(&self, key: &TargetKey, task: &MirrorTask, failure: &Failure, retry_in: Option<Duration>) {
-        let Some(to) = self.failures.get() else {
-            return;
-        };
-        let report = FailureReport {
-            target: key.clone(),
-            source: task.request.source.clone(),
-            error: failure.to_string(),
-            users: task.users.clone(),
-            retry_in,
-        };
-        if to.try_send(report).is_err() {
-            tracing::debug!(target = %key, "failure report dropped: the receiver is busy or gone");
         }
     }
 }
