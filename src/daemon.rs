@@ -4,7 +4,8 @@
 //!
 //! With leader election every replica watches and plans (so a follower takes over at once), but
 //! only the leader submits to the queue: all of the current plan when it gains the Lease, nothing
-//! more from the moment it loses it.
+//! more from the moment it loses it, when the queued tasks are dropped too (the new leader submits
+//! its own plan).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use crate::commands;
 use crate::config::Config;
 use crate::discovery::inventory::{Inventory, Update, Watched};
 use crate::discovery::watch;
+use crate::events::{self, Emitter};
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
-use crate::plan::{Planner, watched_kinds};
+use crate::plan::{Planner, Workload, watched_kinds};
 use crate::queue::{MirrorTask, Queue, QueueOptions};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
 use crate::target::Target;
@@ -45,17 +47,20 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let target = target_registry.registry;
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
+    let identity = leader::identity();
     let leadership = if config.runtime.leader_elect {
         Leadership::elect(
             client.clone(),
             &config.runtime.pod_namespace,
-            leader::identity(),
+            identity.clone(),
             metrics.clone(),
         )
         .await?
     } else {
         Leadership::always(&metrics)
     };
+    let emitter = events::wanted(config)
+        .then(|| Emitter::new(client.clone(), identity, events::window(config), leadership.subscribe()).start(&queue));
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
     let ready = Arc::new(AtomicBool::new(false));
     let (rescan_tx, rescan_rx) = mpsc::channel(8);
@@ -76,8 +81,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     .await?;
     warn_about_missing_namespaces(&client, &planner).await;
     let watched = watch::watched_for(&watched_kinds(config), config.check_node_platform);
-    let (watchers, updates) = watch::start(client, &watched);
-    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, "copycat started");
+    let (watchers, updates) = watch::start(client, &watched, metrics.clone());
+    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = emitter.is_some(), "copycat started");
 
     let loop_state = LoopState {
         watched: &watched,
@@ -100,6 +105,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     // Hand the Lease over before draining: running copies may finish while another replica leads.
     leadership.release().await;
     queue.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(emitter) = emitter {
+        emitter.abort();
+    }
     Ok(())
 }
 
@@ -165,7 +173,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
     let mut lead = *leading.borrow_and_update();
     let mut inventory = Inventory::new();
     let mut submitted: HashMap<String, String> = HashMap::new();
-    let mut reported_invalid: HashSet<(String, String)> = HashSet::new();
+    let mut reported_invalid: HashSet<(Workload, String)> = HashSet::new();
     let mut plan_at: Option<Instant> = None;
     let mut listed = false;
     let mut next_rescan = rescan.map(|every| Instant::now() + every);
@@ -204,7 +212,8 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                         submitted.clear();
                         plan_at.get_or_insert_with(|| Instant::now() + SETTLE);
                     } else {
-                        tracing::info!("following: no longer submitting (running copies may finish)");
+                        let dropped = queue.drop_waiting();
+                        tracing::info!(dropped, "following: no longer submitting; queued copies dropped (running ones may finish)");
                     }
                 }
             }
@@ -245,7 +254,7 @@ fn submit_changes(
     inventory: &Inventory,
     queue: &Queue,
     submitted: &mut HashMap<String, String>,
-    reported_invalid: &mut HashSet<(String, String)>,
+    reported_invalid: &mut HashSet<(Workload, String)>,
     everything: bool,
     lead: bool,
 ) -> PlanSummary {
@@ -258,7 +267,7 @@ fn submit_changes(
     let (tasks, excluded) = (plan.tasks.len(), plan.excluded);
     let mut changed = 0;
     let mut current = HashMap::with_capacity(tasks);
-    let mut workloads: HashSet<String> = HashSet::new();
+    let mut workloads: HashSet<Workload> = HashSet::new();
     let mut targets = Vec::with_capacity(tasks);
     for task in plan.tasks {
         workloads.extend(task.users.iter().cloned());

@@ -8,6 +8,7 @@ pub mod config;
 pub mod copy;
 pub mod daemon;
 pub mod discovery;
+pub mod events;
 pub mod glob;
 pub mod images_file;
 pub mod leader;

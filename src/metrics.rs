@@ -29,6 +29,8 @@ pub struct Metrics {
     images_tracked: IntGauge,
     ratelimit: IntGaugeVec,
     leader: IntGauge,
+    watch_events: IntCounterVec,
+    verified_present: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +127,19 @@ impl Metrics {
             "1 while this replica holds the leader-election Lease and mirrors (always with LEADER_ELECT=false), else 0.",
         )
         .expect("valid metric");
+        let watch_events = IntCounterVec::new(
+            Opts::new(
+                format!("{PREFIX}watch_events_total"),
+                "Events the cluster watchers received, by kind (Deployment, Pod, ReplicaSet, …) and event (applied, deleted, restarted: a (re)list began).",
+            ),
+            &["kind", "event"],
+        )
+        .expect("valid metric");
+        let verified_present = IntCounter::new(
+            format!("{PREFIX}images_verified_present_total"),
+            "Mirror attempts that found the target already holding the source's digest, so nothing was copied.",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(bytes_copied.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -133,6 +148,8 @@ impl Metrics {
             Box::new(images_tracked.clone()),
             Box::new(ratelimit.clone()),
             Box::new(leader.clone()),
+            Box::new(watch_events.clone()),
+            Box::new(verified_present.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -152,6 +169,8 @@ impl Metrics {
             images_tracked,
             ratelimit,
             leader,
+            watch_events,
+            verified_present,
         }
     }
 
@@ -164,7 +183,10 @@ impl Metrics {
                 self.push_success.with_label_values(&[&registry_label(target)]).inc();
                 "copied"
             }
-            Outcome::AlreadyPresent => "present",
+            Outcome::AlreadyPresent => {
+                self.verified_present.inc();
+                "present"
+            }
             Outcome::WouldCopy => "would-copy",
         };
         if outcome != Outcome::WouldCopy {
@@ -191,6 +213,11 @@ impl Metrics {
             let n = snapshot.iter().filter(|s| s.state == state).count();
             self.tasks.with_label_values(&[state.as_str()]).set(n as i64);
         }
+    }
+
+    /// Counts one watch event of `kind` (`Deployment`, …): `applied`, `deleted` or `restarted`.
+    pub fn watch_event(&self, kind: &str, event: &str) {
+        self.watch_events.with_label_values(&[kind, event]).inc();
     }
 
     /// Sets how many targets the latest plan holds.
@@ -404,6 +431,7 @@ mod tests {
         );
         assert!(!text.contains("k8s_copycat_registry_push_error_total{"), "{text}");
         assert!(text.contains("k8s_copycat_bytes_copied_total 10"), "{text}");
+        assert!(text.contains("k8s_copycat_images_verified_present_total 1"), "{text}");
         assert!(
             text.contains(r#"k8s_copycat_mirror_duration_seconds_count{result="failed"} 2"#),
             "{text}"

@@ -30,6 +30,62 @@ pub enum Kind {
     Pod,
 }
 
+impl Kind {
+    /// The Kubernetes kind, e.g. `Deployment`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deployment => "Deployment",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::Job => "Job",
+            Kind::CronJob => "CronJob",
+            Kind::Pod => "Pod",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A workload that uses an image: the top of a Pod's owner chain (a Deployment rather than its
+/// ReplicaSet or Pods). Shown as `Deployment shop/web`; events are attached to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl Workload {
+    /// The workload `kind` `namespace/name`.
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Workload {
+        Workload {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// As its display form, which `/status` has always shown.
+impl serde::Serialize for Workload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Which namespaces are in scope. Globs are evaluated for every namespace as it appears, so
 /// namespaces created later are picked up; a glob that matches nothing matches nothing.
 #[derive(Debug, Clone)]
@@ -267,7 +323,10 @@ mod tests {
             targets(&plan),
             vec!["docker.io/library/nginx:1.25 -> mirror.example.com/m/shop/web/library/nginx:1.25"]
         );
-        assert_eq!(plan.tasks[0].users, vec!["Deployment shop/web"]);
+        assert_eq!(
+            plan.tasks[0].users,
+            vec![Workload::new(Kind::Deployment, "shop", "web")]
+        );
     }
 
     #[test]
@@ -455,7 +514,7 @@ mod tests {
         );
         assert_eq!(
             plan.tasks[0].users,
-            vec!["CronJob a/nightly"],
+            vec![Workload::new(Kind::CronJob, "a", "nightly")],
             "the Job itself is watched for owners only"
         );
     }
@@ -593,7 +652,7 @@ pub struct Plan {
     /// One task per target reference, in a stable order.
     pub tasks: Vec<MirrorTask>,
     /// Image strings that are not valid references, with who uses them and why.
-    pub invalid: Vec<(String, String, String)>,
+    pub invalid: Vec<(Workload, String, String)>,
     /// Image uses skipped by `excludeRegistries` or because they already live on the target.
     pub excluded: usize,
 }
@@ -648,14 +707,14 @@ impl Planner {
                 continue;
             }
             let (workload_kind, workload) = inventory.workload_of(key, entry);
-            let user = format!("{workload_kind:?} {}/{workload}", key.namespace);
+            let user = Workload::new(workload_kind, key.namespace.clone(), workload);
             let node = if self.check_node_platform {
                 inventory.platform_of(entry)
             } else {
                 None
             };
             for use_ in &entry.images {
-                match self.task(key, &workload, node, use_) {
+                match self.task(key, &user.name, node, use_) {
                     Ok(Some(task)) => {
                         let task = task.with_user(user.clone());
                         match by_target.get_mut(task.key().as_str()) {

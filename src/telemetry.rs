@@ -18,7 +18,14 @@ pub fn init(level: LogLevel, format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        // No module path: flattened, it would be a second `target` key after the mirror target's
+        // (outcome lines have a `target` field), and most JSON readers keep the last one.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_target(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
     // A second init (tests, repeated commands) keeps the first subscriber.

@@ -288,6 +288,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         registry_retry_attempts: loader.get("registryRetryAttempts", parse::positive_u32),
         registry_retry_backoff: loader.get("registryRetryBackoff", |i| parse::non_negative_duration(i, SECOND)),
         failure_cooldown: loader.get("failureCooldownMinutes", |i| parse::duration(i, MINUTE)),
+        emit_events: loader.get("emitEvents", parse::boolean),
         force_reconcile_interval: loader.get("forceReconcileMinutes", |i| parse::duration(i, MINUTE)),
         max_concurrent_reconciles: loader.get("maxConcurrentReconciles", parse::positive_u32),
         registry_credentials: registry_credentials(loader),

@@ -60,6 +60,8 @@ pub struct Config {
     /// Per-target failure cooldown; `None` disables it.
     #[serde(rename = "failureCooldownMinutes", serialize_with = "optional_duration")]
     pub failure_cooldown: Option<Duration>,
+    /// Create Kubernetes Events on workloads whose images fail to mirror.
+    pub emit_events: bool,
     /// Periodic full rescan; `None` disables it.
     #[serde(rename = "forceReconcileMinutes", serialize_with = "optional_duration")]
     pub force_reconcile_interval: Option<Duration>,

@@ -44,7 +44,7 @@ fn defaults_match_k8s_copycat() {
     assert_eq!(c.failure_cooldown, Some(Duration::from_secs(3600)));
     assert_eq!(c.force_reconcile_interval, None);
     assert_eq!(c.max_concurrent_reconciles, 2);
-    assert!(c.ecr.create_repo && c.allow_different_digest_repush && c.runtime.leader_elect);
+    assert!(c.ecr.create_repo && c.allow_different_digest_repush && c.runtime.leader_elect && c.emit_events);
     assert!(!c.dry_run && !c.dry_pull && !c.digest_pull && !c.docker.insecure);
     assert_eq!(
         (c.runtime.metrics_addr.as_str(), c.runtime.health_addr.as_str()),
@@ -295,6 +295,7 @@ fn fixed_k8s_copycat_config_bugs() {
     assert_eq!(ok("targetKind: Docker", &[]).target_kind, TargetKind::Docker);
     assert!(ok("dryRun: 'Yes'", &[]).dry_run && ok("", &[("DRY_RUN", "Yes")]).dry_run);
     assert!(ok("dryPull: on", &[]).dry_pull && ok("", &[("DRY_PULL", "1")]).dry_pull);
+    assert!(!ok("emitEvents: false", &[]).emit_events && !ok("", &[("EMIT_EVENTS", "false")]).emit_events);
     // An explicit empty list really means none.
     assert!(ok("digestPullIgnoredTags: []", &[]).digest_pull_ignored_tags.is_empty());
     assert_eq!(

@@ -2,6 +2,7 @@
 //! full object is kept after its event.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
 use super::inventory::{Seen, Update, Watched};
+use crate::metrics::Metrics;
 use crate::plan::Kind;
 
 /// A kind copycat watches, and how to reduce one of its objects.
@@ -149,45 +151,52 @@ pub fn watched_for(kinds: &[Kind], node_platforms: bool) -> Vec<Watched> {
     out
 }
 
-/// Starts a cluster-wide watcher for each of `watched`, sending updates to the returned channel.
-/// Watch errors (connection loss, 410 Gone) are retried with backoff; a 410 leads to a relist, whose
-/// `InitDone` lets the inventory drop objects deleted meanwhile.
-pub fn start(client: Client, watched: &[Watched]) -> (Watchers, mpsc::Receiver<Update>) {
+/// Starts a cluster-wide watcher for each of `watched`, sending updates to the returned channel and
+/// counting the events in `metrics`. Watch errors (connection loss, 410 Gone) are retried with
+/// backoff; a 410 leads to a relist, whose `InitDone` lets the inventory drop objects deleted
+/// meanwhile.
+pub fn start(client: Client, watched: &[Watched], metrics: Arc<Metrics>) -> (Watchers, mpsc::Receiver<Update>) {
     let (tx, rx) = mpsc::channel(1024);
     let tasks = watched
         .iter()
-        .map(|w| match w {
-            Watched::Workload(Kind::Deployment) => spawn::<Deployment>(client.clone(), tx.clone()),
-            Watched::Workload(Kind::StatefulSet) => spawn::<StatefulSet>(client.clone(), tx.clone()),
-            Watched::Workload(Kind::DaemonSet) => spawn::<DaemonSet>(client.clone(), tx.clone()),
-            Watched::Workload(Kind::Job) => spawn::<Job>(client.clone(), tx.clone()),
-            Watched::Workload(Kind::CronJob) => spawn::<CronJob>(client.clone(), tx.clone()),
-            Watched::Workload(Kind::Pod) => spawn::<Pod>(client.clone(), tx.clone()),
-            Watched::ReplicaSet => spawn::<ReplicaSet>(client.clone(), tx.clone()),
-            Watched::Node => spawn::<Node>(client.clone(), tx.clone()),
+        .map(|w| {
+            let (client, tx, metrics) = (client.clone(), tx.clone(), metrics.clone());
+            match w {
+                Watched::Workload(Kind::Deployment) => spawn::<Deployment>(client, tx, metrics),
+                Watched::Workload(Kind::StatefulSet) => spawn::<StatefulSet>(client, tx, metrics),
+                Watched::Workload(Kind::DaemonSet) => spawn::<DaemonSet>(client, tx, metrics),
+                Watched::Workload(Kind::Job) => spawn::<Job>(client, tx, metrics),
+                Watched::Workload(Kind::CronJob) => spawn::<CronJob>(client, tx, metrics),
+                Watched::Workload(Kind::Pod) => spawn::<Pod>(client, tx, metrics),
+                Watched::ReplicaSet => spawn::<ReplicaSet>(client, tx, metrics),
+                Watched::Node => spawn::<Node>(client, tx, metrics),
+            }
         })
         .collect();
     (Watchers { tasks }, rx)
 }
 
-fn spawn<K: WatchedObject>(client: Client, tx: mpsc::Sender<Update>) -> JoinHandle<()> {
+fn spawn<K: WatchedObject>(client: Client, tx: mpsc::Sender<Update>, metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let kind = K::kind(&());
         let mut events = watcher(Api::<K>::all(client), watcher::Config::default())
             .default_backoff()
             .boxed();
         while let Some(event) = events.next().await {
-            let update = match event {
-                Ok(watcher::Event::Init) => Update::Init(K::WATCHED),
-                Ok(watcher::Event::InitApply(o)) => Update::InitApply(K::WATCHED, o.seen()),
-                Ok(watcher::Event::InitDone) => Update::InitDone(K::WATCHED),
-                Ok(watcher::Event::Apply(o)) => Update::Apply(K::WATCHED, o.seen()),
-                Ok(watcher::Event::Delete(o)) => Update::Delete(K::WATCHED, o.seen()),
+            let (update, counted) = match event {
+                Ok(watcher::Event::Init) => (Update::Init(K::WATCHED), Some("restarted")),
+                Ok(watcher::Event::InitApply(o)) => (Update::InitApply(K::WATCHED, o.seen()), Some("applied")),
+                Ok(watcher::Event::InitDone) => (Update::InitDone(K::WATCHED), None),
+                Ok(watcher::Event::Apply(o)) => (Update::Apply(K::WATCHED, o.seen()), Some("applied")),
+                Ok(watcher::Event::Delete(o)) => (Update::Delete(K::WATCHED, o.seen()), Some("deleted")),
                 Err(e) => {
                     tracing::warn!(%kind, error = %e, "watch failed; retrying");
                     continue;
                 }
             };
+            if let Some(event) = counted {
+                metrics.watch_event(&kind, event);
+            }
             if tx.send(update).await.is_err() {
                 return;
             }

@@ -15,6 +15,8 @@
 //!   target at once. Permanent errors (a tag conflict, a digest mismatch) cool down too, since the
 //!   operator may fix the registry, but are logged at error level.
 //! - **Worker pool**: at most [`QueueOptions::workers`] copies at a time.
+//! - **Dropping waiting work** ([`Queue::drop_waiting`], when the replica loses leadership): queued
+//!   targets and those in cooldown are forgotten; running copies finish and schedule nothing more.
 //! - **Dry pull**: no copy call, one log line per task. Dry runs are the copier's
 //!   ([`CopyOptions::dry_run`]).
 //!
@@ -39,12 +41,23 @@ use tokio::task::{AbortHandle, JoinHandle};
 use crate::config::Config;
 use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, Outcome};
 use crate::metrics::Metrics;
+use crate::plan::Workload;
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
 use status::Counters;
 pub use status::{QueueCounters, TaskState, TaskStatus};
 use task::union_users;
 pub use task::{MAX_USERS, MirrorTask, TargetKey};
+
+/// Logs one mirror outcome at `$level` (a constant) with [`OutcomeLine`]'s fields, `result`, then the
+/// extra fields and the message.
+macro_rules! outcome {
+    ($level:expr, $line:expr, $result:expr, $($rest:tt)+) => {
+        tracing::event!($level, source = %$line.source, target = %$line.target, namespace = $line.namespace,
+            workload = $line.workload.as_deref(), users = $line.users, result = $result,
+            digest = $line.digest.as_deref(), bytes = $line.bytes, duration_ms = $line.duration_ms, $($rest)+)
+    };
+}
 
 /// How long a successful copy is trusted without asking any registry.
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(6 * 60 * 60);
@@ -150,6 +163,8 @@ struct Inner {
     generation: AtomicU64,
     /// Where outcomes are recorded for `/metrics`, once set.
     metrics: OnceLock<Arc<Metrics>>,
+    /// Where failures are reported (for Kubernetes Events), once set.
+    failures: OnceLock<mpsc::Sender<FailureReport>>,
     /// `target|platform` pairs already warned about, so a missing platform is reported once, not on
     /// every retry or rescan.
     reported_missing: moka::sync::Cache<String, ()>,
@@ -177,6 +192,9 @@ enum Phase {
     Running {
         /// A differing request submitted during the copy, run afterwards.
         pending: Option<Box<MirrorTask>>,
+        /// Dropped by [`Queue::drop_waiting`] while running: its outcome schedules nothing (no
+        /// cooldown retry, no rerun) unless the target is submitted again meanwhile.
+        dropped: bool,
     },
     Cooldown {
         until: SystemTime,
@@ -267,6 +285,7 @@ impl Queue {
             workers: Mutex::default(),
             generation: AtomicU64::new(0),
             metrics: OnceLock::new(),
+            failures: OnceLock::new(),
         });
         let ready_rx = Arc::new(tokio::sync::Mutex::new(ready_rx));
         let handles = (0..inner.options.workers.max(1))
@@ -296,11 +315,15 @@ impl Queue {
             Counters::add(&inner.counters.merged, 1);
             match &mut entry.phase {
                 Phase::Queued | Phase::Cooldown { .. } => entry.task.absorb(task),
-                Phase::Running { pending: Some(pending) } => pending.absorb(task),
-                Phase::Running { pending: None } if entry.task.same_work(&task) => {
-                    union_users(&mut entry.task.users, task.users);
+                Phase::Running { pending, dropped } => {
+                    // Wanted again: the outcome schedules a retry or rerun as usual.
+                    *dropped = false;
+                    match pending {
+                        Some(pending) => pending.absorb(task),
+                        None if entry.task.same_work(&task) => union_users(&mut entry.task.users, task.users),
+                        None => *pending = Some(Box::new(task)),
+                    }
                 }
-                Phase::Running { pending } => *pending = Some(Box::new(task)),
             }
             return;
         }
@@ -331,6 +354,12 @@ impl Queue {
         let _ = self.inner.metrics.set(metrics);
     }
 
+    /// Reports every failed attempt to `to` from now on (set once; later calls are ignored). Never
+    /// blocks a worker: when `to` is full, the report is dropped.
+    pub fn report_failures(&self, to: mpsc::Sender<FailureReport>) {
+        let _ = self.inner.failures.set(to);
+    }
+
     /// Ends every cooldown and queues those targets now; returns how many there were.
     pub fn reset_cooldown(&self) -> usize {
         let inner = &self.inner;
@@ -354,6 +383,34 @@ impl Queue {
         inner.publish(st);
         tracing::info!(cleared, "failure cooldown reset; targets queued again");
         cleared
+    }
+
+    /// Drops every target waiting for a worker or for the end of its cooldown, and the reruns planned
+    /// for running ones; returns how many targets were dropped. For a replica that lost leadership:
+    /// the new leader submits its own plan, and work left here would duplicate it. Running copies
+    /// finish (they are idempotent), but schedule nothing afterwards unless submitted again.
+    pub fn drop_waiting(&self) -> usize {
+        let inner = &self.inner;
+        let mut guard = inner.lock();
+        let st = &mut *guard;
+        let before = st.entries.len();
+        // Keys already sent to the workers stay in the channel; `begin` skips keys without an entry.
+        st.entries.retain(|_, entry| match &mut entry.phase {
+            Phase::Queued => false,
+            Phase::Cooldown { timer, .. } => {
+                timer.abort();
+                false
+            }
+            Phase::Running { pending, dropped } => {
+                *pending = None;
+                *dropped = true;
+                true
+            }
+        });
+        st.queued = 0;
+        st.cooling = 0;
+        inner.publish(st);
+        before - st.entries.len()
     }
 
     /// Whether failures put targets in cooldown (for `/reset-cooldown`'s answer).
@@ -422,7 +479,7 @@ impl Queue {
             let mut guard = inner.lock();
             let st = &mut *guard;
             for entry in st.entries.values_mut() {
-                if let Phase::Running { pending } = &mut entry.phase {
+                if let Phase::Running { pending, .. } = &mut entry.phase {
                     if let Some(pending) = pending.take() {
                         entry.task.absorb(*pending);
                     }
@@ -529,7 +586,10 @@ impl Inner {
             self.note_users(key, entry.task.users);
             return None;
         }
-        entry.phase = Phase::Running { pending: None };
+        entry.phase = Phase::Running {
+            pending: None,
+            dropped: false,
+        };
         entry.last.started = Some(SystemTime::now());
         st.queued -= 1;
         st.running += 1;
@@ -556,14 +616,20 @@ impl Inner {
 
     /// Records an attempt's outcome and decides what comes next for the target.
     fn finish(self: &Arc<Self>, key: TargetKey, ran: MirrorTask, result: Result<Done, Failure>, took: Duration) {
-        let cooldown = self.cooldown();
+        // A target dropped while it ran waits for no retry. (Submitted again between this check and
+        // the update below, a failure ends `failed` and waits for the next submission instead.)
+        let dropped = matches!(
+            self.lock().entries.get(&key).map(|e| &e.phase),
+            Some(Phase::Running { dropped: true, .. })
+        );
+        let cooldown = self.cooldown().filter(|_| !dropped);
         self.report(&key, &ran, &result, took, cooldown);
         let mut guard = self.lock();
         let st = &mut *guard;
         let Some(mut entry) = st.entries.remove(&key) else {
             return;
         };
-        let Phase::Running { pending } = std::mem::replace(&mut entry.phase, Phase::Queued) else {
+        let Phase::Running { pending, .. } = std::mem::replace(&mut entry.phase, Phase::Queued) else {
             st.entries.insert(key, entry);
             return;
         };
@@ -648,13 +714,30 @@ impl Inner {
     }
 
     /// Adds users to a finished target's status (a cached skip still says who uses the image).
-    fn note_users(&self, key: &TargetKey, users: Vec<String>) {
+    fn note_users(&self, key: &TargetKey, users: Vec<Workload>) {
         if let Some(status) = self.finished.get(key)
             && users.iter().any(|u| !status.users.contains(u))
         {
             let mut status = (*status).clone();
             union_users(&mut status.users, users);
             self.finished.insert(key.clone(), Arc::new(status));
+        }
+    }
+
+    /// Sends a failure to whoever asked for them ([`Queue::report_failures`]), if anyone.
+    fn tell_failure(&self, key: &TargetKey, task: &MirrorTask, failure: &Failure, retry_in: Option<Duration>) {
+        let Some(to) = self.failures.get() else {
+            return;
+        };
+        let report = FailureReport {
+            target: key.clone(),
+            source: task.request.source.clone(),
+            error: failure.to_string(),
+            users: task.users.clone(),
+            retry_in,
+        };
+        if to.try_send(report).is_err() {
+            tracing::debug!(target = %key, "failure report dropped: the receiver is busy or gone");
         }
     }
 
@@ -669,8 +752,6 @@ impl Inner {
     ) {
         let c = &self.counters;
         let source = &task.request.source;
-        let users = task.users.join(", ");
-        let duration_ms = took.as_millis() as u64;
         if let Some(metrics) = self.metrics.get() {
             let (from, to) = (source.registry(), task.request.target.registry());
             match result {
@@ -680,10 +761,12 @@ impl Inner {
                 Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
             }
         }
+        let line = OutcomeLine::new(key, task, took);
         match result {
             Ok(Done::DryPull) => {
                 Counters::add(&c.dry_pulled, 1);
-                tracing::info!(%source, target = %key, %users, result = "dry-pull", "would mirror {source} → {key}");
+                let line = OutcomeLine { bytes: Some(0), ..line };
+                outcome!(tracing::Level::INFO, line, "dry-pull", "would mirror {source} → {key}");
             }
             Ok(Done::Copy(report)) => {
                 let (counter, result) = match report.outcome {
@@ -693,25 +776,82 @@ impl Inner {
                 };
                 Counters::add(counter, 1);
                 Counters::add(&c.bytes, report.bytes);
-                let digest = report.digest.as_ref().map(ToString::to_string).unwrap_or_default();
-                tracing::info!(%source, target = %key, %users, result, %digest, bytes = report.bytes, duration_ms,
-                    missing_platforms = report.missing_platforms.len(), "mirror {result}");
+                let line = OutcomeLine {
+                    digest: report.digest.as_ref().map(ToString::to_string),
+                    bytes: Some(report.bytes),
+                    ..line
+                };
+                outcome!(
+                    tracing::Level::INFO,
+                    line,
+                    result,
+                    missing_platforms = report.missing_platforms.len(),
+                    "mirror {result}"
+                );
                 self.report_missing_platforms(key, source, &report.missing_platforms);
             }
             Err(failure) => {
                 Counters::add(&c.failed, 1);
+                self.tell_failure(key, task, failure, cooldown);
                 let retry_in = match cooldown {
                     Some(d) => humantime::format_duration(d).to_string(),
                     None => "on next submit".to_owned(),
                 };
                 if failure.is_transient() {
-                    tracing::warn!(%source, target = %key, %users, result = "failed", error = %failure, %retry_in,
-                        duration_ms, "mirror failed");
+                    outcome!(tracing::Level::WARN, line, "failed", error = %failure, %retry_in, "mirror failed");
                 } else {
-                    tracing::error!(%source, target = %key, %users, result = "failed", reason = %failure, %retry_in,
-                        duration_ms, "mirror failed and will fail again until the registry changes");
+                    outcome!(tracing::Level::ERROR, line, "failed", reason = %failure, %retry_in,
+                        "mirror failed and will fail again until the registry changes");
                 }
             }
+        }
+    }
+}
+
+/// A failed attempt, as [`Queue::report_failures`] reports it.
+#[derive(Debug, Clone)]
+pub struct FailureReport {
+    /// The target.
+    pub target: TargetKey,
+    /// The source of the attempt.
+    pub source: ImageRef,
+    /// What went wrong (contains no credentials).
+    pub error: String,
+    /// Who uses the image (at most [`MAX_USERS`]).
+    pub users: Vec<Workload>,
+    /// When the target is retried; `None`: when it is submitted again.
+    pub retry_in: Option<Duration>,
+}
+
+/// The fields every outcome line has. `None` fields are left out of the line: the digest when
+/// neither the source pins one nor the copy found one, the bytes of a failed attempt.
+struct OutcomeLine<'a> {
+    source: &'a ImageRef,
+    target: &'a TargetKey,
+    /// Namespace of the first user.
+    namespace: Option<&'a str>,
+    /// The first user as `Kind/name`.
+    workload: Option<String>,
+    /// How many workloads use the image, when more than one.
+    users: Option<usize>,
+    digest: Option<String>,
+    bytes: Option<u64>,
+    duration_ms: u64,
+}
+
+impl<'a> OutcomeLine<'a> {
+    /// The line of an attempt at `task`, with the source's pinned digest and no bytes yet.
+    fn new(target: &'a TargetKey, task: &'a MirrorTask, took: Duration) -> OutcomeLine<'a> {
+        let first = task.users.first();
+        OutcomeLine {
+            source: &task.request.source,
+            target,
+            namespace: first.map(|u| u.namespace.as_str()),
+            workload: first.map(|u| format!("{}/{}", u.kind, u.name)),
+            users: (task.users.len() > 1).then_some(task.users.len()),
+            digest: task.request.source.digest().map(ToString::to_string),
+            bytes: None,
+            duration_ms: took.as_millis() as u64,
         }
     }
 }

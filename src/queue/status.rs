@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+use crate::plan::Workload;
 use crate::reference::Digest;
 
 /// Where a target stands.
@@ -73,8 +74,8 @@ pub struct TaskStatus {
     /// When a target in cooldown is retried.
     #[serde(serialize_with = "rfc3339")]
     pub next_retry: Option<SystemTime>,
-    /// Who uses the image (the most recent few).
-    pub users: Vec<String>,
+    /// Who uses the image (the most recent few), shown as `Deployment shop/web`.
+    pub users: Vec<Workload>,
     /// When the last attempt started.
     #[serde(serialize_with = "rfc3339")]
     pub started: Option<SystemTime>,
@@ -178,7 +179,7 @@ mod tests {
             digest: None,
             last_error: None,
             next_retry: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400)),
-            users: vec!["Deployment a/web".into()],
+            users: vec![Workload::new(crate::plan::Kind::Deployment, "a", "web")],
             started: None,
             finished: None,
         };
@@ -186,6 +187,7 @@ mod tests {
         assert_eq!(json["state"], "dry-run");
         assert_eq!(json["nextRetry"], "1970-01-02T00:00:00.000Z");
         assert_eq!(json["lastError"], serde_json::Value::Null);
+        assert_eq!(json["users"], serde_json::json!(["Deployment a/web"]));
         assert_eq!(TaskState::DryRun.to_string(), "dry-run");
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::copy::CopyRequest;
+use crate::plan::Workload;
 use crate::platform::Platform;
 
 /// Users kept per task (the most recent ones): enough to find who runs an image, bounded however many
@@ -17,9 +18,9 @@ pub struct MirrorTask {
     pub request: CopyRequest,
     /// Platforms to copy of an index; empty: the whole index, digest preserved.
     pub platforms: Vec<Platform>,
-    /// Who uses the image, e.g. `Deployment shop/web`, for logs and status; at most [`MAX_USERS`] are
-    /// kept.
-    pub users: Vec<String>,
+    /// Who uses the image, e.g. `Deployment shop/web`, for logs, status and events; at most
+    /// [`MAX_USERS`] are kept.
+    pub users: Vec<Workload>,
 }
 
 impl MirrorTask {
@@ -39,8 +40,8 @@ impl MirrorTask {
     }
 
     /// The same task with one more user.
-    pub fn with_user(mut self, user: impl Into<String>) -> MirrorTask {
-        union_users(&mut self.users, [user.into()]);
+    pub fn with_user(mut self, user: Workload) -> MirrorTask {
+        union_users(&mut self.users, [user]);
         self
     }
 
@@ -82,7 +83,7 @@ impl MirrorTask {
 }
 
 /// Adds the users of `more` missing from `users`, then keeps the last [`MAX_USERS`] (the most recent).
-pub fn union_users(users: &mut Vec<String>, more: impl IntoIterator<Item = String>) {
+pub fn union_users(users: &mut Vec<Workload>, more: impl IntoIterator<Item = Workload>) {
     for user in more {
         if !users.contains(&user) {
             users.push(user);
@@ -129,7 +130,12 @@ impl fmt::Display for TargetKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Kind;
     use crate::reference::ImageRef;
+
+    fn pod(name: impl Into<String>) -> Workload {
+        Workload::new(Kind::Pod, "ns", name)
+    }
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -184,7 +190,7 @@ mod tests {
     #[test]
     fn same_work_compares_source_digest_tag_and_platforms_not_users() {
         let base = task(&format!("nginx:1.27@{D1}"), "r.io/nginx", Some("1.27"));
-        assert!(base.same_work(&base.clone().with_user("Pod a/b")));
+        assert!(base.same_work(&base.clone().with_user(pod("b"))));
         assert!(!base.same_work(&task(&format!("nginx:1.27@{D2}"), "r.io/nginx", Some("1.27"))));
         assert!(!base.same_work(&task("nginx:1.27", "r.io/nginx", Some("1.27"))));
         assert!(!base.same_work(&task(&format!("nginx:1.27@{D1}"), "r.io/nginx", Some("stable"))));
@@ -198,30 +204,28 @@ mod tests {
     #[test]
     fn absorb_takes_the_newest_request_and_unions_users() {
         let mut queued = task(&format!("nginx:1.27@{D1}"), "r.io/nginx", Some("1.27"))
-            .with_user("Deployment a/web")
-            .with_user("Pod a/web-1");
+            .with_user(Workload::new(Kind::Deployment, "ns", "web"))
+            .with_user(pod("web-1"));
         let newer = task(&format!("nginx:1.27@{D2}"), "r.io/nginx", Some("1.27"))
             .with_platforms(vec![Platform::parse("linux/amd64").unwrap()])
-            .with_user("Pod a/web-1")
-            .with_user("Pod a/web-2");
+            .with_user(pod("web-1"))
+            .with_user(pod("web-2"));
         queued.absorb(newer.clone());
         assert!(queued.same_work(&newer));
-        assert_eq!(queued.users, ["Deployment a/web", "Pod a/web-1", "Pod a/web-2"]);
+        let users: Vec<String> = queued.users.iter().map(ToString::to_string).collect();
+        assert_eq!(users, ["Deployment ns/web", "Pod ns/web-1", "Pod ns/web-2"]);
     }
 
     #[test]
     fn users_are_bounded_keeping_the_most_recent() {
         let mut users = vec![];
-        union_users(&mut users, (0..3).map(|i| format!("Pod ns/p{i}")));
-        union_users(&mut users, (0..3).map(|i| format!("Pod ns/p{i}")));
+        union_users(&mut users, (0..3).map(|i| pod(format!("p{i}"))));
+        union_users(&mut users, (0..3).map(|i| pod(format!("p{i}"))));
         assert_eq!(users.len(), 3, "duplicates are not added");
-        union_users(&mut users, (3..20).map(|i| format!("Pod ns/p{i}")));
-        assert_eq!(
-            users,
-            ["Pod ns/p15", "Pod ns/p16", "Pod ns/p17", "Pod ns/p18", "Pod ns/p19"]
-        );
+        union_users(&mut users, (3..20).map(|i| pod(format!("p{i}"))));
+        assert_eq!(users, (15..20).map(|i| pod(format!("p{i}"))).collect::<Vec<_>>());
         let many = (0..100).fold(task("nginx", "r.io/nginx", Some("latest")), |t, i| {
-            t.with_user(format!("Pod ns/p{i}"))
+            t.with_user(pod(format!("p{i}")))
         });
         assert_eq!(many.users.len(), MAX_USERS);
         assert_eq!(many.work().users.len(), 0);

@@ -7,7 +7,7 @@ use serde_json::json;
 use testkit::apiserver::ApiServer;
 use testkit::{Image, RegistryMode, manifest_digest, skopeo_digest};
 
-use crate::support::{CopycatRun, eventually, start};
+use crate::support::{CopycatRun, eventually, free_address, http, start};
 
 /// How long a black-box test waits for the daemon to do something.
 const WAIT: Duration = Duration::from_secs(30);
@@ -251,4 +251,78 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
         other_before,
         "the excluded registry is never contacted"
     );
+}
+
+#[tokio::test]
+async fn a_failed_image_puts_one_warning_event_on_its_workload_per_cooldown() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let server = ApiServer::new();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+        .unwrap();
+    let missing = format!("{}/shop/missing:1", src.host());
+    let web = server
+        .apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                   "containers": [{"name": "web", "image": missing}]}}}}))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let metrics = free_address();
+    let daemon = daemon(
+        running.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("METRICS_ADDR", &metrics),
+        ],
+    );
+
+    eventually("the failure event", WAIT, async || {
+        !server.list("Event", "shop").is_empty()
+    })
+    .await;
+    let events = server.list("Event", "shop");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Warning"), &json!("MirrorFailed"))
+    );
+    let regarding = &event["involvedObject"];
+    assert_eq!(
+        (
+            &regarding["apiVersion"],
+            &regarding["kind"],
+            &regarding["namespace"],
+            &regarding["name"]
+        ),
+        (&json!("apps/v1"), &json!("Deployment"), &json!("shop"), &json!("web"))
+    );
+    assert_eq!(
+        regarding["uid"], web["metadata"]["uid"],
+        "kubectl describe selects Events by uid"
+    );
+    let message = event["message"].as_str().unwrap();
+    let target = format!("{}/shop/missing:1", dst.host());
+    assert!(
+        message.contains(&missing) && message.contains(&target) && message.contains("retrying in 1h"),
+        "{message}"
+    );
+    assert_eq!(event["source"]["component"], "k8s-copycat");
+
+    // A second failure within the cooldown (ended early by hand) creates no second Event.
+    let (code, body) = http(&metrics, "POST", "/reset-cooldown", None).await;
+    assert_eq!(code, 200, "{body}");
+    let pull_errors = format!(r#"k8s_copycat_registry_pull_error_total{{registry="{}"}} "#, src.host());
+    eventually("the second failure", WAIT, async || {
+        let (_, text) = http(&metrics, "GET", "/metrics", None).await;
+        text.lines().any(|l| l.strip_prefix(&pull_errors) == Some("2"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(server.list("Event", "shop").len(), 1, "{log}");
+    assert_eq!(server.count_requests("POST", "/events"), 1, "{log}");
+    assert_eq!(log.matches("mirror failed").count(), 2, "{log}");
 }

@@ -1,9 +1,11 @@
 //! Discovery's watchers (the unmodified `kube` runtime watcher) against the stand-in API server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use copycat::discovery::inventory::{Inventory, ObjectKey, Update};
 use copycat::discovery::watch::{self, Watchers};
+use copycat::metrics::Metrics;
 use copycat::plan::Kind;
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
@@ -26,7 +28,7 @@ struct Watching {
 
 impl Watching {
     fn start(client: kube::Client, kinds: &[Kind]) -> Watching {
-        let (watchers, updates) = watch::start(client, &watch::watched_for(kinds, false));
+        let (watchers, updates) = watch::start(client, &watch::watched_for(kinds, false), Arc::new(Metrics::new()));
         Watching {
             inventory: Inventory::new(),
             updates,
@@ -262,7 +264,11 @@ async fn node_platforms_are_known_when_asked_for() {
                       "spec": {"nodeName": "arm-1", "containers": [{"name": "c", "image": "app:1"}]}, "status": {"phase": "Running"}}))
         .unwrap();
     let client = kube::Client::new(server.router(), "default");
-    let (watchers, updates) = watch::start(client, &watch::watched_for(&[Kind::Pod], true));
+    let (watchers, updates) = watch::start(
+        client,
+        &watch::watched_for(&[Kind::Pod], true),
+        Arc::new(Metrics::new()),
+    );
     let mut w = Watching {
         inventory: Inventory::new(),
         updates,

@@ -232,6 +232,10 @@ async fn a_leader_that_cannot_reach_the_api_server_steps_down_and_leads_again() 
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("cannot renew or read the Lease"), "{log}");
+    assert!(
+        log.contains("queued copies dropped"),
+        "stepping down drops queued work: {log}"
+    );
     eprintln!("stepped down {stepped_down:?} after the API server went away");
 }
 

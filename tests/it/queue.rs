@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use copycat::copy::{CopyOptions, CopyRequest};
+use copycat::plan::{Kind, Workload};
 use copycat::platform::Platform;
 use copycat::queue::{MirrorTask, Queue, QueueOptions, TaskState, TaskStatus};
 use copycat::reference::ImageRef;
+use serde_json::{Value, json};
 use testkit::{AccessLogEntry, Fault, FaultProxy, Image, Match, Registry, RegistryMode, manifest_digest};
 
 use crate::copy::copier;
@@ -74,6 +76,21 @@ fn status(queue: &Queue, target: &str) -> TaskStatus {
         .unwrap_or_else(|| panic!("no status for {target} in {all:#?}"))
 }
 
+/// The Pod `shop/NAME`.
+fn pod(name: impl Into<String>) -> Workload {
+    Workload::new(Kind::Pod, "shop", name)
+}
+
+/// The Deployment `shop/NAME`.
+fn deployment(name: &str) -> Workload {
+    Workload::new(Kind::Deployment, "shop", name)
+}
+
+/// The users of a status, as `/status` shows them.
+fn users(status: &TaskStatus) -> Vec<String> {
+    status.users.iter().map(ToString::to_string).collect()
+}
+
 fn digest(status: &TaskStatus) -> Option<String> {
     status.digest.as_ref().map(ToString::to_string)
 }
@@ -133,7 +150,7 @@ async fn fifty_submits_of_one_target_make_one_copy() {
     proxy.set(Fault::stall(Duration::from_millis(300)).on(Match::new(Some("HEAD"), Some("/manifests/"))));
     let queue = Queue::start(copier(&[&src, &dst]), options(4));
     let submit = |i: usize| {
-        queue.submit(task(&proxy.host(), "app:v1", &dst, "app", "v1").with_user(format!("Pod shop/web-{i}")));
+        queue.submit(task(&proxy.host(), "app:v1", &dst, "app", "v1").with_user(pod(format!("web-{i}"))));
     };
 
     (0..25).for_each(submit);
@@ -154,12 +171,12 @@ async fn fifty_submits_of_one_target_make_one_copy() {
     assert_eq!(s.state, TaskState::Mirrored);
     assert_eq!(digest(&s), Some(image.digest.clone()));
     let latest: Vec<String> = (45..50).map(|i| format!("Pod shop/web-{i}")).collect();
-    assert_eq!(s.users, latest, "users unioned, bounded to the most recent");
+    assert_eq!(users(&s), latest, "users unioned, bounded to the most recent");
     assert_eq!(queue.snapshot().len(), 1);
 
     submit(50);
     assert_eq!(queue.counters().skipped_by_cache, 1);
-    assert!(status(&queue, "/app:v1").users.contains(&"Pod shop/web-50".to_owned()));
+    assert!(status(&queue, "/app:v1").users.contains(&pod("web-50")));
     queue.shutdown(WAIT).await;
 }
 
@@ -181,7 +198,7 @@ async fn a_request_changed_during_the_copy_runs_once_more_afterwards() {
     queue.submit(pinned(&v1.digest));
     until("the first copy to start", || queue.counters().running == 1).await;
     for i in 0..5 {
-        queue.submit(pinned(&v2.digest).with_user(format!("Pod shop/web-{i}")));
+        queue.submit(pinned(&v2.digest).with_user(pod(format!("web-{i}"))));
     }
     let c = queue.counters();
     assert_eq!((c.running, c.queued), (1, 0), "a running target is not started again");
@@ -217,8 +234,8 @@ async fn queued_submissions_merge_and_the_newest_request_wins() {
     queue.submit(task(&proxy.host(), "slow:v1", &dst, "slow", "v1"));
     until("the slow copy to start", || queue.counters().running == 1).await;
     let pinned = |d: &str| task(&proxy.host(), &format!("app:v1@{d}"), &dst, "app", "v1");
-    queue.submit(pinned(&v1.digest).with_user("Deployment shop/old"));
-    queue.submit(pinned(&v2.digest).with_user("Deployment shop/new"));
+    queue.submit(pinned(&v1.digest).with_user(deployment("old")));
+    queue.submit(pinned(&v2.digest).with_user(deployment("new")));
     assert_eq!(status(&queue, "/app:v1").state, TaskState::Queued);
     assert!(queue.wait_idle(WAIT).await);
 
@@ -228,7 +245,7 @@ async fn queued_submissions_merge_and_the_newest_request_wins() {
         Some(v2.digest.clone())
     );
     let s = status(&queue, "/app:v1");
-    assert_eq!(s.users, ["Deployment shop/old", "Deployment shop/new"]);
+    assert_eq!(users(&s), ["Deployment shop/old", "Deployment shop/new"]);
     assert!(s.source.ends_with(&v2.digest), "{}", s.source);
     assert_eq!(queue.counters().merged, 1);
 }
@@ -285,8 +302,7 @@ async fn a_changed_source_digest_is_copied_again_each_outcome_one_log_line() {
     v2.push(&src, "app", "v2").await.unwrap();
     let (logs, _guard) = Logs::capture();
     let queue = Queue::start(copier(&[&src, &dst]), options(2));
-    let pinned =
-        |d: &str| task(&src.host(), &format!("app:v1@{d}"), &dst, "app", "v1").with_user("Deployment shop/web");
+    let pinned = |d: &str| task(&src.host(), &format!("app:v1@{d}"), &dst, "app", "v1").with_user(deployment("web"));
 
     queue.submit(pinned(&v1.digest));
     assert!(queue.wait_idle(WAIT).await);
@@ -312,7 +328,15 @@ async fn a_changed_source_digest_is_copied_again_each_outcome_one_log_line() {
         assert_eq!(f["result"], "copied");
         assert_eq!(f["source"], format!("{}/app:v1@{}", src.host(), image.digest));
         assert_eq!(f["target"], format!("{}/app:v1", dst.host()));
-        assert_eq!(f["users"], "Deployment shop/web");
+        assert_eq!(
+            (&f["namespace"], &f["workload"]),
+            (&json!("shop"), &json!("Deployment/web"))
+        );
+        assert_eq!(
+            f["users"],
+            Value::Null,
+            "counted only when more than one workload uses the image"
+        );
         assert_eq!(f["digest"], image.digest);
         assert!(f["bytes"].as_u64().unwrap() > 0, "{f}");
         assert!(f["duration_ms"].is_u64(), "{f}");
@@ -323,7 +347,7 @@ async fn a_changed_source_digest_is_copied_again_each_outcome_one_log_line() {
 async fn a_failed_target_cools_down_then_retries_by_itself() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let queue = Queue::start(copier(&[&src, &dst]), options(2));
-    let t = |user: &str| task(&src.host(), "app:v1", &dst, "app", "v1").with_user(user);
+    let t = |user: &str| task(&src.host(), "app:v1", &dst, "app", "v1").with_user(pod(user));
     let source_heads = async || {
         settled(&src)
             .await
@@ -332,7 +356,7 @@ async fn a_failed_target_cools_down_then_retries_by_itself() {
             .count()
     };
 
-    queue.submit(t("Pod shop/a"));
+    queue.submit(t("a"));
     until("the failure", || queue.counters().cooling_down == 1).await;
     let failed_at = Instant::now();
     let s = status(&queue, "/app:v1");
@@ -342,7 +366,7 @@ async fn a_failed_target_cools_down_then_retries_by_itself() {
     assert_eq!(source_heads().await, 1);
 
     // A submission during the cooldown does not run the target early, but it is what is retried.
-    queue.submit(t("Pod shop/b"));
+    queue.submit(t("b"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let c = queue.counters();
     assert_eq!((c.failed, c.cooling_down, c.merged), (1, 1, 1));
@@ -360,7 +384,7 @@ async fn a_failed_target_cools_down_then_retries_by_itself() {
     let s = status(&queue, "/app:v1");
     assert_eq!(s.state, TaskState::Mirrored);
     assert_eq!(s.last_error, None);
-    assert_eq!(s.users, ["Pod shop/a", "Pod shop/b"]);
+    assert_eq!(users(&s), ["Pod shop/a", "Pod shop/b"]);
     assert_eq!(queue.counters().retried, 1);
     assert_eq!(
         manifest_digest(&dst, "app", "v1").await.unwrap(),
@@ -440,7 +464,11 @@ async fn permanent_errors_cool_down_too_and_log_at_error_level() {
     };
     let queue = Queue::start(copier(&[&src, &dst]), QueueOptions { copy, ..options(2) });
 
-    queue.submit(task(&src.host(), "app:v1", &dst, "app", "v1").with_user("Deployment shop/web"));
+    queue.submit(
+        task(&src.host(), "app:v1", &dst, "app", "v1")
+            .with_user(deployment("web"))
+            .with_user(pod("debug")),
+    );
     until("the failure", || queue.counters().cooling_down == 1).await;
     let s = status(&queue, "/app:v1");
     assert_eq!(s.state, TaskState::Cooldown);
@@ -466,7 +494,12 @@ async fn permanent_errors_cool_down_too_and_log_at_error_level() {
             .contains("refusing to overwrite"),
         "{failure}"
     );
-    assert_eq!(failure["fields"]["users"], "Deployment shop/web");
+    let f = &failure["fields"];
+    assert_eq!(
+        (&f["namespace"], &f["workload"], &f["users"]),
+        (&json!("shop"), &json!("Deployment/web"), &json!(2))
+    );
+    assert_eq!(f["bytes"], Value::Null, "unknown for a failure");
     assert_eq!(failure["fields"]["retry_in"], "1s");
 }
 
@@ -513,6 +546,64 @@ async fn the_worker_cap_holds_copies_never_overlap_with_one_worker() {
         parallel.windows(2).any(|pair| pair[0].1 > pair[1].0),
         "three workers never overlapped: {parallel:?}"
     );
+}
+
+#[tokio::test]
+async fn dropping_waiting_work_forgets_queued_and_cooling_targets_and_lets_running_copies_finish() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let proxy = FaultProxy::start(&src.url()).unwrap();
+    Image::oci("amd64", &[20_000], 20)
+        .unwrap()
+        .push(&src, "queued", "v1")
+        .await
+        .unwrap();
+    // The running copy's source is missing, and slow to say so.
+    proxy.set(Fault::stall(Duration::from_millis(500)).on(Match::new(Some("HEAD"), Some("/v2/running/manifests/"))));
+    let queue = Queue::start(copier(&[&src, &dst]), options(1));
+    let requested = |repo: &str| {
+        let path = format!("/v2/{repo}/");
+        proxy.requests().iter().filter(|r| r.path.starts_with(&path)).count()
+    };
+
+    queue.submit(task(&proxy.host(), "cooling:v1", &dst, "cooling", "v1"));
+    until("the first failure", || queue.counters().cooling_down == 1).await;
+    queue.submit(task(&proxy.host(), "running:v1", &dst, "running", "v1"));
+    until("the slow copy to start", || queue.counters().running == 1).await;
+    // Another source for the running target: a rerun after the copy, unless dropped.
+    queue.submit(task(&proxy.host(), "running:v2", &dst, "running", "v1"));
+    queue.submit(task(&proxy.host(), "queued:v1", &dst, "queued", "v1"));
+    assert_eq!(queue.counters().queued, 1);
+
+    assert_eq!(queue.drop_waiting(), 2, "the queued target and the one in cooldown");
+    let c = queue.counters();
+    assert_eq!((c.queued, c.running, c.cooling_down), (0, 1, 0), "{c:?}");
+    assert!(queue.wait_idle(WAIT).await);
+    let (cooling_requests, running_requests) = (requested("cooling"), requested("running"));
+    // Past the 1 s cooldown: nothing was retried or run again, and the dropped target never started.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = queue.counters();
+    assert_eq!(
+        (c.failed, c.retried, c.reruns, c.copied, c.cooling_down),
+        (2, 0, 0, 0, 0),
+        "{c:?}"
+    );
+    assert_eq!(
+        status(&queue, "/running:v1").state,
+        TaskState::Failed,
+        "the running copy's failure waits for the next submission, not a cooldown"
+    );
+    assert_eq!(
+        (requested("cooling"), requested("running")),
+        (cooling_requests, running_requests)
+    );
+    assert_eq!(requested("queued"), 0);
+    assert!(queue.snapshot().iter().all(|s| !s.target.contains("/queued")));
+
+    // Submitted again (by a new leader's plan), the target runs as usual.
+    queue.submit(task(&proxy.host(), "queued:v1", &dst, "queued", "v1"));
+    assert!(queue.wait_idle(WAIT).await);
+    assert_eq!(queue.counters().copied, 1);
+    assert_eq!(manifest_puts(&dst, "queued"), 1);
 }
 
 #[tokio::test]

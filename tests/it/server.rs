@@ -100,6 +100,10 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
         .await
         .unwrap();
     let late = Image::oci("amd64", &[3100], 701).unwrap();
+    // Already at the target: verified present, not copied.
+    let kept = Image::oci("amd64", &[3200], 702).unwrap();
+    kept.push(&src, "shop/kept", "1").await.unwrap();
+    kept.push(&dst, "shop/kept", "1").await.unwrap();
     let server = ApiServer::new();
     server
         .apply(deployment(
@@ -107,6 +111,7 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
             &[
                 format!("{}/shop/app:1", src.host()),
                 format!("{}/shop/late:1", src.host()),
+                format!("{}/shop/kept:1", src.host()),
             ],
         ))
         .unwrap();
@@ -138,6 +143,13 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     );
     eventually("the present image mirrored", WAIT, async || {
         daemon.status_of(&app).await.is_some_and(|s| s["state"] == "mirrored")
+    })
+    .await;
+    eventually("the image already at the target verified", WAIT, async || {
+        daemon
+            .status_of(&format!("{}/shop/kept:1", dst.host()))
+            .await
+            .is_some_and(|s| s["state"] == "mirrored")
     })
     .await;
     eventually("the missing image in cooldown", WAIT, async || {
@@ -172,7 +184,7 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     let pull_ok = format!(r#"k8s_copycat_registry_pull_success_total{{registry="{s}"}}"#);
     let push_ok = format!(r#"k8s_copycat_registry_push_success_total{{registry="{d}"}}"#);
     let pull_err = format!(r#"k8s_copycat_registry_pull_error_total{{registry="{s}"}}"#);
-    assert_eq!(sample(&text, &pull_ok), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &pull_ok), Some(2.0), "{text}");
     assert_eq!(sample(&text, &push_ok), Some(1.0), "{text}");
     assert!(sample(&text, &pull_err) >= Some(1.0), "{text}");
     assert!(
@@ -181,7 +193,7 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     );
     assert_eq!(
         sample(&text, r#"k8s_copycat_tasks{state="mirrored"}"#),
-        Some(1.0),
+        Some(2.0),
         "{text}"
     );
     assert_eq!(
@@ -189,7 +201,20 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
         Some(1.0),
         "{text}"
     );
-    assert_eq!(sample(&text, "k8s_copycat_images_tracked"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "k8s_copycat_images_tracked"), Some(3.0), "{text}");
+    assert_eq!(
+        sample(&text, "k8s_copycat_images_verified_present_total"),
+        Some(1.0),
+        "{text}"
+    );
+    // Counted as the watchers receive them; every (re)list counts as restarted.
+    for series in [
+        r#"k8s_copycat_watch_events_total{event="applied",kind="Deployment"}"#,
+        r#"k8s_copycat_watch_events_total{event="restarted",kind="Deployment"}"#,
+        r#"k8s_copycat_watch_events_total{event="restarted",kind="Pod"}"#,
+    ] {
+        assert!(sample(&text, series) >= Some(1.0), "{series}: {text}");
+    }
     assert!(sample(&text, "k8s_copycat_bytes_copied_total") > Some(3000.0), "{text}");
     assert!(
         sample(&text, "k8s_copycat_last_success_timestamp_seconds") > Some(0.0),

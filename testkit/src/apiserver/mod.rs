@@ -33,6 +33,9 @@
 //! * Deleting through the API honours `metadata.finalizers` (marks `deletionTimestamp`, the
 //!   object goes when the last finalizer is removed); [`ApiServer::delete`] removes at once.
 //!   Deleting a namespace deletes everything in it at once. No other garbage collection.
+//! * Creating a core/v1 Event runs the real server's legacy Event validation (the Event lives in
+//!   its `involvedObject`'s namespace; with `eventTime`, `reportingComponent` and
+//!   `reportingInstance` are required). No other per-kind validation.
 
 mod control;
 mod http;

@@ -390,6 +390,41 @@ fn check_namespace(store: &Store, rt: &ResourceType, ns: &str, body: &Value) -> 
     }
 }
 
+/// The real server's legacy validation of a core/v1 Event create (`legacyValidateEvent`): without
+/// `eventTime` (the classic client-go recorder's events) the Event must live in its involved
+/// object's namespace (`default` or none for a cluster-scoped object); with it, also
+/// `reportingComponent` and `reportingInstance` are required. Other kinds pass.
+fn check_event(rt: &ResourceType, ns: &str, name: &str, body: &Value) -> Result<(), ApiError> {
+    if rt.kind != "Event" || !rt.group.is_empty() {
+        return Ok(());
+    }
+    let involved = body["involvedObject"]["namespace"].as_str().unwrap_or("");
+    let timed = body.get("eventTime").is_some_and(|t| !t.is_null());
+    let namespace_ok = match (involved, timed) {
+        ("", false) => ns.is_empty() || ns == "default",
+        ("", true) => ns == "default" || ns == "kube-system",
+        (involved, _) => timed || involved == ns,
+    };
+    let mut problems = Vec::new();
+    if !namespace_ok {
+        problems.push(format!(
+            "involvedObject.namespace: Invalid value: {involved:?}: does not match event.namespace"
+        ));
+    }
+    if timed {
+        for field in ["reportingComponent", "reportingInstance"] {
+            if body[field].as_str().unwrap_or("").is_empty() {
+                problems.push(format!("{field}: Required value"));
+            }
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(ApiError::invalid(rt, name, problems.remove(0))),
+        _ => Err(ApiError::invalid(rt, name, format!("[{}]", problems.join(", ")))),
+    }
+}
+
 fn key(res: ResIdx, ns: &str, name: &str) -> Key {
     let ns = if RESOURCES[res].namespaced { ns } else { "" };
     (res, ns.to_owned(), name.to_owned())
@@ -429,6 +464,7 @@ pub(crate) fn create(
     };
     validate_name(rt, &name)?;
     check_namespace(store, rt, ns, &body)?;
+    check_event(rt, ns, &name, &body)?;
     let key = key(res, ns, &name);
     if store.objects.contains_key(&key) {
         return Err(ApiError::already_exists(rt, &name));
@@ -830,6 +866,37 @@ mod tests {
         .unwrap();
         assert_eq!(s.rv, rv);
         assert_eq!(rv_of(&same), rv);
+    }
+
+    #[test]
+    fn events_live_in_the_namespace_of_their_object() {
+        let mut s = with_default_ns();
+        control_apply(
+            &mut s,
+            json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "shop" } }),
+        )
+        .unwrap();
+        let event = |ns: &str, extra: Value| {
+            let mut e = json!({ "apiVersion": "v1", "kind": "Event", "metadata": { "name": "web.1" },
+                "involvedObject": { "apiVersion": "apps/v1", "kind": "Deployment", "namespace": ns, "name": "web" },
+                "reason": "MirrorFailed", "type": "Warning" });
+            e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            e
+        };
+        let opts = WriteOpts::default();
+        let created = create(&mut s, idx("events"), "shop", event("shop", json!({})), &opts).unwrap();
+        assert_eq!(created["involvedObject"]["name"], "web");
+        let e = create(&mut s, idx("events"), "default", event("shop", json!({})), &opts).unwrap_err();
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        assert!(e.message.contains("does not match event.namespace"), "{}", e.message);
+        let timed = json!({ "eventTime": "2026-01-01T00:00:00.000000Z" });
+        let e = create(&mut s, idx("events"), "shop", event("shop", timed), &opts).unwrap_err();
+        assert!(
+            e.message
+                .contains("[reportingComponent: Required value, reportingInstance: Required value]"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -1,0 +1,301 @@
+//! Kubernetes Events for images that could not be mirrored, so that `kubectl describe` on the
+//! workload shows why: a `Warning` Event, reason [`REASON`], on each workload using the image.
+//!
+//! The queue reports failures ([`Queue::report_failures`]); an [`Emitter`] task turns them into
+//! core/v1 Events (the API `kubectl describe` reads) created through the API server. It emits only
+//! while this replica leads, at most once per target per window (the failure cooldown), and never
+//! holds up mirroring: a full backlog drops reports, API errors are logged and forgotten.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::plan::{Kind, Workload};
+use crate::queue::{DEFAULT_STATUS_CAPACITY, FailureReport, Queue, TargetKey};
+
+/// The Events' reason.
+pub const REASON: &str = "MirrorFailed";
+/// The reporting component, as `kubectl describe` shows it under `From`.
+const COMPONENT: &str = "k8s-copycat";
+/// Events at most per target in this window when the failure cooldown is disabled.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// Failure reports waiting to be turned into Events; more are dropped.
+const BACKLOG: usize = 256;
+/// How long one API request may take.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest message, in bytes (the limit the events API puts on a note).
+const MAX_MESSAGE: usize = 1024;
+
+/// Whether `config` asks for Events: `emitEvents`, and neither `dryRun` nor `dryPull` (no side
+/// effects in dry runs).
+pub fn wanted(config: &Config) -> bool {
+    config.emit_events && !config.dry_run && !config.dry_pull
+}
+
+/// The rate-limit window: the failure cooldown, or [`DEFAULT_WINDOW`] when it is disabled (a failing
+/// target is then retried on every submission, which must not mean an Event each time).
+pub fn window(config: &Config) -> Duration {
+    config
+        .failure_cooldown
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_WINDOW)
+}
+
+/// Turns failure reports into Events.
+pub struct Emitter {
+    client: Client,
+    /// This replica's identity (`reportingInstance`).
+    instance: String,
+    /// Whether this replica leads; followers emit nothing.
+    leading: watch::Receiver<bool>,
+    /// Targets with an Event in the current window.
+    recent: moka::sync::Cache<TargetKey, ()>,
+}
+
+impl Emitter {
+    /// An emitter creating Events through `client` as `instance`, at most once per target per
+    /// `window`, while `leading` says so.
+    pub fn new(client: Client, instance: String, window: Duration, leading: watch::Receiver<bool>) -> Emitter {
+        Emitter {
+            client,
+            instance,
+            leading,
+            recent: moka::sync::Cache::builder()
+                .max_capacity(DEFAULT_STATUS_CAPACITY)
+                .time_to_live(window)
+                .build(),
+        }
+    }
+
+    /// Emits Events for the failures `queue` reports from now on, until the queue is dropped.
+    pub fn start(self, queue: &Queue) -> JoinHandle<()> {
+        let (to, reports) = mpsc::channel(BACKLOG);
+        queue.report_failures(to);
+        tokio::spawn(self.run(reports))
+    }
+
+    async fn run(self, mut reports: mpsc::Receiver<FailureReport>) {
+        while let Some(report) = reports.recv().await {
+            self.on_failure(report).await;
+        }
+    }
+
+    /// One Event per user of the image, unless the target had one in the window or this replica
+    /// does not lead. The window starts even if creating fails, so an API server that refuses
+    /// (RBAC, say) is asked once per window, not once per failure.
+    async fn on_failure(&self, report: FailureReport) {
+        if !*self.leading.borrow() {
+            return;
+        }
+        if self.recent.contains_key(&report.target) {
+            tracing::debug!(target = %report.target, "failure event already emitted in this window");
+            return;
+        }
+        self.recent.insert(report.target.clone(), ());
+        let message = message(&report);
+        for workload in &report.users {
+            let created = tokio::time::timeout(API_TIMEOUT, self.emit(workload, &message)).await;
+            match created {
+                Ok(Ok(true)) => tracing::debug!(%workload, target = %report.target, "failure event created"),
+                Ok(Ok(false)) => tracing::debug!(%workload, "workload gone; no failure event"),
+                Ok(Err(e)) => tracing::warn!(%workload, error = format!("{e:#}"), "cannot create the failure event"),
+                Err(_) => tracing::warn!(%workload, "creating the failure event timed out"),
+            }
+        }
+    }
+
+    /// Creates the Event on `workload`; `false` when the workload no longer exists.
+    async fn emit(&self, workload: &Workload, message: &str) -> anyhow::Result<bool> {
+        let Some(regarding) = reference(&self.client, workload)
+            .await
+            .with_context(|| format!("reading {workload}"))?
+        else {
+            return Ok(false);
+        };
+        let event = event(regarding, message, &self.instance, Timestamp::now());
+        Api::<Event>::namespaced(self.client.clone(), &workload.namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .with_context(|| format!("creating an Event in namespace {}", workload.namespace))?;
+        Ok(true)
+    }
+}
+
+/// A reference to `workload` with its current `uid` (`kubectl describe` selects Events by it);
+/// `None` when it does not exist.
+async fn reference(client: &Client, workload: &Workload) -> kube::Result<Option<ObjectReference>> {
+    match workload.kind {
+        Kind::Deployment => reference_to::<Deployment>(client, workload).await,
+        Kind::StatefulSet => reference_to::<StatefulSet>(client, workload).await,
+        Kind::DaemonSet => reference_to::<DaemonSet>(client, workload).await,
+        Kind::Job => reference_to::<Job>(client, workload).await,
+        Kind::CronJob => reference_to::<CronJob>(client, workload).await,
+        Kind::Pod => reference_to::<Pod>(client, workload).await,
+    }
+}
+
+async fn reference_to<K>(client: &Client, workload: &Workload) -> kube::Result<Option<ObjectReference>>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+{
+    let found = Api::<K>::namespaced(client.clone(), &workload.namespace)
+        .get_metadata_opt(&workload.name)
+        .await?;
+    Ok(found.map(|meta| meta.object_ref(&())))
+}
+
+/// What went wrong and what happens next, bounded to [`MAX_MESSAGE`] bytes.
+fn message(report: &FailureReport) -> String {
+    let next = match report.retry_in {
+        Some(after) => format!("retrying in {}", humantime::format_duration(after)),
+        None => "retried when planned again".to_owned(),
+    };
+    let mut text = format!(
+        "Cannot mirror {} to {}: {}; {next}",
+        report.source, report.target, report.error
+    );
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// A core/v1 Warning Event on `regarding`, as client-go's event recorder makes them: named
+/// `<object>.<hex nanoseconds>`, in the object's namespace, counted once, without `eventTime`.
+fn event(regarding: ObjectReference, message: &str, instance: &str, now: Timestamp) -> Event {
+    let object = regarding.name.as_deref().unwrap_or(COMPONENT);
+    Event {
+        metadata: ObjectMeta {
+            name: Some(event_name(object, now)),
+            namespace: regarding.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        involved_object: regarding,
+        type_: Some("Warning".to_owned()),
+        reason: Some(REASON.to_owned()),
+        action: Some("Mirror".to_owned()),
+        message: Some(message.to_owned()),
+        source: Some(EventSource {
+            component: Some(COMPONENT.to_owned()),
+            host: None,
+        }),
+        reporting_component: Some(COMPONENT.to_owned()),
+        reporting_instance: Some(instance.to_owned()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        ..Event::default()
+    }
+}
+
+/// `<object>.<hex nanoseconds>`, shortened so that it stays a valid name (at most 253 characters).
+fn event_name(object: &str, now: Timestamp) -> String {
+    let suffix = format!(".{:x}", now.as_nanosecond());
+    let keep = object.len().min(253 - suffix.len());
+    format!("{}{suffix}", object[..keep].trim_end_matches(['-', '.']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, Purpose};
+    use crate::copy::CopyRequest;
+    use crate::queue::MirrorTask;
+    use crate::reference::ImageRef;
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        let env: std::collections::HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let overrides = Overrides {
+            config: Some("/nonexistent/copycat-events-test.yaml".into()),
+            ..Overrides::default()
+        };
+        crate::config::load(&|k| env.get(k).cloned(), &overrides, Purpose::OneShot)
+            .unwrap()
+            .config
+    }
+
+    fn report(error: &str, retry_in: Option<Duration>) -> FailureReport {
+        let task = MirrorTask::new(CopyRequest {
+            source: ImageRef::parse("ghcr.io/acme/web:1").unwrap(),
+            target: ImageRef::parse("r.example/acme/web").unwrap(),
+            target_tag: Some("1".into()),
+        });
+        FailureReport {
+            target: task.key(),
+            source: task.request.source,
+            error: error.to_owned(),
+            users: vec![Workload::new(Kind::Deployment, "shop", "web")],
+            retry_in,
+        }
+    }
+
+    #[test]
+    fn on_by_default_off_in_dry_runs_and_when_asked() {
+        assert!(wanted(&config(&[])));
+        for env in [("EMIT_EVENTS", "false"), ("DRY_RUN", "true"), ("DRY_PULL", "true")] {
+            assert!(!wanted(&config(&[env])), "{env:?}");
+        }
+        assert_eq!(window(&config(&[])), Duration::from_secs(3600));
+        assert_eq!(
+            window(&config(&[("FAILURE_COOLDOWN_MINUTES", "5")])),
+            Duration::from_secs(300)
+        );
+        assert_eq!(window(&config(&[("FAILURE_COOLDOWN_MINUTES", "0")])), DEFAULT_WINDOW);
+    }
+
+    #[test]
+    fn messages_name_source_target_error_and_retry_and_stay_bounded() {
+        let m = message(&report("manifest not found", Some(Duration::from_secs(3600))));
+        assert_eq!(
+            m,
+            "Cannot mirror ghcr.io/acme/web:1 to r.example/acme/web:1: manifest not found; retrying in 1h"
+        );
+        let m = message(&report("é".repeat(2000).as_str(), None));
+        assert!(m.len() <= MAX_MESSAGE && m.ends_with('…'), "{} bytes", m.len());
+    }
+
+    #[test]
+    fn events_are_warnings_on_the_workload_in_its_namespace() {
+        let regarding = ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("Deployment".into()),
+            namespace: Some("shop".into()),
+            name: Some("web".into()),
+            uid: Some("u-1".into()),
+            ..ObjectReference::default()
+        };
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let e = event(regarding.clone(), "m", "copycat-0", now);
+        assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(e.metadata.name.as_deref(), Some("web.17979cfe362a0000"));
+        assert_eq!(e.involved_object, regarding);
+        assert_eq!(
+            (e.type_.as_deref(), e.reason.as_deref()),
+            (Some("Warning"), Some(REASON))
+        );
+        assert_eq!(e.reporting_instance.as_deref(), Some("copycat-0"));
+        assert_eq!(e.count, Some(1));
+        assert!(e.event_time.is_none(), "a classic core/v1 Event");
+        let long = event_name(&"a".repeat(300), now);
+        assert_eq!(long.len(), 253);
+    }
+}
