@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::{Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
 
-use crate::copy::{CopyError, Outcome};
+use crate::copy::{CopyError, CopyReport, Outcome};
 use crate::queue::{TaskState, TaskStatus};
 use crate::registry::RegistryError;
 
@@ -23,6 +23,7 @@ pub struct Metrics {
     push_success: IntCounterVec,
     push_error: IntCounterVec,
     bytes_copied: IntCounter,
+    blobs: IntCounterVec,
     duration: prometheus::HistogramVec,
     last_success: IntGauge,
     tasks: IntGaugeVec,
@@ -85,6 +86,17 @@ impl Metrics {
             "Blob bytes streamed from source to target registries.",
         )
         .expect("valid metric");
+        let blobs = IntCounterVec::new(
+            Opts::new(
+                format!("{PREFIX}blobs_total"),
+                "Blobs of mirrored images, by how they reached the target: skipped (already there), mounted (linked from another repository), transferred (streamed).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["skipped", "mounted", "transferred"] {
+            blobs.with_label_values(&[outcome]);
+        }
         let duration = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 format!("{PREFIX}mirror_duration_seconds"),
@@ -142,6 +154,7 @@ impl Metrics {
         .expect("valid metric");
         for m in [
             Box::new(bytes_copied.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(blobs.clone()),
             Box::new(duration.clone()),
             Box::new(last_success.clone()),
             Box::new(tasks.clone()),
@@ -163,6 +176,7 @@ impl Metrics {
             push_success,
             push_error,
             bytes_copied,
+            blobs,
             duration,
             last_success,
             tasks,
@@ -176,8 +190,16 @@ impl Metrics {
 
     /// A successful attempt from `source` to `target` (registry hosts): the source was read or
     /// matched; the target was written only when `outcome` is [`Outcome::Copied`].
-    pub fn mirror_succeeded(&self, source: &str, target: &str, outcome: Outcome, bytes: u64, took: Duration) {
+    pub fn mirror_succeeded(&self, source: &str, target: &str, report: &CopyReport, took: Duration) {
+        let outcome = report.outcome;
         self.pull_success.with_label_values(&[&registry_label(source)]).inc();
+        for (label, n) in [
+            ("skipped", report.blobs_skipped),
+            ("mounted", report.blobs_mounted),
+            ("transferred", report.blobs_transferred),
+        ] {
+            self.blobs.with_label_values(&[label]).inc_by(u64::from(n));
+        }
         let result = match outcome {
             Outcome::Copied => {
                 self.push_success.with_label_values(&[&registry_label(target)]).inc();
@@ -192,7 +214,7 @@ impl Metrics {
         if outcome != Outcome::WouldCopy {
             self.last_success.set(unix_now());
         }
-        self.bytes_copied.inc_by(bytes);
+        self.bytes_copied.inc_by(report.bytes);
         self.duration.with_label_values(&[result]).observe(took.as_secs_f64());
     }
 
@@ -400,14 +422,23 @@ mod tests {
     #[test]
     fn outcomes_count_on_the_right_side_and_render() {
         let m = Metrics::new();
-        m.mirror_succeeded("docker.io", "r.io", Outcome::Copied, 10, Duration::from_millis(5));
-        m.mirror_succeeded(
-            "registry-1.docker.io",
-            "r.io",
-            Outcome::AlreadyPresent,
-            0,
-            Duration::ZERO,
-        );
+        let report = |outcome, bytes, blobs: [u32; 3]| CopyReport {
+            outcome,
+            source_digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                .parse()
+                .unwrap(),
+            digest: None,
+            bytes,
+            blobs_skipped: blobs[0],
+            blobs_mounted: blobs[1],
+            blobs_transferred: blobs[2],
+            missing_platforms: vec![],
+            filtered: false,
+        };
+        let copied = report(Outcome::Copied, 10, [1, 2, 3]);
+        m.mirror_succeeded("docker.io", "r.io", &copied, Duration::from_millis(5));
+        let present = report(Outcome::AlreadyPresent, 0, [0, 0, 0]);
+        m.mirror_succeeded("registry-1.docker.io", "r.io", &present, Duration::ZERO);
         m.mirror_failed(
             "ghcr.io",
             "r.io",
@@ -431,6 +462,13 @@ mod tests {
         );
         assert!(!text.contains("k8s_copycat_registry_push_error_total{"), "{text}");
         assert!(text.contains("k8s_copycat_bytes_copied_total 10"), "{text}");
+        for line in [
+            r#"k8s_copycat_blobs_total{outcome="skipped"} 1"#,
+            r#"k8s_copycat_blobs_total{outcome="mounted"} 2"#,
+            r#"k8s_copycat_blobs_total{outcome="transferred"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(text.contains("k8s_copycat_images_verified_present_total 1"), "{text}");
         assert!(
             text.contains(r#"k8s_copycat_mirror_duration_seconds_count{result="failed"} 2"#),

@@ -755,7 +755,7 @@ impl Inner {
         if let Some(metrics) = self.metrics.get() {
             let (from, to) = (source.registry(), task.request.target.registry());
             match result {
-                Ok(Done::Copy(report)) => metrics.mirror_succeeded(from, to, report.outcome, report.bytes, took),
+                Ok(Done::Copy(report)) => metrics.mirror_succeeded(from, to, report, took),
                 Ok(Done::DryPull) => {}
                 Err(Failure::Copy(e)) => metrics.mirror_failed(from, to, Some(e), took),
                 Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
