@@ -80,7 +80,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     )
     .await?;
     warn_about_missing_namespaces(&client, &planner).await;
-    let watched = watch::watched_for(&watched_kinds(config), config.check_node_platform);
+    let watched = watch::watched_for(
+        &watched_kinds(config),
+        config.check_node_platform,
+        config.use_image_pull_secrets,
+    );
     let (watchers, updates) = watch::start(client, &watched, metrics.clone());
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = emitter.is_some(), "copycat started");
 

@@ -254,6 +254,8 @@ mod tests {
             }),
             node: None,
             platform: None,
+            pull: Default::default(),
+            auths: None,
         }
     }
 
@@ -643,6 +645,7 @@ pub struct Planner {
     ignored_tags: Vec<String>,
     mirror_platforms: Vec<Platform>,
     check_node_platform: bool,
+    use_image_pull_secrets: bool,
     digest_tag_template: String,
 }
 
@@ -678,6 +681,7 @@ impl Planner {
             ignored_tags: config.digest_pull_ignored_tags.clone(),
             mirror_platforms: config.mirror_platforms.clone(),
             check_node_platform: config.check_node_platform,
+            use_image_pull_secrets: config.use_image_pull_secrets,
             digest_tag_template: config.digest_tag_template.clone(),
         })
     }
@@ -716,14 +720,23 @@ impl Planner {
             for use_ in &entry.images {
                 match self.task(key, &user.name, node, use_) {
                     Ok(Some(task)) => {
-                        let task = task.with_user(user.clone());
+                        let mut task = task.with_user(user.clone());
+                        if self.use_image_pull_secrets {
+                            let host = task.request.source.registry();
+                            let credentials = inventory.pull_credentials(&key.namespace, &entry.pull, host);
+                            task.add_source_credentials(credentials);
+                        }
                         match by_target.get_mut(task.key().as_str()) {
                             // Pods of one image on nodes of different platforms share the tag: mirror
                             // every platform they need instead of letting one overwrite the other.
+                            // Every user's pull secrets are tried, in plan order.
                             Some(existing) => {
                                 let platforms = union(&existing.platforms, &task.platforms);
+                                let earlier = std::mem::take(&mut existing.source_credentials);
+                                let newer = std::mem::replace(&mut task.source_credentials, earlier);
                                 existing.absorb(task);
                                 existing.platforms = platforms;
+                                existing.add_source_credentials(newer);
                             }
                             None => {
                                 by_target.insert(task.key().as_str().to_owned(), task);

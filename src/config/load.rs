@@ -268,6 +268,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         digest_pull_ignored_tags: loader.get("digestPullIgnoredTags", lower_list),
         ignore_missing_platforms: loader.get("ignoreMissingPlatforms", patterns),
         check_node_platform: loader.get("checkNodePlatform", parse::boolean),
+        use_image_pull_secrets: loader.get("useImagePullSecrets", parse::boolean),
         mirror_platforms: loader.get("mirrorPlatforms", platforms),
         allow_different_digest_repush: loader.get("allowDifferentDigestRepush", parse::boolean),
         include_namespaces: loader.get("includeNamespaces", globs),

@@ -31,6 +31,8 @@ pub struct Config {
     pub ignore_missing_platforms: Vec<Pattern>,
     /// Use the Pod's Node platform.
     pub check_node_platform: bool,
+    /// Use Pods' pull secrets for their source registries.
+    pub use_image_pull_secrets: bool,
     /// Extra platforms mirrored in digest mode.
     pub mirror_platforms: Vec<Platform>,
     /// Overwrite a target tag holding another digest.

@@ -87,6 +87,7 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("digestPull"), Some("DIGEST_PULL"), "false", "bool", "Mirror by digest: the Pod's `imageID`, or the tag resolved at the source for workloads without Pods."),
     s(Some("digestPullIgnoredTags"), Some("DIGEST_PULL_IGNORED_TAGS"), "latest", "list", "Tags that stay tag-based under `digestPull`. An explicit empty list (`[]`) means none."),
     s(Some("ignoreMissingPlatforms"), Some("IGNORE_MISSING_PLATFORMS"), "", "list of regex", "Silence 'platform missing' reports matching `<source>|<os>/<arch>`. Invalid regexes are errors."),
+    s(Some("useImagePullSecrets"), Some("USE_IMAGE_PULL_SECRETS"), "false", "bool", "Pull private source images with the credentials of the Pods' `imagePullSecrets` and their ServiceAccounts' (tried in order, before `registryCredentials`). Needs list/watch on secrets and serviceaccounts (the optional block in the manifest's ClusterRole)."),
     s(Some("checkNodePlatform"), Some("CHECK_NODE_PLATFORM"), "false", "bool", "Use the platform of the Node a Pod runs on (needs list/watch on nodes)."),
     s(Some("mirrorPlatforms"), Some("MIRROR_PLATFORMS"), "", "list of platforms", "Extra platforms to mirror in digest mode: `arch`, `os/arch` or `os/arch/variant` (`linux/arm/v7`)."),
     s(Some("allowDifferentDigestRepush"), Some("ALLOW_DIFFERENT_DIGEST_REPUSH"), "true", "bool", "Overwrite a target tag that holds a different digest."),

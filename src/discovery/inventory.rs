@@ -7,6 +7,7 @@ use crate::plan::Kind;
 use crate::platform::Platform;
 
 use super::extract::{ContainerImage, Owner, OwnerKind};
+use crate::registry::{Credential, DockerAuths};
 
 /// What copycat watches: the workload kinds, plus ReplicaSets (to resolve a Pod's Deployment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -17,6 +18,19 @@ pub enum Watched {
     ReplicaSet,
     /// Nodes, for the platform a Pod runs on (`checkNodePlatform`).
     Node,
+    /// Pull secrets (`useImagePullSecrets`): only their registry credentials are kept.
+    Secret,
+    /// ServiceAccounts, for the pull secrets they give their Pods (`useImagePullSecrets`).
+    ServiceAccount,
+}
+
+/// The pull secrets an object (or a ServiceAccount) names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullRefs {
+    /// `imagePullSecrets` names, in order.
+    pub secrets: Vec<String>,
+    /// `serviceAccountName` of a Pod spec (`None`: the namespace's `default`).
+    pub service_account: Option<String>,
 }
 
 /// One object's identity.
@@ -45,6 +59,10 @@ pub struct Seen {
     pub node: Option<String>,
     /// The platform a Node reports.
     pub platform: Option<Platform>,
+    /// Pull secrets named by a Pod spec, or given by a ServiceAccount.
+    pub pull: PullRefs,
+    /// Registry credentials of a pull secret (`None` for other objects and unusable secrets).
+    pub auths: Option<DockerAuths>,
 }
 
 /// A watch event, reduced to what the inventory needs.
@@ -71,6 +89,8 @@ pub struct Entry {
     pub owner: Option<Owner>,
     /// Node of a Pod.
     pub node: Option<String>,
+    /// Pull secrets its Pod spec names.
+    pub pull: PullRefs,
 }
 
 /// The current image uses of every watched object.
@@ -81,6 +101,10 @@ pub struct Inventory {
     replica_sets: HashMap<(String, String), String>,
     /// Node → platform.
     nodes: HashMap<String, Platform>,
+    /// (namespace, Secret) → registry credentials of a pull secret.
+    secrets: HashMap<(String, String), DockerAuths>,
+    /// (namespace, ServiceAccount) → its `imagePullSecrets`.
+    service_accounts: HashMap<(String, String), Vec<String>>,
     /// Objects seen by an ongoing relist, per watched kind.
     relisting: HashMap<Watched, HashSet<(String, String)>>,
     synced: HashSet<Watched>,
@@ -122,6 +146,11 @@ impl Inventory {
                 Some(p) => self.nodes.insert(seen.name, p.clone()).as_ref() != Some(&p),
                 None => self.nodes.remove(&seen.name).is_some(),
             },
+            Watched::Secret => upsert_or_remove(&mut self.secrets, (seen.namespace, seen.name), seen.auths),
+            Watched::ServiceAccount => {
+                let secrets = Some(seen.pull.secrets).filter(|s| !s.is_empty());
+                upsert_or_remove(&mut self.service_accounts, (seen.namespace, seen.name), secrets)
+            }
             Watched::ReplicaSet => {
                 let key = (seen.namespace, seen.name);
                 match seen.owner.filter(|o| o.kind == OwnerKind::Workload(Kind::Deployment)) {
@@ -139,6 +168,7 @@ impl Inventory {
                     images: seen.images,
                     owner: seen.owner,
                     node: seen.node,
+                    pull: seen.pull,
                 };
                 if self.objects.get(&key) == Some(&entry) {
                     return false;
@@ -153,6 +183,11 @@ impl Inventory {
     fn remove(&mut self, w: Watched, namespace: &str, name: &str) -> bool {
         match w {
             Watched::Node => self.nodes.remove(name).is_some(),
+            Watched::Secret => self.secrets.remove(&(namespace.to_owned(), name.to_owned())).is_some(),
+            Watched::ServiceAccount => self
+                .service_accounts
+                .remove(&(namespace.to_owned(), name.to_owned()))
+                .is_some(),
             Watched::ReplicaSet => self
                 .replica_sets
                 .remove(&(namespace.to_owned(), name.to_owned()))
@@ -175,11 +210,9 @@ impl Inventory {
                 self.nodes.retain(|name, _| keep("", name));
                 before != self.nodes.len()
             }
-            Watched::ReplicaSet => {
-                let before = self.replica_sets.len();
-                self.replica_sets.retain(|(ns, name), _| keep(ns, name));
-                before != self.replica_sets.len()
-            }
+            Watched::ReplicaSet => retain_named(&mut self.replica_sets, keep),
+            Watched::Secret => retain_named(&mut self.secrets, keep),
+            Watched::ServiceAccount => retain_named(&mut self.service_accounts, keep),
             Watched::Workload(kind) => {
                 let before = self.objects.len();
                 self.objects
@@ -187,6 +220,31 @@ impl Inventory {
                 before != self.objects.len()
             }
         }
+    }
+
+    /// Credentials for source registry `host` from the pull secrets an object in `namespace` names,
+    /// then from those of its ServiceAccount, in order, without duplicates. Secrets that do not
+    /// exist (yet) or hold nothing for `host` are passed over, as the kubelet does.
+    pub fn pull_credentials(&self, namespace: &str, pull: &PullRefs, host: &str) -> Vec<Credential> {
+        let account = pull.service_account.as_deref().unwrap_or("default");
+        let from_account = self
+            .service_accounts
+            .get(&(namespace.to_owned(), account.to_owned()))
+            .into_iter()
+            .flatten();
+        let mut out: Vec<Credential> = Vec::new();
+        for name in pull.secrets.iter().chain(from_account) {
+            let found = self
+                .secrets
+                .get(&(namespace.to_owned(), name.clone()))
+                .and_then(|auths| auths.get(host));
+            if let Some(c) = found
+                && !out.contains(c)
+            {
+                out.push(c.clone());
+            }
+        }
+        out
     }
 
     /// Whether the first list of `w` has completed.
@@ -256,6 +314,29 @@ impl Inventory {
     }
 }
 
+/// Sets or (for `None`) removes `key`; whether anything changed.
+fn upsert_or_remove<V: PartialEq>(
+    map: &mut HashMap<(String, String), V>,
+    key: (String, String),
+    value: Option<V>,
+) -> bool {
+    match value {
+        Some(v) if map.get(&key) == Some(&v) => false,
+        Some(v) => {
+            map.insert(key, v);
+            true
+        }
+        None => map.remove(&key).is_some(),
+    }
+}
+
+/// Keeps the entries `keep` accepts; whether any was dropped.
+fn retain_named<V>(map: &mut HashMap<(String, String), V>, keep: impl Fn(&str, &str) -> bool) -> bool {
+    let before = map.len();
+    map.retain(|(ns, name), _| keep(ns, name));
+    before != map.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +359,8 @@ mod tests {
             }),
             node: None,
             platform: None,
+            pull: Default::default(),
+            auths: None,
         }
     }
 
@@ -291,6 +374,86 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn pull_credentials_follow_the_spec_then_the_service_account() {
+        let auths = |host: &str, user: &str| {
+            let json = format!(r#"{{"auths": {{"{host}": {{"username": "{user}", "password": "pw"}}}}}}"#);
+            crate::registry::parse_docker_config_json(json.as_bytes()).unwrap()
+        };
+        let secret = |ns: &str, name: &str, a: Option<DockerAuths>| Seen {
+            auths: a,
+            ..seen(ns, name, &[], None)
+        };
+        let account = |ns: &str, name: &str, secrets: &[&str]| Seen {
+            pull: PullRefs {
+                secrets: secrets.iter().map(|s| s.to_string()).collect(),
+                service_account: None,
+            },
+            ..seen(ns, name, &[], None)
+        };
+        let mut inv = Inventory::new();
+        inv.apply(Update::Apply(
+            Watched::Secret,
+            secret("a", "one", Some(auths("r.io", "u1"))),
+        ));
+        inv.apply(Update::Apply(
+            Watched::Secret,
+            secret("a", "two", Some(auths("r.io", "u2"))),
+        ));
+        inv.apply(Update::Apply(
+            Watched::Secret,
+            secret("a", "other", Some(auths("q.io", "u3"))),
+        ));
+        inv.apply(Update::Apply(
+            Watched::Secret,
+            secret("b", "one", Some(auths("r.io", "u4"))),
+        ));
+        assert!(inv.apply(Update::Apply(
+            Watched::ServiceAccount,
+            account("a", "default", &["two", "one"])
+        )));
+        assert!(!inv.apply(Update::Apply(
+            Watched::ServiceAccount,
+            account("a", "default", &["two", "one"])
+        )));
+        inv.apply(Update::Apply(
+            Watched::ServiceAccount,
+            account("a", "builder", &["other"]),
+        ));
+        let user = |creds: Vec<Credential>| -> Vec<String> {
+            creds
+                .into_iter()
+                .map(|c| match c {
+                    Credential::Basic { username, .. } => username,
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        let refs = |secrets: &[&str], sa: Option<&str>| PullRefs {
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            service_account: sa.map(str::to_owned),
+        };
+        let cases: [(&str, PullRefs, &str, &[&str]); 6] = [
+            ("a", refs(&["one"], None), "r.io", &["u1", "u2"]),
+            ("a", refs(&[], None), "r.io", &["u2", "u1"]),
+            ("a", refs(&["missing", "one"], Some("builder")), "r.io", &["u1"]),
+            ("a", refs(&[], Some("builder")), "q.io", &["u3"]),
+            ("b", refs(&["one", "two"], None), "r.io", &["u4"]),
+            ("a", refs(&["one"], None), "elsewhere.io", &[]),
+        ];
+        for (ns, pull, host, want) in cases {
+            assert_eq!(
+                user(inv.pull_credentials(ns, &pull, host)),
+                want,
+                "{ns} {pull:?} {host}"
+            );
+        }
+        // A deleted secret, and one that turned into another type, stop counting.
+        assert!(inv.apply(Update::Delete(Watched::Secret, secret("a", "two", None))));
+        assert!(inv.apply(Update::Apply(Watched::Secret, secret("a", "one", None))));
+        assert!(inv.pull_credentials("a", &refs(&["one"], None), "r.io").is_empty());
     }
 
     #[test]

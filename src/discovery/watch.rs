@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Secret, ServiceAccount};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -15,109 +15,170 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
-use super::inventory::{Seen, Update, Watched};
+use super::inventory::{PullRefs, Seen, Update, Watched};
 use crate::metrics::Metrics;
 use crate::plan::Kind;
+use crate::registry::{DockerAuths, parse_docker_config_json};
 
 /// A kind copycat watches, and how to reduce one of its objects.
 trait WatchedObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
     const WATCHED: Watched;
 
+    /// The Pod spec (or Pod template spec) of a workload.
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        None
+    }
+
     /// The images the object uses.
-    fn images(&self) -> Vec<ContainerImage>;
+    fn images(&self) -> Vec<ContainerImage> {
+        self.pod_spec().map(spec_images).unwrap_or_default()
+    }
 
     /// The object reduced to what the inventory keeps.
     fn seen(&self) -> Seen {
-        Seen {
-            namespace: self.namespace().unwrap_or_default(),
-            name: self.name_any(),
-            images: self.images(),
-            owner: controller(self.meta()),
-            node: None,
-            platform: None,
-        }
+        default_seen(self)
     }
-}
-
-fn template(spec: Option<&PodSpec>) -> Vec<ContainerImage> {
-    spec.map(spec_images).unwrap_or_default()
 }
 
 impl WatchedObject for Deployment {
     const WATCHED: Watched = Watched::Workload(Kind::Deployment);
-    fn images(&self) -> Vec<ContainerImage> {
-        template(self.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()?.template.spec.as_ref()
     }
 }
 
 impl WatchedObject for StatefulSet {
     const WATCHED: Watched = Watched::Workload(Kind::StatefulSet);
-    fn images(&self) -> Vec<ContainerImage> {
-        template(self.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()?.template.spec.as_ref()
     }
 }
 
 impl WatchedObject for DaemonSet {
     const WATCHED: Watched = Watched::Workload(Kind::DaemonSet);
-    fn images(&self) -> Vec<ContainerImage> {
-        template(self.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()?.template.spec.as_ref()
     }
 }
 
 impl WatchedObject for Job {
     const WATCHED: Watched = Watched::Workload(Kind::Job);
-    fn images(&self) -> Vec<ContainerImage> {
-        template(self.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()?.template.spec.as_ref()
     }
 }
 
 impl WatchedObject for CronJob {
     const WATCHED: Watched = Watched::Workload(Kind::CronJob);
-    fn images(&self) -> Vec<ContainerImage> {
-        let job = self.spec.as_ref().and_then(|s| s.job_template.spec.as_ref());
-        template(job.and_then(|j| j.template.spec.as_ref()))
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()?.job_template.spec.as_ref()?.template.spec.as_ref()
     }
 }
 
 impl WatchedObject for Pod {
     const WATCHED: Watched = Watched::Workload(Kind::Pod);
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()
+    }
     fn images(&self) -> Vec<ContainerImage> {
         if pod_is_active(self) { pod_images(self) } else { vec![] }
     }
     fn seen(&self) -> Seen {
         let node = self.spec.as_ref().and_then(|s| s.node_name.clone());
         Seen {
-            namespace: self.namespace().unwrap_or_default(),
-            name: self.name_any(),
-            images: self.images(),
-            owner: controller(self.meta()),
             node,
-            platform: None,
+            ..default_seen(self)
         }
     }
 }
 
 impl WatchedObject for Node {
     const WATCHED: Watched = Watched::Node;
-    fn images(&self) -> Vec<ContainerImage> {
-        vec![]
-    }
     fn seen(&self) -> Seen {
         Seen {
             namespace: String::new(),
-            name: self.name_any(),
-            images: vec![],
-            owner: None,
-            node: None,
             platform: node_platform(self),
+            ..default_seen(self)
         }
     }
 }
 
 impl WatchedObject for ReplicaSet {
     const WATCHED: Watched = Watched::ReplicaSet;
-    fn images(&self) -> Vec<ContainerImage> {
-        vec![]
+}
+
+impl WatchedObject for Secret {
+    const WATCHED: Watched = Watched::Secret;
+    fn seen(&self) -> Seen {
+        Seen {
+            auths: pull_secret_auths(self),
+            ..default_seen(self)
+        }
+    }
+}
+
+impl WatchedObject for ServiceAccount {
+    const WATCHED: Watched = Watched::ServiceAccount;
+    fn seen(&self) -> Seen {
+        let secrets = self
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect();
+        Seen {
+            pull: PullRefs {
+                secrets,
+                service_account: None,
+            },
+            ..default_seen(self)
+        }
+    }
+}
+
+/// What every kind keeps; kinds add their own parts on top.
+fn default_seen<K: WatchedObject>(o: &K) -> Seen {
+    Seen {
+        namespace: o.namespace().unwrap_or_default(),
+        name: o.name_any(),
+        images: o.images(),
+        owner: controller(o.meta()),
+        node: None,
+        platform: None,
+        pull: o.pod_spec().map(pull_refs).unwrap_or_default(),
+        auths: None,
+    }
+}
+
+/// The pull secrets a Pod spec names.
+fn pull_refs(spec: &PodSpec) -> PullRefs {
+    PullRefs {
+        secrets: spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect(),
+        service_account: spec.service_account_name.clone().filter(|n| !n.is_empty()),
+    }
+}
+
+/// Registry credentials of a `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg` Secret;
+/// `None` for other Secrets. A malformed one is reported (by name, never its content) and ignored.
+fn pull_secret_auths(secret: &Secret) -> Option<DockerAuths> {
+    let key = match secret.type_.as_deref() {
+        Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+        Some("kubernetes.io/dockercfg") => ".dockercfg",
+        _ => return None,
+    };
+    let data = secret.data.as_ref()?.get(key)?;
+    match parse_docker_config_json(&data.0) {
+        Ok(auths) => Some(auths),
+        Err(e) => {
+            tracing::warn!(namespace = secret.namespace().unwrap_or_default(), secret = secret.name_any(),
+                error = %e, "pull secret cannot be read; ignoring it");
+            None
+        }
     }
 }
 
@@ -136,8 +197,9 @@ impl Drop for Watchers {
 
 /// What to watch for the configured kinds: the kinds themselves, plus ReplicaSets and Jobs when Pods
 /// are watched (to resolve a Pod's Deployment or CronJob; Jobs' own images count only when watched),
-/// and Nodes when `node_platforms` (`checkNodePlatform`) asks for the platform Pods run on.
-pub fn watched_for(kinds: &[Kind], node_platforms: bool) -> Vec<Watched> {
+/// Nodes when `node_platforms` (`checkNodePlatform`) asks for the platform Pods run on, and Secrets
+/// and ServiceAccounts when `pull_secrets` (`useImagePullSecrets`) asks for Pods' pull secrets.
+pub fn watched_for(kinds: &[Kind], node_platforms: bool, pull_secrets: bool) -> Vec<Watched> {
     let mut out: Vec<Watched> = kinds.iter().map(|k| Watched::Workload(*k)).collect();
     if kinds.contains(&Kind::Pod) {
         out.push(Watched::ReplicaSet);
@@ -147,6 +209,9 @@ pub fn watched_for(kinds: &[Kind], node_platforms: bool) -> Vec<Watched> {
         if node_platforms {
             out.push(Watched::Node);
         }
+    }
+    if pull_secrets {
+        out.extend([Watched::Secret, Watched::ServiceAccount]);
     }
     out
 }
@@ -170,6 +235,8 @@ pub fn start(client: Client, watched: &[Watched], metrics: Arc<Metrics>) -> (Wat
                 Watched::Workload(Kind::Pod) => spawn::<Pod>(client, tx, metrics),
                 Watched::ReplicaSet => spawn::<ReplicaSet>(client, tx, metrics),
                 Watched::Node => spawn::<Node>(client, tx, metrics),
+                Watched::Secret => spawn::<Secret>(client, tx, metrics),
+                Watched::ServiceAccount => spawn::<ServiceAccount>(client, tx, metrics),
             }
         })
         .collect();

@@ -602,6 +602,7 @@ impl Inner {
         }
         let options = CopyOptions {
             platforms: task.platforms.clone(),
+            source_credentials: task.source_credentials.clone(),
             ..self.options.copy.clone()
         };
         match AssertUnwindSafe(self.copier.copy(&task.request, &options))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::copy::CopyRequest;
 use crate::plan::Workload;
 use crate::platform::Platform;
+use crate::registry::Credential;
 
 /// Users kept per task (the most recent ones): enough to find who runs an image, bounded however many
 /// Pods share it.
@@ -21,6 +22,9 @@ pub struct MirrorTask {
     /// Who uses the image, e.g. `Deployment shop/web`, for logs, status and events; at most
     /// [`MAX_USERS`] are kept.
     pub users: Vec<Workload>,
+    /// Credentials for the source registry from the users' pull secrets, tried in order before the
+    /// configured ones (`useImagePullSecrets`).
+    pub source_credentials: Vec<Credential>,
 }
 
 impl MirrorTask {
@@ -30,6 +34,7 @@ impl MirrorTask {
             request,
             platforms: vec![],
             users: vec![],
+            source_credentials: vec![],
         }
     }
 
@@ -37,6 +42,15 @@ impl MirrorTask {
     pub fn with_platforms(mut self, platforms: Vec<Platform>) -> MirrorTask {
         self.platforms = platforms;
         self
+    }
+
+    /// Adds source credentials to try after those the task has (no duplicates).
+    pub fn add_source_credentials(&mut self, credentials: impl IntoIterator<Item = Credential>) {
+        for c in credentials {
+            if !self.source_credentials.contains(&c) {
+                self.source_credentials.push(c);
+            }
+        }
     }
 
     /// The same task with one more user.
@@ -51,12 +65,13 @@ impl MirrorTask {
     }
 
     /// Whether both tasks would do the same copy (same source reference, digest included, same target
-    /// and tag, same platforms); users do not matter.
+    /// and tag, same platforms, same source credentials); users do not matter.
     pub fn same_work(&self, other: &MirrorTask) -> bool {
         self.request.source == other.request.source
             && self.request.target.name() == other.request.target.name()
             && self.request.target_tag == other.request.target_tag
             && self.platforms == other.platforms
+            && self.source_credentials == other.source_credentials
     }
 
     /// Merges a newer submission of the same target into this one: the newer request and platforms
@@ -66,9 +81,11 @@ impl MirrorTask {
             request,
             platforms,
             users,
+            source_credentials,
         } = newer;
         self.request = request;
         self.platforms = platforms;
+        self.source_credentials = source_credentials;
         union_users(&mut self.users, users);
     }
 
@@ -78,6 +95,7 @@ impl MirrorTask {
             request: self.request.clone(),
             platforms: self.platforms.clone(),
             users: vec![],
+            source_credentials: self.source_credentials.clone(),
         }
     }
 }

@@ -326,3 +326,83 @@ async fn a_failed_image_puts_one_warning_event_on_its_workload_per_cooldown() {
     assert_eq!(server.count_requests("POST", "/events"), 1, "{log}");
     assert_eq!(log.matches("mirror failed").count(), 2, "{log}");
 }
+
+#[tokio::test]
+async fn private_sources_are_pulled_with_the_pods_and_service_accounts_pull_secrets() {
+    use base64::Engine as _;
+    const PASSWORD: &str = "pull-secret-pw-9";
+    let (src, dst) = (
+        start(RegistryMode::basic("puller", PASSWORD)),
+        start(RegistryMode::Plain),
+    );
+    let (a, b) = (
+        Image::oci("amd64", &[3000], 410).unwrap(),
+        Image::docker("amd64", &[3100], 411).unwrap(),
+    );
+    a.push(&src, "private/a", "1").await.unwrap();
+    b.push(&src, "private/b", "1").await.unwrap();
+
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let docker_config = |password: &str| {
+        let auth = b64(&format!("puller:{password}"));
+        b64(&json!({"auths": {src.host(): {"auth": auth}}}).to_string())
+    };
+    let secret = |name: &str, password: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "team"},
+               "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": docker_config(password)}})
+    };
+    let deployment = |name: &str, image: &str, extra: serde_json::Value| {
+        let mut spec = json!({"containers": [{"name": "c", "image": format!("{}/{image}", src.host())}]});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "team"},
+               "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}})
+    };
+    let server = ApiServer::new();
+    server.apply(secret("stale", "an-old-password")).unwrap();
+    server.apply(secret("regcred", PASSWORD)).unwrap();
+    server.apply(secret("sa-cred", PASSWORD)).unwrap();
+    server
+        .apply(
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "builder", "namespace": "team"},
+                      "imagePullSecrets": [{"name": "sa-cred"}]}),
+        )
+        .unwrap();
+    // The first secret holds a wrong password: the next one is tried.
+    server
+        .apply(deployment(
+            "a",
+            "private/a:1",
+            json!({"imagePullSecrets": [{"name": "stale"}, {"name": "regcred"}]}),
+        ))
+        .unwrap();
+    server
+        .apply(deployment("b", "private/b:1", json!({"serviceAccountName": "builder"})))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let daemon = daemon(
+        running.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("USE_IMAGE_PULL_SECRETS", "true"),
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+            ("LOG_LEVEL", "debug"),
+        ],
+    );
+    for (repo, image) in [("private/a", &a), ("private/b", &b)] {
+        eventually(repo, WAIT, async || {
+            manifest_digest(&dst, repo, "1").await.unwrap().is_some()
+        })
+        .await;
+        assert_eq!(skopeo_digest(&dst, &format!("{repo}:1")).await.unwrap(), image.digest);
+    }
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("pull secret refused; trying the next credentials"),
+        "{log}"
+    );
+    for secret in [PASSWORD, "an-old-password"] {
+        assert!(!log.contains(secret), "a password was logged: {log}");
+    }
+}

@@ -28,7 +28,11 @@ struct Watching {
 
 impl Watching {
     fn start(client: kube::Client, kinds: &[Kind]) -> Watching {
-        let (watchers, updates) = watch::start(client, &watch::watched_for(kinds, false), Arc::new(Metrics::new()));
+        let (watchers, updates) = watch::start(
+            client,
+            &watch::watched_for(kinds, false, false),
+            Arc::new(Metrics::new()),
+        );
         Watching {
             inventory: Inventory::new(),
             updates,
@@ -266,7 +270,7 @@ async fn node_platforms_are_known_when_asked_for() {
     let client = kube::Client::new(server.router(), "default");
     let (watchers, updates) = watch::start(
         client,
-        &watch::watched_for(&[Kind::Pod], true),
+        &watch::watched_for(&[Kind::Pod], true, false),
         Arc::new(Metrics::new()),
     );
     let mut w = Watching {
