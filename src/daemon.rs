@@ -30,8 +30,6 @@ use crate::target::Target;
 
 /// How long changes may keep arriving before a plan is made (a rollout touches many objects at once).
 const SETTLE: Duration = Duration::from_millis(250);
-/// How long running copies may finish after SIGTERM before they are cancelled.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
@@ -108,7 +106,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     drop(watchers);
     // Hand the Lease over before draining: running copies may finish while another replica leads.
     leadership.release().await;
-    queue.shutdown(SHUTDOWN_GRACE).await;
+    queue.shutdown(config.shutdown_grace_period).await;
     if let Some(emitter) = emitter {
         emitter.abort();
     }

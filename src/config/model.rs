@@ -84,6 +84,9 @@ pub struct Config {
     /// Deadline for one image; `None` means none.
     #[serde(serialize_with = "optional_duration")]
     pub image_deadline: Option<Duration>,
+    /// How long running copies may finish after SIGTERM.
+    #[serde(serialize_with = "duration")]
+    pub shutdown_grace_period: Duration,
     /// Transport settings per registry host.
     pub registries: Vec<RegistrySettings>,
     /// Read mirrors per source registry host.

@@ -127,6 +127,7 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("digestTagTemplate"), Some("DIGEST_TAG_TEMPLATE"), "", "template", "Tag added when a digest-only source (`repo@sha256:…`) is mirrored, which is otherwise pushed by digest alone: `$algorithm`, `$hex`, `$short` (12 hex), e.g. `sha256-$hex`."),
     s(Some("blobConcurrency"), Some("BLOB_CONCURRENCY"), "4", "integer > 0", "Blobs of one image transferred at the same time."),
     s(Some("registryMaxConcurrentRequests"), Some("REGISTRY_MAX_CONCURRENT_REQUESTS"), "16", "integer > 0", "Requests in flight per registry host (until response headers)."),
+    s(Some("shutdownGracePeriod"), Some("SHUTDOWN_GRACE_PERIOD"), "25", "seconds or duration", "On SIGTERM, how long running copies may finish before they are cancelled (no tag is written for an unfinished image). Keep it below the Pod's `terminationGracePeriodSeconds` (30 by default)."),
     s(Some("imageDeadline"), Some("IMAGE_DEADLINE"), "1h", "seconds or duration", "Deadline for mirroring one image, all requests included; `0` means none."),
     s(Some("registries"), None, "", "list of entries", "Transport settings per registry host; fields below."),
     s(Some("registries[].host"), None, "", "host[:port]", "Registry host the entry applies to (required)."),

@@ -74,7 +74,17 @@ fn configmap_config_is_valid_and_a_harmless_dry_run() {
 
 #[test]
 fn configmap_config_names_every_setting() {
-    let text = config_text();
+    assert_names_every_setting("the ConfigMap", &config_text());
+}
+
+#[test]
+fn example_config_names_every_setting() {
+    assert_names_every_setting("config.yaml.example", include_str!("../../config.yaml.example"));
+}
+
+/// `text` names every key check-config prints, every environment-only setting and every row of the
+/// settings table.
+fn assert_names_every_setting(what: &str, text: &str) {
     let stdout = check_config();
     let mut missing = Vec::new();
     let (yaml, env_only) = stdout
@@ -121,7 +131,7 @@ fn configmap_config_names_every_setting() {
         }
     }
     assert!(rows > 50, "settings table not found ({rows} rows)");
-    assert!(missing.is_empty(), "settings missing from the ConfigMap: {missing:?}");
+    assert!(missing.is_empty(), "settings missing from {what}: {missing:?}");
 }
 
 #[test]
