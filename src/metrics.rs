@@ -302,7 +302,10 @@ pub fn error_side(error: &CopyError, target_host: &str) -> Side {
             None => Side::Push,
         },
         CopyError::SourceNotFound(_) | CopyError::Manifest { .. } | CopyError::Platforms { .. } => Side::Pull,
-        CopyError::TagConflict { .. } | CopyError::Repository(_) | CopyError::DeadlineExceeded { .. } => Side::Push,
+        CopyError::TagConflict { .. }
+        | CopyError::Repository(_)
+        | CopyError::TargetName(_)
+        | CopyError::DeadlineExceeded { .. } => Side::Push,
     }
 }
 

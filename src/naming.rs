@@ -187,6 +187,51 @@ pub fn target_repository(
     })
 }
 
+/// Everything that names a task's target, kept with a task whose `$arch` must come from the source
+/// image itself (no node platform known), so the target can be named once the image is read.
+#[derive(Debug, Clone)]
+pub struct TargetNaming {
+    /// `repoPrefix` template.
+    pub prefix: String,
+    /// `pathMap` rules.
+    pub rules: std::sync::Arc<[PathRule]>,
+    /// Placeholder values; its `arch` is replaced by [`TargetNaming::target`]'s.
+    pub ctx: NameContext,
+    /// Target registry host.
+    pub target_host: String,
+    /// Path of the target registry under which repositories live (docker target), may be empty.
+    pub target_path: String,
+}
+
+impl TargetNaming {
+    /// The target repository for `source`, with `arch` as `$arch` (`None`: the segment is dropped).
+    pub fn target(&self, source: &ImageRef, arch: Option<&str>) -> Result<ImageRef, String> {
+        let ctx = NameContext {
+            arch: arch.map(str::to_owned),
+            ..self.ctx.clone()
+        };
+        let repo = target_repository(&self.prefix, &self.rules, source, &ctx)?;
+        let repo = if self.target_path.is_empty() {
+            repo
+        } else {
+            clean_repository(&format!("{}/{repo}", self.target_path))
+        };
+        ImageRef::parse(&format!("{}/{repo}", self.target_host)).map_err(|e| format!("target: {e}"))
+    }
+
+    /// Whether the prefix uses `$arch`.
+    pub fn uses_arch(&self) -> bool {
+        let with = |arch: &str| {
+            let ctx = NameContext {
+                arch: Some(arch.to_owned()),
+                ..self.ctx.clone()
+            };
+            expand_prefix(&self.prefix, &ctx, "")
+        };
+        with("a") != with("b")
+    }
+}
+
 /// Placeholders of `digestTagTemplate`.
 pub const DIGEST_TAG_PLACEHOLDERS: &[&str] = &["algorithm", "hex", "short"];
 
@@ -249,6 +294,50 @@ pub fn expand(template: &str, value: impl Fn(&str) -> Option<String>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_naming_with_the_images_architecture() {
+        let naming = |prefix: &str, path: &str| TargetNaming {
+            prefix: prefix.into(),
+            rules: PathRule::compile(&[]).unwrap().into(),
+            ctx: NameContext {
+                namespace: "shop".into(),
+                podname: "web".into(),
+                container_name: "c".into(),
+                arch: Some("ignored".into()),
+            },
+            target_host: "r.io".into(),
+            target_path: path.into(),
+        };
+        let source = ImageRef::parse("nginx:1.27").unwrap();
+        let cases = [
+            (
+                "mirror/$arch",
+                "",
+                Some("amd64-arm64"),
+                true,
+                "r.io/mirror/amd64-arm64/library/nginx",
+            ),
+            ("mirror/$arch", "", None, true, "r.io/mirror/library/nginx"),
+            (
+                "$namespace/$arch",
+                "base",
+                Some("arm64"),
+                true,
+                "r.io/base/shop/arm64/library/nginx",
+            ),
+            ("$namespace/$architecture", "", Some("arm64"), false, ""),
+            ("$namespace", "", Some("arm64"), false, "r.io/shop/library/nginx"),
+        ];
+        for (prefix, path, arch, uses, want) in cases {
+            let n = naming(prefix, path);
+            assert_eq!(n.uses_arch(), uses, "{prefix}");
+            match n.target(&source, arch) {
+                Ok(target) => assert_eq!(target.name(), want, "{prefix} {arch:?}"),
+                Err(e) => assert!(want.is_empty(), "{prefix}: {e}"),
+            }
+        }
+    }
 
     fn ctx() -> NameContext {
         NameContext {

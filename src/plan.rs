@@ -8,7 +8,7 @@ use crate::copy::CopyRequest;
 use crate::discovery::extract::ContainerImage;
 use crate::discovery::inventory::{Inventory, ObjectKey};
 use crate::glob;
-use crate::naming::{self, NameContext, PathRule};
+use crate::naming::{self, NameContext, PathRule, TargetNaming};
 use crate::platform::Platform;
 use crate::queue::MirrorTask;
 use crate::reference::{Digest, ImageRef};
@@ -636,7 +636,7 @@ pub struct Planner {
     scope: NamespaceScope,
     skip: SkipList,
     exclusions: Exclusions,
-    rules: Vec<PathRule>,
+    rules: std::sync::Arc<[PathRule]>,
     mirrored: Vec<Kind>,
     target_host: String,
     target_path: String,
@@ -672,7 +672,7 @@ impl Planner {
             scope: NamespaceScope::new(&config.include_namespaces, &config.skip_namespaces),
             skip: SkipList::new(&config.skip_names),
             exclusions: Exclusions::new(&config.exclude_registries, Some(target)),
-            rules: PathRule::compile(&config.path_map)?,
+            rules: PathRule::compile(&config.path_map)?.into(),
             mirrored: config.watch_resources.iter().filter_map(|r| kind_named(r)).collect(),
             target_host: host.to_ascii_lowercase(),
             target_path: path.trim_matches('/').to_owned(),
@@ -768,19 +768,19 @@ impl Planner {
             (Some(d), true) => image.with_digest(d.clone()),
             _ => image,
         };
-        let ctx = NameContext {
-            namespace: key.namespace.clone(),
-            podname: workload.to_owned(),
-            container_name: use_.container.clone(),
-            arch: node.map(|p| p.architecture.clone()),
+        let naming = TargetNaming {
+            prefix: self.prefix.clone(),
+            rules: self.rules.clone(),
+            ctx: NameContext {
+                namespace: key.namespace.clone(),
+                podname: workload.to_owned(),
+                container_name: use_.container.clone(),
+                arch: None,
+            },
+            target_host: self.target_host.clone(),
+            target_path: self.target_path.clone(),
         };
-        let repo = naming::target_repository(&self.prefix, &self.rules, &source, &ctx)?;
-        let repo = if self.target_path.is_empty() {
-            repo
-        } else {
-            naming::clean_repository(&format!("{}/{repo}", self.target_path))
-        };
-        let target = ImageRef::parse(&format!("{}/{repo}", self.target_host)).map_err(|e| format!("target: {e}"))?;
+        let target = naming.target(&source, node.map(|p| p.architecture.as_str()))?;
         let target_tag = naming::target_tag(&source, None, &self.digest_tag_template)?;
         // Digest mode copies the node's platform and `mirrorPlatforms`; tag mode the whole index.
         let node_platform: Vec<Platform> = node.cloned().into_iter().collect();
@@ -789,14 +789,18 @@ impl Planner {
         } else {
             vec![]
         };
-        Ok(Some(
-            MirrorTask::new(CopyRequest {
-                source,
-                target,
-                target_tag,
-            })
-            .with_platforms(platforms),
-        ))
+        let task = MirrorTask::new(CopyRequest {
+            source,
+            target,
+            target_tag,
+        })
+        .with_platforms(platforms);
+        // Without a node platform, `$arch` is the image's own, known only once it is read.
+        Ok(Some(if node.is_none() && naming.uses_arch() {
+            task.with_arch_naming(naming)
+        } else {
+            task
+        }))
     }
 }
 

@@ -3,6 +3,7 @@
 //! present, mount if known elsewhere on the target, else stream with on-the-fly verification), then
 //! child manifests by digest, and the tag last, so a tag never points at incomplete content.
 
+pub mod arch;
 mod locks;
 pub mod manifest;
 pub mod select;
@@ -171,6 +172,9 @@ pub enum CopyError {
     /// AWS call failed).
     #[error("target repository: {0}")]
     Repository(#[source] RepositoryError),
+    /// The target cannot be named (`$arch` from the image made an invalid repository name).
+    #[error("cannot name the target: {0}")]
+    TargetName(String),
     /// The whole-image deadline passed.
     #[error("copy to {target} did not finish within {after:?}")]
     DeadlineExceeded {
@@ -240,6 +244,8 @@ struct Shared {
     filtered: moka::sync::Cache<(Digest, String), Digest>,
     /// Blob bytes moved by every copy.
     total_bytes: AtomicU64,
+    /// `$arch` of source digests already looked at.
+    architectures: moka::sync::Cache<Digest, String>,
 }
 
 /// What a copy decided, before its counters are added to the report.
@@ -284,6 +290,7 @@ impl Copier {
                 known: moka::sync::Cache::new(100_000),
                 filtered: moka::sync::Cache::new(10_000),
                 total_bytes: AtomicU64::new(0),
+                architectures: moka::sync::Cache::new(10_000),
             }),
         }
     }
@@ -315,19 +322,39 @@ impl Copier {
     /// Copies `req` according to `opts`. With source credentials, each is tried in order while the
     /// source refuses access, then the configured credentials.
     pub async fn copy(&self, req: &CopyRequest, opts: &CopyOptions) -> Result<CopyReport, CopyError> {
-        let src = self.registries.get(req.source.registry());
+        self.with_source(&req.source, opts, |src| self.copy_from(req, opts, src))
+            .await
+    }
+
+    /// `$arch` of `source` as k8s-copycat names it (see [`arch`]): a single image's config
+    /// architecture, or an index's architectures joined with `-`. Remembered per source digest, so
+    /// an unchanged source costs one HEAD.
+    pub async fn source_architecture(&self, source: &ImageRef, opts: &CopyOptions) -> Result<String, CopyError> {
+        self.with_source(source, opts, |src| self.architecture_from(source, src))
+            .await
+    }
+
+    /// Runs `attempt` with the source registry client for each of the options' source credentials in
+    /// order while the source refuses access, then with the configured credentials.
+    async fn with_source<T, F, Fut>(&self, source: &ImageRef, opts: &CopyOptions, attempt: F) -> Result<T, CopyError>
+    where
+        F: Fn(Registry) -> Fut,
+        Fut: Future<Output = Result<T, CopyError>>,
+    {
+        let src = self.registries.get(source.registry());
         for credential in &opts.source_credentials {
-            match self.copy_from(req, opts, src.with_credential(credential.clone())).await {
+            match attempt(src.with_credential(credential.clone())).await {
                 Err(e) if e.is_source_access_denied() => {
-                    tracing::debug!(source = %req.source, error = %e, "pull secret refused; trying the next credentials");
+                    tracing::debug!(source = %source, error = %e, "pull secret refused; trying the next credentials");
                 }
                 result => return result,
             }
         }
-        self.copy_from(req, opts, src).await
+        attempt(src).await
     }
 
-    async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {
+    /// The read mirrors of `src`'s host, then `src`.
+    fn readers(&self, src: &Registry) -> Vec<Registry> {
         let mut readers: Vec<Registry> = self
             .mirrors
             .get(src.host())
@@ -336,6 +363,47 @@ impl Copier {
             .map(|m| self.registries.get(m))
             .collect();
         readers.push(src.clone());
+        readers
+    }
+
+    async fn architecture_from(&self, source: &ImageRef, src: Registry) -> Result<String, CopyError> {
+        let readers = self.readers(&src);
+        let repo = source.repository();
+        let digest = source_digest(source, &readers).await?;
+        if let Some(arch) = self.shared.architectures.get(&digest) {
+            return Ok(arch);
+        }
+        let reference = digest.to_string();
+        let manifest = read(
+            &readers,
+            |r| r.get_manifest(repo, &reference, MAX_MANIFEST_SIZE).boxed(),
+            |_| true,
+        )
+        .await
+        .map_err(registry_error(format!("GET manifest {}@{digest}", source.name())))?;
+        let parsed = parse_manifest(&manifest, source)?;
+        let arch = match (parsed.kind, &parsed.config) {
+            (Kind::Image, Some(config)) => {
+                let bytes = read(&readers, |r| read_small_blob(r, repo, config).boxed(), |_| true)
+                    .await
+                    .map_err(registry_error(format!(
+                        "GET config {}@{}",
+                        source.name(),
+                        config.digest
+                    )))?;
+                arch::config_architecture(&bytes).map_err(|detail| CopyError::Manifest {
+                    reference: format!("{}@{}", source.name(), config.digest),
+                    source: ManifestError::Invalid(detail),
+                })?
+            }
+            _ => arch::index_architectures(&parsed.manifests),
+        };
+        self.shared.architectures.insert(digest, arch.clone());
+        Ok(arch)
+    }
+
+    async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {
+        let readers = self.readers(&src);
         let job = Job {
             src,
             readers,
@@ -388,23 +456,7 @@ impl Copier {
             .join(",");
 
         // 1. The source digest, by HEAD (free on Docker Hub) unless the reference pins it.
-        let source_digest = match req.source.digest() {
-            Some(d) => d.clone(),
-            None => {
-                let tag = req.source.tag().unwrap_or("latest");
-                let head = read(
-                    &job.readers,
-                    |r| r.head_manifest(job.src_repo, tag).boxed(),
-                    Option::is_some,
-                )
-                .await
-                .map_err(registry_error(format!("HEAD source {}", req.source)))?;
-                match head {
-                    Some(h) => h.digest,
-                    None => return Err(CopyError::SourceNotFound(req.source.to_string())),
-                }
-            }
-        };
+        let source_digest = source_digest(&req.source, &job.readers).await?;
 
         // 2. What the target should end up holding, when already known without a GET.
         let expected = if opts.platforms.is_empty() {
@@ -714,6 +766,37 @@ async fn read<'r, T>(
         }
     }
     op(upstream).await
+}
+
+/// The digest `source` pins, or the one a HEAD of its tag reports (free on Docker Hub).
+async fn source_digest(source: &ImageRef, readers: &[Registry]) -> Result<Digest, CopyError> {
+    if let Some(d) = source.digest() {
+        return Ok(d.clone());
+    }
+    let tag = source.tag().unwrap_or("latest");
+    let head = read(
+        readers,
+        |r| r.head_manifest(source.repository(), tag).boxed(),
+        Option::is_some,
+    )
+    .await
+    .map_err(registry_error(format!("HEAD source {source}")))?;
+    head.map(|h| h.digest)
+        .ok_or_else(|| CopyError::SourceNotFound(source.to_string()))
+}
+
+/// A small blob (an image config) read whole and verified.
+async fn read_small_blob(registry: &Registry, repo: &str, blob: &Descriptor) -> Result<Bytes, RegistryError> {
+    if blob.size > MAX_MANIFEST_SIZE {
+        return Err(RegistryError::Invalid(format!(
+            "config blob {} of {} bytes is over the {MAX_MANIFEST_SIZE}-byte limit",
+            blob.digest, blob.size
+        )));
+    }
+    let download = registry.get_blob(repo, &blob.digest).await?;
+    let stream = verify::verified(download.stream, &blob.digest, blob.size, Arc::default())?;
+    let chunks: Vec<Bytes> = stream.try_collect().await?;
+    Ok(chunks.concat().into())
 }
 
 fn parse_manifest(manifest: &Manifest, shown: &ImageRef) -> Result<Parsed, CopyError> {

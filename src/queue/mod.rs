@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::config::Config;
-use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, Outcome};
+use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, CopyRequest, Outcome};
 use crate::metrics::Metrics;
 use crate::plan::Workload;
 use crate::platform::Platform;
@@ -596,6 +596,23 @@ impl Inner {
         Some(entry.task.clone())
     }
 
+    /// The task's request; with `$arch` from the image, its target named by the source's
+    /// architecture (one HEAD for an unchanged source).
+    async fn named_request(&self, task: &MirrorTask, options: &CopyOptions) -> Result<CopyRequest, CopyError> {
+        let Some(naming) = &task.arch_naming else {
+            return Ok(task.request.clone());
+        };
+        let arch = self.copier.source_architecture(&task.request.source, options).await?;
+        let target = naming
+            .target(&task.request.source, Some(&arch))
+            .map_err(CopyError::TargetName)?;
+        tracing::debug!(source = %task.request.source, %arch, target = %target.name(), "named the target by the image's architecture");
+        Ok(CopyRequest {
+            target,
+            ..task.request.clone()
+        })
+    }
+
     async fn execute(&self, task: &MirrorTask) -> Result<Done, Failure> {
         if self.options.dry_pull {
             return Ok(Done::DryPull);
@@ -605,7 +622,8 @@ impl Inner {
             source_credentials: task.source_credentials.clone(),
             ..self.options.copy.clone()
         };
-        match AssertUnwindSafe(self.copier.copy(&task.request, &options))
+        let request = self.named_request(task, &options).await.map_err(Failure::Copy)?;
+        match AssertUnwindSafe(self.copier.copy(&request, &options))
             .catch_unwind()
             .await
         {

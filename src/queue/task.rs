@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::copy::CopyRequest;
+use crate::naming::TargetNaming;
 use crate::plan::Workload;
 use crate::platform::Platform;
 use crate::registry::Credential;
@@ -25,6 +26,9 @@ pub struct MirrorTask {
     /// Credentials for the source registry from the users' pull secrets, tried in order before the
     /// configured ones (`useImagePullSecrets`).
     pub source_credentials: Vec<Credential>,
+    /// When `$arch` comes from the image itself: how to name the target once it is known. The
+    /// `request`'s target (its `$arch` segment dropped) is then only the task's identity.
+    pub arch_naming: Option<Arc<TargetNaming>>,
 }
 
 impl MirrorTask {
@@ -35,12 +39,19 @@ impl MirrorTask {
             platforms: vec![],
             users: vec![],
             source_credentials: vec![],
+            arch_naming: None,
         }
     }
 
     /// The same task copying only `platforms`.
     pub fn with_platforms(mut self, platforms: Vec<Platform>) -> MirrorTask {
         self.platforms = platforms;
+        self
+    }
+
+    /// The same task naming its target by the source image's architecture.
+    pub fn with_arch_naming(mut self, naming: TargetNaming) -> MirrorTask {
+        self.arch_naming = Some(Arc::new(naming));
         self
     }
 
@@ -82,7 +93,9 @@ impl MirrorTask {
             platforms,
             users,
             source_credentials,
+            arch_naming,
         } = newer;
+        self.arch_naming = arch_naming;
         self.request = request;
         self.platforms = platforms;
         self.source_credentials = source_credentials;
@@ -96,6 +109,7 @@ impl MirrorTask {
             platforms: self.platforms.clone(),
             users: vec![],
             source_credentials: self.source_credentials.clone(),
+            arch_naming: self.arch_naming.clone(),
         }
     }
 }

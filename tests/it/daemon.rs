@@ -406,3 +406,46 @@ async fn private_sources_are_pulled_with_the_pods_and_service_accounts_pull_secr
         assert!(!log.contains(secret), "a password was logged: {log}");
     }
 }
+
+#[tokio::test]
+async fn arch_in_the_prefix_comes_from_the_image_when_no_node_is_known() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let multi = Image::oci_index(&[2000], true, 420).unwrap();
+    let arm = Image::oci("arm64", &[2100], 421).unwrap();
+    multi.push(&src, "shop/web", "1").await.unwrap();
+    arm.push(&src, "tools/probe", "1").await.unwrap();
+    let server = ApiServer::new();
+    server
+        .apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                   "containers": [{"name": "web", "image": format!("{}/shop/web:1", src.host())},
+                                  {"name": "probe", "image": format!("{}/tools/probe:1", src.host())}]}}}}))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let daemon = daemon(
+        running.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("TARGET_REPO_PREFIX", "mirror/$arch"),
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+        ],
+    );
+    // An index is named by its platforms' architectures (attestations left out), a single image by its own.
+    for (repo, image) in [
+        ("mirror/amd64-arm64/shop/web", &multi),
+        ("mirror/arm64/tools/probe", &arm),
+    ] {
+        eventually(repo, WAIT, async || {
+            manifest_digest(&dst, repo, "1").await.unwrap().is_some()
+        })
+        .await;
+        assert_eq!(skopeo_digest(&dst, &format!("{repo}:1")).await.unwrap(), image.digest);
+    }
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !dst.requests().iter().any(|r| r.path.starts_with("/v2/mirror/shop/")),
+        "nothing is written without the architecture segment"
+    );
+}
