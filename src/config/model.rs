@@ -84,6 +84,9 @@ pub struct Config {
     /// Deadline for one image; `None` means none.
     #[serde(serialize_with = "optional_duration")]
     pub image_deadline: Option<Duration>,
+    /// Positive cache TTL (`None`: no cache).
+    #[serde(rename = "mirroredCacheTTL", serialize_with = "optional_duration")]
+    pub mirrored_cache_ttl: Option<Duration>,
     /// How long running copies may finish after SIGTERM.
     #[serde(serialize_with = "duration")]
     pub shutdown_grace_period: Duration,

@@ -109,6 +109,7 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("failureCooldownMinutes"), Some("FAILURE_COOLDOWN_MINUTES"), "60", "minutes or duration", "After a failure, wait this long before retrying that target; `0` disables the cooldown."),
     s(Some("emitEvents"), Some("EMIT_EVENTS"), "true", "bool", "Create a Warning Event (reason `MirrorFailed`) on each workload whose image could not be mirrored, at most once per target per `failureCooldownMinutes` (per 60 minutes when that is 0). Only the leader emits; never in `dryRun` or `dryPull`. Needs `create` on `events`."),
     s(Some("forceReconcileMinutes"), Some("FORCE_RECONCILE_MINUTES"), "0", "minutes or duration", "Full rescan interval; `0` disables periodic rescans."),
+    s(Some("mirroredCacheTTL"), Some("MIRRORED_CACHE_TTL"), "6h", "seconds or duration", "How long a target known to hold its source's digest is not checked again (unless the source reference changes); capped below `forceReconcileMinutes` so rescans re-check. `0` disables the cache."),
     s(Some("maxConcurrentReconciles"), Some("MAX_CONCURRENT_RECONCILES"), "2", "integer > 0", "Concurrent mirror workers."),
     s(Some("registryCredentials"), None, "", "list of entries", "Credentials for source registries; fields below."),
     s(Some("registryCredentials[].registry"), None, "", "host", "Registry host the entry applies to (required). May be a glob such as `*.docker.io`."),

@@ -108,9 +108,10 @@ impl QueueOptions {
     /// cache trusts a copy for at most 90 % of that interval, so each periodic rescan re-checks the
     /// registries (two HEADs per unchanged image) instead of finding everything cached.
     pub fn from_config(config: &Config) -> QueueOptions {
+        let ttl = config.mirrored_cache_ttl.unwrap_or_default();
         let positive_ttl = match config.force_reconcile_interval {
-            Some(every) if !every.is_zero() => DEFAULT_POSITIVE_TTL.min(every * 9 / 10),
-            _ => DEFAULT_POSITIVE_TTL,
+            Some(every) if !every.is_zero() => ttl.min(every * 9 / 10),
+            _ => ttl,
         };
         QueueOptions {
             workers: (config.max_concurrent_reconciles as usize).max(1),
@@ -963,5 +964,13 @@ mod tests {
 
         let o = QueueOptions::from_config(&config(&[("FORCE_RECONCILE_MINUTES", "1440")]));
         assert_eq!(o.positive_ttl, DEFAULT_POSITIVE_TTL);
+        let o = QueueOptions::from_config(&config(&[("MIRRORED_CACHE_TTL", "30m")]));
+        assert_eq!(o.positive_ttl, Duration::from_secs(30 * 60));
+        let o = QueueOptions::from_config(&config(&[("MIRRORED_CACHE_TTL", "0")]));
+        assert_eq!(o.positive_ttl, Duration::ZERO);
+        // A zero TTL is a cache that remembers nothing (and does not panic).
+        let cache = moka::sync::Cache::builder().time_to_live(o.positive_ttl).build();
+        cache.insert(1, 1);
+        assert_eq!(cache.get(&1), None::<i32>);
     }
 }
