@@ -394,22 +394,17 @@ mod tests {
             ..seen(ns, name, &[], None)
         };
         let mut inv = Inventory::new();
-        inv.apply(Update::Apply(
-            Watched::Secret,
-            secret("a", "one", Some(auths("r.io", "u1"))),
-        ));
-        inv.apply(Update::Apply(
-            Watched::Secret,
-            secret("a", "two", Some(auths("r.io", "u2"))),
-        ));
-        inv.apply(Update::Apply(
-            Watched::Secret,
-            secret("a", "other", Some(auths("q.io", "u3"))),
-        ));
-        inv.apply(Update::Apply(
-            Watched::Secret,
-            secret("b", "one", Some(auths("r.io", "u4"))),
-        ));
+        for (ns, name, host, user) in [
+            ("a", "one", "r.io", "u1"),
+            ("a", "two", "r.io", "u2"),
+            ("a", "other", "q.io", "u3"),
+            ("b", "one", "r.io", "u4"),
+        ] {
+            inv.apply(Update::Apply(
+                Watched::Secret,
+                secret(ns, name, Some(auths(host, user))),
+            ));
+        }
         assert!(inv.apply(Update::Apply(
             Watched::ServiceAccount,
             account("a", "default", &["two", "one"])

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use testkit::apiserver::ApiServer;
-use testkit::{Image, RegistryMode, manifest_digest, skopeo_digest};
+use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
 use crate::support::{CopycatRun, eventually, free_address, http, start};
 
@@ -389,13 +389,7 @@ async fn private_sources_are_pulled_with_the_pods_and_service_accounts_pull_secr
             ("LOG_LEVEL", "debug"),
         ],
     );
-    for (repo, image) in [("private/a", &a), ("private/b", &b)] {
-        eventually(repo, WAIT, async || {
-            manifest_digest(&dst, repo, "1").await.unwrap().is_some()
-        })
-        .await;
-        assert_eq!(skopeo_digest(&dst, &format!("{repo}:1")).await.unwrap(), image.digest);
-    }
+    wait_mirrored(&dst, "1", &[("private/a", &a), ("private/b", &b)]).await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(
@@ -432,20 +426,33 @@ async fn arch_in_the_prefix_comes_from_the_image_when_no_node_is_known() {
         ],
     );
     // An index is named by its platforms' architectures (attestations left out), a single image by its own.
-    for (repo, image) in [
-        ("mirror/amd64-arm64/shop/web", &multi),
-        ("mirror/arm64/tools/probe", &arm),
-    ] {
-        eventually(repo, WAIT, async || {
-            manifest_digest(&dst, repo, "1").await.unwrap().is_some()
-        })
-        .await;
-        assert_eq!(skopeo_digest(&dst, &format!("{repo}:1")).await.unwrap(), image.digest);
-    }
+    wait_mirrored(
+        &dst,
+        "1",
+        &[
+            ("mirror/amd64-arm64/shop/web", &multi),
+            ("mirror/arm64/tools/probe", &arm),
+        ],
+    )
+    .await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(
         !dst.requests().iter().any(|r| r.path.starts_with("/v2/mirror/shop/")),
         "nothing is written without the architecture segment"
     );
+}
+
+/// Waits until each repository holds `tag` at `dst`, then checks its digest with skopeo.
+async fn wait_mirrored(dst: &Registry, tag: &str, expected: &[(&str, &Image)]) {
+    for (repo, image) in expected {
+        eventually(repo, WAIT, async || {
+            manifest_digest(dst, repo, tag).await.unwrap().is_some()
+        })
+        .await;
+        assert_eq!(
+            skopeo_digest(dst, &format!("{repo}:{tag}")).await.unwrap(),
+            image.digest
+        );
+    }
 }

@@ -181,17 +181,16 @@ async fn existing_repositories_are_used_and_their_policy_reconciled_when_asked()
         "existing repositories keep their policy by default"
     );
 
-    let mut s = settings(&dst.host());
-    s.lifecycle_policy = Some(POLICY.into());
-    s.reconcile_lifecycle_policy = true;
-    let reconciling = connect(&moto, s).await;
-    reconciling.ensure_repository("mirror/a").await.unwrap();
+    let reconciling = || {
+        let mut s = settings(&dst.host());
+        s.lifecycle_policy = Some(POLICY.into());
+        s.reconcile_lifecycle_policy = true;
+        connect(&moto, s)
+    };
+    reconciling().await.ensure_repository("mirror/a").await.unwrap();
     assert_eq!(moto.count("PutLifecyclePolicy"), 1);
     // Already in sync: a fresh instance reads the policy and leaves it.
-    let mut s = settings(&dst.host());
-    s.lifecycle_policy = Some(POLICY.into());
-    s.reconcile_lifecycle_policy = true;
-    connect(&moto, s).await.ensure_repository("mirror/a").await.unwrap();
+    reconciling().await.ensure_repository("mirror/a").await.unwrap();
     assert_eq!(moto.count("PutLifecyclePolicy"), 1);
 }
 
