@@ -1,0 +1,681 @@
+//! End-to-end scenarios and failure drills: the built `copycat` binary as users run it, configured only
+//! through its config file and environment, against the stand-in API server, real registries, the
+//! fault proxy, moto and skopeo. Each test names the issue item it proves (docs/testing.md maps them).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testkit::apiserver::ApiServer;
+use testkit::{Fault, FaultProxy, Image, Match, Registry, RegistryMode, blob_exists, manifest_digest, skopeo_digest};
+
+use crate::discovery::workload;
+use crate::server::{Daemon, sample};
+use crate::support::{CopycatRun, config_file, copycat_requests, eventually, manifest_puts, start};
+
+/// How long a drill waits for the daemon to do something.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `source` of `reg` as a Pod spec writes it: `127.0.0.1:PORT/repo:tag`.
+fn on(reg: &Registry, reference: &str) -> String {
+    format!("{}/{reference}", reg.host())
+}
+
+/// A Running bare Pod `ns/name` with one container per `(name, image)`.
+fn pod(ns: &str, name: &str, containers: &[(&str, &str)]) -> Value {
+    let containers: Vec<Value> = containers.iter().map(|(n, i)| json!({"name": n, "image": i})).collect();
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+           "spec": {"containers": containers}, "status": {"phase": "Running"}})
+}
+
+/// `object` with a controller owner reference to `kind/name`.
+fn owned_by(mut object: Value, api_version: &str, kind: &str, name: &str) -> Value {
+    object["metadata"]["ownerReferences"] = json!([{"apiVersion": api_version, "kind": kind, "name": name, "uid": format!("uid-{name}"), "controller": true}]);
+    object
+}
+
+/// A Namespace object.
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+/// Waits until `repo` has `reference` (a tag or a digest) at `reg`.
+async fn wait_for(reg: &Registry, repo: &str, reference: &str) {
+    eventually(&format!("{repo}:{reference} at {}", reg.host()), WAIT, async || {
+        manifest_digest(reg, repo, reference).await.unwrap().is_some()
+    })
+    .await;
+}
+
+/// `repo` at `reference` (a tag or a digest) is `image`, byte for byte as skopeo reads it, with every
+/// child manifest and every blob present: nothing partial.
+async fn assert_identical(reg: &Registry, repo: &str, reference: &str, image: &Image) {
+    let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
+    let name = format!("{repo}{sep}{reference}");
+    assert_eq!(skopeo_digest(reg, &name).await.unwrap(), image.digest, "{name}");
+    let mut manifests = Vec::new();
+    image.walk(&mut |m| manifests.push(m.digest.clone()));
+    for digest in manifests {
+        assert_eq!(
+            manifest_digest(reg, repo, &digest).await.unwrap().as_deref(),
+            Some(digest.as_str()),
+            "{name}: manifest {digest} missing"
+        );
+    }
+    for blob in image.all_blobs() {
+        assert!(
+            blob_exists(reg, repo, &blob.digest).await.unwrap(),
+            "{name}: blob {} missing",
+            blob.digest
+        );
+    }
+}
+
+/// The value of `series` on the daemon's `/metrics`, once it answers.
+async fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
+    let (code, text) = daemon.get("/metrics").await;
+    (code == 200).then(|| sample(&text, series)).flatten()
+}
+
+/// `/status` as (target → state); empty while the daemon does not answer yet.
+async fn states(daemon: &Daemon) -> BTreeMap<String, String> {
+    let (code, body) = daemon.get("/status").await;
+    if code != 200 {
+        return BTreeMap::new();
+    }
+    let all: Value = serde_json::from_str(&body).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["target"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every manifest PUT copycat made to `reg` happened exactly once per `repo:reference`.
+fn assert_written_once(reg: &Registry) {
+    let puts = manifest_puts(reg);
+    let twice: Vec<_> = puts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "written more than once: {twice:?} (all: {puts:?})");
+}
+
+// ── 1. What is mirrored ─────────────────────────────────────────────────────────────────────────────
+
+/// Issue scenario 1: every workload kind, init and ephemeral containers, and every manifest shape
+/// (multi-arch OCI index with attestations, Docker manifest list, OCI artifact, digest-only and
+/// tag@digest references) mirrored with the source's digests, as skopeo reads them.
+#[tokio::test]
+async fn every_kind_and_manifest_shape_is_mirrored_byte_exact() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let index = Image::oci_index(&[3000], true, 800).unwrap();
+    let init = Image::docker("amd64", &[1500], 801).unwrap();
+    let list = Image::docker_manifest_list(&[2000], 802).unwrap();
+    let chart = Image::helm_chart(2500, 803).unwrap();
+    let pinned = Image::oci("arm64", &[1800], 804).unwrap();
+    let both = Image::docker("amd64", &[1700], 805).unwrap();
+    let app = Image::oci("amd64", &[1600], 806).unwrap();
+    let debug = Image::oci("amd64", &[1400], 807).unwrap();
+    index.push(&src, "shop/web", "1.0").await.unwrap();
+    init.push(&src, "tools/init", "1").await.unwrap();
+    list.push(&src, "data/db", "16").await.unwrap();
+    chart.push(&src, "charts/agent", "0.1").await.unwrap();
+    pinned.push(&src, "tools/migrate", &pinned.digest).await.unwrap();
+    both.push(&src, "tools/backup", "3").await.unwrap();
+    app.push(&src, "tools/app", "1").await.unwrap();
+    debug.push(&src, "tools/debug", "1").await.unwrap();
+
+    let server = ApiServer::new();
+    let mut web = workload(
+        "Deployment",
+        "apps/v1",
+        "default",
+        "web",
+        &[("web", &on(&src, "shop/web:1.0"))],
+    );
+    web["spec"]["template"]["spec"]["initContainers"] = json!([{"name": "init", "image": on(&src, "tools/init:1")}]);
+    let migrate = on(&src, &format!("tools/migrate@{}", pinned.digest));
+    let backup = on(&src, &format!("tools/backup:3@{}", both.digest));
+    let mut toolbox = pod("default", "toolbox", &[("app", &on(&src, "tools/app:1"))]);
+    toolbox["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": on(&src, "tools/debug:1")}]);
+    server
+        .apply_all([
+            web,
+            workload(
+                "StatefulSet",
+                "apps/v1",
+                "default",
+                "db",
+                &[("db", &on(&src, "data/db:16"))],
+            ),
+            workload(
+                "DaemonSet",
+                "apps/v1",
+                "kube-system",
+                "agent",
+                &[("agent", &on(&src, "charts/agent:0.1"))],
+            ),
+            workload("Job", "batch/v1", "default", "migrate", &[("m", &migrate)]),
+            workload("CronJob", "batch/v1", "default", "nightly", &[("b", &backup)]),
+            toolbox,
+        ])
+        .unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
+    );
+
+    let expected: [(&str, &str, &Image); 8] = [
+        ("shop/web", "1.0", &index),
+        ("tools/init", "1", &init),
+        ("data/db", "16", &list),
+        ("charts/agent", "0.1", &chart),
+        ("tools/migrate", &pinned.digest, &pinned),
+        ("tools/backup", "3", &both),
+        ("tools/app", "1", &app),
+        ("tools/debug", "1", &debug),
+    ];
+    for (repo, reference, _) in &expected {
+        wait_for(&dst, repo, reference).await;
+    }
+    for (repo, reference, image) in &expected {
+        assert_identical(&dst, repo, reference, image).await;
+    }
+    assert_eq!(
+        manifest_digest(&dst, "tools/migrate", "latest").await.unwrap(),
+        None,
+        "a digest-only source is pushed by digest, never as latest"
+    );
+    let states = states(&daemon).await;
+    assert_eq!(states.len(), 8, "{states:#?}");
+    assert!(states.values().all(|s| s == "mirrored"), "{states:#?}");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_written_once(&dst);
+}
+
+// ── 2. Filters ──────────────────────────────────────────────────────────────────────────────────────
+
+/// Issue scenario 2 (the kinds `daemon::filters_apply_and_namespaces_appearing_later_are_picked_up`
+/// leaves out): the skip list of every other kind, by name and by `namespace/name`, and skips that
+/// follow owner chains (Pod → StatefulSet, Pod → Job → CronJob). Skipped images are never even
+/// looked at on the source.
+#[tokio::test]
+async fn skip_lists_of_every_kind_follow_owner_chains() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let kept = [
+        "s/cache",
+        "s/agent-other",
+        "s/migrate",
+        "s/hourly",
+        "s/hourly-pod",
+        "s/pod",
+    ];
+    let skipped = [
+        "s/db",
+        "s/db-sidecar",
+        "s/agent",
+        "s/once",
+        "s/nightly",
+        "s/nightly-pod",
+        "s/scratch",
+    ];
+    for (i, repo) in kept.iter().chain(&skipped).enumerate() {
+        Image::oci("amd64", &[500], 820 + i as u64)
+            .unwrap()
+            .push(&src, repo, "1")
+            .await
+            .unwrap();
+    }
+    let img = |repo: &str| on(&src, &format!("{repo}:1"));
+    let server = ApiServer::new();
+    server
+        .apply_all([
+            namespace("ops"),
+            namespace("other"),
+            workload("StatefulSet", "apps/v1", "ops", "db", &[("db", &img("s/db"))]),
+            owned_by(
+                pod("ops", "db-0", &[("sidecar", &img("s/db-sidecar"))]),
+                "apps/v1",
+                "StatefulSet",
+                "db",
+            ),
+            workload("StatefulSet", "apps/v1", "ops", "cache", &[("c", &img("s/cache"))]),
+            workload("DaemonSet", "apps/v1", "ops", "agent", &[("a", &img("s/agent"))]),
+            workload(
+                "DaemonSet",
+                "apps/v1",
+                "other",
+                "agent",
+                &[("a", &img("s/agent-other"))],
+            ),
+            workload("Job", "batch/v1", "ops", "once", &[("o", &img("s/once"))]),
+            workload("Job", "batch/v1", "ops", "migrate", &[("m", &img("s/migrate"))]),
+            workload("CronJob", "batch/v1", "ops", "nightly", &[("n", &img("s/nightly"))]),
+            owned_by(
+                workload("Job", "batch/v1", "ops", "nightly-290", &[("n", &img("s/nightly"))]),
+                "batch/v1",
+                "CronJob",
+                "nightly",
+            ),
+            owned_by(
+                pod("ops", "nightly-290-x", &[("n", &img("s/nightly-pod"))]),
+                "batch/v1",
+                "Job",
+                "nightly-290",
+            ),
+            workload("CronJob", "batch/v1", "ops", "hourly", &[("h", &img("s/hourly"))]),
+            owned_by(
+                workload("Job", "batch/v1", "ops", "hourly-7", &[("h", &img("s/hourly"))]),
+                "batch/v1",
+                "CronJob",
+                "hourly",
+            ),
+            owned_by(
+                pod("ops", "hourly-7-x", &[("h", &img("s/hourly-pod"))]),
+                "batch/v1",
+                "Job",
+                "hourly-7",
+            ),
+            pod("ops", "scratch", &[("s", &img("s/scratch"))]),
+            pod("ops", "keeper", &[("p", &img("s/pod"))]),
+        ])
+        .unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("SKIP_STATEFULSETS", "db"),
+            ("SKIP_DAEMONSETS", "ops/agent"),
+            ("SKIP_JOBS", "once"),
+            ("SKIP_CRONJOBS", "ops/nightly"),
+            ("SKIP_PODS", "scratch"),
+        ],
+    );
+    for repo in kept {
+        wait_for(&dst, repo, "1").await;
+    }
+    let (_, answer) = daemon.json("POST", "/force-reconcile?wait=20s", None).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(answer["imagesMirrored"], kept.len(), "{answer}");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for repo in skipped {
+        assert_eq!(
+            manifest_digest(&dst, repo, "1").await.unwrap(),
+            None,
+            "{repo} was mirrored"
+        );
+        let asked: Vec<_> = copycat_requests(&src)
+            .into_iter()
+            .filter(|r| r.path.starts_with(&format!("/v2/{repo}/")))
+            .collect();
+        assert!(
+            asked.is_empty(),
+            "{repo} is skipped, yet the source was asked: {asked:?}"
+        );
+    }
+}
+
+// ── 3. Naming ───────────────────────────────────────────────────────────────────────────────────────
+
+/// Issue scenario 3: a repository prefix with every placeholder (`$registry`, `$namespace`,
+/// `$podname`, `$container_name`, `$arch` from the Node), and `pathMap` rules, plain and regex, from
+/// the config file.
+#[tokio::test]
+async fn prefix_placeholders_and_path_maps_name_the_targets() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let (api_image, billing, plain) = (
+        Image::oci("amd64", &[900], 840).unwrap(),
+        Image::oci_index(&[900], false, 841).unwrap(),
+        Image::docker("amd64", &[900], 842).unwrap(),
+    );
+    api_image.push(&src, "legacy/team/api", "1").await.unwrap();
+    billing.push(&src, "apps/billing-service", "2").await.unwrap();
+    plain.push(&src, "library/redis", "7").await.unwrap();
+    let server = ApiServer::new();
+    let node_info = json!({"architecture": "arm64", "operatingSystem": "linux", "bootID": "", "containerRuntimeVersion": "",
+        "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "osImage": "", "systemUUID": ""});
+    let mut worker = pod(
+        "jobs",
+        "worker",
+        &[
+            ("main", &on(&src, "apps/billing-service:2")),
+            ("cache", &on(&src, "library/redis:7")),
+        ],
+    );
+    worker["spec"]["nodeName"] = json!("arm-1");
+    server
+        .apply_all([
+            namespace("shop"),
+            namespace("jobs"),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "arm-1"}, "status": {"nodeInfo": node_info}}),
+            workload(
+                "Deployment",
+                "apps/v1",
+                "shop",
+                "web",
+                &[("app", &on(&src, "legacy/team/api:1"))],
+            ),
+            worker,
+        ])
+        .unwrap();
+    let api = server.serve().unwrap();
+    let config = config_file(&format!(
+        r#"targetKind: docker
+docker:
+  registry: "{dst}"
+  repoPrefix: "m/$registry/$namespace/$podname/$container_name/$arch"
+checkNodePlatform: true
+pathMap:
+  - from: legacy/team
+    to: teams/legacy
+  - from: "^apps/(.+)-service$"
+    to: "svc/$1"
+    regex: true
+"#,
+        dst = dst.host()
+    ));
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[("CONFIG_PATH", config.path().to_str().unwrap())],
+    );
+    // `$registry` is the source host, cleaned to a repository component (`:` is not allowed).
+    let registry = src.host().replace(':', "-");
+    let expected = [
+        (format!("m/{registry}/shop/web/app/teams/legacy/api"), "1", &api_image),
+        (
+            format!("m/{registry}/jobs/worker/main/arm64/svc/billing"),
+            "2",
+            &billing,
+        ),
+        (
+            format!("m/{registry}/jobs/worker/cache/arm64/library/redis"),
+            "7",
+            &plain,
+        ),
+    ];
+    for (repo, tag, _) in &expected {
+        wait_for(&dst, repo, tag).await;
+    }
+    for (repo, tag, image) in &expected {
+        assert_identical(&dst, repo, tag, image).await;
+    }
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        manifest_puts(&dst).len(),
+        expected.len() + 2,
+        "the index's two children, then the three tags"
+    );
+}
+
+// ── 4. Live changes ─────────────────────────────────────────────────────────────────────────────────
+
+/// Issue scenario 4: a Deployment added after the start, its image changed, then deleted, and a
+/// CronJob's image changed. A deleted workload's backup stays; it is no longer tracked.
+#[tokio::test]
+async fn added_changed_and_deleted_workloads_and_cronjob_changes_are_followed() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let images: Vec<Image> = (0..4).map(|i| Image::oci("amd64", &[700], 850 + i).unwrap()).collect();
+    images[0].push(&src, "ops/backup", "1").await.unwrap();
+    images[1].push(&src, "ops/backup", "2").await.unwrap();
+    images[2].push(&src, "shop/web", "1").await.unwrap();
+    images[3].push(&src, "shop/web", "2").await.unwrap();
+    let cronjob = |tag: &str| {
+        workload(
+            "CronJob",
+            "batch/v1",
+            "default",
+            "backup",
+            &[("b", &on(&src, &format!("ops/backup:{tag}")))],
+        )
+    };
+    let web = |tag: &str| {
+        workload(
+            "Deployment",
+            "apps/v1",
+            "default",
+            "web",
+            &[("web", &on(&src, &format!("shop/web:{tag}")))],
+        )
+    };
+    let server = ApiServer::new();
+    server.apply(cronjob("1")).unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
+    );
+    wait_for(&dst, "ops/backup", "1").await;
+
+    server.apply(web("1")).unwrap();
+    wait_for(&dst, "shop/web", "1").await;
+    server.apply(web("2")).unwrap();
+    wait_for(&dst, "shop/web", "2").await;
+    server.apply(cronjob("2")).unwrap();
+    wait_for(&dst, "ops/backup", "2").await;
+    eventually("two images tracked", WAIT, async || {
+        metric(&daemon, "k8s_copycat_images_tracked").await == Some(2.0)
+    })
+    .await;
+
+    let writes = |reg: &Registry| {
+        copycat_requests(reg)
+            .iter()
+            .filter(|r| r.method != "GET" && r.method != "HEAD")
+            .count()
+    };
+    let written = writes(&dst);
+    server.delete("Deployment", "default", "web");
+    eventually("one image tracked after the deletion", WAIT, async || {
+        metric(&daemon, "k8s_copycat_images_tracked").await == Some(1.0)
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(writes(&dst), written, "a deletion writes nothing");
+    for (repo, tag, image) in [
+        ("ops/backup", "1", &images[0]),
+        ("ops/backup", "2", &images[1]),
+        ("shop/web", "1", &images[2]),
+        ("shop/web", "2", &images[3]),
+    ] {
+        assert_identical(&dst, repo, tag, image).await;
+    }
+    assert_written_once(&dst);
+}
+
+// ── 5. Dry runs ─────────────────────────────────────────────────────────────────────────────────────
+
+/// Issue scenario 5 (dry run; dry pull is `daemon::dry_pull_plans_without_any_registry_request`):
+/// `DRY_RUN=true` writes nothing to the target and logs every target it would write.
+#[tokio::test]
+async fn dry_run_writes_nothing_and_names_every_target() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    for (i, repo) in ["lib/a", "lib/b", "lib/c"].iter().enumerate() {
+        Image::oci("amd64", &[800], 860 + i as u64)
+            .unwrap()
+            .push(&src, repo, "1")
+            .await
+            .unwrap();
+    }
+    let server = ApiServer::new();
+    server
+        .apply_all([
+            crate::server::deployment("ab", &[on(&src, "lib/a:1"), on(&src, "lib/b:1")]),
+            pod("default", "c", &[("c", &on(&src, "lib/c:1"))]),
+        ])
+        .unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("TARGET_REPO_PREFIX", "dry/$namespace"),
+            ("DRY_RUN", "true"),
+        ],
+    );
+    let targets: Vec<String> = ["lib/a:1", "lib/b:1", "lib/c:1"]
+        .iter()
+        .map(|r| format!("{}/dry/default/{r}", dst.host()))
+        .collect();
+    eventually("every target decided", WAIT, async || {
+        let states = states(&daemon).await;
+        targets
+            .iter()
+            .all(|t| states.get(t).map(String::as_str) == Some("dry-run"))
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for target in &targets {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("would-copy") && l.contains(target.as_str())),
+            "{target} not named: {log}"
+        );
+    }
+    let writes: Vec<_> = dst
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && r.method != "HEAD")
+        .collect();
+    assert!(writes.is_empty(), "a dry run wrote to the target: {writes:?}");
+}
+
+// ── 8. Authentication and TLS ───────────────────────────────────────────────────────────────────────
+
+/// Issue scenario 8: sources with basic auth, bearer tokens and TLS with a custom CA, into a target
+/// with basic auth over TLS with a custom CA; then from a basic-auth TLS source into a bearer-token
+/// target. Credentials come from the environment (`passwordEnv`, `TARGET_PASSWORD`), CAs from the
+/// config file; no password ever appears in the output.
+#[tokio::test]
+async fn basic_auth_bearer_tokens_and_custom_ca_tls_on_both_sides() {
+    const BASIC: &str = "basic-pw-5Rt2";
+    const TOKEN: &str = "token-pw-8Kq1";
+    const TLS_TARGET: &str = "tls-target-pw-3Zz9";
+    let src_basic = start(RegistryMode::basic("reader", BASIC));
+    let src_token = start(RegistryMode::token("robot", TOKEN));
+    let src_tls = start(RegistryMode::Tls);
+    let dst_tls = start(RegistryMode::basic_tls("pusher", TLS_TARGET));
+    let images = [
+        Image::oci("amd64", &[1200], 870).unwrap(),
+        Image::oci_index(&[1200], true, 871).unwrap(),
+        Image::docker("amd64", &[1200], 872).unwrap(),
+    ];
+    images[0].push(&src_basic, "team/basic", "1").await.unwrap();
+    images[1].push(&src_token, "team/token", "1").await.unwrap();
+    images[2].push(&src_tls, "team/tls", "1").await.unwrap();
+    let pem = |reg: &Registry| reg.ca_pem_path().unwrap().display().to_string();
+    let passwords = [BASIC, TOKEN, TLS_TARGET];
+
+    // Into the TLS target with basic auth.
+    let server = ApiServer::new();
+    server
+        .apply(crate::server::deployment(
+            "app",
+            &[
+                on(&src_basic, "team/basic:1"),
+                on(&src_token, "team/token:1"),
+                on(&src_tls, "team/tls:1"),
+            ],
+        ))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let config = config_file(&format!(
+        r#"targetKind: docker
+docker:
+  registry: "{dst}"
+  caFile: "{dst_ca}"
+registries:
+  - host: "{tls}"
+    caFile: "{tls_ca}"
+registryCredentials:
+  - registry: "{basic}"
+    username: reader
+    passwordEnv: BASIC_PASSWORD
+  - registry: "{token}"
+    username: robot
+    passwordEnv: TOKEN_PASSWORD
+"#,
+        dst = dst_tls.host(),
+        dst_ca = pem(&dst_tls),
+        tls = src_tls.host(),
+        tls_ca = pem(&src_tls),
+        basic = src_basic.host(),
+        token = src_token.host(),
+    ));
+    let env = [
+        ("CONFIG_PATH", config.path().to_str().unwrap()),
+        ("BASIC_PASSWORD", BASIC),
+        ("TOKEN_PASSWORD", TOKEN),
+        ("TARGET_USERNAME", "pusher"),
+        ("TARGET_PASSWORD", TLS_TARGET),
+        ("LOG_LEVEL", "debug"),
+    ];
+    let daemon = Daemon::start(api.kubeconfig_path(), &env);
+    for (repo, image) in ["team/basic", "team/token", "team/tls"].iter().zip(&images) {
+        wait_for(&dst_tls, repo, "1").await;
+        assert_identical(&dst_tls, repo, "1", image).await;
+    }
+    let (_, status) = daemon.get("/status").await;
+    let (_, metrics) = daemon.get("/metrics").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for output in [&log, &status, &metrics] {
+        for password in passwords {
+            assert!(!output.contains(password), "a password was printed: {output}");
+        }
+    }
+    assert!(
+        src_token.token_log().iter().any(|t| t.authorized),
+        "the token flow was used"
+    );
+
+    // From the TLS registry with basic auth into the bearer-token registry.
+    let server = ApiServer::new();
+    server
+        .apply(crate::server::deployment("back", &[on(&dst_tls, "team/token:1")]))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let config = config_file(&format!(
+        r#"targetKind: docker
+docker:
+  registry: "{token}"
+  repoPrefix: back
+registries:
+  - host: "{tls}"
+    caFile: "{tls_ca}"
+registryCredentials:
+  - registry: "{tls}"
+    username: pusher
+    passwordEnv: TLS_PASSWORD
+"#,
+        token = src_token.host(),
+        tls = dst_tls.host(),
+        tls_ca = pem(&dst_tls),
+    ));
+    let env = [
+        ("CONFIG_PATH", config.path().to_str().unwrap()),
+        ("TLS_PASSWORD", TLS_TARGET),
+        ("TARGET_USERNAME", "robot"),
+        ("TARGET_PASSWORD", TOKEN),
+        ("LOG_LEVEL", "debug"),
+    ];
+    let daemon = Daemon::start(api.kubeconfig_path(), &env);
+    wait_for(&src_token, "back/team/token", "1").await;
+    assert_identical(&src_token, "back/team/token", "1", &images[1]).await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for password in passwords {
+        assert!(!log.contains(password), "a password was printed: {log}");
+    }
+}
