@@ -106,7 +106,7 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("requestTimeout"), Some("REGISTRY_REQUEST_TIMEOUT"), "300", "seconds or duration", "Timeout of each registry request; `0` means none. Also accepted as `requestTimeoutSeconds`."),
     s(Some("registryRetryAttempts"), Some("REGISTRY_RETRY_ATTEMPTS"), "3", "integer > 0", "Attempts per registry request on transient errors (connection errors, 408, 429, 5xx)."),
     s(Some("registryRetryBackoff"), Some("REGISTRY_RETRY_BACKOFF"), "10", "seconds or duration", "Base delay between attempts (exponential, with jitter). Also accepted as `registryRetryBackoffSeconds`."),
-    s(Some("failureCooldownMinutes"), Some("FAILURE_COOLDOWN_MINUTES"), "60", "minutes or duration", "After a failure, wait this long before retrying that target; `0` disables the cooldown."),
+    s(Some("failureCooldownMinutes"), Some("FAILURE_COOLDOWN_MINUTES"), "60", "minutes or duration", "After a failure, wait this long before retrying that target; `0` disables the cooldown: a failed target is then retried after 1 s, doubling with each failure up to about 16 minutes (as k8s-copycat's requeue), or at once when submitted again."),
     s(Some("emitEvents"), Some("EMIT_EVENTS"), "true", "bool", "Create a Warning Event (reason `MirrorFailed`) on each workload whose image could not be mirrored, at most once per target per `failureCooldownMinutes` (per 60 minutes when that is 0). Only the leader emits; never in `dryRun` or `dryPull`. Needs `create` on `events`."),
     s(Some("forceReconcileMinutes"), Some("FORCE_RECONCILE_MINUTES"), "0", "minutes or duration", "Full rescan interval; `0` disables periodic rescans."),
     s(Some("maxConcurrentReconciles"), Some("MAX_CONCURRENT_RECONCILES"), "2", "integer > 0", "Concurrent mirror workers."),
