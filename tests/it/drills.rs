@@ -679,3 +679,734 @@ registryCredentials:
         assert!(!log.contains(password), "a password was printed: {log}");
     }
 }
+
+// ── Failure drills ──────────────────────────────────────────────────────────────────────────────────
+
+/// The lines of `log` that report a failed attempt at `target` (`registry/repo:tag`).
+fn failures_of<'a>(log: &'a str, target: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains("mirror failed") && l.contains(&format!("{target} ")))
+        .collect()
+}
+
+/// Drill: the source registry dies in the middle of a run, with a large layer in flight and more
+/// work arriving while it is down, then comes back. With `FAILURE_COOLDOWN_MINUTES=0` everything is
+/// mirrored once it is back, without a restart or an admin call; no tag is written twice and none
+/// points at partial content.
+#[tokio::test]
+async fn a_source_outage_mid_run_heals_without_duplicate_or_partial_tags() {
+    let (mut src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let big = Image::oci("amd64", &[96 << 20], 880).unwrap();
+    big.push(&src, "big/app", "1").await.unwrap();
+    let small: Vec<Image> = (0..6).map(|i| Image::oci("amd64", &[2000], 881 + i).unwrap()).collect();
+    for (i, image) in small.iter().enumerate() {
+        image.push(&src, &format!("small/app{i}"), "1").await.unwrap();
+    }
+    let server = ApiServer::new();
+    server
+        .apply(crate::server::deployment(
+            "first",
+            &[on(&src, "small/app0:1"), on(&src, "small/app1:1")],
+        ))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+            ("REGISTRY_RETRY_ATTEMPTS", "2"),
+            ("REGISTRY_RETRY_BACKOFF", "200ms"),
+        ],
+    );
+    wait_for(&dst, "small/app0", "1").await;
+    wait_for(&dst, "small/app1", "1").await;
+
+    // The big layer is streaming from the source to the target when the source dies.
+    server
+        .apply(crate::server::deployment("big", &[on(&src, "big/app:1")]))
+        .unwrap();
+    eventually("the big layer's upload to start", WAIT, async || {
+        copycat_requests(&dst)
+            .iter()
+            .any(|r| r.method == "POST" && r.path.starts_with("/v2/big/app/blobs/uploads/"))
+    })
+    .await;
+    src.stop();
+    assert_eq!(
+        manifest_digest(&dst, "big/app", "1").await.unwrap(),
+        None,
+        "the big image was still in flight when the source died"
+    );
+    // More work arrives while the source is down.
+    let late: Vec<String> = (2..6).map(|i| on(&src, &format!("small/app{i}:1"))).collect();
+    server.apply(crate::server::deployment("late", &late)).unwrap();
+    let targets: Vec<String> = std::iter::once("big/app:1".to_owned())
+        .chain((2..6).map(|i| format!("small/app{i}:1")))
+        .map(|r| format!("{}/{r}", dst.host()))
+        .collect();
+    eventually("every copy during the outage to fail", WAIT, async || {
+        let log = daemon.run.log();
+        targets.iter().all(|t| !failures_of(&log, t).is_empty())
+    })
+    .await;
+    src.restart().unwrap();
+
+    eventually("everything mirrored after the outage", WAIT, async || {
+        let states = states(&daemon).await;
+        states.len() == 7 && states.values().all(|s| s == "mirrored")
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_identical(&dst, "big/app", "1", &big).await;
+    for (i, image) in small.iter().enumerate() {
+        assert_identical(&dst, &format!("small/app{i}"), "1", image).await;
+    }
+    assert_written_once(&dst);
+}
+
+/// Drill: the target answers 500 to manifest PUTs and 429 with `Retry-After: 1` to upload starts,
+/// several times in a row (through the fault proxy). Each request is retried with backoff, honouring
+/// `Retry-After`, and the mirror completes without a failed attempt.
+#[tokio::test]
+async fn target_server_errors_and_rate_limits_are_retried_with_backoff() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let proxy = FaultProxy::start(&dst.url()).unwrap();
+    let images = [
+        Image::oci("amd64", &[50_000], 885).unwrap(),
+        Image::docker_manifest_list(&[20_000], 886).unwrap(),
+    ];
+    images[0].push(&src, "lib/one", "1").await.unwrap();
+    images[1].push(&src, "lib/two", "1").await.unwrap();
+    proxy.set(
+        Fault::status_retry_after(429, "1")
+            .on(Match::new(Some("POST"), Some("/blobs/uploads/")))
+            .times(3),
+    );
+    proxy.set(
+        Fault::status(500)
+            .on(Match::new(Some("PUT"), Some("/manifests/")))
+            .times(3),
+    );
+    let server = ApiServer::new();
+    server
+        .apply(crate::server::deployment(
+            "app",
+            &[on(&src, "lib/one:1"), on(&src, "lib/two:1")],
+        ))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let started = Instant::now();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &proxy.host()),
+            ("REGISTRY_RETRY_ATTEMPTS", "4"),
+            ("REGISTRY_RETRY_BACKOFF", "100ms"),
+            // One request at a time: the faults hit consecutive attempts of one request.
+            ("MAX_CONCURRENT_RECONCILES", "1"),
+            ("BLOB_CONCURRENCY", "1"),
+        ],
+    );
+    wait_for(&dst, "lib/one", "1").await;
+    wait_for(&dst, "lib/two", "1").await;
+    let took = started.elapsed();
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(proxy.faults_applied(), 6, "{:#?}", proxy.requests());
+    assert!(
+        took >= Duration::from_secs(3),
+        "three answers with Retry-After: 1 were not waited for ({took:?})"
+    );
+    assert!(!log.contains("mirror failed"), "retries are within one attempt: {log}");
+    assert_identical(&dst, "lib/one", "1", &images[0]).await;
+    assert_identical(&dst, "lib/two", "1", &images[1]).await;
+    assert_written_once(&dst);
+}
+
+/// Peak resident memory (`VmHWM`) of process `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    kib / 1024.0
+}
+
+/// Drill: the connection is cut in the middle of a 200 MiB layer download. The copy is retried and
+/// the result is digest-identical; the layer streams through without being held in memory.
+#[tokio::test]
+async fn a_connection_cut_inside_a_200_mib_layer_is_retried_to_an_identical_copy() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let proxy = FaultProxy::start(&src.url()).unwrap();
+    let big = Image::oci("amd64", &[200 << 20], 890).unwrap();
+    big.push(&src, "big/layer", "1").await.unwrap();
+    let layer = format!("/blobs/{}", big.blobs[1].digest);
+    proxy.set(
+        Fault::drop_response_after(100 << 20)
+            .on(Match::new(Some("GET"), Some(&layer)))
+            .times(1),
+    );
+    let server = ApiServer::new();
+    server
+        .apply(crate::server::deployment("big", &[on_proxy(&proxy, "big/layer:1")]))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let started = Instant::now();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("REGISTRY_RETRY_BACKOFF", "200ms"),
+        ],
+    );
+    wait_for(&dst, "big/layer", "1").await;
+    let took = started.elapsed();
+    let rss = peak_rss_mib(daemon.run.pid());
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    println!("200 MiB layer, cut at 100 MiB: mirrored in {took:.1?}, daemon peak RSS {rss:.1} MiB");
+    assert_eq!(proxy.faults_applied(), 1);
+    let gets = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&layer))
+        .count();
+    assert!(gets >= 2, "the layer was fetched again after the cut ({gets} GETs)");
+    assert_identical(&dst, "big/layer", "1", &big).await;
+    assert_written_once(&dst);
+    assert!(rss < 150.0, "a 200 MiB layer must stream, peak RSS {rss:.1} MiB");
+}
+
+/// `reference` at the fault proxy `proxy`: `127.0.0.1:PORT/repo:tag`.
+fn on_proxy(proxy: &FaultProxy, reference: &str) -> String {
+    format!("{}/{reference}", proxy.host())
+}
+
+/// Drill: the source serves one image's layer with a flipped byte. That image fails with a digest
+/// error and nothing of it is tagged (nor is the bad blob stored) on the target; the other images of
+/// the same workload are mirrored.
+#[tokio::test]
+async fn a_corrupted_source_blob_fails_only_its_image_and_tags_nothing() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let proxy = FaultProxy::start(&src.url()).unwrap();
+    let bad = Image::oci("amd64", &[200_000], 895).unwrap();
+    let good = [
+        Image::docker("amd64", &[30_000], 896).unwrap(),
+        Image::oci_index(&[30_000], true, 897).unwrap(),
+    ];
+    bad.push(&src, "lib/bad", "1").await.unwrap();
+    good[0].push(&src, "lib/good0", "1").await.unwrap();
+    good[1].push(&src, "lib/good1", "1").await.unwrap();
+    let layer = bad.blobs[1].digest.clone();
+    proxy.set(
+        Fault::corrupt_body(150_000)
+            .on(Match::new(Some("GET"), Some(&format!("/blobs/{layer}"))))
+            .times(100),
+    );
+    let server = ApiServer::new();
+    server
+        .apply(crate::server::deployment(
+            "app",
+            &[
+                on_proxy(&proxy, "lib/bad:1"),
+                on_proxy(&proxy, "lib/good0:1"),
+                on_proxy(&proxy, "lib/good1:1"),
+            ],
+        ))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
+    );
+    let bad_target = format!("{}/lib/bad:1", dst.host());
+    eventually("the corrupted image in cooldown", WAIT, async || {
+        daemon
+            .status_of(&bad_target)
+            .await
+            .is_some_and(|s| s["state"] == "cooldown")
+    })
+    .await;
+    wait_for(&dst, "lib/good0", "1").await;
+    wait_for(&dst, "lib/good1", "1").await;
+    let status = daemon.status_of(&bad_target).await.unwrap();
+    let error = status["lastError"].as_str().unwrap();
+    assert!(
+        error.contains(&layer) && error.contains("does not match"),
+        "a digest error naming the layer: {status}"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        failures_of(&log, &bad_target).len(),
+        1,
+        "a digest mismatch is not retried at once: {log}"
+    );
+    assert_eq!(manifest_digest(&dst, "lib/bad", "1").await.unwrap(), None);
+    assert!(
+        !blob_exists(&dst, "lib/bad", &layer).await.unwrap(),
+        "the corrupted blob was stored"
+    );
+    assert!(
+        !manifest_puts(&dst).keys().any(|k| k.starts_with("lib/bad:")),
+        "nothing of the corrupted image is tagged"
+    );
+    assert_identical(&dst, "lib/good0", "1", &good[0]).await;
+    assert_identical(&dst, "lib/good1", "1", &good[1]).await;
+    assert_written_once(&dst);
+}
+
+/// Drill: the stand-in API server restarts (watches resume into a compacted history: 410 Gone), and
+/// later answers an open watch's resumption with 410 again. The daemon relists each time, picks up
+/// what changed meanwhile and keeps following changes; nothing is mirrored twice.
+#[tokio::test]
+async fn api_server_restarts_and_expired_watches_relist_without_mirroring_twice() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let repos = ["lib/a", "lib/b", "lib/c", "lib/d"];
+    for (i, repo) in repos.iter().enumerate() {
+        Image::oci("amd64", &[900], 900 + i as u64)
+            .unwrap()
+            .push(&src, repo, "1")
+            .await
+            .unwrap();
+    }
+    let deploy = |name: &str, repo: &str| crate::server::deployment(name, &[on(&src, &format!("{repo}:1"))]);
+    let server = ApiServer::new();
+    server.apply(deploy("a", "lib/a")).unwrap();
+    let mut api = server.serve().unwrap();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
+    );
+    wait_for(&dst, "lib/a", "1").await;
+    let lists = |server: &ApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|(m, p)| m == "GET" && p.contains("/deployments?") && !p.contains("watch=true"))
+            .count()
+    };
+    let lists_at_start = lists(&server);
+
+    // A change while the server is down, then a restart: the history is gone.
+    api.stop();
+    server.apply(deploy("b", "lib/b")).unwrap();
+    api.restart().unwrap();
+    wait_for(&dst, "lib/b", "1").await;
+    let lists_after_restart = lists(&server);
+    assert!(lists_after_restart > lists_at_start, "no relist after the restart");
+
+    // 410 Gone on a running server: the watch resumes from a compacted history.
+    server.compact();
+    server.apply(deploy("c", "lib/c")).unwrap();
+    server.compact();
+    server.close_watches();
+    wait_for(&dst, "lib/c", "1").await;
+    assert!(lists(&server) > lists_after_restart, "no relist after 410 Gone");
+
+    // And it keeps watching.
+    server.apply(deploy("d", "lib/d")).unwrap();
+    wait_for(&dst, "lib/d", "1").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_written_once(&dst);
+    for repo in repos {
+        let copies = log
+            .lines()
+            .filter(|l| l.contains("mirror copied") && l.contains(&format!("/{repo}:1 ")))
+            .count();
+        assert_eq!(copies, 1, "{repo} copied {copies} times: {log}");
+        let gets = copycat_requests(&src)
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with(&format!("/v2/{repo}/manifests/")))
+            .count();
+        assert_eq!(gets, 1, "{repo}'s manifest fetched {gets} times");
+    }
+}
+
+/// Drill: objects a real cluster can hold but that make poor input: a Pod whose image string is not
+/// a valid reference, a Pod with 200 containers, a Deployment with an empty image next to a good
+/// one. Each is logged and the daemon carries on: every valid image is mirrored, later changes too.
+#[tokio::test]
+async fn bad_objects_are_logged_and_the_daemon_carries_on() {
+    use futures::StreamExt as _;
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let many = Image::oci("amd64", &[600], 910).unwrap();
+    let client = testkit::Client::new(&src).unwrap();
+    let tags: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+    // The blobs once, then the manifest under each tag.
+    client.push_image("lib/many", &tags[0], &many).await.unwrap();
+    let pushed: Vec<anyhow::Result<String>> = futures::stream::iter(&tags[1..])
+        .map(|tag| client.push_raw_manifest("lib/many", tag, &many.media_type, many.manifest.clone()))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(pushed.iter().all(Result::is_ok), "{pushed:?}");
+    let (good, later) = (
+        Image::oci("amd64", &[600], 911).unwrap(),
+        Image::oci("amd64", &[600], 912).unwrap(),
+    );
+    good.push(&src, "lib/good", "1").await.unwrap();
+    later.push(&src, "lib/later", "1").await.unwrap();
+
+    let server = ApiServer::new();
+    let wide: Vec<(String, String)> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| (format!("c{i}"), on(&src, &format!("lib/many:{tag}"))))
+        .collect();
+    let wide: Vec<(&str, &str)> = wide.iter().map(|(n, i)| (n.as_str(), i.as_str())).collect();
+    server
+        .apply_all([
+            pod("default", "broken", &[("c", "Not A Valid::Image")]),
+            pod("default", "shouty", &[("c", &on(&src, "Lib/UPPER:1"))]),
+            pod("default", "wide", &wide),
+            workload(
+                "Deployment",
+                "apps/v1",
+                "default",
+                "hollow",
+                &[("empty", ""), ("real", &on(&src, "lib/good:1"))],
+            ),
+        ])
+        .unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
+    );
+    wait_for(&dst, "lib/good", "1").await;
+    server
+        .apply(workload(
+            "Deployment",
+            "apps/v1",
+            "default",
+            "after",
+            &[("c", &on(&src, "lib/later:1"))],
+        ))
+        .unwrap();
+    wait_for(&dst, "lib/later", "1").await;
+    eventually("the 200 containers' images", WAIT, async || {
+        let states = states(&daemon).await;
+        states.len() == 202 && states.values().all(|s| s == "mirrored")
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for (workload, image) in [
+        ("Pod default/broken", "Not A Valid::Image"),
+        ("Pod default/shouty", "Lib/UPPER:1"),
+        ("Deployment default/hollow", "\"\""),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("invalid image reference") && l.contains(workload) && l.contains(image)),
+            "{workload}'s image {image} not reported: {log}"
+        );
+    }
+    for tag in &tags {
+        assert_eq!(
+            manifest_digest(&dst, "lib/many", tag).await.unwrap().as_deref(),
+            Some(many.digest.as_str()),
+            "lib/many:{tag}"
+        );
+    }
+    assert_written_once(&dst);
+}
+
+/// Drill: every kind of invalid setting stops `copycat run` at start with exit code 2 and a message
+/// naming the key (or variable, or flag), before anything is started; a password given alongside is
+/// never printed.
+#[tokio::test]
+async fn every_kind_of_bad_setting_stops_the_start_with_exit_2_naming_it() {
+    let api = ApiServer::new().serve().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let not_pem = scratch.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let not_pem = not_pem.to_str().unwrap();
+    // (what, config file, extra environment, extra flags, what the message must name)
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "unknown key",
+            "includeNamespace: [a]\n",
+            vec![],
+            vec![],
+            vec!["includeNamespace", "includeNamespaces"],
+        ),
+        (
+            "YAML syntax",
+            "targetKind: [docker\n",
+            vec![],
+            vec![],
+            vec!["invalid YAML"],
+        ),
+        (
+            "boolean",
+            "",
+            vec![("DRY_RUN", "maybe")],
+            vec![],
+            vec!["DRY_RUN", "maybe"],
+        ),
+        (
+            "boolean in the file",
+            "emitEvents: sometimes\n",
+            vec![],
+            vec![],
+            vec!["emitEvents", "sometimes"],
+        ),
+        (
+            "integer",
+            "",
+            vec![("MAX_CONCURRENT_RECONCILES", "0")],
+            vec![],
+            vec!["MAX_CONCURRENT_RECONCILES"],
+        ),
+        (
+            "duration",
+            "",
+            vec![("FAILURE_COOLDOWN_MINUTES", "soon")],
+            vec![],
+            vec!["FAILURE_COOLDOWN_MINUTES", "soon"],
+        ),
+        (
+            "enumeration",
+            "",
+            vec![("TARGET_KIND", "gcr")],
+            vec![],
+            vec!["TARGET_KIND", "gcr"],
+        ),
+        (
+            "log format",
+            "",
+            vec![("LOG_FORMAT", "xml")],
+            vec![],
+            vec!["LOG_FORMAT", "xml"],
+        ),
+        (
+            "list member",
+            "",
+            vec![("WATCH_RESOURCES", "deploymentz")],
+            vec![],
+            vec!["WATCH_RESOURCES", "deploymentz"],
+        ),
+        (
+            "regex",
+            "",
+            vec![("IGNORE_MISSING_PLATFORMS", "(")],
+            vec![],
+            vec!["IGNORE_MISSING_PLATFORMS"],
+        ),
+        (
+            "regex in a list entry",
+            "pathMap:\n  - {from: \"(\", to: x, regex: true}\n",
+            vec![],
+            vec![],
+            vec!["pathMap[0].from"],
+        ),
+        (
+            "platform",
+            "",
+            vec![("MIRROR_PLATFORMS", "linux/")],
+            vec![],
+            vec!["MIRROR_PLATFORMS"],
+        ),
+        (
+            "prefix template",
+            "",
+            vec![("TARGET_REPO_PREFIX", "m/$nope")],
+            vec![],
+            vec!["TARGET_REPO_PREFIX", "$nope"],
+        ),
+        (
+            "digest tag template",
+            "",
+            vec![("DIGEST_TAG_TEMPLATE", "$hexes")],
+            vec![],
+            vec!["DIGEST_TAG_TEMPLATE", "$hexes"],
+        ),
+        (
+            "JSON",
+            "ecr:\n  lifecyclePolicy: \"{not json\"\n",
+            vec![],
+            vec![],
+            vec!["ecr.lifecyclePolicy", "JSON"],
+        ),
+        (
+            "namespace glob",
+            "",
+            vec![("INCLUDE_NAMESPACES", "team-[")],
+            vec![],
+            vec!["INCLUDE_NAMESPACES", "team-["],
+        ),
+        (
+            "required setting",
+            "",
+            vec![("TARGET_REGISTRY", "")],
+            vec![],
+            vec!["docker.registry", "required"],
+        ),
+        (
+            "ECR account",
+            "",
+            vec![
+                ("TARGET_KIND", "ecr"),
+                ("ECR_ACCOUNT_ID", "123"),
+                ("AWS_REGION", "us-east-1"),
+            ],
+            vec![],
+            vec!["ECR_ACCOUNT_ID", "123"],
+        ),
+        (
+            "entry without its required field",
+            "registryCredentials:\n  - {username: x}\n",
+            vec![],
+            vec![],
+            vec!["registryCredentials[0].registry", "required"],
+        ),
+        (
+            "list expected",
+            "registries: nope\n",
+            vec![],
+            vec![],
+            vec!["registries", "list"],
+        ),
+        (
+            "host with a scheme",
+            "",
+            vec![("TARGET_REGISTRY", "https://r.example.com")],
+            vec![],
+            vec!["TARGET_REGISTRY", "scheme"],
+        ),
+        (
+            "host with a space",
+            "",
+            vec![("TARGET_REGISTRY", "bad host.example.com")],
+            vec![],
+            vec!["TARGET_REGISTRY", "bad host"],
+        ),
+        (
+            "port out of range",
+            "",
+            vec![("TARGET_REGISTRY", "r.example.com:99999")],
+            vec![],
+            vec!["TARGET_REGISTRY", "99999"],
+        ),
+        (
+            "not a registry host",
+            "",
+            vec![("TARGET_REGISTRY", "myregistry")],
+            vec![],
+            vec!["TARGET_REGISTRY", "myregistry"],
+        ),
+        (
+            "ECR registry host",
+            "",
+            vec![("ECR_REGISTRY_HOST", "vpce host")],
+            vec![],
+            vec!["ECR_REGISTRY_HOST", "vpce host"],
+        ),
+        (
+            "registries entry host",
+            "registries:\n  - {host: \"a b\"}\n",
+            vec![],
+            vec![],
+            vec!["registries[0].host", "a b"],
+        ),
+        (
+            "read mirror host",
+            "registryMirrors:\n  docker.io: [\"mirror .example.com\"]\n",
+            vec![],
+            vec![],
+            vec!["registryMirrors.docker.io", "mirror .example.com"],
+        ),
+        (
+            "listener address",
+            "",
+            vec![("METRICS_ADDR", "nonsense")],
+            vec![],
+            vec!["METRICS_ADDR", "nonsense"],
+        ),
+        (
+            "listener port",
+            "",
+            vec![("HEALTH_ADDR", ":80x")],
+            vec![],
+            vec!["HEALTH_ADDR", ":80x"],
+        ),
+        (
+            "listener address flag",
+            "",
+            vec![],
+            vec!["--metrics-bind-address", "localhost"],
+            vec!["--metrics-bind-address", "localhost"],
+        ),
+        (
+            "log level flag",
+            "",
+            vec![],
+            vec!["--log-level", "loud"],
+            vec!["--log-level", "loud"],
+        ),
+        (
+            "missing CA file",
+            "",
+            vec![("TARGET_CA_FILE", "/nonexistent/ca.pem")],
+            vec![],
+            vec!["TARGET_CA_FILE", "/nonexistent/ca.pem"],
+        ),
+        (
+            "CA file without a certificate",
+            "",
+            vec![("TARGET_CA_FILE", not_pem)],
+            vec![],
+            vec!["TARGET_CA_FILE", not_pem],
+        ),
+        (
+            "registries entry CA file",
+            "registries:\n  - {host: r.example.com, caFile: /nonexistent/r.pem}\n",
+            vec![],
+            vec![],
+            vec!["registries[0].caFile", "/nonexistent/r.pem"],
+        ),
+    ];
+    const PASSWORD: &str = "pw-never-printed-4Tq";
+    let mut wrong = Vec::new();
+    for (what, file, env, flags, names) in &cases {
+        let config = config_file(file);
+        let mut all = vec![
+            ("CONFIG_PATH", config.path().to_str().unwrap()),
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", "127.0.0.1:5000"),
+            ("TARGET_PASSWORD", PASSWORD),
+            ("LEADER_ELECT", "false"),
+            ("METRICS_ADDR", "127.0.0.1:0"),
+            ("HEALTH_ADDR", "127.0.0.1:0"),
+        ];
+        all.extend(env.iter().copied());
+        let mut run = CopycatRun::start(api.kubeconfig_path(), flags, &all);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while run.try_wait().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // One that accepted the setting is running: stopped, and reported below.
+        let (code, log) = run.stop();
+        let named = names.iter().all(|n| log.contains(n));
+        if code != Some(2) || !named || log.contains(PASSWORD) || log.contains("copycat started") {
+            wrong.push(format!("{what}: exit {code:?}, expected 2 naming {names:?}:\n{log}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}
