@@ -539,10 +539,14 @@ async fn dry_run_writes_nothing_and_names_every_target() {
     for target in &targets {
         assert!(
             log.lines()
-                .any(|l| l.contains("would-copy") && l.contains(target.as_str())),
+                .any(|l| l.contains("result=\"would-copy\"") && l.contains(&format!("target={target} "))),
             "{target} not named: {log}"
         );
     }
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal: {log:?}"
+    );
     let writes: Vec<_> = dst
         .requests()
         .into_iter()
@@ -685,7 +689,7 @@ registryCredentials:
 /// The lines of `log` that report a failed attempt at `target` (`registry/repo:tag`).
 fn failures_of<'a>(log: &'a str, target: &str) -> Vec<&'a str> {
     log.lines()
-        .filter(|l| l.contains("mirror failed") && l.contains(&format!("{target} ")))
+        .filter(|l| l.contains("mirror failed") && l.contains(&format!("target={target} ")))
         .collect()
 }
 
@@ -1409,4 +1413,92 @@ async fn every_kind_of_bad_setting_stops_the_start_with_exit_2_naming_it() {
         cases.len(),
         wrong.join("\n")
     );
+}
+
+// ── Load ────────────────────────────────────────────────────────────────────────────────────────────
+
+/// Drill: 1,000 distinct small images used by 5,000 Pods in 10 namespaces are mirrored to completion;
+/// the daemon's peak memory stays under 150 MiB and every target is written exactly once. Prints its
+/// figures (see them with `cargo nextest run --success-output immediate`).
+#[tokio::test]
+async fn load_1000_images_used_by_5000_pods() {
+    use futures::StreamExt as _;
+    const IMAGES: usize = 1000;
+    const PODS: usize = 5000;
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let prepared = Instant::now();
+    let images: Vec<Image> = (0..IMAGES)
+        .map(|i| Image::oci("amd64", &[256], 10_000 + i as u64).unwrap())
+        .collect();
+    let client = testkit::Client::new(&src).unwrap();
+    let pushed: Vec<anyhow::Result<String>> = futures::stream::iter(images.iter().enumerate())
+        .map(|(i, image)| {
+            let client = &client;
+            async move { client.push_image(&format!("load/img{i:04}"), "1", image).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(
+        pushed.iter().all(Result::is_ok),
+        "{:?}",
+        pushed.iter().find(|r| r.is_err())
+    );
+    let server = ApiServer::new();
+    let namespaces: Vec<Value> = (0..10).map(|n| namespace(&format!("team-{n}"))).collect();
+    server.load(namespaces).unwrap();
+    let pods = (0..PODS).map(|p| {
+        pod(
+            &format!("team-{}", p % 10),
+            &format!("pod-{p:05}"),
+            &[("app", &on(&src, &format!("load/img{:04}:1", p % IMAGES)))],
+        )
+    });
+    assert_eq!(server.load(pods).unwrap(), PODS);
+    let api = server.serve().unwrap();
+    let setup = prepared.elapsed();
+    let src_before = src.requests().len();
+
+    let started = Instant::now();
+    let daemon = Daemon::start(
+        api.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            ("MAX_CONCURRENT_RECONCILES", "16"),
+            ("LOG_LEVEL", "warn"),
+        ],
+    );
+    let mirrored = r#"k8s_copycat_tasks{state="mirrored"}"#;
+    eventually("every image mirrored", Duration::from_secs(240), async || {
+        metric(&daemon, mirrored).await == Some(IMAGES as f64)
+    })
+    .await;
+    let took = started.elapsed();
+    let rss = peak_rss_mib(daemon.run.pid());
+    let tracked = metric(&daemon, "k8s_copycat_images_tracked").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let puts = manifest_puts(&dst);
+    let (dst_requests, src_requests) = (copycat_requests(&dst).len(), copycat_requests(&src).len());
+    println!(
+        "load drill: {IMAGES} images, {PODS} Pods: setup (build, push, load) {setup:.1?}; mirrored in {took:.1?}; \
+         daemon peak RSS {rss:.1} MiB; copycat requests: {src_requests} to the source, {dst_requests} to the target; \
+         manifest PUTs {} for {} targets",
+        puts.values().sum::<usize>(),
+        puts.len()
+    );
+    assert_eq!(
+        src.requests().len() - src_before,
+        src_requests,
+        "only copycat reads the source"
+    );
+    assert_eq!(tracked, Some(IMAGES as f64));
+    assert_eq!(puts.len(), IMAGES, "{puts:?}");
+    assert_written_once(&dst);
+    for i in [0, IMAGES / 2, IMAGES - 1] {
+        assert_identical(&dst, &format!("load/img{i:04}"), "1", &images[i]).await;
+    }
+    assert!(rss < 150.0, "peak RSS {rss:.1} MiB");
 }
