@@ -731,12 +731,15 @@ async fn a_source_outage_mid_run_heals_without_duplicate_or_partial_tags() {
     server
         .apply(crate::server::deployment("big", &[on(&src, "big/app:1")]))
         .unwrap();
-    eventually("the big layer's upload to start", WAIT, async || {
-        copycat_requests(&dst)
-            .iter()
-            .any(|r| r.method == "POST" && r.path.starts_with("/v2/big/app/blobs/uploads/"))
-    })
-    .await;
+    // Polled often: the 96 MiB stream takes a fraction of a second.
+    let deadline = Instant::now() + WAIT;
+    while !copycat_requests(&dst)
+        .iter()
+        .any(|r| r.method == "POST" && r.path.starts_with("/v2/big/app/blobs/uploads/"))
+    {
+        assert!(Instant::now() < deadline, "the big layer's upload never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     src.stop();
     assert_eq!(
         manifest_digest(&dst, "big/app", "1").await.unwrap(),
