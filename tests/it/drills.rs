@@ -10,7 +10,7 @@ use testkit::apiserver::ApiServer;
 use testkit::{Fault, FaultProxy, Image, Match, Registry, RegistryMode, blob_exists, manifest_digest, skopeo_digest};
 
 use crate::discovery::workload;
-use crate::server::{Daemon, sample};
+use crate::server::{Daemon, deployment, sample};
 use crate::support::{CopycatRun, config_file, copycat_requests, eventually, manifest_puts, start};
 
 /// How long a drill waits for the daemon to do something.
@@ -509,7 +509,7 @@ async fn dry_run_writes_nothing_and_names_every_target() {
     let server = ApiServer::new();
     server
         .apply_all([
-            crate::server::deployment("ab", &[on(&src, "lib/a:1"), on(&src, "lib/b:1")]),
+            deployment("ab", &[on(&src, "lib/a:1"), on(&src, "lib/b:1")]),
             pod("default", "c", &[("c", &on(&src, "lib/c:1"))]),
         ])
         .unwrap();
@@ -584,7 +584,7 @@ async fn basic_auth_bearer_tokens_and_custom_ca_tls_on_both_sides() {
     // Into the TLS target with basic auth.
     let server = ApiServer::new();
     server
-        .apply(crate::server::deployment(
+        .apply(deployment(
             "app",
             &[
                 on(&src_basic, "team/basic:1"),
@@ -647,7 +647,7 @@ registryCredentials:
     // From the TLS registry with basic auth into the bearer-token registry.
     let server = ApiServer::new();
     server
-        .apply(crate::server::deployment("back", &[on(&dst_tls, "team/token:1")]))
+        .apply(deployment("back", &[on(&dst_tls, "team/token:1")]))
         .unwrap();
     let api = server.serve().unwrap();
     let config = config_file(&format!(
@@ -708,7 +708,7 @@ async fn a_source_outage_mid_run_heals_without_duplicate_or_partial_tags() {
     }
     let server = ApiServer::new();
     server
-        .apply(crate::server::deployment(
+        .apply(deployment(
             "first",
             &[on(&src, "small/app0:1"), on(&src, "small/app1:1")],
         ))
@@ -728,9 +728,7 @@ async fn a_source_outage_mid_run_heals_without_duplicate_or_partial_tags() {
     wait_for(&dst, "small/app1", "1").await;
 
     // The big layer is streaming from the source to the target when the source dies.
-    server
-        .apply(crate::server::deployment("big", &[on(&src, "big/app:1")]))
-        .unwrap();
+    server.apply(deployment("big", &[on(&src, "big/app:1")])).unwrap();
     // Polled often: the 96 MiB stream takes a fraction of a second.
     let deadline = Instant::now() + WAIT;
     while !copycat_requests(&dst)
@@ -748,7 +746,7 @@ async fn a_source_outage_mid_run_heals_without_duplicate_or_partial_tags() {
     );
     // More work arrives while the source is down.
     let late: Vec<String> = (2..6).map(|i| on(&src, &format!("small/app{i}:1"))).collect();
-    server.apply(crate::server::deployment("late", &late)).unwrap();
+    server.apply(deployment("late", &late)).unwrap();
     let targets: Vec<String> = std::iter::once("big/app:1".to_owned())
         .chain((2..6).map(|i| format!("small/app{i}:1")))
         .map(|r| format!("{}/{r}", dst.host()))
@@ -799,10 +797,7 @@ async fn target_server_errors_and_rate_limits_are_retried_with_backoff() {
     );
     let server = ApiServer::new();
     server
-        .apply(crate::server::deployment(
-            "app",
-            &[on(&src, "lib/one:1"), on(&src, "lib/two:1")],
-        ))
+        .apply(deployment("app", &[on(&src, "lib/one:1"), on(&src, "lib/two:1")]))
         .unwrap();
     let api = server.serve().unwrap();
     let started = Instant::now();
@@ -861,7 +856,7 @@ async fn a_connection_cut_inside_a_200_mib_layer_is_retried_to_an_identical_copy
     );
     let server = ApiServer::new();
     server
-        .apply(crate::server::deployment("big", &[on_proxy(&proxy, "big/layer:1")]))
+        .apply(deployment("big", &[on_proxy(&proxy, "big/layer:1")]))
         .unwrap();
     let api = server.serve().unwrap();
     let started = Instant::now();
@@ -919,7 +914,7 @@ async fn a_corrupted_source_blob_fails_only_its_image_and_tags_nothing() {
     );
     let server = ApiServer::new();
     server
-        .apply(crate::server::deployment(
+        .apply(deployment(
             "app",
             &[
                 on_proxy(&proxy, "lib/bad:1"),
@@ -984,7 +979,7 @@ async fn api_server_restarts_and_expired_watches_relist_without_mirroring_twice(
             .await
             .unwrap();
     }
-    let deploy = |name: &str, repo: &str| crate::server::deployment(name, &[on(&src, &format!("{repo}:1"))]);
+    let deploy = |name: &str, repo: &str| deployment(name, &[on(&src, &format!("{repo}:1"))]);
     let server = ApiServer::new();
     server.apply(deploy("a", "lib/a")).unwrap();
     let mut api = server.serve().unwrap();
@@ -1128,6 +1123,10 @@ async fn bad_objects_are_logged_and_the_daemon_carries_on() {
     assert_written_once(&dst);
 }
 
+/// A bad setting: what it is, the config file, extra environment, extra flags, and what the message
+/// must name.
+type BadSetting<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>, Vec<&'a str>);
+
 /// Drill: every kind of invalid setting stops `copycat run` at start with exit code 2 and a message
 /// naming the key (or variable, or flag), before anything is started; a password given alongside is
 /// never printed.
@@ -1138,8 +1137,7 @@ async fn every_kind_of_bad_setting_stops_the_start_with_exit_2_naming_it() {
     let not_pem = scratch.path().join("not-a-ca.pem");
     std::fs::write(&not_pem, "hello").unwrap();
     let not_pem = not_pem.to_str().unwrap();
-    // (what, config file, extra environment, extra flags, what the message must name)
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<&str>, Vec<&str>)> = vec![
+    let cases: Vec<BadSetting<'_>> = vec![
         (
             "unknown key",
             "includeNamespace: [a]\n",
