@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 use crate::commands;
-use crate::config::{self, Config, Purpose};
+use crate::config::{self, Config, ConfigErrors, Purpose};
 use crate::telemetry;
 
 /// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
@@ -31,6 +31,11 @@ pub async fn main(cli: Cli) -> ExitCode {
         }
         print!("{}", loaded.config.to_yaml());
         return ExitCode::SUCCESS;
+    }
+    let unusable = commands::ca_file_problems(&loaded.config);
+    if !unusable.is_empty() {
+        eprintln!("copycat: {}", ConfigErrors(unusable));
+        return ExitCode::from(EXIT_USAGE);
     }
     telemetry::init(loaded.config.log_level, loaded.config.log_format);
     for warning in &loaded.warnings {

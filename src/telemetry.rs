@@ -1,5 +1,7 @@
 //! Logging setup: JSON lines by default (for log collectors), text for people.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogLevel};
@@ -26,7 +28,9 @@ pub fn init(level: LogLevel, format: LogFormat) {
             .with_current_span(false)
             .with_target(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colours only on a terminal: in a container, text lines go to log files and collectors,
+        // where escape codes are noise (and break `grep target=…`).
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
     };
     // A second init (tests, repeated commands) keeps the first subscriber.
     drop(result);

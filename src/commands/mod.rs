@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use crate::app::EXIT_USAGE;
 use crate::cli::{CopyArgs, SyncArgs};
-use crate::config::Config;
+use crate::config::{Config, Problem};
 use crate::copy::{Copier, CopyOptions, CopyRequest};
 use crate::naming;
 use crate::platform::Platform;
@@ -23,6 +23,34 @@ use progress::Progress;
 
 /// Exit status when some images failed.
 const EXIT_FAILED: u8 = 1;
+
+/// The CA files of `config` that cannot be used (unreadable, or without a usable certificate), as
+/// configuration problems naming their setting: a start with one stops like any bad setting, instead
+/// of failing later naming only the file. `check-config` does not read them: they may exist only where
+/// copycat runs (a mounted Secret).
+pub fn ca_file_problems(config: &Config) -> Vec<Problem> {
+    let docker =
+        (!config.docker.insecure).then(|| ("docker.caFile / TARGET_CA_FILE".to_owned(), &config.docker.ca_file));
+    let entries = config
+        .registries
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.insecure)
+        .map(|(i, r)| (format!("registries[{i}].caFile"), &r.ca_file));
+    docker
+        .into_iter()
+        .chain(entries)
+        .filter(|(_, path)| !path.is_empty())
+        .filter_map(|(origin, path)| {
+            let error = crate::registry::load_ca_file(std::path::Path::new(path)).err()?;
+            Some(Problem {
+                origin,
+                value: Some(path.clone()),
+                message: error.to_string(),
+            })
+        })
+        .collect()
+}
 
 /// Registry clients for `config`. Targets with renewable credentials (ECR) get them; the other
 /// targets get the static target credentials (`TARGET_USERNAME`, `TARGET_PASSWORD`) and TLS

@@ -175,9 +175,19 @@ impl<'a> Loader<'a> {
             .push(Problem::new(origin, input.map(ToString::to_string), message));
     }
 
-    /// Records a problem about a setting's effective value (cross-field checks).
+    /// Records a problem about a setting's effective value (cross-field checks), unless its value
+    /// was already reported as invalid (the check then sees the default instead).
     fn setting_problem(&mut self, id: &str, message: String) {
         let setting = lookup(id);
+        let named = |p: &Problem| {
+            [setting.key, setting.env]
+                .into_iter()
+                .flatten()
+                .any(|name| p.origin.starts_with(&format!("{name} (")))
+        };
+        if self.problems.iter().any(named) {
+            return;
+        }
         let env_set = setting.env.is_some_and(|e| self.env(e).is_some());
         let origin = match (setting.key, setting.env) {
             (_, Some(env)) if env_set => Origin::Env(env),
@@ -306,14 +316,14 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         runtime: RuntimeSettings {
             config_path: PathBuf::new(),
             config_found: false,
-            metrics_addr: overrides
-                .metrics_addr
-                .clone()
-                .unwrap_or_else(|| loader.get("METRICS_ADDR", parse::text)),
-            health_addr: overrides
-                .health_addr
-                .clone()
-                .unwrap_or_else(|| loader.get("HEALTH_ADDR", parse::text)),
+            metrics_addr: match &overrides.metrics_addr {
+                Some(flag) => address_flag(loader, "--metrics-bind-address", flag),
+                None => loader.get("METRICS_ADDR", listen_address),
+            },
+            health_addr: match &overrides.health_addr {
+                Some(flag) => address_flag(loader, "--health-probe-bind-address", flag),
+                None => loader.get("HEALTH_ADDR", listen_address),
+            },
             leader_elect: overrides
                 .leader_elect
                 .unwrap_or_else(|| loader.get("LEADER_ELECT", parse::boolean)),
@@ -379,6 +389,47 @@ fn log_level_flag(loader: &mut Loader<'_>, flag: &str) -> Option<LogLevel> {
         .ok()
 }
 
+/// A listener address as the HTTP servers bind it: `host:port`, `:port` (every interface), `[v6]:port`,
+/// or `0` / empty to disable the listener.
+fn listen_address(input: &Input) -> Result<String, String> {
+    let address = parse::text(input)?;
+    let trimmed = address.trim();
+    if trimmed.is_empty() || trimmed == "0" {
+        return Ok(address);
+    }
+    let expected = "expected host:port or :port (e.g. :8080), or 0 to disable the listener";
+    let Some((host, port)) = trimmed.rsplit_once(':') else {
+        return Err(format!("no port; {expected}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("invalid port {port:?}; {expected}"));
+    }
+    let bracketed = host.starts_with('[') || host.ends_with(']');
+    let valid_host = if bracketed {
+        host.len() > 2
+            && host.starts_with('[')
+            && host.ends_with(']')
+            && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.contains([':', '/']) && !host.contains(char::is_whitespace)
+    };
+    if !valid_host {
+        return Err(format!("invalid host {host:?}; {expected}"));
+    }
+    Ok(address)
+}
+
+/// A listener address given as a flag, which wins over the environment.
+fn address_flag(loader: &mut Loader<'_>, flag: &str, value: &str) -> String {
+    let input = Input::Scalar(value.to_owned());
+    listen_address(&input).unwrap_or_else(|msg| {
+        loader
+            .problems
+            .push(Problem::new(format!("{flag} (flag)"), Some(input.to_string()), msg));
+        String::new()
+    })
+}
+
 fn json_text(input: &Input) -> Result<String, String> {
     let text = parse::text(input)?;
     if !text.is_empty() {
@@ -387,12 +438,31 @@ fn json_text(input: &Input) -> Result<String, String> {
     Ok(text)
 }
 
+/// A registry `host[:port]` (for the docker target also followed by `/path`), which image references
+/// must read back as that registry: otherwise targets or mirrors would silently name another one
+/// (a bare `myregistry` is a Docker Hub namespace).
 fn registry_host(input: &Input) -> Result<String, String> {
     let host = parse::text(input)?;
     if host.contains("://") {
         return Err("give the registry host without a scheme, e.g. registry.example.com:5000".into());
     }
-    Ok(host.trim_end_matches('/').to_owned())
+    let value = host.trim_end_matches('/');
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let name = value.split('/').next().unwrap_or_default();
+    let probe = format!("{value}/probe");
+    match crate::reference::ImageRef::parse(&probe) {
+        Ok(image) if image.registry() == crate::reference::normalize_host(name) => Ok(value.to_owned()),
+        Ok(_) => Err(format!(
+            "{name:?} is not a registry host: image references would read it as a Docker Hub namespace; \
+             give a domain or a port, e.g. {name}.example.com or {name}:5000"
+        )),
+        Err(e) => Err(format!(
+            "not a valid registry host[:port]: {}",
+            e.to_string().replace(&probe, value)
+        )),
+    }
 }
 
 fn patterns(input: &Input) -> Result<Vec<Pattern>, String> {

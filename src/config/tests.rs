@@ -115,6 +115,27 @@ fn bad_values_are_reported_by_name() {
         ),
         ("targetKind: gcr", &[], &["targetKind (", "allowed values: ecr, docker"]),
         (
+            "",
+            &[("TARGET_REGISTRY", "myregistry")],
+            &["TARGET_REGISTRY (env)", "is not a registry host", "myregistry:5000"],
+        ),
+        (
+            "docker: {registry: 'r.example.com:99999'}",
+            &[],
+            &["docker.registry (", "invalid port \"99999\""],
+        ),
+        (
+            "registryMirrors: {docker.io: ['mirror .gcr.io']}",
+            &[],
+            &["registryMirrors.docker.io", "mirror .gcr.io"],
+        ),
+        ("", &[("METRICS_ADDR", "8080")], &["METRICS_ADDR (env)", "no port"]),
+        (
+            "",
+            &[("HEALTH_ADDR", "[::1:80")],
+            &["HEALTH_ADDR (env)", "invalid host"],
+        ),
+        (
             "registryRetryAttempts: 0",
             &[],
             &["registryRetryAttempts", "greater than 0"],
@@ -535,5 +556,40 @@ fn docs_list_every_setting() {
     }
     panic!(
         "docs/configuration.md is out of date with the settings table; run `UPDATE_DOCS=1 cargo test docs_list_every_setting`"
+    );
+}
+
+#[test]
+fn listener_addresses_and_registry_hosts_in_every_accepted_form() {
+    // (An empty variable counts as unset.)
+    for address in [
+        "0",
+        ":8080",
+        "127.0.0.1:0",
+        "localhost:9090",
+        "[::1]:8080",
+        "0.0.0.0:80",
+    ] {
+        let c = ok("", &[("METRICS_ADDR", address), ("HEALTH_ADDR", address)]);
+        assert_eq!(c.runtime.metrics_addr, address);
+    }
+    for host in [
+        "localhost:5000",
+        "registry.example.com",
+        "Registry.Example.com:5000/team",
+        "[::1]:5000",
+        "docker.io",
+    ] {
+        let c = ok("", &[("TARGET_REGISTRY", host), ("ECR_REGISTRY_HOST", host)]);
+        assert_eq!(c.docker.registry, host);
+    }
+    let flag = Overrides {
+        metrics_addr: Some("localhost".into()),
+        ..Overrides::default()
+    };
+    let err = load_with("", &[], flag, Purpose::OneShot).unwrap_err().to_string();
+    assert!(
+        err.contains("--metrics-bind-address (flag)") && err.contains("no port"),
+        "{err}"
     );
 }

@@ -20,21 +20,19 @@ pub struct ContainerImage {
     pub pod_digest: Option<Digest>,
 }
 
-/// Images of a Pod spec in order: init containers, containers, ephemeral containers; empty images
-/// are skipped (the API server rejects them, but objects under test or in transit may carry them).
+/// Images of a Pod spec in order: init containers, containers, ephemeral containers, trimmed. An
+/// empty image (a workload template may leave it to a controller to fill in) is kept as `""`, so that
+/// planning reports it as an invalid reference instead of dropping it without a word.
 pub fn spec_images(spec: &PodSpec) -> Vec<ContainerImage> {
     let init = spec.init_containers.iter().flatten().map(|c| (&c.name, &c.image));
     let main = spec.containers.iter().map(|c| (&c.name, &c.image));
     let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| (&c.name, &c.image));
     init.chain(main)
         .chain(ephemeral)
-        .filter_map(|(name, image)| {
-            let image = image.as_deref().unwrap_or_default().trim();
-            (!image.is_empty()).then(|| ContainerImage {
-                image: image.to_owned(),
-                container: name.clone(),
-                pod_digest: None,
-            })
+        .map(|(name, image)| ContainerImage {
+            image: image.as_deref().unwrap_or_default().trim().to_owned(),
+            container: name.clone(),
+            pod_digest: None,
         })
         .collect()
 }
@@ -164,6 +162,7 @@ mod tests {
             vec![
                 ("init", "busybox:1", false),
                 ("app", "nginx:1.25", true),
+                ("empty", "", false),
                 ("side", "envoy:1", false),
                 ("debug", "alpine", false)
             ]

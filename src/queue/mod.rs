@@ -14,6 +14,10 @@
 //!   Submissions meanwhile do not run it early; [`Queue::reset_cooldown`] re-queues every waiting
 //!   target at once. Permanent errors (a tag conflict, a digest mismatch) cool down too, since the
 //!   operator may fix the registry, but are logged at error level.
+//! - **Retry backoff** when the cooldown is disabled: a failed target is retried by a timer after
+//!   [`QueueOptions::retry_backoff`], doubling with each further failure up to
+//!   [`QueueOptions::max_retry_backoff`] (as k8s-copycat's controller-runtime requeue did), or at once
+//!   when it is submitted again.
 //! - **Worker pool**: at most [`QueueOptions::workers`] copies at a time.
 //! - **Dropping waiting work** ([`Queue::drop_waiting`], when the replica loses leadership): queued
 //!   targets and those in cooldown are forgotten; running copies finish and schedule nothing more.
@@ -68,14 +72,26 @@ pub const DEFAULT_STATUS_CAPACITY: u64 = 10_000;
 /// Targets the positive cache remembers.
 const POSITIVE_CAPACITY: u64 = 100_000;
 
+/// With the cooldown disabled, the wait before the first automatic retry of a failed target.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+
+/// With the cooldown disabled, the longest wait between automatic retries (controller-runtime's
+/// default, which k8s-copycat's failures were requeued with).
+pub const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1000);
+
 /// How the queue works.
 #[derive(Debug, Clone)]
 pub struct QueueOptions {
     /// Copies running at the same time (at least 1).
     pub workers: usize,
-    /// Wait after a failure before retrying the target; `None` (or zero) disables the cooldown and
-    /// a failed target is retried only when submitted again.
+    /// Wait after a failure before retrying the target; `None` (or zero) disables the cooldown: a
+    /// failed target is then retried after [`QueueOptions::retry_backoff`], or when submitted again.
     pub failure_cooldown: Option<Duration>,
+    /// With the cooldown disabled, the wait before retrying a target that failed once; it doubles
+    /// with each consecutive failure.
+    pub retry_backoff: Duration,
+    /// The longest wait [`QueueOptions::retry_backoff`] grows to.
+    pub max_retry_backoff: Duration,
     /// How long a successful copy is trusted (zero: not at all).
     pub positive_ttl: Duration,
     /// How to copy; `platforms` is replaced by each task's.
@@ -93,6 +109,8 @@ impl Default for QueueOptions {
         QueueOptions {
             workers: 2,
             failure_cooldown: Some(Duration::from_secs(60 * 60)),
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
             positive_ttl: DEFAULT_POSITIVE_TTL,
             copy: CopyOptions::default(),
             dry_pull: false,
@@ -116,6 +134,8 @@ impl QueueOptions {
         QueueOptions {
             workers: (config.max_concurrent_reconciles as usize).max(1),
             failure_cooldown: config.failure_cooldown,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
             positive_ttl,
             copy: crate::commands::copy_options(config, vec![]),
             dry_pull: config.dry_pull,
@@ -160,7 +180,7 @@ struct Inner {
     /// Where cooldown timers run.
     runtime: Handle,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    /// Cooldown generations, so a stale timer cannot re-queue a newer cooldown.
+    /// Cooldown and backoff generations, so a stale timer cannot re-queue a newer wait.
     generation: AtomicU64,
     /// Where outcomes are recorded for `/metrics`, once set.
     metrics: OnceLock<Arc<Metrics>>,
@@ -186,6 +206,8 @@ struct Entry {
     task: MirrorTask,
     phase: Phase,
     last: Attempt,
+    /// Consecutive failed attempts (the retry backoff doubles with each).
+    failures: u32,
 }
 
 enum Phase {
@@ -198,6 +220,12 @@ enum Phase {
         dropped: bool,
     },
     Cooldown {
+        until: SystemTime,
+        generation: u64,
+        timer: AbortHandle,
+    },
+    /// Failed with the cooldown disabled: retried when the timer fires or when submitted again.
+    Backoff {
         until: SystemTime,
         generation: u64,
         timer: AbortHandle,
@@ -316,6 +344,15 @@ impl Queue {
             Counters::add(&inner.counters.merged, 1);
             match &mut entry.phase {
                 Phase::Queued | Phase::Cooldown { .. } => entry.task.absorb(task),
+                // Without a cooldown, a submission retries a failed target at once.
+                Phase::Backoff { timer, .. } => {
+                    timer.abort();
+                    entry.task.absorb(task);
+                    entry.phase = Phase::Queued;
+                    st.queued += 1;
+                    inner.publish(st);
+                    let _ = inner.ready.send(key);
+                }
                 Phase::Running { pending, dropped } => {
                     // Wanted again: the outcome schedules a retry or rerun as usual.
                     *dropped = false;
@@ -343,6 +380,7 @@ impl Queue {
                 task,
                 phase: Phase::Queued,
                 last,
+                failures: 0,
             },
         );
         st.queued += 1;
@@ -398,7 +436,7 @@ impl Queue {
         // Keys already sent to the workers stay in the channel; `begin` skips keys without an entry.
         st.entries.retain(|_, entry| match &mut entry.phase {
             Phase::Queued => false,
-            Phase::Cooldown { timer, .. } => {
+            Phase::Cooldown { timer, .. } | Phase::Backoff { timer, .. } => {
                 timer.abort();
                 false
             }
@@ -560,7 +598,7 @@ impl Inner {
         let mut st = self.lock();
         st.stopped = true;
         for entry in st.entries.values() {
-            if let Phase::Cooldown { timer, .. } = &entry.phase {
+            if let Phase::Cooldown { timer, .. } | Phase::Backoff { timer, .. } = &entry.phase {
                 timer.abort();
             }
         }
@@ -638,12 +676,13 @@ impl Inner {
     fn finish(self: &Arc<Self>, key: TargetKey, ran: MirrorTask, result: Result<Done, Failure>, took: Duration) {
         // A target dropped while it ran waits for no retry. (Submitted again between this check and
         // the update below, a failure ends `failed` and waits for the next submission instead.)
-        let dropped = matches!(
-            self.lock().entries.get(&key).map(|e| &e.phase),
-            Some(Phase::Running { dropped: true, .. })
-        );
+        let (dropped, failures) = match self.lock().entries.get(&key) {
+            Some(e) => (matches!(e.phase, Phase::Running { dropped: true, .. }), e.failures),
+            None => (false, 0),
+        };
         let cooldown = self.cooldown().filter(|_| !dropped);
-        self.report(&key, &ran, &result, took, cooldown);
+        let backoff = (self.cooldown().is_none() && !dropped).then(|| self.backoff(failures + 1));
+        self.report(&key, &ran, &result, took, cooldown.or(backoff));
         let mut guard = self.lock();
         let st = &mut *guard;
         let Some(mut entry) = st.entries.remove(&key) else {
@@ -669,9 +708,16 @@ impl Inner {
             Err(failure) => {
                 self.positive.invalidate(&key);
                 entry.last.error = Some(failure.to_string());
+                entry.failures = entry.failures.saturating_add(1);
                 if let Some(after) = cooldown {
-                    entry.phase = self.cool_down(&key, after);
+                    entry.phase = self.wait(&key, after, false);
                     st.cooling += 1;
+                    st.entries.insert(key, entry);
+                    self.publish(st);
+                    return;
+                }
+                if let Some(after) = backoff.filter(|_| !rerun) {
+                    entry.phase = self.wait(&key, after, true);
                     st.entries.insert(key, entry);
                     self.publish(st);
                     return;
@@ -694,8 +740,19 @@ impl Inner {
         self.publish(st);
     }
 
-    /// Starts the cooldown timer of `key`.
-    fn cool_down(self: &Arc<Self>, key: &TargetKey, after: Duration) -> Phase {
+    /// With the cooldown disabled, the wait before retrying a target that failed `failures` times in
+    /// a row: the base backoff, doubled for each failure after the first, capped.
+    fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(30);
+        self.options
+            .retry_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.options.max_retry_backoff)
+    }
+
+    /// Starts the timer that queues `key` again after `after`: the end of its cooldown, or of its
+    /// retry backoff.
+    fn wait(self: &Arc<Self>, key: &TargetKey, after: Duration, backoff: bool) -> Phase {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let queue = Arc::downgrade(self);
         let expired = key.clone();
@@ -705,10 +762,20 @@ impl Inner {
                 queue.cooldown_expired(&expired, generation);
             }
         });
-        Phase::Cooldown {
-            until: SystemTime::now() + after,
-            generation,
-            timer: timer.abort_handle(),
+        let until = SystemTime::now() + after;
+        let timer = timer.abort_handle();
+        if backoff {
+            Phase::Backoff {
+                until,
+                generation,
+                timer,
+            }
+        } else {
+            Phase::Cooldown {
+                until,
+                generation,
+                timer,
+            }
         }
     }
 
@@ -721,12 +788,13 @@ impl Inner {
         let Some(entry) = st.entries.get_mut(key) else {
             return;
         };
-        if !matches!(entry.phase, Phase::Cooldown { generation: g, .. } if g == generation) {
-            return;
+        match entry.phase {
+            Phase::Cooldown { generation: g, .. } if g == generation => st.cooling -= 1,
+            Phase::Backoff { generation: g, .. } if g == generation => {}
+            _ => return,
         }
         entry.phase = Phase::Queued;
         tracing::debug!(target = %key, source = %entry.task.request.source, "cooldown over; retrying");
-        st.cooling -= 1;
         st.queued += 1;
         Counters::add(&self.counters.retried, 1);
         self.publish(st);
@@ -768,7 +836,7 @@ impl Inner {
         task: &MirrorTask,
         result: &Result<Done, Failure>,
         took: Duration,
-        cooldown: Option<Duration>,
+        retry_in: Option<Duration>,
     ) {
         let c = &self.counters;
         let source = &task.request.source;
@@ -812,8 +880,8 @@ impl Inner {
             }
             Err(failure) => {
                 Counters::add(&c.failed, 1);
-                self.tell_failure(key, task, failure, cooldown);
-                let retry_in = match cooldown {
+                self.tell_failure(key, task, failure, retry_in);
+                let retry_in = match retry_in {
                     Some(d) => humantime::format_duration(d).to_string(),
                     None => "on next submit".to_owned(),
                 };
@@ -839,7 +907,8 @@ pub struct FailureReport {
     pub error: String,
     /// Who uses the image (at most [`MAX_USERS`]).
     pub users: Vec<Workload>,
-    /// When the target is retried; `None`: when it is submitted again.
+    /// When the target is retried (at the end of its cooldown or retry backoff); `None`: when it is
+    /// submitted again.
     pub retry_in: Option<Duration>,
 }
 
@@ -884,6 +953,7 @@ impl Entry {
             (Phase::Queued, None) => (TaskState::Queued, None),
             (Phase::Running { .. }, None) => (TaskState::Running, None),
             (Phase::Cooldown { until, .. }, None) => (TaskState::Cooldown, Some(*until)),
+            (Phase::Backoff { until, .. }, None) => (TaskState::Failed, Some(*until)),
         };
         TaskStatus {
             target: key.to_string(),

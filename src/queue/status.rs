@@ -19,7 +19,8 @@ pub enum TaskState {
     Running,
     /// The target holds the source's content (copied, or already present).
     Mirrored,
-    /// The last attempt failed and no retry is scheduled (the cooldown is disabled).
+    /// The last attempt failed and the cooldown is disabled: retried at `next_retry` (a backoff that
+    /// doubles with each failure) or when submitted again, whichever comes first.
     Failed,
     /// The last attempt failed; retried at `next_retry`.
     Cooldown,
@@ -71,7 +72,7 @@ pub struct TaskStatus {
     pub digest: Option<Digest>,
     /// Error of the last attempt, if it failed.
     pub last_error: Option<String>,
-    /// When a target in cooldown is retried.
+    /// When a target in cooldown, or failed with the cooldown disabled, is retried.
     #[serde(serialize_with = "rfc3339")]
     pub next_retry: Option<SystemTime>,
     /// Who uses the image (the most recent few), shown as `Deployment shop/web`.

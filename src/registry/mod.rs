@@ -37,6 +37,7 @@ mod transport;
 mod tests;
 
 pub use credentials::{Credentials, DockerAuths, parse_docker_config_json};
+pub(crate) use transport::load_ca_file;
 
 /// Manifest media types copycat sends in `Accept` (all of them, always: distribution 2.8 answers 404
 /// for OCI content by tag, and converts Docker v2 to schema1, when a type is missing).

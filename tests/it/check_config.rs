@@ -2,6 +2,8 @@
 
 use std::process::{Command, Output};
 
+use crate::support::config_file as write;
+
 fn check_config(config: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
     cmd.arg("check-config").arg("--config").arg(config).env_clear();
@@ -9,12 +11,6 @@ fn check_config(config: &str, env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run copycat")
-}
-
-fn write(text: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), text).unwrap();
-    file
 }
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml.example");

@@ -75,12 +75,14 @@ fn has(inv: &Inventory, line: &str) -> bool {
     images(inv).iter().any(|l| l == line)
 }
 
-fn template(images: &[(&str, &str)]) -> Value {
+pub(crate) fn template(images: &[(&str, &str)]) -> Value {
     let containers: Vec<Value> = images.iter().map(|(n, i)| json!({"name": n, "image": i})).collect();
     json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": containers}})
 }
 
-fn workload(kind: &str, api_version: &str, ns: &str, name: &str, images: &[(&str, &str)]) -> Value {
+/// A workload of `kind` (a Deployment-like spec, or a CronJob's job template) with one container per
+/// `(name, image)`.
+pub(crate) fn workload(kind: &str, api_version: &str, ns: &str, name: &str, images: &[(&str, &str)]) -> Value {
     let spec = match kind {
         "CronJob" => json!({"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template(images)}}}),
         _ => json!({"selector": {"matchLabels": {"app": "x"}}, "template": template(images)}),

@@ -17,7 +17,7 @@ use testkit::{Fault, FaultProxy, Image, Match, Moto, Registry, RegistryMode, man
 use testkit::apiserver::ApiServer;
 
 use crate::commands::{copycat, text};
-use crate::support::{self, CopycatRun, eventually, start};
+use crate::support::{self, CopycatRun, config_file, eventually, start};
 
 const REGION: &str = "us-east-1";
 const POLICY: &str = r#"{"rules":[{"rulePriority":1,"selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}}]}"#;
@@ -329,12 +329,6 @@ fn aws_env(moto: &Moto) -> Vec<(&'static str, String)> {
         ("AWS_REGION", REGION.into()),
         ("ECR_ACCOUNT_ID", ACCOUNT_ID.into()),
     ]
-}
-
-fn config_file(yaml: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), yaml).unwrap();
-    file
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod commands;
 mod copy;
 mod daemon;
 mod discovery;
+mod drills;
 mod ecr;
 mod faults;
 mod leader;

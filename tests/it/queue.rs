@@ -393,12 +393,14 @@ async fn a_failed_target_cools_down_then_retries_by_itself() {
 }
 
 #[tokio::test]
-async fn without_a_cooldown_a_failure_waits_for_the_next_submit() {
+async fn without_a_cooldown_a_submission_retries_a_failure_at_once() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let queue = Queue::start(
         copier(&[&src, &dst]),
         QueueOptions {
             failure_cooldown: None,
+            // No automatic retry within the test: only the submission retries.
+            retry_backoff: Duration::from_secs(3600),
             ..options(2)
         },
     );
@@ -419,6 +421,43 @@ async fn without_a_cooldown_a_failure_waits_for_the_next_submit() {
     let c = queue.counters();
     assert_eq!((c.failed, c.copied, c.retried), (1, 1, 0));
     assert_eq!(status(&queue, "/app:v1").state, TaskState::Mirrored);
+}
+
+#[tokio::test]
+async fn without_a_cooldown_a_failure_is_retried_after_a_doubling_backoff() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let queue = Queue::start(
+        copier(&[&src, &dst]),
+        QueueOptions {
+            failure_cooldown: None,
+            retry_backoff: Duration::from_millis(200),
+            max_retry_backoff: Duration::from_millis(800),
+            ..options(2)
+        },
+    );
+    queue.submit(task(&src.host(), "app:v1", &dst, "app", "v1"));
+    until("the first failure", || queue.counters().failed == 1).await;
+    let failed = status(&queue, "/app:v1");
+    assert_eq!(failed.state, TaskState::Failed);
+    assert!(failed.next_retry.is_some(), "a retry is scheduled: {failed:?}");
+    assert_eq!(queue.counters().cooling_down, 0, "a backoff is no cooldown");
+    assert!(queue.wait_idle(WAIT).await, "waiting targets do not count as busy");
+
+    // 200 ms, 400 ms, 800 ms, 800 ms: four more failures take about 2.2 s, not less.
+    let started = Instant::now();
+    until("four retries", || queue.counters().failed == 5).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1800), "retried too early: {took:?}");
+    assert_eq!(queue.counters().retried, 4);
+
+    Image::oci("amd64", &[20_000], 12)
+        .unwrap()
+        .push(&src, "app", "v1")
+        .await
+        .unwrap();
+    until("the copy once the source has it", || queue.counters().copied == 1).await;
+    assert_eq!(status(&queue, "/app:v1").state, TaskState::Mirrored);
+    assert!(status(&queue, "/app:v1").next_retry.is_none());
 }
 
 #[tokio::test]

@@ -14,18 +14,24 @@ const PASSWORD: &str = "pa55-never-shown-7Qx";
 /// How long a black-box test waits for the daemon to do something.
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Daemon {
-    run: CopycatRun,
-    metrics: String,
-    health: String,
+/// `copycat run` (the built binary) on free local ports, without leader election.
+pub(crate) struct Daemon {
+    pub(crate) run: CopycatRun,
+    pub(crate) metrics: String,
+    pub(crate) health: String,
 }
 
 impl Daemon {
-    fn start(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         Daemon::start_at(kubeconfig, env, free_address(), free_address())
     }
 
-    fn start_at(kubeconfig: &std::path::Path, env: &[(&str, &str)], metrics: String, health: String) -> Daemon {
+    pub(crate) fn start_at(
+        kubeconfig: &std::path::Path,
+        env: &[(&str, &str)],
+        metrics: String,
+        health: String,
+    ) -> Daemon {
         let args = [
             "--metrics-bind-address",
             &metrics,
@@ -39,15 +45,15 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and returns the exit code and everything it logged.
-    fn stop(self) -> (Option<i32>, String) {
+    pub(crate) fn stop(self) -> (Option<i32>, String) {
         self.run.stop()
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         http(&self.metrics, "GET", path, None).await
     }
 
-    async fn json(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    pub(crate) async fn json(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
         let (code, body) = http(&self.metrics, method, path, token).await;
         (
             code,
@@ -55,12 +61,12 @@ impl Daemon {
         )
     }
 
-    async fn probe(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn probe(&self, path: &str) -> (u16, String) {
         http(&self.health, "GET", path, None).await
     }
 
     /// The `/status` entry of `target`, if any.
-    async fn status_of(&self, target: &str) -> Option<Value> {
+    pub(crate) async fn status_of(&self, target: &str) -> Option<Value> {
         let (code, body) = self.get("/status").await;
         if code != 200 {
             return None; // not listening yet
@@ -70,7 +76,8 @@ impl Daemon {
     }
 }
 
-fn deployment(name: &str, images: &[String]) -> Value {
+/// The Deployment `default/NAME` with one container per image.
+pub(crate) fn deployment(name: &str, images: &[String]) -> Value {
     let containers: Vec<Value> = images
         .iter()
         .enumerate()
@@ -82,7 +89,7 @@ fn deployment(name: &str, images: &[String]) -> Value {
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

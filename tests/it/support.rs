@@ -7,7 +7,7 @@ use std::time::Duration;
 use copycat::registry::credentials::Credentials;
 use copycat::registry::{ClientOptions, Credential, HostSettings, Registries};
 use copycat::secret::Secret;
-use testkit::{Registry, RegistryMode};
+use testkit::{AccessLogEntry, Registry, RegistryMode};
 
 /// How long a test request may take before it counts as stalled.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +102,16 @@ impl CopycatRun {
         }
     }
 
+    /// The process id, e.g. to read its `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
     /// Whether (and how) the process has exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("wait for copycat")
@@ -191,4 +201,36 @@ pub async fn eventually(what: &str, within: Duration, check: impl AsyncFn() -> b
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A temporary file holding `text` (a config file, an images file); removed when dropped.
+pub fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+/// Requests the built `copycat` binary made to `reg` (its `User-Agent` is `copycat/<version>`; testkit's
+/// own pushes and probes are left out).
+pub fn copycat_requests(reg: &Registry) -> Vec<AccessLogEntry> {
+    reg.requests()
+        .into_iter()
+        .filter(|r| r.user_agent.starts_with("copycat/"))
+        .collect()
+}
+
+/// How many manifest PUTs `copycat` made to `reg`, per `repo:reference` (every write of a tag or of a
+/// manifest by digest), in name order.
+pub fn manifest_puts(reg: &Registry) -> std::collections::BTreeMap<String, usize> {
+    let mut puts = std::collections::BTreeMap::new();
+    for r in copycat_requests(reg) {
+        if r.method != "PUT" {
+            continue;
+        }
+        let Some((repo, reference)) = r.path.strip_prefix("/v2/").and_then(|p| p.split_once("/manifests/")) else {
+            continue;
+        };
+        *puts.entry(format!("{repo}:{reference}")).or_insert(0) += 1;
+    }
+    puts
 }
