@@ -7,6 +7,7 @@ use serde_json::json;
 use testkit::apiserver::ApiServer;
 use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
+use crate::drills::{assert_identical, wait_for};
 use crate::support::{CopycatRun, eventually, free_address, http, start};
 
 /// How long a black-box test waits for the daemon to do something.
@@ -443,16 +444,10 @@ async fn arch_in_the_prefix_comes_from_the_image_when_no_node_is_known() {
     );
 }
 
-/// Waits until each repository holds `tag` at `dst`, then checks its digest with skopeo.
+/// Waits until each repository holds `tag` at `dst`, then checks it is the image, nothing partial.
 async fn wait_mirrored(dst: &Registry, tag: &str, expected: &[(&str, &Image)]) {
     for (repo, image) in expected {
-        eventually(repo, WAIT, async || {
-            manifest_digest(dst, repo, tag).await.unwrap().is_some()
-        })
-        .await;
-        assert_eq!(
-            skopeo_digest(dst, &format!("{repo}:{tag}")).await.unwrap(),
-            image.digest
-        );
+        wait_for(dst, repo, tag).await;
+        assert_identical(dst, repo, tag, image).await;
     }
 }

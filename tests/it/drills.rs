@@ -40,7 +40,7 @@ fn namespace(name: &str) -> Value {
 }
 
 /// Waits until `repo` has `reference` (a tag or a digest) at `reg`.
-async fn wait_for(reg: &Registry, repo: &str, reference: &str) {
+pub(crate) async fn wait_for(reg: &Registry, repo: &str, reference: &str) {
     eventually(&format!("{repo}:{reference} at {}", reg.host()), WAIT, async || {
         manifest_digest(reg, repo, reference).await.unwrap().is_some()
     })
@@ -49,7 +49,7 @@ async fn wait_for(reg: &Registry, repo: &str, reference: &str) {
 
 /// `repo` at `reference` (a tag or a digest) is `image`, byte for byte as skopeo reads it, with every
 /// child manifest and every blob present: nothing partial.
-async fn assert_identical(reg: &Registry, repo: &str, reference: &str, image: &Image) {
+pub(crate) async fn assert_identical(reg: &Registry, repo: &str, reference: &str, image: &Image) {
     let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
     let name = format!("{repo}{sep}{reference}");
     assert_eq!(skopeo_digest(reg, &name).await.unwrap(), image.digest, "{name}");
@@ -389,7 +389,12 @@ pathMap:
     // `$registry` is the source host, cleaned to a repository component (`:` is not allowed).
     let registry = src.host().replace(':', "-");
     let expected = [
-        (format!("m/{registry}/shop/web/app/teams/legacy/api"), "1", &api_image),
+        // No node for a Deployment: `$arch` is the image's own.
+        (
+            format!("m/{registry}/shop/web/app/amd64/teams/legacy/api"),
+            "1",
+            &api_image,
+        ),
         (
             format!("m/{registry}/jobs/worker/main/arm64/svc/billing"),
             "2",
