@@ -8,21 +8,11 @@ use testkit::apiserver::ApiServer;
 use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
 use crate::drills::{assert_identical, wait_for};
-use crate::support::{CopycatRun, eventually, free_address, http, start};
+use crate::server::Daemon;
+use crate::support::{eventually, free_address, http, start};
 
 /// How long a black-box test waits for the daemon to do something.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `copycat run` on free listener ports, without leader election, plus `env`.
-fn daemon(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> CopycatRun {
-    let mut all = vec![
-        ("LEADER_ELECT", "false"),
-        ("METRICS_ADDR", "127.0.0.1:0"),
-        ("HEALTH_ADDR", "127.0.0.1:0"),
-    ];
-    all.extend_from_slice(env);
-    CopycatRun::start(kubeconfig, &[], &all)
-}
 
 #[tokio::test]
 async fn mirrors_what_the_cluster_runs_and_follows_changes() {
@@ -44,7 +34,7 @@ async fn mirrors_what_the_cluster_runs_and_follows_changes() {
     server.apply(deployment("1.0")).unwrap();
     let running = server.serve().expect("serve the stand-in API server");
 
-    let daemon = daemon(
+    let daemon = Daemon::start(
         running.kubeconfig_path(),
         &[
             ("TARGET_KIND", "docker"),
@@ -108,7 +98,7 @@ async fn dry_pull_plans_without_any_registry_request() {
                       "spec": {"containers": [{"name": "c", "image": format!("{}/lib/app:1", src.host())}]}, "status": {"phase": "Running"}}))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = daemon(
+    let daemon = Daemon::start(
         running.kubeconfig_path(),
         &[
             ("TARGET_KIND", "docker"),
@@ -197,7 +187,7 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
         .unwrap();
     let running = server.serve().unwrap();
     let (dst_before, other_before) = (dst.requests().len(), other.requests().len());
-    let daemon = daemon(
+    let daemon = Daemon::start(
         running.kubeconfig_path(),
         &[
             ("TARGET_KIND", "docker"),
@@ -269,13 +259,11 @@ async fn a_failed_image_puts_one_warning_event_on_its_workload_per_cooldown() {
         .unwrap();
     let running = server.serve().unwrap();
     let metrics = free_address();
-    let daemon = daemon(
+    let daemon = Daemon::start_at(
         running.kubeconfig_path(),
-        &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
-            ("METRICS_ADDR", &metrics),
-        ],
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
+        metrics.clone(),
+        free_address(),
     );
 
     eventually("the failure event", WAIT, async || {
@@ -380,7 +368,7 @@ async fn private_sources_are_pulled_with_the_pods_and_service_accounts_pull_secr
         .apply(deployment("b", "private/b:1", json!({"serviceAccountName": "builder"})))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = daemon(
+    let daemon = Daemon::start(
         running.kubeconfig_path(),
         &[
             ("TARGET_KIND", "docker"),
@@ -417,7 +405,7 @@ async fn arch_in_the_prefix_comes_from_the_image_when_no_node_is_known() {
                                   {"name": "probe", "image": format!("{}/tools/probe:1", src.host())}]}}}}))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = daemon(
+    let daemon = Daemon::start(
         running.kubeconfig_path(),
         &[
             ("TARGET_KIND", "docker"),
