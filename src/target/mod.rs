@@ -68,13 +68,12 @@ impl Target {
     /// `targetKind: ecr`) gets ECR tokens and repository creation; any other host is plain.
     pub async fn for_host(config: &Config, host: &str) -> Target {
         let host = host.to_ascii_lowercase();
-        let configured = config.target_kind == TargetKind::Ecr
+        let configured = (config.target_kind == TargetKind::Ecr
             && !config.ecr.account_id.is_empty()
-            && !config.ecr.region.is_empty()
-            && ecr::Settings::from_config(&config.ecr).registry_host == host;
-        let settings = if configured {
-            Some(ecr::Settings::from_config(&config.ecr))
-        } else {
+            && !config.ecr.region.is_empty())
+        .then(|| ecr::Settings::from_config(&config.ecr))
+        .filter(|s| s.registry_host == host);
+        let settings = configured.or_else(|| {
             ecr::parse_registry_host(&host).map(|(account, region)| {
                 let mut ecr = config.ecr.clone();
                 ecr.account_id = account;
@@ -82,7 +81,7 @@ impl Target {
                 ecr.registry_host = String::new();
                 ecr::Settings::from_config(&ecr)
             })
-        };
+        });
         match settings {
             Some(settings) => ecr::Ecr::connect(settings).await.target(),
             None => Target::plain(&host),
