@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use testkit::apiserver::ApiServer;
-use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
+use testkit::{Image, Registry, RegistryMode, manifest_digest};
 
 use crate::drills::{assert_identical, wait_for};
 use crate::server::Daemon;
@@ -43,41 +43,11 @@ async fn mirrors_what_the_cluster_runs_and_follows_changes() {
             ("FAILURE_COOLDOWN_MINUTES", "0"),
         ],
     );
-    eventually("the first image", WAIT, async || {
-        manifest_digest(&dst, "backup/default/shop/web", "1.0")
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
-    eventually("the init container's image", WAIT, async || {
-        manifest_digest(&dst, "backup/default/tools/envoy", "1")
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
-    assert_eq!(
-        skopeo_digest(&dst, "backup/default/shop/web:1.0").await.unwrap(),
-        v1.digest
-    );
-    assert_eq!(
-        skopeo_digest(&dst, "backup/default/tools/envoy:1").await.unwrap(),
-        sidecar.digest
-    );
+    wait_mirrored(&dst, "1.0", &[("backup/default/shop/web", &v1)]).await;
+    wait_mirrored(&dst, "1", &[("backup/default/tools/envoy", &sidecar)]).await;
 
     server.apply(deployment("2.0")).unwrap();
-    eventually("the changed image", WAIT, async || {
-        manifest_digest(&dst, "backup/default/shop/web", "2.0")
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
-    assert_eq!(
-        skopeo_digest(&dst, "backup/default/shop/web:2.0").await.unwrap(),
-        v2.digest
-    );
+    wait_mirrored(&dst, "2.0", &[("backup/default/shop/web", &v2)]).await;
 
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -198,10 +168,7 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
             ("EXCLUDE_REGISTRIES", &other.host()),
         ],
     );
-    eventually("the kept image", WAIT, async || {
-        manifest_digest(&dst, "lib/kept", "1").await.unwrap().is_some()
-    })
-    .await;
+    wait_for(&dst, "lib/kept", "1").await;
 
     server
         .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-late"}}))
@@ -209,10 +176,7 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
     server
         .apply(deployment("team-late", "late", format!("{}/lib/late:1", src.host())))
         .unwrap();
-    eventually("the image of a namespace created later", WAIT, async || {
-        manifest_digest(&dst, "lib/late", "1").await.unwrap().is_some()
-    })
-    .await;
+    wait_for(&dst, "lib/late", "1").await;
 
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use testkit::{Image, RegistryMode, manifest_digest};
 
+use crate::drills::wait_for;
 use crate::support::{CopycatRun, eventually, free_address, http, start};
 
 /// The daemon's lease duration (`copycat::leader::LEASE_DURATION`) plus slack for a loaded machine.
@@ -107,10 +108,7 @@ async fn only_the_leader_mirrors_and_the_follower_refuses_admin_requests() {
     let running = server.serve().unwrap();
     let (leader, follower) = two_replicas(&server, running.kubeconfig_path(), &dst.host()).await;
 
-    eventually("the image mirrored", Duration::from_secs(20), async || {
-        manifest_digest(&dst, "shop/web", "1").await.unwrap().is_some()
-    })
-    .await;
+    wait_for(&dst, "shop/web", "1").await;
     let (code, body) = http(&follower.metrics, "POST", "/force-reconcile", None).await;
     assert_eq!(code, 503, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
@@ -157,10 +155,7 @@ async fn the_follower_takes_over_when_the_leader_stops() {
         .unwrap();
     let running = server.serve().unwrap();
     let (leader, follower) = two_replicas(&server, running.kubeconfig_path(), &dst.host()).await;
-    eventually("the first image mirrored", Duration::from_secs(20), async || {
-        manifest_digest(&dst, "shop/web", "1").await.unwrap().is_some()
-    })
-    .await;
+    wait_for(&dst, "shop/web", "1").await;
 
     let stopped = Instant::now();
     let (code, log) = leader.stop();
