@@ -252,10 +252,7 @@ mod tests {
                 kind,
                 name: name.into(),
             }),
-            node: None,
-            platform: None,
-            pull: Default::default(),
-            auths: None,
+            ..Seen::default()
         }
     }
 
@@ -733,10 +730,10 @@ impl Planner {
                             Some(existing) => {
                                 let platforms = union(&existing.platforms, &task.platforms);
                                 let earlier = std::mem::take(&mut existing.source_credentials);
-                                let newer = std::mem::replace(&mut task.source_credentials, earlier);
+                                let newer = std::mem::take(&mut task.source_credentials);
                                 existing.absorb(task);
                                 existing.platforms = platforms;
-                                existing.add_source_credentials(newer);
+                                existing.add_source_credentials(earlier.into_iter().chain(newer));
                             }
                             None => {
                                 by_target.insert(task.key().as_str().to_owned(), task);

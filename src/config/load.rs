@@ -624,71 +624,58 @@ fn registry_settings(loader: &mut Loader<'_>) -> Vec<RegistrySettings> {
     out
 }
 
-/// A mapping of strings to strings (`ecr.tags`).
-fn string_map(loader: &mut Loader<'_>, id: &'static str) -> std::collections::BTreeMap<String, String> {
+/// A mapping in the file at `id` (`expected` says what it should hold); `entry` turns each name and
+/// value into an entry, and its problems name `id.<name>`.
+fn file_map<V>(
+    loader: &mut Loader<'_>,
+    id: &'static str,
+    expected: &str,
+    entry: impl Fn(String, &Value) -> Result<(String, V), String>,
+) -> std::collections::BTreeMap<String, V> {
     loader.used.push(id);
     let mut out = std::collections::BTreeMap::new();
     let Some(value) = loader.file_value(id).cloned() else {
         return out;
     };
     let Value::Object(map) = value else {
-        if value != Value::Null {
-            loader.problem(
-                &Origin::File(id.into()),
-                None,
-                "expected a mapping of names to values".into(),
-            );
-        }
+        loader.problem(&Origin::File(id.into()), None, format!("expected {expected}"));
         return out;
     };
-    for (name, v) in map {
-        match to_input(&v) {
-            Ok(Input::Scalar(text)) => {
-                out.insert(name, text);
-            }
-            _ => loader.problem(
-                &Origin::File(format!("{id}.{name}")),
-                None,
-                "expected a single value".into(),
-            ),
-        }
-    }
-    out
-}
-
-fn registry_mirrors(loader: &mut Loader<'_>) -> std::collections::BTreeMap<String, Vec<String>> {
-    let id = "registryMirrors";
-    loader.used.push(id);
-    let mut out = std::collections::BTreeMap::new();
-    let Some(value) = loader.file_value(id).cloned() else {
-        return out;
-    };
-    let Value::Object(map) = value else {
-        loader.problem(
-            &Origin::File(id.into()),
-            None,
-            "expected a mapping of registry host to a list of mirror hosts".into(),
-        );
-        return out;
-    };
-    for (host, mirrors) in map {
-        let origin = Origin::File(format!("{id}.{host}"));
-        let parsed = to_input(&mirrors).and_then(|i| parse::list(&i)).and_then(|list| {
-            list.iter()
-                .map(|m| registry_host(&Input::Scalar(m.clone())))
-                .collect::<Result<Vec<_>, _>>()
-        });
-        match parsed {
-            Ok(list) => {
-                out.insert(
-                    crate::reference::normalize_host(&host),
-                    list.into_iter().map(|m| m.to_ascii_lowercase()).collect(),
-                );
+    for (name, value) in map {
+        let origin = Origin::File(format!("{id}.{name}"));
+        match entry(name, &value) {
+            Ok((key, v)) => {
+                out.insert(key, v);
             }
             Err(msg) => loader.problem(&origin, None, msg),
         }
     }
     out
+}
+
+/// A mapping of names to single values (`ecr.tags`).
+fn string_map(loader: &mut Loader<'_>, id: &'static str) -> std::collections::BTreeMap<String, String> {
+    file_map(
+        loader,
+        id,
+        "a mapping of names to values",
+        |name, value| match to_input(value) {
+            Ok(Input::Scalar(text)) => Ok((name, text)),
+            _ => Err("expected a single value".into()),
+        },
+    )
+}
+
+fn registry_mirrors(loader: &mut Loader<'_>) -> std::collections::BTreeMap<String, Vec<String>> {
+    let expected = "a mapping of registry host to a list of mirror hosts";
+    file_map(loader, "registryMirrors", expected, |host, mirrors| {
+        let list = to_input(mirrors).and_then(|i| parse::list(&i))?;
+        let mirrors = list
+            .iter()
+            .map(|m| registry_host(&Input::Scalar(m.clone())).map(|h| h.to_ascii_lowercase()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((crate::reference::normalize_host(&host), mirrors))
+    })
 }
 
 fn digest_tag_template(input: &Input) -> Result<String, String> {

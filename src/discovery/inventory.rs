@@ -45,7 +45,7 @@ pub struct ObjectKey {
 }
 
 /// What an object contributes, extracted from a watch event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seen {
     /// Namespace.
     pub namespace: String,
@@ -357,10 +357,7 @@ mod tests {
                 kind,
                 name: name.into(),
             }),
-            node: None,
-            platform: None,
-            pull: Default::default(),
-            auths: None,
+            ..Seen::default()
         }
     }
 
