@@ -310,6 +310,15 @@ impl ApiServer {
         self.shared.write(Store::compact);
     }
 
+    /// Expires every resourceVersion handed out so far and ends every open watch stream: each
+    /// client's next watch gets 410 Gone, whatever it had already received, so it must relist.
+    /// Unlike [`compact`](Self::compact), this holds even for a client (in another process) that
+    /// has seen the latest event.
+    pub fn expire_watches(&self) {
+        self.shared.write(Store::expire);
+        self.close_watches();
+    }
+
     /// Ends every open watch stream cleanly (as a load balancer dropping connections would);
     /// clients re-watch from their last resourceVersion.
     pub fn close_watches(&self) {
@@ -547,12 +556,9 @@ impl RunningApiServer {
     /// gets 410 Expired and must relist. Same port.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        self.server.shared.write(|st| {
-            // The real server's etcd revision keeps moving (leases, events): nothing before the
-            // restart can be resumed from.
-            st.rv += 1;
-            st.compact();
-        });
+        // The real server's etcd revision keeps moving (leases, events): nothing before the
+        // restart can be resumed from.
+        self.server.shared.write(Store::expire);
         self.start()
     }
 }

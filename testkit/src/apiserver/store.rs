@@ -129,6 +129,13 @@ impl Store {
         self.history_start = self.rv;
     }
 
+    /// The revision moves on without an event of ours (as other writers move a real etcd) and the
+    /// history is compacted there: every resourceVersion handed out so far is too old to resume.
+    pub(crate) fn expire(&mut self) {
+        self.rv += 1;
+        self.compact();
+    }
+
     /// Whether everything after `rv` is still known.
     pub(crate) fn in_window(&self, rv: u64) -> bool {
         rv >= self.history_start
