@@ -271,9 +271,12 @@ fn submit_changes(
     let mut current = HashMap::with_capacity(tasks);
     let mut workloads: HashSet<Workload> = HashSet::new();
     let mut targets = Vec::with_capacity(tasks);
+    let mut planned = HashSet::with_capacity(tasks);
     for task in plan.tasks {
         workloads.extend(task.users.iter().cloned());
-        targets.push(task.key().to_string());
+        let key = task.key();
+        targets.push(key.to_string());
+        planned.insert(key);
         let target = task.request.target_display(task.request.source.digest());
         let source = format!("{} {:?}", task.request.source, task.platforms);
         if lead && (everything || submitted.get(&target) != Some(&source)) {
@@ -284,7 +287,8 @@ fn submit_changes(
     }
     *submitted = current;
     if lead {
-        tracing::info!(tasks, submitted = changed, excluded, "planned");
+        let forgotten = queue.retain_planned(&planned);
+        tracing::info!(tasks, submitted = changed, excluded, forgotten, "planned");
     } else {
         tracing::info!(tasks, excluded, "planned (following: nothing submitted)");
     }

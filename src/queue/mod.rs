@@ -31,7 +31,7 @@ mod status;
 mod task;
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -215,9 +215,9 @@ enum Phase {
     Running {
         /// A differing request submitted during the copy, run afterwards.
         pending: Option<Box<MirrorTask>>,
-        /// Dropped by [`Queue::drop_waiting`] while running: its outcome schedules nothing (no
-        /// cooldown retry, no rerun) unless the target is submitted again meanwhile.
-        dropped: bool,
+        /// Dropped while running: its outcome schedules nothing (no cooldown retry, no rerun)
+        /// unless the target is submitted again meanwhile.
+        dropped: Option<Unwanted>,
     },
     Cooldown {
         until: SystemTime,
@@ -230,6 +230,15 @@ enum Phase {
         generation: u64,
         timer: AbortHandle,
     },
+}
+
+/// Why waiting work was dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unwanted {
+    /// This replica no longer leads ([`Queue::drop_waiting`]): its status stays.
+    NotLeading,
+    /// No workload uses the target's source any more ([`Queue::retain_planned`]): its status goes.
+    Unplanned,
 }
 
 /// What the last attempt left behind.
@@ -355,7 +364,7 @@ impl Queue {
                 }
                 Phase::Running { pending, dropped } => {
                     // Wanted again: the outcome schedules a retry or rerun as usual.
-                    *dropped = false;
+                    *dropped = None;
                     match pending {
                         Some(pending) => pending.absorb(task),
                         None if entry.task.same_work(&task) => union_users(&mut entry.task.users, task.users),
@@ -429,25 +438,62 @@ impl Queue {
     /// the new leader submits its own plan, and work left here would duplicate it. Running copies
     /// finish (they are idempotent), but schedule nothing afterwards unless submitted again.
     pub fn drop_waiting(&self) -> usize {
+        self.drop_waiting_where(|_| true, Unwanted::NotLeading)
+    }
+
+    /// Forgets the targets `planned` does not hold (no workload uses their source any more): their
+    /// queued work, cooldown and retries are dropped as by [`Queue::drop_waiting`], and their status
+    /// leaves [`Queue::snapshot`]. Returns how many waiting targets were dropped. Without this, an
+    /// image that failed would be retried after every cooldown for as long as the daemon runs.
+    pub fn retain_planned(&self, planned: &HashSet<TargetKey>) -> usize {
+        let dropped = self.drop_waiting_where(|key| !planned.contains(key), Unwanted::Unplanned);
+        let finished = &self.inner.finished;
+        let gone: Vec<Arc<TargetKey>> = finished
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| !planned.contains(&**key))
+            .collect();
+        for key in gone {
+            finished.invalidate(&*key);
+        }
+        dropped
+    }
+
+    /// [`Queue::drop_waiting`] for the targets `drop` selects.
+    fn drop_waiting_where(&self, drop: impl Fn(&TargetKey) -> bool, why: Unwanted) -> usize {
         let inner = &self.inner;
         let mut guard = inner.lock();
         let st = &mut *guard;
+        let (mut queued, mut cooling) = (0, 0);
         let before = st.entries.len();
         // Keys already sent to the workers stay in the channel; `begin` skips keys without an entry.
-        st.entries.retain(|_, entry| match &mut entry.phase {
-            Phase::Queued => false,
-            Phase::Cooldown { timer, .. } | Phase::Backoff { timer, .. } => {
-                timer.abort();
-                false
+        st.entries.retain(|key, entry| {
+            if !drop(key) {
+                return true;
             }
-            Phase::Running { pending, dropped } => {
-                *pending = None;
-                *dropped = true;
-                true
+            match &mut entry.phase {
+                Phase::Queued => {
+                    queued += 1;
+                    false
+                }
+                Phase::Cooldown { timer, .. } => {
+                    timer.abort();
+                    cooling += 1;
+                    false
+                }
+                Phase::Backoff { timer, .. } => {
+                    timer.abort();
+                    false
+                }
+                Phase::Running { pending, dropped } => {
+                    *pending = None;
+                    *dropped = Some(why);
+                    true
+                }
             }
         });
-        st.queued = 0;
-        st.cooling = 0;
+        st.queued -= queued;
+        st.cooling -= cooling;
         inner.publish(st);
         before - st.entries.len()
     }
@@ -627,7 +673,7 @@ impl Inner {
         }
         entry.phase = Phase::Running {
             pending: None,
-            dropped: false,
+            dropped: None,
         };
         entry.last.started = Some(SystemTime::now());
         st.queued -= 1;
@@ -677,18 +723,24 @@ impl Inner {
         // A target dropped while it ran waits for no retry. (Submitted again between this check and
         // the update below, a failure ends `failed` and waits for the next submission instead.)
         let (dropped, failures) = match self.lock().entries.get(&key) {
-            Some(e) => (matches!(e.phase, Phase::Running { dropped: true, .. }), e.failures),
-            None => (false, 0),
+            Some(Entry {
+                phase: Phase::Running { dropped, .. },
+                failures,
+                ..
+            }) => (*dropped, *failures),
+            Some(e) => (None, e.failures),
+            None => (None, 0),
         };
-        let cooldown = self.cooldown().filter(|_| !dropped);
-        let backoff = (self.cooldown().is_none() && !dropped).then(|| self.backoff(failures + 1));
+        let cooldown = self.cooldown().filter(|_| dropped.is_none());
+        let backoff = (self.cooldown().is_none() && dropped.is_none()).then(|| self.backoff(failures + 1));
         self.report(&key, &ran, &result, took, cooldown.or(backoff));
         let mut guard = self.lock();
         let st = &mut *guard;
         let Some(mut entry) = st.entries.remove(&key) else {
             return;
         };
-        let Phase::Running { pending, .. } = std::mem::replace(&mut entry.phase, Phase::Queued) else {
+        // Read again: a submission since the check above makes the target wanted again.
+        let Phase::Running { pending, dropped } = std::mem::replace(&mut entry.phase, Phase::Queued) else {
             st.entries.insert(key, entry);
             return;
         };
@@ -726,6 +778,7 @@ impl Inner {
             }
         };
         match next {
+            Some(_) if dropped == Some(Unwanted::Unplanned) => {}
             Some(state) => {
                 self.finished
                     .insert(key.clone(), Arc::new(entry.status(&key, Some(state))));

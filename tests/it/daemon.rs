@@ -8,8 +8,8 @@ use testkit::apiserver::ApiServer;
 use testkit::{Image, Registry, RegistryMode, manifest_digest};
 
 use crate::drills::{assert_identical, wait_for};
-use crate::server::Daemon;
-use crate::support::{eventually, free_address, http, start};
+use crate::server::{Daemon, deployment};
+use crate::support::{copycat_requests, eventually, free_address, http, start};
 
 /// How long a black-box test waits for the daemon to do something.
 const WAIT: Duration = Duration::from_secs(30);
@@ -402,4 +402,46 @@ async fn wait_mirrored(dst: &Registry, tag: &str, expected: &[(&str, &Image)]) {
         wait_for(dst, repo, tag).await;
         assert_identical(dst, repo, tag, image).await;
     }
+}
+
+#[tokio::test]
+async fn an_image_no_workload_uses_any_more_is_no_longer_retried() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let server = ApiServer::new();
+    server
+        .apply(deployment("broken", &[format!("{}/shop/missing:1", src.host())]))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let daemon = Daemon::start(
+        running.kubeconfig_path(),
+        &[
+            ("TARGET_KIND", "docker"),
+            ("TARGET_REGISTRY", &dst.host()),
+            // Retries 1 s after the first failure, then 2 s, 4 s, …
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+        ],
+    );
+    let tries = || {
+        copycat_requests(&src)
+            .iter()
+            .filter(|r| r.path.starts_with("/v2/shop/missing/manifests/"))
+            .count()
+    };
+    let target = format!("{}/shop/missing:1", dst.host());
+    eventually("a retry of the missing image", WAIT, async || tries() >= 2).await;
+    assert!(daemon.status_of(&target).await.is_some());
+
+    server.delete("deployments", "default", "broken");
+    eventually("the target to leave /status", WAIT, async || {
+        daemon.status_of(&target).await.is_none()
+    })
+    .await;
+    let after = tries();
+    // Past the next retry the backoff had planned.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(tries(), after, "a target no workload uses was tried again");
+    assert!(daemon.status_of(&target).await.is_none());
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("forgotten=1"), "{log}");
 }

@@ -2,6 +2,7 @@
 //! the failure cooldown and its timer, the worker cap, dry runs, shutdown. Request counts come from the
 //! registries' access logs, limited to copycat's own requests (testkit's pushes use another user agent).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -643,6 +644,47 @@ async fn dropping_waiting_work_forgets_queued_and_cooling_targets_and_lets_runni
     assert!(queue.wait_idle(WAIT).await);
     assert_eq!(queue.counters().copied, 1);
     assert_eq!(manifest_puts(&dst, "queued"), 1);
+}
+
+#[tokio::test]
+async fn targets_no_longer_planned_are_forgotten_and_never_retried() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    Image::oci("amd64", &[20_000], 21)
+        .unwrap()
+        .push(&src, "ok", "v1")
+        .await
+        .unwrap();
+    let queue = Queue::start(copier(&[&src, &dst]), options(2));
+    let tried = |repo: &str| {
+        let path = format!("/v2/{repo}/manifests/");
+        ours(&src).iter().filter(|r| r.path.starts_with(&path)).count()
+    };
+    // Two sources that do not exist (cooling down after their failure) and one that mirrors.
+    let (gone, kept, ok) = (
+        task(&src.host(), "gone:v1", &dst, "gone", "v1"),
+        task(&src.host(), "kept:v1", &dst, "kept", "v1"),
+        task(&src.host(), "ok:v1", &dst, "ok", "v1"),
+    );
+    let planned: HashSet<_> = [kept.key()].into();
+    for t in [gone, kept, ok] {
+        queue.submit(t);
+    }
+    until("two failures and a copy", || {
+        let c = queue.counters();
+        (c.cooling_down, c.copied) == (2, 1)
+    })
+    .await;
+
+    // Only `kept` is still used by a workload: `gone` and the finished `ok` are forgotten.
+    assert_eq!(queue.retain_planned(&planned), 1, "one waiting target dropped");
+    assert_eq!(queue.counters().cooling_down, 1);
+    let targets: Vec<String> = queue.snapshot().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, [format!("{}/kept:v1", dst.host())]);
+    let gone_tries = tried("gone");
+    until("kept to be retried after its cooldown", || queue.counters().retried >= 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tried("gone"), gone_tries, "a forgotten target is never retried");
+    assert!(tried("kept") > 1, "the planned target is");
 }
 
 #[tokio::test]
