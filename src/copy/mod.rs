@@ -327,9 +327,14 @@ impl Copier {
     }
 
     /// `$arch` of `source` as k8s-copycat names it (see [`arch`]): a single image's config
-    /// architecture, or an index's architectures joined with `-`. Remembered per source digest, so
-    /// an unchanged source costs one HEAD.
-    pub async fn source_architecture(&self, source: &ImageRef, opts: &CopyOptions) -> Result<String, CopyError> {
+    /// architecture, or an index's architectures joined with `-`; with the digest it was read from,
+    /// so the copy can be pinned to the image that named it. Remembered per source digest, so an
+    /// unchanged source costs one HEAD.
+    pub async fn source_architecture(
+        &self,
+        source: &ImageRef,
+        opts: &CopyOptions,
+    ) -> Result<(Digest, String), CopyError> {
         self.with_source(source, opts, |src| self.architecture_from(source, src))
             .await
     }
@@ -366,12 +371,12 @@ impl Copier {
         readers
     }
 
-    async fn architecture_from(&self, source: &ImageRef, src: Registry) -> Result<String, CopyError> {
+    async fn architecture_from(&self, source: &ImageRef, src: Registry) -> Result<(Digest, String), CopyError> {
         let readers = self.readers(&src);
         let repo = source.repository();
         let digest = source_digest(source, &readers).await?;
         if let Some(arch) = self.shared.architectures.get(&digest) {
-            return Ok(arch);
+            return Ok((digest, arch));
         }
         let reference = digest.to_string();
         let manifest = read(
@@ -398,8 +403,8 @@ impl Copier {
             }
             _ => arch::index_architectures(&parsed.manifests),
         };
-        self.shared.architectures.insert(digest, arch.clone());
-        Ok(arch)
+        self.shared.architectures.insert(digest.clone(), arch.clone());
+        Ok((digest, arch))
     }
 
     async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {

@@ -244,6 +244,8 @@ enum Unwanted {
 /// What the last attempt left behind.
 #[derive(Default, Clone)]
 struct Attempt {
+    /// The target the last attempt named (`$arch` from the image), when it differs from the key.
+    target: Option<String>,
     digest: Option<Digest>,
     error: Option<String>,
     started: Option<SystemTime>,
@@ -272,6 +274,19 @@ impl Done {
             }) => TaskState::Mirrored,
             _ => TaskState::DryRun,
         }
+    }
+}
+
+/// An attempt's outcome, with the target it named when `$arch` came from the image.
+struct Attempted {
+    named: Option<String>,
+    result: Result<Done, Failure>,
+}
+
+impl Attempted {
+    /// An outcome reached before (or without) naming the target.
+    fn before_naming(result: Result<Done, Failure>) -> Attempted {
+        Attempted { named: None, result }
     }
 }
 
@@ -597,8 +612,8 @@ async fn work(inner: Arc<Inner>, ready: Ready) {
             continue;
         };
         let started = Instant::now();
-        let result = inner.execute(&task).await;
-        inner.finish(key, task, result, started.elapsed());
+        let attempted = inner.execute(&task).await;
+        inner.finish(key, task, attempted, started.elapsed());
     }
 }
 
@@ -682,44 +697,54 @@ impl Inner {
     }
 
     /// The task's request; with `$arch` from the image, its target named by the source's
-    /// architecture (one HEAD for an unchanged source).
+    /// architecture and its source pinned to the digest that architecture was read from (one HEAD
+    /// for an unchanged source, and a tag moved meanwhile cannot land under another name).
     async fn named_request(&self, task: &MirrorTask, options: &CopyOptions) -> Result<CopyRequest, CopyError> {
         let Some(naming) = &task.arch_naming else {
             return Ok(task.request.clone());
         };
-        let arch = self.copier.source_architecture(&task.request.source, options).await?;
-        let target = naming
-            .target(&task.request.source, Some(&arch))
-            .map_err(CopyError::TargetName)?;
-        tracing::debug!(source = %task.request.source, %arch, target = %target.name(), "named the target by the image's architecture");
+        let source = &task.request.source;
+        let (digest, arch) = self.copier.source_architecture(source, options).await?;
+        let target = naming.target(source, Some(&arch)).map_err(CopyError::TargetName)?;
+        tracing::debug!(%source, %arch, target = %target.name(), "named the target by the image's architecture");
         Ok(CopyRequest {
+            source: source.with_digest(digest),
             target,
-            ..task.request.clone()
+            target_tag: task.request.target_tag.clone(),
         })
     }
 
-    async fn execute(&self, task: &MirrorTask) -> Result<Done, Failure> {
+    async fn execute(&self, task: &MirrorTask) -> Attempted {
         if self.options.dry_pull {
-            return Ok(Done::DryPull);
+            return Attempted::before_naming(Ok(Done::DryPull));
         }
         let options = CopyOptions {
             platforms: task.platforms.clone(),
             source_credentials: task.source_credentials.clone(),
             ..self.options.copy.clone()
         };
-        let request = self.named_request(task, &options).await.map_err(Failure::Copy)?;
-        match AssertUnwindSafe(self.copier.copy(&request, &options))
+        let request = match self.named_request(task, &options).await {
+            Ok(request) => request,
+            Err(e) => return Attempted::before_naming(Err(Failure::Copy(e))),
+        };
+        let named = task
+            .arch_naming
+            .is_some()
+            .then(|| request.target_display(request.source.digest()));
+        let result = match AssertUnwindSafe(self.copier.copy(&request, &options))
             .catch_unwind()
             .await
         {
             Ok(Ok(report)) => Ok(Done::Copy(report)),
             Ok(Err(e)) => Err(Failure::Copy(e)),
             Err(panic) => Err(Failure::Panicked(panic_message(panic.as_ref()))),
-        }
+        };
+        Attempted { named, result }
     }
 
     /// Records an attempt's outcome and decides what comes next for the target.
-    fn finish(self: &Arc<Self>, key: TargetKey, ran: MirrorTask, result: Result<Done, Failure>, took: Duration) {
+    fn finish(self: &Arc<Self>, key: TargetKey, ran: MirrorTask, attempted: Attempted, took: Duration) {
+        let Attempted { named, result } = attempted;
         // A target dropped while it ran waits for no retry. (Submitted again between this check and
         // the update below, a failure ends `failed` and waits for the next submission instead.)
         let (dropped, failures) = match self.lock().entries.get(&key) {
@@ -733,7 +758,7 @@ impl Inner {
         };
         let cooldown = self.cooldown().filter(|_| dropped.is_none());
         let backoff = (self.cooldown().is_none() && dropped.is_none()).then(|| self.backoff(failures + 1));
-        self.report(&key, &ran, &result, took, cooldown.or(backoff));
+        self.report(&key, named.as_deref(), &ran, &result, took, cooldown.or(backoff));
         let mut guard = self.lock();
         let st = &mut *guard;
         let Some(mut entry) = st.entries.remove(&key) else {
@@ -746,6 +771,9 @@ impl Inner {
         };
         st.running -= 1;
         entry.last.finished = Some(SystemTime::now());
+        if named.is_some() {
+            entry.last.target = named;
+        }
         let rerun = pending.as_ref().is_some_and(|p| !p.same_work(&ran));
         if let Some(pending) = pending {
             entry.task.absorb(*pending);
@@ -886,6 +914,7 @@ impl Inner {
     fn report(
         &self,
         key: &TargetKey,
+        named: Option<&str>,
         task: &MirrorTask,
         result: &Result<Done, Failure>,
         took: Duration,
@@ -902,7 +931,7 @@ impl Inner {
                 Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
             }
         }
-        let line = OutcomeLine::new(key, task, took);
+        let line = OutcomeLine::new(named.unwrap_or(key.as_str()), task, took);
         match result {
             Ok(Done::DryPull) => {
                 Counters::add(&c.dry_pulled, 1);
@@ -969,7 +998,7 @@ pub struct FailureReport {
 /// neither the source pins one nor the copy found one, the bytes of a failed attempt.
 struct OutcomeLine<'a> {
     source: &'a ImageRef,
-    target: &'a TargetKey,
+    target: &'a str,
     /// Namespace of the first user.
     namespace: Option<&'a str>,
     /// The first user as `Kind/name`.
@@ -983,7 +1012,7 @@ struct OutcomeLine<'a> {
 
 impl<'a> OutcomeLine<'a> {
     /// The line of an attempt at `task`, with the source's pinned digest and no bytes yet.
-    fn new(target: &'a TargetKey, task: &'a MirrorTask, took: Duration) -> OutcomeLine<'a> {
+    fn new(target: &'a str, task: &'a MirrorTask, took: Duration) -> OutcomeLine<'a> {
         let first = task.users.first();
         OutcomeLine {
             source: &task.request.source,
@@ -1009,7 +1038,7 @@ impl Entry {
             (Phase::Backoff { until, .. }, None) => (TaskState::Failed, Some(*until)),
         };
         TaskStatus {
-            target: key.to_string(),
+            target: self.last.target.clone().unwrap_or_else(|| key.to_string()),
             source: self.task.request.source.to_string(),
             state,
             digest: self.last.digest.clone(),
@@ -1025,6 +1054,7 @@ impl Entry {
 impl TaskStatus {
     fn attempt(&self) -> Attempt {
         Attempt {
+            target: Some(self.target.clone()),
             digest: self.digest.clone(),
             error: self.last_error.clone(),
             started: self.started,

@@ -62,7 +62,8 @@ impl fmt::Display for TaskState {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatus {
-    /// The target key: `registry/repo:tag` or `registry/repo@digest`.
+    /// Where the image is mirrored: `registry/repo:tag` or `registry/repo@digest`. With `$arch` from
+    /// the image, the name the last attempt gave it (before any attempt, without that segment).
     pub target: String,
     /// The source reference of the latest request.
     pub source: String,

@@ -388,12 +388,29 @@ async fn arch_in_the_prefix_comes_from_the_image_when_no_node_is_known() {
         ],
     )
     .await;
+    let web = format!("{}/mirror/amd64-arm64/shop/web:1", dst.host());
+    let status = daemon.status_of(&web).await;
+    assert_eq!(
+        status.as_ref().map(|s| s["state"].clone()),
+        Some(json!("mirrored")),
+        "{status:?}"
+    );
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!("target={web}")),
+        "the outcome line names the real target: {log}"
+    );
     assert!(
         !dst.requests().iter().any(|r| r.path.starts_with("/v2/mirror/shop/")),
         "nothing is written without the architecture segment"
     );
+    // The copy is pinned to the digest whose architecture named the target: the tag is resolved once.
+    let heads = copycat_requests(&src)
+        .iter()
+        .filter(|r| r.method == "HEAD" && r.path == "/v2/shop/web/manifests/1")
+        .count();
+    assert_eq!(heads, 1);
 }
 
 /// Waits until each repository holds `tag` at `dst`, then checks it is the image, nothing partial.

@@ -681,7 +681,10 @@ async fn targets_no_longer_planned_are_forgotten_and_never_retried() {
     let targets: Vec<String> = queue.snapshot().into_iter().map(|s| s.target).collect();
     assert_eq!(targets, [format!("{}/kept:v1", dst.host())]);
     let gone_tries = tried("gone");
-    until("kept to be retried after its cooldown", || queue.counters().retried >= 1).await;
+    until("kept to be retried after its cooldown", || {
+        queue.counters().retried >= 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(tried("gone"), gone_tries, "a forgotten target is never retried");
     assert!(tried("kept") > 1, "the planned target is");
