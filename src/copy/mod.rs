@@ -413,7 +413,13 @@ impl Copier {
             src,
             readers,
             src_repo: req.source.repository(),
-            dst: self.registries.get(req.target.registry()),
+            dst: match opts.dry_run {
+                true => self.registries.get(req.target.registry()),
+                false => self
+                    .registries
+                    .get(req.target.registry())
+                    .for_writing(req.target.repository()),
+            },
             dst_repo: req.target.repository(),
             opts,
             counters: Counters::default(),

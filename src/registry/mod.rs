@@ -280,6 +280,8 @@ pub struct Registry {
     /// Credentials used instead of the provider's (a Pod's pull secret), and the key that keeps
     /// tokens obtained with them apart from everyone else's.
     credential: Option<(Credential, String)>,
+    /// The repository about to be written: reads of it ask for `pull,push` up front.
+    writing: Option<Arc<str>>,
 }
 
 impl Registries {
@@ -316,6 +318,7 @@ impl Registries {
             parent: self.clone(),
             state,
             credential: None,
+            writing: None,
         }
     }
 
@@ -333,6 +336,16 @@ impl Registry {
         let key = format!("{}#{}", self.state.endpoint, credential.fingerprint());
         Registry {
             credential: Some((credential, key)),
+            ..self.clone()
+        }
+    }
+
+    /// The same client for writing `repo`: its reads of `repo` ask for `pull,push` access, so one
+    /// token serves the reads that decide what to copy and the writes that follow, instead of a
+    /// `pull` token first and a `pull,push` one at the first write.
+    pub fn for_writing(&self, repo: &str) -> Registry {
+        Registry {
+            writing: Some(repo.into()),
             ..self.clone()
         }
     }

@@ -640,6 +640,14 @@ impl Registry {
         }
     }
 
+    /// The access to ask the token service for on a request needing `access` ([`Registry::for_writing`]).
+    fn token_access<'a>(&self, access: Access<'a>) -> Access<'a> {
+        match access {
+            Access::Pull(repo) if self.writing.as_deref() == Some(repo) => Access::Push(repo),
+            other => other,
+        }
+    }
+
     /// One attempt: authorization from what is known, and on a 401 one re-authentication and resend.
     /// A refusal of credentials that expire (401, or 403 after authenticating) renews them and resends.
     async fn attempt(&self, req: &mut Req<'_>) -> Result<Response, RegistryError> {
@@ -647,7 +655,7 @@ impl Registry {
             self.rate_paused()?;
         }
         let base = self.base().await?.clone();
-        let scopes = auth::scopes(req.access);
+        let scopes = auth::scopes(self.token_access(req.access));
         let ours = self.is_registry_url(&base, &req.url);
         let (credential, first) = if ours {
             let credential = self.credential().await?;

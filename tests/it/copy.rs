@@ -362,6 +362,14 @@ async fn auth_and_tls_on_both_sides() {
             .await
             .unwrap_or_else(|e| panic!("{:?} → {:?}: {e}", src.mode(), dst.mode()));
         assert_eq!(report.outcome, Outcome::Copied);
+        if matches!(dst.mode(), RegistryMode::Token { .. }) {
+            let scopes: Vec<String> = dst.token_log().iter().map(|t| t.scopes.join(" ")).collect();
+            assert_eq!(
+                scopes,
+                ["repository:mirror/app:pull,push"],
+                "one token serves the target's reads and writes"
+            );
+        }
         assert_eq!(skopeo_digest(&dst, "mirror/app:v1").await.unwrap(), image.digest);
     }
 }
