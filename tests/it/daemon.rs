@@ -34,11 +34,10 @@ async fn mirrors_what_the_cluster_runs_and_follows_changes() {
     server.apply(deployment("1.0")).unwrap();
     let running = server.serve().expect("serve the stand-in API server");
 
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         running.kubeconfig_path(),
+        &dst,
         &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
             ("TARGET_REPO_PREFIX", "backup/$namespace"),
             ("FAILURE_COOLDOWN_MINUTES", "0"),
         ],
@@ -68,14 +67,7 @@ async fn dry_pull_plans_without_any_registry_request() {
                       "spec": {"containers": [{"name": "c", "image": format!("{}/lib/app:1", src.host())}]}, "status": {"phase": "Running"}}))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = Daemon::start(
-        running.kubeconfig_path(),
-        &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
-            ("DRY_PULL", "true"),
-        ],
-    );
+    let daemon = Daemon::mirroring_to(running.kubeconfig_path(), &dst, &[("DRY_PULL", "true")]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -157,11 +149,10 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
         .unwrap();
     let running = server.serve().unwrap();
     let (dst_before, other_before) = (dst.requests().len(), other.requests().len());
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         running.kubeconfig_path(),
+        &dst,
         &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
             ("INCLUDE_NAMESPACES", "team-*,secret,ghost"),
             ("SKIP_NAMESPACES", "secret"),
             ("SKIP_DEPLOYMENTS", "team-a/legacy"),
@@ -332,11 +323,10 @@ async fn private_sources_are_pulled_with_the_pods_and_service_accounts_pull_secr
         .apply(deployment("b", "private/b:1", json!({"serviceAccountName": "builder"})))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         running.kubeconfig_path(),
+        &dst,
         &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
             ("USE_IMAGE_PULL_SECRETS", "true"),
             ("FAILURE_COOLDOWN_MINUTES", "0"),
             ("LOG_LEVEL", "debug"),
@@ -369,11 +359,10 @@ async fn arch_in_the_prefix_comes_from_the_image_when_no_node_is_known() {
                                   {"name": "probe", "image": format!("{}/tools/probe:1", src.host())}]}}}}))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         running.kubeconfig_path(),
+        &dst,
         &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
             ("TARGET_REPO_PREFIX", "mirror/$arch"),
             ("FAILURE_COOLDOWN_MINUTES", "0"),
         ],
@@ -429,11 +418,10 @@ async fn an_image_no_workload_uses_any_more_is_no_longer_retried() {
         .apply(deployment("broken", &[format!("{}/shop/missing:1", src.host())]))
         .unwrap();
     let running = server.serve().unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         running.kubeconfig_path(),
+        &dst,
         &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
             // Retries 1 s after the first failure, then 2 s, 4 s, …
             ("FAILURE_COOLDOWN_MINUTES", "0"),
         ],

@@ -286,11 +286,10 @@ async fn skip_lists_of_every_kind_follow_owner_chains() {
         ])
         .unwrap();
     let api = server.serve().unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         api.kubeconfig_path(),
+        &dst,
         &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
             ("SKIP_STATEFULSETS", "db"),
             ("SKIP_DAEMONSETS", "ops/agent"),
             ("SKIP_JOBS", "once"),
@@ -519,14 +518,10 @@ async fn dry_run_writes_nothing_and_names_every_target() {
         ])
         .unwrap();
     let api = server.serve().unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         api.kubeconfig_path(),
-        &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
-            ("TARGET_REPO_PREFIX", "dry/$namespace"),
-            ("DRY_RUN", "true"),
-        ],
+        &dst,
+        &[("TARGET_REPO_PREFIX", "dry/$namespace"), ("DRY_RUN", "true")],
     );
     let targets: Vec<String> = ["lib/a:1", "lib/b:1", "lib/c:1"]
         .iter()
@@ -719,11 +714,10 @@ async fn a_source_outage_mid_run_heals_without_duplicate_or_partial_tags() {
         ))
         .unwrap();
     let api = server.serve().unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         api.kubeconfig_path(),
+        &dst,
         &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
             ("FAILURE_COOLDOWN_MINUTES", "0"),
             ("REGISTRY_RETRY_ATTEMPTS", "2"),
             ("REGISTRY_RETRY_BACKOFF", "200ms"),
@@ -865,14 +859,7 @@ async fn a_connection_cut_inside_a_200_mib_layer_is_retried_to_an_identical_copy
         .unwrap();
     let api = server.serve().unwrap();
     let started = Instant::now();
-    let daemon = Daemon::start(
-        api.kubeconfig_path(),
-        &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
-            ("REGISTRY_RETRY_BACKOFF", "200ms"),
-        ],
-    );
+    let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, &[("REGISTRY_RETRY_BACKOFF", "200ms")]);
     wait_for(&dst, "big/layer", "1").await;
     let took = started.elapsed();
     let rss = peak_rss_mib(daemon.run.pid());
@@ -1469,14 +1456,10 @@ async fn load_1000_images_used_by_5000_pods() {
     let src_before = src.requests().len();
 
     let started = Instant::now();
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         api.kubeconfig_path(),
-        &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
-            ("MAX_CONCURRENT_RECONCILES", "16"),
-            ("LOG_LEVEL", "warn"),
-        ],
+        &dst,
+        &[("MAX_CONCURRENT_RECONCILES", "16"), ("LOG_LEVEL", "warn")],
     );
     let mirrored = r#"k8s_copycat_tasks{state="mirrored"}"#;
     eventually("every image mirrored", Duration::from_secs(240), async || {

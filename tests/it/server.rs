@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
-use testkit::{Image, RegistryMode, manifest_digest};
+use testkit::{Image, Registry, RegistryMode, manifest_digest};
 
 use crate::support::{CopycatRun, eventually, free_address, http, start};
 
@@ -42,6 +42,14 @@ impl Daemon {
         all.extend_from_slice(env);
         let run = CopycatRun::start(kubeconfig, &args, &all);
         Daemon { run, metrics, health }
+    }
+
+    /// [`Daemon::start`] mirroring to the docker-registry `dst` (`TARGET_KIND=docker`), with `env`.
+    pub(crate) fn mirroring_to(kubeconfig: &std::path::Path, dst: &Registry, env: &[(&str, &str)]) -> Daemon {
+        let host = dst.host();
+        let mut all = vec![("TARGET_KIND", "docker"), ("TARGET_REGISTRY", host.as_str())];
+        all.extend_from_slice(env);
+        Daemon::start(kubeconfig, &all)
     }
 
     /// Sends SIGTERM and returns the exit code and everything it logged.
@@ -125,14 +133,10 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     let mut api = server.serve().unwrap();
     api.stop();
 
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         api.kubeconfig_path(),
-        &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
-            ("TARGET_USERNAME", "copycat"),
-            ("TARGET_PASSWORD", PASSWORD),
-        ],
+        &dst,
+        &[("TARGET_USERNAME", "copycat"), ("TARGET_PASSWORD", PASSWORD)],
     );
     eventually("/healthz", WAIT, async || daemon.probe("/healthz").await.0 == 200).await;
     let (code, body) = daemon.probe("/readyz").await;
@@ -267,14 +271,10 @@ async fn force_reconcile_replans_and_admin_token_guards_the_admin_endpoints() {
         .apply(deployment("web", &[format!("{}/lib/web:1", src.host())]))
         .unwrap();
     let api = server.serve().unwrap();
-    let daemon = Daemon::start(
+    let daemon = Daemon::mirroring_to(
         api.kubeconfig_path(),
-        &[
-            ("TARGET_KIND", "docker"),
-            ("TARGET_REGISTRY", &dst.host()),
-            ("FAILURE_COOLDOWN_MINUTES", "0"),
-            ("ADMIN_TOKEN", "letmein"),
-        ],
+        &dst,
+        &[("FAILURE_COOLDOWN_MINUTES", "0"), ("ADMIN_TOKEN", "letmein")],
     );
     let target = format!("{}/lib/web:1", dst.host());
     eventually("the missing image failed", WAIT, async || {
