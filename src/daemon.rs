@@ -24,7 +24,7 @@ use crate::events::{self, Emitter};
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::plan::{Planner, Workload, watched_kinds};
-use crate::queue::{MirrorTask, Queue, QueueOptions};
+use crate::queue::{ExcludedImages, MirrorTask, Queue, QueueOptions};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
 use crate::target::Target;
 
@@ -62,8 +62,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
     let ready = Arc::new(AtomicBool::new(false));
     let (rescan_tx, rescan_rx) = mpsc::channel(8);
+    let excluded = ExcludedImages::default();
     let admin = Admin::new(
         queue.clone(),
+        excluded.clone(),
         metrics.clone(),
         ready.clone(),
         rescan_tx,
@@ -88,11 +90,17 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 
     let loop_state = LoopState {
         watched: &watched,
-        planner: &planner,
-        queue: &queue,
+        planning: Planning {
+            planner: &planner,
+            queue: &queue,
+            metrics: &metrics,
+            excluded,
+            submitted: HashMap::new(),
+            reported_invalid: HashSet::new(),
+        },
         rescan: config.force_reconcile_interval,
         ready: &ready,
-        metrics: &metrics,
+        queue: &queue,
         leading: leadership.subscribe(),
     };
     tokio::select! {
@@ -148,13 +156,12 @@ async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {
 /// What the plan loop works with.
 struct LoopState<'a> {
     watched: &'a [Watched],
-    planner: &'a Planner,
-    queue: &'a Queue,
+    planning: Planning<'a>,
     /// `forceReconcileMinutes`.
     rescan: Option<Duration>,
     /// Set once the initial list is complete (`/readyz`).
     ready: &'a AtomicBool,
-    metrics: &'a Metrics,
+    queue: &'a Queue,
     /// Whether this replica leads (submits to the queue).
     leading: channel::Receiver<bool>,
 }
@@ -165,17 +172,14 @@ struct LoopState<'a> {
 async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiver<RescanRequest>, s: LoopState<'_>) {
     let LoopState {
         watched,
-        planner,
-        queue,
+        mut planning,
         rescan,
         ready,
-        metrics,
+        queue,
         mut leading,
     } = s;
     let mut lead = *leading.borrow_and_update();
     let mut inventory = Inventory::new();
-    let mut submitted: HashMap<String, String> = HashMap::new();
-    let mut reported_invalid: HashSet<(Workload, String)> = HashSet::new();
     let mut plan_at: Option<Instant> = None;
     let mut listed = false;
     let mut next_rescan = rescan.map(|every| Instant::now() + every);
@@ -198,8 +202,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
             },
             () = plan_due => {
                 plan_at = None;
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, false, lead && leads(&leading));
-                metrics.set_images_tracked(summary.targets.len());
+                planning.run(&inventory, false, lead && leads(&leading));
             }
             Ok(()) = leading.changed() => {
                 let now = *leading.borrow_and_update();
@@ -207,11 +210,10 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                     lead = now;
                     if lead && listed {
                         tracing::info!("leading: submitting the whole current plan");
-                        let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
-                        metrics.set_images_tracked(summary.targets.len());
+                        planning.run(&inventory, true, lead && leads(&leading));
                     } else if lead {
                         // The initial list is not complete: the plan made once it is submits everything.
-                        submitted.clear();
+                        planning.submitted.clear();
                         plan_at.get_or_insert_with(|| Instant::now() + SETTLE);
                     } else {
                         let dropped = queue.drop_waiting();
@@ -222,13 +224,11 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
             () = rescan_due => {
                 next_rescan = rescan.map(|every| Instant::now() + every);
                 tracing::info!("periodic rescan");
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
-                metrics.set_images_tracked(summary.targets.len());
+                planning.run(&inventory, true, lead && leads(&leading));
             }
             Some(reply) = forced.recv() => {
                 tracing::info!("forced rescan");
-                let summary = submit_changes(planner, &inventory, queue, &mut submitted, &mut reported_invalid, true, lead && leads(&leading));
-                metrics.set_images_tracked(summary.targets.len());
+                let summary = planning.run(&inventory, true, lead && leads(&leading));
                 let _ = reply.send(summary);
             }
         }
@@ -249,52 +249,61 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// Plans and submits tasks that are new or whose source changed (all of them when `everything`);
-/// returns what the plan holds.
-fn submit_changes(
-    planner: &Planner,
-    inventory: &Inventory,
-    queue: &Queue,
-    submitted: &mut HashMap<String, String>,
-    reported_invalid: &mut HashSet<(Workload, String)>,
-    everything: bool,
-    lead: bool,
-) -> PlanSummary {
-    let plan = planner.plan(inventory);
-    for (user, image, error) in plan.invalid {
-        if reported_invalid.insert((user.clone(), image.clone())) {
-            tracing::warn!(workload = %user, image = %image, error = %error, "invalid image reference; not mirrored");
+/// Plans the inventory and hands the results on: tasks to the queue, the number of images to the
+/// metrics, excluded images to `/status`.
+struct Planning<'a> {
+    planner: &'a Planner,
+    queue: &'a Queue,
+    metrics: &'a Metrics,
+    excluded: ExcludedImages,
+    /// Source of every target submitted by the last plan (`target -> source platforms`).
+    submitted: HashMap<String, String>,
+    /// Invalid image strings already reported, so each is logged once.
+    reported_invalid: HashSet<(Workload, String)>,
+}
+
+impl Planning<'_> {
+    /// Plans and, when `lead`, submits the tasks that are new or whose source changed (all of them
+    /// when `everything`) and forgets targets no longer planned; returns what the plan holds.
+    fn run(&mut self, inventory: &Inventory, everything: bool, lead: bool) -> PlanSummary {
+        let plan = self.planner.plan(inventory);
+        for (user, image, error) in plan.invalid {
+            if self.reported_invalid.insert((user.clone(), image.clone())) {
+                tracing::warn!(workload = %user, image = %image, error = %error, "invalid image reference; not mirrored");
+            }
         }
-    }
-    let (tasks, excluded) = (plan.tasks.len(), plan.excluded);
-    let mut changed = 0;
-    let mut current = HashMap::with_capacity(tasks);
-    let mut workloads: HashSet<Workload> = HashSet::new();
-    let mut targets = Vec::with_capacity(tasks);
-    let mut planned = HashSet::with_capacity(tasks);
-    for task in plan.tasks {
-        workloads.extend(task.users.iter().cloned());
-        let key = task.key();
-        targets.push(key.to_string());
-        planned.insert(key);
-        let target = task.request.target_display(task.request.source.digest());
-        let source = format!("{} {:?}", task.request.source, task.platforms);
-        if lead && (everything || submitted.get(&target) != Some(&source)) {
-            changed += 1;
-            submit(queue, task);
+        let (tasks, excluded) = (plan.tasks.len(), plan.excluded.len());
+        self.excluded.set(&plan.excluded);
+        let mut changed = 0;
+        let mut current = HashMap::with_capacity(tasks);
+        let mut workloads: HashSet<Workload> = HashSet::new();
+        let mut targets = Vec::with_capacity(tasks);
+        let mut planned = HashSet::with_capacity(tasks);
+        for task in plan.tasks {
+            workloads.extend(task.users.iter().cloned());
+            let key = task.key();
+            targets.push(key.to_string());
+            planned.insert(key);
+            let target = task.request.target_display(task.request.source.digest());
+            let source = format!("{} {:?}", task.request.source, task.platforms);
+            if lead && (everything || self.submitted.get(&target) != Some(&source)) {
+                changed += 1;
+                submit(self.queue, task);
+            }
+            current.insert(target, source);
         }
-        current.insert(target, source);
-    }
-    *submitted = current;
-    if lead {
-        let forgotten = queue.retain_planned(&planned);
-        tracing::info!(tasks, submitted = changed, excluded, forgotten, "planned");
-    } else {
-        tracing::info!(tasks, excluded, "planned (following: nothing submitted)");
-    }
-    PlanSummary {
-        workloads: workloads.len(),
-        targets,
+        self.submitted = current;
+        if lead {
+            let forgotten = self.queue.retain_planned(&planned);
+            tracing::info!(tasks, submitted = changed, excluded, forgotten, "planned");
+        } else {
+            tracing::info!(tasks, excluded, "planned (following: nothing submitted)");
+        }
+        self.metrics.set_images_tracked(targets.len());
+        PlanSummary {
+            workloads: workloads.len(),
+            targets,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::discovery::inventory::{Inventory, ObjectKey};
 use crate::glob;
 use crate::naming::{self, NameContext, PathRule, TargetNaming};
 use crate::platform::Platform;
-use crate::queue::MirrorTask;
+use crate::queue::{MirrorTask, union_users};
 use crate::reference::{Digest, ImageRef};
 
 /// The workload kinds copycat watches.
@@ -376,7 +376,20 @@ mod tests {
             targets(&plan),
             vec!["docker.io/library/nginx:1 -> mirror.example.com/library/nginx:1"]
         );
-        assert_eq!(plan.excluded, 2, "quay.io and the target itself");
+        let excluded: Vec<(&str, &str)> = plan
+            .excluded
+            .iter()
+            .map(|e| (e.source.as_str(), e.rule.as_str()))
+            .collect();
+        assert_eq!(
+            excluded,
+            [
+                ("mirror.example.com/m/x:1", "mirror.example.com"),
+                ("quay.io/org/tool:2", "quay.io"),
+            ],
+            "the target itself and quay.io"
+        );
+        assert_eq!(plan.excluded[0].users, [Workload::new(Kind::Deployment, "shop", "web")]);
         assert_eq!(plan.invalid.len(), 1);
         assert_eq!(plan.invalid[0].1, "Not:Valid:Image");
     }
@@ -653,8 +666,26 @@ pub struct Plan {
     pub tasks: Vec<MirrorTask>,
     /// Image strings that are not valid references, with who uses them and why.
     pub invalid: Vec<(Workload, String, String)>,
-    /// Image uses skipped by `excludeRegistries` or because they already live on the target.
-    pub excluded: usize,
+    /// Images left out by `excludeRegistries` or because they already live on the target: one per
+    /// source reference, sorted by it.
+    pub excluded: Vec<ExcludedImage>,
+}
+
+/// An image the plan leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExcludedImage {
+    /// The image reference as the workloads give it.
+    pub source: String,
+    /// The `excludeRegistries` entry, or the target `registry[/path]`, it falls under.
+    pub rule: String,
+    /// Who uses it (the most recent few).
+    pub users: Vec<Workload>,
+}
+
+/// What planning one image use gives.
+enum Planned {
+    Task(MirrorTask),
+    Excluded { source: ImageRef, rule: String },
 }
 
 impl Planner {
@@ -692,6 +723,7 @@ impl Planner {
     pub fn plan(&self, inventory: &Inventory) -> Plan {
         let mut plan = Plan::default();
         let mut by_target: BTreeMap<String, MirrorTask> = BTreeMap::new();
+        let mut excluded: BTreeMap<String, ExcludedImage> = BTreeMap::new();
         // A stable order makes the plan deterministic: when two objects disagree about one target
         // (Pods of an old and a new rollout), the same one wins every time.
         let mut objects: Vec<_> = inventory.objects().collect();
@@ -716,7 +748,7 @@ impl Planner {
             };
             for use_ in &entry.images {
                 match self.task(key, &user.name, node, use_) {
-                    Ok(Some(task)) => {
+                    Ok(Planned::Task(task)) => {
                         let mut task = task.with_user(user.clone());
                         if self.use_image_pull_secrets {
                             let host = task.request.source.registry();
@@ -740,12 +772,21 @@ impl Planner {
                             }
                         }
                     }
-                    Ok(None) => plan.excluded += 1,
+                    Ok(Planned::Excluded { source, rule }) => {
+                        let source = source.to_string();
+                        let image = excluded.entry(source.clone()).or_insert_with(|| ExcludedImage {
+                            source,
+                            rule,
+                            users: vec![],
+                        });
+                        union_users(&mut image.users, [user.clone()]);
+                    }
                     Err(e) => plan.invalid.push((user.clone(), use_.image.clone(), e)),
                 }
             }
         }
         plan.tasks = by_target.into_values().collect();
+        plan.excluded = excluded.into_values().collect();
         plan
     }
 
@@ -755,10 +796,13 @@ impl Planner {
         workload: &str,
         node: Option<&Platform>,
         use_: &ContainerImage,
-    ) -> Result<Option<MirrorTask>, String> {
+    ) -> Result<Planned, String> {
         let image = ImageRef::parse(&use_.image).map_err(|e| e.to_string())?;
-        if self.exclusions.excluded_by(&image).is_some() {
-            return Ok(None);
+        if let Some(rule) = self.exclusions.excluded_by(&image) {
+            return Ok(Planned::Excluded {
+                rule: rule.to_owned(),
+                source: image,
+            });
         }
         let digest_mode = wants_digest(self.digest_pull, &self.ignored_tags, &image);
         let source = match (&use_.pod_digest, digest_mode) {
@@ -793,7 +837,7 @@ impl Planner {
         })
         .with_platforms(platforms);
         // Without a node platform, `$arch` is the image's own, known only once it is read.
-        Ok(Some(if node.is_none() && naming.uses_arch() {
+        Ok(Planned::Task(if node.is_none() && naming.uses_arch() {
             task.with_arch_naming(naming)
         } else {
             task

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::queue::{Queue, TaskState};
+use crate::queue::{ExcludedImages, Queue, TaskState, TaskStatus};
 use crate::registry::Registry;
 use crate::secret::Secret;
 
@@ -41,7 +41,7 @@ const MAX_FORCE_WAIT: Duration = Duration::from_secs(60 * 60);
 pub struct PlanSummary {
     /// Workloads (distinct users) whose images were planned.
     pub workloads: usize,
-    /// Target keys of the planned tasks (as [`crate::queue::TaskStatus::target`]).
+    /// Target keys of the planned tasks (as [`crate::queue::TaskStatus::key`]).
     pub targets: Vec<String>,
 }
 
@@ -52,6 +52,8 @@ pub type RescanRequest = oneshot::Sender<PlanSummary>;
 pub struct Admin {
     /// The mirror queue.
     pub queue: Queue,
+    /// The images the latest plan leaves out.
+    pub excluded: ExcludedImages,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Set once the daemon's initial list of the cluster is complete.
@@ -72,6 +74,7 @@ impl Admin {
     /// The endpoints' state.
     pub fn new(
         queue: Queue,
+        excluded: ExcludedImages,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
         rescan: mpsc::Sender<RescanRequest>,
@@ -80,6 +83,7 @@ impl Admin {
     ) -> Admin {
         Admin {
             queue,
+            excluded,
             metrics,
             ready,
             rescan,
@@ -88,6 +92,13 @@ impl Admin {
             leading: None,
             current: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Every target the queue knows, sorted by target, then the excluded images, sorted by source.
+    fn statuses(&self) -> Vec<TaskStatus> {
+        let mut all = self.queue.snapshot();
+        all.extend(self.excluded.get());
+        all
     }
 
     /// Answers the admin endpoints only while `leading` says this replica leads (503 otherwise).
@@ -184,7 +195,7 @@ fn bind_address(addr: &str) -> Option<String> {
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    admin.metrics.observe_queue(&admin.queue.snapshot());
+    admin.metrics.observe_queue(&admin.statuses());
     if let Some(hub) = &admin.dockerhub {
         admin.metrics.set_dockerhub_ratelimit(hub.ratelimit_remaining());
     }
@@ -213,7 +224,7 @@ struct StatusQuery {
 }
 
 async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -> Response {
-    let mut all = admin.queue.snapshot();
+    let mut all = admin.statuses();
     if let Some(wanted) = q.state.as_deref().filter(|s| !s.is_empty()) {
         let Some(state) = TaskState::ALL.into_iter().find(|s| s.as_str() == wanted) else {
             let names: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
@@ -403,11 +414,12 @@ fn idle(queue: &Queue) -> bool {
 fn tally(queue: &Queue, summary: &PlanSummary, went_idle: bool, wait: Duration) -> ForceAnswer {
     let targets: HashSet<&str> = summary.targets.iter().map(String::as_str).collect();
     let (mut mirrored, mut failed, mut pending) = (0, 0, 0);
-    for status in queue.snapshot().iter().filter(|s| targets.contains(s.target.as_str())) {
+    for status in queue.snapshot().iter().filter(|s| targets.contains(s.key.as_str())) {
         match status.state {
             TaskState::Mirrored | TaskState::DryRun => mirrored += 1,
             TaskState::Failed | TaskState::Cooldown => failed += 1,
             TaskState::Queued | TaskState::Running => pending += 1,
+            TaskState::Excluded => {}
         }
     }
     let total = summary.targets.len();

@@ -49,9 +49,8 @@ use crate::plan::Workload;
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
 use status::Counters;
-pub use status::{QueueCounters, TaskState, TaskStatus};
-use task::union_users;
-pub use task::{MAX_USERS, MirrorTask, TargetKey};
+pub use status::{ExcludedImages, QueueCounters, TaskState, TaskStatus};
+pub use task::{MAX_USERS, MirrorTask, TargetKey, union_users};
 
 /// Logs one mirror outcome at `$level` (a constant) with [`OutcomeLine`]'s fields, `result`, then the
 /// extra fields and the message.
@@ -1039,6 +1038,7 @@ impl Entry {
         };
         TaskStatus {
             target: self.last.target.clone().unwrap_or_else(|| key.to_string()),
+            key: key.to_string(),
             source: self.task.request.source.to_string(),
             state,
             digest: self.last.digest.clone(),
@@ -1047,6 +1047,7 @@ impl Entry {
             users: self.task.users.clone(),
             started: self.last.started,
             finished: self.last.finished,
+            excluded_by: None,
         }
     }
 }

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
-use crate::plan::Workload;
+use crate::plan::{ExcludedImage, Workload};
 use crate::reference::Digest;
 
 /// Where a target stands.
@@ -26,20 +27,23 @@ pub enum TaskState {
     Cooldown,
     /// Dry run or dry pull: decided, nothing written.
     DryRun,
+    /// Not mirrored: the source is under an `excludeRegistries` entry or on the target registry.
+    Excluded,
 }
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
         TaskState::Queued,
         TaskState::Running,
         TaskState::Mirrored,
         TaskState::Failed,
         TaskState::Cooldown,
         TaskState::DryRun,
+        TaskState::Excluded,
     ];
 
-    /// `queued`, `running`, `mirrored`, `failed`, `cooldown` or `dry-run`.
+    /// `queued`, `running`, `mirrored`, `failed`, `cooldown`, `dry-run` or `excluded`.
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Queued => "queued",
@@ -48,6 +52,7 @@ impl TaskState {
             TaskState::Failed => "failed",
             TaskState::Cooldown => "cooldown",
             TaskState::DryRun => "dry-run",
+            TaskState::Excluded => "excluded",
         }
     }
 }
@@ -64,7 +69,13 @@ impl fmt::Display for TaskState {
 pub struct TaskStatus {
     /// Where the image is mirrored: `registry/repo:tag` or `registry/repo@digest`. With `$arch` from
     /// the image, the name the last attempt gave it (before any attempt, without that segment).
+    /// Empty (`null` in JSON) for an excluded image.
+    #[serde(serialize_with = "empty_as_null")]
     pub target: String,
+    /// The task's identity ([`TargetKey`](super::TargetKey)): `target` without a `$arch` segment
+    /// taken from the image; empty for an excluded image.
+    #[serde(skip)]
+    pub key: String,
     /// The source reference of the latest request.
     pub source: String,
     /// Where it stands.
@@ -84,6 +95,53 @@ pub struct TaskStatus {
     /// When the last attempt ended.
     #[serde(serialize_with = "rfc3339")]
     pub finished: Option<SystemTime>,
+    /// For an excluded image: the `excludeRegistries` entry, or the target registry, it falls under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded_by: Option<String>,
+}
+
+impl TaskStatus {
+    /// The status of an image the plan leaves out.
+    pub fn excluded(image: &ExcludedImage) -> TaskStatus {
+        TaskStatus {
+            target: String::new(),
+            key: String::new(),
+            source: image.source.clone(),
+            state: TaskState::Excluded,
+            digest: None,
+            last_error: None,
+            next_retry: None,
+            users: image.users.clone(),
+            started: None,
+            finished: None,
+            excluded_by: Some(image.rule.clone()),
+        }
+    }
+}
+
+/// The images the latest plan leaves out, as `/status` shows them: set by the plan loop, read by
+/// the endpoints. Cloning is cheap and every clone is the same list.
+#[derive(Clone, Default)]
+pub struct ExcludedImages(Arc<Mutex<Vec<TaskStatus>>>);
+
+impl ExcludedImages {
+    /// Replaces the list with the statuses of `images`.
+    pub fn set(&self, images: &[ExcludedImage]) {
+        let statuses = images.iter().map(TaskStatus::excluded).collect();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = statuses;
+    }
+
+    /// The current list.
+    pub fn get(&self) -> Vec<TaskStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn empty_as_null<S: Serializer>(s: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    match s {
+        "" => serializer.serialize_none(),
+        s => serializer.serialize_str(s),
+    }
 }
 
 fn rfc3339<S: Serializer>(t: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -176,6 +234,7 @@ mod tests {
     fn status_serialises_for_the_status_endpoint() {
         let status = TaskStatus {
             target: "r.io/nginx:1.27".into(),
+            key: "r.io/nginx:1.27".into(),
             source: "docker.io/library/nginx:1.27".into(),
             state: TaskState::DryRun,
             digest: None,
@@ -184,6 +243,7 @@ mod tests {
             users: vec![Workload::new(crate::plan::Kind::Deployment, "a", "web")],
             started: None,
             finished: None,
+            excluded_by: None,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["state"], "dry-run");
@@ -191,5 +251,16 @@ mod tests {
         assert_eq!(json["lastError"], serde_json::Value::Null);
         assert_eq!(json["users"], serde_json::json!(["Deployment a/web"]));
         assert_eq!(TaskState::DryRun.to_string(), "dry-run");
+        assert!(json.get("excludedBy").is_none());
+
+        let excluded = TaskStatus::excluded(&ExcludedImage {
+            source: "quay.io/org/app:1".into(),
+            rule: "quay.io".into(),
+            users: vec![],
+        });
+        let json = serde_json::to_value(&excluded).unwrap();
+        assert_eq!(json["state"], "excluded");
+        assert_eq!(json["target"], serde_json::Value::Null);
+        assert_eq!(json["excludedBy"], "quay.io");
     }
 }

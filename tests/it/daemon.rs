@@ -169,6 +169,23 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
         .unwrap();
     wait_for(&dst, "lib/late", "1").await;
 
+    // /status shows what is left out and why, with who uses it (sorted by source).
+    let (code, excluded) = daemon.json("GET", "/status?state=excluded", None).await;
+    assert_eq!(code, 200);
+    let mut expected = json!([
+            {"target": null, "source": format!("{}/already/here:1", dst.host()), "state": "excluded",
+             "excludedBy": dst.host(), "digest": null, "lastError": null, "nextRetry": null,
+             "users": ["Deployment team-a/own"], "started": null, "finished": null},
+            {"target": null, "source": format!("{}/lib/excluded:1", other.host()), "state": "excluded",
+             "excludedBy": other.host(), "digest": null, "lastError": null, "nextRetry": null,
+             "users": ["Deployment team-a/excluded"], "started": null, "finished": null},
+    ]);
+    expected
+        .as_array_mut()
+        .unwrap()
+        .sort_by_key(|s| s["source"].as_str().unwrap().to_owned());
+    assert_eq!(excluded, expected);
+
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     for repo in ["lib/skipped-ns", "lib/owner-skipped", "lib/excluded"] {
