@@ -113,6 +113,9 @@ fn main() {
             ("LEADER_ELECT", "false"),
             ("LOG_FORMAT", "json"),
             ("LOG_LEVEL", "info"),
+            // Loopback only, on ports the system picks (the defaults listen on every interface).
+            ("METRICS_ADDR", "127.0.0.1:0"),
+            ("HEALTH_ADDR", "127.0.0.1:0"),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

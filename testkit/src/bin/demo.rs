@@ -45,11 +45,19 @@ impl Expected {
 struct Copycat(Child);
 
 impl Copycat {
-    fn start(bin: &PathBuf, kubeconfig: &std::path::Path, target: &str) -> anyhow::Result<Copycat> {
+    /// Starts `copycat run` with its metrics and health listeners on the given loopback addresses
+    /// (its defaults listen on every interface).
+    fn start(
+        bin: &PathBuf,
+        kubeconfig: &std::path::Path,
+        target: &str,
+        [metrics, health]: [&str; 2],
+    ) -> anyhow::Result<Copycat> {
         let mut cmd = Command::new(bin);
         cmd.args(["run", "--kubeconfig"])
             .arg(kubeconfig)
             .args(["--log-level", "info"])
+            .args(["--metrics-bind-address", metrics, "--health-probe-bind-address", health])
             // Hermetic: only the settings below, no config file, no proxies.
             .env_clear()
             .env("CONFIG_PATH", "/nonexistent/config.yaml")
@@ -274,7 +282,8 @@ async fn run() -> anyhow::Result<bool> {
         dst.host()
     ));
     let update = expect("storefront", "shop/web", "2.0", "Deployment web, after the update");
-    let mut copycat = Copycat::start(&bin, running.kubeconfig_path(), &dst.host())?;
+    let (metrics, health) = (free_loopback_address()?, free_loopback_address()?);
+    let mut copycat = Copycat::start(&bin, running.kubeconfig_path(), &dst.host(), [&metrics, &health])?;
 
     let started = Instant::now();
     let all_arrived = wait_for(&dst, &expected, &mut copycat).await?.is_empty();
@@ -300,6 +309,12 @@ async fn run() -> anyhow::Result<bool> {
                 secs(started)
             ));
         }
+    }
+
+    step(&format!("what copycat reports (GET http://{metrics}/status)"));
+    match reported(&dst, &metrics).await {
+        Ok(rows) => print_table(&["state", "target", "digest", "source", "used by"], &rows),
+        Err(e) => println!("  {e:#}"),
     }
 
     step("stopping copycat (SIGTERM)");
@@ -404,6 +419,38 @@ async fn wait_for<'a>(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A free `127.0.0.1` address.
+fn free_loopback_address() -> anyhow::Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}
+
+/// copycat's `/status`, one row per target: state, target, digest, source, users.
+async fn reported(dst: &Registry, metrics: &str) -> anyhow::Result<Vec<[String; 5]>> {
+    let all: Vec<Value> = http_client(dst)?
+        .get(format!("http://{metrics}/status"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+        .context("reading /status")?;
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    Ok(all
+        .iter()
+        .map(|s| {
+            let users: Vec<String> = s["users"].as_array().into_iter().flatten().map(text).collect();
+            [
+                text(&s["state"]),
+                text(&s["target"]),
+                s["digest"].as_str().map_or_else(|| "-".to_owned(), short),
+                text(&s["source"]),
+                users.join(", "),
+            ]
+        })
+        .collect())
 }
 
 async fn catalog(reg: &Registry) -> anyhow::Result<Vec<String>> {
