@@ -1,6 +1,7 @@
 //! Cluster discovery: which images the cluster's workloads use. Watchers reduce each object to its
 //! image uses on arrival; the inventory keeps only those, never whole objects.
 
+pub mod decode;
 pub mod extract;
 pub mod inventory;
 pub mod watch;

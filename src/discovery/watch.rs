@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::decode::Decoded;
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
 use super::inventory::{PullRefs, Seen, Update, Watched};
 use crate::metrics::Metrics;
@@ -136,6 +137,31 @@ impl WatchedObject for ServiceAccount {
     }
 }
 
+/// What the inventory keeps of `object`. One that does not decode is reported and contributes
+/// nothing (no images, no owner) until a change makes it decodable; counted as `undecodable` in
+/// `k8s_copycat_watch_events_total`.
+fn seen<K: WatchedObject>(object: Decoded<K>, metrics: &Metrics) -> Seen {
+    let (meta, error) = match object {
+        Decoded::Object(o) => return o.seen(),
+        Decoded::Undecodable { meta, error } => (meta, error),
+    };
+    let kind = K::kind(&());
+    metrics.watch_event(&kind, "undecodable");
+    let (namespace, name) = (meta.namespace.unwrap_or_default(), meta.name.unwrap_or_default());
+    // A Secret's decoding error may quote its data.
+    let error = if K::WATCHED == Watched::Secret {
+        "(not shown for Secrets)".into()
+    } else {
+        error
+    };
+    tracing::warn!(%kind, %namespace, %name, %error, "object cannot be decoded; its images are not mirrored until it changes");
+    Seen {
+        namespace,
+        name,
+        ..Seen::default()
+    }
+}
+
 /// What every kind keeps; kinds add their own parts on top.
 fn default_seen<K: WatchedObject>(o: &K) -> Seen {
     Seen {
@@ -246,16 +272,17 @@ pub fn start(client: Client, watched: &[Watched], metrics: Arc<Metrics>) -> (Wat
 fn spawn<K: WatchedObject>(client: Client, tx: mpsc::Sender<Update>, metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let kind = K::kind(&());
-        let mut events = watcher(Api::<K>::all(client), watcher::Config::default())
+        let mut events = watcher(Api::<Decoded<K>>::all(client), watcher::Config::default())
             .default_backoff()
             .boxed();
+        let reduce = |o: Decoded<K>| seen(o, &metrics);
         while let Some(event) = events.next().await {
             let (update, counted) = match event {
                 Ok(watcher::Event::Init) => (Update::Init(K::WATCHED), Some("restarted")),
-                Ok(watcher::Event::InitApply(o)) => (Update::InitApply(K::WATCHED, o.seen()), Some("applied")),
+                Ok(watcher::Event::InitApply(o)) => (Update::InitApply(K::WATCHED, reduce(o)), Some("applied")),
                 Ok(watcher::Event::InitDone) => (Update::InitDone(K::WATCHED), None),
-                Ok(watcher::Event::Apply(o)) => (Update::Apply(K::WATCHED, o.seen()), Some("applied")),
-                Ok(watcher::Event::Delete(o)) => (Update::Delete(K::WATCHED, o.seen()), Some("deleted")),
+                Ok(watcher::Event::Apply(o)) => (Update::Apply(K::WATCHED, reduce(o)), Some("applied")),
+                Ok(watcher::Event::Delete(o)) => (Update::Delete(K::WATCHED, reduce(o)), Some("deleted")),
                 Err(e) => {
                     tracing::warn!(%kind, error = %e, "watch failed; retrying");
                     continue;

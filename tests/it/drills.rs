@@ -1030,7 +1030,8 @@ async fn api_server_restarts_and_expired_watches_relist_without_mirroring_twice(
 
 /// Drill: objects a real cluster can hold but that make poor input: a Pod whose image string is not
 /// a valid reference, a Pod with 200 containers, a Deployment with an empty image next to a good
-/// one. Each is logged and the daemon carries on: every valid image is mirrored, later changes too.
+/// one, a Deployment that does not decode as one. Each is logged and the daemon carries on: every
+/// valid image is mirrored, the undecodable Deployment's once it is fixed.
 #[tokio::test]
 async fn bad_objects_are_logged_and_the_daemon_carries_on() {
     use futures::StreamExt as _;
@@ -1060,8 +1061,21 @@ async fn bad_objects_are_logged_and_the_daemon_carries_on() {
         .map(|(i, tag)| (format!("c{i}"), on(&src, &format!("lib/many:{tag}"))))
         .collect();
     let wide: Vec<(&str, &str)> = wide.iter().map(|(n, i)| (n.as_str(), i.as_str())).collect();
+    // A Deployment that does not fit the Deployment type (kept from an older schema, say).
+    let later = |replicas: Value| {
+        let mut d = workload(
+            "Deployment",
+            "apps/v1",
+            "default",
+            "garbled",
+            &[("c", &on(&src, "lib/later:1"))],
+        );
+        d["spec"]["replicas"] = replicas;
+        d
+    };
     server
         .apply_all([
+            later(json!("three")),
             pod("default", "broken", &[("c", "Not A Valid::Image")]),
             pod("default", "shouty", &[("c", &on(&src, "Lib/UPPER:1"))]),
             pod("default", "wide", &wide),
@@ -1080,15 +1094,9 @@ async fn bad_objects_are_logged_and_the_daemon_carries_on() {
         &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
     );
     wait_for(&dst, "lib/good", "1").await;
-    server
-        .apply(workload(
-            "Deployment",
-            "apps/v1",
-            "default",
-            "after",
-            &[("c", &on(&src, "lib/later:1"))],
-        ))
-        .unwrap();
+    assert_eq!(manifest_digest(&dst, "lib/later", "1").await.unwrap(), None);
+    // Fixed, it is picked up.
+    server.apply(later(json!(1))).unwrap();
     wait_for(&dst, "lib/later", "1").await;
     eventually("the 200 containers' images", WAIT, async || {
         let states = states(&daemon).await;
@@ -1097,6 +1105,11 @@ async fn bad_objects_are_logged_and_the_daemon_carries_on() {
     .await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("object cannot be decoded") && l.contains("name=garbled") && l.contains("three")),
+        "the undecodable Deployment is reported: {log}"
+    );
     for (workload, image) in [
         ("Pod default/broken", "Not A Valid::Image"),
         ("Pod default/shouty", "Lib/UPPER:1"),
