@@ -237,8 +237,13 @@ impl Ecr {
             }
             ecr = ecr.credentials_provider(provider.build().await);
         }
+        Ecr::with_client(settings, aws_sdk_ecr::Client::from_conf(ecr.build()))
+    }
+
+    /// The target for `settings` through `client`.
+    fn with_client(settings: Settings, client: aws_sdk_ecr::Client) -> Arc<Ecr> {
         Arc::new(Ecr {
-            client: aws_sdk_ecr::Client::from_conf(ecr.build()),
+            client,
             settings,
             token: tokio::sync::Mutex::new(None),
             ready: moka::future::Cache::builder()
@@ -718,5 +723,95 @@ mod tests {
         ] {
             assert_eq!(is_transient_code(code), transient, "{code}");
         }
+    }
+}
+
+/// Answers moto cannot give, from aws-smithy-mocks: IAM refusals and malformed token answers.
+#[cfg(test)]
+mod mocked {
+    use aws_sdk_ecr::Client;
+    use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesError;
+    use aws_sdk_ecr::operation::get_authorization_token::GetAuthorizationTokenOutput;
+    use aws_sdk_ecr::types::error::RepositoryNotFoundException;
+    use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
+
+    use super::*;
+
+    fn ecr(rules: &[&Rule]) -> Arc<Ecr> {
+        let settings = Settings {
+            account_id: "123456789012".into(),
+            region: "eu-central-1".into(),
+            registry_host: registry_host("123456789012", "eu-central-1"),
+            create_repo: true,
+            lifecycle_policy: None,
+            reconcile_lifecycle_policy: false,
+            repository: RepositorySettings {
+                tag_mutability: "MUTABLE".into(),
+                scan_on_push: false,
+                encryption_type: "AES256".into(),
+                kms_key: None,
+                tags: BTreeMap::new(),
+            },
+            assume_role: None,
+            tokens: TokenPolicy::default(),
+        };
+        Ecr::with_client(settings, mock_client!(aws_sdk_ecr, RuleMode::MatchAny, rules))
+    }
+
+    /// The body of an error answer of the ECR JSON protocol.
+    fn aws_error(code: &str, message: &str) -> Option<String> {
+        Some(serde_json::json!({"__type": code, "message": message}).to_string())
+    }
+
+    #[tokio::test]
+    async fn a_refused_creation_names_operation_repository_and_code() {
+        let missing = mock!(Client::describe_repositories).then_error(|| {
+            DescribeRepositoriesError::RepositoryNotFoundException(
+                RepositoryNotFoundException::builder().message("not found").build(),
+            )
+        });
+        let refused = mock!(Client::create_repository)
+            .sequence()
+            .http_status(
+                400,
+                aws_error(
+                    "AccessDeniedException",
+                    "User: arn:aws:sts::123456789012:assumed-role/copycat/pod is not authorized to perform: ecr:CreateRepository",
+                ),
+            )
+            .build();
+        let err = ecr(&[&missing, &refused])
+            .ensure_repository("mirror/app")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (
+                err.operation,
+                err.repository.as_deref(),
+                err.code.as_deref(),
+                err.transient
+            ),
+            (
+                "CreateRepository",
+                Some("mirror/app"),
+                Some("AccessDeniedException"),
+                false
+            )
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("ECR CreateRepository mirror/app: AccessDeniedException: User: arn:"),
+            "{text}"
+        );
+        assert_eq!((missing.num_calls(), refused.num_calls()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_token_answer_without_data_is_an_error_naming_the_operation() {
+        let empty =
+            mock!(Client::get_authorization_token).then_output(|| GetAuthorizationTokenOutput::builder().build());
+        let err = ecr(&[&empty]).credential().await.unwrap_err();
+        assert_eq!((err.operation, err.transient), ("GetAuthorizationToken", false));
+        assert!(err.to_string().contains("no authorization data"), "{err}");
     }
 }
