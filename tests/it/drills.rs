@@ -87,12 +87,8 @@ async fn states(daemon: &Daemon) -> BTreeMap<String, String> {
     all.as_array()
         .unwrap()
         .iter()
-        .map(|s| {
-            (
-                s["target"].as_str().unwrap().to_owned(),
-                s["state"].as_str().unwrap().to_owned(),
-            )
-        })
+        // Excluded images have no target.
+        .filter_map(|s| Some((s["target"].as_str()?.to_owned(), s["state"].as_str()?.to_owned())))
         .collect()
 }
 
@@ -327,6 +323,82 @@ async fn skip_lists_of_every_kind_follow_owner_chains() {
 /// Issue scenario 3: a repository prefix with every placeholder (`$registry`, `$namespace`,
 /// `$podname`, `$container_name`, `$arch` from the Node), and `pathMap` rules, plain and regex, from
 /// the config file.
+/// Issue 3, digest mode end to end: `digestPull` mirrors what the Pods run (their imageID's digest,
+/// even after the tag moved on), restricted with `checkNodePlatform` to the platform of their node;
+/// a workload without Pods (a CronJob between runs) is mirrored by resolving its tag, not skipped.
+#[tokio::test]
+async fn digest_pull_mirrors_what_pods_run_on_their_nodes_platform() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let (running, newer, backup) = (
+        Image::oci_index(&[1500], true, 860).unwrap(),
+        Image::oci_index(&[1500], true, 861).unwrap(),
+        Image::oci("amd64", &[900], 862).unwrap(),
+    );
+    running.push(&src, "shop/web", "1").await.unwrap();
+    // The tag moved on after the Pod started.
+    newer.push(&src, "shop/web", "1").await.unwrap();
+    backup.push(&src, "tools/backup", "2").await.unwrap();
+    let web = on(&src, "shop/web:1");
+    let node_info = json!({"architecture": "arm64", "operatingSystem": "linux", "bootID": "", "containerRuntimeVersion": "",
+        "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "osImage": "", "systemUUID": ""});
+    let mut web_pod = owned_by(
+        pod("shop", "web-1-x", &[("web", &web)]),
+        "apps/v1",
+        "ReplicaSet",
+        "web-1",
+    );
+    web_pod["spec"]["nodeName"] = json!("arm-1");
+    web_pod["status"]["containerStatuses"] = json!([{"name": "web", "image": web, "ready": true, "restartCount": 0,
+        "imageID": format!("docker-pullable://{}@{}", on(&src, "shop/web"), running.digest)}]);
+    let server = ApiServer::new();
+    server
+        .apply_all([
+            namespace("shop"),
+            namespace("batch"),
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "arm-1"}, "status": {"nodeInfo": node_info}}),
+            workload("Deployment", "apps/v1", "shop", "web", &[("web", &web)]),
+            owned_by(
+                workload("ReplicaSet", "apps/v1", "shop", "web-1", &[("web", &web)]),
+                "apps/v1",
+                "Deployment",
+                "web",
+            ),
+            web_pod,
+            workload(
+                "CronJob",
+                "batch/v1",
+                "batch",
+                "nightly",
+                &[("backup", &on(&src, "tools/backup:2"))],
+            ),
+        ])
+        .unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::mirroring_to(
+        api.kubeconfig_path(),
+        &dst,
+        &[("DIGEST_PULL", "true"), ("CHECK_NODE_PLATFORM", "true")],
+    );
+    wait_for(&dst, "shop/web", "1").await;
+    wait_for(&dst, "tools/backup", "2").await;
+    // The arm64 image of the index the Pod runs: not the index, not the tag's newer image.
+    let arm64 = running.child_for("arm64").unwrap();
+    assert_identical(&dst, "shop/web", "1", arm64).await;
+    assert_identical(&dst, "tools/backup", "2", &backup).await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let pulled: Vec<String> = copycat_requests(&src)
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/v2/shop/web/manifests/"))
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        !pulled.is_empty() && pulled.iter().all(|p| !p.ends_with("/1") && !p.contains(&newer.digest)),
+        "the Pod's digest is read, never the moved tag: {pulled:?}"
+    );
+    assert_written_once(&dst);
+}
+
 #[tokio::test]
 async fn prefix_placeholders_and_path_maps_name_the_targets() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
