@@ -216,21 +216,13 @@ fn event_name(object: &str, now: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Overrides, Purpose};
+    use crate::config::Purpose;
     use crate::copy::CopyRequest;
     use crate::queue::MirrorTask;
     use crate::reference::ImageRef;
 
     fn config(env: &[(&str, &str)]) -> Config {
-        let env: std::collections::HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let overrides = Overrides {
-            config: Some("/nonexistent/copycat-events-test.yaml".into()),
-            ..Overrides::default()
-        };
-        crate::config::load(&|k| env.get(k).cloned(), &overrides, Purpose::OneShot)
-            .unwrap()
-            .config
+        crate::config::from_env(env, Purpose::OneShot)
     }
 
     fn report(error: &str, retry_in: Option<Duration>) -> FailureReport {

@@ -213,26 +213,16 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    use crate::config::{Overrides, Purpose};
+    use crate::config::Purpose;
     use crate::discovery::extract::{Owner, OwnerKind};
     use crate::discovery::inventory::{Seen, Update, Watched};
 
     const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn config(env: &[(&str, &str)]) -> Config {
-        let mut vars: Vec<(String, String)> = vec![
-            ("TARGET_KIND".into(), "docker".into()),
-            ("TARGET_REGISTRY".into(), "mirror.example.com".into()),
-        ];
-        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let lookup = move |k: &str| vars.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let overrides = Overrides {
-            config: Some("/nonexistent/copycat.yaml".into()),
-            ..Overrides::default()
-        };
-        crate::config::load(&lookup, &overrides, Purpose::Daemon)
-            .expect("valid test config")
-            .config
+        let mut all = vec![("TARGET_KIND", "docker"), ("TARGET_REGISTRY", "mirror.example.com")];
+        all.extend_from_slice(env);
+        crate::config::from_env(&all, Purpose::Daemon)
     }
 
     fn seen(ns: &str, name: &str, images: &[(&str, Option<&str>)], owner: Option<(OwnerKind, &str)>) -> Seen {

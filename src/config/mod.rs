@@ -114,6 +114,19 @@ pub fn load(
     }
 }
 
+/// The configuration from the variables `env` alone (no file; later pairs win), for unit tests.
+#[cfg(test)]
+pub(crate) fn from_env(env: &[(&str, &str)], purpose: Purpose) -> Config {
+    let vars: std::collections::HashMap<&str, &str> = env.iter().copied().collect();
+    let overrides = Overrides {
+        config: Some("/nonexistent/copycat-test.yaml".into()),
+        ..Overrides::default()
+    };
+    load(&|k| vars.get(k).map(|v| v.to_string()), &overrides, purpose)
+        .expect("valid test configuration")
+        .config
+}
+
 impl Config {
     /// The effective configuration as YAML that loads back to the same settings, secrets masked,
     /// followed by the environment-only settings as comments.

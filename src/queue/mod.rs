@@ -1079,17 +1079,10 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Overrides, Purpose};
+    use crate::config::Purpose;
 
     fn config(env: &[(&str, &str)]) -> Config {
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let overrides = Overrides {
-            config: Some("/nonexistent/copycat-queue-test.yaml".into()),
-            ..Overrides::default()
-        };
-        crate::config::load(&|k| env.get(k).cloned(), &overrides, Purpose::OneShot)
-            .unwrap()
-            .config
+        crate::config::from_env(env, Purpose::OneShot)
     }
 
     #[test]

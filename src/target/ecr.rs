@@ -735,26 +735,14 @@ mod mocked {
     use aws_sdk_ecr::types::error::RepositoryNotFoundException;
     use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 
+    use crate::config::Purpose;
+
     use super::*;
 
+    /// The ECR target with the default settings, answered by `rules`.
     fn ecr(rules: &[&Rule]) -> Arc<Ecr> {
-        let settings = Settings {
-            account_id: "123456789012".into(),
-            region: "eu-central-1".into(),
-            registry_host: registry_host("123456789012", "eu-central-1"),
-            create_repo: true,
-            lifecycle_policy: None,
-            reconcile_lifecycle_policy: false,
-            repository: RepositorySettings {
-                tag_mutability: "MUTABLE".into(),
-                scan_on_push: false,
-                encryption_type: "AES256".into(),
-                kms_key: None,
-                tags: BTreeMap::new(),
-            },
-            assume_role: None,
-            tokens: TokenPolicy::default(),
-        };
+        let env = [("ECR_ACCOUNT_ID", "123456789012"), ("AWS_REGION", "eu-central-1")];
+        let settings = Settings::from_config(&crate::config::from_env(&env, Purpose::OneShot).ecr);
         Ecr::with_client(settings, mock_client!(aws_sdk_ecr, RuleMode::MatchAny, rules))
     }
 
