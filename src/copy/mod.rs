@@ -409,16 +409,15 @@ impl Copier {
 
     async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {
         let readers = self.readers(&src);
+        let dst = self.registries.get(req.target.registry());
         let job = Job {
             src,
             readers,
             src_repo: req.source.repository(),
-            dst: match opts.dry_run {
-                true => self.registries.get(req.target.registry()),
-                false => self
-                    .registries
-                    .get(req.target.registry())
-                    .for_writing(req.target.repository()),
+            dst: if opts.dry_run {
+                dst
+            } else {
+                dst.for_writing(req.target.repository())
             },
             dst_repo: req.target.repository(),
             opts,

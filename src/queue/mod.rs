@@ -243,7 +243,8 @@ enum Unwanted {
 /// What the last attempt left behind.
 #[derive(Default, Clone)]
 struct Attempt {
-    /// The target the last attempt named (`$arch` from the image), when it differs from the key.
+    /// The target the last attempt wrote to, once known (with `$arch` from the image it differs from
+    /// the key).
     target: Option<String>,
     digest: Option<Digest>,
     error: Option<String>,
