@@ -273,7 +273,7 @@ impl Planning<'_> {
             }
         }
         let (tasks, excluded) = (plan.tasks.len(), plan.excluded.len());
-        self.excluded.set(&plan.excluded);
+        self.excluded.set(plan.excluded);
         let mut changed = 0;
         let mut current = HashMap::with_capacity(tasks);
         let mut workloads: HashSet<Workload> = HashSet::new();

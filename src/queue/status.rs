@@ -122,18 +122,18 @@ impl TaskStatus {
 /// The images the latest plan leaves out, as `/status` shows them: set by the plan loop, read by
 /// the endpoints. Cloning is cheap and every clone is the same list.
 #[derive(Clone, Default)]
-pub struct ExcludedImages(Arc<Mutex<Vec<TaskStatus>>>);
+pub struct ExcludedImages(Arc<Mutex<Vec<ExcludedImage>>>);
 
 impl ExcludedImages {
-    /// Replaces the list with the statuses of `images`.
-    pub fn set(&self, images: &[ExcludedImage]) {
-        let statuses = images.iter().map(TaskStatus::excluded).collect();
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = statuses;
+    /// Replaces the list with `images` (statuses are made only when read, not on every plan).
+    pub fn set(&self, images: Vec<ExcludedImage>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = images;
     }
 
-    /// The current list.
+    /// The statuses of the current list.
     pub fn get(&self) -> Vec<TaskStatus> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let images = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        images.iter().map(TaskStatus::excluded).collect()
     }
 }
 
