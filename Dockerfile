@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # copycat container image. Build: docker build -t copycat:dev .   (docs/install.md)
-# Not built by scripts/test.sh: no container engine runs in the test environment.
+# Without Docker, scripts/image.sh builds the equivalent image (same user, entrypoint, command and
+# ports; tests/it/image.rs compares them) as an OCI layout.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -9,11 +10,14 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin copycat \
- && install -D -m 0755 target/release/copycat /out/copycat
+ && install -D -m 0755 target/release/copycat /out/usr/local/bin/copycat \
+ && ln -s /usr/local/bin/copycat /out/k8s-copycat
 
 # glibc, libgcc and a CA bundle, no shell; runs as uid/gid 65532 (nonroot).
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/copycat /usr/local/bin/copycat
+# /out holds the binary and /k8s-copycat, a link to it: specs written for k8s-copycat's image
+# (`command: ["/k8s-copycat"]`) start copycat. Copying the directory keeps the link a link.
+COPY --from=build /out/ /
 USER 65532:65532
 # METRICS_ADDR (/metrics, admin endpoints) and HEALTH_ADDR (/healthz, /readyz).
 EXPOSE 8080 8081

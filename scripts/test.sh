@@ -31,10 +31,37 @@ fi
 # A failing test's panic message, not thirty frames of tokio, must end up in the tail CI shows.
 export RUST_BACKTRACE=0
 
-cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
-else
-  cargo test --workspace --no-fail-fast
+# Rust tools: rustfmt and clippy come with the toolchain (rustup components); cargo-nextest runs the
+# tests (one closing summary, per-test time limits from .config/nextest.toml) and is installed from
+# crates.io when missing. Anything that cannot be installed stops here, saying how to get it.
+for component in rustfmt:fmt clippy:clippy; do
+  if ! cargo "${component#*:}" --version >/dev/null 2>&1; then
+    echo "cargo ${component#*:} is missing: install it with 'rustup component add ${component%%:*}'" >&2
+    exit 1
+  fi
+done
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest from crates.io (once; about 5 minutes on 2 cores)"
+  if ! cargo install --locked --quiet cargo-nextest; then
+    echo "could not install cargo-nextest from crates.io: install it with 'cargo install --locked cargo-nextest'" >&2
+    exit 1
+  fi
 fi
+
+cargo fmt --all --check
+
+# The real Kubernetes control plane the real_cluster tests start (testkit/cluster: etcd,
+# kube-apiserver, kube-controller-manager and kubectl from the Kubernetes Go modules). Built once into
+# <target>/cluster and rebuilt only when its sources change; the first build takes about 15 minutes
+# on 2 cores. Needs Go 1.25+ and the Go module proxy.
+bash scripts/cluster.sh build
+
+cargo clippy --workspace --all-targets -- -D warnings
+
+# copycat's container image without a container engine (a release build, then an OCI layout in
+# <target>/image); tests/it/image.rs unpacks it and runs it under chroot.
+bash scripts/image.sh
+
+cargo nextest run --workspace --no-fail-fast
+# nextest does not run doctests.
+cargo test --workspace --doc --quiet

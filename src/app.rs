@@ -18,13 +18,14 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Copy(_) | Command::Sync(_) => Purpose::OneShot,
     };
     let env = |name: &str| std::env::var(name).ok();
-    let loaded = match config::load(&env, &cli.flags.overrides(), purpose) {
+    let mut loaded = match config::load(&env, &cli.flags.overrides(), purpose) {
         Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("copycat: {errors}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    loaded.warnings.extend(cli.flags.zap.warnings());
     if let Command::CheckConfig = command {
         for warning in &loaded.warnings {
             eprintln!("copycat: warning: {warning}");

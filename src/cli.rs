@@ -1,8 +1,10 @@
-//! Command-line interface. Flags keep k8s-copycat's names so existing manifests keep working.
+//! Command-line interface. Flags keep k8s-copycat's names, and Go's flag syntax is accepted
+//! (`-leader-elect=false`, `--dry-run=true`), so existing manifests and chart values keep working.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Overrides, parse};
 
@@ -11,7 +13,7 @@ use crate::config::{Overrides, parse};
 /// Configuration comes from built-in defaults, then the YAML file (--config, CONFIG_PATH, default
 /// /config/config.yaml), then environment variables, then these flags. See docs/configuration.md.
 #[derive(Debug, Parser)]
-#[command(name = "copycat", version, propagate_version = true)]
+#[command(name = "copycat", version, propagate_version = true, args_override_self = true)]
 pub struct Cli {
     /// What to do; without a command copycat runs the daemon.
     #[command(subcommand)]
@@ -19,6 +21,80 @@ pub struct Cli {
     /// Flags shared by every command.
     #[command(flatten)]
     pub flags: GlobalFlags,
+}
+
+impl Cli {
+    /// Parses the process's arguments, Go-style flags included (see [`go_style_args`]); on a usage
+    /// error prints it and exits 2.
+    pub fn parse_go_style() -> Cli {
+        let args = go_style_args(std::env::args_os().collect(), &separate_value_flags(&Cli::command()));
+        Cli::parse_from(args)
+    }
+}
+
+/// Rewrites Go's flag syntax into the one clap reads: a single-dash long flag (`-leader-elect=false`,
+/// `-metrics-bind-address :8080`) gets a second dash. Single-letter flags (`-h`, `-V`), the value
+/// after a flag in `separate_value_flags` (`--config FILE`), and everything after `--` stay as they
+/// are. `=true|false` on boolean flags needs no rewrite: clap's definitions accept it.
+pub fn go_style_args(args: Vec<OsString>, separate_value_flags: &[String]) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut args = args.into_iter();
+    out.extend(args.next()); // the program name
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            out.extend(args);
+            break;
+        }
+        let name_len = text.find('=').unwrap_or(text.len());
+        let single_dash_long = text.len() > 2
+            && text.starts_with('-')
+            && text[1..].starts_with(|c: char| c.is_ascii_alphabetic())
+            && name_len > 2;
+        let long = if single_dash_long {
+            format!("-{text}")
+        } else {
+            text.to_owned()
+        };
+        let needs_value = long
+            .strip_prefix("--")
+            .is_some_and(|name| separate_value_flags.iter().any(|f| f == name));
+        out.push(long.into());
+        if needs_value {
+            out.extend(args.next());
+        }
+    }
+    out
+}
+
+/// The long flags of `command` and its subcommands that take their value as the next argument.
+pub fn separate_value_flags(command: &clap::Command) -> Vec<String> {
+    let mut command = command.clone();
+    command.build();
+    let mut out = Vec::new();
+    let mut pending = vec![&command];
+    while let Some(cmd) = pending.pop() {
+        for arg in cmd.get_arguments() {
+            if !arg.get_action().takes_values() || arg.is_require_equals_set() {
+                continue;
+            }
+            let names = arg
+                .get_long()
+                .into_iter()
+                .chain(arg.get_all_aliases().into_iter().flatten());
+            for name in names {
+                if !out.iter().any(|f| f == name) {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        pending.extend(cmd.get_subcommands());
+    }
+    out
 }
 
 /// copycat's commands.
@@ -74,18 +150,79 @@ pub struct GlobalFlags {
     #[arg(long = "leader-elect", global = true, value_name = "BOOL", num_args = 0..=1,
           require_equals = true, default_missing_value = "true", value_parser = flag_bool)]
     pub leader_elect: Option<bool>,
-    /// Write nothing anywhere; log what would be mirrored.
-    #[arg(long = "dry-run", global = true)]
-    pub dry_run: bool,
-    /// Make no registry request at all; log the planned mirror tasks.
-    #[arg(long = "dry-pull", global = true)]
-    pub dry_pull: bool,
+    /// Write nothing anywhere; log what would be mirrored (`--dry-run=false` turns a configured dry
+    /// run off; overrides DRY_RUN).
+    #[arg(long = "dry-run", global = true, value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = flag_bool)]
+    pub dry_run: Option<bool>,
+    /// Make no registry request at all; log the planned mirror tasks (`--dry-pull=false` turns it
+    /// off; overrides DRY_PULL).
+    #[arg(long = "dry-pull", global = true, value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = flag_bool)]
+    pub dry_pull: Option<bool>,
     /// Kubeconfig file (default: in-cluster config, then KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Log level: trace, debug, info, warn, error (overrides LOG_LEVEL).
     #[arg(long = "log-level", alias = "zap-log-level", global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// k8s-copycat's other zap flags.
+    #[command(flatten)]
+    pub zap: ZapFlags,
+}
+
+/// k8s-copycat's zap logging flags other than `--zap-log-level`: accepted so that existing manifests
+/// start, and ignored with a warning naming what copycat uses instead. (k8s-copycat itself overrode
+/// most of them: it forced its JSON encoder, production mode and time format after parsing.)
+#[derive(Debug, Args)]
+pub struct ZapFlags {
+    /// Ignored: zap's development mode.
+    #[arg(long = "zap-devel", global = true, hide = true, value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = flag_bool)]
+    devel: Option<bool>,
+    /// Ignored: zap's encoder (`json`, `console`).
+    #[arg(long = "zap-encoder", global = true, hide = true, value_name = "ENCODER")]
+    encoder: Option<String>,
+    /// Ignored: the level from which zap adds stack traces.
+    #[arg(long = "zap-stacktrace-level", global = true, hide = true, value_name = "LEVEL")]
+    stacktrace_level: Option<String>,
+    /// Ignored: zap's time encoding.
+    #[arg(long = "zap-time-encoding", global = true, hide = true, value_name = "ENCODING")]
+    time_encoding: Option<String>,
+}
+
+impl ZapFlags {
+    /// One warning per flag given, naming what copycat does instead.
+    pub fn warnings(&self) -> Vec<String> {
+        let given = |flag: &str, value: Option<String>, instead: &str| {
+            value.map(|v| format!("{flag}={v} is ignored (a k8s-copycat zap flag): {instead}"))
+        };
+        [
+            given(
+                "--zap-devel",
+                self.devel.map(|d| d.to_string()),
+                "for readable logs set LOG_FORMAT=text, for more detail --log-level=debug",
+            ),
+            given(
+                "--zap-encoder",
+                self.encoder.clone(),
+                "the log format is set by LOG_FORMAT (json or text)",
+            ),
+            given(
+                "--zap-stacktrace-level",
+                self.stacktrace_level.clone(),
+                "copycat logs no stack traces; --log-level sets the verbosity",
+            ),
+            given(
+                "--zap-time-encoding",
+                self.time_encoding.clone(),
+                "timestamps are RFC 3339 in both LOG_FORMAT=json and text",
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 fn flag_bool(s: &str) -> Result<bool, String> {
@@ -112,8 +249,150 @@ impl GlobalFlags {
 mod tests {
     use super::*;
 
+    /// Parses `args` as the binary does: Go-style forms normalised, then clap.
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("copycat").chain(args.iter().copied()))
+        let argv = std::iter::once("copycat")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        Cli::try_parse_from(go_style_args(argv, &separate_value_flags(&Cli::command())))
+    }
+
+    #[test]
+    fn go_style_args_table() {
+        let value_flags = ["metrics-bind-address".to_owned(), "config".to_owned()];
+        let cases: [(&[&str], &[&str]); 12] = [
+            (&["-leader-elect=false"], &["--leader-elect=false"]),
+            (&["--leader-elect=false"], &["--leader-elect=false"]),
+            (&["-metrics-bind-address=:8080"], &["--metrics-bind-address=:8080"]),
+            (
+                &["-metrics-bind-address", ":8080"],
+                &["--metrics-bind-address", ":8080"],
+            ),
+            // The value after a flag that takes one is left alone, even when it looks like a flag.
+            (
+                &["-config", "-odd-name.yaml", "-dry-run"],
+                &["--config", "-odd-name.yaml", "--dry-run"],
+            ),
+            (&["--config", "-x"], &["--config", "-x"]),
+            // Single letters are short flags; `-` alone and negative numbers are values.
+            (&["-h"], &["-h"]),
+            (&["-V", "-", "-5"], &["-V", "-", "-5"]),
+            (&["-x=1"], &["-x=1"]),
+            // After `--` nothing is a flag.
+            (&["--", "-leader-elect"], &["--", "-leader-elect"]),
+            (
+                &["copy", "a", "b", "-platform", "linux/amd64"],
+                &["copy", "a", "b", "--platform", "linux/amd64"],
+            ),
+            (&["-zap-devel", "-unknown-flag"], &["--zap-devel", "--unknown-flag"]),
+        ];
+        for (args, want) in cases {
+            let argv = std::iter::once("copycat")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect();
+            let got = go_style_args(argv, &value_flags);
+            let want: Vec<OsString> = std::iter::once("copycat")
+                .chain(want.iter().copied())
+                .map(OsString::from)
+                .collect();
+            assert_eq!(got, want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn separate_value_flags_come_from_the_definitions() {
+        let flags = separate_value_flags(&Cli::command());
+        for f in [
+            "config",
+            "metrics-bind-address",
+            "health-probe-bind-address",
+            "kubeconfig",
+            "log-level",
+            "zap-log-level",
+            "zap-encoder",
+            "platform",
+            "images",
+            "jobs",
+        ] {
+            assert!(flags.iter().any(|x| x == f), "{f} takes a value: {flags:?}");
+        }
+        for f in ["leader-elect", "dry-run", "dry-pull", "zap-devel", "help", "version"] {
+            assert!(!flags.iter().any(|x| x == f), "{f} takes no separate value: {flags:?}");
+        }
+    }
+
+    #[test]
+    fn every_boolean_flag_of_k8s_copycat_takes_go_values() {
+        type Get = fn(&Cli) -> Option<bool>;
+        let flags: [(&str, Get); 3] = [
+            ("leader-elect", |c| c.flags.leader_elect),
+            ("dry-run", |c| c.flags.dry_run),
+            ("dry-pull", |c| c.flags.dry_pull),
+        ];
+        for (flag, get) in flags {
+            for dashes in ["-", "--"] {
+                for (form, want) in [
+                    ("", Some(true)),
+                    ("=true", Some(true)),
+                    ("=false", Some(false)),
+                    ("=True", Some(true)),
+                    ("=FALSE", Some(false)),
+                    ("=1", Some(true)),
+                    ("=0", Some(false)),
+                    ("=t", Some(true)),
+                    ("=F", Some(false)),
+                ] {
+                    let arg = format!("{dashes}{flag}{form}");
+                    let cli = parse(&[&arg]).unwrap_or_else(|e| panic!("{arg}: {e}"));
+                    assert_eq!(get(&cli), want, "{arg}");
+                }
+                let bad = format!("{dashes}{flag}=perhaps");
+                assert!(parse(&[&bad]).is_err(), "{bad}");
+            }
+            assert_eq!(get(&parse(&[]).unwrap()), None, "{flag} not given");
+        }
+        // As with Go's flag package, a repeated flag's last value wins.
+        let cli = parse(&["-leader-elect=false", "--leader-elect", "-dry-run", "--dry-run=false"]).unwrap();
+        assert_eq!((cli.flags.leader_elect, cli.flags.dry_run), (Some(true), Some(false)));
+    }
+
+    #[test]
+    fn other_zap_flags_are_accepted_with_a_warning_naming_the_alternative() {
+        let cli = parse(&[
+            "--zap-devel",
+            "-zap-encoder=console",
+            "--zap-stacktrace-level",
+            "panic",
+            "-zap-time-encoding",
+            "epoch",
+        ])
+        .unwrap();
+        let warnings = cli.flags.zap.warnings();
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        for (flag, instead) in [
+            ("--zap-devel=true", "LOG_FORMAT=text"),
+            ("--zap-encoder=console", "LOG_FORMAT"),
+            ("--zap-stacktrace-level=panic", "--log-level"),
+            ("--zap-time-encoding=epoch", "RFC 3339"),
+        ] {
+            assert!(
+                warnings.iter().any(|w| w.starts_with(flag) && w.contains(instead)),
+                "{flag}: {warnings:?}"
+            );
+        }
+        assert!(parse(&[]).unwrap().flags.zap.warnings().is_empty());
+    }
+
+    #[test]
+    fn unknown_flags_are_refused_in_either_form() {
+        for arg in ["--zap-colour=true", "-zap-colour=true", "-frobnicate", "--frobnicate"] {
+            let err = parse(&[arg]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument, "{arg}");
+            let name = arg.trim_start_matches('-').split('=').next().unwrap();
+            assert!(err.to_string().contains(&format!("--{name}")), "{arg}: {err}");
+        }
     }
 
     #[test]
@@ -124,7 +403,7 @@ mod tests {
             ":9091",
             "--leader-elect=false",
             "--dry-run",
-            "--zap-log-level=debug",
+            "-zap-log-level=debug",
         ])
         .unwrap();
         assert!(cli.command.is_none());
@@ -132,7 +411,7 @@ mod tests {
         assert_eq!(o.metrics_addr.as_deref(), Some(":9090"));
         assert_eq!(o.health_addr.as_deref(), Some(":9091"));
         assert_eq!(o.leader_elect, Some(false));
-        assert!(o.dry_run && !o.dry_pull);
+        assert_eq!((o.dry_run, o.dry_pull), (Some(true), None));
         assert_eq!(o.log_level.as_deref(), Some("debug"));
         assert_eq!(parse(&["--leader-elect"]).unwrap().flags.leader_elect, Some(true));
         assert!(parse(&["--leader-elect=perhaps"]).is_err());

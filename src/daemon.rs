@@ -18,12 +18,12 @@ use tokio::time::Instant;
 
 use crate::commands;
 use crate::config::Config;
-use crate::discovery::inventory::{Inventory, Update, Watched};
+use crate::discovery::inventory::{Feed, Inventory, Update};
 use crate::discovery::watch;
 use crate::events::{self, Emitter};
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
-use crate::plan::{Planner, Workload, watched_kinds};
+use crate::plan::{Planner, TargetConflict, Workload, watched_kinds};
 use crate::queue::{ExcludedImages, MirrorTask, Queue, QueueOptions};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
 use crate::target::Target;
@@ -57,7 +57,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     } else {
         Leadership::always(&metrics)
     };
-    let emitter = events::wanted(config)
+    let events = events::wanted(config)
         .then(|| Emitter::new(client.clone(), identity, events::window(config), leadership.subscribe()).start(&queue));
     let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -79,52 +79,85 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         Arc::new(admin),
     )
     .await?;
-    warn_about_missing_namespaces(&client, &planner).await;
+    let namespaces = planner.scope().only_names();
+    warn_about_missing_namespaces(&client, &planner, namespaces.as_deref()).await;
     let watched = watch::watched_for(
         &watched_kinds(config),
         config.check_node_platform,
         config.use_image_pull_secrets,
     );
-    let (watchers, updates) = watch::start(client, &watched, metrics.clone());
-    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = emitter.is_some(), "copycat started");
+    let feeds = watch::feeds(&watched, namespaces.as_deref());
+    let (watchers, updates) = watch::start(client, &feeds, metrics.clone());
+    let scope = namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(","));
+    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = events.is_some(),
+        kinds = config.watch_resources.join(","), namespaces = scope, "copycat started");
 
     let loop_state = LoopState {
-        watched: &watched,
+        feeds: &feeds,
         planning: Planning {
             planner: &planner,
             queue: &queue,
             metrics: &metrics,
             excluded,
+            conflict_events: events.as_ref().map(|e| e.conflicts.clone()),
             submitted: HashMap::new(),
             reported_invalid: HashSet::new(),
+            reported_conflicts: HashSet::new(),
+            warned_naming: false,
         },
         rescan: config.force_reconcile_interval,
         ready: &ready,
         queue: &queue,
         leading: leadership.subscribe(),
     };
-    tokio::select! {
-        () = plan_loop(updates, rescan_rx, loop_state) => {
-            tracing::error!("watchers stopped");
+    // The watchers retry for ever; if they all end anyway, nothing is watched any more, and a
+    // Pod that exits 0 would not even be restarted as failing.
+    let stopped = tokio::select! {
+        () = plan_loop(updates, rescan_rx, loop_state) => true,
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            false
         }
-        () = shutdown_signal() => tracing::info!("shutting down"),
-    }
+    };
     ready.store(false, Ordering::Release);
     servers.shutdown().await;
     drop(watchers);
     // Hand the Lease over before draining: running copies may finish while another replica leads.
     leadership.release().await;
     queue.shutdown(config.shutdown_grace_period).await;
-    if let Some(emitter) = emitter {
-        emitter.abort();
+    if let Some(events) = events {
+        events.task.abort();
+    }
+    if stopped {
+        anyhow::bail!("every watcher stopped: nothing is watched any more");
     }
     Ok(())
 }
 
 /// Explicitly named namespaces that do not exist yet are watched anyway (they are picked up when they
-/// appear); say so once at start, since a typo looks the same.
-async fn warn_about_missing_namespaces(client: &kube::Client, planner: &Planner) {
+/// appear); say so once at start, since a typo looks the same. When only `names` are watched, each
+/// is read on its own: namespace-scoped RBAC may allow that (a Role granting `get` on `namespaces`
+/// in that namespace) but never a list of all namespaces.
+async fn warn_about_missing_namespaces(client: &kube::Client, planner: &Planner, names: Option<&[String]>) {
     let api = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    if let Some(names) = names {
+        for name in names {
+            match api.get_metadata_opt(name).await {
+                Ok(Some(_)) => {}
+                Ok(None) => tracing::warn!(
+                    namespace = name.as_str(),
+                    "includeNamespaces names a namespace that does not exist (yet); it is watched once it appears"
+                ),
+                Err(e) => {
+                    tracing::debug!(namespace = name.as_str(), error = %e, "cannot read the namespace to check it exists")
+                }
+            }
+        }
+        return;
+    }
+    if planner.scope().explicit_names().next().is_none() {
+        return; // only globs (or everything): no name can be missing
+    }
     match api.list_metadata(&Default::default()).await {
         Ok(list) => {
             let existing: HashSet<String> = list.items.into_iter().filter_map(|n| n.metadata.name).collect();
@@ -155,7 +188,7 @@ async fn kube_client(config: &Config) -> anyhow::Result<kube::Client> {
 
 /// What the plan loop works with.
 struct LoopState<'a> {
-    watched: &'a [Watched],
+    feeds: &'a [Feed],
     planning: Planning<'a>,
     /// `forceReconcileMinutes`.
     rescan: Option<Duration>,
@@ -171,7 +204,7 @@ struct LoopState<'a> {
 /// rescans run on the `forceReconcileMinutes` timer and when `/force-reconcile` asks.
 async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiver<RescanRequest>, s: LoopState<'_>) {
     let LoopState {
-        watched,
+        feeds,
         mut planning,
         rescan,
         ready,
@@ -192,7 +225,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                     if inventory.apply(update) && plan_at.is_none() {
                         plan_at = Some(Instant::now() + SETTLE);
                     }
-                    if !listed && watched.iter().all(|w| inventory.is_synced(*w)) {
+                    if !listed && feeds.iter().all(|f| inventory.is_synced(f)) {
                         listed = true;
                         ready.store(true, Ordering::Release);
                         tracing::info!(objects = inventory.objects().count(), "initial list complete");
@@ -250,30 +283,48 @@ async fn until(at: Option<Instant>) {
 }
 
 /// Plans the inventory and hands the results on: tasks to the queue, the number of images to the
-/// metrics, excluded images to `/status`.
+/// metrics, excluded images and conflicts to `/status`, conflicts to the Events.
 struct Planning<'a> {
     planner: &'a Planner,
     queue: &'a Queue,
     metrics: &'a Metrics,
     excluded: ExcludedImages,
-    /// Source of every target submitted by the last plan (`target -> source platforms`).
-    submitted: HashMap<String, String>,
+    /// Where conflicts are reported for Events (none when Events are off).
+    conflict_events: Option<mpsc::Sender<TargetConflict>>,
+    /// The work (users left out) of every target the last plan submitted: a target is submitted
+    /// again when its source, platforms or pull-secret credentials change.
+    submitted: HashMap<String, MirrorTask>,
     /// Invalid image strings already reported, so each is logged once.
     reported_invalid: HashSet<(Workload, String)>,
+    /// Conflicts (target, source) of the last plan, so each is logged once while it lasts.
+    reported_conflicts: HashSet<(String, String)>,
+    /// Whether the naming was warned about (images of several registries, no `$registry`).
+    warned_naming: bool,
 }
 
 impl Planning<'_> {
-    /// Plans and, when `lead`, submits the tasks that are new or whose source changed (all of them
-    /// when `everything`) and forgets targets no longer planned; returns what the plan holds.
+    /// Plans and, when `lead`, submits the tasks that are new or whose work changed (their source,
+    /// platforms or pull-secret credentials: a corrected pull Secret reaches the next attempt of
+    /// every task using it), all of them when `everything`, and forgets targets no longer planned;
+    /// returns what the plan holds.
     fn run(&mut self, inventory: &Inventory, everything: bool, lead: bool) -> PlanSummary {
         let plan = self.planner.plan(inventory);
+        if !self.warned_naming
+            && let Some(registries) = self.planner.colliding_registries(&plan)
+        {
+            self.warned_naming = true;
+            tracing::warn!(registries = %registries.join(", "),
+                "the repository prefix has no $registry and images come from several registries: an image path used on two of them names one target, which keeps the source used first (the other shows as conflict in /status)");
+        }
         for (user, image, error) in plan.invalid {
             if self.reported_invalid.insert((user.clone(), image.clone())) {
                 tracing::warn!(workload = %user, image = %image, error = %error, "invalid image reference; not mirrored");
             }
         }
-        let (tasks, excluded) = (plan.tasks.len(), plan.excluded.len());
-        self.excluded.set(plan.excluded);
+        self.report_conflicts(&plan.conflicts, lead);
+        self.metrics.set_conflicts(&plan.conflicts);
+        let (tasks, excluded, conflicts) = (plan.tasks.len(), plan.excluded.len(), plan.conflicts.len());
+        self.excluded.set(plan.excluded, plan.conflicts);
         let mut changed = 0;
         let mut current = HashMap::with_capacity(tasks);
         let mut workloads: HashSet<Workload> = HashSet::new();
@@ -285,25 +336,46 @@ impl Planning<'_> {
             targets.push(key.to_string());
             planned.insert(key);
             let target = task.request.target_display(task.request.source.digest());
-            let source = format!("{} {:?}", task.request.source, task.platforms);
-            if lead && (everything || self.submitted.get(&target) != Some(&source)) {
+            let work = task.work();
+            if lead && (everything || !self.submitted.get(&target).is_some_and(|done| done.same_work(&work))) {
                 changed += 1;
                 submit(self.queue, task);
             }
-            current.insert(target, source);
+            current.insert(target, work);
         }
         self.submitted = current;
         if lead {
             let forgotten = self.queue.retain_planned(&planned);
-            tracing::info!(tasks, submitted = changed, excluded, forgotten, "planned");
+            tracing::info!(tasks, submitted = changed, excluded, conflicts, forgotten, "planned");
         } else {
-            tracing::info!(tasks, excluded, "planned (following: nothing submitted)");
+            tracing::info!(tasks, excluded, conflicts, "planned (following: nothing submitted)");
         }
         self.metrics.set_images_tracked(targets.len());
         PlanSummary {
             workloads: workloads.len(),
             targets,
         }
+    }
+}
+
+impl Planning<'_> {
+    /// Logs each conflict once while it lasts and, when `lead`, hands it on for a Warning Event on
+    /// the workloads whose image is left out.
+    fn report_conflicts(&mut self, conflicts: &[TargetConflict], lead: bool) {
+        let mut current = HashSet::with_capacity(conflicts.len());
+        for conflict in conflicts {
+            let key = (conflict.target.clone(), conflict.source.clone());
+            if !self.reported_conflicts.contains(&key) {
+                let users: Vec<String> = conflict.users.iter().map(ToString::to_string).collect();
+                tracing::warn!(target = %conflict.target, source = %conflict.source, kept = %conflict.kept,
+                    users = %users.join(", "), "two sources name one target: not mirroring this one, the target keeps the source used first");
+                if lead && let Some(events) = &self.conflict_events {
+                    let _ = events.try_send(conflict.clone());
+                }
+            }
+            current.insert(key);
+        }
+        self.reported_conflicts = current;
     }
 }
 

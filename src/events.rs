@@ -1,10 +1,12 @@
 //! Kubernetes Events for images that could not be mirrored, so that `kubectl describe` on the
-//! workload shows why: a `Warning` Event, reason [`REASON`], on each workload using the image.
+//! workload shows why: a `Warning` Event on each workload using the image, reason [`REASON`] for a
+//! failed copy, [`CONFLICT_REASON`] for an image whose target another source keeps.
 //!
-//! The queue reports failures ([`Queue::report_failures`]); an [`Emitter`] task turns them into
-//! core/v1 Events (the API `kubectl describe` reads) created through the API server. It emits only
-//! while this replica leads, at most once per target per window (the failure cooldown), and never
-//! holds up mirroring: a full backlog drops reports, API errors are logged and forgotten.
+//! The queue reports failures ([`Queue::report_failures`]), the plan loop conflicts
+//! ([`Events::conflicts`]); an [`Emitter`] task turns them into core/v1 Events (the API `kubectl
+//! describe` reads) created through the API server. It emits only while this replica leads, at most
+//! once per target (per conflicting source) per window (the failure cooldown), and never holds up
+//! mirroring: a full backlog drops reports, API errors are logged and forgotten.
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -23,11 +25,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::plan::{Kind, Workload};
+use crate::plan::{Kind, TargetConflict, Workload};
 use crate::queue::{DEFAULT_STATUS_CAPACITY, FailureReport, Queue, TargetKey};
 
-/// The Events' reason.
+/// The reason of Events about failed copies.
 pub const REASON: &str = "MirrorFailed";
+/// The reason of Events about images whose target another source keeps.
+pub const CONFLICT_REASON: &str = "TargetConflict";
 /// The reporting component, as `kubectl describe` shows it under `From`.
 const COMPONENT: &str = "k8s-copycat";
 /// Events at most per target in this window when the failure cooldown is disabled.
@@ -63,6 +67,16 @@ pub struct Emitter {
     leading: watch::Receiver<bool>,
     /// Targets with an Event in the current window.
     recent: moka::sync::Cache<TargetKey, ()>,
+    /// (target, source) conflicts with an Event in the current window.
+    recent_conflicts: moka::sync::Cache<(String, String), ()>,
+}
+
+/// A running [`Emitter`].
+pub struct Events {
+    /// The emitting task; aborting it stops the Events.
+    pub task: JoinHandle<()>,
+    /// Where the plan loop reports images whose target another source keeps.
+    pub conflicts: mpsc::Sender<TargetConflict>,
 }
 
 impl Emitter {
@@ -73,24 +87,46 @@ impl Emitter {
             client,
             instance,
             leading,
-            recent: moka::sync::Cache::builder()
-                .max_capacity(DEFAULT_STATUS_CAPACITY)
-                .time_to_live(window)
-                .build(),
+            recent: window_cache(window),
+            recent_conflicts: window_cache(window),
         }
     }
 
-    /// Emits Events for the failures `queue` reports from now on, until the queue is dropped.
-    pub fn start(self, queue: &Queue) -> JoinHandle<()> {
+    /// Emits Events for the failures `queue` reports from now on, until the queue is dropped, and
+    /// for the conflicts sent to [`Events::conflicts`].
+    pub fn start(self, queue: &Queue) -> Events {
         let (to, reports) = mpsc::channel(BACKLOG);
         queue.report_failures(to);
-        tokio::spawn(self.run(reports))
+        let (conflicts, conflict_reports) = mpsc::channel(BACKLOG);
+        Events {
+            task: tokio::spawn(self.run(reports, conflict_reports)),
+            conflicts,
+        }
     }
 
-    async fn run(self, mut reports: mpsc::Receiver<FailureReport>) {
-        while let Some(report) = reports.recv().await {
-            self.on_failure(report).await;
+    async fn run(self, mut reports: mpsc::Receiver<FailureReport>, mut conflicts: mpsc::Receiver<TargetConflict>) {
+        loop {
+            tokio::select! {
+                Some(report) = reports.recv() => self.on_failure(report).await,
+                Some(conflict) = conflicts.recv() => self.on_conflict(conflict).await,
+                else => return,
+            }
         }
+    }
+
+    /// One Event per user of an image whose target another source keeps, unless this conflict had
+    /// one in the window or this replica does not lead.
+    async fn on_conflict(&self, conflict: TargetConflict) {
+        if !*self.leading.borrow() {
+            return;
+        }
+        let key = (conflict.target.clone(), conflict.source.clone());
+        if self.recent_conflicts.contains_key(&key) {
+            return;
+        }
+        self.recent_conflicts.insert(key, ());
+        self.emit_all(&conflict.users, CONFLICT_REASON, &conflict_message(&conflict))
+            .await;
     }
 
     /// One Event per user of the image, unless the target had one in the window or this replica
@@ -105,33 +141,45 @@ impl Emitter {
             return;
         }
         self.recent.insert(report.target.clone(), ());
-        let message = message(&report);
-        for workload in &report.users {
-            let created = tokio::time::timeout(API_TIMEOUT, self.emit(workload, &message)).await;
+        self.emit_all(&report.users, REASON, &message(&report)).await;
+    }
+
+    /// Creates an Event with `reason` and `message` on each of `workloads`; failures are logged.
+    async fn emit_all(&self, workloads: &[Workload], reason: &str, message: &str) {
+        for workload in workloads {
+            let created = tokio::time::timeout(API_TIMEOUT, self.emit(workload, reason, message)).await;
             match created {
-                Ok(Ok(true)) => tracing::debug!(%workload, target = %report.target, "failure event created"),
-                Ok(Ok(false)) => tracing::debug!(%workload, "workload gone; no failure event"),
-                Ok(Err(e)) => tracing::warn!(%workload, error = format!("{e:#}"), "cannot create the failure event"),
-                Err(_) => tracing::warn!(%workload, "creating the failure event timed out"),
+                Ok(Ok(true)) => tracing::debug!(%workload, reason, "event created"),
+                Ok(Ok(false)) => tracing::debug!(%workload, reason, "workload gone; no event"),
+                Ok(Err(e)) => tracing::warn!(%workload, reason, error = format!("{e:#}"), "cannot create the event"),
+                Err(_) => tracing::warn!(%workload, reason, "creating the event timed out"),
             }
         }
     }
 
     /// Creates the Event on `workload`; `false` when the workload no longer exists.
-    async fn emit(&self, workload: &Workload, message: &str) -> anyhow::Result<bool> {
+    async fn emit(&self, workload: &Workload, reason: &str, message: &str) -> anyhow::Result<bool> {
         let Some(regarding) = reference(&self.client, workload)
             .await
             .with_context(|| format!("reading {workload}"))?
         else {
             return Ok(false);
         };
-        let event = event(regarding, message, &self.instance, Timestamp::now());
+        let event = event(regarding, reason, message, &self.instance, Timestamp::now());
         Api::<Event>::namespaced(self.client.clone(), &workload.namespace)
             .create(&PostParams::default(), &event)
             .await
             .with_context(|| format!("creating an Event in namespace {}", workload.namespace))?;
         Ok(true)
     }
+}
+
+/// What had an Event in the last `window`.
+fn window_cache<K: std::hash::Hash + Eq + Send + Sync + 'static>(window: Duration) -> moka::sync::Cache<K, ()> {
+    moka::sync::Cache::builder()
+        .max_capacity(DEFAULT_STATUS_CAPACITY)
+        .time_to_live(window)
+        .build()
 }
 
 /// A reference to `workload` with its current `uid` (`kubectl describe` selects Events by it);
@@ -163,10 +211,22 @@ fn message(report: &FailureReport) -> String {
         Some(after) => format!("retrying in {}", humantime::format_duration(after)),
         None => "retried when planned again".to_owned(),
     };
-    let mut text = format!(
+    bounded(format!(
         "Cannot mirror {} to {}: {}; {next}",
         report.source, report.target, report.error
-    );
+    ))
+}
+
+/// Which source keeps the target and how to name them apart, bounded to [`MAX_MESSAGE`] bytes.
+fn conflict_message(conflict: &TargetConflict) -> String {
+    bounded(format!(
+        "Not mirroring {} to {}: {} has the same target and keeps it (used first); give each registry its own targets with $registry in the repository prefix",
+        conflict.source, conflict.target, conflict.kept
+    ))
+}
+
+/// `text` cut to [`MAX_MESSAGE`] bytes with `…`.
+fn bounded(mut text: String) -> String {
     if text.len() > MAX_MESSAGE {
         let mut end = MAX_MESSAGE - '…'.len_utf8();
         while !text.is_char_boundary(end) {
@@ -180,7 +240,7 @@ fn message(report: &FailureReport) -> String {
 
 /// A core/v1 Warning Event on `regarding`, as client-go's event recorder makes them: named
 /// `<object>.<hex nanoseconds>`, in the object's namespace, counted once, without `eventTime`.
-fn event(regarding: ObjectReference, message: &str, instance: &str, now: Timestamp) -> Event {
+fn event(regarding: ObjectReference, reason: &str, message: &str, instance: &str, now: Timestamp) -> Event {
     let object = regarding.name.as_deref().unwrap_or(COMPONENT);
     Event {
         metadata: ObjectMeta {
@@ -190,7 +250,7 @@ fn event(regarding: ObjectReference, message: &str, instance: &str, now: Timesta
         },
         involved_object: regarding,
         type_: Some("Warning".to_owned()),
-        reason: Some(REASON.to_owned()),
+        reason: Some(reason.to_owned()),
         action: Some("Mirror".to_owned()),
         message: Some(message.to_owned()),
         source: Some(EventSource {
@@ -276,7 +336,7 @@ mod tests {
             ..ObjectReference::default()
         };
         let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let e = event(regarding.clone(), "m", "copycat-0", now);
+        let e = event(regarding.clone(), REASON, "m", "copycat-0", now);
         assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
         assert_eq!(e.metadata.name.as_deref(), Some("web.17979cfe362a0000"));
         assert_eq!(e.involved_object, regarding);

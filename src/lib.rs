@@ -9,6 +9,7 @@ pub mod copy;
 pub mod daemon;
 pub mod discovery;
 pub mod events;
+pub mod files;
 pub mod glob;
 pub mod images_file;
 pub mod leader;

@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 use prometheus::{Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
 
 use crate::copy::{CopyError, CopyReport, Outcome};
+use crate::plan::TargetConflict;
 use crate::queue::{TaskState, TaskStatus};
-use crate::registry::RegistryError;
+use crate::registry::Side;
 
 const PREFIX: &str = "k8s_copycat_";
 
@@ -28,6 +29,7 @@ pub struct Metrics {
     last_success: IntGauge,
     tasks: IntGaugeVec,
     images_tracked: IntGauge,
+    conflicts: IntGaugeVec,
     ratelimit: IntGaugeVec,
     leader: IntGauge,
     watch_events: IntCounterVec,
@@ -38,15 +40,6 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
     }
-}
-
-/// Which side of a copy failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// Reading the source (or one of its read mirrors).
-    Pull,
-    /// Writing (or checking) the target.
-    Push,
 }
 
 impl Default for Metrics {
@@ -126,6 +119,14 @@ impl Metrics {
             "Targets the latest plan derived from what the cluster runs.",
         )
         .expect("valid metric");
+        let conflicts = IntGaugeVec::new(
+            Opts::new(
+                format!("{PREFIX}target_conflicts"),
+                "1 for each image the latest plan leaves out because another source (kept) names the same target; absent when there is none.",
+            ),
+            &["target", "source", "kept"],
+        )
+        .expect("valid metric");
         let ratelimit = IntGaugeVec::new(
             Opts::new(
                 format!("{PREFIX}dockerhub_ratelimit_remaining"),
@@ -159,6 +160,7 @@ impl Metrics {
             Box::new(last_success.clone()),
             Box::new(tasks.clone()),
             Box::new(images_tracked.clone()),
+            Box::new(conflicts.clone()),
             Box::new(ratelimit.clone()),
             Box::new(leader.clone()),
             Box::new(watch_events.clone()),
@@ -181,6 +183,7 @@ impl Metrics {
             last_success,
             tasks,
             images_tracked,
+            conflicts,
             ratelimit,
             leader,
             watch_events,
@@ -218,12 +221,14 @@ impl Metrics {
         self.duration.with_label_values(&[result]).observe(took.as_secs_f64());
     }
 
-    /// A failed attempt; counted as a pull or push error by [`error_side`]. `error` is `None` when
+    /// A failed attempt; counted as a pull error of the source registry or a push error of the
+    /// target registry by the side it failed on ([`CopyError::side`]: a source that stalls while
+    /// its bytes stream into the target's upload is the source's failure). `error` is `None` when
     /// the copy did not return one (it panicked): only the duration is recorded.
     pub fn mirror_failed(&self, source: &str, target: &str, error: Option<&CopyError>, took: Duration) {
-        match error.map(|e| error_side(e, target)) {
-            Some(Side::Pull) => self.pull_error.with_label_values(&[&registry_label(source)]).inc(),
-            Some(Side::Push) => self.push_error.with_label_values(&[&registry_label(target)]).inc(),
+        match error.map(CopyError::side) {
+            Some(Side::Source) => self.pull_error.with_label_values(&[&registry_label(source)]).inc(),
+            Some(Side::Target) => self.push_error.with_label_values(&[&registry_label(target)]).inc(),
             None => {}
         }
         self.duration.with_label_values(&["failed"]).observe(took.as_secs_f64());
@@ -245,6 +250,16 @@ impl Metrics {
     /// Sets how many targets the latest plan holds.
     pub fn set_images_tracked(&self, n: usize) {
         self.images_tracked.set(n as i64);
+    }
+
+    /// Replaces the conflicts shown with those of the latest plan.
+    pub fn set_conflicts(&self, conflicts: &[TargetConflict]) {
+        self.conflicts.reset();
+        for c in conflicts {
+            self.conflicts
+                .with_label_values(&[c.target.as_str(), c.source.as_str(), c.kept.as_str()])
+                .set(1);
+        }
     }
 
     /// Sets whether this replica leads (mirrors).
@@ -287,43 +302,6 @@ pub fn registry_label(host: &str) -> String {
     }
 }
 
-/// Which side a failed copy failed on. A registry failure names its host (in the request URL, or
-/// as the registry that refused authentication or is rate limited): the target host means push,
-/// any other host (the source, a read mirror, Docker Hub's API host) means pull. Failures naming no
-/// host: a digest mismatch is bad source content (pull), anything else counts against the target.
-/// Copy-level failures: a missing source, an unusable manifest or platform list are pull errors;
-/// a tag conflict, an unpreparable target repository and the whole-image deadline are push errors.
-pub fn error_side(error: &CopyError, target_host: &str) -> Side {
-    match error {
-        CopyError::Registry { source, .. } => match error_host(source) {
-            Some(host) if registry_label(&host) == registry_label(target_host) => Side::Push,
-            Some(_) => Side::Pull,
-            None if matches!(source, RegistryError::DigestMismatch { .. }) => Side::Pull,
-            None => Side::Push,
-        },
-        CopyError::SourceNotFound(_) | CopyError::Manifest { .. } | CopyError::Platforms { .. } => Side::Pull,
-        CopyError::TagConflict { .. }
-        | CopyError::Repository(_)
-        | CopyError::TargetName(_)
-        | CopyError::DeadlineExceeded { .. } => Side::Push,
-    }
-}
-
-/// The registry host a registry error names, if any.
-fn error_host(error: &RegistryError) -> Option<String> {
-    let url_host = |text: &str| {
-        let rest = &text[text.find("://")? + 3..];
-        let host = rest.split(['/', ' ', '?']).next()?;
-        (!host.is_empty()).then(|| host.to_owned())
-    };
-    match error {
-        RegistryError::Status { url, .. } => url_host(url),
-        RegistryError::Transport { context, .. } => url_host(context),
-        RegistryError::Auth { registry, .. } | RegistryError::RateLimited { registry, .. } => Some(registry.clone()),
-        RegistryError::DigestMismatch { .. } | RegistryError::Invalid(_) => None,
-    }
-}
-
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -335,23 +313,6 @@ fn unix_now() -> i64 {
 mod tests {
     use super::*;
 
-    fn registry_error(e: RegistryError) -> CopyError {
-        CopyError::Registry {
-            action: "x".into(),
-            source: e,
-        }
-    }
-
-    fn status(url: &str) -> RegistryError {
-        RegistryError::Status {
-            method: "GET",
-            url: url.into(),
-            status: 500,
-            detail: String::new(),
-            retry_after: None,
-        }
-    }
-
     #[test]
     fn labels_name_the_registry_host() {
         assert_eq!(registry_label("docker.io"), "docker.io");
@@ -362,63 +323,42 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_classified_by_the_host_they_name() {
-        let t = "r.example:5000";
+    fn failures_count_on_the_side_they_happened() {
+        let registry = |side| CopyError::Registry {
+            action: "x".into(),
+            side,
+            host: "r.example:5000".into(),
+            // The URL names the target: only the side counts.
+            source: crate::registry::RegistryError::Transport {
+                context: "PUT http://r.example:5000/v2/a/blobs/uploads/x".into(),
+                source: "the source stalled".into(),
+            },
+        };
         let cases = [
-            (
-                registry_error(status("http://r.example:5000/v2/a/manifests/1")),
-                Side::Push,
-            ),
-            (
-                registry_error(status("https://registry-1.docker.io/v2/library/nginx/manifests/1")),
-                Side::Pull,
-            ),
-            (
-                registry_error(RegistryError::Auth {
-                    registry: "r.example:5000".into(),
-                    detail: "denied".into(),
-                }),
-                Side::Push,
-            ),
-            (
-                registry_error(RegistryError::RateLimited {
-                    registry: "docker.io".into(),
-                    retry_after: Duration::from_secs(1),
-                }),
-                Side::Pull,
-            ),
-            (
-                registry_error(RegistryError::Transport {
-                    context: "PUT http://r.example:5000/v2/a/blobs/uploads/x".into(),
-                    source: "reset".into(),
-                }),
-                Side::Push,
-            ),
-            (
-                registry_error(RegistryError::Transport {
-                    context: "GET https://ghcr.io/v2/a/blobs/sha256:1".into(),
-                    source: "reset".into(),
-                }),
-                Side::Pull,
-            ),
-            (
-                registry_error(RegistryError::DigestMismatch {
-                    digest: "sha256:1".into(),
-                    detail: "size".into(),
-                }),
-                Side::Pull,
-            ),
-            (CopyError::SourceNotFound("ghcr.io/a:1".into()), Side::Pull),
+            (registry(Side::Source), "pull"),
+            (registry(Side::Target), "push"),
+            (CopyError::SourceNotFound("ghcr.io/a:1".into()), "pull"),
             (
                 CopyError::DeadlineExceeded {
                     target: "r.example:5000/a:1".into(),
                     after: Duration::from_secs(1),
                 },
-                Side::Push,
+                "push",
             ),
         ];
         for (error, want) in cases {
-            assert_eq!(error_side(&error, t), want, "{error}");
+            let m = Metrics::new();
+            m.mirror_failed("ghcr.io", "r.example:5000", Some(&error), Duration::ZERO);
+            let text = m.render();
+            let (counted, label) = match want {
+                "pull" => ("registry_pull_error_total", "ghcr.io"),
+                _ => ("registry_push_error_total", "r.example:5000"),
+            };
+            assert!(
+                text.contains(&format!(r#"k8s_copycat_{counted}{{registry="{label}"}} 1"#)),
+                "{error}: {text}"
+            );
+            assert_eq!(text.matches("_error_total{").count(), 1, "{error}: {text}");
         }
     }
 
@@ -482,6 +422,20 @@ mod tests {
             !text.contains("dockerhub_ratelimit_remaining{"),
             "absent until known: {text}"
         );
+        let conflict = |source: &str| TargetConflict {
+            target: "r.io/team/app:1".into(),
+            source: source.into(),
+            kept: "a.example/team/app:1".into(),
+            users: vec![],
+        };
+        m.set_conflicts(&[conflict("b.example/team/app:1")]);
+        m.set_conflicts(&[conflict("c.example/team/app:1")]);
+        let text = m.render();
+        assert!(
+            text.contains(r#"k8s_copycat_target_conflicts{kept="a.example/team/app:1",source="c.example/team/app:1",target="r.io/team/app:1"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("b.example"), "only the latest plan's conflicts: {text}");
         m.set_dockerhub_ratelimit(Some(97));
         assert!(
             m.render()

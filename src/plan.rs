@@ -120,6 +120,18 @@ impl NamespaceScope {
         self.skip.is_empty() && self.include.iter().any(|p| p == "*")
     }
 
+    /// The namespaces to watch one by one, when `includeNamespaces` lists only plain names (no
+    /// globs, no `*`): then namespace-scoped RBAC is enough. Skipped ones are left out.
+    pub fn only_names(&self) -> Option<Vec<String>> {
+        if self.include.iter().any(|p| glob::is_glob(p)) {
+            return None;
+        }
+        let mut names: Vec<String> = self.include.iter().filter(|n| self.allows(n)).cloned().collect();
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
     /// Explicit (non-glob) names, to warn about at start when they do not exist yet.
     pub fn explicit_names(&self) -> impl Iterator<Item = &str> {
         self.include.iter().filter(|p| !glob::is_glob(p)).map(String::as_str)
@@ -522,6 +534,100 @@ mod tests {
     }
 
     #[test]
+    fn two_sources_naming_one_target_leave_it_to_the_one_used_first() {
+        let created = |seen: Seen, at: i64| Seen {
+            created: Some(at),
+            ..seen
+        };
+        let planner = Planner::new(&config(&[]), "mirror.example.com").unwrap();
+        // (objects: namespace, name, image, created; kept source, conflicting source and its users)
+        let cases = [
+            // Another namespace, the later one created first in the list order.
+            (
+                vec![
+                    ("a", "zeta", "a.example/team/app:1.0", 100),
+                    ("b", "alpha", "b.example/team/app:1.0", 200),
+                ],
+                "a.example/team/app:1.0",
+                "b.example/team/app:1.0",
+                "Deployment b/alpha",
+            ),
+            // The same namespace: only one task either way, and never both users on it.
+            (
+                vec![
+                    ("a", "one", "a.example/team/app:1.0", 300),
+                    ("a", "two", "b.example/team/app:1.0", 200),
+                ],
+                "b.example/team/app:1.0",
+                "a.example/team/app:1.0",
+                "Deployment a/one",
+            ),
+            // Created in the same second: the first by kind, namespace and name.
+            (
+                vec![
+                    ("a", "y", "b.example/team/app:1.0", 100),
+                    ("a", "x", "a.example/team/app:1.0", 100),
+                ],
+                "a.example/team/app:1.0",
+                "b.example/team/app:1.0",
+                "Deployment a/y",
+            ),
+        ];
+        for (objects, kept, other, loser) in cases {
+            let inv = inventory(
+                objects
+                    .iter()
+                    .map(|(ns, name, image, at)| (DEPLOY, created(seen(ns, name, &[(image, None)], None), *at)))
+                    .collect(),
+            );
+            let plan = planner.plan(&inv);
+            assert_eq!(
+                targets(&plan),
+                vec![format!("{kept} -> mirror.example.com/team/app:1.0")]
+            );
+            let users: Vec<String> = plan.tasks[0].users.iter().map(ToString::to_string).collect();
+            assert_eq!(users.len(), 1, "{users:?}");
+            assert_eq!(
+                plan.conflicts,
+                vec![TargetConflict {
+                    target: "mirror.example.com/team/app:1.0".into(),
+                    source: other.into(),
+                    kept: kept.into(),
+                    users: vec![Workload::new(Kind::Deployment, &loser[11..12], &loser[13..])],
+                }],
+                "{objects:?}"
+            );
+            assert_eq!(
+                planner.colliding_registries(&plan),
+                Some(vec!["a.example".to_owned(), "b.example".to_owned()])
+            );
+        }
+        // The same digest from two registries is the same content: no conflict.
+        let digest = format!("sha256:{HEX}");
+        let inv = inventory(vec![
+            (
+                DEPLOY,
+                seen("a", "x", &[(&format!("a.example/app@{digest}"), None)], None),
+            ),
+            (
+                DEPLOY,
+                seen("a", "y", &[(&format!("b.example/app@{digest}"), None)], None),
+            ),
+            (DEPLOY, seen("a", "z", &[("c.example/tool:1", None)], None)),
+        ]);
+        let plan = planner.plan(&inv);
+        assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+        assert_eq!(
+            planner.colliding_registries(&plan),
+            Some(vec!["b.example".to_owned(), "c.example".to_owned()]),
+            "images from several registries without $registry can collide (one task for the digest, the later source's)"
+        );
+        let by_registry = Planner::new(&config(&[("TARGET_REPO_PREFIX", "$registry")]), "mirror.example.com").unwrap();
+        let plan = by_registry.plan(&inv);
+        assert_eq!(by_registry.colliding_registries(&plan), None);
+    }
+
+    #[test]
     fn namespaces() {
         let scope = NamespaceScope::new(&strings(&["team-*", "prod", "[ab]x"]), &strings(&["team-secret"]));
         let cases = [
@@ -538,6 +644,10 @@ mod tests {
         }
         assert!(!scope.is_everything());
         assert_eq!(scope.explicit_names().collect::<Vec<_>>(), vec!["prod"]);
+        assert_eq!(scope.only_names(), None, "globs need cluster-wide watches");
+        let names = NamespaceScope::new(&strings(&["prod", "dev", "prod", "old"]), &strings(&["old"]));
+        assert_eq!(names.only_names(), Some(strings(&["dev", "prod"])));
+        assert_eq!(NamespaceScope::new(&strings(&["*"]), &[]).only_names(), None);
         let none = NamespaceScope::new(&strings(&["nomatch-*"]), &[]);
         assert!(!none.allows("default"), "a glob matching nothing matches nothing");
         let all = NamespaceScope::new(&strings(&["*"]), &[]);
@@ -659,6 +769,75 @@ pub struct Plan {
     /// Images left out by `excludeRegistries` or because they already live on the target: one per
     /// source reference, sorted by it.
     pub excluded: Vec<ExcludedImage>,
+    /// Images left out because another source names the same target and keeps it, sorted by target.
+    pub conflicts: Vec<TargetConflict>,
+}
+
+/// An image not mirrored because its target (a tag) is also the target of an image from another
+/// repository, typically the same path on another registry without `$registry` in the prefix.
+/// Writing both would leave the tag holding whichever was copied last, so the source used first
+/// keeps it: the one whose oldest user was created first (then the first by kind, namespace and
+/// name), the same on every plan and every replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConflict {
+    /// The target both name, `registry/repo:tag`.
+    pub target: String,
+    /// This image's source reference.
+    pub source: String,
+    /// The source reference that keeps the target.
+    pub kept: String,
+    /// Who uses this image (the most recent few).
+    pub users: Vec<Workload>,
+}
+
+/// The tasks of one plan claiming one target, one per source repository (tag targets only: a
+/// target by digest holds the same content whatever the source), each with its oldest use.
+#[derive(Default)]
+struct Claims(Vec<(MirrorTask, Use)>);
+
+/// When and by what an image was first used: the creation time of the oldest object using it
+/// (unknown: last), then that object.
+type Use = (i64, ObjectKey);
+
+impl Claims {
+    /// Adds `task`, first used at `first`, merging it into the claim of the same source repository.
+    fn add(&mut self, mut task: MirrorTask, first: Use) {
+        let repository = |t: &MirrorTask| t.request.target_tag.is_some().then(|| t.request.source.name());
+        let Some((existing, oldest)) = self
+            .0
+            .iter_mut()
+            .find(|(claim, _)| repository(claim) == repository(&task))
+        else {
+            self.0.push((task, first));
+            return;
+        };
+        // Pods of one image on nodes of different platforms share the tag: mirror every platform
+        // they need instead of letting one overwrite the other. Every user's pull secrets are
+        // tried, in plan order.
+        let platforms = union(&existing.platforms, &task.platforms);
+        let earlier = std::mem::take(&mut existing.source_credentials);
+        let newer = std::mem::take(&mut task.source_credentials);
+        existing.absorb(task);
+        existing.platforms = platforms;
+        existing.add_source_credentials(earlier.into_iter().chain(newer));
+        *oldest = first.min(oldest.clone());
+    }
+
+    /// The task that keeps the target (used first) and the conflicts of the others.
+    fn settle(mut self) -> (MirrorTask, Vec<TargetConflict>) {
+        self.0.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut claims = self.0.into_iter().map(|(task, _)| task);
+        let kept = claims.next().expect("a target has at least one claim");
+        let conflicts = claims
+            .map(|other| TargetConflict {
+                target: kept.key().to_string(),
+                source: other.request.source.to_string(),
+                kept: kept.request.source.to_string(),
+                users: other.users,
+            })
+            .collect();
+        (kept, conflicts)
+    }
 }
 
 /// An image the plan leaves out.
@@ -712,7 +891,7 @@ impl Planner {
     /// Plans every image use of the inventory.
     pub fn plan(&self, inventory: &Inventory) -> Plan {
         let mut plan = Plan::default();
-        let mut by_target: BTreeMap<String, MirrorTask> = BTreeMap::new();
+        let mut by_target: BTreeMap<String, Claims> = BTreeMap::new();
         let mut excluded: BTreeMap<String, ExcludedImage> = BTreeMap::new();
         // A stable order makes the plan deterministic: when two objects disagree about one target
         // (Pods of an old and a new rollout), the same one wins every time.
@@ -736,6 +915,7 @@ impl Planner {
             } else {
                 None
             };
+            let first_use: Use = (entry.created.unwrap_or(i64::MAX), key.clone());
             for use_ in &entry.images {
                 match self.task(key, &user.name, node, use_) {
                     Ok(Planned::Task(task)) => {
@@ -745,22 +925,10 @@ impl Planner {
                             let credentials = inventory.pull_credentials(&key.namespace, &entry.pull, host);
                             task.add_source_credentials(credentials);
                         }
-                        match by_target.get_mut(task.key().as_str()) {
-                            // Pods of one image on nodes of different platforms share the tag: mirror
-                            // every platform they need instead of letting one overwrite the other.
-                            // Every user's pull secrets are tried, in plan order.
-                            Some(existing) => {
-                                let platforms = union(&existing.platforms, &task.platforms);
-                                let earlier = std::mem::take(&mut existing.source_credentials);
-                                let newer = std::mem::take(&mut task.source_credentials);
-                                existing.absorb(task);
-                                existing.platforms = platforms;
-                                existing.add_source_credentials(earlier.into_iter().chain(newer));
-                            }
-                            None => {
-                                by_target.insert(task.key().as_str().to_owned(), task);
-                            }
-                        }
+                        by_target
+                            .entry(task.key().as_str().to_owned())
+                            .or_default()
+                            .add(task, first_use.clone());
                     }
                     Ok(Planned::Excluded { source, rule }) => {
                         let source = source.to_string();
@@ -775,9 +943,28 @@ impl Planner {
                 }
             }
         }
-        plan.tasks = by_target.into_values().collect();
+        for claims in by_target.into_values() {
+            let (task, conflicts) = claims.settle();
+            plan.tasks.push(task);
+            plan.conflicts.extend(conflicts);
+        }
         plan.excluded = excluded.into_values().collect();
         plan
+    }
+
+    /// The source registries of `plan`'s tasks when the target naming can give images of two of
+    /// them one target: the prefix has no `$registry`, and they are several. `None` otherwise.
+    pub fn colliding_registries(&self, plan: &Plan) -> Option<Vec<String>> {
+        let ctx = NameContext::default();
+        let by_registry =
+            naming::expand_prefix(&self.prefix, &ctx, "a") != naming::expand_prefix(&self.prefix, &ctx, "b");
+        let tasks = plan.tasks.iter().map(|t| t.request.source.registry().to_owned());
+        let conflicts = plan
+            .conflicts
+            .iter()
+            .filter_map(|c| Some(ImageRef::parse(&c.source).ok()?.registry().to_owned()));
+        let registries: std::collections::BTreeSet<String> = tasks.chain(conflicts).collect();
+        (!by_registry && registries.len() > 1).then(|| registries.into_iter().collect())
     }
 
     fn task(

@@ -5,19 +5,22 @@
 //! - On `HEALTH_ADDR` (`:8081`): `/healthz` (alive) and `/readyz` (the initial list of the cluster
 //!   is complete).
 //!
-//! When `ADMIN_TOKEN` is set, the two admin endpoints require `Authorization: Bearer <token>`.
-//! With leader election, a replica that is not the leader answers them 503 (only the leader
+//! When `ADMIN_TOKEN` is set, the two admin endpoints require `Authorization: Bearer <token>` (the
+//! scheme in any case, as HTTP allows); refused calls are logged, at most one line per
+//! [`REFUSAL_LOG_INTERVAL`] with the number left out. Without it they are open, which the start
+//! warns about. With leader election, a replica that is not the leader answers them 503 (only the leader
 //! mirrors); `/status`, `/metrics` and the probes work on every replica.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -35,6 +38,9 @@ use crate::secret::Secret;
 pub const DEFAULT_FORCE_WAIT: Duration = Duration::from_secs(30);
 /// The longest `?wait=` accepted.
 const MAX_FORCE_WAIT: Duration = Duration::from_secs(60 * 60);
+/// At most one log line per this interval about refused admin calls (a caller hammering the endpoint
+/// with bad tokens must not flood the log); each line counts the refusals left out before it.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What one full rescan planned, as the daemon's plan loop reports it.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +74,8 @@ pub struct Admin {
     leading: Option<watch::Receiver<bool>>,
     /// The rescan in flight (planned, queue not yet seen idle), which concurrent calls join.
     current: tokio::sync::Mutex<Option<PlanSummary>>,
+    /// Refused admin calls, for rate-limited logging.
+    refusals: RefusalLog,
 }
 
 impl Admin {
@@ -91,6 +99,7 @@ impl Admin {
             dockerhub,
             leading: None,
             current: tokio::sync::Mutex::new(None),
+            refusals: RefusalLog::new(REFUSAL_LOG_INTERVAL),
         }
     }
 
@@ -143,6 +152,7 @@ impl Servers {
 /// Binds both listeners and serves them in the background. A listener that cannot be bound is an
 /// error naming its address. `:8080` means every interface; `0` disables a listener.
 pub async fn start(metrics_addr: &str, health_addr: &str, admin: Arc<Admin>) -> anyhow::Result<Servers> {
+    let admin_token_missing = admin.admin_token.is_empty();
     let admin_routes = Router::new()
         .route("/metrics", get(metrics))
         .route("/force-reconcile", get(force_reconcile).post(force_reconcile))
@@ -166,16 +176,23 @@ pub async fn start(metrics_addr: &str, health_addr: &str, admin: Arc<Admin>) -> 
             tracing::info!("{what} listener disabled ({addr:?})");
             continue;
         };
-        let listener = tokio::net::TcpListener::bind(&bind)
-            .await
-            .with_context(|| format!("cannot listen on {what} address {addr:?}"))?;
+        let listener = match bind {
+            Bind::Everywhere(port) => listen_everywhere(port).and_then(tokio::net::TcpListener::from_std),
+            Bind::At(address) => tokio::net::TcpListener::bind(address).await,
+        }
+        .with_context(|| format!("cannot listen on {what} address {addr:?}"))?;
         let local = listener.local_addr().context("listener address")?;
         tracing::info!(address = %local, "{what} listener started");
         if what == "metrics" {
             servers.metrics_addr = Some(local);
+            if admin_token_missing {
+                tracing::warn!(address = %local,
+                    "ADMIN_TOKEN is not set: anyone who can reach this address can call /force-reconcile and /reset-cooldown; set ADMIN_TOKEN to require a bearer token");
+            }
         } else {
             servers.health_addr = Some(local);
         }
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         servers.tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "{what} listener failed");
@@ -185,13 +202,74 @@ pub async fn start(metrics_addr: &str, health_addr: &str, admin: Arc<Admin>) -> 
     Ok(servers)
 }
 
-/// `:8080` → every interface; `0` or empty → disabled; anything else as given.
-fn bind_address(addr: &str) -> Option<String> {
-    match addr.trim() {
-        "" | "0" => None,
-        a if a.starts_with(':') => Some(format!("0.0.0.0{a}")),
-        a => Some(a.to_owned()),
+/// Where a listener binds.
+#[derive(Debug, PartialEq, Eq)]
+enum Bind {
+    /// Every interface, IPv6 and IPv4.
+    Everywhere(u16),
+    /// The address as given (`host:port`).
+    At(String),
+}
+
+/// As Go's `net.Listen("tcp", …)`, which k8s-copycat used: `:8080`, `0.0.0.0:8080` and `[::]:8080`
+/// mean every interface, IPv6 included; `0` or empty → disabled; anything else as given.
+fn bind_address(addr: &str) -> Option<Bind> {
+    let addr = addr.trim();
+    if addr.is_empty() || addr == "0" {
+        return None;
     }
+    let everywhere = match addr.rsplit_once(':') {
+        Some(("" | "0.0.0.0" | "[::]", port)) => port.parse().ok(),
+        _ => None,
+    };
+    Some(everywhere.map_or_else(|| Bind::At(addr.to_owned()), Bind::Everywhere))
+}
+
+/// A listener on every interface: one IPv6 socket that also accepts IPv4 (`IPV6_V6ONLY` off,
+/// whatever `net.ipv6.bindv6only` says), or an IPv4 one where the machine has no IPv6.
+fn listen_everywhere(port: u16) -> std::io::Result<std::net::TcpListener> {
+    match listen_dual_stack(port) {
+        Ok(listener) => Ok(listener),
+        Err(e) if !ipv4_fallback_on(&e) => Err(e),
+        Err(e) => {
+            tracing::info!(error = %e, "no IPv6 listener possible; listening on IPv4 only");
+            listen_on(
+                std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+                socket2::Domain::IPV4,
+            )
+        }
+    }
+}
+
+fn listen_dual_stack(port: u16) -> std::io::Result<std::net::TcpListener> {
+    listen_on(
+        std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        socket2::Domain::IPV6,
+    )
+}
+
+/// A non-blocking listening socket on `address`; IPv6 ones accept IPv4 too.
+fn listen_on(address: SocketAddr, domain: socket2::Domain) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if domain == socket2::Domain::IPV6 {
+        socket.set_only_v6(false)?;
+    }
+    // As std's and tokio's listeners: a restart may bind the port while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Whether a failed dual-stack listener should give way to an IPv4 one: yes when IPv6 itself is
+/// missing (no IPv6 in the kernel, no IPv6 address, no IPv4-mapped addresses), not when the port is
+/// taken or not ours to bind, which IPv4 would hit as well.
+fn ipv4_fallback_on(error: &std::io::Error) -> bool {
+    !matches!(
+        error.kind(),
+        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+    )
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
@@ -242,19 +320,83 @@ fn message(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "message": message }))).into_response()
 }
 
-/// `None` when the request may proceed, else the 401 answer.
-fn unauthorized(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
-    let token = admin.admin_token.expose();
+/// Why an admin call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No `Authorization` header.
+    Missing,
+    /// A header of another scheme than `Bearer` (or not text).
+    NotBearer,
+    /// A bearer token that is not `ADMIN_TOKEN`.
+    WrongToken,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Missing => "no Authorization header",
+            Refusal::NotBearer => "Authorization is not a Bearer token",
+            Refusal::WrongToken => "wrong bearer token",
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive (RFC 9110
+/// §11.1), so `bearer` and `BEARER` are valid too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Checks the admin token: `None` when the call may proceed (or no token is configured).
+fn check_token(token: &str, headers: &HeaderMap) -> Option<Refusal> {
     if token.is_empty() {
         return None;
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
-        return None;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Some(Refusal::Missing);
+    };
+    let Some(given) = value.to_str().ok().and_then(bearer_token) else {
+        return Some(Refusal::NotBearer);
+    };
+    (!constant_time_eq(given.as_bytes(), token.as_bytes())).then_some(Refusal::WrongToken)
+}
+
+/// Rate limit of the refused-call log: the first refusal is logged, then at most one per interval,
+/// each with the number of refusals left out since the previous line.
+struct RefusalLog {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    fn new(interval: Duration) -> RefusalLog {
+        RefusalLog {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Notes a refusal at `now`: `Some(left out before it)` when it is to be logged.
+    fn note(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, suppressed) = &mut *state;
+        if last.is_some_and(|at| now.duration_since(at) < self.interval) {
+            *suppressed += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(suppressed))
+    }
+}
+
+/// `None` when the request may proceed, else the 401 answer; refusals are logged (rate-limited),
+/// never with the token given.
+fn unauthorized(admin: &Admin, headers: &HeaderMap, peer: SocketAddr, path: &str) -> Option<Response> {
+    let refusal = check_token(admin.admin_token.expose(), headers)?;
+    if let Some(not_logged) = admin.refusals.note(Instant::now()) {
+        tracing::warn!(%peer, path, reason = refusal.as_str(), refusals_not_logged_since_last = not_logged,
+            "admin request refused");
     }
     let mut response = message(
         StatusCode::UNAUTHORIZED,
@@ -278,8 +420,12 @@ struct ResetAnswer {
     message: &'static str,
 }
 
-async fn reset_cooldown(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(denied) = unauthorized(&admin, &headers) {
+async fn reset_cooldown(
+    State(admin): State<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = unauthorized(&admin, &headers, peer, "/reset-cooldown") {
         return denied;
     }
     if let Some(follower) = admin.not_leader() {
@@ -331,8 +477,13 @@ pub struct ForceAnswer {
     pub pending: usize,
 }
 
-async fn force_reconcile(State(admin): State<Arc<Admin>>, headers: HeaderMap, Query(q): Query<ForceQuery>) -> Response {
-    if let Some(denied) = unauthorized(&admin, &headers) {
+async fn force_reconcile(
+    State(admin): State<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<ForceQuery>,
+) -> Response {
+    if let Some(denied) = unauthorized(&admin, &headers, peer, "/force-reconcile") {
         return denied;
     }
     if let Some(follower) = admin.not_leader() {
@@ -419,7 +570,7 @@ fn tally(queue: &Queue, summary: &PlanSummary, went_idle: bool, wait: Duration) 
             TaskState::Mirrored | TaskState::DryRun => mirrored += 1,
             TaskState::Failed | TaskState::Cooldown => failed += 1,
             TaskState::Queued | TaskState::Running => pending += 1,
-            TaskState::Excluded => {}
+            TaskState::Excluded | TaskState::Conflict => {}
         }
     }
     let total = summary.targets.len();
@@ -457,10 +608,83 @@ mod tests {
 
     #[test]
     fn addresses_like_go() {
-        assert_eq!(bind_address(":8080").as_deref(), Some("0.0.0.0:8080"));
-        assert_eq!(bind_address("127.0.0.1:9"), Some("127.0.0.1:9".into()));
-        assert_eq!(bind_address("0"), None);
-        assert_eq!(bind_address(""), None);
+        let at = |a: &str| Some(Bind::At(a.into()));
+        let cases = [
+            (":8080", Some(Bind::Everywhere(8080))),
+            ("0.0.0.0:8080", Some(Bind::Everywhere(8080))),
+            ("[::]:9", Some(Bind::Everywhere(9))),
+            (" :0 ", Some(Bind::Everywhere(0))),
+            ("127.0.0.1:9", at("127.0.0.1:9")),
+            ("[::1]:9", at("[::1]:9")),
+            ("localhost:9", at("localhost:9")),
+            ("0", None),
+            ("", None),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(bind_address(addr), want, "{addr:?}");
+        }
+    }
+
+    #[test]
+    fn ipv4_fallback_only_when_ipv6_is_missing() {
+        use std::io::{Error, ErrorKind};
+        let cases = [
+            (Error::from(ErrorKind::AddrNotAvailable), true),
+            (Error::from(ErrorKind::Unsupported), true),
+            (Error::from_raw_os_error(97), true), // EAFNOSUPPORT: a kernel without IPv6
+            (Error::from(ErrorKind::AddrInUse), false),
+            (Error::from(ErrorKind::PermissionDenied), false),
+        ];
+        for (error, want) in cases {
+            assert_eq!(ipv4_fallback_on(&error), want, "{error}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let headers = |value: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            }
+            h
+        };
+        let cases = [
+            (Some("Bearer s3cret"), None),
+            (Some("bearer s3cret"), None),
+            (Some("BEARER s3cret"), None),
+            (Some("  Bearer   s3cret  "), None),
+            (Some("Bearer wrong"), Some(Refusal::WrongToken)),
+            (Some("Bearer s3cret2"), Some(Refusal::WrongToken)),
+            (Some("Bearer"), Some(Refusal::NotBearer)),
+            (Some("Basic czNjcmV0"), Some(Refusal::NotBearer)),
+            (Some("Bearers s3cret"), Some(Refusal::NotBearer)),
+            (None, Some(Refusal::Missing)),
+        ];
+        for (value, want) in cases {
+            assert_eq!(check_token("s3cret", &headers(value)), want, "{value:?}");
+        }
+        assert_eq!(check_token("", &headers(None)), None, "no token configured: open");
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_interval_with_the_count_left_out() {
+        let log = RefusalLog::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let cases = [
+            (0, Some(0)),
+            (1, None),
+            (30, None),
+            (59, None),
+            (60, Some(3)),
+            (61, None),
+            (200, Some(1)),
+            (201, None),
+        ];
+        for (second, want) in cases {
+            assert_eq!(log.note(at(second)), want, "at {second} s");
+        }
     }
 
     #[test]

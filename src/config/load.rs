@@ -8,13 +8,51 @@ use serde_json::Value;
 
 use super::model::*;
 use super::parse::{self, Input};
-use super::settings::{RESOURCE_KINDS, Setting, lookup};
-use super::{Overrides, Problem, Purpose, keys};
+use super::settings::{RESOURCE_KINDS, Setting, is_secret, lookup};
+use super::{Overrides, Problem, Purpose, keys, snippet};
+use crate::files::{self, MAX_CONFIG_FILE_SIZE};
 use crate::platform::Platform;
-use crate::secret::Secret;
+use crate::secret::{MASK, Secret};
 
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// Longest value of a setting, or of each item of a list: no setting needs more, and a longer one
+/// would only be copied into every name or request built from it.
+pub const MAX_VALUE_LEN: usize = 4096;
+/// Longest `ecr.lifecyclePolicy`: ECR's own limit for a lifecycle policy.
+const MAX_LIFECYCLE_POLICY_LEN: usize = 30_720;
+
+/// The most characters the setting `id` (a YAML key or env-only variable; `field` for a field of a
+/// list entry) takes per value.
+fn max_len(id: &str) -> usize {
+    if id == "ecr.lifecyclePolicy" {
+        MAX_LIFECYCLE_POLICY_LEN
+    } else {
+        MAX_VALUE_LEN
+    }
+}
+
+/// Most characters of a bad value quoted in a problem.
+const MAX_SHOWN_VALUE: usize = 120;
+
+/// `value`, cut to [`MAX_SHOWN_VALUE`] characters with `…` when longer.
+fn shortened(value: &str) -> String {
+    match value.char_indices().nth(MAX_SHOWN_VALUE) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
+}
+
+/// Why `input` is too long for setting `id`, if it is.
+fn too_long(id: &str, input: &Input) -> Option<String> {
+    let max = max_len(id);
+    let longest = match input {
+        Input::Scalar(s) => s.chars().count(),
+        Input::List(items) => items.iter().map(|i| i.chars().count()).max().unwrap_or(0),
+    };
+    (longest > max).then(|| format!("{longest} characters, more than the {max} this setting takes"))
+}
 
 /// Where a value came from, for error messages.
 enum Origin {
@@ -45,22 +83,23 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// Reads and parses the config file; a missing file means defaults.
+    /// Reads and parses the config file; a missing file means defaults. Only a regular file of at
+    /// most [`MAX_CONFIG_FILE_SIZE`] bytes is read.
     pub(super) fn read_file(&mut self, path: &std::path::Path) -> bool {
         self.file_label = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
-            Err(e) => {
-                self.problems.push(Problem::new(
-                    self.file_label.clone(),
-                    None,
-                    format!("cannot read config file: {e}"),
-                ));
-                return true;
-            }
+        let text = match files::read_limited(path, MAX_CONFIG_FILE_SIZE) {
+            Ok(bytes) => String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned()),
+            Err(e) if e.is_not_found() => return false,
+            Err(e) => Err(e.to_string()),
         };
-        self.parse_text(&text);
+        match text {
+            Ok(text) => self.parse_text(&text),
+            Err(why) => self.problems.push(Problem::new(
+                self.file_label.clone(),
+                None,
+                format!("cannot use the config file: {why}"),
+            )),
+        }
         true
     }
 
@@ -79,7 +118,7 @@ impl<'a> Loader<'a> {
             Err(e) => self.problems.push(Problem::new(
                 self.file_label.clone(),
                 None,
-                format!("invalid YAML: {e}"),
+                format!("invalid YAML: {}", snippet::describe(text, &e)),
             )),
         }
     }
@@ -115,7 +154,7 @@ impl<'a> Loader<'a> {
     fn get<T>(&mut self, id: &str, parse: impl Fn(&Input) -> Result<T, String>) -> T {
         let setting = lookup(id);
         let (origin, input) = self.raw(setting);
-        match parse(&input) {
+        match too_long(id, &input).map_or_else(|| parse(&input), Err) {
             Ok(v) => v,
             Err(msg) => {
                 self.problem(&origin, Some(&input), msg);
@@ -160,19 +199,27 @@ impl<'a> Loader<'a> {
                 return None;
             }
         };
-        parse(&input)
+        too_long(name, &input)
+            .map_or_else(|| parse(&input), Err)
             .map_err(|msg| self.problem(&origin, Some(&input), msg))
             .ok()
     }
 
+    /// Records a problem; the value of a secret setting is shown masked, whatever its shape.
     fn problem(&mut self, origin: &Origin, input: Option<&Input>, message: String) {
-        let origin = match origin {
-            Origin::Env(name) => format!("{name} (env)"),
-            Origin::File(key) => format!("{key} ({})", self.file_label),
-            Origin::Default => "default".into(),
+        let (origin, secret) = match origin {
+            Origin::Env(name) => (format!("{name} (env)"), is_secret(name)),
+            Origin::File(key) => (format!("{key} ({})", self.file_label), is_secret(key)),
+            Origin::Default => ("default".into(), false),
         };
-        self.problems
-            .push(Problem::new(origin, input.map(ToString::to_string), message));
+        let value = input.map(|i| {
+            if secret {
+                MASK.to_owned()
+            } else {
+                shortened(&i.to_string())
+            }
+        });
+        self.problems.push(Problem::new(origin, value, message));
     }
 
     /// Records a problem about a setting's effective value (cross-field checks), unless its value
@@ -281,7 +328,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         use_image_pull_secrets: loader.get("useImagePullSecrets", parse::boolean),
         mirror_platforms: loader.get("mirrorPlatforms", platforms),
         allow_different_digest_repush: loader.get("allowDifferentDigestRepush", parse::boolean),
-        include_namespaces: loader.get("includeNamespaces", globs),
+        include_namespaces: loader.get("includeNamespaces", |i| all_when_empty(globs(i)?, vec!["*".into()])),
         skip_namespaces: loader.get("skipNamespaces", parse::list),
         skip_names: SkipNames {
             deployments: loader.get("skipNames.deployments", parse::list),
@@ -292,9 +339,15 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
             pods: loader.get("skipNames.pods", parse::list),
         },
         exclude_registries: loader.get("excludeRegistries", excluded_registries),
-        watch_resources: loader.get("watchResources", |i| parse::list_of(i, RESOURCE_KINDS)),
-        dry_run: overrides.dry_run || loader.get("dryRun", parse::boolean),
-        dry_pull: overrides.dry_pull || loader.get("dryPull", parse::boolean),
+        watch_resources: loader.get("watchResources", |i| {
+            all_when_empty(parse::list_of(i, RESOURCE_KINDS)?, RESOURCE_KINDS.to_vec())
+        }),
+        dry_run: overrides
+            .dry_run
+            .unwrap_or_else(|| loader.get("dryRun", parse::boolean)),
+        dry_pull: overrides
+            .dry_pull
+            .unwrap_or_else(|| loader.get("dryPull", parse::boolean)),
         request_timeout: loader.get("requestTimeout", |i| parse::duration(i, SECOND)),
         registry_retry_attempts: loader.get("registryRetryAttempts", parse::positive_u32),
         registry_retry_backoff: loader.get("registryRetryBackoff", |i| parse::non_negative_duration(i, SECOND)),
@@ -334,8 +387,63 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
     };
     if purpose == Purpose::Daemon {
         check_target(loader, &config);
+        check_namespaces(loader, &config);
     }
+    warn_about_tagged_exclusions(loader, &config.exclude_registries);
     config
+}
+
+/// k8s-copycat's rule for `watchResources` and `includeNamespaces`: an empty list (the Helm chart's
+/// default `[]`) means everything, not nothing.
+fn all_when_empty<T>(items: Vec<T>, all: Vec<T>) -> Result<Vec<T>, String> {
+    Ok(if items.is_empty() { all } else { items })
+}
+
+/// A daemon whose every included namespace is skipped would watch nothing and mirror nothing.
+fn check_namespaces(loader: &mut Loader<'_>, config: &Config) {
+    let names_only = config.include_namespaces.iter().all(|n| !crate::glob::is_glob(n));
+    if names_only
+        && config
+            .include_namespaces
+            .iter()
+            .all(|n| config.skip_namespaces.contains(n))
+    {
+        loader.setting_problem(
+            "includeNamespaces",
+            format!(
+                "every namespace listed ({}) is also in skipNamespaces: nothing would be watched",
+                config.include_namespaces.join(", ")
+            ),
+        );
+    }
+}
+
+/// Exclusions match `registry/repository` prefixes; an entry naming a tag or digest never matches.
+fn warn_about_tagged_exclusions(loader: &mut Loader<'_>, exclude_registries: &[String]) {
+    for entry in exclude_registries {
+        if let Some(at) = tag_start(entry) {
+            loader.warnings.push(format!(
+                "excludeRegistries entry {entry:?} names a tag or digest: entries are matched against \
+                 registry/repository only, so it never matches (write {:?} to exclude the repository)",
+                &entry[..at]
+            ));
+        }
+    }
+}
+
+/// Where the `:tag` or `@digest` of an exclusion entry starts, if it has one. A `:` in the only
+/// segment followed by digits is a registry port (`registry:5000`), not a tag.
+fn tag_start(entry: &str) -> Option<usize> {
+    let last_start = entry.rfind('/').map_or(0, |i| i + 1);
+    let last = &entry[last_start..];
+    // A registry host alone may be a bracketed IPv6 address, whose colons are no tag.
+    let host_end = match last_start {
+        0 if last.starts_with('[') => last.find(']').map_or(0, |i| i + 1),
+        _ => 0,
+    };
+    let at = host_end + last[host_end..].find(['@', ':'])?;
+    let port = last_start == 0 && last[at..].starts_with(':') && last[at + 1..].bytes().all(|b| b.is_ascii_digit());
+    (!port).then_some(last_start + at)
 }
 
 fn check_target(loader: &mut Loader<'_>, config: &Config) {
@@ -689,6 +797,13 @@ fn digest_tag_template(input: &Input) -> Result<String, String> {
 
 fn prefix_template(input: &Input) -> Result<String, String> {
     let template = parse::text(input)?;
+    let max = crate::naming::MAX_REPOSITORY_LEN;
+    if template.chars().count() > max {
+        return Err(format!(
+            "{} characters: registries take repository names of at most {max}, prefix included",
+            template.chars().count()
+        ));
+    }
     crate::naming::expand_prefix(
         &template,
         &crate::naming::NameContext::default(),

@@ -7,6 +7,7 @@ mod load;
 mod model;
 pub mod parse;
 pub mod settings;
+mod snippet;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -56,10 +57,10 @@ pub struct Overrides {
     pub health_addr: Option<String>,
     /// `--leader-elect`.
     pub leader_elect: Option<bool>,
-    /// `--dry-run`.
-    pub dry_run: bool,
-    /// `--dry-pull`.
-    pub dry_pull: bool,
+    /// `--dry-run` (`--dry-run=false` turns a configured dry run off).
+    pub dry_run: Option<bool>,
+    /// `--dry-pull` (`--dry-pull=false` turns a configured dry pull off).
+    pub dry_pull: Option<bool>,
     /// `--kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
     /// `--log-level`.

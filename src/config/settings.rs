@@ -32,6 +32,27 @@ pub fn lookup(id: &str) -> &'static Setting {
         .unwrap_or_else(|| panic!("setting {id:?} is missing from the SETTINGS table"))
 }
 
+/// Whether the setting named `name` holds a secret, whose value is never shown: a YAML key (fields of
+/// list entries by position, `registryCredentials[2].password`) or an environment variable.
+pub fn is_secret(name: &str) -> bool {
+    let mut key = String::with_capacity(name.len());
+    let mut in_index = false;
+    for c in name.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => {
+                in_index = false;
+                key.push_str("[]");
+            }
+            _ if in_index => {}
+            _ => key.push(c),
+        }
+    }
+    SETTINGS
+        .iter()
+        .any(|s| s.kind == "secret" && (s.key == Some(key.as_str()) || s.env == Some(name)))
+}
+
 /// YAML keys accepted as another spelling of a key (k8s-copycat's Go decoder matched field names).
 pub const KEY_ALIASES: &[(&str, &str)] = &[
     ("requestTimeoutSeconds", "requestTimeout"),
@@ -91,7 +112,7 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("checkNodePlatform"), Some("CHECK_NODE_PLATFORM"), "false", "bool", "Use the platform of the Node a Pod runs on (needs list/watch on nodes)."),
     s(Some("mirrorPlatforms"), Some("MIRROR_PLATFORMS"), "", "list of platforms", "Extra platforms to mirror in digest mode: `arch`, `os/arch` or `os/arch/variant` (`linux/arm/v7`)."),
     s(Some("allowDifferentDigestRepush"), Some("ALLOW_DIFFERENT_DIGEST_REPUSH"), "true", "bool", "Overwrite a target tag that holds a different digest."),
-    s(Some("includeNamespaces"), Some("INCLUDE_NAMESPACES"), "*", "list of names/globs", "Namespaces to watch. Globs (`team-*`) are evaluated continuously; a glob matching nothing matches nothing."),
+    s(Some("includeNamespaces"), Some("INCLUDE_NAMESPACES"), "*", "list of names/globs", "Namespaces to watch; `*` or an empty list (`[]`, the Helm chart's default) means all. Globs (`team-*`) are evaluated continuously; a glob matching nothing matches nothing. Plain names only (no globs): copycat watches each of them separately, so namespace-scoped RBAC (a Role per namespace) is enough."),
     s(Some("skipNamespaces"), Some("SKIP_NAMESPACES"), "", "list", "Namespaces never mirrored (wins over `includeNamespaces`)."),
     s(Some("skipNames.deployments"), Some("SKIP_DEPLOYMENTS"), "", "list", "Deployments to skip: `name`, `namespace/name` or `*`."),
     s(Some("skipNames.statefulSets"), Some("SKIP_STATEFULSETS"), "", "list", "StatefulSets to skip: `name`, `namespace/name` or `*`."),
@@ -100,7 +121,7 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("skipNames.cronJobs"), Some("SKIP_CRONJOBS"), "", "list", "CronJobs to skip: `name`, `namespace/name` or `*`."),
     s(Some("skipNames.pods"), Some("SKIP_PODS"), "", "list", "Pods to skip: `name`, `namespace/name` or `*`."),
     s(Some("excludeRegistries"), Some("EXCLUDE_REGISTRIES"), "", "list", "Source registries (or registry/path prefixes) never mirrored. The target registry is always excluded."),
-    s(Some("watchResources"), Some("WATCH_RESOURCES"), "deployments,statefulsets,daemonsets,jobs,cronjobs,pods", "list", "Kinds to watch: `deployments`, `statefulsets`, `daemonsets`, `jobs`, `cronjobs`, `pods`."),
+    s(Some("watchResources"), Some("WATCH_RESOURCES"), "deployments,statefulsets,daemonsets,jobs,cronjobs,pods", "list", "Kinds to watch: `deployments`, `statefulsets`, `daemonsets`, `jobs`, `cronjobs`, `pods`; an empty list (`[]`, the Helm chart's default) means all six."),
     s(Some("dryRun"), Some("DRY_RUN"), "false", "bool", "Log what would be mirrored; write nothing anywhere (no repository creation, no push). Flag `--dry-run`."),
     s(Some("dryPull"), Some("DRY_PULL"), "false", "bool", "Make no registry request at all; only log the planned mirror tasks. Flag `--dry-pull`."),
     s(Some("requestTimeout"), Some("REGISTRY_REQUEST_TIMEOUT"), "300", "seconds or duration", "Timeout of each registry request; `0` means none. Also accepted as `requestTimeoutSeconds`."),
@@ -136,8 +157,8 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("registries[].caFile"), None, "", "path", "PEM file of extra CA certificates trusted for this host."),
     s(Some("registryMirrors"), None, "", "map host → list of hosts", "Read mirrors per source registry, tried in order before the registry itself (e.g. `docker.io: [mirror.gcr.io]`). Never written to."),
     s(None, Some("CONFIG_PATH"), "/config/config.yaml", "path", "Config file; a missing file means defaults. Flag `--config`."),
-    s(None, Some("METRICS_ADDR"), ":8080", "address", "Listener for `/metrics` and the admin endpoints. Flag `--metrics-bind-address`."),
-    s(None, Some("HEALTH_ADDR"), ":8081", "address", "Listener for `/healthz` and `/readyz`. Flag `--health-probe-bind-address`."),
+    s(None, Some("METRICS_ADDR"), ":8080", "address", "Listener for `/metrics` and the admin endpoints; `:PORT` listens on every interface, IPv4 and IPv6. Flag `--metrics-bind-address`."),
+    s(None, Some("HEALTH_ADDR"), ":8081", "address", "Listener for `/healthz` and `/readyz`; `:PORT` listens on every interface, IPv4 and IPv6. Flag `--health-probe-bind-address`."),
     s(None, Some("LEADER_ELECT"), "true", "bool", "Use a Lease so that only one replica mirrors. Flag `--leader-elect`."),
     s(None, Some("POD_NAMESPACE"), "k8s-copycat", "string", "Namespace of the leader-election Lease (set from the downward API)."),
     s(None, Some("ADMIN_TOKEN"), "", "secret", "When set, `/force-reconcile` and `/reset-cooldown` (POST or GET) require `Authorization: Bearer <token>`. Empty: no authentication (as k8s-copycat)."),

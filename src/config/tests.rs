@@ -71,7 +71,11 @@ fn unreadable_or_invalid_file_is_fatal() {
         ..Default::default()
     };
     let err = load(&|_| None, &overrides, Purpose::OneShot).unwrap_err();
-    assert!(err.to_string().contains("cannot read config file"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("cannot use the config file: not a regular file but a directory"),
+        "{err}"
+    );
     let p = problems("dryRun: [unclosed", &[], Purpose::OneShot);
     assert!(p[0].contains("invalid YAML"), "{p:?}");
     let p = problems("- a\n- b\n", &[], Purpose::OneShot);
@@ -359,12 +363,13 @@ fn precedence_flags_over_env_over_file() {
     let overrides = Overrides {
         metrics_addr: Some("127.0.0.1:9000".into()),
         leader_elect: Some(false),
-        dry_run: true,
+        dry_run: Some(true),
+        dry_pull: Some(false),
         log_level: Some("debug".into()),
         ..Default::default()
     };
     let c = load_with(
-        "dryRun: false\nlogLevel: error\n",
+        "dryRun: false\ndryPull: true\nlogLevel: error\n",
         &[("METRICS_ADDR", ":1"), ("LEADER_ELECT", "true")],
         overrides,
         Purpose::OneShot,
@@ -372,7 +377,10 @@ fn precedence_flags_over_env_over_file() {
     .unwrap()
     .config;
     assert_eq!(c.runtime.metrics_addr, "127.0.0.1:9000");
-    assert!(!c.runtime.leader_elect && c.dry_run);
+    assert!(
+        !c.runtime.leader_elect && c.dry_run && !c.dry_pull,
+        "--dry-pull=false wins over the file"
+    );
     assert_eq!(c.log_level, LogLevel::Debug);
     let bad = Overrides {
         log_level: Some("loud".into()),
@@ -399,6 +407,85 @@ fn lists_and_normalisation() {
 }
 
 #[test]
+fn empty_watch_and_namespace_lists_mean_everything_as_in_k8s_copycat() {
+    // The Helm chart renders `watchResources: []` and `includeNamespaces: []` by default.
+    for (yaml, env) in [
+        ("watchResources: []\nincludeNamespaces: []\n", vec![]),
+        ("watchResources:\nincludeNamespaces:\n", vec![]),
+        ("watchResources: ['']\n", vec![("INCLUDE_NAMESPACES", " , ")]),
+        ("", vec![("WATCH_RESOURCES", ","), ("INCLUDE_NAMESPACES", ",")]),
+    ] {
+        let c = ok(yaml, &env);
+        assert_eq!(c.watch_resources, settings::RESOURCE_KINDS.to_vec(), "{yaml:?} {env:?}");
+        assert_eq!(c.include_namespaces, vec!["*"], "{yaml:?} {env:?}");
+    }
+    // check-config prints the effective lists.
+    let printed = ok("watchResources: []\nincludeNamespaces: []\n", &[]).to_yaml();
+    for kind in settings::RESOURCE_KINDS {
+        assert!(printed.contains(&format!("- {kind}\n")), "{printed}");
+    }
+    assert!(
+        printed.contains("includeNamespaces:\n- '*'\n") || printed.contains("includeNamespaces:\n- \"*\"\n"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_daemon_with_every_namespace_skipped_is_refused() {
+    let p = problems(
+        &format!("{DOCKER}includeNamespaces: [a, b]\nskipNamespaces: [b, a, c]\n"),
+        &[],
+        Purpose::Daemon,
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("includeNamespaces (")
+            && p[0].contains("skipNamespaces")
+            && p[0].contains("nothing would be watched"),
+        "{p:?}"
+    );
+    // A glob may match namespaces that appear later; one name left is enough.
+    ok(
+        &format!("{DOCKER}includeNamespaces: [a, 'team-*']\nskipNamespaces: [a]\n"),
+        &[],
+    );
+    ok(
+        &format!("{DOCKER}includeNamespaces: [a, b]\nskipNamespaces: [a]\n"),
+        &[],
+    );
+}
+
+#[test]
+fn excluded_registries_with_a_tag_are_warned_about() {
+    let cases: [(&str, Option<&str>); 9] = [
+        ("docker.io/library/nginx:1.25", Some("docker.io/library/nginx")),
+        ("registry:5000/app:1", Some("registry:5000/app")),
+        ("ghcr.io/org/app@sha256:abc", Some("ghcr.io/org/app")),
+        ("nginx:latest", Some("nginx")),
+        ("registry:5000", None),
+        ("registry:5000/team", None),
+        ("docker.io", None),
+        ("[::1]:5000/app", None),
+        ("[::1]:5000", None),
+    ];
+    for (entry, want) in cases {
+        let yaml = format!("excludeRegistries: ['{entry}']\n");
+        let loaded = load_with(&yaml, &[], Overrides::default(), Purpose::OneShot).unwrap();
+        match want {
+            Some(repo) => {
+                assert_eq!(loaded.warnings.len(), 1, "{entry}: {:?}", loaded.warnings);
+                let w = &loaded.warnings[0];
+                assert!(
+                    w.contains("never matches") && w.contains(&format!("{repo:?}")),
+                    "{entry}: {w}"
+                );
+            }
+            None => assert!(loaded.warnings.is_empty(), "{entry}: {:?}", loaded.warnings),
+        }
+    }
+}
+
+#[test]
 fn key_spelling_is_forgiven_only_in_case() {
     let loaded = load_with(
         "ECR:\n  accountId: '123456789012'\n",
@@ -409,6 +496,93 @@ fn key_spelling_is_forgiven_only_in_case() {
     .unwrap();
     assert_eq!(loaded.config.ecr.account_id, "123456789012");
     assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
+}
+
+#[test]
+fn secret_values_are_masked_in_every_problem() {
+    let yaml = "registryCredentials:
+  - registry: ghcr.io
+    username: bot
+    password: [hunter2-in-a-list]
+  - registry: quay.io
+    token: {nested: hunter3-in-a-mapping}
+  - registry: r.example.com
+    token: [a, hunter4]
+    username: [not-secret-shown]
+";
+    let p = problems(yaml, &[("ADMIN_TOKEN", "ok")], Purpose::OneShot).join("\n");
+    for secret in ["hunter2", "hunter3", "hunter4"] {
+        assert!(!p.contains(secret), "{secret} printed: {p}");
+    }
+    assert!(
+        p.contains("registryCredentials[0].password (") && p.contains(&format!("= {}", crate::secret::MASK)),
+        "{p}"
+    );
+    assert!(p.contains("registryCredentials[1].token ("), "{p}");
+    assert!(p.contains("not-secret-shown"), "other values are still quoted: {p}");
+    assert!(settings::is_secret("registryCredentials[12].password"));
+    assert!(settings::is_secret("TARGET_PASSWORD") && settings::is_secret("ADMIN_TOKEN"));
+    assert!(!settings::is_secret("registryCredentials[0].username") && !settings::is_secret("TARGET_USERNAME"));
+}
+
+#[test]
+fn yaml_syntax_errors_show_where_with_secrets_masked() {
+    let p = problems(
+        "targetKind: docker\nregistryCredentials:\n  - registry: r\n    password: \"hunter2\n  - x: [\n",
+        &[],
+        Purpose::OneShot,
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("invalid YAML") && p[0].contains("at line 5"), "{p:?}");
+    assert!(p[0].contains("   4 |     password: ********"), "{p:?}");
+    assert!(!p[0].contains("hunter2"), "{p:?}");
+}
+
+#[test]
+fn string_settings_are_bounded() {
+    let long_prefix = "a/".repeat(200);
+    let p = problems("", &[("TARGET_REPO_PREFIX", &long_prefix)], Purpose::OneShot);
+    assert!(
+        p[0].starts_with("TARGET_REPO_PREFIX (env)")
+            && p[0].contains("registries take repository names of at most 256"),
+        "{p:?}"
+    );
+    assert!(p[0].len() < 400, "a long value is quoted shortened: {p:?}");
+    let p = problems("", &[("AWS_REGION", &"x".repeat(5000))], Purpose::OneShot);
+    assert!(p[0].contains("5000 characters, more than the 4096"), "{p:?}");
+    let policy = serde_json::json!({"rules": [{"description": "d".repeat(20_000)}]}).to_string();
+    let c = ok(&format!("ecr:\n  lifecyclePolicy: '{policy}'\n"), &[]);
+    assert_eq!(
+        c.ecr.lifecycle_policy.len(),
+        policy.len(),
+        "ECR takes policies up to 30,720 characters"
+    );
+    let p = problems(
+        &format!("pathMap:\n  - from: '{}'\n    to: x\n", "y".repeat(5000)),
+        &[],
+        Purpose::OneShot,
+    );
+    assert!(
+        p[0].starts_with("pathMap[0].from (") && p[0].contains("more than the 4096"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn only_a_regular_file_of_at_most_one_mib_is_read() {
+    for path in ["/dev/zero", "/dev/null"] {
+        let overrides = Overrides {
+            config: Some(path.into()),
+            ..Default::default()
+        };
+        let err = load(&|_| None, &overrides, Purpose::OneShot).unwrap_err().to_string();
+        assert!(err.contains("not a regular file but a character device"), "{err}");
+    }
+    let big = format!("dryRun: true\n{}", "#".repeat(1024 * 1024));
+    let err = load_with(&big, &[], Overrides::default(), Purpose::OneShot)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("larger than the limit of 1048576 bytes"), "{err}");
 }
 
 #[test]

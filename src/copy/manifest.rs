@@ -20,6 +20,15 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub const ATTESTATION_FOR: &str = "vnd.docker.reference.digest";
 const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 
+/// Most manifest levels of one image, the one under the tag being level 1: an index of indexes of
+/// indexes of images. Real images have two levels (index → image), rarely three (an index of
+/// indexes); anything deeper is refused, so a hostile registry cannot make a copy endless.
+pub const MAX_INDEX_DEPTH: usize = 4;
+/// Most entries of one index. Multi-platform images list a few dozen at most.
+pub const MAX_INDEX_ENTRIES: usize = 1_000;
+/// Most manifests of one image, every level counted (the top one included).
+pub const MAX_IMAGE_MANIFESTS: usize = 2_000;
+
 /// Why a manifest cannot be copied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
@@ -34,6 +43,60 @@ pub enum ManifestError {
     /// A media type that is neither an image manifest nor an index.
     #[error("unsupported manifest media type {0:?}")]
     UnsupportedMediaType(String),
+    /// Indexes nested deeper than [`MAX_INDEX_DEPTH`] levels.
+    #[error(
+        "indexes nested deeper than {MAX_INDEX_DEPTH} levels (an index at level {level} lists further manifests); copycat refuses such images"
+    )]
+    TooDeep {
+        /// Level of the index whose entries would be too deep (the top is level 1).
+        level: usize,
+    },
+    /// An index with more than [`MAX_INDEX_ENTRIES`] entries.
+    #[error("index lists {entries} manifests, more than the limit of {MAX_INDEX_ENTRIES} per index")]
+    TooManyEntries {
+        /// Entries listed.
+        entries: usize,
+    },
+    /// An image of more than [`MAX_IMAGE_MANIFESTS`] manifests.
+    #[error("image holds more than {MAX_IMAGE_MANIFESTS} manifests ({manifests} listed so far)")]
+    TooManyManifests {
+        /// Manifests found so far.
+        manifests: usize,
+    },
+}
+
+/// The manifests an image walk has met, against the limits ([`MAX_INDEX_DEPTH`],
+/// [`MAX_INDEX_ENTRIES`], [`MAX_IMAGE_MANIFESTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    manifests: usize,
+}
+
+impl Default for Budget {
+    /// The top manifest alone.
+    fn default() -> Budget {
+        Budget { manifests: 1 }
+    }
+}
+
+impl Budget {
+    /// Admits the `entries` of an index at `level` (the top is level 1), or says which limit they
+    /// break. Nothing of them is copied before they are admitted.
+    pub fn admit(&mut self, entries: usize, level: usize) -> Result<(), ManifestError> {
+        if level >= MAX_INDEX_DEPTH {
+            return Err(ManifestError::TooDeep { level });
+        }
+        if entries > MAX_INDEX_ENTRIES {
+            return Err(ManifestError::TooManyEntries { entries });
+        }
+        self.manifests += entries;
+        if self.manifests > MAX_IMAGE_MANIFESTS {
+            return Err(ManifestError::TooManyManifests {
+                manifests: self.manifests,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Whether a manifest lists other manifests or describes one image or artifact.
@@ -175,6 +238,52 @@ pub fn parse(bytes: &[u8], content_type: &str) -> Result<Parsed, ManifestError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_bounds_depth_entries_and_manifests() {
+        // (entries, level) admitted in turn, and the outcome of each.
+        type Step = (usize, usize, Result<(), ManifestError>);
+        let cases: Vec<Vec<Step>> = vec![
+            // index → images, and index → index → index → images: within the depth.
+            vec![(30, 1, Ok(()))],
+            vec![(2, 1, Ok(())), (2, 2, Ok(())), (5, 3, Ok(()))],
+            // An index at level 4 listing anything would put manifests at level 5.
+            vec![
+                (1, 1, Ok(())),
+                (1, 2, Ok(())),
+                (1, 3, Ok(())),
+                (1, 4, Err(ManifestError::TooDeep { level: 4 })),
+            ],
+            vec![(0, 499, Err(ManifestError::TooDeep { level: 499 }))],
+            vec![(MAX_INDEX_ENTRIES, 1, Ok(()))],
+            vec![(20_000, 1, Err(ManifestError::TooManyEntries { entries: 20_000 }))],
+            // Three indexes of 900 each: each within the entry limit, the image not.
+            vec![
+                (3, 1, Ok(())),
+                (900, 2, Ok(())),
+                (900, 2, Ok(())),
+                (900, 2, Err(ManifestError::TooManyManifests { manifests: 2704 })),
+            ],
+            vec![
+                (MAX_INDEX_ENTRIES, 1, Ok(())),
+                (MAX_INDEX_ENTRIES - 1, 2, Ok(())),
+                (1, 2, Err(ManifestError::TooManyManifests { manifests: 2001 })),
+            ],
+        ];
+        for steps in cases {
+            let mut budget = Budget::default();
+            for (entries, level, want) in &steps {
+                assert_eq!(&budget.admit(*entries, *level), want, "{steps:?}");
+            }
+        }
+        let message = ManifestError::TooDeep { level: 4 }.to_string();
+        assert!(message.contains("deeper than 4 levels"), "{message}");
+        let message = ManifestError::TooManyEntries { entries: 20_000 }.to_string();
+        assert!(
+            message.contains("20000 manifests, more than the limit of 1000"),
+            "{message}"
+        );
+    }
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";

@@ -21,10 +21,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
-use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError};
+use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError, Side};
 use crate::target::{RepositoryError, RepositoryPreparer};
 use locks::KeyedLocks;
-use manifest::{Descriptor, Kind, ManifestError, Parsed};
+use manifest::{Budget, Descriptor, Kind, ManifestError, Parsed};
 use select::{NoMatchingPlatform, Selection};
 
 /// Manifests larger than this are refused (a guard against hostile registries).
@@ -50,7 +50,16 @@ pub struct CopyOptions {
     pub deadline: Option<Duration>,
     /// Credentials for the source registry to try in order (a Pod's pull secrets) before the
     /// configured ones; empty: only the configured ones.
-    pub source_credentials: Vec<Credential>,
+    pub source_credentials: Vec<PullSecret>,
+}
+
+/// Credentials for a source registry from a pull secret (`imagePullSecrets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSecret {
+    /// The Secret they come from, as `namespace/name`, for messages.
+    pub name: String,
+    /// The credentials.
+    pub credential: Credential,
 }
 
 impl Default for CopyOptions {
@@ -130,7 +139,11 @@ pub enum CopyError {
     #[error("{action}: {source}")]
     Registry {
         /// What was being done, with the reference.
-        action: String,
+        action: Box<str>,
+        /// Whether reading the source or checking or writing the target failed.
+        side: Side,
+        /// The registry host of that side (a source's read mirrors fall back to it).
+        host: Box<str>,
         /// The failure.
         #[source]
         source: RegistryError,
@@ -175,6 +188,16 @@ pub enum CopyError {
     /// The target cannot be named (`$arch` from the image made an invalid repository name).
     #[error("cannot name the target: {0}")]
     TargetName(String),
+    /// The source refused the pull secrets tried, and the configured credentials (or anonymous
+    /// access) after them.
+    #[error("the source refused pull secret {}: {refusal}", .secrets.join(", "))]
+    PullSecretRefused {
+        /// The pull secrets refused (`namespace/name`), in the order tried.
+        secrets: Vec<String>,
+        /// The refusal of the first of them.
+        #[source]
+        refusal: Box<CopyError>,
+    },
     /// The whole-image deadline passed.
     #[error("copy to {target} did not finish within {after:?}")]
     DeadlineExceeded {
@@ -197,29 +220,64 @@ impl CopyError {
             _ => false,
         }
     }
+
+    /// Which side failed: the source for a missing source, an unusable manifest or platform list,
+    /// the target for a tag conflict, a target repository that cannot be prepared or named, and the
+    /// whole-image deadline; a registry failure says which side it happened on.
+    pub fn side(&self) -> Side {
+        match self {
+            CopyError::Registry { side, .. } => *side,
+            CopyError::SourceNotFound(_)
+            | CopyError::Manifest { .. }
+            | CopyError::Platforms { .. }
+            | CopyError::PullSecretRefused { .. } => Side::Source,
+            CopyError::TagConflict { .. }
+            | CopyError::Repository(_)
+            | CopyError::TargetName(_)
+            | CopyError::DeadlineExceeded { .. } => Side::Target,
+        }
+    }
 }
 
 impl CopyError {
     /// Whether the source refused these credentials, or hid the image from them (registries answer
     /// 404 for private images): other credentials may do.
     fn is_source_access_denied(&self) -> bool {
-        match self {
-            CopyError::SourceNotFound(_) => true,
-            CopyError::Registry { action, source } => {
-                action.contains("source")
-                    && matches!(
-                        source,
-                        RegistryError::Auth { .. } | RegistryError::Status { status: 401 | 403, .. }
-                    )
+        matches!(self, CopyError::SourceNotFound(_)) || self.is_source_refusal()
+    }
+
+    /// Whether the source refused the credentials (authentication failed, 401, 403).
+    fn is_source_refusal(&self) -> bool {
+        matches!(
+            self,
+            CopyError::Registry {
+                side: Side::Source,
+                source: RegistryError::Auth { .. } | RegistryError::Status { status: 401 | 403, .. },
+                ..
             }
-            _ => false,
-        }
+        )
     }
 }
 
-fn registry_error(action: impl Into<String>) -> impl FnOnce(RegistryError) -> CopyError {
-    let action = action.into();
-    move |source| CopyError::Registry { action, source }
+/// A failed `action` on `side`, whose registry is `host`.
+fn registry_error(side: Side, host: &str, action: impl Into<String>) -> impl FnOnce(RegistryError) -> CopyError {
+    let (host, action): (Box<str>, String) = (host.into(), action.into());
+    move |source| CopyError::Registry {
+        action: action.into(),
+        side,
+        host,
+        source,
+    }
+}
+
+/// A failed `action` reading the source at `host`.
+fn source_error(host: &str, action: impl Into<String>) -> impl FnOnce(RegistryError) -> CopyError {
+    registry_error(Side::Source, host, action)
+}
+
+/// A failed `action` checking or writing the target at `host`.
+fn target_error(host: &str, action: impl Into<String>) -> impl FnOnce(RegistryError) -> CopyError {
+    registry_error(Side::Target, host, action)
 }
 
 /// Copies images; shares blob locks and the mount cache across every copy it runs.
@@ -246,6 +304,22 @@ struct Shared {
     total_bytes: AtomicU64,
     /// `$arch` of source digests already looked at.
     architectures: moka::sync::Cache<Digest, String>,
+}
+
+/// What a copy writes under the tag once the platform list is applied.
+struct Selected {
+    /// The manifest written under the tag.
+    top: Manifest,
+    /// It, parsed.
+    parsed: Parsed,
+    /// The manifests it lists that are copied (an index's kept entries).
+    children: Vec<Descriptor>,
+    /// Requested platforms the source lacks.
+    missing: Vec<Platform>,
+    /// Whether `top` is a new, filtered index.
+    filtered: bool,
+    /// Its level in the source image (1: the source's own top manifest).
+    level: usize,
 }
 
 /// What a copy decided, before its counters are added to the report.
@@ -339,23 +413,38 @@ impl Copier {
             .await
     }
 
-    /// Runs `attempt` with the source registry client for each of the options' source credentials in
-    /// order while the source refuses access, then with the configured credentials.
+    /// Runs `attempt` with the source registry client for each of the options' pull secrets in
+    /// order while the source refuses access, then with the configured credentials. When those are
+    /// refused too after a pull secret was refused, the error says so, naming the pull secrets
+    /// (the configured credentials' refusal, often "no credentials are configured", says little).
     async fn with_source<T, F, Fut>(&self, source: &ImageRef, opts: &CopyOptions, attempt: F) -> Result<T, CopyError>
     where
         F: Fn(Registry) -> Fut,
         Fut: Future<Output = Result<T, CopyError>>,
     {
         let src = self.registries.get(source.registry());
-        for credential in &opts.source_credentials {
-            match attempt(src.with_credential(credential.clone())).await {
+        let mut refused: Vec<String> = Vec::new();
+        let mut first_refusal = None;
+        for secret in &opts.source_credentials {
+            match attempt(src.with_credential(secret.credential.clone())).await {
                 Err(e) if e.is_source_access_denied() => {
-                    tracing::debug!(source = %source, error = %e, "pull secret refused; trying the next credentials");
+                    tracing::debug!(source = %source, secret = %secret.name, error = %e,
+                        "pull secret refused; trying the next credentials");
+                    if e.is_source_refusal() {
+                        refused.push(secret.name.clone());
+                        first_refusal.get_or_insert(e);
+                    }
                 }
                 result => return result,
             }
         }
-        attempt(src).await
+        match (attempt(src).await, first_refusal) {
+            (Err(e), Some(refusal)) if e.is_source_access_denied() => Err(CopyError::PullSecretRefused {
+                secrets: refused,
+                refusal: Box::new(refusal),
+            }),
+            (result, _) => result,
+        }
     }
 
     /// The read mirrors of `src`'s host, then `src`.
@@ -385,17 +474,19 @@ impl Copier {
             |_| true,
         )
         .await
-        .map_err(registry_error(format!("GET manifest {}@{digest}", source.name())))?;
+        .map_err(source_error(
+            src.host(),
+            format!("GET manifest {}@{digest}", source.name()),
+        ))?;
         let parsed = parse_manifest(&manifest, source)?;
         let arch = match (parsed.kind, &parsed.config) {
             (Kind::Image, Some(config)) => {
                 let bytes = read(&readers, |r| read_small_blob(r, repo, config).boxed(), |_| true)
                     .await
-                    .map_err(registry_error(format!(
-                        "GET config {}@{}",
-                        source.name(),
-                        config.digest
-                    )))?;
+                    .map_err(source_error(
+                        src.host(),
+                        format!("GET config {}@{}", source.name(), config.digest),
+                    ))?;
                 arch::config_architecture(&bytes).map_err(|detail| CopyError::Manifest {
                     reference: format!("{}@{}", source.name(), config.digest),
                     source: ManifestError::Invalid(detail),
@@ -504,8 +595,18 @@ impl Copier {
         // 3. Only now GET the source manifest, by digest so we copy exactly what we compared.
         let top = self.get_manifest(job, &source_digest.to_string(), &req.source).await?;
         let top_parsed = parse_manifest(&top, &req.source)?;
-        let (top, top_parsed, children, missing, filtered) =
-            self.apply_platforms(req, job, top, top_parsed, &platforms_key).await?;
+        let mut budget = Budget::default();
+        admit(&mut budget, &top_parsed, 1, &req.source, &top.digest)?;
+        let Selected {
+            top,
+            parsed: top_parsed,
+            children,
+            missing,
+            filtered,
+            level,
+        } = self
+            .apply_platforms(req, job, top, top_parsed, &platforms_key, &mut budget)
+            .await?;
         let target_head = match target_head {
             // A digest-only target is looked up by the digest we now know.
             None if req.target_tag.is_none() => self.head_target(req, job, Some(&top.digest)).await?,
@@ -539,11 +640,7 @@ impl Copier {
             preparer.ensure(job.dst_repo).await.map_err(CopyError::Repository)?;
         }
         match top_parsed.kind {
-            Kind::Index => {
-                for child in &children {
-                    self.copy_child(req, job, child).await?;
-                }
-            }
+            Kind::Index => self.copy_children(req, job, children, level, &mut budget).await?,
             Kind::Image => self.copy_blobs(job, &top_parsed).await?,
         }
 
@@ -553,10 +650,10 @@ impl Copier {
             .dst
             .put_manifest(job.dst_repo, &reference, top.bytes.clone(), &top.media_type)
             .await
-            .map_err(registry_error(format!(
-                "PUT manifest {}",
-                req.target_display(Some(&top.digest))
-            )))?;
+            .map_err(target_error(
+                job.dst.host(),
+                format!("PUT manifest {}", req.target_display(Some(&top.digest))),
+            ))?;
         if written != top.digest {
             tracing::warn!(target = %req.target_display(None), expected = %top.digest, reported = %written,
                 "target registry reports a different digest for the manifest it stored");
@@ -584,7 +681,10 @@ impl Copier {
         job.dst
             .head_manifest(job.dst_repo, &reference)
             .await
-            .map_err(registry_error(format!("HEAD target {}", req.target_display(expected))))
+            .map_err(target_error(
+                job.dst.host(),
+                format!("HEAD target {}", req.target_display(expected)),
+            ))
     }
 
     async fn get_manifest(&self, job: &Job<'_>, reference: &str, shown: &ImageRef) -> Result<Manifest, CopyError> {
@@ -594,11 +694,15 @@ impl Copier {
             |_| true,
         )
         .await
-        .map_err(registry_error(format!("GET manifest {}@{reference}", shown.name())))
+        .map_err(source_error(
+            job.src.host(),
+            format!("GET manifest {}@{reference}", shown.name()),
+        ))
     }
 
     /// Applies the platform list to an index: the manifest to write under the tag, what it needs, the
-    /// missing platforms and whether a new index was built.
+    /// missing platforms and whether a new index was built. A single platform's manifest, written
+    /// under the tag, is level 2 of the source image: an index there is admitted to `budget`.
     async fn apply_platforms(
         &self,
         req: &CopyRequest,
@@ -606,10 +710,18 @@ impl Copier {
         top: Manifest,
         parsed: Parsed,
         platforms_key: &str,
-    ) -> Result<(Manifest, Parsed, Vec<Descriptor>, Vec<Platform>, bool), CopyError> {
+        budget: &mut Budget,
+    ) -> Result<Selected, CopyError> {
         if parsed.kind == Kind::Image || job.opts.platforms.is_empty() {
             let children = parsed.manifests.clone();
-            return Ok((top, parsed, children, vec![], false));
+            return Ok(Selected {
+                top,
+                parsed,
+                children,
+                missing: vec![],
+                filtered: false,
+                level: 1,
+            });
         }
         let (selection, missing) =
             select::select(&top.bytes, &parsed.manifests, &job.opts.platforms).map_err(|source| {
@@ -622,8 +734,16 @@ impl Copier {
             Selection::Single(entry) => {
                 let child = self.get_manifest(job, &entry.digest.to_string(), &req.source).await?;
                 let child_parsed = parse_manifest(&child, &req.source)?;
+                admit(budget, &child_parsed, 2, &req.source, &child.digest)?;
                 let children = child_parsed.manifests.clone();
-                Ok((child, child_parsed, children, missing, false))
+                Ok(Selected {
+                    top: child,
+                    parsed: child_parsed,
+                    children,
+                    missing,
+                    filtered: false,
+                    level: 2,
+                })
             }
             Selection::Filtered { bytes, kept } => {
                 let digest = sha256_digest(&bytes);
@@ -635,36 +755,89 @@ impl Copier {
                     media_type: parsed.media_type.clone(),
                     digest,
                 };
-                Ok((manifest, parsed, kept, missing, true))
+                Ok(Selected {
+                    top: manifest,
+                    parsed,
+                    children: kept,
+                    missing,
+                    filtered: true,
+                    level: 1,
+                })
             }
         }
     }
 
-    /// Copies one child of an index (and its blobs) by digest, unless the target has it.
-    async fn copy_child(&self, req: &CopyRequest, job: &Job<'_>, child: &Descriptor) -> Result<(), CopyError> {
-        let digest = child.digest.to_string();
-        let present = job
-            .dst
-            .head_manifest(job.dst_repo, &digest)
-            .await
-            .map_err(registry_error(format!("HEAD target {}@{digest}", req.target.name())))?;
-        if present.is_some() {
-            return Ok(());
+    /// Copies the manifests below the index written under the tag (its `children`; the index is at
+    /// `level` of the source image) by digest, each after what it references, skipping those the
+    /// target has. Depth first with a list of the indexes open, not recursion: a hostile chain of
+    /// indexes costs heap, not stack, and is refused by `budget` at [`manifest::MAX_INDEX_DEPTH`] before any
+    /// entry of the index breaking a limit is copied.
+    async fn copy_children(
+        &self,
+        req: &CopyRequest,
+        job: &Job<'_>,
+        children: Vec<Descriptor>,
+        level: usize,
+        budget: &mut Budget,
+    ) -> Result<(), CopyError> {
+        /// An index being copied: its manifest (`None` for the one under the tag, which the caller
+        /// writes) and the entries not copied yet.
+        struct Open {
+            index: Option<Manifest>,
+            entries: std::vec::IntoIter<Descriptor>,
         }
-        let manifest = self.get_manifest(job, &digest, &req.source).await?;
-        let parsed = parse_manifest(&manifest, &req.source)?;
-        if parsed.kind == Kind::Index {
-            // Nested indexes are rare but legal; copy them the same way.
-            for grandchild in &parsed.manifests {
-                Box::pin(self.copy_child(req, job, grandchild)).await?;
+        let mut open = vec![Open {
+            index: None,
+            entries: children.into_iter(),
+        }];
+        while let Some(current) = open.last_mut() {
+            let Some(child) = current.entries.next() else {
+                if let Some(index) = open.pop().and_then(|done| done.index) {
+                    self.put_child(req, job, index).await?;
+                }
+                continue;
+            };
+            let digest = child.digest.to_string();
+            let present = job
+                .dst
+                .head_manifest(job.dst_repo, &digest)
+                .await
+                .map_err(target_error(
+                    job.dst.host(),
+                    format!("HEAD target {}@{digest}", req.target.name()),
+                ))?;
+            if present.is_some() {
+                continue;
             }
-        } else {
-            self.copy_blobs(job, &parsed).await?;
+            let manifest = self.get_manifest(job, &digest, &req.source).await?;
+            let parsed = parse_manifest(&manifest, &req.source)?;
+            match parsed.kind {
+                Kind::Index => {
+                    admit(budget, &parsed, level + open.len(), &req.source, &manifest.digest)?;
+                    open.push(Open {
+                        index: Some(manifest),
+                        entries: parsed.manifests.into_iter(),
+                    });
+                }
+                Kind::Image => {
+                    self.copy_blobs(job, &parsed).await?;
+                    self.put_child(req, job, manifest).await?;
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Writes a manifest below the tag, by its digest.
+    async fn put_child(&self, req: &CopyRequest, job: &Job<'_>, manifest: Manifest) -> Result<(), CopyError> {
+        let digest = manifest.digest.to_string();
         job.dst
             .put_manifest(job.dst_repo, &digest, manifest.bytes, &manifest.media_type)
             .await
-            .map_err(registry_error(format!("PUT manifest {}@{digest}", req.target.name())))?;
+            .map_err(target_error(
+                job.dst.host(),
+                format!("PUT manifest {}@{digest}", req.target.name()),
+            ))?;
         Ok(())
     }
 
@@ -686,7 +859,7 @@ impl Copier {
             .dst
             .blob_size(job.dst_repo, &blob.digest)
             .await
-            .map_err(registry_error(format!("HEAD blob {shown}")))?;
+            .map_err(target_error(job.dst.host(), format!("HEAD blob {shown}")))?;
         if present.is_some() {
             job.counters.skipped.fetch_add(1, Ordering::Relaxed);
             self.remember(&key, job.dst_repo);
@@ -715,19 +888,26 @@ impl Copier {
                 (readers.clone(), src_repo.clone(), digest.clone(), progress.clone());
             async move {
                 let download = read(&readers, |r| r.get_blob(&src_repo, &digest).boxed(), |_| true).await?;
-                verify::verified(download.stream, &digest, size, progress)
+                Ok(verify::verified(download.stream, &digest, size, progress))
             }
             .boxed()
         };
         job.dst
             .push_blob(job.dst_repo, &blob.digest, blob.size, &open)
             .await
-            .map_err(registry_error(format!(
-                "copy blob {}/{}@{} to {shown}",
-                job.src.host(),
-                job.src_repo,
-                blob.digest
-            )))?;
+            .map_err(|e| {
+                let host = match e.side {
+                    Side::Source => job.src.host(),
+                    Side::Target => job.dst.host(),
+                };
+                let action = format!(
+                    "copy blob {}/{}@{} to {shown}",
+                    job.src.host(),
+                    job.src_repo,
+                    blob.digest
+                );
+                registry_error(e.side, host, action)(e.error)
+            })?;
         job.counters.transferred.fetch_add(1, Ordering::Relaxed);
         self.remember(&key, job.dst_repo);
         Ok(())
@@ -778,6 +958,11 @@ async fn read<'r, T>(
     op(upstream).await
 }
 
+/// The source registry itself, the last of `readers` (mirrors come first).
+fn upstream(readers: &[Registry]) -> &Registry {
+    readers.last().expect("the source registry is always a reader")
+}
+
 /// The digest `source` pins, or the one a HEAD of its tag reports (free on Docker Hub).
 async fn source_digest(source: &ImageRef, readers: &[Registry]) -> Result<Digest, CopyError> {
     if let Some(d) = source.digest() {
@@ -790,7 +975,7 @@ async fn source_digest(source: &ImageRef, readers: &[Registry]) -> Result<Digest
         Option::is_some,
     )
     .await
-    .map_err(registry_error(format!("HEAD source {source}")))?;
+    .map_err(source_error(upstream(readers).host(), format!("HEAD source {source}")))?;
     head.map(|h| h.digest)
         .ok_or_else(|| CopyError::SourceNotFound(source.to_string()))
 }
@@ -804,9 +989,29 @@ async fn read_small_blob(registry: &Registry, repo: &str, blob: &Descriptor) -> 
         )));
     }
     let download = registry.get_blob(repo, &blob.digest).await?;
-    let stream = verify::verified(download.stream, &blob.digest, blob.size, Arc::default())?;
+    let stream = verify::verified(download.stream, &blob.digest, blob.size, Arc::default());
     let chunks: Vec<Bytes> = stream.try_collect().await?;
     Ok(chunks.concat().into())
+}
+
+/// Admits the entries of `parsed`, when it is an index at `level` of the source image, to `budget`;
+/// the error names the index (`shown@digest`) and the limit.
+fn admit(
+    budget: &mut Budget,
+    parsed: &Parsed,
+    level: usize,
+    shown: &ImageRef,
+    digest: &Digest,
+) -> Result<(), CopyError> {
+    if parsed.kind != Kind::Index {
+        return Ok(());
+    }
+    budget
+        .admit(parsed.manifests.len(), level)
+        .map_err(|source| CopyError::Manifest {
+            reference: format!("{}@{digest}", shown.name()),
+            source,
+        })
 }
 
 fn parse_manifest(manifest: &Manifest, shown: &ImageRef) -> Result<Parsed, CopyError> {

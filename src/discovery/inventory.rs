@@ -7,7 +7,8 @@ use crate::plan::Kind;
 use crate::platform::Platform;
 
 use super::extract::{ContainerImage, Owner, OwnerKind};
-use crate::registry::{Credential, DockerAuths};
+use crate::copy::PullSecret;
+use crate::registry::DockerAuths;
 
 /// What copycat watches: the workload kinds, plus ReplicaSets (to resolve a Pod's Deployment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,6 +23,25 @@ pub enum Watched {
     Secret,
     /// ServiceAccounts, for the pull secrets they give their Pods (`useImagePullSecrets`).
     ServiceAccount,
+}
+
+/// One watch: a kind, in every namespace or in one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Feed {
+    /// What is watched.
+    pub watched: Watched,
+    /// The one namespace watched; `None`: every namespace (and cluster-scoped kinds).
+    pub namespace: Option<String>,
+}
+
+impl From<Watched> for Feed {
+    /// `watched` in every namespace.
+    fn from(watched: Watched) -> Feed {
+        Feed {
+            watched,
+            namespace: None,
+        }
+    }
 }
 
 /// The pull secrets an object (or a ServiceAccount) names.
@@ -63,17 +83,19 @@ pub struct Seen {
     pub pull: PullRefs,
     /// Registry credentials of a pull secret (`None` for other objects and unusable secrets).
     pub auths: Option<DockerAuths>,
+    /// `metadata.creationTimestamp`, in Unix seconds.
+    pub created: Option<i64>,
 }
 
 /// A watch event, reduced to what the inventory needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
-    /// A relist of `Watched` starts.
-    Init(Watched),
+    /// A relist of a feed starts.
+    Init(Feed),
     /// An object seen during a relist.
-    InitApply(Watched, Seen),
-    /// The relist is complete: objects not seen in it are gone.
-    InitDone(Watched),
+    InitApply(Feed, Seen),
+    /// The relist is complete: objects of the feed not seen in it are gone.
+    InitDone(Feed),
     /// An object was added or changed.
     Apply(Watched, Seen),
     /// An object was deleted.
@@ -91,6 +113,8 @@ pub struct Entry {
     pub node: Option<String>,
     /// Pull secrets its Pod spec names.
     pub pull: PullRefs,
+    /// When it was created (Unix seconds): which of two sources naming one target was used first.
+    pub created: Option<i64>,
 }
 
 /// The current image uses of every watched object.
@@ -105,9 +129,9 @@ pub struct Inventory {
     secrets: HashMap<(String, String), DockerAuths>,
     /// (namespace, ServiceAccount) → its `imagePullSecrets`.
     service_accounts: HashMap<(String, String), Vec<String>>,
-    /// Objects seen by an ongoing relist, per watched kind.
-    relisting: HashMap<Watched, HashSet<(String, String)>>,
-    synced: HashSet<Watched>,
+    /// Objects seen by an ongoing relist, per feed.
+    relisting: HashMap<Feed, HashSet<(String, String)>>,
+    synced: HashSet<Feed>,
 }
 
 impl Inventory {
@@ -119,21 +143,26 @@ impl Inventory {
     /// Applies one update; returns whether any image use changed (a reason to plan again).
     pub fn apply(&mut self, update: Update) -> bool {
         match update {
-            Update::Init(w) => {
-                self.relisting.insert(w, HashSet::new());
+            Update::Init(feed) => {
+                self.relisting.insert(feed, HashSet::new());
                 false
             }
-            Update::InitApply(w, seen) => {
+            Update::InitApply(feed, seen) => {
+                let w = feed.watched;
                 self.relisting
-                    .entry(w)
+                    .entry(feed)
                     .or_default()
                     .insert((seen.namespace.clone(), seen.name.clone()));
                 self.upsert(w, seen)
             }
-            Update::InitDone(w) => {
-                let seen = self.relisting.remove(&w).unwrap_or_default();
-                self.synced.insert(w);
-                self.retain(w, |ns, name| seen.contains(&(ns.to_owned(), name.to_owned())))
+            Update::InitDone(feed) => {
+                let seen = self.relisting.remove(&feed).unwrap_or_default();
+                let (w, only) = (feed.watched, feed.namespace.clone());
+                self.synced.insert(feed);
+                // A namespace's relist says nothing about the other namespaces.
+                self.retain(w, |ns, name| {
+                    only.as_deref().is_some_and(|only| only != ns) || seen.contains(&(ns.to_owned(), name.to_owned()))
+                })
             }
             Update::Apply(w, seen) => self.upsert(w, seen),
             Update::Delete(w, seen) => self.remove(w, &seen.namespace, &seen.name),
@@ -169,6 +198,7 @@ impl Inventory {
                     owner: seen.owner,
                     node: seen.node,
                     pull: seen.pull,
+                    created: seen.created,
                 };
                 if self.objects.get(&key) == Some(&entry) {
                     return false;
@@ -223,33 +253,37 @@ impl Inventory {
     }
 
     /// Credentials for source registry `host` from the pull secrets an object in `namespace` names,
-    /// then from those of its ServiceAccount, in order, without duplicates. Secrets that do not
-    /// exist (yet) or hold nothing for `host` are passed over, as the kubelet does.
-    pub fn pull_credentials(&self, namespace: &str, pull: &PullRefs, host: &str) -> Vec<Credential> {
+    /// then from those of its ServiceAccount, in order, without duplicates, each with the Secret it
+    /// comes from. Secrets that do not exist (yet) or hold nothing for `host` are passed over, as the
+    /// kubelet does.
+    pub fn pull_credentials(&self, namespace: &str, pull: &PullRefs, host: &str) -> Vec<PullSecret> {
         let account = pull.service_account.as_deref().unwrap_or("default");
         let from_account = self
             .service_accounts
             .get(&(namespace.to_owned(), account.to_owned()))
             .into_iter()
             .flatten();
-        let mut out: Vec<Credential> = Vec::new();
+        let mut out: Vec<PullSecret> = Vec::new();
         for name in pull.secrets.iter().chain(from_account) {
             let found = self
                 .secrets
                 .get(&(namespace.to_owned(), name.clone()))
                 .and_then(|auths| auths.get(host));
             if let Some(c) = found
-                && !out.contains(c)
+                && !out.iter().any(|s| s.credential == *c)
             {
-                out.push(c.clone());
+                out.push(PullSecret {
+                    name: format!("{namespace}/{name}"),
+                    credential: c.clone(),
+                });
             }
         }
         out
     }
 
-    /// Whether the first list of `w` has completed.
-    pub fn is_synced(&self, w: Watched) -> bool {
-        self.synced.contains(&w)
+    /// Whether the first list of `feed` has completed.
+    pub fn is_synced(&self, feed: &Feed) -> bool {
+        self.synced.contains(feed)
     }
 
     /// The platform of the Node an object runs on, when known.
@@ -414,11 +448,11 @@ mod tests {
             Watched::ServiceAccount,
             account("a", "builder", &["other"]),
         ));
-        let user = |creds: Vec<Credential>| -> Vec<String> {
+        let user = |creds: Vec<PullSecret>| -> Vec<String> {
             creds
                 .into_iter()
-                .map(|c| match c {
-                    Credential::Basic { username, .. } => username,
+                .map(|c| match c.credential {
+                    crate::registry::Credential::Basic { username, .. } => format!("{username} from {}", c.name),
                     other => format!("{other:?}"),
                 })
                 .collect()
@@ -428,11 +462,16 @@ mod tests {
             service_account: sa.map(str::to_owned),
         };
         let cases: [(&str, PullRefs, &str, &[&str]); 6] = [
-            ("a", refs(&["one"], None), "r.io", &["u1", "u2"]),
-            ("a", refs(&[], None), "r.io", &["u2", "u1"]),
-            ("a", refs(&["missing", "one"], Some("builder")), "r.io", &["u1"]),
-            ("a", refs(&[], Some("builder")), "q.io", &["u3"]),
-            ("b", refs(&["one", "two"], None), "r.io", &["u4"]),
+            ("a", refs(&["one"], None), "r.io", &["u1 from a/one", "u2 from a/two"]),
+            ("a", refs(&[], None), "r.io", &["u2 from a/two", "u1 from a/one"]),
+            (
+                "a",
+                refs(&["missing", "one"], Some("builder")),
+                "r.io",
+                &["u1 from a/one"],
+            ),
+            ("a", refs(&[], Some("builder")), "q.io", &["u3 from a/other"]),
+            ("b", refs(&["one", "two"], None), "r.io", &["u4 from b/one"]),
             ("a", refs(&["one"], None), "elsewhere.io", &[]),
         ];
         for (ns, pull, host, want) in cases {
@@ -451,23 +490,49 @@ mod tests {
     #[test]
     fn events_and_relists() {
         let mut inv = Inventory::new();
-        assert!(!inv.apply(Update::Init(DEPLOY)));
-        assert!(inv.apply(Update::InitApply(DEPLOY, seen("a", "web", &["nginx:1"], None))));
-        assert!(inv.apply(Update::InitApply(DEPLOY, seen("a", "api", &["api:1"], None))));
-        assert!(!inv.apply(Update::InitDone(DEPLOY)));
-        assert!(inv.is_synced(DEPLOY) && !inv.is_synced(POD));
+        assert!(!inv.apply(Update::Init(DEPLOY.into())));
+        assert!(inv.apply(Update::InitApply(DEPLOY.into(), seen("a", "web", &["nginx:1"], None))));
+        assert!(inv.apply(Update::InitApply(DEPLOY.into(), seen("a", "api", &["api:1"], None))));
+        assert!(!inv.apply(Update::InitDone(DEPLOY.into())));
+        assert!(inv.is_synced(&DEPLOY.into()) && !inv.is_synced(&POD.into()));
         assert!(
             !inv.apply(Update::Apply(DEPLOY, seen("a", "web", &["nginx:1"], None))),
             "no change, no replan"
         );
         assert!(inv.apply(Update::Apply(DEPLOY, seen("a", "web", &["nginx:2"], None))));
         // A relist after a 410 that no longer has `api`: it is gone.
-        inv.apply(Update::Init(DEPLOY));
-        inv.apply(Update::InitApply(DEPLOY, seen("a", "web", &["nginx:2"], None)));
-        assert!(inv.apply(Update::InitDone(DEPLOY)));
+        inv.apply(Update::Init(DEPLOY.into()));
+        inv.apply(Update::InitApply(DEPLOY.into(), seen("a", "web", &["nginx:2"], None)));
+        assert!(inv.apply(Update::InitDone(DEPLOY.into())));
         assert_eq!(names(&inv), vec!["Deployment/a/web"]);
         assert!(inv.apply(Update::Delete(DEPLOY, seen("a", "web", &[], None))));
         assert!(names(&inv).is_empty());
+    }
+
+    #[test]
+    fn a_namespace_feed_relists_only_its_namespace() {
+        let feed = |ns: &str| Feed {
+            watched: DEPLOY,
+            namespace: Some(ns.into()),
+        };
+        let mut inv = Inventory::new();
+        for ns in ["a", "b"] {
+            inv.apply(Update::Init(feed(ns)));
+            inv.apply(Update::InitApply(feed(ns), seen(ns, "web", &["nginx:1"], None)));
+            inv.apply(Update::InitApply(feed(ns), seen(ns, "api", &["api:1"], None)));
+        }
+        inv.apply(Update::InitDone(feed("a")));
+        assert!(inv.is_synced(&feed("a")) && !inv.is_synced(&feed("b")));
+        assert!(!inv.is_synced(&DEPLOY.into()), "the cluster-wide feed is another feed");
+        inv.apply(Update::InitDone(feed("b")));
+        // A relist of `a` after a 410 no longer has `a/api`; `b` keeps both.
+        inv.apply(Update::Init(feed("a")));
+        inv.apply(Update::InitApply(feed("a"), seen("a", "web", &["nginx:1"], None)));
+        assert!(inv.apply(Update::InitDone(feed("a"))));
+        assert_eq!(
+            names(&inv),
+            vec!["Deployment/a/web", "Deployment/b/api", "Deployment/b/web"]
+        );
     }
 
     #[test]
@@ -489,8 +554,8 @@ mod tests {
             inv.platform_of(entry).map(ToString::to_string).as_deref(),
             Some("linux/arm64")
         );
-        inv.apply(Update::Init(Watched::Node));
-        inv.apply(Update::InitDone(Watched::Node));
+        inv.apply(Update::Init(Watched::Node.into()));
+        inv.apply(Update::InitDone(Watched::Node.into()));
         let (_, entry) = inv.objects().next().unwrap();
         assert_eq!(inv.platform_of(entry), None, "a relist without the node forgets it");
     }

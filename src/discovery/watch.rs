@@ -8,6 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Secret, ServiceAccount};
+use kube::core::NamespaceScope;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -16,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::decode::Decoded;
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
-use super::inventory::{PullRefs, Seen, Update, Watched};
+use super::inventory::{Feed, PullRefs, Seen, Update, Watched};
 use crate::metrics::Metrics;
 use crate::plan::Kind;
 use crate::registry::{DockerAuths, parse_docker_config_json};
@@ -173,6 +174,7 @@ fn default_seen<K: WatchedObject>(o: &K) -> Seen {
         platform: None,
         pull: o.pod_spec().map(pull_refs).unwrap_or_default(),
         auths: None,
+        created: o.meta().creation_timestamp.as_ref().map(|t| t.0.as_second()),
     }
 }
 
@@ -242,49 +244,105 @@ pub fn watched_for(kinds: &[Kind], node_platforms: bool, pull_secrets: bool) -> 
     out
 }
 
-/// Starts a cluster-wide watcher for each of `watched`, sending updates to the returned channel and
-/// counting the events in `metrics`. Watch errors (connection loss, 410 Gone) are retried with
-/// backoff; a 410 leads to a relist, whose `InitDone` lets the inventory drop objects deleted
-/// meanwhile.
-pub fn start(client: Client, watched: &[Watched], metrics: Arc<Metrics>) -> (Watchers, mpsc::Receiver<Update>) {
+/// The watches for `watched`: one per kind in every namespace, or, when `namespaces` lists them, one
+/// per kind and namespace, so that a Role in each namespace is all the RBAC needed (Nodes, which
+/// belong to no namespace, are always watched cluster-wide).
+pub fn feeds(watched: &[Watched], namespaces: Option<&[String]>) -> Vec<Feed> {
+    let mut out = Vec::new();
+    for &w in watched {
+        match namespaces {
+            Some(namespaces) if w != Watched::Node => out.extend(namespaces.iter().map(|ns| Feed {
+                watched: w,
+                namespace: Some(ns.clone()),
+            })),
+            _ => out.push(w.into()),
+        }
+    }
+    out
+}
+
+/// Starts a watcher for each of `feeds`, sending updates to the returned channel and counting the
+/// events in `metrics`. Watch errors (connection loss, 410 Gone) are retried with backoff; a 410
+/// leads to a relist, whose `InitDone` lets the inventory drop objects deleted meanwhile.
+pub fn start(client: Client, feeds: &[Feed], metrics: Arc<Metrics>) -> (Watchers, mpsc::Receiver<Update>) {
     let (tx, rx) = mpsc::channel(1024);
-    let tasks = watched
+    let tasks = feeds
         .iter()
-        .map(|w| {
-            let (client, tx, metrics) = (client.clone(), tx.clone(), metrics.clone());
-            match w {
-                Watched::Workload(Kind::Deployment) => spawn::<Deployment>(client, tx, metrics),
-                Watched::Workload(Kind::StatefulSet) => spawn::<StatefulSet>(client, tx, metrics),
-                Watched::Workload(Kind::DaemonSet) => spawn::<DaemonSet>(client, tx, metrics),
-                Watched::Workload(Kind::Job) => spawn::<Job>(client, tx, metrics),
-                Watched::Workload(Kind::CronJob) => spawn::<CronJob>(client, tx, metrics),
-                Watched::Workload(Kind::Pod) => spawn::<Pod>(client, tx, metrics),
-                Watched::ReplicaSet => spawn::<ReplicaSet>(client, tx, metrics),
-                Watched::Node => spawn::<Node>(client, tx, metrics),
-                Watched::Secret => spawn::<Secret>(client, tx, metrics),
-                Watched::ServiceAccount => spawn::<ServiceAccount>(client, tx, metrics),
+        .map(|feed| {
+            let (c, ns, tx, metrics) = (client.clone(), feed.namespace.as_deref(), tx.clone(), metrics.clone());
+            let feed = feed.clone();
+            match feed.watched {
+                Watched::Workload(Kind::Deployment) => spawn::<Deployment>(scoped(c, ns), feed, tx, metrics),
+                Watched::Workload(Kind::StatefulSet) => spawn::<StatefulSet>(scoped(c, ns), feed, tx, metrics),
+                Watched::Workload(Kind::DaemonSet) => spawn::<DaemonSet>(scoped(c, ns), feed, tx, metrics),
+                Watched::Workload(Kind::Job) => spawn::<Job>(scoped(c, ns), feed, tx, metrics),
+                Watched::Workload(Kind::CronJob) => spawn::<CronJob>(scoped(c, ns), feed, tx, metrics),
+                Watched::Workload(Kind::Pod) => spawn::<Pod>(scoped(c, ns), feed, tx, metrics),
+                Watched::ReplicaSet => spawn::<ReplicaSet>(scoped(c, ns), feed, tx, metrics),
+                Watched::Node => spawn::<Node>(Api::all(c), feed, tx, metrics),
+                Watched::Secret => spawn::<Secret>(scoped(c, ns), feed, tx, metrics),
+                Watched::ServiceAccount => spawn::<ServiceAccount>(scoped(c, ns), feed, tx, metrics),
             }
         })
         .collect();
     (Watchers { tasks }, rx)
 }
 
-fn spawn<K: WatchedObject>(client: Client, tx: mpsc::Sender<Update>, metrics: Arc<Metrics>) -> JoinHandle<()> {
+/// A namespaced kind in `namespace`, or in every namespace.
+fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<Decoded<K>>
+where
+    K: WatchedObject,
+    K::Scope: NamespaceScope,
+{
+    let all = Api::all(client);
+    match namespace {
+        Some(ns) => all.constrain(ns),
+        None => all,
+    }
+}
+
+/// The verb and the API server's message when `error` is a 403: RBAC refused the list or the watch
+/// (the message names user, verb and resource). It will not heal by itself, unlike the other errors.
+fn forbidden(error: &watcher::Error) -> Option<(&'static str, &str)> {
+    let (verb, status) = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) => ("list", status),
+        watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => ("watch", status),
+        watcher::Error::WatchError(status) => ("watch", status),
+        _ => return None,
+    };
+    (status.code == 403).then_some((verb, status.message.as_str()))
+}
+
+fn spawn<K: WatchedObject>(
+    api: Api<Decoded<K>>,
+    feed: Feed,
+    tx: mpsc::Sender<Update>,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let kind = K::kind(&());
-        let mut events = watcher(Api::<Decoded<K>>::all(client), watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
         let reduce = |o: Decoded<K>| seen(o, &metrics);
         while let Some(event) = events.next().await {
             let (update, counted) = match event {
-                Ok(watcher::Event::Init) => (Update::Init(K::WATCHED), Some("restarted")),
-                Ok(watcher::Event::InitApply(o)) => (Update::InitApply(K::WATCHED, reduce(o)), Some("applied")),
-                Ok(watcher::Event::InitDone) => (Update::InitDone(K::WATCHED), None),
+                Ok(watcher::Event::Init) => (Update::Init(feed.clone()), Some("restarted")),
+                Ok(watcher::Event::InitApply(o)) => (Update::InitApply(feed.clone(), reduce(o)), Some("applied")),
+                Ok(watcher::Event::InitDone) => (Update::InitDone(feed.clone()), None),
                 Ok(watcher::Event::Apply(o)) => (Update::Apply(K::WATCHED, reduce(o)), Some("applied")),
                 Ok(watcher::Event::Delete(o)) => (Update::Delete(K::WATCHED, reduce(o)), Some("deleted")),
                 Err(e) => {
-                    tracing::warn!(%kind, error = %e, "watch failed; retrying");
+                    let namespace = feed.namespace.as_deref().unwrap_or("*");
+                    match forbidden(&e) {
+                        Some((verb, refusal)) => tracing::error!(
+                            %kind, namespace, verb, error = refusal,
+                            "the API server forbids copycat's ServiceAccount to {verb} this kind{}: grant it in a \
+                             {} (manifests/k8s.yaml); retrying",
+                            feed.namespace.as_deref().map_or(" cluster-wide".to_string(), |ns| format!(" in namespace {ns}")),
+                            if feed.namespace.is_some() { "Role or ClusterRole" } else { "ClusterRole" }
+                        ),
+                        None => tracing::warn!(%kind, namespace, error = %e, "watch failed; retrying"),
+                    }
                     continue;
                 }
             };
@@ -296,4 +354,49 @@ fn spawn<K: WatchedObject>(client: Client, tx: mpsc::Sender<Update>, metrics: Ar
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+    use kube::runtime::watcher::Error;
+
+    use super::forbidden;
+
+    fn status(code: u16, message: &str) -> Box<Status> {
+        Box::new(Status {
+            code,
+            ..Status::failure(message, "Forbidden")
+        })
+    }
+
+    #[test]
+    fn only_403s_are_reported_as_forbidden_with_their_verb() {
+        let refusal =
+            "pods is forbidden: User \"system:serviceaccount:k8s-copycat:k8s-copycat\" cannot list resource \"pods\"";
+        let cases = [
+            (
+                Error::InitialListFailed(kube::Error::Api(status(403, refusal))),
+                Some(("list", refusal)),
+            ),
+            (
+                Error::WatchStartFailed(kube::Error::Api(status(403, refusal))),
+                Some(("watch", refusal)),
+            ),
+            (
+                Error::WatchFailed(kube::Error::Api(status(403, refusal))),
+                Some(("watch", refusal)),
+            ),
+            (Error::WatchError(status(403, refusal)), Some(("watch", refusal))),
+            (Error::WatchError(status(410, "too old resource version")), None),
+            (
+                Error::InitialListFailed(kube::Error::Api(status(500, "etcd down"))),
+                None,
+            ),
+            (Error::NoResourceVersion, None),
+        ];
+        for (error, want) in cases {
+            assert_eq!(forbidden(&error), want, "{error}");
+        }
+    }
 }

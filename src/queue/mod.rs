@@ -1049,6 +1049,7 @@ impl Entry {
             started: self.last.started,
             finished: self.last.finished,
             excluded_by: None,
+            kept_source: None,
         }
     }
 }

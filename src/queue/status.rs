@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
-use crate::plan::{ExcludedImage, Workload};
+use crate::plan::{ExcludedImage, TargetConflict, Workload};
 use crate::reference::Digest;
 
 /// Where a target stands.
@@ -29,11 +29,13 @@ pub enum TaskState {
     DryRun,
     /// Not mirrored: the source is under an `excludeRegistries` entry or on the target registry.
     Excluded,
+    /// Not mirrored: another source names the same target and keeps it (it was used first).
+    Conflict,
 }
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 8] = [
         TaskState::Queued,
         TaskState::Running,
         TaskState::Mirrored,
@@ -41,9 +43,10 @@ impl TaskState {
         TaskState::Cooldown,
         TaskState::DryRun,
         TaskState::Excluded,
+        TaskState::Conflict,
     ];
 
-    /// `queued`, `running`, `mirrored`, `failed`, `cooldown`, `dry-run` or `excluded`.
+    /// `queued`, `running`, `mirrored`, `failed`, `cooldown`, `dry-run`, `excluded` or `conflict`.
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Queued => "queued",
@@ -53,6 +56,7 @@ impl TaskState {
             TaskState::Cooldown => "cooldown",
             TaskState::DryRun => "dry-run",
             TaskState::Excluded => "excluded",
+            TaskState::Conflict => "conflict",
         }
     }
 }
@@ -98,6 +102,9 @@ pub struct TaskStatus {
     /// For an excluded image: the `excludeRegistries` entry, or the target registry, it falls under.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub excluded_by: Option<String>,
+    /// For an image in conflict: the source that keeps its target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_source: Option<String>,
 }
 
 impl TaskStatus {
@@ -115,25 +122,51 @@ impl TaskStatus {
             started: None,
             finished: None,
             excluded_by: Some(image.rule.clone()),
+            kept_source: None,
+        }
+    }
+
+    /// The status of an image whose target another source keeps: never `mirrored`, since the
+    /// target holds the other source's content.
+    pub fn conflict(conflict: &TargetConflict) -> TaskStatus {
+        TaskStatus {
+            target: conflict.target.clone(),
+            key: String::new(),
+            source: conflict.source.clone(),
+            state: TaskState::Conflict,
+            digest: None,
+            last_error: Some(format!(
+                "not mirrored: {} is also the target of {}, which keeps it (used first); give each registry its own targets with $registry in the repository prefix",
+                conflict.target, conflict.kept
+            )),
+            next_retry: None,
+            users: conflict.users.clone(),
+            started: None,
+            finished: None,
+            excluded_by: None,
+            kept_source: Some(conflict.kept.clone()),
         }
     }
 }
 
-/// The images the latest plan leaves out, as `/status` shows them: set by the plan loop, read by
-/// the endpoints. Cloning is cheap and every clone is the same list.
+/// The images the latest plan leaves out, as `/status` shows them: those excluded, and those in
+/// conflict over a target with another source. Set by the plan loop, read by the endpoints. Cloning
+/// is cheap and every clone is the same list.
 #[derive(Clone, Default)]
-pub struct ExcludedImages(Arc<Mutex<Vec<ExcludedImage>>>);
+pub struct ExcludedImages(Arc<Mutex<(Vec<ExcludedImage>, Vec<TargetConflict>)>>);
 
 impl ExcludedImages {
-    /// Replaces the list with `images` (statuses are made only when read, not on every plan).
-    pub fn set(&self, images: Vec<ExcludedImage>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = images;
+    /// Replaces the lists (statuses are made only when read, not on every plan).
+    pub fn set(&self, images: Vec<ExcludedImage>, conflicts: Vec<TargetConflict>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (images, conflicts);
     }
 
-    /// The statuses of the current list.
+    /// The statuses of the current lists: excluded images, then conflicts.
     pub fn get(&self) -> Vec<TaskStatus> {
-        let images = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        images.iter().map(TaskStatus::excluded).collect()
+        let lists = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (images, conflicts) = &*lists;
+        let excluded = images.iter().map(TaskStatus::excluded);
+        excluded.chain(conflicts.iter().map(TaskStatus::conflict)).collect()
     }
 }
 
@@ -244,6 +277,7 @@ mod tests {
             started: None,
             finished: None,
             excluded_by: None,
+            kept_source: None,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["state"], "dry-run");
@@ -262,5 +296,19 @@ mod tests {
         assert_eq!(json["state"], "excluded");
         assert_eq!(json["target"], serde_json::Value::Null);
         assert_eq!(json["excludedBy"], "quay.io");
+
+        let conflict = TaskStatus::conflict(&TargetConflict {
+            target: "r.io/team/app:1".into(),
+            source: "b.example/team/app:1".into(),
+            kept: "a.example/team/app:1".into(),
+            users: vec![],
+        });
+        let json = serde_json::to_value(&conflict).unwrap();
+        assert_eq!(json["state"], "conflict");
+        assert_eq!(json["target"], "r.io/team/app:1");
+        assert_eq!(json["source"], "b.example/team/app:1");
+        assert_eq!(json["keptSource"], "a.example/team/app:1");
+        assert!(json["lastError"].as_str().unwrap().contains("$registry"), "{json}");
+        assert!(json.get("excludedBy").is_none());
     }
 }

@@ -3,11 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::copy::CopyRequest;
+use crate::copy::{CopyRequest, PullSecret};
 use crate::naming::TargetNaming;
 use crate::plan::Workload;
 use crate::platform::Platform;
-use crate::registry::Credential;
 
 /// Users kept per task (the most recent ones): enough to find who runs an image, bounded however many
 /// Pods share it.
@@ -25,7 +24,7 @@ pub struct MirrorTask {
     pub users: Vec<Workload>,
     /// Credentials for the source registry from the users' pull secrets, tried in order before the
     /// configured ones (`useImagePullSecrets`).
-    pub source_credentials: Vec<Credential>,
+    pub source_credentials: Vec<PullSecret>,
     /// When `$arch` comes from the image itself: how to name the target once it is known. The
     /// `request`'s target (its `$arch` segment dropped) is then only the task's identity.
     pub arch_naming: Option<Arc<TargetNaming>>,
@@ -55,10 +54,11 @@ impl MirrorTask {
         self
     }
 
-    /// Adds source credentials to try after those the task has (no duplicates).
-    pub fn add_source_credentials(&mut self, credentials: impl IntoIterator<Item = Credential>) {
+    /// Adds source credentials to try after those the task has (the same credentials from another
+    /// Secret are not tried twice).
+    pub fn add_source_credentials(&mut self, credentials: impl IntoIterator<Item = PullSecret>) {
         for c in credentials {
-            if !self.source_credentials.contains(&c) {
+            if !self.source_credentials.iter().any(|s| s.credential == c.credential) {
                 self.source_credentials.push(c);
             }
         }

@@ -161,13 +161,13 @@ pub fn docker_config_candidates(env: &dyn Fn(&str) -> Option<String>) -> Vec<Pat
 /// exists. Errors name the file, never its contents.
 pub fn load_docker_config(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<(PathBuf, DockerAuths)>, String> {
     for path in docker_config_candidates(env) {
-        match std::fs::read(&path) {
+        match crate::files::read_limited(&path, crate::files::MAX_CONFIG_FILE_SIZE) {
             Ok(bytes) => {
                 let auths = parse_docker_config_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 return Ok(Some((path, auths)));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot read Docker config {}: {e}", path.display())),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(format!("Docker config {}: {e}", path.display())),
         }
     }
     Ok(None)

@@ -110,6 +110,45 @@ pub enum RegistryError {
     Invalid(String),
 }
 
+/// Which end of a transfer failed: the source read from, or the registry written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Reading the source (a registry, or one of its read mirrors).
+    Source,
+    /// Checking or writing the target.
+    Target,
+}
+
+/// A failed blob upload ([`Registry::push_blob`]): the error and the side it happened on. A source
+/// that stalls or breaks off while its bytes are streamed into the upload is the source's failure,
+/// not the target's.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct UploadError {
+    /// Which side failed.
+    pub side: Side,
+    /// What failed.
+    pub error: RegistryError,
+}
+
+impl UploadError {
+    /// A failure reading the source.
+    pub fn at_source(error: RegistryError) -> UploadError {
+        UploadError {
+            side: Side::Source,
+            error,
+        }
+    }
+
+    /// A failure checking or writing the target.
+    pub fn at_target(error: RegistryError) -> UploadError {
+        UploadError {
+            side: Side::Target,
+            error,
+        }
+    }
+}
+
 impl RegistryError {
     /// Whether retrying the same request may succeed: connection errors, 408, 429, 5xx.
     pub fn is_retryable(&self) -> bool {

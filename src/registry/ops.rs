@@ -1,7 +1,7 @@
 //! The distribution API operations on top of `transport`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -11,8 +11,10 @@ use sha2::Digest as _;
 
 use super::auth::Access;
 use super::proto;
-use super::transport::{Payload, Req, status_error, transport};
-use super::{BlobDownload, BlobSource, ByteStream, Manifest, ManifestHead, MountOutcome, Registry, RegistryError};
+use super::transport::{BodyWatch, Payload, Req, status_error, streamed_body, transport};
+use super::{
+    BlobDownload, BlobSource, ByteStream, Manifest, ManifestHead, MountOutcome, Registry, RegistryError, UploadError,
+};
 use crate::reference::Digest;
 
 /// Smallest PATCH chunk: ECR refuses parts under 5 MiB, and fewer round trips are faster anyway.
@@ -85,6 +87,43 @@ fn check_reference(reference: &str) -> Result<(), RegistryError> {
         return Err(path_error("manifest reference", format!("{reference:?}")));
     }
     Ok(())
+}
+
+/// A failed upload attempt, and whether the request that failed was already retried by the
+/// transport (then the upload is not tried again).
+struct Failed {
+    error: UploadError,
+    retried: bool,
+}
+
+impl Failed {
+    fn source(error: RegistryError) -> Failed {
+        Failed {
+            error: UploadError::at_source(error),
+            retried: false,
+        }
+    }
+
+    fn target(error: RegistryError) -> Failed {
+        Failed {
+            error: UploadError::at_target(error),
+            retried: false,
+        }
+    }
+
+    fn retried_source(error: RegistryError) -> Failed {
+        Failed {
+            retried: true,
+            ..Failed::source(error)
+        }
+    }
+
+    fn retried_target(error: RegistryError) -> Failed {
+        Failed {
+            retried: true,
+            ..Failed::target(error)
+        }
+    }
 }
 
 /// Outcome of one monolithic PUT.
@@ -303,54 +342,52 @@ impl Registry {
     }
 
     /// Uploads a blob of known `size` from `source`: one streaming monolithic PUT; chunked PATCHes only
-    /// when the registry refuses that. Retries reopen `source`.
+    /// when the registry refuses that. A failed transfer (the streamed PUT or PATCH, or the source's
+    /// body cut or stalled) is tried again from a fresh `source`, `retry_attempts` times in all.
+    /// Requests the transport already retried (opening the upload session, the source's GET) are
+    /// not retried once more: retries are counted once per request. The error says which side failed.
     pub async fn push_blob(
         &self,
         repo: &str,
         digest: &Digest,
         size: u64,
         source: BlobSource<'_>,
-    ) -> Result<(), RegistryError> {
-        check_repo(repo)?;
+    ) -> Result<(), UploadError> {
+        check_repo(repo).map_err(UploadError::at_target)?;
         let attempts = self.parent.inner.options.retry_attempts.max(1);
         let mut failures = 0;
         let mut reauthenticated = false;
         loop {
-            let err = match self.upload_once(repo, digest, size, source).await {
+            let failed = match self.upload_once(repo, digest, size, source).await {
                 Ok(()) => return Ok(()),
-                Err(e) => e,
+                Err(failed) => failed,
             };
             // A 401 on the streamed PUT (token expired mid-way): the transport already dropped the
             // token; one extra attempt, not counted, picks up a fresh one.
-            if matches!(err, RegistryError::Status { status: 401, .. }) && !reauthenticated {
+            if matches!(failed.error.error, RegistryError::Status { status: 401, .. }) && !reauthenticated {
                 reauthenticated = true;
                 continue;
             }
             failures += 1;
-            if !err.is_retryable() || failures >= attempts {
+            let err = failed.error;
+            if failed.retried || !err.error.is_retryable() || failures >= attempts {
                 return Err(err);
             }
             let delay = super::retry::retry_delay(
                 self.parent.inner.options.retry_backoff,
                 failures,
-                err.retry_after(),
+                err.error.retry_after(),
                 super::retry::random_u64(),
             );
-            tracing::debug!(registry = %self.host, %digest, error = %err, ?delay, "retrying blob upload");
+            tracing::debug!(registry = %self.host, %digest, side = ?err.side, error = %err, ?delay, "retrying blob upload");
             tokio::time::sleep(delay).await;
         }
     }
 
     /// One upload: monolithic unless the registry is known to refuse it, chunked when it refuses.
-    async fn upload_once(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        size: u64,
-        source: BlobSource<'_>,
-    ) -> Result<(), RegistryError> {
+    async fn upload_once(&self, repo: &str, digest: &Digest, size: u64, source: BlobSource<'_>) -> Result<(), Failed> {
         if !self.state.monolithic_refused.load(Ordering::Relaxed) {
-            let (session, _) = self.open_upload(repo).await?;
+            let (session, _) = self.open_upload(repo).await.map_err(Failed::retried_target)?;
             match self.put_monolithic(repo, &session, digest, size, source).await {
                 Ok(Put::Done) => return Ok(()),
                 Ok(Put::Refused(status)) => {
@@ -364,7 +401,7 @@ impl Registry {
                 }
             }
         }
-        let (mut session, min) = self.open_upload(repo).await?;
+        let (mut session, min) = self.open_upload(repo).await.map_err(Failed::retried_target)?;
         let chunk = min.unwrap_or(0).max(MIN_CHUNK);
         match self.put_chunked(repo, &mut session, digest, size, chunk, source).await {
             Ok(()) => Ok(()),
@@ -375,29 +412,14 @@ impl Registry {
         }
     }
 
-    /// A stream body that counts uploaded bytes and keeps the source's own error (a
-    /// `DigestMismatch` must not turn into a retryable transport error).
-    fn counted_body(
-        &self,
-        stream: ByteStream,
-        progress: Arc<AtomicU64>,
-    ) -> (reqwest::Body, Arc<Mutex<Option<RegistryError>>>) {
-        let failure: Arc<Mutex<Option<RegistryError>>> = Arc::default();
-        let slot = failure.clone();
-        let stats = self.parent.inner.stats.clone();
-        let body = stream.map(move |r| match r {
-            Ok(b) => {
-                stats.bytes_uploaded.fetch_add(b.len() as u64, Ordering::Relaxed);
-                progress.fetch_add(b.len() as u64 + 1, Ordering::Relaxed);
-                Ok(b)
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                Err(std::io::Error::other(msg))
-            }
-        });
-        (reqwest::Body::wrap_stream(body), failure)
+    /// Sends a streamed upload request; a failure of the stream's source wins over the request's own
+    /// (which is only its consequence).
+    async fn send_stream(&self, req: Req<'_>, watch: &BodyWatch) -> Result<Response, Failed> {
+        let result = self.send(req).await;
+        if let Some(e) = watch.take_source_failure() {
+            return Err(Failed::source(e));
+        }
+        result.map_err(Failed::target)
     }
 
     async fn put_monolithic(
@@ -407,23 +429,19 @@ impl Registry {
         digest: &Digest,
         size: u64,
         source: BlobSource<'_>,
-    ) -> Result<Put, RegistryError> {
-        let stream = source().await?;
-        let progress = Arc::new(AtomicU64::new(0));
-        let (body, failure) = self.counted_body(stream, progress.clone());
+    ) -> Result<Put, Failed> {
+        let stream = source().await.map_err(Failed::retried_source)?;
+        let watch = Arc::new(BodyWatch::default());
+        let body = streamed_body(stream, watch.clone(), self.parent.inner.stats.clone());
         let url = proto::with_query(session, "digest", &digest.to_string());
         let req = Req::new(Method::PUT, url.clone(), Access::Push(repo))
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, &size.to_string())
-            .body(Payload::Stream(Some(body), progress));
-        let result = self.send(req).await;
-        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e);
-        }
-        let resp = result?;
+            .body(Payload::Stream(Some(body), watch.clone()));
+        let resp = self.send_stream(req, &watch).await?;
         match resp.status().as_u16() {
             200..=299 => {
-                self.check_committed(&resp, digest, &url)?;
+                self.check_committed(&resp, digest, &url).map_err(Failed::target)?;
                 Ok(Put::Done)
             }
             s @ (400 | 404 | 405 | 413 | 416) => {
@@ -433,15 +451,15 @@ impl Registry {
                 {
                     // The registry took the bytes and they did not hash to the digest: not a refusal
                     // of monolithic uploads, and resending the same source would not help.
-                    return Err(RegistryError::DigestMismatch {
+                    return Err(Failed::target(RegistryError::DigestMismatch {
                         digest: digest.to_string(),
                         detail: format!("{} refused the uploaded bytes: {detail}", self.host),
-                    });
+                    }));
                 }
                 tracing::debug!(registry = %self.host, error = %err, "monolithic upload refused");
                 Ok(Put::Refused(s))
             }
-            _ => Err(status_error("PUT", &url, resp).await),
+            _ => Err(Failed::target(status_error("PUT", &url, resp).await)),
         }
     }
 
@@ -463,15 +481,15 @@ impl Registry {
         size: u64,
         chunk: u64,
         source: BlobSource<'_>,
-    ) -> Result<(), RegistryError> {
-        let mut stream = source().await?;
+    ) -> Result<(), Failed> {
+        let mut stream = source().await.map_err(Failed::retried_source)?;
         let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
         let mut buf = BytesMut::new();
         let mut offset = 0u64;
         let mut done = false;
         while !done {
             match stream.next().await {
-                Some(item) => buf.extend_from_slice(&item?),
+                Some(item) => buf.extend_from_slice(&item.map_err(Failed::source)?),
                 None => done = true,
             }
             while buf.len() >= chunk || (done && !buf.is_empty()) {
@@ -482,46 +500,50 @@ impl Registry {
             }
         }
         if offset != size {
-            return Err(RegistryError::DigestMismatch {
+            return Err(Failed::source(RegistryError::DigestMismatch {
                 digest: digest.to_string(),
                 detail: format!("the source produced {offset} bytes, expected {size}"),
-            });
+            }));
         }
         let url = proto::with_query(session, "digest", &digest.to_string());
         let mut req = Req::new(Method::PUT, url.clone(), Access::Push(repo));
         req.retry = false;
-        let resp = self.send(req).await?;
+        let resp = self.send(req).await.map_err(Failed::target)?;
         if !resp.status().is_success() {
-            return Err(status_error("PUT", &url, resp).await);
+            return Err(Failed::target(status_error("PUT", &url, resp).await));
         }
-        self.check_committed(&resp, digest, &url)
+        self.check_committed(&resp, digest, &url).map_err(Failed::target)
     }
 
-    async fn patch(&self, repo: &str, session: &mut Url, offset: u64, data: Bytes) -> Result<(), RegistryError> {
+    async fn patch(&self, repo: &str, session: &mut Url, offset: u64, data: Bytes) -> Result<(), Failed> {
         let len = data.len() as u64;
-        let progress = Arc::new(AtomicU64::new(0));
         let pieces: Vec<Result<Bytes, RegistryError>> = (0..data.len())
             .step_by(PIECE)
             .map(|i| Ok(data.slice(i..(i + PIECE).min(data.len()))))
             .collect();
-        let (body, failure) = self.counted_body(futures::stream::iter(pieces).boxed(), progress.clone());
+        let watch = Arc::new(BodyWatch::default());
+        let body = streamed_body(
+            futures::stream::iter(pieces).boxed(),
+            watch.clone(),
+            self.parent.inner.stats.clone(),
+        );
         let req = Req::new(Method::PATCH, session.clone(), Access::Push(repo))
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, &len.to_string())
             .header(header::CONTENT_RANGE, &format!("{offset}-{}", offset + len - 1))
-            .body(Payload::Stream(Some(body), progress));
-        let result = self.send(req).await;
-        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e);
-        }
-        let resp = result?;
+            .body(Payload::Stream(Some(body), watch.clone()));
+        let resp = self.send_stream(req, &watch).await?;
         // 202 per the spec; ECR answers 201.
         if !resp.status().is_success() {
-            return Err(status_error("PATCH", session, resp).await);
+            return Err(Failed::target(status_error("PATCH", session, resp).await));
         }
         if let Some(location) = header_str(resp.headers(), header::LOCATION.as_str()) {
-            *session = proto::resolve_location(session, location)
-                .map_err(|e| RegistryError::Invalid(format!("PATCH {}: {e}", proto::display_url(session))))?;
+            *session = proto::resolve_location(session, location).map_err(|e| {
+                Failed::target(RegistryError::Invalid(format!(
+                    "PATCH {}: {e}",
+                    proto::display_url(session)
+                )))
+            })?;
         }
         Ok(())
     }

@@ -691,11 +691,99 @@ async fn push_blob_source_digest_mismatch_is_not_retried() {
     };
     let d = digest_of("sha256", b"abcdef").unwrap();
     let err = c.push_blob("a", &d, 6, &source).await.unwrap_err();
-    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    assert!(matches!(err.error, RegistryError::DigestMismatch { .. }), "{err}");
+    assert_eq!(err.side, Side::Source);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(u.done.lock().unwrap().is_empty());
     // The session was cancelled.
     assert!(u.sessions.lock().unwrap().is_empty());
+}
+
+/// What opening a blob source gives.
+type Opening = fn() -> Result<ByteStream, RegistryError>;
+
+/// A blob source whose every opening gives what `open` makes; counts the openings.
+fn scripted_source(
+    calls: Arc<AtomicUsize>,
+    open: Opening,
+) -> impl Fn() -> BoxFuture<'static, Result<ByteStream, RegistryError>> {
+    move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move { open() })
+    }
+}
+
+fn reset() -> RegistryError {
+    RegistryError::Transport {
+        context: "GET http://source/v2/a/blobs/x".into(),
+        source: "connection reset".into(),
+    }
+}
+
+#[tokio::test]
+async fn push_blob_counts_retries_once_per_request() {
+    let u = Arc::new(Uploads {
+        monolithic: true,
+        ..Default::default()
+    });
+    let f = fake(upload_handler(u.clone())).await;
+    let c = client(&f);
+    let d = digest_of("sha256", b"abcdef").unwrap();
+    // (what each opening of the source gives, openings expected, why)
+    let cases: [(Opening, usize, &str); 2] = [
+        (
+            || Err(reset()),
+            1,
+            "opening the source is a GET the transport already retried",
+        ),
+        (
+            || Ok(futures::stream::iter([Ok(Bytes::from_static(b"abc")), Err(reset())]).boxed()),
+            3,
+            "a body cut mid-way fails the transfer, which is tried registryRetryAttempts times",
+        ),
+    ];
+    for (open, expected, why) in cases {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let err = c
+            .push_blob("a", &d, 6, &scripted_source(calls.clone(), open))
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), expected, "{why}");
+        assert_eq!(err.side, Side::Source, "{why}: {err}");
+        assert!(err.error.is_retryable(), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_source_that_stalls_while_its_bytes_stream_into_the_upload_is_blamed() {
+    let u = Arc::new(Uploads {
+        monolithic: true,
+        ..Default::default()
+    });
+    let f = fake(upload_handler(u.clone())).await;
+    let o = ClientOptions {
+        request_timeout: Some(Duration::from_millis(300)),
+        ..options()
+    };
+    let c = registries(o, Credentials::new()).get(&f.host);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stalling = scripted_source(calls.clone(), || {
+        // Some bytes, then nothing ever again.
+        let first = futures::stream::iter([Ok(Bytes::from_static(b"abc"))]);
+        Ok(first.chain(futures::stream::pending()).boxed())
+    });
+    let d = digest_of("sha256", b"abcdef").unwrap();
+    let started = Instant::now();
+    let err = c.push_blob("a", &d, 6, &stalling).await.unwrap_err();
+    assert_eq!(err.side, Side::Source, "{err}");
+    assert!(err.to_string().contains("the source sent nothing for 300ms"), "{err}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "each transfer attempt reopens the source"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(u.done.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -709,7 +797,8 @@ async fn push_blob_wrong_bytes_is_a_digest_mismatch_not_a_fallback() {
     let claimed = digest_of("sha256", b"right bytes").unwrap();
     let source = source_of(Bytes::from_static(b"wrong bytes"), Arc::default());
     let err = c.push_blob("a", &claimed, 11, &source).await.unwrap_err();
-    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    assert!(matches!(err.error, RegistryError::DigestMismatch { .. }), "{err}");
+    assert_eq!(err.side, Side::Target, "the target refused the bytes");
     assert_eq!(f.count("PATCH", "/"), 0, "no chunked fallback");
     assert_eq!(f.count("PUT", "/"), 1, "not retried");
     // Monolithic uploads stay in use for the host.

@@ -83,7 +83,7 @@ pub(crate) fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, Reg
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let bad = |what: String| RegistryError::Invalid(format!("CA file {}: {what}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let pem = crate::files::read_limited(path, crate::files::MAX_CONFIG_FILE_SIZE).map_err(|e| bad(e.to_string()))?;
     let mut store = rustls::RootCertStore::empty();
     let mut certs = Vec::new();
     for (i, der) in CertificateDer::pem_slice_iter(&pem).enumerate() {
@@ -233,9 +233,72 @@ pub(crate) enum Payload {
     Empty,
     /// Bytes that can be resent.
     Bytes(Bytes),
-    /// A stream sent once; the request is never resent by the transport. The stream adds the bytes
-    /// it yields to the counter, which the idle timeout watches.
-    Stream(Option<reqwest::Body>, Arc<AtomicU64>),
+    /// A stream sent once ([`streamed_body`]); the request is never resent by the transport. The
+    /// idle timeout watches its progress.
+    Stream(Option<reqwest::Body>, Arc<BodyWatch>),
+}
+
+/// A streamed request body as the transport sees it while sending: the bytes the connection took,
+/// whether the body waits for its source (then a stall is the source's, not the receiving
+/// registry's), and the source's failure, kept as it is (a `DigestMismatch` must not become a
+/// retryable transport error of the upload).
+#[derive(Default)]
+pub(crate) struct BodyWatch {
+    progress: AtomicU64,
+    awaiting_source: AtomicBool,
+    source_failure: Mutex<Option<RegistryError>>,
+}
+
+impl BodyWatch {
+    /// The source's failure, if the body ended because of one.
+    pub(crate) fn take_source_failure(&self) -> Option<RegistryError> {
+        lock(&self.source_failure).take()
+    }
+
+    /// Records the source's failure unless one is recorded already.
+    fn fail_source(&self, error: RegistryError) {
+        lock(&self.source_failure).get_or_insert(error);
+    }
+}
+
+/// A request body streaming `source`, watched by `watch`; the bytes sent are added to `stats`.
+pub(crate) fn streamed_body(source: super::ByteStream, watch: Arc<BodyWatch>, stats: Arc<Stats>) -> reqwest::Body {
+    reqwest::Body::wrap_stream(WatchedBody { source, watch, stats })
+}
+
+struct WatchedBody {
+    source: super::ByteStream,
+    watch: Arc<BodyWatch>,
+    stats: Arc<Stats>,
+}
+
+impl futures::Stream for WatchedBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let polled = self.source.poll_next_unpin(cx);
+        self.watch.awaiting_source.store(polled.is_pending(), Ordering::Relaxed);
+        match polled {
+            Poll::Ready(Some(Ok(bytes))) => {
+                let n = bytes.len() as u64;
+                self.stats.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
+                // +1: an empty chunk is progress too.
+                self.watch.progress.fetch_add(n + 1, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let message = e.to_string();
+                self.watch.fail_source(e);
+                Poll::Ready(Some(Err(std::io::Error::other(message))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// One registry request.
@@ -517,31 +580,31 @@ impl Registry {
         client: &reqwest::Client,
         request: reqwest::Request,
         url: &Url,
-        progress: Option<&AtomicU64>,
+        watch: Option<&BodyWatch>,
     ) -> Result<Response, RegistryError> {
         let method = method_name(request.method());
         let context = || format!("{method} {}", proto::display_url(url));
         self.count(method);
         let _permit = self.state.semaphore.acquire().await.expect("semaphore never closed");
         let fut = client.execute(request);
-        let result = match (self.options().request_timeout, progress) {
-            (None, _) => fut.await,
+        match (self.options().request_timeout, watch) {
+            (None, _) => fut.await.map_err(|e| transport(context(), e)),
             (Some(t), None) => match tokio::time::timeout(t, fut).await {
-                Ok(r) => r,
-                Err(_) => return Err(timed_out(context(), t)),
+                Ok(r) => r.map_err(|e| transport(context(), e)),
+                Err(_) => Err(timed_out(context(), t)),
             },
-            (Some(t), Some(progress)) => {
-                // Streamed upload: the timeout is an idle timeout. `progress` counts body bytes taken
+            (Some(t), Some(watch)) => {
+                // Streamed upload: the timeout is an idle timeout. The watch counts body bytes taken
                 // by the connection; no change for a whole period `t` (and no response) is a stall.
                 tokio::pin!(fut);
-                let mut last = progress.load(Ordering::Relaxed);
-                loop {
+                let mut last = watch.progress.load(Ordering::Relaxed);
+                let result = loop {
                     tokio::select! {
-                        r = &mut fut => break r,
+                        r = &mut fut => break r.map_err(|e| transport(context(), e)),
                         _ = tokio::time::sleep(t) => {
-                            let now = progress.load(Ordering::Relaxed);
+                            let now = watch.progress.load(Ordering::Relaxed);
                             if now == last {
-                                return Err(RegistryError::Transport {
+                                break Err(RegistryError::Transport {
                                     context: context(),
                                     source: Box::new(Cause(format!("upload stalled: no progress for {t:?}"))),
                                 });
@@ -549,10 +612,19 @@ impl Registry {
                             last = now;
                         }
                     }
+                };
+                // Whatever ended the request (the idle check, or the client's own read timeout while
+                // waiting for an answer), a body waiting for its source at that moment failed because
+                // of the source, not of the registry receiving it.
+                if result.is_err() && watch.awaiting_source.load(Ordering::Relaxed) {
+                    watch.fail_source(RegistryError::Transport {
+                        context: "reading the source".into(),
+                        source: Box::new(Cause(format!("the source sent nothing for {t:?}"))),
+                    });
                 }
+                result
             }
-        };
-        result.map_err(|e| transport(context(), e))
+        }
     }
 
     /// Whether `url` is on the registry's own host and port (only those get `Authorization`).
@@ -809,13 +881,13 @@ impl Registry {
         if let Some(v) = auth.and_then(AuthHeader::header_value) {
             rb = rb.header(header::AUTHORIZATION, v);
         }
-        let mut progress = None;
+        let mut watch = None;
         rb = match &mut req.body {
             Payload::Empty if matches!(req.method, Method::PUT | Method::POST | Method::PATCH) => rb.body(Bytes::new()),
             Payload::Empty => rb,
             Payload::Bytes(b) => rb.body(b.clone()),
-            Payload::Stream(body, p) => {
-                progress = Some(p.clone());
+            Payload::Stream(body, w) => {
+                watch = Some(w.clone());
                 let body = body.take().ok_or_else(|| {
                     RegistryError::Invalid(format!("{} {}: stream body already sent", req.method, req.url))
                 })?;
@@ -830,7 +902,7 @@ impl Registry {
                 chain(&e)
             ))
         })?;
-        self.execute(&base.client, request, &req.url, progress.as_deref()).await
+        self.execute(&base.client, request, &req.url, watch.as_deref()).await
     }
 
     /// The `Authorization` for a request needing `scopes`, from the known challenge and credentials:

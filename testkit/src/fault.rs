@@ -109,6 +109,14 @@ pub enum FaultKind {
         /// How long to wait.
         duration: Duration,
     },
+    /// Forward, send the response head and the first `bytes` of the body, then send nothing more
+    /// for `duration` before going on: a registry that answers, then stalls mid-body.
+    StallBodyAfter {
+        /// Body bytes sent before the stall.
+        bytes: u64,
+        /// How long nothing is sent.
+        duration: Duration,
+    },
     /// Forward, flipping every bit of the body byte at `offset` (nothing changes if the body
     /// is shorter). Headers, `Docker-Content-Digest` included, are untouched.
     CorruptBody {
@@ -169,6 +177,11 @@ impl Fault {
     /// [`FaultKind::Stall`].
     pub fn stall(duration: Duration) -> Fault {
         Fault::new(FaultKind::Stall { duration })
+    }
+
+    /// [`FaultKind::StallBodyAfter`].
+    pub fn stall_body_after(bytes: u64, duration: Duration) -> Fault {
+        Fault::new(FaultKind::StallBodyAfter { bytes, duration })
     }
 
     /// [`FaultKind::CorruptBody`].
@@ -459,6 +472,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             forward(&shared, req, &path, Tamper::None).await
         }
         Some(FaultKind::DropResponseAfter { bytes }) => forward(&shared, req, &path, Tamper::CutAfter(bytes)).await,
+        Some(FaultKind::StallBodyAfter { bytes, duration }) => {
+            forward(&shared, req, &path, Tamper::StallAfter(bytes, duration)).await
+        }
         Some(FaultKind::CorruptBody { offset }) => forward(&shared, req, &path, Tamper::Flip(offset)).await,
     };
     shared.answered(index, response.status());
@@ -485,6 +501,7 @@ async fn drain(mut body: Incoming, limit: u64) {
 enum Tamper {
     None,
     CutAfter(u64),
+    StallAfter(u64, Duration),
     Flip(u64),
 }
 
@@ -550,6 +567,7 @@ async fn forward(shared: &Shared, req: Request<Incoming>, path: &str, tamper: Ta
     let body: ProxyBody = match tamper {
         Tamper::None => stream_body(stream),
         Tamper::CutAfter(limit) => stream_body(cut_after(stream, limit)),
+        Tamper::StallAfter(limit, duration) => stream_body(stall_after(stream, limit, duration)),
         Tamper::Flip(offset) => stream_body(flip_at(stream, offset)),
     };
     let mut response = Response::new(body);
@@ -583,6 +601,46 @@ fn cut_after(
                 // More body is there: let hyper flush what it has, then cut.
                 tokio::time::sleep(FLUSH_GRACE).await;
                 Some((Err(Box::new(Cut("response cut")) as BoxError), None))
+            }
+        }
+    })
+}
+
+/// The first `limit` bytes of `inner`, a pause of `duration`, then the rest.
+fn stall_after(
+    inner: impl Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
+    limit: u64,
+    duration: Duration,
+) -> impl Stream<Item = Result<Bytes, BoxError>> + Send + 'static {
+    /// Bytes sent so far and the part of a chunk held back over the pause (`None` once paused).
+    struct Before {
+        sent: u64,
+        held: Bytes,
+    }
+    let inner = Box::pin(inner);
+    let start = Some(Before {
+        sent: 0,
+        held: Bytes::new(),
+    });
+    futures::stream::unfold((inner, start), move |(mut inner, before)| async move {
+        let Some(Before { sent, held }) = before else {
+            let next = inner.next().await?;
+            return Some((next, (inner, None)));
+        };
+        if sent >= limit {
+            tokio::time::sleep(duration).await;
+            return Some((Ok(held), (inner, None)));
+        }
+        match inner.next().await {
+            None => None,
+            Some(Err(e)) => Some((Err(e), (inner, None))),
+            Some(Ok(chunk)) => {
+                let keep = (limit - sent).min(chunk.len() as u64) as usize;
+                let before = Before {
+                    sent: sent + keep as u64,
+                    held: chunk.slice(keep..),
+                };
+                Some((Ok(chunk.slice(..keep)), (inner, Some(before))))
             }
         }
     })

@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 mod certs;
+pub mod cluster;
 pub mod fault;
 pub mod image;
 pub mod layer;
@@ -13,6 +14,7 @@ pub mod moto;
 pub mod push;
 pub mod registry;
 pub mod skopeo;
+pub mod static_registry;
 pub mod token;
 pub mod tools;
 pub mod util;
@@ -25,6 +27,7 @@ pub use push::{
 };
 pub use registry::{AccessLogEntry, Registry, RegistryMode};
 pub use skopeo::{skopeo_copy, skopeo_digest, skopeo_inspect_raw};
+pub use static_registry::StaticRegistry;
 pub use token::TokenRequest;
 pub use tools::require_tool;
 pub use util::sha256_digest;

@@ -28,6 +28,20 @@ fn is_executable(p: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
+/// `rel` (e.g. `cluster/copycat-cluster`) in the Cargo target dir: `CARGO_TARGET_DIR`, else the one
+/// holding the running test binary, else the workspace's `target/`; `None` when none has it.
+pub fn in_target_dir(rel: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.extend(exe.ancestors().skip(1).take(4).map(std::path::Path::to_path_buf));
+    }
+    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    dirs.into_iter().map(|dir| dir.join(rel)).find(|p| p.exists())
+}
+
 /// The Debian `docker-registry` binary (CNCF distribution 2.8).
 pub(crate) fn docker_registry() -> anyhow::Result<PathBuf> {
     // The package installs to /usr/bin, which is not always on PATH for test runners.

@@ -115,6 +115,72 @@ pub(crate) fn percent_encode(s: &str) -> String {
     out
 }
 
+/// An axum app served on its own thread and tokio runtime, so it outlives any test runtime;
+/// dropping it stops the listener, aborts every open connection and joins the thread.
+pub(crate) struct ServerThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Serves `app` on `listener` (blocking or not) on a thread called `name-<port>`; `name` also
+    /// prefixes what it reports on stderr.
+    pub(crate) fn spawn(
+        name: &str,
+        listener: std::net::TcpListener,
+        app: axum::Router,
+    ) -> anyhow::Result<ServerThread> {
+        use anyhow::Context as _;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let label = name.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-{port}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("{label} runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("{label} listener: {e}");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        r = axum::serve(listener, app) => {
+                            if let Err(e) = r { eprintln!("{label}: {e}"); }
+                        }
+                        _ = stop_rx => {}
+                    }
+                });
+                // Dropping the runtime aborts every open connection, watches included.
+            })
+            .with_context(|| format!("spawning the {name} thread"))?;
+        Ok(ServerThread {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,3 +79,99 @@ fn every_problem_is_listed_and_secrets_stay_hidden() {
         "{stdout}"
     );
 }
+
+/// `copycat ARGS` with an empty environment: exit code and stderr, or a failure if it takes more
+/// than 10 s (a FIFO used to hang the start, `/dev/zero` to fill the memory).
+fn copycat_quickly(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_copycat"))
+        .args(args)
+        .env_clear()
+        .env("TARGET_KIND", "docker")
+        .env("TARGET_REGISTRY", "r.example.com")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run copycat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("copycat {args:?} still running after 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn a_fifo_a_device_or_a_huge_file_as_config_stops_the_start_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, format!("dryRun: true\n{}\n", "#".repeat(2 * 1024 * 1024))).unwrap();
+    let cases = [
+        (fifo.to_str().unwrap(), "not a regular file but a FIFO"),
+        ("/dev/zero", "not a regular file but a character device"),
+        (huge.to_str().unwrap(), "larger than the limit of 1048576 bytes"),
+    ];
+    for (path, why) in cases {
+        for command in ["check-config", "run"] {
+            let (code, stderr) = copycat_quickly(&[command, "--config", path]);
+            assert_eq!(code, Some(2), "{command} {path}: {stderr}");
+            assert!(
+                stderr.contains(path) && stderr.contains(why),
+                "{command} {path}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn secrets_in_malformed_configs_are_never_printed() {
+    let cases = [
+        // A password given as a list, a token as a mapping.
+        "targetKind: docker\ndocker: {registry: r.example.com}\nregistryCredentials:\n  - registry: ghcr.io\n    password: [\"hunter2-Zq\"]\n  - registry: quay.io\n    token: {t: hunter2-Zq}\n",
+        // Syntax errors right after a secret, in a block scalar and in an unclosed quote.
+        "targetKind: docker\nregistryCredentials:\n  - registry: ghcr.io\n    password: hunter2-Zq\n\tusername: x\n",
+        "registryCredentials:\n  - registry: ghcr.io\n    password: |\n      hunter2-Zq\n    username: [x\n",
+        "registryCredentials:\n  - registry: ghcr.io\n    token: \"hunter2-Zq\n  - registry: [\n",
+    ];
+    for yaml in cases {
+        let file = write(yaml);
+        let out = check_config(file.path().to_str().unwrap(), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{yaml}\n{stderr}");
+        assert!(!stderr.contains("hunter2-Zq"), "secret printed for {yaml:?}:\n{stderr}");
+        assert!(
+            stderr.contains("registryCredentials") || stderr.contains(" | "),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn overlong_string_settings_are_refused() {
+    let file = write("targetKind: docker\ndocker: {registry: r.example.com}\n");
+    let prefix = "p".repeat(100 * 1024);
+    let out = check_config(file.path().to_str().unwrap(), &[("TARGET_REPO_PREFIX", &prefix)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("TARGET_REPO_PREFIX (env)") && stderr.contains("more than the 4096"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.len() < 1000,
+        "the value is not echoed whole: {} bytes",
+        stderr.len()
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
+use testkit::{Image, Registry, RegistryMode, StaticRegistry, manifest_digest, skopeo_digest};
 
 use crate::support::start;
 
@@ -94,6 +94,24 @@ async fn copy_errors_and_exit_codes() {
         &[],
     );
     assert_eq!(bad_platform.status.code(), Some(2));
+}
+
+#[test]
+fn copy_refuses_a_3000_level_index_chain_with_an_error_not_an_abort() {
+    let hostile = StaticRegistry::start().unwrap();
+    hostile.put_index_chain("chain", "v1", 3_000);
+    let dst = start(RegistryMode::Plain);
+    let out = copycat(
+        &[
+            "copy",
+            &format!("{}/chain:v1", hostile.host()),
+            &format!("{}/chain", dst.host()),
+        ],
+        &[],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "a failed image, not a crash: {all}");
+    assert!(all.contains("indexes nested deeper than 4 levels"), "{all}");
 }
 
 fn images_file(dir: &tempfile::TempDir, dst: &Registry, sources: &[String]) -> String {

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome};
+use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome, PullSecret};
 use copycat::platform::Platform;
 use copycat::reference::ImageRef;
 use copycat::registry::credentials::Credentials;
 use copycat::registry::{Credential, HostSettings, Registries, RegistryError};
 use copycat::secret::Secret;
-use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
+use testkit::{Image, Registry, RegistryMode, StaticRegistry, manifest_digest, skopeo_digest};
 
 use crate::support::{self, start};
 
@@ -573,37 +573,6 @@ async fn reads_prefer_mirrors_and_fall_back_to_the_registry() {
     );
 }
 
-/// A registry that serves one hand-made manifest per repository, for content no real registry here
-/// will store: schema 1, and manifests over the size guard.
-async fn fake_registry(manifests: Vec<(&'static str, &'static str, Vec<u8>)>) -> (String, tokio::task::JoinHandle<()>) {
-    use axum::http::{HeaderMap, StatusCode, header};
-    use axum::routing::get;
-    let manifests = Arc::new(manifests);
-    let app = axum::Router::new().route("/v2/", get(|| async { "{}" })).route(
-        "/v2/{repo}/manifests/{reference}",
-        get(
-            move |axum::extract::Path((repo, _reference)): axum::extract::Path<(String, String)>| {
-                let manifests = manifests.clone();
-                async move {
-                    let Some((_, media_type, body)) = manifests.iter().find(|(r, _, _)| *r == repo) else {
-                        return (StatusCode::NOT_FOUND, HeaderMap::new(), Vec::new());
-                    };
-                    let mut headers = HeaderMap::new();
-                    headers.insert(header::CONTENT_TYPE, media_type.parse().unwrap());
-                    headers.insert("docker-content-digest", testkit::sha256_digest(body).parse().unwrap());
-                    (StatusCode::OK, headers, body.clone())
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    (
-        host,
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
-    )
-}
-
 #[tokio::test]
 async fn hostile_and_obsolete_manifests_are_refused() {
     let schema1 =
@@ -612,20 +581,23 @@ async fn hostile_and_obsolete_manifests_are_refused() {
         br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":""#.to_vec();
     huge.extend(std::iter::repeat_n(b'a', 5 << 20));
     huge.extend(br#""}}"#);
-    let (host, server) = fake_registry(vec![
+    let hostile = StaticRegistry::start().unwrap();
+    for (repo, media_type, bytes) in [
         (
             "old",
             "application/vnd.docker.distribution.manifest.v1+prettyjws",
             schema1,
         ),
         ("huge", "application/vnd.oci.image.manifest.v1+json", huge),
-    ])
-    .await;
+    ] {
+        let digest = hostile.put_manifest(repo, media_type, bytes);
+        hostile.tag(repo, "v1", &digest);
+    }
     let dst = start(RegistryMode::Plain);
     let copier = copier(&[&dst]);
     for (repo, want) in [("old", "schema 1"), ("huge", "4194304")] {
         let req = CopyRequest {
-            source: ImageRef::parse(&format!("{host}/{repo}:v1")).unwrap(),
+            source: ImageRef::parse(&format!("{}/{repo}:v1", hostile.host())).unwrap(),
             target: ImageRef::parse(&format!("{}/{repo}", dst.host())).unwrap(),
             target_tag: Some("v1".into()),
         };
@@ -633,7 +605,57 @@ async fn hostile_and_obsolete_manifests_are_refused() {
         assert!(err.to_string().contains(want), "{repo}: {err}");
         assert_eq!(manifest_digest(&dst, repo, "v1").await.unwrap(), None);
     }
-    server.abort();
+}
+
+#[tokio::test]
+async fn index_nesting_and_width_are_bounded_and_walked_without_recursion() {
+    let hostile = StaticRegistry::start().unwrap();
+    // Correct digests all the way: only the shape is hostile.
+    let nested = hostile.put_index_chain("nested", "v1", 3);
+    let deepest = hostile.put_index_chain("deepest", "v1", 4);
+    hostile.put_index_chain("too-deep", "v1", 5);
+    hostile.put_index_chain("deep", "v1", 500);
+    hostile.put_wide_index("wide", "v1", 20_000);
+    let dst = start(RegistryMode::Plain);
+    let copier = copier(&[&dst]);
+    let copy = |repo: &'static str| {
+        let req = CopyRequest {
+            source: ImageRef::parse(&format!("{}/{repo}:v1", hostile.host())).unwrap(),
+            target: ImageRef::parse(&format!("{}/{repo}", dst.host())).unwrap(),
+            target_tag: Some("v1".into()),
+        };
+        let copier = copier.clone();
+        async move { copier.copy(&req, &CopyOptions::default()).await }
+    };
+    // An index of indexes, and the deepest allowed (index → index → index → image): copied whole.
+    for (repo, digest) in [("nested", nested), ("deepest", deepest)] {
+        let report = copy(repo).await.unwrap_or_else(|e| panic!("{repo}: {e}"));
+        assert_eq!(report.outcome, Outcome::Copied, "{repo}");
+        assert_eq!(manifest_digest(&dst, repo, "v1").await.unwrap(), Some(digest));
+    }
+    for (repo, want) in [
+        ("too-deep", "indexes nested deeper than 4 levels"),
+        ("deep", "indexes nested deeper than 4 levels"),
+        (
+            "wide",
+            "index lists 20000 manifests, more than the limit of 1000 per index",
+        ),
+    ] {
+        let err = copy(repo).await.unwrap_err();
+        assert!(matches!(err, CopyError::Manifest { .. }), "{repo}: {err:?}");
+        assert!(err.to_string().contains(want), "{repo}: {err}");
+        assert!(!err.is_transient(), "{repo}: refused for good");
+        assert_eq!(manifest_digest(&dst, repo, "v1").await.unwrap(), None, "{repo}: no tag");
+    }
+    let gets = |repo: &str| {
+        hostile
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with(&format!("GET /v2/{repo}/manifests/")))
+            .count()
+    };
+    assert_eq!(gets("deep"), 4, "the chain is read down to the limit, no further");
+    assert_eq!(gets("wide"), 1, "no entry of the wide index is read");
 }
 
 #[tokio::test]
@@ -648,12 +670,15 @@ async fn source_credentials_are_tried_in_order_and_their_tokens_kept_apart() {
         // The copier has no credentials for the source: only the Pod's pull secrets.
         let (_, hosts) = support::access(&[&src]);
         let copier = copier_with(Credentials::new(), hosts);
-        let basic = |u: &str, p: &str| Credential::Basic {
-            username: u.into(),
-            password: Secret::new(p),
+        let secret = |name: &str, password: &str| PullSecret {
+            name: format!("team/{name}"),
+            credential: Credential::Basic {
+                username: "puller".into(),
+                password: Secret::new(password),
+            },
         };
         let opts = CopyOptions {
-            source_credentials: vec![basic("puller", "wrong-pw"), basic("puller", "right-pw")],
+            source_credentials: vec![secret("stale", "wrong-pw"), secret("regcred", "right-pw")],
             ..CopyOptions::default()
         };
         let req = request(&src, "private/app:1", &dst, "mirror/app", Some("1"));
@@ -664,5 +689,22 @@ async fn source_credentials_are_tried_in_order_and_their_tokens_kept_apart() {
         let again = request(&src, "private/app:1", &dst, "mirror/app", Some("2"));
         let err = copier.copy(&again, &CopyOptions::default()).await.unwrap_err();
         assert!(err.to_string().contains("source"), "{err}");
+        // Only refused secrets: the error says they were refused, not that nothing is configured.
+        let refused = CopyOptions {
+            source_credentials: vec![secret("stale", "wrong-pw"), secret("older", "older-pw")],
+            ..CopyOptions::default()
+        };
+        let err = copier.copy(&again, &refused).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, CopyError::PullSecretRefused { ref secrets, .. } if secrets == &["team/stale", "team/older"]),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("the source refused pull secret team/stale, team/older: ") && text.contains(&src.host()),
+            "{text}"
+        );
+        assert!(!text.contains("no credentials are configured"), "{text}");
+        assert!(!text.contains("wrong-pw") && !text.contains("older-pw"), "{text}");
     }
 }

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use testkit::apiserver::ApiServer;
-use testkit::{Image, Registry, RegistryMode, manifest_digest};
+use testkit::{Image, Registry, RegistryMode, StaticRegistry, manifest_digest};
 
 use crate::drills::{assert_identical, wait_for};
-use crate::server::{Daemon, deployment};
+use crate::server::{Daemon, deployment, sample};
 use crate::support::{copycat_requests, eventually, free_address, http, start};
 
 /// How long a black-box test waits for the daemon to do something.
@@ -288,9 +288,26 @@ async fn a_failed_image_puts_one_warning_event_on_its_workload_per_cooldown() {
     assert_eq!(log.matches("mirror failed").count(), 2, "{log}");
 }
 
+/// A `kubernetes.io/dockerconfigjson` Secret `team/NAME` holding `puller:PASSWORD` for `registry`.
+fn pull_secret(registry: &Registry, name: &str, password: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let auth = b64(&format!("puller:{password}"));
+    let config = b64(&json!({"auths": {registry.host(): {"auth": auth}}}).to_string());
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "team"},
+           "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": config}})
+}
+
+/// The Deployment `team/NAME` running `registry/IMAGE`, its Pod spec extended by `extra`.
+fn private_deployment(registry: &Registry, name: &str, image: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({"containers": [{"name": "c", "image": format!("{}/{image}", registry.host())}]});
+    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "team"},
+           "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}})
+}
+
 #[tokio::test]
 async fn private_sources_are_pulled_with_the_pods_and_service_accounts_pull_secrets() {
-    use base64::Engine as _;
     const PASSWORD: &str = "pull-secret-pw-9";
     let (src, dst) = (
         start(RegistryMode::basic("puller", PASSWORD)),
@@ -303,21 +320,8 @@ async fn private_sources_are_pulled_with_the_pods_and_service_accounts_pull_secr
     a.push(&src, "private/a", "1").await.unwrap();
     b.push(&src, "private/b", "1").await.unwrap();
 
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let docker_config = |password: &str| {
-        let auth = b64(&format!("puller:{password}"));
-        b64(&json!({"auths": {src.host(): {"auth": auth}}}).to_string())
-    };
-    let secret = |name: &str, password: &str| {
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "team"},
-               "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": docker_config(password)}})
-    };
-    let deployment = |name: &str, image: &str, extra: serde_json::Value| {
-        let mut spec = json!({"containers": [{"name": "c", "image": format!("{}/{image}", src.host())}]});
-        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "team"},
-               "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}})
-    };
+    let secret = |name: &str, password: &str| pull_secret(&src, name, password);
+    let deployment = |name: &str, image: &str, extra: serde_json::Value| private_deployment(&src, name, image, extra);
     let server = ApiServer::new();
     server.apply(secret("stale", "an-old-password")).unwrap();
     server.apply(secret("regcred", PASSWORD)).unwrap();
@@ -357,6 +361,68 @@ async fn private_sources_are_pulled_with_the_pods_and_service_accounts_pull_secr
         "{log}"
     );
     for secret in [PASSWORD, "an-old-password"] {
+        assert!(!log.contains(secret), "a password was logged: {log}");
+    }
+}
+
+#[tokio::test]
+async fn a_corrected_pull_secret_is_used_by_the_next_retry() {
+    const PASSWORD: &str = "pull-secret-pw-10";
+    let (src, dst) = (
+        start(RegistryMode::basic("puller", PASSWORD)),
+        start(RegistryMode::Plain),
+    );
+    let image = Image::oci("amd64", &[3200], 412).unwrap();
+    image.push(&src, "private/c", "1").await.unwrap();
+    let server = ApiServer::new();
+    server.apply(pull_secret(&src, "regcred", "a-typo-in-it")).unwrap();
+    server
+        .apply(private_deployment(
+            &src,
+            "c",
+            "private/c:1",
+            json!({"imagePullSecrets": [{"name": "regcred"}]}),
+        ))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let daemon = Daemon::mirroring_to(
+        running.kubeconfig_path(),
+        &dst,
+        // Failed targets are retried 1 s, 2 s, 4 s, … later.
+        &[("USE_IMAGE_PULL_SECRETS", "true"), ("FAILURE_COOLDOWN_MINUTES", "0")],
+    );
+    let target = format!("{}/private/c:1", dst.host());
+    eventually("the wrong pull secret refused", WAIT, async || {
+        daemon.status_of(&target).await.is_some_and(|s| {
+            s["state"] == "failed"
+                && s["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("the source refused pull secret team/regcred: "))
+        })
+    })
+    .await;
+    // Let the retry backoff grow past anything the test waits for below.
+    eventually("a few retries", WAIT, async || {
+        daemon.status_of(&target).await.is_some_and(|s| {
+            s["nextRetry"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .is_some_and(|t| t > std::time::SystemTime::now() + Duration::from_secs(7))
+        })
+    })
+    .await;
+    server.apply(pull_secret(&src, "regcred", PASSWORD)).unwrap();
+    // The fixed Secret is used by the next attempt, without waiting for the backoff or /force-reconcile.
+    tokio::time::timeout(
+        Duration::from_secs(6),
+        wait_mirrored(&dst, "1", &[("private/c", &image)]),
+    )
+    .await
+    .expect("mirrored with the corrected Secret before the next backoff would have ended");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("no credentials are configured"), "{log}");
+    for secret in [PASSWORD, "a-typo-in-it"] {
         assert!(!log.contains(secret), "a password was logged: {log}");
     }
 }
@@ -466,4 +532,146 @@ async fn an_image_no_workload_uses_any_more_is_no_longer_retried() {
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("forgotten=1"), "{log}");
+}
+
+#[tokio::test]
+async fn hostile_index_shapes_fail_their_image_only_and_the_daemon_stays_up() {
+    let hostile = StaticRegistry::start().unwrap();
+    hostile.put_index_chain("evil/chain", "1", 500);
+    hostile.put_wide_index("evil/wide", "1", 20_000);
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let good = Image::oci("amd64", &[2500], 430).unwrap();
+    good.push(&src, "shop/good", "1").await.unwrap();
+    let server = ApiServer::new();
+    server
+        .apply(deployment(
+            "mixed",
+            &[
+                format!("{}/evil/chain:1", hostile.host()),
+                format!("{}/evil/wide:1", hostile.host()),
+                format!("{}/shop/good:1", src.host()),
+            ],
+        ))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let mut daemon = Daemon::mirroring_to(running.kubeconfig_path(), &dst, &[("FAILURE_COOLDOWN_MINUTES", "0")]);
+    wait_mirrored(&dst, "1", &[("shop/good", &good)]).await;
+    for (repo, limit) in [
+        ("evil/chain", "indexes nested deeper than 4 levels"),
+        (
+            "evil/wide",
+            "index lists 20000 manifests, more than the limit of 1000 per index",
+        ),
+    ] {
+        let target = format!("{}/{repo}:1", dst.host());
+        eventually(&format!("{repo} refused naming the limit"), WAIT, async || {
+            daemon
+                .status_of(&target)
+                .await
+                .is_some_and(|s| s["state"] == "failed" && s["lastError"].as_str().is_some_and(|e| e.contains(limit)))
+        })
+        .await;
+        assert_eq!(manifest_digest(&dst, repo, "1").await.unwrap(), None, "{repo}: no tag");
+    }
+    assert!(daemon.run.try_wait().is_none(), "the daemon is still running");
+    assert_eq!(daemon.probe("/healthz").await.0, 200);
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test]
+async fn two_sources_naming_one_target_keep_the_first_and_report_the_other() {
+    let (a, b, dst) = (
+        start(RegistryMode::Plain),
+        start(RegistryMode::Plain),
+        start(RegistryMode::Plain),
+    );
+    let (first, second) = (
+        Image::oci("amd64", &[2700], 440).unwrap(),
+        Image::oci("amd64", &[2800], 441).unwrap(),
+    );
+    first.push(&a, "team/app", "1.0").await.unwrap();
+    second.push(&b, "team/app", "1.0").await.unwrap();
+    let server = ApiServer::new();
+    // Listed first but created later: the use of the other image is older and keeps the target.
+    let mut newer = deployment("a-newer", &[format!("{}/team/app:1.0", b.host())]);
+    newer["metadata"]["creationTimestamp"] = json!("2025-06-01T00:00:00Z");
+    let mut older = deployment("b-older", &[format!("{}/team/app:1.0", a.host())]);
+    older["metadata"]["creationTimestamp"] = json!("2023-01-01T00:00:00Z");
+    server.apply(newer).unwrap();
+    server.apply(older).unwrap();
+    let running = server.serve().unwrap();
+    // No $registry in the (empty) prefix: both name <dst>/team/app:1.0.
+    let daemon = Daemon::mirroring_to(running.kubeconfig_path(), &dst, &[("FAILURE_COOLDOWN_MINUTES", "0")]);
+    let target = format!("{}/team/app:1.0", dst.host());
+    let (kept, other) = (
+        format!("{}/team/app:1.0", a.host()),
+        format!("{}/team/app:1.0", b.host()),
+    );
+    eventually("the conflict in /status", WAIT, async || {
+        let (code, body) = daemon.get("/status?state=conflict").await;
+        code == 200 && body.contains(&other)
+    })
+    .await;
+    wait_mirrored(&dst, "1.0", &[("team/app", &first)]).await;
+    let (_, body) = daemon.get("/status").await;
+    let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let of_target: Vec<&serde_json::Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["target"] == json!(target))
+        .collect();
+    assert_eq!(of_target.len(), 2, "{body}");
+    let mirrored = of_target
+        .iter()
+        .find(|s| s["state"] == "mirrored")
+        .expect("the kept source");
+    assert_eq!(mirrored["source"], json!(kept), "{body}");
+    assert_eq!(mirrored["users"], json!(["Deployment default/b-older"]), "{body}");
+    assert_eq!(mirrored["digest"], json!(first.digest), "{body}");
+    let conflict = of_target
+        .iter()
+        .find(|s| s["state"] == "conflict")
+        .expect("the other source");
+    assert_eq!(
+        (&conflict["source"], &conflict["keptSource"], &conflict["users"]),
+        (&json!(other), &json!(kept), &json!(["Deployment default/a-newer"])),
+        "{body}"
+    );
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert_eq!(
+        sample(&metrics, r#"k8s_copycat_tasks{state="conflict"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    eventually("the Warning Event on the left-out workload", WAIT, async || {
+        !server.list("Event", "default").is_empty()
+    })
+    .await;
+    // Several plans later, still one Event, on the workload whose image is left out.
+    let (code, _) = daemon.json("POST", "/force-reconcile?wait=10s", None).await;
+    assert_eq!(code, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = server.list("Event", "default");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["reason"], "TargetConflict");
+    assert_eq!(events[0]["involvedObject"]["name"], "a-newer");
+    let message = events[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&other) && message.contains(&kept) && message.contains("$registry"),
+        "{message}"
+    );
+    assert_eq!(
+        manifest_digest(&dst, "team/app", "1.0").await.unwrap(),
+        Some(first.digest.clone()),
+        "the target keeps the first source's content"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("the repository prefix has no $registry and images come from several registries"),
+        "{log}"
+    );
+    assert_eq!(log.matches("two sources name one target").count(), 1, "{log}");
 }

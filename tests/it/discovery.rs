@@ -28,11 +28,8 @@ struct Watching {
 
 impl Watching {
     fn start(client: kube::Client, kinds: &[Kind]) -> Watching {
-        let (watchers, updates) = watch::start(
-            client,
-            &watch::watched_for(kinds, false, false),
-            Arc::new(Metrics::new()),
-        );
+        let feeds = watch::feeds(&watch::watched_for(kinds, false, false), None);
+        let (watchers, updates) = watch::start(client, &feeds, Arc::new(Metrics::new()));
         Watching {
             inventory: Inventory::new(),
             updates,
@@ -270,11 +267,8 @@ async fn node_platforms_are_known_when_asked_for() {
                       "spec": {"nodeName": "arm-1", "containers": [{"name": "c", "image": "app:1"}]}, "status": {"phase": "Running"}}))
         .unwrap();
     let client = kube::Client::new(server.router(), "default");
-    let (watchers, updates) = watch::start(
-        client,
-        &watch::watched_for(&[Kind::Pod], true, false),
-        Arc::new(Metrics::new()),
-    );
+    let feeds = watch::feeds(&watch::watched_for(&[Kind::Pod], true, false), None);
+    let (watchers, updates) = watch::start(client, &feeds, Arc::new(Metrics::new()));
     let mut w = Watching {
         inventory: Inventory::new(),
         updates,

@@ -72,7 +72,7 @@ pub(crate) async fn assert_identical(reg: &Registry, repo: &str, reference: &str
 }
 
 /// The value of `series` on the daemon's `/metrics`, once it answers.
-async fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
+pub(crate) async fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
     let (code, text) = daemon.get("/metrics").await;
     (code == 200).then(|| sample(&text, series)).flatten()
 }
@@ -93,7 +93,7 @@ async fn states(daemon: &Daemon) -> BTreeMap<String, String> {
 }
 
 /// Every manifest PUT copycat made to `reg` happened exactly once per `repo:reference`.
-fn assert_written_once(reg: &Registry) {
+pub(crate) fn assert_written_once(reg: &Registry) {
     let puts = manifest_puts(reg);
     let twice: Vec<_> = puts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "written more than once: {twice:?} (all: {puts:?})");
@@ -608,17 +608,22 @@ async fn dry_run_writes_nothing_and_names_every_target() {
     .await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
-    for target in &targets {
+    assert_dry_run(&log, &targets, &dst);
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal: {log:?}"
+    );
+}
+
+/// A dry run's text `log` names every one of `targets` as `would-copy`, and nothing was written to `dst`.
+pub(crate) fn assert_dry_run(log: &str, targets: &[String], dst: &Registry) {
+    for target in targets {
         assert!(
             log.lines()
                 .any(|l| l.contains("result=\"would-copy\"") && l.contains(&format!("target={target} "))),
             "{target} not named: {log}"
         );
     }
-    assert!(
-        !log.contains('\u{1b}'),
-        "colour codes in a log that is not a terminal: {log:?}"
-    );
     let writes: Vec<_> = dst
         .requests()
         .into_iter()

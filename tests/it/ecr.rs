@@ -402,6 +402,14 @@ async fn copy_to_an_ecr_target_creates_the_repository() {
     assert!(repository(&moto, "backup/tool").is_some());
 }
 
+/// Serves `app` on a free local port in the background; its URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 /// An ECR API endpoint that always answers `ThrottlingException` (moto never throttles); counts calls.
 async fn throttling_endpoint() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -421,10 +429,7 @@ async fn throttling_endpoint() -> (String, Arc<std::sync::atomic::AtomicUsize>) 
             )
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, calls)
+    (serve(app).await, calls)
 }
 
 #[tokio::test]
@@ -460,5 +465,125 @@ async fn throttling_is_retried_by_the_sdk_then_reported_as_transient_with_its_co
                 .to_string()
                 .starts_with("ECR GetAuthorizationToken: ThrottlingException"),
         "{err}"
+    );
+}
+
+/// `copycat copy` into ECR (moto) without static keys: the credentials come from the AWS profile
+/// `mirror` with the settings `profile`, in a config file in `home` (also `HOME`); `env` adds to
+/// moto's endpoint, region and account.
+async fn copy_with_profile(moto: &Moto, home: &std::path::Path, profile: &str, env: &[(&str, String)]) {
+    let config = home.join("config");
+    std::fs::write(&config, format!("[profile mirror]\n{profile}")).unwrap();
+    let mut env = env.to_vec();
+    env.extend([
+        ("AWS_CONFIG_FILE", config.display().to_string()),
+        ("AWS_PROFILE", "mirror".into()),
+        ("HOME", home.display().to_string()),
+    ]);
+    let (src, dst) = (start(RegistryMode::Plain), ecr_registry());
+    let image = Image::docker("amd64", &[2000], 770).unwrap();
+    image.push(&src, "lib/tool", "3").await.unwrap();
+    let mut all: Vec<(String, String)> = aws_env(moto)
+        .into_iter()
+        .filter(|(k, _)| !["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].contains(k))
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    all.extend([
+        ("TARGET_KIND".into(), "ecr".into()),
+        ("ECR_REGISTRY_HOST".into(), dst.host()),
+    ]);
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let args = [
+        "copy".to_owned(),
+        format!("{}/lib/tool:3", src.host()),
+        format!("{}/profile/tool", dst.host()),
+    ];
+    // Off the test's runtime, which may serve a stand-in endpoint to the process meanwhile.
+    let out = tokio::task::spawn_blocking(move || {
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        copycat(&args, &all)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(skopeo_digest(&dst, "profile/tool:3").await.unwrap(), image.digest);
+}
+
+#[tokio::test]
+async fn an_aws_profile_with_credential_process_is_used() {
+    let moto = moto();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let script = dir.path().join("credentials.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch '{}'\necho '{{\"Version\": 1, \"AccessKeyId\": \"process-key\", \"SecretAccessKey\": \"process-secret\"}}'\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let profile = format!("credential_process = {}\n", script.display());
+    copy_with_profile(&moto, dir.path(), &profile, &[]).await;
+    assert!(marker.exists(), "the credential_process ran");
+}
+
+/// An IAM Identity Center (SSO) portal answering `GetRoleCredentials` for `token`; counts calls.
+async fn sso_portal(token: &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/federation/credentials",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let counter = counter.clone();
+            async move {
+                if headers.get("x-amz-sso_bearer_token").and_then(|v| v.to_str().ok()) != Some(token) {
+                    return (axum::http::StatusCode::UNAUTHORIZED, String::new());
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let expiration = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis()
+                    + 3_600_000;
+                let body = json!({"roleCredentials": {"accessKeyId": "sso-key", "secretAccessKey": "sso-secret",
+                                  "sessionToken": "sso-session", "expiration": expiration as u64}});
+                (axum::http::StatusCode::OK, body.to_string())
+            }
+        }),
+    );
+    (serve(app).await, calls)
+}
+
+#[tokio::test]
+async fn an_aws_sso_profile_is_used() {
+    use sha1::Digest as _;
+    let moto = moto();
+    let token = "sso-access-token";
+    let (portal, calls) = sso_portal(token).await;
+    let home = tempfile::tempdir().unwrap();
+    let start_url = "https://example.awsapps.com/start";
+    let cache = home.path().join(".aws/sso/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let name: String = sha1::Sha1::digest(start_url.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        cache.join(format!("{name}.json")),
+        json!({"startUrl": start_url, "region": REGION, "accessToken": token, "expiresAt": "2099-01-01T00:00:00Z"})
+            .to_string(),
+    )
+    .unwrap();
+    let profile = format!(
+        "sso_start_url = {start_url}\nsso_region = {REGION}\nsso_account_id = {ACCOUNT_ID}\nsso_role_name = push\n"
+    );
+    copy_with_profile(&moto, home.path(), &profile, &[("AWS_ENDPOINT_URL_SSO", portal)]).await;
+    assert!(
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the role credentials came from the SSO portal"
     );
 }

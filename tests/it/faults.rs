@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome};
+use copycat::metrics::Metrics;
 use copycat::reference::ImageRef;
-use copycat::registry::RegistryError;
 use copycat::registry::credentials::Credentials;
+use copycat::registry::{RegistryError, Side};
 use testkit::fault::{Fault, FaultProxy, Match};
 use testkit::{Image, Registry, RegistryMode, manifest_digest, skopeo_digest};
 
@@ -211,4 +212,92 @@ async fn a_corrupting_source_fails_the_image_without_retrying() {
         .filter(|r| r.method == "GET" && r.path.contains(&layer))
         .count();
     assert_eq!(layer_gets, 1, "a digest mismatch is not retried");
+}
+
+/// The path of the image's larger layer, for faults on its GETs only.
+fn layer_path(s: &Setup) -> String {
+    format!("/blobs/{}", s.image.blobs[1].digest)
+}
+
+fn gets_of(proxy: &FaultProxy, path: &str) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(path))
+        .count()
+}
+
+#[tokio::test]
+async fn a_blob_get_whose_headers_never_arrive_is_sent_exactly_registry_retry_attempts_times() {
+    let s = setup(10_000).await;
+    let layer = layer_path(&s);
+    s.src_proxy.set(
+        Fault::stall(Duration::from_secs(120))
+            .on(Match::new(Some("GET"), Some(&layer)))
+            .times(100),
+    );
+    let err = s.copy().await.unwrap_err();
+    assert_eq!(
+        gets_of(&s.src_proxy, &layer),
+        3,
+        "registryRetryAttempts (3) GETs in all, not 3 per upload attempt: {err}"
+    );
+    assert!(
+        matches!(&err, CopyError::Registry { side: Side::Source, host, .. } if **host == s.src_proxy.host()),
+        "{err:?}"
+    );
+    assert!(err.is_transient(), "{err}");
+    s.assert_untagged().await;
+
+    // The whole-image deadline still bounds everything.
+    let opts = CopyOptions {
+        deadline: Some(Duration::from_secs(2)),
+        ..CopyOptions::default()
+    };
+    let started = Instant::now();
+    let err = s.copier.copy(&s.request(), &opts).await.unwrap_err();
+    assert!(matches!(err, CopyError::DeadlineExceeded { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_source_stalling_mid_blob_is_reported_and_counted_against_the_source() {
+    let s = setup(300_000).await;
+    let layer = layer_path(&s);
+    // Right after the headers (the upload then waits for its first byte), and halfway.
+    for stall_after in [0, 150_000] {
+        s.src_proxy.clear();
+        s.src_proxy.set(
+            Fault::stall_body_after(stall_after, Duration::from_secs(120))
+                .on(Match::new(Some("GET"), Some(&layer)))
+                .times(100),
+        );
+        let gets_before = gets_of(&s.src_proxy, &layer);
+        let err = s.copy().await.unwrap_err();
+        assert!(
+            matches!(&err, CopyError::Registry { side: Side::Source, host, .. } if **host == s.src_proxy.host()),
+            "after {stall_after} bytes: {err:?}"
+        );
+        assert!(
+            err.to_string().contains(&s.src_proxy.host()),
+            "the message names the source: {err}"
+        );
+        assert_eq!(
+            gets_of(&s.src_proxy, &layer) - gets_before,
+            3,
+            "each transfer attempt reads the source afresh"
+        );
+        let metrics = Metrics::new();
+        metrics.mirror_failed(&s.src_proxy.host(), &s.dst_proxy.host(), Some(&err), Duration::ZERO);
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!(
+                r#"k8s_copycat_registry_pull_error_total{{registry="{}"}} 1"#,
+                s.src_proxy.host()
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("k8s_copycat_registry_push_error_total{"), "{text}");
+        s.assert_untagged().await;
+    }
 }

@@ -8,9 +8,18 @@ use serde_json::Value;
 const MANIFEST: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/k8s.yaml"));
 const SETTINGS_DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md"));
 
-fn objects() -> Vec<Value> {
+pub(crate) fn objects() -> Vec<Value> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(MANIFEST).expect("manifests/k8s.yaml parses");
     docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// A YAML list of strings (`verbs`, `resources`, …).
+pub(crate) fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn object(kind: &str, name: &str) -> Value {
@@ -192,13 +201,6 @@ fn cluster_role_reads_creates_only_events_and_grants_no_secrets() {
     let role = object("ClusterRole", "k8s-copycat");
     let rules = role["rules"].as_array().unwrap();
     assert!(!rules.is_empty());
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_str().unwrap().to_owned())
-            .collect()
-    };
     let mut creates_events = false;
     for rule in rules {
         let (groups, resources, verbs) = (

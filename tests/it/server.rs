@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use testkit::{Image, Registry, RegistryMode, manifest_digest};
 
-use crate::support::{CopycatRun, eventually, free_address, http, start};
+use crate::support::{CopycatRun, eventually, free_address, http, http_authorized, start};
 
 const PASSWORD: &str = "pa55-never-shown-7Qx";
 
@@ -260,6 +260,10 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains(PASSWORD), "no secret in the log");
+    assert!(
+        log.contains("ADMIN_TOKEN is not set: anyone who can reach this address can call /force-reconcile"),
+        "open admin endpoints are warned about at start: {log}"
+    );
 }
 
 #[tokio::test]
@@ -294,6 +298,14 @@ async fn force_reconcile_replans_and_admin_token_guards_the_admin_endpoints() {
         answer,
         json!({"reset": false, "clearedTargets": 0, "message": "failure cooldown disabled"})
     );
+    // The scheme is case-insensitive, as HTTP says.
+    for scheme in ["bearer", "BEARER"] {
+        let value = format!("{scheme} letmein");
+        let (code, answer) = http_authorized(&daemon.metrics, "POST", "/reset-cooldown", Some(&value)).await;
+        assert_eq!(code, 200, "{value}: {answer}");
+    }
+    let (code, _) = http_authorized(&daemon.metrics, "POST", "/reset-cooldown", Some("Basic bGV0bWVpbg==")).await;
+    assert_eq!(code, 401, "another scheme is refused");
     assert_eq!(daemon.get("/metrics").await.0, 200, "metrics need no token");
 
     // Still missing: the rescan retries it and reports the failure.
@@ -334,6 +346,18 @@ async fn force_reconcile_replans_and_admin_token_guards_the_admin_endpoints() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("forced rescan"), "{log}");
     assert!(!log.contains("letmein"), "the admin token is never logged");
+    // Five refusals within a minute: the first is logged (who, where, why), the rest are counted
+    // into the next line, which comes at most a minute later.
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("admin request refused")).collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    assert!(
+        refusals[0].contains(r#"reason="no Authorization header""#)
+            && refusals[0].contains(r#"path="/force-reconcile""#)
+            && refusals[0].contains("peer=127.0.0.1:"),
+        "{}",
+        refusals[0]
+    );
+    assert!(!log.contains("ADMIN_TOKEN is not set"), "{log}");
 }
 
 #[tokio::test]

@@ -72,8 +72,16 @@ impl CopycatRun {
     /// `copycat run --kubeconfig KUBECONFIG ARGS…` with an empty environment except `env` (later
     /// entries win), no config file and text logs.
     pub fn start(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> CopycatRun {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_copycat"));
-        cmd.args(["run", "--kubeconfig"]).arg(kubeconfig).args(args).env_clear();
+        let mut all: Vec<std::ffi::OsString> = vec!["run".into(), "--kubeconfig".into(), kubeconfig.into()];
+        all.extend(args.iter().map(Into::into));
+        CopycatRun::start_program(env!("CARGO_BIN_EXE_copycat").as_ref(), &all, env)
+    }
+
+    /// `PROGRAM ARGS…` (the binary, or a link to it) with an empty environment except `env` (later
+    /// entries win), no config file and text logs.
+    pub fn start_program(program: &std::path::Path, args: &[std::ffi::OsString], env: &[(&str, &str)]) -> CopycatRun {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).env_clear();
         cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
             .env("LOG_FORMAT", "text");
         for (k, v) in env {
@@ -164,13 +172,19 @@ pub fn free_address() -> String {
 
 /// One HTTP/1.1 request, with a bearer token if given; status 0 when nothing listens (yet). Bounded by 60 s.
 pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    http_authorized(addr, method, path, authorization.as_deref()).await
+}
+
+/// [`http`] with `authorization` as the whole `Authorization` header value, if given.
+pub async fn http_authorized(addr: &str, method: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let exchange = async {
         let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
             return (0, String::new());
         };
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        let auth = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
             .unwrap_or_default();
         let request =
             format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");

@@ -49,7 +49,6 @@ mod store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -59,6 +58,8 @@ pub use resources::ResourceType;
 pub use status::ApiError;
 
 use store::Store;
+
+use crate::util::ServerThread;
 
 /// Default bound of the event history.
 pub const DEFAULT_HISTORY_LIMIT: usize = 10_000;
@@ -202,7 +203,7 @@ impl ApiServer {
             }
         };
         write_kubeconfig(&path, addr.port())?;
-        let thread = ServerThread::spawn(listener, self.router())?;
+        let thread = ServerThread::spawn("fake-apiserver", listener, self.router())?;
         Ok(RunningApiServer {
             server: self.clone(),
             addr,
@@ -428,61 +429,6 @@ fn bind(port: u16) -> anyhow::Result<std::net::TcpListener> {
     }
 }
 
-struct ServerThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ServerThread {
-    fn spawn(listener: std::net::TcpListener, app: axum::Router) -> anyhow::Result<ServerThread> {
-        let port = listener.local_addr()?.port();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-apiserver-{port}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        eprintln!("fake apiserver runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            eprintln!("fake apiserver listener: {e}");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        r = axum::serve(listener, app) => {
-                            if let Err(e) = r { eprintln!("fake apiserver: {e}"); }
-                        }
-                        _ = stop_rx => {}
-                    }
-                });
-                // Dropping the runtime aborts every open connection, watches included.
-            })
-            .context("spawning the fake apiserver thread")?;
-        Ok(ServerThread {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// An [`ApiServer`] listening on loopback; dereferences to the [`ApiServer`]. Dropping it stops it.
 pub struct RunningApiServer {
     server: ApiServer,
@@ -547,7 +493,7 @@ impl RunningApiServer {
             return Ok(());
         }
         let listener = bind(self.addr.port())?;
-        self.thread = Some(ServerThread::spawn(listener, self.server.router())?);
+        self.thread = Some(ServerThread::spawn("fake-apiserver", listener, self.server.router())?);
         Ok(())
     }
 

@@ -1,0 +1,960 @@
+//! copycat against a real control plane (`testkit::cluster`: etcd, kube-apiserver with RBAC and
+//! service-account tokens, kube-controller-manager, built from Kubernetes v1.35.4): the install
+//! manifest applied with the real kubectl, copycat running outside the cluster as the manifest's
+//! ServiceAccount (a TokenRequest token, RBAC enforced) with the ConfigMap's settings, the
+//! controller manager making the ReplicaSets, Pods and Jobs. Each test starts its own control plane.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, ServiceAccount};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{Scope, pinned_kind};
+use serde_json::{Value, json};
+use testkit::cluster::Cluster;
+use testkit::{Image, Registry, RegistryMode};
+
+use crate::drills::{assert_dry_run, assert_identical, assert_written_once, metric, wait_for};
+use crate::manifests::{objects, strings};
+use crate::server::Daemon;
+use crate::support::{copycat_requests, eventually, manifest_puts, start};
+
+const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/k8s.yaml");
+/// copycat's namespace and the name of its ServiceAccount, roles and Lease in the manifest.
+const NS: &str = "k8s-copycat";
+/// How long a test waits for copycat or the controller manager to do something.
+const WAIT: Duration = Duration::from_secs(90);
+/// The daemon's lease duration.
+const LEASE: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION);
+
+/// A running control plane and an admin client for it.
+pub(crate) struct Real {
+    pub(crate) cluster: Cluster,
+    pub(crate) admin: kube::Client,
+}
+
+/// A `kube` client from a kubeconfig file (TLS with the cluster's CA, bearer token).
+pub(crate) async fn client(kubeconfig: &Path) -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+impl Real {
+    /// Starts a control plane (failing with how to build it when `copycat-cluster` is missing).
+    pub(crate) async fn start() -> Real {
+        let cluster = Cluster::start().expect("start the real control plane (testkit::cluster)");
+        eprintln!("control plane ready in {:.1?}", cluster.started_in());
+        let admin = client(cluster.kubeconfig_path()).await;
+        Real { cluster, admin }
+    }
+
+    /// `kubectl apply --server-side -f manifests/k8s.yaml` as the admin, checking that every
+    /// object of the manifest was applied; then the manifest's Deployment is deleted: copycat runs
+    /// outside the cluster in its place (there is no kubelet, and its image is not published).
+    pub(crate) async fn install(&self) {
+        let out = self
+            .cluster
+            .kubectl(&["apply", "--server-side", "-f", MANIFEST])
+            .expect("kubectl apply --server-side -f manifests/k8s.yaml");
+        for object in objects() {
+            let kind = object["kind"].as_str().unwrap().to_lowercase();
+            let group = object["apiVersion"]
+                .as_str()
+                .unwrap()
+                .split_once('/')
+                .map(|(g, _)| format!(".{g}"))
+                .unwrap_or_default();
+            let line = format!(
+                "{kind}{group}/{} serverside-applied",
+                object["metadata"]["name"].as_str().unwrap()
+            );
+            assert!(out.contains(&line), "{line} missing in kubectl's output: {out}");
+        }
+        self.delete("apps/v1", "Deployment", Some(NS), "k8s-copycat").await;
+        eventually(
+            "the manifest's Pod removed by the garbage collector",
+            WAIT,
+            async || self.list("v1", "Pod", NS).await.is_empty(),
+        )
+        .await;
+    }
+
+    async fn api(&self, api_version: &str, kind: &str, namespace: Option<&str>) -> Api<DynamicObject> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (resource, caps) = pinned_kind(&self.admin, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("discovery of {api_version} {kind}: {e}"));
+        match (caps.scope, namespace) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.admin.clone(), ns, &resource),
+            _ => Api::all_with(self.admin.clone(), &resource),
+        }
+    }
+
+    /// Server-side apply of `object` as the admin.
+    pub(crate) async fn apply(&self, object: Value) -> DynamicObject {
+        let (api_version, kind) = (object["apiVersion"].as_str().unwrap(), object["kind"].as_str().unwrap());
+        let name = object["metadata"]["name"].as_str().unwrap();
+        self.api(api_version, kind, object["metadata"]["namespace"].as_str())
+            .await
+            .patch(
+                name,
+                &PatchParams::apply("copycat-tests").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"))
+    }
+
+    /// Deletes an object (in the background: the garbage collector removes what it owns).
+    pub(crate) async fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) {
+        self.api(api_version, kind, namespace)
+            .await
+            .delete(name, &DeleteParams::background())
+            .await
+            .unwrap_or_else(|e| panic!("delete {kind} {name}: {e}"));
+    }
+
+    /// Objects of a kind in `namespace`.
+    pub(crate) async fn list(&self, api_version: &str, kind: &str, namespace: &str) -> Vec<DynamicObject> {
+        self.api(api_version, kind, Some(namespace))
+            .await
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Creates `namespace` and waits for the controller manager to give it its `default`
+    /// ServiceAccount (Pods cannot be created before).
+    pub(crate) async fn namespace(&self, namespace: &str) {
+        self.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
+            .await;
+        let accounts = Api::<ServiceAccount>::namespaced(self.admin.clone(), namespace);
+        eventually("the default ServiceAccount", WAIT, async || {
+            accounts.get_opt("default").await.unwrap().is_some()
+        })
+        .await;
+    }
+
+    /// A token of ServiceAccount `namespace/account` from the TokenRequest API, valid for an hour.
+    pub(crate) async fn token(&self, namespace: &str, account: &str) -> String {
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(self.admin.clone(), namespace)
+            .create_token_request(account, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{account}: {e}"))
+            .status
+            .expect("a TokenRequest answer has a status")
+            .token
+    }
+
+    /// A kubeconfig authenticating as ServiceAccount `namespace/account`.
+    pub(crate) async fn kubeconfig_as(&self, namespace: &str, account: &str) -> PathBuf {
+        let token = self.token(namespace, account).await;
+        self.cluster
+            .write_kubeconfig(&format!("{namespace}-{account}"), &token)
+            .unwrap()
+    }
+
+    /// The ConfigMap's `config.yaml`, as the cluster holds it, in a file.
+    pub(crate) async fn configmap_config(&self) -> tempfile::NamedTempFile {
+        let configmap = Api::<ConfigMap>::namespaced(self.admin.clone(), NS)
+            .get("k8s-copycat-config")
+            .await
+            .unwrap();
+        let text = configmap.data.unwrap().remove("config.yaml").unwrap();
+        crate::support::config_file(&text)
+    }
+
+    /// The holder of the Lease `k8s-copycat` in `namespace`.
+    pub(crate) async fn lease_holder(&self, namespace: &str) -> Option<String> {
+        Api::<Lease>::namespaced(self.admin.clone(), namespace)
+            .get_opt("k8s-copycat")
+            .await
+            .unwrap()?
+            .spec?
+            .holder_identity
+            .filter(|h| !h.is_empty())
+    }
+
+    /// copycat's `MirrorFailed` Events in `namespace`.
+    pub(crate) async fn mirror_failed_events(&self, namespace: &str) -> Vec<Event> {
+        Api::<Event>::namespaced(self.admin.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("MirrorFailed"))
+            .collect()
+    }
+}
+
+/// copycat as the manifest's Deployment runs it, but outside the cluster: the ConfigMap's file,
+/// `POD_NAMESPACE`, `HOSTNAME` (the Lease identity), leader election on; `env` on top.
+pub(crate) fn copycat(kubeconfig: &Path, config: &Path, identity: &str, env: &[(&str, &str)]) -> Daemon {
+    let config = config.display().to_string();
+    let mut all = vec![
+        ("CONFIG_PATH", config.as_str()),
+        ("LEADER_ELECT", "true"),
+        ("POD_NAMESPACE", NS),
+        ("HOSTNAME", identity),
+    ];
+    all.extend_from_slice(env);
+    Daemon::start(kubeconfig, &all)
+}
+
+/// A workload of `kind` in `namespace` running `image` in container `c`, as a real API server
+/// accepts it: its own labels and selector, `restartPolicy: Never` for Jobs, a CronJob that runs
+/// every minute, a DaemonSet tolerating every taint (a Node without kubelet is tainted not-ready).
+pub(crate) fn workload(kind: &str, namespace: &str, name: &str, image: &str) -> Value {
+    let containers = json!([{"name": "c", "image": image}]);
+    let labels = json!({"app": name});
+    let template = |extra: Value| {
+        let mut spec = json!({"containers": containers});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"metadata": {"labels": labels}, "spec": spec})
+    };
+    let (api_version, spec) = match kind {
+        "Deployment" => (
+            "apps/v1",
+            json!({"selector": {"matchLabels": labels}, "template": template(json!({}))}),
+        ),
+        "StatefulSet" => (
+            "apps/v1",
+            json!({"serviceName": name, "selector": {"matchLabels": labels}, "template": template(json!({}))}),
+        ),
+        "DaemonSet" => (
+            "apps/v1",
+            json!({"selector": {"matchLabels": labels},
+                   "template": template(json!({"tolerations": [{"operator": "Exists"}]}))}),
+        ),
+        "Job" => (
+            "batch/v1",
+            json!({"backoffLimit": 0, "template": template(json!({"restartPolicy": "Never"}))}),
+        ),
+        "CronJob" => (
+            "batch/v1",
+            json!({"schedule": "* * * * *", "jobTemplate": {"spec": {"backoffLimit": 0,
+                   "template": template(json!({"restartPolicy": "Never"}))}}}),
+        ),
+        "Pod" => {
+            return json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                          "spec": {"containers": containers}});
+        }
+        other => panic!("no workload kind {other}"),
+    };
+    json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+}
+
+/// A Node without a kubelet (the DaemonSet controller makes a Pod for it).
+pub(crate) fn node(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+           "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}})
+}
+
+/// Every workload kind, the images they run and where copycat mirrors them (`repoPrefix:
+/// "mirror/$namespace"` in the ConfigMap).
+struct Shop {
+    images: Vec<(&'static str, &'static str, Image)>,
+}
+
+impl Shop {
+    /// Pushes one image per kind to `src` (every manifest shape) and applies the workloads in
+    /// namespace `shop`, a Pod in `kube-system` (skipped by the ConfigMap's `skipNamespaces`) and a
+    /// Deployment whose image does not exist (it fails: an Event).
+    async fn deploy(real: &Real, src: &Registry) -> Shop {
+        let images = vec![
+            ("Deployment", "web", Image::oci("amd64", &[1500, 700], 1301).unwrap()),
+            ("StatefulSet", "db", Image::oci_index(&[1500], true, 1302).unwrap()),
+            ("DaemonSet", "agent", Image::docker("amd64", &[1500], 1303).unwrap()),
+            ("Job", "batch", Image::docker_manifest_list(&[1500], 1304).unwrap()),
+            ("CronJob", "nightly", Image::oci("amd64", &[1500], 1305).unwrap()),
+            ("Pod", "solo", Image::oci("amd64", &[1500], 1306).unwrap()),
+        ];
+        for (_, name, image) in &images {
+            image.push(src, &format!("shop/{name}"), "1").await.unwrap();
+        }
+        Image::oci("amd64", &[900], 1307)
+            .unwrap()
+            .push(src, "shop/system", "1")
+            .await
+            .unwrap();
+        real.namespace("shop").await;
+        real.apply(node("node-a")).await;
+        for (kind, name, _) in &images {
+            real.apply(workload(kind, "shop", name, &format!("{}/shop/{name}:1", src.host())))
+                .await;
+        }
+        real.apply(workload(
+            "Pod",
+            "kube-system",
+            "system",
+            &format!("{}/shop/system:1", src.host()),
+        ))
+        .await;
+        real.apply(workload(
+            "Deployment",
+            "shop",
+            "broken",
+            &format!("{}/shop/missing:1", src.host()),
+        ))
+        .await;
+        Shop { images }
+    }
+
+    /// `(target repository, tag)` of each image.
+    fn targets(&self) -> Vec<String> {
+        self.images
+            .iter()
+            .map(|(_, name, _)| format!("mirror/shop/shop/{name}"))
+            .collect()
+    }
+}
+
+/// Waits until the controller manager made the Pods of every kind that makes Pods here.
+async fn wait_for_controllers(real: &Real) {
+    eventually(
+        "ReplicaSets and Pods made by the controller manager",
+        WAIT,
+        async || {
+            let pods = real.list("v1", "Pod", "shop").await;
+            let owned_by = |kind: &str| {
+                pods.iter().any(|p| {
+                    p.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.kind == kind && o.controller == Some(true))
+                })
+            };
+            ["ReplicaSet", "StatefulSet", "DaemonSet", "Job"]
+                .iter()
+                .all(|k| owned_by(k))
+        },
+    )
+    .await;
+}
+
+/// Issue 13, §2: `kubectl apply --server-side -f manifests/k8s.yaml`, then copycat as the manifest's
+/// ServiceAccount with the ConfigMap's settings. First as shipped (`dryRun: true`): nothing written
+/// at the target, every would-be target logged, the Lease held. Then with `DRY_RUN=false`: every
+/// kind mirrored byte-exact, `kube-system` skipped, an Event on the Deployment whose image fails,
+/// accepted by the real server; no request refused by RBAC.
+#[tokio::test]
+async fn the_manifest_installs_and_copycat_mirrors_every_kind_as_its_service_account() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let real = Real::start().await;
+    real.install().await;
+    let shop = Shop::deploy(&real, &src).await;
+    wait_for_controllers(&real).await;
+    let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
+    let config = real.configmap_config().await;
+    let target = dst.host();
+
+    // As shipped: a dry run.
+    let dry = copycat(
+        kubeconfig.as_path(),
+        config.path(),
+        "copycat-dry",
+        &[("TARGET_REGISTRY", &target)],
+    );
+    let would_be: Vec<String> = shop.targets().iter().map(|repo| format!("{target}/{repo}:1")).collect();
+    eventually("every target decided in the dry run", WAIT, async || {
+        let (code, body) = dry.get("/status").await;
+        code == 200 && would_be.iter().all(|t| body.contains(&format!("\"target\":\"{t}\"")))
+    })
+    .await;
+    assert_eq!(real.lease_holder(NS).await.as_deref(), Some("copycat-dry"));
+    let (code, log) = dry.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_dry_run(&log, &would_be, &dst);
+    assert!(
+        real.mirror_failed_events("shop").await.is_empty(),
+        "a dry run emits no Event"
+    );
+    assert_eq!(real.lease_holder(NS).await, None, "the Lease is released on SIGTERM");
+
+    // For real.
+    let daemon = copycat(
+        kubeconfig.as_path(),
+        config.path(),
+        "copycat",
+        &[("TARGET_REGISTRY", &target), ("DRY_RUN", "false")],
+    );
+    for repo in shop.targets() {
+        wait_for(&dst, &repo, "1").await;
+    }
+    eventually("the MirrorFailed Event on the broken Deployment", WAIT, async || {
+        real.mirror_failed_events("shop").await.iter().any(|e| {
+            e.involved_object.kind.as_deref() == Some("Deployment")
+                && e.involved_object.name.as_deref() == Some("broken")
+                && e.involved_object.uid.is_some()
+                && e.type_.as_deref() == Some("Warning")
+                && e.reporting_instance.as_deref() == Some("copycat")
+        })
+    })
+    .await;
+    assert_eq!(real.lease_holder(NS).await.as_deref(), Some("copycat"));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for ((_, _, image), repo) in shop.images.iter().zip(shop.targets()) {
+        assert_identical(&dst, &repo, "1", image).await;
+    }
+    assert_written_once(&dst);
+    assert!(!log.contains("forbidden"), "a request refused by RBAC: {log}");
+    assert!(
+        !copycat_requests(&src).iter().any(|r| r.path.contains("/shop/system/")),
+        "kube-system is skipped by the ConfigMap"
+    );
+}
+
+/// One permission of the manifest's roles, and what copycat does without it.
+struct Permission {
+    role: &'static str,
+    group: String,
+    resource: String,
+    verb: String,
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() { "core" } else { &self.group };
+        write!(f, "{} {}/{} in the {}", self.verb, group, self.resource, self.role)
+    }
+}
+
+/// Every `(role, group, resource, verb)` the manifest grants copycat.
+fn granted() -> Vec<Permission> {
+    let mut out = Vec::new();
+    for object in objects() {
+        let role = match object["kind"].as_str() {
+            Some("ClusterRole") => "ClusterRole",
+            Some("Role") => "Role",
+            _ => continue,
+        };
+        for rule in object["rules"].as_array().unwrap() {
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        out.push(Permission {
+                            role,
+                            group: group.clone(),
+                            resource: resource.clone(),
+                            verb,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The manifest's rules of `role` without `missing`.
+fn rules_without(role: &str, missing: Option<&Permission>) -> Vec<Value> {
+    let mut rules = Vec::new();
+    for p in granted().into_iter().filter(|p| p.role == role) {
+        let dropped = missing
+            .is_some_and(|m| (m.role, &m.group, &m.resource, &m.verb) == (p.role, &p.group, &p.resource, &p.verb));
+        if !dropped {
+            rules.push(json!({"apiGroups": [p.group], "resources": [p.resource], "verbs": [p.verb]}));
+        }
+    }
+    rules
+}
+
+/// What breaks without a permission, as an operator sees it. `None`: no known use (a permission
+/// the manifest should not grant).
+fn breaks_without(p: &Permission) -> Option<&'static str> {
+    Some(match (p.resource.as_str(), p.verb.as_str()) {
+        ("leases", "get") | ("leases", "create") => "copycat does not start (exit 1): it cannot use its Lease",
+        ("leases", "patch") => "copycat never leads, so never mirrors: it cannot take the Lease",
+        ("namespaces", "list") => "no warning about includeNamespaces naming a missing namespace",
+        ("events", "create") => "no MirrorFailed Event on workloads whose image fails",
+        ("nodes", "list") => "checkNodePlatform: copycat never becomes ready (Nodes are not listed)",
+        ("nodes", "watch") => "checkNodePlatform: Node changes are not followed",
+        ("namespaces", _) | ("nodes", _) | ("leases", _) | ("events", _) => return None,
+        (_, "list") => "copycat never becomes ready: the kind is not listed",
+        (_, "watch") => "changes of the kind are not followed after the initial list",
+        (kind, "get") if event_kind(kind).is_some() => {
+            "no MirrorFailed Event on this kind: copycat cannot read the workload it is about"
+        }
+        _ => return None,
+    })
+}
+
+/// The kind of the workloads of `resource` that Events are put on.
+fn event_kind(resource: &str) -> Option<&'static str> {
+    Some(match resource {
+        "pods" => "Pod",
+        "deployments" => "Deployment",
+        "statefulsets" => "StatefulSet",
+        "daemonsets" => "DaemonSet",
+        "jobs" => "Job",
+        "cronjobs" => "CronJob",
+        _ => return None,
+    })
+}
+
+/// Issue 13, §2: each permission of the manifest's roles removed in turn (each case its own
+/// ServiceAccount, roles and Lease namespace, all running at once): copycat reports the refusal
+/// naming the verb and the resource, and stops on SIGTERM (no hang); every permission is needed by
+/// something, and with all of them nothing is refused.
+#[tokio::test]
+async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let real = Real::start().await;
+    real.install().await;
+    // Every kind with an image that does not exist at the source: each fails, and copycat reads
+    // the workload (get) to put a MirrorFailed Event (create) on it.
+    real.namespace("shop").await;
+    real.apply(node("node-a")).await;
+    for kind in ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"] {
+        let name = kind.to_lowercase();
+        real.apply(workload(
+            kind,
+            "shop",
+            &name,
+            &format!("{}/missing/{name}:1", src.host()),
+        ))
+        .await;
+    }
+    let config = real.configmap_config().await;
+    let target = dst.host();
+
+    let mut cases: Vec<Option<Permission>> = vec![None];
+    cases.extend(granted().into_iter().map(Some));
+    let unknown: Vec<String> = cases
+        .iter()
+        .flatten()
+        .filter(|p| breaks_without(p).is_none())
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the manifest grants permissions copycat has no use for: {unknown:?}"
+    );
+
+    let mut report = Vec::new();
+    // A few at a time on a 2-core machine.
+    for batch in cases.chunks(7) {
+        let mut running = Vec::new();
+        for case in batch {
+            let id = match case {
+                None => "all".to_owned(),
+                Some(p) => format!("no-{}-{}", p.verb, p.resource),
+            };
+            let ns = format!("rbac-{id}");
+            real.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+                .await;
+            real.apply(
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "copycat", "namespace": ns}}),
+            )
+            .await;
+            let subject = json!([{"kind": "ServiceAccount", "name": "copycat", "namespace": ns}]);
+            let rbac = "rbac.authorization.k8s.io/v1";
+            real.apply(
+                json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": ns},
+                              "rules": rules_without("ClusterRole", case.as_ref())}),
+            )
+            .await;
+            real.apply(
+                json!({"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": ns},
+                              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ns},
+                              "subjects": subject}),
+            )
+            .await;
+            real.apply(
+                json!({"apiVersion": rbac, "kind": "Role", "metadata": {"name": "copycat", "namespace": ns},
+                              "rules": rules_without("Role", case.as_ref())}),
+            )
+            .await;
+            real.apply(
+                json!({"apiVersion": rbac, "kind": "RoleBinding", "metadata": {"name": "copycat", "namespace": ns},
+                              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "copycat"},
+                              "subjects": subject}),
+            )
+            .await;
+            let kubeconfig = real.kubeconfig_as(&ns, "copycat").await;
+            let daemon = copycat(
+                &kubeconfig,
+                config.path(),
+                &id,
+                &[
+                    ("TARGET_REGISTRY", &target),
+                    ("DRY_RUN", "false"),
+                    ("POD_NAMESPACE", &ns),
+                    ("CHECK_NODE_PLATFORM", "true"),
+                    // A namespace that does not exist: the start-up check lists namespaces. The glob
+                    // keeps the watches cluster-wide, as the shipped ClusterRole expects (plain names
+                    // alone are watched namespace by namespace and read each namespace instead).
+                    ("INCLUDE_NAMESPACES", "shop,rbac-typo,rbac-*"),
+                ],
+            );
+            running.push((case, id, daemon));
+        }
+        for (case, id, daemon) in running {
+            let outcome = match case {
+                None => all_granted(&real, daemon, &id).await,
+                Some(p) => one_missing(&real, daemon, &id, p).await,
+            };
+            report.push(outcome);
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// With every permission: ready, leading, an Event on each kind, nothing refused.
+async fn all_granted(real: &Real, daemon: Daemon, id: &str) -> String {
+    eventually("ready and leading with every permission", WAIT, async || {
+        daemon.probe("/readyz").await.0 == 200 && metric(&daemon, "k8s_copycat_leader").await == Some(1.0)
+    })
+    .await;
+    eventually("an Event on every kind", WAIT, async || {
+        let events = real.mirror_failed_events("shop").await;
+        ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"]
+            .iter()
+            .all(|kind| {
+                events.iter().any(|e| {
+                    e.reporting_instance.as_deref() == Some(id) && e.involved_object.kind.as_deref() == Some(kind)
+                })
+            })
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("rbac-typo"), "the includeNamespaces check ran: {log}");
+    assert!(!log.contains("forbidden"), "refused with every permission: {log}");
+    format!("{id:<28} ready, leading, an Event on every kind, nothing refused")
+}
+
+/// Without `p`: the refusal is logged naming verb and resource, and the behaviour that needs it
+/// is missing; the process exits by itself (Lease) or on SIGTERM within the bound.
+async fn one_missing(real: &Real, mut daemon: Daemon, id: &str, p: &Permission) -> String {
+    let (verb, resource) = (p.verb.as_str(), p.resource.as_str());
+    let refusal = format!("cannot {verb} resource \\\"{resource}\\\"");
+    let plain = format!("cannot {verb} resource \"{resource}\"");
+    // copycat's own report (not only the client library's), naming verb and resource.
+    let named = |log: &str| {
+        log.lines()
+            .any(|l| l.contains(" copycat::") && (l.contains(&refusal) || l.contains(&plain)))
+    };
+    let exits = resource == "leases" && verb != "patch";
+    if exits {
+        let (code, log) = daemon.run.wait_exit(WAIT);
+        assert_ne!(code, Some(0), "{p}: {log}");
+        assert!(named(&log), "without {p} the refusal is not named: {log}");
+        return format!("{id:<28} exit {code:?}: {}", line_naming(&log, &plain, &refusal));
+    }
+    eventually(&format!("the refusal of {p} in the log"), WAIT, async || {
+        named(&daemon.run.log())
+    })
+    .await;
+    // The behaviour that needs it is missing.
+    match (resource, verb) {
+        ("leases", _) => assert_eq!(metric(&daemon, "k8s_copycat_leader").await, Some(0.0), "{p}"),
+        ("namespaces", _) => assert!(
+            daemon
+                .run
+                .log()
+                .contains("cannot list namespaces to check includeNamespaces")
+        ),
+        (_, "list") => assert_eq!(daemon.probe("/readyz").await.0, 503, "{p}: ready without listing"),
+        ("events", _) | (_, "get") => {
+            let kind = event_kind(resource);
+            let events = real.mirror_failed_events("shop").await;
+            let emitted = events.iter().any(|e| {
+                e.reporting_instance.as_deref() == Some(id)
+                    && kind.is_none_or(|k| e.involved_object.kind.as_deref() == Some(k))
+            });
+            assert!(!emitted, "{p}: an Event was created anyway");
+        }
+        _ => {}
+    }
+    let started = Instant::now();
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{p}: no clean stop on SIGTERM: {log}");
+    let line = line_naming(&log, &plain, &refusal);
+    format!(
+        "{id:<28} {:<75} logged: {line} (stopped in {:.1?})",
+        breaks_without(p).unwrap(),
+        started.elapsed()
+    )
+}
+
+/// copycat's first log line naming the refusal, shortened.
+fn line_naming(log: &str, plain: &str, escaped: &str) -> String {
+    let line = log
+        .lines()
+        .find(|l| l.contains(" copycat::") && (l.contains(plain) || l.contains(escaped)))
+        .unwrap_or_default();
+    let level = ["ERROR", "WARN"]
+        .iter()
+        .find(|l| line.contains(*l))
+        .copied()
+        .unwrap_or("?");
+    assert_ne!(level, "?", "a refusal logged below WARN: {line}");
+    format!("{level} {}", line.chars().take(300).collect::<String>())
+}
+
+/// Issue 13, §2: two replicas on the real Lease API. One leads and mirrors; on SIGTERM it hands the
+/// Lease over at once; a third replica joins, and after the leader's SIGKILL it takes over within
+/// the lease time. Nothing is mirrored twice.
+#[tokio::test]
+async fn replicas_hand_the_lease_over_on_sigterm_and_take_it_after_sigkill() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    for (repo, seed) in [("shop/web", 1401), ("shop/late", 1402), ("shop/later", 1403)] {
+        Image::oci("amd64", &[1500], seed)
+            .unwrap()
+            .push(&src, repo, "1")
+            .await
+            .unwrap();
+    }
+    let real = Real::start().await;
+    real.install().await;
+    real.namespace("shop").await;
+    real.apply(workload(
+        "Deployment",
+        "shop",
+        "web",
+        &format!("{}/shop/web:1", src.host()),
+    ))
+    .await;
+    let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
+    let config = real.configmap_config().await;
+    let env = [("TARGET_REGISTRY", dst.host()), ("DRY_RUN", "false".to_owned())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let replica = |name: &str| copycat(&kubeconfig, config.path(), name, &env);
+    let mut replicas: BTreeMap<String, Daemon> = ["replica-a", "replica-b"]
+        .into_iter()
+        .map(|n| (n.to_owned(), replica(n)))
+        .collect();
+
+    let leader = leader_of(&real, &replicas).await;
+    wait_for(&dst, "mirror/shop/shop/web", "1").await;
+
+    // SIGTERM: the Lease is released and the other replica takes it at once.
+    let stopped = Instant::now();
+    let (code, log) = replicas.remove(&leader).unwrap().stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("lease released"), "{log}");
+    let second = leader_of(&real, &replicas).await;
+    let handover = stopped.elapsed();
+    assert!(
+        handover < LEASE,
+        "a released Lease is taken within the lease time: {handover:?}"
+    );
+    real.apply(workload(
+        "Deployment",
+        "shop",
+        "late",
+        &format!("{}/shop/late:1", src.host()),
+    ))
+    .await;
+    wait_for(&dst, "mirror/shop/shop/late", "1").await;
+
+    // SIGKILL: nothing released; a third replica takes over when the term ends.
+    replicas.insert("replica-c".to_owned(), replica("replica-c"));
+    eventually("replica-c following", WAIT, async || {
+        metric(&replicas["replica-c"], "k8s_copycat_leader").await == Some(0.0)
+    })
+    .await;
+    replicas.get_mut(&second).unwrap().run.kill();
+    let killed = Instant::now();
+    replicas.remove(&second);
+    let third = leader_of(&real, &replicas).await;
+    let takeover = killed.elapsed();
+    assert_eq!(third, "replica-c");
+    assert!(
+        takeover <= LEASE + Duration::from_secs(5),
+        "a killed leader's Lease is taken within the lease time (plus the follower's poll): {takeover:?}"
+    );
+    real.apply(workload(
+        "Deployment",
+        "shop",
+        "later",
+        &format!("{}/shop/later:1", src.host()),
+    ))
+    .await;
+    wait_for(&dst, "mirror/shop/shop/later", "1").await;
+    let (code, log) = replicas.remove("replica-c").unwrap().stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_written_once(&dst);
+    eprintln!("handover after SIGTERM {handover:.1?}, takeover after SIGKILL {takeover:.1?}");
+}
+
+/// The replica that leads, once exactly one of `replicas` says so and the Lease names it.
+async fn leader_of(real: &Real, replicas: &BTreeMap<String, Daemon>) -> String {
+    let deadline = Instant::now() + LEASE + WAIT;
+    loop {
+        let mut leading = Vec::new();
+        for (name, daemon) in replicas {
+            if metric(daemon, "k8s_copycat_leader").await == Some(1.0) {
+                leading.push(name.clone());
+            }
+        }
+        if let [one] = leading.as_slice()
+            && real.lease_holder(NS).await.as_deref() == Some(one)
+        {
+            return one.clone();
+        }
+        assert!(Instant::now() < deadline, "no single leader: {leading:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 13, §2: watch behaviour on a real server. Objects created, changed and deleted while
+/// copycat runs are followed; a CronJob's Job made by the controller manager changes nothing;
+/// status-only Pod updates cause no registry request; after an API server restart (etcd data kept)
+/// changes are followed again; nothing is mirrored twice.
+#[tokio::test]
+async fn changes_and_an_api_server_restart_are_followed_without_mirroring_twice() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let mut images = BTreeMap::new();
+    for (i, reference) in [
+        "shop/a:1",
+        "shop/a:2",
+        "shop/b:1",
+        "shop/c:1",
+        "shop/d:1",
+        "shop/nightly:1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let image = Image::oci("amd64", &[1500], 1500 + i as u64).unwrap();
+        let (repo, tag) = reference.split_once(':').unwrap();
+        image.push(&src, repo, tag).await.unwrap();
+        images.insert(reference, image);
+    }
+    let on = |reference: &str| format!("{}/{reference}", src.host());
+    let mut real = Real::start().await;
+    real.install().await;
+    real.namespace("shop").await;
+    real.apply(workload("Deployment", "shop", "a", &on("shop/a:1"))).await;
+    real.apply(workload("CronJob", "shop", "nightly", &on("shop/nightly:1")))
+        .await;
+    let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
+    let config = real.configmap_config().await;
+    let daemon = copycat(
+        &kubeconfig,
+        config.path(),
+        "copycat",
+        &[("TARGET_REGISTRY", &dst.host()), ("DRY_RUN", "false")],
+    );
+    let mirrored = async |reference: &str| {
+        let (repo, tag) = reference.split_once(':').unwrap();
+        wait_for(&dst, &format!("mirror/shop/{repo}"), tag).await;
+    };
+    mirrored("shop/a:1").await;
+    mirrored("shop/nightly:1").await;
+
+    // Created, changed, deleted while running.
+    real.apply(workload("Deployment", "shop", "b", &on("shop/b:1"))).await;
+    mirrored("shop/b:1").await;
+    real.apply(workload("Deployment", "shop", "a", &on("shop/a:2"))).await;
+    mirrored("shop/a:2").await;
+    // a:1 stays in use: without a kubelet the new Pod never becomes ready, so the rollout keeps the
+    // old Pod (maxUnavailable rounds down to 0), as a stuck rollout would in a real cluster.
+    let tracked = async |n: f64| metric(&daemon, "k8s_copycat_images_tracked").await == Some(n);
+    eventually("a:1, a:2, b:1 and nightly:1 tracked", WAIT, async || tracked(4.0).await).await;
+    real.delete("apps/v1", "Deployment", Some("shop"), "b").await;
+    eventually(
+        "b forgotten once the garbage collector removed its Pods",
+        WAIT,
+        async || {
+            let pods = real.list("v1", "Pod", "shop").await;
+            tracked(3.0).await
+                && !pods
+                    .iter()
+                    .any(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("b-")))
+        },
+    )
+    .await;
+
+    // The controller manager runs the CronJob (every minute): a Job and its Pod, same image.
+    eventually("the CronJob's first Job", Duration::from_secs(90), async || {
+        !real.list("batch/v1", "Job", "shop").await.is_empty()
+    })
+    .await;
+
+    // Status-only updates of a Pod (what a kubelet reports) cause no registry request.
+    let requests_before = (copycat_requests(&src).len(), copycat_requests(&dst).len());
+    let pod = real
+        .list("v1", "Pod", "shop")
+        .await
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("a-")))
+        .expect("a Pod of Deployment a");
+    let pod_name = pod.metadata.name.clone().unwrap();
+    let pods = real.api("v1", "Pod", Some("shop")).await;
+    let applied = "k8s_copycat_watch_events_total{event=\"applied\",kind=\"Pod\"}";
+    let applied_before = metric(&daemon, applied).await.unwrap_or_default();
+    for reason in ["ContainerCreating", "ErrImagePull", "ImagePullBackOff"] {
+        let status = json!({"status": {"phase": "Pending", "containerStatuses": [{"name": "c", "image": on("shop/a:2"),
+            "imageID": "", "ready": false, "restartCount": 0, "state": {"waiting": {"reason": reason}}}]}});
+        pods.patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+    eventually("the status updates seen", WAIT, async || {
+        metric(&daemon, applied).await.unwrap_or_default() >= applied_before + 3.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (copycat_requests(&src).len(), copycat_requests(&dst).len()),
+        requests_before,
+        "status-only updates made registry requests"
+    );
+
+    // A restart of the API server (etcd keeps the data): copycat's watches break, then resume or
+    // relist, and pick up the changes made right after it is back.
+    let watch_restarts = async || {
+        let (_, text) = daemon.get("/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with("k8s_copycat_watch_events_total") && l.contains("event=\"restarted\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let restarts_before = watch_restarts().await;
+    let took = real.cluster.restart_apiserver().expect("restart the API server");
+    eprintln!("API server restarted in {took:.1?}");
+    real.admin = client(real.cluster.kubeconfig_path()).await;
+    real.apply(workload("Deployment", "shop", "c", &on("shop/c:1"))).await;
+    mirrored("shop/c:1").await;
+    real.apply(workload("Deployment", "shop", "d", &on("shop/d:1"))).await;
+    mirrored("shop/d:1").await;
+    let restarts_after = watch_restarts().await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_written_once(&dst);
+    for (reference, image) in &images {
+        let (repo, tag) = reference.split_once(':').unwrap();
+        assert_identical(&dst, &format!("mirror/shop/{repo}"), tag, image).await;
+        let copies = log
+            .lines()
+            .filter(|l| l.contains("mirror copied") && l.contains(&format!("/{reference} ")))
+            .count();
+        assert_eq!(copies, 1, "{reference} copied {copies} times: {log}");
+    }
+    let puts = manifest_puts(&dst);
+    assert_eq!(puts.len(), images.len(), "{puts:?}");
+    eprintln!("watch (re)lists: {restarts_before} before the restart, {restarts_after} after");
+}
