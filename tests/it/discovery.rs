@@ -29,7 +29,12 @@ struct Watching {
 impl Watching {
     fn start(client: kube::Client, kinds: &[Kind]) -> Watching {
         let feeds = watch::feeds(&watch::watched_for(kinds, false, false), None);
-        let (watchers, updates) = watch::start(client, &feeds, Arc::new(Metrics::new()));
+        let (watchers, updates) = watch::start(
+            client,
+            &feeds,
+            Arc::new(Metrics::new()),
+            &watch::ForbiddenWatches::default(),
+        );
         Watching {
             inventory: Inventory::new(),
             updates,
@@ -268,7 +273,12 @@ async fn node_platforms_are_known_when_asked_for() {
         .unwrap();
     let client = kube::Client::new(server.router(), "default");
     let feeds = watch::feeds(&watch::watched_for(&[Kind::Pod], true, false), None);
-    let (watchers, updates) = watch::start(client, &feeds, Arc::new(Metrics::new()));
+    let (watchers, updates) = watch::start(
+        client,
+        &feeds,
+        Arc::new(Metrics::new()),
+        &watch::ForbiddenWatches::default(),
+    );
     let mut w = Watching {
         inventory: Inventory::new(),
         updates,
