@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
-use testkit::{Image, RegistryMode, manifest_digest};
+use testkit::{FaultProxy, Image, RegistryMode, manifest_digest};
 
 use crate::drills::wait_for;
-use crate::support::{CopycatRun, eventually, free_address, http, start};
+use crate::support::{ANY_PORT, CopycatRun, eventually, http, start};
 
 /// The daemon's lease duration (`copycat::leader::LEASE_DURATION`) plus slack for a loaded machine.
 const TAKEOVER: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION + 10);
@@ -16,21 +16,29 @@ const TAKEOVER: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION +
 struct Daemon {
     run: CopycatRun,
     name: &'static str,
-    metrics: String,
+    /// The replica's `HTTP_PROXY`: sees every registry request it makes.
+    proxy: FaultProxy,
 }
 
 impl Daemon {
     fn start(name: &'static str, kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-        let metrics = free_address();
-        let args = ["--metrics-bind-address", &metrics, "--health-probe-bind-address", "0"];
+        let args = ["--metrics-bind-address", ANY_PORT, "--health-probe-bind-address", "0"];
+        let proxy = FaultProxy::start_forward().expect("start the replica's forward proxy");
+        let proxy_url = proxy.url();
         let mut all = vec![
             ("LEADER_ELECT", "true"),
             ("HOSTNAME", name),
             ("FAILURE_COOLDOWN_MINUTES", "0"),
+            ("HTTP_PROXY", &proxy_url),
         ];
         all.extend_from_slice(env);
         let run = CopycatRun::start(kubeconfig, &args, &all);
-        Daemon { run, name, metrics }
+        Daemon { run, name, proxy }
+    }
+
+    /// The metrics listener's address, read from the log once bound.
+    async fn metrics(&self) -> String {
+        self.run.bound_address("metrics").await
     }
 
     /// Sends SIGTERM and returns the exit code and everything it logged.
@@ -40,7 +48,7 @@ impl Daemon {
 
     /// `k8s_copycat_leader`, once the metrics listener answers.
     async fn leader_gauge(&self) -> Option<f64> {
-        let (code, body) = http(&self.metrics, "GET", "/metrics", None).await;
+        let (code, body) = http(&self.metrics().await, "GET", "/metrics", None).await;
         if code != 200 {
             return None;
         }
@@ -49,7 +57,7 @@ impl Daemon {
     }
 
     async fn status_len(&self) -> usize {
-        let (code, body) = http(&self.metrics, "GET", "/status", None).await;
+        let (code, body) = http(&self.metrics().await, "GET", "/status", None).await;
         assert_eq!(code, 200, "/status works on every replica: {body}");
         serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().len()
     }
@@ -109,21 +117,29 @@ async fn only_the_leader_mirrors_and_the_follower_refuses_admin_requests() {
     let (leader, follower) = two_replicas(&server, running.kubeconfig_path(), &dst.host()).await;
 
     wait_for(&dst, "shop/web", "1").await;
-    let (code, body) = http(&follower.metrics, "POST", "/force-reconcile", None).await;
+    let (code, body) = http(&follower.metrics().await, "POST", "/force-reconcile", None).await;
     assert_eq!(code, 503, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
         answer["message"].as_str().unwrap().contains("not the leader"),
         "{answer}"
     );
-    let (code, body) = http(&follower.metrics, "POST", "/reset-cooldown", None).await;
+    let (code, body) = http(&follower.metrics().await, "POST", "/reset-cooldown", None).await;
     assert_eq!(code, 503, "{body}");
-    let (code, body) = http(&leader.metrics, "POST", "/force-reconcile?wait=20s", None).await;
+    let (code, body) = http(&leader.metrics().await, "POST", "/force-reconcile?wait=20s", None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["success"], true, "{body}");
     assert_eq!(follower.status_len().await, 0, "the follower submitted nothing");
     assert!(leader.status_len().await >= 1);
     assert_eq!(follower.leader_gauge().await, Some(0.0));
+    // Each replica's registry requests go through its own proxy: the leader's carried the mirror,
+    // the follower's saw nothing at all (no HEAD, no token, no /v2/ probe).
+    assert!(
+        leader.proxy.requests().iter().any(|r| r.method == "PUT"),
+        "{:#?}",
+        leader.proxy.requests()
+    );
+    assert_eq!(follower.proxy.requests(), [], "the follower made no registry request");
 
     let (code, follower_log) = follower.stop();
     assert_eq!(code, Some(0), "{follower_log}");
@@ -180,7 +196,7 @@ async fn the_follower_takes_over_when_the_leader_stops() {
         async || manifest_digest(&dst, "shop/late", "1").await.unwrap().is_some(),
     )
     .await;
-    let (code, body) = http(&follower.metrics, "POST", "/force-reconcile?wait=20s", None).await;
+    let (code, body) = http(&follower.metrics().await, "POST", "/force-reconcile?wait=20s", None).await;
     assert_eq!(code, 200, "the new leader takes admin requests: {body}");
     let (code, log) = follower.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -215,7 +231,7 @@ async fn a_leader_that_cannot_reach_the_api_server_steps_down_and_leads_again() 
         async || daemon.leader_gauge().await == Some(0.0),
     )
     .await;
-    let (code, _) = http(&daemon.metrics, "POST", "/force-reconcile", None).await;
+    let (code, _) = http(&daemon.metrics().await, "POST", "/force-reconcile", None).await;
     assert_eq!(code, 503);
     let stepped_down = cut.elapsed();
     running.start().unwrap();
