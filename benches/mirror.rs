@@ -193,7 +193,7 @@ fn main() {
         let order: [bool; 2] = if pair % 2 == 0 { [true, false] } else { [false, true] };
         for is_copycat in order {
             wipe(&dst);
-            let mut sync = || {
+            let sync = || {
                 if is_copycat {
                     measure(&mut copycat_sync())
                 } else {
