@@ -988,7 +988,9 @@ async fn a_connection_cut_inside_a_200_mib_layer_is_retried_to_an_identical_copy
     assert!(gets >= 2, "the layer was fetched again after the cut ({gets} GETs)");
     assert_identical(&dst, "big/layer", "1", &big).await;
     assert_written_once(&dst);
-    assert!(rss < 150.0, "a 200 MiB layer must stream, peak RSS {rss:.1} MiB");
+    // Streaming holds a few chunks: the debug build peaked at about 31 MiB here. 64 MiB leaves room
+    // for a loaded machine but not for holding a tenth of the layer (the part after the cut).
+    assert!(rss < 64.0, "a 200 MiB layer must stream, peak RSS {rss:.1} MiB");
 }
 
 /// `reference` at the fault proxy `proxy`: `127.0.0.1:PORT/repo:tag`.

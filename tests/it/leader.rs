@@ -48,12 +48,17 @@ impl Daemon {
 
     /// `k8s_copycat_leader`, once the metrics listener answers.
     async fn leader_gauge(&self) -> Option<f64> {
+        self.gauge("k8s_copycat_leader").await
+    }
+
+    /// The gauge `name`, once the metrics listener answers.
+    async fn gauge(&self, name: &str) -> Option<f64> {
         let (code, body) = http(&self.metrics().await, "GET", "/metrics", None).await;
         if code != 200 {
             return None;
         }
-        body.lines()
-            .find_map(|l| l.strip_prefix("k8s_copycat_leader ")?.trim().parse().ok())
+        let prefix = format!("{name} ");
+        body.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
     }
 
     async fn status_len(&self) -> usize {
@@ -129,6 +134,12 @@ async fn only_the_leader_mirrors_and_the_follower_refuses_admin_requests() {
     let (code, body) = http(&leader.metrics().await, "POST", "/force-reconcile?wait=20s", None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["success"], true, "{body}");
+    // The follower has planned (a plan submits before it sets this gauge): had it submitted, its
+    // queue would show the target.
+    eventually("the follower's plan", Duration::from_secs(30), async || {
+        follower.gauge("k8s_copycat_images_tracked").await == Some(1.0)
+    })
+    .await;
     assert_eq!(follower.status_len().await, 0, "the follower submitted nothing");
     assert!(leader.status_len().await >= 1);
     assert_eq!(follower.leader_gauge().await, Some(0.0));
@@ -141,8 +152,14 @@ async fn only_the_leader_mirrors_and_the_follower_refuses_admin_requests() {
     );
     assert_eq!(follower.proxy.requests(), [], "the follower made no registry request");
 
+    let Daemon {
+        run: follower,
+        proxy: follower_proxy,
+        ..
+    } = follower;
     let (code, follower_log) = follower.stop();
     assert_eq!(code, Some(0), "{follower_log}");
+    assert_eq!(follower_proxy.requests(), [], "not even later");
     let (code, leader_log) = leader.stop();
     assert_eq!(code, Some(0), "{leader_log}");
     assert!(!follower_log.contains("not built"), "{follower_log}");
