@@ -122,7 +122,6 @@ impl Emitter {
         }
         let key = (conflict.target.clone(), conflict.source.clone());
         if self.recent_conflicts.contains_key(&key) {
-            tracing::debug!(target = %conflict.target, source = %conflict.source, "conflict event already emitted in this window");
             return;
         }
         self.recent_conflicts.insert(key, ());

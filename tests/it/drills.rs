@@ -1587,7 +1587,11 @@ async fn load_1000_images_used_by_5000_pods() {
     let daemon = Daemon::mirroring_to(
         api.kubeconfig_path(),
         &dst,
-        &[("MAX_CONCURRENT_RECONCILES", "16"), ("LOG_LEVEL", "warn")],
+        &[
+            ("MAX_CONCURRENT_RECONCILES", "16"),
+            // Warnings only, but the listener lines the test reads its addresses from.
+            ("RUST_LOG", "warn,copycat::server=info"),
+        ],
     );
     let mirrored = r#"k8s_copycat_tasks{state="mirrored"}"#;
     eventually("every image mirrored", Duration::from_secs(240), async || {

@@ -245,16 +245,20 @@ async fn concurrent_creation_of_one_repository_is_success_for_everyone() {
 async fn the_token_is_cached_and_renewed_when_due() {
     let (moto, dst) = (moto(), ecr_registry());
     let mut s = settings(&dst.host());
+    // Long enough that the five cached calls below (no I/O) come well inside it.
+    let max_age = Duration::from_secs(2);
     s.tokens = TokenPolicy {
-        max_age: Duration::from_millis(500),
+        max_age,
         min_age: Duration::ZERO,
     };
     let ecr = connect(&moto, s).await;
+    let fetched = std::time::Instant::now();
     for _ in 0..5 {
         ecr.credential().await.unwrap();
     }
+    assert!(fetched.elapsed() < max_age, "the calls came inside max_age");
     assert_eq!(moto.count("GetAuthorizationToken"), 1, "cached");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
     ecr.credential().await.unwrap();
     assert_eq!(moto.count("GetAuthorizationToken"), 2, "renewed after max_age");
 }
