@@ -60,7 +60,7 @@ impl Copycat {
             .args(["--metrics-bind-address", metrics, "--health-probe-bind-address", health])
             // Hermetic: only the settings below, no config file, no proxies.
             .env_clear()
-            .env("CONFIG_PATH", "/nonexistent/config.yaml")
+            .env("CONFIG_PATH", "/dev/null")
             .env("TARGET_KIND", "docker")
             .env("TARGET_REGISTRY", target)
             .env("TARGET_REPO_PREFIX", PREFIX)
