@@ -65,5 +65,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/image.sh
 
 cargo nextest run --workspace --no-fail-fast
+# The tests nextest counts as skipped, and why: each is #[ignore]d with its reason on purpose.
+echo "skipped on purpose (#[ignore = reason]):"
+grep -rn --include='*.rs' -A1 '#\[ignore = ' src tests testkit |
+  awk -F'"' '/#\[ignore = / { why = $2; next } match($0, /fn [a-z0-9_]+/) { print "  " substr($0, RSTART + 3, RLENGTH - 3) ": " why }'
 # nextest does not run doctests.
 cargo test --workspace --doc --quiet

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use testkit::{Image, Registry, RegistryMode, http_client, manifest_digest, skopeo_digest};
 
-const USAGE: &str = "usage: demo --copycat PATH   (PATH: a built copycat binary, e.g. target/release/copycat)";
+const USAGE: &str = "usage: demo --copycat PATH   (PATH: a built copycat binary, e.g. target/debug/copycat)";
 /// Longest wait for each round of mirroring.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for copycat to exit after SIGTERM.
