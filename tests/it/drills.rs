@@ -42,12 +42,24 @@ fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 }
 
-/// Waits until `repo` has `reference` (a tag or a digest) at `reg`.
+/// Waits until `repo` has `reference` (a tag or a digest) at `reg`, polling every 200 ms. A failed
+/// check (the registry slow to answer while it takes in a big layer on a loaded machine) is asked
+/// again; the last error is printed if the wait times out.
 pub(crate) async fn wait_for(reg: &Registry, repo: &str, reference: &str) {
-    eventually(&format!("{repo}:{reference} at {}", reg.host()), WAIT, async || {
-        manifest_digest(reg, repo, reference).await.unwrap().is_some()
-    })
-    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let error = match manifest_digest(reg, repo, reference).await {
+            Ok(Some(_)) => return,
+            Ok(None) => None,
+            Err(e) => Some(format!("{e:#}")),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {repo}:{reference} at {}; last error: {error:?}",
+            reg.host()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `repo` at `reference` (a tag or a digest) is `image`, byte for byte as skopeo reads it, with every
