@@ -183,3 +183,34 @@ async fn pull_secrets_the_rbac_does_not_grant_are_reported_without_blocking_read
     assert_eq!(code, Some(0), "{log}");
     assert!(!forbidden_lines(&log, "Secret").is_empty(), "{log}");
 }
+
+/// A list that takes 10 s (a large namespace on a busy API server): the kinds already listed are
+/// mirrored meanwhile, and readiness waits for the slow one.
+#[tokio::test]
+async fn a_slow_list_of_one_kind_holds_readiness_but_not_the_other_kinds() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[2000], 1104).unwrap();
+    image.push(&src, "shop/web", "1").await.unwrap();
+    let server = ApiServer::new();
+    server
+        .apply(deployment("web", &[format!("{}/shop/web:1", src.host())]))
+        .unwrap();
+    let slow = Duration::from_secs(10);
+    server.inject(ApiFault::slow(slow).on("pods", "list").times(1));
+    let running = server.serve().unwrap();
+    let started = Instant::now();
+    let daemon = Daemon::mirroring_to(running.kubeconfig_path(), &dst, &[]);
+
+    wait_for(&dst, "shop/web", "1").await;
+    let (code, body) = daemon.probe("/readyz").await;
+    if started.elapsed() < slow {
+        assert_eq!(code, 503, "the Pods are not listed yet: {body}");
+    }
+    eventually("/readyz once the Pods are listed", WAIT, async || {
+        daemon.probe("/readyz").await.0 == 200
+    })
+    .await;
+    assert!(started.elapsed() >= slow, "ready only after the slow list");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
