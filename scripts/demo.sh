@@ -14,7 +14,7 @@ ensure_packages docker-registry:docker-registry skopeo:skopeo
 # here, and scripts/test.sh afterwards reuses every artefact.
 target="${CARGO_TARGET_DIR:-target}"
 if [ ! -x "$target/debug/copycat" ] || [ ! -x "$target/debug/demo" ]; then
-  echo "building copycat and the demo: about DEMO_BUILD_ESTIMATE on 2 cores the first time (cargo's progress below), seconds afterwards"
+  echo "building copycat and the demo: about 6 minutes on 2 cores the first time (cargo's progress below), seconds afterwards"
 fi
 cargo build --locked -p copycat --bin copycat -p testkit --bin demo
 exec "$target/debug/demo" --copycat "$target/debug/copycat"
