@@ -16,33 +16,35 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
-use crate::commands;
 use crate::config::Config;
 use crate::discovery::inventory::{Feed, Inventory, Update};
 use crate::discovery::watch;
-use crate::events::{self, Emitter};
+use crate::events::Emitter;
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
-use crate::plan::{Planner, TargetConflict, Workload, watched_kinds};
-use crate::queue::{ExcludedImages, MirrorTask, Queue, QueueOptions};
+use crate::plan::{MirrorTask, Planner, TargetConflict};
+use crate::queue::{ExcludedImages, Queue};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
-use crate::target::Target;
+use crate::wiring::DaemonParts;
+use crate::workload::Workload;
 
 /// How long changes may keep arriving before a plan is made (a rollout touches many objects at once).
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: &Config) -> anyhow::Result<()> {
+/// Runs the daemon with the `parts` built from `config` until SIGTERM or SIGINT.
+pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
+    let DaemonParts {
+        target,
+        copier,
+        queue,
+        planner,
+        events,
+        watched,
+    } = parts;
     let client = kube_client(config).await?;
-    let target_registry = Target::from_config(config).await;
-    let targets = [target_registry.clone()];
-    let registries = commands::registries(config, &targets).map_err(anyhow::Error::msg)?;
-    let dockerhub = registries.get("docker.io");
-    let queue = Queue::start(
-        commands::copier(config, registries, &targets),
-        QueueOptions::from_config(config),
-    );
-    let target = target_registry.registry;
+    let dockerhub = copier.registries().get("docker.io");
+    let queue = Queue::start(copier, queue);
+    let target = target.registry;
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
     let identity = leader::identity();
@@ -57,9 +59,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     } else {
         Leadership::always(&metrics)
     };
-    let events = events::wanted(config)
-        .then(|| Emitter::new(client.clone(), identity, events::window(config), leadership.subscribe()).start(&queue));
-    let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
+    let events =
+        events.map(|window| Emitter::new(client.clone(), identity, window, leadership.subscribe()).start(&queue));
     let ready = Arc::new(AtomicBool::new(false));
     let (rescan_tx, rescan_rx) = mpsc::channel(8);
     let excluded = ExcludedImages::default();
@@ -81,11 +82,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     .await?;
     let namespaces = planner.scope().only_names();
     warn_about_missing_namespaces(&client, &planner, namespaces.as_deref()).await;
-    let watched = watch::watched_for(
-        &watched_kinds(config),
-        config.check_node_platform,
-        config.use_image_pull_secrets,
-    );
+    let watched = watch::watched_for(&watched, config.check_node_platform, config.use_image_pull_secrets);
     let feeds = watch::feeds(&watched, namespaces.as_deref());
     let (watchers, updates) = watch::start(client, &feeds, metrics.clone());
     let scope = namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(","));
@@ -322,7 +319,8 @@ impl Planning<'_> {
             }
         }
         self.report_conflicts(&plan.conflicts, lead);
-        self.metrics.set_conflicts(&plan.conflicts);
+        self.metrics
+            .set_conflicts(plan.conflicts.iter().map(TargetConflict::labels));
         let (tasks, excluded, conflicts) = (plan.tasks.len(), plan.excluded.len(), plan.conflicts.len());
         self.excluded.set(plan.excluded, plan.conflicts);
         let mut changed = 0;

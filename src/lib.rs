@@ -23,4 +23,7 @@ pub mod registry;
 pub mod secret;
 pub mod server;
 pub mod target;
+pub mod task_state;
 pub mod telemetry;
+pub mod wiring;
+pub mod workload;

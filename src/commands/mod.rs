@@ -1,150 +1,23 @@
-//! The one-shot commands `copycat copy` and `copycat sync`, and the wiring from configuration to a
-//! [`Copier`] that the daemon shares.
+//! The one-shot commands `copycat copy` and `copycat sync`, over a copier that [`wiring`] builds
+//! for the target hosts the command names.
 
 mod progress;
 
-use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use futures::StreamExt;
 
-use crate::app::EXIT_USAGE;
-use crate::cli::{CopyArgs, SyncArgs};
-use crate::config::{Config, Problem};
-use crate::copy::{Copier, CopyOptions, CopyRequest};
+use crate::cli::{CopyArgs, EXIT_USAGE, SyncArgs};
+use crate::config::Config;
+use crate::copy::{CopyOptions, CopyRequest};
 use crate::naming;
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef};
-use crate::registry::credentials::{Credentials, load_docker_config};
-use crate::registry::{ClientOptions, Credential, HostSettings, Registries};
-use crate::target::Target;
+use crate::wiring::{command_copier, copy_options};
 use progress::Progress;
 
 /// Exit status when some images failed.
 const EXIT_FAILED: u8 = 1;
-
-/// The CA files of `config` that cannot be used (unreadable, or without a usable certificate), as
-/// configuration problems naming their setting: a start with one stops like any bad setting, instead
-/// of failing later naming only the file. `check-config` does not read them: they may exist only where
-/// copycat runs (a mounted Secret).
-pub fn ca_file_problems(config: &Config) -> Vec<Problem> {
-    let docker =
-        (!config.docker.insecure).then(|| ("docker.caFile / TARGET_CA_FILE".to_owned(), &config.docker.ca_file));
-    let entries = config
-        .registries
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.insecure)
-        .map(|(i, r)| (format!("registries[{i}].caFile"), &r.ca_file));
-    docker
-        .into_iter()
-        .chain(entries)
-        .filter(|(_, path)| !path.is_empty())
-        .filter_map(|(origin, path)| {
-            let error = crate::registry::load_ca_file(std::path::Path::new(path)).err()?;
-            Some(Problem {
-                origin,
-                value: Some(path.clone()),
-                message: error.to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Registry clients for `config`. Targets with renewable credentials (ECR) get them; the other
-/// targets get the static target credentials (`TARGET_USERNAME`, `TARGET_PASSWORD`) and TLS
-/// settings (`docker.insecure`, `docker.caFile`).
-pub fn registries(config: &Config, targets: &[Target]) -> Result<Registries, String> {
-    let env = |name: &str| std::env::var(name).ok();
-    let mut credentials = Credentials::new();
-    let docker = &config.docker;
-    let mut hosts: HashMap<String, HostSettings> = config
-        .registries
-        .iter()
-        .map(|r| {
-            (
-                r.host.clone(),
-                HostSettings {
-                    insecure: r.insecure,
-                    ca_file: non_empty_path(&r.ca_file),
-                },
-            )
-        })
-        .collect();
-    for target in targets {
-        let host = reference::normalize_host(&target.host);
-        if let Some(provider) = &target.credentials {
-            credentials = credentials.with_provider(&host, provider.clone());
-            continue;
-        }
-        if !docker.username.is_empty() || !docker.password.is_empty() {
-            let credential = Credential::Basic {
-                username: docker.username.clone(),
-                password: docker.password.clone(),
-            };
-            credentials = credentials.with_host(&host, credential);
-        }
-        let settings = hosts.entry(host).or_default();
-        settings.insecure |= docker.insecure;
-        if settings.ca_file.is_none() {
-            settings.ca_file = non_empty_path(&docker.ca_file);
-        }
-    }
-    credentials = credentials.with_registry_credentials(&config.registry_credentials);
-    if let Some((path, auths)) = load_docker_config(&env)? {
-        tracing::debug!(path = %path.display(), entries = auths.len(), "using registry credentials from Docker config");
-        credentials = credentials.with_docker_auths(auths);
-    }
-    let options = ClientOptions {
-        request_timeout: config.request_timeout,
-        retry_attempts: config.registry_retry_attempts,
-        retry_backoff: config.registry_retry_backoff,
-        max_concurrent_requests: config.registry_max_concurrent_requests as usize,
-        hosts,
-        user_agent: format!("copycat/{}", env!("CARGO_PKG_VERSION")),
-    };
-    Registries::new(options, Arc::new(credentials)).map_err(|e| e.to_string())
-}
-
-/// A copier over `registries` with the configured read mirrors, preparing the targets' repositories.
-pub fn copier(config: &Config, registries: Registries, targets: &[Target]) -> Copier {
-    let mut copier = Copier::new(registries).with_mirrors(config.registry_mirrors.clone().into_iter().collect());
-    for target in targets {
-        if let Some(preparer) = &target.repositories {
-            copier = copier.with_preparer(&target.host, preparer.clone());
-        }
-    }
-    copier
-}
-
-/// The copier of the one-shot commands for images written to `target_hosts`.
-async fn command_copier(config: &Config, target_hosts: &[&str]) -> Result<Copier, String> {
-    let mut targets: Vec<Target> = Vec::new();
-    for host in target_hosts {
-        if !targets.iter().any(|t| t.host.eq_ignore_ascii_case(host)) {
-            targets.push(Target::for_host(config, host).await);
-        }
-    }
-    Ok(copier(config, registries(config, &targets)?, &targets))
-}
-
-fn non_empty_path(path: &str) -> Option<std::path::PathBuf> {
-    (!path.is_empty()).then(|| path.into())
-}
-
-/// Copy options from the configuration.
-pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
-    CopyOptions {
-        platforms,
-        allow_overwrite: config.allow_different_digest_repush,
-        always_overwrite_tags: config.always_overwrite_tags.clone(),
-        dry_run: config.dry_run,
-        blob_concurrency: config.blob_concurrency as usize,
-        deadline: config.image_deadline,
-        source_credentials: vec![],
-    }
-}
 
 /// `copycat copy SRC DST`.
 pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
@@ -171,7 +44,7 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
     }
     let copier = match command_copier(config, &[request.target.registry()]).await {
         Ok(c) => c,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let progress = Progress::start(&copier, 1);
     let result = copier.copy(&request, &copy_options(config, platforms)).await;
@@ -229,7 +102,7 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
     let target_hosts: Vec<&str> = entries.iter().map(|e| e.request.target.registry()).collect();
     let copier = match command_copier(config, &target_hosts).await {
         Ok(c) => c,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let progress = Progress::start(&copier, entries.len());
     futures::stream::iter(&entries)

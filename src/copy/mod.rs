@@ -19,6 +19,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 
+use crate::naming::NamingError;
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
 use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError, Side};
@@ -187,7 +188,7 @@ pub enum CopyError {
     Repository(#[source] RepositoryError),
     /// The target cannot be named (`$arch` from the image made an invalid repository name).
     #[error("cannot name the target: {0}")]
-    TargetName(String),
+    TargetName(#[source] NamingError),
     /// The source refused the pull secrets tried, and the configured credentials (or anonymous
     /// access) after them.
     #[error("the source refused pull secret {}: {refusal}", .secrets.join(", "))]

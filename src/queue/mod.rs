@@ -28,7 +28,6 @@
 //! waiting or in cooldown; finished targets live in bounded caches.
 
 mod status;
-mod task;
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -42,15 +41,15 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::config::Config;
 use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, CopyRequest, Outcome};
 use crate::metrics::Metrics;
-use crate::plan::Workload;
+use crate::plan::{MirrorTask, TargetKey, union_users};
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
+use crate::task_state::TaskState;
+use crate::workload::Workload;
 use status::Counters;
-pub use status::{ExcludedImages, QueueCounters, TaskState, TaskStatus};
-pub use task::{MAX_USERS, MirrorTask, TargetKey, union_users};
+pub use status::{ExcludedImages, QueueCounters, TaskStatus};
 
 /// Logs one mirror outcome at `$level` (a constant) with [`OutcomeLine`]'s fields, `result`, then the
 /// extra fields and the message.
@@ -115,31 +114,6 @@ impl Default for QueueOptions {
             dry_pull: false,
             status_capacity: DEFAULT_STATUS_CAPACITY,
             ignore_missing_platforms: vec![],
-        }
-    }
-}
-
-impl QueueOptions {
-    /// Options from the configuration: `maxConcurrentReconciles` workers, `failureCooldownMinutes`,
-    /// `dryRun` (through the copy options) and `dryPull`. With `forceReconcileMinutes`, the positive
-    /// cache trusts a copy for at most 90 % of that interval, so each periodic rescan re-checks the
-    /// registries (two HEADs per unchanged image) instead of finding everything cached.
-    pub fn from_config(config: &Config) -> QueueOptions {
-        let ttl = config.mirrored_cache_ttl.unwrap_or_default();
-        let positive_ttl = match config.force_reconcile_interval {
-            Some(every) if !every.is_zero() => ttl.min(every * 9 / 10),
-            _ => ttl,
-        };
-        QueueOptions {
-            workers: (config.max_concurrent_reconciles as usize).max(1),
-            failure_cooldown: config.failure_cooldown,
-            retry_backoff: DEFAULT_RETRY_BACKOFF,
-            max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
-            positive_ttl,
-            copy: crate::commands::copy_options(config, vec![]),
-            dry_pull: config.dry_pull,
-            status_capacity: DEFAULT_STATUS_CAPACITY,
-            ignore_missing_platforms: config.ignore_missing_platforms.iter().map(|p| p.0.clone()).collect(),
         }
     }
 }
@@ -987,7 +961,7 @@ pub struct FailureReport {
     pub source: ImageRef,
     /// What went wrong (contains no credentials).
     pub error: String,
-    /// Who uses the image (at most [`MAX_USERS`]).
+    /// Who uses the image (at most [`MAX_USERS`](crate::plan::MAX_USERS)).
     pub users: Vec<Workload>,
     /// When the target is retried (at the end of its cooldown or retry backoff); `None`: when it is
     /// submitted again.
@@ -1076,50 +1050,4 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Purpose;
-
-    fn config(env: &[(&str, &str)]) -> Config {
-        crate::config::from_env(env, Purpose::OneShot)
-    }
-
-    #[test]
-    fn options_from_the_configuration() {
-        let o = QueueOptions::from_config(&config(&[]));
-        assert_eq!(o.workers, 2);
-        assert_eq!(o.failure_cooldown, Some(Duration::from_secs(3600)));
-        assert_eq!(o.positive_ttl, DEFAULT_POSITIVE_TTL);
-        assert!(!o.dry_pull && !o.copy.dry_run);
-
-        let o = QueueOptions::from_config(&config(&[
-            ("MAX_CONCURRENT_RECONCILES", "5"),
-            ("FAILURE_COOLDOWN_MINUTES", "0"),
-            ("FORCE_RECONCILE_MINUTES", "60"),
-            ("DRY_RUN", "true"),
-            ("DRY_PULL", "true"),
-        ]));
-        assert_eq!(o.workers, 5);
-        assert_eq!(o.failure_cooldown, None);
-        assert_eq!(
-            o.positive_ttl,
-            Duration::from_secs(54 * 60),
-            "re-checked by each hourly rescan"
-        );
-        assert!(o.dry_pull && o.copy.dry_run);
-
-        let o = QueueOptions::from_config(&config(&[("FORCE_RECONCILE_MINUTES", "1440")]));
-        assert_eq!(o.positive_ttl, DEFAULT_POSITIVE_TTL);
-        let o = QueueOptions::from_config(&config(&[("MIRRORED_CACHE_TTL", "30m")]));
-        assert_eq!(o.positive_ttl, Duration::from_secs(30 * 60));
-        let o = QueueOptions::from_config(&config(&[("MIRRORED_CACHE_TTL", "0")]));
-        assert_eq!(o.positive_ttl, Duration::ZERO);
-        // A zero TTL is a cache that remembers nothing (and does not panic).
-        let cache = moka::sync::Cache::builder().time_to_live(o.positive_ttl).build();
-        cache.insert(1, 1);
-        assert_eq!(cache.get(&1), None::<i32>);
-    }
 }

@@ -344,7 +344,7 @@ impl Registries {
     /// authentication state and the rate-limit state.
     pub fn get(&self, host: &str) -> Registry {
         let host = host.to_ascii_lowercase();
-        let key = proto::canonical_host(&host);
+        let key = crate::reference::canonical_host(&host);
         let state = {
             let mut hosts = self.inner.hosts.lock().unwrap_or_else(|e| e.into_inner());
             hosts

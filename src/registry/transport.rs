@@ -162,7 +162,7 @@ pub(crate) fn tls_mode(options: &ClientOptions, given: &str, canonical: &str) ->
             options
                 .hosts
                 .iter()
-                .find(|(k, _)| proto::canonical_host(k) == canonical)
+                .find(|(k, _)| crate::reference::canonical_host(k) == canonical)
                 .map(|(_, v)| v)
         });
     match settings {
@@ -204,7 +204,7 @@ pub(crate) struct HostState {
 
 impl HostState {
     pub(crate) fn new(options: &ClientOptions, given: &str) -> HostState {
-        let canonical = proto::canonical_host(given);
+        let canonical = crate::reference::canonical_host(given);
         let endpoint = proto::endpoint_host(&canonical).to_string();
         HostState {
             mode: tls_mode(options, given, &canonical),
@@ -857,7 +857,7 @@ impl Registry {
     fn after_response(&self, req: &Req<'_>, resp: Response) -> Result<Response, RegistryError> {
         let quota = self.observe_ratelimit(&resp);
         if req.manifest_get && resp.status() == StatusCode::TOO_MANY_REQUESTS {
-            let is_quota = quota.is_some() || self.state.canonical == proto::DOCKER_HUB;
+            let is_quota = quota.is_some() || self.state.canonical == crate::reference::DOCKER_HUB;
             if is_quota {
                 let wait = retry_after_of(&resp)
                     .or(quota.and_then(|(_, w)| w))
@@ -1070,7 +1070,11 @@ mod tests {
             ("docker.io", TlsMode::Insecure),
         ];
         for (host, want) in cases {
-            assert_eq!(tls_mode(&o, host, &proto::canonical_host(host)), want, "{host}");
+            assert_eq!(
+                tls_mode(&o, host, &crate::reference::canonical_host(host)),
+                want,
+                "{host}"
+            );
         }
         assert_eq!(tls_mode(&options(&[]), "docker.io", "docker.io"), TlsMode::Verified);
     }

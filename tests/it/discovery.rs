@@ -6,7 +6,7 @@ use std::time::Duration;
 use copycat::discovery::inventory::{Inventory, ObjectKey, Update};
 use copycat::discovery::watch::{self, Watchers};
 use copycat::metrics::Metrics;
-use copycat::plan::Kind;
+use copycat::workload::Kind;
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use tokio::sync::mpsc;

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use copycat::copy::{CopyOptions, CopyRequest};
-use copycat::plan::{Kind, Workload};
+use copycat::plan::MirrorTask;
 use copycat::platform::Platform;
-use copycat::queue::{MirrorTask, Queue, QueueOptions, TaskState, TaskStatus};
+use copycat::queue::{Queue, QueueOptions, TaskStatus};
 use copycat::reference::ImageRef;
+use copycat::task_state::TaskState;
+use copycat::workload::{Kind, Workload};
 use serde_json::{Value, json};
 use testkit::{AccessLogEntry, Fault, FaultProxy, Image, Match, Registry, RegistryMode, manifest_digest};
 
