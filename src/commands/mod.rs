@@ -10,9 +10,9 @@ use futures::StreamExt;
 use crate::cli::{CopyArgs, EXIT_USAGE, SyncArgs};
 use crate::config::Config;
 use crate::copy::{CopyOptions, CopyRequest};
-use crate::naming;
+use crate::naming::{self, NamingError};
 use crate::platform::Platform;
-use crate::reference::{self, ImageRef};
+use crate::reference::{self, ImageRef, ReferenceError};
 use crate::wiring::{command_copier, copy_options};
 use progress::Progress;
 
@@ -23,7 +23,7 @@ const EXIT_FAILED: u8 = 1;
 pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
     let request = match copy_request(&args.source, &args.target, &config.digest_tag_template) {
         Ok(r) => r,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let platforms = match args
         .platforms
@@ -56,22 +56,38 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
     }
 }
 
+/// Why the arguments of `copy` name no copy.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyArgsError {
+    /// SRC is no image reference.
+    #[error("SRC: {0}")]
+    Source(#[source] ReferenceError),
+    /// DST is no image reference.
+    #[error("DST: {0}")]
+    Target(#[source] ReferenceError),
+    /// DST names a digest, which only the source decides.
+    #[error("DST {0:?}: name a tag or nothing; the digest is the source's")]
+    TargetDigest(String),
+    /// The target tag cannot be made (`digestTagTemplate`).
+    #[error("DST: {0}")]
+    TargetTag(#[source] NamingError),
+}
+
 /// Source and target of `copy`: the target keeps the source's tag unless it names one, and a
 /// digest-only source is pushed by digest (never to `:latest`), tagged by `digestTagTemplate` if set.
-pub fn copy_request(source: &str, target: &str, digest_tag_template: &str) -> Result<CopyRequest, String> {
-    let source_ref = ImageRef::parse(source).map_err(|e| format!("SRC: {e}"))?;
-    let target_ref = ImageRef::parse(target).map_err(|e| format!("DST: {e}"))?;
+pub fn copy_request(source: &str, target: &str, digest_tag_template: &str) -> Result<CopyRequest, CopyArgsError> {
+    let source_ref = ImageRef::parse(source).map_err(CopyArgsError::Source)?;
+    let target_ref = ImageRef::parse(target).map_err(CopyArgsError::Target)?;
     if target_ref.digest().is_some() {
-        return Err(format!(
-            "DST {target:?}: name a tag or nothing; the digest is the source's"
-        ));
+        return Err(CopyArgsError::TargetDigest(target.to_owned()));
     }
     let explicit = if reference::has_explicit_tag(target) {
         target_ref.tag()
     } else {
         None
     };
-    let target_tag = naming::target_tag(&source_ref, explicit, digest_tag_template).map_err(|e| format!("DST: {e}"))?;
+    let target_tag =
+        naming::target_tag(&source_ref, explicit, digest_tag_template).map_err(CopyArgsError::TargetTag)?;
     Ok(CopyRequest {
         source: source_ref,
         target: target_ref.without_digest(),
@@ -157,7 +173,9 @@ mod tests {
             ("Nginx", "r.io/b", Err("SRC")),
         ];
         for (src, dst, want) in cases {
-            let got = copy_request(src, dst, "").map(|r| r.target_display(r.source.digest()));
+            let got = copy_request(src, dst, "")
+                .map(|r| r.target_display(r.source.digest()))
+                .map_err(|e| e.to_string());
             match want {
                 Ok(w) => assert_eq!(got.as_deref(), Ok(w.as_str()), "{src} {dst}"),
                 Err(prefix) => assert!(got.unwrap_err().starts_with(prefix), "{src} {dst}"),
