@@ -27,6 +27,7 @@
 //! Every outcome is one structured log line. Memory is bounded by the number of distinct targets
 //! waiting or in cooldown; finished targets live in bounded caches.
 
+mod report;
 mod status;
 
 use std::any::Any;
@@ -37,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -44,22 +46,12 @@ use tokio::task::{AbortHandle, JoinHandle};
 use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, CopyRequest, Outcome};
 use crate::metrics::Metrics;
 use crate::plan::{MirrorTask, TargetKey, union_users};
-use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
 use crate::task_state::TaskState;
 use crate::workload::Workload;
+pub use report::FailureReport;
 use status::Counters;
 pub use status::{ExcludedImages, QueueCounters, TaskStatus};
-
-/// Logs one mirror outcome at `$level` (a constant) with [`OutcomeLine`]'s fields, `result`, then the
-/// extra fields and the message.
-macro_rules! outcome {
-    ($level:expr, $line:expr, $result:expr, $($rest:tt)+) => {
-        tracing::event!($level, source = %$line.source, target = %$line.target, namespace = $line.namespace,
-            workload = $line.workload.as_deref(), users = $line.users, result = $result,
-            digest = $line.digest.as_deref(), bytes = $line.bytes, duration_ms = $line.duration_ms, $($rest)+)
-    };
-}
 
 /// How long a successful copy is trusted without asking any registry.
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(6 * 60 * 60);
@@ -118,6 +110,42 @@ impl Default for QueueOptions {
     }
 }
 
+/// What the queue needs of the copy engine: a small port, so that the state machine can be tested
+/// with a fake; [`Copier`] is the real one.
+pub trait CopyEngine: Send + Sync + 'static {
+    /// Copies `request` ([`Copier::copy`]).
+    fn copy<'a>(
+        &'a self,
+        request: &'a CopyRequest,
+        options: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<CopyReport, CopyError>>;
+
+    /// The manifest digest and architecture of `source` ([`Copier::source_architecture`]).
+    fn source_architecture<'a>(
+        &'a self,
+        source: &'a ImageRef,
+        options: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<(Digest, String), CopyError>>;
+}
+
+impl CopyEngine for Copier {
+    fn copy<'a>(
+        &'a self,
+        request: &'a CopyRequest,
+        options: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<CopyReport, CopyError>> {
+        Box::pin(Copier::copy(self, request, options))
+    }
+
+    fn source_architecture<'a>(
+        &'a self,
+        source: &'a ImageRef,
+        options: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<(Digest, String), CopyError>> {
+        Box::pin(Copier::source_architecture(self, source, options))
+    }
+}
+
 /// The mirror queue. Cloning is cheap and every clone is the same queue; when the last clone is
 /// dropped the workers stop after their current copy (prefer [`Queue::shutdown`]).
 #[derive(Clone)]
@@ -136,7 +164,7 @@ impl Drop for Owner {
 }
 
 struct Inner {
-    copier: Copier,
+    copier: Box<dyn CopyEngine>,
     options: QueueOptions,
     state: Mutex<State>,
     /// Keys of queued entries, each sent once when its entry becomes queued.
@@ -291,11 +319,11 @@ impl std::fmt::Display for Failure {
 
 impl Queue {
     /// Starts the worker pool on the current tokio runtime (panics outside one).
-    pub fn start(copier: Copier, options: QueueOptions) -> Queue {
+    pub fn start(copier: impl CopyEngine, options: QueueOptions) -> Queue {
         let runtime = Handle::current();
         let (ready, ready_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            copier,
+            copier: Box::new(copier),
             positive: moka::sync::Cache::builder()
                 .max_capacity(POSITIVE_CAPACITY)
                 .time_to_live(options.positive_ttl)
@@ -592,28 +620,6 @@ async fn work(inner: Arc<Inner>, ready: Ready) {
 }
 
 impl Inner {
-    /// Warns once per target and platform about a requested platform the source lacks, unless
-    /// `ignoreMissingPlatforms` matches `<source>|<os>/<arch>`.
-    fn report_missing_platforms(&self, key: &TargetKey, source: &ImageRef, missing: &[Platform]) {
-        for platform in missing {
-            let subject = format!("{source}|{}/{}", platform.os, platform.architecture);
-            if self
-                .options
-                .ignore_missing_platforms
-                .iter()
-                .any(|r| r.is_match(&subject))
-            {
-                continue;
-            }
-            let seen = format!("{key}|{platform}");
-            if self.reported_missing.contains_key(&seen) {
-                continue;
-            }
-            self.reported_missing.insert(seen, ());
-            tracing::warn!(%source, target = %key, %platform, "the source does not offer a requested platform");
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
@@ -866,139 +872,6 @@ impl Inner {
             self.finished.insert(key.clone(), Arc::new(status));
         }
     }
-
-    /// Sends a failure to whoever asked for them ([`Queue::report_failures`]), if anyone.
-    fn tell_failure(&self, key: &TargetKey, task: &MirrorTask, failure: &Failure, retry_in: Option<Duration>) {
-        let Some(to) = self.failures.get() else {
-            return;
-        };
-        let report = FailureReport {
-            target: key.clone(),
-            source: task.request.source.clone(),
-            error: failure.to_string(),
-            users: task.users.clone(),
-            retry_in,
-        };
-        if to.try_send(report).is_err() {
-            tracing::debug!(target = %key, "failure report dropped: the receiver is busy or gone");
-        }
-    }
-
-    /// Counts an attempt and logs it as one line.
-    fn report(
-        &self,
-        key: &TargetKey,
-        named: Option<&str>,
-        task: &MirrorTask,
-        result: &Result<Done, Failure>,
-        took: Duration,
-        retry_in: Option<Duration>,
-    ) {
-        let c = &self.counters;
-        let source = &task.request.source;
-        if let Some(metrics) = self.metrics.get() {
-            let (from, to) = (source.registry(), task.request.target.registry());
-            match result {
-                Ok(Done::Copy(report)) => metrics.mirror_succeeded(from, to, report, took),
-                Ok(Done::DryPull) => {}
-                Err(Failure::Copy(e)) => metrics.mirror_failed(from, to, Some(e), took),
-                Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
-            }
-        }
-        let line = OutcomeLine::new(named.unwrap_or(key.as_str()), task, took);
-        match result {
-            Ok(Done::DryPull) => {
-                Counters::add(&c.dry_pulled, 1);
-                let line = OutcomeLine { bytes: Some(0), ..line };
-                outcome!(tracing::Level::INFO, line, "dry-pull", "would mirror {source} → {key}");
-            }
-            Ok(Done::Copy(report)) => {
-                let (counter, result) = match report.outcome {
-                    Outcome::Copied => (&c.copied, "copied"),
-                    Outcome::AlreadyPresent => (&c.present, "present"),
-                    Outcome::WouldCopy => (&c.would_copy, "would-copy"),
-                };
-                Counters::add(counter, 1);
-                Counters::add(&c.bytes, report.bytes);
-                let line = OutcomeLine {
-                    digest: report.digest.as_ref().map(ToString::to_string),
-                    bytes: Some(report.bytes),
-                    ..line
-                };
-                outcome!(
-                    tracing::Level::INFO,
-                    line,
-                    result,
-                    missing_platforms = report.missing_platforms.len(),
-                    "mirror {result}"
-                );
-                self.report_missing_platforms(key, source, &report.missing_platforms);
-            }
-            Err(failure) => {
-                Counters::add(&c.failed, 1);
-                self.tell_failure(key, task, failure, retry_in);
-                let retry_in = match retry_in {
-                    Some(d) => humantime::format_duration(d).to_string(),
-                    None => "on next submit".to_owned(),
-                };
-                if failure.is_transient() {
-                    outcome!(tracing::Level::WARN, line, "failed", error = %failure, %retry_in, "mirror failed");
-                } else {
-                    outcome!(tracing::Level::ERROR, line, "failed", reason = %failure, %retry_in,
-                        "mirror failed and will fail again until the registry changes");
-                }
-            }
-        }
-    }
-}
-
-/// A failed attempt, as [`Queue::report_failures`] reports it.
-#[derive(Debug, Clone)]
-pub struct FailureReport {
-    /// The target.
-    pub target: TargetKey,
-    /// The source of the attempt.
-    pub source: ImageRef,
-    /// What went wrong (contains no credentials).
-    pub error: String,
-    /// Who uses the image (at most [`MAX_USERS`](crate::plan::MAX_USERS)).
-    pub users: Vec<Workload>,
-    /// When the target is retried (at the end of its cooldown or retry backoff); `None`: when it is
-    /// submitted again.
-    pub retry_in: Option<Duration>,
-}
-
-/// The fields every outcome line has. `None` fields are left out of the line: the digest when
-/// neither the source pins one nor the copy found one, the bytes of a failed attempt.
-struct OutcomeLine<'a> {
-    source: &'a ImageRef,
-    target: &'a str,
-    /// Namespace of the first user.
-    namespace: Option<&'a str>,
-    /// The first user as `Kind/name`.
-    workload: Option<String>,
-    /// How many workloads use the image, when more than one.
-    users: Option<usize>,
-    digest: Option<String>,
-    bytes: Option<u64>,
-    duration_ms: u64,
-}
-
-impl<'a> OutcomeLine<'a> {
-    /// The line of an attempt at `task`, with the source's pinned digest and no bytes yet.
-    fn new(target: &'a str, task: &'a MirrorTask, took: Duration) -> OutcomeLine<'a> {
-        let first = task.users.first();
-        OutcomeLine {
-            source: &task.request.source,
-            target,
-            namespace: first.map(|u| u.namespace.as_str()),
-            workload: first.map(|u| format!("{}/{}", u.kind, u.name)),
-            users: (task.users.len() > 1).then_some(task.users.len()),
-            digest: task.request.source.digest().map(ToString::to_string),
-            bytes: None,
-            duration_ms: took.as_millis() as u64,
-        }
-    }
 }
 
 impl Entry {
@@ -1051,3 +924,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
+
+#[cfg(test)]
+mod tests;
