@@ -32,7 +32,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use super::auth::{self, Access, Challenge};
 use super::proto;
-use super::retry;
+use super::retry::{self, Retries};
 use super::{ClientOptions, Credential, Registry, RegistryError, Stats};
 use crate::secret::Secret;
 
@@ -524,8 +524,7 @@ impl Registry {
         if *mode == TlsMode::Insecure {
             candidates.push(format!("http://{}/", self.state.endpoint));
         }
-        let attempts = self.options().retry_attempts.max(1);
-        let mut retry = 0;
+        let mut retries = self.retries(true);
         loop {
             let mut last_err = None;
             for (i, base) in candidates.iter().enumerate() {
@@ -555,22 +554,22 @@ impl Registry {
                 }
             }
             let err = last_err.expect("at least one candidate");
-            retry += 1;
-            if !err.is_retryable() || retry >= attempts {
-                return Err(err);
+            match retries.after_failure(err.is_retryable(), err.retry_after()) {
+                Some(delay) => self.wait_to_retry(delay, &err).await,
+                None => return Err(err),
             }
-            self.backoff(retry, &err).await;
         }
     }
 
-    async fn backoff(&self, retry: u32, err: &RegistryError) {
-        let delay = retry::retry_delay(
-            self.options().retry_backoff,
-            retry,
-            err.retry_after(),
-            retry::random_u64(),
-        );
-        tracing::debug!(registry = %self.host, error = %err, retry, ?delay, "retrying");
+    /// The retry budget of one request: `retryAttempts` when it can be sent again, else one.
+    pub(crate) fn retries(&self, replayable: bool) -> Retries {
+        let attempts = if replayable { self.options().retry_attempts } else { 1 };
+        Retries::new(attempts, self.options().retry_backoff)
+    }
+
+    /// Waits `delay` before trying again after `err`.
+    pub(crate) async fn wait_to_retry(&self, delay: Duration, err: &(dyn std::fmt::Display + Sync)) {
+        tracing::debug!(registry = %self.host, error = %err, ?delay, "retrying");
         tokio::time::sleep(delay).await;
     }
 
@@ -690,12 +689,7 @@ impl Registry {
     /// Sends `req`, retrying as the module doc describes. Returns every response that is not a
     /// retryable failure; the caller judges its status.
     pub(crate) async fn send(&self, mut req: Req<'_>) -> Result<Response, RegistryError> {
-        let attempts = if req.replayable() {
-            self.options().retry_attempts.max(1)
-        } else {
-            1
-        };
-        let mut retry = 0;
+        let mut retries = self.retries(req.replayable());
         loop {
             let err = match self.attempt(&mut req).await {
                 Ok(resp) if retry::retryable_status(resp.status().as_u16()) => {
@@ -704,11 +698,10 @@ impl Registry {
                 Ok(resp) => return Ok(resp),
                 Err(e) => e,
             };
-            retry += 1;
-            if !err.is_retryable() || retry >= attempts {
-                return Err(err);
+            match retries.after_failure(err.is_retryable(), err.retry_after()) {
+                Some(delay) => self.wait_to_retry(delay, &err).await,
+                None => return Err(err),
             }
-            self.backoff(retry, &err).await;
         }
     }
 
