@@ -31,13 +31,14 @@ pub mod credentials;
 mod ops;
 mod proto;
 mod retry;
+mod tls;
 mod transport;
 
 #[cfg(test)]
 mod tests;
 
 pub use credentials::{Credentials, DockerAuths, parse_docker_config_json};
-pub(crate) use transport::load_ca_file;
+pub(crate) use tls::load_ca_file;
 
 /// Manifest media types copycat sends in `Accept` (all of them, always: distribution 2.8 answers 404
 /// for OCI content by tag, and converts Docker v2 to schema1, when a type is missing).
@@ -305,7 +306,7 @@ struct RegistriesInner {
     options: ClientOptions,
     credentials: Arc<dyn CredentialProvider>,
     stats: Arc<Stats>,
-    clients: transport::Clients,
+    clients: tls::Clients,
     hosts: std::sync::Mutex<HashMap<String, Arc<transport::HostState>>>,
     tokens: auth::TokenCache,
 }
@@ -326,7 +327,7 @@ pub struct Registry {
 impl Registries {
     /// Builds the clients; fails on unusable settings (e.g. an unreadable CA file), naming them.
     pub fn new(options: ClientOptions, credentials: Arc<dyn CredentialProvider>) -> Result<Registries, RegistryError> {
-        let clients = transport::Clients::build(&options)?;
+        let clients = tls::Clients::build(&options)?;
         Ok(Registries {
             inner: Arc::new(RegistriesInner {
                 options,
