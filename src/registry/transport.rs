@@ -23,19 +23,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::auth::{self, Access, Challenge};
+use super::auth::{self, Access, AuthHeader, Challenge};
 use super::proto;
 use super::retry::{self, Retries};
 use super::tls::{TlsMode, tls_mode};
 use super::{ClientOptions, Credential, Registry, RegistryError, Stats};
-use crate::secret::Secret;
 
 /// How long a manifest GET pause lasts when Docker Hub reports 0 remaining without a window.
 const DEFAULT_RATE_PAUSE: Duration = Duration::from_secs(60);
@@ -47,7 +45,7 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 pub(crate) struct Base {
     /// `scheme://endpoint/`.
     pub url: Url,
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +63,7 @@ pub(crate) struct HostState {
     mode: TlsMode,
     base: OnceCell<Base>,
     semaphore: Semaphore,
-    challenge: Mutex<Option<Challenge>>,
+    pub(crate) challenge: Mutex<Option<Challenge>>,
     rate: Mutex<RateState>,
     /// Set once the registry refused a monolithic upload: go straight to chunked after that.
     pub monolithic_refused: AtomicBool,
@@ -92,7 +90,7 @@ impl HostState {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -234,21 +232,6 @@ pub(crate) fn method_name(m: &Method) -> &'static str {
     }
 }
 
-/// An `Authorization` header value and, for exchanged tokens, the token (to forget it on a 401).
-#[derive(Clone, PartialEq, Eq)]
-struct AuthHeader {
-    value: Secret,
-    token: Option<Secret>,
-}
-
-impl AuthHeader {
-    fn header_value(&self) -> Option<HeaderValue> {
-        let mut v = HeaderValue::from_str(self.value.expose()).ok()?;
-        v.set_sensitive(true);
-        Some(v)
-    }
-}
-
 /// An error message chain (`a: b: c`) without URLs, so nothing but our own context names the request.
 pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -283,7 +266,7 @@ pub(crate) fn transport(context: String, e: reqwest::Error) -> RegistryError {
     }
 }
 
-fn timed_out(context: String, after: Duration) -> RegistryError {
+pub(crate) fn timed_out(context: String, after: Duration) -> RegistryError {
     RegistryError::Transport {
         context,
         source: Box::new(Cause(format!("no response within {after:?}"))),
@@ -336,7 +319,7 @@ pub(crate) async fn status_error(method: &'static str, url: &Url, resp: Response
 }
 
 impl Registry {
-    fn options(&self) -> &ClientOptions {
+    pub(crate) fn options(&self) -> &ClientOptions {
         &self.parent.inner.options
     }
 
@@ -344,7 +327,7 @@ impl Registry {
         &self.parent.inner.stats
     }
 
-    fn count(&self, method: &'static str) {
+    pub(crate) fn count(&self, method: &'static str) {
         *lock(&self.stats_ref().requests).entry(method).or_insert(0) += 1;
     }
 
@@ -363,7 +346,7 @@ impl Registry {
 
     /// Key of this client's tokens in the token cache: the endpoint, or the endpoint plus the
     /// fingerprint of an overriding credential.
-    fn token_key(&self) -> &str {
+    pub(crate) fn token_key(&self) -> &str {
         match &self.credential {
             Some((_, key)) => key,
             None => &self.state.endpoint,
@@ -498,22 +481,6 @@ impl Registry {
     /// Whether `url` is on the registry's own host and port (only those get `Authorization`).
     fn is_registry_url(&self, base: &Base, url: &Url) -> bool {
         url.host_str() == base.url.host_str() && url.port_or_known_default() == base.url.port_or_known_default()
-    }
-
-    fn observe_challenge(&self, resp: &Response) {
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return;
-        }
-        let values: Vec<&str> = resp
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let challenges = auth::parse_challenges(values);
-        if let Some(c) = auth::preferred(&challenges) {
-            *lock(&self.state.challenge) = Some(c.clone());
-        }
     }
 
     /// Records Docker Hub's `ratelimit-remaining`; 0 pauses manifest GETs for the window.
@@ -766,131 +733,6 @@ impl Registry {
         })?;
         self.execute(&base.client, request, &req.url, watch.as_deref()).await
     }
-
-    /// The `Authorization` for a request needing `scopes`, from the known challenge and credentials:
-    /// a configured bearer token as is; Basic when the registry asked for Basic; a (cached) token from
-    /// the realm when it asked for Bearer; nothing before any challenge.
-    async fn authorization(
-        &self,
-        base: &Base,
-        scopes: &BTreeSet<String>,
-        credential: &Credential,
-    ) -> Result<Option<AuthHeader>, RegistryError> {
-        if let Credential::Bearer(t) = credential {
-            return Ok(Some(AuthHeader {
-                value: Secret::new(format!("Bearer {}", t.expose())),
-                token: None,
-            }));
-        }
-        let challenge = lock(&self.state.challenge).clone();
-        let Some(challenge) = challenge else { return Ok(None) };
-        match challenge.scheme.as_str() {
-            "basic" => Ok(match credential {
-                Credential::Basic { username, password } => Some(AuthHeader {
-                    value: Secret::new(basic_value(username, password)),
-                    token: None,
-                }),
-                _ => None,
-            }),
-            "bearer" => {
-                let token = self.token(base, &challenge, scopes, credential).await?;
-                Ok(Some(AuthHeader {
-                    value: Secret::new(format!("Bearer {}", token.expose())),
-                    token: Some(token),
-                }))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// A token for `scopes` from the cache, or from the challenge's realm (one fetch at a time per key).
-    async fn token(
-        &self,
-        base: &Base,
-        challenge: &Challenge,
-        scopes: &BTreeSet<String>,
-        credential: &Credential,
-    ) -> Result<Secret, RegistryError> {
-        let tokens = &self.parent.inner.tokens;
-        let host = self.token_key();
-        let scopes: BTreeSet<String> = if scopes.is_empty() {
-            challenge.params_named("scope").map(str::to_string).collect()
-        } else {
-            scopes.clone()
-        };
-        if let Some(t) = tokens.get(host, &scopes, Instant::now()) {
-            return Ok(t);
-        }
-        let lock = tokens.fetch_lock(host, &scopes);
-        let _guard = lock.lock().await;
-        if let Some(t) = tokens.get(host, &scopes, Instant::now()) {
-            return Ok(t);
-        }
-        let auth_err = |detail: String| RegistryError::Auth {
-            registry: self.host.clone(),
-            detail,
-        };
-        let realm = challenge.param("realm").unwrap_or_default();
-        let mut url = Url::parse(realm).map_err(|e| auth_err(format!("invalid token realm {realm:?}: {e}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(service) = challenge.param("service") {
-                q.append_pair("service", service);
-            }
-            for s in &scopes {
-                q.append_pair("scope", s);
-            }
-        }
-        let mut rb = base.client.get(url.clone());
-        if let Credential::Basic { username, password } = credential {
-            let mut v = HeaderValue::from_str(&basic_value(username, password))
-                .map_err(|_| auth_err("the username or password contains characters not allowed in a header".into()))?;
-            v.set_sensitive(true);
-            rb = rb.header(header::AUTHORIZATION, v);
-        }
-        let request = rb
-            .build()
-            .map_err(|e| auth_err(format!("token request to {realm}: {}", chain(&e))))?;
-        let context = || format!("GET {}", proto::display_url(&url));
-        self.count("GET");
-        let fut = base.client.execute(request);
-        let resp = match self.options().request_timeout {
-            Some(t) => tokio::time::timeout(t, fut)
-                .await
-                .map_err(|_| timed_out(context(), t))?,
-            None => fut.await,
-        }
-        .map_err(|e| transport(context(), e))?;
-        let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            let who = match credential {
-                Credential::Anonymous => "anonymous access",
-                _ => "the credentials",
-            };
-            return Err(auth_err(format!(
-                "token service {realm} refused {who} (HTTP {})",
-                status.as_u16()
-            )));
-        }
-        if !status.is_success() {
-            let err = status_error("GET", &url, resp).await;
-            return Err(if err.is_retryable() {
-                err
-            } else {
-                auth_err(format!("token service failed: {err}"))
-            });
-        }
-        let body = resp.bytes().await.map_err(|e| transport(context(), e))?;
-        let parsed = auth::parse_token_response(&body).map_err(|e| auth_err(format!("token service {realm}: {e}")))?;
-        let valid_until = Instant::now() + auth::usable_lifetime(parsed.expires_in);
-        tokens.put(host, scopes, parsed.token.clone(), valid_until);
-        Ok(parsed.token)
-    }
-}
-
-fn basic_value(username: &str, password: &Secret) -> String {
-    let raw = format!("{username}:{}", password.expose());
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 #[cfg(test)]
@@ -915,13 +757,5 @@ mod tests {
         assert_eq!(chain(&e), "error sending request: connection refused");
         let e = E("tls: bad cert", Some(Box::new(E("bad cert", None))));
         assert_eq!(chain(&e), "tls: bad cert");
-    }
-
-    #[test]
-    fn basic_header() {
-        assert_eq!(
-            basic_value("Aladdin", &Secret::new("open sesame")),
-            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-        );
     }
 }
