@@ -6,6 +6,7 @@ mod progress;
 use std::process::ExitCode;
 
 use futures::StreamExt;
+use tracing::Instrument as _;
 
 use crate::cli::{CopyArgs, EXIT_USAGE, SyncArgs};
 use crate::config::Config;
@@ -47,7 +48,8 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
         Err(e) => return usage(&e.to_string()),
     };
     let progress = Progress::start(&copier, 1);
-    let result = copier.copy(&request, &copy_options(config, platforms)).await;
+    let options = copy_options(config, platforms);
+    let result = copier.copy(&request, &options).instrument(mirror_span(&request)).await;
     progress.finished(&request.source.to_string(), &request.target_display(None), &result);
     if progress.summary() {
         ExitCode::SUCCESS
@@ -131,7 +133,10 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
                     always_overwrite_tags: vec![],
                     ..copy_options(config, entry.platforms.clone())
                 };
-                let result = copier.copy(&entry.request, &opts).await;
+                let result = copier
+                    .copy(&entry.request, &opts)
+                    .instrument(mirror_span(&entry.request))
+                    .await;
                 progress.finished(
                     &entry.request.source.to_string(),
                     &entry.request.target_display(None),
@@ -145,6 +150,12 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// The span of one copy, as the daemon's queue opens it: every line the copy engine and the
+/// registry client log carries the image.
+fn mirror_span(request: &CopyRequest) -> tracing::Span {
+    tracing::info_span!("mirror", source = %request.source, target = %request.target_display(None))
 }
 
 fn usage(message: &str) -> ExitCode {

@@ -694,6 +694,9 @@ impl Inner {
         })
     }
 
+    /// One attempt at `task`, in a `mirror` span naming its source and target: every line the copy
+    /// engine and the registry client log meanwhile carries the image it works for.
+    #[tracing::instrument(name = "mirror", skip_all, fields(source = %task.request.source, target = %task.key()))]
     async fn execute(&self, task: &MirrorTask) -> Attempted {
         if self.options.dry_pull {
             return Attempted::before_naming(Ok(Done::DryPull));
