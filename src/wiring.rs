@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Problem};
 use crate::copy::{Copier, CopyOptions};
+use crate::destination::Target;
 use crate::events;
 use crate::naming::NamingError;
 use crate::plan::Planner;
@@ -18,7 +19,6 @@ use crate::queue::{DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF, DEFAULT_STA
 use crate::reference;
 use crate::registry::credentials::{Credentials, DockerConfigError, load_docker_config};
 use crate::registry::{ClientOptions, Credential, HostSettings, Registries, RegistryError};
-use crate::target::Target;
 use crate::workload::{self, Kind};
 
 /// Why the parts cannot be built.

@@ -19,11 +19,11 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 
+use crate::destination::{RepositoryError, RepositoryPreparer};
 use crate::naming::NamingError;
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
 use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError, Side};
-use crate::target::{RepositoryError, RepositoryPreparer};
 use locks::KeyedLocks;
 use manifest::{Budget, Descriptor, Kind, ManifestError, Parsed};
 use select::{NoMatchingPlatform, Selection};

@@ -10,7 +10,8 @@ use base64::Engine as _;
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Response, StatusCode, Url};
 
-use super::transport::{Base, chain, lock, status_error, timed_out, transport};
+use super::error::{chain, status_error, timed_out, transport};
+use super::tls::Base;
 use super::{Credential, Registry, RegistryError, proto};
 use crate::secret::Secret;
 
@@ -294,7 +295,7 @@ impl Registry {
             .collect();
         let challenges = parse_challenges(values);
         if let Some(c) = preferred(&challenges) {
-            *lock(&self.state.challenge) = Some(c.clone());
+            *self.state.challenge.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
         }
     }
 
@@ -313,7 +314,7 @@ impl Registry {
                 token: None,
             }));
         }
-        let challenge = lock(&self.state.challenge).clone();
+        let challenge = self.state.challenge.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(challenge) = challenge else { return Ok(None) };
         match challenge.scheme.as_str() {
             "basic" => Ok(match credential {

@@ -28,6 +28,7 @@ use crate::secret::Secret;
 
 mod auth;
 pub mod credentials;
+mod error;
 mod ops;
 mod proto;
 mod retry;

@@ -10,8 +10,9 @@ use reqwest::{Method, Response, StatusCode, Url};
 use sha2::Digest as _;
 
 use super::auth::Access;
+use super::error::{status_error, transport};
 use super::proto;
-use super::transport::{BodyWatch, Payload, Req, status_error, streamed_body, transport};
+use super::transport::{BodyWatch, Payload, Req, streamed_body};
 use super::{
     BlobDownload, BlobSource, ByteStream, Manifest, ManifestHead, MountOutcome, Registry, RegistryError, UploadError,
 };

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use reqwest::Url;
+
+use super::error::chain;
 use super::proto;
-use super::transport::chain;
 use super::{ClientOptions, RegistryError};
 
 /// Connect timeout when no request timeout is configured.
@@ -141,6 +143,14 @@ pub(crate) fn tls_mode(options: &ClientOptions, given: &str, canonical: &str) ->
         _ if proto::is_loopback(proto::endpoint_host(canonical)) => TlsMode::Insecure,
         _ => TlsMode::Verified,
     }
+}
+
+/// Where a host's API lives once the scheme is decided.
+#[derive(Clone)]
+pub(crate) struct Base {
+    /// `scheme://endpoint/`.
+    pub url: Url,
+    pub(crate) client: reqwest::Client,
 }
 
 #[cfg(test)]
