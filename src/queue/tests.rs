@@ -4,6 +4,7 @@
 
 use std::sync::Mutex;
 
+use testkit::logs::Logs;
 use tokio::sync::Semaphore;
 
 use super::*;
@@ -207,41 +208,15 @@ async fn the_state_machine_by_script() {
     }
 }
 
-/// A writer collecting log output for a test.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn lines_of_the_copy_engine_name_the_image() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt().json().with_writer(logs.clone()).finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
     run(&[Step::Submit("ghcr.io/a/web:1"), Step::Release(1), Step::Idle], None).await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let line: serde_json::Value = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let lines = logs.lines();
+    let line = lines
+        .iter()
         .find(|l| l["fields"]["message"] == "copying")
-        .unwrap_or_else(|| panic!("no line of the engine in {text}"));
+        .unwrap_or_else(|| panic!("no line of the engine in {lines:?}"));
     assert_eq!(line["span"]["name"], "mirror", "{line}");
     assert_eq!(line["span"]["source"], "ghcr.io/a/web:1", "{line}");
     assert_eq!(line["span"]["target"], "r.example/a/web:1", "{line}");

@@ -11,14 +11,7 @@ use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use tokio::sync::mpsc;
 
-const ALL: [Kind; 6] = [
-    Kind::Deployment,
-    Kind::StatefulSet,
-    Kind::DaemonSet,
-    Kind::Job,
-    Kind::CronJob,
-    Kind::Pod,
-];
+const ALL: [Kind; 6] = Kind::ALL;
 
 struct Watching {
     inventory: Inventory,
