@@ -7,7 +7,7 @@
 //! more from the moment it loses it, when the queued tasks are dropped too (the new leader submits
 //! its own plan).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use crate::discovery::watch;
 use crate::events::Emitter;
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
-use crate::plan::{MirrorTask, Planner, TargetConflict};
+use crate::plan::{Planner, TargetConflict};
 use crate::queue::{ExcludedImages, Queue};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
 use crate::wiring::DaemonParts;
@@ -97,7 +97,6 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             metrics: &metrics,
             excluded,
             conflict_events: events.as_ref().map(|e| e.conflicts.clone()),
-            submitted: HashMap::new(),
             reported_invalid: HashSet::new(),
             reported_conflicts: HashSet::new(),
             warned_naming: false,
@@ -243,7 +242,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                         planning.run(&inventory, true, lead && leads(&leading));
                     } else if lead {
                         // The initial list is not complete: the plan made once it is submits everything.
-                        planning.submitted.clear();
+                        queue.forget_plan();
                         plan_at.get_or_insert_with(|| Instant::now() + SETTLE);
                     } else {
                         let dropped = queue.drop_waiting();
@@ -288,9 +287,6 @@ struct Planning<'a> {
     excluded: ExcludedImages,
     /// Where conflicts are reported for Events (none when Events are off).
     conflict_events: Option<mpsc::Sender<TargetConflict>>,
-    /// The work (users left out) of every target the last plan submitted: a target is submitted
-    /// again when its source, platforms or pull-secret credentials change.
-    submitted: HashMap<String, MirrorTask>,
     /// Invalid image strings already reported, so each is logged once.
     reported_invalid: HashSet<(Workload, String)>,
     /// Conflicts (target, source) of the last plan, so each is logged once while it lasts.
@@ -300,10 +296,9 @@ struct Planning<'a> {
 }
 
 impl Planning<'_> {
-    /// Plans and, when `lead`, submits the tasks that are new or whose work changed (their source,
-    /// platforms or pull-secret credentials: a corrected pull Secret reaches the next attempt of
-    /// every task using it), all of them when `everything`, and forgets targets no longer planned;
-    /// returns what the plan holds.
+    /// Plans and, when `lead`, hands the plan to the queue ([`Queue::submit_plan`]: the tasks that
+    /// are new or whose work changed, all of them when `everything`; targets no longer planned are
+    /// forgotten); returns what the plan holds.
     fn run(&mut self, inventory: &Inventory, everything: bool, lead: bool) -> PlanSummary {
         let plan = self.planner.plan(inventory);
         if !self.warned_naming
@@ -323,36 +318,24 @@ impl Planning<'_> {
             .set_conflicts(plan.conflicts.iter().map(TargetConflict::labels));
         let (tasks, excluded, conflicts) = (plan.tasks.len(), plan.excluded.len(), plan.conflicts.len());
         self.excluded.set(plan.excluded, plan.conflicts);
-        let mut changed = 0;
-        let mut current = HashMap::with_capacity(tasks);
-        let mut workloads: HashSet<Workload> = HashSet::new();
-        let mut targets = Vec::with_capacity(tasks);
-        let mut planned = HashSet::with_capacity(tasks);
-        for task in plan.tasks {
-            workloads.extend(task.users.iter().cloned());
-            let key = task.key();
-            targets.push(key.to_string());
-            planned.insert(key);
-            let target = task.request.target_display(task.request.source.digest());
-            let work = task.work();
-            if lead && (everything || !self.submitted.get(&target).is_some_and(|done| done.same_work(&work))) {
-                changed += 1;
-                submit(self.queue, task);
-            }
-            current.insert(target, work);
-        }
-        self.submitted = current;
+        let workloads: HashSet<&Workload> = plan.tasks.iter().flat_map(|t| &t.users).collect();
+        let workloads = workloads.len();
+        let targets: Vec<String> = plan.tasks.iter().map(|t| t.key().to_string()).collect();
         if lead {
-            let forgotten = self.queue.retain_planned(&planned);
-            tracing::info!(tasks, submitted = changed, excluded, conflicts, forgotten, "planned");
+            let done = self.queue.submit_plan(plan.tasks, everything);
+            tracing::info!(
+                tasks,
+                submitted = done.submitted,
+                excluded,
+                conflicts,
+                forgotten = done.forgotten,
+                "planned"
+            );
         } else {
             tracing::info!(tasks, excluded, conflicts, "planned (following: nothing submitted)");
         }
         self.metrics.set_images_tracked(targets.len());
-        PlanSummary {
-            workloads: workloads.len(),
-            targets,
-        }
+        PlanSummary { workloads, targets }
     }
 }
 
@@ -375,11 +358,6 @@ impl Planning<'_> {
         }
         self.reported_conflicts = current;
     }
-}
-
-fn submit(queue: &Queue, task: MirrorTask) {
-    tracing::debug!(source = %task.request.source, target = %task.request.target_display(None), "planned");
-    queue.submit(task);
 }
 
 async fn shutdown_signal() {

@@ -110,6 +110,15 @@ impl Default for QueueOptions {
     }
 }
 
+/// What [`Queue::submit_plan`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanSubmitted {
+    /// Tasks submitted (new, or their work changed).
+    pub submitted: usize,
+    /// Waiting targets dropped because the plan no longer holds them.
+    pub forgotten: usize,
+}
+
 /// What the queue needs of the copy engine: a small port, so that the state machine can be tested
 /// with a fake; [`Copier`] is the real one.
 pub trait CopyEngine: Send + Sync + 'static {
@@ -187,6 +196,9 @@ struct Inner {
     metrics: OnceLock<Arc<Metrics>>,
     /// Where failures are reported (for Kubernetes Events), once set.
     failures: OnceLock<mpsc::Sender<FailureReport>>,
+    /// The work (users left out) of every target of the last plan submitted, by target
+    /// ([`Queue::submit_plan`]).
+    last_plan: Mutex<HashMap<String, MirrorTask>>,
     /// `target|platform` pairs already warned about, so a missing platform is reported once, not on
     /// every retry or rescan.
     reported_missing: moka::sync::Cache<String, ()>,
@@ -341,6 +353,7 @@ impl Queue {
             generation: AtomicU64::new(0),
             metrics: OnceLock::new(),
             failures: OnceLock::new(),
+            last_plan: Mutex::default(),
         });
         let ready_rx = Arc::new(tokio::sync::Mutex::new(ready_rx));
         let handles = (0..inner.options.workers.max(1))
@@ -412,6 +425,38 @@ impl Queue {
         st.queued += 1;
         inner.publish(st);
         let _ = inner.ready.send(key);
+    }
+
+    /// Hands a whole plan to the queue: submits the tasks that are new or whose work changed since the
+    /// last plan (by [`MirrorTask::same_work`], the rule the positive cache uses: their source,
+    /// platforms or pull-secret credentials, so a corrected pull Secret reaches the next attempt of
+    /// every task using it), all of them when `everything`, and forgets the targets the plan no
+    /// longer holds ([`Queue::retain_planned`]).
+    pub fn submit_plan(&self, tasks: Vec<MirrorTask>, everything: bool) -> PlanSubmitted {
+        let planned: HashSet<TargetKey> = tasks.iter().map(MirrorTask::key).collect();
+        let mut current = HashMap::with_capacity(tasks.len());
+        let mut submitted = 0;
+        {
+            let last = lock(&self.inner.last_plan);
+            for task in tasks {
+                let target = task.request.target_display(task.request.source.digest());
+                let work = task.work();
+                if everything || !last.get(&target).is_some_and(|done| done.same_work(&work)) {
+                    submitted += 1;
+                    tracing::debug!(source = %task.request.source, target = %task.request.target_display(None), "planned");
+                    self.submit(task);
+                }
+                current.insert(target, work);
+            }
+        }
+        *lock(&self.inner.last_plan) = current;
+        let forgotten = self.retain_planned(&planned);
+        PlanSubmitted { submitted, forgotten }
+    }
+
+    /// Forgets the last plan: the next [`Queue::submit_plan`] submits every task.
+    pub fn forget_plan(&self) {
+        lock(&self.inner.last_plan).clear();
     }
 
     /// Records every attempt's outcome in `metrics` from now on (set once; later calls are ignored).

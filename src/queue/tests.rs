@@ -221,3 +221,31 @@ async fn lines_of_the_copy_engine_name_the_image() {
     assert_eq!(line["span"]["source"], "ghcr.io/a/web:1", "{line}");
     assert_eq!(line["span"]["target"], "r.example/a/web:1", "{line}");
 }
+
+#[tokio::test]
+async fn a_plan_submits_only_what_changed_since_the_last_one() {
+    let fake = Fake::default();
+    fake.0.gate.add_permits(100);
+    let queue = Queue::start(fake.clone(), QueueOptions::default());
+    let web = || task("ghcr.io/a/web:1");
+    let pinned = || task("ghcr.io/a/web:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    // (plan, everything, forget the last plan first) -> tasks submitted
+    let cases = [
+        (vec![web()], false, false, 1),
+        (vec![web()], false, false, 0),
+        (vec![web()], true, false, 1),
+        (vec![pinned()], false, false, 1),
+        (vec![pinned()], false, true, 1),
+        (vec![], false, false, 0),
+        (vec![pinned()], false, false, 1),
+    ];
+    for (i, (plan, everything, forget, want)) in cases.into_iter().enumerate() {
+        if forget {
+            queue.forget_plan();
+        }
+        let done = queue.submit_plan(plan, everything);
+        assert_eq!(done.submitted, want, "plan {i}");
+        assert!(queue.wait_idle(WAIT).await, "plan {i}");
+    }
+    queue.shutdown(Duration::ZERO).await;
+}
