@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# copycat container image. Build: docker build -t copycat:dev .   (docs/install.md)
+# copycat container image. Build: docker build -t ghcr.io/copycat/copycat:0.1.0 .   (docs/install.md;
+# the tag is the version in Cargo.toml, as the manifest names it)
 # Without Docker, scripts/image.sh builds the equivalent image (same user, entrypoint, command and
 # ports; tests/it/image.rs compares them) as an OCI layout.
 
@@ -10,8 +11,13 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin copycat \
- && install -D -m 0755 target/release/copycat /out/usr/local/bin/copycat \
+ && mkdir -p /debug \
+ && objcopy --only-keep-debug target/release/copycat /debug/copycat.debug \
+ && objcopy --strip-debug --add-gnu-debuglink=/debug/copycat.debug target/release/copycat /tmp/copycat \
+ && install -D -m 0755 /tmp/copycat /out/usr/local/bin/copycat \
  && ln -s /usr/local/bin/copycat /out/k8s-copycat
+# The image holds the binary without debug information (as scripts/image.sh builds it); the build
+# stage keeps it in /debug/copycat.debug (docker build --target build, then docker cp).
 
 # glibc, libgcc and a CA bundle, no shell; runs as uid/gid 65532 (nonroot).
 FROM gcr.io/distroless/cc-debian12:nonroot

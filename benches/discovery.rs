@@ -188,7 +188,7 @@ impl Copycat {
             .arg(kubeconfig)
             .env_clear()
             .envs([
-                ("CONFIG_PATH", "/nonexistent"),
+                ("CONFIG_PATH", "/dev/null"),
                 ("TARGET_KIND", "docker"),
                 ("TARGET_REGISTRY", "mirror.example.com"),
                 ("DRY_PULL", "true"),

@@ -90,7 +90,7 @@ fn copycat() -> Command {
     cmd.env_clear()
         .env("LOG_FORMAT", "text")
         .env("LOG_LEVEL", "warn")
-        .env("CONFIG_PATH", "/nonexistent");
+        .env("CONFIG_PATH", "/dev/null");
     cmd
 }
 

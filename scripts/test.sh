@@ -14,6 +14,8 @@ ensure_packages docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-u
 venv="${COPYCAT_VENV:-$PWD/target/venv}"
 if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
   echo "installing moto[server] and kubernetes-validate into $venv"
+  # Debian's python3 makes virtualenvs only with python3-venv (ensurepip) installed.
+  python3 -c 'import ensurepip' 2>/dev/null || install_packages python3-venv
   [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'moto[server]==5.2.5' 'kubernetes-validate==1.37.0'
 fi
@@ -63,5 +65,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/image.sh
 
 cargo nextest run --workspace --no-fail-fast
+# The tests nextest counts as skipped, and why: each is #[ignore]d with its reason on purpose.
+echo "skipped on purpose (#[ignore = reason]):"
+grep -rn --include='*.rs' -A1 '#\[ignore = ' src tests testkit |
+  awk -F'"' '/#\[ignore = / { why = $2; next } match($0, /fn [a-z0-9_]+/) { print "  " substr($0, RSTART + 3, RLENGTH - 3) ": " why }'
 # nextest does not run doctests.
 cargo test --workspace --doc --quiet

@@ -10,21 +10,22 @@ use crate::wiring::{self, DaemonParts};
 
 /// Runs `cli` and returns the process exit code.
 pub async fn main(cli: Cli) -> ExitCode {
-    let command = cli.command.unwrap_or(Command::Run);
+    let zap_warnings = cli.flags.zap.warnings();
+    let (command, overrides) = cli.into_parts();
     let purpose = match command {
-        Command::Run | Command::CheckConfig => Purpose::Daemon,
+        Command::Run(_) | Command::CheckConfig(_) => Purpose::Daemon,
         Command::Copy(_) | Command::Sync(_) => Purpose::OneShot,
     };
     let env = |name: &str| std::env::var(name).ok();
-    let mut loaded = match config::load(&env, &cli.flags.overrides(), purpose) {
+    let mut loaded = match config::load(&env, &overrides, purpose) {
         Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("copycat: {errors}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    loaded.warnings.extend(cli.flags.zap.warnings());
-    if let Command::CheckConfig = command {
+    loaded.warnings.extend(zap_warnings);
+    if let Command::CheckConfig(_) = command {
         for warning in &loaded.warnings {
             eprintln!("copycat: warning: {warning}");
         }
@@ -43,7 +44,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     match &command {
         Command::Copy(args) => commands::copy(&loaded.config, args).await,
         Command::Sync(args) => commands::sync(&loaded.config, args).await,
-        Command::Run | Command::CheckConfig => run_daemon(&loaded.config).await,
+        Command::Run(_) | Command::CheckConfig(_) => run_daemon(&loaded.config).await,
     }
 }
 
@@ -59,6 +60,10 @@ async fn run_daemon(config: &Config) -> ExitCode {
     };
     match crate::daemon::run(config, parts).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<crate::daemon::KubeconfigError>() => {
+            eprintln!("copycat: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "copycat stopped");
             ExitCode::FAILURE

@@ -24,6 +24,9 @@ pub struct Cli {
     /// Flags shared by every command.
     #[command(flatten)]
     pub flags: GlobalFlags,
+    /// The daemon's flags without a command, as k8s-copycat's manifests pass them.
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
 }
 
 impl Cli {
@@ -31,7 +34,32 @@ impl Cli {
     /// error prints it and exits 2.
     pub fn parse_go_style() -> Cli {
         let args = go_style_args(std::env::args_os().collect(), &separate_value_flags(&Cli::command()));
-        Cli::parse_from(args)
+        Cli::parse_from(args).checked().unwrap_or_else(|e| e.exit())
+    }
+
+    /// Refuses daemon flags given before a one-shot command (`copycat --kubeconfig K copy …`),
+    /// which would otherwise be accepted and ignored.
+    pub fn checked(self) -> Result<Cli, clap::Error> {
+        match &self.command {
+            Some(Command::Copy(_) | Command::Sync(_)) if self.daemon != DaemonFlags::default() => Err(Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
+                     --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy` or `sync`",
+                )),
+            _ => Ok(self),
+        }
+    }
+
+    /// The command to run (`run` when none is given) and every flag as configuration overrides.
+    pub fn into_parts(self) -> (Command, Overrides) {
+        let command = self.command.unwrap_or(Command::Run(self.daemon));
+        let daemon = match &command {
+            Command::Run(daemon) | Command::CheckConfig(daemon) => Some(daemon),
+            Command::Copy(_) | Command::Sync(_) => None,
+        };
+        let overrides = self.flags.overrides(daemon);
+        (command, overrides)
     }
 }
 
@@ -104,14 +132,14 @@ pub fn separate_value_flags(command: &clap::Command) -> Vec<String> {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: watch the cluster's workloads and mirror every image they use (the default).
-    Run,
+    Run(DaemonFlags),
     /// Mirror one image reference, e.g. `copycat copy docker.io/library/nginx:1.27 registry.example.com/mirror/nginx:1.27`.
     Copy(CopyArgs),
     /// Mirror every image listed in a file (kyma image-syncer format: targetRepoPrefix + images).
     Sync(SyncArgs),
     /// Load the configuration exactly as `run` would, print it with secrets masked, and exit 0;
     /// or list every problem and exit 2.
-    CheckConfig,
+    CheckConfig(DaemonFlags),
 }
 
 /// Arguments of `copycat copy`.
@@ -143,16 +171,6 @@ pub struct GlobalFlags {
     /// Config file (overrides CONFIG_PATH).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address for /metrics and the admin endpoints (overrides METRICS_ADDR).
-    #[arg(long = "metrics-bind-address", global = true, value_name = "ADDR")]
-    pub metrics_bind_address: Option<String>,
-    /// Address for /healthz and /readyz (overrides HEALTH_ADDR).
-    #[arg(long = "health-probe-bind-address", global = true, value_name = "ADDR")]
-    pub health_probe_bind_address: Option<String>,
-    /// Use leader election (`--leader-elect=false` to turn it off; overrides LEADER_ELECT).
-    #[arg(long = "leader-elect", global = true, value_name = "BOOL", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true", value_parser = flag_bool)]
-    pub leader_elect: Option<bool>,
     /// Write nothing anywhere; log what would be mirrored (`--dry-run=false` turns a configured dry
     /// run off; overrides DRY_RUN).
     #[arg(long = "dry-run", global = true, value_name = "BOOL", num_args = 0..=1,
@@ -163,15 +181,30 @@ pub struct GlobalFlags {
     #[arg(long = "dry-pull", global = true, value_name = "BOOL", num_args = 0..=1,
           require_equals = true, default_missing_value = "true", value_parser = flag_bool)]
     pub dry_pull: Option<bool>,
-    /// Kubeconfig file (default: in-cluster config, then KUBECONFIG, then ~/.kube/config).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
     /// Log level: trace, debug, info, warn, error (overrides LOG_LEVEL).
     #[arg(long = "log-level", alias = "zap-log-level", global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// k8s-copycat's other zap flags.
     #[command(flatten)]
     pub zap: ZapFlags,
+}
+
+/// Flags of the daemon (`run`, or no command) and of `check-config`, which loads its configuration.
+#[derive(Debug, Clone, Default, PartialEq, Args)]
+pub struct DaemonFlags {
+    /// Address for /metrics and the admin endpoints (overrides METRICS_ADDR).
+    #[arg(long = "metrics-bind-address", value_name = "ADDR")]
+    pub metrics_bind_address: Option<String>,
+    /// Address for /healthz and /readyz (overrides HEALTH_ADDR).
+    #[arg(long = "health-probe-bind-address", value_name = "ADDR")]
+    pub health_probe_bind_address: Option<String>,
+    /// Use leader election (`--leader-elect=false` to turn it off; overrides LEADER_ELECT).
+    #[arg(long = "leader-elect", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = flag_bool)]
+    pub leader_elect: Option<bool>,
+    /// Kubeconfig file (default: in-cluster config, then KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// k8s-copycat's zap logging flags other than `--zap-log-level`: accepted so that existing manifests
@@ -233,16 +266,17 @@ fn flag_bool(s: &str) -> Result<bool, String> {
 }
 
 impl GlobalFlags {
-    /// The flags as configuration overrides.
-    pub fn overrides(&self) -> Overrides {
+    /// These flags and the command's daemon flags (if it has them) as configuration overrides.
+    pub fn overrides(&self, daemon: Option<&DaemonFlags>) -> Overrides {
+        let daemon = daemon.cloned().unwrap_or_default();
         Overrides {
             config: self.config.clone(),
-            metrics_addr: self.metrics_bind_address.clone(),
-            health_addr: self.health_probe_bind_address.clone(),
-            leader_elect: self.leader_elect,
+            metrics_addr: daemon.metrics_bind_address,
+            health_addr: daemon.health_probe_bind_address,
+            leader_elect: daemon.leader_elect,
             dry_run: self.dry_run,
             dry_pull: self.dry_pull,
-            kubeconfig: self.kubeconfig.clone(),
+            kubeconfig: daemon.kubeconfig,
             log_level: self.log_level.clone(),
         }
     }
@@ -258,7 +292,7 @@ mod tests {
             .chain(args.iter().copied())
             .map(OsString::from)
             .collect();
-        Cli::try_parse_from(go_style_args(argv, &separate_value_flags(&Cli::command())))
+        Cli::try_parse_from(go_style_args(argv, &separate_value_flags(&Cli::command())))?.checked()
     }
 
     #[test]
@@ -328,11 +362,11 @@ mod tests {
 
     #[test]
     fn every_boolean_flag_of_k8s_copycat_takes_go_values() {
-        type Get = fn(&Cli) -> Option<bool>;
+        type Get = fn(&Overrides) -> Option<bool>;
         let flags: [(&str, Get); 3] = [
-            ("leader-elect", |c| c.flags.leader_elect),
-            ("dry-run", |c| c.flags.dry_run),
-            ("dry-pull", |c| c.flags.dry_pull),
+            ("leader-elect", |o| o.leader_elect),
+            ("dry-run", |o| o.dry_run),
+            ("dry-pull", |o| o.dry_pull),
         ];
         for (flag, get) in flags {
             for dashes in ["-", "--"] {
@@ -349,16 +383,17 @@ mod tests {
                 ] {
                     let arg = format!("{dashes}{flag}{form}");
                     let cli = parse(&[&arg]).unwrap_or_else(|e| panic!("{arg}: {e}"));
-                    assert_eq!(get(&cli), want, "{arg}");
+                    assert_eq!(get(&cli.into_parts().1), want, "{arg}");
                 }
                 let bad = format!("{dashes}{flag}=perhaps");
                 assert!(parse(&[&bad]).is_err(), "{bad}");
             }
-            assert_eq!(get(&parse(&[]).unwrap()), None, "{flag} not given");
+            assert_eq!(get(&parse(&[]).unwrap().into_parts().1), None, "{flag} not given");
         }
         // As with Go's flag package, a repeated flag's last value wins.
         let cli = parse(&["-leader-elect=false", "--leader-elect", "-dry-run", "--dry-run=false"]).unwrap();
-        assert_eq!((cli.flags.leader_elect, cli.flags.dry_run), (Some(true), Some(false)));
+        let o = cli.into_parts().1;
+        assert_eq!((o.leader_elect, o.dry_run), (Some(true), Some(false)));
     }
 
     #[test]
@@ -410,22 +445,25 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.command.is_none());
-        let o = cli.flags.overrides();
+        let o = cli.into_parts().1;
         assert_eq!(o.metrics_addr.as_deref(), Some(":9090"));
         assert_eq!(o.health_addr.as_deref(), Some(":9091"));
         assert_eq!(o.leader_elect, Some(false));
         assert_eq!((o.dry_run, o.dry_pull), (Some(true), None));
         assert_eq!(o.log_level.as_deref(), Some("debug"));
-        assert_eq!(parse(&["--leader-elect"]).unwrap().flags.leader_elect, Some(true));
+        assert_eq!(
+            parse(&["--leader-elect"]).unwrap().into_parts().1.leader_elect,
+            Some(true)
+        );
         assert!(parse(&["--leader-elect=perhaps"]).is_err());
     }
 
     #[test]
     fn commands() {
-        assert!(matches!(parse(&["run"]).unwrap().command, Some(Command::Run)));
+        assert!(matches!(parse(&["run"]).unwrap().command, Some(Command::Run(_))));
         assert!(matches!(
             parse(&["check-config", "--config", "x.yaml"]).unwrap().command,
-            Some(Command::CheckConfig)
+            Some(Command::CheckConfig(_))
         ));
         let Some(Command::Copy(c)) = parse(&[
             "copy",
@@ -452,5 +490,55 @@ mod tests {
         assert!(parse(&["sync"]).is_err());
         assert!(parse(&["copy", "a"]).is_err());
         assert!(parse(&["sync", "--images", "f", "--jobs", "0"]).is_err());
+    }
+
+    #[test]
+    fn daemon_flags_belong_to_the_daemon_and_check_config_only() {
+        let daemon_flags = [
+            "--metrics-bind-address=:9090",
+            "--health-probe-bind-address=:9091",
+            "--leader-elect=false",
+            "--kubeconfig=k.yaml",
+        ];
+        for flag in daemon_flags {
+            // Without a command (k8s-copycat's form), after `run` and after `check-config`.
+            for args in [vec![flag], vec!["run", flag], vec!["check-config", flag]] {
+                let (_, o) = parse(&args).unwrap_or_else(|e| panic!("{args:?}: {e}")).into_parts();
+                let given = [
+                    o.metrics_addr.is_some(),
+                    o.health_addr.is_some(),
+                    o.leader_elect.is_some(),
+                    o.kubeconfig.is_some(),
+                ];
+                assert_eq!(given.iter().filter(|g| **g).count(), 1, "{args:?}");
+            }
+            // One-shot commands refuse them, naming the flag.
+            for args in [vec!["copy", "a", "b", flag], vec!["sync", "--images", "f", flag]] {
+                let err = parse(&args).unwrap_err();
+                assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument, "{args:?}");
+            }
+            // A daemon flag before a command is refused rather than silently applied to it.
+            assert!(parse(&[flag, "copy", "a", "b"]).is_err(), "{flag} before copy");
+        }
+        // Flags every command takes, before or after the command.
+        for args in [
+            vec!["copy", "a", "b", "--config=c.yaml", "--dry-run", "--log-level=debug"],
+            vec!["--config=c.yaml", "--dry-pull", "sync", "--images", "f"],
+        ] {
+            let (_, o) = parse(&args).unwrap_or_else(|e| panic!("{args:?}: {e}")).into_parts();
+            assert!(o.config.is_some(), "{args:?}");
+        }
+        let mut cli = Cli::command();
+        cli.build(); // propagates the global flags into the subcommands
+        let help = cli.find_subcommand_mut("copy").unwrap().render_long_help().to_string();
+        for daemon_only in [
+            "--metrics-bind-address",
+            "--health-probe-bind-address",
+            "--leader-elect",
+            "--kubeconfig",
+        ] {
+            assert!(!help.contains(daemon_only), "copy --help lists {daemon_only}:\n{help}");
+        }
+        assert!(help.contains("--platform") && help.contains("--config"), "{help}");
     }
 }

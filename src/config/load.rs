@@ -15,6 +15,9 @@ use crate::naming::PathMapRule;
 use crate::platform::Platform;
 use crate::secret::{MASK, Secret};
 
+/// The config path that means "no config file" (`--config /dev/null`), read as an empty file.
+pub const NO_FILE: &str = "/dev/null";
+
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -84,13 +87,27 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// Reads and parses the config file; a missing file means defaults. Only a regular file of at
-    /// most [`MAX_CONFIG_FILE_SIZE`] bytes is read.
-    pub(super) fn read_file(&mut self, path: &std::path::Path) -> bool {
+    /// Reads and parses the config file; whether it was found. A missing file means defaults when
+    /// the path is the built-in default; a path the user gave (`given_by`: the flag or variable)
+    /// must exist. [`NO_FILE`] reads as an empty file. Only a regular file of at most
+    /// [`MAX_CONFIG_FILE_SIZE`] bytes is read.
+    pub(super) fn read_file(&mut self, path: &std::path::Path, given_by: Option<&str>) -> bool {
         self.file_label = path.display().to_string();
+        if path == std::path::Path::new(NO_FILE) {
+            return true;
+        }
         let text = match files::read_limited(path, MAX_CONFIG_FILE_SIZE) {
             Ok(bytes) => String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned()),
-            Err(e) if e.is_not_found() => return false,
+            Err(e) if e.is_not_found() => {
+                if let Some(given_by) = given_by {
+                    self.problems.push(Problem::new(
+                        given_by.to_owned(),
+                        Some(self.file_label.clone()),
+                        format!("the config file does not exist (use {NO_FILE} for none)"),
+                    ));
+                }
+                return false;
+            }
             Err(e) => Err(e.to_string()),
         };
         match text {
@@ -452,7 +469,12 @@ fn check_target(loader: &mut Loader<'_>, config: &Config) {
         TargetKind::Ecr => {
             let id = &config.ecr.account_id;
             if id.is_empty() {
-                loader.setting_problem("ecr.accountID", "required when targetKind is ecr".into());
+                loader.setting_problem(
+                    "ecr.accountID",
+                    "required when targetKind is ecr (the default, as in k8s-copycat; for any other \
+                     OCI/Docker registry set TARGET_KIND=docker and TARGET_REGISTRY)"
+                        .into(),
+                );
             } else if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
                 loader.setting_problem("ecr.accountID", format!("{id:?} is not a 12-digit AWS account id"));
             }

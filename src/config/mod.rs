@@ -93,15 +93,13 @@ pub fn load(
     purpose: Purpose,
 ) -> Result<Loaded, ConfigErrors> {
     let mut loader = load::Loader::new(env);
-    let path = overrides.config.clone().unwrap_or_else(|| {
-        let setting = settings::lookup("CONFIG_PATH");
-        PathBuf::from(
-            env("CONFIG_PATH")
-                .filter(|p| !p.trim().is_empty())
-                .unwrap_or_else(|| setting.default.into()),
-        )
-    });
-    let found = loader.read_file(&path);
+    // Only the built-in default path may be absent; a path the user gave must exist.
+    let (path, given_by) = match (&overrides.config, env("CONFIG_PATH").filter(|p| !p.trim().is_empty())) {
+        (Some(path), _) => (path.clone(), Some("--config")),
+        (None, Some(path)) => (PathBuf::from(path), Some("CONFIG_PATH (env)")),
+        (None, None) => (PathBuf::from(settings::lookup("CONFIG_PATH").default), None),
+    };
+    let found = loader.read_file(&path, given_by);
     let mut config = load::build(&mut loader, overrides, purpose);
     config.runtime.config_path = path;
     config.runtime.config_found = found;
@@ -120,7 +118,7 @@ pub fn load(
 pub(crate) fn from_env(env: &[(&str, &str)], purpose: Purpose) -> Config {
     let vars: std::collections::HashMap<&str, &str> = env.iter().copied().collect();
     let overrides = Overrides {
-        config: Some("/nonexistent/copycat-test.yaml".into()),
+        config: Some(load::NO_FILE.into()),
         ..Overrides::default()
     };
     load(&|k| vars.get(k).map(|v| v.to_string()), &overrides, purpose)

@@ -166,7 +166,7 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("registries[].insecure"), None, "false", "bool", "Allow plain HTTP and skip TLS verification for this host. Loopback hosts may use plain HTTP without it."),
     s(Some("registries[].caFile"), None, "", "path", "PEM file of extra CA certificates trusted for this host."),
     s(Some("registryMirrors"), None, "", "map host → list of hosts", "Read mirrors per source registry, tried in order before the registry itself (e.g. `docker.io: [mirror.gcr.io]`). Never written to."),
-    s(None, Some("CONFIG_PATH"), "/config/config.yaml", "path", "Config file; a missing file means defaults. Flag `--config`."),
+    s(None, Some("CONFIG_PATH"), "/config/config.yaml", "path", "Config file; only the default path may be missing (defaults are used); `/dev/null` means none. Flag `--config`."),
     s(None, Some("METRICS_ADDR"), ":8080", "address", "Listener for `/metrics` and the admin endpoints; `:PORT` listens on every interface, IPv4 and IPv6. Flag `--metrics-bind-address`."),
     s(None, Some("HEALTH_ADDR"), ":8081", "address", "Listener for `/healthz` and `/readyz`; `:PORT` listens on every interface, IPv4 and IPv6. Flag `--health-probe-bind-address`."),
     s(None, Some("LEADER_ELECT"), "true", "bool", "Use a Lease so that only one replica mirrors. Flag `--leader-elect`."),

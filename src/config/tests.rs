@@ -54,13 +54,39 @@ fn defaults_match_k8s_copycat() {
 }
 
 #[test]
-fn missing_file_means_defaults() {
-    let overrides = Overrides {
-        config: Some("/nonexistent/copycat.yaml".into()),
-        ..Default::default()
-    };
-    let loaded = load(&|_| None, &overrides, Purpose::OneShot).unwrap();
-    assert!(!loaded.config.runtime.config_found);
+fn only_the_default_config_path_may_be_missing() {
+    let missing = "/nonexistent/copycat.yaml";
+    type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    // (--config, CONFIG_PATH, the problem's origin: None = loads with defaults)
+    let cases: [Case; 5] = [
+        (Some(missing), None, Some("--config")),
+        (None, Some(missing), Some("CONFIG_PATH (env)")),
+        (Some(missing), Some(super::load::NO_FILE), Some("--config")),
+        (Some(super::load::NO_FILE), None, None),
+        (None, Some(super::load::NO_FILE), None),
+    ];
+    for (flag, var, problem) in cases {
+        let overrides = Overrides {
+            config: flag.map(Into::into),
+            ..Default::default()
+        };
+        let env = |k: &str| (k == "CONFIG_PATH").then(|| var.map(str::to_owned)).flatten();
+        match (load(&env, &overrides, Purpose::OneShot), problem) {
+            (Ok(_), None) => {}
+            (Err(errors), Some(origin)) => {
+                let [p] = &errors.0[..] else { panic!("{errors}") };
+                assert_eq!((p.origin.as_str(), p.value.as_deref()), (origin, Some(missing)));
+                assert!(p.message.contains("does not exist"), "{p}");
+            }
+            (got, _) => panic!("{flag:?} {var:?}: {:?}", got.map(|l| l.config.runtime.config_path)),
+        }
+    }
+    // The built-in default path (/config/config.yaml, where the manifest mounts the ConfigMap) may
+    // be absent: defaults are used.
+    if !std::path::Path::new("/config/config.yaml").exists() {
+        let loaded = load(&|_| None, &Overrides::default(), Purpose::OneShot).unwrap();
+        assert!(!loaded.config.runtime.config_found);
+    }
 }
 
 #[test]
@@ -570,7 +596,8 @@ fn string_settings_are_bounded() {
 
 #[test]
 fn only_a_regular_file_of_at_most_one_mib_is_read() {
-    for path in ["/dev/zero", "/dev/null"] {
+    // /dev/null alone is read, as no file (`NO_FILE`).
+    for path in ["/dev/zero", "/dev/urandom"] {
         let overrides = Overrides {
             config: Some(path.into()),
             ..Default::default()

@@ -11,7 +11,7 @@ pub(crate) fn copycat(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
     cmd.args(args)
         .env_clear()
-        .env("CONFIG_PATH", "/nonexistent/config.yaml")
+        .env("CONFIG_PATH", "/dev/null")
         .env("LOG_FORMAT", "text");
     for (k, v) in env {
         cmd.env(k, v);

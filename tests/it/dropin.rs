@@ -282,7 +282,7 @@ fn a_daemon_with_nothing_to_watch_stops_with_exit_2_naming_the_setting() {
             ("TARGET_REGISTRY", TARGET),
             ("INCLUDE_NAMESPACES", "shop"),
             ("SKIP_NAMESPACES", "shop"),
-            ("CONFIG_PATH", "/nonexistent/config.yaml"),
+            ("CONFIG_PATH", "/dev/null"),
         ],
     );
     let stderr = text(&out.stderr);
@@ -302,7 +302,7 @@ fn go_style_flags_in_every_form() {
     let base = [
         ("TARGET_KIND", "docker"),
         ("TARGET_REGISTRY", TARGET),
-        ("CONFIG_PATH", "/nonexistent/c.yaml"),
+        ("CONFIG_PATH", "/dev/null"),
     ];
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case<'_>] = &[

@@ -201,6 +201,33 @@ fn the_image_runs_under_chroot_with_only_what_it_holds() {
         Path::new("/usr/local/bin/copycat")
     );
 
+    // Issue 18, §5: the binary without debug information, linked to the separate debug file; the
+    // image within 20 MiB compressed.
+    let sections = Command::new("objdump")
+        .arg("-h")
+        .arg(root.path().join("usr/local/bin/copycat"))
+        .output()
+        .expect("objdump (binutils)");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(
+        !sections.contains(".debug_line"),
+        "debug information in the image's binary:\n{sections}"
+    );
+    assert!(
+        sections.contains(".gnu_debuglink"),
+        "no link to the debug file:\n{sections}"
+    );
+    let debug_file = layout
+        .parent()
+        .unwrap()
+        .join(format!("copycat-{}.debug", env!("CARGO_PKG_VERSION")));
+    assert!(debug_file.is_file(), "{} missing", debug_file.display());
+    let compressed = layers[0]["size"].as_u64().unwrap();
+    assert!(
+        compressed <= 20 << 20,
+        "the layer is {compressed} bytes compressed, more than 20 MiB"
+    );
+
     // Runs with only what the image holds, as 65532.
     for binary in ["/usr/local/bin/copycat", "/k8s-copycat"] {
         let (code, out) = in_image(root.path(), &[binary, "--version"]);

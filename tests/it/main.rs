@@ -9,6 +9,7 @@ mod drills;
 mod dropin;
 mod ecr;
 mod faults;
+mod first_run;
 mod image;
 mod leader;
 mod manifests;

@@ -174,6 +174,18 @@ fn deployment_probes_ports_and_config_mount() {
     assert_eq!(service["spec"]["ports"][0]["port"], 8080);
 }
 
+/// Issue 18, §5: the manifest names a versioned image, never `latest`.
+#[test]
+fn deployment_image_is_the_crate_version() {
+    let image = container()["image"].as_str().unwrap().to_owned();
+    assert_eq!(image, format!("ghcr.io/copycat/copycat:{}", env!("CARGO_PKG_VERSION")));
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("docker build -t {image} ")),
+        "the Dockerfile's build line names {image}"
+    );
+}
+
 #[test]
 fn deployment_security_context() {
     let sc = container()["securityContext"].clone();

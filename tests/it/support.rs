@@ -82,8 +82,7 @@ impl CopycatRun {
     pub fn start_program(program: &std::path::Path, args: &[std::ffi::OsString], env: &[(&str, &str)]) -> CopycatRun {
         let mut cmd = std::process::Command::new(program);
         cmd.args(args).env_clear();
-        cmd.env("CONFIG_PATH", "/nonexistent/config.yaml")
-            .env("LOG_FORMAT", "text");
+        cmd.env("CONFIG_PATH", "/dev/null").env("LOG_FORMAT", "text");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use testkit::{Image, Registry, RegistryMode, http_client, manifest_digest, skopeo_digest};
 
-const USAGE: &str = "usage: demo --copycat PATH   (PATH: a built copycat binary, e.g. target/release/copycat)";
+const USAGE: &str = "usage: demo --copycat PATH   (PATH: a built copycat binary, e.g. target/debug/copycat)";
 /// Longest wait for each round of mirroring.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for copycat to exit after SIGTERM.
@@ -60,7 +60,7 @@ impl Copycat {
             .args(["--metrics-bind-address", metrics, "--health-probe-bind-address", health])
             // Hermetic: only the settings below, no config file, no proxies.
             .env_clear()
-            .env("CONFIG_PATH", "/nonexistent/config.yaml")
+            .env("CONFIG_PATH", "/dev/null")
             .env("TARGET_KIND", "docker")
             .env("TARGET_REGISTRY", target)
             .env("TARGET_REPO_PREFIX", PREFIX)
