@@ -6,7 +6,7 @@ use crate::cli::{Cli, Command, EXIT_USAGE};
 use crate::commands;
 use crate::config::{self, Config, ConfigErrors, Purpose};
 use crate::telemetry;
-use crate::wiring::{self, DaemonParts};
+use crate::wiring::{self, DaemonParts, WiringError};
 
 /// Runs `cli` and returns the process exit code.
 pub async fn main(cli: Cli) -> ExitCode {
@@ -48,11 +48,15 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// Builds the daemon's parts and runs it; errors (no Kubernetes access, an unusable Docker config)
-/// exit 1 with the reason.
+/// Builds the daemon's parts and runs it. No usable Kubernetes configuration exits 2 like any bad
+/// setting; other errors (an unusable Docker config, no Kubernetes access) exit 1 with the reason.
 async fn run_daemon(config: &Config) -> ExitCode {
     let parts = match DaemonParts::build(config).await {
         Ok(parts) => parts,
+        Err(WiringError::Kubeconfig(e)) => {
+            eprintln!("copycat: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
         Err(e) => {
             tracing::error!(error = %e, "copycat stopped");
             return ExitCode::FAILURE;
@@ -60,10 +64,6 @@ async fn run_daemon(config: &Config) -> ExitCode {
     };
     match crate::daemon::run(config, parts).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<crate::daemon::KubeconfigError>() => {
-            eprintln!("copycat: {e}");
-            ExitCode::from(EXIT_USAGE)
-        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "copycat stopped");
             ExitCode::FAILURE

@@ -33,6 +33,7 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// Runs the daemon with the `parts` built from `config` until SIGTERM or SIGINT.
 pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let DaemonParts {
+        client,
         target,
         copier,
         queue,
@@ -40,7 +41,6 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         events,
         watched,
     } = parts;
-    let client = kube_client(config).await?;
     let dockerhub = copier.registries().get("docker.io");
     let queue = Queue::start(copier, queue);
     let target = target.registry;
@@ -165,74 +165,6 @@ async fn warn_about_missing_namespaces(client: &kube::Client, planner: &Planner,
         }
         Err(e) => tracing::warn!(error = %e, "cannot list namespaces to check includeNamespaces"),
     }
-}
-
-/// Why the daemon has no usable Kubernetes client configuration: a configuration problem (exit 2).
-#[derive(Debug, thiserror::Error)]
-pub enum KubeconfigError {
-    /// Nowhere to look: not in a cluster, no KUBECONFIG, no ~/.kube/config.
-    #[error(
-        "no Kubernetes configuration: not running in a cluster (KUBERNETES_SERVICE_HOST is unset), \
-         KUBECONFIG is unset and {home_config} does not exist; pass --kubeconfig FILE or set KUBECONFIG"
-    )]
-    Missing {
-        /// The per-user default path looked at.
-        home_config: String,
-    },
-    /// A configuration was found but cannot be used.
-    #[error("cannot use the Kubernetes configuration from {source_name}: {reason}")]
-    Unusable {
-        /// `--kubeconfig FILE`, `KUBECONFIG`, `~/.kube/config` or `the in-cluster service account`.
-        source_name: String,
-        /// kube's reason, without its nested repetitions.
-        reason: String,
-    },
-}
-
-async fn kube_client(config: &Config) -> Result<kube::Client, KubeconfigError> {
-    let kube_config = match &config.runtime.kubeconfig {
-        Some(path) => {
-            let source_name = format!("--kubeconfig {}", path.display());
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| unusable(&source_name, &e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| unusable(&source_name, &e))?
-        }
-        None => {
-            // Where kube::Config::infer looks, in its order, so that nothing found is one sentence.
-            let from_env = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
-            let home_config = std::env::home_dir().map_or_else(
-                || "~/.kube/config".to_owned(),
-                |home| home.join(".kube/config").display().to_string(),
-            );
-            let source_name = match from_env {
-                Some(paths) => format!("KUBECONFIG={}", paths.to_string_lossy()),
-                None if std::path::Path::new(&home_config).exists() => home_config,
-                None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-                    "the in-cluster service account".to_owned()
-                }
-                None => return Err(KubeconfigError::Missing { home_config }),
-            };
-            kube::Config::infer().await.map_err(|e| unusable(&source_name, &e))?
-        }
-    };
-    kube::Client::try_from(kube_config).map_err(|e| unusable("the Kubernetes client settings", &e))
-}
-
-fn unusable(source_name: &str, e: &dyn std::error::Error) -> KubeconfigError {
-    KubeconfigError::Unusable {
-        source_name: source_name.to_owned(),
-        reason: innermost(e),
-    }
-}
-
-/// The innermost cause of `e`: kube's configuration errors repeat the path at every level.
-fn innermost(e: &dyn std::error::Error) -> String {
-    let mut e = e;
-    while let Some(source) = e.source() {
-        e = source;
-    }
-    e.to_string()
 }
 
 /// What the plan loop works with.

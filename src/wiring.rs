@@ -33,6 +33,9 @@ pub enum WiringError {
     /// `pathMap` cannot be compiled.
     #[error("pathMap: {0}")]
     PathMap(#[from] NamingError),
+    /// No usable Kubernetes client configuration: a configuration problem (exit 2).
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
 }
 
 /// The CA files of `config` that cannot be used (unreadable, or without a usable certificate), as
@@ -65,6 +68,8 @@ pub fn ca_file_problems(config: &Config) -> Vec<Problem> {
 
 /// What the daemon runs with.
 pub struct DaemonParts {
+    /// The Kubernetes client.
+    pub client: kube::Client,
     /// Where images are mirrored to; `registry` is what the planner prefixes repositories with.
     pub target: Target,
     /// The copy engine over the registry clients.
@@ -80,14 +85,17 @@ pub struct DaemonParts {
 }
 
 impl DaemonParts {
-    /// Builds the daemon's parts; for ECR this builds the AWS clients (no AWS call is made until the
+    /// Builds the daemon's parts, the Kubernetes client first (a missing configuration is the first
+    /// thing to say); for ECR this builds the AWS clients (no AWS call is made until the
     /// first image needs one).
     pub async fn build(config: &Config) -> Result<DaemonParts, WiringError> {
+        let client = kube_client(config).await?;
         let target = Target::from_config(config).await;
         let targets = [target.clone()];
         let copier = copier(config, registries(config, &targets)?, &targets);
         let planner = Planner::new(config, &target.registry)?;
         Ok(DaemonParts {
+            client,
             target,
             copier,
             queue: queue_options(config),
@@ -96,6 +104,76 @@ impl DaemonParts {
             watched: workload::kinds_named(&config.watch_resources),
         })
     }
+}
+
+/// Why the daemon has no usable Kubernetes client configuration: a configuration problem (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    /// Nowhere to look: not in a cluster, no KUBECONFIG, no ~/.kube/config.
+    #[error(
+        "no Kubernetes configuration: not running in a cluster (KUBERNETES_SERVICE_HOST is unset), \
+         KUBECONFIG is unset and {home_config} does not exist; pass --kubeconfig FILE or set KUBECONFIG"
+    )]
+    Missing {
+        /// The per-user default path looked at.
+        home_config: String,
+    },
+    /// A configuration was found but cannot be used.
+    #[error("cannot use the Kubernetes configuration from {source_name}: {reason}")]
+    Unusable {
+        /// `--kubeconfig FILE`, `KUBECONFIG`, `~/.kube/config` or `the in-cluster service account`.
+        source_name: String,
+        /// kube's reason, without its nested repetitions.
+        reason: String,
+    },
+}
+
+/// The Kubernetes client: `--kubeconfig`, else where kube looks (`KUBECONFIG`, `~/.kube/config`,
+/// the in-cluster service account).
+pub async fn kube_client(config: &Config) -> Result<kube::Client, KubeconfigError> {
+    let kube_config = match &config.runtime.kubeconfig {
+        Some(path) => {
+            let source_name = format!("--kubeconfig {}", path.display());
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| unusable(&source_name, &e))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| unusable(&source_name, &e))?
+        }
+        None => {
+            // Where kube::Config::infer looks, in its order, so that nothing found is one sentence.
+            let from_env = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
+            let home_config = std::env::home_dir().map_or_else(
+                || "~/.kube/config".to_owned(),
+                |home| home.join(".kube/config").display().to_string(),
+            );
+            let source_name = match from_env {
+                Some(paths) => format!("KUBECONFIG={}", paths.to_string_lossy()),
+                None if std::path::Path::new(&home_config).exists() => home_config,
+                None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                    "the in-cluster service account".to_owned()
+                }
+                None => return Err(KubeconfigError::Missing { home_config }),
+            };
+            kube::Config::infer().await.map_err(|e| unusable(&source_name, &e))?
+        }
+    };
+    kube::Client::try_from(kube_config).map_err(|e| unusable("the Kubernetes client settings", &e))
+}
+
+fn unusable(source_name: &str, e: &dyn std::error::Error) -> KubeconfigError {
+    KubeconfigError::Unusable {
+        source_name: source_name.to_owned(),
+        reason: innermost(e),
+    }
+}
+
+/// The innermost cause of `e`: kube's configuration errors repeat the path at every level.
+fn innermost(e: &dyn std::error::Error) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
 }
 
 /// Registry clients for `config`. Targets with renewable credentials (ECR) get them; the other
