@@ -610,7 +610,7 @@ fn patterns(input: &Input) -> Result<Vec<Pattern>, String> {
 fn platforms(input: &Input) -> Result<Vec<Platform>, String> {
     let mut out: Vec<Platform> = Vec::new();
     for p in parse::list(input)? {
-        let p = Platform::parse(&p)?;
+        let p = Platform::parse(&p).map_err(|e| e.to_string())?;
         if !out.contains(&p) {
             out.push(p);
         }
@@ -621,7 +621,7 @@ fn platforms(input: &Input) -> Result<Vec<Platform>, String> {
 fn globs(input: &Input) -> Result<Vec<String>, String> {
     let items = parse::list(input)?;
     for item in &items {
-        crate::glob::validate(item)?;
+        crate::glob::validate(item).map_err(|e| e.to_string())?;
     }
     Ok(items)
 }

@@ -488,9 +488,9 @@ impl Copier {
                         src.host(),
                         format!("GET config {}@{}", source.name(), config.digest),
                     ))?;
-                arch::config_architecture(&bytes).map_err(|detail| CopyError::Manifest {
+                arch::config_architecture(&bytes).map_err(|error| CopyError::Manifest {
                     reference: format!("{}@{}", source.name(), config.digest),
-                    source: ManifestError::Invalid(detail),
+                    source: error,
                 })?
             }
             _ => arch::index_architectures(&parsed.manifests),

@@ -169,8 +169,19 @@ pub struct TokenResponse {
 /// Token lifetime when the service does not say (distribution token spec).
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Parses a token service answer; `Err` describes the problem without quoting the body (it holds tokens).
-pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, String> {
+/// Why a token service answer cannot be used. Never quotes the body (it holds tokens).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenResponseError {
+    /// The answer is not JSON.
+    #[error("token response is not valid JSON ({0})")]
+    Json(#[source] serde_json::Error),
+    /// The answer holds no token.
+    #[error("token response has neither `token` nor `access_token`")]
+    NoToken,
+}
+
+/// Parses a token service answer.
+pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenResponseError> {
     #[derive(serde::Deserialize)]
     struct Raw {
         #[serde(default)]
@@ -180,12 +191,12 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, String> {
         #[serde(default)]
         expires_in: Option<serde_json::Value>,
     }
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("token response is not valid JSON ({e})"))?;
+    let raw: Raw = serde_json::from_slice(body).map_err(TokenResponseError::Json)?;
     let token = raw
         .token
         .filter(|t| !t.is_empty())
         .or(raw.access_token.filter(|t| !t.is_empty()))
-        .ok_or("token response has neither `token` nor `access_token`")?;
+        .ok_or(TokenResponseError::NoToken)?;
     let expires_in = match raw.expires_in {
         Some(serde_json::Value::Number(n)) => n
             .as_u64()
@@ -583,12 +594,17 @@ mod tests {
                     assert_eq!(r.token.expose(), tok, "{body}");
                     assert_eq!(r.expires_in, Duration::from_secs(secs), "{body}");
                 }
-                (Err(e), Err(())) => assert!(!e.contains("t1") && !e.contains("secret"), "{e}"),
+                (Err(e), Err(())) => {
+                    let e = e.to_string();
+                    assert!(!e.contains("t1") && !e.contains("secret"), "{e}");
+                }
                 (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
             }
         }
         // The error never quotes the body.
-        let err = parse_token_response(br#"{"tokne":"supersecret"}"#).unwrap_err();
+        let err = parse_token_response(br#"{"tokne":"supersecret"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("supersecret"), "{err}");
     }
 
