@@ -45,14 +45,33 @@ pub fn parse_ratelimit(value: &str) -> Option<(u64, Option<Duration>)> {
     Some((remaining, window))
 }
 
+/// Why an upload `Location` header cannot be followed (its query, which may hold a signature, left
+/// out).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadLocation {
+    /// The header is empty.
+    #[error("empty Location header")]
+    Empty,
+    /// The header is no URL.
+    #[error("invalid Location header {location:?}: {reason}")]
+    Invalid {
+        /// The header without its query.
+        location: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+}
+
 /// Resolves an upload `Location` (absolute, or relative to the request URL) against `base`.
-pub fn resolve_location(base: &Url, location: &str) -> Result<Url, String> {
+pub fn resolve_location(base: &Url, location: &str) -> Result<Url, BadLocation> {
     let location = location.trim();
     if location.is_empty() {
-        return Err("empty Location header".into());
+        return Err(BadLocation::Empty);
     }
-    base.join(location)
-        .map_err(|e| format!("invalid Location header {:?}: {e}", strip_query(location)))
+    base.join(location).map_err(|e| BadLocation::Invalid {
+        location: strip_query(location).to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// `url` with `name=value` appended to its query (which may already exist).
