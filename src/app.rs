@@ -2,13 +2,11 @@
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, EXIT_USAGE};
 use crate::commands;
 use crate::config::{self, Config, ConfigErrors, Purpose};
 use crate::telemetry;
-
-/// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
-pub const EXIT_USAGE: u8 = 2;
+use crate::wiring::{self, DaemonParts, WiringError};
 
 /// Runs `cli` and returns the process exit code.
 pub async fn main(cli: Cli) -> ExitCode {
@@ -34,7 +32,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         print!("{}", loaded.config.to_yaml());
         return ExitCode::SUCCESS;
     }
-    let unusable = commands::ca_file_problems(&loaded.config);
+    let unusable = wiring::ca_file_problems(&loaded.config);
     if !unusable.is_empty() {
         eprintln!("copycat: {}", ConfigErrors(unusable));
         return ExitCode::from(EXIT_USAGE);
@@ -50,14 +48,22 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// Runs the daemon; errors (no Kubernetes access, an unsupported target) exit 1 with the reason.
+/// Builds the daemon's parts and runs it. No usable Kubernetes configuration exits 2 like any bad
+/// setting; other errors (an unusable Docker config, no Kubernetes access) exit 1 with the reason.
 async fn run_daemon(config: &Config) -> ExitCode {
-    match crate::daemon::run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<crate::daemon::KubeconfigError>() => {
+    let parts = match DaemonParts::build(config).await {
+        Ok(parts) => parts,
+        Err(WiringError::Kubeconfig(e)) => {
             eprintln!("copycat: {e}");
-            ExitCode::from(EXIT_USAGE)
+            return ExitCode::from(EXIT_USAGE);
         }
+        Err(e) => {
+            tracing::error!(error = %e, "copycat stopped");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::daemon::run(config, parts).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "copycat stopped");
             ExitCode::FAILURE

@@ -8,6 +8,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Overrides, parse};
 
+/// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
+pub const EXIT_USAGE: u8 = 2;
+
 /// Keeps a backup copy of every container image your Kubernetes cluster runs in a registry you control.
 ///
 /// Configuration comes from built-in defaults, then the YAML file (--config, CONFIG_PATH, default

@@ -7,7 +7,7 @@
 //! more from the moment it loses it, when the queued tasks are dropped too (the new leader submits
 //! its own plan).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,33 +15,35 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
-use crate::commands;
 use crate::config::Config;
 use crate::discovery::inventory::{Feed, Inventory, Update};
 use crate::discovery::watch;
-use crate::events::{self, Emitter};
+use crate::events::Emitter;
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
-use crate::plan::{Planner, TargetConflict, Workload, watched_kinds};
-use crate::queue::{ExcludedImages, MirrorTask, Queue, QueueOptions};
+use crate::plan::{Planner, TargetConflict};
+use crate::queue::{ExcludedImages, Queue};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
-use crate::target::Target;
+use crate::wiring::DaemonParts;
+use crate::workload::Workload;
 
 /// How long changes may keep arriving before a plan is made (a rollout touches many objects at once).
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: &Config) -> anyhow::Result<()> {
-    let client = kube_client(config).await?;
-    let target_registry = Target::from_config(config).await;
-    let targets = [target_registry.clone()];
-    let registries = commands::registries(config, &targets).map_err(anyhow::Error::msg)?;
-    let dockerhub = registries.get("docker.io");
-    let queue = Queue::start(
-        commands::copier(config, registries, &targets),
-        QueueOptions::from_config(config),
-    );
-    let target = target_registry.registry;
+/// Runs the daemon with the `parts` built from `config` until SIGTERM or SIGINT.
+pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
+    let DaemonParts {
+        client,
+        target,
+        copier,
+        queue,
+        planner,
+        events,
+        watched,
+    } = parts;
+    let dockerhub = copier.registries().get("docker.io");
+    let queue = Queue::start(copier, queue);
+    let target = target.registry;
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
     let identity = leader::identity();
@@ -56,9 +58,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     } else {
         Leadership::always(&metrics)
     };
-    let events = events::wanted(config)
-        .then(|| Emitter::new(client.clone(), identity, events::window(config), leadership.subscribe()).start(&queue));
-    let planner = Planner::new(config, &target).map_err(anyhow::Error::msg)?;
+    let events =
+        events.map(|window| Emitter::new(client.clone(), identity, window, leadership.subscribe()).start(&queue));
     let ready = Arc::new(AtomicBool::new(false));
     let forbidden = watch::ForbiddenWatches::default();
     let (rescan_tx, rescan_rx) = mpsc::channel(8);
@@ -82,11 +83,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     .await?;
     let namespaces = planner.scope().only_names();
     warn_about_missing_namespaces(&client, &planner, namespaces.as_deref()).await;
-    let watched = watch::watched_for(
-        &watched_kinds(config),
-        config.check_node_platform,
-        config.use_image_pull_secrets,
-    );
+    let watched = watch::watched_for(&watched, config.check_node_platform, config.use_image_pull_secrets);
     let feeds = watch::feeds(&watched, namespaces.as_deref());
     let (watchers, updates) = watch::start(client, &feeds, metrics.clone(), &forbidden);
     let scope = namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(","));
@@ -101,7 +98,6 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             metrics: &metrics,
             excluded,
             conflict_events: events.as_ref().map(|e| e.conflicts.clone()),
-            submitted: HashMap::new(),
             reported_invalid: HashSet::new(),
             reported_conflicts: HashSet::new(),
             warned_naming: false,
@@ -173,74 +169,6 @@ async fn warn_about_missing_namespaces(client: &kube::Client, planner: &Planner,
     }
 }
 
-/// Why the daemon has no usable Kubernetes client configuration: a configuration problem (exit 2).
-#[derive(Debug, thiserror::Error)]
-pub enum KubeconfigError {
-    /// Nowhere to look: not in a cluster, no KUBECONFIG, no ~/.kube/config.
-    #[error(
-        "no Kubernetes configuration: not running in a cluster (KUBERNETES_SERVICE_HOST is unset), \
-         KUBECONFIG is unset and {home_config} does not exist; pass --kubeconfig FILE or set KUBECONFIG"
-    )]
-    Missing {
-        /// The per-user default path looked at.
-        home_config: String,
-    },
-    /// A configuration was found but cannot be used.
-    #[error("cannot use the Kubernetes configuration from {source_name}: {reason}")]
-    Unusable {
-        /// `--kubeconfig FILE`, `KUBECONFIG`, `~/.kube/config` or `the in-cluster service account`.
-        source_name: String,
-        /// kube's reason, without its nested repetitions.
-        reason: String,
-    },
-}
-
-async fn kube_client(config: &Config) -> Result<kube::Client, KubeconfigError> {
-    let kube_config = match &config.runtime.kubeconfig {
-        Some(path) => {
-            let source_name = format!("--kubeconfig {}", path.display());
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| unusable(&source_name, &e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| unusable(&source_name, &e))?
-        }
-        None => {
-            // Where kube::Config::infer looks, in its order, so that nothing found is one sentence.
-            let from_env = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
-            let home_config = std::env::home_dir().map_or_else(
-                || "~/.kube/config".to_owned(),
-                |home| home.join(".kube/config").display().to_string(),
-            );
-            let source_name = match from_env {
-                Some(paths) => format!("KUBECONFIG={}", paths.to_string_lossy()),
-                None if std::path::Path::new(&home_config).exists() => home_config,
-                None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-                    "the in-cluster service account".to_owned()
-                }
-                None => return Err(KubeconfigError::Missing { home_config }),
-            };
-            kube::Config::infer().await.map_err(|e| unusable(&source_name, &e))?
-        }
-    };
-    kube::Client::try_from(kube_config).map_err(|e| unusable("the Kubernetes client settings", &e))
-}
-
-fn unusable(source_name: &str, e: &dyn std::error::Error) -> KubeconfigError {
-    KubeconfigError::Unusable {
-        source_name: source_name.to_owned(),
-        reason: innermost(e),
-    }
-}
-
-/// The innermost cause of `e`: kube's configuration errors repeat the path at every level.
-fn innermost(e: &dyn std::error::Error) -> String {
-    let mut e = e;
-    while let Some(source) = e.source() {
-        e = source;
-    }
-    e.to_string()
-}
-
 /// What the plan loop works with.
 struct LoopState<'a> {
     feeds: &'a [Feed],
@@ -301,7 +229,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                         planning.run(&inventory, true, lead && leads(&leading));
                     } else if lead {
                         // The initial list is not complete: the plan made once it is submits everything.
-                        planning.submitted.clear();
+                        queue.forget_plan();
                         plan_at.get_or_insert_with(|| Instant::now() + SETTLE);
                     } else {
                         let dropped = queue.drop_waiting();
@@ -346,9 +274,6 @@ struct Planning<'a> {
     excluded: ExcludedImages,
     /// Where conflicts are reported for Events (none when Events are off).
     conflict_events: Option<mpsc::Sender<TargetConflict>>,
-    /// The work (users left out) of every target the last plan submitted: a target is submitted
-    /// again when its source, platforms or pull-secret credentials change.
-    submitted: HashMap<String, MirrorTask>,
     /// Invalid image strings already reported, so each is logged once.
     reported_invalid: HashSet<(Workload, String)>,
     /// Conflicts (target, source) of the last plan, so each is logged once while it lasts.
@@ -358,10 +283,9 @@ struct Planning<'a> {
 }
 
 impl Planning<'_> {
-    /// Plans and, when `lead`, submits the tasks that are new or whose work changed (their source,
-    /// platforms or pull-secret credentials: a corrected pull Secret reaches the next attempt of
-    /// every task using it), all of them when `everything`, and forgets targets no longer planned;
-    /// returns what the plan holds.
+    /// Plans and, when `lead`, hands the plan to the queue ([`Queue::submit_plan`]: the tasks that
+    /// are new or whose work changed, all of them when `everything`; targets no longer planned are
+    /// forgotten); returns what the plan holds.
     fn run(&mut self, inventory: &Inventory, everything: bool, lead: bool) -> PlanSummary {
         let plan = self.planner.plan(inventory);
         if !self.warned_naming
@@ -377,39 +301,28 @@ impl Planning<'_> {
             }
         }
         self.report_conflicts(&plan.conflicts, lead);
-        self.metrics.set_conflicts(&plan.conflicts);
+        self.metrics
+            .set_conflicts(plan.conflicts.iter().map(TargetConflict::labels));
         let (tasks, excluded, conflicts) = (plan.tasks.len(), plan.excluded.len(), plan.conflicts.len());
         self.excluded.set(plan.excluded, plan.conflicts);
-        let mut changed = 0;
-        let mut current = HashMap::with_capacity(tasks);
-        let mut workloads: HashSet<Workload> = HashSet::new();
-        let mut targets = Vec::with_capacity(tasks);
-        let mut planned = HashSet::with_capacity(tasks);
-        for task in plan.tasks {
-            workloads.extend(task.users.iter().cloned());
-            let key = task.key();
-            targets.push(key.to_string());
-            planned.insert(key);
-            let target = task.request.target_display(task.request.source.digest());
-            let work = task.work();
-            if lead && (everything || !self.submitted.get(&target).is_some_and(|done| done.same_work(&work))) {
-                changed += 1;
-                submit(self.queue, task);
-            }
-            current.insert(target, work);
-        }
-        self.submitted = current;
+        let workloads: HashSet<&Workload> = plan.tasks.iter().flat_map(|t| &t.users).collect();
+        let workloads = workloads.len();
+        let targets: Vec<String> = plan.tasks.iter().map(|t| t.key().to_string()).collect();
         if lead {
-            let forgotten = self.queue.retain_planned(&planned);
-            tracing::info!(tasks, submitted = changed, excluded, conflicts, forgotten, "planned");
+            let done = self.queue.submit_plan(plan.tasks, everything);
+            tracing::info!(
+                tasks,
+                submitted = done.submitted,
+                excluded,
+                conflicts,
+                forgotten = done.forgotten,
+                "planned"
+            );
         } else {
             tracing::info!(tasks, excluded, conflicts, "planned (following: nothing submitted)");
         }
         self.metrics.set_images_tracked(targets.len());
-        PlanSummary {
-            workloads: workloads.len(),
-            targets,
-        }
+        PlanSummary { workloads, targets }
     }
 }
 
@@ -432,11 +345,6 @@ impl Planning<'_> {
         }
         self.reported_conflicts = current;
     }
-}
-
-fn submit(queue: &Queue, task: MirrorTask) {
-    tracing::debug!(source = %task.request.source, target = %task.request.target_display(None), "planned");
-    queue.submit(task);
 }
 
 async fn shutdown_signal() {

@@ -24,9 +24,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::plan::{Kind, TargetConflict, Workload};
-use crate::queue::{DEFAULT_STATUS_CAPACITY, FailureReport, Queue, TargetKey};
+use crate::plan::{TargetConflict, TargetKey};
+use crate::queue::{DEFAULT_STATUS_CAPACITY, FailureReport, Queue};
+use crate::workload::{Kind, Workload};
 
 /// The reason of Events about failed copies.
 pub const REASON: &str = "MirrorFailed";
@@ -35,28 +35,13 @@ pub const CONFLICT_REASON: &str = "TargetConflict";
 /// The reporting component, as `kubectl describe` shows it under `From`.
 const COMPONENT: &str = "k8s-copycat";
 /// Events at most per target in this window when the failure cooldown is disabled.
-const DEFAULT_WINDOW: Duration = Duration::from_secs(60 * 60);
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// Failure reports waiting to be turned into Events; more are dropped.
 const BACKLOG: usize = 256;
 /// How long one API request may take.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest message, in bytes (the limit the events API puts on a note).
 const MAX_MESSAGE: usize = 1024;
-
-/// Whether `config` asks for Events: `emitEvents`, and neither `dryRun` nor `dryPull` (no side
-/// effects in dry runs).
-pub fn wanted(config: &Config) -> bool {
-    config.emit_events && !config.dry_run && !config.dry_pull
-}
-
-/// The rate-limit window: the failure cooldown, or [`DEFAULT_WINDOW`] when it is disabled (a failing
-/// target is then retried on every submission, which must not mean an Event each time).
-pub fn window(config: &Config) -> Duration {
-    config
-        .failure_cooldown
-        .filter(|d| !d.is_zero())
-        .unwrap_or(DEFAULT_WINDOW)
-}
 
 /// Turns failure reports into Events.
 pub struct Emitter {
@@ -276,14 +261,9 @@ fn event_name(object: &str, now: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Purpose;
     use crate::copy::CopyRequest;
-    use crate::queue::MirrorTask;
+    use crate::plan::MirrorTask;
     use crate::reference::ImageRef;
-
-    fn config(env: &[(&str, &str)]) -> Config {
-        crate::config::from_env(env, Purpose::OneShot)
-    }
 
     fn report(error: &str, retry_in: Option<Duration>) -> FailureReport {
         let task = MirrorTask::new(CopyRequest {
@@ -298,20 +278,6 @@ mod tests {
             users: vec![Workload::new(Kind::Deployment, "shop", "web")],
             retry_in,
         }
-    }
-
-    #[test]
-    fn on_by_default_off_in_dry_runs_and_when_asked() {
-        assert!(wanted(&config(&[])));
-        for env in [("EMIT_EVENTS", "false"), ("DRY_RUN", "true"), ("DRY_PULL", "true")] {
-            assert!(!wanted(&config(&[env])), "{env:?}");
-        }
-        assert_eq!(window(&config(&[])), Duration::from_secs(3600));
-        assert_eq!(
-            window(&config(&[("FAILURE_COOLDOWN_MINUTES", "5")])),
-            Duration::from_secs(300)
-        );
-        assert_eq!(window(&config(&[("FAILURE_COOLDOWN_MINUTES", "0")])), DEFAULT_WINDOW);
     }
 
     #[test]

@@ -6,16 +6,25 @@ pub fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// Why a glob pattern is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobError {
+    /// A `[` class is never closed.
+    #[error("unclosed '[' in pattern {0:?}")]
+    UnclosedClass(String),
+    /// The pattern ends in an escape.
+    #[error("trailing '\\' in pattern {0:?}")]
+    TrailingEscape(String),
+}
+
 /// Checks a pattern's syntax, so bad patterns fail at start rather than never matching.
-pub fn validate(pattern: &str) -> Result<(), String> {
+pub fn validate(pattern: &str) -> Result<(), GlobError> {
     let chars: Vec<char> = pattern.chars().collect();
     let mut i = 0;
     while i < chars.len() {
         match chars[i] {
-            '[' => i = class_end(&chars, i).ok_or_else(|| format!("unclosed '[' in pattern {pattern:?}"))?,
-            '\\' if i + 1 == chars.len() => {
-                return Err(format!("trailing '\\' in pattern {pattern:?}"));
-            }
+            '[' => i = class_end(&chars, i).ok_or_else(|| GlobError::UnclosedClass(pattern.to_owned()))?,
+            '\\' if i + 1 == chars.len() => return Err(GlobError::TrailingEscape(pattern.to_owned())),
             '\\' => i += 1,
             _ => {}
         }

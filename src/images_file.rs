@@ -72,7 +72,8 @@ fn resolve(prefix: &str, entry: &Entry, digest_tag_template: &str) -> Result<Syn
     let source = ImageRef::parse(&entry.source).map_err(|e| e.to_string())?;
     let target = ImageRef::parse(&format!("{prefix}/{}", source.repository()))
         .map_err(|e| format!("target would be invalid: {e}"))?;
-    let target_tag = crate::naming::target_tag(&source, entry.tag.as_deref(), digest_tag_template)?;
+    let target_tag =
+        crate::naming::target_tag(&source, entry.tag.as_deref(), digest_tag_template).map_err(|e| e.to_string())?;
     if let Some(tag) = &target_tag {
         target.with_tag(tag).map_err(|e| e.to_string())?;
     }

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 use prometheus::{Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
 
 use crate::copy::{CopyError, CopyReport, Outcome};
-use crate::plan::TargetConflict;
-use crate::queue::{TaskState, TaskStatus};
+use crate::reference::{DOCKER_HUB, canonical_host};
 use crate::registry::Side;
+use crate::task_state::TaskState;
 
 const PREFIX: &str = "k8s_copycat_";
 
@@ -234,11 +234,14 @@ impl Metrics {
         self.duration.with_label_values(&["failed"]).observe(took.as_secs_f64());
     }
 
-    /// Refreshes the task gauges from a queue snapshot.
-    pub fn observe_queue(&self, snapshot: &[TaskStatus]) {
-        for state in TaskState::ALL {
-            let n = snapshot.iter().filter(|s| s.state == state).count();
-            self.tasks.with_label_values(&[state.as_str()]).set(n as i64);
+    /// Refreshes the task gauges from the states of every target known (a queue snapshot).
+    pub fn observe_tasks(&self, states: impl IntoIterator<Item = TaskState>) {
+        let mut counts = [0i64; TaskState::ALL.len()];
+        for state in states {
+            counts[state as usize] += 1;
+        }
+        for (state, n) in TaskState::ALL.into_iter().zip(counts) {
+            self.tasks.with_label_values(&[state.as_str()]).set(n);
         }
     }
 
@@ -252,13 +255,11 @@ impl Metrics {
         self.images_tracked.set(n as i64);
     }
 
-    /// Replaces the conflicts shown with those of the latest plan.
-    pub fn set_conflicts(&self, conflicts: &[TargetConflict]) {
+    /// Replaces the conflicts shown with those of the latest plan, each as `[target, source, kept]`.
+    pub fn set_conflicts<'a>(&self, conflicts: impl IntoIterator<Item = [&'a str; 3]>) {
         self.conflicts.reset();
-        for c in conflicts {
-            self.conflicts
-                .with_label_values(&[c.target.as_str(), c.source.as_str(), c.kept.as_str()])
-                .set(1);
+        for labels in conflicts {
+            self.conflicts.with_label_values(&labels).set(1);
         }
     }
 
@@ -286,19 +287,12 @@ impl Metrics {
     }
 }
 
-/// The `registry` label: the host lower-cased, Docker Hub under any of its names as `docker.io`
+/// The `registry` label: the host as [`canonical_host`] spells it, and an empty one as `docker.io`
 /// (k8s-copycat's `registryLabel`).
 pub fn registry_label(host: &str) -> String {
-    let host = host.to_ascii_lowercase();
-    let host = host
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    match host {
-        "" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".to_owned(),
-        other => other.to_owned(),
+    match canonical_host(host) {
+        host if host.is_empty() => DOCKER_HUB.to_owned(),
+        host => host,
     }
 }
 
@@ -422,14 +416,9 @@ mod tests {
             !text.contains("dockerhub_ratelimit_remaining{"),
             "absent until known: {text}"
         );
-        let conflict = |source: &str| TargetConflict {
-            target: "r.io/team/app:1".into(),
-            source: source.into(),
-            kept: "a.example/team/app:1".into(),
-            users: vec![],
-        };
-        m.set_conflicts(&[conflict("b.example/team/app:1")]);
-        m.set_conflicts(&[conflict("c.example/team/app:1")]);
+        let conflict = |source| ["r.io/team/app:1", source, "a.example/team/app:1"];
+        m.set_conflicts([conflict("b.example/team/app:1")]);
+        m.set_conflicts([conflict("c.example/team/app:1")]);
         let text = m.render();
         assert!(
             text.contains(r#"k8s_copycat_target_conflicts{kept="a.example/team/app:1",source="c.example/team/app:1",target="r.io/team/app:1"} 1"#),

@@ -1,13 +1,57 @@
 //! Target naming: how a source reference becomes a target reference. Pure functions.
 
-use crate::reference::{Digest, ImageRef};
-
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::PathMapRule;
+use crate::reference::{Digest, ImageRef, ReferenceError};
+
+/// Why a target name cannot be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NamingError {
+    /// A template names a placeholder that does not exist.
+    #[error("unknown placeholder ${name} in {template:?}")]
+    UnknownPlaceholder {
+        /// The placeholder, without `$`.
+        name: String,
+        /// The template it is in.
+        template: String,
+    },
+    /// `digestTagTemplate` expands to something that is no tag.
+    #[error("{template:?} expands to an invalid tag {expanded:?}: {reason}")]
+    InvalidTag {
+        /// The template.
+        template: String,
+        /// What it expanded to.
+        expanded: String,
+        /// Why that is no tag.
+        reason: Box<ReferenceError>,
+    },
+    /// A `pathMap` regex does not compile.
+    #[error("pathMap {from:?}: {reason}")]
+    PathMap {
+        /// The rule's `from`.
+        from: String,
+        /// The regex error.
+        reason: Box<regex::Error>,
+    },
+    /// The name made is no valid image reference.
+    #[error("target: {0}")]
+    Target(Box<ReferenceError>),
+}
 
 /// Longest repository name copycat produces (ECR's and distribution's limit).
 pub const MAX_REPOSITORY_LEN: usize = 256;
+
+/// A source-path rewrite rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathMapRule {
+    /// Prefix or regex to match.
+    pub from: String,
+    /// Replacement.
+    pub to: String,
+    /// Whether `from` is a regex.
+    pub regex: bool,
+}
 
 /// What a workload's image use contributes to its target name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,7 +72,7 @@ pub const PREFIX_PLACEHOLDERS: &[&str] = &["namespace", "podname", "container_na
 
 /// Expands a `repoPrefix` template: whole `$name` tokens only; segments trimmed and empty ones
 /// dropped (an unknown `$arch` removes that path level, as in k8s-copycat).
-pub fn expand_prefix(template: &str, ctx: &NameContext, source_registry: &str) -> Result<String, String> {
+pub fn expand_prefix(template: &str, ctx: &NameContext, source_registry: &str) -> Result<String, NamingError> {
     let expanded = expand(template, |name| match name {
         "namespace" => Some(ctx.namespace.clone()),
         "podname" => Some(ctx.podname.clone()),
@@ -66,12 +110,15 @@ pub enum PathRule {
 
 impl PathRule {
     /// Compiles configured rules; the configuration already validated the regexes.
-    pub fn compile(rules: &[PathMapRule]) -> Result<Vec<PathRule>, String> {
+    pub fn compile(rules: &[PathMapRule]) -> Result<Vec<PathRule>, NamingError> {
         rules
             .iter()
             .map(|r| {
                 if r.regex {
-                    let from = regex::Regex::new(&r.from).map_err(|e| format!("pathMap {:?}: {e}", r.from))?;
+                    let from = regex::Regex::new(&r.from).map_err(|reason| NamingError::PathMap {
+                        from: r.from.clone(),
+                        reason: Box::new(reason),
+                    })?;
                     Ok(PathRule::Regex { from, to: r.to.clone() })
                 } else {
                     let trim = |s: &str| s.trim_matches('/').to_owned();
@@ -177,7 +224,7 @@ pub fn target_repository(
     rules: &[PathRule],
     source: &ImageRef,
     ctx: &NameContext,
-) -> Result<String, String> {
+) -> Result<String, NamingError> {
     let prefix = expand_prefix(prefix_template, ctx, source.registry())?;
     let path = clean_repository(&map_path(rules, source.repository()));
     Ok(if prefix.is_empty() {
@@ -205,7 +252,7 @@ pub struct TargetNaming {
 
 impl TargetNaming {
     /// The target repository for `source`, with `arch` as `$arch` (`None`: the segment is dropped).
-    pub fn target(&self, source: &ImageRef, arch: Option<&str>) -> Result<ImageRef, String> {
+    pub fn target(&self, source: &ImageRef, arch: Option<&str>) -> Result<ImageRef, NamingError> {
         let ctx = NameContext {
             arch: arch.map(str::to_owned),
             ..self.ctx.clone()
@@ -216,7 +263,7 @@ impl TargetNaming {
         } else {
             clean_repository(&format!("{}/{repo}", self.target_path))
         };
-        ImageRef::parse(&format!("{}/{repo}", self.target_host)).map_err(|e| format!("target: {e}"))
+        ImageRef::parse(&format!("{}/{repo}", self.target_host)).map_err(|e| NamingError::Target(Box::new(e)))
     }
 
     /// Whether the prefix uses `$arch`.
@@ -238,7 +285,7 @@ pub const DIGEST_TAG_PLACEHOLDERS: &[&str] = &["algorithm", "hex", "short"];
 /// Expands `digestTagTemplate` for a digest-only source: `$algorithm` (`sha256`), `$hex` (the whole
 /// hex digest), `$short` (its first 12 characters). Only whole tokens expand (`$hexes` is an error,
 /// not `$hex` + `es`). The result must be a valid tag.
-pub fn digest_tag(template: &str, digest: &Digest) -> Result<String, String> {
+pub fn digest_tag(template: &str, digest: &Digest) -> Result<String, NamingError> {
     let encoded = digest.encoded();
     let expanded = expand(template, |name| match name {
         "algorithm" => Some(digest.algorithm().to_owned()),
@@ -247,9 +294,11 @@ pub fn digest_tag(template: &str, digest: &Digest) -> Result<String, String> {
         _ => None,
     })?;
     let probe = ImageRef::parse("probe").expect("a valid reference");
-    probe
-        .with_tag(&expanded)
-        .map_err(|e| format!("{template:?} expands to an invalid tag {expanded:?}: {e}"))?;
+    probe.with_tag(&expanded).map_err(|reason| NamingError::InvalidTag {
+        template: template.to_owned(),
+        expanded: expanded.clone(),
+        reason: Box::new(reason),
+    })?;
     Ok(expanded)
 }
 
@@ -259,7 +308,7 @@ pub fn target_tag(
     source: &ImageRef,
     explicit: Option<&str>,
     digest_tag_template: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, NamingError> {
     if let Some(tag) = explicit.or(source.tag()) {
         return Ok(Some(tag.to_owned()));
     }
@@ -271,7 +320,7 @@ pub fn target_tag(
 
 /// Replaces each `$name` token (letters, digits, `_`) using `value`; an unknown name is an error naming
 /// it and the known ones.
-pub fn expand(template: &str, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand(template: &str, value: impl Fn(&str) -> Option<String>) -> Result<String, NamingError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(at) = rest.find('$') {
@@ -283,7 +332,12 @@ pub fn expand(template: &str, value: impl Fn(&str) -> Option<String>) -> Result<
         let name = &after[..len];
         match value(name) {
             Some(v) => out.push_str(&v),
-            None => return Err(format!("unknown placeholder ${name} in {template:?}")),
+            None => {
+                return Err(NamingError::UnknownPlaceholder {
+                    name: name.to_owned(),
+                    template: template.to_owned(),
+                });
+            }
         }
         rest = &after[len..];
     }
@@ -372,7 +426,9 @@ mod tests {
             "prod",
             "empty segment dropped"
         );
-        let err = expand_prefix("$namespaces", &ctx(), "docker.io").unwrap_err();
+        let err = expand_prefix("$namespaces", &ctx(), "docker.io")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("$namespaces"), "{err}");
     }
 
@@ -513,7 +569,7 @@ mod tests {
         for (template, want) in cases {
             match (digest_tag(template, &d), want) {
                 (Ok(got), Ok(w)) => assert_eq!(got, w, "{template}"),
-                (Err(e), Err(w)) => assert!(e.contains(w.trim()), "{template}: {e}"),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w.trim()), "{template}: {e}"),
                 (got, w) => panic!("{template}: got {got:?}, want {w:?}"),
             }
         }

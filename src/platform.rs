@@ -13,24 +13,24 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
+/// A platform spec that is not `arch`, `os/arch` or `os/arch/variant`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid platform {0:?}: expected arch, os/arch or os/arch/variant")]
+pub struct InvalidPlatform(pub String);
+
 impl Platform {
     /// Parses `arch`, `os/arch` or `os/arch/variant` (case-insensitive; a bare arch means Linux).
-    pub fn parse(s: &str) -> Result<Platform, String> {
+    pub fn parse(s: &str) -> Result<Platform, InvalidPlatform> {
+        let invalid = || InvalidPlatform(s.to_owned());
         let parts: Vec<String> = s.trim().split('/').map(|p| p.trim().to_ascii_lowercase()).collect();
         if parts.iter().any(String::is_empty) {
-            return Err(format!(
-                "invalid platform {s:?}: expected arch, os/arch or os/arch/variant"
-            ));
+            return Err(invalid());
         }
         let (os, architecture, variant) = match parts.as_slice() {
             [arch] => ("linux".to_owned(), arch.clone(), None),
             [os, arch] => (os.clone(), arch.clone(), None),
             [os, arch, variant] => (os.clone(), arch.clone(), Some(variant.clone())),
-            _ => {
-                return Err(format!(
-                    "invalid platform {s:?}: expected arch, os/arch or os/arch/variant"
-                ));
-            }
+            _ => return Err(invalid()),
         };
         Ok(Platform {
             os,

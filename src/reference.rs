@@ -16,10 +16,17 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Registry that references without a domain resolve to.
-const DOCKER_HUB: &str = "docker.io";
-/// Other spellings of Docker Hub that must collapse to [`DOCKER_HUB`] so one image has one identity.
-const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
+/// Registry that references without a domain resolve to: Docker Hub's canonical name in references,
+/// configuration, credentials and metric labels.
+pub const DOCKER_HUB: &str = "docker.io";
+/// Every spelling of Docker Hub a reference, a config entry, a Docker `config.json` key or a metric
+/// label may use; all collapse to [`DOCKER_HUB`] so one registry has one identity.
+pub const DOCKER_HUB_SPELLINGS: [&str; 4] = [
+    DOCKER_HUB,
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
 /// Docker Hub's namespace for "official" images, implied by single-component Hub paths.
 const OFFICIAL_PREFIX: &str = "library/";
 /// Tag implied when a reference names neither a tag nor a digest, as `docker pull` does.
@@ -446,13 +453,21 @@ fn parse_digest(s: &str, reference: Option<&str>) -> Result<Digest, ReferenceErr
     })
 }
 
-/// A registry host as [`ImageRef::registry`] spells it: lower-case, Docker Hub's aliases as `docker.io`.
-pub fn normalize_host(host: &str) -> String {
-    let host = host.trim().trim_end_matches('/').to_ascii_lowercase();
-    if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
+/// A registry name from a reference, a config entry or a Docker `config.json` key as
+/// [`ImageRef::registry`] spells it: lower-case, no scheme, no path, no trailing `/`, every Docker Hub
+/// spelling as `docker.io`. The one normaliser of host spellings: credentials, client settings,
+/// configuration and metric labels all use it.
+pub fn canonical_host(name: &str) -> String {
+    let s = name.trim().to_ascii_lowercase();
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(&s);
+    let host = s.split('/').next().unwrap_or("");
+    if DOCKER_HUB_SPELLINGS.contains(&host) {
         DOCKER_HUB.to_owned()
     } else {
-        host
+        host.to_owned()
     }
 }
 
@@ -513,7 +528,7 @@ impl ImageRef {
             None => DOCKER_HUB.to_owned(),
             Some(domain) => {
                 let registry = validate_registry(s, domain)?;
-                if DOCKER_HUB_ALIASES.contains(&registry.as_str()) {
+                if DOCKER_HUB_SPELLINGS.contains(&registry.as_str()) {
                     DOCKER_HUB.to_owned()
                 } else {
                     registry
@@ -824,6 +839,26 @@ fn validate_tag(input: &str, tag: &str) -> Result<(), ReferenceError> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn canonical_host_table() {
+        let cases = [
+            ("docker.io", "docker.io"),
+            ("index.docker.io", "docker.io"),
+            ("registry-1.docker.io", "docker.io"),
+            ("https://index.docker.io/v1/", "docker.io"),
+            ("HTTPS://Index.Docker.IO/v1/", "docker.io"),
+            ("http://localhost:5000", "localhost:5000"),
+            ("registry.example.com/v2/", "registry.example.com"),
+            ("Quay.io", "quay.io"),
+            ("[::1]:5000", "[::1]:5000"),
+            ("ghcr.io/", "ghcr.io"),
+            ("registry.hub.docker.com", "docker.io"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(canonical_host(input), want, "{input}");
+        }
+    }
+
+    #[test]
     fn host_normalisation_and_explicit_tags() {
         let hosts = [
             ("Index.Docker.io", "docker.io"),
@@ -832,7 +867,7 @@ mod tests {
             ("localhost:5000", "localhost:5000"),
         ];
         for (input, want) in hosts {
-            assert_eq!(normalize_host(input), want, "{input}");
+            assert_eq!(canonical_host(input), want, "{input}");
         }
         let tags = [
             ("nginx", false),

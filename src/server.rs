@@ -31,9 +31,10 @@ use tokio::task::JoinHandle;
 
 use crate::discovery::watch::ForbiddenWatches;
 use crate::metrics::Metrics;
-use crate::queue::{ExcludedImages, Queue, TaskState, TaskStatus};
+use crate::queue::{ExcludedImages, Queue, TaskStatus};
 use crate::registry::Registry;
 use crate::secret::Secret;
+use crate::task_state::TaskState;
 
 /// How long `/force-reconcile` waits for the queue to go idle unless `?wait=` says otherwise.
 pub const DEFAULT_FORCE_WAIT: Duration = Duration::from_secs(30);
@@ -283,7 +284,7 @@ fn ipv4_fallback_on(error: &std::io::Error) -> bool {
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    admin.metrics.observe_queue(&admin.statuses());
+    admin.metrics.observe_tasks(admin.statuses().iter().map(|s| s.state));
     if let Some(hub) = &admin.dockerhub {
         admin.metrics.set_dockerhub_ratelimit(hub.ratelimit_remaining());
     }

@@ -11,6 +11,7 @@ use super::parse::{self, Input};
 use super::settings::{RESOURCE_KINDS, Setting, is_secret, lookup};
 use super::{Overrides, Problem, Purpose, keys, snippet};
 use crate::files::{self, MAX_CONFIG_FILE_SIZE};
+use crate::naming::PathMapRule;
 use crate::platform::Platform;
 use crate::secret::{MASK, Secret};
 
@@ -583,7 +584,7 @@ fn registry_host(input: &Input) -> Result<String, String> {
     let name = value.split('/').next().unwrap_or_default();
     let probe = format!("{value}/probe");
     match crate::reference::ImageRef::parse(&probe) {
-        Ok(image) if image.registry() == crate::reference::normalize_host(name) => Ok(value.to_owned()),
+        Ok(image) if image.registry() == crate::reference::canonical_host(name) => Ok(value.to_owned()),
         Ok(_) => Err(format!(
             "{name:?} is not a registry host: image references would read it as a Docker Hub namespace; \
              give a domain or a port, e.g. {name}.example.com or {name}:5000"
@@ -609,7 +610,7 @@ fn patterns(input: &Input) -> Result<Vec<Pattern>, String> {
 fn platforms(input: &Input) -> Result<Vec<Platform>, String> {
     let mut out: Vec<Platform> = Vec::new();
     for p in parse::list(input)? {
-        let p = Platform::parse(&p)?;
+        let p = Platform::parse(&p).map_err(|e| e.to_string())?;
         if !out.contains(&p) {
             out.push(p);
         }
@@ -620,7 +621,7 @@ fn platforms(input: &Input) -> Result<Vec<Platform>, String> {
 fn globs(input: &Input) -> Result<Vec<String>, String> {
     let items = parse::list(input)?;
     for item in &items {
-        crate::glob::validate(item)?;
+        crate::glob::validate(item).map_err(|e| e.to_string())?;
     }
     Ok(items)
 }
@@ -804,7 +805,7 @@ fn registry_mirrors(loader: &mut Loader<'_>) -> std::collections::BTreeMap<Strin
             .iter()
             .map(|m| registry_host(&Input::Scalar(m.clone())).map(|h| h.to_ascii_lowercase()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((crate::reference::normalize_host(&host), mirrors))
+        Ok((crate::reference::canonical_host(&host), mirrors))
     })
 }
 
@@ -812,7 +813,7 @@ fn digest_tag_template(input: &Input) -> Result<String, String> {
     let template = parse::text(input)?;
     if !template.is_empty() {
         let sample = crate::reference::Digest::sha256_hex(&"0".repeat(64)).expect("valid digest");
-        crate::naming::digest_tag(&template, &sample)?;
+        crate::naming::digest_tag(&template, &sample).map_err(|e| e.to_string())?;
     }
     Ok(template)
 }

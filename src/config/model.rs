@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::naming::PathMapRule;
 use crate::platform::Platform;
 use crate::secret::Secret;
 
@@ -236,17 +237,6 @@ pub struct RegistrySettings {
     pub insecure: bool,
     /// Extra CA certificates (PEM file), empty for none.
     pub ca_file: String,
-}
-
-/// A source-path rewrite rule.
-#[derive(Debug, Clone, Serialize)]
-pub struct PathMapRule {
-    /// Prefix or regex to match.
-    pub from: String,
-    /// Replacement.
-    pub to: String,
-    /// Whether `from` is a regex.
-    pub regex: bool,
 }
 
 /// A validated regular expression that prints as its source.

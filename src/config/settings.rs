@@ -2,6 +2,8 @@
 //! values through it, strict key checking and `docs/configuration.md` are derived from it, so the
 //! three cannot drift apart.
 
+use crate::workload::Kind;
+
 /// One configurable setting.
 #[derive(Debug)]
 pub struct Setting {
@@ -60,7 +62,15 @@ pub const KEY_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// Names of the watchable workload kinds, as `watchResources` spells them.
-pub const RESOURCE_KINDS: &[&str] = &["deployments", "statefulsets", "daemonsets", "jobs", "cronjobs", "pods"];
+pub const RESOURCE_KINDS: &[&str] = &{
+    let mut names = [""; Kind::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Kind::ALL[i].resource();
+        i += 1;
+    }
+    names
+};
 
 const fn s(
     key: Option<&'static str>,

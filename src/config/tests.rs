@@ -647,7 +647,7 @@ fn ecr_repository_settings() {
     assert_eq!(c.ecr.encryption_type, "KMS");
     assert!(c.ecr.scan_on_push);
     assert_eq!(
-        crate::target::ecr::Settings::from_config(&c.ecr).registry_host,
+        crate::destination::ecr::Settings::from_config(&c.ecr).registry_host,
         "vpce.example.com"
     );
     let tags: Vec<(&str, &str)> = c.ecr.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

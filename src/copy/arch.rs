@@ -1,7 +1,7 @@
 //! `$arch` from the image itself, named as k8s-copycat names it, for targets whose prefix uses
 //! `$arch` when no node platform is known. Pure functions.
 
-use super::manifest::Descriptor;
+use super::manifest::{Descriptor, ManifestError};
 
 /// `$arch` of an index: the sorted, distinct architectures of its entries (`unknown` and empty ones,
 /// such as attestations, left out) joined with `-` (`amd64-arm64`); `multiarch` when none remain.
@@ -23,16 +23,16 @@ pub fn index_architectures(entries: &[Descriptor]) -> String {
 }
 
 /// `$arch` of a single image: the `architecture` of its config blob.
-pub fn config_architecture(config: &[u8]) -> Result<String, String> {
+pub fn config_architecture(config: &[u8]) -> Result<String, ManifestError> {
     #[derive(serde::Deserialize)]
     struct Config {
         #[serde(default)]
         architecture: String,
     }
-    let parsed: Config =
-        serde_json::from_slice(config).map_err(|e| format!("the image config is not valid JSON ({e})"))?;
+    let parsed: Config = serde_json::from_slice(config)
+        .map_err(|e| ManifestError::Invalid(format!("the image config is not valid JSON ({e})")))?;
     if parsed.architecture.is_empty() {
-        return Err("the image config names no architecture".into());
+        return Err(ManifestError::Invalid("the image config names no architecture".into()));
     }
     Ok(parsed.architecture)
 }

@@ -19,10 +19,11 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 
+use crate::destination::{RepositoryError, RepositoryPreparer};
+use crate::naming::NamingError;
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
 use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError, Side};
-use crate::target::{RepositoryError, RepositoryPreparer};
 use locks::KeyedLocks;
 use manifest::{Budget, Descriptor, Kind, ManifestError, Parsed};
 use select::{NoMatchingPlatform, Selection};
@@ -187,7 +188,7 @@ pub enum CopyError {
     Repository(#[source] RepositoryError),
     /// The target cannot be named (`$arch` from the image made an invalid repository name).
     #[error("cannot name the target: {0}")]
-    TargetName(String),
+    TargetName(#[source] NamingError),
     /// The source refused the pull secrets tried, and the configured credentials (or anonymous
     /// access) after them.
     #[error("the source refused pull secret {}: {refusal}", .secrets.join(", "))]
@@ -487,9 +488,9 @@ impl Copier {
                         src.host(),
                         format!("GET config {}@{}", source.name(), config.digest),
                     ))?;
-                arch::config_architecture(&bytes).map_err(|detail| CopyError::Manifest {
+                arch::config_architecture(&bytes).map_err(|error| CopyError::Manifest {
                     reference: format!("{}@{}", source.name(), config.digest),
-                    source: ManifestError::Invalid(detail),
+                    source: error,
                 })?
             }
             _ => arch::index_architectures(&parsed.manifests),

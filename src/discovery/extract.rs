@@ -5,9 +5,9 @@
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::plan::{Kind, pod_digest};
 use crate::platform::Platform;
 use crate::reference::Digest;
+use crate::workload::Kind;
 
 /// One container's image, as written in the spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,17 +93,25 @@ pub fn controller(meta: &ObjectMeta) -> Option<Owner> {
         .find(|o| o.controller == Some(true))?;
     let kind = match owner.kind.as_str() {
         "ReplicaSet" => OwnerKind::ReplicaSet,
-        "Deployment" => OwnerKind::Workload(Kind::Deployment),
-        "StatefulSet" => OwnerKind::Workload(Kind::StatefulSet),
-        "DaemonSet" => OwnerKind::Workload(Kind::DaemonSet),
-        "Job" => OwnerKind::Workload(Kind::Job),
-        "CronJob" => OwnerKind::Workload(Kind::CronJob),
-        _ => return None,
+        // A Pod is no controller: an owner reference to one is not followed.
+        name => match Kind::from_name(name)? {
+            Kind::Pod => return None,
+            kind => OwnerKind::Workload(kind),
+        },
     };
     Some(Owner {
         kind,
         name: owner.name.clone(),
     })
+}
+
+/// What a container's `status.imageID` says about the image it runs: the digest, when it is a
+/// manifest digest. Runtime prefixes (`docker-pullable://`, `containerd://`, …) are stripped. A bare
+/// `sha256:…` (Docker's image ID, a config digest) names no manifest and is ignored.
+pub fn pod_digest(image_id: &str) -> Option<Digest> {
+    let id = image_id.rsplit_once("://").map_or(image_id, |(_, rest)| rest);
+    let (_, digest) = id.split_once('@')?;
+    Digest::parse(digest).ok()
 }
 
 /// An owner reference copycat follows.
@@ -218,5 +226,21 @@ mod tests {
         assert_eq!(controller(&owned("Job", false)), None, "only the controller counts");
         assert_eq!(controller(&owned("Node", true)), None);
         assert_eq!(controller(&ObjectMeta::default()), None);
+    }
+
+    #[test]
+    fn pod_digests() {
+        let cases = [
+            (format!("docker-pullable://nginx@sha256:{HEX}"), true),
+            (format!("docker.io/library/nginx@sha256:{HEX}"), true),
+            (format!("containerd://ghcr.io/a/b@sha256:{HEX}"), true),
+            (format!("docker://sha256:{HEX}"), false),
+            (format!("sha256:{HEX}"), false),
+            ("".to_owned(), false),
+            ("nginx@sha256:short".to_owned(), false),
+        ];
+        for (id, want) in cases {
+            assert_eq!(pod_digest(&id).is_some(), want, "{id}");
+        }
     }
 }

@@ -3,12 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::plan::Kind;
 use crate::platform::Platform;
 
 use super::extract::{ContainerImage, Owner, OwnerKind};
 use crate::copy::PullSecret;
 use crate::registry::DockerAuths;
+use crate::workload::Kind;
 
 /// What copycat watches: the workload kinds, plus ReplicaSets (to resolve a Pod's Deployment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

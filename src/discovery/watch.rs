@@ -20,8 +20,8 @@ use super::decode::Decoded;
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
 use super::inventory::{Feed, PullRefs, Seen, Update, Watched};
 use crate::metrics::Metrics;
-use crate::plan::Kind;
 use crate::registry::{DockerAuths, parse_docker_config_json};
+use crate::workload::Kind;
 
 /// A kind copycat watches, and how to reduce one of its objects.
 trait WatchedObject: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {

@@ -27,8 +27,8 @@
 //! Every outcome is one structured log line. Memory is bounded by the number of distinct targets
 //! waiting or in cooldown; finished targets live in bounded caches.
 
+mod report;
 mod status;
-mod task;
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -38,29 +38,20 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::config::Config;
 use crate::copy::{Copier, CopyError, CopyOptions, CopyReport, CopyRequest, Outcome};
 use crate::metrics::Metrics;
-use crate::plan::Workload;
-use crate::platform::Platform;
+use crate::plan::{MirrorTask, TargetKey, union_users};
 use crate::reference::{Digest, ImageRef};
+use crate::task_state::TaskState;
+use crate::workload::Workload;
+pub use report::FailureReport;
 use status::Counters;
-pub use status::{ExcludedImages, QueueCounters, TaskState, TaskStatus};
-pub use task::{MAX_USERS, MirrorTask, TargetKey, union_users};
-
-/// Logs one mirror outcome at `$level` (a constant) with [`OutcomeLine`]'s fields, `result`, then the
-/// extra fields and the message.
-macro_rules! outcome {
-    ($level:expr, $line:expr, $result:expr, $($rest:tt)+) => {
-        tracing::event!($level, source = %$line.source, target = %$line.target, namespace = $line.namespace,
-            workload = $line.workload.as_deref(), users = $line.users, result = $result,
-            digest = $line.digest.as_deref(), bytes = $line.bytes, duration_ms = $line.duration_ms, $($rest)+)
-    };
-}
+pub use status::{ExcludedImages, QueueCounters, TaskStatus};
 
 /// How long a successful copy is trusted without asking any registry.
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(6 * 60 * 60);
@@ -119,28 +110,48 @@ impl Default for QueueOptions {
     }
 }
 
-impl QueueOptions {
-    /// Options from the configuration: `maxConcurrentReconciles` workers, `failureCooldownMinutes`,
-    /// `dryRun` (through the copy options) and `dryPull`. With `forceReconcileMinutes`, the positive
-    /// cache trusts a copy for at most 90 % of that interval, so each periodic rescan re-checks the
-    /// registries (two HEADs per unchanged image) instead of finding everything cached.
-    pub fn from_config(config: &Config) -> QueueOptions {
-        let ttl = config.mirrored_cache_ttl.unwrap_or_default();
-        let positive_ttl = match config.force_reconcile_interval {
-            Some(every) if !every.is_zero() => ttl.min(every * 9 / 10),
-            _ => ttl,
-        };
-        QueueOptions {
-            workers: (config.max_concurrent_reconciles as usize).max(1),
-            failure_cooldown: config.failure_cooldown,
-            retry_backoff: DEFAULT_RETRY_BACKOFF,
-            max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
-            positive_ttl,
-            copy: crate::commands::copy_options(config, vec![]),
-            dry_pull: config.dry_pull,
-            status_capacity: DEFAULT_STATUS_CAPACITY,
-            ignore_missing_platforms: config.ignore_missing_platforms.iter().map(|p| p.0.clone()).collect(),
-        }
+/// What [`Queue::submit_plan`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanSubmitted {
+    /// Tasks submitted (new, or their work changed).
+    pub submitted: usize,
+    /// Waiting targets dropped because the plan no longer holds them.
+    pub forgotten: usize,
+}
+
+/// What the queue needs of the copy engine: a small port, so that the state machine can be tested
+/// with a fake; [`Copier`] is the real one.
+pub trait CopyEngine: Send + Sync + 'static {
+    /// Copies `request` ([`Copier::copy`]).
+    fn copy<'a>(
+        &'a self,
+        request: &'a CopyRequest,
+        options: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<CopyReport, CopyError>>;
+
+    /// The manifest digest and architecture of `source` ([`Copier::source_architecture`]).
+    fn source_architecture<'a>(
+        &'a self,
+        source: &'a ImageRef,
+        options: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<(Digest, String), CopyError>>;
+}
+
+impl CopyEngine for Copier {
+    fn copy<'a>(
+        &'a self,
+        request: &'a CopyRequest,
+        options: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<CopyReport, CopyError>> {
+        Box::pin(Copier::copy(self, request, options))
+    }
+
+    fn source_architecture<'a>(
+        &'a self,
+        source: &'a ImageRef,
+        options: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<(Digest, String), CopyError>> {
+        Box::pin(Copier::source_architecture(self, source, options))
     }
 }
 
@@ -162,7 +173,7 @@ impl Drop for Owner {
 }
 
 struct Inner {
-    copier: Copier,
+    copier: Box<dyn CopyEngine>,
     options: QueueOptions,
     state: Mutex<State>,
     /// Keys of queued entries, each sent once when its entry becomes queued.
@@ -185,6 +196,9 @@ struct Inner {
     metrics: OnceLock<Arc<Metrics>>,
     /// Where failures are reported (for Kubernetes Events), once set.
     failures: OnceLock<mpsc::Sender<FailureReport>>,
+    /// The work (users left out) of every target of the last plan submitted, by target
+    /// ([`Queue::submit_plan`]).
+    last_plan: Mutex<HashMap<String, MirrorTask>>,
     /// `target|platform` pairs already warned about, so a missing platform is reported once, not on
     /// every retry or rescan.
     reported_missing: moka::sync::Cache<String, ()>,
@@ -317,11 +331,11 @@ impl std::fmt::Display for Failure {
 
 impl Queue {
     /// Starts the worker pool on the current tokio runtime (panics outside one).
-    pub fn start(copier: Copier, options: QueueOptions) -> Queue {
+    pub fn start(copier: impl CopyEngine, options: QueueOptions) -> Queue {
         let runtime = Handle::current();
         let (ready, ready_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            copier,
+            copier: Box::new(copier),
             positive: moka::sync::Cache::builder()
                 .max_capacity(POSITIVE_CAPACITY)
                 .time_to_live(options.positive_ttl)
@@ -339,6 +353,7 @@ impl Queue {
             generation: AtomicU64::new(0),
             metrics: OnceLock::new(),
             failures: OnceLock::new(),
+            last_plan: Mutex::default(),
         });
         let ready_rx = Arc::new(tokio::sync::Mutex::new(ready_rx));
         let handles = (0..inner.options.workers.max(1))
@@ -410,6 +425,38 @@ impl Queue {
         st.queued += 1;
         inner.publish(st);
         let _ = inner.ready.send(key);
+    }
+
+    /// Hands a whole plan to the queue: submits the tasks that are new or whose work changed since the
+    /// last plan (by [`MirrorTask::same_work`], the rule the positive cache uses: their source,
+    /// platforms or pull-secret credentials, so a corrected pull Secret reaches the next attempt of
+    /// every task using it), all of them when `everything`, and forgets the targets the plan no
+    /// longer holds ([`Queue::retain_planned`]).
+    pub fn submit_plan(&self, tasks: Vec<MirrorTask>, everything: bool) -> PlanSubmitted {
+        let planned: HashSet<TargetKey> = tasks.iter().map(MirrorTask::key).collect();
+        let mut current = HashMap::with_capacity(tasks.len());
+        let mut submitted = 0;
+        {
+            let last = lock(&self.inner.last_plan);
+            for task in tasks {
+                let target = task.request.target_display(task.request.source.digest());
+                let work = task.work();
+                if everything || !last.get(&target).is_some_and(|done| done.same_work(&work)) {
+                    submitted += 1;
+                    tracing::debug!(source = %task.request.source, target = %task.request.target_display(None), "planned");
+                    self.submit(task);
+                }
+                current.insert(target, work);
+            }
+        }
+        *lock(&self.inner.last_plan) = current;
+        let forgotten = self.retain_planned(&planned);
+        PlanSubmitted { submitted, forgotten }
+    }
+
+    /// Forgets the last plan: the next [`Queue::submit_plan`] submits every task.
+    pub fn forget_plan(&self) {
+        lock(&self.inner.last_plan).clear();
     }
 
     /// Records every attempt's outcome in `metrics` from now on (set once; later calls are ignored).
@@ -618,28 +665,6 @@ async fn work(inner: Arc<Inner>, ready: Ready) {
 }
 
 impl Inner {
-    /// Warns once per target and platform about a requested platform the source lacks, unless
-    /// `ignoreMissingPlatforms` matches `<source>|<os>/<arch>`.
-    fn report_missing_platforms(&self, key: &TargetKey, source: &ImageRef, missing: &[Platform]) {
-        for platform in missing {
-            let subject = format!("{source}|{}/{}", platform.os, platform.architecture);
-            if self
-                .options
-                .ignore_missing_platforms
-                .iter()
-                .any(|r| r.is_match(&subject))
-            {
-                continue;
-            }
-            let seen = format!("{key}|{platform}");
-            if self.reported_missing.contains_key(&seen) {
-                continue;
-            }
-            self.reported_missing.insert(seen, ());
-            tracing::warn!(%source, target = %key, %platform, "the source does not offer a requested platform");
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
@@ -714,6 +739,9 @@ impl Inner {
         })
     }
 
+    /// One attempt at `task`, in a `mirror` span naming its source and target: every line the copy
+    /// engine and the registry client log meanwhile carries the image it works for.
+    #[tracing::instrument(name = "mirror", skip_all, fields(source = %task.request.source, target = %task.key()))]
     async fn execute(&self, task: &MirrorTask) -> Attempted {
         if self.options.dry_pull {
             return Attempted::before_naming(Ok(Done::DryPull));
@@ -892,139 +920,6 @@ impl Inner {
             self.finished.insert(key.clone(), Arc::new(status));
         }
     }
-
-    /// Sends a failure to whoever asked for them ([`Queue::report_failures`]), if anyone.
-    fn tell_failure(&self, key: &TargetKey, task: &MirrorTask, failure: &Failure, retry_in: Option<Duration>) {
-        let Some(to) = self.failures.get() else {
-            return;
-        };
-        let report = FailureReport {
-            target: key.clone(),
-            source: task.request.source.clone(),
-            error: failure.to_string(),
-            users: task.users.clone(),
-            retry_in,
-        };
-        if to.try_send(report).is_err() {
-            tracing::debug!(target = %key, "failure report dropped: the receiver is busy or gone");
-        }
-    }
-
-    /// Counts an attempt and logs it as one line.
-    fn report(
-        &self,
-        key: &TargetKey,
-        named: Option<&str>,
-        task: &MirrorTask,
-        result: &Result<Done, Failure>,
-        took: Duration,
-        retry_in: Option<Duration>,
-    ) {
-        let c = &self.counters;
-        let source = &task.request.source;
-        if let Some(metrics) = self.metrics.get() {
-            let (from, to) = (source.registry(), task.request.target.registry());
-            match result {
-                Ok(Done::Copy(report)) => metrics.mirror_succeeded(from, to, report, took),
-                Ok(Done::DryPull) => {}
-                Err(Failure::Copy(e)) => metrics.mirror_failed(from, to, Some(e), took),
-                Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
-            }
-        }
-        let line = OutcomeLine::new(named.unwrap_or(key.as_str()), task, took);
-        match result {
-            Ok(Done::DryPull) => {
-                Counters::add(&c.dry_pulled, 1);
-                let line = OutcomeLine { bytes: Some(0), ..line };
-                outcome!(tracing::Level::INFO, line, "dry-pull", "would mirror {source} → {key}");
-            }
-            Ok(Done::Copy(report)) => {
-                let (counter, result) = match report.outcome {
-                    Outcome::Copied => (&c.copied, "copied"),
-                    Outcome::AlreadyPresent => (&c.present, "present"),
-                    Outcome::WouldCopy => (&c.would_copy, "would-copy"),
-                };
-                Counters::add(counter, 1);
-                Counters::add(&c.bytes, report.bytes);
-                let line = OutcomeLine {
-                    digest: report.digest.as_ref().map(ToString::to_string),
-                    bytes: Some(report.bytes),
-                    ..line
-                };
-                outcome!(
-                    tracing::Level::INFO,
-                    line,
-                    result,
-                    missing_platforms = report.missing_platforms.len(),
-                    "mirror {result}"
-                );
-                self.report_missing_platforms(key, source, &report.missing_platforms);
-            }
-            Err(failure) => {
-                Counters::add(&c.failed, 1);
-                self.tell_failure(key, task, failure, retry_in);
-                let retry_in = match retry_in {
-                    Some(d) => humantime::format_duration(d).to_string(),
-                    None => "on next submit".to_owned(),
-                };
-                if failure.is_transient() {
-                    outcome!(tracing::Level::WARN, line, "failed", error = %failure, %retry_in, "mirror failed");
-                } else {
-                    outcome!(tracing::Level::ERROR, line, "failed", reason = %failure, %retry_in,
-                        "mirror failed and will fail again until the registry changes");
-                }
-            }
-        }
-    }
-}
-
-/// A failed attempt, as [`Queue::report_failures`] reports it.
-#[derive(Debug, Clone)]
-pub struct FailureReport {
-    /// The target.
-    pub target: TargetKey,
-    /// The source of the attempt.
-    pub source: ImageRef,
-    /// What went wrong (contains no credentials).
-    pub error: String,
-    /// Who uses the image (at most [`MAX_USERS`]).
-    pub users: Vec<Workload>,
-    /// When the target is retried (at the end of its cooldown or retry backoff); `None`: when it is
-    /// submitted again.
-    pub retry_in: Option<Duration>,
-}
-
-/// The fields every outcome line has. `None` fields are left out of the line: the digest when
-/// neither the source pins one nor the copy found one, the bytes of a failed attempt.
-struct OutcomeLine<'a> {
-    source: &'a ImageRef,
-    target: &'a str,
-    /// Namespace of the first user.
-    namespace: Option<&'a str>,
-    /// The first user as `Kind/name`.
-    workload: Option<String>,
-    /// How many workloads use the image, when more than one.
-    users: Option<usize>,
-    digest: Option<String>,
-    bytes: Option<u64>,
-    duration_ms: u64,
-}
-
-impl<'a> OutcomeLine<'a> {
-    /// The line of an attempt at `task`, with the source's pinned digest and no bytes yet.
-    fn new(target: &'a str, task: &'a MirrorTask, took: Duration) -> OutcomeLine<'a> {
-        let first = task.users.first();
-        OutcomeLine {
-            source: &task.request.source,
-            target,
-            namespace: first.map(|u| u.namespace.as_str()),
-            workload: first.map(|u| format!("{}/{}", u.kind, u.name)),
-            users: (task.users.len() > 1).then_some(task.users.len()),
-            digest: task.request.source.digest().map(ToString::to_string),
-            bytes: None,
-            duration_ms: took.as_millis() as u64,
-        }
-    }
 }
 
 impl Entry {
@@ -1079,47 +974,4 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Purpose;
-
-    fn config(env: &[(&str, &str)]) -> Config {
-        crate::config::from_env(env, Purpose::OneShot)
-    }
-
-    #[test]
-    fn options_from_the_configuration() {
-        let o = QueueOptions::from_config(&config(&[]));
-        assert_eq!(o.workers, 2);
-        assert_eq!(o.failure_cooldown, Some(Duration::from_secs(3600)));
-        assert_eq!(o.positive_ttl, DEFAULT_POSITIVE_TTL);
-        assert!(!o.dry_pull && !o.copy.dry_run);
-
-        let o = QueueOptions::from_config(&config(&[
-            ("MAX_CONCURRENT_RECONCILES", "5"),
-            ("FAILURE_COOLDOWN_MINUTES", "0"),
-            ("FORCE_RECONCILE_MINUTES", "60"),
-            ("DRY_RUN", "true"),
-            ("DRY_PULL", "true"),
-        ]));
-        assert_eq!(o.workers, 5);
-        assert_eq!(o.failure_cooldown, None);
-        assert_eq!(
-            o.positive_ttl,
-            Duration::from_secs(54 * 60),
-            "re-checked by each hourly rescan"
-        );
-        assert!(o.dry_pull && o.copy.dry_run);
-
-        let o = QueueOptions::from_config(&config(&[("FORCE_RECONCILE_MINUTES", "1440")]));
-        assert_eq!(o.positive_ttl, DEFAULT_POSITIVE_TTL);
-        let o = QueueOptions::from_config(&config(&[("MIRRORED_CACHE_TTL", "30m")]));
-        assert_eq!(o.positive_ttl, Duration::from_secs(30 * 60));
-        let o = QueueOptions::from_config(&config(&[("MIRRORED_CACHE_TTL", "0")]));
-        assert_eq!(o.positive_ttl, Duration::ZERO);
-        // A zero TTL is a cache that remembers nothing (and does not panic).
-        let cache = moka::sync::Cache::builder().time_to_live(o.positive_ttl).build();
-        cache.insert(1, 1);
-        assert_eq!(cache.get(&1), None::<i32>);
-    }
-}
+mod tests;

@@ -1,71 +1,15 @@
 //! What the queue tells the outside: per-target status and counters.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
-use crate::plan::{ExcludedImage, TargetConflict, Workload};
+use crate::plan::{ExcludedImage, TargetConflict};
 use crate::reference::Digest;
-
-/// Where a target stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskState {
-    /// Waiting for a worker.
-    Queued,
-    /// Being copied.
-    Running,
-    /// The target holds the source's content (copied, or already present).
-    Mirrored,
-    /// The last attempt failed and the cooldown is disabled: retried at `next_retry` (a backoff that
-    /// doubles with each failure) or when submitted again, whichever comes first.
-    Failed,
-    /// The last attempt failed; retried at `next_retry`.
-    Cooldown,
-    /// Dry run or dry pull: decided, nothing written.
-    DryRun,
-    /// Not mirrored: the source is under an `excludeRegistries` entry or on the target registry.
-    Excluded,
-    /// Not mirrored: another source names the same target and keeps it (it was used first).
-    Conflict,
-}
-
-impl TaskState {
-    /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 8] = [
-        TaskState::Queued,
-        TaskState::Running,
-        TaskState::Mirrored,
-        TaskState::Failed,
-        TaskState::Cooldown,
-        TaskState::DryRun,
-        TaskState::Excluded,
-        TaskState::Conflict,
-    ];
-
-    /// `queued`, `running`, `mirrored`, `failed`, `cooldown`, `dry-run`, `excluded` or `conflict`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Queued => "queued",
-            TaskState::Running => "running",
-            TaskState::Mirrored => "mirrored",
-            TaskState::Failed => "failed",
-            TaskState::Cooldown => "cooldown",
-            TaskState::DryRun => "dry-run",
-            TaskState::Excluded => "excluded",
-            TaskState::Conflict => "conflict",
-        }
-    }
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::task_state::TaskState;
+use crate::workload::Workload;
 
 /// One target as the queue knows it.
 #[derive(Debug, Clone, Serialize)]
@@ -273,7 +217,7 @@ mod tests {
             digest: None,
             last_error: None,
             next_retry: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400)),
-            users: vec![Workload::new(crate::plan::Kind::Deployment, "a", "web")],
+            users: vec![Workload::new(crate::workload::Kind::Deployment, "a", "web")],
             started: None,
             finished: None,
             excluded_by: None,

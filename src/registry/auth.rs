@@ -1,10 +1,18 @@
-//! Authentication pieces that need no network: `WWW-Authenticate` parsing, token scopes, token
-//! responses and the token cache. The exchange itself lives in `transport`.
+//! Authentication: `WWW-Authenticate` parsing, token scopes, token responses and the token cache
+//! (pure), and the challenge and token flow that turns a challenge and credentials into the
+//! `Authorization` of a request ([`Registry::authorization`]); `transport` applies it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Response, StatusCode, Url};
+
+use super::error::{chain, status_error, timed_out, transport};
+use super::tls::Base;
+use super::{Credential, Registry, RegistryError, proto};
 use crate::secret::Secret;
 
 /// One challenge from a `WWW-Authenticate` header.
@@ -161,8 +169,19 @@ pub struct TokenResponse {
 /// Token lifetime when the service does not say (distribution token spec).
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Parses a token service answer; `Err` describes the problem without quoting the body (it holds tokens).
-pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, String> {
+/// Why a token service answer cannot be used. Never quotes the body (it holds tokens).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenResponseError {
+    /// The answer is not JSON.
+    #[error("token response is not valid JSON ({0})")]
+    Json(#[source] serde_json::Error),
+    /// The answer holds no token.
+    #[error("token response has neither `token` nor `access_token`")]
+    NoToken,
+}
+
+/// Parses a token service answer.
+pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenResponseError> {
     #[derive(serde::Deserialize)]
     struct Raw {
         #[serde(default)]
@@ -172,12 +191,12 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, String> {
         #[serde(default)]
         expires_in: Option<serde_json::Value>,
     }
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("token response is not valid JSON ({e})"))?;
+    let raw: Raw = serde_json::from_slice(body).map_err(TokenResponseError::Json)?;
     let token = raw
         .token
         .filter(|t| !t.is_empty())
         .or(raw.access_token.filter(|t| !t.is_empty()))
-        .ok_or("token response has neither `token` nor `access_token`")?;
+        .ok_or(TokenResponseError::NoToken)?;
     let expires_in = match raw.expires_in {
         Some(serde_json::Value::Number(n)) => n
             .as_u64()
@@ -256,6 +275,165 @@ impl TokenCache {
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
             .clone()
     }
+}
+
+/// An `Authorization` header value and, for exchanged tokens, the token (to forget it on a 401).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct AuthHeader {
+    pub(crate) value: Secret,
+    pub(crate) token: Option<Secret>,
+}
+
+impl AuthHeader {
+    pub(crate) fn header_value(&self) -> Option<HeaderValue> {
+        let mut v = HeaderValue::from_str(self.value.expose()).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+}
+
+impl Registry {
+    /// Remembers the scheme a 401 asked for, so the next requests authenticate up front.
+    pub(crate) fn observe_challenge(&self, resp: &Response) {
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return;
+        }
+        let values: Vec<&str> = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let challenges = parse_challenges(values);
+        if let Some(c) = preferred(&challenges) {
+            *self.state.challenge.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        }
+    }
+
+    /// The `Authorization` for a request needing `scopes`, from the known challenge and credentials:
+    /// a configured bearer token as is; Basic when the registry asked for Basic; a (cached) token from
+    /// the realm when it asked for Bearer; nothing before any challenge.
+    pub(crate) async fn authorization(
+        &self,
+        base: &Base,
+        scopes: &BTreeSet<String>,
+        credential: &Credential,
+    ) -> Result<Option<AuthHeader>, RegistryError> {
+        if let Credential::Bearer(t) = credential {
+            return Ok(Some(AuthHeader {
+                value: Secret::new(format!("Bearer {}", t.expose())),
+                token: None,
+            }));
+        }
+        let challenge = self.state.challenge.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(challenge) = challenge else { return Ok(None) };
+        match challenge.scheme.as_str() {
+            "basic" => Ok(match credential {
+                Credential::Basic { username, password } => Some(AuthHeader {
+                    value: Secret::new(basic_value(username, password)),
+                    token: None,
+                }),
+                _ => None,
+            }),
+            "bearer" => {
+                let token = self.token(base, &challenge, scopes, credential).await?;
+                Ok(Some(AuthHeader {
+                    value: Secret::new(format!("Bearer {}", token.expose())),
+                    token: Some(token),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A token for `scopes` from the cache, or from the challenge's realm (one fetch at a time per key).
+    async fn token(
+        &self,
+        base: &Base,
+        challenge: &Challenge,
+        scopes: &BTreeSet<String>,
+        credential: &Credential,
+    ) -> Result<Secret, RegistryError> {
+        let tokens = &self.parent.inner.tokens;
+        let host = self.token_key();
+        let scopes: BTreeSet<String> = if scopes.is_empty() {
+            challenge.params_named("scope").map(str::to_string).collect()
+        } else {
+            scopes.clone()
+        };
+        if let Some(t) = tokens.get(host, &scopes, Instant::now()) {
+            return Ok(t);
+        }
+        let lock = tokens.fetch_lock(host, &scopes);
+        let _guard = lock.lock().await;
+        if let Some(t) = tokens.get(host, &scopes, Instant::now()) {
+            return Ok(t);
+        }
+        let auth_err = |detail: String| RegistryError::Auth {
+            registry: self.host.clone(),
+            detail,
+        };
+        let realm = challenge.param("realm").unwrap_or_default();
+        let mut url = Url::parse(realm).map_err(|e| auth_err(format!("invalid token realm {realm:?}: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = challenge.param("service") {
+                q.append_pair("service", service);
+            }
+            for s in &scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        let mut rb = base.client.get(url.clone());
+        if let Credential::Basic { username, password } = credential {
+            let mut v = HeaderValue::from_str(&basic_value(username, password))
+                .map_err(|_| auth_err("the username or password contains characters not allowed in a header".into()))?;
+            v.set_sensitive(true);
+            rb = rb.header(header::AUTHORIZATION, v);
+        }
+        let request = rb
+            .build()
+            .map_err(|e| auth_err(format!("token request to {realm}: {}", chain(&e))))?;
+        let context = || format!("GET {}", proto::display_url(&url));
+        self.count("GET");
+        let fut = base.client.execute(request);
+        let resp = match self.options().request_timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| timed_out(context(), t))?,
+            None => fut.await,
+        }
+        .map_err(|e| transport(context(), e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let who = match credential {
+                Credential::Anonymous => "anonymous access",
+                _ => "the credentials",
+            };
+            return Err(auth_err(format!(
+                "token service {realm} refused {who} (HTTP {})",
+                status.as_u16()
+            )));
+        }
+        if !status.is_success() {
+            let err = status_error("GET", &url, resp).await;
+            return Err(if err.is_retryable() {
+                err
+            } else {
+                auth_err(format!("token service failed: {err}"))
+            });
+        }
+        let body = resp.bytes().await.map_err(|e| transport(context(), e))?;
+        let parsed = parse_token_response(&body).map_err(|e| auth_err(format!("token service {realm}: {e}")))?;
+        let valid_until = Instant::now() + usable_lifetime(parsed.expires_in);
+        tokens.put(host, scopes, parsed.token.clone(), valid_until);
+        Ok(parsed.token)
+    }
+}
+
+fn basic_value(username: &str, password: &Secret) -> String {
+    let raw = format!("{username}:{}", password.expose());
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 #[cfg(test)]
@@ -416,12 +594,17 @@ mod tests {
                     assert_eq!(r.token.expose(), tok, "{body}");
                     assert_eq!(r.expires_in, Duration::from_secs(secs), "{body}");
                 }
-                (Err(e), Err(())) => assert!(!e.contains("t1") && !e.contains("secret"), "{e}"),
+                (Err(e), Err(())) => {
+                    let e = e.to_string();
+                    assert!(!e.contains("t1") && !e.contains("secret"), "{e}");
+                }
                 (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
             }
         }
         // The error never quotes the body.
-        let err = parse_token_response(br#"{"tokne":"supersecret"}"#).unwrap_err();
+        let err = parse_token_response(br#"{"tokne":"supersecret"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("supersecret"), "{err}");
     }
 
@@ -462,5 +645,13 @@ mod tests {
         let l1 = cache.fetch_lock("r", &push);
         let l2 = cache.fetch_lock("r", &push);
         assert!(Arc::ptr_eq(&l1, &l2));
+    }
+
+    #[test]
+    fn basic_header() {
+        assert_eq!(
+            basic_value("Aladdin", &Secret::new("open sesame")),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
     }
 }

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use base64::Engine as _;
 use futures::future::BoxFuture;
 
-use super::proto::{DOCKER_HUB, DOCKER_HUB_ALIASES, canonical_host};
 use super::{Credential, CredentialProvider, RegistryError};
 use crate::config::RegistryCredential;
 use crate::glob;
+use crate::reference::{DOCKER_HUB, DOCKER_HUB_SPELLINGS, canonical_host};
 use crate::secret::Secret;
 
 /// Credentials from a Docker `config.json` (or a Kubernetes `.dockerconfigjson` secret), keyed by
@@ -59,15 +59,53 @@ impl DockerAuths {
     }
 }
 
+/// Why a Docker config (a file, or a pull Secret's) cannot be used. Messages name the file and the
+/// registry key, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerConfigError {
+    /// The document is not JSON.
+    #[error("not a valid Docker config JSON document ({0})")]
+    Json(#[source] serde_json::Error),
+    /// The document is JSON, but no object.
+    #[error("a Docker config must be a JSON object")]
+    NotAnObject,
+    /// `auths` is there, but no object.
+    #[error("`auths` must be an object")]
+    AuthsNotAnObject,
+    /// One registry's entry is malformed.
+    #[error("auth entry for {key:?}: {problem}")]
+    Entry {
+        /// The registry key of the entry.
+        key: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A Docker config file is malformed.
+    #[error("{}: {source}", .path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong in it.
+        source: Box<DockerConfigError>,
+    },
+    /// A Docker config file exists but cannot be read.
+    #[error("Docker config {}: {source}", .path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: crate::files::ReadError,
+    },
+}
+
 /// Parses a Docker `config.json`, a Kubernetes `.dockerconfigjson` (both `{"auths": {…}}`) or a legacy
 /// `.dockercfg` (the `auths` map at top level). Entries: `auth` (base64 `user:password`), or
 /// `username`/`password`, or `identitytoken` (see the module limitation), or `registrytoken` (a bearer
 /// token). Keys may be hosts or URLs (`https://index.docker.io/v1/`). Entries with nothing usable are
 /// skipped; malformed ones are errors naming the registry key, never the secret.
-pub fn parse_docker_config_json(bytes: &[u8]) -> Result<DockerAuths, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not a valid Docker config JSON document ({e})"))?;
-    let obj = value.as_object().ok_or("a Docker config must be a JSON object")?;
+pub fn parse_docker_config_json(bytes: &[u8]) -> Result<DockerAuths, DockerConfigError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(DockerConfigError::Json)?;
+    let obj = value.as_object().ok_or(DockerConfigError::NotAnObject)?;
     let auths = match obj.get("auths") {
         Some(serde_json::Value::Object(a)) => a.clone(),
         Some(serde_json::Value::Null) | None => {
@@ -79,7 +117,7 @@ pub fn parse_docker_config_json(bytes: &[u8]) -> Result<DockerAuths, String> {
                     .any(|v| v.get("auth").is_some() || v.get("username").is_some());
             if legacy { obj.clone() } else { serde_json::Map::new() }
         }
-        Some(_) => return Err("`auths` must be an object".into()),
+        Some(_) => return Err(DockerConfigError::AuthsNotAnObject),
     };
     let mut out = DockerAuths::default();
     // Sorted so that two keys for the same canonical host resolve deterministically (first wins).
@@ -99,10 +137,14 @@ pub fn parse_docker_config_json(bytes: &[u8]) -> Result<DockerAuths, String> {
     Ok(out)
 }
 
-fn docker_entry(key: &str, entry: &serde_json::Value) -> Result<Option<Credential>, String> {
+fn docker_entry(key: &str, entry: &serde_json::Value) -> Result<Option<Credential>, DockerConfigError> {
+    let bad = |problem| DockerConfigError::Entry {
+        key: key.to_owned(),
+        problem,
+    };
     let field = |name: &str| entry.get(name).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
     if !entry.is_object() {
-        return Err(format!("auth entry for {key:?} is not an object"));
+        return Err(bad("not an object"));
     }
     if let Some(token) = field("identitytoken") {
         return Ok(Some(Credential::Basic {
@@ -117,12 +159,11 @@ fn docker_entry(key: &str, entry: &serde_json::Value) -> Result<Option<Credentia
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(auth.trim()))
-            .map_err(|_| format!("auth entry for {key:?}: `auth` is not valid base64"))?;
-        let decoded =
-            String::from_utf8(decoded).map_err(|_| format!("auth entry for {key:?}: `auth` is not UTF-8 text"))?;
+            .map_err(|_| bad("`auth` is not valid base64"))?;
+        let decoded = String::from_utf8(decoded).map_err(|_| bad("`auth` is not UTF-8 text"))?;
         let (user, pass) = decoded
             .split_once(':')
-            .ok_or_else(|| format!("auth entry for {key:?}: `auth` must encode \"username:password\""))?;
+            .ok_or_else(|| bad("`auth` must encode \"username:password\""))?;
         if user.is_empty() && pass.is_empty() {
             return Ok(None);
         }
@@ -159,15 +200,20 @@ pub fn docker_config_candidates(env: &dyn Fn(&str) -> Option<String>) -> Vec<Pat
 
 /// Loads the first existing Docker config among [`docker_config_candidates`]; `Ok(None)` when none
 /// exists. Errors name the file, never its contents.
-pub fn load_docker_config(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<(PathBuf, DockerAuths)>, String> {
+pub fn load_docker_config(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<(PathBuf, DockerAuths)>, DockerConfigError> {
     for path in docker_config_candidates(env) {
         match crate::files::read_limited(&path, crate::files::MAX_CONFIG_FILE_SIZE) {
             Ok(bytes) => {
-                let auths = parse_docker_config_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                let auths = parse_docker_config_json(&bytes).map_err(|e| DockerConfigError::InFile {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?;
                 return Ok(Some((path, auths)));
             }
             Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(format!("Docker config {}: {e}", path.display())),
+            Err(source) => return Err(DockerConfigError::Unreadable { path, source }),
         }
     }
     Ok(None)
@@ -276,7 +322,7 @@ impl Credentials {
             return (e.credential.clone(), "registryCredentials");
         }
         let spellings: Vec<&str> = if host == DOCKER_HUB {
-            DOCKER_HUB_ALIASES.to_vec()
+            DOCKER_HUB_SPELLINGS.to_vec()
         } else {
             vec![host.as_str()]
         };
@@ -493,6 +539,7 @@ mod tests {
                     }
                 }
                 (Err(e), Err(needle)) => {
+                    let e = e.to_string();
                     assert!(e.contains(needle), "{json}: error {e:?} should mention {needle:?}");
                     assert!(!e.contains("secret"), "{json}: error leaks: {e}");
                 }
@@ -550,7 +597,7 @@ mod tests {
         std::fs::write(&auth_file, r#"{"auths":{"r":{"auth":"!!secret!!"}}}"#).unwrap();
         let m = vars(true, false);
         let env = move |k: &str| m.get(k).cloned();
-        let err = load_docker_config(&env).unwrap_err();
+        let err = load_docker_config(&env).unwrap_err().to_string();
         assert!(err.contains("auth.json") && !err.contains("secret"), "{err}");
     }
 

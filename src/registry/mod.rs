@@ -28,16 +28,18 @@ use crate::secret::Secret;
 
 mod auth;
 pub mod credentials;
+mod error;
 mod ops;
 mod proto;
 mod retry;
+mod tls;
 mod transport;
 
 #[cfg(test)]
 mod tests;
 
 pub use credentials::{Credentials, DockerAuths, parse_docker_config_json};
-pub(crate) use transport::load_ca_file;
+pub(crate) use tls::load_ca_file;
 
 /// Manifest media types copycat sends in `Accept` (all of them, always: distribution 2.8 answers 404
 /// for OCI content by tag, and converts Docker v2 to schema1, when a type is missing).
@@ -305,7 +307,7 @@ struct RegistriesInner {
     options: ClientOptions,
     credentials: Arc<dyn CredentialProvider>,
     stats: Arc<Stats>,
-    clients: transport::Clients,
+    clients: tls::Clients,
     hosts: std::sync::Mutex<HashMap<String, Arc<transport::HostState>>>,
     tokens: auth::TokenCache,
 }
@@ -326,7 +328,7 @@ pub struct Registry {
 impl Registries {
     /// Builds the clients; fails on unusable settings (e.g. an unreadable CA file), naming them.
     pub fn new(options: ClientOptions, credentials: Arc<dyn CredentialProvider>) -> Result<Registries, RegistryError> {
-        let clients = transport::Clients::build(&options)?;
+        let clients = tls::Clients::build(&options)?;
         Ok(Registries {
             inner: Arc::new(RegistriesInner {
                 options,
@@ -344,7 +346,7 @@ impl Registries {
     /// authentication state and the rate-limit state.
     pub fn get(&self, host: &str) -> Registry {
         let host = host.to_ascii_lowercase();
-        let key = proto::canonical_host(&host);
+        let key = crate::reference::canonical_host(&host);
         let state = {
             let mut hosts = self.inner.hosts.lock().unwrap_or_else(|e| e.into_inner());
             hosts

@@ -10,8 +10,9 @@ use reqwest::{Method, Response, StatusCode, Url};
 use sha2::Digest as _;
 
 use super::auth::Access;
+use super::error::{status_error, transport};
 use super::proto;
-use super::transport::{BodyWatch, Payload, Req, status_error, streamed_body, transport};
+use super::transport::{BodyWatch, Payload, Req, streamed_body};
 use super::{
     BlobDownload, BlobSource, ByteStream, Manifest, ManifestHead, MountOutcome, Registry, RegistryError, UploadError,
 };
@@ -354,8 +355,7 @@ impl Registry {
         source: BlobSource<'_>,
     ) -> Result<(), UploadError> {
         check_repo(repo).map_err(UploadError::at_target)?;
-        let attempts = self.parent.inner.options.retry_attempts.max(1);
-        let mut failures = 0;
+        let mut retries = self.retries(true);
         let mut reauthenticated = false;
         loop {
             let failed = match self.upload_once(repo, digest, size, source).await {
@@ -368,19 +368,14 @@ impl Registry {
                 reauthenticated = true;
                 continue;
             }
-            failures += 1;
             let err = failed.error;
-            if failed.retried || !err.error.is_retryable() || failures >= attempts {
-                return Err(err);
+            match retries.after_failure(!failed.retried && err.error.is_retryable(), err.error.retry_after()) {
+                Some(delay) => {
+                    tracing::debug!(registry = %self.host, %digest, side = ?err.side, "retrying blob upload");
+                    self.wait_to_retry(delay, &err).await;
+                }
+                None => return Err(err),
             }
-            let delay = super::retry::retry_delay(
-                self.parent.inner.options.retry_backoff,
-                failures,
-                err.error.retry_after(),
-                super::retry::random_u64(),
-            );
-            tracing::debug!(registry = %self.host, %digest, side = ?err.side, error = %err, ?delay, "retrying blob upload");
-            tokio::time::sleep(delay).await;
         }
     }
 

@@ -4,28 +4,10 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-/// Docker Hub's canonical name in references and configuration.
-pub const DOCKER_HUB: &str = "docker.io";
+use crate::reference::DOCKER_HUB;
+
 /// Where Docker Hub's registry API is served.
 pub const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
-/// Every spelling of Docker Hub a user or a Docker config may use.
-pub const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-
-/// Normalises a registry name from a reference, a config entry or a Docker `config.json` key:
-/// lower-case, no scheme, no path, no trailing `/`; every Docker Hub spelling becomes `docker.io`.
-pub fn canonical_host(name: &str) -> String {
-    let s = name.trim().to_ascii_lowercase();
-    let s = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(&s);
-    let host = s.split('/').next().unwrap_or("");
-    if DOCKER_HUB_ALIASES.contains(&host) {
-        DOCKER_HUB.to_string()
-    } else {
-        host.to_string()
-    }
-}
 
 /// The `host[:port]` the registry API is reached at (`docker.io` → `registry-1.docker.io`).
 pub fn endpoint_host(canonical: &str) -> &str {
@@ -63,14 +45,33 @@ pub fn parse_ratelimit(value: &str) -> Option<(u64, Option<Duration>)> {
     Some((remaining, window))
 }
 
+/// Why an upload `Location` header cannot be followed (its query, which may hold a signature, left
+/// out).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadLocation {
+    /// The header is empty.
+    #[error("empty Location header")]
+    Empty,
+    /// The header is no URL.
+    #[error("invalid Location header {location:?}: {reason}")]
+    Invalid {
+        /// The header without its query.
+        location: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+}
+
 /// Resolves an upload `Location` (absolute, or relative to the request URL) against `base`.
-pub fn resolve_location(base: &Url, location: &str) -> Result<Url, String> {
+pub fn resolve_location(base: &Url, location: &str) -> Result<Url, BadLocation> {
     let location = location.trim();
     if location.is_empty() {
-        return Err("empty Location header".into());
+        return Err(BadLocation::Empty);
     }
-    base.join(location)
-        .map_err(|e| format!("invalid Location header {:?}: {e}", strip_query(location)))
+    base.join(location).map_err(|e| BadLocation::Invalid {
+        location: strip_query(location).to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// `url` with `name=value` appended to its query (which may already exist).
@@ -176,22 +177,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn canonical_host_table() {
-        let cases = [
-            ("docker.io", "docker.io"),
-            ("index.docker.io", "docker.io"),
-            ("registry-1.docker.io", "docker.io"),
-            ("https://index.docker.io/v1/", "docker.io"),
-            ("HTTPS://Index.Docker.IO/v1/", "docker.io"),
-            ("http://localhost:5000", "localhost:5000"),
-            ("registry.example.com/v2/", "registry.example.com"),
-            ("Quay.io", "quay.io"),
-            ("[::1]:5000", "[::1]:5000"),
-            ("ghcr.io/", "ghcr.io"),
-        ];
-        for (input, want) in cases {
-            assert_eq!(canonical_host(input), want, "{input}");
-        }
+    fn endpoint_hosts() {
         assert_eq!(endpoint_host("docker.io"), "registry-1.docker.io");
         assert_eq!(endpoint_host("quay.io"), "quay.io");
     }

@@ -61,6 +61,35 @@ pub fn retry_delay(base: Duration, retry: u32, retry_after: Option<Duration>, ra
     }
 }
 
+/// The retry budget of one request: counts its failures and says how long to wait before the next
+/// attempt, or that there is none. Every retry loop of the client uses it (pings, requests, blob
+/// uploads), so they count attempts and compute waits alike.
+#[derive(Debug)]
+pub struct Retries {
+    attempts: u32,
+    base: Duration,
+    failures: u32,
+}
+
+impl Retries {
+    /// `attempts` in all (at least one), waits growing from `base`.
+    pub fn new(attempts: u32, base: Duration) -> Retries {
+        Retries {
+            attempts: attempts.max(1),
+            base,
+            failures: 0,
+        }
+    }
+
+    /// Counts a failure; the wait before the next attempt ([`retry_delay`]), or `None` when the
+    /// failure is final: not `retryable`, or the attempts are used up.
+    pub fn after_failure(&mut self, retryable: bool, retry_after: Option<Duration>) -> Option<Duration> {
+        self.failures += 1;
+        (retryable && self.failures < self.attempts)
+            .then(|| retry_delay(self.base, self.failures, retry_after, random_u64()))
+    }
+}
+
 /// A random number for jitter, from the standard library's per-process random hash keys (no extra
 /// dependency; jitter needs spread, not cryptographic quality).
 pub fn random_u64() -> u64 {
@@ -77,6 +106,30 @@ pub fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_count_attempts_and_stop_at_final_failures() {
+        let base = Duration::from_millis(100);
+        // (attempts, retryable failures in a row, then one of this kind) -> waits granted
+        let cases = [(3, true, 2), (3, false, 0), (1, true, 0), (0, true, 0), (5, true, 4)];
+        for (attempts, retryable, want) in cases {
+            let mut retries = Retries::new(attempts, base);
+            let mut granted = 0;
+            while let Some(delay) = retries.after_failure(retryable, None) {
+                assert!(delay <= backoff_ceiling(base, granted + 1), "{attempts} {retryable}");
+                granted += 1;
+                assert!(granted < 10, "bounded");
+            }
+            assert_eq!(granted, want, "{attempts} attempts, retryable {retryable}");
+        }
+        let mut retries = Retries::new(3, base);
+        let asked = Duration::from_secs(7);
+        assert_eq!(
+            retries.after_failure(true, Some(asked)),
+            Some(asked),
+            "Retry-After wins when longer"
+        );
+    }
 
     #[test]
     fn status_classification_table() {

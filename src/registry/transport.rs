@@ -1,4 +1,5 @@
-//! Sending requests: TLS clients, the scheme decision per host, authentication, the per-host request
+//! Sending requests: the scheme decision per host (over the clients of [`super::tls`]), authentication
+//! (the challenge and token flow of [`super::auth`] applied to each request), the per-host request
 //! cap, timeouts, retries and Docker Hub's pull quota.
 //!
 //! Every request goes through [`Registry::send`]: it retries connection errors, 408, 429 and 5xx
@@ -17,169 +18,26 @@
 //! carry no credentials there. Requests to URLs on other hosts (an upload `Location` elsewhere) are
 //! sent without `Authorization` in the first place.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::auth::{self, Access, Challenge};
+use super::auth::{self, Access, AuthHeader, Challenge};
+use super::error::{Cause, chain, retry_after_of, status_error, timed_out, transport};
 use super::proto;
-use super::retry;
+use super::retry::{self, Retries};
+use super::tls::{Base, TlsMode, tls_mode};
 use super::{ClientOptions, Credential, Registry, RegistryError, Stats};
-use crate::secret::Secret;
 
 /// How long a manifest GET pause lasts when Docker Hub reports 0 remaining without a window.
 const DEFAULT_RATE_PAUSE: Duration = Duration::from_secs(60);
-/// Connect timeout when no request timeout is configured.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most of an error body read for its detail.
-const MAX_ERROR_BODY: usize = 16 * 1024;
-
-/// How a host's TLS is verified.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum TlsMode {
-    /// System roots, verified.
-    Verified,
-    /// Unverified HTTPS, falling back to plain HTTP.
-    Insecure,
-    /// System roots plus the CA certificates in this PEM file, verified.
-    CustomCa(PathBuf),
-}
-
-/// The reqwest clients: one per distinct TLS setting, shared by every host using it.
-pub(crate) struct Clients {
-    verified: Result<reqwest::Client, String>,
-    insecure: Result<reqwest::Client, String>,
-    custom: HashMap<PathBuf, reqwest::Client>,
-}
-
-fn builder(options: &ClientOptions) -> reqwest::ClientBuilder {
-    let mut b = reqwest::Client::builder()
-        .user_agent(options.user_agent.clone())
-        .connect_timeout(
-            options
-                .request_timeout
-                .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.min(DEFAULT_CONNECT_TIMEOUT)),
-        )
-        .pool_idle_timeout(Duration::from_secs(60));
-    if let Some(t) = options.request_timeout {
-        // Between chunks of a streamed body (and while waiting for headers).
-        b = b.read_timeout(t);
-    }
-    b
-}
-
-/// Reads a PEM CA file into certificates, checking each one parses as a trust anchor, so a bad file
-/// fails at start naming the file rather than at the first handshake.
-pub(crate) fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, RegistryError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let bad = |what: String| RegistryError::Invalid(format!("CA file {}: {what}", path.display()));
-    let pem = crate::files::read_limited(path, crate::files::MAX_CONFIG_FILE_SIZE).map_err(|e| bad(e.to_string()))?;
-    let mut store = rustls::RootCertStore::empty();
-    let mut certs = Vec::new();
-    for (i, der) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-        let der = der.map_err(|e| bad(format!("invalid PEM ({e:?})")))?;
-        store
-            .add(der.clone())
-            .map_err(|e| bad(format!("certificate #{} is not a usable CA certificate: {e}", i + 1)))?;
-        certs.push(
-            reqwest::Certificate::from_der(der.as_ref()).map_err(|e| bad(format!("certificate #{}: {e}", i + 1)))?,
-        );
-    }
-    if certs.is_empty() {
-        return Err(bad("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into()));
-    }
-    Ok(certs)
-}
-
-impl Clients {
-    pub(crate) fn build(options: &ClientOptions) -> Result<Clients, RegistryError> {
-        // reqwest with `rustls-no-provider` panics when no process-wide provider is installed; main
-        // installs ring, and so does this for library users and tests that did not.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let verified = builder(options)
-            .build()
-            .map_err(|e| format!("cannot set up verified TLS: {}", chain(&e)));
-        let insecure = builder(options)
-            .tls_danger_accept_invalid_certs(true)
-            .build()
-            .map_err(|e| format!("cannot set up unverified TLS: {}", chain(&e)));
-        let mut custom = HashMap::new();
-        for settings in options.hosts.values() {
-            let Some(path) = &settings.ca_file else { continue };
-            if settings.insecure || custom.contains_key(path) {
-                continue;
-            }
-            let certs = load_ca_file(path)?;
-            let client = builder(options).tls_certs_merge(certs).build().map_err(|e| {
-                RegistryError::Invalid(format!(
-                    "CA file {}: cannot set up TLS with it: {}",
-                    path.display(),
-                    chain(&e)
-                ))
-            })?;
-            custom.insert(path.clone(), client);
-        }
-        Ok(Clients {
-            verified,
-            insecure,
-            custom,
-        })
-    }
-
-    fn get(&self, mode: &TlsMode) -> Result<reqwest::Client, RegistryError> {
-        let r = match mode {
-            TlsMode::Verified => self.verified.as_ref(),
-            TlsMode::Insecure => self.insecure.as_ref(),
-            TlsMode::CustomCa(p) => {
-                return self.custom.get(p).cloned().ok_or_else(|| {
-                    RegistryError::Invalid(format!("CA file {}: no TLS client was set up for it", p.display()))
-                });
-            }
-        };
-        r.cloned().map_err(|e| RegistryError::Invalid(e.clone()))
-    }
-}
-
-/// The TLS mode of `host`: its settings, else insecure for loopback hosts, else verified.
-pub(crate) fn tls_mode(options: &ClientOptions, given: &str, canonical: &str) -> TlsMode {
-    let settings = options
-        .hosts
-        .get(given)
-        .or_else(|| options.hosts.get(canonical))
-        .or_else(|| {
-            options
-                .hosts
-                .iter()
-                .find(|(k, _)| proto::canonical_host(k) == canonical)
-                .map(|(_, v)| v)
-        });
-    match settings {
-        Some(s) if s.insecure => TlsMode::Insecure,
-        Some(s) if s.ca_file.is_some() => TlsMode::CustomCa(s.ca_file.clone().unwrap_or_default()),
-        _ if proto::is_loopback(proto::endpoint_host(canonical)) => TlsMode::Insecure,
-        _ => TlsMode::Verified,
-    }
-}
-
-/// Where a host's API lives once the scheme is decided.
-#[derive(Clone)]
-pub(crate) struct Base {
-    /// `scheme://endpoint/`.
-    pub url: Url,
-    client: reqwest::Client,
-}
 
 #[derive(Debug, Default)]
 struct RateState {
@@ -196,7 +54,7 @@ pub(crate) struct HostState {
     mode: TlsMode,
     base: OnceCell<Base>,
     semaphore: Semaphore,
-    challenge: Mutex<Option<Challenge>>,
+    pub(crate) challenge: Mutex<Option<Challenge>>,
     rate: Mutex<RateState>,
     /// Set once the registry refused a monolithic upload: go straight to chunked after that.
     pub monolithic_refused: AtomicBool,
@@ -204,7 +62,7 @@ pub(crate) struct HostState {
 
 impl HostState {
     pub(crate) fn new(options: &ClientOptions, given: &str) -> HostState {
-        let canonical = proto::canonical_host(given);
+        let canonical = crate::reference::canonical_host(given);
         let endpoint = proto::endpoint_host(&canonical).to_string();
         HostState {
             mode: tls_mode(options, given, &canonical),
@@ -223,7 +81,7 @@ impl HostState {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -365,109 +223,8 @@ pub(crate) fn method_name(m: &Method) -> &'static str {
     }
 }
 
-/// An `Authorization` header value and, for exchanged tokens, the token (to forget it on a 401).
-#[derive(Clone, PartialEq, Eq)]
-struct AuthHeader {
-    value: Secret,
-    token: Option<Secret>,
-}
-
-impl AuthHeader {
-    fn header_value(&self) -> Option<HeaderValue> {
-        let mut v = HeaderValue::from_str(self.value.expose()).ok()?;
-        v.set_sensitive(true);
-        Some(v)
-    }
-}
-
-/// An error message chain (`a: b: c`) without URLs, so nothing but our own context names the request.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !s.is_empty() && parts.last().is_none_or(|l| !l.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
-}
-
-/// A flattened error message usable as a `Transport` source.
-#[derive(Debug)]
-pub(crate) struct Cause(pub String);
-
-impl std::fmt::Display for Cause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Cause {}
-
-pub(crate) fn transport(context: String, e: reqwest::Error) -> RegistryError {
-    let e = e.without_url();
-    RegistryError::Transport {
-        context,
-        source: Box::new(Cause(chain(&e))),
-    }
-}
-
-fn timed_out(context: String, after: Duration) -> RegistryError {
-    RegistryError::Transport {
-        context,
-        source: Box::new(Cause(format!("no response within {after:?}"))),
-    }
-}
-
-impl RegistryError {
-    /// `Retry-After` carried by the error, if any.
-    pub(crate) fn retry_after(&self) -> Option<Duration> {
-        match self {
-            RegistryError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-}
-
-/// Reads at most `MAX_ERROR_BODY` bytes of an error response for its detail.
-async fn error_body(resp: Response) -> String {
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= MAX_ERROR_BODY {
-            body.truncate(MAX_ERROR_BODY);
-            break;
-        }
-    }
-    proto::error_detail(&body)
-}
-
-fn retry_after_of(resp: &Response) -> Option<Duration> {
-    resp.headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
-}
-
-/// The `Status` error for an unexpected response.
-pub(crate) async fn status_error(method: &'static str, url: &Url, resp: Response) -> RegistryError {
-    let status = resp.status().as_u16();
-    let retry_after = retry_after_of(&resp);
-    let detail = error_body(resp).await;
-    RegistryError::Status {
-        method,
-        url: proto::display_url(url),
-        status,
-        detail,
-        retry_after,
-    }
-}
-
 impl Registry {
-    fn options(&self) -> &ClientOptions {
+    pub(crate) fn options(&self) -> &ClientOptions {
         &self.parent.inner.options
     }
 
@@ -475,7 +232,7 @@ impl Registry {
         &self.parent.inner.stats
     }
 
-    fn count(&self, method: &'static str) {
+    pub(crate) fn count(&self, method: &'static str) {
         *lock(&self.stats_ref().requests).entry(method).or_insert(0) += 1;
     }
 
@@ -494,7 +251,7 @@ impl Registry {
 
     /// Key of this client's tokens in the token cache: the endpoint, or the endpoint plus the
     /// fingerprint of an overriding credential.
-    fn token_key(&self) -> &str {
+    pub(crate) fn token_key(&self) -> &str {
         match &self.credential {
             Some((_, key)) => key,
             None => &self.state.endpoint,
@@ -524,8 +281,7 @@ impl Registry {
         if *mode == TlsMode::Insecure {
             candidates.push(format!("http://{}/", self.state.endpoint));
         }
-        let attempts = self.options().retry_attempts.max(1);
-        let mut retry = 0;
+        let mut retries = self.retries(true);
         loop {
             let mut last_err = None;
             for (i, base) in candidates.iter().enumerate() {
@@ -555,22 +311,22 @@ impl Registry {
                 }
             }
             let err = last_err.expect("at least one candidate");
-            retry += 1;
-            if !err.is_retryable() || retry >= attempts {
-                return Err(err);
+            match retries.after_failure(err.is_retryable(), err.retry_after()) {
+                Some(delay) => self.wait_to_retry(delay, &err).await,
+                None => return Err(err),
             }
-            self.backoff(retry, &err).await;
         }
     }
 
-    async fn backoff(&self, retry: u32, err: &RegistryError) {
-        let delay = retry::retry_delay(
-            self.options().retry_backoff,
-            retry,
-            err.retry_after(),
-            retry::random_u64(),
-        );
-        tracing::debug!(registry = %self.host, error = %err, retry, ?delay, "retrying");
+    /// The retry budget of one request: `retryAttempts` when it can be sent again, else one.
+    pub(crate) fn retries(&self, replayable: bool) -> Retries {
+        let attempts = if replayable { self.options().retry_attempts } else { 1 };
+        Retries::new(attempts, self.options().retry_backoff)
+    }
+
+    /// Waits `delay` before trying again after `err`.
+    pub(crate) async fn wait_to_retry(&self, delay: Duration, err: &(dyn std::fmt::Display + Sync)) {
+        tracing::debug!(registry = %self.host, error = %err, ?delay, "retrying");
         tokio::time::sleep(delay).await;
     }
 
@@ -632,22 +388,6 @@ impl Registry {
         url.host_str() == base.url.host_str() && url.port_or_known_default() == base.url.port_or_known_default()
     }
 
-    fn observe_challenge(&self, resp: &Response) {
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return;
-        }
-        let values: Vec<&str> = resp
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let challenges = auth::parse_challenges(values);
-        if let Some(c) = auth::preferred(&challenges) {
-            *lock(&self.state.challenge) = Some(c.clone());
-        }
-    }
-
     /// Records Docker Hub's `ratelimit-remaining`; 0 pauses manifest GETs for the window.
     fn observe_ratelimit(&self, resp: &Response) -> Option<(u64, Option<Duration>)> {
         let parsed = resp
@@ -690,12 +430,7 @@ impl Registry {
     /// Sends `req`, retrying as the module doc describes. Returns every response that is not a
     /// retryable failure; the caller judges its status.
     pub(crate) async fn send(&self, mut req: Req<'_>) -> Result<Response, RegistryError> {
-        let attempts = if req.replayable() {
-            self.options().retry_attempts.max(1)
-        } else {
-            1
-        };
-        let mut retry = 0;
+        let mut retries = self.retries(req.replayable());
         loop {
             let err = match self.attempt(&mut req).await {
                 Ok(resp) if retry::retryable_status(resp.status().as_u16()) => {
@@ -704,11 +439,10 @@ impl Registry {
                 Ok(resp) => return Ok(resp),
                 Err(e) => e,
             };
-            retry += 1;
-            if !err.is_retryable() || retry >= attempts {
-                return Err(err);
+            match retries.after_failure(err.is_retryable(), err.retry_after()) {
+                Some(delay) => self.wait_to_retry(delay, &err).await,
+                None => return Err(err),
             }
-            self.backoff(retry, &err).await;
         }
     }
 
@@ -857,7 +591,7 @@ impl Registry {
     fn after_response(&self, req: &Req<'_>, resp: Response) -> Result<Response, RegistryError> {
         let quota = self.observe_ratelimit(&resp);
         if req.manifest_get && resp.status() == StatusCode::TOO_MANY_REQUESTS {
-            let is_quota = quota.is_some() || self.state.canonical == proto::DOCKER_HUB;
+            let is_quota = quota.is_some() || self.state.canonical == crate::reference::DOCKER_HUB;
             if is_quota {
                 let wait = retry_after_of(&resp)
                     .or(quota.and_then(|(_, w)| w))
@@ -903,243 +637,5 @@ impl Registry {
             ))
         })?;
         self.execute(&base.client, request, &req.url, watch.as_deref()).await
-    }
-
-    /// The `Authorization` for a request needing `scopes`, from the known challenge and credentials:
-    /// a configured bearer token as is; Basic when the registry asked for Basic; a (cached) token from
-    /// the realm when it asked for Bearer; nothing before any challenge.
-    async fn authorization(
-        &self,
-        base: &Base,
-        scopes: &BTreeSet<String>,
-        credential: &Credential,
-    ) -> Result<Option<AuthHeader>, RegistryError> {
-        if let Credential::Bearer(t) = credential {
-            return Ok(Some(AuthHeader {
-                value: Secret::new(format!("Bearer {}", t.expose())),
-                token: None,
-            }));
-        }
-        let challenge = lock(&self.state.challenge).clone();
-        let Some(challenge) = challenge else { return Ok(None) };
-        match challenge.scheme.as_str() {
-            "basic" => Ok(match credential {
-                Credential::Basic { username, password } => Some(AuthHeader {
-                    value: Secret::new(basic_value(username, password)),
-                    token: None,
-                }),
-                _ => None,
-            }),
-            "bearer" => {
-                let token = self.token(base, &challenge, scopes, credential).await?;
-                Ok(Some(AuthHeader {
-                    value: Secret::new(format!("Bearer {}", token.expose())),
-                    token: Some(token),
-                }))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// A token for `scopes` from the cache, or from the challenge's realm (one fetch at a time per key).
-    async fn token(
-        &self,
-        base: &Base,
-        challenge: &Challenge,
-        scopes: &BTreeSet<String>,
-        credential: &Credential,
-    ) -> Result<Secret, RegistryError> {
-        let tokens = &self.parent.inner.tokens;
-        let host = self.token_key();
-        let scopes: BTreeSet<String> = if scopes.is_empty() {
-            challenge.params_named("scope").map(str::to_string).collect()
-        } else {
-            scopes.clone()
-        };
-        if let Some(t) = tokens.get(host, &scopes, Instant::now()) {
-            return Ok(t);
-        }
-        let lock = tokens.fetch_lock(host, &scopes);
-        let _guard = lock.lock().await;
-        if let Some(t) = tokens.get(host, &scopes, Instant::now()) {
-            return Ok(t);
-        }
-        let auth_err = |detail: String| RegistryError::Auth {
-            registry: self.host.clone(),
-            detail,
-        };
-        let realm = challenge.param("realm").unwrap_or_default();
-        let mut url = Url::parse(realm).map_err(|e| auth_err(format!("invalid token realm {realm:?}: {e}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(service) = challenge.param("service") {
-                q.append_pair("service", service);
-            }
-            for s in &scopes {
-                q.append_pair("scope", s);
-            }
-        }
-        let mut rb = base.client.get(url.clone());
-        if let Credential::Basic { username, password } = credential {
-            let mut v = HeaderValue::from_str(&basic_value(username, password))
-                .map_err(|_| auth_err("the username or password contains characters not allowed in a header".into()))?;
-            v.set_sensitive(true);
-            rb = rb.header(header::AUTHORIZATION, v);
-        }
-        let request = rb
-            .build()
-            .map_err(|e| auth_err(format!("token request to {realm}: {}", chain(&e))))?;
-        let context = || format!("GET {}", proto::display_url(&url));
-        self.count("GET");
-        let fut = base.client.execute(request);
-        let resp = match self.options().request_timeout {
-            Some(t) => tokio::time::timeout(t, fut)
-                .await
-                .map_err(|_| timed_out(context(), t))?,
-            None => fut.await,
-        }
-        .map_err(|e| transport(context(), e))?;
-        let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            let who = match credential {
-                Credential::Anonymous => "anonymous access",
-                _ => "the credentials",
-            };
-            return Err(auth_err(format!(
-                "token service {realm} refused {who} (HTTP {})",
-                status.as_u16()
-            )));
-        }
-        if !status.is_success() {
-            let err = status_error("GET", &url, resp).await;
-            return Err(if err.is_retryable() {
-                err
-            } else {
-                auth_err(format!("token service failed: {err}"))
-            });
-        }
-        let body = resp.bytes().await.map_err(|e| transport(context(), e))?;
-        let parsed = auth::parse_token_response(&body).map_err(|e| auth_err(format!("token service {realm}: {e}")))?;
-        let valid_until = Instant::now() + auth::usable_lifetime(parsed.expires_in);
-        tokens.put(host, scopes, parsed.token.clone(), valid_until);
-        Ok(parsed.token)
-    }
-}
-
-fn basic_value(username: &str, password: &Secret) -> String {
-    let raw = format!("{username}:{}", password.expose());
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::registry::HostSettings;
-
-    fn options(hosts: &[(&str, HostSettings)]) -> ClientOptions {
-        ClientOptions {
-            hosts: hosts.iter().map(|(h, s)| (h.to_string(), s.clone())).collect(),
-            ..ClientOptions::default()
-        }
-    }
-
-    #[test]
-    fn tls_mode_table() {
-        let insecure = HostSettings {
-            insecure: true,
-            ca_file: None,
-        };
-        let ca = HostSettings {
-            insecure: false,
-            ca_file: Some("/ca.pem".into()),
-        };
-        let o = options(&[
-            ("insecure.example", insecure.clone()),
-            ("localhost:5443", ca.clone()),
-            ("ca.example", ca.clone()),
-            ("index.docker.io", insecure.clone()),
-        ]);
-        let cases = [
-            ("quay.io", TlsMode::Verified),
-            ("insecure.example", TlsMode::Insecure),
-            ("ca.example", TlsMode::CustomCa("/ca.pem".into())),
-            ("localhost:5000", TlsMode::Insecure),
-            ("127.0.0.1:5000", TlsMode::Insecure),
-            ("[::1]:5000", TlsMode::Insecure),
-            ("localhost:5443", TlsMode::CustomCa("/ca.pem".into())),
-            ("docker.io", TlsMode::Insecure),
-        ];
-        for (host, want) in cases {
-            assert_eq!(tls_mode(&o, host, &proto::canonical_host(host)), want, "{host}");
-        }
-        assert_eq!(tls_mode(&options(&[]), "docker.io", "docker.io"), TlsMode::Verified);
-    }
-
-    #[test]
-    fn ca_file_errors_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("missing-ca.pem");
-        let err = load_ca_file(&missing).unwrap_err().to_string();
-        assert!(err.contains("missing-ca.pem") && err.contains("cannot read"), "{err}");
-
-        let empty = dir.path().join("empty-ca.pem");
-        std::fs::write(&empty, "not a certificate\n").unwrap();
-        let err = load_ca_file(&empty).unwrap_err().to_string();
-        assert!(
-            err.contains("empty-ca.pem") && err.contains("no PEM certificate"),
-            "{err}"
-        );
-
-        let garbage = dir.path().join("garbage-ca.pem");
-        std::fs::write(
-            &garbage,
-            "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        let err = load_ca_file(&garbage).unwrap_err().to_string();
-        assert!(err.contains("garbage-ca.pem"), "{err}");
-
-        // And through Registries::new.
-        let o = options(&[(
-            "r.example",
-            HostSettings {
-                insecure: false,
-                ca_file: Some(missing.clone()),
-            },
-        )]);
-        let err = match crate::registry::Registries::new(o, Arc::new(crate::registry::credentials::Credentials::new()))
-        {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("a missing CA file must fail"),
-        };
-        assert!(err.contains("missing-ca.pem"), "{err}");
-    }
-
-    #[test]
-    fn error_chain_flattening() {
-        #[derive(Debug)]
-        struct E(&'static str, Option<Box<E>>);
-        impl std::fmt::Display for E {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.0)
-            }
-        }
-        impl std::error::Error for E {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                self.1.as_deref().map(|e| e as _)
-            }
-        }
-        let e = E("error sending request", Some(Box::new(E("connection refused", None))));
-        assert_eq!(chain(&e), "error sending request: connection refused");
-        let e = E("tls: bad cert", Some(Box::new(E("bad cert", None))));
-        assert_eq!(chain(&e), "tls: bad cert");
-    }
-
-    #[test]
-    fn basic_header() {
-        assert_eq!(
-            basic_value("Aladdin", &Secret::new("open sesame")),
-            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-        );
     }
 }

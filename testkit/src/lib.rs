@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod fault;
 pub mod image;
 pub mod layer;
+pub mod logs;
 pub mod moto;
 pub mod push;
 pub mod registry;

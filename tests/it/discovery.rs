@@ -6,19 +6,12 @@ use std::time::Duration;
 use copycat::discovery::inventory::{Inventory, ObjectKey, Update};
 use copycat::discovery::watch::{self, Watchers};
 use copycat::metrics::Metrics;
-use copycat::plan::Kind;
+use copycat::workload::Kind;
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use tokio::sync::mpsc;
 
-const ALL: [Kind; 6] = [
-    Kind::Deployment,
-    Kind::StatefulSet,
-    Kind::DaemonSet,
-    Kind::Job,
-    Kind::CronJob,
-    Kind::Pod,
-];
+const ALL: [Kind; 6] = Kind::ALL;
 
 struct Watching {
     inventory: Inventory,

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome};
+use copycat::destination::ecr::{Ecr, RepositorySettings, Settings, TokenPolicy, sdk_defaults};
 use copycat::reference::ImageRef;
 use copycat::registry::Registries;
 use copycat::registry::credentials::Credentials;
-use copycat::target::ecr::{Ecr, RepositorySettings, Settings, TokenPolicy, sdk_defaults};
 use serde_json::json;
 use testkit::moto::ACCOUNT_ID;
 use testkit::{Fault, FaultProxy, Image, Match, Moto, Registry, RegistryMode, manifest_digest, skopeo_digest};

@@ -3,16 +3,17 @@
 //! registries' access logs, limited to copycat's own requests (testkit's pushes use another user agent).
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use copycat::copy::{CopyOptions, CopyRequest};
-use copycat::plan::{Kind, Workload};
+use copycat::plan::MirrorTask;
 use copycat::platform::Platform;
-use copycat::queue::{MirrorTask, Queue, QueueOptions, TaskState, TaskStatus};
+use copycat::queue::{Queue, QueueOptions, TaskStatus};
 use copycat::reference::ImageRef;
+use copycat::task_state::TaskState;
+use copycat::workload::{Kind, Workload};
 use serde_json::{Value, json};
+use testkit::logs::Logs;
 use testkit::{AccessLogEntry, Fault, FaultProxy, Image, Match, Registry, RegistryMode, manifest_digest};
 
 use crate::copy::copier;
@@ -91,49 +92,12 @@ fn digest(status: &TaskStatus) -> Option<String> {
     status.digest.as_ref().map(ToString::to_string)
 }
 
-/// Log lines as JSON, captured for the current thread (the test's runtime, where the workers run).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(logs.clone())
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    /// The queue's lines.
-    fn queue_lines(&self) -> Vec<serde_json::Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|l| l["target"] == "copycat::queue")
-            .collect()
-    }
+/// The queue's lines.
+fn queue_lines(logs: &Logs) -> Vec<serde_json::Value> {
+    logs.lines()
+        .into_iter()
+        .filter(|l| l["target"] == "copycat::queue")
+        .collect()
 }
 
 #[tokio::test]
@@ -301,7 +265,7 @@ async fn a_changed_source_digest_is_copied_again_each_outcome_one_log_line() {
     );
     v1.push(&src, "app", "v1").await.unwrap();
     v2.push(&src, "app", "v2").await.unwrap();
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
     let queue = Queue::start(copier(&[&src, &dst]), options(2));
     let pinned = |d: &str| task(&src.host(), &format!("app:v1@{d}"), &dst, "app", "v1").with_user(deployment("web"));
 
@@ -320,7 +284,7 @@ async fn a_changed_source_digest_is_copied_again_each_outcome_one_log_line() {
         Some(v2.digest.clone())
     );
 
-    let lines = logs.queue_lines();
+    let lines = queue_lines(&logs);
     let outcomes: Vec<&serde_json::Value> = lines.iter().filter(|l| l["fields"]["result"].is_string()).collect();
     assert_eq!(outcomes.len(), 2, "{lines:#?}");
     for (line, image) in outcomes.iter().zip([&v1, &v2]) {
@@ -508,7 +472,7 @@ async fn permanent_errors_cool_down_too_and_log_at_error_level() {
     );
     ours_image.push(&src, "app", "v1").await.unwrap();
     theirs.push(&dst, "app", "v1").await.unwrap();
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
     let copy = CopyOptions {
         allow_overwrite: false,
         always_overwrite_tags: vec![],
@@ -533,7 +497,7 @@ async fn permanent_errors_cool_down_too_and_log_at_error_level() {
         Some(theirs.digest.clone())
     );
 
-    let lines = logs.queue_lines();
+    let lines = queue_lines(&logs);
     let failure = lines
         .iter()
         .find(|l| l["fields"]["result"] == "failed")
@@ -716,7 +680,7 @@ async fn dry_pull_makes_no_registry_request_and_logs_each_task() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let image = Image::oci("amd64", &[20_000], 15).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
     let queue = Queue::start(
         copier(&[&src, &dst]),
         QueueOptions {
@@ -735,7 +699,7 @@ async fn dry_pull_makes_no_registry_request_and_logs_each_task() {
     assert!(queue.snapshot().iter().all(|s| s.state == TaskState::DryRun));
     assert!(ours(&src).is_empty(), "{:?}", ours(&src));
     assert!(ours(&dst).is_empty(), "{:?}", ours(&dst));
-    let lines = logs.queue_lines();
+    let lines = queue_lines(&logs);
     let said: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
     for name in ["a", "b", "c"] {
         let line = format!("would mirror {}/app:v1 → {}/{name}:v1", src.host(), dst.host());
@@ -837,7 +801,7 @@ async fn shutdown_cancels_a_copy_that_outlasts_the_grace() {
 
 #[tokio::test]
 async fn a_missing_platform_is_reported_once_unless_ignored() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let image = Image::oci_index(&[1000], false, 60).unwrap();
     image.push(&src, "multi", "v1").await.unwrap();
@@ -858,8 +822,7 @@ async fn a_missing_platform_is_reported_once_unless_ignored() {
     }
     queue.submit(task(&src.host(), "quiet:v1", &dst, "quiet", "v1").with_platforms(platforms.clone()));
     assert!(queue.wait_idle(Duration::from_secs(20)).await);
-    let warnings: Vec<serde_json::Value> = logs
-        .queue_lines()
+    let warnings: Vec<serde_json::Value> = queue_lines(&logs)
         .into_iter()
         .filter(|l| l["fields"]["message"] == "the source does not offer a requested platform")
         .collect();

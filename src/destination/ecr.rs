@@ -317,7 +317,7 @@ impl Ecr {
             .first()
             .ok_or_else(|| EcrError::invalid(op, "the answer holds no authorization data"))?;
         let credential = decode_token(data.authorization_token().unwrap_or_default())
-            .map_err(|detail| EcrError::invalid(op, detail))?;
+            .map_err(|bad| EcrError::invalid(op, bad.to_string()))?;
         let expires_at = data.expires_at().and_then(|t| SystemTime::try_from(*t).ok());
         let after = renew_after(SystemTime::now(), expires_at, self.settings.tokens.max_age);
         tracing::debug!(registry = %self.settings.registry_host, renew_in = ?after, "fetched an ECR registry token");
@@ -482,18 +482,32 @@ fn same_json(a: &str, b: &str) -> bool {
     matches!((parse(a), parse(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// Why an ECR authorization token cannot be used; never quotes the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadToken {
+    /// Not base64.
+    #[error("the authorization token is not base64")]
+    NotBase64,
+    /// Not UTF-8 once decoded.
+    #[error("the authorization token is not UTF-8")]
+    NotUtf8,
+    /// Not `user:password`.
+    #[error("the authorization token is not of the form user:password")]
+    NotUserPassword,
+}
+
 /// `base64("AWS:<password>")` → Basic credentials.
-fn decode_token(token: &str) -> Result<Credential, String> {
+fn decode_token(token: &str) -> Result<Credential, BadToken> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(token.trim())
-        .map_err(|_| "the authorization token is not base64".to_owned())?;
-    let text = String::from_utf8(bytes).map_err(|_| "the authorization token is not UTF-8".to_owned())?;
+        .map_err(|_| BadToken::NotBase64)?;
+    let text = String::from_utf8(bytes).map_err(|_| BadToken::NotUtf8)?;
     match text.split_once(':') {
         Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(Credential::Basic {
             username: user.to_owned(),
             password: Secret::new(password),
         }),
-        _ => Err("the authorization token is not of the form user:password".into()),
+        _ => Err(BadToken::NotUserPassword),
     }
 }
 
@@ -693,7 +707,7 @@ mod tests {
             }
         );
         for bad in ["not base64!".to_owned(), b64("no-colon"), b64("AWS:"), b64(":pw")] {
-            let err = decode_token(&bad).unwrap_err();
+            let err = decode_token(&bad).unwrap_err().to_string();
             assert!(!err.contains("auth-token"), "{err}");
         }
     }

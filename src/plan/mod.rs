@@ -1,6 +1,8 @@
 //! From what a workload uses to what to mirror: filters, digest policy and naming. Pure logic; the
 //! discovery module feeds it, the queue consumes its tasks.
 
+mod task;
+
 use std::collections::BTreeMap;
 
 use crate::config::{Config, SkipNames, TargetKind};
@@ -8,83 +10,11 @@ use crate::copy::CopyRequest;
 use crate::discovery::extract::ContainerImage;
 use crate::discovery::inventory::{Inventory, ObjectKey};
 use crate::glob;
-use crate::naming::{self, NameContext, PathRule, TargetNaming};
+use crate::naming::{self, NameContext, NamingError, PathRule, TargetNaming};
 use crate::platform::Platform;
-use crate::queue::{MirrorTask, union_users};
-use crate::reference::{Digest, ImageRef};
-
-/// The workload kinds copycat watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// apps/v1 Deployment.
-    Deployment,
-    /// apps/v1 StatefulSet.
-    StatefulSet,
-    /// apps/v1 DaemonSet.
-    DaemonSet,
-    /// batch/v1 Job.
-    Job,
-    /// batch/v1 CronJob.
-    CronJob,
-    /// core/v1 Pod.
-    Pod,
-}
-
-impl Kind {
-    /// The Kubernetes kind, e.g. `Deployment`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Deployment => "Deployment",
-            Kind::StatefulSet => "StatefulSet",
-            Kind::DaemonSet => "DaemonSet",
-            Kind::Job => "Job",
-            Kind::CronJob => "CronJob",
-            Kind::Pod => "Pod",
-        }
-    }
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A workload that uses an image: the top of a Pod's owner chain (a Deployment rather than its
-/// ReplicaSet or Pods). Shown as `Deployment shop/web`; events are attached to it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Workload {
-    /// Its kind.
-    pub kind: Kind,
-    /// Its namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-}
-
-impl Workload {
-    /// The workload `kind` `namespace/name`.
-    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Workload {
-        Workload {
-            kind,
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Workload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
-
-/// As its display form, which `/status` has always shown.
-impl serde::Serialize for Workload {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
+use crate::reference::{ImageRef, ReferenceError};
+use crate::workload::{self, Kind, Workload};
+pub use task::{MAX_USERS, MirrorTask, TargetKey, union_users};
 
 /// Which namespaces are in scope. Globs are evaluated for every namespace as it appears, so
 /// namespaces created later are picked up; a glob that matches nothing matches nothing.
@@ -199,15 +129,6 @@ impl Exclusions {
     }
 }
 
-/// What a container's `status.imageID` says about the image it runs: the digest, when it is a
-/// manifest digest. Runtime prefixes (`docker-pullable://`, `containerd://`, …) are stripped. A bare
-/// `sha256:…` (Docker's image ID, a config digest) names no manifest and is ignored.
-pub fn pod_digest(image_id: &str) -> Option<Digest> {
-    let id = image_id.rsplit_once("://").map_or(image_id, |(_, rest)| rest);
-    let (_, digest) = id.split_once('@')?;
-    Digest::parse(digest).ok()
-}
-
 /// Whether `digestPull` applies to `image`: the option is on and the image's tag is not one of
 /// `digestPullIgnoredTags`.
 pub fn wants_digest(digest_pull: bool, ignored_tags: &[String], image: &ImageRef) -> bool {
@@ -247,7 +168,7 @@ mod tests {
                 .map(|(i, (image, digest))| ContainerImage {
                     image: (*image).into(),
                     container: format!("c{i}"),
-                    pod_digest: digest.map(|d| Digest::parse(d).unwrap()),
+                    pod_digest: digest.map(|d| crate::reference::Digest::parse(d).unwrap()),
                 })
                 .collect(),
             owner: owner.map(|(kind, name)| Owner {
@@ -721,23 +642,17 @@ mod tests {
             "an empty list ignores nothing"
         );
     }
+}
 
-    #[test]
-    fn pod_digests() {
-        const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let cases = [
-            (format!("docker-pullable://nginx@sha256:{HEX}"), true),
-            (format!("docker.io/library/nginx@sha256:{HEX}"), true),
-            (format!("containerd://ghcr.io/a/b@sha256:{HEX}"), true),
-            (format!("docker://sha256:{HEX}"), false),
-            (format!("sha256:{HEX}"), false),
-            ("".to_owned(), false),
-            ("nginx@sha256:short".to_owned(), false),
-        ];
-        for (id, want) in cases {
-            assert_eq!(pod_digest(&id).is_some(), want, "{id}");
-        }
-    }
+/// Why an image a workload uses is not mirrored.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidImage {
+    /// The image string is no valid reference.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// The target named for it is no valid reference.
+    #[error(transparent)]
+    Naming(#[from] NamingError),
 }
 
 /// Turns the inventory into mirror tasks: filters, digest policy and naming, one task per target.
@@ -765,7 +680,7 @@ pub struct Plan {
     /// One task per target reference, in a stable order.
     pub tasks: Vec<MirrorTask>,
     /// Image strings that are not valid references, with who uses them and why.
-    pub invalid: Vec<(Workload, String, String)>,
+    pub invalid: Vec<(Workload, String, InvalidImage)>,
     /// Images left out by `excludeRegistries` or because they already live on the target: one per
     /// source reference, sorted by it.
     pub excluded: Vec<ExcludedImage>,
@@ -788,6 +703,13 @@ pub struct TargetConflict {
     pub kept: String,
     /// Who uses this image (the most recent few).
     pub users: Vec<Workload>,
+}
+
+impl TargetConflict {
+    /// The labels of its `k8s_copycat_target_conflicts` series: target, source, kept.
+    pub fn labels(&self) -> [&str; 3] {
+        [&self.target, &self.source, &self.kept]
+    }
 }
 
 /// The tasks of one plan claiming one target, one per source repository (tag targets only: a
@@ -859,7 +781,7 @@ enum Planned {
 
 impl Planner {
     /// A planner for `config`, mirroring into `target` (`host[:port][/path]`).
-    pub fn new(config: &Config, target: &str) -> Result<Planner, String> {
+    pub fn new(config: &Config, target: &str) -> Result<Planner, NamingError> {
         let (host, path) = target.split_once('/').unwrap_or((target, ""));
         let prefix = match config.target_kind {
             TargetKind::Docker => config.docker.repo_prefix.clone(),
@@ -870,7 +792,7 @@ impl Planner {
             skip: SkipList::new(&config.skip_names),
             exclusions: Exclusions::new(&config.exclude_registries, Some(target)),
             rules: PathRule::compile(&config.path_map)?.into(),
-            mirrored: config.watch_resources.iter().filter_map(|r| kind_named(r)).collect(),
+            mirrored: workload::kinds_named(&config.watch_resources),
             target_host: host.to_ascii_lowercase(),
             target_path: path.trim_matches('/').to_owned(),
             prefix,
@@ -973,8 +895,8 @@ impl Planner {
         workload: &str,
         node: Option<&Platform>,
         use_: &ContainerImage,
-    ) -> Result<Planned, String> {
-        let image = ImageRef::parse(&use_.image).map_err(|e| e.to_string())?;
+    ) -> Result<Planned, InvalidImage> {
+        let image = ImageRef::parse(&use_.image)?;
         if let Some(rule) = self.exclusions.excluded_by(&image) {
             return Ok(Planned::Excluded {
                 rule: rule.to_owned(),
@@ -1029,21 +951,4 @@ fn union(a: &[Platform], b: &[Platform]) -> Vec<Platform> {
     out.sort();
     out.dedup();
     out
-}
-
-fn kind_named(resource: &str) -> Option<Kind> {
-    Some(match resource {
-        "deployments" => Kind::Deployment,
-        "statefulsets" => Kind::StatefulSet,
-        "daemonsets" => Kind::DaemonSet,
-        "jobs" => Kind::Job,
-        "cronjobs" => Kind::CronJob,
-        "pods" => Kind::Pod,
-        _ => return None,
-    })
-}
-
-/// The workload kinds `watchResources` names.
-pub fn watched_kinds(config: &Config) -> Vec<Kind> {
-    config.watch_resources.iter().filter_map(|r| kind_named(r)).collect()
 }

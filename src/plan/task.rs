@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::copy::{CopyRequest, PullSecret};
 use crate::naming::TargetNaming;
-use crate::plan::Workload;
 use crate::platform::Platform;
+use crate::workload::Workload;
 
 /// Users kept per task (the most recent ones): enough to find who runs an image, bounded however many
 /// Pods share it.
@@ -162,8 +162,8 @@ impl fmt::Display for TargetKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Kind;
     use crate::reference::ImageRef;
+    use crate::workload::Kind;
 
     fn pod(name: impl Into<String>) -> Workload {
         Workload::new(Kind::Pod, "ns", name)

@@ -1,0 +1,251 @@
+//! The state machine with a fake copy engine: each test is a script of submissions and releases of
+//! the fake's gate, and says which copies ran and where the target ended. Real registries stay for
+//! the integration tests (`tests/it/queue.rs`).
+
+use std::sync::Mutex;
+
+use testkit::logs::Logs;
+use tokio::sync::Semaphore;
+
+use super::*;
+
+const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+/// The longest any script waits for the queue.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Copies nothing: records each call's source and holds it until the test releases it; a source in
+/// repository `a/bad` fails.
+#[derive(Clone, Default)]
+struct Fake(Arc<FakeState>);
+
+struct FakeState {
+    calls: Mutex<Vec<String>>,
+    gate: Semaphore,
+}
+
+impl Default for FakeState {
+    fn default() -> Self {
+        FakeState {
+            calls: Mutex::default(),
+            gate: Semaphore::new(0),
+        }
+    }
+}
+
+impl CopyEngine for Fake {
+    fn copy<'a>(
+        &'a self,
+        request: &'a CopyRequest,
+        _: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<CopyReport, CopyError>> {
+        Box::pin(async move {
+            let source = request.source.to_string();
+            tracing::info!("copying");
+            self.0.calls.lock().unwrap().push(source.clone());
+            self.0.gate.acquire().await.expect("gate open").forget();
+            if request.source.repository() == "a/bad" {
+                return Err(CopyError::SourceNotFound(source));
+            }
+            Ok(CopyReport {
+                outcome: Outcome::Copied,
+                source_digest: Digest::parse(D).unwrap(),
+                digest: Some(Digest::parse(D).unwrap()),
+                bytes: 1,
+                blobs_skipped: 0,
+                blobs_mounted: 0,
+                blobs_transferred: 1,
+                missing_platforms: vec![],
+                filtered: false,
+            })
+        })
+    }
+
+    fn source_architecture<'a>(
+        &'a self,
+        _: &'a ImageRef,
+        _: &'a CopyOptions,
+    ) -> BoxFuture<'a, Result<(Digest, String), CopyError>> {
+        Box::pin(async { Ok((Digest::parse(D).unwrap(), "amd64".to_owned())) })
+    }
+}
+
+/// One step of a script.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Submit a task copying this source to `r.example/a/web:1`.
+    Submit(&'static str),
+    /// Wait until this many copies are running.
+    Running(usize),
+    /// Let this many held copies finish.
+    Release(usize),
+    /// Wait until nothing is queued or running.
+    Idle,
+    /// End every cooldown.
+    ResetCooldown,
+}
+
+fn task(source: &str) -> MirrorTask {
+    MirrorTask::new(CopyRequest {
+        source: ImageRef::parse(source).unwrap(),
+        target: ImageRef::parse("r.example/a/web").unwrap(),
+        target_tag: Some("1".into()),
+    })
+}
+
+async fn run(script: &[Step], cooldown: Option<Duration>) -> (Vec<String>, TaskState, QueueCounters) {
+    let fake = Fake::default();
+    let options = QueueOptions {
+        failure_cooldown: cooldown,
+        ..QueueOptions::default()
+    };
+    let queue = Queue::start(fake.clone(), options);
+    for step in script {
+        match *step {
+            Step::Submit(source) => queue.submit(task(source)),
+            Step::Running(n) => {
+                let started = Instant::now();
+                while queue.counters().running != n {
+                    assert!(started.elapsed() < WAIT, "{n} running never reached");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            Step::Release(n) => fake.0.gate.add_permits(n),
+            Step::Idle => assert!(queue.wait_idle(WAIT).await, "the queue never went idle"),
+            Step::ResetCooldown => {
+                queue.reset_cooldown();
+            }
+        }
+    }
+    let calls = fake.0.calls.lock().unwrap().clone();
+    let snapshot = queue.snapshot();
+    let [status] = snapshot.as_slice() else {
+        panic!("one target expected: {snapshot:?}");
+    };
+    let (state, counters) = (status.state, queue.counters());
+    queue.shutdown(Duration::ZERO).await;
+    (calls, state, counters)
+}
+
+/// A script: what it shows, its steps, the failure cooldown, the copies that must run (their
+/// sources, in order) and the target's state at the end.
+type Case = (
+    &'static str,
+    &'static [Step],
+    Option<Duration>,
+    &'static [&'static str],
+    TaskState,
+);
+
+#[tokio::test]
+async fn the_state_machine_by_script() {
+    use Step::*;
+    const WEB: &str = "ghcr.io/a/web:1";
+    const PINNED: &str = "ghcr.io/a/web:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const BAD: &str = "ghcr.io/a/bad:1";
+    let hour = Some(Duration::from_secs(3600));
+    let cases: &[Case] = &[
+        (
+            "dedupe: submissions of one target while it waits make one copy",
+            &[Submit(WEB), Submit(WEB), Submit(WEB), Release(10), Idle],
+            hour,
+            &[WEB],
+            TaskState::Mirrored,
+        ),
+        (
+            "positive cache: the same work after a success is not copied again",
+            &[Submit(WEB), Release(10), Idle, Submit(WEB), Idle],
+            hour,
+            &[WEB],
+            TaskState::Mirrored,
+        ),
+        (
+            "single flight: the same work submitted during the copy does not start it again",
+            &[Submit(WEB), Running(1), Submit(WEB), Submit(WEB), Release(10), Idle],
+            hour,
+            &[WEB],
+            TaskState::Mirrored,
+        ),
+        (
+            "single flight: other work submitted during the copy runs once afterwards",
+            &[
+                Submit(WEB),
+                Running(1),
+                Submit(PINNED),
+                Submit(PINNED),
+                Release(10),
+                Idle,
+            ],
+            hour,
+            &[WEB, PINNED],
+            TaskState::Mirrored,
+        ),
+        (
+            "cooldown: a failed target is not retried by a submission",
+            &[Submit(BAD), Release(10), Idle, Submit(BAD), Idle],
+            hour,
+            &[BAD],
+            TaskState::Cooldown,
+        ),
+        (
+            "cooldown: a reset retries the target at once",
+            &[Submit(BAD), Release(10), Idle, ResetCooldown, Idle],
+            hour,
+            &[BAD, BAD],
+            TaskState::Cooldown,
+        ),
+        (
+            "no cooldown: a submission retries a failed target at once",
+            &[Submit(BAD), Release(10), Idle, Submit(BAD), Idle],
+            None,
+            &[BAD, BAD],
+            TaskState::Failed,
+        ),
+    ];
+    for (name, script, cooldown, want_calls, want_state) in cases {
+        let (calls, state, counters) = run(script, *cooldown).await;
+        assert_eq!(calls, *want_calls, "{name}: {counters:?}");
+        assert_eq!(state, *want_state, "{name}: {counters:?}");
+    }
+}
+
+#[tokio::test]
+async fn lines_of_the_copy_engine_name_the_image() {
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
+    run(&[Step::Submit("ghcr.io/a/web:1"), Step::Release(1), Step::Idle], None).await;
+    let lines = logs.lines();
+    let line = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "copying")
+        .unwrap_or_else(|| panic!("no line of the engine in {lines:?}"));
+    assert_eq!(line["span"]["name"], "mirror", "{line}");
+    assert_eq!(line["span"]["source"], "ghcr.io/a/web:1", "{line}");
+    assert_eq!(line["span"]["target"], "r.example/a/web:1", "{line}");
+}
+
+#[tokio::test]
+async fn a_plan_submits_only_what_changed_since_the_last_one() {
+    let fake = Fake::default();
+    fake.0.gate.add_permits(100);
+    let queue = Queue::start(fake.clone(), QueueOptions::default());
+    let web = || task("ghcr.io/a/web:1");
+    let pinned = || task("ghcr.io/a/web:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    // (plan, everything, forget the last plan first) -> tasks submitted
+    let cases = [
+        (vec![web()], false, false, 1),
+        (vec![web()], false, false, 0),
+        (vec![web()], true, false, 1),
+        (vec![pinned()], false, false, 1),
+        (vec![pinned()], false, true, 1),
+        (vec![], false, false, 0),
+        (vec![pinned()], false, false, 1),
+    ];
+    for (i, (plan, everything, forget, want)) in cases.into_iter().enumerate() {
+        if forget {
+            queue.forget_plan();
+        }
+        let done = queue.submit_plan(plan, everything);
+        assert_eq!(done.submitted, want, "plan {i}");
+        assert!(queue.wait_idle(WAIT).await, "plan {i}");
+    }
+    queue.shutdown(Duration::ZERO).await;
+}

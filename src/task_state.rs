@@ -1,0 +1,64 @@
+//! Where a mirror target stands, in the words `/status` and the `k8s_copycat_tasks` gauge use. The
+//! plan decides the excluded and conflicting ones, the queue the rest; both report to `metrics`,
+//! which sits below them, so the words live here, on the ground floor.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Where a target stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskState {
+    /// Waiting for a worker.
+    Queued,
+    /// Being copied.
+    Running,
+    /// The target holds the source's content (copied, or already present).
+    Mirrored,
+    /// The last attempt failed and the cooldown is disabled: retried at `next_retry` (a backoff that
+    /// doubles with each failure) or when submitted again, whichever comes first.
+    Failed,
+    /// The last attempt failed; retried at `next_retry`.
+    Cooldown,
+    /// Dry run or dry pull: decided, nothing written.
+    DryRun,
+    /// Not mirrored: the source is under an `excludeRegistries` entry or on the target registry.
+    Excluded,
+    /// Not mirrored: another source names the same target and keeps it (it was used first).
+    Conflict,
+}
+
+impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Mirrored,
+        TaskState::Failed,
+        TaskState::Cooldown,
+        TaskState::DryRun,
+        TaskState::Excluded,
+        TaskState::Conflict,
+    ];
+
+    /// `queued`, `running`, `mirrored`, `failed`, `cooldown`, `dry-run`, `excluded` or `conflict`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Mirrored => "mirrored",
+            TaskState::Failed => "failed",
+            TaskState::Cooldown => "cooldown",
+            TaskState::DryRun => "dry-run",
+            TaskState::Excluded => "excluded",
+            TaskState::Conflict => "conflict",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,373 @@
+//! Builds every long-lived part from the [`Config`], in one place (as ripgrep's `HiArgs` builds the
+//! matcher, searcher and printer): the target, registry clients and their credentials, the copier,
+//! copy and queue options, the planner, the Events settings and the watched kinds. `app` calls it;
+//! `daemon` and `commands` receive the built parts and read no setting that names one of them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Problem};
+use crate::copy::{Copier, CopyOptions};
+use crate::destination::Target;
+use crate::events;
+use crate::naming::NamingError;
+use crate::plan::Planner;
+use crate::platform::Platform;
+use crate::queue::{DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF, DEFAULT_STATUS_CAPACITY, QueueOptions};
+use crate::reference;
+use crate::registry::credentials::{Credentials, DockerConfigError, load_docker_config};
+use crate::registry::{ClientOptions, Credential, HostSettings, Registries, RegistryError};
+use crate::workload::{self, Kind};
+
+/// Why the parts cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    /// The Docker config (`DOCKER_CONFIG`, `~/.docker/config.json`) cannot be used.
+    #[error(transparent)]
+    DockerConfig(#[from] DockerConfigError),
+    /// The registry clients cannot be built (a CA file, the TLS backend).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// `pathMap` cannot be compiled.
+    #[error("pathMap: {0}")]
+    PathMap(#[from] NamingError),
+    /// No usable Kubernetes client configuration: a configuration problem (exit 2).
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+}
+
+/// The CA files of `config` that cannot be used (unreadable, or without a usable certificate), as
+/// configuration problems naming their setting: a start with one stops like any bad setting, instead
+/// of failing later naming only the file. `check-config` does not read them: they may exist only where
+/// copycat runs (a mounted Secret).
+pub fn ca_file_problems(config: &Config) -> Vec<Problem> {
+    let docker =
+        (!config.docker.insecure).then(|| ("docker.caFile / TARGET_CA_FILE".to_owned(), &config.docker.ca_file));
+    let entries = config
+        .registries
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.insecure)
+        .map(|(i, r)| (format!("registries[{i}].caFile"), &r.ca_file));
+    docker
+        .into_iter()
+        .chain(entries)
+        .filter(|(_, path)| !path.is_empty())
+        .filter_map(|(origin, path)| {
+            let error = crate::registry::load_ca_file(Path::new(path)).err()?;
+            Some(Problem {
+                origin,
+                value: Some(path.clone()),
+                message: error.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// What the daemon runs with.
+pub struct DaemonParts {
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    /// Where images are mirrored to; `registry` is what the planner prefixes repositories with.
+    pub target: Target,
+    /// The copy engine over the registry clients.
+    pub copier: Copier,
+    /// How the queue works.
+    pub queue: QueueOptions,
+    /// Filters, digest policy and naming.
+    pub planner: Planner,
+    /// The Events rate-limit window, when Events are wanted.
+    pub events: Option<Duration>,
+    /// The workload kinds to watch (`watchResources`).
+    pub watched: Vec<Kind>,
+}
+
+impl DaemonParts {
+    /// Builds the daemon's parts, the Kubernetes client first (a missing configuration is the first
+    /// thing to say); for ECR this builds the AWS clients (no AWS call is made until the
+    /// first image needs one).
+    pub async fn build(config: &Config) -> Result<DaemonParts, WiringError> {
+        let client = kube_client(config).await?;
+        let target = Target::from_config(config).await;
+        let targets = [target.clone()];
+        let copier = copier(config, registries(config, &targets)?, &targets);
+        let planner = Planner::new(config, &target.registry)?;
+        Ok(DaemonParts {
+            client,
+            target,
+            copier,
+            queue: queue_options(config),
+            planner,
+            events: events_wanted(config).then(|| events_window(config)),
+            watched: workload::kinds_named(&config.watch_resources),
+        })
+    }
+}
+
+/// Why the daemon has no usable Kubernetes client configuration: a configuration problem (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    /// Nowhere to look: not in a cluster, no KUBECONFIG, no ~/.kube/config.
+    #[error(
+        "no Kubernetes configuration: not running in a cluster (KUBERNETES_SERVICE_HOST is unset), \
+         KUBECONFIG is unset and {home_config} does not exist; pass --kubeconfig FILE or set KUBECONFIG"
+    )]
+    Missing {
+        /// The per-user default path looked at.
+        home_config: String,
+    },
+    /// A configuration was found but cannot be used.
+    #[error("cannot use the Kubernetes configuration from {source_name}: {reason}")]
+    Unusable {
+        /// `--kubeconfig FILE`, `KUBECONFIG`, `~/.kube/config` or `the in-cluster service account`.
+        source_name: String,
+        /// kube's reason, without its nested repetitions.
+        reason: String,
+    },
+}
+
+/// The Kubernetes client: `--kubeconfig`, else where kube looks (`KUBECONFIG`, `~/.kube/config`,
+/// the in-cluster service account).
+pub async fn kube_client(config: &Config) -> Result<kube::Client, KubeconfigError> {
+    let kube_config = match &config.runtime.kubeconfig {
+        Some(path) => {
+            let source_name = format!("--kubeconfig {}", path.display());
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| unusable(&source_name, &e))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| unusable(&source_name, &e))?
+        }
+        None => {
+            // Where kube::Config::infer looks, in its order, so that nothing found is one sentence.
+            let from_env = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
+            let home_config = std::env::home_dir().map_or_else(
+                || "~/.kube/config".to_owned(),
+                |home| home.join(".kube/config").display().to_string(),
+            );
+            let source_name = match from_env {
+                Some(paths) => format!("KUBECONFIG={}", paths.to_string_lossy()),
+                None if std::path::Path::new(&home_config).exists() => home_config,
+                None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                    "the in-cluster service account".to_owned()
+                }
+                None => return Err(KubeconfigError::Missing { home_config }),
+            };
+            kube::Config::infer().await.map_err(|e| unusable(&source_name, &e))?
+        }
+    };
+    kube::Client::try_from(kube_config).map_err(|e| unusable("the Kubernetes client settings", &e))
+}
+
+fn unusable(source_name: &str, e: &dyn std::error::Error) -> KubeconfigError {
+    KubeconfigError::Unusable {
+        source_name: source_name.to_owned(),
+        reason: innermost(e),
+    }
+}
+
+/// The innermost cause of `e`: kube's configuration errors repeat the path at every level.
+fn innermost(e: &dyn std::error::Error) -> String {
+    let mut e = e;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
+}
+
+/// Registry clients for `config`. Targets with renewable credentials (ECR) get them; the other
+/// targets get the static target credentials (`TARGET_USERNAME`, `TARGET_PASSWORD`) and TLS
+/// settings (`docker.insecure`, `docker.caFile`).
+pub fn registries(config: &Config, targets: &[Target]) -> Result<Registries, WiringError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let mut credentials = Credentials::new();
+    let docker = &config.docker;
+    let mut hosts: HashMap<String, HostSettings> = config
+        .registries
+        .iter()
+        .map(|r| {
+            (
+                r.host.clone(),
+                HostSettings {
+                    insecure: r.insecure,
+                    ca_file: non_empty_path(&r.ca_file),
+                },
+            )
+        })
+        .collect();
+    for target in targets {
+        let host = reference::canonical_host(&target.host);
+        if let Some(provider) = &target.credentials {
+            credentials = credentials.with_provider(&host, provider.clone());
+            continue;
+        }
+        if !docker.username.is_empty() || !docker.password.is_empty() {
+            let credential = Credential::Basic {
+                username: docker.username.clone(),
+                password: docker.password.clone(),
+            };
+            credentials = credentials.with_host(&host, credential);
+        }
+        let settings = hosts.entry(host).or_default();
+        settings.insecure |= docker.insecure;
+        if settings.ca_file.is_none() {
+            settings.ca_file = non_empty_path(&docker.ca_file);
+        }
+    }
+    credentials = credentials.with_registry_credentials(&config.registry_credentials);
+    if let Some((path, auths)) = load_docker_config(&env)? {
+        tracing::debug!(path = %path.display(), entries = auths.len(), "using registry credentials from Docker config");
+        credentials = credentials.with_docker_auths(auths);
+    }
+    let options = ClientOptions {
+        request_timeout: config.request_timeout,
+        retry_attempts: config.registry_retry_attempts,
+        retry_backoff: config.registry_retry_backoff,
+        max_concurrent_requests: config.registry_max_concurrent_requests as usize,
+        hosts,
+        user_agent: format!("copycat/{}", env!("CARGO_PKG_VERSION")),
+    };
+    Ok(Registries::new(options, Arc::new(credentials))?)
+}
+
+/// A copier over `registries` with the configured read mirrors, preparing the targets' repositories.
+pub fn copier(config: &Config, registries: Registries, targets: &[Target]) -> Copier {
+    let mut copier = Copier::new(registries).with_mirrors(config.registry_mirrors.clone().into_iter().collect());
+    for target in targets {
+        if let Some(preparer) = &target.repositories {
+            copier = copier.with_preparer(&target.host, preparer.clone());
+        }
+    }
+    copier
+}
+
+/// The copier of the one-shot commands for images written to `target_hosts`.
+pub async fn command_copier(config: &Config, target_hosts: &[&str]) -> Result<Copier, WiringError> {
+    let mut targets: Vec<Target> = Vec::new();
+    for host in target_hosts {
+        if !targets.iter().any(|t| t.host.eq_ignore_ascii_case(host)) {
+            targets.push(Target::for_host(config, host).await);
+        }
+    }
+    Ok(copier(config, registries(config, &targets)?, &targets))
+}
+
+fn non_empty_path(path: &str) -> Option<PathBuf> {
+    (!path.is_empty()).then(|| path.into())
+}
+
+/// Copy options from the configuration.
+pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
+    CopyOptions {
+        platforms,
+        allow_overwrite: config.allow_different_digest_repush,
+        always_overwrite_tags: config.always_overwrite_tags.clone(),
+        dry_run: config.dry_run,
+        blob_concurrency: config.blob_concurrency as usize,
+        deadline: config.image_deadline,
+        source_credentials: vec![],
+    }
+}
+
+/// Queue options from the configuration: `maxConcurrentReconciles` workers, `failureCooldownMinutes`,
+/// `dryRun` (through the copy options) and `dryPull`. With `forceReconcileMinutes`, the positive
+/// cache trusts a copy for at most 90 % of that interval, so each periodic rescan re-checks the
+/// registries (two HEADs per unchanged image) instead of finding everything cached.
+pub fn queue_options(config: &Config) -> QueueOptions {
+    let ttl = config.mirrored_cache_ttl.unwrap_or_default();
+    let positive_ttl = match config.force_reconcile_interval {
+        Some(every) if !every.is_zero() => ttl.min(every * 9 / 10),
+        _ => ttl,
+    };
+    QueueOptions {
+        workers: (config.max_concurrent_reconciles as usize).max(1),
+        failure_cooldown: config.failure_cooldown,
+        retry_backoff: DEFAULT_RETRY_BACKOFF,
+        max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
+        positive_ttl,
+        copy: copy_options(config, vec![]),
+        dry_pull: config.dry_pull,
+        status_capacity: DEFAULT_STATUS_CAPACITY,
+        ignore_missing_platforms: config.ignore_missing_platforms.iter().map(|p| p.0.clone()).collect(),
+    }
+}
+
+/// Whether `config` asks for Events: `emitEvents`, and neither `dryRun` nor `dryPull` (no side
+/// effects in dry runs).
+pub fn events_wanted(config: &Config) -> bool {
+    config.emit_events && !config.dry_run && !config.dry_pull
+}
+
+/// The Events rate-limit window: the failure cooldown, or [`events::DEFAULT_WINDOW`] when it is
+/// disabled (a failing target is then retried on every submission, which must not mean an Event
+/// each time).
+pub fn events_window(config: &Config) -> Duration {
+    config
+        .failure_cooldown
+        .filter(|d| !d.is_zero())
+        .unwrap_or(events::DEFAULT_WINDOW)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Purpose;
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        crate::config::from_env(env, Purpose::OneShot)
+    }
+
+    #[test]
+    fn queue_options_from_the_configuration() {
+        let o = queue_options(&config(&[]));
+        assert_eq!(o.workers, 2);
+        assert_eq!(o.failure_cooldown, Some(Duration::from_secs(3600)));
+        assert_eq!(o.positive_ttl, crate::queue::DEFAULT_POSITIVE_TTL);
+        assert!(!o.dry_pull && !o.copy.dry_run);
+
+        let o = queue_options(&config(&[
+            ("MAX_CONCURRENT_RECONCILES", "5"),
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+            ("FORCE_RECONCILE_MINUTES", "60"),
+            ("DRY_RUN", "true"),
+            ("DRY_PULL", "true"),
+        ]));
+        assert_eq!(o.workers, 5);
+        assert_eq!(o.failure_cooldown, None);
+        assert_eq!(
+            o.positive_ttl,
+            Duration::from_secs(54 * 60),
+            "re-checked by each hourly rescan"
+        );
+        assert!(o.dry_pull && o.copy.dry_run);
+
+        let o = queue_options(&config(&[("FORCE_RECONCILE_MINUTES", "1440")]));
+        assert_eq!(o.positive_ttl, crate::queue::DEFAULT_POSITIVE_TTL);
+        let o = queue_options(&config(&[("MIRRORED_CACHE_TTL", "30m")]));
+        assert_eq!(o.positive_ttl, Duration::from_secs(30 * 60));
+        let o = queue_options(&config(&[("MIRRORED_CACHE_TTL", "0")]));
+        assert_eq!(o.positive_ttl, Duration::ZERO);
+        // A zero TTL is a cache that remembers nothing (and does not panic).
+        let cache = moka::sync::Cache::builder().time_to_live(o.positive_ttl).build();
+        cache.insert(1, 1);
+        assert_eq!(cache.get(&1), None::<i32>);
+    }
+
+    #[test]
+    fn on_by_default_off_in_dry_runs_and_when_asked() {
+        assert!(events_wanted(&config(&[])));
+        for env in [("EMIT_EVENTS", "false"), ("DRY_RUN", "true"), ("DRY_PULL", "true")] {
+            assert!(!events_wanted(&config(&[env])), "{env:?}");
+        }
+        assert_eq!(events_window(&config(&[])), Duration::from_secs(3600));
+        assert_eq!(
+            events_window(&config(&[("FAILURE_COOLDOWN_MINUTES", "5")])),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            events_window(&config(&[("FAILURE_COOLDOWN_MINUTES", "0")])),
+            events::DEFAULT_WINDOW
+        );
+    }
+}
