@@ -635,6 +635,12 @@ async fn two_sources_naming_one_target_keep_the_first_and_report_the_other() {
     })
     .await;
     wait_mirrored(&dst, "1.0", &[("team/app", &first)]).await;
+    // The tag is written a moment before the queue records the copy as done.
+    eventually("the kept source mirrored in /status", WAIT, async || {
+        let (code, body) = daemon.get("/status?state=mirrored").await;
+        code == 200 && body.contains(&target)
+    })
+    .await;
     let (_, body) = daemon.get("/status").await;
     let all: serde_json::Value = serde_json::from_str(&body).unwrap();
     let of_target: Vec<&serde_json::Value> = all
