@@ -4,7 +4,7 @@
 //! about 25 repositories and 900 MiB (20 single-arch images of 5 × 8 MiB layers, 5 multi-arch indexes
 //! of 2 × 3 × 4 MiB with attestations). `copycat sync` and `skopeo sync` run interleaved, cold (target
 //! wiped) and warm (everything present), `BENCH_PAIRS` pairs (default 3); every target digest is
-//! checked after each cold run. Then `copycat copy` against `skopeo copy` of one image with a single
+//! checked after every run of either tool, cold and warm. Then `copycat copy` against `skopeo copy` of one image with a single
 //! 1 GiB layer (`BENCH_BIG_MIB` to change the size), for wall time and peak RSS.
 //! Prints medians of wall time and client CPU (user + sys) and the ratios copycat / skopeo.
 
@@ -193,13 +193,18 @@ fn main() {
         let order: [bool; 2] = if pair % 2 == 0 { [true, false] } else { [false, true] };
         for is_copycat in order {
             wipe(&dst);
-            let (cold, warm) = if is_copycat {
-                (measure(&mut copycat_sync()), measure(&mut copycat_sync()))
-            } else {
-                let cold = measure(&mut skopeo_sync(&skopeo_file));
-                verify(&rt, &dst, &expected);
-                (cold, measure(&mut skopeo_sync(&skopeo_file)))
+            let sync = || {
+                if is_copycat {
+                    measure(&mut copycat_sync())
+                } else {
+                    measure(&mut skopeo_sync(&skopeo_file))
+                }
             };
+            // Each run is checked on its own: a cold run that left work undone must not be
+            // completed (and hidden) by the warm one.
+            let cold = sync();
+            verify(&rt, &dst, &expected);
+            let warm = sync();
             verify(&rt, &dst, &expected);
             let name = if is_copycat { "copycat" } else { "skopeo " };
             eprintln!(

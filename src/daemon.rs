@@ -61,6 +61,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let events =
         events.map(|window| Emitter::new(client.clone(), identity, window, leadership.subscribe()).start(&queue));
     let ready = Arc::new(AtomicBool::new(false));
+    let forbidden = watch::ForbiddenWatches::default();
     let (rescan_tx, rescan_rx) = mpsc::channel(8);
     let excluded = ExcludedImages::default();
     let admin = Admin::new(
@@ -72,7 +73,8 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         config.runtime.admin_token.clone(),
         Some(dockerhub),
     )
-    .with_leadership(leadership.subscribe());
+    .with_leadership(leadership.subscribe())
+    .with_forbidden_watches(forbidden.clone());
     let servers = server::start(
         &config.runtime.metrics_addr,
         &config.runtime.health_addr,
@@ -83,7 +85,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     warn_about_missing_namespaces(&client, &planner, namespaces.as_deref()).await;
     let watched = watch::watched_for(&watched, config.check_node_platform, config.use_image_pull_secrets);
     let feeds = watch::feeds(&watched, namespaces.as_deref());
-    let (watchers, updates) = watch::start(client, &feeds, metrics.clone());
+    let (watchers, updates) = watch::start(client, &feeds, metrics.clone(), &forbidden);
     let scope = namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(","));
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = events.is_some(),
         kinds = config.watch_resources.join(","), namespaces = scope, "copycat started");
@@ -173,7 +175,7 @@ struct LoopState<'a> {
     planning: Planning<'a>,
     /// `forceReconcileMinutes`.
     rescan: Option<Duration>,
-    /// Set once the initial list is complete (`/readyz`).
+    /// Set once the initial list is complete (`/readyz`), the optional pull-secret watches aside.
     ready: &'a AtomicBool,
     queue: &'a Queue,
     /// Whether this replica leads (submits to the queue).
@@ -206,7 +208,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                     if inventory.apply(update) && plan_at.is_none() {
                         plan_at = Some(Instant::now() + SETTLE);
                     }
-                    if !listed && feeds.iter().all(|f| inventory.is_synced(f)) {
+                    if !listed && feeds.iter().all(|f| !f.watched.readiness_waits() || inventory.is_synced(f)) {
                         listed = true;
                         ready.store(true, Ordering::Release);
                         tracing::info!(objects = inventory.objects().count(), "initial list complete");

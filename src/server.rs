@@ -29,6 +29,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::discovery::watch::ForbiddenWatches;
 use crate::metrics::Metrics;
 use crate::queue::{ExcludedImages, Queue, TaskStatus};
 use crate::registry::Registry;
@@ -73,6 +74,8 @@ pub struct Admin {
     pub dockerhub: Option<Registry>,
     /// Whether this replica leads (`None`: no election, always).
     leading: Option<watch::Receiver<bool>>,
+    /// The watches the API server refuses, for `/readyz`.
+    forbidden: ForbiddenWatches,
     /// The rescan in flight (planned, queue not yet seen idle), which concurrent calls join.
     current: tokio::sync::Mutex<Option<PlanSummary>>,
     /// Refused admin calls, for rate-limited logging.
@@ -99,6 +102,7 @@ impl Admin {
             admin_token,
             dockerhub,
             leading: None,
+            forbidden: ForbiddenWatches::default(),
             current: tokio::sync::Mutex::new(None),
             refusals: RefusalLog::new(REFUSAL_LOG_INTERVAL),
         }
@@ -114,6 +118,12 @@ impl Admin {
     /// Answers the admin endpoints only while `leading` says this replica leads (503 otherwise).
     pub fn with_leadership(mut self, leading: watch::Receiver<bool>) -> Admin {
         self.leading = Some(leading);
+        self
+    }
+
+    /// Names the watches the API server refuses in `/readyz`'s answer.
+    pub fn with_forbidden_watches(mut self, forbidden: ForbiddenWatches) -> Admin {
+        self.forbidden = forbidden;
         self
     }
 
@@ -285,16 +295,21 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
         .into_response()
 }
 
+/// 200 once the initial list is complete, 503 before; either way followed by the watches the API
+/// server refuses (a refused watch keeps the start from completing, unless it is an optional one).
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    if admin.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok").into_response()
+    let (code, mut text) = if admin.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the initial list of the cluster is not complete yet",
+            "not ready: the initial list of the cluster is not complete yet".to_owned(),
         )
-            .into_response()
+    };
+    for refusal in admin.forbidden.describe() {
+        text += &format!("\nforbidden: {refusal}");
     }
+    (code, text).into_response()
 }
 
 #[derive(Deserialize)]

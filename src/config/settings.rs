@@ -92,7 +92,7 @@ const fn s(
 #[rustfmt::skip]
 pub static SETTINGS: &[Setting] = &[
     s(Some("targetKind"), Some("TARGET_KIND"), "ecr", "`ecr` \\| `docker`", "Kind of target registry (case-insensitive)."),
-    s(Some("logLevel"), Some("LOG_LEVEL"), "info", "`trace` \\| `debug` \\| `info` \\| `warn` \\| `error`", "Log verbosity. Flag `--log-level` (alias `--zap-log-level`)."),
+    s(Some("logLevel"), Some("LOG_LEVEL"), "info", "`trace` \\| `debug` \\| `info` \\| `warn` \\| `error`", "Log verbosity. Flag `--log-level` (alias `--zap-log-level`). `trace` is copycat's own trace; its dependencies (AWS SDK, kube, hyper, h2, reqwest, rustls) stay at `debug`, because their trace output dumps requests and responses with credentials in them (the AWS SDK prints `GetAuthorizationToken`'s answer, the ECR registry password). kube's per-request ERROR line for non-2xx answers is left out at every level: copycat logs each failed API call itself. `RUST_LOG`, when set, replaces this filter, limits included: do not set it to `trace` for the AWS SDK or the HTTP crates outside a test setup."),
     s(Some("logFormat"), Some("LOG_FORMAT"), "json", "`json` \\| `text`", "Log line format: JSON for collectors, text for people."),
     s(Some("ecr.accountID"), Some("ECR_ACCOUNT_ID"), "", "string", "AWS account id of the target ECR registry. Required when `targetKind` is `ecr`."),
     s(Some("ecr.region"), Some("AWS_REGION"), "", "string", "AWS region of the target ECR registry. Required when `targetKind` is `ecr`."),

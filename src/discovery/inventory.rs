@@ -25,6 +25,14 @@ pub enum Watched {
     ServiceAccount,
 }
 
+impl Watched {
+    /// Whether readiness waits for it: not for the pull-secret watches (`useImagePullSecrets`), which
+    /// the shipped RBAC does not grant; a refused one is reported by `/readyz` and in the log instead.
+    pub fn readiness_waits(self) -> bool {
+        !matches!(self, Watched::Secret | Watched::ServiceAccount)
+    }
+}
+
 /// One watch: a kind, in every namespace or in one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Feed {

@@ -1,8 +1,9 @@
 //! One `kube` runtime watcher per watched kind, each reduced on the fly to inventory updates, so no
 //! full object is kept after its event.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -215,6 +216,30 @@ pub struct Watchers {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The watches the API server refuses (403) right now, for `/readyz`: a refusal is recorded when a
+/// list or watch is forbidden and forgotten once that watch delivers again.
+#[derive(Debug, Clone, Default)]
+pub struct ForbiddenWatches(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl ForbiddenWatches {
+    fn record(&self, what: String, refusal: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(what, refusal);
+    }
+
+    fn forget(&self, what: &str) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.is_empty() {
+            all.remove(what);
+        }
+    }
+
+    /// One line per refused watch: what is refused (verb, kind, scope) and the API server's reason.
+    pub fn describe(&self) -> Vec<String> {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().map(|(what, why)| format!("{what}: {why}")).collect()
+    }
+}
+
 impl Drop for Watchers {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -264,12 +289,18 @@ pub fn feeds(watched: &[Watched], namespaces: Option<&[String]>) -> Vec<Feed> {
 /// Starts a watcher for each of `feeds`, sending updates to the returned channel and counting the
 /// events in `metrics`. Watch errors (connection loss, 410 Gone) are retried with backoff; a 410
 /// leads to a relist, whose `InitDone` lets the inventory drop objects deleted meanwhile.
-pub fn start(client: Client, feeds: &[Feed], metrics: Arc<Metrics>) -> (Watchers, mpsc::Receiver<Update>) {
+pub fn start(
+    client: Client,
+    feeds: &[Feed],
+    metrics: Arc<Metrics>,
+    forbidden: &ForbiddenWatches,
+) -> (Watchers, mpsc::Receiver<Update>) {
     let (tx, rx) = mpsc::channel(1024);
     let tasks = feeds
         .iter()
         .map(|feed| {
-            let (c, ns, tx, metrics) = (client.clone(), feed.namespace.as_deref(), tx.clone(), metrics.clone());
+            let (c, ns, tx) = (client.clone(), feed.namespace.as_deref(), tx.clone());
+            let metrics = (metrics.clone(), forbidden.clone());
             let feed = feed.clone();
             match feed.watched {
                 Watched::Workload(Kind::Deployment) => spawn::<Deployment>(scoped(c, ns), feed, tx, metrics),
@@ -303,7 +334,7 @@ where
 
 /// The verb and the API server's message when `error` is a 403: RBAC refused the list or the watch
 /// (the message names user, verb and resource). It will not heal by itself, unlike the other errors.
-fn forbidden(error: &watcher::Error) -> Option<(&'static str, &str)> {
+fn forbidden_verb(error: &watcher::Error) -> Option<(&'static str, &str)> {
     let (verb, status) = match error {
         watcher::Error::InitialListFailed(kube::Error::Api(status)) => ("list", status),
         watcher::Error::WatchStartFailed(kube::Error::Api(status))
@@ -314,17 +345,27 @@ fn forbidden(error: &watcher::Error) -> Option<(&'static str, &str)> {
     (status.code == 403).then_some((verb, status.message.as_str()))
 }
 
+/// Runs the watcher of `K` for `feed`; kube's default backoff spaces its retries, so an error is
+/// logged once per backoff step.
 fn spawn<K: WatchedObject>(
     api: Api<Decoded<K>>,
     feed: Feed,
     tx: mpsc::Sender<Update>,
-    metrics: Arc<Metrics>,
+    (metrics, forbidden): (Arc<Metrics>, ForbiddenWatches),
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let kind = K::kind(&());
+        let scope = feed
+            .namespace
+            .as_deref()
+            .map_or(" cluster-wide".to_string(), |ns| format!(" in namespace {ns}"));
+        let refused = format!("{kind}{scope}");
         let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
         let reduce = |o: Decoded<K>| seen(o, &metrics);
         while let Some(event) = events.next().await {
+            if event.is_ok() {
+                forbidden.forget(&refused);
+            }
             let (update, counted) = match event {
                 Ok(watcher::Event::Init) => (Update::Init(feed.clone()), Some("restarted")),
                 Ok(watcher::Event::InitApply(o)) => (Update::InitApply(feed.clone(), reduce(o)), Some("applied")),
@@ -333,14 +374,16 @@ fn spawn<K: WatchedObject>(
                 Ok(watcher::Event::Delete(o)) => (Update::Delete(K::WATCHED, reduce(o)), Some("deleted")),
                 Err(e) => {
                     let namespace = feed.namespace.as_deref().unwrap_or("*");
-                    match forbidden(&e) {
-                        Some((verb, refusal)) => tracing::error!(
-                            %kind, namespace, verb, error = refusal,
-                            "the API server forbids copycat's ServiceAccount to {verb} this kind{}: grant it in a \
-                             {} (manifests/k8s.yaml); retrying",
-                            feed.namespace.as_deref().map_or(" cluster-wide".to_string(), |ns| format!(" in namespace {ns}")),
-                            if feed.namespace.is_some() { "Role or ClusterRole" } else { "ClusterRole" }
-                        ),
+                    match forbidden_verb(&e) {
+                        Some((verb, refusal)) => {
+                            tracing::error!(
+                                %kind, namespace, verb, error = refusal,
+                                "the API server forbids copycat's ServiceAccount to {verb} this kind{scope}: grant it in a \
+                                 {} (manifests/k8s.yaml); retrying",
+                                if feed.namespace.is_some() { "Role or ClusterRole" } else { "ClusterRole" }
+                            );
+                            forbidden.record(refused.clone(), format!("{verb} forbidden: {refusal}"));
+                        }
                         None => tracing::warn!(%kind, namespace, error = %e, "watch failed; retrying"),
                     }
                     continue;
@@ -361,7 +404,7 @@ mod tests {
     use kube::core::Status;
     use kube::runtime::watcher::Error;
 
-    use super::forbidden;
+    use super::forbidden_verb;
 
     fn status(code: u16, message: &str) -> Box<Status> {
         Box::new(Status {
@@ -396,7 +439,7 @@ mod tests {
             (Error::NoResourceVersion, None),
         ];
         for (error, want) in cases {
-            assert_eq!(forbidden(&error), want, "{error}");
+            assert_eq!(forbidden_verb(&error), want, "{error}");
         }
     }
 }

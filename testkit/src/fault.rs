@@ -5,6 +5,10 @@
 //! client's `Host` header is kept, so distribution builds upload `Location` URLs that point back
 //! at the proxy; absolute `Location`s naming the upstream are rewritten as a fallback.
 //!
+//! It also serves as a forward proxy (a client's `HTTP_PROXY`, [`FaultProxy::start_forward`]):
+//! absolute-form requests (`GET http://HOST:PORT/v2/…`) go to the host they name, so a test can see
+//! every registry request one process makes.
+//!
 //! Faults are set at run time with [`FaultProxy::set`]: each applies to the next
 //! [`Fault::count`] requests its [`Match`] selects, then the proxy is transparent again.
 //!
@@ -102,9 +106,9 @@ pub enum FaultKind {
         /// Body bytes read before the cut.
         bytes: u64,
     },
-    /// Wait `duration`, then forward normally. A client that disconnects meanwhile (e.g. its
-    /// timeout fired) is noticed by hyper: the request is then not forwarded at all and its
-    /// [`ProxyRequest::status`] stays `None`.
+    /// Wait `duration` (or until [`FaultProxy::release_stalls`]), then forward normally. A client
+    /// that disconnects meanwhile (e.g. its timeout fired) is noticed by hyper: the request is then
+    /// not forwarded at all and its [`ProxyRequest::status`] stays `None`.
     Stall {
         /// How long to wait.
         duration: Duration,
@@ -179,6 +183,13 @@ impl Fault {
         Fault::new(FaultKind::Stall { duration })
     }
 
+    /// A [`FaultKind::Stall`] held until the test calls [`FaultProxy::release_stalls`] (at most
+    /// [`HOLD_LIMIT`], so a test that forgets still ends): keeps a copy running for exactly as long
+    /// as a test needs, however slow the machine.
+    pub fn hold() -> Fault {
+        Fault::stall(HOLD_LIMIT)
+    }
+
     /// [`FaultKind::StallBodyAfter`].
     pub fn stall_body_after(bytes: u64, duration: Duration) -> Fault {
         Fault::new(FaultKind::StallBodyAfter { bytes, duration })
@@ -199,6 +210,9 @@ impl Fault {
         Fault { count, ..self }
     }
 }
+
+/// The longest a [`Fault::hold`] stalls when it is never released.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(60);
 
 /// One request the proxy received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +237,8 @@ struct Shared {
     faults: Mutex<Vec<Fault>>,
     log: Mutex<Vec<ProxyRequest>>,
     applied: AtomicUsize,
+    /// Bumped by [`FaultProxy::release_stalls`]; stalls in progress end when it changes.
+    releases: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -230,11 +246,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Records the request and takes the first armed fault matching it (one use of it).
-    fn arrive(&self, method: &str, path: &str) -> (usize, Option<FaultKind>) {
-        let fault = {
+    /// Records the request and takes the first armed fault matching it (one use of it), with a
+    /// receiver that sees the next [`FaultProxy::release_stalls`] (taken under the same lock, so a
+    /// release either disarmed the fault or will end the stall).
+    fn arrive(&self, method: &str, path: &str) -> (usize, Option<FaultKind>, tokio::sync::watch::Receiver<u64>) {
+        let (fault, released) = {
             let mut faults = lock(&self.faults);
-            faults
+            let released = self.releases.subscribe();
+            let fault = faults
                 .iter()
                 .position(|f| f.count > 0 && f.filter.matches(method, path))
                 .map(|i| {
@@ -244,7 +263,8 @@ impl Shared {
                         faults.remove(i);
                     }
                     kind
-                })
+                });
+            (fault, released)
         };
         if fault.is_some() {
             self.applied.fetch_add(1, Ordering::SeqCst);
@@ -256,7 +276,7 @@ impl Shared {
             status: None,
             faulted: fault.is_some(),
         });
-        (log.len() - 1, fault)
+        (log.len() - 1, fault, released)
     }
 
     fn answered(&self, index: usize, status: StatusCode) {
@@ -307,6 +327,7 @@ impl FaultProxy {
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             applied: AtomicUsize::new(0),
+            releases: tokio::sync::watch::Sender::new(0),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -329,6 +350,14 @@ impl FaultProxy {
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// A proxy without an upstream of its own, for a client's `HTTP_PROXY`: every request the client
+    /// sends to a plain-HTTP host comes in absolute form and is forwarded to that host (recorded in
+    /// [`FaultProxy::requests`], faults applied as usual).
+    pub fn start_forward() -> anyhow::Result<FaultProxy> {
+        // Port 0 cannot be connected to: an origin-form request gets a 502.
+        FaultProxy::start("http://127.0.0.1:0")
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -363,6 +392,15 @@ impl FaultProxy {
     /// Disarms every fault; requests already being faulted go on as they are.
     pub fn clear(&self) {
         lock(&self.shared.faults).clear();
+    }
+
+    /// Ends every [`FaultKind::Stall`] in progress now (those requests are forwarded at once) and
+    /// disarms the stall faults still armed, so a request that has not arrived yet is not held
+    /// either. Stall faults armed later apply as usual.
+    pub fn release_stalls(&self) {
+        let mut faults = lock(&self.shared.faults);
+        faults.retain(|f| !matches!(f.kind, FaultKind::Stall { .. }));
+        self.shared.releases.send_modify(|n| *n += 1);
     }
 
     /// Faults still armed, with their remaining counts.
@@ -454,7 +492,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
-    let (index, fault) = shared.arrive(&method, &path);
+    let (index, fault, mut released) = shared.arrive(&method, &path);
     let response = match fault {
         None => forward(&shared, req, &path, Tamper::None).await,
         Some(FaultKind::Status { status, retry_after }) => {
@@ -468,7 +506,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             return Err(Box::new(Cut("request dropped")));
         }
         Some(FaultKind::Stall { duration }) => {
-            tokio::time::sleep(duration).await;
+            tokio::select! {
+                () = tokio::time::sleep(duration) => {}
+                _ = released.changed() => {}
+            }
             forward(&shared, req, &path, Tamper::None).await
         }
         Some(FaultKind::DropResponseAfter { bytes }) => forward(&shared, req, &path, Tamper::CutAfter(bytes)).await,
@@ -537,9 +578,14 @@ async fn forward(shared: &Shared, req: Request<Incoming>, path: &str, tamper: Ta
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     // `Host` stays as the client sent it: distribution derives upload `Location`s from it.
+    // Absolute-form (forward proxy): the host the request names; origin-form: the upstream.
+    let base = parts
+        .uri
+        .authority()
+        .map_or_else(|| shared.upstream.clone(), |a| format!("http://{a}"));
     let mut upstream_req = shared
         .client
-        .request(parts.method, format!("{}{path}", shared.upstream))
+        .request(parts.method, format!("{base}{path}"))
         .headers(headers);
     if !body.is_end_stream() {
         upstream_req = upstream_req.body(reqwest::Body::wrap_stream(body.into_data_stream()));
@@ -550,7 +596,7 @@ async fn forward(shared: &Shared, req: Request<Incoming>, path: &str, tamper: Ta
             return error_response(
                 StatusCode::BAD_GATEWAY,
                 None,
-                &format!("fault proxy: upstream {} failed: {e}", shared.upstream),
+                &format!("fault proxy: upstream {base} failed: {e}"),
             );
         }
     };

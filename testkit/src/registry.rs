@@ -18,6 +18,13 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `User-Agent` of the readiness probe; [`Registry::requests`] leaves these requests out.
 pub const PROBE_USER_AGENT: &str = "copycat-testkit-probe";
 
+/// `User-Agent` of the marker request [`Registry::requests`] makes to know the access log has caught
+/// up; left out of its answer like the probes.
+pub const MARKER_USER_AGENT: &str = "copycat-testkit-marker";
+
+/// How long [`Registry::requests`] waits for its marker request to appear in the access log.
+pub const LOG_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Authentication and transport of a test registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryMode {
@@ -209,18 +216,57 @@ impl Registry {
         self.token.as_ref().map_or(0, |t| t.log().len())
     }
 
+    /// Every bearer token the token server issued, oldest first (empty outside Token mode): secrets
+    /// a test can look for in output.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.token.as_ref().map(TokenServer::issued).unwrap_or_default()
+    }
+
     /// Every request the token server received, oldest first (empty outside Token mode).
     pub fn token_log(&self) -> Vec<TokenRequest> {
         self.token.as_ref().map(TokenServer::log).unwrap_or_default()
     }
 
     /// Requests the registry served so far (across restarts), parsed from the access log,
-    /// without the readiness probes.
+    /// without the readiness probes and markers.
+    ///
+    /// docker-registry writes a request's log line after answering it, so a client can hold an
+    /// answer whose line is not written yet. While the registry runs this first makes a marker
+    /// request and waits (at most [`LOG_CATCH_UP_TIMEOUT`], then panics) until the marker's line is
+    /// in the log: every request answered before the call is then in the log too, and a count of
+    /// 0 means none was made, not "not logged yet".
     pub fn requests(&self) -> Vec<AccessLogEntry> {
+        self.catch_up_access_log();
         parse_access_log(&self.log())
             .into_iter()
-            .filter(|e| e.user_agent != PROBE_USER_AGENT)
+            .filter(|e| e.user_agent != PROBE_USER_AGENT && e.user_agent != MARKER_USER_AGENT)
             .collect()
+    }
+
+    /// Makes a marker request and waits until its access-log line is written; nothing to wait for
+    /// when the registry does not run (a stopped process has written everything).
+    fn catch_up_access_log(&self) {
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if self.child.is_none() {
+            return;
+        }
+        let n = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!("/v2/testkit-marker/manifests/{}-{n}", std::process::id());
+        if let Err(e) = probe(self.port, self.tls_config(), &path, MARKER_USER_AGENT) {
+            // Not answering (e.g. killed behind our back): its log is as complete as it gets.
+            eprintln!("testkit: access-log marker to {} failed: {e:#}", self.host());
+            return;
+        }
+        let needle = format!(" {path} HTTP/");
+        let deadline = Instant::now() + LOG_CATCH_UP_TIMEOUT;
+        while !self.log().contains(&needle) {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry on {} did not log the marker request {path} within {LOG_CATCH_UP_TIMEOUT:?}",
+                self.host()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Kills the registry (SIGKILL, like a crash) and reaps it. Idempotent.
@@ -388,7 +434,7 @@ impl Registry {
                     StartError::Other(anyhow::anyhow!(msg))
                 });
             }
-            let last_probe = match probe(self.port, self.tls_config()) {
+            let last_probe = match probe(self.port, self.tls_config(), "/v2/", PROBE_USER_AGENT) {
                 Ok((200 | 401, Some(id))) if id == self.instance_id() => return Ok(()),
                 Ok((code, id)) => format!("GET /v2/ answered {code} from instance {id:?}"),
                 Err(e) => format!("{e:#}"),
@@ -454,14 +500,19 @@ fn rustls_config(ca_der: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 /// Response header carrying the registry's instance id (set through `http.headers`).
 const INSTANCE_HEADER: &str = "X-Testkit-Instance";
 
-/// One `GET /v2/` over a fresh connection; returns the status code and the instance header.
-fn probe(port: u16, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<(u16, Option<String>)> {
+/// One `GET PATH` over a fresh connection; returns the status code and the instance header.
+fn probe(
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    path: &str,
+    user_agent: &str,
+) -> anyhow::Result<(u16, Option<String>)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
     tcp.set_write_timeout(Some(Duration::from_secs(2)))?;
     let req = format!(
-        "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {PROBE_USER_AGENT}\r\n\
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {user_agent}\r\n\
          Connection: close\r\n\r\n"
     );
     match tls {

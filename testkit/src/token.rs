@@ -41,6 +41,8 @@ struct Shared {
     key: EcdsaKeyPair,
     x5c: String,
     log: Mutex<Vec<TokenRequest>>,
+    /// Every token issued, oldest first.
+    issued: Mutex<Vec<String>>,
 }
 
 /// The running token server; dropping it stops it.
@@ -67,6 +69,7 @@ impl TokenServer {
             key,
             x5c: STANDARD.encode(&certs.signing_cert_der),
             log: Mutex::new(Vec::new()),
+            issued: Mutex::new(Vec::new()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding token server")?;
         listener.set_nonblocking(true)?;
@@ -121,6 +124,11 @@ impl TokenServer {
     pub(crate) fn log(&self) -> Vec<TokenRequest> {
         self.shared.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Every token issued so far, oldest first.
+    pub(crate) fn issued(&self) -> Vec<String> {
+        self.shared.issued.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Drop for TokenServer {
@@ -165,6 +173,11 @@ async fn token_handler(State(shared): State<Arc<Shared>>, RawQuery(query): RawQu
     };
     match mint(&shared, &user, &scopes) {
         Ok(jwt) => {
+            shared
+                .issued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(jwt.clone());
             let now = util::unix_now();
             axum::Json(serde_json::json!({
                 "token": jwt,

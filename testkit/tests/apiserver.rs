@@ -956,3 +956,80 @@ async fn fake_apiserver_binary_serves_loaded_objects() {
         .collect();
     assert_eq!(names, ["web"]);
 }
+
+/// The whole raw answer (status line, headers, body) to `GET path`.
+fn raw_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp
+}
+
+#[tokio::test]
+async fn injected_faults_answer_as_a_real_server_and_only_where_armed() {
+    use k8s_openapi::api::core::v1::Secret;
+    use testkit::apiserver::ApiFault;
+
+    let server = ApiServer::new();
+    server.apply(pod("web", json!({}))).unwrap();
+    let client = in_process(&server);
+    let (secrets, pods) = (Api::<Secret>::all(client.clone()), Api::<Pod>::all(client.clone()));
+
+    // RBAC-like 403 on one verb of one resource; other verbs and resources are served.
+    server.inject(ApiFault::forbidden("secrets", "list"));
+    match secrets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+            assert!(
+                status.message.contains("User \"system:serviceaccount:k8s-copycat:k8s-copycat\" cannot list resource \"secrets\" in API group \"\" at the cluster scope"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected a 403, got {other:?}"),
+    }
+    assert!(matches!(
+        Api::<Secret>::namespaced(client.clone(), "default").get("missing").await,
+        Err(kube::Error::Api(s)) if s.code == 404
+    ));
+    assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    server.clear_faults();
+    assert!(secrets.list(&ListParams::default()).await.is_ok());
+
+    // A burst of 500s runs out; a slow list is served late.
+    server.inject(ApiFault::server_error(500).on("pods", "list").times(2));
+    for _ in 0..2 {
+        assert!(matches!(pods.list(&ListParams::default()).await, Err(kube::Error::Api(s)) if s.code == 500));
+    }
+    assert!(pods.list(&ListParams::default()).await.is_ok());
+    server.inject(ApiFault::slow(Duration::from_millis(300)).on("pods", "list").times(1));
+    let started = Instant::now();
+    assert!(pods.list(&ListParams::default()).await.is_ok());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // 429 with Retry-After, armed through the control API, as a raw client sees it.
+    let running = server.serve().unwrap();
+    let port = running.port();
+    let (armed, answer) = tokio::task::spawn_blocking(move || {
+        let armed = http(
+            port,
+            "POST",
+            "/_control/faults?status=429&retryAfter=3&resource=pods&verb=list&times=1",
+            "",
+        );
+        (armed, raw_get(port, "/api/v1/pods"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(armed.0, 200, "{}", armed.1);
+    let head = answer.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 429"), "{answer}");
+    assert!(head.contains("\r\nretry-after: 3"), "{answer}");
+    assert!(answer.contains("\"reason\":\"TooManyRequests\""), "{answer}");
+}

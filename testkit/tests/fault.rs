@@ -490,3 +490,51 @@ fn thread_names() -> Result<Vec<String>> {
     }
     Ok(names)
 }
+
+#[tokio::test]
+async fn a_hold_lasts_until_released_and_a_release_disarms_holds_not_yet_reached() -> Result<()> {
+    bounded("hold", async {
+        let (reg, proxy) = start()?;
+        let http = http_client(&reg)?;
+        proxy.set(Fault::hold().on(Match::new(Some("GET"), Some("/v2/"))).times(2));
+        let held = tokio::spawn(get(&http, format!("{}/v2/", proxy.url())).send());
+        let deadline = Instant::now() + REQ_TIMEOUT;
+        while proxy.requests().is_empty() {
+            anyhow::ensure!(Instant::now() < deadline, "the held request never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        anyhow::ensure!(!held.is_finished(), "a hold lasts until released");
+        proxy.release_stalls();
+        let answer = held.await??;
+        anyhow::ensure!(answer.status() == StatusCode::OK, "{answer:?}");
+        // The second hold was disarmed by the release: the next request goes straight through.
+        let started = Instant::now();
+        let next = get(&http, format!("{}/v2/", proxy.url())).send().await?;
+        anyhow::ensure!(next.status() == StatusCode::OK && started.elapsed() < Duration::from_secs(5));
+        anyhow::ensure!(proxy.pending_faults().is_empty());
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn as_a_forward_proxy_it_records_and_forwards_to_the_host_named() -> Result<()> {
+    bounded("forward", async {
+        let reg = Registry::start(RegistryMode::Plain)?;
+        let proxy = FaultProxy::start_forward()?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::http(proxy.url())?)
+            .build()?;
+        let answer = get(&http, format!("{}/v2/", reg.url())).send().await?;
+        anyhow::ensure!(answer.status() == StatusCode::OK, "{answer:?}");
+        let seen = proxy.requests();
+        anyhow::ensure!(
+            seen.len() == 1 && seen[0].path == "/v2/" && seen[0].status == Some(200),
+            "{seen:?}"
+        );
+        Ok(())
+    })
+    .await
+}

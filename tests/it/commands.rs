@@ -173,7 +173,7 @@ async fn dry_pull_sends_no_request_at_all() {
         "{}",
         text(&out)
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The command has exited and `requests()` waits for the access logs to catch up.
     assert_eq!((src.requests().len(), dst.requests().len()), (src_before, dst_before));
 }
 

@@ -130,6 +130,12 @@ async fn digest_sources_are_pushed_by_digest_never_to_latest() {
         Outcome::AlreadyPresent
     );
 
+    // tag@digest with the tag moved on to another image: the digest wins.
+    Image::oci("amd64", &[1000], 11)
+        .unwrap()
+        .push(&src, "app", "v1")
+        .await
+        .unwrap();
     let pinned = request(&src, &format!("app:v1@{}", image.digest), &dst, "app", Some("v1"));
     copier.copy(&pinned, &CopyOptions::default()).await.unwrap();
     assert_eq!(skopeo_digest(&dst, "app:v1").await.unwrap(), image.digest);

@@ -19,10 +19,20 @@ struct Watching {
     _watchers: Watchers,
 }
 
+/// How long [`Watching::until`] waits. After an API server restart kube's watcher relists only
+/// after its backoff (0.8 s doubling to 30 s, jittered), which the errors around the restart have
+/// already raised; one full maximum step plus room for a loaded machine.
+const UNTIL: Duration = Duration::from_secs(60);
+
 impl Watching {
     fn start(client: kube::Client, kinds: &[Kind]) -> Watching {
         let feeds = watch::feeds(&watch::watched_for(kinds, false, false), None);
-        let (watchers, updates) = watch::start(client, &feeds, Arc::new(Metrics::new()));
+        let (watchers, updates) = watch::start(
+            client,
+            &feeds,
+            Arc::new(Metrics::new()),
+            &watch::ForbiddenWatches::default(),
+        );
         Watching {
             inventory: Inventory::new(),
             updates,
@@ -30,9 +40,9 @@ impl Watching {
         }
     }
 
-    /// Applies updates until `done` holds; fails after 10 s.
+    /// Applies updates until `done` holds; fails after [`UNTIL`].
     async fn until(&mut self, what: &str, done: impl Fn(&Inventory) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + UNTIL;
         while !done(&self.inventory) {
             match tokio::time::timeout_at(deadline, self.updates.recv()).await {
                 Ok(Some(update)) => {
@@ -261,7 +271,12 @@ async fn node_platforms_are_known_when_asked_for() {
         .unwrap();
     let client = kube::Client::new(server.router(), "default");
     let feeds = watch::feeds(&watch::watched_for(&[Kind::Pod], true, false), None);
-    let (watchers, updates) = watch::start(client, &feeds, Arc::new(Metrics::new()));
+    let (watchers, updates) = watch::start(
+        client,
+        &feeds,
+        Arc::new(Metrics::new()),
+        &watch::ForbiddenWatches::default(),
+    );
     let mut w = Watching {
         inventory: Inventory::new(),
         updates,

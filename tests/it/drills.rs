@@ -11,7 +11,10 @@ use testkit::{Fault, FaultProxy, Image, Match, Registry, RegistryMode, blob_exis
 
 use crate::discovery::workload;
 use crate::server::{Daemon, deployment, sample};
-use crate::support::{CopycatRun, config_file, copycat_requests, eventually, manifest_puts, start};
+use crate::support::{
+    CopycatRun, assert_no_secrets, config_file, copycat_requests, credential_secrets, eventually, issued_token_secrets,
+    manifest_puts, start,
+};
 
 /// How long a drill waits for the daemon to do something.
 const WAIT: Duration = Duration::from_secs(60);
@@ -39,12 +42,24 @@ fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 }
 
-/// Waits until `repo` has `reference` (a tag or a digest) at `reg`.
+/// Waits until `repo` has `reference` (a tag or a digest) at `reg`, polling every 200 ms. A failed
+/// check (the registry slow to answer while it takes in a big layer on a loaded machine) is asked
+/// again; the last error is printed if the wait times out.
 pub(crate) async fn wait_for(reg: &Registry, repo: &str, reference: &str) {
-    eventually(&format!("{repo}:{reference} at {}", reg.host()), WAIT, async || {
-        manifest_digest(reg, repo, reference).await.unwrap().is_some()
-    })
-    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let error = match manifest_digest(reg, repo, reference).await {
+            Ok(Some(_)) => return,
+            Ok(None) => None,
+            Err(e) => Some(format!("{e:#}")),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {repo}:{reference} at {}; last error: {error:?}",
+            reg.host()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `repo` at `reference` (a tag or a digest) is `image`, byte for byte as skopeo reads it, with every
@@ -115,12 +130,15 @@ async fn every_kind_and_manifest_shape_is_mirrored_byte_exact() {
     let both = Image::docker("amd64", &[1700], 805).unwrap();
     let app = Image::oci("amd64", &[1600], 806).unwrap();
     let debug = Image::oci("amd64", &[1400], 807).unwrap();
+    let moved_on = Image::docker("amd64", &[1700], 808).unwrap();
     index.push(&src, "shop/web", "1.0").await.unwrap();
     init.push(&src, "tools/init", "1").await.unwrap();
     list.push(&src, "data/db", "16").await.unwrap();
     chart.push(&src, "charts/agent", "0.1").await.unwrap();
     pinned.push(&src, "tools/migrate", &pinned.digest).await.unwrap();
+    // The tag has moved on since the CronJob pinned it: the digest wins.
     both.push(&src, "tools/backup", "3").await.unwrap();
+    moved_on.push(&src, "tools/backup", "3").await.unwrap();
     app.push(&src, "tools/app", "1").await.unwrap();
     debug.push(&src, "tools/debug", "1").await.unwrap();
 
@@ -637,7 +655,9 @@ pub(crate) fn assert_dry_run(log: &str, targets: &[String], dst: &Registry) {
 /// Issue scenario 8: sources with basic auth, bearer tokens and TLS with a custom CA, into a target
 /// with basic auth over TLS with a custom CA; then from a basic-auth TLS source into a bearer-token
 /// target. Credentials come from the environment (`passwordEnv`, `TARGET_PASSWORD`), CAs from the
-/// config file; no password ever appears in the output.
+/// config file. No secret ever appears in the output — logs at trace level, then at debug level,
+/// `/status`, `/metrics`, Events: neither a password, nor `user:password` in base64 (what a Basic
+/// `Authorization` header carries), nor a bearer token the token server issued.
 #[tokio::test]
 async fn basic_auth_bearer_tokens_and_custom_ca_tls_on_both_sides() {
     const BASIC: &str = "basic-pw-5Rt2";
@@ -656,7 +676,12 @@ async fn basic_auth_bearer_tokens_and_custom_ca_tls_on_both_sides() {
     images[1].push(&src_token, "team/token", "1").await.unwrap();
     images[2].push(&src_tls, "team/tls", "1").await.unwrap();
     let pem = |reg: &Registry| reg.ca_pem_path().unwrap().display().to_string();
-    let passwords = [BASIC, TOKEN, TLS_TARGET];
+    let mut secrets = [
+        credential_secrets("reader", BASIC),
+        credential_secrets("robot", TOKEN),
+        credential_secrets("pusher", TLS_TARGET),
+    ]
+    .concat();
 
     // Into the TLS target with basic auth.
     let server = ApiServer::new();
@@ -667,6 +692,8 @@ async fn basic_auth_bearer_tokens_and_custom_ca_tls_on_both_sides() {
                 on(&src_basic, "team/basic:1"),
                 on(&src_token, "team/token:1"),
                 on(&src_tls, "team/tls:1"),
+                // Fails after authenticating: its error goes to /status and an Event.
+                on(&src_token, "team/missing:1"),
             ],
         ))
         .unwrap();
@@ -700,25 +727,35 @@ registryCredentials:
         ("TOKEN_PASSWORD", TOKEN),
         ("TARGET_USERNAME", "pusher"),
         ("TARGET_PASSWORD", TLS_TARGET),
-        ("LOG_LEVEL", "debug"),
+        ("LOG_LEVEL", "trace"),
     ];
     let daemon = Daemon::start(api.kubeconfig_path(), &env);
     for (repo, image) in ["team/basic", "team/token", "team/tls"].iter().zip(&images) {
         wait_for(&dst_tls, repo, "1").await;
         assert_identical(&dst_tls, repo, "1", image).await;
     }
+    eventually("the missing image's Event", WAIT, async || {
+        !server.list("Event", "default").is_empty()
+    })
+    .await;
     let (_, status) = daemon.get("/status").await;
     let (_, metrics) = daemon.get("/metrics").await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
-    for output in [&log, &status, &metrics] {
-        for password in passwords {
-            assert!(!output.contains(password), "a password was printed: {output}");
-        }
-    }
     assert!(
         src_token.token_log().iter().any(|t| t.authorized),
         "the token flow was used"
+    );
+    secrets.extend(issued_token_secrets(&src_token));
+    let events = serde_json::to_string(&server.list("Event", "default")).unwrap();
+    assert_no_secrets(
+        &[
+            ("the trace log", &log),
+            ("/status", &status),
+            ("/metrics", &metrics),
+            ("Events", &events),
+        ],
+        &secrets,
     );
 
     // From the TLS registry with basic auth into the bearer-token registry.
@@ -754,11 +791,22 @@ registryCredentials:
     let daemon = Daemon::start(api.kubeconfig_path(), &env);
     wait_for(&src_token, "back/team/token", "1").await;
     assert_identical(&src_token, "back/team/token", "1", &images[1]).await;
+    let (_, status) = daemon.get("/status").await;
+    let (_, metrics) = daemon.get("/metrics").await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
-    for password in passwords {
-        assert!(!log.contains(password), "a password was printed: {log}");
-    }
+    // The tokens issued to this daemon (as the target's token server) too.
+    let secrets: Vec<_> = secrets.into_iter().chain(issued_token_secrets(&src_token)).collect();
+    let events = serde_json::to_string(&server.list("Event", "default")).unwrap();
+    assert_no_secrets(
+        &[
+            ("the debug log", &log),
+            ("/status", &status),
+            ("/metrics", &metrics),
+            ("Events", &events),
+        ],
+        &secrets,
+    );
 }
 
 // ── Failure drills ──────────────────────────────────────────────────────────────────────────────────
@@ -952,7 +1000,9 @@ async fn a_connection_cut_inside_a_200_mib_layer_is_retried_to_an_identical_copy
     assert!(gets >= 2, "the layer was fetched again after the cut ({gets} GETs)");
     assert_identical(&dst, "big/layer", "1", &big).await;
     assert_written_once(&dst);
-    assert!(rss < 150.0, "a 200 MiB layer must stream, peak RSS {rss:.1} MiB");
+    // Streaming holds a few chunks: the debug build peaked at about 31 MiB here. 64 MiB leaves room
+    // for a loaded machine but not for holding a tenth of the layer (the part after the cut).
+    assert!(rss < 64.0, "a 200 MiB layer must stream, peak RSS {rss:.1} MiB");
 }
 
 /// `reference` at the fault proxy `proxy`: `127.0.0.1:PORT/repo:tag`.
@@ -1549,7 +1599,11 @@ async fn load_1000_images_used_by_5000_pods() {
     let daemon = Daemon::mirroring_to(
         api.kubeconfig_path(),
         &dst,
-        &[("MAX_CONCURRENT_RECONCILES", "16"), ("LOG_LEVEL", "warn")],
+        &[
+            ("MAX_CONCURRENT_RECONCILES", "16"),
+            // Warnings only, but the listener lines the test reads its addresses from.
+            ("RUST_LOG", "warn,copycat::server=info"),
+        ],
     );
     let mirrored = r#"k8s_copycat_tasks{state="mirrored"}"#;
     eventually("every image mirrored", Duration::from_secs(240), async || {

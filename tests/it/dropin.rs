@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 
-use crate::support::{CopycatRun, eventually, free_address, http};
+use crate::support::{ANY_PORT, CopycatRun, eventually, http};
 
 const CHART: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -101,12 +101,11 @@ fn cluster(namespaces: &[&str]) -> ApiServer {
 }
 
 /// `copycat run` with the config file `config` and `env`, as the chart runs it (leader election
-/// on, Lease in `k8s-copycat`), on free local ports given Go-style.
+/// on, Lease in `k8s-copycat`), on local ports the kernel picks, given Go-style.
 fn run_with_config(kubeconfig: &Path, config: &str, env: &[(&str, &str)]) -> CopycatRun {
-    let (metrics, health) = (free_address(), free_address());
     let args = [
-        format!("-metrics-bind-address={metrics}"),
-        format!("-health-probe-bind-address={health}"),
+        format!("-metrics-bind-address={ANY_PORT}"),
+        format!("-health-probe-bind-address={ANY_PORT}"),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut all = vec![("CONFIG_PATH", config), ("TARGET_REGISTRY", TARGET)];
@@ -397,14 +396,6 @@ fn go_style_flags_in_every_form() {
     }
 }
 
-/// A local port free on both IPv4 and IPv6 right now.
-fn free_dual_stack_port() -> u16 {
-    let listener = std::net::TcpListener::bind("[::]:0").expect("bind [::]:0");
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    port
-}
-
 #[tokio::test]
 async fn listeners_on_port_only_addresses_accept_ipv4_and_ipv6() {
     // The test needs the IPv6 loopback: fail (not pass) where the machine has none.
@@ -416,17 +407,22 @@ async fn listeners_on_port_only_addresses_accept_ipv4_and_ipv6() {
     }
     let server = ApiServer::new();
     let running = server.serve().unwrap();
-    let (metrics, health) = (free_dual_stack_port(), free_dual_stack_port());
     let env = [
         ("TARGET_KIND", "docker"),
         ("TARGET_REGISTRY", TARGET),
         ("LEADER_ELECT", "false"),
         ("DRY_PULL", "true"),
-        ("METRICS_ADDR", &format!(":{metrics}")),
-        ("HEALTH_ADDR", &format!("0.0.0.0:{health}")),
+        ("METRICS_ADDR", ":0"),
+        ("HEALTH_ADDR", "0.0.0.0:0"),
     ];
     // `:port` and `0.0.0.0:port` listen on every interface, IPv6 included, as Go's listeners do.
+    // Port 0: the kernel picks the ports, read back from the log.
     let run = CopycatRun::start(running.kubeconfig_path(), &[], &env);
+    let port = |address: String| address.rsplit_once(':').unwrap().1.to_owned();
+    let (metrics, health) = (
+        port(run.bound_address("metrics").await),
+        port(run.bound_address("health probe").await),
+    );
     for host in ["127.0.0.1", "[::1]"] {
         let (metrics, health) = (format!("{host}:{metrics}"), format!("{host}:{health}"));
         eventually(&format!("/readyz on {health}"), WAIT, async || {
@@ -451,12 +447,11 @@ async fn the_image_entrypoint_path_k8s_copycat_runs_the_daemon_with_go_style_arg
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_copycat"), &link).unwrap();
     let server = cluster(&["default"]);
     let running = server.serve().unwrap();
-    let (metrics, health) = (free_address(), free_address());
     let args: Vec<OsString> = [
         "-leader-elect=false".to_owned(),
-        format!("-metrics-bind-address={metrics}"),
+        format!("-metrics-bind-address={ANY_PORT}"),
         "-health-probe-bind-address".to_owned(),
-        health.clone(),
+        ANY_PORT.to_owned(),
         format!("-kubeconfig={}", running.kubeconfig_path().display()),
         "--dry-pull=true".to_owned(),
         "-zap-log-level=info".to_owned(),
@@ -467,6 +462,10 @@ async fn the_image_entrypoint_path_k8s_copycat_runs_the_daemon_with_go_style_arg
     .map(Into::into)
     .collect();
     let run = CopycatRun::start_program(&link, &args, &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", TARGET)]);
+    let (metrics, health) = (
+        run.bound_address("metrics").await,
+        run.bound_address("health probe").await,
+    );
     eventually("/readyz", WAIT, async || {
         http(&health, "GET", "/readyz", None).await.0 == 200
     })
@@ -506,7 +505,8 @@ fn the_dockerfile_provides_k8s_copycat_as_a_link_to_the_entrypoint() {
     assert!(
         words
             .windows(2)
-            .any(|w| w == ["target/release/copycat", installed.as_str()]),
+            // The release binary, or its copy without debug information.
+            .any(|w| w[0].ends_with("/copycat") && w[1] == installed),
         "the binary is installed at {installed}:\n{DOCKERFILE}"
     );
     assert!(

@@ -17,7 +17,9 @@ use testkit::{Fault, FaultProxy, Image, Match, Moto, Registry, RegistryMode, man
 use testkit::apiserver::ApiServer;
 
 use crate::commands::{copycat, text};
-use crate::support::{self, CopycatRun, config_file, eventually, start};
+use crate::support::{
+    self, CopycatRun, assert_no_secrets, config_file, credential_secrets, eventually, http, secret, start,
+};
 
 const REGION: &str = "us-east-1";
 const POLICY: &str = r#"{"rules":[{"rulePriority":1,"selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}}]}"#;
@@ -243,16 +245,20 @@ async fn concurrent_creation_of_one_repository_is_success_for_everyone() {
 async fn the_token_is_cached_and_renewed_when_due() {
     let (moto, dst) = (moto(), ecr_registry());
     let mut s = settings(&dst.host());
+    // Long enough that the five cached calls below (no I/O) come well inside it.
+    let max_age = Duration::from_secs(2);
     s.tokens = TokenPolicy {
-        max_age: Duration::from_millis(500),
+        max_age,
         min_age: Duration::ZERO,
     };
     let ecr = connect(&moto, s).await;
+    let fetched = std::time::Instant::now();
     for _ in 0..5 {
         ecr.credential().await.unwrap();
     }
+    assert!(fetched.elapsed() < max_age, "the calls came inside max_age");
     assert_eq!(moto.count("GetAuthorizationToken"), 1, "cached");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
     ecr.credential().await.unwrap();
     assert_eq!(moto.count("GetAuthorizationToken"), 2, "renewed after max_age");
 }
@@ -356,6 +362,8 @@ async fn the_daemon_mirrors_a_cluster_into_ecr_through_an_assumed_role() {
         ("LEADER_ELECT", "false".into()),
         ("METRICS_ADDR", "127.0.0.1:0".into()),
         ("HEALTH_ADDR", "127.0.0.1:0".into()),
+        // The most verbose level, where a dependency's request dumps would show credentials.
+        ("LOG_LEVEL", "trace".into()),
     ]);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let daemon = CopycatRun::start(running.kubeconfig_path(), &[], &env);
@@ -366,6 +374,9 @@ async fn the_daemon_mirrors_a_cluster_into_ecr_through_an_assumed_role() {
             .is_some()
     })
     .await;
+    let metrics_address = daemon.bound_address("metrics").await;
+    let (_, status) = http(&metrics_address, "GET", "/status", None).await;
+    let (_, metrics) = http(&metrics_address, "GET", "/metrics", None).await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(
@@ -378,7 +389,17 @@ async fn the_daemon_mirrors_a_cluster_into_ecr_through_an_assumed_role() {
     assert!(policy["lifecyclePolicyText"].as_str().unwrap().contains("untagged"));
     assert_eq!(moto.count("GetAuthorizationToken"), 1, "{log}");
     assert_eq!(moto.count("AssumeRole"), 1, "the push role is assumed once: {log}");
-    assert!(!log.contains(&Moto::registry_password()), "{log}");
+    // What GetAuthorizationToken hands out (asked again now that the count is checked).
+    let token = moto.ecr("GetAuthorizationToken", json!({})).unwrap()["authorizationData"][0]["authorizationToken"]
+        .as_str()
+        .expect("an authorizationToken")
+        .to_owned();
+    let mut secrets = credential_secrets("AWS", &Moto::registry_password());
+    secrets.push(secret("the ECR authorizationToken", token.trim_end_matches('=')));
+    assert_no_secrets(
+        &[("the trace log", &log), ("/status", &status), ("/metrics", &metrics)],
+        &secrets,
+    );
 }
 
 #[tokio::test]

@@ -143,12 +143,25 @@ async fn upload_cut_mid_blob_is_retried_from_a_fresh_download() {
 #[tokio::test]
 async fn a_stall_beyond_the_timeout_is_retried() {
     let s = setup(10_000).await;
-    s.src_proxy.set(
-        Fault::stall(Duration::from_secs(4))
-            .on(Match::new(Some("GET"), Some("/manifests/")))
-            .times(1),
-    );
+    // Held for a minute: only the 1.5 s request timeout ends it, so the copy finishing in seconds
+    // with a second GET proves the timeout fired and the request was retried.
+    let manifest_get = Match::new(Some("GET"), Some("/manifests/"));
+    s.src_proxy.set(Fault::hold().on(manifest_get.clone()).times(1));
+    let started = Instant::now();
     s.copy().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "the 1.5 s timeout ends the stalled request: {took:?}"
+    );
+    let gets: Vec<_> = s
+        .src_proxy
+        .requests()
+        .into_iter()
+        .filter(|r| manifest_get.matches(&r.method, &r.path))
+        .collect();
+    assert_eq!(gets.len(), 2, "the stalled GET and its retry: {gets:#?}");
+    assert_eq!(gets[0].status, None, "the stalled GET was abandoned, never answered");
     s.assert_identical().await;
 }
 

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
-use testkit::{Image, RegistryMode, manifest_digest};
+use testkit::{FaultProxy, Image, RegistryMode, manifest_digest};
 
 use crate::drills::wait_for;
-use crate::support::{CopycatRun, eventually, free_address, http, start};
+use crate::support::{ANY_PORT, CopycatRun, eventually, http, start};
 
 /// The daemon's lease duration (`copycat::leader::LEASE_DURATION`) plus slack for a loaded machine.
 const TAKEOVER: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION + 10);
@@ -16,21 +16,29 @@ const TAKEOVER: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION +
 struct Daemon {
     run: CopycatRun,
     name: &'static str,
-    metrics: String,
+    /// The replica's `HTTP_PROXY`: sees every registry request it makes.
+    proxy: FaultProxy,
 }
 
 impl Daemon {
     fn start(name: &'static str, kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-        let metrics = free_address();
-        let args = ["--metrics-bind-address", &metrics, "--health-probe-bind-address", "0"];
+        let args = ["--metrics-bind-address", ANY_PORT, "--health-probe-bind-address", "0"];
+        let proxy = FaultProxy::start_forward().expect("start the replica's forward proxy");
+        let proxy_url = proxy.url();
         let mut all = vec![
             ("LEADER_ELECT", "true"),
             ("HOSTNAME", name),
             ("FAILURE_COOLDOWN_MINUTES", "0"),
+            ("HTTP_PROXY", &proxy_url),
         ];
         all.extend_from_slice(env);
         let run = CopycatRun::start(kubeconfig, &args, &all);
-        Daemon { run, name, metrics }
+        Daemon { run, name, proxy }
+    }
+
+    /// The metrics listener's address, read from the log once bound.
+    async fn metrics(&self) -> String {
+        self.run.bound_address("metrics").await
     }
 
     /// Sends SIGTERM and returns the exit code and everything it logged.
@@ -40,16 +48,21 @@ impl Daemon {
 
     /// `k8s_copycat_leader`, once the metrics listener answers.
     async fn leader_gauge(&self) -> Option<f64> {
-        let (code, body) = http(&self.metrics, "GET", "/metrics", None).await;
+        self.gauge("k8s_copycat_leader").await
+    }
+
+    /// The gauge `name`, once the metrics listener answers.
+    async fn gauge(&self, name: &str) -> Option<f64> {
+        let (code, body) = http(&self.metrics().await, "GET", "/metrics", None).await;
         if code != 200 {
             return None;
         }
-        body.lines()
-            .find_map(|l| l.strip_prefix("k8s_copycat_leader ")?.trim().parse().ok())
+        let prefix = format!("{name} ");
+        body.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
     }
 
     async fn status_len(&self) -> usize {
-        let (code, body) = http(&self.metrics, "GET", "/status", None).await;
+        let (code, body) = http(&self.metrics().await, "GET", "/status", None).await;
         assert_eq!(code, 200, "/status works on every replica: {body}");
         serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().len()
     }
@@ -75,22 +88,28 @@ async fn two_replicas(server: &ApiServer, kubeconfig: &std::path::Path, dst: &st
     let env = [("TARGET_KIND", "docker"), ("TARGET_REGISTRY", dst)];
     let a = Daemon::start("replica-a", kubeconfig, &env);
     let b = Daemon::start("replica-b", kubeconfig, &env);
-    eventually("a leader", Duration::from_secs(20), async || {
-        let (ga, gb) = (a.leader_gauge().await, b.leader_gauge().await);
-        matches!((ga, gb), (Some(1.0), Some(0.0)) | (Some(0.0), Some(1.0)))
-    })
+    // One gauge at 1, the other at 0, and the Lease naming the one at 1. The three are read one after
+    // the other while the election settles (on a loaded machine a renewal can come late and the
+    // other replica take over in between), so they are read again until they agree.
+    let leading = std::sync::Mutex::new(None);
+    eventually(
+        "a leader, its gauge matching the Lease",
+        Duration::from_secs(20),
+        async || {
+            let (ga, gb) = (a.leader_gauge().await, b.leader_gauge().await);
+            let gauges = match (ga, gb) {
+                (Some(1.0), Some(0.0)) => Some(a.name),
+                (Some(0.0), Some(1.0)) => Some(b.name),
+                _ => None,
+            };
+            let consistent = gauges.filter(|name| holder(server).as_deref() == Some(*name));
+            *leading.lock().unwrap() = consistent;
+            consistent.is_some()
+        },
+    )
     .await;
-    let (leader, follower) = if a.leader_gauge().await == Some(1.0) {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    assert_eq!(
-        holder(server).as_deref(),
-        Some(leader.name),
-        "the gauge matches the Lease"
-    );
-    (leader, follower)
+    let leader = leading.into_inner().unwrap();
+    if leader == Some(a.name) { (a, b) } else { (b, a) }
 }
 
 #[tokio::test]
@@ -109,24 +128,44 @@ async fn only_the_leader_mirrors_and_the_follower_refuses_admin_requests() {
     let (leader, follower) = two_replicas(&server, running.kubeconfig_path(), &dst.host()).await;
 
     wait_for(&dst, "shop/web", "1").await;
-    let (code, body) = http(&follower.metrics, "POST", "/force-reconcile", None).await;
+    let (code, body) = http(&follower.metrics().await, "POST", "/force-reconcile", None).await;
     assert_eq!(code, 503, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
         answer["message"].as_str().unwrap().contains("not the leader"),
         "{answer}"
     );
-    let (code, body) = http(&follower.metrics, "POST", "/reset-cooldown", None).await;
+    let (code, body) = http(&follower.metrics().await, "POST", "/reset-cooldown", None).await;
     assert_eq!(code, 503, "{body}");
-    let (code, body) = http(&leader.metrics, "POST", "/force-reconcile?wait=20s", None).await;
+    let (code, body) = http(&leader.metrics().await, "POST", "/force-reconcile?wait=20s", None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["success"], true, "{body}");
+    // The follower has planned (a plan submits before it sets this gauge): had it submitted, its
+    // queue would show the target.
+    eventually("the follower's plan", Duration::from_secs(30), async || {
+        follower.gauge("k8s_copycat_images_tracked").await == Some(1.0)
+    })
+    .await;
     assert_eq!(follower.status_len().await, 0, "the follower submitted nothing");
     assert!(leader.status_len().await >= 1);
     assert_eq!(follower.leader_gauge().await, Some(0.0));
+    // Each replica's registry requests go through its own proxy: the leader's carried the mirror,
+    // the follower's saw nothing at all (no HEAD, no token, no /v2/ probe).
+    assert!(
+        leader.proxy.requests().iter().any(|r| r.method == "PUT"),
+        "{:#?}",
+        leader.proxy.requests()
+    );
+    assert_eq!(follower.proxy.requests(), [], "the follower made no registry request");
 
+    let Daemon {
+        run: follower,
+        proxy: follower_proxy,
+        ..
+    } = follower;
     let (code, follower_log) = follower.stop();
     assert_eq!(code, Some(0), "{follower_log}");
+    assert_eq!(follower_proxy.requests(), [], "not even later");
     let (code, leader_log) = leader.stop();
     assert_eq!(code, Some(0), "{leader_log}");
     assert!(!follower_log.contains("not built"), "{follower_log}");
@@ -180,7 +219,7 @@ async fn the_follower_takes_over_when_the_leader_stops() {
         async || manifest_digest(&dst, "shop/late", "1").await.unwrap().is_some(),
     )
     .await;
-    let (code, body) = http(&follower.metrics, "POST", "/force-reconcile?wait=20s", None).await;
+    let (code, body) = http(&follower.metrics().await, "POST", "/force-reconcile?wait=20s", None).await;
     assert_eq!(code, 200, "the new leader takes admin requests: {body}");
     let (code, log) = follower.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -215,7 +254,7 @@ async fn a_leader_that_cannot_reach_the_api_server_steps_down_and_leads_again() 
         async || daemon.leader_gauge().await == Some(0.0),
     )
     .await;
-    let (code, _) = http(&daemon.metrics, "POST", "/force-reconcile", None).await;
+    let (code, _) = http(&daemon.metrics().await, "POST", "/force-reconcile", None).await;
     assert_eq!(code, 503);
     let stepped_down = cut.elapsed();
     running.start().unwrap();

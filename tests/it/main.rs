@@ -1,5 +1,6 @@
 //! Integration tests: the built binary and the library against real components.
 
+mod api_faults;
 mod check_config;
 mod commands;
 mod copy;

@@ -39,18 +39,13 @@ fn task(src_host: &str, source: &str, dst: &Registry, repo: &str, tag: &str) -> 
     })
 }
 
-/// Requests copycat made to `reg`.
+/// Requests copycat made to `reg` (all of those answered so far: `requests()` waits for the access
+/// log to catch up).
 fn ours(reg: &Registry) -> Vec<AccessLogEntry> {
     reg.requests()
         .into_iter()
         .filter(|r| r.user_agent == "copycat-test")
         .collect()
-}
-
-/// copycat's requests to `reg` once the access log has caught up with the last response.
-async fn settled(reg: &Registry) -> Vec<AccessLogEntry> {
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    ours(reg)
 }
 
 fn manifest_puts(reg: &Registry, repo: &str) -> usize {
@@ -111,8 +106,8 @@ async fn fifty_submits_of_one_target_make_one_copy() {
     let proxy = FaultProxy::start(&src.url()).unwrap();
     let image = Image::oci("amd64", &[50_000], 1).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
-    // A slow source HEAD keeps the copy running while the second half arrives.
-    proxy.set(Fault::stall(Duration::from_millis(300)).on(Match::new(Some("HEAD"), Some("/manifests/"))));
+    // A source HEAD held until released keeps the copy running while the second half arrives.
+    proxy.set(Fault::hold().on(Match::new(Some("HEAD"), Some("/manifests/"))));
     let queue = Queue::start(copier(&[&src, &dst]), options(4));
     let submit = |i: usize| {
         queue.submit(task(&proxy.host(), "app:v1", &dst, "app", "v1").with_user(pod(format!("web-{i}"))));
@@ -127,6 +122,7 @@ async fn fifty_submits_of_one_target_make_one_copy() {
         (1, 0),
         "not started again"
     );
+    proxy.release_stalls();
     assert!(queue.wait_idle(WAIT).await);
 
     assert_eq!(manifest_puts(&dst, "app"), 1);
@@ -155,8 +151,8 @@ async fn a_request_changed_during_the_copy_runs_once_more_afterwards() {
     );
     v1.push(&src, "app", "v1").await.unwrap();
     v2.push(&src, "app", "v2").await.unwrap();
-    // Pinned sources need no source HEAD; slow the manifest GET instead.
-    proxy.set(Fault::stall(Duration::from_millis(400)).on(Match::new(Some("GET"), Some("/manifests/"))));
+    // Pinned sources need no source HEAD; hold the first manifest GET instead.
+    proxy.set(Fault::hold().on(Match::new(Some("GET"), Some("/manifests/"))));
     let queue = Queue::start(copier(&[&src, &dst]), options(2));
     let pinned = |d: &str| task(&proxy.host(), &format!("app:v1@{d}"), &dst, "app", "v1");
 
@@ -167,6 +163,7 @@ async fn a_request_changed_during_the_copy_runs_once_more_afterwards() {
     }
     let c = queue.counters();
     assert_eq!((c.running, c.queued), (1, 0), "a running target is not started again");
+    proxy.release_stalls();
     assert!(queue.wait_idle(WAIT).await);
 
     let c = queue.counters();
@@ -192,7 +189,7 @@ async fn queued_submissions_merge_and_the_newest_request_wins() {
     v1.push(&src, "slow", "v1").await.unwrap();
     v1.push(&src, "app", "v1").await.unwrap();
     v2.push(&src, "app", "v2").await.unwrap();
-    proxy.set(Fault::stall(Duration::from_millis(300)).on(Match::new(Some("HEAD"), Some("/v2/slow/manifests/"))));
+    proxy.set(Fault::hold().on(Match::new(Some("HEAD"), Some("/v2/slow/manifests/"))));
     let queue = Queue::start(copier(&[&src, &dst]), options(1));
 
     // The only worker is busy while the app target is submitted twice.
@@ -202,6 +199,7 @@ async fn queued_submissions_merge_and_the_newest_request_wins() {
     queue.submit(pinned(&v1.digest).with_user(deployment("old")));
     queue.submit(pinned(&v2.digest).with_user(deployment("new")));
     assert_eq!(status(&queue, "/app:v1").state, TaskState::Queued);
+    proxy.release_stalls();
     assert!(queue.wait_idle(WAIT).await);
 
     assert_eq!(manifest_puts(&dst, "app"), 1, "one copy for the merged task");
@@ -220,7 +218,8 @@ async fn the_positive_cache_skips_known_targets_without_any_request_until_its_tt
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let image = Image::oci("amd64", &[20_000], 6).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
-    let ttl = Duration::from_millis(1500);
+    // Long enough that the three cached submissions below (no I/O) finish well inside it.
+    let ttl = Duration::from_secs(3);
     let queue = Queue::start(
         copier(&[&src, &dst]),
         QueueOptions {
@@ -234,22 +233,23 @@ async fn the_positive_cache_skips_known_targets_without_any_request_until_its_tt
     assert!(queue.wait_idle(WAIT).await);
     let cached_at = Instant::now();
     assert_eq!(queue.counters().copied, 1);
-    let (src_before, dst_before) = (settled(&src).await.len(), settled(&dst).await.len());
+    let (src_before, dst_before) = (ours(&src).len(), ours(&dst).len());
 
     for _ in 0..3 {
         queue.submit(t());
     }
+    assert!(cached_at.elapsed() < ttl, "the submissions came inside the TTL");
     assert!(queue.wait_idle(WAIT).await);
     assert_eq!(queue.counters().skipped_by_cache, 3);
-    assert_eq!(settled(&src).await.len(), src_before, "no request at the source");
-    assert_eq!(settled(&dst).await.len(), dst_before, "no request at the target");
+    assert_eq!(ours(&src).len(), src_before, "no request at the source");
+    assert_eq!(ours(&dst).len(), dst_before, "no request at the target");
 
     // Once the entry expires the registries are asked again: two HEADs, already present.
     tokio::time::sleep(ttl.saturating_sub(cached_at.elapsed()) + Duration::from_millis(100)).await;
     queue.submit(t());
     assert!(queue.wait_idle(WAIT).await);
     assert_eq!(queue.counters().present, 1);
-    let (src_after, dst_after) = (settled(&src).await, settled(&dst).await);
+    let (src_after, dst_after) = (ours(&src), ours(&dst));
     assert_eq!(src_after.len(), src_before + 1);
     assert_eq!(dst_after.len(), dst_before + 1);
     assert!(src_after.last().is_some_and(|r| r.method == "HEAD"));
@@ -311,11 +311,24 @@ async fn a_changed_source_digest_is_copied_again_each_outcome_one_log_line() {
 #[tokio::test]
 async fn a_failed_target_cools_down_then_retries_by_itself() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
-    let queue = Queue::start(copier(&[&src, &dst]), options(2));
-    let t = |user: &str| task(&src.host(), "app:v1", &dst, "app", "v1").with_user(pod(user));
-    let source_heads = async || {
-        settled(&src)
-            .await
+    let proxy = FaultProxy::start(&src.url()).unwrap();
+    let image = Image::oci("amd64", &[20_000], 9).unwrap();
+    image.push(&src, "app", "v1").await.unwrap();
+    // The source says "not found" once; the retry then finds the image without the test racing the
+    // cooldown to push it.
+    proxy.set(Fault::status(404).on(Match::new(Some("HEAD"), Some("/v2/app/manifests/v1"))));
+    let cooldown = Duration::from_secs(2);
+    let queue = Queue::start(
+        copier(&[&src, &dst]),
+        QueueOptions {
+            failure_cooldown: Some(cooldown),
+            ..options(2)
+        },
+    );
+    let t = |user: &str| task(&proxy.host(), "app:v1", &dst, "app", "v1").with_user(pod(user));
+    let source_heads = || {
+        proxy
+            .requests()
             .iter()
             .filter(|r| r.method == "HEAD" && r.path == "/v2/app/manifests/v1")
             .count()
@@ -328,21 +341,20 @@ async fn a_failed_target_cools_down_then_retries_by_itself() {
     assert_eq!(s.state, TaskState::Cooldown);
     assert!(s.last_error.as_deref().unwrap().contains("not found"), "{s:?}");
     assert!(s.next_retry.is_some());
-    assert_eq!(source_heads().await, 1);
+    assert_eq!(source_heads(), 1);
 
     // A submission during the cooldown does not run the target early, but it is what is retried.
+    // 200 ms is far inside the 2 s cooldown, so a retry now would be an early one.
     queue.submit(t("b"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let c = queue.counters();
     assert_eq!((c.failed, c.cooling_down, c.merged), (1, 1, 1));
-    assert_eq!(source_heads().await, 1);
+    assert_eq!(source_heads(), 1);
 
-    let image = Image::oci("amd64", &[20_000], 9).unwrap();
-    image.push(&src, "app", "v1").await.unwrap();
     until("the automatic retry", || queue.counters().copied == 1).await;
     let waited = failed_at.elapsed();
     assert!(
-        waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
+        waited >= cooldown - Duration::from_millis(300) && waited < cooldown + Duration::from_secs(5),
         "retried after {waited:?}"
     );
     assert!(queue.wait_idle(WAIT).await);
@@ -514,18 +526,24 @@ async fn the_worker_cap_holds_copies_never_overlap_with_one_worker() {
     let image = Image::oci("amd64", &[20_000], 14).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
 
-    // Copy intervals as the queue saw them, sorted by start; every source HEAD takes 200 ms.
+    // Copy intervals as the queue saw them, sorted by start. Every source HEAD takes 200 ms with one
+    // worker; with three, the HEADs are held until all three copies run.
     let run = |workers: usize, round: &'static str| {
         let (proxy, src, dst) = (&proxy, &src, &dst);
         async move {
-            proxy.set(
+            let stall = if workers == 1 {
                 Fault::stall(Duration::from_millis(200))
-                    .on(Match::new(Some("HEAD"), Some("/manifests/")))
-                    .times(3),
-            );
+            } else {
+                Fault::hold()
+            };
+            proxy.set(stall.on(Match::new(Some("HEAD"), Some("/manifests/"))).times(3));
             let queue = Queue::start(copier(&[src, dst]), options(workers));
             for name in ["a", "b", "c"] {
                 queue.submit(task(&proxy.host(), "app:v1", dst, &format!("{round}/{name}"), "v1"));
+            }
+            if workers > 1 {
+                until("three copies at once", || queue.counters().running == 3).await;
+                proxy.release_stalls();
             }
             assert!(queue.wait_idle(WAIT).await);
             assert_eq!(queue.counters().copied, 3);
@@ -561,8 +579,8 @@ async fn dropping_waiting_work_forgets_queued_and_cooling_targets_and_lets_runni
         .push(&src, "queued", "v1")
         .await
         .unwrap();
-    // The running copy's source is missing, and slow to say so.
-    proxy.set(Fault::stall(Duration::from_millis(500)).on(Match::new(Some("HEAD"), Some("/v2/running/manifests/"))));
+    // The running copy's source is missing, and says so only once released.
+    proxy.set(Fault::hold().on(Match::new(Some("HEAD"), Some("/v2/running/manifests/"))));
     let queue = Queue::start(copier(&[&src, &dst]), options(1));
     let requested = |repo: &str| {
         let path = format!("/v2/{repo}/");
@@ -581,10 +599,12 @@ async fn dropping_waiting_work_forgets_queued_and_cooling_targets_and_lets_runni
     assert_eq!(queue.drop_waiting(), 2, "the queued target and the one in cooldown");
     let c = queue.counters();
     assert_eq!((c.queued, c.running, c.cooling_down), (0, 1, 0), "{c:?}");
+    proxy.release_stalls();
     assert!(queue.wait_idle(WAIT).await);
     let (cooling_requests, running_requests) = (requested("cooling"), requested("running"));
-    // Past the 1 s cooldown: nothing was retried or run again, and the dropped target never started.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Three times the 1 s cooldown: a retry of the dropped target would have come by now, so
+    // nothing was retried or run again, and the dropped target never started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let c = queue.counters();
     assert_eq!(
         (c.failed, c.retried, c.reruns, c.copied, c.cooling_down),
@@ -645,11 +665,12 @@ async fn targets_no_longer_planned_are_forgotten_and_never_retried() {
     let targets: Vec<String> = queue.snapshot().into_iter().map(|s| s.target).collect();
     assert_eq!(targets, [format!("{}/kept:v1", dst.host())]);
     let gone_tries = tried("gone");
-    until("kept to be retried after its cooldown", || {
-        queue.counters().retried >= 1
+    // Two retries of `kept` take two cooldowns; `gone` failed with it, so its retry (if any) was due
+    // a whole cooldown before the second.
+    until("kept to be retried twice after its cooldowns", || {
+        queue.counters().retried >= 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(tried("gone"), gone_tries, "a forgotten target is never retried");
     assert!(tried("kept") > 1, "the planned target is");
 }
@@ -676,7 +697,7 @@ async fn dry_pull_makes_no_registry_request_and_logs_each_task() {
     let c = queue.counters();
     assert_eq!((c.dry_pulled, c.skipped_by_cache, c.copied), (3, 1, 0));
     assert!(queue.snapshot().iter().all(|s| s.state == TaskState::DryRun));
-    assert!(settled(&src).await.is_empty(), "{:?}", ours(&src));
+    assert!(ours(&src).is_empty(), "{:?}", ours(&src));
     assert!(ours(&dst).is_empty(), "{:?}", ours(&dst));
     let lines = queue_lines(&logs);
     let said: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
@@ -701,8 +722,7 @@ async fn dry_run_counts_would_copy_and_writes_nothing() {
 
     assert_eq!(queue.counters().would_copy, 1);
     assert_eq!(status(&queue, "/app:v1").state, TaskState::DryRun);
-    let writes: Vec<_> = settled(&dst)
-        .await
+    let writes: Vec<_> = ours(&dst)
         .into_iter()
         .filter(|r| r.method != "HEAD" && r.method != "GET")
         .collect();
@@ -710,14 +730,15 @@ async fn dry_run_counts_would_copy_and_writes_nothing() {
     assert_eq!(manifest_digest(&dst, "app", "v1").await.unwrap(), None);
 }
 
-/// A queue copying one image whose blob downloads stall for `stall`, once a download has begun.
-async fn copying_with_stalled_downloads(stall: Duration, seed: u64) -> (Registry, Registry, FaultProxy, Image, Queue) {
+/// A queue copying one image whose blob downloads are held (until [`FaultProxy::release_stalls`]),
+/// once a download has begun.
+async fn copying_with_held_downloads(seed: u64) -> (Registry, Registry, FaultProxy, Image, Queue) {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let proxy = FaultProxy::start(&src.url()).unwrap();
     let image = Image::oci("amd64", &[20_000], seed).unwrap();
     image.push(&src, "app", "v1").await.unwrap();
     proxy.set(
-        Fault::stall(stall)
+        Fault::hold()
             .on(Match::new(Some("GET"), Some("/blobs/sha256:")))
             .times(10),
     );
@@ -732,11 +753,18 @@ async fn copying_with_stalled_downloads(stall: Duration, seed: u64) -> (Registry
 
 #[tokio::test]
 async fn shutdown_lets_a_running_copy_finish_within_the_grace() {
-    let (_src, dst, _proxy, image, queue) = copying_with_stalled_downloads(Duration::from_millis(500), 17).await;
+    let (_src, dst, proxy, image, queue) = copying_with_held_downloads(17).await;
 
-    let began = Instant::now();
-    queue.clone().shutdown(Duration::from_secs(5)).await;
-    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    let shutdown = tokio::spawn(queue.clone().shutdown(Duration::from_secs(20)));
+    // The download is held for up to a minute: a shutdown that did not wait would be done by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!shutdown.is_finished(), "the shutdown waits for the running copy");
+    assert_eq!(queue.counters().running, 1);
+    proxy.release_stalls();
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("the shutdown ends once the copy has finished")
+        .unwrap();
     assert_eq!(queue.counters().copied, 1);
     assert_eq!(
         manifest_digest(&dst, "app", "v1").await.unwrap(),
@@ -746,13 +774,14 @@ async fn shutdown_lets_a_running_copy_finish_within_the_grace() {
 
 #[tokio::test]
 async fn shutdown_cancels_a_copy_that_outlasts_the_grace() {
-    let (src, dst, _proxy, _image, queue) = copying_with_stalled_downloads(Duration::from_secs(20), 18).await;
+    let (src, dst, _proxy, _image, queue) = copying_with_held_downloads(18).await;
 
     let began = Instant::now();
     queue.clone().shutdown(Duration::from_millis(300)).await;
     let took = began.elapsed();
+    // The download is held for a minute: well under that, the copy was cancelled, not finished.
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
         "{took:?}"
     );
     assert_eq!(

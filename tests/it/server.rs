@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
 use testkit::{Image, Registry, RegistryMode, manifest_digest};
 
-use crate::support::{CopycatRun, eventually, free_address, http, http_authorized, start};
+use crate::support::{ANY_PORT, CopycatRun, eventually, http, http_authorized, start};
 
 const PASSWORD: &str = "pa55-never-shown-7Qx";
 
@@ -17,31 +17,30 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `copycat run` (the built binary) on free local ports, without leader election.
 pub(crate) struct Daemon {
     pub(crate) run: CopycatRun,
-    pub(crate) metrics: String,
-    pub(crate) health: String,
 }
 
 impl Daemon {
     pub(crate) fn start(kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_at(kubeconfig, env, free_address(), free_address())
+        Daemon::start_at(kubeconfig, env, ANY_PORT, ANY_PORT)
     }
 
-    pub(crate) fn start_at(
-        kubeconfig: &std::path::Path,
-        env: &[(&str, &str)],
-        metrics: String,
-        health: String,
-    ) -> Daemon {
-        let args = [
-            "--metrics-bind-address",
-            &metrics,
-            "--health-probe-bind-address",
-            &health,
-        ];
+    /// `copycat run` with the listeners at the given addresses (read back from its log once bound).
+    pub(crate) fn start_at(kubeconfig: &std::path::Path, env: &[(&str, &str)], metrics: &str, health: &str) -> Daemon {
+        let args = ["--metrics-bind-address", metrics, "--health-probe-bind-address", health];
         let mut all = vec![("LEADER_ELECT", "false")];
         all.extend_from_slice(env);
         let run = CopycatRun::start(kubeconfig, &args, &all);
-        Daemon { run, metrics, health }
+        Daemon { run }
+    }
+
+    /// The metrics listener's address, once bound.
+    pub(crate) async fn metrics(&self) -> String {
+        self.run.bound_address("metrics").await
+    }
+
+    /// The health probe listener's address, once bound.
+    pub(crate) async fn health(&self) -> String {
+        self.run.bound_address("health probe").await
     }
 
     /// [`Daemon::start`] mirroring to the docker-registry `dst` (`TARGET_KIND=docker`), with `env`.
@@ -58,11 +57,11 @@ impl Daemon {
     }
 
     pub(crate) async fn get(&self, path: &str) -> (u16, String) {
-        http(&self.metrics, "GET", path, None).await
+        http(&self.metrics().await, "GET", path, None).await
     }
 
     pub(crate) async fn json(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-        let (code, body) = http(&self.metrics, method, path, token).await;
+        let (code, body) = http(&self.metrics().await, method, path, token).await;
         (
             code,
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}")),
@@ -70,7 +69,7 @@ impl Daemon {
     }
 
     pub(crate) async fn probe(&self, path: &str) -> (u16, String) {
-        http(&self.health, "GET", path, None).await
+        http(&self.health().await, "GET", path, None).await
     }
 
     /// The `/status` entry of `target`, if any.
@@ -301,10 +300,16 @@ async fn force_reconcile_replans_and_admin_token_guards_the_admin_endpoints() {
     // The scheme is case-insensitive, as HTTP says.
     for scheme in ["bearer", "BEARER"] {
         let value = format!("{scheme} letmein");
-        let (code, answer) = http_authorized(&daemon.metrics, "POST", "/reset-cooldown", Some(&value)).await;
+        let (code, answer) = http_authorized(&daemon.metrics().await, "POST", "/reset-cooldown", Some(&value)).await;
         assert_eq!(code, 200, "{value}: {answer}");
     }
-    let (code, _) = http_authorized(&daemon.metrics, "POST", "/reset-cooldown", Some("Basic bGV0bWVpbg==")).await;
+    let (code, _) = http_authorized(
+        &daemon.metrics().await,
+        "POST",
+        "/reset-cooldown",
+        Some("Basic bGV0bWVpbg=="),
+    )
+    .await;
     assert_eq!(code, 401, "another scheme is refused");
     assert_eq!(daemon.get("/metrics").await.0, 200, "metrics need no token");
 
@@ -369,8 +374,8 @@ async fn an_address_in_use_stops_the_start_naming_it() {
     let mut daemon = Daemon::start_at(
         api.kubeconfig_path(),
         &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", &dst.host())],
-        free_address(),
-        address.clone(),
+        ANY_PORT,
+        &address,
     );
     let (code, log) = daemon.run.wait_exit(WAIT);
     assert_ne!(code, Some(0), "{log}");

@@ -119,6 +119,24 @@ impl CopycatRun {
         self.log.lock().unwrap().clone()
     }
 
+    /// The address the `what` listener (`metrics` or `health probe`) bound, from its
+    /// `… listener started` log line (text or JSON logs); fails after 30 s.
+    pub async fn bound_address(&self, what: &str) -> String {
+        let started = format!("{what} listener started");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if let Some(address) = log.lines().filter(|l| l.contains(&started)).find_map(logged_address) {
+                return address;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {started:?} with an address in 30 s:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether (and how) the process has exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("wait for copycat")
@@ -163,10 +181,17 @@ impl Drop for CopycatRun {
     }
 }
 
-/// A local address no one listens on right now.
-pub fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+/// The listener address tests give `copycat run`: the daemon binds a port the kernel picks, and the
+/// test reads it back with [`CopycatRun::bound_address`], so no other process can take it in between.
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+/// The `address` field of a log line: `address=HOST:PORT` (text) or `"address":"HOST:PORT"` (JSON).
+fn logged_address(line: &str) -> Option<String> {
+    let (_, rest) = line
+        .split_once("address=")
+        .or_else(|| line.split_once("\"address\":\""))?;
+    let end = rest.find(|c: char| c.is_whitespace() || c == '"').unwrap_or(rest.len());
+    Some(rest[..end].to_owned()).filter(|a| !a.is_empty())
 }
 
 /// One HTTP/1.1 request, with a bearer token if given; status 0 when nothing listens (yet). Bounded by 60 s.
@@ -246,4 +271,71 @@ pub fn manifest_puts(reg: &Registry) -> std::collections::BTreeMap<String, usize
         *puts.entry(format!("{repo}:{reference}")).or_insert(0) += 1;
     }
     puts
+}
+
+/// A secret to look for in output: what it is, and its text.
+#[derive(Clone)]
+pub struct SecretText {
+    what: String,
+    text: String,
+}
+
+/// The forms the credential `user:pass` takes: the password, and `user:pass` in base64 (a Docker
+/// config `auth`, the value of a Basic `Authorization` header) without its padding, so a partial
+/// print is caught too.
+pub fn credential_secrets(user: &str, pass: &str) -> Vec<SecretText> {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    vec![
+        SecretText {
+            what: format!("the password of {user}"),
+            text: pass.to_owned(),
+        },
+        SecretText {
+            what: format!("base64 {user}:password (Basic auth, Docker config auth)"),
+            text: basic.trim_end_matches('=').to_owned(),
+        },
+    ]
+}
+
+/// Each bearer token `reg`'s token server issued (the whole JWT and, on its own, its signature);
+/// fails if none was issued, as the check would then prove nothing.
+pub fn issued_token_secrets(reg: &Registry) -> Vec<SecretText> {
+    let tokens = reg.issued_tokens();
+    assert!(!tokens.is_empty(), "the token server of {} issued no token", reg.host());
+    tokens
+        .into_iter()
+        .flat_map(|jwt| {
+            let signature = jwt.rsplit('.').next().unwrap_or_default().to_owned();
+            [
+                SecretText {
+                    what: format!("a bearer token issued for {}", reg.host()),
+                    text: jwt,
+                },
+                SecretText {
+                    what: format!("the signature of a bearer token issued for {}", reg.host()),
+                    text: signature,
+                },
+            ]
+        })
+        .collect()
+}
+
+/// A secret known only as text (an ECR `authorizationToken`, say).
+pub fn secret(what: &str, text: &str) -> SecretText {
+    SecretText {
+        what: what.to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+/// Fails naming the secret and the output if any of `secrets` appears in any of `outputs` (a name,
+/// and the text: a log, `/status`, `/metrics`, Events, an error).
+pub fn assert_no_secrets(outputs: &[(&str, &str)], secrets: &[SecretText]) {
+    for s in secrets {
+        assert!(s.text.len() >= 8, "{} is too short to search for: {:?}", s.what, s.text);
+        for (name, text) in outputs {
+            assert!(!text.contains(&s.text), "{} appears in {name}:\n{text}", s.what);
+        }
+    }
 }

@@ -11,6 +11,8 @@
 //! | `POST /_control/history-limit?events=N` | bound of the event history |
 //! | `GET /_control/requests`, `DELETE /_control/requests` | request log `[[method, path?query], …]`, or clear it |
 //! | `GET /_control/resource-version` | `{"resourceVersion": "N"}` |
+//! | `POST /_control/faults?status=N\|delayMs=N[&resource=R][&verb=V][&retryAfter=S][&times=N]` | arm an [`super::ApiFault`]: 403 (worded as RBAC's), 401, 429, 5xx, or a delay |
+//! | `DELETE /_control/faults` | disarm every fault |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,7 @@ use serde_json::{Value, json};
 use super::http::{Query, error_response, json_response};
 use super::resources::{RESOURCES, by_name};
 use super::status::ApiError;
-use super::{ApiServer, Shared, parse_documents};
+use super::{ApiFault, ApiServer, Shared, parse_documents};
 
 pub(crate) fn handle(sh: &Arc<Shared>, method: &Method, path: &str, q: &Query, body: &Bytes) -> Response {
     let server = ApiServer { shared: sh.clone() };
@@ -98,6 +100,33 @@ fn route(server: &ApiServer, method: &Method, path: &str, q: &Query, body: &Byte
         (Method::GET, ["requests"]) => Ok(json!(server.requests())),
         (Method::DELETE, ["requests"]) => {
             server.clear_requests();
+            Ok(json!({}))
+        }
+        (Method::POST, ["faults"]) => {
+            let fault = match (q.get("status"), q.get("delayMs")) {
+                (Some(_), None) => match number("status")? {
+                    401 => ApiFault::unauthorized(),
+                    403 => ApiFault::forbidden("", ""),
+                    429 => ApiFault::too_many_requests(q.get("retryAfter").map_or(Ok(1), |_| number("retryAfter"))?),
+                    code @ 500..=599 => ApiFault::server_error(u16::try_from(code).unwrap_or(500)),
+                    code => {
+                        return Err(ApiError::bad_request(format!(
+                            "status {code}: one of 401, 403, 429, 5xx"
+                        )));
+                    }
+                },
+                (None, Some(_)) => ApiFault::slow(Duration::from_millis(number("delayMs")?)),
+                _ => return Err(ApiError::bad_request("exactly one of status=N or delayMs=N required")),
+            };
+            let mut fault = fault.on(q.get("resource").unwrap_or(""), q.get("verb").unwrap_or(""));
+            if q.get("times").is_some() {
+                fault = fault.times(usize::try_from(number("times")?).unwrap_or(usize::MAX));
+            }
+            server.inject(fault);
+            Ok(json!({}))
+        }
+        (Method::DELETE, ["faults"]) => {
+            server.clear_faults();
             Ok(json!({}))
         }
         (Method::GET, ["resource-version"]) => Ok(json!({ "resourceVersion": server.resource_version().to_string() })),

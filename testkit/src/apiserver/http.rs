@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::Shared;
+use super::faults::ApiFaultKind;
 use super::ops::{self, Deleted, PatchType, WriteOpts};
 use super::resources::{self, RESOURCES, ResIdx, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
@@ -83,9 +84,50 @@ async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Response {
     }
     sh.log_request(parts.method.as_str(), &path_and_query);
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(answer) = injected_fault(&sh, &parts.method, &segs, &query).await {
+        return answer;
+    }
     match dispatch(&sh, &parts.method, &parts.headers, &segs, &query, &body) {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    }
+}
+
+/// Applies the first armed fault matching the request's resource and verb: its answer for a status
+/// fault, `None` (after the delay) for a slow one or when none matches.
+async fn injected_fault(sh: &Arc<Shared>, method: &Method, segs: &[&str], q: &Query) -> Option<Response> {
+    let (g, v, rest) = match segs {
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let t = parse_target(g, v, rest).ok()?;
+    let rt = &RESOURCES[t.res];
+    let verb = match (method.clone(), t.name) {
+        (Method::GET, Some(_)) => "get",
+        (Method::GET, None) if q.flag("watch").ok().flatten().unwrap_or(false) => "watch",
+        (Method::GET, None) => "list",
+        (Method::POST, _) => "create",
+        (Method::PUT, _) => "update",
+        (Method::PATCH, _) => "patch",
+        (Method::DELETE, Some(_)) => "delete",
+        (Method::DELETE, None) => "deletecollection",
+        _ => return None,
+    };
+    let fault = {
+        let mut faults = sh.faults.lock().unwrap_or_else(|e| e.into_inner());
+        super::faults::take(&mut faults, rt.plural, verb)?
+    };
+    match fault {
+        ApiFaultKind::Status {
+            code,
+            reason,
+            retry_after,
+        } => Some(super::faults::answer(code, reason, retry_after, rt, verb, t.ns)),
+        ApiFaultKind::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            None
+        }
     }
 }
 

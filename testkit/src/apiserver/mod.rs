@@ -38,6 +38,7 @@
 //!   `reportingInstance` are required). No other per-kind validation.
 
 mod control;
+mod faults;
 mod http;
 mod ops;
 mod patch;
@@ -54,6 +55,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
+pub use faults::{ApiFault, ApiFaultKind, REFUSED_USER};
 pub use resources::ResourceType;
 pub use status::ApiError;
 
@@ -95,6 +97,8 @@ pub(crate) struct Shared {
     pub(crate) epoch_tx: tokio::sync::watch::Sender<u64>,
     bookmark_interval: Mutex<Duration>,
     requests: Mutex<Vec<(String, String)>>,
+    /// Armed by [`ApiServer::inject`].
+    pub(crate) faults: Mutex<Vec<ApiFault>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +172,7 @@ impl ApiServer {
                 epoch_tx: tokio::sync::watch::Sender::new(0),
                 bookmark_interval: Mutex::new(config.bookmark_interval),
                 requests: Mutex::new(Vec::new()),
+                faults: Mutex::new(Vec::new()),
             }),
         };
         if config.default_namespaces {
@@ -345,6 +350,17 @@ impl ApiServer {
     /// Forgets the logged requests.
     pub fn clear_requests(&self) {
         lock(&self.shared.requests).clear();
+    }
+
+    /// Arms `fault` (after those already armed; a request gets the first one that matches): 403 on
+    /// one resource, 401, 429 with `Retry-After`, 5xx bursts, slow answers. See [`ApiFault`].
+    pub fn inject(&self, fault: ApiFault) {
+        lock(&self.shared.faults).push(fault);
+    }
+
+    /// Disarms every fault; the server serves normally again.
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
     }
 
     /// How many logged requests have this method and contain `needle` in their path and query
