@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::discovery::health::WatchHealth;
 use crate::discovery::inventory::{Feed, Inventory, Update};
 use crate::discovery::watch;
 use crate::events::Emitter;
@@ -40,6 +41,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         planner,
         events,
         watched,
+        api_server,
     } = parts;
     let dockerhub = copier.registries().get("docker.io");
     let queue = Queue::start(copier, queue);
@@ -61,7 +63,10 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let events =
         events.map(|window| Emitter::new(client.clone(), identity, window, leadership.subscribe()).start(&queue));
     let ready = Arc::new(AtomicBool::new(false));
-    let forbidden = watch::ForbiddenWatches::default();
+    let namespaces = planner.scope().only_names();
+    let watched = watch::watched_for(&watched, config.check_node_platform, config.use_image_pull_secrets);
+    let feeds = watch::feeds(&watched, namespaces.as_deref());
+    let watch_health = WatchHealth::new(api_server, feeds.len());
     let (rescan_tx, rescan_rx) = mpsc::channel(8);
     let excluded = ExcludedImages::default();
     let admin = Admin::new(
@@ -74,18 +79,15 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         Some(dockerhub),
     )
     .with_leadership(leadership.subscribe())
-    .with_forbidden_watches(forbidden.clone());
+    .with_watch_health(watch_health.clone());
     let servers = server::start(
         &config.runtime.metrics_addr,
         &config.runtime.health_addr,
         Arc::new(admin),
     )
     .await?;
-    let namespaces = planner.scope().only_names();
     warn_about_missing_namespaces(&client, &planner, namespaces.as_deref()).await;
-    let watched = watch::watched_for(&watched, config.check_node_platform, config.use_image_pull_secrets);
-    let feeds = watch::feeds(&watched, namespaces.as_deref());
-    let (watchers, updates) = watch::start(client, &feeds, metrics.clone(), &forbidden);
+    let (watchers, updates) = watch::start(client, &feeds, metrics.clone(), &watch_health);
     let scope = namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(","));
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = events.is_some(),
         kinds = config.watch_resources.join(","), namespaces = scope, "copycat started");

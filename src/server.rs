@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::discovery::watch::ForbiddenWatches;
+use crate::discovery::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::queue::{ExcludedImages, Queue, TaskStatus};
 use crate::registry::Registry;
@@ -75,7 +75,7 @@ pub struct Admin {
     /// Whether this replica leads (`None`: no election, always).
     leading: Option<watch::Receiver<bool>>,
     /// The watches the API server refuses, for `/readyz`.
-    forbidden: ForbiddenWatches,
+    watch_health: WatchHealth,
     /// The rescan in flight (planned, queue not yet seen idle), which concurrent calls join.
     current: tokio::sync::Mutex<Option<PlanSummary>>,
     /// Refused admin calls, for rate-limited logging.
@@ -102,7 +102,7 @@ impl Admin {
             admin_token,
             dockerhub,
             leading: None,
-            forbidden: ForbiddenWatches::default(),
+            watch_health: WatchHealth::default(),
             current: tokio::sync::Mutex::new(None),
             refusals: RefusalLog::new(REFUSAL_LOG_INTERVAL),
         }
@@ -121,9 +121,9 @@ impl Admin {
         self
     }
 
-    /// Names the watches the API server refuses in `/readyz`'s answer.
-    pub fn with_forbidden_watches(mut self, forbidden: ForbiddenWatches) -> Admin {
-        self.forbidden = forbidden;
+    /// Names the watches the API server refuses or that fail in `/readyz`'s answer.
+    pub fn with_watch_health(mut self, watch_health: WatchHealth) -> Admin {
+        self.watch_health = watch_health;
         self
     }
 
@@ -296,7 +296,8 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 /// 200 once the initial list is complete, 503 before; either way followed by the watches the API
-/// server refuses (a refused watch keeps the start from completing, unless it is an optional one).
+/// server refuses or that fail (the API server unreachable, say), one line each: a refused or
+/// failing watch keeps the start from completing, unless it is an optional one.
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let (code, mut text) = if admin.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ok".to_owned())
@@ -306,8 +307,8 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             "not ready: the initial list of the cluster is not complete yet".to_owned(),
         )
     };
-    for refusal in admin.forbidden.describe() {
-        text += &format!("\nforbidden: {refusal}");
+    for problem in admin.watch_health.describe() {
+        text += &format!("\n{problem}");
     }
     (code, text).into_response()
 }

@@ -70,6 +70,9 @@ pub fn ca_file_problems(config: &Config) -> Vec<Problem> {
 pub struct DaemonParts {
     /// The Kubernetes client.
     pub client: kube::Client,
+    /// The URL of the API server the client talks to (without any user information), named when
+    /// watches fail.
+    pub api_server: String,
     /// Where images are mirrored to; `registry` is what the planner prefixes repositories with.
     pub target: Target,
     /// The copy engine over the registry clients.
@@ -89,13 +92,14 @@ impl DaemonParts {
     /// thing to say); for ECR this builds the AWS clients (no AWS call is made until the
     /// first image needs one).
     pub async fn build(config: &Config) -> Result<DaemonParts, WiringError> {
-        let client = kube_client(config).await?;
+        let (client, api_server) = kube_client(config).await?;
         let target = Target::from_config(config).await;
         let targets = [target.clone()];
         let copier = copier(config, registries(config, &targets)?, &targets);
         let planner = Planner::new(config, &target.registry)?;
         Ok(DaemonParts {
             client,
+            api_server,
             target,
             copier,
             queue: queue_options(config),
@@ -129,8 +133,8 @@ pub enum KubeconfigError {
 }
 
 /// The Kubernetes client: `--kubeconfig`, else where kube looks (`KUBECONFIG`, `~/.kube/config`,
-/// the in-cluster service account).
-pub async fn kube_client(config: &Config) -> Result<kube::Client, KubeconfigError> {
+/// the in-cluster service account); and the URL of its API server.
+pub async fn kube_client(config: &Config) -> Result<(kube::Client, String), KubeconfigError> {
     let kube_config = match &config.runtime.kubeconfig {
         Some(path) => {
             let source_name = format!("--kubeconfig {}", path.display());
@@ -157,7 +161,16 @@ pub async fn kube_client(config: &Config) -> Result<kube::Client, KubeconfigErro
             kube::Config::infer().await.map_err(|e| unusable(&source_name, &e))?
         }
     };
-    kube::Client::try_from(kube_config).map_err(|e| unusable("the Kubernetes client settings", &e))
+    let uri = &kube_config.cluster_url;
+    // Scheme, host and port only: a URL's user information may hold a password.
+    let api_server = format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.host().unwrap_or_default(),
+        uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default()
+    );
+    let client = kube::Client::try_from(kube_config).map_err(|e| unusable("the Kubernetes client settings", &e))?;
+    Ok((client, api_server))
 }
 
 fn unusable(source_name: &str, e: &dyn std::error::Error) -> KubeconfigError {

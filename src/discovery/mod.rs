@@ -3,5 +3,6 @@
 
 pub mod decode;
 pub mod extract;
+pub mod health;
 pub mod inventory;
 pub mod watch;

@@ -1,16 +1,17 @@
 //! One `kube` runtime watcher per watched kind, each reduced on the fly to inventory updates, so no
 //! full object is kept after its event.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Secret, ServiceAccount};
 use kube::core::NamespaceScope;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, DefaultBackoff, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::decode::Decoded;
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
+use super::health::{FAILURE_LOG_INTERVAL, WatchHealth};
 use super::inventory::{Feed, PullRefs, Seen, Update, Watched};
 use crate::metrics::Metrics;
 use crate::registry::{DockerAuths, parse_docker_config_json};
@@ -216,30 +218,6 @@ pub struct Watchers {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// The watches the API server refuses (403) right now, for `/readyz`: a refusal is recorded when a
-/// list or watch is forbidden and forgotten once that watch delivers again.
-#[derive(Debug, Clone, Default)]
-pub struct ForbiddenWatches(Arc<Mutex<BTreeMap<String, String>>>);
-
-impl ForbiddenWatches {
-    fn record(&self, what: String, refusal: String) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(what, refusal);
-    }
-
-    fn forget(&self, what: &str) {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !all.is_empty() {
-            all.remove(what);
-        }
-    }
-
-    /// One line per refused watch: what is refused (verb, kind, scope) and the API server's reason.
-    pub fn describe(&self) -> Vec<String> {
-        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        all.iter().map(|(what, why)| format!("{what}: {why}")).collect()
-    }
-}
-
 impl Drop for Watchers {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -288,19 +266,20 @@ pub fn feeds(watched: &[Watched], namespaces: Option<&[String]>) -> Vec<Feed> {
 
 /// Starts a watcher for each of `feeds`, sending updates to the returned channel and counting the
 /// events in `metrics`. Watch errors (connection loss, 410 Gone) are retried with backoff; a 410
-/// leads to a relist, whose `InitDone` lets the inventory drop objects deleted meanwhile.
+/// leads to a relist, whose `InitDone` lets the inventory drop objects deleted meanwhile. Problems
+/// are recorded in `health` (for `/readyz`) and counted as `failed` watch events.
 pub fn start(
     client: Client,
     feeds: &[Feed],
     metrics: Arc<Metrics>,
-    forbidden: &ForbiddenWatches,
+    health: &WatchHealth,
 ) -> (Watchers, mpsc::Receiver<Update>) {
     let (tx, rx) = mpsc::channel(1024);
     let tasks = feeds
         .iter()
         .map(|feed| {
             let (c, ns, tx) = (client.clone(), feed.namespace.as_deref(), tx.clone());
-            let metrics = (metrics.clone(), forbidden.clone());
+            let metrics = (metrics.clone(), health.clone());
             let feed = feed.clone();
             match feed.watched {
                 Watched::Workload(Kind::Deployment) => spawn::<Deployment>(scoped(c, ns), feed, tx, metrics),
@@ -345,13 +324,17 @@ fn forbidden_verb(error: &watcher::Error) -> Option<(&'static str, &str)> {
     (status.code == 403).then_some((verb, status.message.as_str()))
 }
 
-/// Runs the watcher of `K` for `feed`; kube's default backoff spaces its retries, so an error is
-/// logged once per backoff step.
+/// The longest wait between two attempts of a failing watch (kube's default backoff's ceiling).
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs the watcher of `K` for `feed`; kube's default backoff spaces its retries (0.8 s doubling to
+/// 30 s), so a refusal (403) is logged once per backoff step, and other failures, shared by every
+/// watch when the API server is away, at most once per [`FAILURE_LOG_INTERVAL`] across all watches.
 fn spawn<K: WatchedObject>(
     api: Api<Decoded<K>>,
     feed: Feed,
     tx: mpsc::Sender<Update>,
-    (metrics, forbidden): (Arc<Metrics>, ForbiddenWatches),
+    (metrics, health): (Arc<Metrics>, WatchHealth),
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let kind = K::kind(&());
@@ -359,12 +342,22 @@ fn spawn<K: WatchedObject>(
             .namespace
             .as_deref()
             .map_or(" cluster-wide".to_string(), |ns| format!(" in namespace {ns}"));
-        let refused = format!("{kind}{scope}");
-        let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let watch_name = format!("{kind}{scope}");
+        let mut events = watcher(api, watcher::Config::default()).boxed();
+        // Not kube's `default_backoff()`: it resets on every Ok item, and the watcher yields `Init`
+        // before each list attempt, so an unreachable server was retried every 0.8 s for ever.
+        // Here the delay grows (0.8 s doubling to 30 s, jittered) until the server answers.
+        let mut backoff = DefaultBackoff::default();
         let reduce = |o: Decoded<K>| seen(o, &metrics);
         while let Some(event) = events.next().await {
-            if event.is_ok() {
-                forbidden.forget(&refused);
+            if matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init)) {
+                backoff.reset();
+                if health.delivered(&watch_name) {
+                    tracing::info!(
+                        server = health.server(),
+                        "the Kubernetes API server answers every watch again"
+                    );
+                }
             }
             let (update, counted) = match event {
                 Ok(watcher::Event::Init) => (Update::Init(feed.clone()), Some("restarted")),
@@ -373,19 +366,9 @@ fn spawn<K: WatchedObject>(
                 Ok(watcher::Event::Apply(o)) => (Update::Apply(K::WATCHED, reduce(o)), Some("applied")),
                 Ok(watcher::Event::Delete(o)) => (Update::Delete(K::WATCHED, reduce(o)), Some("deleted")),
                 Err(e) => {
-                    let namespace = feed.namespace.as_deref().unwrap_or("*");
-                    match forbidden_verb(&e) {
-                        Some((verb, refusal)) => {
-                            tracing::error!(
-                                %kind, namespace, verb, error = refusal,
-                                "the API server forbids copycat's ServiceAccount to {verb} this kind{scope}: grant it in a \
-                                 {} (manifests/k8s.yaml); retrying",
-                                if feed.namespace.is_some() { "Role or ClusterRole" } else { "ClusterRole" }
-                            );
-                            forbidden.record(refused.clone(), format!("{verb} forbidden: {refusal}"));
-                        }
-                        None => tracing::warn!(%kind, namespace, error = %e, "watch failed; retrying"),
-                    }
+                    metrics.watch_event(&kind, "failed");
+                    report_failure(&e, (&kind, &scope), &feed, &health);
+                    tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
                     continue;
                 }
             };
@@ -397,6 +380,35 @@ fn spawn<K: WatchedObject>(
             }
         }
     })
+}
+
+/// Logs and records the failure `error` of the watch of `kind` in `scope` for `feed`: a refusal
+/// (403) names the permission to grant, each time; other failures are recorded and logged when
+/// [`WatchHealth::failed`] says a warning is due, else at debug level.
+fn report_failure(error: &watcher::Error, (kind, scope): (&str, &str), feed: &Feed, health: &WatchHealth) {
+    let namespace = feed.namespace.as_deref().unwrap_or("*");
+    let what = format!("{kind}{scope}");
+    if let Some((verb, refusal)) = forbidden_verb(error) {
+        tracing::error!(
+            kind = %kind, namespace, verb, error = refusal,
+            "the API server forbids copycat's ServiceAccount to {verb} this kind{scope}: grant it in a {} \
+             (manifests/k8s.yaml); retrying",
+            if feed.namespace.is_some() { "Role or ClusterRole" } else { "ClusterRole" }
+        );
+        health.forbidden(&what, format!("{verb} forbidden: {refusal}"));
+        return;
+    }
+    let message = error.to_string();
+    match health.failed(&what, message.clone(), Instant::now()) {
+        Some(w) => tracing::warn!(
+            kind = %kind, namespace, error = message, server = w.server, failing = w.failing, watches = w.watches,
+            unreported = w.unreported,
+            "watch failed; {} of {} watches of the Kubernetes API server at {} are failing; each retries with \
+             backoff (this warning at most every {} s; /readyz lists them)",
+            w.failing, w.watches, w.server, FAILURE_LOG_INTERVAL.as_secs()
+        ),
+        None => tracing::debug!(kind = %kind, namespace, error = message, "watch failed; retrying"),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `copycat run` against a stand-in API server that fails the way real ones do: RBAC refusing one
 //! kind (403), throttling (429 with `Retry-After`), a burst of 500s, and the shipped RBAC without
-//! the Secret rule while `useImagePullSecrets` is on.
+//! the Secret rule while `useImagePullSecrets` is on; and against no API server at all.
 
 use std::time::{Duration, Instant};
 
@@ -104,9 +104,9 @@ async fn throttling_with_retry_after_and_a_burst_of_500s_are_waited_out() {
     server
         .apply(deployment("web", &[format!("{}/shop/web:1", src.host())]))
         .unwrap();
-    // The Deployment list is throttled three times, then every Pod list fails five times.
+    // The Deployment list is throttled three times, then every Pod list fails three times.
     server.inject(ApiFault::too_many_requests(1).on("deployments", "list").times(3));
-    server.inject(ApiFault::server_error(500).on("pods", "list").times(5));
+    server.inject(ApiFault::server_error(500).on("pods", "list").times(3));
     let running = server.serve().unwrap();
     let daemon = Daemon::mirroring_to(running.kubeconfig_path(), &dst, &[]);
 
@@ -123,15 +123,114 @@ async fn throttling_with_retry_after_and_a_burst_of_500s_are_waited_out() {
     assert_identical(&dst, "shop/web", "1", &image).await;
     eventually("/readyz", WAIT, async || daemon.probe("/readyz").await.0 == 200).await;
     assert_eq!(deployment_lists(), 4, "three throttled lists, then one that succeeded");
-    assert_eq!(lists(&server, "pods"), 6, "five failed lists, then one that succeeded");
+    assert_eq!(lists(&server, "pods"), 4, "three failed lists, then one that succeeded");
+    assert_eq!(
+        failed_watches(&daemon, "Pod").await,
+        3,
+        "each 500 is counted in k8s_copycat_watch_events_total"
+    );
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
-    let pod_retries = log
-        .lines()
-        .filter(|l| l.contains("watch failed; retrying") && l.contains("kind=Pod") && l.contains("code: 500"))
-        .count();
-    assert_eq!(pod_retries, 5, "each 500 is logged once, as a warning: {log}");
+    let warnings = failure_warnings(&log);
+    assert!(
+        !warnings.is_empty() && warnings.iter().all(|l| l.contains("code: 500")),
+        "the 500s are logged, as warnings: {log}"
+    );
     assert!(!log.contains("ERROR"), "transient API errors are warnings: {log}");
+}
+
+/// The warnings that watches fail (at most one per 10 s across all watches).
+fn failure_warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains("watch failed;"))
+        .collect()
+}
+
+/// `k8s_copycat_watch_events_total{event="failed",kind=KIND}`.
+async fn failed_watches(daemon: &Daemon, kind: &str) -> usize {
+    let (_, metrics) = daemon.get("/metrics").await;
+    let series = format!("k8s_copycat_watch_events_total{{event=\"failed\",kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// An API server nobody answers at (connection refused): every watch retries with a growing
+/// backoff, one warning names the server (not a line per watch and retry), `/readyz` says why,
+/// and the token of the kubeconfig appears nowhere.
+#[tokio::test]
+async fn an_unreachable_api_server_is_named_by_few_lines_and_by_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let token = "unreachable-test-token-4711";
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+             clusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             users: [{{name: u, user: {{token: {token}}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let daemon = Daemon::start(
+        &kubeconfig,
+        &[("TARGET_KIND", "docker"), ("TARGET_REGISTRY", "127.0.0.1:5999")],
+    );
+
+    // The fourth attempt of the Pod watch: 0.8 + 1.6 + 3.2 s of backoff at least, where a backoff
+    // reset by the watcher's `Init` event retried every 0.8–1.6 s.
+    eventually("four failed Pod lists", WAIT, async || {
+        failed_watches(&daemon, "Pod").await >= 4
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(5600),
+        "four attempts within {elapsed:?}: the backoff does not grow"
+    );
+    let (code, readyz) = daemon.probe("/readyz").await;
+    assert_eq!(code, 503, "{readyz}");
+    for kind in [
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "Job",
+        "CronJob",
+        "Pod",
+        "ReplicaSet",
+    ] {
+        assert!(
+            readyz.contains(&format!("failing: {kind} cluster-wide: ")),
+            "/readyz names the failing {kind} watch: {readyz}"
+        );
+    }
+    assert!(readyz.contains("(API server https://127.0.0.1:1)"), "{readyz}");
+    let elapsed = started.elapsed();
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let warnings = failure_warnings(&log);
+    let allowed = 1 + elapsed.as_secs() as usize / 10;
+    assert!(
+        !warnings.is_empty() && warnings.len() <= allowed,
+        "{} warnings in {elapsed:?}, at most {allowed}: {log}",
+        warnings.len()
+    );
+    assert!(
+        warnings[0].contains("at https://127.0.0.1:1") && warnings[0].contains("/readyz"),
+        "the warning names the server and where to look: {}",
+        warnings[0]
+    );
+    assert!(
+        log.lines().count() <= 8 + allowed,
+        "a few lines, not a line per watch and retry: {log}"
+    );
+    assert!(
+        !log.contains(token) && !readyz.contains(token),
+        "the token leaked: {log}\n{readyz}"
+    );
 }
 
 /// How many lists (not watches) of `resource` the server received.

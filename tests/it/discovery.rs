@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use copycat::discovery::health::WatchHealth;
 use copycat::discovery::inventory::{Inventory, ObjectKey, Update};
 use copycat::discovery::watch::{self, Watchers};
 use copycat::metrics::Metrics;
@@ -27,12 +28,7 @@ const UNTIL: Duration = Duration::from_secs(60);
 impl Watching {
     fn start(client: kube::Client, kinds: &[Kind]) -> Watching {
         let feeds = watch::feeds(&watch::watched_for(kinds, false, false), None);
-        let (watchers, updates) = watch::start(
-            client,
-            &feeds,
-            Arc::new(Metrics::new()),
-            &watch::ForbiddenWatches::default(),
-        );
+        let (watchers, updates) = watch::start(client, &feeds, Arc::new(Metrics::new()), &WatchHealth::default());
         Watching {
             inventory: Inventory::new(),
             updates,
@@ -271,12 +267,7 @@ async fn node_platforms_are_known_when_asked_for() {
         .unwrap();
     let client = kube::Client::new(server.router(), "default");
     let feeds = watch::feeds(&watch::watched_for(&[Kind::Pod], true, false), None);
-    let (watchers, updates) = watch::start(
-        client,
-        &feeds,
-        Arc::new(Metrics::new()),
-        &watch::ForbiddenWatches::default(),
-    );
+    let (watchers, updates) = watch::start(client, &feeds, Arc::new(Metrics::new()), &WatchHealth::default());
     let mut w = Watching {
         inventory: Inventory::new(),
         updates,
