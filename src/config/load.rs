@@ -809,13 +809,14 @@ fn registry_mirrors(loader: &mut Loader<'_>) -> std::collections::BTreeMap<Strin
     })
 }
 
-fn digest_tag_template(input: &Input) -> Result<String, String> {
-    let template = parse::text(input)?;
-    if !template.is_empty() {
-        let sample = crate::reference::Digest::sha256_hex(&"0".repeat(64)).expect("valid digest");
-        crate::naming::digest_tag(&template, &sample).map_err(|e| e.to_string())?;
-    }
-    Ok(template)
+fn digest_tag_template(input: &Input) -> Result<Option<String>, String> {
+    crate::naming::digest_tag_template(&parse::text(input)?).map_err(|e| match e {
+        crate::naming::NamingError::UnknownPlaceholder { .. } => format!(
+            "{e}; placeholders: ${}",
+            crate::naming::DIGEST_TAG_PLACEHOLDERS.join(", $")
+        ),
+        e => e.to_string(),
+    })
 }
 
 fn prefix_template(input: &Input) -> Result<String, String> {

@@ -671,7 +671,7 @@ pub struct Planner {
     mirror_platforms: Vec<Platform>,
     check_node_platform: bool,
     use_image_pull_secrets: bool,
-    digest_tag_template: String,
+    digest_tag_template: Option<String>,
 }
 
 /// The outcome of planning.
@@ -921,7 +921,7 @@ impl Planner {
             target_path: self.target_path.clone(),
         };
         let target = naming.target(&source, node.map(|p| p.architecture.as_str()))?;
-        let target_tag = naming::target_tag(&source, None, &self.digest_tag_template)?;
+        let target_tag = naming::target_tag(&source, None, self.digest_tag_template.as_deref())?;
         // Digest mode copies the node's platform and `mirrorPlatforms`; tag mode the whole index.
         let node_platform: Vec<Platform> = node.cloned().into_iter().collect();
         let platforms = if digest_mode {
