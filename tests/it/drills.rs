@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
-use testkit::{Fault, FaultProxy, Image, Match, Registry, RegistryMode, blob_exists, manifest_digest, skopeo_digest};
+use testkit::{
+    Fault, FaultProxy, Image, Match, Registry, RegistryMode, blob_exists, list_tags, manifest_digest, skopeo_digest,
+};
 
 use crate::discovery::workload;
 use crate::server::{Daemon, deployment, sample};
@@ -200,9 +202,9 @@ async fn every_kind_and_manifest_shape_is_mirrored_byte_exact() {
         assert_identical(&dst, repo, reference, image).await;
     }
     assert_eq!(
-        manifest_digest(&dst, "tools/migrate", "latest").await.unwrap(),
-        None,
-        "a digest-only source is pushed by digest, never as latest"
+        list_tags(&dst, "tools/migrate").await.unwrap(),
+        vec![format!("copycat-{}", pinned.digest.trim_start_matches("sha256:"))],
+        "a digest-only source gets its anchor tag, never latest"
     );
     let states = states(&daemon).await;
     assert_eq!(states.len(), 8, "{states:#?}");
@@ -210,6 +212,43 @@ async fn every_kind_and_manifest_shape_is_mirrored_byte_exact() {
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert_written_once(&dst);
+}
+
+/// A digest-only image in a workload is mirrored with its anchor tag `copycat-<hex>` by default, so
+/// an "expire untagged images" rule at the target cannot delete it; `DIGEST_TAG_TEMPLATE=none` pushes
+/// it by digest alone. The target's tag list is read from the registry; the anchor resolves (through
+/// skopeo) to the digest the workload runs.
+#[tokio::test]
+async fn the_daemon_anchors_digest_only_images_with_a_tag_unless_turned_off() {
+    let src = start(RegistryMode::Plain);
+    let image = Image::oci("amd64", &[1200], 809).unwrap();
+    image.push(&src, "tools/pinned", "1").await.unwrap();
+    let server = ApiServer::new();
+    let pinned = on(&src, &format!("tools/pinned@{}", image.digest));
+    server.apply_all([deployment("web", &[pinned])]).unwrap();
+    let api = server.serve().unwrap();
+    let anchor = format!("copycat-{}", image.digest.trim_start_matches("sha256:"));
+    let cases: [(&[(&str, &str)], Vec<&str>); 2] = [(&[], vec![&anchor]), (&[("DIGEST_TAG_TEMPLATE", "none")], vec![])];
+    for (env, want) in cases {
+        let dst = start(RegistryMode::Plain);
+        let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, env);
+        wait_for(&dst, "tools/pinned", &image.digest).await;
+        eventually("/status records the copy", WAIT, async || {
+            states(&daemon).await.values().any(|s| s == "mirrored")
+        })
+        .await;
+        assert_eq!(list_tags(&dst, "tools/pinned").await.unwrap(), want, "{env:?}");
+        for tag in &want {
+            assert_eq!(
+                skopeo_digest(&dst, &format!("tools/pinned:{tag}")).await.unwrap(),
+                image.digest,
+                "{tag}"
+            );
+        }
+        let (code, log) = daemon.stop();
+        assert_eq!(code, Some(0), "{log}");
+        assert_written_once(&dst);
+    }
 }
 
 // ── 2. Filters ──────────────────────────────────────────────────────────────────────────────────────
@@ -1370,6 +1409,24 @@ async fn every_kind_of_bad_setting_stops_the_start_with_exit_2_naming_it() {
             vec![("DIGEST_TAG_TEMPLATE", "$hexes")],
             vec![],
             vec!["DIGEST_TAG_TEMPLATE", "$hexes"],
+        ),
+        (
+            "digest tag template of the reserved referrers form",
+            "digestTagTemplate: sha256-$hex\n",
+            vec![],
+            vec![],
+            vec![
+                "digestTagTemplate",
+                "sha256-$hex",
+                "reserved by the OCI referrers tag schema",
+            ],
+        ),
+        (
+            "digest tag template that is the same for every digest",
+            "",
+            vec![("DIGEST_TAG_TEMPLATE", "backup")],
+            vec![],
+            vec!["DIGEST_TAG_TEMPLATE", "same tag"],
         ),
         (
             "JSON",
