@@ -367,11 +367,10 @@ pub fn digest_tag(template: &str, digest: &Digest) -> Result<String, NamingError
     if expanded.len() > MAX_TAG_LEN {
         let others = with_hex("")?.len();
         let uses = (expanded.len() - others) / encoded.len().max(1);
-        if uses > 0 {
-            let fit = MAX_TAG_LEN.saturating_sub(others) / uses;
-            if fit >= MIN_SHORTENED_HEX {
-                expanded = with_hex(&encoded[..fit.min(encoded.len())])?;
-            }
+        if let Some(fit) = MAX_TAG_LEN.saturating_sub(others).checked_div(uses)
+            && fit >= MIN_SHORTENED_HEX
+        {
+            expanded = with_hex(&encoded[..fit.min(encoded.len())])?;
         }
     }
     let probe = ImageRef::parse("probe").expect("a valid reference");
@@ -640,7 +639,9 @@ mod tests {
         let pinned = format!("nginx@{D256}");
         let both = format!("nginx:1@{D256}");
         let anchor = format!("copycat-{}", &D256[7..]);
-        let cases: [(&str, Option<&str>, Option<&str>, Option<&str>); 9] = [
+        // (source, explicit tag, template, the tag written)
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        let cases: [Case<'_>; 9] = [
             ("nginx:1.27", None, None, Some("1.27")),
             ("nginx:1.27", Some("stable"), Some("pin-$short"), Some("stable")),
             ("nginx", None, None, Some("latest")),

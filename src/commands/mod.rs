@@ -178,7 +178,9 @@ mod tests {
         const ANCHOR: Option<&str> = Some(naming::DEFAULT_DIGEST_TAG_TEMPLATE);
         let pinned = format!("ghcr.io/a/b@{D}");
         let anchored = format!("r.io/b:copycat-{}", &D[7..]);
-        let cases: [(&str, &str, Option<&str>, Result<&str, &str>); 9] = [
+        // (SRC, DST, digestTagTemplate, the target shown or the start of the error)
+        type Case<'a> = (&'a str, &'a str, Option<&'a str>, Result<&'a str, &'a str>);
+        let cases: [Case<'_>; 9] = [
             ("nginx:1.27", "r.io/m/nginx", ANCHOR, Ok("r.io/m/nginx:1.27")),
             ("nginx:1.27", "r.io/m/nginx:stable", ANCHOR, Ok("r.io/m/nginx:stable")),
             (&pinned, "r.io/b", ANCHOR, Ok(&anchored)),

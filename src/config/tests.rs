@@ -279,7 +279,9 @@ fn bad_transport_settings_are_reported_by_name() {
 #[test]
 fn digest_tag_template_defaults_to_an_anchor_and_can_be_turned_off() {
     let default = Some(crate::naming::DEFAULT_DIGEST_TAG_TEMPLATE);
-    let cases: [(&str, &[(&str, &str)], Option<&str>, &str); 7] = [
+    // (file, env, the template in effect, what check-config prints)
+    type TemplateCase<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+    let cases: [TemplateCase<'_>; 7] = [
         ("", &[], default, "digestTagTemplate: copycat-$hex\n"),
         (
             "digestTagTemplate: ''\n",

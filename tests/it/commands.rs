@@ -223,7 +223,9 @@ async fn digest_only_sources_get_an_anchor_tag_unless_turned_off() {
     let sync = |file: &str| vec!["sync".to_owned(), "--images".to_owned(), file.to_owned()];
     let none = [("DIGEST_TAG_TEMPLATE", "none")];
     let pin_env = [("DIGEST_TAG_TEMPLATE", "pin-$short")];
-    let cases: [(Vec<String>, &[(&str, &str)], &str, Vec<&str>); 5] = [
+    // (arguments, environment, target repository, its tags)
+    type Case<'a> = (Vec<String>, &'a [(&'a str, &'a str)], &'a str, Vec<&'a str>);
+    let cases: [Case<'_>; 5] = [
         (copy("anchored"), &[], "anchored", vec![&anchor]),
         (copy("untagged"), &none, "untagged", vec![]),
         (copy("pinned"), &pin_env, "pinned", vec![&pin]),

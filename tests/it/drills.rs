@@ -228,7 +228,9 @@ async fn the_daemon_anchors_digest_only_images_with_a_tag_unless_turned_off() {
     server.apply_all([deployment("web", &[pinned])]).unwrap();
     let api = server.serve().unwrap();
     let anchor = format!("copycat-{}", image.digest.trim_start_matches("sha256:"));
-    let cases: [(&[(&str, &str)], Vec<&str>); 2] = [(&[], vec![&anchor]), (&[("DIGEST_TAG_TEMPLATE", "none")], vec![])];
+    let off: &[(&str, &str)] = &[("DIGEST_TAG_TEMPLATE", "none")];
+    // (environment, the target's tags)
+    let cases = [(&[][..], vec![anchor.as_str()]), (off, vec![])];
     for (env, want) in cases {
         let dst = start(RegistryMode::Plain);
         let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, env);
