@@ -335,8 +335,8 @@ pub fn digest_tag_template(value: &str) -> Result<Option<String>, NamingError> {
     } else {
         value
     };
-    for hex_len in [64, 128] {
-        let algorithm = if hex_len == 64 { "sha256" } else { "sha512" };
+    // Two digests of each algorithm copycat accepts: hex lengths decide validity, not the values.
+    for (algorithm, hex_len) in [("sha256", 64), ("sha512", 128)] {
         let sample = |c: &str| Digest::parse(&format!("{algorithm}:{}", c.repeat(hex_len))).expect("a valid digest");
         if digest_tag(template, &sample("0"))? == digest_tag(template, &sample("1"))? {
             return Err(NamingError::SameTagForEveryDigest {

@@ -316,10 +316,22 @@ fn digest_tag_template_defaults_to_an_anchor_and_can_be_turned_off() {
         ),
     ];
     for (yaml, env, want, printed) in cases {
-        let c = ok(yaml, env);
+        let loaded = load_with(yaml, env, Overrides::default(), Purpose::OneShot).unwrap();
+        let c = loaded.config;
         assert_eq!(c.digest_tag_template.as_deref(), want, "{yaml:?} {env:?}");
         let shown = c.to_yaml();
         assert!(shown.contains(printed), "{yaml:?} {env:?}: {printed:?} not in\n{shown}");
+        // An empty value in the file once meant "untagged": say what it means now.
+        let warned = loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("digestTagTemplate \"\" means the default"));
+        assert_eq!(
+            warned,
+            yaml == "digestTagTemplate: ''\n",
+            "{yaml:?} {env:?}: {:?}",
+            loaded.warnings
+        );
     }
 }
 
