@@ -216,12 +216,14 @@ async fn every_kind_and_manifest_shape_is_mirrored_byte_exact() {
 
 /// A digest-only image in a workload is mirrored with its anchor tag `copycat-<hex>` by default, so
 /// an "expire untagged images" rule at the target cannot delete it; `DIGEST_TAG_TEMPLATE=none` pushes
-/// it by digest alone. The target's tag list is read from the registry; the anchor resolves (through
-/// skopeo) to the digest the workload runs.
+/// it by digest alone. First a daemon with `none` leaves the copy untagged; then a daemon with the
+/// default anchors that same copy, writing only the tagged manifest (no blob is uploaded again). The
+/// target's tag list is read from the registry; the anchor resolves (through skopeo) to the digest the
+/// workload runs.
 #[tokio::test]
 async fn the_daemon_anchors_digest_only_images_with_a_tag_unless_turned_off() {
-    let src = start(RegistryMode::Plain);
-    let image = Image::oci("amd64", &[1200], 809).unwrap();
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[1200, 900], 809).unwrap();
     image.push(&src, "tools/pinned", "1").await.unwrap();
     let server = ApiServer::new();
     let pinned = on(&src, &format!("tools/pinned@{}", image.digest));
@@ -229,16 +231,21 @@ async fn the_daemon_anchors_digest_only_images_with_a_tag_unless_turned_off() {
     let api = server.serve().unwrap();
     let anchor = format!("copycat-{}", image.digest.trim_start_matches("sha256:"));
     let off: &[(&str, &str)] = &[("DIGEST_TAG_TEMPLATE", "none")];
-    // (environment, the target's tags)
-    let cases = [(&[][..], vec![anchor.as_str()]), (off, vec![])];
-    for (env, want) in cases {
-        let dst = start(RegistryMode::Plain);
+    // (environment, the target's tags, blob uploads expected)
+    let cases = [(off, vec![], true), (&[][..], vec![anchor.as_str()], false)];
+    for (env, want, uploads) in cases {
+        let before = copycat_requests(&dst).len();
         let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, env);
-        wait_for(&dst, "tools/pinned", &image.digest).await;
+        match want.first() {
+            Some(tag) => wait_for(&dst, "tools/pinned", tag).await,
+            None => wait_for(&dst, "tools/pinned", &image.digest).await,
+        }
         eventually("/status records the copy", WAIT, async || {
             states(&daemon).await.values().any(|s| s == "mirrored")
         })
         .await;
+        let (code, log) = daemon.stop();
+        assert_eq!(code, Some(0), "{log}");
         assert_eq!(list_tags(&dst, "tools/pinned").await.unwrap(), want, "{env:?}");
         for tag in &want {
             assert_eq!(
@@ -247,10 +254,12 @@ async fn the_daemon_anchors_digest_only_images_with_a_tag_unless_turned_off() {
                 "{tag}"
             );
         }
-        let (code, log) = daemon.stop();
-        assert_eq!(code, Some(0), "{log}");
-        assert_written_once(&dst);
+        let uploaded = copycat_requests(&dst)[before..]
+            .iter()
+            .any(|r| r.method == "POST" && r.path.contains("/blobs/uploads/"));
+        assert_eq!(uploaded, uploads, "{env:?}: blob uploads");
     }
+    assert_written_once(&dst);
 }
 
 // ── 2. Filters ──────────────────────────────────────────────────────────────────────────────────────
