@@ -22,7 +22,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::http::{Query, error_response, json_response};
+use super::answer::{Query, error_response, json_response};
 use super::resources::{RESOURCES, by_name};
 use super::status::ApiError;
 use super::{ApiFault, ApiServer, Shared, parse_documents};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
-use super::http::error_response;
+use super::answer::error_response;
 use super::resources::ResourceType;
 use super::status::ApiError;
 

@@ -16,54 +16,19 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::Shared;
+use super::answer::{Query, error_response, json_response};
 use super::faults::ApiFaultKind;
 use super::ops::{self, Deleted, PatchType, WriteOpts};
 use super::resources::{self, RESOURCES, ResIdx, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{EventType, Key};
-use crate::util;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 64 << 20;
 
 pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(shared)
-}
-
-/// Decoded query parameters.
-pub(crate) struct Query(Vec<(String, String)>);
-
-impl Query {
-    pub(crate) fn parse(q: Option<&str>) -> Query {
-        Query(util::parse_query(q.unwrap_or("")))
-    }
-    pub(crate) fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
-    }
-    fn non_empty(&self, k: &str) -> Option<&str> {
-        self.get(k).filter(|v| !v.is_empty())
-    }
-    fn flag(&self, k: &str) -> Result<Option<bool>, ApiError> {
-        match self.get(k) {
-            None | Some("") => Ok(None),
-            Some("true" | "1") => Ok(Some(true)),
-            Some("false" | "0") => Ok(Some(false)),
-            Some(v) => Err(ApiError::bad_request(format!("invalid boolean for {k}: {v:?}"))),
-        }
-    }
-}
-
-pub(crate) fn json_response(code: StatusCode, body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => (code, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-pub(crate) fn error_response(e: &ApiError) -> Response {
-    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(code, &e.to_status())
 }
 
 async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Response {

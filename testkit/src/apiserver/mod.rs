@@ -37,6 +37,7 @@
 //!   its `involvedObject`'s namespace; with `eventTime`, `reportingComponent` and
 //!   `reportingInstance` are required). No other per-kind validation.
 
+mod answer;
 mod control;
 mod faults;
 mod http;
