@@ -44,7 +44,7 @@ struct Entry {
 }
 
 /// Parses the file; every bad entry is reported, by position and source.
-pub fn parse(text: &str, digest_tag_template: &str) -> Result<Vec<SyncEntry>, Vec<String>> {
+pub fn parse(text: &str, digest_tag_template: Option<&str>) -> Result<Vec<SyncEntry>, Vec<String>> {
     let file: File = serde_saphyr::from_str(text).map_err(|e| vec![format!("invalid images file: {e}")])?;
     let prefix = file.target_repo_prefix.trim().trim_end_matches('/');
     if prefix.is_empty() || prefix.contains("://") {
@@ -68,7 +68,7 @@ pub fn parse(text: &str, digest_tag_template: &str) -> Result<Vec<SyncEntry>, Ve
     }
 }
 
-fn resolve(prefix: &str, entry: &Entry, digest_tag_template: &str) -> Result<SyncEntry, String> {
+fn resolve(prefix: &str, entry: &Entry, digest_tag_template: Option<&str>) -> Result<SyncEntry, String> {
     let source = ImageRef::parse(&entry.source).map_err(|e| e.to_string())?;
     let target = ImageRef::parse(&format!("{prefix}/{}", source.repository()))
         .map_err(|e| format!("target would be invalid: {e}"))?;
@@ -103,7 +103,7 @@ mod tests {
         let text = format!(
             "targetRepoPrefix: \"reg.example.com/external/\"\nimages:\n  - source: alpine:3.21\n  - source: ghcr.io/org/app@{D}\n  - source: ghcr.io/org/app@{D}\n    tag: \"1.4\"\n  - source: quay.io/org/tool:2@{D}\n    amd64Only: true\n  - source: localhost:5000/x/y\n"
         );
-        let entries = parse(&text, "").unwrap();
+        let entries = parse(&text, None).unwrap();
         let shown: Vec<String> = entries
             .iter()
             .map(|e| e.request.target_display(e.request.source.digest()))
@@ -120,6 +120,12 @@ mod tests {
         );
         assert_eq!(entries[3].platforms, vec![Platform::parse("linux/amd64").unwrap()]);
         assert!(entries[0].platforms.is_empty());
+        let anchored = parse(&text, Some(crate::naming::DEFAULT_DIGEST_TAG_TEMPLATE)).unwrap();
+        assert_eq!(
+            anchored[1].request.target_display(None),
+            format!("reg.example.com/external/org/app:copycat-{}", &D[7..]),
+            "a digest-only source gets its anchor tag"
+        );
     }
 
     #[test]
@@ -138,7 +144,7 @@ mod tests {
             ("images: []\n", "targetRepoPrefix"),
         ];
         for (text, want) in cases {
-            let problems = parse(text, "").unwrap_err().join("\n");
+            let problems = parse(text, None).unwrap_err().join("\n");
             assert!(problems.contains(want), "{text:?}: {problems}");
         }
     }

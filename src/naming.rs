@@ -26,6 +26,27 @@ pub enum NamingError {
         /// Why that is no tag.
         reason: Box<ReferenceError>,
     },
+    /// `digestTagTemplate` expands to a tag of the form the OCI referrers tag schema reserves.
+    #[error(
+        "{template:?} expands to {expanded:?}: tags of the form <algorithm>-<hex> are reserved by the OCI \
+         referrers tag schema (and cosign's <algorithm>-<hex>.sig), so a registry client could take the copy \
+         for a referrer index; put a fixed prefix first, e.g. copycat-$hex"
+    )]
+    ReservedTag {
+        /// The template.
+        template: String,
+        /// What it expanded to.
+        expanded: String,
+    },
+    /// `digestTagTemplate` names neither `$hex` nor `$short`.
+    #[error(
+        "{template:?} gives every digest the same tag, so each copy would move it and leave the one \
+         before untagged; use $hex (or $short)"
+    )]
+    SameTagForEveryDigest {
+        /// The template.
+        template: String,
+    },
     /// A `pathMap` regex does not compile.
     #[error("pathMap {from:?}: {reason}")]
     PathMap {
@@ -282,38 +303,116 @@ impl TargetNaming {
 /// Placeholders of `digestTagTemplate`.
 pub const DIGEST_TAG_PLACEHOLDERS: &[&str] = &["algorithm", "hex", "short"];
 
+/// The default `digestTagTemplate`: a fixed prefix that says who wrote the tag and can never read as
+/// a digest, plus the whole hex digest, so every digest gets its own tag. For sha256 it is 72
+/// characters; for sha512 (128 hex) `$hex` is shortened to 120 to stay within a tag's 128.
+pub const DEFAULT_DIGEST_TAG_TEMPLATE: &str = "copycat-$hex";
+
+/// The `digestTagTemplate` value (any case) that turns the anchor tag off: digest-only sources are
+/// then pushed by digest alone, untagged.
+pub const NO_DIGEST_TAG: &str = "none";
+
+/// Longest tag the OCI distribution spec allows.
+pub const MAX_TAG_LEN: usize = 128;
+
+/// Fewest characters a `$hex` shortened to fit [`MAX_TAG_LEN`] keeps: 256 bits, a whole sha256.
+const MIN_SHORTENED_HEX: usize = 64;
+
+/// Digest algorithms whose `<algorithm>-<hex>` tags are not ours to write: the OCI referrers tag
+/// schema reserves them for referrer indexes, and cosign writes `<algorithm>-<hex>.sig`/`.att`/`.sbom`.
+const DIGEST_ALGORITHMS: &[&str] = &["sha256", "sha384", "sha512", "blake3"];
+
+/// Reads a `digestTagTemplate` value: [`NO_DIGEST_TAG`] turns the anchor tag off (`None`), empty means
+/// [`DEFAULT_DIGEST_TAG_TEMPLATE`]; any other template must give every sha256 and sha512 digest its
+/// own valid tag that is not of a reserved form ([`digest_tag`]).
+pub fn digest_tag_template(value: &str) -> Result<Option<String>, NamingError> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case(NO_DIGEST_TAG) {
+        return Ok(None);
+    }
+    let template = if value.is_empty() {
+        DEFAULT_DIGEST_TAG_TEMPLATE
+    } else {
+        value
+    };
+    // Two digests of each algorithm copycat accepts: hex lengths decide validity, not the values.
+    for (algorithm, hex_len) in [("sha256", 64), ("sha512", 128)] {
+        let sample = |c: &str| Digest::parse(&format!("{algorithm}:{}", c.repeat(hex_len))).expect("a valid digest");
+        if digest_tag(template, &sample("0"))? == digest_tag(template, &sample("1"))? {
+            return Err(NamingError::SameTagForEveryDigest {
+                template: template.to_owned(),
+            });
+        }
+    }
+    Ok(Some(template.to_owned()))
+}
+
 /// Expands `digestTagTemplate` for a digest-only source: `$algorithm` (`sha256`), `$hex` (the whole
 /// hex digest), `$short` (its first 12 characters). Only whole tokens expand (`$hexes` is an error,
-/// not `$hex` + `es`). The result must be a valid tag.
+/// not `$hex` + `es`). When the whole hex would make the tag longer than [`MAX_TAG_LEN`] (a sha512
+/// digest with text around `$hex`), `$hex` keeps as many leading characters as fit, at least 64. The
+/// result must be a valid tag and not of the reserved form `<algorithm>-<hex>` (optionally followed by
+/// `.` and more, cosign's form).
 pub fn digest_tag(template: &str, digest: &Digest) -> Result<String, NamingError> {
     let encoded = digest.encoded();
-    let expanded = expand(template, |name| match name {
-        "algorithm" => Some(digest.algorithm().to_owned()),
-        "hex" => Some(encoded.to_owned()),
-        "short" => Some(encoded.chars().take(12).collect()),
-        _ => None,
-    })?;
+    let with_hex = |hex: &str| {
+        expand(template, |name| match name {
+            "algorithm" => Some(digest.algorithm().to_owned()),
+            "hex" => Some(hex.to_owned()),
+            "short" => Some(encoded.chars().take(12).collect()),
+            _ => None,
+        })
+    };
+    let mut expanded = with_hex(encoded)?;
+    if expanded.len() > MAX_TAG_LEN {
+        let others = with_hex("")?.len();
+        let uses = (expanded.len() - others) / encoded.len().max(1);
+        if let Some(fit) = MAX_TAG_LEN.saturating_sub(others).checked_div(uses)
+            && fit >= MIN_SHORTENED_HEX
+        {
+            expanded = with_hex(&encoded[..fit.min(encoded.len())])?;
+        }
+    }
     let probe = ImageRef::parse("probe").expect("a valid reference");
     probe.with_tag(&expanded).map_err(|reason| NamingError::InvalidTag {
         template: template.to_owned(),
         expanded: expanded.clone(),
         reason: Box::new(reason),
     })?;
+    if is_reserved_tag(&expanded) {
+        return Err(NamingError::ReservedTag {
+            template: template.to_owned(),
+            expanded,
+        });
+    }
     Ok(expanded)
 }
 
+/// Whether `tag` is `<algorithm>-<hex>`, alone or followed by `.`: the referrers tag schema's form
+/// (and cosign's), which a client may read as "the referrers (or signatures) of that digest".
+fn is_reserved_tag(tag: &str) -> bool {
+    let Some((algorithm, rest)) = tag.split_once('-') else {
+        return false;
+    };
+    let hex_len = rest
+        .find(|c: char| !matches!(c, '0'..='9' | 'a'..='f'))
+        .unwrap_or(rest.len());
+    DIGEST_ALGORITHMS.contains(&algorithm) && hex_len > 0 && (hex_len == rest.len() || rest[hex_len..].starts_with('.'))
+}
+
 /// The tag to write at the target: an explicit one, else the source's tag; a digest-only source
-/// gets `digest_tag_template` expanded, or no tag at all (pushed by digest, never to `:latest`).
+/// gets `digest_tag_template` expanded (its anchor tag), or no tag at all when that is `None`
+/// (pushed by digest, never to `:latest`).
 pub fn target_tag(
     source: &ImageRef,
     explicit: Option<&str>,
-    digest_tag_template: &str,
+    digest_tag_template: Option<&str>,
 ) -> Result<Option<String>, NamingError> {
     if let Some(tag) = explicit.or(source.tag()) {
         return Ok(Some(tag.to_owned()));
     }
-    match source.digest() {
-        Some(digest) if !digest_tag_template.is_empty() => digest_tag(digest_tag_template, digest).map(Some),
+    match (source.digest(), digest_tag_template) {
+        (Some(digest), Some(template)) => digest_tag(template, digest).map(Some),
         _ => Ok(None),
     }
 }
@@ -529,48 +628,120 @@ mod tests {
         }
     }
 
+    const D256: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn sha512() -> String {
+        format!("sha512:{}", "fedcba9876543210".repeat(8))
+    }
+
     #[test]
     fn target_tags() {
-        const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let cases = [
-            ("nginx:1.27", None, "", Some("1.27")),
-            ("nginx:1.27", Some("stable"), "", Some("stable")),
-            ("nginx", None, "", Some("latest")),
-            (&format!("nginx@{D}") as &str, None, "", None),
-            (&format!("nginx@{D}"), None, "pin-$short", Some("pin-0123456789ab")),
-            (&format!("nginx@{D}"), Some("x"), "pin-$short", Some("x")),
-            (&format!("nginx:1@{D}"), None, "pin-$short", Some("1")),
+        let pinned = format!("nginx@{D256}");
+        let both = format!("nginx:1@{D256}");
+        let anchor = format!("copycat-{}", &D256[7..]);
+        // (source, explicit tag, template, the tag written)
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        let cases: [Case<'_>; 9] = [
+            ("nginx:1.27", None, None, Some("1.27")),
+            ("nginx:1.27", Some("stable"), Some("pin-$short"), Some("stable")),
+            ("nginx", None, None, Some("latest")),
+            (&pinned, None, None, None),
+            (&pinned, None, Some(DEFAULT_DIGEST_TAG_TEMPLATE), Some(&anchor)),
+            (&pinned, None, Some("pin-$short"), Some("pin-0123456789ab")),
+            (&pinned, Some("x"), Some("pin-$short"), Some("x")),
+            (&both, None, Some("pin-$short"), Some("1")),
+            (&both, None, None, Some("1")),
         ];
         for (source, explicit, template, want) in cases {
             let source = ImageRef::parse(source).unwrap();
             assert_eq!(
                 target_tag(&source, explicit, template).unwrap().as_deref(),
                 want,
-                "{source} {explicit:?} {template}"
+                "{source} {explicit:?} {template:?}"
             );
         }
     }
 
+    /// Expansion for sha256 and sha512 digests: the hex is whole unless the tag would pass 128
+    /// characters, reserved forms are refused however the template spells them.
     #[test]
     fn digest_tags() {
-        let d = Digest::parse("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef").unwrap();
-        let cases = [
+        let sha512 = sha512();
+        let (h256, h512) = (&D256[7..], &sha512[7..]);
+        let long_text = format!("{}-$hex", "p".repeat(64));
+        let cases: Vec<(&str, &str, Result<String, &str>)> = vec![
+            (DEFAULT_DIGEST_TAG_TEMPLATE, D256, Ok(format!("copycat-{h256}"))),
             (
-                "$algorithm-$hex",
-                Ok("sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+                DEFAULT_DIGEST_TAG_TEMPLATE,
+                &sha512,
+                Ok(format!("copycat-{}", &h512[..120])),
             ),
-            ("pinned-$short", Ok("pinned-0123456789ab")),
-            ("v1", Ok("v1")),
-            ("$hexes", Err("unknown placeholder $hexes")),
-            ("$", Err("unknown placeholder $ ")),
-            ("-$short", Err("invalid tag")),
-            ("a/$short", Err("invalid tag")),
+            ("$hex", &sha512, Ok(h512.to_owned())),
+            ("$algorithm.$hex", D256, Ok(format!("sha256.{h256}"))),
+            ("$algorithm.$hex", &sha512, Ok(format!("sha512.{}", &h512[..121]))),
+            ("pinned-$short", D256, Ok("pinned-0123456789ab".into())),
+            ("pinned-$short", &sha512, Ok("pinned-fedcba987654".into())),
+            ("x$algorithm-$hex", D256, Ok(format!("xsha256-{h256}"))),
+            ("$algorithm-$hex-x", D256, Ok(format!("sha256-{h256}-x"))),
+            ("SHA256-$short", D256, Ok("SHA256-0123456789ab".into())),
+            ("v1", D256, Ok("v1".into())),
+            // Reserved: the referrers tag schema's `<alg>-<hex>` and cosign's `<alg>-<hex>.sig`,
+            // whether the algorithm comes from `$algorithm` or from literal text.
+            ("$algorithm-$hex", D256, Err("reserved by the OCI referrers tag schema")),
+            ("$algorithm-$hex", &sha512, Err("reserved")),
+            ("sha256-$hex", D256, Err("reserved")),
+            ("sha512-$hex", D256, Err("reserved")),
+            ("sha256-$short", D256, Err("reserved")),
+            ("$algorithm-abc$short", D256, Err("reserved")),
+            ("$algorithm-$hex.sig", D256, Err("reserved")),
+            ("blake3-$short", D256, Err("reserved")),
+            // Too long even with `$hex` shortened to 64.
+            ("x-$hex-$hex", D256, Err("invalid tag")),
+            (&long_text, &sha512, Err("invalid tag")),
+            ("$hexes", D256, Err("unknown placeholder $hexes")),
+            ("$", D256, Err("unknown placeholder $ ")),
+            ("-$short", D256, Err("invalid tag")),
+            ("a/$short", D256, Err("invalid tag")),
         ];
-        for (template, want) in cases {
+        for (template, digest, want) in cases {
+            let d = Digest::parse(digest).unwrap();
             match (digest_tag(template, &d), want) {
-                (Ok(got), Ok(w)) => assert_eq!(got, w, "{template}"),
+                (Ok(got), Ok(w)) => {
+                    assert_eq!(got, w, "{template} {digest}");
+                    assert!(got.len() <= MAX_TAG_LEN, "{template}: {}", got.len());
+                }
                 (Err(e), Err(w)) => assert!(e.to_string().contains(w.trim()), "{template}: {e}"),
-                (got, w) => panic!("{template}: got {got:?}, want {w:?}"),
+                (got, w) => panic!("{template} {digest}: got {got:?}, want {w:?}"),
+            }
+        }
+    }
+
+    /// What `digestTagTemplate` accepts: `none` turns it off, empty is the default, and a template
+    /// must tell digests apart and be valid and unreserved for sha256 and sha512 alike.
+    #[test]
+    fn digest_tag_templates() {
+        let cases: [(&str, Result<Option<&str>, &str>); 14] = [
+            ("", Ok(Some(DEFAULT_DIGEST_TAG_TEMPLATE))),
+            ("  ", Ok(Some(DEFAULT_DIGEST_TAG_TEMPLATE))),
+            ("none", Ok(None)),
+            (" NONE ", Ok(None)),
+            ("copycat-$hex", Ok(Some("copycat-$hex"))),
+            ("pin-$short", Ok(Some("pin-$short"))),
+            ("$hex", Ok(Some("$hex"))),
+            ("v1", Err("gives every digest the same tag")),
+            ("$algorithm", Err("same tag")),
+            ("sha256-$hex", Err("reserved")),
+            ("$algorithm-$hex", Err("reserved")),
+            // 65 characters of text leave 63 for `$hex`: too few.
+            (&format!("{}-$hex", "p".repeat(64)), Err("invalid tag")),
+            ("x-$hex-$hex", Err("invalid tag")),
+            ("v-$hexx", Err("unknown placeholder $hexx")),
+        ];
+        for (value, want) in cases {
+            match (digest_tag_template(value), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got.as_deref(), w, "{value:?}"),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{value:?}: {e}"),
+                (got, w) => panic!("{value:?}: got {got:?}, want {w:?}"),
             }
         }
     }

@@ -22,7 +22,7 @@ const EXIT_FAILED: u8 = 1;
 
 /// `copycat copy SRC DST`.
 pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
-    let request = match copy_request(&args.source, &args.target, &config.digest_tag_template) {
+    let request = match copy_request(&args.source, &args.target, config.digest_tag_template.as_deref()) {
         Ok(r) => r,
         Err(e) => return usage(&e.to_string()),
     };
@@ -76,8 +76,13 @@ pub enum CopyArgsError {
 }
 
 /// Source and target of `copy`: the target keeps the source's tag unless it names one, and a
-/// digest-only source is pushed by digest (never to `:latest`), tagged by `digestTagTemplate` if set.
-pub fn copy_request(source: &str, target: &str, digest_tag_template: &str) -> Result<CopyRequest, CopyArgsError> {
+/// digest-only source is pushed by digest (never to `:latest`), with the anchor tag `digestTagTemplate`
+/// makes unless that is off (`None`).
+pub fn copy_request(
+    source: &str,
+    target: &str,
+    digest_tag_template: Option<&str>,
+) -> Result<CopyRequest, CopyArgsError> {
     let source_ref = ImageRef::parse(source).map_err(CopyArgsError::Source)?;
     let target_ref = ImageRef::parse(target).map_err(CopyArgsError::Target)?;
     if target_ref.digest().is_some() {
@@ -103,7 +108,7 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(&format!("cannot read {}: {e}", args.images.display())),
     };
-    let entries = match crate::images_file::parse(&text, &config.digest_tag_template) {
+    let entries = match crate::images_file::parse(&text, config.digest_tag_template.as_deref()) {
         Ok(e) => e,
         Err(problems) => return usage(&format!("{}:\n  {}", args.images.display(), problems.join("\n  "))),
     };
@@ -170,25 +175,28 @@ mod tests {
     #[test]
     fn copy_targets() {
         const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let cases = [
-            ("nginx:1.27", "r.io/m/nginx", Ok("r.io/m/nginx:1.27".to_owned())),
-            (
-                "nginx:1.27",
-                "r.io/m/nginx:stable",
-                Ok("r.io/m/nginx:stable".to_owned()),
-            ),
-            (&format!("ghcr.io/a/b@{D}") as &str, "r.io/b", Ok(format!("r.io/b@{D}"))),
-            (&format!("ghcr.io/a/b@{D}"), "r.io/b:v1", Ok("r.io/b:v1".to_owned())),
-            (&format!("ghcr.io/a/b:v2@{D}"), "r.io/b", Ok("r.io/b:v2".to_owned())),
-            ("nginx", &format!("r.io/b@{D}"), Err("DST")),
-            ("Nginx", "r.io/b", Err("SRC")),
+        const ANCHOR: Option<&str> = Some(naming::DEFAULT_DIGEST_TAG_TEMPLATE);
+        let pinned = format!("ghcr.io/a/b@{D}");
+        let anchored = format!("r.io/b:copycat-{}", &D[7..]);
+        // (SRC, DST, digestTagTemplate, the target shown or the start of the error)
+        type Case<'a> = (&'a str, &'a str, Option<&'a str>, Result<&'a str, &'a str>);
+        let cases: [Case<'_>; 9] = [
+            ("nginx:1.27", "r.io/m/nginx", ANCHOR, Ok("r.io/m/nginx:1.27")),
+            ("nginx:1.27", "r.io/m/nginx:stable", ANCHOR, Ok("r.io/m/nginx:stable")),
+            (&pinned, "r.io/b", ANCHOR, Ok(&anchored)),
+            (&pinned, "r.io/b", None, Ok(&format!("r.io/b@{D}"))),
+            (&pinned, "r.io/b:v1", ANCHOR, Ok("r.io/b:v1")),
+            (&format!("ghcr.io/a/b:v2@{D}"), "r.io/b", ANCHOR, Ok("r.io/b:v2")),
+            ("nginx", &format!("r.io/b@{D}"), ANCHOR, Err("DST")),
+            ("Nginx", "r.io/b", ANCHOR, Err("SRC")),
+            (&pinned, "r.io/b", Some("sha256-$hex"), Err("DST")),
         ];
-        for (src, dst, want) in cases {
-            let got = copy_request(src, dst, "")
+        for (src, dst, template, want) in cases {
+            let got = copy_request(src, dst, template)
                 .map(|r| r.target_display(r.source.digest()))
                 .map_err(|e| e.to_string());
             match want {
-                Ok(w) => assert_eq!(got.as_deref(), Ok(w.as_str()), "{src} {dst}"),
+                Ok(w) => assert_eq!(got.as_deref(), Ok(w), "{src} {dst}"),
                 Err(prefix) => assert!(got.unwrap_err().starts_with(prefix), "{src} {dst}"),
             }
         }

@@ -408,7 +408,26 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         check_namespaces(loader, &config);
     }
     warn_about_tagged_exclusions(loader, &config.exclude_registries);
+    warn_about_empty_digest_tag_template(loader);
     config
+}
+
+/// `digestTagTemplate: ""` once meant "push digest-only sources untagged" (copycat's earlier example
+/// configuration wrote it); it now means the default anchor tag, so say so where it is written.
+fn warn_about_empty_digest_tag_template(loader: &mut Loader<'_>) {
+    let env_set = loader.env("DIGEST_TAG_TEMPLATE").is_some();
+    let empty_in_file = loader
+        .file_value("digestTagTemplate")
+        .and_then(Value::as_str)
+        .is_some_and(|v| v.trim().is_empty());
+    if empty_in_file && !env_set {
+        loader.warnings.push(format!(
+            "digestTagTemplate \"\" means the default {:?}: digest-only sources get that anchor tag; write \
+             {:?} to push them untagged",
+            crate::naming::DEFAULT_DIGEST_TAG_TEMPLATE,
+            crate::naming::NO_DIGEST_TAG
+        ));
+    }
 }
 
 /// k8s-copycat's rule for `watchResources` and `includeNamespaces`: an empty list (the Helm chart's
@@ -809,13 +828,14 @@ fn registry_mirrors(loader: &mut Loader<'_>) -> std::collections::BTreeMap<Strin
     })
 }
 
-fn digest_tag_template(input: &Input) -> Result<String, String> {
-    let template = parse::text(input)?;
-    if !template.is_empty() {
-        let sample = crate::reference::Digest::sha256_hex(&"0".repeat(64)).expect("valid digest");
-        crate::naming::digest_tag(&template, &sample).map_err(|e| e.to_string())?;
-    }
-    Ok(template)
+fn digest_tag_template(input: &Input) -> Result<Option<String>, String> {
+    crate::naming::digest_tag_template(&parse::text(input)?).map_err(|e| match e {
+        crate::naming::NamingError::UnknownPlaceholder { .. } => format!(
+            "{e}; placeholders: ${}",
+            crate::naming::DIGEST_TAG_PLACEHOLDERS.join(", $")
+        ),
+        e => e.to_string(),
+    })
 }
 
 fn prefix_template(input: &Input) -> Result<String, String> {

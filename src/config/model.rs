@@ -76,8 +76,9 @@ pub struct Config {
     pub path_map: Vec<PathMapRule>,
     /// Tags overwritten regardless of `allow_different_digest_repush` (lower-case).
     pub always_overwrite_tags: Vec<String>,
-    /// Tag template for digest-only sources; empty: push by digest only.
-    pub digest_tag_template: String,
+    /// Anchor tag template for digest-only sources; `None` (`none`): push by digest only, untagged.
+    #[serde(serialize_with = "optional_template")]
+    pub digest_tag_template: Option<String>,
     /// Blobs of one image transferred at once.
     pub blob_concurrency: u32,
     /// Requests in flight per registry host.
@@ -272,6 +273,11 @@ pub struct RuntimeSettings {
 
 fn duration<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_duration(*d))
+}
+
+/// A template, or the keyword that turns it off, so `check-config` shows `none` rather than nothing.
+fn optional_template<S: Serializer>(t: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(t.as_deref().unwrap_or(crate::naming::NO_DIGEST_TAG))
 }
 
 fn optional_duration<S: Serializer>(d: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {

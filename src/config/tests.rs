@@ -268,7 +268,71 @@ fn bad_transport_settings_are_reported_by_name() {
         ("docker:\n  repoPrefix: mirror/$namespaces\n", &[], &["docker.repoPrefix", "unknown placeholder $namespaces", "$container_name"]),
         ("", &[("ECR_REPO_PREFIX", "$cluster/x")], &["ECR_REPO_PREFIX (env)", "$cluster"]),
         ("", &[("DIGEST_TAG_TEMPLATE", "bad/$short")], &["DIGEST_TAG_TEMPLATE (env)", "invalid tag"]),
+        ("digestTagTemplate: 'sha256-$hex'", &[], &["digestTagTemplate", "\"sha256-$hex\"", "reserved by the OCI referrers tag schema"]),
+        ("", &[("DIGEST_TAG_TEMPLATE", "$algorithm-$short")], &["DIGEST_TAG_TEMPLATE (env)", "reserved"]),
+        ("digestTagTemplate: backup", &[], &["digestTagTemplate", "gives every digest the same tag"]),
     ]);
+}
+
+/// `digestTagTemplate`: an anchor tag by default, `none` (file or env) turns it off, an empty value is
+/// the default, and `check-config` prints what is in effect.
+#[test]
+fn digest_tag_template_defaults_to_an_anchor_and_can_be_turned_off() {
+    let default = Some(crate::naming::DEFAULT_DIGEST_TAG_TEMPLATE);
+    // (file, env, the template in effect, what check-config prints)
+    type TemplateCase<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+    let cases: [TemplateCase<'_>; 7] = [
+        ("", &[], default, "digestTagTemplate: copycat-$hex\n"),
+        (
+            "digestTagTemplate: ''\n",
+            &[],
+            default,
+            "digestTagTemplate: copycat-$hex\n",
+        ),
+        ("digestTagTemplate: none\n", &[], None, "digestTagTemplate: none\n"),
+        (
+            "",
+            &[("DIGEST_TAG_TEMPLATE", "None")],
+            None,
+            "digestTagTemplate: none\n",
+        ),
+        (
+            "digestTagTemplate: none\n",
+            &[("DIGEST_TAG_TEMPLATE", "pin-$short")],
+            Some("pin-$short"),
+            "digestTagTemplate: pin-$short\n",
+        ),
+        (
+            "digestTagTemplate: none\n",
+            &[("DIGEST_TAG_TEMPLATE", "")],
+            None,
+            "digestTagTemplate: none\n",
+        ),
+        (
+            "digestTagTemplate: $algorithm.$hex\n",
+            &[],
+            Some("$algorithm.$hex"),
+            "digestTagTemplate: $algorithm.$hex\n",
+        ),
+    ];
+    for (yaml, env, want, printed) in cases {
+        let loaded = load_with(yaml, env, Overrides::default(), Purpose::OneShot).unwrap();
+        let c = loaded.config;
+        assert_eq!(c.digest_tag_template.as_deref(), want, "{yaml:?} {env:?}");
+        let shown = c.to_yaml();
+        assert!(shown.contains(printed), "{yaml:?} {env:?}: {printed:?} not in\n{shown}");
+        // An empty value in the file once meant "untagged": say what it means now.
+        let warned = loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("digestTagTemplate \"\" means the default"));
+        assert_eq!(
+            warned,
+            yaml == "digestTagTemplate: ''\n",
+            "{yaml:?} {env:?}: {:?}",
+            loaded.warnings
+        );
+    }
 }
 
 #[test]

@@ -538,6 +538,11 @@ mod tests {
         ]);
         let plan = planner.plan(&inv);
         assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+        let keys: Vec<String> = plan.tasks.iter().map(|t| t.key().to_string()).collect();
+        assert!(
+            keys.contains(&format!("mirror.example.com/app:copycat-{HEX}")),
+            "one task, under the digest's anchor tag: {keys:?}"
+        );
         assert_eq!(
             planner.colliding_registries(&plan),
             Some(vec!["b.example".to_owned(), "c.example".to_owned()]),
@@ -671,7 +676,7 @@ pub struct Planner {
     mirror_platforms: Vec<Platform>,
     check_node_platform: bool,
     use_image_pull_secrets: bool,
-    digest_tag_template: String,
+    digest_tag_template: Option<String>,
 }
 
 /// The outcome of planning.
@@ -712,8 +717,9 @@ impl TargetConflict {
     }
 }
 
-/// The tasks of one plan claiming one target, one per source repository (tag targets only: a
-/// target by digest holds the same content whatever the source), each with its oldest use.
+/// The tasks of one plan claiming one target, one per source repository (tags of tagged sources
+/// only: a target by digest, or by the anchor tag of a digest-only source, holds the same content
+/// whatever the source), each with its oldest use.
 #[derive(Default)]
 struct Claims(Vec<(MirrorTask, Use)>);
 
@@ -724,7 +730,9 @@ type Use = (i64, ObjectKey);
 impl Claims {
     /// Adds `task`, first used at `first`, merging it into the claim of the same source repository.
     fn add(&mut self, mut task: MirrorTask, first: Use) {
-        let repository = |t: &MirrorTask| t.request.target_tag.is_some().then(|| t.request.source.name());
+        let repository = |t: &MirrorTask| {
+            (t.request.target_tag.is_some() && t.request.source.tag().is_some()).then(|| t.request.source.name())
+        };
         let Some((existing, oldest)) = self
             .0
             .iter_mut()
@@ -921,7 +929,7 @@ impl Planner {
             target_path: self.target_path.clone(),
         };
         let target = naming.target(&source, node.map(|p| p.architecture.as_str()))?;
-        let target_tag = naming::target_tag(&source, None, &self.digest_tag_template)?;
+        let target_tag = naming::target_tag(&source, None, self.digest_tag_template.as_deref())?;
         // Digest mode copies the node's platform and `mirrorPlatforms`; tag mode the whole index.
         let node_platform: Vec<Platform> = node.cloned().into_iter().collect();
         let platforms = if digest_mode {

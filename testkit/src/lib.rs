@@ -24,7 +24,7 @@ pub use fault::{Fault, FaultKind, FaultProxy, Match, ProxyRequest};
 pub use image::{Blob, BlobSource, Format, Image, Platform};
 pub use moto::Moto;
 pub use push::{
-    Client, blob_exists, get_manifest, http_client, manifest_digest, push, push_raw_blob, push_raw_manifest,
+    Client, blob_exists, get_manifest, http_client, list_tags, manifest_digest, push, push_raw_blob, push_raw_manifest,
 };
 pub use registry::{AccessLogEntry, Registry, RegistryMode};
 pub use skopeo::{skopeo_copy, skopeo_digest, skopeo_inspect_raw};

@@ -339,6 +339,30 @@ impl Client {
         Ok((resp.bytes().await?, media_type))
     }
 
+    /// The tags of `repo`, sorted (`GET /v2/<repo>/tags/list`). A repository without tags is empty:
+    /// distribution answers `404 NAME_UNKNOWN` when a repository holds only untagged manifests.
+    pub async fn tags(&self, repo: &str) -> anyhow::Result<Vec<String>> {
+        let resp = self
+            .request(Method::GET, repo, &format!("/v2/{repo}/tags/list"))
+            .await?
+            .send()
+            .await
+            .context("GET tags")?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(vec![]),
+            StatusCode::OK => {
+                let list: serde_json::Value = resp.json().await.context("tags list JSON")?;
+                let mut tags: Vec<String> = list["tags"]
+                    .as_array()
+                    .map(|t| t.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                tags.sort();
+                Ok(tags)
+            }
+            s => anyhow::bail!("GET tags of {repo} answered {s}"),
+        }
+    }
+
     /// Deletes a manifest by digest (the registry has `storage.delete.enabled`).
     pub async fn delete_manifest(&self, repo: &str, digest: &str) -> anyhow::Result<()> {
         let resp = self
@@ -411,6 +435,11 @@ pub async fn manifest_digest(reg: &Registry, repo: &str, reference: &str) -> any
 /// Raw manifest bytes and media type of `repo:reference`.
 pub async fn get_manifest(reg: &Registry, repo: &str, reference: &str) -> anyhow::Result<(Bytes, String)> {
     Client::new(reg)?.get_manifest(repo, reference).await
+}
+
+/// The tags of `repo`, sorted; empty when it has none.
+pub async fn list_tags(reg: &Registry, repo: &str) -> anyhow::Result<Vec<String>> {
+    Client::new(reg)?.tags(repo).await
 }
 
 /// Whether `repo` has blob `digest`.

@@ -29,6 +29,50 @@ fn example_config_is_valid() {
     assert!(!stdout.contains("dh-secret-value"), "secret printed: {stdout}");
 }
 
+/// `check-config` shows the anchor tag template in effect: the default, or `none` when turned off
+/// in the file or the environment; a reserved template exits 2 naming the key and why.
+#[test]
+fn check_config_shows_the_anchor_tag_template_or_none() {
+    let target = "targetKind: docker\ndocker: {registry: r.example.com}\n";
+    let unset = write(target);
+    let off = write(&format!("{target}digestTagTemplate: none\n"));
+    let reserved = write(&format!("{target}digestTagTemplate: $algorithm-$hex\n"));
+    let path = |f: &tempfile::NamedTempFile| f.path().to_str().unwrap().to_owned();
+    // (config file, environment, the line printed or None for exit 2, the reason named)
+    type Case<'a> = (String, &'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+    let cases: [Case<'_>; 4] = [
+        (path(&unset), &[], Some("digestTagTemplate: copycat-$hex\n"), ""),
+        (path(&off), &[], Some("digestTagTemplate: none\n"), ""),
+        (
+            path(&unset),
+            &[("DIGEST_TAG_TEMPLATE", "NONE")],
+            Some("digestTagTemplate: none\n"),
+            "",
+        ),
+        (path(&reserved), &[], None, "reserved by the OCI referrers tag schema"),
+    ];
+    for (file, env, shown, error) in cases {
+        let out = check_config(&file, env);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        match shown {
+            Some(line) => {
+                assert_eq!(out.status.code(), Some(0), "{env:?}: {stderr}");
+                assert!(stdout.contains(line), "{env:?}: {line:?} not in {stdout}");
+            }
+            None => {
+                assert_eq!(out.status.code(), Some(2), "{stdout}");
+                assert!(
+                    stderr.contains("digestTagTemplate (") && stderr.contains(error),
+                    "{stderr}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn misspelled_key_is_named_with_a_suggestion() {
     let file = write("targetKind: docker\ndocker: {registry: r.example.com}\nincludeNamespace: [a]\n");

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use testkit::{Image, Registry, RegistryMode, StaticRegistry, manifest_digest, skopeo_digest};
+use testkit::{Image, Registry, RegistryMode, StaticRegistry, list_tags, manifest_digest, skopeo_digest};
 
 use crate::support::start;
 
@@ -191,33 +191,72 @@ fn bad_images_file_is_a_usage_error() {
     assert!(text(&out).contains("sourc"), "{}", text(&out));
 }
 
+/// A digest-only source (`repo@sha256:…`) gets its anchor tag `copycat-<hex>` by default from `copy`
+/// and `sync`, so rules that expire untagged images cannot delete the copy; `DIGEST_TAG_TEMPLATE=none`
+/// pushes it by digest alone, untagged; another template names another tag. Each target's whole tag
+/// list is read from the registry, and every tag resolves (through skopeo) to the source's digest.
 #[tokio::test]
-async fn digest_only_sources_are_pushed_by_digest_or_tagged_by_template() {
+async fn digest_only_sources_get_an_anchor_tag_unless_turned_off() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let image = Image::oci("amd64", &[3000], 300).unwrap();
-    image.push(&src, "lib/pinned", "v1").await.unwrap();
+    for repo in ["lib/pinned", "lib/untagged"] {
+        image.push(&src, repo, "v1").await.unwrap();
+    }
+    let hex = image.digest.trim_start_matches("sha256:");
+    let anchor = format!("copycat-{hex}");
+    let pin = format!("pin-{}", &hex[..12]);
+    let dir = tempfile::tempdir().unwrap();
+    let sync_file = |name: &str, repo: &str| {
+        let path = dir.path().join(name);
+        let text = format!(
+            "targetRepoPrefix: \"{}/external/\"\nimages:\n  - source: \"{}/{repo}@{}\"\n",
+            dst.host(),
+            src.host(),
+            image.digest
+        );
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (sync_default, sync_none) = (sync_file("a.yaml", "lib/pinned"), sync_file("b.yaml", "lib/untagged"));
     let source = format!("{}/lib/pinned@{}", src.host(), image.digest);
-
-    let plain = copycat(&["copy", &source, &format!("{}/by-digest", dst.host())], &[]);
-    assert_eq!(plain.status.code(), Some(0), "{}", text(&plain));
+    let copy = |repo: &str| vec!["copy".to_owned(), source.clone(), format!("{}/{repo}", dst.host())];
+    let sync = |file: &str| vec!["sync".to_owned(), "--images".to_owned(), file.to_owned()];
+    let none = [("DIGEST_TAG_TEMPLATE", "none")];
+    let pin_env = [("DIGEST_TAG_TEMPLATE", "pin-$short")];
+    // (arguments, environment, target repository, its tags)
+    type Case<'a> = (Vec<String>, &'a [(&'a str, &'a str)], &'a str, Vec<&'a str>);
+    let cases: [Case<'_>; 5] = [
+        (copy("anchored"), &[], "anchored", vec![&anchor]),
+        (copy("untagged"), &none, "untagged", vec![]),
+        (copy("pinned"), &pin_env, "pinned", vec![&pin]),
+        (sync(&sync_default), &[], "external/lib/pinned", vec![&anchor]),
+        (sync(&sync_none), &none, "external/lib/untagged", vec![]),
+    ];
+    for (args, env, repo, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = copycat(&args, env);
+        assert_eq!(out.status.code(), Some(0), "{args:?} {env:?}: {}", text(&out));
+        assert_eq!(
+            list_tags(&dst, repo).await.unwrap(),
+            want,
+            "{args:?} {env:?}: tags of {repo}"
+        );
+        assert_eq!(
+            manifest_digest(&dst, repo, &image.digest).await.unwrap().as_deref(),
+            Some(image.digest.as_str()),
+            "{args:?} {env:?}: {repo}@digest"
+        );
+        for tag in want {
+            assert_eq!(
+                skopeo_digest(&dst, &format!("{repo}:{tag}")).await.unwrap(),
+                image.digest,
+                "{repo}:{tag}"
+            );
+        }
+    }
     assert_eq!(
-        manifest_digest(&dst, "by-digest", &image.digest)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(image.digest.as_str())
-    );
-    assert_eq!(manifest_digest(&dst, "by-digest", "latest").await.unwrap(), None);
-
-    let tagged = copycat(
-        &["copy", &source, &format!("{}/tagged", dst.host())],
-        &[("DIGEST_TAG_TEMPLATE", "pin-$short")],
-    );
-    assert_eq!(tagged.status.code(), Some(0), "{}", text(&tagged));
-    let short = &image.digest.trim_start_matches("sha256:")[..12];
-    let tag = format!("pin-{short}");
-    assert_eq!(
-        skopeo_digest(&dst, &format!("tagged:{tag}")).await.unwrap(),
-        image.digest
+        manifest_digest(&dst, "untagged", "latest").await.unwrap(),
+        None,
+        "never :latest"
     );
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::apiserver::ApiServer;
-use testkit::{Fault, FaultProxy, Image, Match, Registry, RegistryMode, blob_exists, manifest_digest, skopeo_digest};
+use testkit::{
+    Fault, FaultProxy, Image, Match, Registry, RegistryMode, blob_exists, list_tags, manifest_digest, skopeo_digest,
+};
 
 use crate::discovery::workload;
 use crate::server::{Daemon, deployment, sample};
@@ -200,15 +202,63 @@ async fn every_kind_and_manifest_shape_is_mirrored_byte_exact() {
         assert_identical(&dst, repo, reference, image).await;
     }
     assert_eq!(
-        manifest_digest(&dst, "tools/migrate", "latest").await.unwrap(),
-        None,
-        "a digest-only source is pushed by digest, never as latest"
+        list_tags(&dst, "tools/migrate").await.unwrap(),
+        vec![format!("copycat-{}", pinned.digest.trim_start_matches("sha256:"))],
+        "a digest-only source gets its anchor tag, never latest"
     );
     let states = states(&daemon).await;
     assert_eq!(states.len(), 8, "{states:#?}");
     assert!(states.values().all(|s| s == "mirrored"), "{states:#?}");
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
+    assert_written_once(&dst);
+}
+
+/// A digest-only image in a workload is mirrored with its anchor tag `copycat-<hex>` by default, so
+/// an "expire untagged images" rule at the target cannot delete it; `DIGEST_TAG_TEMPLATE=none` pushes
+/// it by digest alone. First a daemon with `none` leaves the copy untagged; then a daemon with the
+/// default anchors that same copy, writing only the tagged manifest (no blob is uploaded again). The
+/// target's tag list is read from the registry; the anchor resolves (through skopeo) to the digest the
+/// workload runs.
+#[tokio::test]
+async fn the_daemon_anchors_digest_only_images_with_a_tag_unless_turned_off() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[1200, 900], 809).unwrap();
+    image.push(&src, "tools/pinned", "1").await.unwrap();
+    let server = ApiServer::new();
+    let pinned = on(&src, &format!("tools/pinned@{}", image.digest));
+    server.apply_all([deployment("web", &[pinned])]).unwrap();
+    let api = server.serve().unwrap();
+    let anchor = format!("copycat-{}", image.digest.trim_start_matches("sha256:"));
+    let off: &[(&str, &str)] = &[("DIGEST_TAG_TEMPLATE", "none")];
+    // (environment, the target's tags, blob uploads expected)
+    let cases = [(off, vec![], true), (&[][..], vec![anchor.as_str()], false)];
+    for (env, want, uploads) in cases {
+        let before = copycat_requests(&dst).len();
+        let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, env);
+        match want.first() {
+            Some(tag) => wait_for(&dst, "tools/pinned", tag).await,
+            None => wait_for(&dst, "tools/pinned", &image.digest).await,
+        }
+        eventually("/status records the copy", WAIT, async || {
+            states(&daemon).await.values().any(|s| s == "mirrored")
+        })
+        .await;
+        let (code, log) = daemon.stop();
+        assert_eq!(code, Some(0), "{log}");
+        assert_eq!(list_tags(&dst, "tools/pinned").await.unwrap(), want, "{env:?}");
+        for tag in &want {
+            assert_eq!(
+                skopeo_digest(&dst, &format!("tools/pinned:{tag}")).await.unwrap(),
+                image.digest,
+                "{tag}"
+            );
+        }
+        let uploaded = copycat_requests(&dst)[before..]
+            .iter()
+            .any(|r| r.method == "POST" && r.path.contains("/blobs/uploads/"));
+        assert_eq!(uploaded, uploads, "{env:?}: blob uploads");
+    }
     assert_written_once(&dst);
 }
 
@@ -1370,6 +1420,24 @@ async fn every_kind_of_bad_setting_stops_the_start_with_exit_2_naming_it() {
             vec![("DIGEST_TAG_TEMPLATE", "$hexes")],
             vec![],
             vec!["DIGEST_TAG_TEMPLATE", "$hexes"],
+        ),
+        (
+            "digest tag template of the reserved referrers form",
+            "digestTagTemplate: sha256-$hex\n",
+            vec![],
+            vec![],
+            vec![
+                "digestTagTemplate",
+                "sha256-$hex",
+                "reserved by the OCI referrers tag schema",
+            ],
+        ),
+        (
+            "digest tag template that is the same for every digest",
+            "",
+            vec![("DIGEST_TAG_TEMPLATE", "backup")],
+            vec![],
+            vec!["DIGEST_TAG_TEMPLATE", "same tag"],
         ),
         (
             "JSON",
