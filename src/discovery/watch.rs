@@ -298,6 +298,59 @@ pub fn start(
     (Watchers { tasks }, rx)
 }
 
+/// Why the cluster could not be listed once.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Kubernetes API server at {server} did not list every watched kind within {after:?}: {}",
+    if .problems.is_empty() { "no answer".to_owned() } else { .problems.join("; ") }
+)]
+pub struct ListError {
+    /// The API server (scheme, host, port).
+    pub server: String,
+    /// How long the lists were waited for.
+    pub after: std::time::Duration,
+    /// The watches failing or refused (403), as `/readyz` names them.
+    pub problems: Vec<String>,
+}
+
+/// The inventory of one list of each of `feeds` (the watchers' own first list, so objects are
+/// decoded and reduced exactly as the daemon does), for one-shot commands. Waits for every feed
+/// readiness waits for (not the optional pull-secret watches) at most `within`; the watchers stop
+/// when it returns.
+pub async fn list_once(
+    client: Client,
+    server: &str,
+    feeds: &[Feed],
+    within: std::time::Duration,
+) -> Result<super::inventory::Inventory, ListError> {
+    let health = WatchHealth::new(server, feeds.len());
+    let (watchers, mut updates) = start(client, feeds, Arc::new(Metrics::new()), &health);
+    let mut inventory = super::inventory::Inventory::new();
+    let listed = |inventory: &super::inventory::Inventory| {
+        feeds
+            .iter()
+            .all(|f| !f.watched.readiness_waits() || inventory.is_synced(f))
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    while !listed(&inventory) {
+        match tokio::time::timeout_at(deadline, updates.recv()).await {
+            Ok(Some(update)) => {
+                inventory.apply(update);
+            }
+            Ok(None) | Err(_) => {
+                drop(watchers);
+                return Err(ListError {
+                    server: health.server(),
+                    after: within,
+                    problems: health.describe(),
+                });
+            }
+        }
+    }
+    drop(watchers);
+    Ok(inventory)
+}
+
 /// A namespaced kind in `namespace`, or in every namespace.
 fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<Decoded<K>>
 where
