@@ -229,3 +229,80 @@ fn verify_with_a_bad_configuration_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(all.contains("/nonexistent/kubeconfig"), "{all}");
 }
+
+/// `$arch` from the image names the targets as the daemon names them (the source's architecture is
+/// read first); a digest-pinned image is checked against the digest the cluster runs, a tagged one
+/// against the source tag's digest, and the report says which. With the source away, what cannot be
+/// named or compared is `failed` on the source side, naming the source host (exit 1).
+#[tokio::test]
+async fn verify_names_arch_targets_and_says_where_the_expected_digest_came_from() {
+    let (mut src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let tagged = Image::oci("arm64", &[1200], 1410).unwrap();
+    let pinned = Image::docker("amd64", &[1300], 1411).unwrap();
+    tagged.push(&src, "tools/x", "1").await.unwrap();
+    pinned.push(&src, "tools/y", &pinned.digest).await.unwrap();
+    let anchor = format!("copycat-{}", pinned.digest.trim_start_matches("sha256:"));
+    tagged.push(&dst, "m/arm64/tools/x", "1").await.unwrap();
+    pinned.push(&dst, "m/amd64/tools/y", &anchor).await.unwrap();
+    let server = ApiServer::new();
+    let (x, y) = (
+        format!("{}/tools/x:1", src.host()),
+        format!("{}/tools/y@{}", src.host(), pinned.digest),
+    );
+    server
+        .apply(workload(
+            "Deployment",
+            "apps/v1",
+            "default",
+            "app",
+            &[("x", &x), ("y", &y)],
+        ))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let env = [
+        ("TARGET_KIND", "docker"),
+        ("TARGET_REGISTRY", &dst.host() as &str),
+        ("TARGET_REPO_PREFIX", "m/$arch"),
+        // The stopped source is retried once, briefly.
+        ("REGISTRY_RETRY_ATTEMPTS", "2"),
+        ("REGISTRY_RETRY_BACKOFF", "100ms"),
+    ];
+    let run = || {
+        copycat(
+            &[
+                "verify",
+                "--kubeconfig",
+                api.kubeconfig_path().to_str().unwrap(),
+                "--output",
+                "json",
+            ],
+            &env,
+        )
+    };
+
+    let out = run();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let images = report["images"].as_array().unwrap();
+    let find = |image: &str| {
+        images
+            .iter()
+            .find(|i| i["image"] == image)
+            .unwrap_or_else(|| panic!("{image}: {report}"))
+    };
+    assert_eq!(find(&x)["target"], format!("{}/m/arm64/tools/x:1", dst.host()));
+    assert_eq!(find(&x)["expected_from"], "source");
+    assert_eq!(find(&y)["target"], format!("{}/m/amd64/tools/y:{anchor}", dst.host()));
+    assert_eq!(find(&y)["expected_from"], "cluster");
+    assert_eq!(find(&y)["expected"], pinned.digest.as_str());
+
+    src.stop();
+    let out = run();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for image in report["images"].as_array().unwrap() {
+        assert_eq!(image["state"], "failed", "{image}");
+        assert_eq!(image["side"], "source", "{image}");
+        assert!(image["detail"].as_str().unwrap().contains(&src.host()), "{image}");
+    }
+}
