@@ -18,6 +18,9 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `copycat verify`.
 pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
+    if let Some(bad) = args.namespaces.iter().find(|n| n.is_empty() || n.contains('/')) {
+        return usage(&format!("--namespace {bad:?}: not a namespace name"));
+    }
     let parts = match DaemonParts::build(config).await {
         Ok(parts) => parts,
         Err(e @ WiringError::Kubeconfig(_)) => return usage(&e.to_string()),
@@ -26,9 +29,6 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    if let Some(bad) = args.namespaces.iter().find(|n| n.is_empty() || n.contains('/')) {
-        return usage(&format!("--namespace {bad:?}: not a namespace name"));
-    }
     // `--namespace` lists only those namespaces; otherwise what the daemon watches.
     let namespaces = if args.namespaces.is_empty() {
         parts.planner.scope().only_names()

@@ -170,7 +170,11 @@ impl Copier {
         let mut manifests = 0;
         // (digest, level): the manifest under the tag is level 1; a list, not recursion.
         let mut pending = vec![(expected.clone(), 1)];
+        let mut seen = BTreeSet::new();
         while let Some((digest, level)) = pending.pop() {
+            if !seen.insert(digest.clone()) {
+                continue; // listed twice: checked once
+            }
             let reference = digest.to_string();
             let action = || format!("GET manifest {}@{digest}", req.target.name());
             if level > 1 {

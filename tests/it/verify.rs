@@ -2,15 +2,16 @@
 //! registries, whose storage the tests damage behind the registry's back (no blob descriptor cache,
 //! so the registry answers from its files).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::Value;
 use testkit::apiserver::ApiServer;
-use testkit::{Image, Registry, RegistryMode};
+use testkit::{AccessLogEntry, Image, Registry, RegistryMode};
 
 use crate::commands::{copycat, text};
 use crate::discovery::workload;
-use crate::support::start;
+use crate::support::{copycat_requests, start};
 
 /// The file holding `digest`'s bytes in `reg`'s storage.
 fn blob_file(reg: &Registry, digest: &str) -> PathBuf {
@@ -25,6 +26,20 @@ fn manifest_link(reg: &Registry, repo: &str, digest: &str) -> PathBuf {
     reg.data_dir().join(format!(
         "docker/registry/v2/repositories/{repo}/_manifests/revisions/sha256/{hex}/link"
     ))
+}
+
+/// `requests` counted by method and kind (`HEAD blobs`, `GET manifests`), registry pings left out.
+fn requests_by_kind(requests: &[AccessLogEntry]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in requests {
+        let kind = ["manifests", "blobs"]
+            .into_iter()
+            .find(|k| r.path.contains(&format!("/{k}/")));
+        if let Some(kind) = kind {
+            *out.entry(format!("{} {kind}", r.method)).or_default() += 1;
+        }
+    }
+    out
 }
 
 /// `copycat verify ARGS…` against `kubeconfig`, mirroring to `dst`, excluding quay.io.
@@ -43,7 +58,7 @@ fn verify(kubeconfig: &std::path::Path, dst: &Registry, args: &[&str]) -> std::p
 }
 
 /// The JSON report's images as (image without its registry → (state, detail)).
-fn states(out: &std::process::Output) -> std::collections::BTreeMap<String, (String, String)> {
+fn states(out: &std::process::Output) -> BTreeMap<String, (String, String)> {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)));
     report["images"]
         .as_array()
@@ -110,6 +125,22 @@ async fn verify_proves_the_backup_complete_and_names_what_is_missing() {
     let out = verify(kubeconfig, &dst, &[]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
+    // Reads only: one HEAD per tag and per child manifest, a GET per manifest, a HEAD per blob.
+    let images = [&web, &db, &migrate];
+    let manifests: usize = images.iter().map(|i| i.all_manifest_digests().len()).sum();
+    let blobs: usize = images.iter().map(|i| i.all_blobs().len()).sum();
+    let quick = requests_by_kind(&copycat_requests(&dst));
+    assert_eq!(
+        quick,
+        [
+            ("GET manifests", manifests),
+            ("HEAD blobs", blobs),
+            ("HEAD manifests", manifests)
+        ]
+        .map(|(k, n)| (k.to_owned(), n))
+        .into(),
+        "{manifests} manifests, {blobs} blobs"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     for (image, target) in [
         ("shop/web:1.0", "shop/web:1.0"),
@@ -160,8 +191,14 @@ async fn verify_proves_the_backup_complete_and_names_what_is_missing() {
     std::fs::write(&file, bytes).unwrap();
     let out = verify(kubeconfig, &dst, &[]);
     assert_eq!(out.status.code(), Some(0), "HEADs see the blob present: {}", text(&out));
+    let before = copycat_requests(&dst).len();
     let out = verify(kubeconfig, &dst, &["--deep", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let deep_requests = requests_by_kind(&copycat_requests(&dst)[before..]);
+    assert_eq!(
+        deep_requests["GET blobs"], blobs,
+        "every blob read once: {deep_requests:?}"
+    );
     let deep = states(&out);
     assert_eq!(
         deep["shop/web:1.0"],
