@@ -5,11 +5,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use copycat::copy::CopyOptions;
+use copycat::copy::check::{Depth, Missing, TargetState};
+use copycat::platform::Platform;
 use serde_json::Value;
 use testkit::apiserver::ApiServer;
 use testkit::{AccessLogEntry, Image, Registry, RegistryMode};
 
 use crate::commands::{copycat, text};
+use crate::copy::{copier, request};
 use crate::discovery::workload;
 use crate::support::{copycat_requests, start};
 
@@ -342,4 +346,69 @@ async fn verify_names_arch_targets_and_says_where_the_expected_digest_came_from(
         assert_eq!(image["side"], "source", "{image}");
         assert!(image["detail"].as_str().unwrap().contains(&src.host()), "{image}");
     }
+}
+
+/// The check in the library, as the daemon can run it: with a platform subset the target holds what
+/// the copy wrote under the tag (one platform's manifest, or a filtered index), and a fresh copier
+/// (nothing remembered) computes that digest from the source index and finds it whole, even read
+/// deep; the whole index's digest is a mismatch there. A target by digest is checked by digest, and
+/// a target never written misses its manifest.
+#[tokio::test]
+async fn platform_subsets_and_targets_by_digest_are_checked_against_what_the_copy_wrote() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let index = Image::oci_index(&[1000], true, 1420).unwrap();
+    index.push(&src, "multi/app", "1").await.unwrap();
+    let platforms = |names: &[&str]| names.iter().map(|p| Platform::parse(p).unwrap()).collect::<Vec<_>>();
+    for (wanted, tag) in [
+        (platforms(&["linux/amd64"]), "one"),
+        (platforms(&["linux/amd64", "linux/arm64"]), "two"),
+    ] {
+        let req = request(&src, "multi/app:1", &dst, "multi/app", Some(tag));
+        let opts = CopyOptions {
+            platforms: wanted,
+            ..CopyOptions::default()
+        };
+        let written = copier(&[&src, &dst]).copy(&req, &opts).await.unwrap().digest.unwrap();
+        let fresh = copier(&[&src, &dst]);
+        let expected = fresh.expected_digest(&req, &opts).await.unwrap();
+        assert_eq!(expected, written, "{tag}");
+        assert_ne!(expected.to_string(), index.digest, "{tag}");
+        let state = fresh.check_target(&req, &expected, Depth::Deep, 4).await.unwrap();
+        assert!(matches!(state, TargetState::Verified { .. }), "{tag}: {state:?}");
+        let whole = fresh.expected_digest(&req, &CopyOptions::default()).await.unwrap();
+        assert_eq!(whole.to_string(), index.digest);
+        let state = fresh.check_target(&req, &whole, Depth::Quick, 4).await.unwrap();
+        assert_eq!(
+            state,
+            TargetState::Mismatch {
+                expected: whole,
+                found: expected
+            },
+            "{tag}"
+        );
+    }
+
+    let by_digest = request(&src, &format!("multi/app@{}", index.digest), &dst, "pinned", None);
+    let copier = copier(&[&src, &dst]);
+    copier.copy(&by_digest, &CopyOptions::default()).await.unwrap();
+    let expected = copier
+        .expected_digest(&by_digest, &CopyOptions::default())
+        .await
+        .unwrap();
+    let state = copier
+        .check_target(&by_digest, &expected, Depth::Quick, 4)
+        .await
+        .unwrap();
+    let manifests = index.all_manifest_digests().len();
+    let blobs = index.all_blobs().len();
+    assert_eq!(state, TargetState::Verified { manifests, blobs });
+    let never = request(&src, "multi/app:1", &dst, "never/written", Some("1"));
+    let state = copier.check_target(&never, &expected, Depth::Quick, 4).await.unwrap();
+    assert_eq!(
+        state,
+        TargetState::Missing(Missing {
+            manifest: true,
+            ..Missing::default()
+        })
+    );
 }
