@@ -531,6 +531,36 @@ mod tests {
         assert!(parse(&["sync"]).is_err());
         assert!(parse(&["copy", "a"]).is_err());
         assert!(parse(&["sync", "--images", "f", "--jobs", "0"]).is_err());
+        let Some(Command::Verify(v)) =
+            parse(&["verify", "-n", "shop", "--namespace=ops", "--deep", "--output", "json"])
+                .unwrap()
+                .command
+        else {
+            panic!("not a verify")
+        };
+        assert_eq!(
+            (v.namespaces.as_slice(), v.deep, v.output, v.jobs),
+            (
+                ["shop".to_owned(), "ops".to_owned()].as_slice(),
+                true,
+                OutputFormat::Json,
+                4
+            )
+        );
+        assert!(parse(&["verify", "--output", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn verify_takes_its_own_kubeconfig_and_refuses_the_daemons_before_it() {
+        let (command, o) = parse(&["verify", "--kubeconfig", "k.yaml"]).unwrap().into_parts();
+        assert!(matches!(command, Command::Verify(_)));
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k.yaml")));
+        let (_, o) = parse(&["verify"]).unwrap().into_parts();
+        assert_eq!(o.kubeconfig, None);
+        for flag in ["--kubeconfig=k.yaml", "--leader-elect=false"] {
+            assert!(parse(&[flag, "verify"]).is_err(), "{flag} before verify");
+        }
+        assert!(parse(&["verify", "--leader-elect=false"]).is_err());
     }
 
     #[test]
