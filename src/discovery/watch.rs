@@ -301,7 +301,7 @@ pub fn start(
 /// Why the cluster could not be listed once.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the Kubernetes API server at {server} did not list every watched kind within {after:?}: {}",
+    "the Kubernetes API server at {server} did not list every watched kind (waited {after:.1?}): {}",
     if .problems.is_empty() { "no answer".to_owned() } else { .problems.join("; ") }
 )]
 pub struct ListError {
@@ -315,8 +315,8 @@ pub struct ListError {
 
 /// The inventory of one list of each of `feeds` (the watchers' own first list, so objects are
 /// decoded and reduced exactly as the daemon does), for one-shot commands. Waits for every feed
-/// readiness waits for (not the optional pull-secret watches) at most `within`; the watchers stop
-/// when it returns.
+/// readiness waits for (not the optional pull-secret watches) at most `within`, and not at all once
+/// the API server refuses one of them (403); the watchers stop when it returns.
 pub async fn list_once(
     client: Client,
     server: &str,
@@ -331,20 +331,34 @@ pub async fn list_once(
             .iter()
             .all(|f| !f.watched.readiness_waits() || inventory.is_synced(f))
     };
-    let deadline = tokio::time::Instant::now() + within;
+    let refused = |inventory: &super::inventory::Inventory| {
+        feeds
+            .iter()
+            .any(|f| f.watched.readiness_waits() && !inventory.is_synced(f) && health.is_forbidden(&f.name()))
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + within;
+    // Refusals send no update: look for them between updates too.
+    let mut look = tokio::time::interval(std::time::Duration::from_millis(200));
     while !listed(&inventory) {
-        match tokio::time::timeout_at(deadline, updates.recv()).await {
-            Ok(Some(update)) => {
-                inventory.apply(update);
-            }
-            Ok(None) | Err(_) => {
-                drop(watchers);
-                return Err(ListError {
-                    server: health.server(),
-                    after: within,
-                    problems: health.describe(),
-                });
-            }
+        let gave_up = tokio::select! {
+            update = updates.recv() => match update {
+                Some(update) => {
+                    inventory.apply(update);
+                    false
+                }
+                None => true,
+            },
+            _ = look.tick() => refused(&inventory),
+            () = tokio::time::sleep_until(deadline) => true,
+        };
+        if gave_up {
+            drop(watchers);
+            return Err(ListError {
+                server: health.server(),
+                after: started.elapsed(),
+                problems: health.describe(),
+            });
         }
     }
     drop(watchers);
@@ -395,7 +409,7 @@ fn spawn<K: WatchedObject>(
             .namespace
             .as_deref()
             .map_or(" cluster-wide".to_string(), |ns| format!(" in namespace {ns}"));
-        let watch_name = format!("{kind}{scope}");
+        let watch_name = feed.name();
         let mut events = watcher(api, watcher::Config::default()).boxed();
         // Not kube's `default_backoff()`: it resets on every Ok item, and the watcher yields `Init`
         // before each list attempt, so an unreachable server was retried every 0.8 s for ever.
@@ -440,7 +454,7 @@ fn spawn<K: WatchedObject>(
 /// [`WatchHealth::failed`] says a warning is due, else at debug level.
 fn report_failure(error: &watcher::Error, (kind, scope): (&str, &str), feed: &Feed, health: &WatchHealth) {
     let namespace = feed.namespace.as_deref().unwrap_or("*");
-    let what = format!("{kind}{scope}");
+    let what = feed.name();
     if let Some((verb, refusal)) = forbidden_verb(error) {
         tracing::error!(
             kind = %kind, namespace, verb, error = refusal,

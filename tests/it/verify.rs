@@ -9,7 +9,7 @@ use copycat::copy::CopyOptions;
 use copycat::copy::check::{Depth, Missing, TargetState};
 use copycat::platform::Platform;
 use serde_json::Value;
-use testkit::apiserver::ApiServer;
+use testkit::apiserver::{ApiFault, ApiServer};
 use testkit::{AccessLogEntry, Image, Registry, RegistryMode};
 
 use crate::commands::{copycat, text};
@@ -410,5 +410,28 @@ async fn platform_subsets_and_targets_by_digest_are_checked_against_what_the_cop
             manifest: true,
             ..Missing::default()
         })
+    );
+}
+
+/// A kind the API server refuses to list (403) fails `verify` at once, naming the watch and the
+/// refusal, instead of waiting for a list that will never come.
+#[tokio::test]
+async fn verify_fails_at_once_when_a_watched_kind_cannot_be_listed() {
+    let dst = start(RegistryMode::Plain);
+    let server = ApiServer::new();
+    server.inject(ApiFault::forbidden("statefulsets", "list"));
+    let api = server.serve().unwrap();
+    let started = std::time::Instant::now();
+    let out = verify(api.kubeconfig_path(), &dst, &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("did not list every watched kind") && all.contains("forbidden: StatefulSet cluster-wide"),
+        "{all}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
     );
 }
