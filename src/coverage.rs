@@ -267,14 +267,19 @@ fn describe(state: TargetState) -> (BackupState, String) {
     match state {
         TargetState::Verified { manifests, blobs } => (
             BackupState::Verified,
-            format!("{manifests} manifests, {blobs} blobs present"),
+            format!("{}, {} present", count(manifests, "manifest"), count(blobs, "blob")),
         ),
-        TargetState::Missing(missing) => (BackupState::Missing, format!("missing: {missing}")),
+        TargetState::Missing(missing) => (BackupState::Missing, missing.to_string()),
         TargetState::Mismatch { expected, found } => (
             BackupState::Mismatch,
             format!("the target holds {found}, expected {expected}"),
         ),
     }
+}
+
+/// `n what`, plural when `n` is not 1.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `images` as a table: image, target, state, detail and users, columns aligned.
@@ -379,12 +384,17 @@ mod tests {
                 "3 manifests, 4 blobs present".to_owned(),
             ),
             (
+                TargetState::Verified { manifests: 1, blobs: 1 },
+                BackupState::Verified,
+                "1 manifest, 1 blob present".to_owned(),
+            ),
+            (
                 TargetState::Missing(Missing {
                     blobs: vec![d(1)],
                     ..Missing::default()
                 }),
                 BackupState::Missing,
-                "missing: 1 blob".to_owned(),
+                "1 blob".to_owned(),
             ),
             (
                 TargetState::Mismatch {

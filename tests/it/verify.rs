@@ -206,7 +206,7 @@ async fn verify_proves_the_backup_complete_and_names_what_is_missing() {
     let deep = states(&out);
     assert_eq!(
         deep["shop/web:1.0"],
-        ("missing".to_owned(), "missing: 1 damaged".to_owned()),
+        ("missing".to_owned(), "1 damaged".to_owned()),
         "{deep:?}"
     );
     assert_eq!(deep["data/db:16"].0, "verified", "{deep:?}");
@@ -224,12 +224,12 @@ async fn verify_proves_the_backup_complete_and_names_what_is_missing() {
     let broken = states(&out);
     assert_eq!(
         broken["shop/web:1.0"],
-        ("missing".to_owned(), "missing: 1 child manifest".to_owned()),
+        ("missing".to_owned(), "1 child manifest".to_owned()),
         "the damaged layer belongs to the other child, which is still checked: {broken:?}"
     );
     assert_eq!(
         broken["data/db:16"],
-        ("missing".to_owned(), "missing: 1 blob".to_owned()),
+        ("missing".to_owned(), "1 blob".to_owned()),
         "{broken:?}"
     );
     assert_eq!(
