@@ -15,7 +15,11 @@ use testkit::{AccessLogEntry, Image, Registry, RegistryMode};
 use crate::commands::{copycat, text};
 use crate::copy::{copier, request};
 use crate::discovery::workload;
-use crate::support::{copycat_requests, start};
+use crate::server::Daemon;
+use crate::support::{copycat_requests, eventually, start};
+
+/// How long a test waits for the daemon.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The file holding `digest`'s bytes in `reg`'s storage.
 fn blob_file(reg: &Registry, digest: &str) -> PathBuf {
@@ -434,4 +438,94 @@ async fn verify_fails_at_once_when_a_watched_kind_cannot_be_listed() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Issue 14's "coverage is exact", as far as `verify` goes: 20 Deployments in 4 namespaces, mirrored
+/// by the daemon under `backup/$namespace`, 2 of them failing (their source tag does not exist).
+/// Once the daemon's `/status` says 18 mirrored, `verify` (no daemon running) agrees: 18 verified,
+/// 2 failed on the source side, coverage 18/20, exit 1; the targets it names are the daemon's.
+#[tokio::test]
+async fn verify_agrees_with_what_the_daemon_mirrored() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let server = ApiServer::new();
+    let mut objects = Vec::new();
+    for i in 0..20u64 {
+        let repo = format!("apps/app{i}");
+        if i < 18 {
+            let image = Image::oci("amd64", &[1000 + i], 1500 + i).unwrap();
+            image.push(&src, &repo, "1").await.unwrap();
+        }
+        let (ns, name) = (format!("team{}", i % 4), format!("app{i}"));
+        let image = format!("{}/{repo}:1", src.host());
+        objects.push(workload("Deployment", "apps/v1", &ns, &name, &[("c", &image)]));
+    }
+    server.apply_all(objects).unwrap();
+    let api = server.serve().unwrap();
+    let prefix = [("TARGET_REPO_PREFIX", "backup/$namespace")];
+    let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, &prefix);
+    eventually("18 mirrored and 2 failures in /status", WAIT, async || {
+        let (code, body) = daemon.get("/status").await;
+        let Ok(all) = serde_json::from_str::<Value>(&body) else {
+            return false;
+        };
+        let states: Vec<&str> = all
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["state"].as_str())
+            .collect();
+        code == 200
+            && states.iter().filter(|s| **s == "mirrored").count() == 18
+            && states.iter().filter(|s| **s != "mirrored").count() == 2
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let host = dst.host();
+    let mut env = vec![("TARGET_KIND", "docker"), ("TARGET_REGISTRY", host.as_str())];
+    env.extend(prefix);
+    let kubeconfig = api.kubeconfig_path().to_str().unwrap();
+    let started = std::time::Instant::now();
+    let out = copycat(&["verify", "--kubeconfig", kubeconfig, "--output", "json"], &env);
+    let quick = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = &report["summary"];
+    assert_eq!(
+        (&summary["verified"], &summary["failed"]),
+        (&18.into(), &2.into()),
+        "{summary}"
+    );
+    assert_eq!(summary["coverage"], 0.9);
+    for image in report["images"].as_array().unwrap() {
+        let name = image["image"].as_str().unwrap();
+        let i: u64 = name
+            .rsplit_once("/app")
+            .unwrap()
+            .1
+            .trim_end_matches(":1")
+            .parse()
+            .unwrap();
+        let target = format!("{}/backup/team{}/apps/app{i}:1", dst.host(), i % 4);
+        if i < 18 {
+            assert_eq!(
+                (&image["state"], &image["target"]),
+                (&"verified".into(), &target.into()),
+                "{image}"
+            );
+        } else {
+            assert_eq!(
+                (&image["state"], &image["side"]),
+                (&"failed".into(), &"source".into()),
+                "{image}"
+            );
+            assert!(image["detail"].as_str().unwrap().contains("not found"), "{image}");
+        }
+    }
+    let started = std::time::Instant::now();
+    let out = copycat(&["verify", "--kubeconfig", kubeconfig, "--deep"], &env);
+    let deep = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    eprintln!("verify of 20 images (18 present): quick {quick:.2?}, deep {deep:.2?}");
 }
