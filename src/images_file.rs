@@ -14,8 +14,26 @@
 use serde::Deserialize;
 
 use crate::copy::CopyRequest;
+use crate::naming::NamingError;
 use crate::platform::Platform;
-use crate::reference::ImageRef;
+use crate::reference::{ImageRef, ReferenceError};
+
+/// Why one entry of the file cannot be mirrored.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// `source` is no image reference.
+    #[error("{0}")]
+    Source(ReferenceError),
+    /// The prefix and the source's repository make no valid target.
+    #[error("target would be invalid: {0}")]
+    Target(ReferenceError),
+    /// `tag` or `digestTagTemplate` makes no valid target tag.
+    #[error("{0}")]
+    Tag(#[from] NamingError),
+    /// The target tag is not valid for the target repository.
+    #[error("{0}")]
+    TargetTag(ReferenceError),
+}
 
 /// One image of the file, resolved to a copy request.
 #[derive(Debug, Clone)]
@@ -68,14 +86,12 @@ pub fn parse(text: &str, digest_tag_template: Option<&str>) -> Result<Vec<SyncEn
     }
 }
 
-fn resolve(prefix: &str, entry: &Entry, digest_tag_template: Option<&str>) -> Result<SyncEntry, String> {
-    let source = ImageRef::parse(&entry.source).map_err(|e| e.to_string())?;
-    let target = ImageRef::parse(&format!("{prefix}/{}", source.repository()))
-        .map_err(|e| format!("target would be invalid: {e}"))?;
-    let target_tag =
-        crate::naming::target_tag(&source, entry.tag.as_deref(), digest_tag_template).map_err(|e| e.to_string())?;
+fn resolve(prefix: &str, entry: &Entry, digest_tag_template: Option<&str>) -> Result<SyncEntry, EntryError> {
+    let source = ImageRef::parse(&entry.source).map_err(EntryError::Source)?;
+    let target = ImageRef::parse(&format!("{prefix}/{}", source.repository())).map_err(EntryError::Target)?;
+    let target_tag = crate::naming::target_tag(&source, entry.tag.as_deref(), digest_tag_template)?;
     if let Some(tag) = &target_tag {
-        target.with_tag(tag).map_err(|e| e.to_string())?;
+        target.with_tag(tag).map_err(EntryError::TargetTag)?;
     }
     let platforms = if entry.amd64_only {
         vec![Platform::parse("linux/amd64").expect("valid")]
