@@ -16,7 +16,9 @@ use crate::commands::{copycat, text};
 use crate::copy::{copier, request};
 use crate::discovery::workload;
 use crate::server::Daemon;
-use crate::support::{copycat_requests, eventually, start};
+use crate::support::{
+    assert_no_secrets, copycat_requests, credential_secrets, eventually, issued_token_secrets, start,
+};
 
 /// How long a test waits for the daemon.
 const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -278,10 +280,14 @@ fn verify_with_a_bad_configuration_exits_2() {
 /// `$arch` from the image names the targets as the daemon names them (the source's architecture is
 /// read first); a digest-pinned image is checked against the digest the cluster runs, a tagged one
 /// against the source tag's digest, and the report says which. With the source away, what cannot be
-/// named or compared is `failed` on the source side, naming the source host (exit 1).
+/// named or compared is `failed` on the source side, naming the source host (exit 1). The target
+/// asks for bearer tokens: neither the password nor a token appears in the output.
 #[tokio::test]
 async fn verify_names_arch_targets_and_says_where_the_expected_digest_came_from() {
-    let (mut src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let (mut src, dst) = (
+        start(RegistryMode::Plain),
+        start(RegistryMode::token("ops", "verify-secret-41")),
+    );
     let tagged = Image::oci("arm64", &[1200], 1410).unwrap();
     let pinned = Image::docker("amd64", &[1300], 1411).unwrap();
     tagged.push(&src, "tools/x", "1").await.unwrap();
@@ -308,6 +314,8 @@ async fn verify_names_arch_targets_and_says_where_the_expected_digest_came_from(
         ("TARGET_KIND", "docker"),
         ("TARGET_REGISTRY", &dst.host() as &str),
         ("TARGET_REPO_PREFIX", "m/$arch"),
+        ("TARGET_USERNAME", "ops"),
+        ("TARGET_PASSWORD", "verify-secret-41"),
         // The stopped source is retried once, briefly.
         ("REGISTRY_RETRY_ATTEMPTS", "2"),
         ("REGISTRY_RETRY_BACKOFF", "100ms"),
@@ -341,9 +349,14 @@ async fn verify_names_arch_targets_and_says_where_the_expected_digest_came_from(
     assert_eq!(find(&y)["expected_from"], "cluster");
     assert_eq!(find(&y)["expected"], pinned.digest.as_str());
 
+    let verified = text(&out);
     src.stop();
     let out = run();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let mut secrets = credential_secrets("ops", "verify-secret-41");
+    secrets.extend(issued_token_secrets(&dst));
+    assert!(secrets.len() > 2, "tokens were issued");
+    assert_no_secrets(&[("verified", &verified), ("failed", &text(&out))], &secrets);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     for image in report["images"].as_array().unwrap() {
         assert_eq!(image["state"], "failed", "{image}");
