@@ -73,6 +73,9 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
     })
     .await;
     let summary = Summary::of(&images);
+    if images.is_empty() {
+        eprintln!("copycat: warning: no image is in scope (check --namespace and the namespace filters)");
+    }
     match args.output {
         OutputFormat::Table => {
             print!("{}", coverage::table(&images));

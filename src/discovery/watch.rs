@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::decode::Decoded;
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
 use super::health::{FAILURE_LOG_INTERVAL, WatchHealth};
-use super::inventory::{Feed, PullRefs, Seen, Update, Watched};
+use super::inventory::{Feed, Inventory, PullRefs, Seen, Update, Watched};
 use crate::metrics::Metrics;
 use crate::registry::{DockerAuths, parse_docker_config_json};
 use crate::workload::Kind;
@@ -322,16 +322,16 @@ pub async fn list_once(
     server: &str,
     feeds: &[Feed],
     within: std::time::Duration,
-) -> Result<super::inventory::Inventory, ListError> {
+) -> Result<Inventory, ListError> {
     let health = WatchHealth::new(server, feeds.len());
     let (watchers, mut updates) = start(client, feeds, Arc::new(Metrics::new()), &health);
-    let mut inventory = super::inventory::Inventory::new();
-    let listed = |inventory: &super::inventory::Inventory| {
+    let mut inventory = Inventory::new();
+    let listed = |inventory: &Inventory| {
         feeds
             .iter()
             .all(|f| !f.watched.readiness_waits() || inventory.is_synced(f))
     };
-    let refused = |inventory: &super::inventory::Inventory| {
+    let refused = |inventory: &Inventory| {
         feeds
             .iter()
             .any(|f| f.watched.readiness_waits() && !inventory.is_synced(f) && health.is_forbidden(&f.name()))

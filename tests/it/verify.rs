@@ -191,6 +191,9 @@ async fn verify_proves_the_backup_complete_and_names_what_is_missing() {
     assert_eq!(report["images"][0]["expected_from"], "source");
     assert_eq!(report["images"][0]["expected"], migrate.digest.as_str());
     assert_eq!(report["images"][0]["users"][0], "CronJob ops/nightly");
+    let out = verify(kubeconfig, &dst, &["--namespace", "nowhere"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("no image is in scope"), "{}", text(&out));
 
     // 2. A layer of web's amd64 image damaged in storage, its size unchanged: HEAD cannot tell, a
     // deep check reads and re-hashes it.
