@@ -41,12 +41,14 @@ impl Cli {
     /// which would otherwise be accepted and ignored.
     pub fn checked(self) -> Result<Cli, clap::Error> {
         match &self.command {
-            Some(Command::Copy(_) | Command::Sync(_)) if self.daemon != DaemonFlags::default() => Err(Cli::command()
-                .error(
+            Some(Command::Copy(_) | Command::Sync(_) | Command::Verify(_)) if self.daemon != DaemonFlags::default() => {
+                Err(Cli::command().error(
                     clap::error::ErrorKind::ArgumentConflict,
                     "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
-                     --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy` or `sync`",
-                )),
+                     --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync` \
+                     or `verify` (`verify --kubeconfig FILE` takes its own)",
+                ))
+            }
             _ => Ok(self),
         }
     }
@@ -55,10 +57,14 @@ impl Cli {
     pub fn into_parts(self) -> (Command, Overrides) {
         let command = self.command.unwrap_or(Command::Run(self.daemon));
         let daemon = match &command {
-            Command::Run(daemon) | Command::CheckConfig(daemon) => Some(daemon),
+            Command::Run(daemon) | Command::CheckConfig(daemon) => Some(daemon.clone()),
+            Command::Verify(args) => Some(DaemonFlags {
+                kubeconfig: args.kubeconfig.clone(),
+                ..DaemonFlags::default()
+            }),
             Command::Copy(_) | Command::Sync(_) => None,
         };
-        let overrides = self.flags.overrides(daemon);
+        let overrides = self.flags.overrides(daemon.as_ref());
         (command, overrides)
     }
 }
@@ -140,6 +146,41 @@ pub enum Command {
     /// Load the configuration exactly as `run` would, print it with secrets masked, and exit 0;
     /// or list every problem and exit 2.
     CheckConfig(DaemonFlags),
+    /// Check that the backup is complete: list the cluster once, plan as the daemon does, and check
+    /// every planned target at the target registry. Exit 0 only when every image in scope is
+    /// verified, 1 otherwise, 2 for configuration errors.
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `copycat verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then the in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Check only images used in this namespace (repeatable); the configured namespace filters
+    /// still apply.
+    #[arg(long = "namespace", short = 'n', value_name = "NS")]
+    pub namespaces: Vec<String>,
+    /// Read every blob and manifest from the target and re-hash it (streaming), instead of HEAD
+    /// requests: finds damaged content, at the cost of reading the whole backup.
+    #[arg(long)]
+    pub deep: bool,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Images checked at the same time.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+}
+
+/// How `verify` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table (image, target, state, detail, users) and a summary line.
+    Table,
+    /// One JSON document: `images` (one object per image) and `summary`.
+    Json,
 }
 
 /// Arguments of `copycat copy`.
@@ -490,6 +531,36 @@ mod tests {
         assert!(parse(&["sync"]).is_err());
         assert!(parse(&["copy", "a"]).is_err());
         assert!(parse(&["sync", "--images", "f", "--jobs", "0"]).is_err());
+        let Some(Command::Verify(v)) =
+            parse(&["verify", "-n", "shop", "--namespace=ops", "--deep", "--output", "json"])
+                .unwrap()
+                .command
+        else {
+            panic!("not a verify")
+        };
+        assert_eq!(
+            (v.namespaces.as_slice(), v.deep, v.output, v.jobs),
+            (
+                ["shop".to_owned(), "ops".to_owned()].as_slice(),
+                true,
+                OutputFormat::Json,
+                4
+            )
+        );
+        assert!(parse(&["verify", "--output", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn verify_takes_its_own_kubeconfig_and_refuses_the_daemons_before_it() {
+        let (command, o) = parse(&["verify", "--kubeconfig", "k.yaml"]).unwrap().into_parts();
+        assert!(matches!(command, Command::Verify(_)));
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k.yaml")));
+        let (_, o) = parse(&["verify"]).unwrap().into_parts();
+        assert_eq!(o.kubeconfig, None);
+        for flag in ["--kubeconfig=k.yaml", "--leader-elect=false"] {
+            assert!(parse(&[flag, "verify"]).is_err(), "{flag} before verify");
+        }
+        assert!(parse(&["verify", "--leader-elect=false"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod copy;
+pub mod coverage;
 pub mod daemon;
 pub mod destination;
 pub mod discovery;

@@ -1,7 +1,8 @@
 //! The one-shot commands `copycat copy` and `copycat sync`, over a copier that [`wiring`] builds
-//! for the target hosts the command names.
+//! for the target hosts the command names; and `copycat verify` over the daemon's parts.
 
 mod progress;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -16,6 +17,7 @@ use crate::platform::Platform;
 use crate::reference::{self, ImageRef, ReferenceError};
 use crate::wiring::{command_copier, copy_options};
 use progress::Progress;
+pub use verify::verify;
 
 /// Exit status when some images failed.
 const EXIT_FAILED: u8 = 1;

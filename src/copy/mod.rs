@@ -4,6 +4,7 @@
 //! child manifests by digest, and the tag last, so a tag never points at incomplete content.
 
 pub mod arch;
+pub mod check;
 mod locks;
 pub mod manifest;
 pub mod select;

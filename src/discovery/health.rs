@@ -113,6 +113,11 @@ impl WatchHealth {
         false
     }
 
+    /// Whether the API server refuses `what` (403): that will not heal by retrying.
+    pub fn is_forbidden(&self, what: &str) -> bool {
+        matches!(self.lock().problems.get(what), Some(Problem::Forbidden(_)))
+    }
+
     /// The API server's URL.
     pub fn server(&self) -> String {
         self.lock().server.clone()

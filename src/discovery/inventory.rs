@@ -31,6 +31,17 @@ impl Watched {
     pub fn readiness_waits(self) -> bool {
         !matches!(self, Watched::Secret | Watched::ServiceAccount)
     }
+
+    /// The Kubernetes kind, e.g. `Deployment`.
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Watched::Workload(kind) => kind.as_str(),
+            Watched::ReplicaSet => "ReplicaSet",
+            Watched::Node => "Node",
+            Watched::Secret => "Secret",
+            Watched::ServiceAccount => "ServiceAccount",
+        }
+    }
 }
 
 /// One watch: a kind, in every namespace or in one.
@@ -40,6 +51,17 @@ pub struct Feed {
     pub watched: Watched,
     /// The one namespace watched; `None`: every namespace (and cluster-scoped kinds).
     pub namespace: Option<String>,
+}
+
+impl Feed {
+    /// How logs, `/readyz` and errors name the watch: `Deployment cluster-wide`,
+    /// `Pod in namespace shop`.
+    pub fn name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} in namespace {ns}", self.watched.kind_name()),
+            None => format!("{} cluster-wide", self.watched.kind_name()),
+        }
+    }
 }
 
 impl From<Watched> for Feed {

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::decode::Decoded;
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
 use super::health::{FAILURE_LOG_INTERVAL, WatchHealth};
-use super::inventory::{Feed, PullRefs, Seen, Update, Watched};
+use super::inventory::{Feed, Inventory, PullRefs, Seen, Update, Watched};
 use crate::metrics::Metrics;
 use crate::registry::{DockerAuths, parse_docker_config_json};
 use crate::workload::Kind;
@@ -298,6 +298,73 @@ pub fn start(
     (Watchers { tasks }, rx)
 }
 
+/// Why the cluster could not be listed once.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Kubernetes API server at {server} did not list every watched kind (waited {after:.1?}): {}",
+    if .problems.is_empty() { "no answer".to_owned() } else { .problems.join("; ") }
+)]
+pub struct ListError {
+    /// The API server (scheme, host, port).
+    pub server: String,
+    /// How long the lists were waited for.
+    pub after: std::time::Duration,
+    /// The watches failing or refused (403), as `/readyz` names them.
+    pub problems: Vec<String>,
+}
+
+/// The inventory of one list of each of `feeds` (the watchers' own first list, so objects are
+/// decoded and reduced exactly as the daemon does), for one-shot commands. Waits for every feed
+/// readiness waits for (not the optional pull-secret watches) at most `within`, and not at all once
+/// the API server refuses one of them (403); the watchers stop when it returns.
+pub async fn list_once(
+    client: Client,
+    server: &str,
+    feeds: &[Feed],
+    within: std::time::Duration,
+) -> Result<Inventory, ListError> {
+    let health = WatchHealth::new(server, feeds.len());
+    let (watchers, mut updates) = start(client, feeds, Arc::new(Metrics::new()), &health);
+    let mut inventory = Inventory::new();
+    let listed = |inventory: &Inventory| {
+        feeds
+            .iter()
+            .all(|f| !f.watched.readiness_waits() || inventory.is_synced(f))
+    };
+    let refused = |inventory: &Inventory| {
+        feeds
+            .iter()
+            .any(|f| f.watched.readiness_waits() && !inventory.is_synced(f) && health.is_forbidden(&f.name()))
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + within;
+    // Refusals send no update: look for them between updates too.
+    let mut look = tokio::time::interval(std::time::Duration::from_millis(200));
+    while !listed(&inventory) {
+        let gave_up = tokio::select! {
+            update = updates.recv() => match update {
+                Some(update) => {
+                    inventory.apply(update);
+                    false
+                }
+                None => true,
+            },
+            _ = look.tick() => refused(&inventory),
+            () = tokio::time::sleep_until(deadline) => true,
+        };
+        if gave_up {
+            drop(watchers);
+            return Err(ListError {
+                server: health.server(),
+                after: started.elapsed(),
+                problems: health.describe(),
+            });
+        }
+    }
+    drop(watchers);
+    Ok(inventory)
+}
+
 /// A namespaced kind in `namespace`, or in every namespace.
 fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<Decoded<K>>
 where
@@ -342,7 +409,7 @@ fn spawn<K: WatchedObject>(
             .namespace
             .as_deref()
             .map_or(" cluster-wide".to_string(), |ns| format!(" in namespace {ns}"));
-        let watch_name = format!("{kind}{scope}");
+        let watch_name = feed.name();
         let mut events = watcher(api, watcher::Config::default()).boxed();
         // Not kube's `default_backoff()`: it resets on every Ok item, and the watcher yields `Init`
         // before each list attempt, so an unreachable server was retried every 0.8 s for ever.
@@ -387,7 +454,7 @@ fn spawn<K: WatchedObject>(
 /// [`WatchHealth::failed`] says a warning is due, else at debug level.
 fn report_failure(error: &watcher::Error, (kind, scope): (&str, &str), feed: &Feed, health: &WatchHealth) {
     let namespace = feed.namespace.as_deref().unwrap_or("*");
-    let what = format!("{kind}{scope}");
+    let what = feed.name();
     if let Some((verb, refusal)) = forbidden_verb(error) {
         tracing::error!(
             kind = %kind, namespace, verb, error = refusal,

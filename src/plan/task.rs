@@ -4,8 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::copy::{CopyRequest, PullSecret};
-use crate::naming::TargetNaming;
+use crate::naming::{NamingError, TargetNaming};
 use crate::platform::Platform;
+use crate::reference::Digest;
 use crate::workload::Workload;
 
 /// Users kept per task (the most recent ones): enough to find who runs an image, bounded however many
@@ -68,6 +69,22 @@ impl MirrorTask {
     pub fn with_user(mut self, user: Workload) -> MirrorTask {
         union_users(&mut self.users, [user]);
         self
+    }
+
+    /// The request to run once the source's architecture is known: with `$arch` from the image
+    /// (`arch_naming`), the target named by `arch` and the source pinned to `digest`, the digest the
+    /// architecture was read from (so a tag moved meanwhile cannot land under another name);
+    /// otherwise the task's own request.
+    pub fn arch_request(&self, digest: Digest, arch: &str) -> Result<CopyRequest, NamingError> {
+        let Some(naming) = &self.arch_naming else {
+            return Ok(self.request.clone());
+        };
+        let source = &self.request.source;
+        Ok(CopyRequest {
+            target: naming.target(source, Some(arch))?,
+            source: source.with_digest(digest),
+            target_tag: self.request.target_tag.clone(),
+        })
     }
 
     /// The target this task writes, which identifies it in the queue.

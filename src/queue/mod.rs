@@ -725,18 +725,14 @@ impl Inner {
     /// architecture and its source pinned to the digest that architecture was read from (one HEAD
     /// for an unchanged source, and a tag moved meanwhile cannot land under another name).
     async fn named_request(&self, task: &MirrorTask, options: &CopyOptions) -> Result<CopyRequest, CopyError> {
-        let Some(naming) = &task.arch_naming else {
+        if task.arch_naming.is_none() {
             return Ok(task.request.clone());
-        };
+        }
         let source = &task.request.source;
         let (digest, arch) = self.copier.source_architecture(source, options).await?;
-        let target = naming.target(source, Some(&arch)).map_err(CopyError::TargetName)?;
-        tracing::debug!(%source, %arch, target = %target.name(), "named the target by the image's architecture");
-        Ok(CopyRequest {
-            source: source.with_digest(digest),
-            target,
-            target_tag: task.request.target_tag.clone(),
-        })
+        let request = task.arch_request(digest, &arch).map_err(CopyError::TargetName)?;
+        tracing::debug!(%source, %arch, target = %request.target.name(), "named the target by the image's architecture");
+        Ok(request)
     }
 
     /// One attempt at `task`, in a `mirror` span naming its source and target: every line the copy

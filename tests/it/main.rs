@@ -19,3 +19,4 @@ mod real_cluster;
 mod registry;
 mod server;
 mod support;
+mod verify;

@@ -1,0 +1,108 @@
+//! `copycat verify`: is the backup complete? One list of each watched kind (the daemon's own
+//! discovery), the daemon's plan (filters, exclusions, naming), then every planned target checked at
+//! the target registry; a table or JSON on stdout, progress on stderr.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::{EXIT_FAILED, usage};
+use crate::cli::{OutputFormat, VerifyArgs};
+use crate::config::Config;
+use crate::copy::check::Depth;
+use crate::coverage::{self, CheckOptions, ImageCoverage, Summary};
+use crate::discovery::watch;
+use crate::wiring::{DaemonParts, WiringError};
+
+/// How long the API server may take to list every watched kind.
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `copycat verify`.
+pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
+    if let Some(bad) = args.namespaces.iter().find(|n| n.is_empty() || n.contains('/')) {
+        return usage(&format!("--namespace {bad:?}: not a namespace name"));
+    }
+    let parts = match DaemonParts::build(config).await {
+        Ok(parts) => parts,
+        Err(e @ WiringError::Kubeconfig(_)) => return usage(&e.to_string()),
+        Err(e) => {
+            eprintln!("copycat: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    // `--namespace` lists only those namespaces; otherwise what the daemon watches.
+    let namespaces = if args.namespaces.is_empty() {
+        parts.planner.scope().only_names()
+    } else {
+        Some(args.namespaces.clone())
+    };
+    let watched = watch::watched_for(
+        &parts.watched,
+        config.check_node_platform,
+        config.use_image_pull_secrets,
+    );
+    let feeds = watch::feeds(&watched, namespaces.as_deref());
+    eprintln!(
+        "copycat: listing {} in {} from {}",
+        config.watch_resources.join(", "),
+        namespaces
+            .as_ref()
+            .map_or_else(|| "every namespace".to_owned(), |n| n.join(", ")),
+        parts.api_server
+    );
+    let inventory = match watch::list_once(parts.client.clone(), &parts.api_server, &feeds, LIST_TIMEOUT).await {
+        Ok(inventory) => inventory,
+        Err(e) => {
+            eprintln!("copycat: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let plan = parts.planner.plan(&inventory);
+    let total = plan.tasks.len();
+    eprintln!(
+        "copycat: checking {total} targets at {}{}",
+        parts.target.registry,
+        if args.deep { " (deep: reading every blob)" } else { "" }
+    );
+    let options = CheckOptions {
+        depth: if args.deep { Depth::Deep } else { Depth::Quick },
+        images: usize::from(args.jobs),
+        blobs: config.blob_concurrency as usize,
+    };
+    let images = coverage::check_plan(&parts.copier, &plan, options, |image, done| {
+        progress(image, done, total)
+    })
+    .await;
+    let summary = Summary::of(&images);
+    if images.is_empty() {
+        eprintln!("copycat: warning: no image is in scope (check --namespace and the namespace filters)");
+    }
+    match args.output {
+        OutputFormat::Table => {
+            print!("{}", coverage::table(&images));
+            println!("{summary}");
+        }
+        OutputFormat::Json => {
+            let report = serde_json::json!({ "images": images, "summary": summary });
+            println!("{report:#}");
+        }
+    }
+    if summary.complete() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("copycat: the backup is incomplete: {summary}");
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// One finished check on stderr: every image that is not verified, and a count every 10 images.
+fn progress(image: &ImageCoverage, done: usize, total: usize) {
+    let state = image.state.as_str();
+    if image.state != coverage::BackupState::Verified {
+        eprintln!(
+            "copycat: [{done}/{total}] {} → {}: {state}: {}",
+            image.image, image.target, image.detail
+        );
+    } else if done.is_multiple_of(10) || done == total {
+        eprintln!("copycat: [{done}/{total}] checked");
+    }
+}
