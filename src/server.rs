@@ -29,6 +29,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::coverage::{BackupState, BackupStates, ImageBackup};
 use crate::discovery::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::queue::{ExcludedImages, Queue, TaskStatus};
@@ -80,6 +81,8 @@ pub struct Admin {
     current: tokio::sync::Mutex<Option<PlanSummary>>,
     /// Refused admin calls, for rate-limited logging.
     refusals: RefusalLog,
+    /// The backup states of the periodic verification (`None`: `verifyInterval` is 0).
+    backup: Option<BackupStates>,
 }
 
 impl Admin {
@@ -105,7 +108,16 @@ impl Admin {
             watch_health: WatchHealth::default(),
             current: tokio::sync::Mutex::new(None),
             refusals: RefusalLog::new(REFUSAL_LOG_INTERVAL),
+            backup: None,
         }
+    }
+
+    /// Shows the backup states of the periodic verification in `/status`, `/status/summary` and
+    /// the metrics.
+    pub fn with_backup(mut self, states: BackupStates) -> Admin {
+        self.metrics.enable_backup();
+        self.backup = Some(states);
+        self
     }
 
     /// Every target the queue knows, sorted by target, then the excluded images, sorted by source.
@@ -169,6 +181,7 @@ pub async fn start(metrics_addr: &str, health_addr: &str, admin: Arc<Admin>) -> 
         .route("/force-reconcile", get(force_reconcile).post(force_reconcile))
         .route("/reset-cooldown", get(reset_cooldown).post(reset_cooldown))
         .route("/status", get(status))
+        .route("/status/summary", get(status_summary))
         .with_state(admin.clone());
     let health_routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -285,6 +298,13 @@ fn ipv4_fallback_on(error: &std::io::Error) -> bool {
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     admin.metrics.observe_tasks(admin.statuses().iter().map(|s| s.state));
+    if let Some(backup) = &admin.backup {
+        let report = backup.report(std::time::SystemTime::now());
+        let s = &report.summary;
+        admin
+            .metrics
+            .set_backup(&s.counts(), s.coverage, report.oldest_unverified);
+    }
     if let Some(hub) = &admin.dockerhub {
         admin.metrics.set_dockerhub_ratelimit(hub.ratelimit_remaining());
     }
@@ -318,6 +338,63 @@ struct StatusQuery {
     state: Option<String>,
 }
 
+/// One `/status` entry: the queue's (or the plan's) status of a target and, with periodic
+/// verification, its backup state.
+#[derive(Serialize)]
+struct StatusEntry {
+    #[serde(flatten)]
+    task: TaskStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup: Option<Backup>,
+}
+
+/// The backup state of one `/status` entry.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Backup {
+    state: BackupState,
+    detail: String,
+    #[serde(serialize_with = "crate::task_state::rfc3339")]
+    checked: Option<std::time::SystemTime>,
+    #[serde(serialize_with = "crate::task_state::rfc3339")]
+    last_verified: Option<std::time::SystemTime>,
+}
+
+impl Backup {
+    fn of(image: &ImageBackup) -> Backup {
+        Backup {
+            state: image.image.state,
+            detail: image.image.detail.clone(),
+            checked: image.checked,
+            last_verified: image.last_verified,
+        }
+    }
+
+    /// The backup state of an entry the plan leaves out, from its status alone.
+    fn unplanned(task: &TaskStatus) -> Option<Backup> {
+        let (state, detail) = match task.state {
+            TaskState::Excluded => (
+                BackupState::Excluded,
+                format!("excluded by {}", task.excluded_by.as_deref().unwrap_or_default()),
+            ),
+            TaskState::Conflict => (
+                BackupState::Failed,
+                format!(
+                    "not mirrored: {} keeps this target",
+                    task.kept_source.as_deref().unwrap_or_default()
+                ),
+            ),
+            _ => return None,
+        };
+        Some(Backup {
+            state,
+            detail,
+            checked: None,
+            last_verified: None,
+        })
+    }
+}
+
 async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -> Response {
     let mut all = admin.statuses();
     if let Some(wanted) = q.state.as_deref().filter(|s| !s.is_empty()) {
@@ -330,7 +407,39 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
         };
         all.retain(|s| s.state == state);
     }
-    axum::Json(all).into_response()
+    let Some(states) = &admin.backup else {
+        return axum::Json(all).into_response();
+    };
+    let report = states.report(std::time::SystemTime::now());
+    let by_key: std::collections::HashMap<&str, &ImageBackup> = report
+        .images
+        .iter()
+        .filter(|i| !i.key.is_empty())
+        .map(|i| (i.key.as_str(), i))
+        .collect();
+    let entries: Vec<StatusEntry> = all
+        .into_iter()
+        .map(|task| {
+            let backup = match by_key.get(task.key.as_str()) {
+                Some(image) if !task.key.is_empty() => Some(Backup::of(image)),
+                _ => Backup::unplanned(&task),
+            };
+            StatusEntry { task, backup }
+        })
+        .collect();
+    axum::Json(entries).into_response()
+}
+
+/// The backup summary of the periodic verification: counts, coverage and the longest an image
+/// has gone unverified (404 when `verifyInterval` is 0).
+async fn status_summary(State(admin): State<Arc<Admin>>) -> Response {
+    match &admin.backup {
+        Some(states) => axum::Json(states.report(std::time::SystemTime::now())).into_response(),
+        None => message(
+            StatusCode::NOT_FOUND,
+            "periodic verification is disabled (verifyInterval: 0)".into(),
+        ),
+    }
 }
 
 fn message(code: StatusCode, message: String) -> Response {
