@@ -83,12 +83,14 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     )
     .with_leadership(leadership.subscribe())
     .with_watch_health(watch_health.clone());
-    let backup = config.verify_interval.map(|_| BackupStates::default());
+    // dryPull promises no registry request at all.
+    let verify_interval = config.verify_interval.filter(|_| !config.dry_pull);
+    let backup = verify_interval.map(|_| BackupStates::default());
     let admin = match &backup {
         Some(states) => admin.with_backup(states.clone()),
         None => admin,
     };
-    let verifier = config.verify_interval.map(|interval| {
+    let verifier = verify_interval.map(|interval| {
         let verifier = Verifier {
             copier: verify_copier,
             states: backup.clone().unwrap_or_default(),
@@ -96,7 +98,11 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             concurrency: periodic::CONCURRENCY,
             blobs: config.blob_concurrency as usize,
         };
-        tokio::spawn(verifier.run(leadership.subscribe(), settled_targets(queue.clone())))
+        let copy_again = {
+            let queue = queue.clone();
+            move |task| queue.resubmit_uncached(task)
+        };
+        tokio::spawn(verifier.run(leadership.subscribe(), settled_targets(queue.clone()), copy_again))
     });
     let servers = server::start(
         &config.runtime.metrics_addr,

@@ -264,9 +264,15 @@ pub struct Verifier {
 impl Verifier {
     /// Checks targets while `leading` says this replica leads, for ever. `settled` gives the target
     /// keys the queue has finished with (mirrored, failed, cooling down): a target being copied is
-    /// not checked.
-    pub async fn run(self, mut leading: watch::Receiver<bool>, settled: impl Fn() -> HashSet<String>) {
-        let mut running: JoinSet<(String, String, ImageCoverage)> = JoinSet::new();
+    /// not checked. `copy_again` gets each task whose target was found `missing` parts, to be copied
+    /// again past the positive cache.
+    pub async fn run(
+        self,
+        mut leading: watch::Receiver<bool>,
+        settled: impl Fn() -> HashSet<String>,
+        copy_again: impl Fn(MirrorTask),
+    ) {
+        let mut running: JoinSet<(MirrorTask, ImageCoverage)> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut next_slot = Instant::now();
         let options = CheckOptions {
@@ -294,17 +300,22 @@ impl Verifier {
                     in_flight.insert(key.clone());
                     running.spawn(async move {
                         let row = check_task(&copier, &task, options).await;
-                        (key, task.request.source.to_string(), row)
+                        (task, row)
                     });
                 }
             }
             let wake = (Instant::now() + POLL).min(next_slot.max(Instant::now() + Duration::from_millis(10)));
             tokio::select! {
                 Some(done) = running.join_next(), if !running.is_empty() => {
-                    let Ok((key, source, row)) = done else { continue };
+                    let Ok((task, row)) = done else { continue };
+                    let key = task.key().to_string();
                     in_flight.remove(&key);
                     log_result(&row);
-                    self.states.record(&key, &source, row, SystemTime::now());
+                    let missing = row.state == BackupState::Missing;
+                    self.states.record(&key, &task.request.source.to_string(), row, SystemTime::now());
+                    if missing && *leading.borrow() {
+                        copy_again(task);
+                    }
                 }
                 () = tokio::time::sleep_until(wake) => {}
                 changed = leading.changed() => if changed.is_err() { return },
@@ -320,6 +331,9 @@ fn log_result(row: &ImageCoverage) {
     } else {
         tracing::warn!(target = %row.target, source = %row.image, state = row.state.as_str(),
             detail = %row.detail, side = row.side.unwrap_or(""), "backup check: the target does not hold the whole image");
+        if row.state == BackupState::Missing {
+            tracing::info!(target = %row.target, source = %row.image, "copying the image again (positive cache dropped)");
+        }
     }
 }
 

@@ -183,10 +183,12 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
     let mut expected = json!([
             {"target": null, "source": format!("{}/already/here:1", dst.host()), "state": "excluded",
              "excludedBy": dst.host(), "digest": null, "lastError": null, "nextRetry": null,
-             "users": ["Deployment team-a/own"], "started": null, "finished": null},
+             "users": ["Deployment team-a/own"], "started": null, "finished": null,
+             "backup": {"state": "excluded", "detail": format!("excluded by {}", dst.host()), "checked": null, "lastVerified": null}},
             {"target": null, "source": format!("{}/lib/excluded:1", other.host()), "state": "excluded",
              "excludedBy": other.host(), "digest": null, "lastError": null, "nextRetry": null,
-             "users": ["Deployment team-a/excluded"], "started": null, "finished": null},
+             "users": ["Deployment team-a/excluded"], "started": null, "finished": null,
+             "backup": {"state": "excluded", "detail": format!("excluded by {}", other.host()), "checked": null, "lastVerified": null}},
     ]);
     expected
         .as_array_mut()

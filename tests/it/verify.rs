@@ -460,7 +460,9 @@ async fn verify_fails_at_once_when_a_watched_kind_cannot_be_listed() {
 /// `backup/$namespace`, 2 of them failing (their source tag does not exist). The daemon's periodic
 /// verification (a short `verifyInterval`) shows 18 verified and 2 failed in `/status` (each entry's
 /// `backup`), `/status/summary` and the metrics. A blob of one image deleted in the target's storage
-/// is found by the next round: that image `missing` ("1 blob"), coverage 17/20 everywhere. Then
+/// is found by the next round: that image `missing` ("1 blob"), coverage 17/20 everywhere (copied
+/// again, but the engine trusts the tag, so the blob stays missing). A tag deleted there is found
+/// missing and copied again (only the manifest written), then verified. Then
 /// `verify` (no daemon running) agrees: 17 verified, 1 missing, 2 failed on the source side, exit 1;
 /// the targets it names are the daemon's.
 #[tokio::test]
@@ -559,10 +561,42 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
     assert!(entry["backup"]["lastVerified"].is_string(), "verified before: {entry}");
     let (_, summary) = daemon.json("GET", "/status/summary", None).await;
     assert!(summary["oldestUnverifiedSeconds"].as_f64().unwrap() >= 0.0, "{summary}");
+
+    // app5's tag deleted behind the registry's back: the next round finds the manifest missing and
+    // copies the image again past the positive cache; the blobs are there, so only the manifest is
+    // written (no blob upload), and the round after finds it verified.
+    let before = copycat_requests(&dst).len();
+    let tag_dir = dst
+        .data_dir()
+        .join("docker/registry/v2/repositories/backup/team1/apps/app5/_manifests/tags/1");
+    std::fs::remove_dir_all(&tag_dir).unwrap();
+    let app5 = "/v2/backup/team1/apps/app5/";
+    eventually("app5's tag written again", WAIT, async || {
+        copycat_requests(&dst)[before..]
+            .iter()
+            .any(|r| r.method == "PUT" && r.path == format!("{app5}manifests/1") && r.status == 201)
+    })
+    .await;
+    let uploads: Vec<_> = copycat_requests(&dst)[before..]
+        .iter()
+        .filter(|r| r.path.starts_with(app5) && r.path.contains("/blobs/uploads/"))
+        .cloned()
+        .collect();
+    assert_eq!(uploads, [], "no blob transferred for a missing tag");
+    eventually("app5 verified again, app3 still missing", WAIT, async || {
+        let entry = daemon
+            .status_of(&format!("{}/backup/team1/apps/app5:1", dst.host()))
+            .await;
+        entry.is_some_and(|e| e["backup"]["state"] == "verified") && agree((17, 1, 2, 0.85)).await
+    })
+    .await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(
-        log.contains("backup check: the target does not hold the whole image") && log.contains("1 blob"),
+        log.contains("backup check: the target does not hold the whole image")
+            && log.contains("1 blob")
+            && log.contains("the manifest")
+            && log.contains("copying the image again"),
         "{log}"
     );
 
