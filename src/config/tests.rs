@@ -443,7 +443,8 @@ fn durations_accept_integers_and_humantime() {
     );
     assert_eq!(ok("requestTimeout: 0", &[]).request_timeout, None);
     // (yaml, env, verifyInterval in seconds)
-    let intervals: [(&str, &[(&str, &str)], Option<u64>); 4] = [
+    type Interval<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<u64>);
+    let intervals: [Interval; 4] = [
         ("", &[], Some(86_400)),
         ("verifyInterval: 0", &[], None),
         ("verifyInterval: 90", &[], Some(90)),

@@ -222,7 +222,7 @@ fn pick(
     in_flight: &HashSet<String>,
     slot_due: bool,
     free: usize,
-) -> (Vec<String>, bool) {
+) -> Vec<String> {
     let ready = || {
         candidates
             .iter()
@@ -233,18 +233,11 @@ fn pick(
         .map(|(key, _)| key.clone())
         .take(free)
         .collect();
-    let mut slot_used = false;
     if slot_due && picked.len() < free {
-        let oldest = ready()
-            .filter_map(|(key, checked)| checked.map(|at| (at, key)))
-            .min()
-            .map(|(_, key)| key.clone());
-        if let Some(key) = oldest {
-            picked.push(key);
-            slot_used = true;
-        }
+        let oldest = ready().filter_map(|(key, checked)| checked.map(|at| (at, key))).min();
+        picked.extend(oldest.map(|(_, key)| key.clone()));
     }
-    (picked, slot_used)
+    picked
 }
 
 /// The periodic verification of the planned targets (quick checks: HEADs).
@@ -274,6 +267,9 @@ impl Verifier {
     ) {
         let mut running: JoinSet<(MirrorTask, ImageCoverage)> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
+        // Targets copied again after a check found them missing: checked once more as soon as the
+        // queue is done with them, instead of waiting a whole interval for their turn.
+        let mut copied_again: HashSet<String> = HashSet::new();
         let mut next_slot = Instant::now();
         let options = CheckOptions {
             depth: Depth::Quick,
@@ -285,11 +281,22 @@ impl Verifier {
             let spacing = self.interval / u32::try_from(candidates.len().max(1)).unwrap_or(u32::MAX);
             let free = self.concurrency.saturating_sub(in_flight.len());
             if *leading.borrow() && free > 0 && !candidates.is_empty() {
-                let keyed: Vec<(String, Option<SystemTime>)> =
-                    candidates.iter().map(|(t, at)| (t.key().to_string(), *at)).collect();
+                let keyed: Vec<(String, Option<SystemTime>)> = candidates
+                    .iter()
+                    .map(|(t, at)| {
+                        let key = t.key().to_string();
+                        let at = at.filter(|_| !copied_again.contains(&key));
+                        (key, at)
+                    })
+                    .collect();
                 let slot_due = Instant::now() >= next_slot;
-                let (picked, slot_used) = pick(&keyed, &settled(), &in_flight, slot_due, free);
-                if slot_used || slot_due {
+                // The queue's snapshot only when there is something to pick from.
+                let picked = if slot_due || keyed.iter().any(|(_, at)| at.is_none()) {
+                    pick(&keyed, &settled(), &in_flight, slot_due, free)
+                } else {
+                    vec![]
+                };
+                if slot_due {
                     next_slot = Instant::now() + spacing;
                 }
                 for key in picked {
@@ -297,7 +304,7 @@ impl Verifier {
                         continue;
                     };
                     let (task, copier) = (task.clone(), self.copier.clone());
-                    in_flight.insert(key.clone());
+                    in_flight.insert(key);
                     running.spawn(async move {
                         let row = check_task(&copier, &task, options).await;
                         (task, row)
@@ -311,9 +318,12 @@ impl Verifier {
                     let key = task.key().to_string();
                     in_flight.remove(&key);
                     log_result(&row);
-                    let missing = row.state == BackupState::Missing;
+                    let after_copy = copied_again.remove(&key);
+                    let again = copy_again_after(row.state, after_copy) && *leading.borrow();
                     self.states.record(&key, &task.request.source.to_string(), row, SystemTime::now());
-                    if missing && *leading.borrow() {
+                    if again {
+                        tracing::info!(target = %key, source = %task.request.source, "copying the image again (positive cache dropped)");
+                        copied_again.insert(key);
                         copy_again(task);
                     }
                 }
@@ -324,6 +334,14 @@ impl Verifier {
     }
 }
 
+/// Whether a target found in `state` is copied again: when it misses parts, unless this check
+/// followed such a copy already (parts the copy cannot restore, such as blobs under a tag that
+/// still holds the right digest, would otherwise be copied again and re-checked in a tight loop;
+/// they are tried again at the target's next regular check).
+fn copy_again_after(state: BackupState, after_copy: bool) -> bool {
+    state == BackupState::Missing && !after_copy
+}
+
 /// One line per check that finds a target incomplete (a debug line when it is whole).
 fn log_result(row: &ImageCoverage) {
     if row.state == BackupState::Verified {
@@ -331,9 +349,6 @@ fn log_result(row: &ImageCoverage) {
     } else {
         tracing::warn!(target = %row.target, source = %row.image, state = row.state.as_str(),
             detail = %row.detail, side = row.side.unwrap_or(""), "backup check: the target does not hold the whole image");
-        if row.state == BackupState::Missing {
-            tracing::info!(target = %row.target, source = %row.image, "copying the image again (positive cache dropped)");
-        }
     }
 }
 
@@ -427,6 +442,24 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_target_is_copied_again_once_per_regular_check() {
+        use BackupState::*;
+        // (state, this check followed a copy again, copy again)
+        let cases = [
+            (Missing, false, true),
+            (Missing, true, false),
+            (Verified, false, false),
+            (Verified, true, false),
+            (Mismatch, false, false),
+            (Failed, false, false),
+            (Pending, false, false),
+        ];
+        for (state, after_copy, want) in cases {
+            assert_eq!(copy_again_after(state, after_copy), want, "{state:?} {after_copy}");
+        }
+    }
+
+    #[test]
     fn first_checks_come_first_then_one_recheck_per_slot_oldest_first() {
         let t = |s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
         let candidates: Vec<(String, Option<SystemTime>)> = vec![
@@ -437,21 +470,20 @@ mod tests {
             ("e".into(), t(20)),
         ];
         let all = keys(&["a", "b", "c", "d", "e"]);
-        // (settled, in flight, slot due, free, picked, slot used)
-        type Case<'a> = (HashSet<String>, HashSet<String>, bool, usize, &'a [&'a str], bool);
+        // (settled, in flight, slot due, free, picked)
+        type Case<'a> = (HashSet<String>, HashSet<String>, bool, usize, &'a [&'a str]);
         let cases: [Case; 7] = [
-            (all.clone(), keys(&[]), false, 4, &["b", "d"], false),
-            (all.clone(), keys(&[]), true, 4, &["b", "d", "c"], true),
-            (all.clone(), keys(&[]), true, 2, &["b", "d"], false),
-            (all.clone(), keys(&["c"]), true, 4, &["b", "d", "e"], true),
-            (keys(&["a", "e"]), keys(&[]), true, 4, &["e"], true),
-            (keys(&["b"]), keys(&["b"]), true, 4, &[], false),
-            (keys(&[]), keys(&[]), true, 4, &[], false),
+            (all.clone(), keys(&[]), false, 4, &["b", "d"]),
+            (all.clone(), keys(&[]), true, 4, &["b", "d", "c"]),
+            (all.clone(), keys(&[]), true, 2, &["b", "d"]),
+            (all.clone(), keys(&["c"]), true, 4, &["b", "d", "e"]),
+            (keys(&["a", "e"]), keys(&[]), true, 4, &["e"]),
+            (keys(&["b"]), keys(&["b"]), true, 4, &[]),
+            (keys(&[]), keys(&[]), true, 4, &[]),
         ];
-        for (settled, in_flight, slot_due, free, want, used) in cases {
-            let (picked, slot_used) = pick(&candidates, &settled, &in_flight, slot_due, free);
+        for (settled, in_flight, slot_due, free, want) in cases {
+            let picked = pick(&candidates, &settled, &in_flight, slot_due, free);
             assert_eq!(picked, want, "{settled:?} {in_flight:?} {slot_due} {free}");
-            assert_eq!(slot_used, used, "{settled:?} {in_flight:?} {slot_due} {free}");
         }
     }
 }
