@@ -5,7 +5,7 @@
 //! check first), so each target is checked about once per interval and the checks are spread over
 //! it, at most [`Verifier::concurrency`] at a time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,14 +32,20 @@ pub struct BackupStates(Arc<Mutex<Store>>);
 
 #[derive(Default)]
 struct Store {
-    /// The planned tasks (leader only; empty on a follower).
-    tasks: Vec<MirrorTask>,
+    /// The planned tasks by target key (leader only; empty on a follower).
+    tasks: BTreeMap<String, Planned>,
     /// The plan's excluded, conflicting and invalid images.
     unplanned: Vec<ImageCoverage>,
     /// The last check of each target key.
     checks: HashMap<String, Check>,
     /// When each target key was first planned (the age of an image never verified).
     since: HashMap<String, SystemTime>,
+}
+
+/// One planned task, with its key and source as checks record them.
+struct Planned {
+    source: String,
+    task: MirrorTask,
 }
 
 /// One finished check.
@@ -99,13 +105,26 @@ impl BackupStates {
     /// Takes the targets of `plan` (made `now`); checks of targets no longer planned are forgotten.
     pub fn set_plan(&self, plan: &Plan, now: SystemTime) {
         let mut store = self.store();
-        let keys: HashSet<String> = plan.tasks.iter().map(|t| t.key().to_string()).collect();
-        store.checks.retain(|key, _| keys.contains(key));
-        store.since.retain(|key, _| keys.contains(key));
-        for key in keys {
-            store.since.entry(key).or_insert(now);
+        store.tasks = plan
+            .tasks
+            .iter()
+            .map(|task| {
+                let source = task.request.source.to_string();
+                let planned = Planned {
+                    source,
+                    task: task.clone(),
+                };
+                (task.key().to_string(), planned)
+            })
+            .collect();
+        let Store {
+            tasks, checks, since, ..
+        } = &mut *store;
+        checks.retain(|key, _| tasks.contains_key(key));
+        since.retain(|key, _| tasks.contains_key(key));
+        for key in tasks.keys() {
+            since.entry(key.clone()).or_insert(now);
         }
-        store.tasks = plan.tasks.clone();
         store.unplanned = unplanned(plan);
     }
 
@@ -140,21 +159,22 @@ impl BackupStates {
         );
     }
 
-    /// The planned tasks with when each was last checked for its current source.
-    fn candidates(&self) -> Vec<(MirrorTask, Option<SystemTime>)> {
+    /// The planned target keys with when each was last checked for its current source.
+    fn candidates(&self) -> Vec<(String, Option<SystemTime>)> {
         let store = self.store();
         store
             .tasks
             .iter()
-            .map(|task| {
-                let checked = store
-                    .checks
-                    .get(&task.key().to_string())
-                    .filter(|c| c.source == task.request.source.to_string())
-                    .map(|c| c.checked);
-                (task.clone(), checked)
+            .map(|(key, planned)| {
+                let checked = store.checks.get(key).filter(|c| c.source == planned.source);
+                (key.clone(), checked.map(|c| c.checked))
             })
             .collect()
+    }
+
+    /// The planned task of `key`.
+    fn task(&self, key: &str) -> Option<MirrorTask> {
+        self.store().tasks.get(key).map(|p| p.task.clone())
     }
 
     /// The backup state of every image of the current plan, as of `now`.
@@ -163,9 +183,8 @@ impl BackupStates {
         let mut images: Vec<ImageBackup> = store
             .tasks
             .iter()
-            .map(|task| {
-                let key = task.key().to_string();
-                let source = task.request.source.to_string();
+            .map(|(key, Planned { source, task })| {
+                let (key, source) = (key.clone(), source.clone());
                 match store.checks.get(&key).filter(|c| c.source == source) {
                     Some(check) => ImageBackup {
                         key,
@@ -277,18 +296,15 @@ impl Verifier {
             blobs: self.blobs,
         };
         loop {
-            let candidates = self.states.candidates();
-            let spacing = self.interval / u32::try_from(candidates.len().max(1)).unwrap_or(u32::MAX);
+            let mut keyed = self.states.candidates();
+            let spacing = self.interval / u32::try_from(keyed.len().max(1)).unwrap_or(u32::MAX);
             let free = self.concurrency.saturating_sub(in_flight.len());
-            if *leading.borrow() && free > 0 && !candidates.is_empty() {
-                let keyed: Vec<(String, Option<SystemTime>)> = candidates
-                    .iter()
-                    .map(|(t, at)| {
-                        let key = t.key().to_string();
-                        let at = at.filter(|_| !copied_again.contains(&key));
-                        (key, at)
-                    })
-                    .collect();
+            if *leading.borrow() && free > 0 && !keyed.is_empty() {
+                for (key, at) in &mut keyed {
+                    if copied_again.contains(key) {
+                        *at = None;
+                    }
+                }
                 let slot_due = Instant::now() >= next_slot;
                 // The queue's snapshot only when there is something to pick from.
                 let picked = if slot_due || keyed.iter().any(|(_, at)| at.is_none()) {
@@ -300,10 +316,10 @@ impl Verifier {
                     next_slot = Instant::now() + spacing;
                 }
                 for key in picked {
-                    let Some((task, _)) = candidates.iter().find(|(t, _)| t.key().to_string() == key) else {
+                    let Some(task) = self.states.task(&key) else {
                         continue;
                     };
-                    let (task, copier) = (task.clone(), self.copier.clone());
+                    let copier = self.copier.clone();
                     in_flight.insert(key);
                     running.spawn(async move {
                         let row = check_task(&copier, &task, options).await;
