@@ -45,6 +45,9 @@ const MAX_FORCE_WAIT: Duration = Duration::from_secs(60 * 60);
 /// with bad tokens must not flood the log); each line counts the refusals left out before it.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The answer about backup states when there are none.
+const VERIFICATION_DISABLED: &str = "periodic verification is disabled (verifyInterval: 0, or dryPull)";
+
 /// What one full rescan planned, as the daemon's plan loop reports it.
 #[derive(Debug, Clone, Default)]
 pub struct PlanSummary {
@@ -336,6 +339,8 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
 #[derive(Deserialize)]
 struct StatusQuery {
     state: Option<String>,
+    /// Keep the entries in this backup state.
+    backup: Option<String>,
 }
 
 /// One `/status` entry: the queue's (or the plan's) status of a target and, with periodic
@@ -408,6 +413,9 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
         all.retain(|s| s.state == state);
     }
     let Some(states) = &admin.backup else {
+        if q.backup.as_deref().is_some_and(|b| !b.is_empty()) {
+            return message(StatusCode::BAD_REQUEST, VERIFICATION_DISABLED.into());
+        }
         return axum::Json(all).into_response();
     };
     let report = states.report(std::time::SystemTime::now());
@@ -417,6 +425,19 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
         .filter(|i| !i.key.is_empty())
         .map(|i| (i.key.as_str(), i))
         .collect();
+    let wanted = match q.backup.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(wanted) => match BackupState::ALL.into_iter().find(|s| s.as_str() == wanted) {
+            Some(state) => Some(state),
+            None => {
+                let names: Vec<&str> = BackupState::ALL.iter().map(|s| s.as_str()).collect();
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown backup state {wanted:?}; one of {}", names.join(", ")),
+                );
+            }
+        },
+    };
     let entries: Vec<StatusEntry> = all
         .into_iter()
         .map(|task| {
@@ -426,6 +447,7 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
             };
             StatusEntry { task, backup }
         })
+        .filter(|e| wanted.is_none_or(|w| e.backup.as_ref().is_some_and(|b| b.state == w)))
         .collect();
     axum::Json(entries).into_response()
 }
@@ -435,10 +457,7 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
 async fn status_summary(State(admin): State<Arc<Admin>>) -> Response {
     match &admin.backup {
         Some(states) => axum::Json(states.report(std::time::SystemTime::now())).into_response(),
-        None => message(
-            StatusCode::NOT_FOUND,
-            "periodic verification is disabled (verifyInterval: 0)".into(),
-        ),
+        None => message(StatusCode::NOT_FOUND, VERIFICATION_DISABLED.into()),
     }
 }
 

@@ -39,6 +39,16 @@ pub enum BackupState {
 }
 
 impl BackupState {
+    /// Every state.
+    pub const ALL: [BackupState; 6] = [
+        BackupState::Verified,
+        BackupState::Pending,
+        BackupState::Missing,
+        BackupState::Mismatch,
+        BackupState::Failed,
+        BackupState::Excluded,
+    ];
+
     /// The state's name, as the table and JSON show it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -451,6 +451,8 @@ mod tests {
         let counts = Summary::default().counts();
         let names: Vec<&str> = counts.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, crate::metrics::BACKUP_STATES);
+        let all: Vec<&str> = BackupState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(all, crate::metrics::BACKUP_STATES);
     }
 
     fn keys(names: &[&str]) -> HashSet<String> {

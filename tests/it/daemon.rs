@@ -76,6 +76,16 @@ async fn dry_pull_plans_without_any_registry_request() {
             .any(|l| l.contains("would mirror") && l.contains("lib/app:1"))
     })
     .await;
+    // No periodic verification either (it would read the registries): no backup state anywhere.
+    let (code, body) = daemon.get("/status/summary").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("periodic verification is disabled"), "{body}");
+    let (code, body) = daemon.get("/status?backup=verified").await;
+    assert_eq!(code, 400, "{body}");
+    let (_, status) = daemon.get("/status").await;
+    assert!(!status.contains("backup") && status.contains("lib/app:1"), "{status}");
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(!metrics.contains("k8s_copycat_backup_"), "{metrics}");
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     // The queue would have asked the registries before saying "would mirror", and the daemon has

@@ -559,6 +559,13 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
         "{entry}"
     );
     assert!(entry["backup"]["lastVerified"].is_string(), "verified before: {entry}");
+    let (_, missing) = daemon.json("GET", "/status?backup=missing", None).await;
+    let targets: Vec<&Value> = missing.as_array().unwrap().iter().map(|e| &e["target"]).collect();
+    assert_eq!(targets, [&Value::from(app3.clone())], "{missing}");
+    let (_, failed) = daemon.json("GET", "/status?state=cooldown&backup=failed", None).await;
+    assert_eq!(failed.as_array().unwrap().len(), 2, "{failed}");
+    let (code, refused) = daemon.json("GET", "/status?backup=gone", None).await;
+    assert_eq!(code, 400, "{refused}");
     let (_, summary) = daemon.json("GET", "/status/summary", None).await;
     assert!(summary["oldestUnverifiedSeconds"].as_f64().unwrap() >= 0.0, "{summary}");
 
