@@ -26,7 +26,6 @@ use crate::metrics::Metrics;
 use crate::plan::{Planner, TargetConflict};
 use crate::queue::{ExcludedImages, Queue};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
-use crate::task_state::TaskState;
 use crate::wiring::DaemonParts;
 use crate::workload::Workload;
 
@@ -102,7 +101,11 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             let queue = queue.clone();
             move |task| queue.resubmit_uncached(task)
         };
-        tokio::spawn(verifier.run(leadership.subscribe(), settled_targets(queue.clone()), copy_again))
+        let busy = {
+            let queue = queue.clone();
+            move || queue.busy()
+        };
+        tokio::spawn(verifier.run(leadership.subscribe(), busy, copy_again))
     });
     let servers = server::start(
         &config.runtime.metrics_addr,
@@ -288,20 +291,6 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
 /// so a loss not yet handled by the loop stops submissions at once.
 fn leads(leading: &channel::Receiver<bool>) -> bool {
     *leading.borrow()
-}
-
-/// The target keys the queue has finished with (mirrored, failed, cooling down, decided in a dry
-/// run), which the periodic verification may check.
-fn settled_targets(queue: Queue) -> impl Fn() -> HashSet<String> {
-    move || {
-        queue
-            .snapshot()
-            .into_iter()
-            .filter(|s| !matches!(s.state, TaskState::Queued | TaskState::Running))
-            .map(|s| s.key)
-            .filter(|key| !key.is_empty())
-            .collect()
-    }
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

@@ -232,12 +232,12 @@ impl BackupStates {
     }
 }
 
-/// What to check next: every target never checked (for its current source) that the queue has
-/// finished with and that is not being checked, then, when a re-check `slot_due`, the target
+/// What to check next: every target never checked (for its current source) that the queue is not
+/// copying (`busy`: queued or running) and that is not being checked, then, when a re-check `slot_due`, the target
 /// checked longest ago among the rest; at most `free` in all. `candidates` are (key, last check).
 fn pick(
     candidates: &[(String, Option<SystemTime>)],
-    settled: &HashSet<String>,
+    busy: &HashSet<String>,
     in_flight: &HashSet<String>,
     slot_due: bool,
     free: usize,
@@ -245,7 +245,7 @@ fn pick(
     let ready = || {
         candidates
             .iter()
-            .filter(|(key, _)| settled.contains(key) && !in_flight.contains(key))
+            .filter(|(key, _)| !busy.contains(key) && !in_flight.contains(key))
     };
     let mut picked: Vec<String> = ready()
         .filter(|(_, checked)| checked.is_none())
@@ -274,14 +274,14 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Checks targets while `leading` says this replica leads, for ever. `settled` gives the target
-    /// keys the queue has finished with (mirrored, failed, cooling down): a target being copied is
-    /// not checked. `copy_again` gets each task whose target was found `missing` parts, to be copied
+    /// Checks targets while `leading` says this replica leads, for ever. `busy` gives the target
+    /// keys the queue has queued or is copying: those are not checked (a target is checked once
+    /// the queue has finished with it, mirrored, failed or cooling down). `copy_again` gets each task whose target was found `missing` parts, to be copied
     /// again past the positive cache.
     pub async fn run(
         self,
         mut leading: watch::Receiver<bool>,
-        settled: impl Fn() -> HashSet<String>,
+        busy: impl Fn() -> HashSet<String>,
         copy_again: impl Fn(MirrorTask),
     ) {
         let mut running: JoinSet<(MirrorTask, ImageCoverage)> = JoinSet::new();
@@ -308,7 +308,7 @@ impl Verifier {
                 let slot_due = Instant::now() >= next_slot;
                 // The queue's snapshot only when there is something to pick from.
                 let picked = if slot_due || keyed.iter().any(|(_, at)| at.is_none()) {
-                    pick(&keyed, &settled(), &in_flight, slot_due, free)
+                    pick(&keyed, &busy(), &in_flight, slot_due, free)
                 } else {
                     vec![]
                 };
@@ -488,20 +488,21 @@ mod tests {
             ("e".into(), t(20)),
         ];
         let all = keys(&["a", "b", "c", "d", "e"]);
-        // (settled, in flight, slot due, free, picked)
+        // (busy in the queue, being checked, slot due, free, picked)
         type Case<'a> = (HashSet<String>, HashSet<String>, bool, usize, &'a [&'a str]);
-        let cases: [Case; 7] = [
-            (all.clone(), keys(&[]), false, 4, &["b", "d"]),
-            (all.clone(), keys(&[]), true, 4, &["b", "d", "c"]),
-            (all.clone(), keys(&[]), true, 2, &["b", "d"]),
-            (all.clone(), keys(&["c"]), true, 4, &["b", "d", "e"]),
-            (keys(&["a", "e"]), keys(&[]), true, 4, &["e"]),
-            (keys(&["b"]), keys(&["b"]), true, 4, &[]),
-            (keys(&[]), keys(&[]), true, 4, &[]),
+        let cases: [Case; 8] = [
+            (keys(&[]), keys(&[]), false, 4, &["b", "d"]),
+            (keys(&[]), keys(&[]), true, 4, &["b", "d", "c"]),
+            (keys(&[]), keys(&[]), true, 2, &["b", "d"]),
+            (keys(&[]), keys(&["c"]), true, 4, &["b", "d", "e"]),
+            (keys(&["b", "c", "d"]), keys(&[]), true, 4, &["e"]),
+            (keys(&["b", "c", "d"]), keys(&[]), false, 4, &[]),
+            (keys(&["a", "c", "d", "e"]), keys(&["b"]), true, 4, &[]),
+            (all, keys(&[]), true, 4, &[]),
         ];
-        for (settled, in_flight, slot_due, free, want) in cases {
-            let picked = pick(&candidates, &settled, &in_flight, slot_due, free);
-            assert_eq!(picked, want, "{settled:?} {in_flight:?} {slot_due} {free}");
+        for (busy, in_flight, slot_due, free, want) in cases {
+            let picked = pick(&candidates, &busy, &in_flight, slot_due, free);
+            assert_eq!(picked, want, "{busy:?} {in_flight:?} {slot_due} {free}");
         }
     }
 }

@@ -599,6 +599,16 @@ impl Queue {
         all
     }
 
+    /// The keys of the targets queued or being copied right now (cheaper than a snapshot).
+    pub fn busy(&self) -> HashSet<String> {
+        let st = self.inner.lock();
+        st.entries
+            .iter()
+            .filter(|(_, e)| matches!(e.phase, Phase::Queued | Phase::Running { .. }))
+            .map(|(key, _)| key.to_string())
+            .collect()
+    }
+
     /// Totals since the start and current gauges.
     pub fn counters(&self) -> QueueCounters {
         let st = self.inner.lock();
