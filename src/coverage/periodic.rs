@@ -276,8 +276,8 @@ pub struct Verifier {
 impl Verifier {
     /// Checks targets while `leading` says this replica leads, for ever. `busy` gives the target
     /// keys the queue has queued or is copying: those are not checked (a target is checked once
-    /// the queue has finished with it, mirrored, failed or cooling down). `copy_again` gets each task whose target was found `missing` parts, to be copied
-    /// again past the positive cache.
+    /// the queue has finished with it, mirrored, failed or cooling down). `copy_again` gets each
+    /// task whose target was found `missing` parts, to be copied again past the positive cache.
     pub async fn run(
         self,
         mut leading: watch::Receiver<bool>,
@@ -286,6 +286,8 @@ impl Verifier {
     ) {
         let mut running: JoinSet<(MirrorTask, ImageCoverage)> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
+        // The key each running check is for, so a check that panics frees its target too.
+        let mut checking: HashMap<tokio::task::Id, String> = HashMap::new();
         // Targets copied again after a check found them missing: checked once more as soon as the
         // queue is done with them, instead of waiting a whole interval for their turn.
         let mut copied_again: HashSet<String> = HashSet::new();
@@ -306,7 +308,7 @@ impl Verifier {
                     }
                 }
                 let slot_due = Instant::now() >= next_slot;
-                // The queue's snapshot only when there is something to pick from.
+                // Asks the queue only when there is something to pick from.
                 let picked = if slot_due || keyed.iter().any(|(_, at)| at.is_none()) {
                     pick(&keyed, &busy(), &in_flight, slot_due, free)
                 } else {
@@ -320,19 +322,23 @@ impl Verifier {
                         continue;
                     };
                     let copier = self.copier.clone();
-                    in_flight.insert(key);
-                    running.spawn(async move {
+                    let handle = running.spawn(async move {
                         let row = check_task(&copier, &task, options).await;
                         (task, row)
                     });
+                    checking.insert(handle.id(), key.clone());
+                    in_flight.insert(key);
                 }
             }
             let wake = (Instant::now() + POLL).min(next_slot.max(Instant::now() + Duration::from_millis(10)));
             tokio::select! {
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    let Ok((task, row)) = done else { continue };
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let id = done.as_ref().map_or_else(tokio::task::JoinError::id, |(id, _)| *id);
+                    if let Some(key) = checking.remove(&id) {
+                        in_flight.remove(&key);
+                    }
+                    let Ok((_, (task, row))) = done else { continue };
                     let key = task.key().to_string();
-                    in_flight.remove(&key);
                     log_result(&row);
                     let after_copy = copied_again.remove(&key);
                     let again = copy_again_after(row.state, after_copy) && *leading.borrow();
