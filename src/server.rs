@@ -11,7 +11,7 @@
 //! warns about. With leader election, a replica that is not the leader answers them 503 (only the leader
 //! mirrors); `/status`, `/metrics` and the probes work on every replica.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -366,6 +366,7 @@ struct Backup {
 }
 
 impl Backup {
+    /// The backup state of `image` as a `/status` entry shows it.
     fn of(image: &ImageBackup) -> Backup {
         Backup {
             state: image.image.state,
@@ -373,30 +374,6 @@ impl Backup {
             checked: image.checked,
             last_verified: image.last_verified,
         }
-    }
-
-    /// The backup state of an entry the plan leaves out, from its status alone.
-    fn unplanned(task: &TaskStatus) -> Option<Backup> {
-        let (state, detail) = match task.state {
-            TaskState::Excluded => (
-                BackupState::Excluded,
-                format!("excluded by {}", task.excluded_by.as_deref().unwrap_or_default()),
-            ),
-            TaskState::Conflict => (
-                BackupState::Failed,
-                format!(
-                    "not mirrored: {} keeps this target",
-                    task.kept_source.as_deref().unwrap_or_default()
-                ),
-            ),
-            _ => return None,
-        };
-        Some(Backup {
-            state,
-            detail,
-            checked: None,
-            last_verified: None,
-        })
     }
 }
 
@@ -419,12 +396,6 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
         return axum::Json(all).into_response();
     };
     let report = states.report(std::time::SystemTime::now());
-    let by_key: std::collections::HashMap<&str, &ImageBackup> = report
-        .images
-        .iter()
-        .filter(|i| !i.key.is_empty())
-        .map(|i| (i.key.as_str(), i))
-        .collect();
     let wanted = match q.backup.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(wanted) => match BackupState::ALL.into_iter().find(|s| s.as_str() == wanted) {
@@ -438,13 +409,25 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
             }
         },
     };
+    // Planned targets by key; the images the plan leaves out (excluded: no target; conflicts: the
+    // target another source keeps) by source and target.
+    let mut planned: HashMap<&str, &ImageBackup> = HashMap::new();
+    let mut unplanned: HashMap<(&str, &str), &ImageBackup> = HashMap::new();
+    for image in &report.images {
+        if image.key.is_empty() {
+            unplanned.insert((&image.image.image, &image.image.target), image);
+        } else {
+            planned.insert(&image.key, image);
+        }
+    }
     let entries: Vec<StatusEntry> = all
         .into_iter()
         .map(|task| {
-            let backup = match by_key.get(task.key.as_str()) {
-                Some(image) if !task.key.is_empty() => Some(Backup::of(image)),
-                _ => Backup::unplanned(&task),
+            let image = match task.state {
+                TaskState::Excluded | TaskState::Conflict => unplanned.get(&(&*task.source, &*task.target)),
+                _ => planned.get(task.key.as_str()),
             };
+            let backup = image.map(|i| Backup::of(i));
             StatusEntry { task, backup }
         })
         .filter(|e| wanted.is_none_or(|w| e.backup.as_ref().is_some_and(|b| b.state == w)))

@@ -678,6 +678,16 @@ async fn two_sources_naming_one_target_keep_the_first_and_report_the_other() {
         (&json!(other), &json!(kept), &json!(["Deployment default/a-newer"])),
         "{body}"
     );
+    // Not mirrored, so not backed up: `failed`, naming the source that keeps the target; the
+    // kept one is checked like any other.
+    assert_eq!(
+        (&conflict["backup"]["state"], &conflict["backup"]["detail"]),
+        (
+            &json!("failed"),
+            &json!(format!("not mirrored: {kept} keeps this target"))
+        ),
+        "{body}"
+    );
     let (_, metrics) = daemon.get("/metrics").await;
     assert_eq!(
         sample(&metrics, r#"k8s_copycat_tasks{state="conflict"}"#),
