@@ -98,8 +98,11 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             blobs: config.blob_concurrency as usize,
         };
         let copy_again = {
-            let queue = queue.clone();
-            move |task| queue.resubmit_uncached(task)
+            let (queue, metrics) = (queue.clone(), metrics.clone());
+            move |task| {
+                metrics.backup_repair();
+                queue.resubmit_uncached(task);
+            }
         };
         let busy = {
             let queue = queue.clone();

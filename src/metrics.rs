@@ -45,6 +45,7 @@ struct BackupGauges {
     images: IntGaugeVec,
     coverage: Gauge,
     oldest_unverified: Gauge,
+    repairs: IntCounter,
     enabled: std::sync::atomic::AtomicBool,
 }
 
@@ -187,6 +188,11 @@ impl Metrics {
                 "The longest an in-scope image has gone unverified (since its last verification, or since it was first planned); 0 when all are verified.",
             )
             .expect("valid metric"),
+            repairs: IntCounter::new(
+                format!("{PREFIX}backup_repairs_total"),
+                "Targets copied again because a check found them missing parts (whether the copy restored them shows at the next check).",
+            )
+            .expect("valid metric"),
             enabled: std::sync::atomic::AtomicBool::new(false),
         };
         for m in [
@@ -238,10 +244,16 @@ impl Metrics {
             Box::new(b.images.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(b.coverage.clone()),
             Box::new(b.oldest_unverified.clone()),
+            Box::new(b.repairs.clone()),
         ] {
             self.registry.register(m).expect("unique metric");
         }
         self.set_backup(&[], 1.0, Duration::ZERO);
+    }
+
+    /// Counts one target copied again after a check found it missing parts.
+    pub fn backup_repair(&self) {
+        self.backup.repairs.inc();
     }
 
     /// Sets the backup gauges: images per state (`(state, count)`, states not given are 0), the
@@ -382,6 +394,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("k8s_copycat_backup_coverage_ratio 1\n"), "{text}");
         m.set_backup(&[("verified", 18), ("failed", 2)], 0.9, Duration::from_millis(61_500));
+        m.backup_repair();
         let text = m.render();
         // (line, present)
         let cases = [
@@ -391,6 +404,7 @@ mod tests {
             ("k8s_copycat_backup_images{state=\"pending\"} 0\n", true),
             ("k8s_copycat_backup_coverage_ratio 0.9\n", true),
             ("k8s_copycat_backup_oldest_unverified_seconds 61\n", true),
+            ("k8s_copycat_backup_repairs_total 1\n", true),
         ];
         for (line, present) in cases {
             assert_eq!(text.contains(line), present, "{line}: {text}");

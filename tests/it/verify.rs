@@ -602,6 +602,10 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
         entry.is_some_and(|e| e["backup"]["state"] == "verified") && agree((17, 1, 2, 0.85)).await
     })
     .await;
+    // app3 once at least (its blob stays missing), app5 once.
+    let (_, metrics) = daemon.get("/metrics").await;
+    let repairs = sample(&metrics, "k8s_copycat_backup_repairs_total").unwrap();
+    assert!(repairs >= 2.0, "{metrics}");
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(
