@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::coverage::{BackupStates, Verifier, periodic};
 use crate::discovery::health::WatchHealth;
 use crate::discovery::inventory::{Feed, Inventory, Update};
 use crate::discovery::watch;
@@ -44,6 +45,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         api_server,
     } = parts;
     let dockerhub = copier.registries().get("docker.io");
+    let verify_copier = copier.clone();
     let queue = Queue::start(copier, queue);
     let target = target.registry;
     let metrics = Arc::new(Metrics::new());
@@ -80,6 +82,34 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     )
     .with_leadership(leadership.subscribe())
     .with_watch_health(watch_health.clone());
+    // dryPull promises no registry request at all.
+    let verify_interval = config.verify_interval.filter(|_| !config.dry_pull);
+    let backup = verify_interval.map(|_| BackupStates::default());
+    let admin = match &backup {
+        Some(states) => admin.with_backup(states.clone()),
+        None => admin,
+    };
+    let verifier = verify_interval.map(|interval| {
+        let verifier = Verifier {
+            copier: verify_copier,
+            states: backup.clone().unwrap_or_default(),
+            interval,
+            concurrency: periodic::CONCURRENCY,
+            blobs: config.blob_concurrency as usize,
+        };
+        let copy_again = {
+            let (queue, metrics) = (queue.clone(), metrics.clone());
+            move |task| {
+                metrics.backup_repair();
+                queue.resubmit_uncached(task);
+            }
+        };
+        let busy = {
+            let queue = queue.clone();
+            move || queue.busy()
+        };
+        tokio::spawn(verifier.run(leadership.subscribe(), busy, copy_again))
+    });
     let servers = server::start(
         &config.runtime.metrics_addr,
         &config.runtime.health_addr,
@@ -99,6 +129,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             queue: &queue,
             metrics: &metrics,
             excluded,
+            backup,
             conflict_events: events.as_ref().map(|e| e.conflicts.clone()),
             reported_invalid: HashSet::new(),
             reported_conflicts: HashSet::new(),
@@ -126,6 +157,9 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     queue.shutdown(config.shutdown_grace_period).await;
     if let Some(events) = events {
         events.task.abort();
+    }
+    if let Some(verifier) = verifier {
+        verifier.abort();
     }
     if stopped {
         anyhow::bail!("every watcher stopped: nothing is watched any more");
@@ -234,6 +268,9 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                         queue.forget_plan();
                         plan_at.get_or_insert_with(|| Instant::now() + SETTLE);
                     } else {
+                        if let Some(backup) = &planning.backup {
+                            backup.clear();
+                        }
                         let dropped = queue.drop_waiting();
                         tracing::info!(dropped, "following: no longer submitting; queued copies dropped (running ones may finish)");
                     }
@@ -274,6 +311,8 @@ struct Planning<'a> {
     queue: &'a Queue,
     metrics: &'a Metrics,
     excluded: ExcludedImages,
+    /// The backup states of the periodic verification, given the leader's plans.
+    backup: Option<BackupStates>,
     /// Where conflicts are reported for Events (none when Events are off).
     conflict_events: Option<mpsc::Sender<TargetConflict>>,
     /// Invalid image strings already reported, so each is logged once.
@@ -290,6 +329,13 @@ impl Planning<'_> {
     /// forgotten); returns what the plan holds.
     fn run(&mut self, inventory: &Inventory, everything: bool, lead: bool) -> PlanSummary {
         let plan = self.planner.plan(inventory);
+        if let Some(backup) = &self.backup {
+            if lead {
+                backup.set_plan(&plan, std::time::SystemTime::now());
+            } else {
+                backup.clear();
+            }
+        }
         if !self.warned_naming
             && let Some(registries) = self.planner.colliding_registries(&plan)
         {

@@ -7,7 +7,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use prometheus::{Encoder as _, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{
+    Encoder as _, Gauge, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+};
 
 use crate::copy::{CopyError, CopyReport, Outcome};
 use crate::reference::{DOCKER_HUB, canonical_host};
@@ -34,7 +36,21 @@ pub struct Metrics {
     leader: IntGauge,
     watch_events: IntCounterVec,
     verified_present: IntCounter,
+    backup: BackupGauges,
 }
+
+/// The backup-coverage gauges, registered only when periodic verification runs
+/// ([`Metrics::enable_backup`]): without it they would claim a coverage nobody measured.
+struct BackupGauges {
+    images: IntGaugeVec,
+    coverage: Gauge,
+    oldest_unverified: Gauge,
+    repairs: IntCounter,
+    enabled: std::sync::atomic::AtomicBool,
+}
+
+/// The backup states, as `k8s_copycat_backup_images` labels them.
+pub const BACKUP_STATES: [&str; 6] = ["verified", "pending", "missing", "mismatch", "failed", "excluded"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +169,32 @@ impl Metrics {
             "Mirror attempts that found the target already holding the source's digest, so nothing was copied.",
         )
         .expect("valid metric");
+        let backup = BackupGauges {
+            images: IntGaugeVec::new(
+                Opts::new(
+                    format!("{PREFIX}backup_images"),
+                    "Images of the latest plan by backup state (verified, pending, missing, mismatch, failed, excluded), from the periodic verification.",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+            coverage: Gauge::new(
+                format!("{PREFIX}backup_coverage_ratio"),
+                "Verified images / (all images - excluded ones); 1 when none is in scope.",
+            )
+            .expect("valid metric"),
+            oldest_unverified: Gauge::new(
+                format!("{PREFIX}backup_oldest_unverified_seconds"),
+                "The longest an in-scope image has gone unverified (since its last verification, or since it was first planned); 0 when all are verified.",
+            )
+            .expect("valid metric"),
+            repairs: IntCounter::new(
+                format!("{PREFIX}backup_repairs_total"),
+                "Targets copied again because a check found them missing parts (whether the copy restored them shows at the next check).",
+            )
+            .expect("valid metric"),
+            enabled: std::sync::atomic::AtomicBool::new(false),
+        };
         for m in [
             Box::new(bytes_copied.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(blobs.clone()),
@@ -188,7 +230,43 @@ impl Metrics {
             leader,
             watch_events,
             verified_present,
+            backup,
         }
+    }
+
+    /// Registers the backup-coverage gauges (once; the daemon calls it when `verifyInterval` is set).
+    pub fn enable_backup(&self) {
+        let b = &self.backup;
+        if b.enabled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        for m in [
+            Box::new(b.images.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(b.coverage.clone()),
+            Box::new(b.oldest_unverified.clone()),
+            Box::new(b.repairs.clone()),
+        ] {
+            self.registry.register(m).expect("unique metric");
+        }
+        self.set_backup(&[], 1.0, Duration::ZERO);
+    }
+
+    /// Counts one target copied again after a check found it missing parts.
+    pub fn backup_repair(&self) {
+        self.backup.repairs.inc();
+    }
+
+    /// Sets the backup gauges: images per state (`(state, count)`, states not given are 0), the
+    /// coverage ratio and the longest an in-scope image has gone unverified.
+    pub fn set_backup(&self, counts: &[(&str, usize)], coverage: f64, oldest_unverified: Duration) {
+        for state in BACKUP_STATES {
+            let n = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+            self.backup.images.with_label_values(&[state]).set(n as i64);
+        }
+        self.backup.coverage.set(coverage);
+        self.backup
+            .oldest_unverified
+            .set(oldest_unverified.as_secs_f64().floor());
     }
 
     /// A successful attempt from `source` to `target` (registry hosts): the source was read or
@@ -306,6 +384,32 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_gauges_appear_only_when_enabled_and_zero_absent_states() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("backup"), "not registered before enable_backup");
+        m.enable_backup();
+        m.enable_backup(); // twice is harmless
+        let text = m.render();
+        assert!(text.contains("k8s_copycat_backup_coverage_ratio 1\n"), "{text}");
+        m.set_backup(&[("verified", 18), ("failed", 2)], 0.9, Duration::from_millis(61_500));
+        m.backup_repair();
+        let text = m.render();
+        // (line, present)
+        let cases = [
+            ("k8s_copycat_backup_images{state=\"verified\"} 18\n", true),
+            ("k8s_copycat_backup_images{state=\"failed\"} 2\n", true),
+            ("k8s_copycat_backup_images{state=\"missing\"} 0\n", true),
+            ("k8s_copycat_backup_images{state=\"pending\"} 0\n", true),
+            ("k8s_copycat_backup_coverage_ratio 0.9\n", true),
+            ("k8s_copycat_backup_oldest_unverified_seconds 61\n", true),
+            ("k8s_copycat_backup_repairs_total 1\n", true),
+        ];
+        for (line, present) in cases {
+            assert_eq!(text.contains(line), present, "{line}: {text}");
+        }
+    }
 
     #[test]
     fn labels_name_the_registry_host() {

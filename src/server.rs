@@ -11,7 +11,7 @@
 //! warns about. With leader election, a replica that is not the leader answers them 503 (only the leader
 //! mirrors); `/status`, `/metrics` and the probes work on every replica.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -29,6 +29,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::coverage::{BackupState, BackupStates, ImageBackup};
 use crate::discovery::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::queue::{ExcludedImages, Queue, TaskStatus};
@@ -43,6 +44,9 @@ const MAX_FORCE_WAIT: Duration = Duration::from_secs(60 * 60);
 /// At most one log line per this interval about refused admin calls (a caller hammering the endpoint
 /// with bad tokens must not flood the log); each line counts the refusals left out before it.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The answer about backup states when there are none.
+const VERIFICATION_DISABLED: &str = "periodic verification is disabled (verifyInterval: 0, or dryPull)";
 
 /// What one full rescan planned, as the daemon's plan loop reports it.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +84,8 @@ pub struct Admin {
     current: tokio::sync::Mutex<Option<PlanSummary>>,
     /// Refused admin calls, for rate-limited logging.
     refusals: RefusalLog,
+    /// The backup states of the periodic verification (`None`: `verifyInterval` is 0).
+    backup: Option<BackupStates>,
 }
 
 impl Admin {
@@ -105,7 +111,16 @@ impl Admin {
             watch_health: WatchHealth::default(),
             current: tokio::sync::Mutex::new(None),
             refusals: RefusalLog::new(REFUSAL_LOG_INTERVAL),
+            backup: None,
         }
+    }
+
+    /// Shows the backup states of the periodic verification in `/status`, `/status/summary` and
+    /// the metrics.
+    pub fn with_backup(mut self, states: BackupStates) -> Admin {
+        self.metrics.enable_backup();
+        self.backup = Some(states);
+        self
     }
 
     /// Every target the queue knows, sorted by target, then the excluded images, sorted by source.
@@ -169,6 +184,7 @@ pub async fn start(metrics_addr: &str, health_addr: &str, admin: Arc<Admin>) -> 
         .route("/force-reconcile", get(force_reconcile).post(force_reconcile))
         .route("/reset-cooldown", get(reset_cooldown).post(reset_cooldown))
         .route("/status", get(status))
+        .route("/status/summary", get(status_summary))
         .with_state(admin.clone());
     let health_routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -285,6 +301,13 @@ fn ipv4_fallback_on(error: &std::io::Error) -> bool {
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     admin.metrics.observe_tasks(admin.statuses().iter().map(|s| s.state));
+    if let Some(backup) = &admin.backup {
+        let report = backup.report(std::time::SystemTime::now());
+        let s = &report.summary;
+        admin
+            .metrics
+            .set_backup(&s.counts(), s.coverage, report.oldest_unverified);
+    }
     if let Some(hub) = &admin.dockerhub {
         admin.metrics.set_dockerhub_ratelimit(hub.ratelimit_remaining());
     }
@@ -316,6 +339,42 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
 #[derive(Deserialize)]
 struct StatusQuery {
     state: Option<String>,
+    /// Keep the entries in this backup state.
+    backup: Option<String>,
+}
+
+/// One `/status` entry: the queue's (or the plan's) status of a target and, with periodic
+/// verification, its backup state.
+#[derive(Serialize)]
+struct StatusEntry {
+    #[serde(flatten)]
+    task: TaskStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup: Option<Backup>,
+}
+
+/// The backup state of one `/status` entry.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Backup {
+    state: BackupState,
+    detail: String,
+    #[serde(serialize_with = "crate::task_state::rfc3339")]
+    checked: Option<std::time::SystemTime>,
+    #[serde(serialize_with = "crate::task_state::rfc3339")]
+    last_verified: Option<std::time::SystemTime>,
+}
+
+impl Backup {
+    /// The backup state of `image` as a `/status` entry shows it.
+    fn of(image: &ImageBackup) -> Backup {
+        Backup {
+            state: image.image.state,
+            detail: image.image.detail.clone(),
+            checked: image.checked,
+            last_verified: image.last_verified,
+        }
+    }
 }
 
 async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -> Response {
@@ -330,7 +389,59 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
         };
         all.retain(|s| s.state == state);
     }
-    axum::Json(all).into_response()
+    let Some(states) = &admin.backup else {
+        if q.backup.as_deref().is_some_and(|b| !b.is_empty()) {
+            return message(StatusCode::BAD_REQUEST, VERIFICATION_DISABLED.into());
+        }
+        return axum::Json(all).into_response();
+    };
+    let report = states.report(std::time::SystemTime::now());
+    let wanted = match q.backup.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(wanted) => match BackupState::ALL.into_iter().find(|s| s.as_str() == wanted) {
+            Some(state) => Some(state),
+            None => {
+                let names: Vec<&str> = BackupState::ALL.iter().map(|s| s.as_str()).collect();
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown backup state {wanted:?}; one of {}", names.join(", ")),
+                );
+            }
+        },
+    };
+    // Planned targets by key; the images the plan leaves out (excluded: no target; conflicts: the
+    // target another source keeps) by source and target.
+    let mut planned: HashMap<&str, &ImageBackup> = HashMap::new();
+    let mut unplanned: HashMap<(&str, &str), &ImageBackup> = HashMap::new();
+    for image in &report.images {
+        if image.key.is_empty() {
+            unplanned.insert((&image.image.image, &image.image.target), image);
+        } else {
+            planned.insert(&image.key, image);
+        }
+    }
+    let entries: Vec<StatusEntry> = all
+        .into_iter()
+        .map(|task| {
+            let image = match task.state {
+                TaskState::Excluded | TaskState::Conflict => unplanned.get(&(&*task.source, &*task.target)),
+                _ => planned.get(task.key.as_str()),
+            };
+            let backup = image.map(|i| Backup::of(i));
+            StatusEntry { task, backup }
+        })
+        .filter(|e| wanted.is_none_or(|w| e.backup.as_ref().is_some_and(|b| b.state == w)))
+        .collect();
+    axum::Json(entries).into_response()
+}
+
+/// The backup summary of the periodic verification: counts, coverage and the longest an image
+/// has gone unverified (404 when `verifyInterval` is 0).
+async fn status_summary(State(admin): State<Arc<Admin>>) -> Response {
+    match &admin.backup {
+        Some(states) => axum::Json(states.report(std::time::SystemTime::now())).into_response(),
+        None => message(StatusCode::NOT_FOUND, VERIFICATION_DISABLED.into()),
+    }
 }
 
 fn message(code: StatusCode, message: String) -> Response {

@@ -62,3 +62,11 @@ impl fmt::Display for TaskState {
         f.write_str(self.as_str())
     }
 }
+
+/// A time as `/status` shows it (RFC 3339, milliseconds, UTC), or `null`.
+pub fn rfc3339<S: serde::Serializer>(t: &Option<std::time::SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serializer.collect_str(&humantime::format_rfc3339_millis(*t)),
+        None => serializer.serialize_none(),
+    }
+}

@@ -89,6 +89,9 @@ pub struct Config {
     /// Positive cache TTL (`None`: no cache).
     #[serde(rename = "mirroredCacheTTL", serialize_with = "optional_duration")]
     pub mirrored_cache_ttl: Option<Duration>,
+    /// Periodic verification of the planned targets; `None` disables it.
+    #[serde(serialize_with = "optional_duration")]
+    pub verify_interval: Option<Duration>,
     /// How long running copies may finish after SIGTERM.
     #[serde(serialize_with = "duration")]
     pub shutdown_grace_period: Duration,

@@ -96,6 +96,11 @@ pub fn non_negative_duration(input: &Input, unit: Duration) -> Result<Duration, 
     Ok(duration(input, unit)?.unwrap_or(Duration::ZERO))
 }
 
+/// A duration that must not be negative; zero disables (`None`).
+pub fn optional_non_negative_duration(input: &Input, unit: Duration) -> Result<Option<Duration>, String> {
+    Ok(Some(non_negative_duration(input, unit)?).filter(|d| !d.is_zero()))
+}
+
 fn unit_name(unit: Duration) -> &'static str {
     match unit.as_secs() {
         60 => "minutes",
@@ -226,6 +231,12 @@ mod tests {
         assert_eq!(non_negative_duration(&s("0"), sec), Ok(Duration::ZERO));
         assert_eq!(non_negative_duration(&s("10"), sec), Ok(Duration::from_secs(10)));
         assert!(non_negative_duration(&s("-1"), sec).is_err());
+        assert_eq!(optional_non_negative_duration(&s("0"), sec), Ok(None));
+        assert_eq!(
+            optional_non_negative_duration(&s("24h"), sec),
+            Ok(Some(Duration::from_secs(86_400)))
+        );
+        assert!(optional_non_negative_duration(&s("-1h"), sec).is_err());
     }
 
     #[test]

@@ -176,6 +176,12 @@ fn bad_values_are_reported_by_name() {
             &["registryRetryBackoff", "must not be negative"],
         ),
         ("requestTimeout: soon", &[], &["requestTimeout", "duration like 90s"]),
+        ("verifyInterval: -1h", &[], &["verifyInterval", "must not be negative"]),
+        (
+            "",
+            &[("VERIFY_INTERVAL", "daily")],
+            &["VERIFY_INTERVAL", "duration like 90s"],
+        ),
         (
             "maxConcurrentReconciles: two",
             &[],
@@ -436,6 +442,21 @@ fn durations_accept_integers_and_humantime() {
         Some(Duration::from_secs(1800))
     );
     assert_eq!(ok("requestTimeout: 0", &[]).request_timeout, None);
+    // (yaml, env, verifyInterval in seconds)
+    type Interval<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<u64>);
+    let intervals: [Interval; 4] = [
+        ("", &[], Some(86_400)),
+        ("verifyInterval: 0", &[], None),
+        ("verifyInterval: 90", &[], Some(90)),
+        ("verifyInterval: 1h", &[("VERIFY_INTERVAL", "5m")], Some(300)),
+    ];
+    for (yaml, env, want) in intervals {
+        assert_eq!(
+            ok(yaml, env).verify_interval,
+            want.map(Duration::from_secs),
+            "{yaml} {env:?}"
+        );
+    }
     assert_eq!(
         ok("", &[("REGISTRY_REQUEST_TIMEOUT", "2m")]).request_timeout,
         Some(Duration::from_secs(120))

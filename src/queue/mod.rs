@@ -427,6 +427,13 @@ impl Queue {
         let _ = inner.ready.send(key);
     }
 
+    /// Submits `task` again although the positive cache may know its target mirrored (a check found
+    /// the target incomplete): the cache entry is dropped first, so the copy runs.
+    pub fn resubmit_uncached(&self, task: MirrorTask) {
+        self.inner.positive.invalidate(&task.key());
+        self.submit(task);
+    }
+
     /// Hands a whole plan to the queue: submits the tasks that are new or whose work changed since the
     /// last plan (by [`MirrorTask::same_work`], the rule the positive cache uses: their source,
     /// platforms or pull-secret credentials, so a corrected pull Secret reaches the next attempt of
@@ -590,6 +597,16 @@ impl Queue {
         drop(st);
         all.sort_by(|a, b| a.target.cmp(&b.target));
         all
+    }
+
+    /// The keys of the targets queued or being copied right now (cheaper than a snapshot).
+    pub fn busy(&self) -> HashSet<String> {
+        let st = self.inner.lock();
+        st.entries
+            .iter()
+            .filter(|(_, e)| matches!(e.phase, Phase::Queued | Phase::Running { .. }))
+            .map(|(key, _)| key.to_string())
+            .collect()
     }
 
     /// Totals since the start and current gauges.

@@ -8,7 +8,7 @@ use serde::{Serialize, Serializer};
 
 use crate::plan::{ExcludedImage, TargetConflict};
 use crate::reference::Digest;
-use crate::task_state::TaskState;
+use crate::task_state::{TaskState, rfc3339};
 use crate::workload::Workload;
 
 /// One target as the queue knows it.
@@ -118,13 +118,6 @@ fn empty_as_null<S: Serializer>(s: &str, serializer: S) -> Result<S::Ok, S::Erro
     match s {
         "" => serializer.serialize_none(),
         s => serializer.serialize_str(s),
-    }
-}
-
-fn rfc3339<S: Serializer>(t: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => serializer.collect_str(&humantime::format_rfc3339_millis(*t)),
-        None => serializer.serialize_none(),
     }
 }
 

@@ -76,6 +76,16 @@ async fn dry_pull_plans_without_any_registry_request() {
             .any(|l| l.contains("would mirror") && l.contains("lib/app:1"))
     })
     .await;
+    // No periodic verification either (it would read the registries): no backup state anywhere.
+    let (code, body) = daemon.get("/status/summary").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("periodic verification is disabled"), "{body}");
+    let (code, body) = daemon.get("/status?backup=verified").await;
+    assert_eq!(code, 400, "{body}");
+    let (_, status) = daemon.get("/status").await;
+    assert!(!status.contains("backup") && status.contains("lib/app:1"), "{status}");
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(!metrics.contains("k8s_copycat_backup_"), "{metrics}");
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     // The queue would have asked the registries before saying "would mirror", and the daemon has
@@ -183,10 +193,12 @@ async fn filters_apply_and_namespaces_appearing_later_are_picked_up() {
     let mut expected = json!([
             {"target": null, "source": format!("{}/already/here:1", dst.host()), "state": "excluded",
              "excludedBy": dst.host(), "digest": null, "lastError": null, "nextRetry": null,
-             "users": ["Deployment team-a/own"], "started": null, "finished": null},
+             "users": ["Deployment team-a/own"], "started": null, "finished": null,
+             "backup": {"state": "excluded", "detail": format!("excluded by {}", dst.host()), "checked": null, "lastVerified": null}},
             {"target": null, "source": format!("{}/lib/excluded:1", other.host()), "state": "excluded",
              "excludedBy": other.host(), "digest": null, "lastError": null, "nextRetry": null,
-             "users": ["Deployment team-a/excluded"], "started": null, "finished": null},
+             "users": ["Deployment team-a/excluded"], "started": null, "finished": null,
+             "backup": {"state": "excluded", "detail": format!("excluded by {}", other.host()), "checked": null, "lastVerified": null}},
     ]);
     expected
         .as_array_mut()
@@ -664,6 +676,16 @@ async fn two_sources_naming_one_target_keep_the_first_and_report_the_other() {
     assert_eq!(
         (&conflict["source"], &conflict["keptSource"], &conflict["users"]),
         (&json!(other), &json!(kept), &json!(["Deployment default/a-newer"])),
+        "{body}"
+    );
+    // Not mirrored, so not backed up: `failed`, naming the source that keeps the target; the
+    // kept one is checked like any other.
+    assert_eq!(
+        (&conflict["backup"]["state"], &conflict["backup"]["detail"]),
+        (
+            &json!("failed"),
+            &json!(format!("not mirrored: {kept} keeps this target"))
+        ),
         "{body}"
     );
     let (_, metrics) = daemon.get("/metrics").await;

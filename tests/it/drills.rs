@@ -1345,6 +1345,13 @@ async fn every_kind_of_bad_setting_stops_the_start_with_exit_2_naming_it() {
             vec!["DRY_RUN", "maybe"],
         ),
         (
+            "negative verification interval",
+            "verifyInterval: -1h\n",
+            vec![],
+            vec![],
+            vec!["verifyInterval", "must not be negative"],
+        ),
+        (
             "boolean in the file",
             "emitEvents: sometimes\n",
             vec![],

@@ -149,6 +149,18 @@ async fn only_the_leader_mirrors_and_the_follower_refuses_admin_requests() {
     assert_eq!(follower.status_len().await, 0, "the follower submitted nothing");
     assert!(leader.status_len().await >= 1);
     assert_eq!(follower.leader_gauge().await, Some(0.0));
+    // Only the leader verifies its targets; the follower checks nothing and reports no image, so
+    // its coverage is 1 (the alert looks at the leader only).
+    eventually("the leader verified its target", Duration::from_secs(30), async || {
+        leader.gauge("k8s_copycat_backup_images{state=\"verified\"}").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(leader.gauge("k8s_copycat_backup_coverage_ratio").await, Some(1.0));
+    assert_eq!(follower.gauge("k8s_copycat_backup_coverage_ratio").await, Some(1.0));
+    assert_eq!(
+        follower.gauge("k8s_copycat_backup_images{state=\"pending\"}").await,
+        Some(0.0)
+    );
     // Each replica's registry requests go through its own proxy: the leader's carried the mirror,
     // the follower's saw nothing at all (no HEAD, no token, no /v2/ probe).
     assert!(

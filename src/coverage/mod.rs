@@ -1,8 +1,12 @@
 //! How much of a plan is backed up: each planned target checked at the target registry
 //! ([`Copier::check_target`]) and given a backup state, the plan's excluded, conflicting and invalid
 //! images listed beside them, and the summary (counts and coverage = verified / (all − excluded)).
-//! `copycat verify` checks a plan made from one list of the cluster; the daemon's continuous
-//! coverage can check its own plans the same way.
+//! `copycat verify` checks a plan made from one list of the cluster; the daemon checks its own plans
+//! the same way, continuously (`periodic.rs`: [`BackupStates`], [`Verifier`]).
+
+pub mod periodic;
+
+pub use periodic::{BackupStates, ImageBackup, Report, Verifier};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -21,6 +25,8 @@ use crate::workload::Workload;
 pub enum BackupState {
     /// The target holds the expected digest and everything it references.
     Verified,
+    /// Not checked yet (the daemon checks a target once the queue has finished with it).
+    Pending,
     /// The target lacks the manifest, child manifests or blobs (or holds them damaged).
     Missing,
     /// The target tag holds another digest.
@@ -33,10 +39,21 @@ pub enum BackupState {
 }
 
 impl BackupState {
+    /// Every state.
+    pub const ALL: [BackupState; 6] = [
+        BackupState::Verified,
+        BackupState::Pending,
+        BackupState::Missing,
+        BackupState::Mismatch,
+        BackupState::Failed,
+        BackupState::Excluded,
+    ];
+
     /// The state's name, as the table and JSON show it.
     pub fn as_str(self) -> &'static str {
         match self {
             BackupState::Verified => "verified",
+            BackupState::Pending => "pending",
             BackupState::Missing => "missing",
             BackupState::Mismatch => "mismatch",
             BackupState::Failed => "failed",
@@ -87,6 +104,8 @@ pub struct Summary {
     pub images: usize,
     /// Verified.
     pub verified: usize,
+    /// Not checked yet (the daemon only; `copycat verify` checks everything).
+    pub pending: usize,
     /// Missing parts.
     pub missing: usize,
     /// Another digest at the target.
@@ -106,6 +125,7 @@ impl Summary {
         let mut summary = Summary {
             images: images.len(),
             verified: count(BackupState::Verified),
+            pending: count(BackupState::Pending),
             missing: count(BackupState::Missing),
             mismatch: count(BackupState::Mismatch),
             failed: count(BackupState::Failed),
@@ -119,6 +139,18 @@ impl Summary {
         summary
     }
 
+    /// The count of each state, by its name.
+    pub fn counts(&self) -> [(&'static str, usize); 6] {
+        [
+            (BackupState::Verified.as_str(), self.verified),
+            (BackupState::Pending.as_str(), self.pending),
+            (BackupState::Missing.as_str(), self.missing),
+            (BackupState::Mismatch.as_str(), self.mismatch),
+            (BackupState::Failed.as_str(), self.failed),
+            (BackupState::Excluded.as_str(), self.excluded),
+        ]
+    }
+
     /// Whether every image in scope is verified.
     pub fn complete(&self) -> bool {
         self.verified == self.images - self.excluded
@@ -127,9 +159,13 @@ impl Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pending = match self.pending {
+            0 => String::new(),
+            n => format!(", {n} pending"),
+        };
         write!(
             f,
-            "{} images: {} verified, {} missing, {} mismatch, {} failed, {} excluded; coverage {}/{} ({:.1}%)",
+            "{} images: {} verified{pending}, {} missing, {} mismatch, {} failed, {} excluded; coverage {}/{} ({:.1}%)",
             self.images,
             self.verified,
             self.missing,
@@ -170,6 +206,15 @@ pub async fn check_plan(
         .inspect(|row| done(row, finished.fetch_add(1, Ordering::Relaxed) + 1))
         .collect()
         .await;
+    out.extend(unplanned(plan));
+    out.sort_by(|a, b| (&a.image, &a.target).cmp(&(&b.image, &b.target)));
+    out
+}
+
+/// The plan's images that are not mirrored: excluded ones (`excluded`, with the rule), those whose
+/// target another source keeps and invalid references (`failed`, saying why).
+pub fn unplanned(plan: &Plan) -> Vec<ImageCoverage> {
+    let mut out = Vec::with_capacity(plan.excluded.len() + plan.conflicts.len() + plan.invalid.len());
     out.extend(plan.excluded.iter().map(|e| ImageCoverage {
         image: e.source.clone(),
         target: String::new(),
@@ -200,13 +245,12 @@ pub async fn check_plan(
         side: None,
         users: vec![user.clone()],
     }));
-    out.sort_by(|a, b| (&a.image, &a.target).cmp(&(&b.image, &b.target)));
     out
 }
 
 /// One task: its target named (by the image's architecture for `$arch` from the image), the digest
 /// it must hold, and what the target holds.
-async fn check_task(copier: &Copier, task: &MirrorTask, options: CheckOptions) -> ImageCoverage {
+pub(crate) async fn check_task(copier: &Copier, task: &MirrorTask, options: CheckOptions) -> ImageCoverage {
     let expected_from = if task.request.source.digest().is_some() {
         ExpectedFrom::Cluster
     } else {
@@ -345,7 +389,7 @@ mod tests {
     fn coverage_counts_verified_images_among_those_in_scope() {
         use BackupState::*;
         // (states, verified, excluded, coverage, complete)
-        let cases: [(&[BackupState], usize, usize, f64, bool); 7] = [
+        let cases: [(&[BackupState], usize, usize, f64, bool); 8] = [
             (&[], 0, 0, 1.0, true),
             (&[Verified, Verified], 2, 0, 1.0, true),
             (&[Verified, Excluded], 1, 1, 1.0, true),
@@ -353,6 +397,7 @@ mod tests {
             (&[Verified, Missing, Mismatch, Failed], 1, 0, 0.25, false),
             (&[Verified, Verified, Verified, Failed, Excluded], 3, 1, 0.75, false),
             (&[Missing, Excluded], 0, 1, 0.0, false),
+            (&[Verified, Pending, Excluded], 1, 1, 0.5, false),
         ];
         for (states, verified, excluded, coverage, complete) in cases {
             let images: Vec<_> = states.iter().map(|s| image("a", *s)).collect();
@@ -363,7 +408,7 @@ mod tests {
             assert!((summary.coverage - coverage).abs() < 1e-9, "{states:?}: {summary:?}");
             assert_eq!(summary.complete(), complete, "{states:?}");
             assert_eq!(
-                summary.missing + summary.mismatch + summary.failed + verified + excluded,
+                summary.pending + summary.missing + summary.mismatch + summary.failed + verified + excluded,
                 states.len()
             );
         }
@@ -371,6 +416,11 @@ mod tests {
         assert_eq!(
             summary.to_string(),
             "3 images: 1 verified, 1 missing, 0 mismatch, 0 failed, 1 excluded; coverage 1/2 (50.0%)"
+        );
+        let summary = Summary::of(&[image("a", Verified), image("b", Pending)]);
+        assert_eq!(
+            summary.to_string(),
+            "2 images: 1 verified, 1 pending, 0 missing, 0 mismatch, 0 failed, 0 excluded; coverage 1/2 (50.0%)"
         );
     }
 

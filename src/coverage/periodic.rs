@@ -1,0 +1,514 @@
+//! The daemon's continuous coverage: the backup state of every target the latest plan holds
+//! ([`BackupStates`], read by `/status` and the metrics) and the loop that keeps it current
+//! ([`Verifier`], run by the leader). A target is checked for the first time as soon as the queue
+//! has finished with it; after that, one re-check starts every `verifyInterval / targets` (oldest
+//! check first), so each target is checked about once per interval and the checks are spread over
+//! it, at most [`Verifier::concurrency`] at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{BackupState, CheckOptions, ImageCoverage, Summary, check_task, unplanned};
+use crate::copy::Copier;
+use crate::copy::check::Depth;
+use crate::plan::{MirrorTask, Plan};
+
+/// Targets the daemon checks at the same time.
+pub const CONCURRENCY: usize = 4;
+
+/// The longest the verifier sleeps before looking for targets the queue has finished with.
+const POLL: Duration = Duration::from_secs(1);
+
+/// The backup states of the latest plan's targets. Cloning is cheap and every clone is the same
+/// store.
+#[derive(Clone, Default)]
+pub struct BackupStates(Arc<Mutex<Store>>);
+
+#[derive(Default)]
+struct Store {
+    /// The planned tasks by target key (leader only; empty on a follower).
+    tasks: BTreeMap<String, Planned>,
+    /// The plan's excluded, conflicting and invalid images.
+    unplanned: Vec<ImageCoverage>,
+    /// The last check of each target key.
+    checks: HashMap<String, Check>,
+    /// When each target key was first planned (the age of an image never verified).
+    since: HashMap<String, SystemTime>,
+}
+
+/// One planned task, with its key and source as checks record them.
+struct Planned {
+    source: String,
+    task: MirrorTask,
+}
+
+/// One finished check.
+#[derive(Debug, Clone)]
+struct Check {
+    /// The source the target was checked for: another source (a new tag, a new digest) makes the
+    /// check stale.
+    source: String,
+    row: ImageCoverage,
+    checked: SystemTime,
+    /// When the target was last found verified (kept when a later check finds it incomplete).
+    verified: Option<SystemTime>,
+}
+
+/// One image of the report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBackup {
+    /// The target key (as `/status`'s entries are keyed); empty for an image not mirrored.
+    #[serde(skip)]
+    pub key: String,
+    /// The image, its state and detail.
+    #[serde(flatten)]
+    pub image: ImageCoverage,
+    /// When the target was last checked.
+    #[serde(serialize_with = "crate::task_state::rfc3339")]
+    pub checked: Option<SystemTime>,
+    /// When the target was last found verified.
+    #[serde(serialize_with = "crate::task_state::rfc3339")]
+    pub last_verified: Option<SystemTime>,
+}
+
+/// The backup states of the current plan and their summary.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Counts and coverage.
+    pub summary: Summary,
+    /// The longest an in-scope image has gone unverified: since its last verification, or since it
+    /// was first planned when it never was; zero when every image is verified.
+    #[serde(rename = "oldestUnverifiedSeconds", serialize_with = "seconds")]
+    pub oldest_unverified: Duration,
+    /// Every image, planned ones first (by target key), then those not mirrored.
+    #[serde(skip)]
+    pub images: Vec<ImageBackup>,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64().floor())
+}
+
+impl BackupStates {
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the targets of `plan` (made `now`); checks of targets no longer planned are forgotten.
+    pub fn set_plan(&self, plan: &Plan, now: SystemTime) {
+        let mut store = self.store();
+        store.tasks = plan
+            .tasks
+            .iter()
+            .map(|task| {
+                let source = task.request.source.to_string();
+                let planned = Planned {
+                    source,
+                    task: task.clone(),
+                };
+                (task.key().to_string(), planned)
+            })
+            .collect();
+        let Store {
+            tasks, checks, since, ..
+        } = &mut *store;
+        checks.retain(|key, _| tasks.contains_key(key));
+        since.retain(|key, _| tasks.contains_key(key));
+        for key in tasks.keys() {
+            since.entry(key.clone()).or_insert(now);
+        }
+        store.unplanned = unplanned(plan);
+    }
+
+    /// Forgets everything (this replica no longer leads).
+    pub fn clear(&self) {
+        *self.store() = Store::default();
+    }
+
+    /// Records a check of `key` for `source` finished at `at`, unless the target is no longer planned.
+    fn record(&self, key: &str, source: &str, row: ImageCoverage, at: SystemTime) {
+        let mut store = self.store();
+        if !store.since.contains_key(key) {
+            return;
+        }
+        let verified = if row.state == BackupState::Verified {
+            Some(at)
+        } else {
+            store
+                .checks
+                .get(key)
+                .filter(|c| c.source == source)
+                .and_then(|c| c.verified)
+        };
+        store.checks.insert(
+            key.to_owned(),
+            Check {
+                source: source.to_owned(),
+                row,
+                checked: at,
+                verified,
+            },
+        );
+    }
+
+    /// The planned target keys with when each was last checked for its current source.
+    fn candidates(&self) -> Vec<(String, Option<SystemTime>)> {
+        let store = self.store();
+        store
+            .tasks
+            .iter()
+            .map(|(key, planned)| {
+                let checked = store.checks.get(key).filter(|c| c.source == planned.source);
+                (key.clone(), checked.map(|c| c.checked))
+            })
+            .collect()
+    }
+
+    /// The planned task of `key`.
+    fn task(&self, key: &str) -> Option<MirrorTask> {
+        self.store().tasks.get(key).map(|p| p.task.clone())
+    }
+
+    /// The backup state of every image of the current plan, as of `now`.
+    pub fn report(&self, now: SystemTime) -> Report {
+        let store = self.store();
+        let mut images: Vec<ImageBackup> = store
+            .tasks
+            .iter()
+            .map(|(key, Planned { source, task })| {
+                let (key, source) = (key.clone(), source.clone());
+                match store.checks.get(&key).filter(|c| c.source == source) {
+                    Some(check) => ImageBackup {
+                        key,
+                        image: check.row.clone(),
+                        checked: Some(check.checked),
+                        last_verified: check.verified,
+                    },
+                    None => ImageBackup {
+                        image: ImageCoverage {
+                            image: source,
+                            target: key.clone(),
+                            state: BackupState::Pending,
+                            detail: "not checked yet".into(),
+                            expected: None,
+                            expected_from: None,
+                            side: None,
+                            users: task.users.clone(),
+                        },
+                        key,
+                        checked: None,
+                        last_verified: None,
+                    },
+                }
+            })
+            .collect();
+        let oldest_unverified = images
+            .iter()
+            .filter(|i| i.image.state != BackupState::Verified)
+            .filter_map(|i| i.last_verified.or_else(|| store.since.get(&i.key).copied()))
+            .map(|since| now.duration_since(since).unwrap_or_default())
+            .max()
+            .unwrap_or_default();
+        images.extend(store.unplanned.iter().map(|image| ImageBackup {
+            key: String::new(),
+            image: image.clone(),
+            checked: None,
+            last_verified: None,
+        }));
+        let rows: Vec<ImageCoverage> = images.iter().map(|i| i.image.clone()).collect();
+        Report {
+            summary: Summary::of(&rows),
+            oldest_unverified,
+            images,
+        }
+    }
+}
+
+/// What to check next: every target never checked (for its current source) that the queue is not
+/// copying (`busy`: queued or running) and that is not being checked, then, when a re-check `slot_due`, the target
+/// checked longest ago among the rest; at most `free` in all. `candidates` are (key, last check).
+fn pick(
+    candidates: &[(String, Option<SystemTime>)],
+    busy: &HashSet<String>,
+    in_flight: &HashSet<String>,
+    slot_due: bool,
+    free: usize,
+) -> Vec<String> {
+    let ready = || {
+        candidates
+            .iter()
+            .filter(|(key, _)| !busy.contains(key) && !in_flight.contains(key))
+    };
+    let mut picked: Vec<String> = ready()
+        .filter(|(_, checked)| checked.is_none())
+        .map(|(key, _)| key.clone())
+        .take(free)
+        .collect();
+    if slot_due && picked.len() < free {
+        let oldest = ready().filter_map(|(key, checked)| checked.map(|at| (at, key))).min();
+        picked.extend(oldest.map(|(_, key)| key.clone()));
+    }
+    picked
+}
+
+/// The periodic verification of the planned targets (quick checks: HEADs).
+pub struct Verifier {
+    /// The copier whose registries are checked.
+    pub copier: Copier,
+    /// Where results go.
+    pub states: BackupStates,
+    /// `verifyInterval`: each target is checked about once per interval.
+    pub interval: Duration,
+    /// Targets checked at the same time.
+    pub concurrency: usize,
+    /// Blobs of one target checked at the same time.
+    pub blobs: usize,
+}
+
+impl Verifier {
+    /// Checks targets while `leading` says this replica leads, for ever. `busy` gives the target
+    /// keys the queue has queued or is copying: those are not checked (a target is checked once
+    /// the queue has finished with it, mirrored, failed or cooling down). `copy_again` gets each
+    /// task whose target was found `missing` parts, to be copied again past the positive cache.
+    pub async fn run(
+        self,
+        mut leading: watch::Receiver<bool>,
+        busy: impl Fn() -> HashSet<String>,
+        copy_again: impl Fn(MirrorTask),
+    ) {
+        let mut running: JoinSet<(MirrorTask, ImageCoverage)> = JoinSet::new();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        // The key each running check is for, so a check that panics frees its target too.
+        let mut checking: HashMap<tokio::task::Id, String> = HashMap::new();
+        // Targets copied again after a check found them missing: checked once more as soon as the
+        // queue is done with them, instead of waiting a whole interval for their turn.
+        let mut copied_again: HashSet<String> = HashSet::new();
+        let mut next_slot = Instant::now();
+        let options = CheckOptions {
+            depth: Depth::Quick,
+            images: 1,
+            blobs: self.blobs,
+        };
+        loop {
+            let mut keyed = self.states.candidates();
+            let spacing = self.interval / u32::try_from(keyed.len().max(1)).unwrap_or(u32::MAX);
+            let free = self.concurrency.saturating_sub(in_flight.len());
+            if *leading.borrow() && free > 0 && !keyed.is_empty() {
+                for (key, at) in &mut keyed {
+                    if copied_again.contains(key) {
+                        *at = None;
+                    }
+                }
+                let slot_due = Instant::now() >= next_slot;
+                // Asks the queue only when there is something to pick from.
+                let picked = if slot_due || keyed.iter().any(|(_, at)| at.is_none()) {
+                    pick(&keyed, &busy(), &in_flight, slot_due, free)
+                } else {
+                    vec![]
+                };
+                if slot_due {
+                    next_slot = Instant::now() + spacing;
+                }
+                for key in picked {
+                    let Some(task) = self.states.task(&key) else {
+                        continue;
+                    };
+                    let copier = self.copier.clone();
+                    let handle = running.spawn(async move {
+                        let row = check_task(&copier, &task, options).await;
+                        (task, row)
+                    });
+                    checking.insert(handle.id(), key.clone());
+                    in_flight.insert(key);
+                }
+            }
+            let wake = (Instant::now() + POLL).min(next_slot.max(Instant::now() + Duration::from_millis(10)));
+            tokio::select! {
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let id = done.as_ref().map_or_else(tokio::task::JoinError::id, |(id, _)| *id);
+                    if let Some(key) = checking.remove(&id) {
+                        in_flight.remove(&key);
+                    }
+                    let Ok((_, (task, row))) = done else { continue };
+                    let key = task.key().to_string();
+                    log_result(&row);
+                    let after_copy = copied_again.remove(&key);
+                    let again = copy_again_after(row.state, after_copy) && *leading.borrow();
+                    self.states.record(&key, &task.request.source.to_string(), row, SystemTime::now());
+                    if again {
+                        tracing::info!(target = %key, source = %task.request.source, "copying the image again (positive cache dropped)");
+                        copied_again.insert(key);
+                        copy_again(task);
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+                changed = leading.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+/// Whether a target found in `state` is copied again: when it misses parts, unless this check
+/// followed such a copy already (parts the copy cannot restore, such as blobs under a tag that
+/// still holds the right digest, would otherwise be copied again and re-checked in a tight loop;
+/// they are tried again at the target's next regular check).
+fn copy_again_after(state: BackupState, after_copy: bool) -> bool {
+    state == BackupState::Missing && !after_copy
+}
+
+/// One line per check that finds a target incomplete (a debug line when it is whole).
+fn log_result(row: &ImageCoverage) {
+    if row.state == BackupState::Verified {
+        tracing::debug!(target = %row.target, source = %row.image, detail = %row.detail, "backup verified");
+    } else {
+        tracing::warn!(target = %row.target, source = %row.image, state = row.state.as_str(),
+            detail = %row.detail, side = row.side.unwrap_or(""), "backup check: the target does not hold the whole image");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::CopyRequest;
+    use crate::reference::ImageRef;
+
+    fn task(source: &str, repo: &str) -> MirrorTask {
+        MirrorTask::new(CopyRequest {
+            source: ImageRef::parse(source).unwrap(),
+            target: ImageRef::parse(&format!("r.example/{repo}")).unwrap(),
+            target_tag: Some("1".into()),
+        })
+    }
+
+    fn row(state: BackupState) -> ImageCoverage {
+        ImageCoverage {
+            image: String::new(),
+            target: String::new(),
+            state,
+            detail: format!("{state:?}"),
+            expected: None,
+            expected_from: None,
+            side: None,
+            users: vec![],
+        }
+    }
+
+    #[test]
+    fn the_report_keeps_states_per_target_and_ages_the_oldest_unverified() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let plan = Plan {
+            tasks: vec![task("a.io/x:1", "x"), task("a.io/y:1", "y"), task("a.io/z:1", "z")],
+            ..Plan::default()
+        };
+        let key = |i: usize| plan.tasks[i].key().to_string();
+        let source = |i: usize| plan.tasks[i].request.source.to_string();
+        let states = BackupStates::default();
+        states.set_plan(&plan, at(100));
+        states.record(&key(0), &source(0), row(BackupState::Verified), at(110));
+        states.record(&key(1), &source(1), row(BackupState::Verified), at(120));
+        states.record(&key(1), &source(1), row(BackupState::Missing), at(200));
+        states.record("r.example/gone:1", "a.io/gone:1", row(BackupState::Verified), at(200));
+        let report = states.report(at(300));
+        let got: Vec<(BackupState, Option<SystemTime>, Option<SystemTime>)> = report
+            .images
+            .iter()
+            .map(|i| (i.image.state, i.checked, i.last_verified))
+            .collect();
+        // x verified at 110; y verified at 120, missing since 200; z never checked (pending).
+        let want = vec![
+            (BackupState::Verified, Some(at(110)), Some(at(110))),
+            (BackupState::Missing, Some(at(200)), Some(at(120))),
+            (BackupState::Pending, None, None),
+        ];
+        assert_eq!(got, want);
+        // y: unverified since its last verification (120); z: since it was planned (100).
+        assert_eq!(report.oldest_unverified, Duration::from_secs(200));
+        assert_eq!(
+            (report.summary.verified, report.summary.missing, report.summary.pending),
+            (1, 1, 1)
+        );
+        assert_eq!(report.images.len(), 3, "a target not planned is not recorded");
+
+        // Another source for y (a new tag) makes its check stale: pending again, and the next plan
+        // without x forgets x.
+        let plan = Plan {
+            tasks: vec![task("a.io/y:2", "y"), task("a.io/z:1", "z")],
+            ..Plan::default()
+        };
+        states.set_plan(&plan, at(400));
+        let report = states.report(at(400));
+        let got: Vec<BackupState> = report.images.iter().map(|i| i.image.state).collect();
+        assert_eq!(got, [BackupState::Pending, BackupState::Pending]);
+        assert_eq!(report.oldest_unverified, Duration::from_secs(300), "z, planned at 100");
+        states.clear();
+        assert_eq!(states.report(at(500)).summary.images, 0);
+    }
+
+    #[test]
+    fn every_backup_state_has_its_metric_label() {
+        let counts = Summary::default().counts();
+        let names: Vec<&str> = counts.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, crate::metrics::BACKUP_STATES);
+        let all: Vec<&str> = BackupState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(all, crate::metrics::BACKUP_STATES);
+    }
+
+    fn keys(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_missing_target_is_copied_again_once_per_regular_check() {
+        use BackupState::*;
+        // (state, this check followed a copy again, copy again)
+        let cases = [
+            (Missing, false, true),
+            (Missing, true, false),
+            (Verified, false, false),
+            (Verified, true, false),
+            (Mismatch, false, false),
+            (Failed, false, false),
+            (Pending, false, false),
+        ];
+        for (state, after_copy, want) in cases {
+            assert_eq!(copy_again_after(state, after_copy), want, "{state:?} {after_copy}");
+        }
+    }
+
+    #[test]
+    fn first_checks_come_first_then_one_recheck_per_slot_oldest_first() {
+        let t = |s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let candidates: Vec<(String, Option<SystemTime>)> = vec![
+            ("a".into(), t(30)),
+            ("b".into(), None),
+            ("c".into(), t(10)),
+            ("d".into(), None),
+            ("e".into(), t(20)),
+        ];
+        let all = keys(&["a", "b", "c", "d", "e"]);
+        // (busy in the queue, being checked, slot due, free, picked)
+        type Case<'a> = (HashSet<String>, HashSet<String>, bool, usize, &'a [&'a str]);
+        let cases: [Case; 8] = [
+            (keys(&[]), keys(&[]), false, 4, &["b", "d"]),
+            (keys(&[]), keys(&[]), true, 4, &["b", "d", "c"]),
+            (keys(&[]), keys(&[]), true, 2, &["b", "d"]),
+            (keys(&[]), keys(&["c"]), true, 4, &["b", "d", "e"]),
+            (keys(&["b", "c", "d"]), keys(&[]), true, 4, &["e"]),
+            (keys(&["b", "c", "d"]), keys(&[]), false, 4, &[]),
+            (keys(&["a", "c", "d", "e"]), keys(&["b"]), true, 4, &[]),
+            (all, keys(&[]), true, 4, &[]),
+        ];
+        for (busy, in_flight, slot_due, free, want) in cases {
+            let picked = pick(&candidates, &busy, &in_flight, slot_due, free);
+            assert_eq!(picked, want, "{busy:?} {in_flight:?} {slot_due} {free}");
+        }
+    }
+}
