@@ -14,7 +14,7 @@ use prometheus::{
 use crate::copy::{CopyError, CopyReport, Outcome};
 use crate::reference::{DOCKER_HUB, canonical_host};
 use crate::registry::Side;
-use crate::task_state::TaskState;
+use crate::task_state::{BackupState, TaskState};
 
 const PREFIX: &str = "k8s_copycat_";
 
@@ -48,9 +48,6 @@ struct BackupGauges {
     repairs: IntCounter,
     enabled: std::sync::atomic::AtomicBool,
 }
-
-/// The backup states, as `k8s_copycat_backup_images` labels them.
-pub const BACKUP_STATES: [&str; 6] = ["verified", "pending", "missing", "mismatch", "failed", "excluded"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -258,10 +255,10 @@ impl Metrics {
 
     /// Sets the backup gauges: images per state (`(state, count)`, states not given are 0), the
     /// coverage ratio and the longest an in-scope image has gone unverified.
-    pub fn set_backup(&self, counts: &[(&str, usize)], coverage: f64, oldest_unverified: Duration) {
-        for state in BACKUP_STATES {
+    pub fn set_backup(&self, counts: &[(BackupState, usize)], coverage: f64, oldest_unverified: Duration) {
+        for state in BackupState::ALL {
             let n = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
-            self.backup.images.with_label_values(&[state]).set(n as i64);
+            self.backup.images.with_label_values(&[state.as_str()]).set(n as i64);
         }
         self.backup.coverage.set(coverage);
         self.backup
@@ -393,7 +390,11 @@ mod tests {
         m.enable_backup(); // twice is harmless
         let text = m.render();
         assert!(text.contains("k8s_copycat_backup_coverage_ratio 1\n"), "{text}");
-        m.set_backup(&[("verified", 18), ("failed", 2)], 0.9, Duration::from_millis(61_500));
+        m.set_backup(
+            &[(BackupState::Verified, 18), (BackupState::Failed, 2)],
+            0.9,
+            Duration::from_millis(61_500),
+        );
         m.backup_repair();
         let text = m.render();
         // (line, present)

@@ -1,6 +1,7 @@
 //! Where a mirror target stands, in the words `/status` and the `k8s_copycat_tasks` gauge use. The
 //! plan decides the excluded and conflicting ones, the queue the rest; both report to `metrics`,
-//! which sits below them, so the words live here, on the ground floor.
+//! which sits below them, so the words live here, on the ground floor. So do the backup states the
+//! periodic verification (`coverage`) gives and `k8s_copycat_backup_images` counts.
 
 use std::fmt;
 
@@ -60,6 +61,49 @@ impl TaskState {
 impl fmt::Display for TaskState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The backup state of one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupState {
+    /// The target holds the expected digest and everything it references.
+    Verified,
+    /// Not checked yet (the daemon checks a target once the queue has finished with it).
+    Pending,
+    /// The target lacks the manifest, child manifests or blobs (or holds them damaged).
+    Missing,
+    /// The target tag holds another digest.
+    Mismatch,
+    /// The check could not be made (a registry error, a source that cannot be read), or the image is
+    /// not mirrored at all (an invalid reference, a target another image keeps).
+    Failed,
+    /// Left out by a rule (`excludeRegistries`, or it already lives on the target): not counted.
+    Excluded,
+}
+
+impl BackupState {
+    /// Every state.
+    pub const ALL: [BackupState; 6] = [
+        BackupState::Verified,
+        BackupState::Pending,
+        BackupState::Missing,
+        BackupState::Mismatch,
+        BackupState::Failed,
+        BackupState::Excluded,
+    ];
+
+    /// The state's name, as the table and JSON show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupState::Verified => "verified",
+            BackupState::Pending => "pending",
+            BackupState::Missing => "missing",
+            BackupState::Mismatch => "mismatch",
+            BackupState::Failed => "failed",
+            BackupState::Excluded => "excluded",
+        }
     }
 }
 

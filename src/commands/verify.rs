@@ -72,7 +72,7 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
         progress(image, done, total)
     })
     .await;
-    let summary = Summary::of(&images);
+    let summary = Summary::of(images.iter().map(|i| i.state));
     if images.is_empty() {
         eprintln!("copycat: warning: no image is in scope (check --namespace and the namespace filters)");
     }

@@ -6,6 +6,7 @@
 
 pub mod periodic;
 
+pub use crate::task_state::BackupState;
 pub use periodic::{BackupStates, ImageBackup, Report, Verifier};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,49 +19,6 @@ use crate::copy::{Copier, CopyError, CopyOptions, CopyRequest};
 use crate::plan::{MirrorTask, Plan};
 use crate::registry::Side;
 use crate::workload::Workload;
-
-/// The backup state of one image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackupState {
-    /// The target holds the expected digest and everything it references.
-    Verified,
-    /// Not checked yet (the daemon checks a target once the queue has finished with it).
-    Pending,
-    /// The target lacks the manifest, child manifests or blobs (or holds them damaged).
-    Missing,
-    /// The target tag holds another digest.
-    Mismatch,
-    /// The check could not be made (a registry error, a source that cannot be read), or the image is
-    /// not mirrored at all (an invalid reference, a target another image keeps).
-    Failed,
-    /// Left out by a rule (`excludeRegistries`, or it already lives on the target): not counted.
-    Excluded,
-}
-
-impl BackupState {
-    /// Every state.
-    pub const ALL: [BackupState; 6] = [
-        BackupState::Verified,
-        BackupState::Pending,
-        BackupState::Missing,
-        BackupState::Mismatch,
-        BackupState::Failed,
-        BackupState::Excluded,
-    ];
-
-    /// The state's name, as the table and JSON show it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackupState::Verified => "verified",
-            BackupState::Pending => "pending",
-            BackupState::Missing => "missing",
-            BackupState::Mismatch => "mismatch",
-            BackupState::Failed => "failed",
-            BackupState::Excluded => "excluded",
-        }
-    }
-}
 
 /// Where the digest a target was checked against came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,19 +77,21 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The counts of `images`.
-    pub fn of(images: &[ImageCoverage]) -> Summary {
-        let count = |state| images.iter().filter(|i| i.state == state).count();
-        let mut summary = Summary {
-            images: images.len(),
-            verified: count(BackupState::Verified),
-            pending: count(BackupState::Pending),
-            missing: count(BackupState::Missing),
-            mismatch: count(BackupState::Mismatch),
-            failed: count(BackupState::Failed),
-            excluded: count(BackupState::Excluded),
-            coverage: 1.0,
-        };
+    /// The counts of the images in `states` (one state per image).
+    pub fn of(states: impl IntoIterator<Item = BackupState>) -> Summary {
+        let mut summary = Summary::default();
+        for state in states {
+            summary.images += 1;
+            *match state {
+                BackupState::Verified => &mut summary.verified,
+                BackupState::Pending => &mut summary.pending,
+                BackupState::Missing => &mut summary.missing,
+                BackupState::Mismatch => &mut summary.mismatch,
+                BackupState::Failed => &mut summary.failed,
+                BackupState::Excluded => &mut summary.excluded,
+            } += 1;
+        }
+        summary.coverage = 1.0;
         let in_scope = summary.images - summary.excluded;
         if in_scope > 0 {
             summary.coverage = summary.verified as f64 / in_scope as f64;
@@ -139,15 +99,15 @@ impl Summary {
         summary
     }
 
-    /// The count of each state, by its name.
-    pub fn counts(&self) -> [(&'static str, usize); 6] {
+    /// The count of each state.
+    pub fn counts(&self) -> [(BackupState, usize); 6] {
         [
-            (BackupState::Verified.as_str(), self.verified),
-            (BackupState::Pending.as_str(), self.pending),
-            (BackupState::Missing.as_str(), self.missing),
-            (BackupState::Mismatch.as_str(), self.mismatch),
-            (BackupState::Failed.as_str(), self.failed),
-            (BackupState::Excluded.as_str(), self.excluded),
+            (BackupState::Verified, self.verified),
+            (BackupState::Pending, self.pending),
+            (BackupState::Missing, self.missing),
+            (BackupState::Mismatch, self.mismatch),
+            (BackupState::Failed, self.failed),
+            (BackupState::Excluded, self.excluded),
         ]
     }
 
@@ -400,8 +360,7 @@ mod tests {
             (&[Verified, Pending, Excluded], 1, 1, 0.5, false),
         ];
         for (states, verified, excluded, coverage, complete) in cases {
-            let images: Vec<_> = states.iter().map(|s| image("a", *s)).collect();
-            let summary = Summary::of(&images);
+            let summary = Summary::of(states.iter().copied());
             assert_eq!(summary.images, states.len(), "{states:?}");
             assert_eq!(summary.verified, verified, "{states:?}");
             assert_eq!(summary.excluded, excluded, "{states:?}");
@@ -412,12 +371,12 @@ mod tests {
                 states.len()
             );
         }
-        let summary = Summary::of(&[image("a", Verified), image("b", Missing), image("c", Excluded)]);
+        let summary = Summary::of([Verified, Missing, Excluded]);
         assert_eq!(
             summary.to_string(),
             "3 images: 1 verified, 1 missing, 0 mismatch, 0 failed, 1 excluded; coverage 1/2 (50.0%)"
         );
-        let summary = Summary::of(&[image("a", Verified), image("b", Pending)]);
+        let summary = Summary::of([Verified, Pending]);
         assert_eq!(
             summary.to_string(),
             "2 images: 1 verified, 1 pending, 0 missing, 0 mismatch, 0 failed, 0 excluded; coverage 1/2 (50.0%)"
