@@ -57,9 +57,14 @@ impl Feed {
     /// How logs, `/readyz` and errors name the watch: `Deployment cluster-wide`,
     /// `Pod in namespace shop`.
     pub fn name(&self) -> String {
+        format!("{}{}", self.watched.kind_name(), self.scope())
+    }
+
+    /// Where the watch looks, as it follows the kind: ` cluster-wide`, ` in namespace shop`.
+    pub fn scope(&self) -> String {
         match &self.namespace {
-            Some(ns) => format!("{} in namespace {ns}", self.watched.kind_name()),
-            None => format!("{} cluster-wide", self.watched.kind_name()),
+            Some(ns) => format!(" in namespace {ns}"),
+            None => " cluster-wide".to_owned(),
         }
     }
 }

@@ -405,10 +405,6 @@ fn spawn<K: WatchedObject>(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let kind = K::kind(&());
-        let scope = feed
-            .namespace
-            .as_deref()
-            .map_or(" cluster-wide".to_string(), |ns| format!(" in namespace {ns}"));
         let watch_name = feed.name();
         let mut events = watcher(api, watcher::Config::default()).boxed();
         // Not kube's `default_backoff()`: it resets on every Ok item, and the watcher yields `Init`
@@ -434,7 +430,7 @@ fn spawn<K: WatchedObject>(
                 Ok(watcher::Event::Delete(o)) => (Update::Delete(K::WATCHED, reduce(o)), Some("deleted")),
                 Err(e) => {
                     metrics.watch_event(&kind, "failed");
-                    report_failure(&e, (&kind, &scope), &feed, &health);
+                    report_failure(&e, &feed, &health);
                     tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
                     continue;
                 }
@@ -449,10 +445,11 @@ fn spawn<K: WatchedObject>(
     })
 }
 
-/// Logs and records the failure `error` of the watch of `kind` in `scope` for `feed`: a refusal
-/// (403) names the permission to grant, each time; other failures are recorded and logged when
+/// Logs and records the failure `error` of the watch for `feed`: a refusal (403) names the
+/// permission to grant, each time; other failures are recorded and logged when
 /// [`WatchHealth::failed`] says a warning is due, else at debug level.
-fn report_failure(error: &watcher::Error, (kind, scope): (&str, &str), feed: &Feed, health: &WatchHealth) {
+fn report_failure(error: &watcher::Error, feed: &Feed, health: &WatchHealth) {
+    let (kind, scope) = (feed.watched.kind_name(), feed.scope());
     let namespace = feed.namespace.as_deref().unwrap_or("*");
     let what = feed.name();
     if let Some((verb, refusal)) = forbidden_verb(error) {
