@@ -89,10 +89,10 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         Some(states) => admin.with_backup(states.clone()),
         None => admin,
     };
-    let verifier = verify_interval.map(|interval| {
+    let verifier = backup.clone().zip(verify_interval).map(|(states, interval)| {
         let verifier = Verifier {
             copier: verify_copier,
-            states: backup.clone().unwrap_or_default(),
+            states,
             interval,
             concurrency: periodic::CONCURRENCY,
             blobs: config.blob_concurrency as usize,
