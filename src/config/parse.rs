@@ -90,15 +90,15 @@ pub fn duration(input: &Input, unit: Duration) -> Result<Option<Duration>, Strin
 
 /// A duration that must not be negative; zero is allowed and kept.
 pub fn non_negative_duration(input: &Input, unit: Duration) -> Result<Duration, String> {
-    if input.scalar()?.starts_with('-') {
-        return Err("must not be negative".into());
-    }
-    Ok(duration(input, unit)?.unwrap_or(Duration::ZERO))
+    Ok(optional_non_negative_duration(input, unit)?.unwrap_or(Duration::ZERO))
 }
 
 /// A duration that must not be negative; zero disables (`None`).
 pub fn optional_non_negative_duration(input: &Input, unit: Duration) -> Result<Option<Duration>, String> {
-    Ok(Some(non_negative_duration(input, unit)?).filter(|d| !d.is_zero()))
+    if input.scalar()?.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    duration(input, unit)
 }
 
 fn unit_name(unit: Duration) -> &'static str {
