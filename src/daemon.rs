@@ -101,7 +101,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             let (queue, metrics) = (queue.clone(), metrics.clone());
             move |task| {
                 metrics.backup_repair();
-                queue.resubmit_uncached(task);
+                queue.repair(task);
             }
         };
         let busy = {

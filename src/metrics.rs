@@ -474,6 +474,7 @@ mod tests {
             blobs_skipped: blobs[0],
             blobs_mounted: blobs[1],
             blobs_transferred: blobs[2],
+            manifests_written: 0,
             missing_platforms: vec![],
             filtered: false,
         };
