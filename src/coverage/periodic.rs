@@ -276,7 +276,8 @@ impl Verifier {
     /// Checks targets while `leading` says this replica leads, for ever. `busy` gives the target
     /// keys the queue has queued or is copying: those are not checked (a target is checked once
     /// the queue has finished with it, mirrored, failed or cooling down). `copy_again` gets each
-    /// task whose target was found `missing` parts, to be copied again past the positive cache.
+    /// task whose target was found `missing` parts, to be copied again past the positive cache, in
+    /// repair mode.
     pub async fn run(
         self,
         mut leading: watch::Receiver<bool>,
@@ -356,9 +357,9 @@ impl Verifier {
 }
 
 /// Whether a target found in `state` is copied again: when it misses parts, unless this check
-/// followed such a copy already (parts the copy cannot restore, such as blobs under a tag that
-/// still holds the right digest, would otherwise be copied again and re-checked in a tight loop;
-/// they are tried again at the target's next regular check).
+/// followed such a copy already (parts the repair copy cannot restore, such as blobs the source
+/// no longer has, would otherwise be copied again and re-checked in a tight loop; they are tried
+/// again at the target's next regular check).
 fn copy_again_after(state: BackupState, after_copy: bool) -> bool {
     state == BackupState::Missing && !after_copy
 }
