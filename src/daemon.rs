@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::coverage::{BackupStates, Verifier, periodic};
+use crate::coverage::{BackupStates, RestoreDrills, Verifier, periodic};
 use crate::discovery::health::WatchHealth;
 use crate::discovery::inventory::{Feed, Inventory, Update};
 use crate::discovery::watch;
@@ -89,6 +89,25 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         Some(states) => admin.with_backup(states.clone()),
         None => admin,
     };
+    // Restore drills pull targets the verification found whole: they need it.
+    let drills = backup
+        .clone()
+        .zip(config.restore_drill_interval)
+        .map(|(states, interval)| {
+            states.enable_drills();
+            metrics.enable_restore_drill();
+            let drills = RestoreDrills {
+                copier: verify_copier.clone(),
+                states,
+                interval,
+                images: config.restore_drill_images as usize,
+                blobs: config.blob_concurrency as usize,
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(drills.run(leadership.subscribe(), move |drill| {
+                metrics.restore_drill(drill.result, drill.duration);
+            }))
+        });
     let verifier = backup.clone().zip(verify_interval).map(|(states, interval)| {
         let verifier = Verifier {
             copier: verify_copier,
@@ -158,8 +177,8 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     if let Some(events) = events {
         events.task.abort();
     }
-    if let Some(verifier) = verifier {
-        verifier.abort();
+    for task in [verifier, drills].into_iter().flatten() {
+        task.abort();
     }
     if stopped {
         anyhow::bail!("every watcher stopped: nothing is watched any more");

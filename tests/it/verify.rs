@@ -766,3 +766,143 @@ async fn a_target_missing_parts_under_its_tag_is_repaired_with_only_the_missing_
     let out = verify(kubeconfig, &dst, &["--deep"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Issue 14's restore drill: three images mirrored by the daemon to a registry that asks for bearer
+/// tokens; with `restoreDrillImages` 2 every round pulls two verified targets whole, those never
+/// drilled first, so all three are drilled within a few rounds. Each drill reports the digest the
+/// source has and how much it read; between them the drills read every blob of every image at the
+/// target (nothing else reads blobs there). The metrics and `/status/summary` count them. A layer of
+/// one image then damaged in storage, its size unchanged (the HEAD checks still find the target
+/// verified), fails that image's next drill, which says so in `/status`, the metrics and the log.
+/// Neither the password nor a token appears anywhere.
+#[tokio::test]
+async fn restore_drills_pull_verified_targets_whole_in_turn_and_report_a_damaged_one() {
+    let (src, dst) = (
+        start(RegistryMode::Plain),
+        start(RegistryMode::token("ops", "drill-secret-73")),
+    );
+    let images = [
+        ("shop/web", Image::oci_index(&[3000, 2000], true, 1700).unwrap()),
+        ("data/db", Image::docker("amd64", &[2500, 1500], 1701).unwrap()),
+        ("tools/job", Image::oci("amd64", &[1800], 1702).unwrap()),
+    ];
+    let server = ApiServer::new();
+    for (repo, image) in &images {
+        image.push(&src, repo, "1").await.unwrap();
+        let name = repo.split('/').nth(1).unwrap();
+        let reference = format!("{}/{repo}:1", src.host());
+        server
+            .apply(workload("Deployment", "apps/v1", "default", name, &[("c", &reference)]))
+            .unwrap();
+    }
+    let api = server.serve().unwrap();
+    let env = [
+        ("TARGET_USERNAME", "ops"),
+        ("TARGET_PASSWORD", "drill-secret-73"),
+        ("VERIFY_INTERVAL", "1h"),
+        ("RESTORE_DRILL_INTERVAL", "2s"),
+        ("RESTORE_DRILL_IMAGES", "2"),
+    ];
+    let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, &env);
+    let target = |repo: &str| format!("{}/{repo}:1", dst.host());
+    // The last drill of each target, by repository.
+    let drills = async || -> BTreeMap<String, Value> {
+        let (code, body) = daemon.get("/status").await;
+        let Ok(Value::Array(entries)) = serde_json::from_str::<Value>(&body) else {
+            return BTreeMap::new();
+        };
+        assert_eq!(code, 200);
+        images
+            .iter()
+            .filter_map(|(repo, _)| {
+                let entry = entries.iter().find(|e| e["target"] == target(repo))?;
+                let drill = entry["backup"].get("drill")?;
+                Some(((*repo).to_owned(), drill.clone()))
+            })
+            .collect()
+    };
+    eventually("every target drilled", WAIT, async || {
+        let all = drills().await;
+        all.len() == 3 && all.values().all(|d| d["result"] == "passed")
+    })
+    .await;
+    for (repo, image) in &images {
+        let drill = &drills().await[*repo];
+        assert_eq!(drill["digest"], image.digest.as_str(), "the source's digest: {drill}");
+        assert_eq!(drill["target"], target(repo), "{drill}");
+        let detail = format!(
+            "pulled whole: {} manifest{} and {} blobs read and re-hashed",
+            image.all_manifest_digests().len(),
+            if image.is_index() { "s" } else { "" },
+            image.all_blobs().len()
+        );
+        assert_eq!(drill["detail"], detail.as_str(), "{drill}");
+        assert!(
+            drill["at"].is_string() && drill["durationSeconds"].is_number(),
+            "{drill}"
+        );
+    }
+    let read: std::collections::BTreeSet<String> = copycat_requests(&dst)
+        .iter()
+        .filter(|r| r.method == "GET" && r.status == 200)
+        .filter_map(|r| r.path.split_once("/blobs/").map(|(_, digest)| digest.to_owned()))
+        .collect();
+    let every_blob: std::collections::BTreeSet<String> = images
+        .iter()
+        .flat_map(|(_, image)| image.all_blobs().into_iter().map(|b| b.digest.clone()))
+        .collect();
+    assert_eq!(read, every_blob, "every blob read from the target, nothing else");
+    let (_, metrics) = daemon.get("/metrics").await;
+    let metric = |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series}: {metrics}"));
+    assert!(
+        metric("k8s_copycat_restore_drill_total{result=\"passed\"}") >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(metric("k8s_copycat_restore_drill_total{result=\"failed\"}"), 0.0);
+    assert!(metric("k8s_copycat_restore_drill_duration_seconds_count") >= 3.0);
+    assert!(metric("k8s_copycat_restore_drill_last_success_timestamp_seconds") > 1.7e9);
+    let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+    let drill_summary = &summary["restoreDrill"];
+    assert_eq!(
+        (
+            &drill_summary["drilled"],
+            &drill_summary["passed"],
+            &drill_summary["failed"]
+        ),
+        (&3.into(), &3.into(), &0.into()),
+        "{summary}"
+    );
+    assert!(drill_summary["lastSuccess"].is_string(), "{summary}");
+
+    // A layer of db damaged, its size unchanged: the quick checks cannot tell, the next drill can.
+    let layer = &images[1].1.blobs[1].digest;
+    let file = blob_file(&dst, layer);
+    let mut bytes = std::fs::read(&file).expect("the stored layer");
+    bytes[100] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    eventually("db's drill failed", WAIT, async || {
+        drills().await.get("data/db").is_some_and(|d| d["result"] == "failed")
+    })
+    .await;
+    let db = daemon.status_of(&target("data/db")).await.unwrap();
+    assert_eq!(db["backup"]["drill"]["detail"], "1 damaged", "{db}");
+    assert_eq!(db["backup"]["state"], "verified", "HEADs find it whole: {db}");
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(sample(&metrics, "k8s_copycat_restore_drill_total{result=\"failed\"}").unwrap() >= 1.0);
+    let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+    assert_eq!(summary["restoreDrill"]["failed"], 1, "{summary}");
+    let (_, status) = daemon.get("/status").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("restore drill passed")
+            && log.contains("restore drill failed: the backup could not be pulled whole"),
+        "{log}"
+    );
+    let mut secrets = credential_secrets("ops", "drill-secret-73");
+    secrets.extend(issued_token_secrets(&dst));
+    assert_no_secrets(
+        &[("log", &log), ("status", &status), ("summary", &summary.to_string())],
+        &secrets,
+    );
+}
