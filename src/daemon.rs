@@ -348,6 +348,10 @@ impl Planning<'_> {
     /// forgotten); returns what the plan holds.
     fn run(&mut self, inventory: &Inventory, everything: bool, lead: bool) -> PlanSummary {
         let plan = self.planner.plan(inventory);
+        // The queue first: the verifier checks only targets the queue is not busy with, so a new
+        // target it can see must be queued already (else it is checked before its first copy,
+        // found missing and counted as a repair).
+        let submitted = lead.then(|| self.queue.submit_plan(plan.tasks.clone(), everything));
         if let Some(backup) = &self.backup {
             if lead {
                 backup.set_plan(&plan, std::time::SystemTime::now());
@@ -375,8 +379,7 @@ impl Planning<'_> {
         let workloads: HashSet<&Workload> = plan.tasks.iter().flat_map(|t| &t.users).collect();
         let workloads = workloads.len();
         let targets: Vec<String> = plan.tasks.iter().map(|t| t.key().to_string()).collect();
-        if lead {
-            let done = self.queue.submit_plan(plan.tasks, everything);
+        if let Some(done) = submitted {
             tracing::info!(
                 tasks,
                 submitted = done.submitted,
