@@ -503,13 +503,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_report_keeps_states_per_target_and_ages_the_oldest_unverified() {
-        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        let plan = Plan {
+    /// `s` seconds after the epoch.
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    /// Targets x, y and z (`r.example/x:1`, …) of `a.io/x:1`, ….
+    fn three_targets() -> Plan {
+        Plan {
             tasks: vec![task("a.io/x:1", "x"), task("a.io/y:1", "y"), task("a.io/z:1", "z")],
             ..Plan::default()
-        };
+        }
+    }
+
+    #[test]
+    fn the_report_keeps_states_per_target_and_ages_the_oldest_unverified() {
+        let plan = three_targets();
         let key = |i: usize| plan.tasks[i].key().to_string();
         let source = |i: usize| plan.tasks[i].request.source.to_string();
         let states = BackupStates::default();
@@ -562,11 +571,7 @@ mod tests {
 
     #[test]
     fn drills_take_whole_targets_never_drilled_first_then_the_one_drilled_longest_ago() {
-        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        let plan = Plan {
-            tasks: vec![task("a.io/x:1", "x"), task("a.io/y:1", "y"), task("a.io/z:1", "z")],
-            ..Plan::default()
-        };
+        let plan = three_targets();
         let key = |i: usize| plan.tasks[i].key().to_string();
         let source = |i: usize| plan.tasks[i].request.source.to_string();
         let whole = |i: usize| {
