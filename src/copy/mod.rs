@@ -815,9 +815,10 @@ impl Copier {
     /// Copies the manifests below the index written under the tag (its `children`; the index is at
     /// `level` of the source image) by digest, each after what it references, skipping those the
     /// target has; in repair mode those are read from the target and walked too, so what is missing
-    /// below them is copied (they are not written again). Depth first with a list of the indexes open, not recursion: a hostile chain of
-    /// indexes costs heap, not stack, and is refused by `budget` at [`manifest::MAX_INDEX_DEPTH`] before any
-    /// entry of the index breaking a limit is copied.
+    /// below them is copied (they are not written again). Depth first with a list of the indexes
+    /// open, not recursion: a hostile chain of indexes costs heap, not stack, and is refused by
+    /// `budget` at [`manifest::MAX_INDEX_DEPTH`] before any entry of the index breaking a limit is
+    /// copied.
     async fn copy_children(
         &self,
         req: &CopyRequest,

@@ -9,6 +9,9 @@
 //!   the same target with the same source reference and platforms is skipped without any registry
 //!   request for [`QueueOptions::positive_ttl`], or until the source reference (a pinned digest
 //!   included) changes.
+//! - **Repair** ([`Queue::repair`]): a target a check found incomplete is copied again past the
+//!   positive cache in the engine's repair mode ([`CopyOptions::repair`]); the request survives
+//!   merges and failed attempts and is cleared by a success.
 //! - **Failure cooldown** per target: after a failure the target waits
 //!   [`QueueOptions::failure_cooldown`], then is retried by a timer with the latest request.
 //!   Submissions meanwhile do not run it early; [`Queue::reset_cooldown`] re-queues every waiting
