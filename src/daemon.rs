@@ -18,16 +18,17 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::coverage::{BackupStates, RestoreDrills, Verifier, periodic};
 use crate::discovery::health::WatchHealth;
-use crate::discovery::inventory::{Feed, Inventory, Update};
+use crate::discovery::inventory::{Feed, Inventory, Update, Watched};
 use crate::discovery::watch;
-use crate::events::Emitter;
+use crate::events::{self, Emitter};
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
+use crate::on_the_fly::OnTheFly;
 use crate::plan::{Planner, TargetConflict};
 use crate::queue::{ExcludedImages, Queue};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
 use crate::wiring::DaemonParts;
-use crate::workload::Workload;
+use crate::workload::{Kind, Workload};
 
 /// How long changes may keep arriving before a plan is made (a rollout touches many objects at once).
 const SETTLE: Duration = Duration::from_millis(250);
@@ -43,6 +44,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         events,
         watched,
         api_server,
+        on_the_fly,
     } = parts;
     let dockerhub = copier.registries().get("docker.io");
     let verify_copier = copier.clone();
@@ -62,8 +64,20 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     } else {
         Leadership::always(&metrics)
     };
+    let events_window = events;
     let events =
         events.map(|window| Emitter::new(client.clone(), identity, window, leadership.subscribe()).start(&queue));
+    let on_the_fly = on_the_fly.map(|rules| {
+        OnTheFly::start(
+            rules,
+            &target,
+            queue.clone(),
+            metrics.clone(),
+            events.as_ref().map(|e| e.notices.clone()),
+            leadership.subscribe(),
+            events_window.unwrap_or(events::DEFAULT_WINDOW),
+        )
+    });
     let ready = Arc::new(AtomicBool::new(false));
     let namespaces = planner.scope().only_names();
     let watched = watch::watched_for(&watched, config.check_node_platform, config.use_image_pull_secrets);
@@ -82,6 +96,10 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     )
     .with_leadership(leadership.subscribe())
     .with_watch_health(watch_health.clone());
+    let admin = match &on_the_fly {
+        Some(on_the_fly) => admin.with_unmatched(on_the_fly.unmatched()),
+        None => admin,
+    };
     // dryPull promises no registry request at all.
     let verify_interval = config.verify_interval.filter(|_| !config.dry_pull);
     let backup = verify_interval.map(|_| BackupStates::default());
@@ -139,7 +157,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let (watchers, updates) = watch::start(client, &feeds, metrics.clone(), &watch_health);
     let scope = namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(","));
     tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = events.is_some(),
-        kinds = config.watch_resources.join(","), namespaces = scope, "copycat started");
+        on_the_fly = on_the_fly.is_some(), kinds = config.watch_resources.join(","), namespaces = scope, "copycat started");
 
     let loop_state = LoopState {
         feeds: &feeds,
@@ -158,6 +176,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         ready: &ready,
         queue: &queue,
         leading: leadership.subscribe(),
+        on_the_fly: on_the_fly.as_ref(),
     };
     // The watchers retry for ever; if they all end anyway, nothing is watched any more, and a
     // Pod that exits 0 would not even be restarted as failing.
@@ -235,6 +254,8 @@ struct LoopState<'a> {
     queue: &'a Queue,
     /// Whether this replica leads (submits to the queue).
     leading: channel::Receiver<bool>,
+    /// Copy on the fly, when enabled.
+    on_the_fly: Option<&'a OnTheFly>,
 }
 
 /// Applies watch updates to the inventory and submits the tasks that changed, at most `SETTLE`
@@ -248,6 +269,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
         ready,
         queue,
         mut leading,
+        on_the_fly,
     } = s;
     let mut lead = *leading.borrow_and_update();
     let mut inventory = Inventory::new();
@@ -260,6 +282,9 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
         tokio::select! {
             update = updates.recv() => match update {
                 Some(update) => {
+                    if let Some(on_the_fly) = on_the_fly {
+                        copy_failed_pulls(on_the_fly, planning.planner, &update);
+                    }
                     if inventory.apply(update) && plan_at.is_none() {
                         plan_at = Some(Instant::now() + SETTLE);
                     }
@@ -306,6 +331,20 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                 let _ = reply.send(summary);
             }
         }
+    }
+}
+
+/// Hands the containers of a Pod update that wait on failed pulls to copy on the fly, unless the
+/// Pod's namespace is out of scope. (Only Pod statuses say so: no extra API request.)
+fn copy_failed_pulls(on_the_fly: &OnTheFly, planner: &Planner, update: &Update) {
+    let pod = Watched::Workload(Kind::Pod);
+    let seen = match update {
+        Update::Apply(watched, seen) if *watched == pod => seen,
+        Update::InitApply(feed, seen) if feed.watched == pod => seen,
+        _ => return,
+    };
+    if !seen.pull_failures.is_empty() && planner.scope().allows(&seen.namespace) {
+        on_the_fly.observe(&seen.namespace, &seen.name, &seen.pull_failures);
     }
 }
 

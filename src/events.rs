@@ -1,9 +1,10 @@
 //! Kubernetes Events for images that could not be mirrored, so that `kubectl describe` on the
 //! workload shows why: a `Warning` Event on each workload using the image, reason [`REASON`] for a
-//! failed copy, [`CONFLICT_REASON`] for an image whose target another source keeps.
+//! failed copy, [`CONFLICT_REASON`] for an image whose target another source keeps, and other
+//! notices (copy on the fly: [`Notice`]) with their own reason.
 //!
 //! The queue reports failures ([`Queue::report_failures`]), the plan loop conflicts
-//! ([`Events::conflicts`]); an [`Emitter`] task turns them into core/v1 Events (the API `kubectl
+//! ([`Events::conflicts`]) and notices ([`Events::notices`]); an [`Emitter`] task turns them into core/v1 Events (the API `kubectl
 //! describe` reads) created through the API server. It emits only while this replica leads, at most
 //! once per target (per conflicting source) per window (the failure cooldown), and never holds up
 //! mirroring: a full backlog drops reports, API errors are logged and forgotten.
@@ -54,6 +55,22 @@ pub struct Emitter {
     recent: moka::sync::Cache<TargetKey, ()>,
     /// (target, source) conflicts with an Event in the current window.
     recent_conflicts: moka::sync::Cache<(String, String), ()>,
+    /// Notices (by [`Notice::key`]) with an Event in the current window.
+    recent_notices: moka::sync::Cache<String, ()>,
+}
+
+/// Something to tell the users of an image in a Warning Event of its own reason, at most once per
+/// `key` per window.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// What makes two notices the same one (e.g. the Pod and the image).
+    pub key: String,
+    /// Where the Event goes.
+    pub users: Vec<Workload>,
+    /// The Event's reason.
+    pub reason: &'static str,
+    /// The Event's message (bounded when emitted).
+    pub message: String,
 }
 
 /// A running [`Emitter`].
@@ -62,6 +79,8 @@ pub struct Events {
     pub task: JoinHandle<()>,
     /// Where the plan loop reports images whose target another source keeps.
     pub conflicts: mpsc::Sender<TargetConflict>,
+    /// Where other notices are reported.
+    pub notices: mpsc::Sender<Notice>,
 }
 
 impl Emitter {
@@ -74,6 +93,7 @@ impl Emitter {
             leading,
             recent: window_cache(window),
             recent_conflicts: window_cache(window),
+            recent_notices: window_cache(window),
         }
     }
 
@@ -83,20 +103,38 @@ impl Emitter {
         let (to, reports) = mpsc::channel(BACKLOG);
         queue.report_failures(to);
         let (conflicts, conflict_reports) = mpsc::channel(BACKLOG);
+        let (notices, notice_reports) = mpsc::channel(BACKLOG);
         Events {
-            task: tokio::spawn(self.run(reports, conflict_reports)),
+            task: tokio::spawn(self.run(reports, conflict_reports, notice_reports)),
             conflicts,
+            notices,
         }
     }
 
-    async fn run(self, mut reports: mpsc::Receiver<FailureReport>, mut conflicts: mpsc::Receiver<TargetConflict>) {
+    async fn run(
+        self,
+        mut reports: mpsc::Receiver<FailureReport>,
+        mut conflicts: mpsc::Receiver<TargetConflict>,
+        mut notices: mpsc::Receiver<Notice>,
+    ) {
         loop {
             tokio::select! {
                 Some(report) = reports.recv() => self.on_failure(report).await,
                 Some(conflict) = conflicts.recv() => self.on_conflict(conflict).await,
+                Some(notice) = notices.recv() => self.on_notice(notice).await,
                 else => return,
             }
         }
+    }
+
+    /// One Event per user of a notice, unless it had one in the window or this replica does not lead.
+    async fn on_notice(&self, notice: Notice) {
+        if !*self.leading.borrow() || self.recent_notices.contains_key(&notice.key) {
+            return;
+        }
+        self.recent_notices.insert(notice.key, ());
+        self.emit_all(&notice.users, notice.reason, &bounded(notice.message))
+            .await;
     }
 
     /// One Event per user of an image whose target another source keeps, unless this conflict had

@@ -38,7 +38,18 @@ pub struct Metrics {
     verified_present: IntCounter,
     backup: BackupGauges,
     drills: DrillMetrics,
+    on_the_fly: OnTheFlyMetrics,
 }
+
+/// The copy-on-the-fly metrics, registered only when it is enabled ([`Metrics::enable_on_the_fly`]).
+struct OnTheFlyMetrics {
+    copies: IntCounterVec,
+    seconds: prometheus::Histogram,
+    enabled: std::sync::atomic::AtomicBool,
+}
+
+/// The results `k8s_copycat_on_the_fly_copies_total` counts.
+pub const ON_THE_FLY_RESULTS: [&str; 4] = ["copied", "present", "failed", "unmatched"];
 
 /// The restore drill metrics, registered only when drills run ([`Metrics::enable_restore_drill`]).
 struct DrillMetrics {
@@ -243,7 +254,27 @@ impl Metrics {
         for state in TaskState::ALL {
             tasks.with_label_values(&[state.as_str()]).set(0);
         }
+        let on_the_fly = OnTheFlyMetrics {
+            copies: IntCounterVec::new(
+                Opts::new(
+                    format!("{PREFIX}on_the_fly_copies_total"),
+                    "Copies on the fly of images Pods failed to pull from the target registry, by result: copied, present (the target held it already), failed (an attempt failed; retried after the cooldown), unmatched (no onTheFly rule names a source; counted once per Pod and image per cooldown).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            seconds: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    format!("{PREFIX}on_the_fly_seconds"),
+                    "From the moment copycat first saw a Pod's container waiting on a failed pull of an image (ErrImagePull or ImagePullBackOff in the Pod's status) to the end of the copy that left the target holding it.",
+                )
+                .buckets(vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0]),
+            )
+            .expect("valid metric"),
+            enabled: std::sync::atomic::AtomicBool::new(false),
+        };
         Metrics {
+            on_the_fly,
             registry,
             pull_success,
             pull_error,
@@ -308,6 +339,32 @@ impl Metrics {
             self.registry.register(m).expect("unique metric");
         }
         self.set_backup(&[], 1.0, Duration::ZERO);
+    }
+
+    /// Registers the copy-on-the-fly metrics (once; the daemon calls it when `onTheFly.enabled`).
+    pub fn enable_on_the_fly(&self) {
+        let o = &self.on_the_fly;
+        if o.enabled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        for result in ON_THE_FLY_RESULTS {
+            o.copies.with_label_values(&[result]);
+        }
+        for m in [
+            Box::new(o.copies.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(o.seconds.clone()),
+        ] {
+            self.registry.register(m).expect("unique metric");
+        }
+    }
+
+    /// Counts one copy on the fly ending with `result` (one of [`ON_THE_FLY_RESULTS`]) and, when
+    /// the target now holds the image, how long after the failed pull was first seen.
+    pub fn on_the_fly(&self, result: &str, since_failure: Option<Duration>) {
+        self.on_the_fly.copies.with_label_values(&[result]).inc();
+        if let Some(took) = since_failure {
+            self.on_the_fly.seconds.observe(took.as_secs_f64());
+        }
     }
 
     /// Counts one target copied again after a check found it missing parts.

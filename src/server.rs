@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use crate::coverage::{BackupState, BackupStates, Drill, ImageBackup};
 use crate::discovery::health::WatchHealth;
 use crate::metrics::Metrics;
+use crate::on_the_fly::UnmatchedImages;
 use crate::queue::{ExcludedImages, Queue, TaskStatus};
 use crate::registry::Registry;
 use crate::secret::Secret;
@@ -86,6 +87,8 @@ pub struct Admin {
     refusals: RefusalLog,
     /// The backup states of the periodic verification (`None`: `verifyInterval` is 0).
     backup: Option<BackupStates>,
+    /// The images copy on the fly found no source for (`None`: it is off).
+    unmatched: Option<UnmatchedImages>,
 }
 
 impl Admin {
@@ -112,6 +115,7 @@ impl Admin {
             current: tokio::sync::Mutex::new(None),
             refusals: RefusalLog::new(REFUSAL_LOG_INTERVAL),
             backup: None,
+            unmatched: None,
         }
     }
 
@@ -123,11 +127,21 @@ impl Admin {
         self
     }
 
-    /// Every target the queue knows, sorted by target, then the excluded images, sorted by source.
+    /// Every target the queue knows, sorted by target, then the excluded images, sorted by source,
+    /// then the images copy on the fly found no source for.
     fn statuses(&self) -> Vec<TaskStatus> {
         let mut all = self.queue.snapshot();
         all.extend(self.excluded.get());
+        if let Some(unmatched) = &self.unmatched {
+            all.extend(unmatched.statuses());
+        }
         all
+    }
+
+    /// Shows the images copy on the fly found no source for in `/status`.
+    pub fn with_unmatched(mut self, unmatched: UnmatchedImages) -> Admin {
+        self.unmatched = Some(unmatched);
+        self
     }
 
     /// Answers the admin endpoints only while `leading` says this replica leads (503 otherwise).
@@ -702,7 +716,7 @@ fn tally(queue: &Queue, summary: &PlanSummary, went_idle: bool, wait: Duration) 
             TaskState::Mirrored | TaskState::DryRun => mirrored += 1,
             TaskState::Failed | TaskState::Cooldown => failed += 1,
             TaskState::Queued | TaskState::Running => pending += 1,
-            TaskState::Excluded | TaskState::Conflict => {}
+            TaskState::Excluded | TaskState::Conflict | TaskState::Unmatched => {}
         }
     }
     let total = summary.targets.len();

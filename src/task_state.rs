@@ -29,11 +29,14 @@ pub enum TaskState {
     Excluded,
     /// Not mirrored: another source names the same target and keeps it (it was used first).
     Conflict,
+    /// Not copied on the fly: a Pod fails to pull this image from the target registry and no
+    /// `onTheFly` rule names its source.
+    Unmatched,
 }
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Queued,
         TaskState::Running,
         TaskState::Mirrored,
@@ -42,9 +45,11 @@ impl TaskState {
         TaskState::DryRun,
         TaskState::Excluded,
         TaskState::Conflict,
+        TaskState::Unmatched,
     ];
 
-    /// `queued`, `running`, `mirrored`, `failed`, `cooldown`, `dry-run`, `excluded` or `conflict`.
+    /// `queued`, `running`, `mirrored`, `failed`, `cooldown`, `dry-run`, `excluded`, `conflict` or
+    /// `unmatched`.
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Queued => "queued",
@@ -55,6 +60,7 @@ impl TaskState {
             TaskState::DryRun => "dry-run",
             TaskState::Excluded => "excluded",
             TaskState::Conflict => "conflict",
+            TaskState::Unmatched => "unmatched",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, OnTheFlyRule, Problem};
 use crate::copy::{Copier, CopyOptions};
 use crate::destination::Target;
 use crate::events;
@@ -85,6 +85,8 @@ pub struct DaemonParts {
     pub events: Option<Duration>,
     /// The workload kinds to watch (`watchResources`).
     pub watched: Vec<Kind>,
+    /// The `onTheFly.rules`, when copy on the fly is enabled.
+    pub on_the_fly: Option<Vec<OnTheFlyRule>>,
 }
 
 impl DaemonParts {
@@ -106,6 +108,7 @@ impl DaemonParts {
             planner,
             events: events_wanted(config).then(|| events_window(config)),
             watched: workload::kinds_named(&config.watch_resources),
+            on_the_fly: config.on_the_fly.enabled.then(|| config.on_the_fly.rules.clone()),
         })
     }
 }

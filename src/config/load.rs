@@ -389,6 +389,10 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         shutdown_grace_period: loader.get("shutdownGracePeriod", |i| parse::non_negative_duration(i, SECOND)),
         registries: registry_settings(loader),
         registry_mirrors: registry_mirrors(loader),
+        on_the_fly: OnTheFly {
+            enabled: loader.get("onTheFly.enabled", parse::boolean),
+            rules: on_the_fly_rules(loader),
+        },
         runtime: RuntimeSettings {
             config_path: PathBuf::new(),
             config_found: false,
@@ -411,6 +415,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
     if purpose == Purpose::Daemon {
         check_target(loader, &config);
         check_namespaces(loader, &config);
+        check_on_the_fly(loader, &config);
     }
     warn_about_tagged_exclusions(loader, &config.exclude_registries);
     warn_about_empty_digest_tag_template(loader);
@@ -754,6 +759,92 @@ fn path_map(loader: &mut Loader<'_>) -> Vec<PathMapRule> {
         out.push(PathMapRule { from, to, regex });
     }
     out
+}
+
+/// `onTheFly.rules`: each `mirror` and `source` a registry `host[:port][/path]` (host canonical, no
+/// trailing `/`); a mirror prefix given twice is refused, since which source it means would be a guess.
+fn on_the_fly_rules(loader: &mut Loader<'_>) -> Vec<OnTheFlyRule> {
+    let mut out: Vec<(String, OnTheFlyRule)> = Vec::new();
+    for entry in loader.entries("onTheFly.rules") {
+        let prefix = |loader: &mut Loader<'_>, name: &str| {
+            let value = loader.field(&entry, name, registry_host).unwrap_or_default();
+            if entry.1.get(name).is_none_or(Value::is_null) {
+                loader.problem(&Origin::File(format!("{}.{name}", entry.0)), None, "required".into());
+            }
+            let (host, path) = value.split_once('/').unwrap_or((&value, ""));
+            let host = crate::reference::canonical_host(host);
+            if path.is_empty() {
+                host
+            } else {
+                format!("{host}/{path}")
+            }
+        };
+        let (mirror, source) = (prefix(loader, "mirror"), prefix(loader, "source"));
+        if mirror.is_empty() || source.is_empty() {
+            continue;
+        }
+        if let Some((first, _)) = out.iter().find(|(_, r)| r.mirror == mirror) {
+            loader.problem(
+                &Origin::File(format!("{}.mirror", entry.0)),
+                Some(&Input::Scalar(mirror.clone())),
+                format!("given twice (also {first}.mirror): which source it means would be a guess"),
+            );
+            continue;
+        }
+        out.push((entry.0, OnTheFlyRule { mirror, source }));
+    }
+    out.into_iter().map(|(_, rule)| rule).collect()
+}
+
+/// With `onTheFly.enabled`: Pods are watched (their statuses say which pulls fail), there is a rule,
+/// and every rule's mirror prefix is on the target registry (copycat writes nowhere else).
+fn check_on_the_fly(loader: &mut Loader<'_>, config: &Config) {
+    let on_the_fly = &config.on_the_fly;
+    if !on_the_fly.enabled {
+        return;
+    }
+    if !config.watch_resources.contains(&crate::workload::Kind::Pod.resource()) {
+        loader.setting_problem(
+            "onTheFly.enabled",
+            "needs pods in watchResources: failed pulls are seen in Pod statuses".into(),
+        );
+    }
+    if on_the_fly.rules.is_empty() {
+        loader.setting_problem(
+            "onTheFly.rules",
+            "at least one rule (mirror prefix → source) is required when onTheFly.enabled is true".into(),
+        );
+    }
+    let target = match config.target_kind {
+        TargetKind::Docker => Some(
+            config
+                .docker
+                .registry
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        ),
+        TargetKind::Ecr if !config.ecr.registry_host.is_empty() => Some(config.ecr.registry_host.to_ascii_lowercase()),
+        TargetKind::Ecr => None,
+    };
+    for (i, rule) in on_the_fly.rules.iter().enumerate() {
+        let host = rule.mirror.split('/').next().unwrap_or_default();
+        let on_target = match &target {
+            Some(target) => host == target,
+            None => host.starts_with(&format!("{}.dkr.ecr", config.ecr.account_id)),
+        };
+        if !on_target {
+            loader.problem(
+                &Origin::File(format!("onTheFly.rules[{i}].mirror")),
+                Some(&Input::Scalar(rule.mirror.clone())),
+                format!(
+                    "not on the target registry ({}): copycat copies only to the registry it mirrors into",
+                    target.as_deref().unwrap_or("the ECR registry of ecr.accountID")
+                ),
+            );
+        }
+    }
 }
 
 fn registry_settings(loader: &mut Loader<'_>) -> Vec<RegistrySettings> {

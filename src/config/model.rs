@@ -104,6 +104,8 @@ pub struct Config {
     pub registries: Vec<RegistrySettings>,
     /// Read mirrors per source registry host.
     pub registry_mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    /// Copy on the fly of images on the target registry that Pods fail to pull.
+    pub on_the_fly: OnTheFly,
     /// Settings that come only from the environment or flags.
     #[serde(skip)]
     pub runtime: RuntimeSettings,
@@ -246,6 +248,25 @@ pub struct RegistrySettings {
     pub insecure: bool,
     /// Extra CA certificates (PEM file), empty for none.
     pub ca_file: String,
+}
+
+/// Copy on the fly (`onTheFly`): images on the target registry that Pods fail to pull are copied
+/// from the source a rule names.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OnTheFly {
+    /// Whether failed pulls are watched for and copied.
+    pub enabled: bool,
+    /// Mirror prefix → source rules; the longest matching mirror prefix wins.
+    pub rules: Vec<OnTheFlyRule>,
+}
+
+/// One `onTheFly.rules` entry: images under `mirror` come from `source` (the rest of the path kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OnTheFlyRule {
+    /// `host[:port][/path]` on the target registry: host lower-case, no trailing `/`.
+    pub mirror: String,
+    /// `host[:port][/path]` of the upstream registry: host canonical (`docker.io`), no trailing `/`.
+    pub source: String,
 }
 
 /// A validated regular expression that prints as its source.

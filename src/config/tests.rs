@@ -911,3 +911,75 @@ fn listener_addresses_and_registry_hosts_in_every_accepted_form() {
         "{err}"
     );
 }
+
+#[test]
+fn on_the_fly_rules_are_normalised_and_bad_ones_refused_by_name() {
+    assert!(!ok("", &[]).on_the_fly.enabled, "off by default");
+    let yaml = format!(
+        "{DOCKER}onTheFly:\n  enabled: true\n  rules:\n    - {{mirror: Registry.Example.com/dockerhub/, source: index.docker.io/}}\n    - {{mirror: registry.example.com/ghcr, source: ghcr.io/acme}}\n"
+    );
+    let config = load_with(&yaml, &[], Overrides::default(), Purpose::Daemon)
+        .unwrap()
+        .config;
+    let rules: Vec<(&str, &str)> = config
+        .on_the_fly
+        .rules
+        .iter()
+        .map(|r| (r.mirror.as_str(), r.source.as_str()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("registry.example.com/dockerhub", "docker.io"),
+            ("registry.example.com/ghcr", "ghcr.io/acme")
+        ]
+    );
+    let rules = |rules: &str| format!("{DOCKER}onTheFly:\n  enabled: true\n  rules:\n{rules}");
+    let cases: &[(String, &[&str])] = &[
+        (
+            rules("    - {source: docker.io}\n"),
+            &["onTheFly.rules[0].mirror", "required"],
+        ),
+        (
+            rules(
+                "    - {mirror: registry.example.com/a, source: docker.io}\n    - {mirror: registry.example.com/a/, source: ghcr.io}\n",
+            ),
+            &[
+                "onTheFly.rules[1].mirror",
+                "given twice (also onTheFly.rules[0].mirror)",
+            ],
+        ),
+        (
+            rules("    - {mirror: registry.example.com/a, source: 'https://docker.io'}\n"),
+            &["onTheFly.rules[0].source", "without a scheme"],
+        ),
+        (
+            rules("    - {mirror: registry.example.com/a, source: Docker/x}\n"),
+            &["onTheFly.rules[0].source", "not a registry host"],
+        ),
+        (
+            rules("    - {mirror: other.example.com/a, source: docker.io}\n"),
+            &[
+                "onTheFly.rules[0].mirror",
+                "not on the target registry (registry.example.com)",
+            ],
+        ),
+        (
+            rules("    - {mirror: registry.example.com/a, sorce: docker.io}\n"),
+            &["onTheFly.rules[0].sorce", "did you mean \"onTheFly.rules[0].source\""],
+        ),
+        (rules("    []\n"), &["onTheFly.rules", "at least one rule"]),
+        (
+            format!(
+                "{DOCKER}watchResources: [deployments]\nonTheFly:\n  enabled: true\n  rules: [{{mirror: registry.example.com/a, source: docker.io}}]\n"
+            ),
+            &["onTheFly.enabled", "needs pods in watchResources"],
+        ),
+    ];
+    for (yaml, want) in cases {
+        let p = problems(yaml, &[], Purpose::Daemon).join("\n");
+        for w in *want {
+            assert!(p.contains(w), "{yaml}: {w:?} missing from\n{p}");
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::platform::Platform;
 
 use super::extract::{ContainerImage, Owner, OwnerKind};
+use super::pull_failures::PullFailure;
 use crate::copy::PullSecret;
 use crate::registry::DockerAuths;
 use crate::workload::Kind;
@@ -120,6 +121,9 @@ pub struct Seen {
     pub auths: Option<DockerAuths>,
     /// `metadata.creationTimestamp`, in Unix seconds.
     pub created: Option<i64>,
+    /// Containers of a Pod waiting for an image they failed to pull (for copy on the fly; the
+    /// inventory does not keep them).
+    pub pull_failures: Vec<PullFailure>,
 }
 
 /// A watch event, reduced to what the inventory needs.

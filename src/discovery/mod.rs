@@ -5,4 +5,5 @@ pub mod decode;
 pub mod extract;
 pub mod health;
 pub mod inventory;
+pub mod pull_failures;
 pub mod watch;

@@ -21,6 +21,7 @@ use super::decode::Decoded;
 use super::extract::{ContainerImage, controller, node_platform, pod_images, pod_is_active, spec_images};
 use super::health::{FAILURE_LOG_INTERVAL, WatchHealth};
 use super::inventory::{Feed, Inventory, PullRefs, Seen, Update, Watched};
+use super::pull_failures::pull_failures;
 use crate::metrics::Metrics;
 use crate::registry::{DockerAuths, parse_docker_config_json};
 use crate::workload::Kind;
@@ -92,6 +93,7 @@ impl WatchedObject for Pod {
         let node = self.spec.as_ref().and_then(|s| s.node_name.clone());
         Seen {
             node,
+            pull_failures: pull_failures(self),
             ..default_seen(self)
         }
     }
@@ -178,6 +180,7 @@ fn default_seen<K: WatchedObject>(o: &K) -> Seen {
         pull: o.pod_spec().map(pull_refs).unwrap_or_default(),
         auths: None,
         created: o.meta().creation_timestamp.as_ref().map(|t| t.0.as_second()),
+        pull_failures: vec![],
     }
 }
 

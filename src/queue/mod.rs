@@ -22,6 +22,10 @@
 //!   [`QueueOptions::max_retry_backoff`] (as k8s-copycat's controller-runtime requeue did), or at once
 //!   when it is submitted again.
 //! - **Worker pool**: at most [`QueueOptions::workers`] copies at a time.
+//! - **Priority** ([`Queue::submit_urgent`], copy on the fly): an urgent target is taken by the
+//!   next free worker ahead of every routine one, with the same merging, positive cache and cooldown;
+//!   it stays known (and is not forgotten by [`Queue::retain_planned`]) for a while after its last
+//!   urgent submission, and its outcomes are reported ([`Queue::report_urgent_outcomes`]).
 //! - **Dropping waiting work** ([`Queue::drop_waiting`], when the replica loses leadership): queued
 //!   targets and those in cooldown are forgotten; running copies finish and schedule nothing more.
 //! - **Dry pull**: no copy call, one log line per task. Dry runs are the copier's
@@ -52,7 +56,7 @@ use crate::plan::{MirrorTask, TargetKey, union_users};
 use crate::reference::{Digest, ImageRef};
 use crate::task_state::TaskState;
 use crate::workload::Workload;
-pub use report::FailureReport;
+pub use report::{FailureReport, UrgentOutcome};
 use status::Counters;
 pub use status::{ExcludedImages, QueueCounters, TaskStatus};
 
@@ -64,6 +68,9 @@ pub const DEFAULT_STATUS_CAPACITY: u64 = 10_000;
 
 /// Targets the positive cache remembers.
 const POSITIVE_CAPACITY: u64 = 100_000;
+
+/// The shortest time an urgent target stays urgent after its last urgent submission.
+const MIN_URGENT_TTL: Duration = Duration::from_secs(60 * 60);
 
 /// With the cooldown disabled, the wait before the first automatic retry of a failed target.
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
@@ -181,6 +188,12 @@ struct Inner {
     state: Mutex<State>,
     /// Keys of queued entries, each sent once when its entry becomes queued.
     ready: mpsc::UnboundedSender<TargetKey>,
+    /// Keys of queued urgent entries, taken before those of `ready`.
+    urgent_ready: mpsc::UnboundedSender<TargetKey>,
+    /// Targets submitted urgently ([`Queue::submit_urgent`]) recently.
+    urgent: moka::sync::Cache<TargetKey, ()>,
+    /// Where the outcomes of urgent targets are reported, once set.
+    urgent_outcomes: OnceLock<mpsc::UnboundedSender<UrgentOutcome>>,
     /// Work that succeeded per target (users cleared).
     positive: moka::sync::Cache<TargetKey, Arc<MirrorTask>>,
     /// Status of targets no longer in `State::entries`.
@@ -337,6 +350,17 @@ impl Queue {
     pub fn start(copier: impl CopyEngine, options: QueueOptions) -> Queue {
         let runtime = Handle::current();
         let (ready, ready_rx) = mpsc::unbounded_channel();
+        let (urgent_ready, urgent_rx) = mpsc::unbounded_channel();
+        // Long enough for a failed target to wait out its cooldown and be known mirrored afterwards.
+        let urgent_ttl = [
+            Some(options.positive_ttl),
+            options.failure_cooldown,
+            Some(MIN_URGENT_TTL),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(MIN_URGENT_TTL);
         let inner = Arc::new(Inner {
             copier: Box::new(copier),
             positive: moka::sync::Cache::builder()
@@ -348,6 +372,12 @@ impl Queue {
             options,
             state: Mutex::default(),
             ready,
+            urgent_ready,
+            urgent: moka::sync::Cache::builder()
+                .max_capacity(POSITIVE_CAPACITY)
+                .time_to_live(urgent_ttl)
+                .build(),
+            urgent_outcomes: OnceLock::new(),
             counters: Counters::default(),
             busy: watch::Sender::new(0),
             stopping: watch::Sender::new(false),
@@ -358,7 +388,7 @@ impl Queue {
             failures: OnceLock::new(),
             last_plan: Mutex::default(),
         });
-        let ready_rx = Arc::new(tokio::sync::Mutex::new(ready_rx));
+        let ready_rx = Arc::new(tokio::sync::Mutex::new((urgent_rx, ready_rx)));
         let handles = (0..inner.options.workers.max(1))
             .map(|_| runtime.spawn(work(inner.clone(), ready_rx.clone())))
             .collect();
@@ -393,7 +423,7 @@ impl Queue {
                     entry.phase = Phase::Queued;
                     st.queued += 1;
                     inner.publish(st);
-                    let _ = inner.ready.send(key);
+                    inner.enqueue(key);
                 }
                 Phase::Running { pending, dropped } => {
                     // Wanted again: the outcome schedules a retry or rerun as usual.
@@ -429,7 +459,33 @@ impl Queue {
         );
         st.queued += 1;
         inner.publish(st);
-        let _ = inner.ready.send(key);
+        inner.enqueue(key);
+    }
+
+    /// Submits `task` ahead of routine work (copy on the fly: a Pod waits for this image). Like
+    /// [`Queue::submit`] otherwise: merged into the target's entry, skipped when known mirrored, held
+    /// by its cooldown; a target already queued as routine work is moved ahead.
+    pub fn submit_urgent(&self, task: MirrorTask) {
+        let key = task.key();
+        self.inner.urgent.insert(key.clone(), ());
+        let queued = matches!(
+            self.inner.lock().entries.get(&key),
+            Some(Entry {
+                phase: Phase::Queued,
+                ..
+            })
+        );
+        self.submit(task);
+        if queued {
+            // Its key also waits in the routine channel; `begin` skips whichever comes second.
+            let _ = self.inner.urgent_ready.send(key);
+        }
+    }
+
+    /// Reports the outcome of every attempt at an urgent target to `to` from now on (set once; later
+    /// calls are ignored).
+    pub fn report_urgent_outcomes(&self, to: mpsc::UnboundedSender<UrgentOutcome>) {
+        let _ = self.inner.urgent_outcomes.set(to);
     }
 
     /// Submits `task` to be copied in repair mode (a check found its target incomplete) although
@@ -498,7 +554,7 @@ impl Queue {
                 timer.abort();
                 entry.phase = Phase::Queued;
                 cleared += 1;
-                let _ = inner.ready.send(key.clone());
+                inner.enqueue(key.clone());
             }
         }
         st.cooling -= cleared;
@@ -522,12 +578,14 @@ impl Queue {
     /// leaves [`Queue::snapshot`]. Returns how many waiting targets were dropped. Without this, an
     /// image that failed would be retried after every cooldown for as long as the daemon runs.
     pub fn retain_planned(&self, planned: &HashSet<TargetKey>) -> usize {
-        let dropped = self.drop_waiting_where(|key| !planned.contains(key), Unwanted::Unplanned);
+        // Urgent targets come from failed pulls, not from the plan.
+        let unwanted = |key: &TargetKey| !planned.contains(key) && !self.inner.urgent.contains_key(key);
+        let dropped = self.drop_waiting_where(unwanted, Unwanted::Unplanned);
         let finished = &self.inner.finished;
         let gone: Vec<Arc<TargetKey>> = finished
             .iter()
             .map(|(key, _)| key)
-            .filter(|key| !planned.contains(&**key))
+            .filter(|key| unwanted(key))
             .collect();
         for key in gone {
             finished.invalidate(&*key);
@@ -665,7 +723,19 @@ impl Queue {
     }
 }
 
-type Ready = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<TargetKey>>>;
+/// The keys of queued targets: urgent ones, then routine ones.
+type Ready = Arc<tokio::sync::Mutex<(mpsc::UnboundedReceiver<TargetKey>, mpsc::UnboundedReceiver<TargetKey>)>>;
+
+/// The next queued key, an urgent one first; `None` once the queue is gone.
+async fn next_key(ready: &Ready) -> Option<TargetKey> {
+    let mut guard = ready.lock().await;
+    let (urgent, routine) = &mut *guard;
+    tokio::select! {
+        biased;
+        Some(key) = urgent.recv() => Some(key),
+        key = routine.recv() => key,
+    }
+}
 
 /// One worker: takes queued targets until the queue stops.
 async fn work(inner: Arc<Inner>, ready: Ready) {
@@ -674,7 +744,7 @@ async fn work(inner: Arc<Inner>, ready: Ready) {
         let key = tokio::select! {
             biased;
             _ = stopping.wait_for(|s| *s) => return,
-            key = async { ready.lock().await.recv().await } => match key {
+            key = next_key(&ready) => match key {
                 Some(key) => key,
                 None => return,
             },
@@ -868,7 +938,7 @@ impl Inner {
                 Counters::add(&self.counters.reruns, 1);
                 st.queued += 1;
                 st.entries.insert(key.clone(), entry);
-                let _ = self.ready.send(key);
+                self.enqueue(key);
             }
         }
         self.publish(st);
@@ -932,7 +1002,17 @@ impl Inner {
         st.queued += 1;
         Counters::add(&self.counters.retried, 1);
         self.publish(st);
-        let _ = self.ready.send(key.clone());
+        self.enqueue(key.clone());
+    }
+
+    /// Hands a queued target's key to the workers: ahead of routine work when it is urgent.
+    fn enqueue(&self, key: TargetKey) {
+        let channel = if self.urgent.contains_key(&key) {
+            &self.urgent_ready
+        } else {
+            &self.ready
+        };
+        let _ = channel.send(key);
     }
 
     /// Adds users to a finished target's status (a cached skip still says who uses the image).

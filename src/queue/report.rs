@@ -62,6 +62,27 @@ impl Inner {
         }
     }
 
+    /// Sends the outcome of an attempt at an urgent target to whoever asked for them
+    /// ([`Queue::report_urgent_outcomes`](super::Queue::report_urgent_outcomes)), if anyone.
+    fn tell_urgent(&self, key: &TargetKey, result: &Result<Done, Failure>) {
+        let Some(to) = self.urgent_outcomes.get().filter(|_| self.urgent.contains_key(key)) else {
+            return;
+        };
+        let result = match result {
+            Ok(Done::Copy(report)) => match report.outcome {
+                Outcome::Copied => "copied",
+                Outcome::AlreadyPresent => "present",
+                Outcome::WouldCopy => "would-copy",
+            },
+            Ok(Done::DryPull) => "dry-pull",
+            Err(_) => "failed",
+        };
+        let _ = to.send(UrgentOutcome {
+            target: key.clone(),
+            result,
+        });
+    }
+
     /// Counts an attempt and logs it as one line.
     pub(super) fn report(
         &self,
@@ -83,6 +104,7 @@ impl Inner {
                 Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
             }
         }
+        self.tell_urgent(key, result);
         let line = OutcomeLine::new(named.unwrap_or(key.as_str()), task, took);
         match result {
             Ok(Done::DryPull) => {
@@ -144,6 +166,16 @@ pub struct FailureReport {
     /// When the target is retried (at the end of its cooldown or retry backoff); `None`: when it is
     /// submitted again.
     pub retry_in: Option<Duration>,
+}
+
+/// The outcome of an attempt at an urgent target, as
+/// [`Queue::report_urgent_outcomes`](super::Queue::report_urgent_outcomes) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrgentOutcome {
+    /// The target.
+    pub target: TargetKey,
+    /// `copied`, `present`, `would-copy`, `dry-pull` or `failed` (the log line's `result`).
+    pub result: &'static str,
 }
 
 /// The fields every outcome line has. `None` fields are left out of the line: the digest when

@@ -289,3 +289,73 @@ async fn a_plan_submits_only_what_changed_since_the_last_one() {
     }
     queue.shutdown(Duration::ZERO).await;
 }
+
+/// A task copying `source` to `r.example/<repository>:1`.
+fn task_to(source: &str, repository: &str) -> MirrorTask {
+    MirrorTask::new(CopyRequest {
+        source: ImageRef::parse(source).unwrap(),
+        target: ImageRef::parse(&format!("r.example/{repository}")).unwrap(),
+        target_tag: Some("1".into()),
+    })
+}
+
+#[tokio::test]
+async fn urgent_tasks_go_ahead_of_routine_work_and_outlive_plans_without_them() {
+    let fake = Fake::default();
+    let options = QueueOptions {
+        workers: 1,
+        ..QueueOptions::default()
+    };
+    let queue = Queue::start(fake.clone(), options);
+    let (to, mut outcomes) = mpsc::unbounded_channel();
+    queue.report_urgent_outcomes(to);
+    // One worker, busy; three routine targets wait, then one urgent, and one routine target that
+    // turns urgent while it waits.
+    queue.submit(task_to("ghcr.io/a/busy:1", "busy"));
+    let started = Instant::now();
+    while queue.counters().running != 1 {
+        assert!(started.elapsed() < WAIT, "the first copy never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for name in ["r1", "r2", "r3", "promoted"] {
+        queue.submit(task_to(&format!("ghcr.io/a/{name}:1"), name));
+    }
+    queue.submit_urgent(task_to("ghcr.io/a/urgent:1", "urgent"));
+    queue.submit_urgent(task_to("ghcr.io/a/promoted:1", "promoted"));
+    // A plan without them forgets the routine targets, never the urgent ones.
+    let forgotten = queue
+        .submit_plan(vec![task_to("ghcr.io/a/r1:1", "r1")], false)
+        .forgotten;
+    assert_eq!(forgotten, 2, "r2 and r3");
+    fake.0.gate.add_permits(100);
+    assert!(queue.wait_idle(WAIT).await);
+    let calls = fake.0.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            "ghcr.io/a/busy:1",
+            "ghcr.io/a/urgent:1",
+            "ghcr.io/a/promoted:1",
+            "ghcr.io/a/r1:1"
+        ]
+    );
+    let mut reported = vec![];
+    while let Ok(outcome) = outcomes.try_recv() {
+        reported.push((outcome.target.to_string(), outcome.result));
+    }
+    assert_eq!(
+        reported,
+        [
+            ("r.example/urgent:1".to_owned(), "copied"),
+            ("r.example/promoted:1".to_owned(), "copied")
+        ],
+        "only urgent targets are reported"
+    );
+    // Still known after another plan without them: shown in the status, skipped by the cache.
+    queue.submit_plan(vec![], false);
+    let known: Vec<String> = queue.snapshot().into_iter().map(|s| s.target).collect();
+    assert_eq!(known, ["r.example/promoted:1", "r.example/urgent:1"]);
+    queue.submit_urgent(task_to("ghcr.io/a/urgent:1", "urgent"));
+    assert_eq!(queue.counters().skipped_by_cache, 1);
+    queue.shutdown(Duration::ZERO).await;
+}
