@@ -219,3 +219,16 @@ fn overlong_string_settings_are_refused() {
         stderr.len()
     );
 }
+
+#[test]
+fn a_bad_on_the_fly_rule_stops_the_start_naming_it() {
+    let file = write(
+        "onTheFly:\n  enabled: true\n  rules:\n    - {mirror: r.example.com/dockerhub, source: docker.io}\n    - {mirror: r.example.com/ghcr, source: 'https://ghcr.io'}\n",
+    );
+    let (code, stderr) = copycat_quickly(&["run", "--config", file.path().to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("onTheFly.rules[1].source") && stderr.contains("without a scheme"),
+        "{stderr}"
+    );
+}
