@@ -11,7 +11,7 @@
 //! failure: a `MirrorFailed` Warning Event on the Pod naming the source tried, once per cooldown.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -22,9 +22,8 @@ use crate::discovery::pull_failures::PullFailure;
 use crate::events::Notice;
 use crate::metrics::Metrics;
 use crate::plan::{MirrorTask, TargetKey};
-use crate::queue::{DEFAULT_STATUS_CAPACITY, Queue, TaskStatus, UrgentOutcome};
+use crate::queue::{DEFAULT_STATUS_CAPACITY, Queue, TaskStatus, UnmatchedImages, UrgentOutcome};
 use crate::reference::{ImageRef, canonical_host};
-use crate::task_state::TaskState;
 use crate::workload::{Kind, Workload};
 
 /// The reason of the Warning Event on a Pod whose failing image no rule maps to a source.
@@ -86,29 +85,6 @@ pub fn reverse(rules: &[OnTheFlyRule], image: &ImageRef) -> Result<ImageRef, Unr
         source_text: text.clone(),
         error: e.to_string(),
     })
-}
-
-/// The images copy on the fly found no source for, as `/status` shows them (state `unmatched`), for
-/// one window after they were reported. Cloning is cheap and every clone is the same list.
-#[derive(Clone)]
-pub struct UnmatchedImages(moka::sync::Cache<(Workload, String), Arc<TaskStatus>>);
-
-impl UnmatchedImages {
-    fn new(window: Duration) -> UnmatchedImages {
-        UnmatchedImages(
-            moka::sync::Cache::builder()
-                .max_capacity(DEFAULT_STATUS_CAPACITY)
-                .time_to_live(window)
-                .build(),
-        )
-    }
-
-    /// Their statuses, sorted by image.
-    pub fn statuses(&self) -> Vec<TaskStatus> {
-        let mut all: Vec<TaskStatus> = self.0.iter().map(|(_, status)| (*status).clone()).collect();
-        all.sort_by(|a, b| (&a.target, &a.users).cmp(&(&b.target, &b.users)));
-        all
-    }
 }
 
 /// Copy on the fly, running: submits the failing images of the Pods it is shown and records the
@@ -223,29 +199,15 @@ impl OnTheFly {
     }
 
     fn report_unmatched(&self, pod: &Workload, failure: &PullFailure, image: &ImageRef, why: &Unreversible) {
-        let key = (pod.clone(), image.to_string());
-        if self.unmatched.0.contains_key(&key) {
+        if self.unmatched.contains(pod, &image.to_string()) {
             return;
         }
         tracing::warn!(pod = %pod, container = failure.container, image = %image, reason = %why,
             "a Pod fails to pull an image on the target registry that no onTheFly rule maps to a source: not copied");
         self.metrics.on_the_fly("unmatched", None);
         let message = format!("Cannot copy {image} on the fly: {why}; not copied");
-        let status = TaskStatus {
-            target: image.to_string(),
-            key: String::new(),
-            source: String::new(),
-            state: TaskState::Unmatched,
-            digest: None,
-            last_error: Some(message.clone()),
-            next_retry: None,
-            users: vec![pod.clone()],
-            started: None,
-            finished: Some(SystemTime::now()),
-            excluded_by: None,
-            kept_source: None,
-        };
-        self.unmatched.0.insert(key, Arc::new(status));
+        let status = TaskStatus::unmatched(image.to_string(), pod.clone(), message.clone());
+        self.unmatched.insert(pod.clone(), image.to_string(), status);
         if let Some(notices) = &self.notices {
             let notice = Notice {
                 key: format!("{pod}|{image}"),

@@ -58,7 +58,7 @@ use crate::task_state::TaskState;
 use crate::workload::Workload;
 pub use report::{FailureReport, UrgentOutcome};
 use status::Counters;
-pub use status::{ExcludedImages, QueueCounters, TaskStatus};
+pub use status::{ExcludedImages, QueueCounters, TaskStatus, UnmatchedImages};
 
 /// How long a successful copy is trusted without asking any registry.
 pub const DEFAULT_POSITIVE_TTL: Duration = Duration::from_secs(6 * 60 * 60);

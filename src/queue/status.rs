@@ -70,6 +70,25 @@ impl TaskStatus {
         }
     }
 
+    /// The status of `image`, which `pod` fails to pull from the target registry and which copy on
+    /// the fly found no source for (`message` says why).
+    pub fn unmatched(image: String, pod: Workload, message: String) -> TaskStatus {
+        TaskStatus {
+            target: image,
+            key: String::new(),
+            source: String::new(),
+            state: TaskState::Unmatched,
+            digest: None,
+            last_error: Some(message),
+            next_retry: None,
+            users: vec![pod],
+            started: None,
+            finished: Some(SystemTime::now()),
+            excluded_by: None,
+            kept_source: None,
+        }
+    }
+
     /// The status of an image whose target another source keeps: never `mirrored`, since the
     /// target holds the other source's content.
     pub fn conflict(conflict: &TargetConflict) -> TaskStatus {
@@ -90,6 +109,41 @@ impl TaskStatus {
             excluded_by: None,
             kept_source: Some(conflict.kept.clone()),
         }
+    }
+}
+
+/// The images copy on the fly found no source for (a Pod fails to pull them from the target
+/// registry and no `onTheFly` rule covers them), as `/status` shows them (state `unmatched`), each
+/// for one window after it was reported. Cloning is cheap and every clone is the same list.
+#[derive(Clone)]
+pub struct UnmatchedImages(moka::sync::Cache<(Workload, String), Arc<TaskStatus>>);
+
+impl UnmatchedImages {
+    /// An empty list keeping each image for `window`.
+    pub fn new(window: std::time::Duration) -> UnmatchedImages {
+        UnmatchedImages(
+            moka::sync::Cache::builder()
+                .max_capacity(super::DEFAULT_STATUS_CAPACITY)
+                .time_to_live(window)
+                .build(),
+        )
+    }
+
+    /// Whether `image` of `pod` is listed.
+    pub fn contains(&self, pod: &Workload, image: &str) -> bool {
+        self.0.contains_key(&(pod.clone(), image.to_owned()))
+    }
+
+    /// Lists `image` of `pod` with `status`.
+    pub fn insert(&self, pod: Workload, image: String, status: TaskStatus) {
+        self.0.insert((pod, image), Arc::new(status));
+    }
+
+    /// Their statuses, sorted by image, then Pod.
+    pub fn statuses(&self) -> Vec<TaskStatus> {
+        let mut all: Vec<TaskStatus> = self.0.iter().map(|(_, status)| (*status).clone()).collect();
+        all.sort_by(|a, b| (&a.target, &a.users).cmp(&(&b.target, &b.users)));
+        all
     }
 }
 
