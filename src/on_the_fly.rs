@@ -188,14 +188,21 @@ impl OnTheFly {
             target_tag,
         })
         .with_user(pod.clone());
-        let key = task.key();
+        let (key, source) = (task.key(), task.request.source.clone());
+        // Set before submitting, so that an outcome reported at once finds it.
         let first = !self.first_seen.contains_key(&key);
         self.first_seen.get_with(key.clone(), Instant::now);
+        if !self.queue.submit_urgent(task) {
+            // Known mirrored (the kubelet has not retried yet): nothing to time.
+            if first {
+                self.first_seen.invalidate(&key);
+            }
+            return;
+        }
         if first {
             tracing::info!(pod = %pod, container = failure.container, reason = failure.reason,
-                source = %task.request.source, target = %key, "a Pod fails to pull an image on the target registry: copying it on the fly");
+                source = %source, target = %key, "a Pod fails to pull an image on the target registry: copying it on the fly");
         }
-        self.queue.submit_urgent(task);
     }
 
     fn report_unmatched(&self, pod: &Workload, failure: &PullFailure, image: &ImageRef, why: &Unreversible) {

@@ -464,22 +464,32 @@ impl Queue {
 
     /// Submits `task` ahead of routine work (copy on the fly: a Pod waits for this image). Like
     /// [`Queue::submit`] otherwise: merged into the target's entry, skipped when known mirrored, held
-    /// by its cooldown; a target already queued as routine work is moved ahead.
-    pub fn submit_urgent(&self, task: MirrorTask) {
+    /// by its cooldown; a target already queued as routine work is moved ahead. Returns `false` when
+    /// the target is known mirrored (nothing will run).
+    pub fn submit_urgent(&self, task: MirrorTask) -> bool {
         let key = task.key();
         self.inner.urgent.insert(key.clone(), ());
-        let queued = matches!(
-            self.inner.lock().entries.get(&key),
-            Some(Entry {
-                phase: Phase::Queued,
-                ..
-            })
-        );
+        let (known, queued) = {
+            let st = self.inner.lock();
+            let entry = st.entries.get(&key);
+            let known = entry.is_none() && self.inner.positive.get(&key).is_some_and(|done| done.same_work(&task));
+            (
+                known,
+                matches!(
+                    entry,
+                    Some(Entry {
+                        phase: Phase::Queued,
+                        ..
+                    })
+                ),
+            )
+        };
         self.submit(task);
         if queued {
             // Its key also waits in the routine channel; `begin` skips whichever comes second.
             let _ = self.inner.urgent_ready.send(key);
         }
+        !known
     }
 
     /// Reports the outcome of every attempt at an urgent target to `to` from now on (set once; later

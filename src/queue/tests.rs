@@ -320,8 +320,8 @@ async fn urgent_tasks_go_ahead_of_routine_work_and_outlive_plans_without_them() 
     for name in ["r1", "r2", "r3", "promoted"] {
         queue.submit(task_to(&format!("ghcr.io/a/{name}:1"), name));
     }
-    queue.submit_urgent(task_to("ghcr.io/a/urgent:1", "urgent"));
-    queue.submit_urgent(task_to("ghcr.io/a/promoted:1", "promoted"));
+    assert!(queue.submit_urgent(task_to("ghcr.io/a/urgent:1", "urgent")));
+    assert!(queue.submit_urgent(task_to("ghcr.io/a/promoted:1", "promoted")));
     // A plan without them forgets the routine targets, never the urgent ones.
     let forgotten = queue
         .submit_plan(vec![task_to("ghcr.io/a/r1:1", "r1")], false)
@@ -355,7 +355,10 @@ async fn urgent_tasks_go_ahead_of_routine_work_and_outlive_plans_without_them() 
     queue.submit_plan(vec![], false);
     let known: Vec<String> = queue.snapshot().into_iter().map(|s| s.target).collect();
     assert_eq!(known, ["r.example/promoted:1", "r.example/urgent:1"]);
-    queue.submit_urgent(task_to("ghcr.io/a/urgent:1", "urgent"));
+    assert!(
+        !queue.submit_urgent(task_to("ghcr.io/a/urgent:1", "urgent")),
+        "known mirrored"
+    );
     assert_eq!(queue.counters().skipped_by_cache, 1);
     queue.shutdown(Duration::ZERO).await;
 }
