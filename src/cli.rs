@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Overrides, parse};
+pub use crate::node_config::Runtime;
 
 /// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
 pub const EXIT_USAGE: u8 = 2;
@@ -41,12 +42,14 @@ impl Cli {
     /// which would otherwise be accepted and ignored.
     pub fn checked(self) -> Result<Cli, clap::Error> {
         match &self.command {
-            Some(Command::Copy(_) | Command::Sync(_) | Command::Verify(_)) if self.daemon != DaemonFlags::default() => {
+            Some(Command::Copy(_) | Command::Sync(_) | Command::Verify(_) | Command::NodeConfig(_))
+                if self.daemon != DaemonFlags::default() =>
+            {
                 Err(Cli::command().error(
                     clap::error::ErrorKind::ArgumentConflict,
                     "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
-                     --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync` \
-                     or `verify` (`verify --kubeconfig FILE` takes its own)",
+                     --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync`, \
+                     `verify` or `node-config` (`verify` and `node-config` take their own --kubeconfig FILE)",
                 ))
             }
             _ => Ok(self),
@@ -59,6 +62,10 @@ impl Cli {
         let daemon = match &command {
             Command::Run(daemon) | Command::CheckConfig(daemon) => Some(daemon.clone()),
             Command::Verify(args) => Some(DaemonFlags {
+                kubeconfig: args.kubeconfig.clone(),
+                ..DaemonFlags::default()
+            }),
+            Command::NodeConfig(args) => Some(DaemonFlags {
                 kubeconfig: args.kubeconfig.clone(),
                 ..DaemonFlags::default()
             }),
@@ -150,6 +157,37 @@ pub enum Command {
     /// every planned target at the target registry. Exit 0 only when every image in scope is
     /// verified, 1 otherwise, 2 for configuration errors.
     Verify(VerifyArgs),
+    /// Write node runtime configuration (containerd `hosts.toml` files or a CRI-O `registries.conf`
+    /// drop-in) that lets nodes pull each source registry's images from the mirror when the upstream
+    /// fails (or first). Exit 0 when every registry was written, 1 when some cannot be expressed at
+    /// node level (listed with the reason), 2 for configuration and usage errors. See docs/restore.md.
+    NodeConfig(NodeConfigArgs),
+}
+
+/// Arguments of `copycat node-config`.
+#[derive(Debug, Args)]
+pub struct NodeConfigArgs {
+    /// The nodes' container runtime.
+    #[arg(long, value_enum)]
+    pub format: Runtime,
+    /// Write the files under DIR (containerd: DIR/<registry>/hosts.toml, for its `config_path`;
+    /// CRI-O: DIR/copycat-mirror.conf, for /etc/containers/registries.conf.d) instead of stdout.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Try the mirror before the upstream (default: the upstream first, the mirror when it fails).
+    #[arg(long)]
+    pub mirror_first: bool,
+    /// A source registry to configure (repeatable). Default: every registry the cluster's workloads
+    /// pull mirrored images from (one list of the cluster, as `verify` reads it).
+    #[arg(long = "registry", value_name = "HOST")]
+    pub registries: Vec<String>,
+    /// Kubeconfig file, when the registries come from the cluster (default: KUBECONFIG, then
+    /// ~/.kube/config, then the in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Take the registries from images used in this namespace only (repeatable).
+    #[arg(long = "namespace", short = 'n', value_name = "NS")]
+    pub namespaces: Vec<String>,
 }
 
 /// Arguments of `copycat verify`.

@@ -15,11 +15,12 @@ use crate::naming::{self, NameContext, PathMapRule, PathRule, TargetNaming};
 use crate::reference::{self, DOCKER_HUB, ImageRef};
 
 /// The node's container runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
-    /// containerd: one `<namespace>/hosts.toml` per registry under its `config_path`.
+    /// containerd: one `<registry>/hosts.toml` per registry under its `config_path`.
     Containerd,
     /// CRI-O (containers-image): one `registries.conf` drop-in.
+    #[value(name = "cri-o", alias = "crio")]
     CriO,
 }
 

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, Problem, TargetKind};
 use crate::copy::{Copier, CopyOptions};
-use crate::destination::Target;
+use crate::destination::{Target, ecr};
 use crate::events;
 use crate::naming::NamingError;
+use crate::node_config::MirrorNaming;
 use crate::plan::Planner;
 use crate::platform::Platform;
 use crate::queue::{DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF, DEFAULT_STATUS_CAPACITY, QueueOptions};
@@ -268,6 +269,35 @@ pub async fn command_copier(config: &Config, target_hosts: &[&str]) -> Result<Co
 
 fn non_empty_path(path: &str) -> Option<PathBuf> {
     (!path.is_empty()).then(|| path.into())
+}
+
+/// What the planner prefixes repositories with, without connecting anything: the docker target's
+/// `host[/path]`, or the ECR registry host (as [`Target::from_config`] names it).
+pub fn target_registry(config: &Config) -> String {
+    match config.target_kind {
+        TargetKind::Docker => config.docker.registry.clone(),
+        TargetKind::Ecr => ecr::Settings::from_config(&config.ecr).registry_host,
+    }
+}
+
+/// How targets are named, as far as a node's runtime can follow it (`node-config`).
+pub fn mirror_naming(config: &Config) -> MirrorNaming {
+    let registry = target_registry(config);
+    let (host, path) = registry.split_once('/').unwrap_or((&registry, ""));
+    let host = host.to_ascii_lowercase();
+    let (prefix, insecure) = match config.target_kind {
+        TargetKind::Docker => (&config.docker.repo_prefix, config.docker.insecure),
+        TargetKind::Ecr => (&config.ecr.repo_prefix, false),
+    };
+    let insecure = insecure || config.registries.iter().any(|r| r.insecure && r.host == host);
+    MirrorNaming {
+        prefix: prefix.clone(),
+        path_map: config.path_map.clone(),
+        target_host: host,
+        target_path: path.trim_matches('/').to_owned(),
+        insecure,
+        exclude: config.exclude_registries.clone(),
+    }
 }
 
 /// Copy options from the configuration.

@@ -3,22 +3,17 @@
 //! the target registry; a table or JSON on stdout, progress on stderr.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use super::{EXIT_FAILED, usage};
+use super::{EXIT_FAILED, bad_namespace, list_cluster, usage};
 use crate::cli::{OutputFormat, VerifyArgs};
 use crate::config::Config;
 use crate::copy::check::Depth;
 use crate::coverage::{self, CheckOptions, ImageCoverage, Summary};
-use crate::discovery::watch;
 use crate::wiring::{DaemonParts, WiringError};
-
-/// How long the API server may take to list every watched kind.
-const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `copycat verify`.
 pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
-    if let Some(bad) = args.namespaces.iter().find(|n| n.is_empty() || n.contains('/')) {
+    if let Some(bad) = bad_namespace(&args.namespaces) {
         return usage(&format!("--namespace {bad:?}: not a namespace name"));
     }
     let parts = match DaemonParts::build(config).await {
@@ -29,27 +24,15 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    // `--namespace` lists only those namespaces; otherwise what the daemon watches.
-    let namespaces = if args.namespaces.is_empty() {
-        parts.planner.scope().only_names()
-    } else {
-        Some(args.namespaces.clone())
-    };
-    let watched = watch::watched_for(
-        &parts.watched,
-        config.check_node_platform,
-        config.use_image_pull_secrets,
-    );
-    let feeds = watch::feeds(&watched, namespaces.as_deref());
-    eprintln!(
-        "copycat: listing {} in {} from {}",
-        config.watch_resources.join(", "),
-        namespaces
-            .as_ref()
-            .map_or_else(|| "every namespace".to_owned(), |n| n.join(", ")),
-        parts.api_server
-    );
-    let inventory = match watch::list_once(parts.client.clone(), &parts.api_server, &feeds, LIST_TIMEOUT).await {
+    let inventory = match list_cluster(
+        config,
+        parts.client.clone(),
+        &parts.api_server,
+        &parts.planner,
+        &args.namespaces,
+    )
+    .await
+    {
         Ok(inventory) => inventory,
         Err(e) => {
             eprintln!("copycat: {e}");
