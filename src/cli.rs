@@ -602,6 +602,44 @@ mod tests {
     }
 
     #[test]
+    fn node_config_args() {
+        let (command, o) = parse(&[
+            "node-config",
+            "--format",
+            "cri-o",
+            "--registry",
+            "docker.io",
+            "--registry=ghcr.io",
+            "--mirror-first",
+            "--output",
+            "out",
+            "--kubeconfig",
+            "k.yaml",
+        ])
+        .unwrap()
+        .into_parts();
+        let Command::NodeConfig(args) = command else {
+            panic!("not node-config")
+        };
+        assert_eq!(args.format, Runtime::CriO);
+        assert_eq!(args.registries, ["docker.io", "ghcr.io"]);
+        assert!(args.mirror_first);
+        assert_eq!(args.output, Some(PathBuf::from("out")));
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k.yaml")));
+        let Some(Command::NodeConfig(args)) = parse(&["node-config", "--format=crio"]).unwrap().command else {
+            panic!("not node-config")
+        };
+        assert_eq!(
+            (args.format, args.mirror_first, args.output),
+            (Runtime::CriO, false, None)
+        );
+        for bad in [&["node-config"][..], &["node-config", "--format", "docker"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--kubeconfig=k", "node-config", "--format", "containerd"]).is_err());
+    }
+
+    #[test]
     fn daemon_flags_belong_to_the_daemon_and_check_config_only() {
         let daemon_flags = [
             "--metrics-bind-address=:9090",

@@ -55,6 +55,8 @@ pub struct MirrorNaming {
     pub insecure: bool,
     /// `excludeRegistries` entries (normalised prefixes).
     pub exclude: Vec<String>,
+    /// Source registries reached without TLS verification (`registries[].insecure`).
+    pub insecure_sources: Vec<String>,
 }
 
 /// A host and the repository path under it (`r.example` + `mirror/docker.io`).
@@ -84,6 +86,9 @@ pub struct Route {
     pub namespace: String,
     /// The upstream as a containerd host URL (`https://registry-1.docker.io` for the Docker Hub).
     pub upstream_url: String,
+    /// The upstream is reached without TLS verification (`registries[].insecure`): the node's own
+    /// setting for it, which this configuration replaces, is kept.
+    pub upstream_insecure: bool,
     /// Where this registry's images live at the mirror.
     pub mirror: Location,
     /// `pathMap` prefix rules in effect: a source path prefix and where that subtree lives instead.
@@ -210,6 +215,7 @@ impl MirrorNaming {
             } else {
                 format!("https://{namespace}")
             },
+            upstream_insecure: self.insecure_sources.contains(&registry),
             mirror,
             moved,
             gaps,
@@ -354,9 +360,15 @@ pub fn containerd_hosts(route: &Route, order: Order, insecure: bool) -> String {
             mirror_keys(&mut out, "");
             let _ = writeln!(out, "\n[host.{}]", quoted(&route.upstream_url));
             let _ = writeln!(out, "  capabilities = [\"pull\", \"resolve\", \"push\"]");
+            if route.upstream_insecure {
+                let _ = writeln!(out, "  skip_verify = true");
+            }
         }
         Order::MirrorFirst => {
             let _ = writeln!(out, "server = {}", quoted(&route.upstream_url));
+            if route.upstream_insecure {
+                let _ = writeln!(out, "skip_verify = true");
+            }
             let _ = writeln!(out, "\n[host.{}]", quoted(&mirror_url));
             mirror_keys(&mut out, "  ");
         }
@@ -401,6 +413,10 @@ pub fn crio_registries(routes: &[Route], order: Order, insecure: bool) -> String
                 &format!("{}: not served by the mirror: {gap}.", route.namespace),
             );
         }
+        let insecure = Insecure {
+            upstream: route.upstream_insecure,
+            mirror: insecure,
+        };
         crio_entry(&mut out, &route.namespace, &upstream, &route.mirror, order, insecure);
         for (from, location) in &route.moved {
             let prefix = format!("{}/{from}", route.namespace);
@@ -419,11 +435,25 @@ pub fn crio_registries(routes: &[Route], order: Order, insecure: bool) -> String
     out
 }
 
+/// Which ends are reached without TLS verification.
+#[derive(Clone, Copy)]
+struct Insecure {
+    upstream: bool,
+    mirror: bool,
+}
+
 /// One `[[registry]]` entry with its one `[[registry.mirror]]`.
-fn crio_entry(out: &mut String, prefix: &str, upstream: &Location, mirror: &Location, order: Order, insecure: bool) {
+fn crio_entry(
+    out: &mut String,
+    prefix: &str,
+    upstream: &Location,
+    mirror: &Location,
+    order: Order,
+    insecure: Insecure,
+) {
     let (location, fallback, location_insecure, fallback_insecure) = match order {
-        Order::UpstreamFirst => (mirror, upstream, insecure, false),
-        Order::MirrorFirst => (upstream, mirror, false, insecure),
+        Order::UpstreamFirst => (mirror, upstream, insecure.mirror, insecure.upstream),
+        Order::MirrorFirst => (upstream, mirror, insecure.upstream, insecure.mirror),
     };
     let _ = writeln!(out, "[[registry]]");
     let _ = writeln!(out, "prefix = {}", quoted(prefix));
@@ -460,6 +490,7 @@ mod tests {
             target_path: path.into(),
             insecure: false,
             exclude: vec!["quay.io".into(), "ghcr.io/vendor".into()],
+            insecure_sources: vec!["localhost:5000".into()],
         }
     }
 
@@ -469,7 +500,9 @@ mod tests {
 
     #[test]
     fn registry_names_become_runtime_namespaces() {
-        let cases: [(&[&str], Result<&[&str], &str>); 7] = [
+        // (names given, the namespaces, or the value refused)
+        type Case<'a> = (&'a [&'a str], Result<&'a [&'a str], &'a str>);
+        let cases: [Case<'_>; 7] = [
             (&["docker.io"], Ok(&["docker.io", "registry-1.docker.io"])),
             (
                 &["Index.Docker.IO", "ghcr.io"],
@@ -760,7 +793,13 @@ mod tests {
                 insecure.then_some(true),
                 "{text}"
             );
-            assert!(upstream_keys.get("skip_verify").is_none(), "{text}");
+            // localhost:5000 is an insecure source (`registries[].insecure`).
+            let upstream_insecure = (namespace == "localhost:5000").then_some(true);
+            assert_eq!(
+                upstream_keys.get("skip_verify").and_then(toml::Value::as_bool),
+                upstream_insecure,
+                "{text}"
+            );
             assert!(text.starts_with("# Written by `copycat node-config`"), "{text}");
         }
     }

@@ -297,6 +297,12 @@ pub fn mirror_naming(config: &Config) -> MirrorNaming {
         target_path: path.trim_matches('/').to_owned(),
         insecure,
         exclude: config.exclude_registries.clone(),
+        insecure_sources: config
+            .registries
+            .iter()
+            .filter(|r| r.insecure)
+            .map(|r| reference::canonical_host(&r.host))
+            .collect(),
     }
 }
 

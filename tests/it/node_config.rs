@@ -1,0 +1,300 @@
+//! `copycat node-config` as an operator runs it: the built binary reads the stand-in API server and
+//! writes the files; skopeo (containers-image, the library CRI-O pulls with) then pulls through the
+//! CRI-O drop-in from real registries, with the upstream up and with it stopped.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use testkit::apiserver::ApiServer;
+use testkit::skopeo::run_skopeo;
+use testkit::{Image, Registry, RegistryMode};
+
+use crate::commands::{copycat, text};
+use crate::discovery::workload;
+use crate::support::start;
+
+/// A config file: a docker target with a path, `repoPrefix` `prefix`, insecure (plain HTTP), quay.io
+/// excluded, a pathMap prefix rule moving `tools/` to `vendor/tools/`, and `source` a plain-HTTP
+/// source registry.
+fn config_file(dir: &Path, target: &str, prefix: &str, source: &str) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "targetKind: docker\ndocker:\n  registry: {target}/base\n  repoPrefix: {prefix:?}\n  insecure: true\n\
+             excludeRegistries: [quay.io]\npathMap:\n  - from: tools\n    to: vendor/tools\n\
+             registries:\n  - host: {source:?}\n    insecure: true\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `copycat node-config ARGS…` with `config`.
+fn node_config(config: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["node-config"];
+    all.extend(args);
+    copycat(&all, &[("CONFIG_PATH", config.to_str().unwrap())])
+}
+
+/// The manifest requests `reg` has logged.
+fn manifest_requests(reg: &Registry) -> usize {
+    reg.requests().iter().filter(|r| r.path.contains("/manifests/")).count()
+}
+
+/// The raw manifest of `reference` as skopeo pulls it with `registries_conf` (no TLS flags: the
+/// file's `insecure` decides).
+async fn pull_through(registries_conf: &Path, reference: &str) -> anyhow::Result<String> {
+    let raw = run_skopeo(&[
+        format!("--registries-conf={}", registries_conf.display()),
+        "inspect".into(),
+        "--raw".into(),
+        "--no-creds".into(),
+        format!("docker://{reference}"),
+    ])
+    .await?;
+    Ok(testkit::sha256_digest(&raw))
+}
+
+/// Issue 14 part 4: the registries come from one list of the cluster (the excluded one left out);
+/// the CRI-O drop-in parses, names every registry with the mirror path the daemon names, follows the
+/// pathMap prefix rule, and works: skopeo pulls from the upstream while it is up (the mirror is not
+/// asked) and from the mirror once it is stopped, for a plain and a pathMap-moved image.
+#[tokio::test]
+async fn crio_drop_in_pulls_from_the_mirror_when_the_upstream_is_down() {
+    let (mut src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let web = Image::oci_index(&[2000, 1000], true, 1500).unwrap();
+    let migrate = Image::oci("amd64", &[1500], 1501).unwrap();
+    web.push(&src, "shop/web", "1.0").await.unwrap();
+    migrate.push(&src, "tools/migrate", "1").await.unwrap();
+    // Where the daemon puts them: <path>/m/<$registry cleaned>/<pathMap(path)>.
+    let src_registry = src.host().replace(':', "-");
+    web.push(&dst, &format!("base/m/{src_registry}/shop/web"), "1.0")
+        .await
+        .unwrap();
+    migrate
+        .push(&dst, &format!("base/m/{src_registry}/vendor/tools/migrate"), "1")
+        .await
+        .unwrap();
+    let src_host = src.host();
+    let on = |r: &str| format!("{src_host}/{r}");
+    let server = ApiServer::new();
+    server
+        .apply_all([
+            workload(
+                "Deployment",
+                "apps/v1",
+                "shop",
+                "web",
+                &[("web", &on("shop/web:1.0")), ("proxy", "nginx:1.27")],
+            ),
+            workload(
+                "CronJob",
+                "batch/v1",
+                "ops",
+                "nightly",
+                &[("m", &on("tools/migrate:1"))],
+            ),
+            workload(
+                "Deployment",
+                "apps/v1",
+                "ops",
+                "agent",
+                &[("a", "quay.io/vendor/agent:2")],
+            ),
+        ])
+        .unwrap();
+    let api = server.serve().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &dst.host(), "m/$registry", &src_host);
+    let out_dir = dir.path().join("crio");
+    let kubeconfig = api.kubeconfig_path().to_str().unwrap();
+    let out = node_config(
+        &config,
+        &[
+            "--format",
+            "cri-o",
+            "--kubeconfig",
+            kubeconfig,
+            "--output",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("copycat: configured 3 registries"), "{all}");
+
+    let conf = out_dir.join("copycat-mirror.conf");
+    let doc: toml::Table = std::fs::read_to_string(&conf).unwrap().parse().unwrap();
+    let entries: Vec<(String, String, String)> = doc["registry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let mirror = &e["mirror"].as_array().unwrap()[0];
+            let s = |v: &toml::Value, k: &str| v[k].as_str().unwrap().to_owned();
+            (s(e, "prefix"), s(e, "location"), s(mirror, "location"))
+        })
+        .collect();
+    let m = format!("{}/base/m", dst.host());
+    let want: Vec<(String, String, String)> = [
+        (&*on(""), format!("{m}/{src_registry}"), &*src_host),
+        (&*on("tools"), format!("{m}/{src_registry}/vendor/tools"), &*on("tools")),
+        ("docker.io", format!("{m}/docker.io"), "docker.io"),
+        (
+            "docker.io/tools",
+            format!("{m}/docker.io/vendor/tools"),
+            "docker.io/tools",
+        ),
+        ("registry-1.docker.io", format!("{m}/docker.io"), "registry-1.docker.io"),
+        (
+            "registry-1.docker.io/tools",
+            format!("{m}/docker.io/vendor/tools"),
+            "registry-1.docker.io/tools",
+        ),
+    ]
+    .into_iter()
+    .map(|(prefix, location, upstream)| (prefix.trim_end_matches('/').to_owned(), location, upstream.to_owned()))
+    .collect();
+    assert_eq!(entries, want, "{}", std::fs::read_to_string(&conf).unwrap());
+
+    // Upstream up: served by it, the mirror not asked.
+    let before = manifest_requests(&dst);
+    assert_eq!(pull_through(&conf, &on("shop/web:1.0")).await.unwrap(), web.digest);
+    assert_eq!(
+        manifest_requests(&dst),
+        before,
+        "the mirror was asked while the upstream is up"
+    );
+    // Upstream down: served by the mirror, the pathMap-moved image too.
+    src.stop();
+    assert_eq!(pull_through(&conf, &on("shop/web:1.0")).await.unwrap(), web.digest);
+    assert_eq!(
+        pull_through(&conf, &on("tools/migrate:1")).await.unwrap(),
+        migrate.digest
+    );
+    assert!(manifest_requests(&dst) > before);
+    // Without the drop-in the pull fails: the mirror is what served it.
+    let empty = dir.path().join("empty.conf");
+    std::fs::write(&empty, "").unwrap();
+    assert!(pull_through(&empty, &on("shop/web:1.0")).await.is_err());
+}
+
+/// containerd: one `hosts.toml` per registry (Docker Hub under both names it is pulled by), the
+/// upstream a `[host]` and the mirror `server` by default, the other way round with
+/// `--mirror-first`; the pathMap rule, which containerd cannot follow, is named in the file and on
+/// stderr. `--registry` needs no cluster.
+#[test]
+fn containerd_hosts_files_for_the_named_registries() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "mirror.example:5000", "m/$registry", "ghcr.io");
+    for (mirror_first, out_dir) in [(false, dir.path().join("a")), (true, dir.path().join("b"))] {
+        let mut args = vec![
+            "--format",
+            "containerd",
+            "--registry",
+            "docker.io",
+            "--registry",
+            "ghcr.io",
+            "--output",
+            out_dir.to_str().unwrap(),
+        ];
+        if mirror_first {
+            args.push("--mirror-first");
+        }
+        let out = node_config(&config, &args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{all}");
+        assert!(
+            all.contains("ghcr.io: not served by the mirror: images under ghcr.io/tools are kept at"),
+            "{all}"
+        );
+        let dirs: BTreeSet<String> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            dirs,
+            ["docker.io", "ghcr.io", "registry-1.docker.io"]
+                .map(str::to_owned)
+                .into()
+        );
+        for (registry, upstream, mirror_path) in [
+            ("docker.io", "https://registry-1.docker.io", "m/docker.io"),
+            ("registry-1.docker.io", "https://registry-1.docker.io", "m/docker.io"),
+            ("ghcr.io", "https://ghcr.io", "m/ghcr.io"),
+        ] {
+            let file = std::fs::read_to_string(out_dir.join(registry).join("hosts.toml")).unwrap();
+            let doc: toml::Table = file.parse().unwrap_or_else(|e| panic!("{e}\n{file}"));
+            let mirror = format!("https://mirror.example:5000/v2/base/{mirror_path}");
+            let (server, host) = if mirror_first {
+                (upstream, mirror.as_str())
+            } else {
+                (mirror.as_str(), upstream)
+            };
+            assert_eq!(doc["server"].as_str(), Some(server), "{file}");
+            let hosts = doc["host"].as_table().unwrap();
+            assert_eq!(hosts.keys().collect::<Vec<_>>(), [host], "{file}");
+            let mirror_keys = if mirror_first {
+                hosts[host].as_table().unwrap()
+            } else {
+                &doc
+            };
+            assert_eq!(mirror_keys["override_path"].as_bool(), Some(true), "{file}");
+            assert_eq!(mirror_keys["skip_verify"].as_bool(), Some(true), "{file}");
+            // ghcr.io is an insecure source here (`registries[].insecure`): kept for the upstream.
+            let upstream_keys = if mirror_first {
+                &doc
+            } else {
+                hosts[host].as_table().unwrap()
+            };
+            assert_eq!(
+                upstream_keys.get("skip_verify").and_then(toml::Value::as_bool),
+                (registry == "ghcr.io").then_some(true),
+                "{file}"
+            );
+            assert!(
+                file.contains(&format!("# Not served by the mirror: images under {registry}/tools")),
+                "{file}"
+            );
+        }
+    }
+}
+
+/// A prefix with per-workload placeholders cannot be expressed: every registry is listed with the
+/// reason, nothing is written, exit 1. No registry at all, or a bad one, is a usage error (exit 2).
+#[test]
+fn registries_a_node_cannot_name_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "mirror.example", "$namespace/$registry", "ghcr.io");
+    let out_dir = dir.path().join("out");
+    let out = node_config(
+        &config,
+        &[
+            "--format",
+            "containerd",
+            "--registry",
+            "ghcr.io",
+            "--output",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("ghcr.io: not configured: the target path depends on $namespace"),
+        "{all}"
+    );
+    assert!(!out_dir.exists(), "nothing written");
+    let out = node_config(&config, &["--format", "cri-o", "--registry", "quay.io"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("quay.io: not configured: excludeRegistries"),
+        "{}",
+        text(&out)
+    );
+    let out = node_config(&config, &["--format", "cri-o", "--registry", "https://ghcr.io"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = node_config(&config, &["--format", "podman", "--registry", "ghcr.io"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
