@@ -11,8 +11,8 @@
 
 use std::fmt::Write as _;
 
-use crate::naming::{self, NameContext, PathMapRule, PathRule, TargetNaming};
-use crate::reference::{self, DOCKER_HUB, ImageRef};
+use crate::naming::{self, NameContext, NamingError, PathMapRule, PathRule, TargetNaming};
+use crate::reference::{self, DOCKER_HUB, ImageRef, ReferenceError};
 
 /// The node's container runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -98,12 +98,51 @@ pub struct Route {
 }
 
 /// A registry a node cannot be configured for, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     /// The registry.
     pub namespace: String,
-    /// Why, in words.
-    pub reason: String,
+    /// Why.
+    pub reason: RefusalReason,
+}
+
+/// Why a node cannot be sent to the mirror for a registry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RefusalReason {
+    /// The registry is the mirror.
+    #[error("it is the mirror itself: its images are not copied")]
+    Mirror,
+    /// `excludeRegistries` leaves the whole registry out.
+    #[error("excludeRegistries entry {rule:?}: its images are not mirrored")]
+    Excluded {
+        /// The entry.
+        rule: String,
+    },
+    /// The target path depends on the workload or the node.
+    #[error(
+        "the target path depends on {} (repoPrefix {prefix:?}), which differ between workloads or nodes; \
+         a node cannot name it: use `copycat failover --to-mirror` instead",
+        .placeholders.iter().map(|p| format!("${p}")).collect::<Vec<_>>().join(", ")
+    )]
+    PerWorkload {
+        /// The placeholders, without `$`.
+        placeholders: Vec<&'static str>,
+        /// `repoPrefix`.
+        prefix: String,
+    },
+    /// The daemon's naming gives no target for the registry's images.
+    #[error("no target name: {0}")]
+    Naming(#[from] NamingError),
+    /// The registry (or a `pathMap` prefix under it) makes no image reference.
+    #[error("no image reference: {0}")]
+    Reference(#[from] ReferenceError),
+    /// The target does not end in the source path (cleaned or shortened): a node cannot prepend
+    /// its way there.
+    #[error("the target {target} does not end in the source path")]
+    Reshaped {
+        /// The target named for a probe image.
+        target: String,
+    },
 }
 
 /// Why a `--registry` value names no registry.
@@ -159,49 +198,46 @@ impl MirrorNaming {
         (routes, refusals)
     }
 
-    fn route(&self, namespace: &str) -> Result<Route, String> {
+    fn route(&self, namespace: &str) -> Result<Route, RefusalReason> {
         // copycat names the Docker Hub `docker.io` whatever the spelling.
         let registry = reference::canonical_host(namespace);
         if registry == self.target_host {
-            return Err("it is the mirror itself: its images are not copied".into());
+            return Err(RefusalReason::Mirror);
         }
         if let Some(rule) = self.exclude.iter().find(|e| **e == registry) {
-            return Err(format!("excludeRegistries entry {rule:?}: its images are not mirrored"));
+            return Err(RefusalReason::Excluded { rule: rule.clone() });
         }
-        let used: Vec<String> = PER_WORKLOAD
+        let placeholders: Vec<&'static str> = PER_WORKLOAD
             .into_iter()
             .filter(|p| self.depends_on(p, &registry))
-            .map(|p| format!("${p}"))
             .collect();
-        if !used.is_empty() {
-            return Err(format!(
-                "the target path depends on {} (repoPrefix {:?}), which differ between workloads or nodes; \
-                 a node cannot name it: use `copycat failover --to-mirror` instead",
-                used.join(", "),
-                self.prefix
-            ));
+        if !placeholders.is_empty() {
+            return Err(RefusalReason::PerWorkload {
+                placeholders,
+                prefix: self.prefix.clone(),
+            });
         }
         let plain: Vec<PathMapRule> = self.path_map.iter().filter(|r| !r.regex).cloned().collect();
         let mirror = self.mirror_of(&registry, "", &[])?;
-        let moved = plain
-            .iter()
-            .map(|rule| {
-                let from = rule.from.trim_matches('/').to_owned();
-                Ok((from.clone(), self.mirror_of(&registry, &from, &plain)?))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let mut gaps: Vec<String> = self
-            .path_map
-            .iter()
-            .filter(|r| r.regex)
-            .map(|r| {
-                format!(
-                    "pathMap regex rule {:?} → {:?}: images whose path it rewrites are kept under the rewritten path, \
-                     which a node cannot follow",
-                    r.from, r.to
-                )
-            })
-            .collect();
+        let mut moved = Vec::new();
+        let mut gaps = Vec::new();
+        for rule in &plain {
+            let from = rule.from.trim_matches('/').to_owned();
+            match self.mirror_of(&registry, &from, &plain) {
+                Ok(location) => moved.push((from, location)),
+                Err(e) => gaps.push(format!(
+                    "pathMap rule {:?} → {:?} cannot be followed: {e}",
+                    rule.from, rule.to
+                )),
+            }
+        }
+        gaps.extend(self.path_map.iter().filter(|r| r.regex).map(|r| {
+            format!(
+                "pathMap regex rule {:?} → {:?}: images whose path it rewrites are kept under the rewritten path, \
+                 which a node cannot follow",
+                r.from, r.to
+            )
+        }));
         gaps.extend(
             self.exclude
                 .iter()
@@ -242,11 +278,11 @@ impl MirrorNaming {
 
     /// Where copycat keeps the images of `registry` under source path `under` (all of them when
     /// empty), applying `rules`: the target of a probe image under it, the probe's own path removed.
-    fn mirror_of(&self, registry: &str, under: &str, rules: &[PathMapRule]) -> Result<Location, String> {
+    fn mirror_of(&self, registry: &str, under: &str, rules: &[PathMapRule]) -> Result<Location, RefusalReason> {
         const PROBE: &str = "copycat-probe/image";
         let naming = TargetNaming {
             prefix: self.prefix.clone(),
-            rules: PathRule::compile(rules).map_err(|e| e.to_string())?.into(),
+            rules: PathRule::compile(rules)?.into(),
             ctx: NameContext::default(),
             target_host: self.target_host.clone(),
             target_path: self.target_path.clone(),
@@ -256,13 +292,15 @@ impl MirrorNaming {
         } else {
             format!("{under}/{PROBE}")
         };
-        let source = ImageRef::parse(&format!("{registry}/{source_path}")).map_err(|e| e.to_string())?;
-        let target = naming.target(&source, None).map_err(|e| e.to_string())?;
+        let source = ImageRef::parse(&format!("{registry}/{source_path}"))?;
+        let target = naming.target(&source, None)?;
         let path = target
             .repository()
             .strip_suffix(PROBE)
             .map(|p| p.trim_end_matches('/').to_owned())
-            .ok_or_else(|| format!("the target {} does not end in the source path", target.name()))?;
+            .ok_or_else(|| RefusalReason::Reshaped {
+                target: target.name().to_owned(),
+            })?;
         Ok(Location {
             host: target.registry().to_owned(),
             path,
@@ -537,7 +575,7 @@ mod tests {
             &'a str,
             Result<&'a str, &'a str>,
         );
-        let cases: [Case<'_>; 14] = [
+        let cases: [Case<'_>; 15] = [
             ("mirror", "r.example", &[], "docker.io", Ok("r.example/mirror")),
             (
                 "mirror",
@@ -606,6 +644,14 @@ mod tests {
                 Err("excludeRegistries entry \"quay.io\""),
             ),
             ("", "r.example", &[], "r.example", Err("it is the mirror itself")),
+            // A pathMap prefix that makes no repository path.
+            (
+                "m",
+                "r.example",
+                &[("Upper/Case", "x", false)],
+                "ghcr.io",
+                Err("no image reference"),
+            ),
             // A regex rule leaves the registry expressible, with a gap.
             (
                 "m",
@@ -624,10 +670,8 @@ mod tests {
                 }
                 Err(reason) => {
                     assert!(routes.is_empty(), "{prefix} {namespace}: {routes:?}");
-                    assert!(
-                        refusals[0].reason.starts_with(reason),
-                        "{prefix} {namespace}: {refusals:?}"
-                    );
+                    let got = refusals[0].reason.to_string();
+                    assert!(got.starts_with(reason), "{prefix} {namespace}: {got}");
                     assert_eq!(refusals[0].namespace, namespace);
                 }
             }
