@@ -644,13 +644,13 @@ mod tests {
                 Err("excludeRegistries entry \"quay.io\""),
             ),
             ("", "r.example", &[], "r.example", Err("it is the mirror itself")),
-            // A pathMap prefix that makes no repository path.
+            // A pathMap prefix that makes no repository path leaves a gap, not a refusal.
             (
                 "m",
                 "r.example",
                 &[("Upper/Case", "x", false)],
                 "ghcr.io",
-                Err("no image reference"),
+                Ok("r.example/m"),
             ),
             // A regex rule leaves the registry expressible, with a gap.
             (
