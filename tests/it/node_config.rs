@@ -1,13 +1,14 @@
 //! `copycat node-config` as an operator runs it: the built binary reads the stand-in API server and
 //! writes the files; skopeo (containers-image, the library CRI-O pulls with) then pulls through the
-//! CRI-O drop-in from real registries, with the upstream up and with it stopped.
+//! CRI-O drop-in, and containerd through the `hosts.toml` files, from real registries, with the
+//! upstream up and with it stopped.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use testkit::apiserver::ApiServer;
 use testkit::skopeo::run_skopeo;
-use testkit::{Image, Registry, RegistryMode};
+use testkit::{Containerd, Image, Registry, RegistryMode};
 
 use crate::commands::{copycat, text};
 use crate::discovery::workload;
@@ -297,4 +298,100 @@ fn registries_a_node_cannot_name_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = node_config(&config, &["--format", "podman", "--registry", "ghcr.io"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// The manifest and blob requests `reg` has logged (GET and HEAD).
+fn content_requests(reg: &Registry) -> usize {
+    reg.requests()
+        .iter()
+        .filter(|r| r.path.contains("/manifests/") || r.path.contains("/blobs/"))
+        .count()
+}
+
+/// containerd itself (the Debian package, `ctr content fetch --hosts-dir` as its CRI plugin reads
+/// `config_path`) pulls through the `hosts.toml` files, both registries over TLS without
+/// verification (`registries[].insecure`, `docker.insecure`). Upstream first: served by the
+/// upstream while it is up, the mirror not asked; with the upstream stopped, the manifest and every
+/// blob come from the mirror under its path (`override_path`). `--mirror-first`: served by the
+/// mirror, the upstream not asked; an image only the upstream holds comes from it after the
+/// mirror's 404.
+#[tokio::test]
+async fn containerd_pulls_through_the_hosts_files() {
+    let (mut src, dst) = (start(RegistryMode::Tls), start(RegistryMode::Tls));
+    let containerd = Containerd::start().unwrap();
+    let web = Image::oci_index(&[2000, 1000], true, 1510).unwrap();
+    let api = Image::oci("amd64", &[1500], 1511).unwrap();
+    let fresh = Image::oci("amd64", &[1600], 1512).unwrap();
+    let src_host = src.host();
+    let at_mirror = |repo: &str| format!("base/m/{}/{repo}", src_host.replace(':', "-"));
+    for (image, repo, tag) in [(&web, "shop/web", "1.0"), (&api, "shop/api", "2")] {
+        image.push(&src, repo, tag).await.unwrap();
+        image.push(&dst, &at_mirror(repo), tag).await.unwrap();
+    }
+    fresh.push(&src, "shop/fresh", "3").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &dst.host(), "m/$registry", &src_host);
+    let hosts_dirs = [false, true].map(|mirror_first| {
+        let out_dir = dir
+            .path()
+            .join(if mirror_first { "mirror-first" } else { "upstream-first" });
+        let mut args = vec![
+            "--format",
+            "containerd",
+            "--registry",
+            &src_host,
+            "--output",
+            out_dir.to_str().unwrap(),
+        ];
+        if mirror_first {
+            args.push("--mirror-first");
+        }
+        let out = node_config(&config, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        out_dir
+    });
+    let [upstream_first, mirror_first] = &hosts_dirs;
+    let on = |r: &str| format!("{src_host}/{r}");
+    // Fetches `reference` through `hosts` into store namespace `ns`: (upstream asked, mirror asked).
+    let fetch = async |hosts: &Path, reference: &str, ns: &str| {
+        let before = (content_requests(&src), content_requests(&dst));
+        containerd
+            .fetch(hosts, ns, reference)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()));
+        (content_requests(&src) > before.0, content_requests(&dst) > before.1)
+    };
+    assert_eq!(
+        fetch(upstream_first, &on("shop/web:1.0"), "a").await,
+        (true, false),
+        "upstream first, upstream up"
+    );
+    assert_eq!(
+        fetch(mirror_first, &on("shop/api:2"), "b").await,
+        (false, true),
+        "mirror first"
+    );
+    assert_eq!(
+        fetch(mirror_first, &on("shop/fresh:3"), "c").await,
+        (true, true),
+        "mirror first, not at the mirror"
+    );
+    src.stop();
+    // A second containerd, whose content store holds nothing yet.
+    let mirror_blobs_before = dst.requests().iter().filter(|r| r.path.contains("/blobs/")).count();
+    let second = Containerd::start().unwrap();
+    second
+        .fetch(upstream_first, "d", &on("shop/web:1.0"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", second.log()));
+    let mirror_requests: Vec<String> = dst.requests().iter().map(|r| r.path.clone()).collect();
+    // ctr fetches the index and this machine's platform: its config and layer.
+    let blobs_from_mirror = dst.requests().iter().filter(|r| r.path.contains("/blobs/")).count() - mirror_blobs_before;
+    assert!(blobs_from_mirror >= 2, "the blobs from the mirror: {mirror_requests:?}");
+    assert!(
+        mirror_requests
+            .iter()
+            .any(|p| p.starts_with(&format!("/v2/{}/manifests/1.0", at_mirror("shop/web")))),
+        "the tag resolved at the mirror's path: {mirror_requests:?}"
+    );
 }
