@@ -4,12 +4,14 @@
 //! to stderr.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{EXIT_FAILED, bad_namespace, list_cluster, usage};
 use crate::cli::NodeConfigArgs;
 use crate::config::Config;
+use crate::discovery::watch::ListError;
+use crate::naming::NamingError;
 use crate::node_config::{self, Order, Route, Runtime};
 use crate::plan::Planner;
 use crate::wiring::{self, KubeconfigError};
@@ -25,7 +27,16 @@ pub async fn node_config(config: &Config, args: &NodeConfigArgs) -> ExitCode {
     let names = if args.registries.is_empty() {
         match cluster_registries(config, args).await {
             Ok(names) => names,
-            Err(code) => return code,
+            // Configuration problems are usage errors (2); a cluster that cannot be listed is 1.
+            Err(e @ (ClusterError::Kubeconfig(_) | ClusterError::PathMap(_))) => {
+                return usage(&format!(
+                    "{e} (or name the registries with --registry HOST, which needs no cluster)"
+                ));
+            }
+            Err(e @ ClusterError::List(_)) => {
+                eprintln!("copycat: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
         }
     } else {
         args.registries.clone()
@@ -93,21 +104,25 @@ pub async fn node_config(config: &Config, args: &NodeConfigArgs) -> ExitCode {
     }
 }
 
+/// Why the cluster's registries cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum ClusterError {
+    /// No usable Kubernetes configuration.
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    /// `pathMap` does not compile.
+    #[error("pathMap: {0}")]
+    PathMap(#[from] NamingError),
+    /// The API server did not list every watched kind.
+    #[error(transparent)]
+    List(#[from] ListError),
+}
+
 /// The source registries of the images the daemon would mirror: one list of the cluster, planned.
-async fn cluster_registries(config: &Config, args: &NodeConfigArgs) -> Result<Vec<String>, ExitCode> {
-    let (client, api_server) = wiring::kube_client(config).await.map_err(|e: KubeconfigError| {
-        usage(&format!(
-            "{e} (or name the registries with --registry HOST, which needs no cluster)"
-        ))
-    })?;
-    let planner =
-        Planner::new(config, &wiring::target_registry(config)).map_err(|e| usage(&format!("pathMap: {e}")))?;
-    let inventory = list_cluster(config, client, &api_server, &planner, &args.namespaces)
-        .await
-        .map_err(|e| {
-            eprintln!("copycat: {e}");
-            ExitCode::from(EXIT_FAILED)
-        })?;
+async fn cluster_registries(config: &Config, args: &NodeConfigArgs) -> Result<Vec<String>, ClusterError> {
+    let (client, api_server) = wiring::kube_client(config).await?;
+    let planner = Planner::new(config, &wiring::target_registry(config))?;
+    let inventory = list_cluster(config, client, &api_server, &planner, &args.namespaces).await?;
     let plan = planner.plan(&inventory);
     let registries: BTreeSet<String> = plan
         .tasks
@@ -144,14 +159,27 @@ fn render(runtime: Runtime, routes: &[Route], order: Order, insecure: bool) -> V
     }
 }
 
+/// A file `node-config` could not write.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}: {source}", path.display())]
+struct WriteError {
+    /// The file or the directory that could not be created.
+    path: PathBuf,
+    source: std::io::Error,
+}
+
 /// Writes `files` under `dir`, creating directories as needed.
-fn write(dir: &Path, files: &[(String, String)]) -> Result<(), String> {
+fn write(dir: &Path, files: &[(String, String)]) -> Result<(), WriteError> {
     for (name, text) in files {
         let path = dir.join(name);
+        let failed = |path: &Path| {
+            let path = path.to_owned();
+            move |source| WriteError { path, source }
+        };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(failed(parent))?;
         }
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&path, text).map_err(failed(&path))?;
         eprintln!("copycat: wrote {}", path.display());
     }
     Ok(())

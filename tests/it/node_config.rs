@@ -263,7 +263,7 @@ fn containerd_hosts_files_for_the_named_registries() {
 }
 
 /// A prefix with per-workload placeholders cannot be expressed: every registry is listed with the
-/// reason, nothing is written, exit 1. No registry at all, or a bad one, is a usage error (exit 2).
+/// reason, nothing is written, exit 1. A bad registry, format or kubeconfig is a usage error (exit 2).
 #[test]
 fn registries_a_node_cannot_name_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -298,6 +298,17 @@ fn registries_a_node_cannot_name_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = node_config(&config, &["--format", "podman", "--registry", "ghcr.io"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // Without --registry the cluster is read: no usable kubeconfig is a usage error naming both ways.
+    let out = node_config(
+        &config,
+        &["--format", "cri-o", "--kubeconfig", "/nonexistent/kubeconfig"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("/nonexistent/kubeconfig") && all.contains("--registry HOST"),
+        "{all}"
+    );
 }
 
 /// The manifest and blob requests `reg` has logged (GET and HEAD).
