@@ -17,9 +17,9 @@ use crate::reference::{self, DOCKER_HUB, ImageRef, ReferenceError};
 /// The node's container runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
-    /// containerd: one `<registry>/hosts.toml` per registry under its `config_path`.
+    /// One `<registry>/hosts.toml` per registry, for containerd's `config_path`.
     Containerd,
-    /// CRI-O (containers-image): one `registries.conf` drop-in.
+    /// One `registries.conf` drop-in, for CRI-O (containers-image).
     #[value(name = "cri-o", alias = "crio")]
     CriO,
 }

@@ -404,6 +404,68 @@ mod tests {
     }
 
     #[test]
+    fn mirror_naming_from_the_configuration() {
+        // (env, target registry, host, path, prefix, insecure)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str, &'a str, bool);
+        let cases: [Case<'_>; 3] = [
+            (
+                &[
+                    ("TARGET_KIND", "docker"),
+                    ("TARGET_REGISTRY", "R.example:5000/base/"),
+                    ("TARGET_REPO_PREFIX", "m/$registry"),
+                    ("TARGET_INSECURE", "true"),
+                ],
+                "R.example:5000/base",
+                "r.example:5000",
+                "base",
+                "m/$registry",
+                true,
+            ),
+            (
+                &[
+                    ("TARGET_KIND", "ecr"),
+                    ("ECR_ACCOUNT_ID", "123456789012"),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("ECR_REPO_PREFIX", "mirror"),
+                ],
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                "",
+                "mirror",
+                false,
+            ),
+            (
+                &[
+                    ("TARGET_KIND", "ecr"),
+                    ("ECR_ACCOUNT_ID", "123456789012"),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("ECR_REGISTRY_HOST", "ECR.internal:443"),
+                ],
+                "ecr.internal:443",
+                "ecr.internal:443",
+                "",
+                "",
+                false,
+            ),
+        ];
+        for (env, registry, host, path, prefix, insecure) in cases {
+            let c = config(env);
+            assert_eq!(target_registry(&c), registry, "{env:?}");
+            let n = mirror_naming(&c);
+            assert_eq!(
+                (
+                    n.target_host.as_str(),
+                    n.target_path.as_str(),
+                    n.prefix.as_str(),
+                    n.insecure
+                ),
+                (host, path, prefix, insecure),
+                "{env:?}"
+            );
+        }
+    }
+
+    #[test]
     fn on_by_default_off_in_dry_runs_and_when_asked() {
         assert!(events_wanted(&config(&[])));
         for env in [("EMIT_EVENTS", "false"), ("DRY_RUN", "true"), ("DRY_PULL", "true")] {
