@@ -262,6 +262,35 @@ fn containerd_hosts_files_for_the_named_registries() {
     }
 }
 
+/// With an ECR target the mirror is the ECR registry host (derived from account and region); nothing
+/// is asked of AWS.
+#[test]
+fn an_ecr_mirror_is_its_registry_host() {
+    let out = copycat(
+        &["node-config", "--format", "containerd", "--registry", "ghcr.io"],
+        &[
+            ("TARGET_KIND", "ecr"),
+            ("ECR_ACCOUNT_ID", "123456789012"),
+            ("AWS_REGION", "eu-west-1"),
+            ("ECR_REPO_PREFIX", "mirror/$registry"),
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let file = stdout.split_once("# ---- ghcr.io/hosts.toml ----\n").unwrap().1;
+    let doc: toml::Table = file.parse().unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+    assert_eq!(
+        doc["server"].as_str(),
+        Some("https://123456789012.dkr.ecr.eu-west-1.amazonaws.com/v2/mirror/ghcr.io"),
+        "{stdout}"
+    );
+    assert_eq!(
+        doc["host"].as_table().unwrap().keys().collect::<Vec<_>>(),
+        ["https://ghcr.io"]
+    );
+}
+
 /// A prefix with per-workload placeholders cannot be expressed: every registry is listed with the
 /// reason, nothing is written, exit 1. A bad registry, format or kubeconfig is a usage error (exit 2).
 #[test]
