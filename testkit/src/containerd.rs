@@ -78,36 +78,15 @@ impl Containerd {
     /// Fetches `reference` (its manifests and blobs into the content store) in namespace `ns`,
     /// resolving its registry through the `hosts.toml` files under `hosts_dir`.
     pub async fn fetch(&self, hosts_dir: &Path, ns: &str, reference: &str) -> anyhow::Result<()> {
-        let ctr = require_tool("ctr", "apt-get install -y containerd")?;
-        let mut cmd = tokio::process::Command::new(ctr);
+        let mut cmd = tokio::process::Command::new(require_tool("ctr", "apt-get install -y containerd")?);
         cmd.arg("--address")
             .arg(self.socket())
             .args(["--namespace", ns, "content", "fetch", "--hosts-dir"])
             .arg(hosts_dir)
-            .arg(reference)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
-        let out = tokio::time::timeout(CTR_TIMEOUT, cmd.output())
+            .arg(reference);
+        crate::tools::output_of(cmd, &format!("ctr content fetch {reference}"), CTR_TIMEOUT)
             .await
-            .with_context(|| format!("ctr content fetch {reference} timed out"))?
-            .context("running ctr")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ctr content fetch {reference} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+            .map(drop)
     }
 }
 
