@@ -590,6 +590,46 @@ mod tests {
     }
 
     #[test]
+    fn failover_takes_one_direction_and_its_own_kubeconfig() {
+        let Some(Command::Failover(f)) = parse(&[
+            "failover",
+            "--to-mirror",
+            "-n",
+            "shop",
+            "--registry",
+            "docker.io",
+            "--registry=ghcr.io",
+            "--pull-secret",
+            "mirror-pull",
+            "--dry-run",
+            "--kubeconfig",
+            "k.yaml",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not a failover")
+        };
+        assert!(f.to_mirror && !f.revert);
+        assert_eq!(f.namespaces, ["shop"]);
+        assert_eq!(f.registries, ["docker.io", "ghcr.io"]);
+        assert_eq!(f.pull_secret.as_deref(), Some("mirror-pull"));
+        let (_, o) = parse(&["failover", "--revert", "--kubeconfig", "k.yaml", "--dry-run"])
+            .unwrap()
+            .into_parts();
+        assert_eq!((o.kubeconfig, o.dry_run), (Some(PathBuf::from("k.yaml")), Some(true)));
+        for args in [
+            vec!["failover"],
+            vec!["failover", "--to-mirror", "--revert"],
+            vec!["failover", "--revert", "--registry", "docker.io"],
+            vec!["failover", "--revert", "--pull-secret", "p"],
+            vec!["--kubeconfig=k.yaml", "failover", "--revert"],
+        ] {
+            assert!(parse(&args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
     fn verify_takes_its_own_kubeconfig_and_refuses_the_daemons_before_it() {
         let (command, o) = parse(&["verify", "--kubeconfig", "k.yaml"]).unwrap().into_parts();
         assert!(matches!(command, Command::Verify(_)));

@@ -120,7 +120,7 @@ pub enum FailoverError {
         scope: String,
         /// kube's error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The API server refused or failed a request about the object.
     #[error("{object}: {verb}: {source}")]
@@ -131,7 +131,7 @@ pub enum FailoverError {
         verb: &'static str,
         /// kube's error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Every write met a newer version of the object.
     #[error("{object}: changed by someone else on each of {attempts} attempts (409 Conflict); run again")]

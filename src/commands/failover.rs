@@ -20,7 +20,7 @@ use super::{EXIT_FAILED, usage};
 use crate::cli::FailoverArgs;
 use crate::config::Config;
 use crate::copy::check::Depth;
-use crate::coverage::{self, BackupState, CheckOptions, ImageCoverage};
+use crate::coverage::{self, BackupState, CheckOptions, ImageCoverage, count};
 use crate::discovery::extract::ContainerImage;
 use crate::discovery::inventory::Inventory;
 use crate::discovery::watch;
@@ -131,7 +131,7 @@ async fn list_objects(client: &kube::Client, namespaces: Option<&[String]>) -> R
                 .map_err(|source| FailoverError::List {
                     resource: kind.resource(),
                     scope,
-                    source,
+                    source: Box::new(source),
                 })?;
             for item in list.items {
                 let who = Workload::new(
@@ -384,6 +384,11 @@ impl Scope<'_> {
 fn choice_of(row: &ImageCoverage) -> Choice {
     match (&row.state, &row.expected) {
         (BackupState::Verified, Some(digest)) => Choice::Mirror(failover::pinned(&row.target, digest)),
+        // Only a tag no running Pod reports a digest for sends the check to the source.
+        _ if row.side == Some("source") => Choice::Leave(format!(
+            "backup not checked: no running Pod reports the digest it runs, and the source cannot say: {}",
+            row.detail
+        )),
         _ => Choice::Leave(format!("backup {}: {}", row.state.as_str(), row.detail)),
     }
 }
@@ -468,7 +473,7 @@ impl Writer {
             move |source: kube::Error| FailoverError::Api {
                 object: who.clone(),
                 verb,
-                source,
+                source: Box::new(source),
             }
         };
         let mut read = object.value.clone();
@@ -552,9 +557,16 @@ impl Tally {
             (true, false) => "restored",
             (true, true) => "would be restored (dry run: nothing was written)",
         };
+        let left = match self.left {
+            1 => "1 container left as it is".to_owned(),
+            n => format!("{n} containers left as they are"),
+        };
         format!(
-            "failover: {} containers in {} objects {done}; {} containers left as they are, {} objects not patched, {} errors",
-            self.containers, self.objects, self.left, self.not_patched, self.errors
+            "failover: {} in {} {done}; {left}, {} not patched, {}",
+            count(self.containers, "container"),
+            count(self.objects, "object"),
+            count(self.not_patched, "object"),
+            count(self.errors, "error"),
         )
     }
 }
