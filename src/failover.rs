@@ -86,6 +86,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// `object` unchanged, nothing said yet.
+    fn of(object: &Value) -> Outcome {
+        Outcome {
+            object: object.clone(),
+            changed: vec![],
+            left: vec![],
+            notes: vec![],
+        }
+    }
+
     /// Whether the object must be written.
     pub fn writes(&self, read: &Value) -> bool {
         self.object != *read
@@ -202,12 +212,7 @@ pub fn to_mirror(
     pull_secret: Option<&str>,
 ) -> Result<Outcome, FailoverError> {
     let mut record = record(object, who)?.unwrap_or_default();
-    let mut out = Outcome {
-        object: object.clone(),
-        changed: vec![],
-        left: vec![],
-        notes: vec![],
-    };
+    let mut out = Outcome::of(object);
     let spec = pod_spec_mut(&mut out.object, who)?;
     for (name, image, slot) in containers_mut(spec) {
         match choose(&name, &image) {
@@ -259,12 +264,7 @@ pub fn revert(object: &Value, who: &Workload) -> Result<Option<Outcome>, Failove
     let Some(record) = record(object, who)? else {
         return Ok(None);
     };
-    let mut out = Outcome {
-        object: object.clone(),
-        changed: vec![],
-        left: vec![],
-        notes: vec![],
-    };
+    let mut out = Outcome::of(object);
     let spec = pod_spec_mut(&mut out.object, who)?;
     let mut pending = record.containers.clone();
     for (name, image, slot) in containers_mut(spec) {

@@ -570,3 +570,148 @@ impl Tally {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(kind: Kind, name: &str, owner: Option<&str>, phase: Option<&str>) -> Object {
+        let mut value = json!({"metadata": {"name": name, "namespace": "shop"}});
+        if let Some(owner) = owner {
+            let (kind, name) = owner.split_once(' ').unwrap();
+            value["metadata"]["ownerReferences"] = json!([{"kind": kind, "name": name, "controller": true}]);
+        }
+        if let Some(phase) = phase {
+            value["status"] = json!({"phase": phase});
+        }
+        Object {
+            who: Workload::new(kind, "shop", name),
+            value,
+        }
+    }
+
+    #[test]
+    fn roles_follow_the_owners_discovery_resolved() {
+        let owner = |kind: Kind, name: &str, top: (Kind, &str)| {
+            ((kind, "shop".to_owned(), name.to_owned()), (top.0, top.1.to_owned()))
+        };
+        let cluster = Cluster {
+            owners: HashMap::from([
+                owner(Kind::Pod, "web-1-a", (Kind::Deployment, "web")),
+                owner(Kind::Pod, "nightly-1-a", (Kind::CronJob, "nightly")),
+                owner(Kind::Job, "nightly-1", (Kind::CronJob, "nightly")),
+                owner(Kind::Pod, "once-a", (Kind::Job, "once")),
+            ]),
+            running: HashMap::new(),
+        };
+        let report = |why: &str, workload: &str| Role::Report {
+            why: why.to_owned(),
+            workload: workload.to_owned(),
+        };
+        let cases = [
+            (object(Kind::Deployment, "web", None, None), Role::Patch),
+            (object(Kind::CronJob, "nightly", None, None), Role::Patch),
+            (object(Kind::Pod, "debug", None, Some("Running")), Role::Patch),
+            (object(Kind::Pod, "done", None, Some("Succeeded")), Role::Follows),
+            (
+                object(Kind::Pod, "web-1-a", Some("ReplicaSet web-1"), None),
+                Role::Follows,
+            ),
+            (
+                object(Kind::Pod, "nightly-1-a", Some("Job nightly-1"), None),
+                Role::Follows,
+            ),
+            (
+                object(Kind::Job, "nightly-1", Some("CronJob nightly"), None),
+                Role::Follows,
+            ),
+            (
+                object(Kind::Job, "once", None, None),
+                report("a Job's Pod template cannot change", "once"),
+            ),
+            (
+                object(Kind::Pod, "once-a", Some("Job once"), None),
+                report("owned by Job once, which failover does not switch", "once"),
+            ),
+            (
+                object(Kind::Pod, "x-a", Some("Rollout x"), None),
+                report("owned by Rollout x, which failover does not switch", "x-a"),
+            ),
+        ];
+        for (object, want) in cases {
+            assert_eq!(cluster.role(&object), want, "{}", object.who);
+        }
+    }
+
+    #[test]
+    fn the_digest_is_the_one_the_workloads_pods_run() {
+        let d = |n: u8| Digest::sha256_hex(&format!("{n:02x}").repeat(32)).unwrap();
+        let run = |kind: Kind, name: &str, digests: &[Digest]| {
+            let key = (
+                "shop".to_owned(),
+                kind,
+                name.to_owned(),
+                "c".to_owned(),
+                "nginx:1".to_owned(),
+            );
+            (key, digests.iter().cloned().collect::<BTreeSet<_>>())
+        };
+        let cluster = Cluster {
+            owners: HashMap::from([(
+                (Kind::Pod, "shop".to_owned(), "web-1-a".to_owned()),
+                (Kind::Deployment, "web".to_owned()),
+            )]),
+            running: HashMap::from([
+                run(Kind::Deployment, "web", &[d(1)]),
+                run(Kind::StatefulSet, "db", &[d(1), d(2)]),
+            ]),
+        };
+        let digest = |kind: Kind, name: &str| cluster.digest(&Workload::new(kind, "shop", name), "c", "nginx:1");
+        assert_eq!(digest(Kind::Deployment, "web"), Ok(Some(d(1))));
+        assert_eq!(digest(Kind::Pod, "web-1-a"), Ok(Some(d(1))), "a Pod's workload");
+        assert_eq!(digest(Kind::DaemonSet, "agent"), Ok(None), "no Pod runs it");
+        let several = digest(Kind::StatefulSet, "db").unwrap_err();
+        assert!(several.starts_with("its Pods run 2 digests"), "{several}");
+    }
+
+    #[test]
+    fn only_verified_backups_are_used_pinned_to_the_verified_digest() {
+        const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let row = |state: BackupState, expected: Option<&str>, side: Option<&'static str>| ImageCoverage {
+            image: "nginx:1".into(),
+            target: "m.io/library/nginx:1".into(),
+            state,
+            detail: "why".into(),
+            expected: expected.map(str::to_owned),
+            expected_from: None,
+            side,
+            users: vec![],
+        };
+        let cases = [
+            (
+                row(BackupState::Verified, Some(D), None),
+                Choice::Mirror(format!("m.io/library/nginx:1@{D}")),
+            ),
+            (
+                row(BackupState::Missing, Some(D), None),
+                Choice::Leave("backup missing: why".into()),
+            ),
+            (
+                row(BackupState::Mismatch, Some(D), None),
+                Choice::Leave("backup mismatch: why".into()),
+            ),
+            (
+                row(BackupState::Failed, None, Some("target")),
+                Choice::Leave("backup failed: why".into()),
+            ),
+        ];
+        for (row, want) in cases {
+            assert_eq!(choice_of(&row), want, "{:?}", row.state);
+        }
+        let Choice::Leave(reason) = choice_of(&row(BackupState::Failed, None, Some("source"))) else {
+            panic!("a failed check is no mirror")
+        };
+        assert!(reason.contains("no running Pod reports the digest"), "{reason}");
+    }
+}
