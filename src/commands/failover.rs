@@ -162,12 +162,12 @@ fn json_of(object: DynamicObject, ar: &ApiResource) -> Value {
 enum Role {
     /// Switch its containers: a workload with a template, or a bare Pod.
     Patch,
-    /// Nothing: it follows a workload that is switched (a Deployment's Pod, a CronJob's Job), or it
-    /// runs nothing (a finished Pod).
-    Follows,
-    /// Report it, with why it cannot be switched, when it uses an image with a verified backup; its
-    /// containers' targets are named for this workload.
-    Report { why: String, workload: String },
+    /// Nothing: it runs nothing (a finished Pod).
+    Idle,
+    /// Report it, with why it is not switched, when it uses an image with a verified backup; its
+    /// containers' targets are named for this workload. `left`: it counts as left as it is (not
+    /// for a Pod or Job that follows a workload failover switches, which replaces it).
+    Report { why: String, workload: String, left: bool },
 }
 
 /// What the daemon's discovery says about the cluster: which workload owns each Pod and Job, and
@@ -212,7 +212,7 @@ impl Cluster {
         let who = &object.who;
         let phase = object.value.pointer("/status/phase").and_then(Value::as_str);
         if who.kind == Kind::Pod && matches!(phase, Some("Succeeded" | "Failed")) {
-            return Role::Follows;
+            return Role::Idle;
         }
         let controller = object
             .value
@@ -226,15 +226,24 @@ impl Cluster {
             (Kind::Job, None, _) => Role::Report {
                 why: "a Job's Pod template cannot change".to_owned(),
                 workload: who.name.clone(),
+                left: true,
             },
             (Kind::Pod, None, _) => Role::Patch,
-            (Kind::Job | Kind::Pod, Some(_), Some((kind, name))) if TEMPLATES.contains(kind) => Role::Follows,
+            (Kind::Job | Kind::Pod, Some(_), Some((kind, name))) if TEMPLATES.contains(kind) => Role::Report {
+                why: format!(
+                    "owned by {}, which failover switches; it keeps its images until it is replaced",
+                    Workload::new(*kind, who.namespace.clone(), name.clone())
+                ),
+                workload: name.clone(),
+                left: false,
+            },
             (Kind::Job | Kind::Pod, Some(owner), top) => {
                 let owner_kind = owner.get("kind").and_then(Value::as_str).unwrap_or("?");
                 let owner_name = owner.get("name").and_then(Value::as_str).unwrap_or("?");
                 Role::Report {
                     why: format!("owned by {owner_kind} {owner_name}, which failover does not switch"),
                     workload: top.map_or_else(|| who.name.clone(), |(_, name)| name.clone()),
+                    left: true,
                 }
             }
             _ => Role::Patch,
@@ -298,7 +307,7 @@ async fn choices(
         let workload = match role {
             Role::Patch => &object.who.name,
             Role::Report { workload, .. } => workload,
-            Role::Follows => continue,
+            Role::Idle => continue,
         };
         // An object without a Pod spec is reported when it is switched.
         let containers = failover::containers(&object.value, &object.who).unwrap_or_default();
@@ -415,15 +424,15 @@ async fn switch_all(
             failover::to_mirror(value, who, choose, pull_secret).map(Some)
         };
         match role {
-            Role::Follows => {}
-            Role::Report { why, .. } => match decide(&object.value) {
+            Role::Idle => {}
+            Role::Report { why, left, .. } => match decide(&object.value) {
                 Ok(Some(outcome)) if !outcome.changed.is_empty() => {
                     let containers: Vec<&str> = outcome.changed.iter().map(|c| c.container.as_str()).collect();
                     println!(
                         "not patched {who}: {why} (a backup is verified for {})",
                         containers.join(", ")
                     );
-                    tally.not_patched += 1;
+                    tally.not_patched += usize::from(*left);
                 }
                 Ok(_) => {}
                 Err(e) => tally.error(&e),
@@ -608,23 +617,29 @@ mod tests {
         let report = |why: &str, workload: &str| Role::Report {
             why: why.to_owned(),
             workload: workload.to_owned(),
+            left: true,
+        };
+        let follows = |owner: &str, workload: &str| Role::Report {
+            why: format!("owned by {owner}, which failover switches; it keeps its images until it is replaced"),
+            workload: workload.to_owned(),
+            left: false,
         };
         let cases = [
             (object(Kind::Deployment, "web", None, None), Role::Patch),
             (object(Kind::CronJob, "nightly", None, None), Role::Patch),
             (object(Kind::Pod, "debug", None, Some("Running")), Role::Patch),
-            (object(Kind::Pod, "done", None, Some("Succeeded")), Role::Follows),
+            (object(Kind::Pod, "done", None, Some("Succeeded")), Role::Idle),
             (
                 object(Kind::Pod, "web-1-a", Some("ReplicaSet web-1"), None),
-                Role::Follows,
+                follows("Deployment shop/web", "web"),
             ),
             (
                 object(Kind::Pod, "nightly-1-a", Some("Job nightly-1"), None),
-                Role::Follows,
+                follows("CronJob shop/nightly", "nightly"),
             ),
             (
                 object(Kind::Job, "nightly-1", Some("CronJob nightly"), None),
-                Role::Follows,
+                follows("CronJob shop/nightly", "nightly"),
             ),
             (
                 object(Kind::Job, "once", None, None),

@@ -293,6 +293,11 @@ async fn failover_switches_verified_workloads_to_the_mirror_and_back_while_the_s
         "{all}"
     );
     assert!(!all.contains("vendor"), "--registry leaves quay.io out of scope: {all}");
+    // Pods of switched workloads are listed, and not counted as left: their rollout replaces them.
+    assert!(
+        all.contains("not patched Pod shop/web-7d4b9-a: owned by Deployment shop/web, which failover switches"),
+        "{all}"
+    );
     assert!(all.contains("failover: 6 containers in 5 objects switched to the mirror; 1 container left as it is, 1 object not patched, 0 errors"), "{all}");
 
     // 3. Someone moves the StatefulSet on after the switch.
