@@ -251,7 +251,7 @@ impl Cluster {
     }
 
     /// The digest the Pods of `who` run in `container` for `image`: `Err` when they run several.
-    fn digest(&self, who: &Workload, container: &str, image: &str) -> Result<Option<Digest>, String> {
+    fn digest(&self, who: &Workload, container: &str, image: &str) -> Result<Option<Digest>, SeveralDigests> {
         let (kind, name) = match who.kind {
             Kind::Pod | Kind::Job => self
                 .owners
@@ -272,13 +272,19 @@ impl Cluster {
         };
         match digests.iter().collect::<Vec<_>>().as_slice() {
             [one] => Ok(Some((*one).clone())),
-            several => Err(format!(
-                "its Pods run {} digests ({}): let the rollout finish first",
-                several.len(),
-                several.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-            )),
+            several => Err(SeveralDigests(several.iter().map(|d| (*d).clone()).collect())),
         }
     }
+}
+
+/// The Pods of one workload run several digests of one image: a rollout in progress, or a tag that
+/// moved between pulls. Which one the mirror should give is not for failover to guess.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("its Pods run {} digests ({}): let the rollout finish first", .0.len(), list(.0))]
+struct SeveralDigests(Vec<Digest>);
+
+fn list(digests: &[Digest]) -> String {
+    digests.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// A container of an object: the object, the container name, its image.
@@ -365,7 +371,10 @@ impl Scope<'_> {
         }
         let digest = match reference.digest() {
             Some(d) => Some(d.clone()),
-            None => self.cluster.digest(who, container, image).map_err(Choice::Leave)?,
+            None => self
+                .cluster
+                .digest(who, container, image)
+                .map_err(|e| Choice::Leave(e.to_string()))?,
         };
         let use_ = ContainerImage {
             image: image.to_owned(),
@@ -687,7 +696,11 @@ mod tests {
         assert_eq!(digest(Kind::Pod, "web-1-a"), Ok(Some(d(1))), "a Pod's workload");
         assert_eq!(digest(Kind::DaemonSet, "agent"), Ok(None), "no Pod runs it");
         let several = digest(Kind::StatefulSet, "db").unwrap_err();
-        assert!(several.starts_with("its Pods run 2 digests"), "{several}");
+        assert_eq!(several, SeveralDigests(vec![d(1), d(2)]));
+        assert!(
+            several.to_string().starts_with("its Pods run 2 digests (sha256:0101"),
+            "{several}"
+        );
     }
 
     #[test]
