@@ -420,6 +420,7 @@ async fn switch_all(
     pull_secret: Option<&str>,
 ) -> Tally {
     let mut tally = Tally::default();
+    let mut secrets_checked: BTreeSet<&str> = BTreeSet::new();
     for (object, role) in objects.iter().zip(roles) {
         let who = &object.who;
         let decide = |value: &Value| {
@@ -447,6 +448,14 @@ async fn switch_all(
                 Err(e) => tally.error(&e),
             },
             Role::Patch => {
+                let switches = decide(&object.value).is_ok_and(|o| o.is_some_and(|o| !o.changed.is_empty()));
+                if let Some(secret) = pull_secret
+                    && switches
+                    && who.kind != Kind::Pod
+                    && secrets_checked.insert(&who.namespace)
+                {
+                    writer.check_pull_secret(&who.namespace, secret).await;
+                }
                 let written = writer.write(object, decide).await;
                 tally.add(who, written, if writer.dry_run { "would switch" } else { "switched" });
             }
@@ -476,6 +485,19 @@ struct Writer {
 }
 
 impl Writer {
+    /// Warns when the pull secret the switched templates name is not in `namespace` (the kubelet
+    /// then pulls without it) or cannot be looked at. Only its metadata is read.
+    async fn check_pull_secret(&self, namespace: &str, name: &str) {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), namespace);
+        match secrets.get_metadata_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => println!(
+                "warning: Secret {name} is not in namespace {namespace}: its Pods pull from the mirror without it"
+            ),
+            Err(e) => println!("warning: cannot check Secret {name} in namespace {namespace}: {e}"),
+        }
+    }
+
     /// Decides `object` and writes the outcome, with the `resourceVersion` it was read at as the
     /// precondition; on a conflict (409) reads it again, decides again and retries, at most
     /// [`MAX_ATTEMPTS`] writes. `None` when `decide` has nothing to do with it.

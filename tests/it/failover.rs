@@ -293,6 +293,13 @@ async fn failover_switches_verified_workloads_to_the_mirror_and_back_while_the_s
         "{all}"
     );
     assert!(!all.contains("vendor"), "--registry leaves quay.io out of scope: {all}");
+    // The pull secret exists in no namespace: each namespace switched says so once (not for the Pod).
+    for ns in ["shop", "data", "ops"] {
+        let warning =
+            format!("warning: Secret mirror-pull is not in namespace {ns}: its Pods pull from the mirror without it");
+        assert_eq!(all.matches(&warning).count(), 1, "{ns}: {all}");
+    }
+    assert!(!all.contains("namespace default"), "{all}");
     // Pods of switched workloads are listed, and not counted as left: their rollout replaces them.
     assert!(
         all.contains("not patched Pod shop/web-7d4b9-a: owned by Deployment shop/web, which failover switches"),
@@ -345,6 +352,12 @@ async fn failover_reads_again_when_the_object_changed_before_its_write() {
     server
         .apply(workload("Deployment", "apps/v1", "shop", "web", &[("web", &web_ref)]))
         .unwrap();
+    server
+        .apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mirror-pull", "namespace": "shop"},
+            "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}}),
+        )
+        .unwrap();
     let api = server.serve().unwrap();
     // The first write waits long enough for the test to change the object under it.
     server.inject(
@@ -352,11 +365,15 @@ async fn failover_reads_again_when_the_object_changed_before_its_write() {
             .on("deployments", "update")
             .times(1),
     );
-    let child = failover_command(api.kubeconfig_path(), &dst, &["--to-mirror"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = failover_command(
+        api.kubeconfig_path(),
+        &dst,
+        &["--to-mirror", "--pull-secret", "mirror-pull"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.count_requests("PUT", "/deployments/web") == 0 {
         assert!(Instant::now() < deadline, "no write within 60 s");
@@ -381,6 +398,11 @@ async fn failover_reads_again_when_the_object_changed_before_its_write() {
         (&now["metadata"]["labels"]["changed-by"], &now["spec"]["replicas"]),
         (&json!("someone"), &json!(3))
     );
+    assert_eq!(
+        now["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "mirror-pull"}])
+    );
+    assert!(!all.contains("warning: Secret"), "the Secret exists: {all}");
     assert_eq!(server.count_requests("PUT", "/deployments/web"), 2, "{all}");
     assert_eq!(
         server.count_requests("GET", "/namespaces/shop/deployments/web"),
