@@ -58,7 +58,12 @@ impl Cli {
 
     /// The command to run (`run` when none is given) and every flag as configuration overrides.
     pub fn into_parts(self) -> (Command, Overrides) {
-        let command = self.command.unwrap_or(Command::Run(self.daemon));
+        let mut command = self.command.unwrap_or(Command::Run(self.daemon));
+        if let Command::Failover(args) = &mut command {
+            // Only the command line makes a failover a dry run: `dryRun` in the daemon's
+            // configuration is about the daemon's copies, not about this operator's act.
+            args.dry_run = self.flags.dry_run == Some(true);
+        }
         let daemon = match &command {
             Command::Run(daemon) | Command::CheckConfig(daemon) => Some(daemon.clone()),
             Command::Verify(VerifyArgs { kubeconfig, .. }) | Command::Failover(FailoverArgs { kubeconfig, .. }) => {
@@ -189,6 +194,9 @@ pub struct FailoverArgs {
     /// Backups checked at the same time.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+    /// `--dry-run` given on the command line (the global flag): decide and print, write nothing.
+    #[arg(skip)]
+    pub dry_run: bool,
 }
 
 /// Arguments of `copycat verify`.
@@ -615,10 +623,21 @@ mod tests {
         assert_eq!(f.namespaces, ["shop"]);
         assert_eq!(f.registries, ["docker.io", "ghcr.io"]);
         assert_eq!(f.pull_secret.as_deref(), Some("mirror-pull"));
-        let (_, o) = parse(&["failover", "--revert", "--kubeconfig", "k.yaml", "--dry-run"])
+        let (command, o) = parse(&["failover", "--revert", "--kubeconfig", "k.yaml", "--dry-run"])
             .unwrap()
             .into_parts();
-        assert_eq!((o.kubeconfig, o.dry_run), (Some(PathBuf::from("k.yaml")), Some(true)));
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k.yaml")));
+        assert!(matches!(command, Command::Failover(FailoverArgs { dry_run: true, .. })));
+        for args in [
+            &["failover", "--revert"][..],
+            &["failover", "--revert", "--dry-run=false"],
+        ] {
+            let (command, _) = parse(args).unwrap().into_parts();
+            assert!(
+                matches!(command, Command::Failover(FailoverArgs { dry_run: false, .. })),
+                "{args:?}"
+            );
+        }
         for args in [
             vec!["failover"],
             vec!["failover", "--to-mirror", "--revert"],

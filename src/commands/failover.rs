@@ -47,7 +47,7 @@ pub async fn failover(config: &Config, args: &FailoverArgs) -> ExitCode {
         if args.revert { "--revert" } else { "--to-mirror" },
         scope_text(namespaces.as_deref()),
         parts.api_server,
-        if config.dry_run {
+        if args.dry_run {
             " (dry run: nothing is written)"
         } else {
             ""
@@ -62,7 +62,7 @@ pub async fn failover(config: &Config, args: &FailoverArgs) -> ExitCode {
     };
     let writer = Writer {
         client: parts.client.clone(),
-        dry_run: config.dry_run,
+        dry_run: args.dry_run,
     };
     let tally = if args.revert {
         revert_all(&writer, &objects).await
@@ -80,7 +80,7 @@ pub async fn failover(config: &Config, args: &FailoverArgs) -> ExitCode {
         let choices = choices(&parts, config, args, &cluster, &objects, &roles).await;
         switch_all(&writer, &objects, &roles, &choices, args.pull_secret.as_deref()).await
     };
-    println!("{}", tally.summary(args.revert, config.dry_run));
+    println!("{}", tally.summary(args.revert, args.dry_run));
     if tally.complete() {
         ExitCode::SUCCESS
     } else {

@@ -203,12 +203,16 @@ async fn failover_switches_verified_workloads_to_the_mirror_and_back_while_the_s
         assert_eq!(touched(&get(*object)), touched(was), "{object:?}");
     }
 
-    // 2. The switch, only for images of the (stopped) source registry, with a pull secret.
-    let out = failover(
+    // 2. The switch, only for images of the (stopped) source registry, with a pull secret. The
+    // daemon's `DRY_RUN` (as the shipped ConfigMap sets it) is not the operator's `--dry-run`.
+    let out = failover_command(
         kubeconfig,
         &dst,
         &["--to-mirror", "--registry", &src_host, "--pull-secret", "mirror-pull"],
-    );
+    )
+    .env("DRY_RUN", "true")
+    .output()
+    .unwrap();
     let all = text(&out);
     assert_eq!(
         out.status.code(),
