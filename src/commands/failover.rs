@@ -402,9 +402,11 @@ impl Scope<'_> {
 fn choice_of(row: &ImageCoverage) -> Choice {
     match (&row.state, &row.expected) {
         (BackupState::Verified, Some(digest)) => Choice::Mirror(failover::pinned(&row.target, digest)),
-        // Only a tag no running Pod reports a digest for sends the check to the source.
+        // Only a tag no running Pod reports a digest for, or `$arch` named from the image, sends
+        // the check to the source.
         _ if row.side == Some("source") => Choice::Leave(format!(
-            "backup not checked: no running Pod reports the digest it runs, and the source cannot say: {}",
+            "backup not checked: the check needs the source registry (no running Pod reports the \
+             digest it runs, or the target is named by the image's architecture): {}",
             row.detail
         )),
         _ => Choice::Leave(format!("backup {}: {}", row.state.as_str(), row.detail)),
@@ -570,7 +572,12 @@ impl Tally {
             println!("{done} {who}: container {}: {} → {}", c.container, c.from, c.to);
         }
         for l in &outcome.left {
-            println!("left {who}: container {} ({}): {}", l.container, l.image, l.reason);
+            let image = if l.image.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", l.image)
+            };
+            println!("left {who}: container {}{image}: {}", l.container, l.reason);
         }
         for note in &outcome.notes {
             println!("note {who}: {note}");
@@ -762,6 +769,9 @@ mod tests {
         let Choice::Leave(reason) = choice_of(&row(BackupState::Failed, None, Some("source"))) else {
             panic!("a failed check is no mirror")
         };
-        assert!(reason.contains("no running Pod reports the digest"), "{reason}");
+        assert!(
+            reason.starts_with("backup not checked: the check needs the source registry"),
+            "{reason}"
+        );
     }
 }
