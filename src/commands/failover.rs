@@ -338,7 +338,10 @@ async fn choices(
         blobs: config.blob_concurrency as usize,
     };
     let checked: HashMap<(String, String), ImageCoverage> = futures::stream::iter(tasks)
-        .map(|(check, task)| async move { (check, coverage::check_task(&parts.copier, &task, options).await) })
+        .map(|(check, task)| async move {
+            let (row, _whole) = coverage::check_task(&parts.copier, &task, options).await;
+            (check, row)
+        })
         .buffer_unordered(options.images.max(1))
         .collect()
         .await;
@@ -392,7 +395,7 @@ impl Scope<'_> {
                 {
                     task.request.source = task.request.source.with_digest(digest);
                 }
-                Ok(task)
+                Ok(*task)
             }
         }
     }

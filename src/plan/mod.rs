@@ -784,8 +784,8 @@ pub struct ExcludedImage {
 /// What planning one image use gives.
 #[derive(Debug)]
 pub enum Planned {
-    /// Mirror it: the task (without users).
-    Task(MirrorTask),
+    /// Mirror it: the task (without users); boxed, as a task is much larger than an exclusion.
+    Task(Box<MirrorTask>),
     /// Not mirrored: `excludeRegistries`, or the image already lives on the target.
     Excluded {
         /// The image reference.
@@ -857,7 +857,7 @@ impl Planner {
             for use_ in &entry.images {
                 match self.task(&key.namespace, &user.name, node, use_) {
                     Ok(Planned::Task(task)) => {
-                        let mut task = task.with_user(user.clone());
+                        let mut task = (*task).with_user(user.clone());
                         if self.use_image_pull_secrets {
                             let host = task.request.source.registry();
                             let credentials = inventory.pull_credentials(&key.namespace, &entry.pull, host);
@@ -959,11 +959,11 @@ impl Planner {
         })
         .with_platforms(platforms);
         // Without a node platform, `$arch` is the image's own, known only once it is read.
-        Ok(Planned::Task(if node.is_none() && naming.uses_arch() {
+        Ok(Planned::Task(Box::new(if node.is_none() && naming.uses_arch() {
             task.with_arch_naming(naming)
         } else {
             task
-        }))
+        })))
     }
 }
 
