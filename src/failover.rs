@@ -400,15 +400,6 @@ fn remove_pull_secret(spec: &mut Map<String, Value>, secret: &str) -> bool {
     removed
 }
 
-/// `target` (a reference as a coverage report names it: `repo:tag`, `repo@digest` or
-/// `repo:tag@digest`) pinned to `digest`.
-pub fn pinned(target: &str, digest: &str) -> String {
-    match target.split_once('@') {
-        Some((name, _)) => format!("{name}@{digest}"),
-        None => format!("{target}@{digest}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -656,17 +647,5 @@ mod tests {
             e.to_string(),
             "CronJob shop/w: no Pod spec at /spec/jobTemplate/spec/template/spec"
         );
-    }
-
-    #[test]
-    fn mirrors_are_pinned_by_digest() {
-        for (target, want) in [
-            ("m.io/a:1", format!("m.io/a:1@{D}")),
-            (&format!("m.io/a@{D}"), format!("m.io/a@{D}")),
-            ("m.io:5000/a/b:1", format!("m.io:5000/a/b:1@{D}")),
-            (&format!("m.io/a:1@{D}"), format!("m.io/a:1@{D}")),
-        ] {
-            assert_eq!(pinned(target, D), want, "{target}");
-        }
     }
 }

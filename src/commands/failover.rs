@@ -20,7 +20,7 @@ use super::{EXIT_FAILED, usage};
 use crate::cli::FailoverArgs;
 use crate::config::Config;
 use crate::copy::check::Depth;
-use crate::coverage::{self, BackupState, CheckOptions, ImageCoverage, count};
+use crate::coverage::{self, BackupState, CheckOptions, ImageCoverage, WholeTarget, count};
 use crate::discovery::extract::ContainerImage;
 use crate::discovery::inventory::Inventory;
 use crate::discovery::watch;
@@ -337,18 +337,16 @@ async fn choices(
         images: usize::from(args.jobs),
         blobs: config.blob_concurrency as usize,
     };
-    let checked: HashMap<(String, String), ImageCoverage> = futures::stream::iter(tasks)
-        .map(|(check, task)| async move {
-            let (row, _whole) = coverage::check_task(&parts.copier, &task, options).await;
-            (check, row)
-        })
+    let checked: HashMap<(String, String), (ImageCoverage, Option<WholeTarget>)> = futures::stream::iter(tasks)
+        .map(|(check, task)| async move { (check, coverage::check_task(&parts.copier, &task, options).await) })
         .buffer_unordered(options.images.max(1))
         .collect()
         .await;
     for (key, check) in pending {
-        let choice = checked
-            .get(&check)
-            .map_or_else(|| Choice::Leave("not checked".to_owned()), choice_of);
+        let choice = checked.get(&check).map_or_else(
+            || Choice::Leave("not checked".to_owned()),
+            |(row, whole)| choice_of(row, whole.as_ref()),
+        );
         decided.insert(key, choice);
     }
     decided
@@ -401,10 +399,13 @@ impl Scope<'_> {
     }
 }
 
-/// The mirror image of a verified backup, pinned by its digest; what is wrong otherwise.
-fn choice_of(row: &ImageCoverage) -> Choice {
-    match (&row.state, &row.expected) {
-        (BackupState::Verified, Some(digest)) => Choice::Mirror(failover::pinned(&row.target, digest)),
+/// The mirror image of a whole target (a verified backup): its repository and tag, pinned by the
+/// digest it holds; what is wrong otherwise.
+fn choice_of(row: &ImageCoverage, whole: Option<&WholeTarget>) -> Choice {
+    match whole {
+        Some(whole) if row.state == BackupState::Verified => {
+            Choice::Mirror(format!("{}@{}", whole.request.target_display(None), whole.digest))
+        }
         // Only a tag no running Pod reports a digest for, or `$arch` named from the image, sends
         // the check to the source.
         _ if row.side == Some("source") => Choice::Leave(format!(
@@ -736,40 +737,60 @@ mod tests {
     }
 
     #[test]
-    fn only_verified_backups_are_used_pinned_to_the_verified_digest() {
+    fn only_verified_backups_are_used_pinned_to_the_digest_the_target_holds() {
+        use crate::copy::CopyRequest;
         const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let row = |state: BackupState, expected: Option<&str>, side: Option<&'static str>| ImageCoverage {
+        let row = |state: BackupState, side: Option<&'static str>| ImageCoverage {
             image: "nginx:1".into(),
             target: "m.io/library/nginx:1".into(),
             state,
             detail: "why".into(),
-            expected: expected.map(str::to_owned),
+            expected: None,
             expected_from: None,
             side,
             users: vec![],
         };
+        let whole = |target: &str, tag: Option<&str>| WholeTarget {
+            request: CopyRequest {
+                source: ImageRef::parse("nginx:1").unwrap(),
+                target: ImageRef::parse(target).unwrap(),
+                target_tag: tag.map(str::to_owned),
+            },
+            digest: Digest::parse(D).unwrap(),
+        };
+        let tagged = whole("m.io:5000/library/nginx", Some("1"));
+        let by_digest = whole("m.io/library/nginx", None);
         let cases = [
             (
-                row(BackupState::Verified, Some(D), None),
-                Choice::Mirror(format!("m.io/library/nginx:1@{D}")),
+                row(BackupState::Verified, None),
+                Some(&tagged),
+                Choice::Mirror(format!("m.io:5000/library/nginx:1@{D}")),
             ),
             (
-                row(BackupState::Missing, Some(D), None),
+                row(BackupState::Verified, None),
+                Some(&by_digest),
+                Choice::Mirror(format!("m.io/library/nginx@{D}")),
+            ),
+            (
+                row(BackupState::Missing, None),
+                None,
                 Choice::Leave("backup missing: why".into()),
             ),
             (
-                row(BackupState::Mismatch, Some(D), None),
+                row(BackupState::Mismatch, None),
+                None,
                 Choice::Leave("backup mismatch: why".into()),
             ),
             (
-                row(BackupState::Failed, None, Some("target")),
+                row(BackupState::Failed, Some("target")),
+                None,
                 Choice::Leave("backup failed: why".into()),
             ),
         ];
-        for (row, want) in cases {
-            assert_eq!(choice_of(&row), want, "{:?}", row.state);
+        for (row, whole, want) in cases {
+            assert_eq!(choice_of(&row, whole), want, "{:?}", row.state);
         }
-        let Choice::Leave(reason) = choice_of(&row(BackupState::Failed, None, Some("source"))) else {
+        let Choice::Leave(reason) = choice_of(&row(BackupState::Failed, Some("source")), None) else {
             panic!("a failed check is no mirror")
         };
         assert!(
