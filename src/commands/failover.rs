@@ -1,7 +1,7 @@
 //! `copycat failover`: the break-glass switch to the mirror and back, with the operator's own
 //! kubeconfig (the daemon never changes a workload). `--to-mirror` reads the cluster once — the
 //! daemon's discovery for the digests Pods run and who owns them, and each kind it may patch as JSON,
-//! to write back unchanged but for the images — names each container's target as the daemon does,
+//! to write back unchanged but for the images, the pull secret and the record — names each container's target as the daemon does,
 //! checks it at the target as `copycat verify` does, pinned to the digest the cluster runs (so the
 //! source registry is not needed), and writes every object with a container whose backup is
 //! verified, with `resourceVersion` as the precondition: a conflict is read again and decided again,
@@ -184,6 +184,7 @@ type RunKey = (String, Kind, String, String, String);
 const TEMPLATES: [Kind; 4] = [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet, Kind::CronJob];
 
 impl Cluster {
+    /// What `inventory` (one list of Pods, ReplicaSets and Jobs) says.
     fn of(inventory: &Inventory) -> Cluster {
         let mut owners = HashMap::new();
         let mut running: HashMap<RunKey, BTreeSet<Digest>> = HashMap::new();
@@ -208,6 +209,8 @@ impl Cluster {
         Cluster { owners, running }
     }
 
+    /// What failover does with `object`: by its kind and its controller (`ownerReferences`), the
+    /// top workload resolved as the daemon resolves it.
     fn role(&self, object: &Object) -> Role {
         let who = &object.who;
         let phase = object.value.pointer("/status/phase").and_then(Value::as_str);
