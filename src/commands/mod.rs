@@ -1,6 +1,8 @@
 //! The one-shot commands `copycat copy` and `copycat sync`, over a copier that [`wiring`] builds
-//! for the target hosts the command names; and `copycat verify` over the daemon's parts.
+//! for the target hosts the command names; and `copycat verify`, `copycat failover` and
+//! `copycat node-config` over the daemon's parts.
 
+mod failover;
 mod node_config;
 mod progress;
 mod verify;
@@ -13,59 +15,17 @@ use tracing::Instrument as _;
 use crate::cli::{CopyArgs, EXIT_USAGE, SyncArgs};
 use crate::config::Config;
 use crate::copy::{CopyOptions, CopyRequest};
-use crate::discovery::inventory::Inventory;
-use crate::discovery::watch::{self, ListError};
 use crate::naming::{self, NamingError};
-use crate::plan::Planner;
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef, ReferenceError};
 use crate::wiring::{command_copier, copy_options};
-use crate::workload;
+pub use failover::failover;
 pub use node_config::node_config;
 use progress::Progress;
 pub use verify::verify;
 
 /// Exit status when some images failed.
 const EXIT_FAILED: u8 = 1;
-
-/// How long the API server may take to list every watched kind.
-const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// One list of each kind the daemon watches (its own discovery), in `namespaces` when given, else in
-/// what `planner` watches; what is listed is said on stderr. For the one-shot commands that read the
-/// cluster (`verify`, `node-config`).
-async fn list_cluster(
-    config: &Config,
-    client: kube::Client,
-    api_server: &str,
-    planner: &Planner,
-    namespaces: &[String],
-) -> Result<Inventory, ListError> {
-    let namespaces = if namespaces.is_empty() {
-        planner.scope().only_names()
-    } else {
-        Some(namespaces.to_vec())
-    };
-    let watched = watch::watched_for(
-        &workload::kinds_named(&config.watch_resources),
-        config.check_node_platform,
-        config.use_image_pull_secrets,
-    );
-    let feeds = watch::feeds(&watched, namespaces.as_deref());
-    eprintln!(
-        "copycat: listing {} in {} from {api_server}",
-        config.watch_resources.join(", "),
-        namespaces
-            .as_ref()
-            .map_or_else(|| "every namespace".to_owned(), |n| n.join(", ")),
-    );
-    watch::list_once(client, api_server, &feeds, LIST_TIMEOUT).await
-}
-
-/// The first `--namespace` value that is no namespace name.
-fn bad_namespace(namespaces: &[String]) -> Option<&String> {
-    namespaces.iter().find(|n| n.is_empty() || n.contains('/'))
-}
 
 /// `copycat copy SRC DST`.
 pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {

@@ -7,35 +7,24 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::{EXIT_FAILED, bad_namespace, list_cluster, usage};
+use super::verify::{cluster_parts, list_watched};
+use super::{EXIT_FAILED, usage};
 use crate::cli::NodeConfigArgs;
 use crate::config::Config;
-use crate::discovery::watch::ListError;
-use crate::naming::NamingError;
 use crate::node_config::{self, Order, Route, Runtime};
-use crate::plan::Planner;
-use crate::wiring::{self, KubeconfigError};
+use crate::wiring;
 
 /// The CRI-O drop-in's file name under `--output`.
 pub const CRIO_FILE: &str = "copycat-mirror.conf";
 
 /// `copycat node-config`.
 pub async fn node_config(config: &Config, args: &NodeConfigArgs) -> ExitCode {
-    if let Some(bad) = bad_namespace(&args.namespaces) {
-        return usage(&format!("--namespace {bad:?}: not a namespace name"));
-    }
     let names = if args.registries.is_empty() {
         match cluster_registries(config, args).await {
             Ok(names) => names,
-            // Configuration problems are usage errors (2); a cluster that cannot be listed is 1.
-            Err(e @ (ClusterError::Kubeconfig(_) | ClusterError::PathMap(_))) => {
-                return usage(&format!(
-                    "{e} (or name the registries with --registry HOST, which needs no cluster)"
-                ));
-            }
-            Err(e @ ClusterError::List(_)) => {
-                eprintln!("copycat: {e}");
-                return ExitCode::from(EXIT_FAILED);
+            Err(code) => {
+                eprintln!("copycat: (--registry HOST names the registries without reading the cluster)");
+                return code;
             }
         }
     } else {
@@ -104,25 +93,15 @@ pub async fn node_config(config: &Config, args: &NodeConfigArgs) -> ExitCode {
     }
 }
 
-/// Why the cluster's registries cannot be read.
-#[derive(Debug, thiserror::Error)]
-enum ClusterError {
-    /// No usable Kubernetes configuration.
-    #[error(transparent)]
-    Kubeconfig(#[from] KubeconfigError),
-    /// `pathMap` does not compile.
-    #[error("pathMap: {0}")]
-    PathMap(#[from] NamingError),
-    /// The API server did not list every watched kind.
-    #[error(transparent)]
-    List(#[from] ListError),
-}
-
-/// The source registries of the images the daemon would mirror: one list of the cluster, planned.
-async fn cluster_registries(config: &Config, args: &NodeConfigArgs) -> Result<Vec<String>, ClusterError> {
-    let (client, api_server) = wiring::kube_client(config).await?;
-    let planner = Planner::new(config, &wiring::target_registry(config))?;
-    let inventory = list_cluster(config, client, &api_server, &planner, &args.namespaces).await?;
+/// The source registries of the images the daemon would mirror: one list of the cluster, planned;
+/// on failure, what went wrong is said and the exit code returned.
+async fn cluster_registries(config: &Config, args: &NodeConfigArgs) -> Result<Vec<String>, ExitCode> {
+    let (parts, namespaces) = cluster_parts(config, &args.namespaces).await?;
+    let inventory = list_watched(config, &parts, namespaces.as_deref()).await.map_err(|e| {
+        eprintln!("copycat: {e}");
+        ExitCode::from(EXIT_FAILED)
+    })?;
+    let planner = &parts.planner;
     let plan = planner.plan(&inventory);
     let registries: BTreeSet<String> = plan
         .tasks
