@@ -81,6 +81,17 @@ async fn metric(daemon: &Daemon, series: &str) -> Option<String> {
     })
 }
 
+/// Waits until one copy on the fly with `result` is counted, then checks `timed` durations are.
+async fn wait_counted(daemon: &Daemon, result: &str, timed: usize) {
+    let series = format!(r#"k8s_copycat_on_the_fly_copies_total{{result="{result}"}}"#);
+    eventually(&format!("the {result} copy to be counted"), WAIT, async || {
+        metric(daemon, &series).await.as_deref() == Some("1")
+    })
+    .await;
+    let count = metric(daemon, "k8s_copycat_on_the_fly_seconds_count").await;
+    assert_eq!(count, Some(timed.to_string()));
+}
+
 #[tokio::test]
 async fn a_pod_failing_to_pull_from_the_target_is_copied_from_the_source_within_seconds() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
@@ -103,17 +114,7 @@ async fn a_pod_failing_to_pull_from_the_target_is_copied_from_the_source_within_
     assert_identical(&dst, "dockerhub/library/app", "1.0", &app).await;
 
     // Outcome and time counted once the queue has reported it; /status names the Pod.
-    eventually("the copy to be counted", WAIT, async || {
-        metric(&daemon, r#"k8s_copycat_on_the_fly_copies_total{result="copied"}"#)
-            .await
-            .as_deref()
-            == Some("1")
-    })
-    .await;
-    assert_eq!(
-        metric(&daemon, "k8s_copycat_on_the_fly_seconds_count").await.as_deref(),
-        Some("1")
-    );
+    wait_counted(&daemon, "copied", 1).await;
     let status = daemon.status_of(&image).await.expect("the target in /status");
     assert_eq!(status["state"], "mirrored", "{status}");
     assert_eq!(status["source"], format!("{}/library/app:1.0", src.host()), "{status}");
@@ -128,17 +129,7 @@ async fn a_pod_failing_to_pull_from_the_target_is_copied_from_the_source_within_
     tool.push(&dst, "dockerhub/library/tool", "2").await.unwrap();
     let held = format!("{}/dockerhub/library/tool:2", dst.host());
     server.apply(pod("tool-1", &held, Some("ErrImagePull"))).unwrap();
-    eventually("the present copy to be counted", WAIT, async || {
-        metric(&daemon, r#"k8s_copycat_on_the_fly_copies_total{result="present"}"#)
-            .await
-            .as_deref()
-            == Some("1")
-    })
-    .await;
-    assert_eq!(
-        metric(&daemon, "k8s_copycat_on_the_fly_seconds_count").await.as_deref(),
-        Some("2")
-    );
+    wait_counted(&daemon, "present", 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
