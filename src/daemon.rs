@@ -47,7 +47,6 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let dockerhub = copier.registries().get("docker.io");
     let verify_copier = copier.clone();
     let queue = Queue::start(copier, queue);
-    let target = target.registry;
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
     let identity = leader::identity();

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Problem};
-use crate::copy::{Copier, CopyOptions};
+use crate::config::{Config, Problem, TargetKind};
+use crate::copy::{Copier, CopyOptions, PullThrough};
 use crate::destination::Target;
 use crate::events;
 use crate::naming::NamingError;
@@ -73,8 +73,9 @@ pub struct DaemonParts {
     /// The URL of the API server the client talks to (without any user information), named when
     /// watches fail.
     pub api_server: String,
-    /// Where images are mirrored to; `registry` is what the planner prefixes repositories with.
-    pub target: Target,
+    /// Where images are mirrored to, as the start line names it: the target registry (with its
+    /// path), or the pull-through caches by source registry.
+    pub target: String,
     /// The copy engine over the registry clients.
     pub copier: Copier,
     /// How the queue works.
@@ -93,10 +94,16 @@ impl DaemonParts {
     /// first image needs one).
     pub async fn build(config: &Config) -> Result<DaemonParts, WiringError> {
         let (client, api_server) = kube_client(config).await?;
-        let target = Target::from_config(config).await;
-        let targets = [target.clone()];
+        let targets = Target::from_config(config).await;
+        let target: Vec<String> = match config.target_kind {
+            TargetKind::PullThrough => (config.pull_through.caches.iter())
+                .map(|(source, cache)| format!("{source}={cache}"))
+                .collect(),
+            TargetKind::Ecr | TargetKind::Docker => targets.iter().map(|t| t.registry.clone()).collect(),
+        };
+        let target = target.join(",");
         let copier = copier(config, registries(config, &targets)?, &targets);
-        let planner = Planner::new(config, &target.registry)?;
+        let planner = Planner::new(config, &target)?;
         Ok(DaemonParts {
             client,
             api_server,
@@ -255,15 +262,18 @@ pub fn copier(config: &Config, registries: Registries, targets: &[Target]) -> Co
     copier
 }
 
-/// The copier of the one-shot commands for images written to `target_hosts`.
+/// The copier of the one-shot commands for images written to (or, for pull-through caches, read
+/// through) `target_hosts`.
 pub async fn command_copier(config: &Config, target_hosts: &[&str]) -> Result<Copier, WiringError> {
-    let mut targets: Vec<Target> = Vec::new();
-    for host in target_hosts {
-        if !targets.iter().any(|t| t.host.eq_ignore_ascii_case(host)) {
-            targets.push(Target::for_host(config, host).await);
-        }
-    }
+    let targets = Target::for_hosts(config, target_hosts).await;
     Ok(copier(config, registries(config, &targets)?, &targets))
+}
+
+/// How to fill pull-through cache targets (`pullThrough.blobs`).
+pub fn pull_through(config: &Config) -> PullThrough {
+    PullThrough {
+        blobs: config.pull_through.blobs,
+    }
 }
 
 fn non_empty_path(path: &str) -> Option<PathBuf> {
@@ -280,6 +290,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         blob_concurrency: config.blob_concurrency as usize,
         deadline: config.image_deadline,
         source_credentials: vec![],
+        pull_through: None,
     }
 }
 
@@ -299,7 +310,10 @@ pub fn queue_options(config: &Config) -> QueueOptions {
         retry_backoff: DEFAULT_RETRY_BACKOFF,
         max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
         positive_ttl,
-        copy: copy_options(config, vec![]),
+        copy: CopyOptions {
+            pull_through: (config.target_kind == TargetKind::PullThrough).then(|| pull_through(config)),
+            ..copy_options(config, vec![])
+        },
         dry_pull: config.dry_pull,
         status_capacity: DEFAULT_STATUS_CAPACITY,
         ignore_missing_platforms: config.ignore_missing_platforms.iter().map(|p| p.0.clone()).collect(),

@@ -105,12 +105,10 @@ pub struct Exclusions {
 }
 
 impl Exclusions {
-    /// From the normalised `excludeRegistries` and the target `registry[/path]`, if any.
-    pub fn new(exclude_registries: &[String], target: Option<&str>) -> Self {
+    /// From the normalised `excludeRegistries` and the targets' `registry[/path]`s.
+    pub fn new(exclude_registries: &[String], targets: &[&str]) -> Self {
         let mut prefixes = exclude_registries.to_vec();
-        if let Some(target) = target {
-            prefixes.push(target.trim_end_matches('/').to_ascii_lowercase());
-        }
+        prefixes.extend(targets.iter().map(|t| t.trim_end_matches('/').to_ascii_lowercase()));
         Exclusions { prefixes }
     }
 
@@ -606,7 +604,7 @@ mod tests {
     fn exclusions() {
         let ex = Exclusions::new(
             &strings(&["docker.io/library", "registry.gitlab.com/group", "quay.io"]),
-            Some("mirror.example.com/"),
+            &["mirror.example.com/"],
         );
         let cases = [
             ("nginx", Some("docker.io/library")),
@@ -677,6 +675,9 @@ pub struct Planner {
     check_node_platform: bool,
     use_image_pull_secrets: bool,
     digest_tag_template: Option<String>,
+    /// With `targetKind: pullThrough`, the cache of each source registry (`pullThrough.caches`):
+    /// images are read through it, named after the source, instead of copied to `target_host`.
+    caches: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The outcome of planning.
@@ -775,7 +776,8 @@ impl Claims {
 pub struct ExcludedImage {
     /// The image reference as the workloads give it.
     pub source: String,
-    /// The `excludeRegistries` entry, or the target `registry[/path]`, it falls under.
+    /// The `excludeRegistries` entry, or the target `registry[/path]`, it falls under (or, for
+    /// pull-through caches, that no cache is configured for its registry).
     pub rule: String,
     /// Who uses it (the most recent few).
     pub users: Vec<Workload>,
@@ -788,17 +790,24 @@ enum Planned {
 }
 
 impl Planner {
-    /// A planner for `config`, mirroring into `target` (`host[:port][/path]`).
+    /// A planner for `config`, mirroring into `target` (`host[:port][/path]`); with `targetKind:
+    /// pullThrough`, into the caches of `pullThrough.caches` instead (`target` is not used).
     pub fn new(config: &Config, target: &str) -> Result<Planner, NamingError> {
         let (host, path) = target.split_once('/').unwrap_or((target, ""));
         let prefix = match config.target_kind {
             TargetKind::Docker => config.docker.repo_prefix.clone(),
             TargetKind::Ecr => config.ecr.repo_prefix.clone(),
+            TargetKind::PullThrough => String::new(),
+        };
+        let caches = (config.target_kind == TargetKind::PullThrough).then(|| config.pull_through.caches.clone());
+        let targets: Vec<&str> = match &caches {
+            Some(caches) => caches.values().map(String::as_str).collect(),
+            None => vec![target],
         };
         Ok(Planner {
             scope: NamespaceScope::new(&config.include_namespaces, &config.skip_namespaces),
             skip: SkipList::new(&config.skip_names),
-            exclusions: Exclusions::new(&config.exclude_registries, Some(target)),
+            exclusions: Exclusions::new(&config.exclude_registries, &targets),
             rules: PathRule::compile(&config.path_map)?.into(),
             mirrored: workload::kinds_named(&config.watch_resources),
             target_host: host.to_ascii_lowercase(),
@@ -810,6 +819,7 @@ impl Planner {
             check_node_platform: config.check_node_platform,
             use_image_pull_secrets: config.use_image_pull_secrets,
             digest_tag_template: config.digest_tag_template.clone(),
+            caches,
         })
     }
 
@@ -916,6 +926,17 @@ impl Planner {
             (Some(d), true) => image.with_digest(d.clone()),
             _ => image,
         };
+        if let Some(caches) = &self.caches {
+            return Ok(match caches.get(source.registry()) {
+                Some(cache) => Planned::Task(MirrorTask::new(
+                    CopyRequest::through_cache(source, cache).map_err(InvalidImage::Naming)?,
+                )),
+                None => Planned::Excluded {
+                    rule: format!("pullThrough.caches (no cache for {})", source.registry()),
+                    source,
+                },
+            });
+        }
         let naming = TargetNaming {
             prefix: self.prefix.clone(),
             rules: self.rules.clone(),
