@@ -534,7 +534,28 @@ mod tests {
         else {
             panic!("not a copy")
         };
-        assert_eq!((c.source.as_str(), c.target.as_str(), c.platforms.len()), ("a", "b", 2));
+        assert_eq!(
+            (
+                c.source.as_str(),
+                c.target.as_deref(),
+                c.platforms.len(),
+                c.pull_through
+            ),
+            ("a", Some("b"), 2, false)
+        );
+        assert!(parse(&["copy", "a"]).is_err(), "DST is required");
+        let Some(Command::Copy(c)) = parse(&["copy", "--pull-through", "a"]).unwrap().command else {
+            panic!("not a copy")
+        };
+        assert_eq!(
+            (c.target, c.pull_through),
+            (None, true),
+            "the cache may come from pullThrough.caches"
+        );
+        assert!(
+            parse(&["copy", "--pull-through", "a", "c", "--platform", "linux/amd64"]).is_err(),
+            "a cache is read through for every platform"
+        );
         let Some(Command::Sync(s)) = parse(&["sync", "--images", "f.yaml", "--jobs", "8", "--dry-run"])
             .unwrap()
             .command

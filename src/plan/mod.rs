@@ -409,6 +409,66 @@ mod tests {
         );
     }
 
+    #[test]
+    fn pull_through_reads_images_at_their_registry_s_cache() {
+        let digest = format!("sha256:{HEX}");
+        let inv = inventory(vec![
+            (
+                POD,
+                seen(
+                    "a",
+                    "p",
+                    &[
+                        ("nginx:1.25", None),
+                        (&format!("ghcr.io/org/app@{digest}"), None),
+                        ("quay.io/org/tool:2", None),
+                        ("harbor.example.com/dockerhub-proxy/library/redis:7", None),
+                    ],
+                    None,
+                ),
+            ),
+            (DEPLOY, seen("a", "d", &[("ghcr.io/org/app:1.0", Some(&digest))], None)),
+        ]);
+        let mut config = config(&[("DIGEST_PULL", "true"), ("TARGET_REPO_PREFIX", "ignored/$namespace")]);
+        config.target_kind = TargetKind::PullThrough;
+        config.pull_through.caches = [
+            ("docker.io", "harbor.example.com/dockerhub-proxy"),
+            ("ghcr.io", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ghcr"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        let plan = Planner::new(&config, "").unwrap().plan(&inv);
+        assert_eq!(
+            targets(&plan),
+            vec![
+                format!(
+                    "ghcr.io/org/app:1.0@{digest} -> 123456789012.dkr.ecr.eu-west-1.amazonaws.com/ghcr/org/app:1.0"
+                ),
+                format!(
+                    "ghcr.io/org/app@{digest} -> 123456789012.dkr.ecr.eu-west-1.amazonaws.com/ghcr/org/app@{digest}"
+                ),
+                "docker.io/library/nginx:1.25 -> harbor.example.com/dockerhub-proxy/library/nginx:1.25".to_owned(),
+            ],
+            "named after the source at its cache, by the source's own tag or digest (no anchor tag, no prefix)"
+        );
+        let excluded: Vec<(&str, &str)> = plan
+            .excluded
+            .iter()
+            .map(|e| (e.source.as_str(), e.rule.as_str()))
+            .collect();
+        assert_eq!(
+            excluded,
+            [
+                (
+                    "harbor.example.com/dockerhub-proxy/library/redis:7",
+                    "harbor.example.com/dockerhub-proxy"
+                ),
+                ("quay.io/org/tool:2", "pullThrough.caches (no cache for quay.io)"),
+            ],
+            "images at a cache are not read through it again; a registry without a cache is not guessed"
+        );
+    }
+
     fn config_with_node_platform_off() -> Config {
         config(&[("DIGEST_PULL", "false"), ("CHECK_NODE_PLATFORM", "true")])
     }

@@ -110,7 +110,7 @@ impl Client {
             return Ok(rb);
         }
         Ok(match &self.mode {
-            RegistryMode::Plain | RegistryMode::Tls => rb,
+            RegistryMode::Plain | RegistryMode::Tls | RegistryMode::Proxy { .. } => rb,
             RegistryMode::Basic { user, pass } | RegistryMode::BasicTls { user, pass } => {
                 rb.basic_auth(user, Some(pass))
             }

@@ -53,6 +53,15 @@ pub enum RegistryMode {
         /// Password the token server accepts.
         pass: String,
     },
+    /// HTTP, anonymous, as a pull-through cache (distribution's proxy mode, `proxy.remoteurl`) of
+    /// another registry: pulls of content it lacks are fetched from the remote and stored; pushes
+    /// are refused.
+    Proxy {
+        /// The remote's URL, e.g. `http://127.0.0.1:5000` (HTTP: the cache trusts no test CA).
+        remote: String,
+        /// Credentials the cache presents to the remote, if it needs them.
+        remote_credentials: Option<(String, String)>,
+    },
 }
 
 impl RegistryMode {
@@ -80,6 +89,18 @@ impl RegistryMode {
         }
     }
 
+    /// `Proxy` for the plain-HTTP registry `remote`, with its credentials.
+    pub fn proxy_of(remote: &Registry) -> RegistryMode {
+        assert!(
+            !remote.mode().is_tls(),
+            "a test pull-through cache reaches its remote over HTTP only"
+        );
+        RegistryMode::Proxy {
+            remote: remote.url(),
+            remote_credentials: remote.credentials(),
+        }
+    }
+
     /// Whether the registry speaks HTTPS.
     pub fn is_tls(&self) -> bool {
         matches!(self, RegistryMode::Tls | RegistryMode::BasicTls { .. })
@@ -88,7 +109,7 @@ impl RegistryMode {
     /// The credentials clients must present, if any.
     pub fn credentials(&self) -> Option<(String, String)> {
         match self {
-            RegistryMode::Plain | RegistryMode::Tls => None,
+            RegistryMode::Plain | RegistryMode::Tls | RegistryMode::Proxy { .. } => None,
             RegistryMode::Basic { user, pass }
             | RegistryMode::BasicTls { user, pass }
             | RegistryMode::Token { user, pass } => Some((user.clone(), pass.clone())),
@@ -338,7 +359,7 @@ impl Registry {
                 write_file(&d, "token-root.crt", c.signing_cert_pem.as_bytes())?;
                 self.token = Some(TokenServer::start(user, pass)?);
             }
-            RegistryMode::Plain | RegistryMode::Tls => {}
+            RegistryMode::Plain | RegistryMode::Tls | RegistryMode::Proxy { .. } => {}
         }
         Ok(())
     }
@@ -382,6 +403,16 @@ impl Registry {
                     token::ISSUER,
                     q(&d.join("token-root.crt"))
                 );
+            }
+            RegistryMode::Proxy {
+                remote,
+                remote_credentials,
+            } => {
+                let quoted = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+                y += &format!("proxy:\n  remoteurl: {}\n", quoted(remote));
+                if let Some((user, pass)) = remote_credentials {
+                    y += &format!("  username: {}\n  password: {}\n", quoted(user), quoted(pass));
+                }
             }
             RegistryMode::Plain | RegistryMode::Tls => {}
         }
