@@ -14,6 +14,7 @@ mod first_run;
 mod image;
 mod leader;
 mod manifests;
+mod pull_through;
 mod queue;
 mod real_cluster;
 mod registry;

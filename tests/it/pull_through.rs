@@ -1,0 +1,215 @@
+//! Pull-through caches as targets: docker-registry in proxy mode (`proxy.remoteurl`) in front of a
+//! source registry, filled by copycat reading images through it, and checked with the source
+//! stopped: only what the cache stored can then be served.
+
+use std::time::{Duration, Instant};
+
+use copycat::copy::{CopyOptions, CopyRequest, Outcome, PullThrough};
+use copycat::reference::ImageRef;
+use testkit::{Image, Registry, RegistryMode, skopeo_copy, skopeo_digest};
+
+use crate::copy::copier;
+use crate::support::start;
+
+/// How long a cache may take to commit what was pulled through it: distribution writes a blob to
+/// its storage while (or after) it serves it.
+const STORED_WITHIN: Duration = Duration::from_secs(30);
+
+/// One image of each kind a cache must hold whole: a single image, an OCI index with attestations,
+/// a Docker manifest list, a Helm chart (OCI artifact).
+pub(crate) fn images() -> Vec<(&'static str, Image)> {
+    vec![
+        ("app/single", Image::oci("amd64", &[4096, 100_000], 70).unwrap()),
+        ("app/multi", Image::oci_index(&[3000, 20_000], true, 71).unwrap()),
+        ("app/list", Image::docker_manifest_list(&[3000], 72).unwrap()),
+        ("charts/demo", Image::helm_chart(5000, 73).unwrap()),
+    ]
+}
+
+/// A source registry and a pull-through cache of it.
+pub(crate) fn source_and_cache() -> (Registry, Registry) {
+    let src = start(RegistryMode::Plain);
+    let cache = start(RegistryMode::proxy_of(&src));
+    (src, cache)
+}
+
+/// Whether the cache's own storage holds the blob or manifest `digest`.
+fn stored(cache: &Registry, digest: &str) -> bool {
+    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+    let data = format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]);
+    cache.data_dir().join(data).is_file()
+}
+
+/// Waits until the cache's storage holds every one of `digests` (at most [`STORED_WITHIN`]);
+/// returns those it still lacks.
+pub(crate) async fn wait_stored(cache: &Registry, digests: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + STORED_WITHIN;
+    loop {
+        let missing: Vec<String> = digests.iter().filter(|d| !stored(cache, d)).cloned().collect();
+        if missing.is_empty() || Instant::now() >= deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every manifest and blob digest of `image`.
+pub(crate) fn every_digest(image: &Image) -> Vec<String> {
+    let blobs = image.all_blobs().into_iter().map(|b| b.digest.clone());
+    image.all_manifest_digests().into_iter().chain(blobs).collect()
+}
+
+/// Requests the cache received other than reads.
+pub(crate) fn writes(cache: &Registry) -> Vec<String> {
+    cache
+        .requests()
+        .iter()
+        .filter(|r| !matches!(r.method.as_str(), "GET" | "HEAD"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+/// `src/reference` read through `cache` (no path prefix: distribution serves one remote).
+fn through(src: &Registry, cache: &Registry, reference: &str) -> CopyRequest {
+    let source = ImageRef::parse(&format!("{}/{reference}", src.host())).unwrap();
+    CopyRequest::through_cache(source, &cache.host()).unwrap()
+}
+
+fn warming(blobs: bool) -> CopyOptions {
+    CopyOptions {
+        pull_through: Some(PullThrough { blobs }),
+        ..CopyOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn an_image_read_through_the_cache_is_served_by_it_with_the_source_stopped() {
+    let (mut src, cache) = source_and_cache();
+    let dst = start(RegistryMode::Plain);
+    let copier = copier(&[&src, &cache]);
+    let images = images();
+    for (repo, image) in &images {
+        image.push(&src, repo, "v1").await.unwrap();
+    }
+    // One by digest alone: the cache is asked for the digest, never for an invented tag.
+    let (pinned_repo, pinned) = &images[1];
+    let by_digest = through(&src, &cache, &format!("{pinned_repo}@{}", pinned.digest));
+    assert_eq!(
+        by_digest.target_display(by_digest.source.digest()),
+        format!("{}/{pinned_repo}@{}", cache.host(), pinned.digest)
+    );
+
+    for (repo, image) in &images {
+        let req = through(&src, &cache, &format!("{repo}:v1"));
+        assert_eq!(req.target_display(None), format!("{}/{repo}:v1", cache.host()));
+        let report = copier
+            .copy(&req, &warming(true))
+            .await
+            .unwrap_or_else(|e| panic!("{repo}: {e}"));
+        assert_eq!(report.outcome, Outcome::Warmed, "{repo}");
+        assert_eq!(
+            report.digest.as_ref().map(ToString::to_string),
+            Some(image.digest.clone()),
+            "{repo}"
+        );
+        assert_eq!(
+            report.blobs_warmed as usize,
+            image.all_blobs().len(),
+            "{repo}: every blob, once"
+        );
+        assert_eq!(report.bytes, image.total_blob_size(), "{repo}");
+    }
+    let again = copier.copy(&by_digest, &warming(true)).await.unwrap();
+    assert_eq!(
+        again.digest.as_ref().map(ToString::to_string),
+        Some(pinned.digest.clone())
+    );
+
+    for (repo, image) in &images {
+        let missing = wait_stored(&cache, &every_digest(image)).await;
+        assert!(missing.is_empty(), "{repo}: the cache's storage lacks {missing:?}");
+    }
+    src.stop();
+    for (repo, image) in &images {
+        assert_eq!(
+            skopeo_digest(&cache, &format!("{repo}:v1")).await.unwrap(),
+            image.digest,
+            "{repo}"
+        );
+        skopeo_copy(&cache, &format!("{repo}:v1"), &dst, &format!("{repo}:v1"))
+            .await
+            .unwrap_or_else(|e| panic!("{repo}: the cache cannot serve the whole image without its source: {e:#}"));
+        assert_eq!(
+            skopeo_digest(&dst, &format!("{repo}:v1")).await.unwrap(),
+            image.digest,
+            "{repo}"
+        );
+    }
+    assert_eq!(writes(&cache), Vec::<String>::new(), "copycat never writes to a cache");
+}
+
+#[tokio::test]
+async fn manifests_only_leaves_the_blobs_to_the_cache() {
+    let (mut src, cache) = source_and_cache();
+    let copier = copier(&[&src, &cache]);
+    let (repo, image) = &images()[1];
+    image.push(&src, repo, "v1").await.unwrap();
+
+    let report = copier
+        .copy(&through(&src, &cache, &format!("{repo}:v1")), &warming(false))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.outcome, report.blobs_warmed, report.bytes),
+        (Outcome::Warmed, 0, 0)
+    );
+    let missing = wait_stored(&cache, &image.all_manifest_digests()).await;
+    assert!(
+        missing.is_empty(),
+        "the cache's storage lacks the manifests {missing:?}"
+    );
+    let blobs: Vec<&str> = image.all_blobs().iter().map(|b| b.digest.as_str()).collect();
+    let fetched: Vec<&&str> = blobs.iter().filter(|d| stored(&cache, d)).collect();
+    assert!(
+        fetched.is_empty(),
+        "no blob was read through the cache, yet it stores {fetched:?}"
+    );
+
+    src.stop();
+    assert_eq!(
+        skopeo_digest(&cache, &format!("{repo}:v1")).await.unwrap(),
+        image.digest,
+        "the manifests are served"
+    );
+    let dst = start(RegistryMode::Plain);
+    assert!(
+        skopeo_copy(&cache, &format!("{repo}:v1"), &dst, "copy:v1")
+            .await
+            .is_err(),
+        "without its source the cache cannot serve blobs it never fetched"
+    );
+    assert_eq!(writes(&cache), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_image_the_source_lacks_is_reported_as_a_missing_source() {
+    let (src, cache) = source_and_cache();
+    let copier = copier(&[&src, &cache]);
+    let err = copier
+        .copy(&through(&src, &cache, "app/none:v1"), &warming(true))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "source {}/app/none:v1 (through the pull-through cache as {}/app/none:v1) not found",
+            src.host(),
+            cache.host()
+        )),
+        "{text}"
+    );
+    assert!(
+        err.is_transient(),
+        "retried after the cooldown, like any missing source"
+    );
+}
