@@ -6,10 +6,16 @@ use std::time::{Duration, Instant};
 
 use copycat::copy::{CopyOptions, CopyRequest, Outcome, PullThrough};
 use copycat::reference::ImageRef;
+use testkit::apiserver::ApiServer;
 use testkit::{Image, Registry, RegistryMode, skopeo_copy, skopeo_digest};
 
+use crate::commands::{copycat, text};
 use crate::copy::copier;
-use crate::support::start;
+use crate::server::{Daemon, deployment, sample};
+use crate::support::{config_file, eventually, start};
+
+/// How long a black-box test waits for the daemon to do something.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// How long a cache may take to commit what was pulled through it: distribution writes a blob to
 /// its storage while (or after) it serves it.
@@ -212,4 +218,203 @@ async fn an_image_the_source_lacks_is_reported_as_a_missing_source() {
         err.is_transient(),
         "retried after the cooldown, like any missing source"
     );
+}
+
+#[tokio::test]
+async fn the_daemon_fills_the_cache_with_what_the_cluster_runs() {
+    let (mut src, cache) = source_and_cache();
+    let (other, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let images = images();
+    for (repo, image) in &images {
+        image.push(&src, repo, "v1").await.unwrap();
+    }
+    Image::oci("amd64", &[1000], 74)
+        .unwrap()
+        .push(&other, "lib/elsewhere", "1")
+        .await
+        .unwrap();
+    let server = ApiServer::new();
+    let mut used: Vec<String> = images
+        .iter()
+        .map(|(repo, _)| format!("{}/{repo}:v1", src.host()))
+        .collect();
+    used.push(format!("{}/lib/elsewhere:1", other.host()));
+    server.apply(deployment("web", &used)).unwrap();
+    let running = server.serve().unwrap();
+    let config = config_file(&format!(
+        "targetKind: pullThrough\npullThrough:\n  caches:\n    \"{}\": \"{}\"\n",
+        src.host(),
+        cache.host()
+    ));
+    let daemon = Daemon::start(
+        running.kubeconfig_path(),
+        &[
+            ("CONFIG_PATH", &config.path().display().to_string()),
+            ("FAILURE_COOLDOWN_MINUTES", "0"),
+        ],
+    );
+
+    for (repo, image) in &images {
+        let target = format!("{}/{repo}:v1", cache.host());
+        eventually(&format!("{target} warmed"), WAIT, async || {
+            daemon
+                .status_of(&target)
+                .await
+                .is_some_and(|s| s["state"] == "mirrored")
+        })
+        .await;
+        let status = daemon.status_of(&target).await.unwrap();
+        assert_eq!(status["digest"], image.digest.as_str(), "{status}");
+        assert_eq!(status["source"], format!("{}/{repo}:v1", src.host()), "{status}");
+    }
+    let (_, excluded) = daemon.json("GET", "/status?state=excluded", None).await;
+    let excluded = excluded.as_array().unwrap();
+    assert_eq!(excluded.len(), 1, "{excluded:?}");
+    assert_eq!(excluded[0]["source"], format!("{}/lib/elsewhere:1", other.host()));
+    assert_eq!(
+        excluded[0]["excludedBy"],
+        format!("pullThrough.caches (no cache for {})", other.host()),
+        "a registry without a cache is reported, not guessed"
+    );
+    let (_, metrics) = daemon.get("/metrics").await;
+    let blobs: usize = images.iter().map(|(_, i)| i.all_blobs().len()).sum();
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"k8s_copycat_mirror_duration_seconds_count{result="warmed"}"#
+        ),
+        Some(images.len() as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, r#"k8s_copycat_blobs_total{outcome="warmed"}"#),
+        Some(blobs as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, r#"k8s_copycat_tasks{state="mirrored"}"#),
+        Some(images.len() as f64),
+        "{metrics}"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        other
+            .requests()
+            .iter()
+            .all(|r| r.user_agent != format!("copycat/{}", env!("CARGO_PKG_VERSION"))),
+        "the registry without a cache is never asked"
+    );
+
+    for (repo, image) in &images {
+        let missing = wait_stored(&cache, &every_digest(image)).await;
+        assert!(missing.is_empty(), "{repo}: the cache's storage lacks {missing:?}");
+    }
+    src.stop();
+    for (repo, image) in &images {
+        skopeo_copy(&cache, &format!("{repo}:v1"), &dst, &format!("{repo}:v1"))
+            .await
+            .unwrap_or_else(|e| panic!("{repo}: the cache cannot serve the whole image without its source: {e:#}"));
+        assert_eq!(
+            skopeo_digest(&dst, &format!("{repo}:v1")).await.unwrap(),
+            image.digest,
+            "{repo}"
+        );
+    }
+    assert_eq!(writes(&cache), Vec::<String>::new(), "copycat never writes to a cache");
+}
+
+#[tokio::test]
+async fn copy_and_sync_read_through_a_cache_with_pull_through() {
+    let (mut src, cache) = source_and_cache();
+    let images = images();
+    for (repo, image) in &images {
+        image.push(&src, repo, "v1").await.unwrap();
+    }
+    let (single, multi) = (&images[0], &images[1]);
+
+    // `copy --pull-through SRC` finds the cache in pullThrough.caches; manifests only, as configured.
+    let config = config_file(&format!(
+        "pullThrough:\n  caches:\n    \"{}\": \"{}\"\n  blobs: false\n",
+        src.host(),
+        cache.host()
+    ));
+    let config_path = config.path().display().to_string();
+    let source = format!("{}/{}:v1", src.host(), single.0);
+    let out = copycat(&["copy", "--pull-through", &source], &[("CONFIG_PATH", &config_path)]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains(&format!("warmed: {source} → {}/{}:v1", cache.host(), single.0))
+            && all.contains("0 blobs read through"),
+        "{all}"
+    );
+    assert!(all.contains("1 warmed through a pull-through cache"), "{all}");
+    let missing = wait_stored(&cache, &single.1.all_manifest_digests()).await;
+    assert!(missing.is_empty(), "{missing:?}");
+    assert!(
+        single.1.all_blobs().iter().all(|b| !stored(&cache, &b.digest)),
+        "manifests only"
+    );
+
+    // `sync --pull-through`: targetRepoPrefix is the cache; every blob (the default).
+    let list = config_file(&format!(
+        "targetRepoPrefix: {}\nimages:\n  - source: {}/{}:v1\n  - source: {}/{}@{}\n",
+        cache.host(),
+        src.host(),
+        images[3].0,
+        src.host(),
+        multi.0,
+        multi.1.digest
+    ));
+    let list_path = list.path().display().to_string();
+    let out = copycat(&["sync", "--pull-through", "--images", &list_path], &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("2 warmed through a pull-through cache"), "{all}");
+    for image in [&images[3].1, &multi.1] {
+        let missing = wait_stored(&cache, &every_digest(image)).await;
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
+    // An entry the cache cannot serve as it is, and a source without a cache, are refused.
+    let tagged = config_file(&format!(
+        "targetRepoPrefix: {}\nimages:\n  - source: {}/{}:v1\n    tag: other\n",
+        cache.host(),
+        src.host(),
+        single.0
+    ));
+    let out = copycat(
+        &[
+            "sync",
+            "--pull-through",
+            "--images",
+            &tagged.path().display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("images[0]") && text(&out).contains("tag does not apply with --pull-through"),
+        "{}",
+        text(&out)
+    );
+    let out = copycat(
+        &["copy", "--pull-through", "quay.io/org/app:1"],
+        &[("CONFIG_PATH", &config_path)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("pullThrough.caches has no cache for quay.io"),
+        "{}",
+        text(&out)
+    );
+
+    src.stop();
+    let dst = start(RegistryMode::Plain);
+    skopeo_copy(&cache, &format!("{}@{}", multi.0, multi.1.digest), &dst, "multi:v1")
+        .await
+        .unwrap();
+    assert_eq!(skopeo_digest(&dst, "multi:v1").await.unwrap(), multi.1.digest);
+    assert_eq!(writes(&cache), Vec::<String>::new());
 }
