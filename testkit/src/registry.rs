@@ -53,14 +53,16 @@ pub enum RegistryMode {
         /// Password the token server accepts.
         pass: String,
     },
-    /// HTTP, anonymous, as a pull-through cache (distribution's proxy mode, `proxy.remoteurl`) of
-    /// another registry: pulls of content it lacks are fetched from the remote and stored; pushes
-    /// are refused.
+    /// HTTP as a pull-through cache (distribution's proxy mode, `proxy.remoteurl`) of another
+    /// registry: pulls of content it lacks are fetched from the remote and stored; pushes are
+    /// refused.
     Proxy {
         /// The remote's URL, e.g. `http://127.0.0.1:5000` (HTTP: the cache trusts no test CA).
         remote: String,
         /// Credentials the cache presents to the remote, if it needs them.
         remote_credentials: Option<(String, String)>,
+        /// Credentials clients must present to the cache (htpasswd Basic auth); `None`: anonymous.
+        credentials: Option<(String, String)>,
     },
 }
 
@@ -89,7 +91,7 @@ impl RegistryMode {
         }
     }
 
-    /// `Proxy` for the plain-HTTP registry `remote`, with its credentials.
+    /// `Proxy` for the plain-HTTP registry `remote` (with its credentials), anonymous.
     pub fn proxy_of(remote: &Registry) -> RegistryMode {
         assert!(
             !remote.mode().is_tls(),
@@ -98,6 +100,36 @@ impl RegistryMode {
         RegistryMode::Proxy {
             remote: remote.url(),
             remote_credentials: remote.credentials(),
+            credentials: None,
+        }
+    }
+
+    /// The same `Proxy` requiring `user:pass` of its clients (Basic auth).
+    pub fn with_auth(self, user: &str, pass: &str) -> RegistryMode {
+        match self {
+            RegistryMode::Proxy {
+                remote,
+                remote_credentials,
+                ..
+            } => RegistryMode::Proxy {
+                remote,
+                remote_credentials,
+                credentials: Some((user.into(), pass.into())),
+            },
+            other => panic!("with_auth is for Proxy, not {other:?}"),
+        }
+    }
+
+    /// The credentials of htpasswd Basic auth (Basic, BasicTls, Proxy with credentials), if any.
+    pub fn htpasswd_credentials(&self) -> Option<(&str, &str)> {
+        match self {
+            RegistryMode::Basic { user, pass }
+            | RegistryMode::BasicTls { user, pass }
+            | RegistryMode::Proxy {
+                credentials: Some((user, pass)),
+                ..
+            } => Some((user, pass)),
+            _ => None,
         }
     }
 
@@ -109,7 +141,8 @@ impl RegistryMode {
     /// The credentials clients must present, if any.
     pub fn credentials(&self) -> Option<(String, String)> {
         match self {
-            RegistryMode::Plain | RegistryMode::Tls | RegistryMode::Proxy { .. } => None,
+            RegistryMode::Plain | RegistryMode::Tls => None,
+            RegistryMode::Proxy { credentials, .. } => credentials.clone(),
             RegistryMode::Basic { user, pass }
             | RegistryMode::BasicTls { user, pass }
             | RegistryMode::Token { user, pass } => Some((user.clone(), pass.clone())),
@@ -340,26 +373,23 @@ impl Registry {
             write_file(&d.join("skopeo-certs"), "ca.crt", c.ca_pem.as_bytes())?;
             self.tls = Some(rustls_config(&c.ca_der)?);
         }
-        match &self.mode {
-            RegistryMode::Basic { user, pass } | RegistryMode::BasicTls { user, pass } => {
-                let htpasswd = crate::tools::htpasswd()?;
-                let out = Command::new(htpasswd)
-                    .args(["-Bbn", user, pass])
-                    .output()
-                    .context("running htpasswd")?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "htpasswd failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                write_file(&d, "htpasswd", &out.stdout)?;
-            }
-            RegistryMode::Token { user, pass } => {
-                let c = certs::certs()?;
-                write_file(&d, "token-root.crt", c.signing_cert_pem.as_bytes())?;
-                self.token = Some(TokenServer::start(user, pass)?);
-            }
-            RegistryMode::Plain | RegistryMode::Tls | RegistryMode::Proxy { .. } => {}
+        if let Some((user, pass)) = self.mode.htpasswd_credentials() {
+            let htpasswd = crate::tools::htpasswd()?;
+            let out = Command::new(htpasswd)
+                .args(["-Bbn", user, pass])
+                .output()
+                .context("running htpasswd")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "htpasswd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            write_file(&d, "htpasswd", &out.stdout)?;
+        }
+        if let RegistryMode::Token { user, pass } = &self.mode {
+            let c = certs::certs()?;
+            write_file(&d, "token-root.crt", c.signing_cert_pem.as_bytes())?;
+            self.token = Some(TokenServer::start(user, pass)?);
         }
         Ok(())
     }
@@ -387,13 +417,13 @@ impl Registry {
                 q(&d.join("certs/server.key"))
             );
         }
+        if self.mode.htpasswd_credentials().is_some() {
+            y += &format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                q(&d.join("htpasswd"))
+            );
+        }
         match &self.mode {
-            RegistryMode::Basic { .. } | RegistryMode::BasicTls { .. } => {
-                y += &format!(
-                    "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
-                    q(&d.join("htpasswd"))
-                );
-            }
             RegistryMode::Token { .. } => {
                 let realm = self.token_url().unwrap_or_default();
                 y += &format!(
@@ -407,6 +437,7 @@ impl Registry {
             RegistryMode::Proxy {
                 remote,
                 remote_credentials,
+                ..
             } => {
                 let quoted = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
                 y += &format!("proxy:\n  remoteurl: {}\n", quoted(remote));
@@ -414,7 +445,7 @@ impl Registry {
                     y += &format!("  username: {}\n  password: {}\n", quoted(user), quoted(pass));
                 }
             }
-            RegistryMode::Plain | RegistryMode::Tls => {}
+            RegistryMode::Plain | RegistryMode::Tls | RegistryMode::Basic { .. } | RegistryMode::BasicTls { .. } => {}
         }
         y
     }

@@ -12,7 +12,7 @@ use testkit::{Image, Registry, RegistryMode, skopeo_copy, skopeo_digest};
 use crate::commands::{copycat, text};
 use crate::copy::copier;
 use crate::server::{Daemon, deployment, sample};
-use crate::support::{config_file, eventually, start};
+use crate::support::{assert_no_secrets, config_file, credential_secrets, eventually, start};
 
 /// How long a black-box test waits for the daemon to do something.
 const WAIT: Duration = Duration::from_secs(30);
@@ -81,6 +81,27 @@ fn through(src: &Registry, cache: &Registry, reference: &str) -> CopyRequest {
     CopyRequest::through_cache(source, &cache.host()).unwrap()
 }
 
+/// Asserts that the cache's own storage holds every manifest and blob of each of `images` (tag
+/// `v1`), then, with `src` stopped, that it serves them whole (skopeo copies each from it, with its
+/// digest) and that it never received a write.
+async fn assert_served_without_source(src: &mut Registry, cache: &Registry, images: &[(&str, Image)]) {
+    for (repo, image) in images {
+        let missing = wait_stored(cache, &every_digest(image)).await;
+        assert!(missing.is_empty(), "{repo}: the cache's storage lacks {missing:?}");
+    }
+    src.stop();
+    let dst = start(RegistryMode::Plain);
+    for (repo, image) in images {
+        let reference = format!("{repo}:v1");
+        assert_eq!(skopeo_digest(cache, &reference).await.unwrap(), image.digest, "{repo}");
+        skopeo_copy(cache, &reference, &dst, &reference)
+            .await
+            .unwrap_or_else(|e| panic!("{repo}: the cache cannot serve the whole image without its source: {e:#}"));
+        assert_eq!(skopeo_digest(&dst, &reference).await.unwrap(), image.digest, "{repo}");
+    }
+    assert_eq!(writes(cache), Vec::<String>::new(), "copycat never writes to a cache");
+}
+
 fn warming(blobs: bool) -> CopyOptions {
     CopyOptions {
         pull_through: Some(PullThrough { blobs }),
@@ -91,7 +112,6 @@ fn warming(blobs: bool) -> CopyOptions {
 #[tokio::test]
 async fn an_image_read_through_the_cache_is_served_by_it_with_the_source_stopped() {
     let (mut src, cache) = source_and_cache();
-    let dst = start(RegistryMode::Plain);
     let copier = copier(&[&src, &cache]);
     let images = images();
     for (repo, image) in &images {
@@ -131,27 +151,7 @@ async fn an_image_read_through_the_cache_is_served_by_it_with_the_source_stopped
         Some(pinned.digest.clone())
     );
 
-    for (repo, image) in &images {
-        let missing = wait_stored(&cache, &every_digest(image)).await;
-        assert!(missing.is_empty(), "{repo}: the cache's storage lacks {missing:?}");
-    }
-    src.stop();
-    for (repo, image) in &images {
-        assert_eq!(
-            skopeo_digest(&cache, &format!("{repo}:v1")).await.unwrap(),
-            image.digest,
-            "{repo}"
-        );
-        skopeo_copy(&cache, &format!("{repo}:v1"), &dst, &format!("{repo}:v1"))
-            .await
-            .unwrap_or_else(|e| panic!("{repo}: the cache cannot serve the whole image without its source: {e:#}"));
-        assert_eq!(
-            skopeo_digest(&dst, &format!("{repo}:v1")).await.unwrap(),
-            image.digest,
-            "{repo}"
-        );
-    }
-    assert_eq!(writes(&cache), Vec::<String>::new(), "copycat never writes to a cache");
+    assert_served_without_source(&mut src, &cache, &images).await;
 }
 
 #[tokio::test]
@@ -222,8 +222,13 @@ async fn an_image_the_source_lacks_is_reported_as_a_missing_source() {
 
 #[tokio::test]
 async fn the_daemon_fills_the_cache_with_what_the_cluster_runs() {
-    let (mut src, cache) = source_and_cache();
-    let (other, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let mut src = start(RegistryMode::Plain);
+    // A cache that wants credentials, from registryCredentials.
+    let (user, password) = ("cache-reader", "cache-secret-41");
+    let cache = start(RegistryMode::proxy_of(&src).with_auth(user, password));
+    let anonymous = testkit::Client::anonymous(&cache).unwrap().ping().await.unwrap();
+    assert_eq!(anonymous.as_u16(), 401, "the cache wants credentials");
+    let other = start(RegistryMode::Plain);
     let images = images();
     for (repo, image) in &images {
         image.push(&src, repo, "v1").await.unwrap();
@@ -242,14 +247,17 @@ async fn the_daemon_fills_the_cache_with_what_the_cluster_runs() {
     server.apply(deployment("web", &used)).unwrap();
     let running = server.serve().unwrap();
     let config = config_file(&format!(
-        "targetKind: pullThrough\npullThrough:\n  caches:\n    \"{}\": \"{}\"\n",
+        "targetKind: pullThrough\npullThrough:\n  caches:\n    \"{}\": \"{}\"\n\
+         registryCredentials:\n  - {{registry: \"{}\", username: {user}, passwordEnv: CACHE_PASSWORD}}\n",
         src.host(),
+        cache.host(),
         cache.host()
     ));
     let daemon = Daemon::start(
         running.kubeconfig_path(),
         &[
             ("CONFIG_PATH", &config.path().display().to_string()),
+            ("CACHE_PASSWORD", password),
             ("FAILURE_COOLDOWN_MINUTES", "0"),
         ],
     );
@@ -296,8 +304,13 @@ async fn the_daemon_fills_the_cache_with_what_the_cluster_runs() {
         Some(images.len() as f64),
         "{metrics}"
     );
+    let (_, status) = daemon.get("/status").await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
+    assert_no_secrets(
+        &[("the log", &log), ("/status", &status), ("/metrics", &metrics)],
+        &credential_secrets(user, password),
+    );
     assert!(
         other
             .requests()
@@ -306,22 +319,7 @@ async fn the_daemon_fills_the_cache_with_what_the_cluster_runs() {
         "the registry without a cache is never asked"
     );
 
-    for (repo, image) in &images {
-        let missing = wait_stored(&cache, &every_digest(image)).await;
-        assert!(missing.is_empty(), "{repo}: the cache's storage lacks {missing:?}");
-    }
-    src.stop();
-    for (repo, image) in &images {
-        skopeo_copy(&cache, &format!("{repo}:v1"), &dst, &format!("{repo}:v1"))
-            .await
-            .unwrap_or_else(|e| panic!("{repo}: the cache cannot serve the whole image without its source: {e:#}"));
-        assert_eq!(
-            skopeo_digest(&dst, &format!("{repo}:v1")).await.unwrap(),
-            image.digest,
-            "{repo}"
-        );
-    }
-    assert_eq!(writes(&cache), Vec::<String>::new(), "copycat never writes to a cache");
+    assert_served_without_source(&mut src, &cache, &images).await;
 }
 
 #[tokio::test]
