@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use copycat::copy::{CopyOptions, CopyRequest, Outcome, PullThrough};
 use copycat::reference::ImageRef;
 use testkit::apiserver::ApiServer;
-use testkit::{Image, Registry, RegistryMode, skopeo_copy, skopeo_digest};
+use testkit::{Fault, FaultProxy, Image, Match, Registry, RegistryMode, skopeo_copy, skopeo_digest};
 
 use crate::commands::{copycat, text};
 use crate::copy::copier;
@@ -415,4 +415,50 @@ async fn copy_and_sync_read_through_a_cache_with_pull_through() {
         .unwrap();
     assert_eq!(skopeo_digest(&dst, "multi:v1").await.unwrap(), multi.1.digest);
     assert_eq!(writes(&cache), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_cache_serving_damaged_content_or_not_serving_the_image_fails_the_warm_up() {
+    let (src, cache) = source_and_cache();
+    // A fault proxy in front of the cache: the cache as copycat sees it.
+    let front = FaultProxy::start(&cache.url()).unwrap();
+    let image = Image::oci("amd64", &[20_000], 75).unwrap();
+    image.push(&src, "app/faulty", "v1").await.unwrap();
+    let copier = copier(&[&src, &cache]);
+    let source = ImageRef::parse(&format!("{}/app/faulty:v1", src.host())).unwrap();
+    let req = CopyRequest::through_cache(source, &front.host()).unwrap();
+    let layer = &image.blobs[1].digest;
+
+    front.set(Fault::corrupt_body(100).on(Match::new(Some("GET"), Some(&format!("/blobs/{layer}")))));
+    let err = copier.copy(&req, &warming(true)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("GET blob {}/app/faulty@{layer}", front.host())),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert_eq!(err.side(), copycat::registry::Side::Target, "the cache served it");
+
+    front.set(Fault::status(404).on(Match::new(Some("HEAD"), Some("/manifests/v1"))));
+    let err = copier.copy(&req, &warming(false)).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "pull-through cache {}/app/faulty:v1: does not serve it after",
+            front.host()
+        )),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    assert_eq!(front.faults_applied(), 2);
+
+    // A dry run asks the source for the digest and leaves the cache alone.
+    let before = front.requests().len();
+    let dry = CopyOptions {
+        dry_run: true,
+        ..warming(true)
+    };
+    let report = copier.copy(&req, &dry).await.unwrap();
+    assert_eq!(report.outcome, Outcome::WouldCopy);
+    assert_eq!(report.digest.map(|d| d.to_string()), Some(image.digest.clone()));
+    assert_eq!(front.requests().len(), before, "a dry run sends the cache nothing");
 }
