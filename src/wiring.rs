@@ -95,13 +95,17 @@ impl DaemonParts {
     pub async fn build(config: &Config) -> Result<DaemonParts, WiringError> {
         let (client, api_server) = kube_client(config).await?;
         let targets = Target::from_config(config).await;
-        let target: Vec<String> = match config.target_kind {
-            TargetKind::PullThrough => (config.pull_through.caches.iter())
-                .map(|(source, cache)| format!("{source}={cache}"))
-                .collect(),
-            TargetKind::Ecr | TargetKind::Docker => targets.iter().map(|t| t.registry.clone()).collect(),
+        let target = match config.target_kind {
+            TargetKind::PullThrough => {
+                let caches = config.pull_through.caches.iter();
+                let caches: Vec<String> = caches.map(|(source, cache)| format!("{source} → {cache}")).collect();
+                format!("pull-through caches {}", caches.join(", "))
+            }
+            TargetKind::Ecr | TargetKind::Docker => {
+                let registries: Vec<&str> = targets.iter().map(|t| t.registry.as_str()).collect();
+                registries.join(",")
+            }
         };
-        let target = target.join(",");
         let copier = copier(config, registries(config, &targets)?, &targets);
         let planner = Planner::new(config, &target)?;
         Ok(DaemonParts {

@@ -3,7 +3,8 @@
 //! it. So the image is read through the cache: its manifest by the source's tag (or digest), every
 //! manifest below an index, and every blob unless only manifests are wanted (blobs stream through
 //! digest verification and are dropped, never held whole); then a HEAD confirms the cache serves
-//! the manifest read. Nothing is written, and the source itself is not asked.
+//! the manifest read. Nothing is written, and the source itself is not asked (a dry run asks it for
+//! the digest and leaves the cache alone).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
