@@ -316,7 +316,8 @@ impl ZapFlags {
     }
 }
 
-fn flag_bool(s: &str) -> Result<bool, String> {
+/// A boolean flag value, spelled as in the config file (`--dry-run=yes`).
+fn flag_bool(s: &str) -> Result<bool, parse::ValueError> {
     parse::boolean(&parse::Input::Scalar(s.to_owned()))
 }
 
