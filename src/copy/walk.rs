@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 
@@ -83,7 +83,10 @@ impl Walk {
 }
 
 /// Reads blob `digest` of `repo` whole, re-hashing it as it streams and dropping the bytes (never
-/// held whole); `progress` counts them. A damaged blob is [`RegistryError::DigestMismatch`].
+/// held whole); `progress` counts the bytes of the read that succeeds. A damaged blob is
+/// [`RegistryError::DigestMismatch`]. A read broken off midway (a connection reset, a stall past
+/// the timeout) is started again within the registry's retry budget, as an upload would be; the
+/// request opening each read is retried by the registry client itself.
 pub(super) async fn drain_verified(
     registry: &Registry,
     repo: &str,
@@ -91,10 +94,24 @@ pub(super) async fn drain_verified(
     size: u64,
     progress: Arc<AtomicU64>,
 ) -> Result<(), RegistryError> {
-    let download = registry.get_blob(repo, digest).await?;
-    let mut stream = verify::verified(download.stream, digest, size, progress);
-    while let Some(chunk) = stream.next().await {
-        chunk?;
+    let mut retries = registry.retries(true);
+    loop {
+        let download = registry.get_blob(repo, digest).await?;
+        let read = Arc::new(AtomicU64::new(0));
+        let mut stream = verify::verified(download.stream, digest, size, read.clone());
+        let broken = loop {
+            match stream.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => {
+                    progress.fetch_add(read.load(Ordering::Relaxed), Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        };
+        match retries.after_failure(broken.is_retryable(), None) {
+            Some(delay) => registry.wait_to_retry(delay, &broken).await,
+            None => return Err(broken),
+        }
     }
-    Ok(())
 }

@@ -462,3 +462,31 @@ async fn a_cache_serving_damaged_content_or_not_serving_the_image_fails_the_warm
     assert_eq!(report.digest.map(|d| d.to_string()), Some(image.digest.clone()));
     assert_eq!(front.requests().len(), before, "a dry run sends the cache nothing");
 }
+
+#[tokio::test]
+async fn a_blob_read_broken_off_midway_is_read_again() {
+    let (src, cache) = source_and_cache();
+    let front = FaultProxy::start(&cache.url()).unwrap();
+    let image = Image::oci("amd64", &[200_000], 76).unwrap();
+    image.push(&src, "app/big", "v1").await.unwrap();
+    let copier = copier(&[&src, &cache]);
+    let source = ImageRef::parse(&format!("{}/app/big:v1", src.host())).unwrap();
+    let req = CopyRequest::through_cache(source, &front.host()).unwrap();
+    let layer = &image.blobs[1].digest;
+    front.set(Fault::drop_response_after(50_000).on(Match::new(Some("GET"), Some(&format!("/blobs/{layer}")))));
+
+    let report = copier.copy(&req, &warming(true)).await.unwrap();
+    assert_eq!(front.faults_applied(), 1, "the first read was broken off");
+    assert_eq!(report.outcome, Outcome::Warmed);
+    assert_eq!(
+        report.bytes,
+        image.total_blob_size(),
+        "the bytes of the reads that succeeded"
+    );
+    let reads = front
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&format!("/blobs/{layer}")))
+        .count();
+    assert_eq!(reads, 2, "read again once");
+}
