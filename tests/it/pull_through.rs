@@ -417,17 +417,50 @@ async fn copy_and_sync_read_through_a_cache_with_pull_through() {
     assert_eq!(writes(&cache), Vec::<String>::new());
 }
 
+/// A source with one image (`REPO:v1`, one layer), its cache, and a fault proxy in front of the
+/// cache: the cache as copycat sees it.
+struct Fronted {
+    _src: Registry,
+    _cache: Registry,
+    front: FaultProxy,
+    image: Image,
+    copier: copycat::copy::Copier,
+    /// The image read through the fault proxy.
+    req: CopyRequest,
+    /// Its layer's digest.
+    layer: String,
+}
+
+async fn fronted(repo: &str, layer_size: u64, seed: u64) -> Fronted {
+    let (src, cache) = source_and_cache();
+    let front = FaultProxy::start(&cache.url()).unwrap();
+    let image = Image::oci("amd64", &[layer_size], seed).unwrap();
+    image.push(&src, repo, "v1").await.unwrap();
+    let source = ImageRef::parse(&format!("{}/{repo}:v1", src.host())).unwrap();
+    let req = CopyRequest::through_cache(source, &front.host()).unwrap();
+    let layer = image.blobs[1].digest.clone();
+    Fronted {
+        copier: copier(&[&src, &cache]),
+        _src: src,
+        _cache: cache,
+        front,
+        image,
+        req,
+        layer,
+    }
+}
+
 #[tokio::test]
 async fn a_cache_serving_damaged_content_or_not_serving_the_image_fails_the_warm_up() {
-    let (src, cache) = source_and_cache();
-    // A fault proxy in front of the cache: the cache as copycat sees it.
-    let front = FaultProxy::start(&cache.url()).unwrap();
-    let image = Image::oci("amd64", &[20_000], 75).unwrap();
-    image.push(&src, "app/faulty", "v1").await.unwrap();
-    let copier = copier(&[&src, &cache]);
-    let source = ImageRef::parse(&format!("{}/app/faulty:v1", src.host())).unwrap();
-    let req = CopyRequest::through_cache(source, &front.host()).unwrap();
-    let layer = &image.blobs[1].digest;
+    let fronted = fronted("app/faulty", 20_000, 75).await;
+    let Fronted {
+        front,
+        image,
+        copier,
+        req,
+        layer,
+        ..
+    } = &fronted;
 
     front.set(Fault::corrupt_body(100).on(Match::new(Some("GET"), Some(&format!("/blobs/{layer}")))));
     let err = copier.copy(&req, &warming(true)).await.unwrap_err();
@@ -465,14 +498,15 @@ async fn a_cache_serving_damaged_content_or_not_serving_the_image_fails_the_warm
 
 #[tokio::test]
 async fn a_blob_read_broken_off_midway_is_read_again() {
-    let (src, cache) = source_and_cache();
-    let front = FaultProxy::start(&cache.url()).unwrap();
-    let image = Image::oci("amd64", &[200_000], 76).unwrap();
-    image.push(&src, "app/big", "v1").await.unwrap();
-    let copier = copier(&[&src, &cache]);
-    let source = ImageRef::parse(&format!("{}/app/big:v1", src.host())).unwrap();
-    let req = CopyRequest::through_cache(source, &front.host()).unwrap();
-    let layer = &image.blobs[1].digest;
+    let fronted = fronted("app/big", 200_000, 76).await;
+    let Fronted {
+        front,
+        image,
+        copier,
+        req,
+        layer,
+        ..
+    } = &fronted;
     front.set(Fault::drop_response_after(50_000).on(Match::new(Some("GET"), Some(&format!("/blobs/{layer}")))));
 
     let report = copier.copy(&req, &warming(true)).await.unwrap();
