@@ -463,7 +463,7 @@ async fn a_cache_serving_damaged_content_or_not_serving_the_image_fails_the_warm
     } = &fronted;
 
     front.set(Fault::corrupt_body(100).on(Match::new(Some("GET"), Some(&format!("/blobs/{layer}")))));
-    let err = copier.copy(&req, &warming(true)).await.unwrap_err();
+    let err = copier.copy(req, &warming(true)).await.unwrap_err();
     assert!(
         err.to_string()
             .contains(&format!("GET blob {}/app/faulty@{layer}", front.host())),
@@ -473,7 +473,7 @@ async fn a_cache_serving_damaged_content_or_not_serving_the_image_fails_the_warm
     assert_eq!(err.side(), copycat::registry::Side::Target, "the cache served it");
 
     front.set(Fault::status(404).on(Match::new(Some("HEAD"), Some("/manifests/v1"))));
-    let err = copier.copy(&req, &warming(false)).await.unwrap_err();
+    let err = copier.copy(req, &warming(false)).await.unwrap_err();
     assert!(
         err.to_string().starts_with(&format!(
             "pull-through cache {}/app/faulty:v1: does not serve it after",
@@ -490,7 +490,7 @@ async fn a_cache_serving_damaged_content_or_not_serving_the_image_fails_the_warm
         dry_run: true,
         ..warming(true)
     };
-    let report = copier.copy(&req, &dry).await.unwrap();
+    let report = copier.copy(req, &dry).await.unwrap();
     assert_eq!(report.outcome, Outcome::WouldCopy);
     assert_eq!(report.digest.map(|d| d.to_string()), Some(image.digest.clone()));
     assert_eq!(front.requests().len(), before, "a dry run sends the cache nothing");
@@ -509,7 +509,7 @@ async fn a_blob_read_broken_off_midway_is_read_again() {
     } = &fronted;
     front.set(Fault::drop_response_after(50_000).on(Match::new(Some("GET"), Some(&format!("/blobs/{layer}")))));
 
-    let report = copier.copy(&req, &warming(true)).await.unwrap();
+    let report = copier.copy(req, &warming(true)).await.unwrap();
     assert_eq!(front.faults_applied(), 1, "the first read was broken off");
     assert_eq!(report.outcome, Outcome::Warmed);
     assert_eq!(
