@@ -295,6 +295,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         deadline: config.image_deadline,
         source_credentials: vec![],
         pull_through: None,
+        repair: false,
     }
 }
 

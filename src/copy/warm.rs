@@ -161,6 +161,7 @@ fn report(outcome: Outcome, digest: Digest, bytes: u64, blobs: u32) -> CopyRepor
         blobs_mounted: 0,
         blobs_transferred: 0,
         blobs_warmed: blobs,
+        manifests_written: 0,
         missing_platforms: vec![],
         filtered: false,
     }
