@@ -277,4 +277,46 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn pull_through_targets() {
+        const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let mut config = crate::config::from_env(&[], crate::config::Purpose::OneShot);
+        config.pull_through.caches = [("docker.io".to_owned(), "harbor.example.com/hub".to_owned())].into();
+        let pinned = format!("ghcr.io/org/app@{D}");
+        let by_digest = format!("cache.example.com:5000/org/app@{D}");
+        // (SRC, CACHE, the image at the cache or the start of the error)
+        let cases: [(&str, Option<&str>, Result<&str, &str>); 6] = [
+            ("nginx:1.27", None, Ok("harbor.example.com/hub/library/nginx:1.27")),
+            (
+                "index.docker.io/bitnami/redis",
+                None,
+                Ok("harbor.example.com/hub/bitnami/redis:latest"),
+            ),
+            (&pinned, Some("Cache.Example.com:5000/"), Ok(&by_digest)),
+            (
+                "ghcr.io/org/app:1",
+                None,
+                Err("CACHE: not given, and pullThrough.caches has no cache for ghcr.io"),
+            ),
+            (
+                "ghcr.io/org/app:1",
+                Some("cache.example.com/Bad Path"),
+                Err("CACHE \"cache.example.com/bad path\""),
+            ),
+            ("Nginx", None, Err("SRC")),
+        ];
+        for (src, cache, want) in cases {
+            let got = pull_through_request(&config, src, cache)
+                .map(|r| r.target_display(r.source.digest()))
+                .map_err(|e| e.to_string());
+            match want {
+                Ok(w) => assert_eq!(got.as_deref(), Ok(w), "{src} {cache:?}"),
+                Err(prefix) => {
+                    let e = got.unwrap_err();
+                    assert!(e.starts_with(prefix), "{src} {cache:?}: {e}");
+                }
+            }
+        }
+    }
 }
