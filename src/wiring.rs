@@ -73,9 +73,9 @@ pub struct DaemonParts {
     /// The URL of the API server the client talks to (without any user information), named when
     /// watches fail.
     pub api_server: String,
-    /// Where images are mirrored to, as the start line names it: the target registry (with its
-    /// path), or the pull-through caches by source registry.
-    pub target: String,
+    /// Where images are mirrored to: the target `registry[/path]`, or with `targetKind:
+    /// pullThrough` each cache's `host[:port][/path]`. The planner excludes images already there.
+    pub targets: Vec<String>,
     /// The copy engine over the registry clients.
     pub copier: Copier,
     /// How the queue works.
@@ -95,23 +95,17 @@ impl DaemonParts {
     pub async fn build(config: &Config) -> Result<DaemonParts, WiringError> {
         let (client, api_server) = kube_client(config).await?;
         let targets = Target::from_config(config).await;
-        let target = match config.target_kind {
-            TargetKind::PullThrough => {
-                let caches = config.pull_through.caches.iter();
-                let caches: Vec<String> = caches.map(|(source, cache)| format!("{source} → {cache}")).collect();
-                format!("pull-through caches {}", caches.join(", "))
-            }
-            TargetKind::Ecr | TargetKind::Docker => {
-                let registries: Vec<&str> = targets.iter().map(|t| t.registry.as_str()).collect();
-                registries.join(",")
-            }
+        let addresses: Vec<String> = match config.target_kind {
+            TargetKind::PullThrough => config.pull_through.caches.values().cloned().collect(),
+            TargetKind::Ecr | TargetKind::Docker => targets.iter().map(|t| t.registry.clone()).collect(),
         };
         let copier = copier(config, registries(config, &targets)?, &targets);
-        let planner = Planner::new(config, &target)?;
+        // One target for ecr and docker; with pull-through caches the planner reads them itself.
+        let planner = Planner::new(config, addresses.first().map_or("", String::as_str))?;
         Ok(DaemonParts {
             client,
             api_server,
-            target,
+            targets: addresses,
             copier,
             queue: queue_options(config),
             planner,

@@ -309,7 +309,7 @@ fn describe(state: TargetState) -> (BackupState, String) {
 }
 
 /// `n what`, plural when `n` is not 1.
-fn count(n: usize, what: &str) -> String {
+pub(crate) fn count(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
