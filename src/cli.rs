@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Overrides, parse};
+pub use crate::node_config::Runtime;
 
 /// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
 pub const EXIT_USAGE: u8 = 2;
@@ -41,17 +42,19 @@ impl Cli {
     /// which would otherwise be accepted and ignored.
     pub fn checked(self) -> Result<Cli, clap::Error> {
         match &self.command {
-            Some(Command::Copy(_) | Command::Sync(_) | Command::Verify(_) | Command::Failover(_))
-                if self.daemon != DaemonFlags::default() =>
-            {
-                Err(Cli::command().error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
+            Some(
+                Command::Copy(_)
+                | Command::Sync(_)
+                | Command::Verify(_)
+                | Command::Failover(_)
+                | Command::NodeConfig(_),
+            ) if self.daemon != DaemonFlags::default() => Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
                      --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync`, \
-                     `verify` or `failover` (`verify --kubeconfig FILE` and `failover --kubeconfig FILE` \
-                     take their own)",
-                ))
-            }
+                     `verify`, `failover` or `node-config` (`verify`, `failover` and `node-config` take their own \
+                     --kubeconfig FILE)",
+            )),
             _ => Ok(self),
         }
     }
@@ -66,12 +69,12 @@ impl Cli {
         }
         let daemon = match &command {
             Command::Run(daemon) | Command::CheckConfig(daemon) => Some(daemon.clone()),
-            Command::Verify(VerifyArgs { kubeconfig, .. }) | Command::Failover(FailoverArgs { kubeconfig, .. }) => {
-                Some(DaemonFlags {
-                    kubeconfig: kubeconfig.clone(),
-                    ..DaemonFlags::default()
-                })
-            }
+            Command::Verify(VerifyArgs { kubeconfig, .. })
+            | Command::Failover(FailoverArgs { kubeconfig, .. })
+            | Command::NodeConfig(NodeConfigArgs { kubeconfig, .. }) => Some(DaemonFlags {
+                kubeconfig: kubeconfig.clone(),
+                ..DaemonFlags::default()
+            }),
             Command::Copy(_) | Command::Sync(_) => None,
         };
         let overrides = self.flags.overrides(daemon.as_ref());
@@ -167,6 +170,11 @@ pub enum Command {
     /// back (`--revert`), with your own kubeconfig. Exit 0 when everything in scope was switched or
     /// reverted, 1 when something was left as it is (listed), 2 for usage and configuration errors.
     Failover(FailoverArgs),
+    /// Write node runtime configuration (containerd `hosts.toml` files or a CRI-O `registries.conf`
+    /// drop-in) that lets nodes pull each source registry's images from the mirror when the upstream
+    /// fails (or first). Exit 0 when every registry was written, 1 when some cannot be expressed at
+    /// node level (listed with the reason), 2 for configuration and usage errors. See docs/restore.md.
+    NodeConfig(NodeConfigArgs),
 }
 
 /// Arguments of `copycat failover`.
@@ -200,6 +208,32 @@ pub struct FailoverArgs {
     /// `--dry-run` given on the command line (the global flag): decide and print, write nothing.
     #[arg(skip)]
     pub dry_run: bool,
+}
+
+/// Arguments of `copycat node-config`.
+#[derive(Debug, Args)]
+pub struct NodeConfigArgs {
+    /// The nodes' container runtime.
+    #[arg(long, value_enum)]
+    pub format: Runtime,
+    /// Write the files under DIR (containerd: DIR/<registry>/hosts.toml, for its `config_path`;
+    /// CRI-O: DIR/copycat-mirror.conf, for /etc/containers/registries.conf.d) instead of stdout.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Try the mirror before the upstream (default: the upstream first, the mirror when it fails).
+    #[arg(long)]
+    pub mirror_first: bool,
+    /// A source registry to configure (repeatable). Default: every registry the cluster's workloads
+    /// pull mirrored images from (one list of the cluster, as `verify` reads it).
+    #[arg(long = "registry", value_name = "HOST")]
+    pub registries: Vec<String>,
+    /// Kubeconfig file, when the registries come from the cluster (default: KUBECONFIG, then
+    /// ~/.kube/config, then the in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Take the registries from images used in this namespace only (repeatable).
+    #[arg(long = "namespace", short = 'n', value_name = "NS")]
+    pub namespaces: Vec<String>,
 }
 
 /// Arguments of `copycat verify`.
@@ -695,6 +729,44 @@ mod tests {
             assert!(parse(&[flag, "verify"]).is_err(), "{flag} before verify");
         }
         assert!(parse(&["verify", "--leader-elect=false"]).is_err());
+    }
+
+    #[test]
+    fn node_config_args() {
+        let (command, o) = parse(&[
+            "node-config",
+            "--format",
+            "cri-o",
+            "--registry",
+            "docker.io",
+            "--registry=ghcr.io",
+            "--mirror-first",
+            "--output",
+            "out",
+            "--kubeconfig",
+            "k.yaml",
+        ])
+        .unwrap()
+        .into_parts();
+        let Command::NodeConfig(args) = command else {
+            panic!("not node-config")
+        };
+        assert_eq!(args.format, Runtime::CriO);
+        assert_eq!(args.registries, ["docker.io", "ghcr.io"]);
+        assert!(args.mirror_first);
+        assert_eq!(args.output, Some(PathBuf::from("out")));
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k.yaml")));
+        let Some(Command::NodeConfig(args)) = parse(&["node-config", "--format=crio"]).unwrap().command else {
+            panic!("not node-config")
+        };
+        assert_eq!(
+            (args.format, args.mirror_first, args.output),
+            (Runtime::CriO, false, None)
+        );
+        for bad in [&["node-config"][..], &["node-config", "--format", "docker"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--kubeconfig=k", "node-config", "--format", "containerd"]).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod first_run;
 mod image;
 mod leader;
 mod manifests;
+mod node_config;
 mod pull_through;
 mod queue;
 mod real_cluster;
