@@ -254,4 +254,22 @@ fn pull_through_caches_are_shown_normalised_or_refused_by_entry() {
         .expect("run copycat");
     assert_eq!(run.status.code(), Some(2), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(String::from_utf8_lossy(&run.stderr).contains("pullThrough.caches.ghcr.io"));
+
+    // node-config describes one target registry; each registry has its own cache here.
+    let node = Command::new(env!("CARGO_BIN_EXE_copycat"))
+        .args([
+            "node-config",
+            "--format",
+            "containerd",
+            "--registry",
+            "docker.io",
+            "--config",
+        ])
+        .arg(good.path())
+        .env_clear()
+        .output()
+        .expect("run copycat");
+    let stderr = String::from_utf8_lossy(&node.stderr);
+    assert_eq!(node.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("with targetKind pullThrough"), "{stderr}");
 }
