@@ -37,7 +37,7 @@ const SETTLE: Duration = Duration::from_millis(250);
 pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let DaemonParts {
         client,
-        target,
+        targets,
         copier,
         queue,
         planner,
@@ -49,7 +49,6 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let dockerhub = copier.registries().get("docker.io");
     let verify_copier = copier.clone();
     let queue = Queue::start(copier, queue);
-    let target = target.registry;
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
     let identity = leader::identity();
@@ -67,10 +66,11 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let events_window = events;
     let events =
         events.map(|window| Emitter::new(client.clone(), identity, window, leadership.subscribe()).start(&queue));
-    let on_the_fly = on_the_fly.map(|rules| {
+    // Copy on the fly writes to the one target registry (start refuses it with pull-through caches).
+    let on_the_fly = on_the_fly.zip(targets.first()).map(|(rules, target)| {
         OnTheFly::start(
             rules,
-            &target,
+            target,
             queue.clone(),
             metrics.clone(),
             events.as_ref().map(|e| e.notices.clone()),
@@ -156,7 +156,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     warn_about_missing_namespaces(&client, &planner, namespaces.as_deref()).await;
     let (watchers, updates) = watch::start(client, &feeds, metrics.clone(), &watch_health);
     let scope = namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(","));
-    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = events.is_some(),
+    tracing::info!(target = %targets.join(","), dry_run = config.dry_run, dry_pull = config.dry_pull, events = events.is_some(),
         on_the_fly = on_the_fly.is_some(), kinds = config.watch_resources.join(","), namespaces = scope, "copycat started");
 
     let loop_state = LoopState {

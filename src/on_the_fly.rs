@@ -236,7 +236,7 @@ fn record(metrics: &Metrics, first_seen: &moka::sync::Cache<TargetKey, Instant>,
             metrics.on_the_fly(outcome.result, since);
         }
         "failed" => metrics.on_the_fly("failed", None),
-        _ => {} // dry runs copy nothing
+        _ => {} // dry runs copy nothing; pull-through caches (warmed) are no target of it
     }
 }
 

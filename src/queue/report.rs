@@ -73,6 +73,7 @@ impl Inner {
                 Outcome::Copied => "copied",
                 Outcome::AlreadyPresent => "present",
                 Outcome::WouldCopy => "would-copy",
+                Outcome::Warmed => "warmed",
             },
             Ok(Done::DryPull) => "dry-pull",
             Err(_) => "failed",
@@ -116,6 +117,7 @@ impl Inner {
                 let (counter, result) = match report.outcome {
                     Outcome::Copied => (&c.copied, "copied"),
                     Outcome::AlreadyPresent => (&c.present, "present"),
+                    Outcome::Warmed => (&c.warmed, "warmed"),
                     Outcome::WouldCopy => (&c.would_copy, "would-copy"),
                 };
                 Counters::add(counter, 1);
@@ -174,7 +176,7 @@ pub struct FailureReport {
 pub struct UrgentOutcome {
     /// The target.
     pub target: TargetKey,
-    /// `copied`, `present`, `would-copy`, `dry-pull` or `failed` (the log line's `result`).
+    /// `copied`, `present`, `would-copy`, `warmed`, `dry-pull` or `failed` (the log line's `result`).
     pub result: &'static str,
 }
 

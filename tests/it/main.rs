@@ -17,6 +17,7 @@ mod leader;
 mod manifests;
 mod node_config;
 mod on_the_fly;
+mod pull_through;
 mod queue;
 mod real_cluster;
 mod registry;
