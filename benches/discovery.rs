@@ -16,7 +16,8 @@
 //! API requests on the real server: those API Priority and Fairness dispatched for ServiceAccounts
 //! (copycat's; the controller manager and the benchmark are `system:masters`).
 //!
-//! `copycat run` starts with `DRY_PULL=true` (no registry request at all). Reported: time until every
+//! `copycat run` (`COPYCAT_BENCH_BIN` runs another build, e.g. main's copied aside, for before/after
+//! figures) starts with `DRY_PULL=true` (no registry request at all). Reported: time until every
 //! watcher has listed, until `/readyz` answers 200 and until every task is planned, peak RSS,
 //! requests made to the API server, the plan passes (full and incremental) until planned, the CPU
 //! copycat spends on 1,000 Pod status updates that change no image (and whether they caused any new
@@ -243,7 +244,9 @@ impl Copycat {
     fn start(kubeconfig: &Path, env: &[(&str, &str)]) -> Copycat {
         let health = free_address();
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_copycat"))
+        // Another build (e.g. main's, copied aside) for before/after figures from the same harness.
+        let program = std::env::var("COPYCAT_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_copycat").to_owned());
+        let mut child = Command::new(program)
             .args(["run", "--kubeconfig"])
             .arg(kubeconfig)
             .env_clear()
@@ -288,6 +291,8 @@ impl Copycat {
     fn wait_planned(&mut self, figures: &mut Figures, within: Duration) {
         let deadline = Instant::now() + within;
         let mut would = 0;
+        // Every 100 ms: each probe costs copycat CPU, and a slow list would multiply it.
+        let mut probed = Instant::now();
         while figures.planned.is_none() || would < IMAGES || figures.ready.is_none() {
             assert!(
                 Instant::now() < deadline,
@@ -295,8 +300,11 @@ impl Copycat {
                 figures.planned
             );
             figures.peak_mib = figures.peak_mib.max(vm_hwm_mib(self.pid));
-            if figures.ready.is_none() && http_status(&self.health, "/readyz") == 200 {
-                figures.ready = Some(self.started.elapsed());
+            if figures.ready.is_none() && probed.elapsed() >= Duration::from_millis(100) {
+                probed = Instant::now();
+                if http_status(&self.health, "/readyz") == 200 {
+                    figures.ready = Some(self.started.elapsed());
+                }
             }
             while let Ok((at, v)) = self.lines.recv_timeout(Duration::from_millis(10)) {
                 match v["message"].as_str() {

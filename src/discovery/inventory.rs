@@ -611,6 +611,91 @@ mod tests {
     }
 
     #[test]
+    fn changes_name_what_planning_must_redo() {
+        let key = |kind, name: &str| ObjectKey {
+            kind,
+            namespace: "a".into(),
+            name: name.into(),
+        };
+        let rs = |deployment: &str| {
+            seen(
+                "a",
+                "web-1",
+                &[],
+                Some((OwnerKind::Workload(Kind::Deployment), deployment)),
+            )
+        };
+        let node = |arch: &str| Seen {
+            platform: Some(Platform::parse(arch).unwrap()),
+            ..seen("", "n1", &[], None)
+        };
+        let mut inv = Inventory::new();
+        // (updates, objects changed, ReplicaSets changed, everything)
+        let cases: Vec<(Vec<Update>, Vec<ObjectKey>, Vec<&str>, bool)> = vec![
+            (
+                vec![
+                    Update::Apply(POD, seen("a", "p", &["nginx:1"], None)),
+                    Update::Apply(DEPLOY, seen("a", "web", &["nginx:1"], None)),
+                ],
+                vec![key(Kind::Pod, "p"), key(Kind::Deployment, "web")],
+                vec![],
+                false,
+            ),
+            (
+                vec![Update::Apply(POD, seen("a", "p", &["nginx:1"], None))],
+                vec![],
+                vec![],
+                false,
+            ),
+            (
+                vec![Update::Apply(Watched::ReplicaSet, rs("web"))],
+                vec![],
+                vec!["web-1"],
+                false,
+            ),
+            (
+                vec![Update::Apply(Watched::ReplicaSet, rs("web"))],
+                vec![],
+                vec![],
+                false,
+            ),
+            (
+                vec![Update::Delete(Watched::ReplicaSet, rs("web"))],
+                vec![],
+                vec!["web-1"],
+                false,
+            ),
+            (vec![Update::Apply(Watched::Node, node("arm64"))], vec![], vec![], true),
+            (vec![Update::Apply(Watched::Node, node("arm64"))], vec![], vec![], false),
+            // A relist without `p`: it vanished meanwhile.
+            (
+                vec![
+                    Update::Init(POD.into()),
+                    Update::InitDone(POD.into()),
+                    Update::Delete(DEPLOY, seen("a", "web", &[], None)),
+                ],
+                vec![key(Kind::Pod, "p"), key(Kind::Deployment, "web")],
+                vec![],
+                false,
+            ),
+        ];
+        for (i, (updates, objects, replica_sets, everything)) in cases.into_iter().enumerate() {
+            for u in updates {
+                inv.apply(u);
+            }
+            let changes = inv.take_changes();
+            let mut got: Vec<ObjectKey> = changes.objects.into_iter().collect();
+            got.sort();
+            let mut want = objects;
+            want.sort();
+            assert_eq!(got, want, "case {i}");
+            let got: Vec<String> = changes.replica_sets.into_iter().map(|(_, n)| n).collect();
+            assert_eq!(got, replica_sets, "case {i}");
+            assert_eq!(changes.everything, everything, "case {i}");
+        }
+    }
+
+    #[test]
     fn a_namespace_feed_relists_only_its_namespace() {
         let feed = |ns: &str| Feed {
             watched: DEPLOY,

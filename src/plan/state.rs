@@ -3,12 +3,12 @@
 //! planning of its own images and the merge of the targets it names, not a walk over the cluster.
 //! Pure logic: the daemon hands it the inventory's changes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::copy::PullSecret;
 use crate::discovery::extract::OwnerKind;
-use crate::discovery::inventory::{Changes, Inventory, ObjectKey};
+use crate::discovery::inventory::{Changes, Entry, Inventory, ObjectKey};
 use crate::platform::Platform;
 use crate::workload::{Kind, Workload};
 
@@ -39,6 +39,9 @@ impl Pass {
 /// An owner an object's workload is resolved through: (namespace, ReplicaSet or Job, name).
 type OwnerRef = (String, OwnerKind, String);
 
+// Memory: a large cluster has one record per Pod, so they are kept small: slices instead of
+// growable vectors, the namespace not repeated, the workload shared by all of its Pods.
+
 /// The plan of an inventory, kept up to date by [`PlanState::replan`].
 #[derive(Debug, Default)]
 pub struct PlanState {
@@ -52,6 +55,8 @@ pub struct PlanState {
     invalid: BTreeMap<Arc<ObjectKey>, Vec<(Workload, String, InvalidImage)>>,
     /// Objects whose workload is resolved through a ReplicaSet or a Job, by that owner.
     dependents: HashMap<OwnerRef, BTreeSet<Arc<ObjectKey>>>,
+    /// The workloads of the planned objects, shared by their objects' records.
+    users: HashSet<Arc<Workload>>,
     /// Targets and excluded sources whose uses changed since they were last merged.
     dirty_targets: BTreeSet<Arc<str>>,
     dirty_excluded: BTreeSet<String>,
@@ -62,9 +67,11 @@ pub struct PlanState {
 /// Where one object's plan went, to take it back when the object changes.
 #[derive(Debug)]
 struct ObjectRecord {
-    targets: Vec<Arc<str>>,
-    excluded: Vec<String>,
-    owner: Option<OwnerRef>,
+    user: Arc<Workload>,
+    targets: Box<[Arc<str>]>,
+    excluded: Box<[String]>,
+    /// The ReplicaSet or Job (in the object's namespace) its workload is resolved through.
+    owner: Option<(OwnerKind, Box<str>)>,
 }
 
 /// The uses of one target.
@@ -81,18 +88,18 @@ struct TargetUses {
 /// One object's uses of one target.
 #[derive(Debug)]
 struct ObjectUses {
-    user: Workload,
+    user: Arc<Workload>,
     /// Creation time (unknown: last): the oldest use keeps a target two sources name.
     created: i64,
     /// Each use's task and pull-secret credentials, in the object's image order.
-    uses: Vec<(Arc<MirrorTask>, Vec<PullSecret>)>,
+    uses: Box<[(Arc<MirrorTask>, Vec<PullSecret>)]>,
 }
 
 /// The uses of one excluded source.
 #[derive(Debug)]
 struct ExcludedUses {
     rule: String,
-    users: BTreeMap<Arc<ObjectKey>, Workload>,
+    users: BTreeMap<Arc<ObjectKey>, Arc<Workload>>,
     merged: Option<ExcludedImage>,
 }
 
@@ -164,13 +171,7 @@ impl PlanState {
     }
 
     /// Adds the plan of one object (not planned yet).
-    fn add(
-        &mut self,
-        planner: &Planner,
-        inventory: &Inventory,
-        key: &ObjectKey,
-        entry: &crate::discovery::inventory::Entry,
-    ) {
+    fn add(&mut self, planner: &Planner, inventory: &Inventory, key: &ObjectKey, entry: &Entry) {
         let Some(ObjectPlan {
             user,
             created,
@@ -181,39 +182,35 @@ impl PlanState {
             return;
         };
         let key = Arc::new(key.clone());
-        let mut record = ObjectRecord {
-            targets: vec![],
-            excluded: vec![],
-            owner: owner.map(|o| (key.namespace.clone(), o.kind, o.name)),
+        let user = match self.users.get(&user) {
+            Some(shared) => shared.clone(),
+            None => {
+                let user = Arc::new(user);
+                self.users.insert(user.clone());
+                user
+            }
         };
-        if let Some(owner) = &record.owner {
-            self.dependents.entry(owner.clone()).or_default().insert(key.clone());
+        let owner = owner.map(|o| (o.kind, o.name.into_boxed_str()));
+        if let Some((kind, name)) = &owner {
+            let owner = (key.namespace.clone(), *kind, name.to_string());
+            self.dependents.entry(owner).or_default().insert(key.clone());
         }
+        // This object's uses by target, in image order.
+        let mut by_target: Vec<(Arc<str>, Vec<(Arc<MirrorTask>, Vec<PullSecret>)>)> = Vec::new();
+        let mut excluded: Vec<String> = Vec::new();
         for (image, planned) in uses {
             match planned {
                 Ok(Planned::Task(mut task)) => {
                     let credentials = std::mem::take(&mut task.source_credentials);
                     let target = task.key();
-                    let (target, uses) = match self.targets.get_key_value(target.as_str()) {
-                        Some((name, _)) => (name.clone(), self.targets.get_mut(target.as_str()).expect("present")),
-                        None => {
-                            let name: Arc<str> = target.as_str().into();
-                            (name.clone(), self.targets.entry(name).or_default())
-                        }
+                    let target = match self.targets.get_key_value(target.as_str()) {
+                        Some((name, _)) => name.clone(),
+                        None => Arc::from(target.as_str()),
                     };
-                    let work = uses.share(task);
-                    uses.by_object
-                        .entry(key.clone())
-                        .or_insert_with(|| ObjectUses {
-                            user: user.clone(),
-                            created,
-                            uses: vec![],
-                        })
-                        .uses
-                        .push((work, credentials));
-                    if !record.targets.contains(&target) {
-                        self.dirty_targets.insert(target.clone());
-                        record.targets.push(target);
+                    let work = self.targets.entry(target.clone()).or_default().share(task);
+                    match by_target.iter_mut().find(|(t, _)| *t == target) {
+                        Some((_, uses)) => uses.push((work, credentials)),
+                        None => by_target.push((target, vec![(work, credentials)])),
                     }
                 }
                 Ok(Planned::Excluded { source, rule }) => {
@@ -224,18 +221,36 @@ impl PlanState {
                         merged: None,
                     });
                     uses.users.insert(key.clone(), user.clone());
-                    if !record.excluded.contains(&source) {
+                    if !excluded.contains(&source) {
                         self.dirty_excluded.insert(source.clone());
-                        record.excluded.push(source);
+                        excluded.push(source);
                     }
                 }
                 Err(e) => self
                     .invalid
                     .entry(key.clone())
                     .or_default()
-                    .push((user.clone(), image, e)),
+                    .push(((*user).clone(), image, e)),
             }
         }
+        let mut targets = Vec::with_capacity(by_target.len());
+        for (target, uses) in by_target {
+            let object = ObjectUses {
+                user: user.clone(),
+                created,
+                uses: uses.into_boxed_slice(),
+            };
+            let target_uses = self.targets.get_mut(&target).expect("added above");
+            target_uses.by_object.insert(key.clone(), object);
+            self.dirty_targets.insert(target.clone());
+            targets.push(target);
+        }
+        let record = ObjectRecord {
+            user,
+            targets: targets.into_boxed_slice(),
+            excluded: excluded.into_boxed_slice(),
+            owner,
+        };
         self.objects.insert(key, record);
     }
 
@@ -257,13 +272,18 @@ impl PlanState {
             self.dirty_excluded.insert(source);
         }
         self.invalid.remove(key);
-        if let Some(owner) = record.owner
-            && let Some(dependents) = self.dependents.get_mut(&owner)
-        {
-            dependents.remove(key);
-            if dependents.is_empty() {
-                self.dependents.remove(&owner);
+        if let Some((kind, name)) = record.owner {
+            let owner = (key.namespace.clone(), kind, name.into_string());
+            if let Some(dependents) = self.dependents.get_mut(&owner) {
+                dependents.remove(key);
+                if dependents.is_empty() {
+                    self.dependents.remove(&owner);
+                }
             }
+        }
+        // The record and the set hold the last references: no other object has this workload.
+        if Arc::strong_count(&record.user) == 2 {
+            self.users.remove(&record.user);
         }
     }
 
@@ -363,7 +383,7 @@ impl TargetUses {
                         repository: repository(work),
                         last: work,
                         platforms: work.platforms.clone(),
-                        users: vec![object.user.clone()],
+                        users: vec![(*object.user).clone()],
                         credentials: vec![],
                         first: (object.created, key),
                     });
