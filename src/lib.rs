@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod destination;
 pub mod discovery;
 pub mod events;
+pub mod failover;
 pub mod files;
 pub mod glob;
 pub mod images_file;

@@ -280,6 +280,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         blob_concurrency: config.blob_concurrency as usize,
         deadline: config.image_deadline,
         source_credentials: vec![],
+        repair: false,
     }
 }
 

@@ -1,6 +1,8 @@
 //! The one-shot commands `copycat copy` and `copycat sync`, over a copier that [`wiring`] builds
-//! for the target hosts the command names; and `copycat verify` over the daemon's parts.
+//! for the target hosts the command names; and `copycat verify` and `copycat failover` over the
+//! daemon's parts.
 
+mod failover;
 mod progress;
 mod verify;
 
@@ -16,6 +18,7 @@ use crate::naming::{self, NamingError};
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef, ReferenceError};
 use crate::wiring::{command_copier, copy_options};
+pub use failover::failover;
 use progress::Progress;
 pub use verify::verify;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::model::*;
-use super::parse::{self, Input};
+use super::parse::{self, Input, ValueError};
 use super::settings::{RESOURCE_KINDS, Setting, is_secret, lookup};
 use super::{Overrides, Problem, Purpose, keys, snippet};
 use crate::files::{self, MAX_CONFIG_FILE_SIZE};
@@ -49,13 +49,13 @@ fn shortened(value: &str) -> String {
 }
 
 /// Why `input` is too long for setting `id`, if it is.
-fn too_long(id: &str, input: &Input) -> Option<String> {
+fn too_long(id: &str, input: &Input) -> Option<ValueError> {
     let max = max_len(id);
     let longest = match input {
         Input::Scalar(s) => s.chars().count(),
         Input::List(items) => items.iter().map(|i| i.chars().count()).max().unwrap_or(0),
     };
-    (longest > max).then(|| format!("{longest} characters, more than the {max} this setting takes"))
+    (longest > max).then_some(ValueError::TooLong { length: longest, max })
 }
 
 /// Where a value came from, for error messages.
@@ -162,20 +162,20 @@ impl<'a> Loader<'a> {
         {
             match to_input(v) {
                 Ok(input) => return (Origin::File(key.to_owned()), input),
-                Err(msg) => self.problem(&Origin::File(key.to_owned()), None, msg),
+                Err(e) => self.problem(&Origin::File(key.to_owned()), None, e.to_string()),
             }
         }
         (Origin::Default, Input::Scalar(setting.default.to_owned()))
     }
 
     /// Reads setting `id` with `parse`; on a bad value records a problem and uses the default.
-    fn get<T>(&mut self, id: &str, parse: impl Fn(&Input) -> Result<T, String>) -> T {
+    fn get<T>(&mut self, id: &str, parse: impl Fn(&Input) -> Result<T, ValueError>) -> T {
         let setting = lookup(id);
         let (origin, input) = self.raw(setting);
         match too_long(id, &input).map_or_else(|| parse(&input), Err) {
             Ok(v) => v,
-            Err(msg) => {
-                self.problem(&origin, Some(&input), msg);
+            Err(e) => {
+                self.problem(&origin, Some(&input), e.to_string());
                 let default = Input::Scalar(setting.default.to_owned());
                 parse(&default).unwrap_or_else(|e| panic!("default of {id} does not parse: {e}"))
             }
@@ -207,19 +207,19 @@ impl<'a> Loader<'a> {
         &mut self,
         entry: &(String, serde_json::Map<String, Value>),
         name: &str,
-        parse: impl Fn(&Input) -> Result<T, String>,
+        parse: impl Fn(&Input) -> Result<T, ValueError>,
     ) -> Option<T> {
         let origin = Origin::File(format!("{}.{name}", entry.0));
         let input = match entry.1.get(name).filter(|v| !v.is_null()).map(to_input)? {
             Ok(input) => input,
-            Err(msg) => {
-                self.problem(&origin, None, msg);
+            Err(e) => {
+                self.problem(&origin, None, e.to_string());
                 return None;
             }
         };
         too_long(name, &input)
             .map_or_else(|| parse(&input), Err)
-            .map_err(|msg| self.problem(&origin, Some(&input), msg))
+            .map_err(|e| self.problem(&origin, Some(&input), e.to_string()))
             .ok()
     }
 
@@ -268,19 +268,19 @@ impl<'a> Loader<'a> {
     }
 }
 
-fn to_input(v: &Value) -> Result<Input, String> {
-    fn scalar(v: &Value) -> Result<String, String> {
+fn to_input(v: &Value) -> Result<Input, ValueError> {
+    fn scalar(v: &Value) -> Result<String, ValueError> {
         match v {
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
             Value::Bool(b) => Ok(b.to_string()),
             Value::Null => Ok(String::new()),
-            Value::Array(_) | Value::Object(_) => Err("expected a value, got a nested list or mapping".into()),
+            Value::Array(_) | Value::Object(_) => Err(ValueError::Nested),
         }
     }
     match v {
         Value::Array(items) => items.iter().map(scalar).collect::<Result<_, _>>().map(Input::List),
-        Value::Object(_) => Err("expected a value or a list, got a mapping".into()),
+        Value::Object(_) => Err(ValueError::Mapping),
         other => scalar(other).map(Input::Scalar),
     }
 }
@@ -382,6 +382,10 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         image_deadline: loader.get("imageDeadline", |i| parse::duration(i, SECOND)),
         mirrored_cache_ttl: loader.get("mirroredCacheTTL", |i| parse::duration(i, SECOND)),
         verify_interval: loader.get("verifyInterval", |i| parse::optional_non_negative_duration(i, SECOND)),
+        restore_drill_interval: loader.get("restoreDrillInterval", |i| {
+            parse::optional_non_negative_duration(i, SECOND)
+        }),
+        restore_drill_images: loader.get("restoreDrillImages", parse::positive_u32),
         shutdown_grace_period: loader.get("shutdownGracePeriod", |i| parse::non_negative_duration(i, SECOND)),
         registries: registry_settings(loader),
         registry_mirrors: registry_mirrors(loader),
@@ -433,7 +437,7 @@ fn warn_about_empty_digest_tag_template(loader: &mut Loader<'_>) {
 
 /// k8s-copycat's rule for `watchResources` and `includeNamespaces`: an empty list (the Helm chart's
 /// default `[]`) means everything, not nothing.
-fn all_when_empty<T>(items: Vec<T>, all: Vec<T>) -> Result<Vec<T>, String> {
+fn all_when_empty<T>(items: Vec<T>, all: Vec<T>) -> Result<Vec<T>, ValueError> {
     Ok(if items.is_empty() { all } else { items })
 }
 
@@ -515,7 +519,7 @@ fn check_target(loader: &mut Loader<'_>, config: &Config) {
     }
 }
 
-fn log_level(input: &Input) -> Result<LogLevel, String> {
+fn log_level(input: &Input) -> Result<LogLevel, ValueError> {
     // zap's names, as k8s-copycat accepted them, map to the nearest level.
     let allowed = [
         "trace", "debug", "info", "warn", "warning", "error", "dpanic", "panic", "fatal",
@@ -532,17 +536,19 @@ fn log_level(input: &Input) -> Result<LogLevel, String> {
 fn log_level_flag(loader: &mut Loader<'_>, flag: &str) -> Option<LogLevel> {
     let input = Input::Scalar(flag.to_owned());
     log_level(&input)
-        .map_err(|msg| {
-            loader
-                .problems
-                .push(Problem::new("--log-level (flag)".into(), Some(input.to_string()), msg))
+        .map_err(|e| {
+            loader.problems.push(Problem::new(
+                "--log-level (flag)".into(),
+                Some(input.to_string()),
+                e.to_string(),
+            ))
         })
         .ok()
 }
 
 /// A listener address as the HTTP servers bind it: `host:port`, `:port` (every interface), `[v6]:port`,
 /// or `0` / empty to disable the listener.
-fn listen_address(input: &Input) -> Result<String, String> {
+fn listen_address(input: &Input) -> Result<String, ValueError> {
     let address = parse::text(input)?;
     let trimmed = address.trim();
     if trimmed.is_empty() || trimmed == "0" {
@@ -550,10 +556,10 @@ fn listen_address(input: &Input) -> Result<String, String> {
     }
     let expected = "expected host:port or :port (e.g. :8080), or 0 to disable the listener";
     let Some((host, port)) = trimmed.rsplit_once(':') else {
-        return Err(format!("no port; {expected}"));
+        return Err(ValueError::invalid(format_args!("no port; {expected}")));
     };
     if port.parse::<u16>().is_err() {
-        return Err(format!("invalid port {port:?}; {expected}"));
+        return Err(ValueError::invalid(format_args!("invalid port {port:?}; {expected}")));
     }
     let bracketed = host.starts_with('[') || host.ends_with(']');
     let valid_host = if bracketed {
@@ -565,7 +571,7 @@ fn listen_address(input: &Input) -> Result<String, String> {
         !host.contains([':', '/']) && !host.contains(char::is_whitespace)
     };
     if !valid_host {
-        return Err(format!("invalid host {host:?}; {expected}"));
+        return Err(ValueError::invalid(format_args!("invalid host {host:?}; {expected}")));
     }
     Ok(address)
 }
@@ -573,18 +579,21 @@ fn listen_address(input: &Input) -> Result<String, String> {
 /// A listener address given as a flag, which wins over the environment.
 fn address_flag(loader: &mut Loader<'_>, flag: &str, value: &str) -> String {
     let input = Input::Scalar(value.to_owned());
-    listen_address(&input).unwrap_or_else(|msg| {
-        loader
-            .problems
-            .push(Problem::new(format!("{flag} (flag)"), Some(input.to_string()), msg));
+    listen_address(&input).unwrap_or_else(|e| {
+        loader.problems.push(Problem::new(
+            format!("{flag} (flag)"),
+            Some(input.to_string()),
+            e.to_string(),
+        ));
         String::new()
     })
 }
 
-fn json_text(input: &Input) -> Result<String, String> {
+fn json_text(input: &Input) -> Result<String, ValueError> {
     let text = parse::text(input)?;
     if !text.is_empty() {
-        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("not valid JSON: {e}"))?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| ValueError::invalid(format_args!("not valid JSON: {e}")))?;
     }
     Ok(text)
 }
@@ -592,10 +601,12 @@ fn json_text(input: &Input) -> Result<String, String> {
 /// A registry `host[:port]` (for the docker target also followed by `/path`), which image references
 /// must read back as that registry: otherwise targets or mirrors would silently name another one
 /// (a bare `myregistry` is a Docker Hub namespace).
-fn registry_host(input: &Input) -> Result<String, String> {
+fn registry_host(input: &Input) -> Result<String, ValueError> {
     let host = parse::text(input)?;
     if host.contains("://") {
-        return Err("give the registry host without a scheme, e.g. registry.example.com:5000".into());
+        return Err(ValueError::invalid(
+            "give the registry host without a scheme, e.g. registry.example.com:5000",
+        ));
     }
     let value = host.trim_end_matches('/');
     if value.is_empty() {
@@ -605,32 +616,32 @@ fn registry_host(input: &Input) -> Result<String, String> {
     let probe = format!("{value}/probe");
     match crate::reference::ImageRef::parse(&probe) {
         Ok(image) if image.registry() == crate::reference::canonical_host(name) => Ok(value.to_owned()),
-        Ok(_) => Err(format!(
+        Ok(_) => Err(ValueError::invalid(format_args!(
             "{name:?} is not a registry host: image references would read it as a Docker Hub namespace; \
              give a domain or a port, e.g. {name}.example.com or {name}:5000"
-        )),
-        Err(e) => Err(format!(
+        ))),
+        Err(e) => Err(ValueError::invalid(format_args!(
             "not a valid registry host[:port]: {}",
             e.to_string().replace(&probe, value)
-        )),
+        ))),
     }
 }
 
-fn patterns(input: &Input) -> Result<Vec<Pattern>, String> {
+fn patterns(input: &Input) -> Result<Vec<Pattern>, ValueError> {
     parse::list(input)?
         .into_iter()
         .map(|p| {
             regex::Regex::new(&p)
                 .map(Pattern)
-                .map_err(|e| format!("invalid regex {p:?}: {e}"))
+                .map_err(|e| ValueError::invalid(format_args!("invalid regex {p:?}: {e}")))
         })
         .collect()
 }
 
-fn platforms(input: &Input) -> Result<Vec<Platform>, String> {
+fn platforms(input: &Input) -> Result<Vec<Platform>, ValueError> {
     let mut out: Vec<Platform> = Vec::new();
     for p in parse::list(input)? {
-        let p = Platform::parse(&p).map_err(|e| e.to_string())?;
+        let p = Platform::parse(&p).map_err(ValueError::invalid)?;
         if !out.contains(&p) {
             out.push(p);
         }
@@ -638,16 +649,16 @@ fn platforms(input: &Input) -> Result<Vec<Platform>, String> {
     Ok(out)
 }
 
-fn globs(input: &Input) -> Result<Vec<String>, String> {
+fn globs(input: &Input) -> Result<Vec<String>, ValueError> {
     let items = parse::list(input)?;
     for item in &items {
-        crate::glob::validate(item).map_err(|e| e.to_string())?;
+        crate::glob::validate(item).map_err(ValueError::invalid)?;
     }
     Ok(items)
 }
 
 /// k8s-copycat's normalisation: lower-case, no scheme, no trailing `/`, `index.docker.io` → `docker.io`.
-fn excluded_registries(input: &Input) -> Result<Vec<String>, String> {
+fn excluded_registries(input: &Input) -> Result<Vec<String>, ValueError> {
     let mut out: Vec<String> = parse::list(input)?
         .into_iter()
         .map(|e| {
@@ -781,7 +792,7 @@ fn file_map<V>(
     loader: &mut Loader<'_>,
     id: &'static str,
     expected: &str,
-    entry: impl Fn(String, &Value) -> Result<(String, V), String>,
+    entry: impl Fn(String, &Value) -> Result<(String, V), ValueError>,
 ) -> std::collections::BTreeMap<String, V> {
     loader.used.push(id);
     let mut out = std::collections::BTreeMap::new();
@@ -798,7 +809,7 @@ fn file_map<V>(
             Ok((key, v)) => {
                 out.insert(key, v);
             }
-            Err(msg) => loader.problem(&origin, None, msg),
+            Err(e) => loader.problem(&origin, None, e.to_string()),
         }
     }
     out
@@ -812,7 +823,7 @@ fn string_map(loader: &mut Loader<'_>, id: &'static str) -> std::collections::BT
         "a mapping of names to values",
         |name, value| match to_input(value) {
             Ok(Input::Scalar(text)) => Ok((name, text)),
-            _ => Err("expected a single value".into()),
+            _ => Err(ValueError::NotSingle),
         },
     )
 }
@@ -829,30 +840,35 @@ fn registry_mirrors(loader: &mut Loader<'_>) -> std::collections::BTreeMap<Strin
     })
 }
 
-fn digest_tag_template(input: &Input) -> Result<Option<String>, String> {
+fn digest_tag_template(input: &Input) -> Result<Option<String>, ValueError> {
     crate::naming::digest_tag_template(&parse::text(input)?).map_err(|e| match e {
-        crate::naming::NamingError::UnknownPlaceholder { .. } => format!(
+        crate::naming::NamingError::UnknownPlaceholder { .. } => ValueError::invalid(format_args!(
             "{e}; placeholders: ${}",
             crate::naming::DIGEST_TAG_PLACEHOLDERS.join(", $")
-        ),
-        e => e.to_string(),
+        )),
+        e => ValueError::invalid(e),
     })
 }
 
-fn prefix_template(input: &Input) -> Result<String, String> {
+fn prefix_template(input: &Input) -> Result<String, ValueError> {
     let template = parse::text(input)?;
     let max = crate::naming::MAX_REPOSITORY_LEN;
     if template.chars().count() > max {
-        return Err(format!(
+        return Err(ValueError::invalid(format_args!(
             "{} characters: registries take repository names of at most {max}, prefix included",
             template.chars().count()
-        ));
+        )));
     }
     crate::naming::expand_prefix(
         &template,
         &crate::naming::NameContext::default(),
         "registry.example.com",
     )
-    .map_err(|e| format!("{e}; placeholders: ${}", crate::naming::PREFIX_PLACEHOLDERS.join(", $")))?;
+    .map_err(|e| {
+        ValueError::invalid(format_args!(
+            "{e}; placeholders: ${}",
+            crate::naming::PREFIX_PLACEHOLDERS.join(", $")
+        ))
+    })?;
     Ok(template)
 }

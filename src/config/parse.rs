@@ -4,6 +4,85 @@
 use std::fmt;
 use std::time::Duration;
 
+/// Why a setting's value was refused. The loader reports it beside the key (or variable, or flag)
+/// and the value, so the texts say what is wrong with the value and what would be right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// A list where one value belongs.
+    #[error("expected a single value, got a list")]
+    NotSingle,
+    /// A YAML list item that is itself a list or mapping.
+    #[error("expected a value, got a nested list or mapping")]
+    Nested,
+    /// A YAML mapping where a value or list belongs.
+    #[error("expected a value or a list, got a mapping")]
+    Mapping,
+    /// More characters than the setting takes.
+    #[error("{length} characters, more than the {max} this setting takes")]
+    TooLong {
+        /// The value's length (the longest item's, for a list).
+        length: usize,
+        /// The setting's limit.
+        max: usize,
+    },
+    /// Not a boolean spelling.
+    #[error("expected a boolean: true/false, yes/no, on/off or 1/0")]
+    NotBoolean,
+    /// Not a whole number.
+    #[error("expected a whole number greater than 0")]
+    NotWholeNumber,
+    /// A whole number out of range.
+    #[error("must be a whole number greater than 0")]
+    NotPositive,
+    /// A negative duration.
+    #[error("must not be negative")]
+    Negative,
+    /// Neither a number of `unit`s nor a duration.
+    #[error("expected a whole number of {unit} or a duration like 90s, 5m, 1h ({reason})")]
+    NotDuration {
+        /// `seconds` or `minutes`.
+        unit: &'static str,
+        /// What the duration parser said.
+        reason: String,
+    },
+    /// Not one of the allowed values.
+    #[error("allowed values: {}{}", allowed.join(", "), suggestion(got, allowed))]
+    NotAllowed {
+        /// The value given.
+        got: String,
+        /// The values the setting takes.
+        allowed: Vec<&'static str>,
+    },
+    /// List items that are not allowed values.
+    #[error(
+        "unknown value(s) {}; allowed: {}{}",
+        unknown.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", "),
+        allowed.join(", "),
+        match unknown.as_slice() { [one] => suggestion(one, allowed), _ => String::new() }
+    )]
+    UnknownItems {
+        /// The items not allowed.
+        unknown: Vec<String>,
+        /// The values the setting takes.
+        allowed: Vec<&'static str>,
+    },
+    /// A value of the wrong form for this setting; `problem` says which form and why.
+    #[error("{problem}")]
+    Invalid {
+        /// What is wrong, in the setting's own words.
+        problem: String,
+    },
+}
+
+impl ValueError {
+    /// A value of the wrong form, described by `problem`.
+    pub fn invalid(problem: impl fmt::Display) -> Self {
+        ValueError::Invalid {
+            problem: problem.to_string(),
+        }
+    }
+}
+
 /// A raw setting value: a scalar (env var, YAML scalar) or a YAML sequence of scalars.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -14,10 +93,10 @@ pub enum Input {
 }
 
 impl Input {
-    fn scalar(&self) -> Result<&str, String> {
+    fn scalar(&self) -> Result<&str, ValueError> {
         match self {
             Input::Scalar(s) => Ok(s.trim()),
-            Input::List(_) => Err("expected a single value, got a list".into()),
+            Input::List(_) => Err(ValueError::NotSingle),
         }
     }
 }
@@ -32,21 +111,21 @@ impl fmt::Display for Input {
 }
 
 /// Booleans: `true/false`, `yes/no`, `on/off`, `1/0`, `t/f`, any case.
-pub fn boolean(input: &Input) -> Result<bool, String> {
+pub fn boolean(input: &Input) -> Result<bool, ValueError> {
     match input.scalar()?.to_ascii_lowercase().as_str() {
         "true" | "t" | "yes" | "y" | "on" | "1" => Ok(true),
         "false" | "f" | "no" | "n" | "off" | "0" => Ok(false),
-        _ => Err("expected a boolean: true/false, yes/no, on/off or 1/0".into()),
+        _ => Err(ValueError::NotBoolean),
     }
 }
 
 /// Text, trimmed.
-pub fn text(input: &Input) -> Result<String, String> {
+pub fn text(input: &Input) -> Result<String, ValueError> {
     input.scalar().map(str::to_owned)
 }
 
 /// A list: YAML sequence items or comma-separated text, each item trimmed, blanks dropped.
-pub fn list(input: &Input) -> Result<Vec<String>, String> {
+pub fn list(input: &Input) -> Result<Vec<String>, ValueError> {
     let items: Vec<&str> = match input {
         Input::Scalar(s) => vec![s.as_str()],
         Input::List(items) => items.iter().map(String::as_str).collect(),
@@ -61,19 +140,19 @@ pub fn list(input: &Input) -> Result<Vec<String>, String> {
 }
 
 /// A whole number greater than zero.
-pub fn positive_u32(input: &Input) -> Result<u32, String> {
+pub fn positive_u32(input: &Input) -> Result<u32, ValueError> {
     let s = input.scalar()?;
     match s.parse::<i64>() {
         Ok(n) if n > 0 && n <= i64::from(u32::MAX) => Ok(n as u32),
-        Ok(_) => Err("must be a whole number greater than 0".into()),
-        Err(_) => Err("expected a whole number greater than 0".into()),
+        Ok(_) => Err(ValueError::NotPositive),
+        Err(_) => Err(ValueError::NotWholeNumber),
     }
 }
 
 /// A span of time: a bare integer counts in `unit` (the unit k8s-copycat used for this key), anything
 /// else is humantime (`90s`, `5m`, `1h30m`). Zero or a negative integer yields `None`, which each setting
 /// interprets (usually "disabled").
-pub fn duration(input: &Input, unit: Duration) -> Result<Option<Duration>, String> {
+pub fn duration(input: &Input, unit: Duration) -> Result<Option<Duration>, ValueError> {
     let s = input.scalar()?;
     if let Ok(n) = s.parse::<i64>() {
         return Ok(u32::try_from(n).ok().filter(|&n| n > 0).map(|n| unit * n));
@@ -81,22 +160,22 @@ pub fn duration(input: &Input, unit: Duration) -> Result<Option<Duration>, Strin
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Ok(None),
         Ok(d) => Ok(Some(d)),
-        Err(e) => Err(format!(
-            "expected a whole number of {} or a duration like 90s, 5m, 1h ({e})",
-            unit_name(unit)
-        )),
+        Err(e) => Err(ValueError::NotDuration {
+            unit: unit_name(unit),
+            reason: e.to_string(),
+        }),
     }
 }
 
 /// A duration that must not be negative; zero is allowed and kept.
-pub fn non_negative_duration(input: &Input, unit: Duration) -> Result<Duration, String> {
+pub fn non_negative_duration(input: &Input, unit: Duration) -> Result<Duration, ValueError> {
     Ok(optional_non_negative_duration(input, unit)?.unwrap_or(Duration::ZERO))
 }
 
 /// A duration that must not be negative; zero disables (`None`).
-pub fn optional_non_negative_duration(input: &Input, unit: Duration) -> Result<Option<Duration>, String> {
+pub fn optional_non_negative_duration(input: &Input, unit: Duration) -> Result<Option<Duration>, ValueError> {
     if input.scalar()?.starts_with('-') {
-        return Err("must not be negative".into());
+        return Err(ValueError::Negative);
     }
     duration(input, unit)
 }
@@ -109,18 +188,21 @@ fn unit_name(unit: Duration) -> &'static str {
 }
 
 /// One of `allowed`, compared case-insensitively; returns the canonical spelling.
-pub fn one_of(input: &Input, allowed: &[&'static str]) -> Result<&'static str, String> {
+pub fn one_of(input: &Input, allowed: &[&'static str]) -> Result<&'static str, ValueError> {
     let s = input.scalar()?;
     allowed
         .iter()
         .find(|a| a.eq_ignore_ascii_case(s))
         .copied()
-        .ok_or_else(|| format!("allowed values: {}{}", allowed.join(", "), suggestion(s, allowed)))
+        .ok_or_else(|| ValueError::NotAllowed {
+            got: s.to_owned(),
+            allowed: allowed.to_vec(),
+        })
 }
 
 /// A list whose items must each be one of `allowed` (case-insensitive); duplicates are dropped and
 /// every unknown item is reported.
-pub fn list_of(input: &Input, allowed: &[&'static str]) -> Result<Vec<&'static str>, String> {
+pub fn list_of(input: &Input, allowed: &[&'static str]) -> Result<Vec<&'static str>, ValueError> {
     let mut out = Vec::new();
     let mut unknown = Vec::new();
     for item in list(input)? {
@@ -133,16 +215,10 @@ pub fn list_of(input: &Input, allowed: &[&'static str]) -> Result<Vec<&'static s
     if unknown.is_empty() {
         return Ok(out);
     }
-    let hint = if unknown.len() == 1 {
-        suggestion(&unknown[0], allowed)
-    } else {
-        String::new()
-    };
-    Err(format!(
-        "unknown value(s) {}; allowed: {}{hint}",
-        unknown.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", "),
-        allowed.join(", ")
-    ))
+    Err(ValueError::UnknownItems {
+        unknown,
+        allowed: allowed.to_vec(),
+    })
 }
 
 /// `; did you mean "x"?` when a candidate is close to `got`, else empty.
@@ -250,13 +326,15 @@ mod tests {
     #[test]
     fn enums_and_suggestions() {
         assert_eq!(one_of(&s("ECR"), &["ecr", "docker"]), Ok("ecr"));
-        let err = one_of(&s("dockr"), &["ecr", "docker"]).unwrap_err();
+        let err = one_of(&s("dockr"), &["ecr", "docker"]).unwrap_err().to_string();
         assert!(err.contains("did you mean \"docker\""), "{err}");
         assert_eq!(
             list_of(&s("Pods,pods,jobs"), &["jobs", "pods"]),
             Ok(vec!["pods", "jobs"])
         );
-        let err = list_of(&s("deploymentz"), &["deployments", "pods"]).unwrap_err();
+        let err = list_of(&s("deploymentz"), &["deployments", "pods"])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("\"deploymentz\"") && err.contains("did you mean \"deployments\""),
             "{err}"

@@ -610,6 +610,9 @@ mod tests {
         assert!(names(&inv).is_empty());
     }
 
+    /// Updates, then the objects, the ReplicaSets and whether everything changed.
+    type ChangeCase = (Vec<Update>, Vec<ObjectKey>, Vec<&'static str>, bool);
+
     #[test]
     fn changes_name_what_planning_must_redo() {
         let key = |kind, name: &str| ObjectKey {
@@ -631,7 +634,7 @@ mod tests {
         };
         let mut inv = Inventory::new();
         // (updates, objects changed, ReplicaSets changed, everything)
-        let cases: Vec<(Vec<Update>, Vec<ObjectKey>, Vec<&str>, bool)> = vec![
+        let cases: Vec<ChangeCase> = vec![
             (
                 vec![
                     Update::Apply(POD, seen("a", "p", &["nginx:1"], None)),

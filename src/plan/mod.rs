@@ -741,9 +741,17 @@ struct ObjectPlan {
 }
 
 /// What planning one image use gives.
-enum Planned {
-    Task(MirrorTask),
-    Excluded { source: ImageRef, rule: String },
+#[derive(Debug)]
+pub enum Planned {
+    /// Mirror it: the task (without users); boxed, as a task is much larger than an exclusion.
+    Task(Box<MirrorTask>),
+    /// Not mirrored: `excludeRegistries`, or the image already lives on the target.
+    Excluded {
+        /// The image reference.
+        source: ImageRef,
+        /// The `excludeRegistries` entry, or the target `registry[/path]`, it falls under.
+        rule: String,
+    },
 }
 
 impl Planner {
@@ -818,7 +826,7 @@ impl Planner {
             .images
             .iter()
             .map(|use_| {
-                let mut planned = self.task(key, &user.name, node, use_);
+                let mut planned = self.task(&key.namespace, &user.name, node, use_);
                 if let Ok(Planned::Task(task)) = &mut planned
                     && self.use_image_pull_secrets
                 {
@@ -852,9 +860,16 @@ impl Planner {
         (!by_registry && registries.len() > 1).then(|| registries.into_iter().collect())
     }
 
+    /// What one container of `workload` in `namespace` plans to, as [`Planner::plan`] names it for
+    /// a workload whose Pods' Node is unknown: no filter (namespaces, skip lists) is applied, only
+    /// the exclusions, the digest policy and the naming. `copycat failover` asks it per container.
+    pub fn plan_use(&self, namespace: &str, workload: &str, use_: &ContainerImage) -> Result<Planned, InvalidImage> {
+        self.task(namespace, workload, None, use_)
+    }
+
     fn task(
         &self,
-        key: &ObjectKey,
+        namespace: &str,
         workload: &str,
         node: Option<&Platform>,
         use_: &ContainerImage,
@@ -875,7 +890,7 @@ impl Planner {
             prefix: self.prefix.clone(),
             rules: self.rules.clone(),
             ctx: NameContext {
-                namespace: key.namespace.clone(),
+                namespace: namespace.to_owned(),
                 podname: workload.to_owned(),
                 container_name: use_.container.clone(),
                 arch: None,
@@ -899,11 +914,11 @@ impl Planner {
         })
         .with_platforms(platforms);
         // Without a node platform, `$arch` is the image's own, known only once it is read.
-        Ok(Planned::Task(if node.is_none() && naming.uses_arch() {
+        Ok(Planned::Task(Box::new(if node.is_none() && naming.uses_arch() {
             task.with_arch_naming(naming)
         } else {
             task
-        }))
+        })))
     }
 }
 

@@ -39,6 +39,10 @@ impl Pass {
 /// An owner an object's workload is resolved through: (namespace, ReplicaSet or Job, name).
 type OwnerRef = (String, OwnerKind, String);
 
+/// One use of a target: the task (shared by the uses doing the same work) and the pull-secret
+/// credentials of its object.
+type TaskUse = (Arc<MirrorTask>, Vec<PullSecret>);
+
 // Memory: a large cluster has one record per Pod, so they are kept small: slices instead of
 // growable vectors, the namespace not repeated, the workload shared by all of its Pods.
 
@@ -92,7 +96,7 @@ struct ObjectUses {
     /// Creation time (unknown: last): the oldest use keeps a target two sources name.
     created: i64,
     /// Each use's task and pull-secret credentials, in the object's image order.
-    uses: Box<[(Arc<MirrorTask>, Vec<PullSecret>)]>,
+    uses: Box<[TaskUse]>,
 }
 
 /// The uses of one excluded source.
@@ -196,7 +200,7 @@ impl PlanState {
             self.dependents.entry(owner).or_default().insert(key.clone());
         }
         // This object's uses by target, in image order.
-        let mut by_target: Vec<(Arc<str>, Vec<(Arc<MirrorTask>, Vec<PullSecret>)>)> = Vec::new();
+        let mut by_target: Vec<(Arc<str>, Vec<TaskUse>)> = Vec::new();
         let mut excluded: Vec<String> = Vec::new();
         for (image, planned) in uses {
             match planned {
@@ -207,7 +211,7 @@ impl PlanState {
                         Some((name, _)) => name.clone(),
                         None => Arc::from(target.as_str()),
                     };
-                    let work = self.targets.entry(target.clone()).or_default().share(task);
+                    let work = self.targets.entry(target.clone()).or_default().share(*task);
                     match by_target.iter_mut().find(|(t, _)| *t == target) {
                         Some((_, uses)) => uses.push((work, credentials)),
                         None => by_target.push((target, vec![(work, credentials)])),

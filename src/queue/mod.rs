@@ -9,6 +9,9 @@
 //!   the same target with the same source reference and platforms is skipped without any registry
 //!   request for [`QueueOptions::positive_ttl`], or until the source reference (a pinned digest
 //!   included) changes.
+//! - **Repair** ([`Queue::repair`]): a target a check found incomplete is copied again past the
+//!   positive cache in the engine's repair mode ([`CopyOptions::repair`]); the request survives
+//!   merges and failed attempts and is cleared by a success.
 //! - **Failure cooldown** per target: after a failure the target waits
 //!   [`QueueOptions::failure_cooldown`], then is retried by a timer with the latest request.
 //!   Submissions meanwhile do not run it early; [`Queue::reset_cooldown`] re-queues every waiting
@@ -397,7 +400,9 @@ impl Queue {
                     *dropped = None;
                     match pending {
                         Some(pending) => pending.absorb(task),
-                        None if entry.task.same_work(&task) => union_users(&mut entry.task.users, task.users),
+                        None if entry.task.same_work(&task) && (entry.task.repair || !task.repair) => {
+                            union_users(&mut entry.task.users, task.users)
+                        }
                         None => *pending = Some(Box::new(task)),
                     }
                 }
@@ -427,9 +432,11 @@ impl Queue {
         let _ = inner.ready.send(key);
     }
 
-    /// Submits `task` again although the positive cache may know its target mirrored (a check found
-    /// the target incomplete): the cache entry is dropped first, so the copy runs.
-    pub fn resubmit_uncached(&self, task: MirrorTask) {
+    /// Submits `task` to be copied in repair mode (a check found its target incomplete) although
+    /// the positive cache may know the target mirrored: the cache entry is dropped first, so the
+    /// copy runs, and it walks the whole tree at the target, copying only what is missing there.
+    pub fn repair(&self, mut task: MirrorTask) {
+        task.repair = true;
         self.inner.positive.invalidate(&task.key());
         self.submit(task);
     }
@@ -720,6 +727,7 @@ impl Inner {
         // A merge may have turned the task back into work that is known done.
         if let Some(done) = self.positive.get(key)
             && done.same_work(&entry.task)
+            && !entry.task.repair
         {
             let entry = st.entries.remove(key).expect("entry present");
             st.queued -= 1;
@@ -762,6 +770,7 @@ impl Inner {
         let options = CopyOptions {
             platforms: task.platforms.clone(),
             source_credentials: task.source_credentials.clone(),
+            repair: task.repair,
             ..self.options.copy.clone()
         };
         let request = match self.named_request(task, &options).await {
@@ -815,12 +824,15 @@ impl Inner {
         if named.is_some() {
             entry.last.target = named;
         }
-        let rerun = pending.as_ref().is_some_and(|p| !p.same_work(&ran));
+        // A repair asked during a plain copy runs afterwards too.
+        let repair_asked = pending.as_ref().is_some_and(|p| p.repair && !ran.repair);
+        let rerun = repair_asked || pending.as_ref().is_some_and(|p| !p.same_work(&ran));
         if let Some(pending) = pending {
             entry.task.absorb(*pending);
         }
         let next = match result {
             Ok(done) => {
+                entry.task.repair = repair_asked;
                 self.positive.insert(key.clone(), Arc::new(ran.work()));
                 entry.last.digest = done.digest();
                 entry.last.error = None;

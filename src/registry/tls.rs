@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -27,8 +28,9 @@ pub(crate) enum TlsMode {
 
 /// The reqwest clients: one per distinct TLS setting, shared by every host using it.
 pub(crate) struct Clients {
-    verified: Result<reqwest::Client, String>,
-    insecure: Result<reqwest::Client, String>,
+    /// Kept as built: a failure matters only to a host that uses the client, so it is reported then.
+    verified: Result<reqwest::Client, Arc<reqwest::Error>>,
+    insecure: Result<reqwest::Client, Arc<reqwest::Error>>,
     custom: HashMap<PathBuf, reqwest::Client>,
 }
 
@@ -79,13 +81,11 @@ impl Clients {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let verified = builder(options)
-            .build()
-            .map_err(|e| format!("cannot set up verified TLS: {}", chain(&e)));
+        let verified = builder(options).build().map_err(Arc::new);
         let insecure = builder(options)
             .tls_danger_accept_invalid_certs(true)
             .build()
-            .map_err(|e| format!("cannot set up unverified TLS: {}", chain(&e)));
+            .map_err(Arc::new);
         let mut custom = HashMap::new();
         for settings in options.hosts.values() {
             let Some(path) = &settings.ca_file else { continue };
@@ -111,16 +111,18 @@ impl Clients {
 
     /// The client for `mode`.
     pub(crate) fn get(&self, mode: &TlsMode) -> Result<reqwest::Client, RegistryError> {
-        let r = match mode {
-            TlsMode::Verified => self.verified.as_ref(),
-            TlsMode::Insecure => self.insecure.as_ref(),
+        let (built, kind) = match mode {
+            TlsMode::Verified => (&self.verified, "verified"),
+            TlsMode::Insecure => (&self.insecure, "unverified"),
             TlsMode::CustomCa(p) => {
                 return self.custom.get(p).cloned().ok_or_else(|| {
                     RegistryError::Invalid(format!("CA file {}: no TLS client was set up for it", p.display()))
                 });
             }
         };
-        r.cloned().map_err(|e| RegistryError::Invalid(e.clone()))
+        built
+            .clone()
+            .map_err(|e| RegistryError::Invalid(format!("cannot set up {kind} TLS: {}", chain(&*e))))
     }
 }
 

@@ -9,6 +9,7 @@ mod discovery;
 mod drills;
 mod dropin;
 mod ecr;
+mod failover;
 mod faults;
 mod first_run;
 mod image;
