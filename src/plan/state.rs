@@ -294,43 +294,10 @@ impl PlanState {
     /// Merges the targets and excluded sources whose uses changed; with `new_only`, only those not
     /// merged before (and drops those no longer used), the others stay due.
     fn merge(&mut self, new_only: bool) {
-        let due = |merged: bool| !new_only || !merged;
-        let mut pending = BTreeSet::new();
-        for target in std::mem::take(&mut self.dirty_targets) {
-            let Some(uses) = self.targets.get_mut(&target) else {
-                continue;
-            };
-            if uses.by_object.is_empty() {
-                self.targets.remove(&target);
-            } else if due(uses.merged.is_some()) {
-                uses.merge();
-            } else {
-                pending.insert(target);
-            }
-        }
-        self.dirty_targets = pending;
-        let mut pending = BTreeSet::new();
-        for source in std::mem::take(&mut self.dirty_excluded) {
-            let Some(uses) = self.excluded.get_mut(&source) else {
-                continue;
-            };
-            if uses.users.is_empty() {
-                self.excluded.remove(&source);
-            } else if due(uses.merged.is_some()) {
-                let mut image = ExcludedImage {
-                    source: source.clone(),
-                    rule: uses.rule.clone(),
-                    users: vec![],
-                };
-                for user in uses.users.values() {
-                    add_user(&mut image.users, user);
-                }
-                uses.merged = Some(image);
-            } else {
-                pending.insert(source);
-            }
-        }
-        self.dirty_excluded = pending;
+        let dirty = std::mem::take(&mut self.dirty_targets);
+        self.dirty_targets = merge_due(&mut self.targets, dirty, new_only);
+        let dirty = std::mem::take(&mut self.dirty_excluded);
+        self.dirty_excluded = merge_due(&mut self.excluded, dirty, new_only);
     }
 
     /// The plan as last merged: tasks and conflicts by target, excluded images by source, invalid
@@ -344,6 +311,76 @@ impl PlanState {
         plan.excluded = self.excluded.values().filter_map(|e| e.merged.clone()).collect();
         plan.invalid = self.invalid.values().flatten().cloned().collect();
         plan
+    }
+}
+
+/// What uses of one target or excluded source are kept as: merged into the plan's entry when due.
+trait Uses {
+    /// Whether nothing uses it any more.
+    fn unused(&self) -> bool;
+    /// Whether it has been merged before.
+    fn merged(&self) -> bool;
+    /// Merges the uses of `name` into its plan entry.
+    fn merge(&mut self, name: &str);
+}
+
+/// Merges the `dirty` entries of `map` that are due (with `new_only`, those never merged), drops
+/// those no longer used; returns those left due.
+fn merge_due<K, V>(map: &mut BTreeMap<K, V>, dirty: BTreeSet<K>, new_only: bool) -> BTreeSet<K>
+where
+    K: Ord + std::borrow::Borrow<str>,
+    V: Uses,
+{
+    let mut pending = BTreeSet::new();
+    for name in dirty {
+        let key: &str = name.borrow();
+        let Some(uses) = map.get_mut(key) else {
+            continue;
+        };
+        if uses.unused() {
+            map.remove(key);
+        } else if !new_only || !uses.merged() {
+            uses.merge(key);
+        } else {
+            pending.insert(name);
+        }
+    }
+    pending
+}
+
+impl Uses for ExcludedUses {
+    fn unused(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    fn merged(&self) -> bool {
+        self.merged.is_some()
+    }
+
+    fn merge(&mut self, source: &str) {
+        let mut image = ExcludedImage {
+            source: source.to_owned(),
+            rule: self.rule.clone(),
+            users: vec![],
+        };
+        for user in self.users.values() {
+            add_user(&mut image.users, user);
+        }
+        self.merged = Some(image);
+    }
+}
+
+impl Uses for TargetUses {
+    fn unused(&self) -> bool {
+        self.by_object.is_empty()
+    }
+
+    fn merged(&self) -> bool {
+        self.merged.is_some()
+    }
+
+    fn merge(&mut self, _target: &str) {
+        self.merge_claims();
     }
 }
 
@@ -373,7 +410,7 @@ impl TargetUses {
     /// platforms share the tag: every platform they need is mirrored), every user's pull secrets
     /// are tried in order. The claim used first (oldest creation, then object order) keeps the
     /// target, the others are conflicts: the same on every plan and every replica.
-    fn merge(&mut self) {
+    fn merge_claims(&mut self) {
         self.works.retain(|w| Arc::strong_count(w) > 1);
         let mut claims: Vec<Claim<'_>> = Vec::new();
         for (key, object) in &self.by_object {
