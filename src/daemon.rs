@@ -24,7 +24,7 @@ use crate::events::{self, Emitter};
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::on_the_fly::OnTheFly;
-use crate::plan::{Planner, TargetConflict};
+use crate::plan::{PlanState, Planner, TargetConflict};
 use crate::queue::{ExcludedImages, Queue};
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
 use crate::wiring::DaemonParts;
@@ -163,6 +163,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         feeds: &feeds,
         planning: Planning {
             planner: &planner,
+            state: PlanState::new(),
             queue: &queue,
             metrics: &metrics,
             excluded,
@@ -292,13 +293,15 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                         listed = true;
                         ready.store(true, Ordering::Release);
                         tracing::info!(objects = inventory.objects().count(), "initial list complete");
+                        // The one pass that merges everything, at once: the lists are complete.
+                        plan_at = Some(Instant::now());
                     }
                 }
                 None => return,
             },
             () = plan_due => {
                 plan_at = None;
-                planning.run(&inventory, false, lead && leads(&leading));
+                planning.run(&mut inventory, listed, Trigger::Changes, lead && leads(&leading));
             }
             Ok(()) = leading.changed() => {
                 let now = *leading.borrow_and_update();
@@ -306,7 +309,7 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                     lead = now;
                     if lead && listed {
                         tracing::info!("leading: submitting the whole current plan");
-                        planning.run(&inventory, true, lead && leads(&leading));
+                        planning.run(&mut inventory, listed, Trigger::Leading, lead && leads(&leading));
                     } else if lead {
                         // The initial list is not complete: the plan made once it is submits everything.
                         queue.forget_plan();
@@ -323,11 +326,11 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
             () = rescan_due => {
                 next_rescan = rescan.map(|every| Instant::now() + every);
                 tracing::info!("periodic rescan");
-                planning.run(&inventory, true, lead && leads(&leading));
+                planning.run(&mut inventory, listed, Trigger::Rescan, lead && leads(&leading));
             }
             Some(reply) = forced.recv() => {
                 tracing::info!("forced rescan");
-                let summary = planning.run(&inventory, true, lead && leads(&leading));
+                let summary = planning.run(&mut inventory, listed, Trigger::Rescan, lead && leads(&leading));
                 let _ = reply.send(summary);
             }
         }
@@ -362,10 +365,24 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// Plans the inventory and hands the results on: tasks to the queue, the number of images to the
-/// metrics, excluded images and conflicts to `/status`, conflicts to the Events.
+/// Why a plan pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// Objects changed: re-plan them, submit what changed.
+    Changes,
+    /// This replica now leads: submit the whole current plan.
+    Leading,
+    /// `forceReconcileMinutes` or `/force-reconcile`: re-plan every object, submit everything.
+    Rescan,
+}
+
+/// Keeps the plan of the inventory up to date and hands the results on: tasks to the queue, the
+/// number of images to the metrics, excluded images and conflicts to `/status`, conflicts to the
+/// Events.
 struct Planning<'a> {
     planner: &'a Planner,
+    /// The plan, kept up to date with the inventory's changes.
+    state: PlanState,
     queue: &'a Queue,
     metrics: &'a Metrics,
     excluded: ExcludedImages,
@@ -382,11 +399,17 @@ struct Planning<'a> {
 }
 
 impl Planning<'_> {
-    /// Plans and, when `lead`, hands the plan to the queue ([`Queue::submit_plan`]: the tasks that
-    /// are new or whose work changed, all of them when `everything`; targets no longer planned are
+    /// Brings the plan up to date with `inventory` (every watcher `listed` or not yet) and, when
+    /// `lead`, hands it to the queue ([`Queue::submit_plan`]: the tasks that are new or whose work
+    /// changed, all of them unless `trigger` is only changes; targets no longer planned are
     /// forgotten); returns what the plan holds.
-    fn run(&mut self, inventory: &Inventory, everything: bool, lead: bool) -> PlanSummary {
-        let plan = self.planner.plan(inventory);
+    fn run(&mut self, inventory: &mut Inventory, listed: bool, trigger: Trigger, lead: bool) -> PlanSummary {
+        let pass = self
+            .state
+            .replan(self.planner, inventory, listed, trigger == Trigger::Rescan);
+        self.metrics.plan_pass(pass.as_str());
+        let everything = trigger != Trigger::Changes;
+        let plan = self.state.plan();
         // The queue first: the verifier checks only targets the queue is not busy with, so a new
         // target it can see must be queued already (else it is checked before its first copy,
         // found missing and counted as a repair).
@@ -425,10 +448,17 @@ impl Planning<'_> {
                 excluded,
                 conflicts,
                 forgotten = done.forgotten,
+                pass = pass.as_str(),
                 "planned"
             );
         } else {
-            tracing::info!(tasks, excluded, conflicts, "planned (following: nothing submitted)");
+            tracing::info!(
+                tasks,
+                excluded,
+                conflicts,
+                pass = pass.as_str(),
+                "planned (following: nothing submitted)"
+            );
         }
         self.metrics.set_images_tracked(targets.len());
         PlanSummary { workloads, targets }

@@ -35,6 +35,7 @@ pub struct Metrics {
     ratelimit: IntGaugeVec,
     leader: IntGauge,
     watch_events: IntCounterVec,
+    plan_passes: IntCounterVec,
     verified_present: IntCounter,
     backup: BackupGauges,
     drills: DrillMetrics,
@@ -181,6 +182,14 @@ impl Metrics {
             &["kind", "event"],
         )
         .expect("valid metric");
+        let plan_passes = IntCounterVec::new(
+            Opts::new(
+                format!("{PREFIX}plan_passes_total"),
+                "Plan passes, by pass: full (every target merged again: the first plan after the initial lists, a rescan, a Node platform or pull-secret change) or incremental (only the objects that changed).",
+            ),
+            &["pass"],
+        )
+        .expect("valid metric");
         let verified_present = IntCounter::new(
             format!("{PREFIX}images_verified_present_total"),
             "Mirror attempts that found the target already holding the source's digest, so nothing was copied.",
@@ -247,6 +256,7 @@ impl Metrics {
             Box::new(ratelimit.clone()),
             Box::new(leader.clone()),
             Box::new(watch_events.clone()),
+            Box::new(plan_passes.clone()),
             Box::new(verified_present.clone()),
         ] {
             registry.register(m).expect("unique metric");
@@ -290,6 +300,7 @@ impl Metrics {
             ratelimit,
             leader,
             watch_events,
+            plan_passes,
             verified_present,
             backup,
             drills,
@@ -444,6 +455,11 @@ impl Metrics {
     /// Counts one watch event of `kind` (`Deployment`, …): `applied`, `deleted` or `restarted`.
     pub fn watch_event(&self, kind: &str, event: &str) {
         self.watch_events.with_label_values(&[kind, event]).inc();
+    }
+
+    /// Counts one plan pass: `full` or `incremental`.
+    pub fn plan_pass(&self, pass: &str) {
+        self.plan_passes.with_label_values(&[pass]).inc();
     }
 
     /// Sets how many targets the latest plan holds.

@@ -115,7 +115,7 @@ pub fn pod_digest(image_id: &str) -> Option<Digest> {
 }
 
 /// An owner reference copycat follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Owner {
     /// What owns the object.
     pub kind: OwnerKind,
@@ -124,7 +124,7 @@ pub struct Owner {
 }
 
 /// Owner kinds: a watched workload, or a ReplicaSet (whose own owner is a Deployment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OwnerKind {
     /// A watched workload kind.
     Workload(Kind),

@@ -156,6 +156,19 @@ pub struct Entry {
     pub created: Option<i64>,
 }
 
+/// What changed in an [`Inventory`] since its changes were last taken: what planning must redo.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Workload objects added, changed or removed.
+    pub objects: HashSet<ObjectKey>,
+    /// ReplicaSets (namespace, name) whose Deployment changed, appeared or vanished: their Pods'
+    /// workload may change.
+    pub replica_sets: HashSet<(String, String)>,
+    /// Something any object may depend on changed: a Node's platform, a pull secret or a
+    /// ServiceAccount's pull secrets.
+    pub everything: bool,
+}
+
 /// The current image uses of every watched object.
 #[derive(Debug, Default)]
 pub struct Inventory {
@@ -171,6 +184,7 @@ pub struct Inventory {
     /// Objects seen by an ongoing relist, per feed.
     relisting: HashMap<Feed, HashSet<(String, String)>>,
     synced: HashSet<Feed>,
+    changes: Changes,
 }
 
 impl Inventory {
@@ -208,7 +222,20 @@ impl Inventory {
         }
     }
 
+    /// What changed since the last call (everything applied so far, the first time).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
     fn upsert(&mut self, w: Watched, seen: Seen) -> bool {
+        let changed = self.upsert_entry(w, seen);
+        if changed && matches!(w, Watched::Node | Watched::Secret | Watched::ServiceAccount) {
+            self.changes.everything = true;
+        }
+        changed
+    }
+
+    fn upsert_entry(&mut self, w: Watched, seen: Seen) -> bool {
         match w {
             Watched::Node => match seen.platform {
                 Some(p) => self.nodes.insert(seen.name, p.clone()).as_ref() != Some(&p),
@@ -221,10 +248,16 @@ impl Inventory {
             }
             Watched::ReplicaSet => {
                 let key = (seen.namespace, seen.name);
-                match seen.owner.filter(|o| o.kind == OwnerKind::Workload(Kind::Deployment)) {
-                    Some(owner) => self.replica_sets.insert(key, owner.name.clone()).as_ref() != Some(&owner.name),
+                let changed = match seen.owner.filter(|o| o.kind == OwnerKind::Workload(Kind::Deployment)) {
+                    Some(owner) => {
+                        self.replica_sets.insert(key.clone(), owner.name.clone()).as_ref() != Some(&owner.name)
+                    }
                     None => self.replica_sets.remove(&key).is_some(),
+                };
+                if changed {
+                    self.changes.replica_sets.insert(key);
                 }
+                changed
             }
             Watched::Workload(kind) => {
                 let key = ObjectKey {
@@ -243,6 +276,7 @@ impl Inventory {
                     return false;
                 }
                 // An owner change alone matters to skips and names, so it counts as a change too.
+                self.changes.objects.insert(key.clone());
                 self.objects.insert(key, entry);
                 true
             }
@@ -250,26 +284,34 @@ impl Inventory {
     }
 
     fn remove(&mut self, w: Watched, namespace: &str, name: &str) -> bool {
+        let key = (namespace.to_owned(), name.to_owned());
         match w {
-            Watched::Node => self.nodes.remove(name).is_some(),
-            Watched::Secret => self.secrets.remove(&(namespace.to_owned(), name.to_owned())).is_some(),
-            Watched::ServiceAccount => self
-                .service_accounts
-                .remove(&(namespace.to_owned(), name.to_owned()))
-                .is_some(),
-            Watched::ReplicaSet => self
-                .replica_sets
-                .remove(&(namespace.to_owned(), name.to_owned()))
-                .is_some(),
+            Watched::Node => self.nodes.remove(name).is_some() && self.everything_changed(),
+            Watched::Secret => self.secrets.remove(&key).is_some() && self.everything_changed(),
+            Watched::ServiceAccount => self.service_accounts.remove(&key).is_some() && self.everything_changed(),
+            Watched::ReplicaSet => {
+                let removed = self.replica_sets.remove(&key).is_some();
+                if removed {
+                    self.changes.replica_sets.insert(key);
+                }
+                removed
+            }
             Watched::Workload(kind) => {
-                let key = ObjectKey {
-                    kind,
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                };
-                self.objects.remove(&key).is_some_and(|e| !e.images.is_empty())
+                let (namespace, name) = key;
+                let key = ObjectKey { kind, namespace, name };
+                let removed = self.objects.remove(&key);
+                if removed.is_some() {
+                    self.changes.objects.insert(key);
+                }
+                removed.is_some_and(|e| !e.images.is_empty())
             }
         }
+    }
+
+    /// Records that everything may have to be planned again; `true`.
+    fn everything_changed(&mut self) -> bool {
+        self.changes.everything = true;
+        true
     }
 
     fn retain(&mut self, w: Watched, keep: impl Fn(&str, &str) -> bool) -> bool {
@@ -277,15 +319,28 @@ impl Inventory {
             Watched::Node => {
                 let before = self.nodes.len();
                 self.nodes.retain(|name, _| keep("", name));
-                before != self.nodes.len()
+                before != self.nodes.len() && self.everything_changed()
             }
-            Watched::ReplicaSet => retain_named(&mut self.replica_sets, keep),
-            Watched::Secret => retain_named(&mut self.secrets, keep),
-            Watched::ServiceAccount => retain_named(&mut self.service_accounts, keep),
+            Watched::ReplicaSet => {
+                let gone = retain_named(&mut self.replica_sets, keep);
+                let changed = !gone.is_empty();
+                self.changes.replica_sets.extend(gone);
+                changed
+            }
+            Watched::Secret => !retain_named(&mut self.secrets, keep).is_empty() && self.everything_changed(),
+            Watched::ServiceAccount => {
+                !retain_named(&mut self.service_accounts, keep).is_empty() && self.everything_changed()
+            }
             Watched::Workload(kind) => {
                 let before = self.objects.len();
-                self.objects
-                    .retain(|k, _| k.kind != kind || keep(&k.namespace, &k.name));
+                let changed = &mut self.changes.objects;
+                self.objects.retain(|k, _| {
+                    let kept = k.kind != kind || keep(&k.namespace, &k.name);
+                    if !kept {
+                        changed.insert(k.clone());
+                    }
+                    kept
+                });
                 before != self.objects.len()
             }
         }
@@ -333,6 +388,11 @@ impl Inventory {
     /// Every object with its entry.
     pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &Entry)> {
         self.objects.iter()
+    }
+
+    /// The entry of one object, if it is known.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Entry> {
+        self.objects.get(key)
     }
 
     /// The workload a Pod or Job belongs to, following ReplicaSet → Deployment and Job → CronJob; the
@@ -403,11 +463,17 @@ fn upsert_or_remove<V: PartialEq>(
     }
 }
 
-/// Keeps the entries `keep` accepts; whether any was dropped.
-fn retain_named<V>(map: &mut HashMap<(String, String), V>, keep: impl Fn(&str, &str) -> bool) -> bool {
-    let before = map.len();
-    map.retain(|(ns, name), _| keep(ns, name));
-    before != map.len()
+/// Keeps the entries `keep` accepts; the keys dropped.
+fn retain_named<V>(map: &mut HashMap<(String, String), V>, keep: impl Fn(&str, &str) -> bool) -> Vec<(String, String)> {
+    let mut gone = Vec::new();
+    map.retain(|key, _| {
+        let kept = keep(&key.0, &key.1);
+        if !kept {
+            gone.push(key.clone());
+        }
+        kept
+    });
+    gone
 }
 
 #[cfg(test)]
@@ -546,6 +612,94 @@ mod tests {
         assert_eq!(names(&inv), vec!["Deployment/a/web"]);
         assert!(inv.apply(Update::Delete(DEPLOY, seen("a", "web", &[], None))));
         assert!(names(&inv).is_empty());
+    }
+
+    /// Updates, then the objects, the ReplicaSets and whether everything changed.
+    type ChangeCase = (Vec<Update>, Vec<ObjectKey>, Vec<&'static str>, bool);
+
+    #[test]
+    fn changes_name_what_planning_must_redo() {
+        let key = |kind, name: &str| ObjectKey {
+            kind,
+            namespace: "a".into(),
+            name: name.into(),
+        };
+        let rs = |deployment: &str| {
+            seen(
+                "a",
+                "web-1",
+                &[],
+                Some((OwnerKind::Workload(Kind::Deployment), deployment)),
+            )
+        };
+        let node = |arch: &str| Seen {
+            platform: Some(Platform::parse(arch).unwrap()),
+            ..seen("", "n1", &[], None)
+        };
+        let mut inv = Inventory::new();
+        // (updates, objects changed, ReplicaSets changed, everything)
+        let cases: Vec<ChangeCase> = vec![
+            (
+                vec![
+                    Update::Apply(POD, seen("a", "p", &["nginx:1"], None)),
+                    Update::Apply(DEPLOY, seen("a", "web", &["nginx:1"], None)),
+                ],
+                vec![key(Kind::Pod, "p"), key(Kind::Deployment, "web")],
+                vec![],
+                false,
+            ),
+            (
+                vec![Update::Apply(POD, seen("a", "p", &["nginx:1"], None))],
+                vec![],
+                vec![],
+                false,
+            ),
+            (
+                vec![Update::Apply(Watched::ReplicaSet, rs("web"))],
+                vec![],
+                vec!["web-1"],
+                false,
+            ),
+            (
+                vec![Update::Apply(Watched::ReplicaSet, rs("web"))],
+                vec![],
+                vec![],
+                false,
+            ),
+            (
+                vec![Update::Delete(Watched::ReplicaSet, rs("web"))],
+                vec![],
+                vec!["web-1"],
+                false,
+            ),
+            (vec![Update::Apply(Watched::Node, node("arm64"))], vec![], vec![], true),
+            (vec![Update::Apply(Watched::Node, node("arm64"))], vec![], vec![], false),
+            // A relist without `p`: it vanished meanwhile.
+            (
+                vec![
+                    Update::Init(POD.into()),
+                    Update::InitDone(POD.into()),
+                    Update::Delete(DEPLOY, seen("a", "web", &[], None)),
+                ],
+                vec![key(Kind::Pod, "p"), key(Kind::Deployment, "web")],
+                vec![],
+                false,
+            ),
+        ];
+        for (i, (updates, objects, replica_sets, everything)) in cases.into_iter().enumerate() {
+            for u in updates {
+                inv.apply(u);
+            }
+            let changes = inv.take_changes();
+            let mut got: Vec<ObjectKey> = changes.objects.into_iter().collect();
+            got.sort();
+            let mut want = objects;
+            want.sort();
+            assert_eq!(got, want, "case {i}");
+            let got: Vec<String> = changes.replica_sets.into_iter().map(|(_, n)| n).collect();
+            assert_eq!(got, replica_sets, "case {i}");
+            assert_eq!(changes.everything, everything, "case {i}");
+        }
     }
 
     #[test]

@@ -1,19 +1,19 @@
 //! From what a workload uses to what to mirror: filters, digest policy and naming. Pure logic; the
 //! discovery module feeds it, the queue consumes its tasks.
 
+mod state;
 mod task;
-
-use std::collections::BTreeMap;
 
 use crate::config::{Config, SkipNames, TargetKind};
 use crate::copy::CopyRequest;
-use crate::discovery::extract::ContainerImage;
-use crate::discovery::inventory::{Inventory, ObjectKey};
+use crate::discovery::extract::{ContainerImage, Owner, OwnerKind};
+use crate::discovery::inventory::{Entry, Inventory, ObjectKey};
 use crate::glob;
 use crate::naming::{self, NameContext, NamingError, PathRule, TargetNaming};
 use crate::platform::Platform;
 use crate::reference::{ImageRef, ReferenceError};
 use crate::workload::{self, Kind, Workload};
+pub use state::{Pass, PlanState};
 pub use task::{MAX_USERS, MirrorTask, TargetKey, union_users};
 
 /// Which namespaces are in scope. Globs are evaluated for every namespace as it appears, so
@@ -778,59 +778,6 @@ impl TargetConflict {
     }
 }
 
-/// The tasks of one plan claiming one target, one per source repository (tags of tagged sources
-/// only: a target by digest, or by the anchor tag of a digest-only source, holds the same content
-/// whatever the source), each with its oldest use.
-#[derive(Default)]
-struct Claims(Vec<(MirrorTask, Use)>);
-
-/// When and by what an image was first used: the creation time of the oldest object using it
-/// (unknown: last), then that object.
-type Use = (i64, ObjectKey);
-
-impl Claims {
-    /// Adds `task`, first used at `first`, merging it into the claim of the same source repository.
-    fn add(&mut self, mut task: MirrorTask, first: Use) {
-        let repository = |t: &MirrorTask| {
-            (t.request.target_tag.is_some() && t.request.source.tag().is_some()).then(|| t.request.source.name())
-        };
-        let Some((existing, oldest)) = self
-            .0
-            .iter_mut()
-            .find(|(claim, _)| repository(claim) == repository(&task))
-        else {
-            self.0.push((task, first));
-            return;
-        };
-        // Pods of one image on nodes of different platforms share the tag: mirror every platform
-        // they need instead of letting one overwrite the other. Every user's pull secrets are
-        // tried, in plan order.
-        let platforms = union(&existing.platforms, &task.platforms);
-        let earlier = std::mem::take(&mut existing.source_credentials);
-        let newer = std::mem::take(&mut task.source_credentials);
-        existing.absorb(task);
-        existing.platforms = platforms;
-        existing.add_source_credentials(earlier.into_iter().chain(newer));
-        *oldest = first.min(oldest.clone());
-    }
-
-    /// The task that keeps the target (used first) and the conflicts of the others.
-    fn settle(mut self) -> (MirrorTask, Vec<TargetConflict>) {
-        self.0.sort_by(|a, b| a.1.cmp(&b.1));
-        let mut claims = self.0.into_iter().map(|(task, _)| task);
-        let kept = claims.next().expect("a target has at least one claim");
-        let conflicts = claims
-            .map(|other| TargetConflict {
-                target: kept.key().to_string(),
-                source: other.request.source.to_string(),
-                kept: kept.request.source.to_string(),
-                users: other.users,
-            })
-            .collect();
-        (kept, conflicts)
-    }
-}
-
 /// An image the plan leaves out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExcludedImage {
@@ -841,6 +788,18 @@ pub struct ExcludedImage {
     pub rule: String,
     /// Who uses it (the most recent few).
     pub users: Vec<Workload>,
+}
+
+/// What one object contributes to the plan.
+struct ObjectPlan {
+    /// The workload it belongs to.
+    user: Workload,
+    /// Its creation time (unknown: last).
+    created: i64,
+    /// The owner its workload is resolved through (a ReplicaSet or a Job): its changes re-plan it.
+    owner: Option<Owner>,
+    /// Each image use (none when a skip list names it): the image string and what planning it gives.
+    uses: Vec<(String, Result<Planned, InvalidImage>)>,
 }
 
 /// What planning one image use gives.
@@ -898,66 +857,62 @@ impl Planner {
 
     /// Plans every image use of the inventory.
     pub fn plan(&self, inventory: &Inventory) -> Plan {
-        let mut plan = Plan::default();
-        let mut by_target: BTreeMap<String, Claims> = BTreeMap::new();
-        let mut excluded: BTreeMap<String, ExcludedImage> = BTreeMap::new();
-        // A stable order makes the plan deterministic: when two objects disagree about one target
-        // (Pods of an old and a new rollout), the same one wins every time.
-        let mut objects: Vec<_> = inventory.objects().collect();
-        objects.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (key, entry) in objects {
-            if !self.mirrored.contains(&key.kind) || !self.scope.allows(&key.namespace) {
-                continue;
-            }
-            let chain = inventory.owner_chain(key, entry);
-            if chain
-                .iter()
-                .any(|(kind, name)| self.skip.skips(*kind, &key.namespace, name))
-            {
-                continue;
-            }
-            let (workload_kind, workload) = inventory.workload_of(key, entry);
-            let user = Workload::new(workload_kind, key.namespace.clone(), workload);
-            let node = if self.check_node_platform {
-                inventory.platform_of(entry)
-            } else {
-                None
-            };
-            let first_use: Use = (entry.created.unwrap_or(i64::MAX), key.clone());
-            for use_ in &entry.images {
-                match self.task(&key.namespace, &user.name, node, use_) {
-                    Ok(Planned::Task(task)) => {
-                        let mut task = (*task).with_user(user.clone());
-                        if self.use_image_pull_secrets {
-                            let host = task.request.source.registry();
-                            let credentials = inventory.pull_credentials(&key.namespace, &entry.pull, host);
-                            task.add_source_credentials(credentials);
-                        }
-                        by_target
-                            .entry(task.key().as_str().to_owned())
-                            .or_default()
-                            .add(task, first_use.clone());
-                    }
-                    Ok(Planned::Excluded { source, rule }) => {
-                        let source = source.to_string();
-                        let image = excluded.entry(source.clone()).or_insert_with(|| ExcludedImage {
-                            source,
-                            rule,
-                            users: vec![],
-                        });
-                        union_users(&mut image.users, [user.clone()]);
-                    }
-                    Err(e) => plan.invalid.push((user.clone(), use_.image.clone(), e)),
+        let mut state = PlanState::new();
+        state.rebuild(self, inventory);
+        state.plan()
+    }
+
+    /// What one object contributes to the plan; `None` for objects of kinds not mirrored, outside
+    /// the namespace scope, or without images.
+    fn object(&self, inventory: &Inventory, key: &ObjectKey, entry: &Entry) -> Option<ObjectPlan> {
+        if entry.images.is_empty() || !self.mirrored.contains(&key.kind) || !self.scope.allows(&key.namespace) {
+            return None;
+        }
+        let owner = entry
+            .owner
+            .clone()
+            .filter(|o| matches!(o.kind, OwnerKind::ReplicaSet | OwnerKind::Workload(Kind::Job)));
+        let (workload_kind, workload) = inventory.workload_of(key, entry);
+        let user = Workload::new(workload_kind, key.namespace.clone(), workload);
+        let created = entry.created.unwrap_or(i64::MAX);
+        let chain = inventory.owner_chain(key, entry);
+        if chain
+            .iter()
+            .any(|(kind, name)| self.skip.skips(*kind, &key.namespace, name))
+        {
+            return Some(ObjectPlan {
+                user,
+                created,
+                owner,
+                uses: vec![],
+            });
+        }
+        let node = if self.check_node_platform {
+            inventory.platform_of(entry)
+        } else {
+            None
+        };
+        let uses = entry
+            .images
+            .iter()
+            .map(|use_| {
+                let mut planned = self.task(&key.namespace, &user.name, node, use_);
+                if let Ok(Planned::Task(task)) = &mut planned
+                    && self.use_image_pull_secrets
+                {
+                    let host = task.request.source.registry();
+                    let credentials = inventory.pull_credentials(&key.namespace, &entry.pull, host);
+                    task.add_source_credentials(credentials);
                 }
-            }
-        }
-        for claims in by_target.into_values() {
-            let (task, conflicts) = claims.settle();
-            plan.tasks.push(task);
-            plan.conflicts.extend(conflicts);
-        }
-        plan.excluded = excluded.into_values().collect();
-        plan
+                (use_.image.clone(), planned)
+            })
+            .collect();
+        Some(ObjectPlan {
+            user,
+            created,
+            owner,
+            uses,
+        })
     }
 
     /// The source registries of `plan`'s tasks when the target naming can give images of two of

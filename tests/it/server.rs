@@ -217,6 +217,13 @@ async fn probes_metrics_status_and_cooldown_reset_follow_the_mirror() {
         Some(1.0),
         "{text}"
     );
+    // One full pass, the first with every watcher listed; no rescan was asked for (the one asked
+    // before the list was refused).
+    assert_eq!(
+        sample(&text, r#"k8s_copycat_plan_passes_total{pass="full"}"#),
+        Some(1.0),
+        "{text}"
+    );
     // Counted as the watchers receive them; every (re)list counts as restarted.
     for series in [
         r#"k8s_copycat_watch_events_total{event="applied",kind="Deployment"}"#,
