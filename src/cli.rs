@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Overrides, parse};
+use crate::referrer_policy::ReferrersMode;
 
 /// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
 pub const EXIT_USAGE: u8 = 2;
@@ -193,6 +194,10 @@ pub struct CopyArgs {
     /// Copy only these platforms (`linux/amd64`, `linux/arm/v7`); repeatable. Default: everything.
     #[arg(long = "platform", value_name = "PLATFORM")]
     pub platforms: Vec<String>,
+    /// Signatures, attestations and SBOMs copied with the image: all, signatures, none (overrides
+    /// the `referrers` setting).
+    #[arg(long, value_name = "MODE")]
+    pub referrers: Option<ReferrersMode>,
 }
 
 /// Arguments of `copycat sync`.
@@ -204,6 +209,10 @@ pub struct SyncArgs {
     /// Images copied at the same time.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+    /// Signatures, attestations and SBOMs copied with each image: all, signatures, none (overrides
+    /// the `referrers` setting).
+    #[arg(long, value_name = "MODE")]
+    pub referrers: Option<ReferrersMode>,
 }
 
 /// Flags every command accepts.

@@ -246,7 +246,9 @@ pub fn registries(config: &Config, targets: &[Target]) -> Result<Registries, Wir
 
 /// A copier over `registries` with the configured read mirrors, preparing the targets' repositories.
 pub fn copier(config: &Config, registries: Registries, targets: &[Target]) -> Copier {
-    let mut copier = Copier::new(registries).with_mirrors(config.registry_mirrors.clone().into_iter().collect());
+    let mut copier = Copier::new(registries)
+        .with_mirrors(config.registry_mirrors.clone().into_iter().collect())
+        .with_referrers_interval(config.referrers_interval);
     for target in targets {
         if let Some(preparer) = &target.repositories {
             copier = copier.with_preparer(&target.host, preparer.clone());
@@ -280,6 +282,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         blob_concurrency: config.blob_concurrency as usize,
         deadline: config.image_deadline,
         source_credentials: vec![],
+        referrers: config.referrers.clone(),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::copy::{CopyOptions, CopyRequest};
 use crate::naming::{self, NamingError};
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef, ReferenceError};
+use crate::referrer_policy::ReferrersMode;
 use crate::wiring::{command_copier, copy_options};
 use progress::Progress;
 pub use verify::verify;
@@ -50,7 +51,7 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
         Err(e) => return usage(&e.to_string()),
     };
     let progress = Progress::start(&copier, 1);
-    let options = copy_options(config, platforms);
+    let options = with_referrers_flag(copy_options(config, platforms), args.referrers);
     let result = copier.copy(&request, &options).instrument(mirror_span(&request)).await;
     progress.finished(&request.source.to_string(), &request.target_display(None), &result);
     if progress.summary() {
@@ -58,6 +59,14 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// `options` with the mode of `--referrers`, when given.
+fn with_referrers_flag(mut options: CopyOptions, flag: Option<ReferrersMode>) -> CopyOptions {
+    if let Some(mode) = flag {
+        options.referrers.mode = mode;
+    }
+    options
 }
 
 /// Why the arguments of `copy` name no copy.
@@ -138,7 +147,7 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
                 let opts = CopyOptions {
                     allow_overwrite: false,
                     always_overwrite_tags: vec![],
-                    ..copy_options(config, entry.platforms.clone())
+                    ..with_referrers_flag(copy_options(config, entry.platforms.clone()), args.referrers)
                 };
                 let result = copier
                     .copy(&entry.request, &opts)

@@ -7,6 +7,7 @@ pub mod arch;
 pub mod check;
 mod locks;
 pub mod manifest;
+pub mod referrers;
 pub mod select;
 pub mod verify;
 
@@ -24,9 +25,11 @@ use crate::destination::{RepositoryError, RepositoryPreparer};
 use crate::naming::NamingError;
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
+use crate::referrer_policy::ReferrerPolicy;
 use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError, Side};
 use locks::KeyedLocks;
 use manifest::{Budget, Descriptor, Kind, ManifestError, Parsed};
+use referrers::{ReferrerReport, ReferrerState};
 use select::{NoMatchingPlatform, Selection};
 
 /// Manifests larger than this are refused (a guard against hostile registries).
@@ -53,6 +56,9 @@ pub struct CopyOptions {
     /// Credentials for the source registry to try in order (a Pod's pull secrets) before the
     /// configured ones; empty: only the configured ones.
     pub source_credentials: Vec<PullSecret>,
+    /// Signatures, attestations and SBOMs copied with the image ([`referrers`]). Off by default here;
+    /// the configuration's default (`referrers: all`) comes through `wiring::copy_options`.
+    pub referrers: ReferrerPolicy,
 }
 
 /// Credentials for a source registry from a pull secret (`imagePullSecrets`).
@@ -74,6 +80,7 @@ impl Default for CopyOptions {
             blob_concurrency: 4,
             deadline: None,
             source_credentials: vec![],
+            referrers: ReferrerPolicy::none(),
         }
     }
 }
@@ -132,6 +139,8 @@ pub struct CopyReport {
     pub missing_platforms: Vec<Platform>,
     /// Whether a new, filtered index was written (its digest differs from the source's).
     pub filtered: bool,
+    /// The image's signatures, attestations and SBOMs.
+    pub referrers: ReferrerReport,
 }
 
 /// Why a copy failed.
@@ -291,6 +300,8 @@ pub struct Copier {
     /// Preparation of target repositories before their first write, per target host.
     preparers: Arc<HashMap<String, Arc<dyn RepositoryPreparer>>>,
     shared: Arc<Shared>,
+    /// What the copier knows about related artifacts ([`referrers`]).
+    referrers: Arc<ReferrerState>,
 }
 
 struct Shared {
@@ -368,7 +379,15 @@ impl Copier {
                 total_bytes: AtomicU64::new(0),
                 architectures: moka::sync::Cache::new(10_000),
             }),
+            referrers: Arc::new(ReferrerState::new(referrers::DEFAULT_INTERVAL)),
         }
+    }
+
+    /// An image's related artifacts are looked for at most once per `every` (a re-sign upstream
+    /// reaches the target within it).
+    pub fn with_referrers_interval(mut self, every: Duration) -> Copier {
+        self.referrers = Arc::new(ReferrerState::new(every));
+        self
     }
 
     /// Reads from each source host in `mirrors` try those hosts first, in order, and fall back to the
@@ -527,6 +546,14 @@ impl Copier {
                 }),
             None => self.run(req, &job).await,
         };
+        let referrers = match &result {
+            Ok(Decision {
+                digest: Some(digest),
+                filtered,
+                ..
+            }) => self.copy_referrers(req, &job, digest, *filtered).await,
+            _ => ReferrerReport::default(),
+        };
         let bytes = job.counters.bytes.load(Ordering::Relaxed);
         self.shared.total_bytes.fetch_add(bytes, Ordering::Relaxed);
         let Decision {
@@ -546,6 +573,7 @@ impl Copier {
             blobs_transferred: job.counters.transferred.load(Ordering::Relaxed),
             missing_platforms,
             filtered,
+            referrers,
         })
     }
 
@@ -640,6 +668,9 @@ impl Copier {
         // 4. Content first: children (with their blobs) by digest, or the image's blobs.
         if let Some(preparer) = self.preparers.get(job.dst.host()) {
             preparer.ensure(job.dst_repo).await.map_err(CopyError::Repository)?;
+        }
+        if top_parsed.kind == Kind::Index {
+            self.referrers.remember_children(&top.digest, &children);
         }
         match top_parsed.kind {
             Kind::Index => self.copy_children(req, job, children, level, &mut budget).await?,

@@ -25,7 +25,7 @@ const PIECE: usize = 256 * 1024;
 /// Limit for the GET that stands in for a HEAD without `Docker-Content-Digest`.
 const HEAD_FALLBACK_LIMIT: u64 = 4 * 1024 * 1024;
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -73,7 +73,7 @@ fn path_error(what: &str, e: impl std::fmt::Display) -> RegistryError {
 }
 
 /// Refuses path segments that would change the URL's meaning (`..`, `?`, `#`, empty).
-fn check_repo(repo: &str) -> Result<(), RegistryError> {
+pub(super) fn check_repo(repo: &str) -> Result<(), RegistryError> {
     if repo.is_empty()
         || repo.contains(['?', '#', ' ', '\\'])
         || repo.split('/').any(|c| c.is_empty() || c == "." || c == "..")
@@ -83,7 +83,7 @@ fn check_repo(repo: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
-fn check_reference(reference: &str) -> Result<(), RegistryError> {
+pub(super) fn check_reference(reference: &str) -> Result<(), RegistryError> {
     if reference.is_empty() || reference.contains(['/', '?', '#', ' ', '\\']) || reference == "." || reference == ".." {
         return Err(path_error("manifest reference", format!("{reference:?}")));
     }
