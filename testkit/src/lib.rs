@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod apiserver;
+pub mod artifacts;
 mod certs;
 pub mod cluster;
 pub mod fault;

@@ -16,6 +16,7 @@ mod leader;
 mod manifests;
 mod queue;
 mod real_cluster;
+mod referrers;
 mod registry;
 mod server;
 mod support;
