@@ -79,7 +79,7 @@ impl CosignTag {
 
 /// The `referrerArtifactTypes` filter: `type` entries admit only the types listed (when there is at
 /// least one), `!type` entries refuse a type. Media types compare case-insensitively.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArtifactTypes {
     /// Admitted types; empty: every type.
     pub include: Vec<String>,
@@ -115,6 +115,12 @@ impl ArtifactTypes {
         !listed(&self.exclude) && (self.include.is_empty() || listed(&self.include))
     }
 
+    /// The entries it reads from: `type` and `!type`.
+    pub fn entries(&self) -> Vec<String> {
+        let refused = self.exclude.iter().map(|t| format!("!{t}"));
+        self.include.iter().cloned().chain(refused).collect()
+    }
+
     /// The one type to ask a Referrers API to filter by, when exactly one is admitted.
     pub fn single(&self) -> Option<&str> {
         match self.include.as_slice() {
@@ -124,8 +130,15 @@ impl ArtifactTypes {
     }
 }
 
+impl serde::Serialize for ArtifactTypes {
+    /// As the entries of `referrerArtifactTypes`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.entries().serialize(serializer)
+    }
+}
+
 /// What travels with an image.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferrerPolicy {
     /// The mode.
     pub mode: ReferrersMode,
@@ -254,6 +267,7 @@ mod tests {
         assert_eq!(types.include, vec!["text/spdx"]);
         assert_eq!(types.exclude, vec!["application/x+json"]);
         assert_eq!(types.single(), Some("text/spdx"));
+        assert_eq!(types.entries(), vec!["text/spdx", "!application/x+json"]);
         for bad in ["", "!", "spdx", "a/", "/b", "a b/c"] {
             let err = ArtifactTypes::parse(&[bad.into()]).unwrap_err();
             assert!(err.contains("no media type"), "{bad}: {err}");

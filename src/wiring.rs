@@ -248,7 +248,8 @@ pub fn registries(config: &Config, targets: &[Target]) -> Result<Registries, Wir
 pub fn copier(config: &Config, registries: Registries, targets: &[Target]) -> Copier {
     let mut copier = Copier::new(registries)
         .with_mirrors(config.registry_mirrors.clone().into_iter().collect())
-        .with_referrers_interval(config.referrers_interval);
+        // 90 %: the daemon's sweep, once per interval, must not find the previous look still fresh.
+        .with_referrers_interval(config.referrers_interval * 9 / 10);
     for target in targets {
         if let Some(preparer) = &target.repositories {
             copier = copier.with_preparer(&target.host, preparer.clone());
@@ -282,7 +283,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         blob_concurrency: config.blob_concurrency as usize,
         deadline: config.image_deadline,
         source_credentials: vec![],
-        referrers: config.referrers.clone(),
+        referrers: config.referrer_policy(),
     }
 }
 

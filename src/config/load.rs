@@ -13,7 +13,7 @@ use super::{Overrides, Problem, Purpose, keys, snippet};
 use crate::files::{self, MAX_CONFIG_FILE_SIZE};
 use crate::naming::PathMapRule;
 use crate::platform::Platform;
-use crate::referrer_policy::{ArtifactTypes, ReferrerPolicy, ReferrersMode};
+use crate::referrer_policy::{ArtifactTypes, ReferrersMode};
 use crate::secret::{MASK, Secret};
 
 /// The config path that means "no config file" (`--config /dev/null`), read as an empty file.
@@ -378,11 +378,9 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         path_map: path_map(loader),
         always_overwrite_tags: loader.get("alwaysOverwriteTags", lower_list),
         digest_tag_template: loader.get("digestTagTemplate", digest_tag_template),
-        referrers: ReferrerPolicy {
-            mode: loader.get("referrers", referrers_mode),
-            artifact_types: loader.get("referrerArtifactTypes", artifact_types),
-            depth: loader.get("referrerDepth", parse::positive_u32) as usize,
-        },
+        referrers: loader.get("referrers", referrers_mode),
+        referrer_artifact_types: loader.get("referrerArtifactTypes", artifact_types),
+        referrer_depth: loader.get("referrerDepth", parse::positive_u32),
         referrers_interval: loader.get("referrersInterval", |i| {
             parse::duration(i, SECOND)?.ok_or_else(|| ValueError::invalid("must be more than 0"))
         }),

@@ -56,6 +56,7 @@ impl CopyEngine for Fake {
                 blobs_transferred: 1,
                 missing_platforms: vec![],
                 filtered: false,
+                referrers: Default::default(),
             })
         })
     }
