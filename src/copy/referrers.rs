@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -37,6 +37,8 @@ const MAX_REFERRERS: usize = 1_000;
 const MERGE_ATTEMPTS: u32 = 5;
 /// Wait before merging again, times the attempt.
 const MERGE_BACKOFF: Duration = Duration::from_millis(50);
+/// Least wait after writing the fallback index before checking no other writer replaced it.
+const MERGE_SETTLE: Duration = Duration::from_millis(200);
 /// Longest tag the distribution spec allows.
 const MAX_TAG_LENGTH: usize = 128;
 /// Config media types that say nothing about an artifact's type.
@@ -537,7 +539,10 @@ impl Copier {
     }
 
     /// Adds `entries` to the target's fallback index of `subject`: read it, merge, check it did not
-    /// change meanwhile, write, read it back; again (a few times) when another writer replaced it.
+    /// change meanwhile, write, and read it back once another writer's write racing ours would have
+    /// landed; again (a few times) when one replaced it. Registries take no conditional writes of
+    /// tags, so a writer slower than that can still drop entries: the next look (one interval later)
+    /// adds ours back.
     /// `verbatim`, the source's own index, is written as is when the target has none.
     async fn merge_fallback_index(
         &self,
@@ -575,10 +580,14 @@ impl Copier {
                 .await
                 .map_err(target_error(job.dst.host(), format!("HEAD target {shown}")))?;
             if now.map(|h| h.digest) == current.as_ref().map(|m| m.digest.clone()) {
+                let started = Instant::now();
                 job.dst
                     .put_manifest(job.dst_repo, &tag, body, manifest::OCI_INDEX)
                     .await
                     .map_err(target_error(job.dst.host(), format!("PUT manifest {shown}")))?;
+                // Another writer that read the index before our write may still replace it: its
+                // write lands about one round trip after its read. Check once that has passed.
+                tokio::time::sleep(MERGE_SETTLE.max(started.elapsed() * 2)).await;
                 let back = self.target_index(job, &tag, &shown).await?;
                 if unlisted(back.as_ref().map(|m| &m.bytes[..]), entries).is_empty() {
                     return Ok(());
