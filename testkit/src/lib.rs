@@ -14,6 +14,7 @@ pub mod layer;
 pub mod logs;
 pub mod moto;
 pub mod push;
+pub mod referrers_api;
 pub mod registry;
 pub mod skopeo;
 pub mod static_registry;

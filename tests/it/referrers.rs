@@ -348,3 +348,89 @@ async fn two_concurrent_writers_merge_the_fallback_index_without_losing_entries(
         assert_eq!(artifacts::index_digests(&index).unwrap(), digests, "every writer's entries, for {subject}");
     }
 }
+
+/// A copy request between two hosts given as `host:port` (the Referrers API fronts).
+fn request_between(src: &str, source: &str, dst: &str, target_repo: &str, tag: &str) -> copycat::copy::CopyRequest {
+    use copycat::reference::ImageRef;
+    copycat::copy::CopyRequest {
+        source: ImageRef::parse(&format!("{src}/{source}")).unwrap(),
+        target: ImageRef::parse(&format!("{dst}/{target_repo}")).unwrap(),
+        target_tag: Some(tag.to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn the_referrers_api_is_read_where_served_and_a_target_serving_it_indexes_the_subjects() {
+    use testkit::referrers_api::ReferrersApi;
+    let (src_reg, dst_reg, plain) = (
+        start(RegistryMode::Plain),
+        start(RegistryMode::Plain),
+        start(RegistryMode::Plain),
+    );
+    let (src, dst) = (ReferrersApi::start(&src_reg).unwrap(), ReferrersApi::start(&dst_reg).unwrap());
+    let via_front = testkit::Client::new(&src_reg)
+        .unwrap()
+        .with_base_url(&format!("http://{}", src.host()));
+    let index = Image::oci_index(&[1024], false, 81).unwrap();
+    via_front.push_image("src/app", "v1", &index).await.unwrap();
+    let child = index.child_for("arm64").unwrap();
+    let (index_subject, child_subject) = (Subject::of(&index), Subject::of(child));
+    let sbom = artifacts::spdx_sbom(&index_subject, 1);
+    let notation = artifacts::artifact(&child_subject, "application/vnd.cncf.notary.signature", b"jws".to_vec(), 2);
+    for artifact in [&sbom, &notation] {
+        // The front indexes them as they are pushed (OCI-Subject), as a registry serving the API does.
+        via_front.push_image("src/app", &artifact.digest, artifact).await.unwrap();
+    }
+    assert_eq!(src.referrers("src/app", &index.digest).await.unwrap(), vec![sbom.digest.clone()]);
+
+    let copier = copier(&[&src_reg, &dst_reg, &plain]);
+    let api_calls = || src.requests().iter().filter(|r| r.contains("/referrers/")).count();
+    let before = api_calls();
+    let report = copier
+        .copy(&request_between(&src.host(), "src/app:v1", &dst.host(), "dst/app", "v1"), &all())
+        .await
+        .unwrap();
+    assert_eq!(copied(&report, ReferrerSource::ReferrersApi), 2, "{report:?}");
+    assert_eq!(
+        api_calls() - before,
+        3 + 2,
+        "one Referrers API call per digest of the image, and per referrer (for its own)"
+    );
+    // The target's Referrers API lists the same referrers, indexed from the pushes' `subject`:
+    // copycat wrote no index tag of its own there.
+    for (subject, want) in [(&index.digest, &sbom.digest), (&child_subject.digest, &notation.digest)] {
+        assert_eq!(dst.referrers("dst/app", subject).await.unwrap(), vec![want.clone()]);
+        let written_by_copycat = dst
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("PUT") && r.contains(&artifacts::fallback_tag(subject)));
+        assert!(!written_by_copycat, "{:?}", dst.requests());
+    }
+    let (at_dst, _) = get_manifest(&dst_reg, "dst/app", &sbom.digest).await.unwrap();
+    assert_eq!(at_dst, sbom.manifest);
+
+    // From the API to a registry without it: the fallback index at the target.
+    let only_sboms = options(ReferrerPolicy {
+        artifact_types: ArtifactTypes::parse(&["application/spdx+json".into()]).unwrap(),
+        ..ReferrerPolicy::default()
+    });
+    let before = src.requests().len();
+    let report = copier
+        .copy(&request_between(&src.host(), "src/app:v1", &plain.host(), "dst/app", "v1"), &only_sboms)
+        .await
+        .unwrap();
+    assert_eq!(copied(&report, ReferrerSource::ReferrersApi), 1, "{report:?}");
+    let asked: Vec<String> = src.requests()[before..]
+        .iter()
+        .filter(|r| r.contains("/referrers/"))
+        .cloned()
+        .collect();
+    assert!(asked.iter().all(|r| r.contains("artifactType=application%2Fspdx%2Bjson")), "{asked:?}");
+    let (fallback, _) = get_manifest(&plain, "dst/app", &artifacts::fallback_tag(&index.digest)).await.unwrap();
+    assert_eq!(artifacts::index_digests(&fallback).unwrap(), vec![sbom.digest.clone()]);
+    assert_eq!(
+        manifest_digest(&plain, "dst/app", &artifacts::fallback_tag(&child_subject.digest)).await.unwrap(),
+        None,
+        "the notation signature is filtered out"
+    );
+}
