@@ -535,23 +535,28 @@ impl Copier {
             opts,
             counters: Counters::default(),
         };
-        let result = match opts.deadline {
-            Some(after) => tokio::time::timeout(after, self.run(req, &job))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(CopyError::DeadlineExceeded {
-                        target: req.target_display(None),
-                        after,
-                    })
-                }),
-            None => self.run(req, &job).await,
+        let image = async {
+            match opts.deadline {
+                Some(after) => tokio::time::timeout(after, self.run(req, &job))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(CopyError::DeadlineExceeded {
+                            target: req.target_display(None),
+                            after,
+                        })
+                    }),
+                None => self.run(req, &job).await,
+            }
         };
+        // The source's tag list, which the look for related artifacts needs, is asked for while the
+        // image is copied: an unchanged image then costs no extra round trip.
+        let (result, tags) = futures::join!(image, self.prefetch_tags(req, &job));
         let referrers = match &result {
             Ok(Decision {
                 digest: Some(digest),
                 filtered,
                 ..
-            }) => self.copy_referrers(req, &job, digest, *filtered).await,
+            }) => self.copy_referrers(req, &job, digest, *filtered, tags).await,
             _ => ReferrerReport::default(),
         };
         let bytes = job.counters.bytes.load(Ordering::Relaxed);

@@ -108,6 +108,9 @@ impl ReferrerReport {
 pub(super) struct ReferrerState {
     /// (source repository, target repository, top digest) looked at within the interval.
     checked: moka::sync::Cache<(String, String, Digest), ()>,
+    /// (source reference, target reference) looked at within the interval: no tag list is fetched
+    /// ahead of the copy for them.
+    checked_references: moka::sync::Cache<(String, String), ()>,
     /// Digests an index lists (content-addressed: never stale).
     children: moka::sync::Cache<Digest, Arc<Vec<Digest>>>,
     /// Whether a source host serves the Referrers API.
@@ -122,6 +125,10 @@ impl ReferrerState {
     pub(super) fn new(interval: Duration) -> ReferrerState {
         ReferrerState {
             checked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(interval.max(Duration::from_millis(1)))
+                .build(),
+            checked_references: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(interval.max(Duration::from_millis(1)))
                 .build(),
@@ -231,7 +238,21 @@ struct Walk {
     report: ReferrerReport,
 }
 
+/// A source's tag list, fetched while its image is copied.
+pub(super) type Prefetched = Option<Result<Vec<String>, RegistryError>>;
+
 impl Copier {
+    /// The source repository's tags, when the copy of `req` is going to look for related artifacts
+    /// (not turned off, no dry run, not looked at within the interval); fetched beside the image copy.
+    pub(super) async fn prefetch_tags(&self, req: &CopyRequest, job: &Job<'_>) -> Prefetched {
+        let opts = job.opts;
+        let key = (req.source.to_string(), req.target_display(None));
+        if opts.dry_run || opts.referrers.is_off() || self.referrers.checked_references.contains_key(&key) {
+            return None;
+        }
+        Some(job.src.list_tags(job.src_repo).await)
+    }
+
     /// After the image `top` (a filtered index when `filtered`) is at the target: copies its related
     /// artifacts, unless they are turned off, this is a dry run, or they were looked for within the
     /// interval. A failure is logged and reported, never fails the image.
@@ -241,6 +262,7 @@ impl Copier {
         job: &Job<'_>,
         top: &Digest,
         filtered: bool,
+        tags: Prefetched,
     ) -> ReferrerReport {
         let opts = job.opts;
         if opts.dry_run || opts.referrers.is_off() {
@@ -250,8 +272,10 @@ impl Copier {
         if self.referrers.checked.contains_key(&key) {
             return ReferrerReport::default();
         }
+        // A failed prefetch is asked again by the walk (and fails there, with its context).
+        let tags = tags.and_then(Result::ok);
         let walked = match opts.deadline {
-            Some(after) => tokio::time::timeout(after, self.walk_referrers(req, job, top, filtered))
+            Some(after) => tokio::time::timeout(after, self.walk_referrers(req, job, top, filtered, tags))
                 .await
                 .unwrap_or_else(|_| {
                     Err(CopyError::DeadlineExceeded {
@@ -259,11 +283,14 @@ impl Copier {
                         after,
                     })
                 }),
-            None => self.walk_referrers(req, job, top, filtered).await,
+            None => self.walk_referrers(req, job, top, filtered, tags).await,
         };
         match walked {
             Ok(report) => {
                 self.referrers.checked.insert(key, ());
+                self.referrers
+                    .checked_references
+                    .insert((req.source.to_string(), req.target_display(None)), ());
                 report
             }
             Err(e) => {
@@ -284,12 +311,16 @@ impl Copier {
         job: &Job<'_>,
         top: &Digest,
         filtered: bool,
+        tags: Option<Vec<String>>,
     ) -> Result<ReferrerReport, CopyError> {
         // A filtered index exists only at the target: nothing at the source refers to it.
         let mut subjects: Vec<Digest> = if filtered { vec![] } else { vec![top.clone()] };
         subjects.extend(self.children_of(req, job, top).await?.iter().cloned());
         let mut pending: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 1)).collect();
-        let mut walk = Walk::default();
+        let mut walk = Walk {
+            tags: tags.map(|t| t.into_iter().collect()),
+            ..Walk::default()
+        };
         walk.report.checked = true;
         while let Some((subject, level)) = pending.pop_front() {
             let found = self.referrers_of(req, job, &subject, &mut walk).await?;
