@@ -606,6 +606,7 @@ impl Copier {
         if let (Some(want), Some(head)) = (&expected, &target_head)
             && head.digest == *want
         {
+            self.referrers.remember_media_type(want, &head.media_type);
             return Ok(Decision {
                 outcome: Outcome::AlreadyPresent,
                 source_digest,

@@ -139,6 +139,14 @@ impl ReferrerState {
         }
     }
 
+    /// Remembers that `digest`, of `media_type`, lists no manifests when it is no index (a HEAD
+    /// tells, so the referrer walk of an unchanged image needs no GET).
+    pub(super) fn remember_media_type(&self, digest: &Digest, media_type: &str) {
+        if ![manifest::OCI_INDEX, manifest::DOCKER_LIST].contains(&media_type) {
+            self.children.insert(digest.clone(), Arc::default());
+        }
+    }
+
     /// Remembers the manifests an index lists (the copy knows them, so the referrer walk needs no GET).
     pub(super) fn remember_children(&self, index: &Digest, children: &[Descriptor]) {
         let digests = children.iter().map(|d| d.digest.clone()).collect();
