@@ -316,10 +316,15 @@ fn referrers_cost(
     expected: &[(String, String)],
     pairs: usize,
 ) {
-    // (mode, cold or warm) → (wall times, source requests per run)
-    let mut runs: std::collections::BTreeMap<(&str, &str), (Vec<Duration>, Vec<usize>)> = Default::default();
+    /// Wall times and source requests of the runs of one (mode, cold or warm).
+    type Runs = (Vec<Duration>, Vec<usize>);
+    let mut runs: std::collections::BTreeMap<(&str, &str), Runs> = Default::default();
     for pair in 0..pairs {
-        let order = if pair % 2 == 0 { ["all", "none"] } else { ["none", "all"] };
+        let order = if pair % 2 == 0 {
+            ["all", "none"]
+        } else {
+            ["none", "all"]
+        };
         for mode in order {
             wipe(dst);
             for phase in ["cold", "warm"] {
@@ -329,7 +334,10 @@ fn referrers_cost(
                 let run = measure(&mut c);
                 verify(rt, dst, expected);
                 let requests = src.requests().len() - before;
-                eprintln!("pair {pair}: referrers {mode} {phase} {} ({requests} source requests)", secs(run.wall));
+                eprintln!(
+                    "pair {pair}: referrers {mode} {phase} {} ({requests} source requests)",
+                    secs(run.wall)
+                );
                 let entry = runs.entry((mode, phase)).or_default();
                 entry.0.push(run.wall);
                 entry.1.push(requests);
@@ -340,7 +348,9 @@ fn referrers_cost(
         "\n## referrers: all vs none ({} repositories without related artifacts, {pairs} interleaved pairs, medians)\n",
         expected.len()
     );
-    println!("| sync | `none` wall | `all` wall | wall ratio | `none` source requests | `all` source requests | extra requests |");
+    println!(
+        "| sync | `none` wall | `all` wall | wall ratio | `none` source requests | `all` source requests | extra requests |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for phase in ["cold", "warm"] {
         let (none_wall, none_requests) = &runs[&("none", phase)];

@@ -189,7 +189,10 @@ async fn sweep_referrers(queue: Queue, every: Duration, leading: channel::Receiv
         tick.tick().await;
         if *leading.borrow() {
             let targets = queue.resubmit_planned();
-            tracing::debug!(targets, "looking for new signatures, attestations and SBOMs of every mirrored image");
+            tracing::debug!(
+                targets,
+                "looking for new signatures, attestations and SBOMs of every mirrored image"
+            );
         }
     }
 }

@@ -302,9 +302,7 @@ impl Metrics {
             self.blobs.with_label_values(&[label]).inc_by(u64::from(n));
         }
         for (source, n) in ReferrerSource::ALL.iter().zip(report.referrers.copied) {
-            self.referrers
-                .with_label_values(&[source.label()])
-                .inc_by(u64::from(n));
+            self.referrers.with_label_values(&[source.label()]).inc_by(u64::from(n));
         }
         if report.referrers.error.is_some() {
             self.referrer_errors.inc();

@@ -96,11 +96,13 @@ impl ArtifactTypes {
                 Some(t) => (&mut types.exclude, t.trim()),
                 None => (&mut types.include, entry.trim()),
             };
-            let valid = media_type.split_once('/').is_some_and(|(a, b)| {
-                !a.is_empty() && !b.is_empty() && !media_type.contains(char::is_whitespace)
-            });
+            let valid = media_type
+                .split_once('/')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !media_type.contains(char::is_whitespace));
             if !valid {
-                return Err(format!("{entry:?} is no media type (`type/subtype`, `!` in front to exclude)"));
+                return Err(format!(
+                    "{entry:?} is no media type (`type/subtype`, `!` in front to exclude)"
+                ));
             }
             list.push(media_type.to_ascii_lowercase());
         }
@@ -222,7 +224,8 @@ mod tests {
         use CosignTag::*;
         use ReferrersMode::{All, None as Off, Signatures};
         // (mode, filter, cosign kind or referrer, artifact type, copied)
-        let cases: &[(ReferrersMode, &[&str], Option<CosignTag>, Option<&str>, bool)] = &[
+        type Case<'a> = (ReferrersMode, &'a [&'a str], Option<CosignTag>, Option<&'a str>, bool);
+        let cases: &[Case] = &[
             (All, &[], Some(Signature), Some(SIG), true),
             (All, &[], Some(Sbom), Some(SPDX), true),
             (All, &[], None, Some(SPDX), true),
@@ -230,7 +233,13 @@ mod tests {
             (Signatures, &[], Some(Signature), Some(SIG), true),
             (Signatures, &[], Some(Attestation), Some(INTOTO), false),
             (Signatures, &[], None, Some(SIG), true),
-            (Signatures, &[], None, Some("APPLICATION/VND.CNCF.NOTARY.SIGNATURE"), true),
+            (
+                Signatures,
+                &[],
+                None,
+                Some("APPLICATION/VND.CNCF.NOTARY.SIGNATURE"),
+                true,
+            ),
             (Signatures, &[], None, Some(SPDX), false),
             (Signatures, &[], None, None, false),
             (Off, &[], Some(Signature), Some(SIG), false),

@@ -179,10 +179,18 @@ fn bad_values_are_reported_by_name() {
         ("verifyInterval: -1h", &[], &["verifyInterval", "must not be negative"]),
         ("referrers: some", &[], &["referrers", "some"]),
         ("", &[("REFERRERS", "yes")], &["REFERRERS", "yes"]),
-        ("referrerArtifactTypes: [spdx]", &[], &["referrerArtifactTypes", "no media type"]),
+        (
+            "referrerArtifactTypes: [spdx]",
+            &[],
+            &["referrerArtifactTypes", "no media type"],
+        ),
         ("referrerDepth: 0", &[], &["referrerDepth", "greater than 0"]),
         ("referrersInterval: 0", &[], &["referrersInterval", "more than 0"]),
-        ("referrersInterval: hourly", &[], &["referrersInterval", "duration like 90s"]),
+        (
+            "referrersInterval: hourly",
+            &[],
+            &["referrersInterval", "duration like 90s"],
+        ),
         (
             "",
             &[("VERIFY_INTERVAL", "daily")],
@@ -846,7 +854,10 @@ fn referrer_settings_and_their_defaults() {
     );
     assert_eq!(c.referrers_interval, Duration::from_secs(600));
     let c = ok("", &[("REFERRERS", "none"), ("REFERRERS_INTERVAL", "90")]);
-    assert_eq!((c.referrers, c.referrers_interval), (ReferrersMode::None, Duration::from_secs(90)));
+    assert_eq!(
+        (c.referrers, c.referrers_interval),
+        (ReferrersMode::None, Duration::from_secs(90))
+    );
 }
 
 #[test]

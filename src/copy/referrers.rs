@@ -159,7 +159,9 @@ fn cached(map: &Mutex<HashMap<String, bool>>, host: &str) -> Option<bool> {
 }
 
 fn remember(map: &Mutex<HashMap<String, bool>>, host: &str, value: bool) {
-    map.lock().unwrap_or_else(|e| e.into_inner()).insert(host.to_owned(), value);
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(host.to_owned(), value);
 }
 
 /// `<algorithm>-<hex>`, at most 128 characters: the referrers tag schema's tag for `digest`.
@@ -398,14 +400,11 @@ impl Copier {
         let (listed, source, verbatim) = match self.source_referrers(req, job, subject).await? {
             Some(listed) => (listed, ReferrerSource::ReferrersApi, None),
             None if tags.contains(&fallback_tag(subject)) => {
-                let index = self
-                    .get_manifest(job, &fallback_tag(subject), &req.source)
-                    .await?;
-                let listed: ReferrerIndex =
-                    serde_json::from_slice(&index.bytes).map_err(|e| CopyError::Manifest {
-                        reference: format!("{}:{}", req.source.name(), fallback_tag(subject)),
-                        source: manifest::ManifestError::Invalid(e.to_string()),
-                    })?;
+                let index = self.get_manifest(job, &fallback_tag(subject), &req.source).await?;
+                let listed: ReferrerIndex = serde_json::from_slice(&index.bytes).map_err(|e| CopyError::Manifest {
+                    reference: format!("{}:{}", req.source.name(), fallback_tag(subject)),
+                    source: manifest::ManifestError::Invalid(e.to_string()),
+                })?;
                 (listed.manifests, ReferrerSource::FallbackTag, Some(index))
             }
             None => (vec![], ReferrerSource::FallbackTag, None),
@@ -498,21 +497,27 @@ impl Copier {
             Option::is_some,
         )
         .await
-        .map_err(source_error(job.src.host(), format!("HEAD source {}:{tag}", req.source.name())))?
+        .map_err(source_error(
+            job.src.host(),
+            format!("HEAD source {}:{tag}", req.source.name()),
+        ))?
         else {
             return Ok(None);
         };
-        let at_target = job
-            .dst
-            .head_manifest(job.dst_repo, tag)
-            .await
-            .map_err(target_error(job.dst.host(), format!("HEAD target {}:{tag}", req.target.name())))?;
+        let at_target = job.dst.head_manifest(job.dst_repo, tag).await.map_err(target_error(
+            job.dst.host(),
+            format!("HEAD target {}:{tag}", req.target.name()),
+        ))?;
         if at_target.is_some_and(|t| t.digest == head.digest) {
             return Ok(Some((head.digest, false)));
         }
         let manifest = self.get_manifest(job, &head.digest.to_string(), &req.source).await?;
         let parsed = parse_manifest(&manifest, &req.source)?;
-        if !job.opts.referrers.takes_cosign(kind, artifact_type(&manifest.bytes, &parsed).as_deref()) {
+        if !job
+            .opts
+            .referrers
+            .takes_cosign(kind, artifact_type(&manifest.bytes, &parsed).as_deref())
+        {
             return Ok(None);
         }
         let digest = manifest.digest.clone();
@@ -635,11 +640,12 @@ impl Copier {
             tracing::debug!(index = %shown, attempt, "the fallback index changed underneath; merging again");
             tokio::time::sleep(MERGE_BACKOFF * attempt).await;
         }
-        Err(target_error(job.dst.host(), format!("merge the referrers index {shown}"))(
-            RegistryError::Invalid(format!(
-                "it kept changing underneath ({MERGE_ATTEMPTS} attempts)"
-            )),
-        ))
+        Err(target_error(
+            job.dst.host(),
+            format!("merge the referrers index {shown}"),
+        )(RegistryError::Invalid(format!(
+            "it kept changing underneath ({MERGE_ATTEMPTS} attempts)"
+        ))))
     }
 
     /// The target's fallback index `tag`, `None` when there is none.
@@ -686,15 +692,23 @@ mod tests {
             "manifests":[{"mediaType":"x/y","digest":"sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","size":1,"unknown":true}],
             "annotations":{"a":"b"}}"#;
         // (current index, entries to add, digests listed after, or None: nothing to write)
-        let cases: Vec<(Option<&[u8]>, Vec<ReferrerDescriptor>, Option<Vec<&str>>)> = vec![
+        type Case<'a> = (Option<&'a [u8]>, Vec<ReferrerDescriptor>, Option<Vec<&'a str>>);
+        let cases: Vec<Case> = vec![
             (None, vec![entry('a', "t/a")], Some(vec!["a"])),
             (Some(theirs), vec![entry('a', "t/a")], Some(vec!["c", "a"])),
             (Some(theirs), vec![entry('c', "x/y")], None),
-            (Some(theirs), vec![entry('a', "t/a"), entry('c', "x/y"), entry('b', "t/b")], Some(vec!["c", "a", "b"])),
+            (
+                Some(theirs),
+                vec![entry('a', "t/a"), entry('c', "x/y"), entry('b', "t/b")],
+                Some(vec!["c", "a", "b"]),
+            ),
         ];
         for (current, entries, want) in cases {
             let merged = merge_index(current, &entries).unwrap();
-            assert_eq!(merged.as_deref().map(digests), want.map(|w| w.iter().map(|s| s.to_string()).collect()));
+            assert_eq!(
+                merged.as_deref().map(digests),
+                want.map(|w| w.iter().map(|s| s.to_string()).collect())
+            );
             if let (Some(bytes), Some(_)) = (merged, current) {
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                 assert_eq!(v["annotations"]["a"], "b", "the rest of their index is kept");
@@ -703,7 +717,9 @@ mod tests {
         }
         assert!(merge_index(Some(b"{}"), &[entry('a', "t/a")]).is_err());
         assert!(merge_index(Some(b"not json"), &[entry('a', "t/a")]).is_err());
-        let merged = merge_index(None, &[entry('a', "t/a"), entry('b', "t/b")]).unwrap().unwrap();
+        let merged = merge_index(None, &[entry('a', "t/a"), entry('b', "t/b")])
+            .unwrap()
+            .unwrap();
         assert!(unlisted(Some(&merged), &[entry('a', "t/a")]).is_empty());
         assert_eq!(unlisted(Some(&merged), &[entry('d', "t/d")]).len(), 1);
         assert_eq!(unlisted(None, &[entry('d', "t/d")]).len(), 1);
@@ -713,8 +729,14 @@ mod tests {
     fn tags_of_a_digest() {
         let d = digest('a');
         assert_eq!(fallback_tag(&d), format!("sha256-{}", "a".repeat(64)));
-        assert_eq!(cosign_tag(&d, CosignTag::Signature), format!("sha256-{}.sig", "a".repeat(64)));
-        assert_eq!(cosign_tag(&d, CosignTag::Sbom), format!("sha256-{}.sbom", "a".repeat(64)));
+        assert_eq!(
+            cosign_tag(&d, CosignTag::Signature),
+            format!("sha256-{}.sig", "a".repeat(64))
+        );
+        assert_eq!(
+            cosign_tag(&d, CosignTag::Sbom),
+            format!("sha256-{}.sbom", "a".repeat(64))
+        );
         let long = Digest::parse(&format!("sha512:{}", "b".repeat(128))).unwrap();
         assert_eq!(fallback_tag(&long).len(), 128);
     }

@@ -108,9 +108,8 @@ impl Registry {
             let Some((body, link)) = self.get_page(repo, &url, None).await? else {
                 return Ok(tags);
             };
-            let page: TagPage = serde_json::from_slice(&body).map_err(|e| {
-                RegistryError::Invalid(format!("{}: invalid tag list: {e}", proto::display_url(&url)))
-            })?;
+            let page: TagPage = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::Invalid(format!("{}: invalid tag list: {e}", proto::display_url(&url))))?;
             tags.extend(page.tags.unwrap_or_default());
             next = link;
         }
@@ -231,7 +230,10 @@ mod tests {
     fn next_links() {
         let cases: &[(&[&str], Option<&str>)] = &[
             (&[], None),
-            (&["</v2/r/tags/list?n=2&last=b>; rel=\"next\""], Some("/v2/r/tags/list?n=2&last=b")),
+            (
+                &["</v2/r/tags/list?n=2&last=b>; rel=\"next\""],
+                Some("/v2/r/tags/list?n=2&last=b"),
+            ),
             (&["<https://h/v2/x?last=a>;rel=next"], Some("https://h/v2/x?last=a")),
             (&["</a>; rel=\"prev\", </b>; rel=\"next\""], Some("/b")),
             (&["</a>; rel=\"prev\""], None),

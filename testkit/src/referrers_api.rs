@@ -273,7 +273,10 @@ async fn index(
         return Ok(());
     }
     let mut entry = json!({ "mediaType": media_type, "digest": digest, "size": size });
-    if let Some(t) = manifest.get("artifactType").or_else(|| manifest["config"].get("mediaType")) {
+    if let Some(t) = manifest
+        .get("artifactType")
+        .or_else(|| manifest["config"].get("mediaType"))
+    {
         entry["artifactType"] = t.clone();
     }
     if let Some(a) = manifest.get("annotations") {

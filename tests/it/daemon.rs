@@ -752,10 +752,7 @@ async fn signatures_travel_and_a_re_sign_upstream_reaches_the_mirror_within_the_
     .await;
     let target = format!("{}/shop/signed:1.0", dst.host());
     eventually("/status to count the signature", WAIT, async || {
-        daemon
-            .status_of(&target)
-            .await
-            .is_some_and(|s| s["referrers"] == 1)
+        daemon.status_of(&target).await.is_some_and(|s| s["referrers"] == 1)
     })
     .await;
 

@@ -48,8 +48,12 @@ async fn push_tagged(reg: &Registry, repo: &str, tag: &str, artifact: &Image) {
 /// The digest of `repo:reference` at `dst` as skopeo reads it equals the one at `src`.
 async fn same_at_both(src: &Registry, src_repo: &str, dst: &Registry, dst_repo: &str, reference: &str) -> String {
     let sep = if reference.contains(':') { "@" } else { ":" };
-    let at_src = skopeo_digest(src, &format!("{src_repo}{sep}{reference}")).await.unwrap();
-    let at_dst = skopeo_digest(dst, &format!("{dst_repo}{sep}{reference}")).await.unwrap();
+    let at_src = skopeo_digest(src, &format!("{src_repo}{sep}{reference}"))
+        .await
+        .unwrap();
+    let at_dst = skopeo_digest(dst, &format!("{dst_repo}{sep}{reference}"))
+        .await
+        .unwrap();
     assert_eq!(at_dst, at_src, "{dst_repo}{sep}{reference}");
     at_dst
 }
@@ -80,18 +84,28 @@ async fn cosign_signatures_and_attestations_travel_with_an_image_and_an_index() 
         .copy(&request(&src, "src/app:v1", &dst, "dst/app", Some("v1")), &all())
         .await
         .unwrap();
-    assert_eq!((report.outcome, report.referrers.found), (Outcome::Copied, 2), "{report:?}");
+    assert_eq!(
+        (report.outcome, report.referrers.found),
+        (Outcome::Copied, 2),
+        "{report:?}"
+    );
     assert_eq!(copied(&report, ReferrerSource::CosignTag), 2);
     assert_eq!(report.referrers.error, None);
     for suffix in ["sig", "att"] {
         same_at_both(&src, "src/app", &dst, "dst/app", &subject.cosign_tag(suffix)).await;
     }
     assert_eq!(
-        skopeo_digest(&dst, &format!("dst/app:{}", subject.cosign_tag("sig"))).await.unwrap(),
+        skopeo_digest(&dst, &format!("dst/app:{}", subject.cosign_tag("sig")))
+            .await
+            .unwrap(),
         sig.digest
     );
     for blob in sig.blobs.iter().chain(&att.blobs) {
-        assert!(testkit::blob_exists(&dst, "dst/app", &blob.digest).await.unwrap(), "{}", blob.digest);
+        assert!(
+            testkit::blob_exists(&dst, "dst/app", &blob.digest).await.unwrap(),
+            "{}",
+            blob.digest
+        );
     }
 
     let report = copier
@@ -122,7 +136,10 @@ async fn cosign_signatures_and_attestations_travel_with_an_image_and_an_index() 
         .copy(&request(&src, "src/multi:v1", &dst, "dst/multi", Some("v1")), &all())
         .await
         .unwrap();
-    assert_eq!((again.outcome, again.referrers.checked), (Outcome::AlreadyPresent, false));
+    assert_eq!(
+        (again.outcome, again.referrers.checked),
+        (Outcome::AlreadyPresent, false)
+    );
     assert_eq!(discovery_requests(&src), before);
 }
 
@@ -133,7 +150,9 @@ async fn an_sbom_on_the_referrers_tag_schema_travels_with_its_own_signature() {
     image.push(&src, "src/app", "v1").await.unwrap();
     let subject = Subject::of(&image);
     let sbom = artifacts::spdx_sbom(&subject, 1);
-    artifacts::publish_referrer(&src, "src/app", &subject, &sbom).await.unwrap();
+    artifacts::publish_referrer(&src, "src/app", &subject, &sbom)
+        .await
+        .unwrap();
     // A signature of the SBOM: a referrer of a referrer (level 2).
     let sbom_subject = Subject::of(&sbom);
     let sbom_sig = artifacts::cosign_signature(&sbom_subject, "src/app", 1, 5);
@@ -145,11 +164,22 @@ async fn an_sbom_on_the_referrers_tag_schema_travels_with_its_own_signature() {
         ..ReferrerPolicy::default()
     };
     let report = copier(&[&src, &dst])
-        .copy(&request(&src, "src/app:v1", &dst, "dst/shallow", Some("v1")), &options(shallow))
+        .copy(
+            &request(&src, "src/app:v1", &dst, "dst/shallow", Some("v1")),
+            &options(shallow),
+        )
         .await
         .unwrap();
-    assert_eq!((copied(&report, ReferrerSource::FallbackTag), report.referrers.found), (1, 1));
-    assert_eq!(manifest_digest(&dst, "dst/shallow", &sbom_subject.cosign_tag("sig")).await.unwrap(), None);
+    assert_eq!(
+        (copied(&report, ReferrerSource::FallbackTag), report.referrers.found),
+        (1, 1)
+    );
+    assert_eq!(
+        manifest_digest(&dst, "dst/shallow", &sbom_subject.cosign_tag("sig"))
+            .await
+            .unwrap(),
+        None
+    );
 
     let report = copier(&[&src, &dst])
         .copy(&request(&src, "src/app:v1", &dst, "dst/app", Some("v1")), &all())
@@ -168,7 +198,10 @@ async fn an_sbom_on_the_referrers_tag_schema_travels_with_its_own_signature() {
     let (index, _) = get_manifest(&dst, "dst/app", &fallback).await.unwrap();
     assert_eq!(artifacts::index_digests(&index).unwrap(), vec![sbom.digest.clone()]);
     let (sbom_at_dst, media_type) = get_manifest(&dst, "dst/app", &sbom.digest).await.unwrap();
-    assert_eq!((sbom_at_dst, media_type.as_str()), (sbom.manifest.clone(), testkit::image::OCI_MANIFEST));
+    assert_eq!(
+        (sbom_at_dst, media_type.as_str()),
+        (sbom.manifest.clone(), testkit::image::OCI_MANIFEST)
+    );
     for blob in &sbom.blobs {
         assert!(testkit::blob_exists(&dst, "dst/app", &blob.digest).await.unwrap());
     }
@@ -186,36 +219,58 @@ async fn signatures_mode_and_the_artifact_type_filter_choose_what_travels() {
     let att = artifacts::cosign_attestation(&subject, "src/app", 2);
     push_tagged(&src, "src/app", &subject.cosign_tag("att"), &att).await;
     let sbom = artifacts::spdx_sbom(&subject, 3);
-    artifacts::publish_referrer(&src, "src/app", &subject, &sbom).await.unwrap();
+    artifacts::publish_referrer(&src, "src/app", &subject, &sbom)
+        .await
+        .unwrap();
     let notation = artifacts::artifact(&subject, "application/vnd.cncf.notary.signature", b"jws".to_vec(), 4);
-    artifacts::publish_referrer(&src, "src/app", &subject, &notation).await.unwrap();
+    artifacts::publish_referrer(&src, "src/app", &subject, &notation)
+        .await
+        .unwrap();
 
     let signatures = ReferrerPolicy {
         mode: ReferrersMode::Signatures,
         ..ReferrerPolicy::default()
     };
     copier(&[&src, &dst])
-        .copy(&request(&src, "src/app:v1", &dst, "dst/sigs", Some("v1")), &options(signatures))
+        .copy(
+            &request(&src, "src/app:v1", &dst, "dst/sigs", Some("v1")),
+            &options(signatures),
+        )
         .await
         .unwrap();
     let mut tags = list_tags(&dst, "dst/sigs").await.unwrap();
     tags.sort();
-    let mut want = vec!["v1".to_owned(), subject.cosign_tag("sig"), artifacts::fallback_tag(&image.digest)];
+    let mut want = vec![
+        "v1".to_owned(),
+        subject.cosign_tag("sig"),
+        artifacts::fallback_tag(&image.digest),
+    ];
     want.sort();
     assert_eq!(tags, want, "no .att");
-    let (index, _) = get_manifest(&dst, "dst/sigs", &artifacts::fallback_tag(&image.digest)).await.unwrap();
-    assert_eq!(artifacts::index_digests(&index).unwrap(), vec![notation.digest.clone()], "no SBOM");
+    let (index, _) = get_manifest(&dst, "dst/sigs", &artifacts::fallback_tag(&image.digest))
+        .await
+        .unwrap();
+    assert_eq!(
+        artifacts::index_digests(&index).unwrap(),
+        vec![notation.digest.clone()],
+        "no SBOM"
+    );
 
     let no_sboms = ReferrerPolicy {
         artifact_types: ArtifactTypes::parse(&["!application/spdx+json".into()]).unwrap(),
         ..ReferrerPolicy::default()
     };
     let report = copier(&[&src, &dst])
-        .copy(&request(&src, "src/app:v1", &dst, "dst/nosbom", Some("v1")), &options(no_sboms))
+        .copy(
+            &request(&src, "src/app:v1", &dst, "dst/nosbom", Some("v1")),
+            &options(no_sboms),
+        )
         .await
         .unwrap();
     assert_eq!(report.referrers.found, 3, "sig, att, notation: {report:?}");
-    let (index, _) = get_manifest(&dst, "dst/nosbom", &artifacts::fallback_tag(&image.digest)).await.unwrap();
+    let (index, _) = get_manifest(&dst, "dst/nosbom", &artifacts::fallback_tag(&image.digest))
+        .await
+        .unwrap();
     assert_eq!(artifacts::index_digests(&index).unwrap(), vec![notation.digest.clone()]);
     assert_eq!(manifest_digest(&dst, "dst/nosbom", &sbom.digest).await.unwrap(), None);
 }
@@ -226,7 +281,13 @@ async fn referrers_none_copies_nothing_extra_and_asks_nothing() {
     let image = Image::oci("amd64", &[1024], 41).unwrap();
     image.push(&src, "src/app", "v1").await.unwrap();
     let subject = Subject::of(&image);
-    push_tagged(&src, "src/app", &subject.cosign_tag("sig"), &artifacts::cosign_signature(&subject, "src/app", 1, 1)).await;
+    push_tagged(
+        &src,
+        "src/app",
+        &subject.cosign_tag("sig"),
+        &artifacts::cosign_signature(&subject, "src/app", 1, 1),
+    )
+    .await;
     artifacts::publish_referrer(&src, "src/app", &subject, &artifacts::spdx_sbom(&subject, 2))
         .await
         .unwrap();
@@ -239,7 +300,10 @@ async fn referrers_none_copies_nothing_extra_and_asks_nothing() {
         .copy(&request(&src, "src/app:v1", &dst, "dst/app", Some("v1")), &none)
         .await
         .unwrap();
-    assert_eq!((report.outcome, &report.referrers), (Outcome::Copied, &Default::default()));
+    assert_eq!(
+        (report.outcome, &report.referrers),
+        (Outcome::Copied, &Default::default())
+    );
     assert_eq!(discovery_requests(&src), 0);
     assert_eq!(discovery_requests(&dst), 0);
     assert_eq!(list_tags(&dst, "dst/app").await.unwrap(), vec!["v1"]);
@@ -251,7 +315,11 @@ async fn a_source_without_referrers_costs_one_request_per_image_per_interval() {
     let interval = Duration::from_secs(2);
     let copier = copier(&[&src, &dst]).with_referrers_interval(interval);
     // The first image on a host also learns whether it serves the Referrers API (once per host).
-    Image::oci("amd64", &[1024], 50).unwrap().push(&src, "src/warm", "v1").await.unwrap();
+    Image::oci("amd64", &[1024], 50)
+        .unwrap()
+        .push(&src, "src/warm", "v1")
+        .await
+        .unwrap();
     copier
         .copy(&request(&src, "src/warm:v1", &dst, "dst/warm", Some("v1")), &all())
         .await
@@ -266,8 +334,18 @@ async fn a_source_without_referrers_costs_one_request_per_image_per_interval() {
     let before = discovery_requests(&src);
     let report = copier.copy(&req, &all()).await.unwrap();
     assert_eq!((report.referrers.checked, report.referrers.found), (true, 0));
-    assert_eq!(discovery_requests(&src) - before, 1, "one tag list for the image's three digests");
-    assert_eq!(dst.requests().iter().filter(|r| r.path.contains("/tags/list") || r.path.contains("sha256-")).count(), 0);
+    assert_eq!(
+        discovery_requests(&src) - before,
+        1,
+        "one tag list for the image's three digests"
+    );
+    assert_eq!(
+        dst.requests()
+            .iter()
+            .filter(|r| r.path.contains("/tags/list") || r.path.contains("sha256-"))
+            .count(),
+        0
+    );
 
     // Status updates within the interval ask nothing; the next one after it asks once.
     for _ in 0..3 {
@@ -294,7 +372,10 @@ async fn a_re_sign_upstream_reaches_the_target_within_the_interval() {
     push_tagged(&src, "src/app", &tag, &first).await;
     let req = request(&src, "src/app:v1", &dst, "dst/app", Some("v1"));
     copier.copy(&req, &all()).await.unwrap();
-    assert_eq!(manifest_digest(&dst, "dst/app", &tag).await.unwrap(), Some(first.digest.clone()));
+    assert_eq!(
+        manifest_digest(&dst, "dst/app", &tag).await.unwrap(),
+        Some(first.digest.clone())
+    );
 
     // cosign adds a second signature to the same manifest: a new digest under the same tag.
     let resigned = artifacts::cosign_signature(&subject, "src/app", 2, 7);
@@ -306,7 +387,10 @@ async fn a_re_sign_upstream_reaches_the_target_within_the_interval() {
             assert_eq!(copied(&report, ReferrerSource::CosignTag), 1);
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the re-sign did not arrive within the interval");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the re-sign did not arrive within the interval"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     same_at_both(&src, "src/app", &dst, "dst/app", &tag).await;
@@ -337,15 +421,27 @@ async fn two_concurrent_writers_merge_the_fallback_index_without_losing_entries(
     let (src_ref, dst_ref) = (&src, &dst);
     let writer = |copier: Copier, repo: &'static str| async move {
         for n in 0..4 {
-            let req = request(src_ref, &format!("{repo}:v{n}"), dst_ref, "dst/app", Some(&format!("v{n}")));
+            let req = request(
+                src_ref,
+                &format!("{repo}:v{n}"),
+                dst_ref,
+                "dst/app",
+                Some(&format!("v{n}")),
+            );
             let report = copier.copy(&req, &all()).await.unwrap();
             assert_eq!(report.referrers.error, None, "{repo} v{n}");
         }
     };
     tokio::join!(writer(first, "src/a"), writer(second, "src/b"));
     for (subject, digests) in expected {
-        let (index, _) = get_manifest(&dst, "dst/app", &artifacts::fallback_tag(&subject)).await.unwrap();
-        assert_eq!(artifacts::index_digests(&index).unwrap(), digests, "every writer's entries, for {subject}");
+        let (index, _) = get_manifest(&dst, "dst/app", &artifacts::fallback_tag(&subject))
+            .await
+            .unwrap();
+        assert_eq!(
+            artifacts::index_digests(&index).unwrap(),
+            digests,
+            "every writer's entries, for {subject}"
+        );
     }
 }
 
@@ -367,7 +463,10 @@ async fn the_referrers_api_is_read_where_served_and_a_target_serving_it_indexes_
         start(RegistryMode::Plain),
         start(RegistryMode::Plain),
     );
-    let (src, dst) = (ReferrersApi::start(&src_reg).unwrap(), ReferrersApi::start(&dst_reg).unwrap());
+    let (src, dst) = (
+        ReferrersApi::start(&src_reg).unwrap(),
+        ReferrersApi::start(&dst_reg).unwrap(),
+    );
     let via_front = testkit::Client::new(&src_reg)
         .unwrap()
         .with_base_url(&format!("http://{}", src.host()));
@@ -376,18 +475,32 @@ async fn the_referrers_api_is_read_where_served_and_a_target_serving_it_indexes_
     let child = index.child_for("arm64").unwrap();
     let (index_subject, child_subject) = (Subject::of(&index), Subject::of(child));
     let sbom = artifacts::spdx_sbom(&index_subject, 1);
-    let notation = artifacts::artifact(&child_subject, "application/vnd.cncf.notary.signature", b"jws".to_vec(), 2);
+    let notation = artifacts::artifact(
+        &child_subject,
+        "application/vnd.cncf.notary.signature",
+        b"jws".to_vec(),
+        2,
+    );
     for artifact in [&sbom, &notation] {
         // The front indexes them as they are pushed (OCI-Subject), as a registry serving the API does.
-        via_front.push_image("src/app", &artifact.digest, artifact).await.unwrap();
+        via_front
+            .push_image("src/app", &artifact.digest, artifact)
+            .await
+            .unwrap();
     }
-    assert_eq!(src.referrers("src/app", &index.digest).await.unwrap(), vec![sbom.digest.clone()]);
+    assert_eq!(
+        src.referrers("src/app", &index.digest).await.unwrap(),
+        vec![sbom.digest.clone()]
+    );
 
     let copier = copier(&[&src_reg, &dst_reg, &plain]);
     let api_calls = || src.requests().iter().filter(|r| r.contains("/referrers/")).count();
     let before = api_calls();
     let report = copier
-        .copy(&request_between(&src.host(), "src/app:v1", &dst.host(), "dst/app", "v1"), &all())
+        .copy(
+            &request_between(&src.host(), "src/app:v1", &dst.host(), "dst/app", "v1"),
+            &all(),
+        )
         .await
         .unwrap();
     assert_eq!(copied(&report, ReferrerSource::ReferrersApi), 2, "{report:?}");
@@ -416,7 +529,10 @@ async fn the_referrers_api_is_read_where_served_and_a_target_serving_it_indexes_
     });
     let before = src.requests().len();
     let report = copier
-        .copy(&request_between(&src.host(), "src/app:v1", &plain.host(), "dst/app", "v1"), &only_sboms)
+        .copy(
+            &request_between(&src.host(), "src/app:v1", &plain.host(), "dst/app", "v1"),
+            &only_sboms,
+        )
         .await
         .unwrap();
     assert_eq!(copied(&report, ReferrerSource::ReferrersApi), 1, "{report:?}");
@@ -425,11 +541,20 @@ async fn the_referrers_api_is_read_where_served_and_a_target_serving_it_indexes_
         .filter(|r| r.contains("/referrers/"))
         .cloned()
         .collect();
-    assert!(asked.iter().all(|r| r.contains("artifactType=application%2Fspdx%2Bjson")), "{asked:?}");
-    let (fallback, _) = get_manifest(&plain, "dst/app", &artifacts::fallback_tag(&index.digest)).await.unwrap();
+    assert!(
+        asked
+            .iter()
+            .all(|r| r.contains("artifactType=application%2Fspdx%2Bjson")),
+        "{asked:?}"
+    );
+    let (fallback, _) = get_manifest(&plain, "dst/app", &artifacts::fallback_tag(&index.digest))
+        .await
+        .unwrap();
     assert_eq!(artifacts::index_digests(&fallback).unwrap(), vec![sbom.digest.clone()]);
     assert_eq!(
-        manifest_digest(&plain, "dst/app", &artifacts::fallback_tag(&child_subject.digest)).await.unwrap(),
+        manifest_digest(&plain, "dst/app", &artifacts::fallback_tag(&child_subject.digest))
+            .await
+            .unwrap(),
         None,
         "the notation signature is filtered out"
     );
