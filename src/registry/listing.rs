@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Access;
 use super::error::{status_error, transport};
-use super::ops::{check_reference, check_repo, digest_of, header_str};
+use super::ops::{check_reference, check_repo, content_digest, digest_of, header_str};
 use super::proto;
 use super::transport::{Payload, Req};
 use super::{Registry, RegistryError};
@@ -189,8 +189,8 @@ impl Registry {
         Ok(Some((body.freeze(), link)))
     }
 
-    /// PUT a manifest (like [`Registry::put_manifest`]) and learn whether the registry indexed its
-    /// `subject` (it answers `OCI-Subject`).
+    /// PUT a manifest under a tag or digest with its exact bytes: the digest the registry reports,
+    /// and whether it indexed the manifest's `subject` (it answers `OCI-Subject`).
     pub async fn put_manifest_with_subject(
         &self,
         repo: &str,
@@ -209,12 +209,8 @@ impl Registry {
         if !resp.status().is_success() {
             return Err(status_error("PUT", &url, resp).await);
         }
-        let digest = match header_str(resp.headers(), "docker-content-digest").map(Digest::parse) {
-            Some(Ok(d)) => d,
-            _ => local,
-        };
         Ok(PutManifest {
-            digest,
+            digest: content_digest(resp.headers(), &url)?.unwrap_or(local),
             subject_indexed: header_str(resp.headers(), "oci-subject").is_some(),
         })
     }

@@ -38,7 +38,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok())
 }
 
-fn content_digest(headers: &HeaderMap, url: &Url) -> Result<Option<Digest>, RegistryError> {
+pub(super) fn content_digest(headers: &HeaderMap, url: &Url) -> Result<Option<Digest>, RegistryError> {
     match header_str(headers, "docker-content-digest") {
         None => Ok(None),
         Some(v) => Digest::parse(v).map(Some).map_err(|e| {
@@ -551,18 +551,10 @@ impl Registry {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
-        check_repo(repo)?;
-        check_reference(reference)?;
-        let url = self.api_url(&format!("/v2/{repo}/manifests/{reference}")).await?;
-        let local = digest_of("sha256", &bytes)?;
-        let req = Req::new(Method::PUT, url.clone(), Access::Push(repo))
-            .header(header::CONTENT_TYPE, media_type)
-            .body(Payload::Bytes(bytes));
-        let resp = self.send(req).await?;
-        if !resp.status().is_success() {
-            return Err(status_error("PUT", &url, resp).await);
-        }
-        Ok(content_digest(resp.headers(), &url)?.unwrap_or(local))
+        Ok(self
+            .put_manifest_with_subject(repo, reference, bytes, media_type)
+            .await?
+            .digest)
     }
 }
 
