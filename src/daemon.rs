@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::coverage::{BackupStates, Verifier, periodic};
+use crate::coverage::{BackupStates, RestoreDrills, Verifier, periodic};
 use crate::discovery::health::WatchHealth;
 use crate::discovery::inventory::{Feed, Inventory, Update};
 use crate::discovery::watch;
@@ -89,6 +89,25 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         Some(states) => admin.with_backup(states.clone()),
         None => admin,
     };
+    // Restore drills pull targets the verification found whole: they need it.
+    let drills = backup
+        .clone()
+        .zip(config.restore_drill_interval)
+        .map(|(states, interval)| {
+            states.enable_drills();
+            metrics.enable_restore_drill();
+            let drills = RestoreDrills {
+                copier: verify_copier.clone(),
+                states,
+                interval,
+                images: config.restore_drill_images as usize,
+                blobs: config.blob_concurrency as usize,
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(drills.run(leadership.subscribe(), move |drill| {
+                metrics.restore_drill(drill.result, drill.duration);
+            }))
+        });
     let verifier = backup.clone().zip(verify_interval).map(|(states, interval)| {
         let verifier = Verifier {
             copier: verify_copier,
@@ -101,7 +120,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             let (queue, metrics) = (queue.clone(), metrics.clone());
             move |task| {
                 metrics.backup_repair();
-                queue.resubmit_uncached(task);
+                queue.repair(task);
             }
         };
         let busy = {
@@ -166,8 +185,8 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     if let Some(events) = events {
         events.task.abort();
     }
-    if let Some(verifier) = verifier {
-        verifier.abort();
+    for task in [verifier, drills].into_iter().flatten() {
+        task.abort();
     }
     if let Some(sweep) = referrer_sweep {
         sweep.abort();
@@ -359,6 +378,10 @@ impl Planning<'_> {
     /// forgotten); returns what the plan holds.
     fn run(&mut self, inventory: &Inventory, everything: bool, lead: bool) -> PlanSummary {
         let plan = self.planner.plan(inventory);
+        // The queue first: the verifier checks only targets the queue is not busy with, so a new
+        // target it can see must be queued already (else it is checked before its first copy,
+        // found missing and counted as a repair).
+        let submitted = lead.then(|| self.queue.submit_plan(plan.tasks.clone(), everything));
         if let Some(backup) = &self.backup {
             if lead {
                 backup.set_plan(&plan, std::time::SystemTime::now());
@@ -386,8 +409,7 @@ impl Planning<'_> {
         let workloads: HashSet<&Workload> = plan.tasks.iter().flat_map(|t| &t.users).collect();
         let workloads = workloads.len();
         let targets: Vec<String> = plan.tasks.iter().map(|t| t.key().to_string()).collect();
-        if lead {
-            let done = self.queue.submit_plan(plan.tasks, everything);
+        if let Some(done) = submitted {
             tracing::info!(
                 tasks,
                 submitted = done.submitted,

@@ -15,7 +15,7 @@ use crate::copy::referrers::ReferrerSource;
 use crate::copy::{CopyError, CopyReport, Outcome};
 use crate::reference::{DOCKER_HUB, canonical_host};
 use crate::registry::Side;
-use crate::task_state::{BackupState, TaskState};
+use crate::task_state::{BackupState, DrillResult, TaskState};
 
 const PREFIX: &str = "k8s_copycat_";
 
@@ -40,6 +40,15 @@ pub struct Metrics {
     watch_events: IntCounterVec,
     verified_present: IntCounter,
     backup: BackupGauges,
+    drills: DrillMetrics,
+}
+
+/// The restore drill metrics, registered only when drills run ([`Metrics::enable_restore_drill`]).
+struct DrillMetrics {
+    total: IntCounterVec,
+    duration: prometheus::Histogram,
+    last_success: IntGauge,
+    enabled: std::sync::atomic::AtomicBool,
 }
 
 /// The backup-coverage gauges, registered only when periodic verification runs
@@ -211,6 +220,30 @@ impl Metrics {
             .expect("valid metric"),
             enabled: std::sync::atomic::AtomicBool::new(false),
         };
+        let drills = DrillMetrics {
+            total: IntCounterVec::new(
+                Opts::new(
+                    format!("{PREFIX}restore_drill_total"),
+                    "Restore drills (a target pulled whole from the target registry, every manifest and blob read and re-hashed), by result (passed, failed).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            duration: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    format!("{PREFIX}restore_drill_duration_seconds"),
+                    "How long restore drills took to pull one target whole.",
+                )
+                .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+            )
+            .expect("valid metric"),
+            last_success: IntGauge::new(
+                format!("{PREFIX}restore_drill_last_success_timestamp_seconds"),
+                "Unix time of the last restore drill that passed; 0: none yet.",
+            )
+            .expect("valid metric"),
+            enabled: std::sync::atomic::AtomicBool::new(false),
+        };
         for m in [
             Box::new(bytes_copied.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(blobs.clone()),
@@ -251,6 +284,35 @@ impl Metrics {
             watch_events,
             verified_present,
             backup,
+            drills,
+        }
+    }
+
+    /// Registers the restore drill metrics (once; the daemon calls it when drills run).
+    pub fn enable_restore_drill(&self) {
+        let d = &self.drills;
+        if d.enabled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        for result in DrillResult::ALL {
+            d.total.with_label_values(&[result.as_str()]);
+        }
+        for m in [
+            Box::new(d.total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(d.duration.clone()),
+            Box::new(d.last_success.clone()),
+        ] {
+            self.registry.register(m).expect("unique metric");
+        }
+    }
+
+    /// Counts one restore drill that ended with `result` after `took`.
+    pub fn restore_drill(&self, result: DrillResult, took: Duration) {
+        let d = &self.drills;
+        d.total.with_label_values(&[result.as_str()]).inc();
+        d.duration.observe(took.as_secs_f64());
+        if result == DrillResult::Passed {
+            d.last_success.set(unix_now());
         }
     }
 
@@ -442,6 +504,42 @@ mod tests {
     }
 
     #[test]
+    fn restore_drill_metrics_appear_only_when_enabled() {
+        let m = Metrics::new();
+        assert!(
+            !m.render().contains("restore_drill"),
+            "not registered before enable_restore_drill"
+        );
+        m.enable_restore_drill();
+        m.enable_restore_drill(); // twice is harmless
+        let text = m.render();
+        assert!(
+            text.contains("k8s_copycat_restore_drill_total{result=\"failed\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("k8s_copycat_restore_drill_last_success_timestamp_seconds 0\n"),
+            "{text}"
+        );
+        m.restore_drill(DrillResult::Passed, Duration::from_millis(1500));
+        m.restore_drill(DrillResult::Failed, Duration::from_millis(200));
+        let text = m.render();
+        for line in [
+            "k8s_copycat_restore_drill_total{result=\"passed\"} 1\n",
+            "k8s_copycat_restore_drill_total{result=\"failed\"} 1\n",
+            "k8s_copycat_restore_drill_duration_seconds_count 2\n",
+            "k8s_copycat_restore_drill_duration_seconds_bucket{le=\"0.5\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        let last = text
+            .lines()
+            .find_map(|l| l.strip_prefix("k8s_copycat_restore_drill_last_success_timestamp_seconds "))
+            .unwrap();
+        assert!(last.parse::<i64>().unwrap() > 1_700_000_000, "{last}");
+    }
+
+    #[test]
     fn labels_name_the_registry_host() {
         assert_eq!(registry_label("docker.io"), "docker.io");
         assert_eq!(registry_label("Registry-1.Docker.io"), "docker.io");
@@ -503,6 +601,7 @@ mod tests {
             blobs_skipped: blobs[0],
             blobs_mounted: blobs[1],
             blobs_transferred: blobs[2],
+            manifests_written: 0,
             missing_platforms: vec![],
             filtered: false,
             referrers: crate::copy::referrers::ReferrerReport {

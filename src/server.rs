@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::coverage::{BackupState, BackupStates, ImageBackup};
+use crate::coverage::{BackupState, BackupStates, Drill, ImageBackup};
 use crate::discovery::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::queue::{ExcludedImages, Queue, TaskStatus};
@@ -363,6 +363,9 @@ struct Backup {
     checked: Option<std::time::SystemTime>,
     #[serde(serialize_with = "crate::task_state::rfc3339")]
     last_verified: Option<std::time::SystemTime>,
+    /// The target's last restore drill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drill: Option<Drill>,
 }
 
 impl Backup {
@@ -373,6 +376,7 @@ impl Backup {
             detail: image.image.detail.clone(),
             checked: image.checked,
             last_verified: image.last_verified,
+            drill: image.drill.clone(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Where a mirror target stands, in the words `/status` and the `k8s_copycat_tasks` gauge use. The
 //! plan decides the excluded and conflicting ones, the queue the rest; both report to `metrics`,
 //! which sits below them, so the words live here, on the ground floor. So do the backup states the
-//! periodic verification (`coverage`) gives and `k8s_copycat_backup_images` counts.
+//! periodic verification (`coverage`) gives and `k8s_copycat_backup_images` counts, and the results
+//! of restore drills that `k8s_copycat_restore_drill_total` counts.
 
 use std::fmt;
 
@@ -103,6 +104,29 @@ impl BackupState {
             BackupState::Mismatch => "mismatch",
             BackupState::Failed => "failed",
             BackupState::Excluded => "excluded",
+        }
+    }
+}
+
+/// How a restore drill ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillResult {
+    /// Every manifest and blob was read and hashed to its digest; the tag holds the expected digest.
+    Passed,
+    /// Something could not be read, was missing or damaged, or the tag holds another digest.
+    Failed,
+}
+
+impl DrillResult {
+    /// Every result.
+    pub const ALL: [DrillResult; 2] = [DrillResult::Passed, DrillResult::Failed];
+
+    /// `passed` or `failed`, as metrics and `/status` name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillResult::Passed => "passed",
+            DrillResult::Failed => "failed",
         }
     }
 }

@@ -284,6 +284,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         deadline: config.image_deadline,
         source_credentials: vec![],
         referrers: config.referrer_policy(),
+        repair: false,
     }
 }
 

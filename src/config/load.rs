@@ -389,6 +389,10 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         image_deadline: loader.get("imageDeadline", |i| parse::duration(i, SECOND)),
         mirrored_cache_ttl: loader.get("mirroredCacheTTL", |i| parse::duration(i, SECOND)),
         verify_interval: loader.get("verifyInterval", |i| parse::optional_non_negative_duration(i, SECOND)),
+        restore_drill_interval: loader.get("restoreDrillInterval", |i| {
+            parse::optional_non_negative_duration(i, SECOND)
+        }),
+        restore_drill_images: loader.get("restoreDrillImages", parse::positive_u32),
         shutdown_grace_period: loader.get("shutdownGracePeriod", |i| parse::non_negative_duration(i, SECOND)),
         registries: registry_settings(loader),
         registry_mirrors: registry_mirrors(loader),

@@ -102,6 +102,11 @@ pub struct Config {
     /// Periodic verification of the planned targets; `None` disables it.
     #[serde(serialize_with = "optional_duration")]
     pub verify_interval: Option<Duration>,
+    /// Restore drills of verified targets; `None` disables them.
+    #[serde(serialize_with = "optional_duration")]
+    pub restore_drill_interval: Option<Duration>,
+    /// Targets pulled whole per restore drill.
+    pub restore_drill_images: u32,
     /// How long running copies may finish after SIGTERM.
     #[serde(serialize_with = "duration")]
     pub shutdown_grace_period: Duration,

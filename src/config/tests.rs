@@ -192,6 +192,17 @@ fn bad_values_are_reported_by_name() {
             &["referrersInterval", "duration like 90s"],
         ),
         (
+            "restoreDrillInterval: -5m",
+            &[],
+            &["restoreDrillInterval", "must not be negative"],
+        ),
+        ("restoreDrillImages: 0", &[], &["restoreDrillImages", "greater than 0"]),
+        (
+            "",
+            &[("RESTORE_DRILL_IMAGES", "all")],
+            &["RESTORE_DRILL_IMAGES", "whole number"],
+        ),
+        (
             "",
             &[("VERIFY_INTERVAL", "daily")],
             &["VERIFY_INTERVAL", "duration like 90s"],
@@ -468,6 +479,27 @@ fn durations_accept_integers_and_humantime() {
         assert_eq!(
             ok(yaml, env).verify_interval,
             want.map(Duration::from_secs),
+            "{yaml} {env:?}"
+        );
+    }
+    // (yaml, env, restoreDrillInterval in seconds, restoreDrillImages)
+    type Drills<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<u64>, u32);
+    let drills: [Drills; 4] = [
+        ("", &[], Some(86_400), 2),
+        ("restoreDrillInterval: 0\nrestoreDrillImages: 5", &[], None, 5),
+        ("restoreDrillInterval: 6h", &[], Some(21_600), 2),
+        (
+            "restoreDrillInterval: 6h",
+            &[("RESTORE_DRILL_INTERVAL", "90"), ("RESTORE_DRILL_IMAGES", "1")],
+            Some(90),
+            1,
+        ),
+    ];
+    for (yaml, env, interval, images) in drills {
+        let c = ok(yaml, env);
+        assert_eq!(
+            (c.restore_drill_interval, c.restore_drill_images),
+            (interval.map(Duration::from_secs), images),
             "{yaml} {env:?}"
         );
     }

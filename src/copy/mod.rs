@@ -2,6 +2,8 @@
 //! byte-exact. HEADs first (an unchanged image costs two HEADs and no GET), then blobs (skip if
 //! present, mount if known elsewhere on the target, else stream with on-the-fly verification), then
 //! child manifests by digest, and the tag last, so a tag never points at incomplete content.
+//! Repair mode ([`CopyOptions::repair`]) does not trust a tag that holds the expected digest: it
+//! walks the tree below it at the target and copies only what is missing there.
 
 pub mod arch;
 pub mod check;
@@ -59,6 +61,11 @@ pub struct CopyOptions {
     /// Signatures, attestations and SBOMs copied with the image ([`referrers`]). Off by default here;
     /// the configuration's default (`referrers: all`) comes through `wiring::copy_options`.
     pub referrers: ReferrerPolicy,
+    /// Repair mode, for a target a check found incomplete: a tag that already holds the expected
+    /// digest is not trusted; the whole tree below it is walked at the target (HEADs; the manifests
+    /// present are read from the target) and only what is missing is copied. The tag is written
+    /// again only when it does not hold the digest.
+    pub repair: bool,
 }
 
 /// Credentials for a source registry from a pull secret (`imagePullSecrets`).
@@ -81,6 +88,7 @@ impl Default for CopyOptions {
             deadline: None,
             source_credentials: vec![],
             referrers: ReferrerPolicy::none(),
+            repair: false,
         }
     }
 }
@@ -135,6 +143,8 @@ pub struct CopyReport {
     pub blobs_mounted: u32,
     /// Blobs streamed.
     pub blobs_transferred: u32,
+    /// Manifests written by digest below the tag (an index's children the target lacked).
+    pub manifests_written: u32,
     /// Requested platforms the source does not offer.
     pub missing_platforms: Vec<Platform>,
     /// Whether a new, filtered index was written (its digest differs from the source's).
@@ -351,6 +361,16 @@ struct Counters {
     skipped: AtomicU32,
     mounted: AtomicU32,
     transferred: AtomicU32,
+    manifests: AtomicU32,
+}
+
+impl Counters {
+    /// Whether anything was written to the target (a blob mounted or streamed, a manifest by digest).
+    fn wrote(&self) -> bool {
+        [&self.mounted, &self.transferred, &self.manifests]
+            .iter()
+            .any(|n| n.load(Ordering::Relaxed) > 0)
+    }
 }
 
 /// The pieces of one copy that every step needs.
@@ -576,6 +596,7 @@ impl Copier {
             blobs_skipped: job.counters.skipped.load(Ordering::Relaxed),
             blobs_mounted: job.counters.mounted.load(Ordering::Relaxed),
             blobs_transferred: job.counters.transferred.load(Ordering::Relaxed),
+            manifests_written: job.counters.manifests.load(Ordering::Relaxed),
             missing_platforms,
             filtered,
             referrers,
@@ -605,6 +626,7 @@ impl Copier {
         let target_head = self.head_target(req, job, expected.as_ref()).await?;
         if let (Some(want), Some(head)) = (&expected, &target_head)
             && head.digest == *want
+            && !opts.repair
         {
             self.referrers.remember_media_type(want, &head.media_type);
             return Ok(Decision {
@@ -649,9 +671,8 @@ impl Copier {
             head => head,
         };
 
-        if let Some(head) = &target_head
-            && head.digest == top.digest
-        {
+        let tagged = target_head.as_ref().is_some_and(|head| head.digest == top.digest);
+        if tagged && !opts.repair {
             return Ok(Decision {
                 outcome: Outcome::AlreadyPresent,
                 source_digest,
@@ -683,7 +704,29 @@ impl Copier {
             Kind::Image => self.copy_blobs(job, &top_parsed).await?,
         }
 
-        // 5. The tag last.
+        // 5. The tag last, unless it holds the digest (repair mode).
+        if tagged {
+            let wrote = job.counters.wrote();
+            if wrote {
+                tracing::info!(target = %req.target_display(Some(&top.digest)),
+                    manifests = job.counters.manifests.load(Ordering::Relaxed),
+                    blobs_transferred = job.counters.transferred.load(Ordering::Relaxed),
+                    blobs_mounted = job.counters.mounted.load(Ordering::Relaxed),
+                    bytes = job.counters.bytes.load(Ordering::Relaxed),
+                    "repaired the target: copied what was missing under its tag");
+            }
+            return Ok(Decision {
+                outcome: if wrote {
+                    Outcome::Copied
+                } else {
+                    Outcome::AlreadyPresent
+                },
+                source_digest,
+                digest: Some(top.digest),
+                missing_platforms: missing,
+                filtered,
+            });
+        }
         let reference = req.target_tag.clone().unwrap_or_else(|| top.digest.to_string());
         let written = job
             .dst
@@ -808,9 +851,11 @@ impl Copier {
 
     /// Copies the manifests below the index written under the tag (its `children`; the index is at
     /// `level` of the source image) by digest, each after what it references, skipping those the
-    /// target has. Depth first with a list of the indexes open, not recursion: a hostile chain of
-    /// indexes costs heap, not stack, and is refused by `budget` at [`manifest::MAX_INDEX_DEPTH`] before any
-    /// entry of the index breaking a limit is copied.
+    /// target has; in repair mode those are read from the target and walked too, so what is missing
+    /// below them is copied (they are not written again). Depth first with a list of the indexes
+    /// open, not recursion: a hostile chain of indexes costs heap, not stack, and is refused by
+    /// `budget` at [`manifest::MAX_INDEX_DEPTH`] before any entry of the index breaking a limit is
+    /// copied.
     async fn copy_children(
         &self,
         req: &CopyRequest,
@@ -819,8 +864,9 @@ impl Copier {
         level: usize,
         budget: &mut Budget,
     ) -> Result<(), CopyError> {
-        /// An index being copied: its manifest (`None` for the one under the tag, which the caller
-        /// writes) and the entries not copied yet.
+        /// An index being copied: its manifest to write once its entries are (`None` for the one
+        /// under the tag, which the caller writes, and for one the target has) and the entries not
+        /// copied yet.
         struct Open {
             index: Option<Manifest>,
             entries: std::vec::IntoIter<Descriptor>,
@@ -845,22 +891,35 @@ impl Copier {
                     job.dst.host(),
                     format!("HEAD target {}@{digest}", req.target.name()),
                 ))?;
-            if present.is_some() {
-                continue;
-            }
-            let manifest = self.get_manifest(job, &digest, &req.source).await?;
-            let parsed = parse_manifest(&manifest, &req.source)?;
+            let manifest = match &present {
+                None => self.get_manifest(job, &digest, &req.source).await?,
+                Some(_) if !job.opts.repair => continue,
+                Some(_) => job
+                    .dst
+                    .get_manifest(job.dst_repo, &digest, MAX_MANIFEST_SIZE)
+                    .await
+                    .map_err(target_error(
+                        job.dst.host(),
+                        format!("GET manifest {}@{digest}", req.target.name()),
+                    ))?,
+            };
+            let shown = if present.is_some() { &req.target } else { &req.source };
+            let parsed = parse_manifest(&manifest, shown)?;
+            // What the target has already is walked, not written again.
+            let to_write = present.is_none().then_some(manifest);
             match parsed.kind {
                 Kind::Index => {
-                    admit(budget, &parsed, level + open.len(), &req.source, &manifest.digest)?;
+                    admit(budget, &parsed, level + open.len(), shown, &child.digest)?;
                     open.push(Open {
-                        index: Some(manifest),
+                        index: to_write,
                         entries: parsed.manifests.into_iter(),
                     });
                 }
                 Kind::Image => {
                     self.copy_blobs(job, &parsed).await?;
-                    self.put_child(req, job, manifest).await?;
+                    if let Some(manifest) = to_write {
+                        self.put_child(req, job, manifest).await?;
+                    }
                 }
             }
         }
@@ -877,6 +936,7 @@ impl Copier {
                 job.dst.host(),
                 format!("PUT manifest {}@{digest}", req.target.name()),
             ))?;
+        job.counters.manifests.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -4,9 +4,11 @@
 //! `copycat verify` checks a plan made from one list of the cluster; the daemon checks its own plans
 //! the same way, continuously (`periodic.rs`: [`BackupStates`], [`Verifier`]).
 
+pub mod drill;
 pub mod periodic;
 
 pub use crate::task_state::BackupState;
+pub use drill::{Drill, DrillResult, RestoreDrills};
 pub use periodic::{BackupStates, ImageBackup, Report, Verifier};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +19,7 @@ use serde::Serialize;
 use crate::copy::check::{Depth, TargetState};
 use crate::copy::{Copier, CopyError, CopyOptions, CopyRequest};
 use crate::plan::{MirrorTask, Plan};
+use crate::reference::Digest;
 use crate::registry::Side;
 use crate::workload::Workload;
 
@@ -161,7 +164,7 @@ pub async fn check_plan(
 ) -> Vec<ImageCoverage> {
     let finished = AtomicUsize::new(0);
     let mut out: Vec<ImageCoverage> = futures::stream::iter(&plan.tasks)
-        .map(|task| check_task(copier, task, options))
+        .map(|task| async move { check_task(copier, task, options).await.0 })
         .buffer_unordered(options.images.max(1))
         .inspect(|row| done(row, finished.fetch_add(1, Ordering::Relaxed) + 1))
         .collect()
@@ -208,9 +211,23 @@ pub fn unplanned(plan: &Plan) -> Vec<ImageCoverage> {
     out
 }
 
+/// A target found whole: the request naming it and the digest it holds, which a restore drill reads
+/// again without asking the source.
+#[derive(Debug, Clone)]
+pub struct WholeTarget {
+    /// The task's request with its target named.
+    pub request: CopyRequest,
+    /// The digest the target holds under its tag (or by itself).
+    pub digest: Digest,
+}
+
 /// One task: its target named (by the image's architecture for `$arch` from the image), the digest
-/// it must hold, and what the target holds.
-pub(crate) async fn check_task(copier: &Copier, task: &MirrorTask, options: CheckOptions) -> ImageCoverage {
+/// it must hold, and what the target holds; with the target when it is whole.
+pub(crate) async fn check_task(
+    copier: &Copier,
+    task: &MirrorTask,
+    options: CheckOptions,
+) -> (ImageCoverage, Option<WholeTarget>) {
     let expected_from = if task.request.source.digest().is_some() {
         ExpectedFrom::Cluster
     } else {
@@ -245,16 +262,26 @@ pub(crate) async fn check_task(copier: &Copier, task: &MirrorTask, options: Chec
             row.target = request.target_display(Some(&expected));
             row.expected = Some(expected.to_string());
             (row.state, row.detail) = describe(state);
+            let whole = (row.state == BackupState::Verified).then_some(WholeTarget {
+                request,
+                digest: expected,
+            });
+            (row, whole)
         }
         Err(e) => {
-            row.side = Some(match e.side() {
-                Side::Source => "source",
-                Side::Target => "target",
-            });
+            row.side = Some(side_name(&e));
             row.detail = e.to_string();
+            (row, None)
         }
     }
-    row
+}
+
+/// `source` or `target`: where `error` happened.
+fn side_name(error: &CopyError) -> &'static str {
+    match error.side() {
+        Side::Source => "source",
+        Side::Target => "target",
+    }
 }
 
 /// The request of `task` with its target named, as the queue names it before copying.

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{BackupState, CheckOptions, ImageCoverage, Summary, check_task, unplanned};
+use super::drill::{Drill, DrillResult};
+use super::{BackupState, CheckOptions, ImageCoverage, Summary, WholeTarget, check_task, unplanned};
 use crate::copy::Copier;
 use crate::copy::check::Depth;
 use crate::plan::{MirrorTask, Plan};
@@ -40,6 +41,12 @@ struct Store {
     checks: HashMap<String, Check>,
     /// When each target key was first planned (the age of an image never verified).
     since: HashMap<String, SystemTime>,
+    /// Whether restore drills run (their summary is reported).
+    drills_enabled: bool,
+    /// The last restore drill of each target key.
+    drills: HashMap<String, Drill>,
+    /// When a drill last passed.
+    last_drill_success: Option<SystemTime>,
 }
 
 /// One planned task, with its key and source as checks record them.
@@ -58,6 +65,8 @@ struct Check {
     checked: SystemTime,
     /// When the target was last found verified (kept when a later check finds it incomplete).
     verified: Option<SystemTime>,
+    /// The target as found whole by this check, for restore drills.
+    whole: Option<WholeTarget>,
 }
 
 /// One image of the report.
@@ -76,6 +85,9 @@ pub struct ImageBackup {
     /// When the target was last found verified.
     #[serde(serialize_with = "crate::task_state::rfc3339")]
     pub last_verified: Option<SystemTime>,
+    /// The last restore drill of the target, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Drill>,
 }
 
 /// The backup states of the current plan and their summary.
@@ -91,6 +103,27 @@ pub struct Report {
     /// Every image, planned ones first (by target key), then those not mirrored.
     #[serde(skip)]
     pub images: Vec<ImageBackup>,
+    /// The restore drills of the planned images (`None`: drills do not run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_drill: Option<DrillSummary>,
+}
+
+/// The restore drills of the current plan's images, by each image's last drill.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillSummary {
+    /// Images drilled at least once.
+    pub drilled: usize,
+    /// Images whose last drill passed.
+    pub passed: usize,
+    /// Images whose last drill failed.
+    pub failed: usize,
+    /// When the latest drill ended.
+    #[serde(serialize_with = "crate::task_state::rfc3339")]
+    pub last_drill: Option<SystemTime>,
+    /// When a drill last passed (any image, also one no longer planned).
+    #[serde(serialize_with = "crate::task_state::rfc3339")]
+    pub last_success: Option<SystemTime>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -118,23 +151,38 @@ impl BackupStates {
             })
             .collect();
         let Store {
-            tasks, checks, since, ..
+            tasks,
+            checks,
+            since,
+            drills,
+            ..
         } = &mut *store;
         checks.retain(|key, _| tasks.contains_key(key));
         since.retain(|key, _| tasks.contains_key(key));
+        drills.retain(|key, _| tasks.contains_key(key));
         for key in tasks.keys() {
             since.entry(key.clone()).or_insert(now);
         }
         store.unplanned = unplanned(plan);
     }
 
-    /// Forgets everything (this replica no longer leads).
+    /// Forgets everything but whether drills run (this replica no longer leads).
     pub fn clear(&self) {
-        *self.store() = Store::default();
+        let mut store = self.store();
+        *store = Store {
+            drills_enabled: store.drills_enabled,
+            ..Store::default()
+        };
     }
 
-    /// Records a check of `key` for `source` finished at `at`, unless the target is no longer planned.
-    fn record(&self, key: &str, source: &str, row: ImageCoverage, at: SystemTime) {
+    /// Reports restore drills from now on ([`Report::restore_drill`]).
+    pub fn enable_drills(&self) {
+        self.store().drills_enabled = true;
+    }
+
+    /// Records a check of `key` for `source` finished at `at` (with the target when it is whole),
+    /// unless the target is no longer planned.
+    fn record(&self, key: &str, source: &str, row: ImageCoverage, whole: Option<WholeTarget>, at: SystemTime) {
         let mut store = self.store();
         if !store.since.contains_key(key) {
             return;
@@ -155,8 +203,42 @@ impl BackupStates {
                 row,
                 checked: at,
                 verified,
+                whole,
             },
         );
+    }
+
+    /// Up to `n` targets whose last check (for their current source) found them whole, for a
+    /// restore drill: those never drilled first, then the one drilled longest ago.
+    pub fn drill_candidates(&self, n: usize) -> Vec<(String, WholeTarget)> {
+        let store = self.store();
+        let mut whole: Vec<(Option<SystemTime>, &String, &WholeTarget)> = store
+            .tasks
+            .iter()
+            .filter_map(|(key, planned)| {
+                let check = store.checks.get(key).filter(|c| c.source == planned.source)?;
+                let target = check.whole.as_ref()?;
+                Some((store.drills.get(key).and_then(|d| d.at), key, target))
+            })
+            .collect();
+        whole.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        whole
+            .into_iter()
+            .take(n)
+            .map(|(_, key, target)| (key.clone(), target.clone()))
+            .collect()
+    }
+
+    /// Records the restore drill of `key`, unless the target is no longer planned.
+    pub fn record_drill(&self, key: &str, drill: Drill) {
+        let mut store = self.store();
+        if !store.since.contains_key(key) {
+            return;
+        }
+        if drill.result == DrillResult::Passed {
+            store.last_drill_success = drill.at.max(store.last_drill_success);
+        }
+        store.drills.insert(key.to_owned(), drill);
     }
 
     /// The planned target keys with when each was last checked for its current source.
@@ -187,6 +269,7 @@ impl BackupStates {
                 let (key, source) = (key.clone(), source.clone());
                 match store.checks.get(&key).filter(|c| c.source == source) {
                     Some(check) => ImageBackup {
+                        drill: store.drills.get(&key).cloned(),
                         key,
                         image: check.row.clone(),
                         checked: Some(check.checked),
@@ -203,6 +286,7 @@ impl BackupStates {
                             side: None,
                             users: task.users.clone(),
                         },
+                        drill: store.drills.get(&key).cloned(),
                         key,
                         checked: None,
                         last_verified: None,
@@ -222,11 +306,29 @@ impl BackupStates {
             image: image.clone(),
             checked: None,
             last_verified: None,
+            drill: None,
         }));
+        let restore_drill = store.drills_enabled.then(|| {
+            let drills = images.iter().filter_map(|i| i.drill.as_ref());
+            let mut summary = DrillSummary {
+                last_success: store.last_drill_success,
+                ..DrillSummary::default()
+            };
+            for drill in drills {
+                summary.drilled += 1;
+                match drill.result {
+                    DrillResult::Passed => summary.passed += 1,
+                    DrillResult::Failed => summary.failed += 1,
+                }
+                summary.last_drill = summary.last_drill.max(drill.at);
+            }
+            summary
+        });
         Report {
             summary: Summary::of(images.iter().map(|i| i.image.state)),
             oldest_unverified,
             images,
+            restore_drill,
         }
     }
 }
@@ -276,14 +378,15 @@ impl Verifier {
     /// Checks targets while `leading` says this replica leads, for ever. `busy` gives the target
     /// keys the queue has queued or is copying: those are not checked (a target is checked once
     /// the queue has finished with it, mirrored, failed or cooling down). `copy_again` gets each
-    /// task whose target was found `missing` parts, to be copied again past the positive cache.
+    /// task whose target was found `missing` parts, to be copied again past the positive cache, in
+    /// repair mode.
     pub async fn run(
         self,
         mut leading: watch::Receiver<bool>,
         busy: impl Fn() -> HashSet<String>,
         copy_again: impl Fn(MirrorTask),
     ) {
-        let mut running: JoinSet<(MirrorTask, ImageCoverage)> = JoinSet::new();
+        let mut running: JoinSet<(MirrorTask, (ImageCoverage, Option<WholeTarget>))> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
         // The key each running check is for, so a check that panics frees its target too.
         let mut checking: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -336,12 +439,12 @@ impl Verifier {
                     if let Some(key) = checking.remove(&id) {
                         in_flight.remove(&key);
                     }
-                    let Ok((_, (task, row))) = done else { continue };
+                    let Ok((_, (task, (row, whole)))) = done else { continue };
                     let key = task.key().to_string();
                     log_result(&row);
                     let after_copy = copied_again.remove(&key);
                     let again = copy_again_after(row.state, after_copy) && *leading.borrow();
-                    self.states.record(&key, &task.request.source.to_string(), row, SystemTime::now());
+                    self.states.record(&key, &task.request.source.to_string(), row, whole, SystemTime::now());
                     if again {
                         tracing::info!(target = %key, source = %task.request.source, "copying the image again (positive cache dropped)");
                         copied_again.insert(key);
@@ -356,9 +459,9 @@ impl Verifier {
 }
 
 /// Whether a target found in `state` is copied again: when it misses parts, unless this check
-/// followed such a copy already (parts the copy cannot restore, such as blobs under a tag that
-/// still holds the right digest, would otherwise be copied again and re-checked in a tight loop;
-/// they are tried again at the target's next regular check).
+/// followed such a copy already (parts the repair copy cannot restore, such as blobs the source
+/// no longer has, would otherwise be copied again and re-checked in a tight loop; they are tried
+/// again at the target's next regular check).
 fn copy_again_after(state: BackupState, after_copy: bool) -> bool {
     state == BackupState::Missing && !after_copy
 }
@@ -400,21 +503,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_report_keeps_states_per_target_and_ages_the_oldest_unverified() {
-        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        let plan = Plan {
+    /// `s` seconds after the epoch.
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    /// Targets x, y and z (`r.example/x:1`, …) of `a.io/x:1`, ….
+    fn three_targets() -> Plan {
+        Plan {
             tasks: vec![task("a.io/x:1", "x"), task("a.io/y:1", "y"), task("a.io/z:1", "z")],
             ..Plan::default()
-        };
+        }
+    }
+
+    #[test]
+    fn the_report_keeps_states_per_target_and_ages_the_oldest_unverified() {
+        let plan = three_targets();
         let key = |i: usize| plan.tasks[i].key().to_string();
         let source = |i: usize| plan.tasks[i].request.source.to_string();
         let states = BackupStates::default();
         states.set_plan(&plan, at(100));
-        states.record(&key(0), &source(0), row(BackupState::Verified), at(110));
-        states.record(&key(1), &source(1), row(BackupState::Verified), at(120));
-        states.record(&key(1), &source(1), row(BackupState::Missing), at(200));
-        states.record("r.example/gone:1", "a.io/gone:1", row(BackupState::Verified), at(200));
+        states.record(&key(0), &source(0), row(BackupState::Verified), None, at(110));
+        states.record(&key(1), &source(1), row(BackupState::Verified), None, at(120));
+        states.record(&key(1), &source(1), row(BackupState::Missing), None, at(200));
+        states.record(
+            "r.example/gone:1",
+            "a.io/gone:1",
+            row(BackupState::Verified),
+            None,
+            at(200),
+        );
         let report = states.report(at(300));
         let got: Vec<(BackupState, Option<SystemTime>, Option<SystemTime>)> = report
             .images
@@ -449,6 +567,72 @@ mod tests {
         assert_eq!(report.oldest_unverified, Duration::from_secs(300), "z, planned at 100");
         states.clear();
         assert_eq!(states.report(at(500)).summary.images, 0);
+    }
+
+    #[test]
+    fn drills_take_whole_targets_never_drilled_first_then_the_one_drilled_longest_ago() {
+        let plan = three_targets();
+        let key = |i: usize| plan.tasks[i].key().to_string();
+        let source = |i: usize| plan.tasks[i].request.source.to_string();
+        let whole = |i: usize| {
+            Some(WholeTarget {
+                request: plan.tasks[i].request.clone(),
+                digest: crate::reference::Digest::sha256_hex(&"ab".repeat(32)).unwrap(),
+            })
+        };
+        let drill = |result, s| Drill {
+            at: Some(at(s)),
+            result,
+            detail: String::new(),
+            target: String::new(),
+            digest: String::new(),
+            duration: Duration::ZERO,
+        };
+        let states = BackupStates::default();
+        states.set_plan(&plan, at(100));
+        assert_eq!(states.report(at(100)).restore_drill, None, "drills not enabled");
+        states.enable_drills();
+        states.record(&key(0), &source(0), row(BackupState::Verified), whole(0), at(110));
+        states.record(&key(1), &source(1), row(BackupState::Verified), whole(1), at(120));
+        states.record(&key(2), &source(2), row(BackupState::Missing), None, at(130));
+        let picked = |n: usize| -> Vec<String> { states.drill_candidates(n).into_iter().map(|(k, _)| k).collect() };
+        // (drill recorded, targets picked for a round of 1, of 5)
+        assert_eq!(
+            (picked(1), picked(5)),
+            (vec![key(0)], vec![key(0), key(1)]),
+            "z is not whole"
+        );
+        states.record_drill(&key(0), drill(DrillResult::Passed, 300));
+        assert_eq!(picked(1), [key(1)], "never drilled first");
+        states.record_drill(&key(1), drill(DrillResult::Failed, 310));
+        assert_eq!(picked(2), [key(0), key(1)], "the oldest drill first");
+        states.record_drill("r.example/gone:1", drill(DrillResult::Passed, 320));
+        let summary = states.report(at(400)).restore_drill.unwrap();
+        let want = DrillSummary {
+            drilled: 2,
+            passed: 1,
+            failed: 1,
+            last_drill: Some(at(310)),
+            last_success: Some(at(300)),
+        };
+        assert_eq!(summary, want, "a target not planned is not recorded");
+        let report = states.report(at(400));
+        assert_eq!(
+            report.images[1].drill.as_ref().map(|d| d.result),
+            Some(DrillResult::Failed)
+        );
+        assert_eq!(report.images[2].drill, None);
+        // x found incomplete: no longer drilled; a new source for y makes its check stale.
+        states.record(&key(0), &source(0), row(BackupState::Missing), None, at(500));
+        assert_eq!(picked(5), [key(1)]);
+        let plan = Plan {
+            tasks: vec![task("a.io/y:2", "y")],
+            ..Plan::default()
+        };
+        states.set_plan(&plan, at(600));
+        assert_eq!(picked(5), Vec::<String>::new());
+        states.clear();
+        assert_eq!(states.report(at(700)).restore_drill, Some(DrillSummary::default()));
     }
 
     #[test]

@@ -783,8 +783,12 @@ pub struct ExcludedImage {
 
 /// What planning one image use gives.
 enum Planned {
-    Task(MirrorTask),
-    Excluded { source: ImageRef, rule: String },
+    /// Boxed: a task is much larger than an exclusion.
+    Task(Box<MirrorTask>),
+    Excluded {
+        source: ImageRef,
+        rule: String,
+    },
 }
 
 impl Planner {
@@ -849,7 +853,7 @@ impl Planner {
             for use_ in &entry.images {
                 match self.task(key, &user.name, node, use_) {
                     Ok(Planned::Task(task)) => {
-                        let mut task = task.with_user(user.clone());
+                        let mut task = (*task).with_user(user.clone());
                         if self.use_image_pull_secrets {
                             let host = task.request.source.registry();
                             let credentials = inventory.pull_credentials(&key.namespace, &entry.pull, host);
@@ -944,11 +948,11 @@ impl Planner {
         })
         .with_platforms(platforms);
         // Without a node platform, `$arch` is the image's own, known only once it is read.
-        Ok(Planned::Task(if node.is_none() && naming.uses_arch() {
+        Ok(Planned::Task(Box::new(if node.is_none() && naming.uses_arch() {
             task.with_arch_naming(naming)
         } else {
             task
-        }))
+        })))
     }
 }
 

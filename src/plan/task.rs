@@ -29,6 +29,10 @@ pub struct MirrorTask {
     /// When `$arch` comes from the image itself: how to name the target once it is known. The
     /// `request`'s target (its `$arch` segment dropped) is then only the task's identity.
     pub arch_naming: Option<Arc<TargetNaming>>,
+    /// Copy in repair mode ([`crate::copy::CopyOptions::repair`]): a check found the target
+    /// incomplete under a tag that may hold the right digest. A one-time request, not part of the
+    /// work ([`MirrorTask::same_work`]); the queue clears it once a copy succeeds.
+    pub repair: bool,
 }
 
 impl MirrorTask {
@@ -40,6 +44,7 @@ impl MirrorTask {
             users: vec![],
             source_credentials: vec![],
             arch_naming: None,
+            repair: false,
         }
     }
 
@@ -103,7 +108,7 @@ impl MirrorTask {
     }
 
     /// Merges a newer submission of the same target into this one: the newer request and platforms
-    /// win, users are unioned.
+    /// win, users are unioned, and a repair asked by either stays asked.
     pub fn absorb(&mut self, newer: MirrorTask) {
         let MirrorTask {
             request,
@@ -111,7 +116,9 @@ impl MirrorTask {
             users,
             source_credentials,
             arch_naming,
+            repair,
         } = newer;
+        self.repair |= repair;
         self.arch_naming = arch_naming;
         self.request = request;
         self.platforms = platforms;
@@ -127,6 +134,7 @@ impl MirrorTask {
             users: vec![],
             source_credentials: self.source_credentials.clone(),
             arch_naming: self.arch_naming.clone(),
+            repair: false,
         }
     }
 }

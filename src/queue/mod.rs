@@ -9,6 +9,9 @@
 //!   the same target with the same source reference and platforms is skipped without any registry
 //!   request for [`QueueOptions::positive_ttl`], or until the source reference (a pinned digest
 //!   included) changes.
+//! - **Repair** ([`Queue::repair`]): a target a check found incomplete is copied again past the
+//!   positive cache in the engine's repair mode ([`CopyOptions::repair`]); the request survives
+//!   merges and failed attempts and is cleared by a success.
 //! - **Failure cooldown** per target: after a failure the target waits
 //!   [`QueueOptions::failure_cooldown`], then is retried by a timer with the latest request.
 //!   Submissions meanwhile do not run it early; [`Queue::reset_cooldown`] re-queues every waiting
@@ -409,7 +412,9 @@ impl Queue {
                     *dropped = None;
                     match pending {
                         Some(pending) => pending.absorb(task),
-                        None if entry.task.same_work(&task) => union_users(&mut entry.task.users, task.users),
+                        None if entry.task.same_work(&task) && (entry.task.repair || !task.repair) => {
+                            union_users(&mut entry.task.users, task.users)
+                        }
                         None => *pending = Some(Box::new(task)),
                     }
                 }
@@ -439,9 +444,11 @@ impl Queue {
         let _ = inner.ready.send(key);
     }
 
-    /// Submits `task` again although the positive cache may know its target mirrored (a check found
-    /// the target incomplete): the cache entry is dropped first, so the copy runs.
-    pub fn resubmit_uncached(&self, task: MirrorTask) {
+    /// Submits `task` to be copied in repair mode (a check found its target incomplete) although
+    /// the positive cache may know the target mirrored: the cache entry is dropped first, so the
+    /// copy runs, and it walks the whole tree at the target, copying only what is missing there.
+    pub fn repair(&self, mut task: MirrorTask) {
+        task.repair = true;
         self.inner.positive.invalidate(&task.key());
         self.submit(task);
     }
@@ -451,8 +458,14 @@ impl Queue {
     pub fn resubmit_planned(&self) -> usize {
         let tasks: Vec<MirrorTask> = lock(&self.inner.last_plan).values().cloned().collect();
         let n = tasks.len();
-        for task in tasks {
-            self.resubmit_uncached(task);
+        for mut task in tasks {
+            let key = task.key();
+            // The plan keeps the work only; the users shown are those of the last attempt.
+            if let Some(done) = self.inner.finished.get(&key) {
+                task.users = done.users.clone();
+            }
+            self.inner.positive.invalidate(&key);
+            self.submit(task);
         }
         n
     }
@@ -743,6 +756,7 @@ impl Inner {
         // A merge may have turned the task back into work that is known done.
         if let Some(done) = self.positive.get(key)
             && done.same_work(&entry.task)
+            && !entry.task.repair
         {
             let entry = st.entries.remove(key).expect("entry present");
             st.queued -= 1;
@@ -785,6 +799,7 @@ impl Inner {
         let options = CopyOptions {
             platforms: task.platforms.clone(),
             source_credentials: task.source_credentials.clone(),
+            repair: task.repair,
             ..self.options.copy.clone()
         };
         let request = match self.named_request(task, &options).await {
@@ -838,12 +853,15 @@ impl Inner {
         if named.is_some() {
             entry.last.target = named;
         }
-        let rerun = pending.as_ref().is_some_and(|p| !p.same_work(&ran));
+        // A repair asked during a plain copy runs afterwards too.
+        let repair_asked = pending.as_ref().is_some_and(|p| p.repair && !ran.repair);
+        let rerun = repair_asked || pending.as_ref().is_some_and(|p| !p.same_work(&ran));
         if let Some(pending) = pending {
             entry.task.absorb(*pending);
         }
         let next = match result {
             Ok(done) => {
+                entry.task.repair = repair_asked;
                 self.positive.insert(key.clone(), Arc::new(ran.work()));
                 entry.last.digest = done.digest();
                 entry.last.referrers = done.referrers().or(entry.last.referrers);

@@ -13,8 +13,8 @@ const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef01234567
 /// The longest any script waits for the queue.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Copies nothing: records each call's source and holds it until the test releases it; a source in
-/// repository `a/bad` fails.
+/// Copies nothing: records each call's source (with ` (repair)` in repair mode) and holds it until
+/// the test releases it; a source in repository `a/bad` fails.
 #[derive(Clone, Default)]
 struct Fake(Arc<FakeState>);
 
@@ -36,12 +36,16 @@ impl CopyEngine for Fake {
     fn copy<'a>(
         &'a self,
         request: &'a CopyRequest,
-        _: &'a CopyOptions,
+        options: &'a CopyOptions,
     ) -> BoxFuture<'a, Result<CopyReport, CopyError>> {
         Box::pin(async move {
             let source = request.source.to_string();
             tracing::info!("copying");
-            self.0.calls.lock().unwrap().push(source.clone());
+            let call = match options.repair {
+                true => format!("{source} (repair)"),
+                false => source.clone(),
+            };
+            self.0.calls.lock().unwrap().push(call);
             self.0.gate.acquire().await.expect("gate open").forget();
             if request.source.repository() == "a/bad" {
                 return Err(CopyError::SourceNotFound(source));
@@ -54,6 +58,7 @@ impl CopyEngine for Fake {
                 blobs_skipped: 0,
                 blobs_mounted: 0,
                 blobs_transferred: 1,
+                manifests_written: 0,
                 missing_platforms: vec![],
                 filtered: false,
                 referrers: Default::default(),
@@ -75,6 +80,8 @@ impl CopyEngine for Fake {
 enum Step {
     /// Submit a task copying this source to `r.example/a/web:1`.
     Submit(&'static str),
+    /// The same, to be copied in repair mode ([`Queue::repair`]).
+    Repair(&'static str),
     /// Wait until this many copies are running.
     Running(usize),
     /// Let this many held copies finish.
@@ -103,6 +110,7 @@ async fn run(script: &[Step], cooldown: Option<Duration>) -> (Vec<String>, TaskS
     for step in script {
         match *step {
             Step::Submit(source) => queue.submit(task(source)),
+            Step::Repair(source) => queue.repair(task(source)),
             Step::Running(n) => {
                 let started = Instant::now();
                 while queue.counters().running != n {
@@ -143,6 +151,8 @@ async fn the_state_machine_by_script() {
     const WEB: &str = "ghcr.io/a/web:1";
     const PINNED: &str = "ghcr.io/a/web:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const BAD: &str = "ghcr.io/a/bad:1";
+    const WEB_REPAIR: &str = "ghcr.io/a/web:1 (repair)";
+    const BAD_REPAIR: &str = "ghcr.io/a/bad:1 (repair)";
     let hour = Some(Duration::from_secs(3600));
     let cases: &[Case] = &[
         (
@@ -192,6 +202,36 @@ async fn the_state_machine_by_script() {
             &[Submit(BAD), Release(10), Idle, ResetCooldown, Idle],
             hour,
             &[BAD, BAD],
+            TaskState::Cooldown,
+        ),
+        (
+            "repair: a target known mirrored is copied again in repair mode, once; the same work is cached after it",
+            &[
+                Submit(WEB),
+                Release(10),
+                Idle,
+                Repair(WEB),
+                Release(10),
+                Idle,
+                Submit(WEB),
+                Idle,
+            ],
+            hour,
+            &[WEB, WEB_REPAIR],
+            TaskState::Mirrored,
+        ),
+        (
+            "repair: asked during a plain copy of the same work, it runs afterwards, a plain submission merged into it",
+            &[Submit(WEB), Running(1), Repair(WEB), Submit(WEB), Release(10), Idle],
+            hour,
+            &[WEB, WEB_REPAIR],
+            TaskState::Mirrored,
+        ),
+        (
+            "repair: a repair that fails is retried in repair mode",
+            &[Repair(BAD), Release(10), Idle, ResetCooldown, Idle],
+            hour,
+            &[BAD_REPAIR, BAD_REPAIR],
             TaskState::Cooldown,
         ),
         (

@@ -714,3 +714,96 @@ async fn source_credentials_are_tried_in_order_and_their_tokens_kept_apart() {
         assert!(!text.contains("wrong-pw") && !text.contains("older-pw"), "{text}");
     }
 }
+
+/// Repair mode ([`CopyOptions::repair`]) on an index of indexes: on a whole target it writes
+/// nothing; with the innermost image manifest unlinked and its layer deleted in the target's
+/// storage (the tag intact), a plain copy trusts the tag, and a repair writes exactly those two
+/// (the layer's bytes alone streamed), reading the manifests present from the target; the target
+/// then verifies deep.
+#[tokio::test]
+async fn repair_mode_restores_what_is_missing_below_an_intact_tag_at_any_depth() {
+    use copycat::copy::check::{Depth, TargetState};
+    use serde_json::Value;
+
+    let hostile = StaticRegistry::start().unwrap();
+    let top = hostile.put_index_chain("nested", "v1", 3);
+    let dst = start(RegistryMode::Plain);
+    let copier = copier(&[&dst]);
+    let req = CopyRequest {
+        source: ImageRef::parse(&format!("{}/nested:v1", hostile.host())).unwrap(),
+        target: ImageRef::parse(&format!("{}/nested", dst.host())).unwrap(),
+        target_tag: Some("v1".into()),
+    };
+    copier.copy(&req, &CopyOptions::default()).await.unwrap();
+    // The chain at the target: index → index → image → layer.
+    let first = async |digest: &str, list: &str| {
+        let (bytes, _) = testkit::get_manifest(&dst, "nested", digest).await.unwrap();
+        let manifest: Value = serde_json::from_slice(&bytes).unwrap();
+        manifest[list][0]["digest"].as_str().unwrap().to_owned()
+    };
+    let inner = first(&top, "manifests").await;
+    let image = first(&inner, "manifests").await;
+    let layer = first(&image, "layers").await;
+    let repair = CopyOptions {
+        repair: true,
+        ..CopyOptions::default()
+    };
+    let writes = |from: usize| -> Vec<String> {
+        dst.requests()[from..]
+            .iter()
+            .filter(|r| !["HEAD", "GET"].contains(&r.method.as_str()))
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    };
+
+    let before = dst.requests().len();
+    let report = copier.copy(&req, &repair).await.unwrap();
+    assert_eq!(report.outcome, Outcome::AlreadyPresent);
+    assert_eq!(writes(before), Vec::<String>::new(), "a whole target is not written");
+
+    std::fs::remove_file(crate::verify::manifest_link(&dst, "nested", &image)).unwrap();
+    std::fs::remove_file(crate::verify::blob_file(&dst, &layer)).unwrap();
+    let expected = top.parse().unwrap();
+    let state = copier.check_target(&req, &expected, Depth::Quick, 4).await.unwrap();
+    assert!(matches!(state, TargetState::Missing(_)), "{state:?}");
+    let report = copier.copy(&req, &CopyOptions::default()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::AlreadyPresent, "a plain copy trusts the tag");
+
+    let (before, source_before) = (dst.requests().len(), hostile.requests().len());
+    let report = copier.copy(&req, &repair).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Copied);
+    assert_eq!(
+        (report.blobs_transferred, report.blobs_mounted, report.manifests_written),
+        (1, 0, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.bytes, "static registry layer".len() as u64);
+    let written = writes(before);
+    assert_eq!(written.len(), 3, "{written:?}");
+    assert!(written[0].starts_with("POST /v2/nested/blobs/uploads/"), "{written:?}");
+    let hex = layer.trim_start_matches("sha256:");
+    assert!(
+        written[1].starts_with("PUT /v2/nested/blobs/uploads/") && written[1].contains(hex),
+        "{written:?}"
+    );
+    assert_eq!(written[2], format!("PUT /v2/nested/manifests/{image}"));
+    // From the source: the top manifest (what the tag must hold), the missing image and its layer.
+    let read: Vec<String> = hostile.requests()[source_before..]
+        .iter()
+        .filter(|r| r.starts_with("GET "))
+        .cloned()
+        .collect();
+    assert_eq!(
+        read,
+        [
+            format!("GET /v2/nested/manifests/{top}"),
+            format!("GET /v2/nested/manifests/{image}"),
+            format!("GET /v2/nested/blobs/{layer}"),
+        ]
+    );
+    let state = copier.check_target(&req, &expected, Depth::Deep, 4).await.unwrap();
+    assert!(
+        matches!(state, TargetState::Verified { manifests: 3, blobs: 2 }),
+        "{state:?}"
+    );
+}

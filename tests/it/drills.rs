@@ -1352,6 +1352,13 @@ async fn every_kind_of_bad_setting_stops_the_start_with_exit_2_naming_it() {
             vec!["verifyInterval", "must not be negative"],
         ),
         (
+            "no image per restore drill",
+            "",
+            vec![("RESTORE_DRILL_IMAGES", "0")],
+            vec![],
+            vec!["RESTORE_DRILL_IMAGES", "greater than 0"],
+        ),
+        (
             "boolean in the file",
             "emitEvents: sometimes\n",
             vec![],

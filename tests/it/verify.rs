@@ -24,14 +24,14 @@ use crate::support::{
 const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The file holding `digest`'s bytes in `reg`'s storage.
-fn blob_file(reg: &Registry, digest: &str) -> PathBuf {
+pub(crate) fn blob_file(reg: &Registry, digest: &str) -> PathBuf {
     let hex = digest.trim_start_matches("sha256:");
     reg.data_dir()
         .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
 }
 
 /// The link that makes manifest `digest` part of `repo` in `reg`'s storage.
-fn manifest_link(reg: &Registry, repo: &str, digest: &str) -> PathBuf {
+pub(crate) fn manifest_link(reg: &Registry, repo: &str, digest: &str) -> PathBuf {
     let hex = digest.trim_start_matches("sha256:");
     reg.data_dir().join(format!(
         "docker/registry/v2/repositories/{repo}/_manifests/revisions/sha256/{hex}/link"
@@ -460,11 +460,10 @@ async fn verify_fails_at_once_when_a_watched_kind_cannot_be_listed() {
 /// `backup/$namespace`, 2 of them failing (their source tag does not exist). The daemon's periodic
 /// verification (a short `verifyInterval`) shows 18 verified and 2 failed in `/status` (each entry's
 /// `backup`), `/status/summary` and the metrics. A blob of one image deleted in the target's storage
-/// is found by the next round: that image `missing` ("1 blob"), coverage 17/20 everywhere (copied
-/// again, but the engine trusts the tag, so the blob stays missing). A tag deleted there is found
-/// missing and copied again (only the manifest written), then verified. Then
-/// `verify` (no daemon running) agrees: 17 verified, 1 missing, 2 failed on the source side, exit 1;
-/// the targets it names are the daemon's.
+/// is found by a later round and repaired (that blob alone uploaded again, under the intact tag); a
+/// tag deleted there is found missing and copied again (only the manifest written); both are
+/// verified again. Then `verify` (no daemon running) agrees: 18 verified, 2 failed on the source
+/// side, exit 1; the targets it names are the daemon's.
 #[tokio::test]
 async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
@@ -544,35 +543,31 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
         }
     }
 
-    // A layer of app3 deleted behind the registry's back: the next round finds it.
-    std::fs::remove_file(blob_file(&dst, &images[3].blobs[1].digest)).unwrap();
-    eventually("app3 missing in /status/summary and /metrics", WAIT, async || {
-        agree((17, 1, 2, 0.85)).await
+    // A layer of app3 deleted behind the registry's back: a later round finds it missing and the
+    // repair copy uploads that layer alone again (the tag is intact and not written).
+    let before = copycat_requests(&dst).len();
+    let layer = &images[3].blobs[1];
+    std::fs::remove_file(blob_file(&dst, &layer.digest)).unwrap();
+    let app3 = "/v2/backup/team3/apps/app3/";
+    eventually("app3's layer uploaded again", WAIT, async || {
+        copycat_requests(&dst)[before..].iter().any(|r| {
+            let hex = layer.digest.trim_start_matches("sha256:");
+            r.method == "PUT" && r.path.starts_with(app3) && r.path.contains(hex) && r.status == 201
+        })
     })
     .await;
-    let app3 = format!("{}/backup/team3/apps/app3:1", dst.host());
-    // The check copies app3 again (past the positive cache), which the engine finds `present`
-    // under its tag: the queue's state returns to mirrored, the backup state stays missing.
-    eventually("app3 mirrored in the queue", WAIT, async || {
-        daemon.status_of(&app3).await.is_some_and(|e| e["state"] == "mirrored")
-    })
-    .await;
-    let entry = daemon.status_of(&app3).await.unwrap();
+    eventually("app3 verified again", WAIT, async || agree((18, 0, 2, 0.9)).await).await;
+    let writes: Vec<String> = copycat_requests(&dst)[before..]
+        .iter()
+        .filter(|r| r.path.starts_with(app3) && !["HEAD", "GET"].contains(&r.method.as_str()))
+        .map(|r| format!("{} {}", r.method, r.path.split('?').next().unwrap_or_default()))
+        .collect();
     assert_eq!(
-        (&entry["backup"]["state"], &entry["backup"]["detail"]),
-        (&"missing".into(), &"1 blob".into()),
-        "{entry}"
+        writes.len(),
+        2,
+        "one upload opened and finished, no manifest written: {writes:?}"
     );
-    assert!(entry["backup"]["lastVerified"].is_string(), "verified before: {entry}");
-    let (_, missing) = daemon.json("GET", "/status?backup=missing", None).await;
-    let targets: Vec<&Value> = missing.as_array().unwrap().iter().map(|e| &e["target"]).collect();
-    assert_eq!(targets, [&Value::from(app3.clone())], "{missing}");
-    let (_, failed) = daemon.json("GET", "/status?state=cooldown&backup=failed", None).await;
-    assert_eq!(failed.as_array().unwrap().len(), 2, "{failed}");
-    let (code, refused) = daemon.json("GET", "/status?backup=gone", None).await;
-    assert_eq!(code, 400, "{refused}");
-    let (_, summary) = daemon.json("GET", "/status/summary", None).await;
-    assert!(summary["oldestUnverifiedSeconds"].as_f64().unwrap() >= 0.0, "{summary}");
+    assert!(writes.iter().all(|w| w.contains("/blobs/uploads/")), "{writes:?}");
 
     // app5's tag deleted behind the registry's back: the next round finds the manifest missing and
     // copies the image again past the positive cache; the blobs are there, so only the manifest is
@@ -595,24 +590,26 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
         .cloned()
         .collect();
     assert_eq!(uploads, [], "no blob transferred for a missing tag");
-    eventually("app5 verified again, app3 still missing", WAIT, async || {
+    eventually("app5 verified again", WAIT, async || {
         let entry = daemon
             .status_of(&format!("{}/backup/team1/apps/app5:1", dst.host()))
             .await;
-        entry.is_some_and(|e| e["backup"]["state"] == "verified") && agree((17, 1, 2, 0.85)).await
+        entry.is_some_and(|e| e["backup"]["state"] == "verified") && agree((18, 0, 2, 0.9)).await
     })
     .await;
-    // app3 once at least (its blob stays missing), app5 once.
+    // app3 once, app5 once.
     let (_, metrics) = daemon.get("/metrics").await;
     let repairs = sample(&metrics, "k8s_copycat_backup_repairs_total").unwrap();
-    assert!(repairs >= 2.0, "{metrics}");
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
+    let again: Vec<&str> = log.lines().filter(|l| l.contains("copying the image again")).collect();
+    assert_eq!(repairs, 2.0, "{again:#?}\n{log}");
     assert!(
         log.contains("backup check: the target does not hold the whole image")
             && log.contains("1 blob")
             && log.contains("the manifest")
-            && log.contains("copying the image again"),
+            && log.contains("copying the image again")
+            && log.contains("repaired the target: copied what was missing under its tag"),
         "{log}"
     );
 
@@ -628,10 +625,10 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
     let summary = &report["summary"];
     assert_eq!(
         (&summary["verified"], &summary["missing"], &summary["failed"]),
-        (&17.into(), &1.into(), &2.into()),
+        (&18.into(), &0.into(), &2.into()),
         "{summary}"
     );
-    assert_eq!(summary["coverage"], 0.85);
+    assert_eq!(summary["coverage"], 0.9);
     for image in report["images"].as_array().unwrap() {
         let name = image["image"].as_str().unwrap();
         let i: u64 = name
@@ -642,13 +639,7 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
             .parse()
             .unwrap();
         let target = format!("{}/backup/team{}/apps/app{i}:1", dst.host(), i % 4);
-        if i == 3 {
-            assert_eq!(
-                (&image["state"], &image["detail"]),
-                (&"missing".into(), &"1 blob".into()),
-                "{image}"
-            );
-        } else if i < 18 {
+        if i < 18 {
             assert_eq!(
                 (&image["state"], &image["target"]),
                 (&"verified".into(), &target.into()),
@@ -667,5 +658,252 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
     let out = copycat(&["verify", "--kubeconfig", kubeconfig, "--deep"], &env);
     let deep = started.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    eprintln!("verify of 20 images (17 whole): quick {quick:.2?}, deep {deep:.2?}");
+    eprintln!("verify of 20 images (18 whole): quick {quick:.2?}, deep {deep:.2?}");
+}
+
+/// Issue 14's repair: a multi-platform image mirrored by the daemon loses a layer of its amd64 image
+/// and its whole arm64 image manifest in the target's storage, under an intact tag. `copycat verify`
+/// names both and exits 1. The next daemon's verification finds them and its repair copy restores
+/// exactly them: one blob uploaded (its bytes, and no other, read from the source and written), one
+/// child manifest written by digest, the tag not written again; `verify` exits 0 after, and the
+/// repair is counted.
+#[tokio::test]
+async fn a_target_missing_parts_under_its_tag_is_repaired_with_only_the_missing_bytes() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let web = Image::oci_index(&[40_000, 20_000], true, 1600).unwrap();
+    web.push(&src, "shop/web", "2.0").await.unwrap();
+    let server = ApiServer::new();
+    let image = format!("{}/shop/web:2.0", src.host());
+    server
+        .apply(workload("Deployment", "apps/v1", "default", "web", &[("web", &image)]))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let kubeconfig = api.kubeconfig_path();
+    let env = [("VERIFY_INTERVAL", "1h")];
+    let verified = async |daemon: &Daemon| {
+        let (code, summary) = daemon.json("GET", "/status/summary", None).await;
+        code == 200 && summary["summary"]["verified"] == 1
+    };
+    let daemon = Daemon::mirroring_to(kubeconfig, &dst, &env);
+    eventually("web mirrored and verified", WAIT, async || verified(&daemon).await).await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    // A layer of the amd64 image and the arm64 image manifest deleted behind the registry's back.
+    let layer = &web.child_for("amd64").unwrap().blobs[1];
+    std::fs::remove_file(blob_file(&dst, &layer.digest)).unwrap();
+    let arm64 = &web.child_for("arm64").unwrap().digest;
+    std::fs::remove_file(manifest_link(&dst, "shop/web", arm64)).unwrap();
+    let out = verify(kubeconfig, &dst, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        states(&out)["shop/web:2.0"],
+        ("missing".to_owned(), "1 child manifest, 1 blob".to_owned())
+    );
+
+    // The next daemon: the plan's copy finds the tag in place; its first check finds the parts
+    // missing and the repair copy restores them.
+    let (dst_before, src_before) = (copycat_requests(&dst).len(), copycat_requests(&src).len());
+    let daemon = Daemon::mirroring_to(kubeconfig, &dst, &env);
+    let repaired = async || {
+        let (_, metrics) = daemon.get("/metrics").await;
+        sample(&metrics, "k8s_copycat_backup_repairs_total") == Some(1.0) && verified(&daemon).await
+    };
+    eventually("web repaired and verified again", WAIT, repaired).await;
+    let (_, metrics) = daemon.get("/metrics").await;
+    let bytes = sample(&metrics, "k8s_copycat_bytes_copied_total").unwrap();
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("1 child manifest, 1 blob") && log.contains("repaired the target"),
+        "{log}"
+    );
+
+    // Counted at the registries: the writes are one upload (opened, then finished with the deleted
+    // layer's digest) and one PUT of the arm64 manifest by digest; the source served that layer alone.
+    let written = copycat_requests(&dst)[dst_before..].to_vec();
+    let writes: Vec<String> = written
+        .iter()
+        .filter(|r| !["HEAD", "GET"].contains(&r.method.as_str()))
+        .map(|r| {
+            let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
+            let shown = match path.find("/blobs/uploads/") {
+                Some(at) => format!("{}/blobs/uploads/", &path[..at]),
+                None => path.to_owned(),
+            };
+            let digest = query.split('&').find_map(|p| p.strip_prefix("digest=")).unwrap_or("");
+            let digest = digest.replace("%3A", ":");
+            format!("{} {shown} {digest}", r.method).trim_end().to_owned()
+        })
+        .collect();
+    let repo = "/v2/shop/web";
+    assert_eq!(
+        writes,
+        [
+            format!("POST {repo}/blobs/uploads/"),
+            format!("PUT {repo}/blobs/uploads/ {}", layer.digest),
+            format!("PUT {repo}/manifests/{arm64}"),
+        ],
+        "{written:?}"
+    );
+    let blob_reads: Vec<String> = copycat_requests(&src)[src_before..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(blob_reads, [format!("{repo}/blobs/{}", layer.digest)]);
+    assert_eq!(
+        bytes, layer.size as f64,
+        "the daemon streamed the missing layer's bytes alone"
+    );
+    eprintln!(
+        "repair of 1 blob ({} of {} bytes) and 1 child manifest: {} requests to the target, {} writes",
+        layer.size,
+        web.total_blob_size(),
+        written.len(),
+        writes.len()
+    );
+
+    let out = verify(kubeconfig, &dst, &["--deep"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// Issue 14's restore drill: three images mirrored by the daemon to a registry that asks for bearer
+/// tokens; with `restoreDrillImages` 2 every round pulls two verified targets whole, those never
+/// drilled first, so all three are drilled within a few rounds. Each drill reports the digest the
+/// source has and how much it read; between them the drills read every blob of every image at the
+/// target (nothing else reads blobs there). The metrics and `/status/summary` count them. A layer of
+/// one image then damaged in storage, its size unchanged (the HEAD checks still find the target
+/// verified), fails that image's next drill, which says so in `/status`, the metrics and the log.
+/// Neither the password nor a token appears anywhere.
+#[tokio::test]
+async fn restore_drills_pull_verified_targets_whole_in_turn_and_report_a_damaged_one() {
+    let (src, dst) = (
+        start(RegistryMode::Plain),
+        start(RegistryMode::token("ops", "drill-secret-73")),
+    );
+    let images = [
+        ("shop/web", Image::oci_index(&[3000, 2000], true, 1700).unwrap()),
+        ("data/db", Image::docker("amd64", &[2500, 1500], 1701).unwrap()),
+        ("tools/job", Image::oci("amd64", &[1800], 1702).unwrap()),
+    ];
+    let server = ApiServer::new();
+    for (repo, image) in &images {
+        image.push(&src, repo, "1").await.unwrap();
+        let name = repo.split('/').nth(1).unwrap();
+        let reference = format!("{}/{repo}:1", src.host());
+        server
+            .apply(workload("Deployment", "apps/v1", "default", name, &[("c", &reference)]))
+            .unwrap();
+    }
+    let api = server.serve().unwrap();
+    let env = [
+        ("TARGET_USERNAME", "ops"),
+        ("TARGET_PASSWORD", "drill-secret-73"),
+        ("VERIFY_INTERVAL", "1h"),
+        ("RESTORE_DRILL_INTERVAL", "2s"),
+        ("RESTORE_DRILL_IMAGES", "2"),
+    ];
+    let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, &env);
+    let target = |repo: &str| format!("{}/{repo}:1", dst.host());
+    // The last drill of each target, by repository.
+    let drills = async || -> BTreeMap<String, Value> {
+        let (code, body) = daemon.get("/status").await;
+        let Ok(Value::Array(entries)) = serde_json::from_str::<Value>(&body) else {
+            return BTreeMap::new();
+        };
+        assert_eq!(code, 200);
+        images
+            .iter()
+            .filter_map(|(repo, _)| {
+                let entry = entries.iter().find(|e| e["target"] == target(repo))?;
+                let drill = entry["backup"].get("drill")?;
+                Some(((*repo).to_owned(), drill.clone()))
+            })
+            .collect()
+    };
+    eventually("every target drilled", WAIT, async || {
+        let all = drills().await;
+        all.len() == 3 && all.values().all(|d| d["result"] == "passed")
+    })
+    .await;
+    for (repo, image) in &images {
+        let drill = &drills().await[*repo];
+        assert_eq!(drill["digest"], image.digest.as_str(), "the source's digest: {drill}");
+        assert_eq!(drill["target"], target(repo), "{drill}");
+        let detail = format!(
+            "pulled whole: {} manifest{} and {} blobs read and re-hashed",
+            image.all_manifest_digests().len(),
+            if image.is_index() { "s" } else { "" },
+            image.all_blobs().len()
+        );
+        assert_eq!(drill["detail"], detail.as_str(), "{drill}");
+        assert!(
+            drill["at"].is_string() && drill["durationSeconds"].is_number(),
+            "{drill}"
+        );
+    }
+    let read: std::collections::BTreeSet<String> = copycat_requests(&dst)
+        .iter()
+        .filter(|r| r.method == "GET" && r.status == 200)
+        .filter_map(|r| r.path.split_once("/blobs/").map(|(_, digest)| digest.to_owned()))
+        .collect();
+    let every_blob: std::collections::BTreeSet<String> = images
+        .iter()
+        .flat_map(|(_, image)| image.all_blobs().into_iter().map(|b| b.digest.clone()))
+        .collect();
+    assert_eq!(read, every_blob, "every blob read from the target, nothing else");
+    let (_, metrics) = daemon.get("/metrics").await;
+    let metric = |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series}: {metrics}"));
+    assert!(
+        metric("k8s_copycat_restore_drill_total{result=\"passed\"}") >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(metric("k8s_copycat_restore_drill_total{result=\"failed\"}"), 0.0);
+    assert!(metric("k8s_copycat_restore_drill_duration_seconds_count") >= 3.0);
+    assert!(metric("k8s_copycat_restore_drill_last_success_timestamp_seconds") > 1.7e9);
+    let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+    let drill_summary = &summary["restoreDrill"];
+    assert_eq!(
+        (
+            &drill_summary["drilled"],
+            &drill_summary["passed"],
+            &drill_summary["failed"]
+        ),
+        (&3.into(), &3.into(), &0.into()),
+        "{summary}"
+    );
+    assert!(drill_summary["lastSuccess"].is_string(), "{summary}");
+
+    // A layer of db damaged, its size unchanged: the quick checks cannot tell, the next drill can.
+    let layer = &images[1].1.blobs[1].digest;
+    let file = blob_file(&dst, layer);
+    let mut bytes = std::fs::read(&file).expect("the stored layer");
+    bytes[100] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    eventually("db's drill failed", WAIT, async || {
+        drills().await.get("data/db").is_some_and(|d| d["result"] == "failed")
+    })
+    .await;
+    let db = daemon.status_of(&target("data/db")).await.unwrap();
+    assert_eq!(db["backup"]["drill"]["detail"], "1 damaged", "{db}");
+    assert_eq!(db["backup"]["state"], "verified", "HEADs find it whole: {db}");
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(sample(&metrics, "k8s_copycat_restore_drill_total{result=\"failed\"}").unwrap() >= 1.0);
+    let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+    assert_eq!(summary["restoreDrill"]["failed"], 1, "{summary}");
+    let (_, status) = daemon.get("/status").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("restore drill passed")
+            && log.contains("restore drill failed: the backup could not be pulled whole"),
+        "{log}"
+    );
+    let mut secrets = credential_secrets("ops", "drill-secret-73");
+    secrets.extend(issued_token_secrets(&dst));
+    assert_no_secrets(
+        &[("log", &log), ("status", &status), ("summary", &summary.to_string())],
+        &secrets,
+    );
 }
