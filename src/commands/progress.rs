@@ -181,10 +181,10 @@ pub fn describe(source: &str, target: &str, r: &CopyReport) -> String {
     }
     let referrers = &r.referrers;
     if let Some(error) = &referrers.error {
-        line.push_str(&format!("; signatures, attestations, SBOMs failed: {error}"));
+        line.push_str(&format!("; signatures/attestations/SBOMs failed: {error}"));
     } else if referrers.found > 0 {
         line.push_str(&format!(
-            "; {} signatures, attestations, SBOMs ({} copied)",
+            "; signatures/attestations/SBOMs: {} at the target, {} copied",
             referrers.found,
             referrers.copied_total()
         ));

@@ -119,6 +119,8 @@ pub(super) struct ReferrerState {
     target_api: Mutex<HashMap<String, bool>>,
     /// One merge of a target's fallback index at a time per (host, repository, tag).
     index_locks: KeyedLocks<(String, String, String)>,
+    /// One first Referrers API call per source host at a time, so a host is probed once.
+    probing: KeyedLocks<String>,
 }
 
 impl ReferrerState {
@@ -136,6 +138,7 @@ impl ReferrerState {
             source_api: Mutex::default(),
             target_api: Mutex::default(),
             index_locks: KeyedLocks::new(),
+            probing: KeyedLocks::new(),
         }
     }
 
@@ -441,6 +444,12 @@ impl Copier {
         subject: &Digest,
     ) -> Result<Option<Vec<ReferrerDescriptor>>, CopyError> {
         let host = job.src.host();
+        let _probing = match cached(&self.referrers.source_api, host) {
+            Some(false) => return Ok(None),
+            Some(true) => None,
+            None => Some(self.referrers.probing.lock(host.to_owned()).await),
+        };
+        // Another copy may have probed while this one waited.
         if cached(&self.referrers.source_api, host) == Some(false) {
             return Ok(None);
         }

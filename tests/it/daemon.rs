@@ -764,7 +764,11 @@ async fn signatures_travel_and_a_re_sign_upstream_reaches_the_mirror_within_the_
     })
     .await;
     let status = daemon.status_of(&target).await.unwrap();
-    assert_eq!(status["users"], json!(["Deployment default/signed"]), "the sweep keeps the users");
+    assert_eq!(
+        status["users"],
+        json!(["Deployment default/signed"]),
+        "the sweep keeps the users"
+    );
     let (_, metrics) = daemon.get("/metrics").await;
     assert_eq!(
         sample(&metrics, r#"k8s_copycat_referrers_copied_total{kind="cosign-tag"}"#),
