@@ -608,6 +608,7 @@ mod tests {
                 checked: true,
                 found: 4,
                 copied: [2, 0, 1],
+                missing: 0,
                 error: None,
             },
         };

@@ -197,6 +197,8 @@ impl Copier {
             };
             manifests += 1;
             let parsed = parse_manifest(&manifest, &req.target)?;
+            // What it lists, for the look at its signatures that may follow (no GET again).
+            self.referrers.remember_children(&digest, &parsed.manifests);
             match parsed.kind {
                 Kind::Index => {
                     admit(&mut budget, &parsed, level, &req.target, &digest)?;

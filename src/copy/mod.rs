@@ -539,22 +539,27 @@ impl Copier {
         Ok((digest, arch))
     }
 
-    async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {
+    /// The pieces of one copy (or check, without `writing`) of `req` from `src`.
+    fn job<'a>(&self, req: &'a CopyRequest, opts: &'a CopyOptions, src: Registry, writing: bool) -> Job<'a> {
         let readers = self.readers(&src);
         let dst = self.registries.get(req.target.registry());
-        let job = Job {
+        Job {
             src,
             readers,
             src_repo: req.source.repository(),
-            dst: if opts.dry_run {
-                dst
-            } else {
+            dst: if writing {
                 dst.for_writing(req.target.repository())
+            } else {
+                dst
             },
             dst_repo: req.target.repository(),
             opts,
             counters: Counters::default(),
-        };
+        }
+    }
+
+    async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {
+        let job = self.job(req, opts, src, !opts.dry_run);
         let image = async {
             match opts.deadline {
                 Some(after) => tokio::time::timeout(after, self.run(req, &job))

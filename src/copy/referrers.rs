@@ -23,7 +23,9 @@ use futures::FutureExt;
 use serde::Deserialize;
 
 use super::manifest::{self, Budget, Descriptor, Kind, Parsed};
-use super::{Copier, CopyError, CopyRequest, Job, MAX_MANIFEST_SIZE, admit, parse_manifest, read, target_error};
+use super::{
+    Copier, CopyError, CopyOptions, CopyRequest, Job, MAX_MANIFEST_SIZE, admit, parse_manifest, read, target_error,
+};
 use super::{locks::KeyedLocks, source_error};
 use crate::reference::Digest;
 use crate::referrer_policy::CosignTag;
@@ -86,6 +88,9 @@ pub struct ReferrerReport {
     pub found: u32,
     /// Copied now, by [`ReferrerSource::ALL`].
     pub copied: [u32; 3],
+    /// In a check ([`Copier::missing_referrers`]): those the target lacks, or whose index there does
+    /// not list them.
+    pub missing: u32,
     /// Why looking for or copying them failed (the image itself is copied; tried again next time).
     pub error: Option<String>,
 }
@@ -96,12 +101,27 @@ impl ReferrerReport {
         self.copied.iter().sum()
     }
 
-    fn count(&mut self, source: ReferrerSource, copied: bool) {
-        self.found += 1;
-        if copied {
-            self.copied[source as usize] += 1;
+    fn count(&mut self, source: ReferrerSource, found: Found) {
+        match found {
+            Found::Present => self.found += 1,
+            Found::Copied => {
+                self.found += 1;
+                self.copied[source as usize] += 1;
+            }
+            Found::Missing => self.missing += 1,
         }
     }
+}
+
+/// What became of one related artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// The target held it.
+    Present,
+    /// Copied now.
+    Copied,
+    /// The target lacks it (a check writes nothing).
+    Missing,
 }
 
 /// What the copier remembers about related artifacts.
@@ -244,6 +264,8 @@ fn unlisted<'e>(bytes: Option<&[u8]>, entries: &'e [ReferrerDescriptor]) -> Vec<
 /// One walk over an image's related artifacts.
 #[derive(Default)]
 struct Walk {
+    /// Only look (`copycat verify`): count what the target lacks, write nothing.
+    check: bool,
     /// The source repository's tags, listed once per walk.
     tags: Option<HashSet<String>>,
     /// Referrers handled (a loop of referrers ends here).
@@ -260,7 +282,10 @@ impl Copier {
     pub(super) async fn prefetch_tags(&self, req: &CopyRequest, job: &Job<'_>) -> Prefetched {
         let opts = job.opts;
         let key = (req.source.to_string(), req.target_display(None));
-        if opts.dry_run || opts.referrers.is_off() || self.referrers.checked_references.contains_key(&key) {
+        if opts.dry_run
+            || opts.referrers.is_off()
+            || (!opts.repair && self.referrers.checked_references.contains_key(&key))
+        {
             return None;
         }
         Some(job.src.list_tags(job.src_repo).await)
@@ -282,13 +307,14 @@ impl Copier {
             return ReferrerReport::default();
         }
         let key = (req.source.name(), req.target.name(), top.clone());
-        if self.referrers.checked.contains_key(&key) {
+        // A repair (a check found the target incomplete) looks again at once.
+        if !opts.repair && self.referrers.checked.contains_key(&key) {
             return ReferrerReport::default();
         }
         // A failed prefetch is asked again by the walk (and fails there, with its context).
         let tags = tags.and_then(Result::ok);
         let walked = match opts.deadline {
-            Some(after) => tokio::time::timeout(after, self.walk_referrers(req, job, top, filtered, tags))
+            Some(after) => tokio::time::timeout(after, self.walk_referrers(req, job, top, filtered, tags, false))
                 .await
                 .unwrap_or_else(|_| {
                     Err(CopyError::DeadlineExceeded {
@@ -296,7 +322,7 @@ impl Copier {
                         after,
                     })
                 }),
-            None => self.walk_referrers(req, job, top, filtered, tags).await,
+            None => self.walk_referrers(req, job, top, filtered, tags, false).await,
         };
         match walked {
             Ok(report) => {
@@ -318,6 +344,26 @@ impl Copier {
         }
     }
 
+    /// Counts the related artifacts of `top` (at the target of `req`) that the source has and the
+    /// target lacks, as `copycat verify` does; writes nothing. With a platform subset, only the
+    /// children's are looked at.
+    pub async fn missing_referrers(
+        &self,
+        req: &CopyRequest,
+        opts: &CopyOptions,
+        top: &Digest,
+    ) -> Result<ReferrerReport, CopyError> {
+        if opts.referrers.is_off() {
+            return Ok(ReferrerReport::default());
+        }
+        self.with_source(&req.source, opts, |src| async move {
+            let job = self.job(req, opts, src, false);
+            let filtered = !opts.platforms.is_empty();
+            self.walk_referrers(req, &job, top, filtered, None, true).await
+        })
+        .await
+    }
+
     async fn walk_referrers(
         &self,
         req: &CopyRequest,
@@ -325,12 +371,14 @@ impl Copier {
         top: &Digest,
         filtered: bool,
         tags: Option<Vec<String>>,
+        check: bool,
     ) -> Result<ReferrerReport, CopyError> {
         // A filtered index exists only at the target: nothing at the source refers to it.
         let mut subjects: Vec<Digest> = if filtered { vec![] } else { vec![top.clone()] };
         subjects.extend(self.children_of(req, job, top).await?.iter().cloned());
         let mut pending: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 1)).collect();
         let mut walk = Walk {
+            check,
             tags: tags.map(|t| t.into_iter().collect()),
             ..Walk::default()
         };
@@ -392,10 +440,10 @@ impl Copier {
             if walk.seen.len() >= MAX_REFERRERS {
                 break;
             }
-            if let Some((digest, copied)) = self.copy_cosign_tag(req, job, &tag, kind).await?
+            if let Some((digest, result)) = self.copy_cosign_tag(req, job, &tag, kind, walk.check).await?
                 && walk.seen.insert(digest.clone())
             {
-                walk.report.count(ReferrerSource::CosignTag, copied);
+                walk.report.count(ReferrerSource::CosignTag, result);
                 found.push(digest);
             }
         }
@@ -422,12 +470,20 @@ impl Copier {
                 break;
             }
             if walk.seen.insert(referrer.digest.clone()) {
-                let copied = self.copy_referrer(req, job, referrer).await?;
-                walk.report.count(source, copied);
+                let result = self.copy_referrer(req, job, referrer, walk.check).await?;
+                walk.report.count(source, result);
                 found.push(referrer.digest.clone());
             }
         }
-        if !taken.is_empty() && !self.target_indexes_subjects(req, job, subject).await? {
+        if !taken.is_empty() && walk.check && !self.target_indexes_subjects(req, job, subject).await? {
+            // Present by digest but left out of the target's index: invisible to clients.
+            let tag = fallback_tag(subject);
+            let index = self
+                .target_index(job, &tag, &format!("{}:{tag}", req.target.name()))
+                .await?;
+            let unlisted = unlisted(index.as_ref().map(|m| &m.bytes[..]), &taken).len() as u32;
+            walk.report.missing = walk.report.missing.max(unlisted);
+        } else if !taken.is_empty() && !self.target_indexes_subjects(req, job, subject).await? {
             // The source's own index, byte for byte, when everything in it is taken.
             let verbatim = verbatim.filter(|_| taken.len() == listed.len());
             self.merge_fallback_index(req, job, subject, &taken, verbatim).await?;
@@ -491,15 +547,17 @@ impl Copier {
         Ok(served)
     }
 
-    /// A cosign tag: its digest and whether it was copied now, or `None` when the policy does not
-    /// take it (or it vanished). An unchanged tag costs a HEAD at each side.
+    /// A cosign tag: its digest and what became of it (in a `check`, a tag the target lacks or holds
+    /// another digest under is missing), or `None` when the policy does not take it (or it
+    /// vanished). An unchanged tag costs a HEAD at each side.
     async fn copy_cosign_tag(
         &self,
         req: &CopyRequest,
         job: &Job<'_>,
         tag: &str,
         kind: CosignTag,
-    ) -> Result<Option<(Digest, bool)>, CopyError> {
+        check: bool,
+    ) -> Result<Option<(Digest, Found)>, CopyError> {
         let Some(head) = read(
             &job.readers,
             |r| r.head_manifest(job.src_repo, tag).boxed(),
@@ -518,7 +576,7 @@ impl Copier {
             format!("HEAD target {}:{tag}", req.target.name()),
         ))?;
         if at_target.is_some_and(|t| t.digest == head.digest) {
-            return Ok(Some((head.digest, false)));
+            return Ok(Some((head.digest, Found::Present)));
         }
         let manifest = self.get_manifest(job, &head.digest.to_string(), &req.source).await?;
         let parsed = parse_manifest(&manifest, &req.source)?;
@@ -530,17 +588,21 @@ impl Copier {
             return Ok(None);
         }
         let digest = manifest.digest.clone();
+        if check {
+            return Ok(Some((digest, Found::Missing)));
+        }
         self.put_referrer(req, job, manifest, parsed, tag).await?;
-        Ok(Some((digest, true)))
+        Ok(Some((digest, Found::Copied)))
     }
 
-    /// An OCI referrer, by digest: whether it was copied now (else the target had it).
+    /// An OCI referrer, by digest: what became of it.
     async fn copy_referrer(
         &self,
         req: &CopyRequest,
         job: &Job<'_>,
         referrer: &ReferrerDescriptor,
-    ) -> Result<bool, CopyError> {
+        check: bool,
+    ) -> Result<Found, CopyError> {
         let reference = referrer.digest.to_string();
         let present = job
             .dst
@@ -551,12 +613,15 @@ impl Copier {
                 format!("HEAD target {}@{reference}", req.target.name()),
             ))?;
         if present.is_some() {
-            return Ok(false);
+            return Ok(Found::Present);
+        }
+        if check {
+            return Ok(Found::Missing);
         }
         let manifest = self.get_manifest(job, &reference, &req.source).await?;
         let parsed = parse_manifest(&manifest, &req.source)?;
         self.put_referrer(req, job, manifest, parsed, &reference).await?;
-        Ok(true)
+        Ok(Found::Copied)
     }
 
     /// Writes a referrer manifest under `reference` after what it needs (blobs, or the manifests an
