@@ -465,6 +465,7 @@ impl Copier {
             .filter(|d| policy.takes_referrer(d.artifact_type.as_deref()))
             .cloned()
             .collect();
+        let missing_before = walk.report.missing;
         for referrer in &taken {
             if walk.seen.len() >= MAX_REFERRERS {
                 break;
@@ -475,15 +476,20 @@ impl Copier {
                 found.push(referrer.digest.clone());
             }
         }
-        if !taken.is_empty() && walk.check && !self.target_indexes_subjects(req, job, subject).await? {
+        if taken.is_empty() || self.target_indexes_subjects(req, job, subject).await? {
+            return Ok(found);
+        }
+        if walk.check {
             // Present by digest but left out of the target's index: invisible to clients.
             let tag = fallback_tag(subject);
             let index = self
                 .target_index(job, &tag, &format!("{}:{tag}", req.target.name()))
                 .await?;
+            // A referrer the target lacks is unlisted too: counted once.
             let unlisted = unlisted(index.as_ref().map(|m| &m.bytes[..]), &taken).len() as u32;
-            walk.report.missing = walk.report.missing.max(unlisted);
-        } else if !taken.is_empty() && !self.target_indexes_subjects(req, job, subject).await? {
+            let lacking = walk.report.missing - missing_before;
+            walk.report.missing = missing_before + lacking.max(unlisted);
+        } else {
             // The source's own index, byte for byte, when everything in it is taken.
             let verbatim = verbatim.filter(|_| taken.len() == listed.len());
             self.merge_fallback_index(req, job, subject, &taken, verbatim).await?;

@@ -921,7 +921,9 @@ async fn verify_counts_missing_signatures_as_incomplete() {
     let sig = artifacts::cosign_signature(&subject, "shop/signed", 1, 1);
     sig.push(&src, "shop/signed", &subject.cosign_tag("sig")).await.unwrap();
     let sbom = artifacts::spdx_sbom(&subject, 2);
-    artifacts::publish_referrer(&src, "shop/signed", &subject, &sbom).await.unwrap();
+    artifacts::publish_referrer(&src, "shop/signed", &subject, &sbom)
+        .await
+        .unwrap();
     // The image mirrored without its related artifacts.
     image.push(&dst, "shop/signed", "1.0").await.unwrap();
     let server = ApiServer::new();
