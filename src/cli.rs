@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Overrides, parse};
+pub use crate::node_config::Runtime;
 use crate::referrer_policy::ReferrersMode;
 
 /// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
@@ -42,25 +43,37 @@ impl Cli {
     /// which would otherwise be accepted and ignored.
     pub fn checked(self) -> Result<Cli, clap::Error> {
         match &self.command {
-            Some(Command::Copy(_) | Command::Sync(_) | Command::Verify(_)) if self.daemon != DaemonFlags::default() => {
-                Err(Cli::command().error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
-                     --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync` \
-                     or `verify` (`verify --kubeconfig FILE` takes its own)",
-                ))
-            }
+            Some(
+                Command::Copy(_)
+                | Command::Sync(_)
+                | Command::Verify(_)
+                | Command::Failover(_)
+                | Command::NodeConfig(_),
+            ) if self.daemon != DaemonFlags::default() => Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
+                     --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync`, \
+                     `verify`, `failover` or `node-config` (`verify`, `failover` and `node-config` take their own \
+                     --kubeconfig FILE)",
+            )),
             _ => Ok(self),
         }
     }
 
     /// The command to run (`run` when none is given) and every flag as configuration overrides.
     pub fn into_parts(self) -> (Command, Overrides) {
-        let command = self.command.unwrap_or(Command::Run(self.daemon));
+        let mut command = self.command.unwrap_or(Command::Run(self.daemon));
+        if let Command::Failover(args) = &mut command {
+            // Only the command line makes a failover a dry run: `dryRun` in the daemon's
+            // configuration is about the daemon's copies, not about this operator's act.
+            args.dry_run = self.flags.dry_run == Some(true);
+        }
         let daemon = match &command {
             Command::Run(daemon) | Command::CheckConfig(daemon) => Some(daemon.clone()),
-            Command::Verify(args) => Some(DaemonFlags {
-                kubeconfig: args.kubeconfig.clone(),
+            Command::Verify(VerifyArgs { kubeconfig, .. })
+            | Command::Failover(FailoverArgs { kubeconfig, .. })
+            | Command::NodeConfig(NodeConfigArgs { kubeconfig, .. }) => Some(DaemonFlags {
+                kubeconfig: kubeconfig.clone(),
                 ..DaemonFlags::default()
             }),
             Command::Copy(_) | Command::Sync(_) => None,
@@ -151,6 +164,74 @@ pub enum Command {
     /// every planned target at the target registry. Exit 0 only when every image in scope is
     /// verified, 1 otherwise, 2 for configuration errors.
     Verify(VerifyArgs),
+    /// Break glass: switch workloads to their verified backups in the mirror (`--to-mirror`), or
+    /// back (`--revert`), with your own kubeconfig. Exit 0 when everything in scope was switched or
+    /// reverted, 1 when something was left as it is (listed), 2 for usage and configuration errors.
+    Failover(FailoverArgs),
+    /// Write node runtime configuration (containerd `hosts.toml` files or a CRI-O `registries.conf`
+    /// drop-in) that lets nodes pull each source registry's images from the mirror when the upstream
+    /// fails (or first). Exit 0 when every registry was written, 1 when some cannot be expressed at
+    /// node level (listed with the reason), 2 for configuration and usage errors. See docs/restore.md.
+    NodeConfig(NodeConfigArgs),
+}
+
+/// Arguments of `copycat failover`.
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// Point every container whose image has a verified backup at the mirror, pinned by digest;
+    /// the originals are recorded in the annotation `copycat.io/failover-originals`.
+    #[arg(long, required_unless_present = "revert", conflicts_with = "revert")]
+    pub to_mirror: bool,
+    /// Put back the originals failover recorded, where a container still holds what failover wrote.
+    #[arg(long)]
+    pub revert: bool,
+    /// Kubeconfig file, with your own permissions (default: KUBECONFIG, then ~/.kube/config, then
+    /// the in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Only objects in this namespace (repeatable). Default: every namespace the configuration's
+    /// `includeNamespaces` names, or all.
+    #[arg(long = "namespace", short = 'n', value_name = "NS")]
+    pub namespaces: Vec<String>,
+    /// Switch only images from this source registry (repeatable), e.g. `docker.io` during its outage.
+    #[arg(long = "registry", value_name = "HOST", conflicts_with = "revert")]
+    pub registries: Vec<String>,
+    /// Add this imagePullSecrets entry (a Secret that can pull from the mirror) to every switched
+    /// template; `--revert` removes it again (only where failover added it).
+    #[arg(long, value_name = "NAME", conflicts_with = "revert")]
+    pub pull_secret: Option<String>,
+    /// Backups checked at the same time.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// `--dry-run` given on the command line (the global flag): decide and print, write nothing.
+    #[arg(skip)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `copycat node-config`.
+#[derive(Debug, Args)]
+pub struct NodeConfigArgs {
+    /// The nodes' container runtime.
+    #[arg(long, value_enum)]
+    pub format: Runtime,
+    /// Write the files under DIR (containerd: DIR/<registry>/hosts.toml, for its `config_path`;
+    /// CRI-O: DIR/copycat-mirror.conf, for /etc/containers/registries.conf.d) instead of stdout.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Try the mirror before the upstream (default: the upstream first, the mirror when it fails).
+    #[arg(long)]
+    pub mirror_first: bool,
+    /// A source registry to configure (repeatable). Default: every registry the cluster's workloads
+    /// pull mirrored images from (one list of the cluster, as `verify` reads it).
+    #[arg(long = "registry", value_name = "HOST")]
+    pub registries: Vec<String>,
+    /// Kubeconfig file, when the registries come from the cluster (default: KUBECONFIG, then
+    /// ~/.kube/config, then the in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Take the registries from images used in this namespace only (repeatable).
+    #[arg(long = "namespace", short = 'n', value_name = "NS")]
+    pub namespaces: Vec<String>,
 }
 
 /// Arguments of `copycat verify`.
@@ -561,6 +642,57 @@ mod tests {
     }
 
     #[test]
+    fn failover_takes_one_direction_and_its_own_kubeconfig() {
+        let Some(Command::Failover(f)) = parse(&[
+            "failover",
+            "--to-mirror",
+            "-n",
+            "shop",
+            "--registry",
+            "docker.io",
+            "--registry=ghcr.io",
+            "--pull-secret",
+            "mirror-pull",
+            "--dry-run",
+            "--kubeconfig",
+            "k.yaml",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not a failover")
+        };
+        assert!(f.to_mirror && !f.revert);
+        assert_eq!(f.namespaces, ["shop"]);
+        assert_eq!(f.registries, ["docker.io", "ghcr.io"]);
+        assert_eq!(f.pull_secret.as_deref(), Some("mirror-pull"));
+        let (command, o) = parse(&["failover", "--revert", "--kubeconfig", "k.yaml", "--dry-run"])
+            .unwrap()
+            .into_parts();
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k.yaml")));
+        assert!(matches!(command, Command::Failover(FailoverArgs { dry_run: true, .. })));
+        for args in [
+            &["failover", "--revert"][..],
+            &["failover", "--revert", "--dry-run=false"],
+        ] {
+            let (command, _) = parse(args).unwrap().into_parts();
+            assert!(
+                matches!(command, Command::Failover(FailoverArgs { dry_run: false, .. })),
+                "{args:?}"
+            );
+        }
+        for args in [
+            vec!["failover"],
+            vec!["failover", "--to-mirror", "--revert"],
+            vec!["failover", "--revert", "--registry", "docker.io"],
+            vec!["failover", "--revert", "--pull-secret", "p"],
+            vec!["--kubeconfig=k.yaml", "failover", "--revert"],
+        ] {
+            assert!(parse(&args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
     fn verify_takes_its_own_kubeconfig_and_refuses_the_daemons_before_it() {
         let (command, o) = parse(&["verify", "--kubeconfig", "k.yaml"]).unwrap().into_parts();
         assert!(matches!(command, Command::Verify(_)));
@@ -571,6 +703,44 @@ mod tests {
             assert!(parse(&[flag, "verify"]).is_err(), "{flag} before verify");
         }
         assert!(parse(&["verify", "--leader-elect=false"]).is_err());
+    }
+
+    #[test]
+    fn node_config_args() {
+        let (command, o) = parse(&[
+            "node-config",
+            "--format",
+            "cri-o",
+            "--registry",
+            "docker.io",
+            "--registry=ghcr.io",
+            "--mirror-first",
+            "--output",
+            "out",
+            "--kubeconfig",
+            "k.yaml",
+        ])
+        .unwrap()
+        .into_parts();
+        let Command::NodeConfig(args) = command else {
+            panic!("not node-config")
+        };
+        assert_eq!(args.format, Runtime::CriO);
+        assert_eq!(args.registries, ["docker.io", "ghcr.io"]);
+        assert!(args.mirror_first);
+        assert_eq!(args.output, Some(PathBuf::from("out")));
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k.yaml")));
+        let Some(Command::NodeConfig(args)) = parse(&["node-config", "--format=crio"]).unwrap().command else {
+            panic!("not node-config")
+        };
+        assert_eq!(
+            (args.format, args.mirror_first, args.output),
+            (Runtime::CriO, false, None)
+        );
+        for bad in [&["node-config"][..], &["node-config", "--format", "docker"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--kubeconfig=k", "node-config", "--format", "containerd"]).is_err());
     }
 
     #[test]

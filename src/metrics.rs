@@ -198,7 +198,7 @@ impl Metrics {
             images: IntGaugeVec::new(
                 Opts::new(
                     format!("{PREFIX}backup_images"),
-                    "Images of the latest plan by backup state (verified, pending, missing, mismatch, failed, excluded), from the periodic verification.",
+                    "Images of the latest plan by backup state (verified, untagged, pending, missing, mismatch, failed, excluded), from the periodic verification; untagged copies are at risk, not verified.",
                 ),
                 &["state"],
             )
@@ -494,6 +494,7 @@ mod tests {
             ("k8s_copycat_backup_images{state=\"failed\"} 2\n", true),
             ("k8s_copycat_backup_images{state=\"missing\"} 0\n", true),
             ("k8s_copycat_backup_images{state=\"pending\"} 0\n", true),
+            ("k8s_copycat_backup_images{state=\"untagged\"} 0\n", true),
             ("k8s_copycat_backup_coverage_ratio 0.9\n", true),
             ("k8s_copycat_backup_oldest_unverified_seconds 61\n", true),
             ("k8s_copycat_backup_repairs_total 1\n", true),

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, Problem, TargetKind};
 use crate::copy::{Copier, CopyOptions};
-use crate::destination::Target;
+use crate::destination::{Target, ecr};
 use crate::events;
 use crate::naming::NamingError;
+use crate::node_config::MirrorNaming;
 use crate::plan::Planner;
 use crate::platform::Platform;
 use crate::queue::{DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF, DEFAULT_STATUS_CAPACITY, QueueOptions};
@@ -273,6 +274,41 @@ fn non_empty_path(path: &str) -> Option<PathBuf> {
     (!path.is_empty()).then(|| path.into())
 }
 
+/// What the planner prefixes repositories with, without connecting anything: the docker target's
+/// `host[/path]`, or the ECR registry host (as [`Target::from_config`] names it).
+pub fn target_registry(config: &Config) -> String {
+    match config.target_kind {
+        TargetKind::Docker => config.docker.registry.clone(),
+        TargetKind::Ecr => ecr::Settings::from_config(&config.ecr).registry_host,
+    }
+}
+
+/// How targets are named, as far as a node's runtime can follow it (`node-config`).
+pub fn mirror_naming(config: &Config) -> MirrorNaming {
+    let registry = target_registry(config);
+    let (host, path) = registry.split_once('/').unwrap_or((&registry, ""));
+    let host = host.to_ascii_lowercase();
+    let (prefix, insecure) = match config.target_kind {
+        TargetKind::Docker => (&config.docker.repo_prefix, config.docker.insecure),
+        TargetKind::Ecr => (&config.ecr.repo_prefix, false),
+    };
+    let insecure = insecure || config.registries.iter().any(|r| r.insecure && r.host == host);
+    MirrorNaming {
+        prefix: prefix.clone(),
+        path_map: config.path_map.clone(),
+        target_host: host,
+        target_path: path.trim_matches('/').to_owned(),
+        insecure,
+        exclude: config.exclude_registries.clone(),
+        insecure_sources: config
+            .registries
+            .iter()
+            .filter(|r| r.insecure)
+            .map(|r| reference::canonical_host(&r.host))
+            .collect(),
+    }
+}
+
 /// Copy options from the configuration.
 pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
     CopyOptions {
@@ -370,6 +406,68 @@ mod tests {
         let cache = moka::sync::Cache::builder().time_to_live(o.positive_ttl).build();
         cache.insert(1, 1);
         assert_eq!(cache.get(&1), None::<i32>);
+    }
+
+    #[test]
+    fn mirror_naming_from_the_configuration() {
+        // (env, target registry, host, path, prefix, insecure)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str, &'a str, bool);
+        let cases: [Case<'_>; 3] = [
+            (
+                &[
+                    ("TARGET_KIND", "docker"),
+                    ("TARGET_REGISTRY", "R.example:5000/base/"),
+                    ("TARGET_REPO_PREFIX", "m/$registry"),
+                    ("TARGET_INSECURE", "true"),
+                ],
+                "R.example:5000/base",
+                "r.example:5000",
+                "base",
+                "m/$registry",
+                true,
+            ),
+            (
+                &[
+                    ("TARGET_KIND", "ecr"),
+                    ("ECR_ACCOUNT_ID", "123456789012"),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("ECR_REPO_PREFIX", "mirror"),
+                ],
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                "",
+                "mirror",
+                false,
+            ),
+            (
+                &[
+                    ("TARGET_KIND", "ecr"),
+                    ("ECR_ACCOUNT_ID", "123456789012"),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("ECR_REGISTRY_HOST", "ECR.internal:443"),
+                ],
+                "ecr.internal:443",
+                "ecr.internal:443",
+                "",
+                "",
+                false,
+            ),
+        ];
+        for (env, registry, host, path, prefix, insecure) in cases {
+            let c = config(env);
+            assert_eq!(target_registry(&c), registry, "{env:?}");
+            let n = mirror_naming(&c);
+            assert_eq!(
+                (
+                    n.target_host.as_str(),
+                    n.target_path.as_str(),
+                    n.prefix.as_str(),
+                    n.insecure
+                ),
+                (host, path, prefix, insecure),
+                "{env:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The one-shot commands `copycat copy` and `copycat sync`, over a copier that [`wiring`] builds
-//! for the target hosts the command names; and `copycat verify` over the daemon's parts.
+//! for the target hosts the command names; and `copycat verify`, `copycat failover` and
+//! `copycat node-config` over the daemon's parts.
 
+mod failover;
+mod node_config;
 mod progress;
 mod verify;
 
@@ -17,6 +20,8 @@ use crate::platform::Platform;
 use crate::reference::{self, ImageRef, ReferenceError};
 use crate::referrer_policy::ReferrersMode;
 use crate::wiring::{command_copier, copy_options};
+pub use failover::failover;
+pub use node_config::node_config;
 use progress::Progress;
 pub use verify::verify;
 

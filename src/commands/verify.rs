@@ -10,46 +10,20 @@ use crate::cli::{OutputFormat, VerifyArgs};
 use crate::config::Config;
 use crate::copy::check::Depth;
 use crate::coverage::{self, CheckOptions, ImageCoverage, Summary};
-use crate::discovery::watch;
+use crate::discovery::inventory::Inventory;
+use crate::discovery::watch::{self, ListError};
 use crate::wiring::{DaemonParts, WiringError};
 
 /// How long the API server may take to list every watched kind.
-const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `copycat verify`.
 pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
-    if let Some(bad) = args.namespaces.iter().find(|n| n.is_empty() || n.contains('/')) {
-        return usage(&format!("--namespace {bad:?}: not a namespace name"));
-    }
-    let parts = match DaemonParts::build(config).await {
-        Ok(parts) => parts,
-        Err(e @ WiringError::Kubeconfig(_)) => return usage(&e.to_string()),
-        Err(e) => {
-            eprintln!("copycat: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+    let (parts, namespaces) = match cluster_parts(config, &args.namespaces).await {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    // `--namespace` lists only those namespaces; otherwise what the daemon watches.
-    let namespaces = if args.namespaces.is_empty() {
-        parts.planner.scope().only_names()
-    } else {
-        Some(args.namespaces.clone())
-    };
-    let watched = watch::watched_for(
-        &parts.watched,
-        config.check_node_platform,
-        config.use_image_pull_secrets,
-    );
-    let feeds = watch::feeds(&watched, namespaces.as_deref());
-    eprintln!(
-        "copycat: listing {} in {} from {}",
-        config.watch_resources.join(", "),
-        namespaces
-            .as_ref()
-            .map_or_else(|| "every namespace".to_owned(), |n| n.join(", ")),
-        parts.api_server
-    );
-    let inventory = match watch::list_once(parts.client.clone(), &parts.api_server, &feeds, LIST_TIMEOUT).await {
+    let inventory = match list_watched(config, &parts, namespaces.as_deref()).await {
         Ok(inventory) => inventory,
         Err(e) => {
             eprintln!("copycat: {e}");
@@ -93,6 +67,59 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
         eprintln!("copycat: the backup is incomplete: {summary}");
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// The daemon's parts for a one-shot command that reads the cluster, and the namespaces it lists:
+/// `--namespace` (checked), else those the configuration names one by one, else all (`None`). A
+/// configuration or kubeconfig problem is the exit code to return (printed).
+pub(super) async fn cluster_parts(
+    config: &Config,
+    namespaces: &[String],
+) -> Result<(DaemonParts, Option<Vec<String>>), ExitCode> {
+    if let Some(bad) = namespaces.iter().find(|n| n.is_empty() || n.contains('/')) {
+        return Err(usage(&format!("--namespace {bad:?}: not a namespace name")));
+    }
+    let parts = match DaemonParts::build(config).await {
+        Ok(parts) => parts,
+        Err(e @ WiringError::Kubeconfig(_)) => return Err(usage(&e.to_string())),
+        Err(e) => {
+            eprintln!("copycat: {e}");
+            return Err(ExitCode::from(EXIT_FAILED));
+        }
+    };
+    let namespaces = if namespaces.is_empty() {
+        parts.planner.scope().only_names()
+    } else {
+        Some(namespaces.to_vec())
+    };
+    Ok((parts, namespaces))
+}
+
+/// One list of each kind the daemon watches (its own discovery) in `namespaces` (`None`: every
+/// namespace), said on stderr; for the commands that plan from the cluster (`verify`, `node-config`).
+pub(super) async fn list_watched(
+    config: &Config,
+    parts: &DaemonParts,
+    namespaces: Option<&[String]>,
+) -> Result<Inventory, ListError> {
+    let watched = watch::watched_for(
+        &parts.watched,
+        config.check_node_platform,
+        config.use_image_pull_secrets,
+    );
+    let feeds = watch::feeds(&watched, namespaces);
+    eprintln!(
+        "copycat: listing {} in {} from {}",
+        config.watch_resources.join(", "),
+        scope_text(namespaces),
+        parts.api_server
+    );
+    watch::list_once(parts.client.clone(), &parts.api_server, &feeds, LIST_TIMEOUT).await
+}
+
+/// `namespaces` as progress lines name them.
+pub(super) fn scope_text(namespaces: Option<&[String]>) -> String {
+    namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(", "))
 }
 
 /// One finished check on stderr: every image that is not verified, and a count every 10 images.

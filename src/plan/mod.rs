@@ -782,11 +782,15 @@ pub struct ExcludedImage {
 }
 
 /// What planning one image use gives.
-enum Planned {
-    /// Boxed: a task is much larger than an exclusion.
+#[derive(Debug)]
+pub enum Planned {
+    /// Mirror it: the task (without users); boxed, as a task is much larger than an exclusion.
     Task(Box<MirrorTask>),
+    /// Not mirrored: `excludeRegistries`, or the image already lives on the target.
     Excluded {
+        /// The image reference.
         source: ImageRef,
+        /// The `excludeRegistries` entry, or the target `registry[/path]`, it falls under.
         rule: String,
     },
 }
@@ -851,7 +855,7 @@ impl Planner {
             };
             let first_use: Use = (entry.created.unwrap_or(i64::MAX), key.clone());
             for use_ in &entry.images {
-                match self.task(key, &user.name, node, use_) {
+                match self.task(&key.namespace, &user.name, node, use_) {
                     Ok(Planned::Task(task)) => {
                         let mut task = (*task).with_user(user.clone());
                         if self.use_image_pull_secrets {
@@ -901,9 +905,16 @@ impl Planner {
         (!by_registry && registries.len() > 1).then(|| registries.into_iter().collect())
     }
 
+    /// What one container of `workload` in `namespace` plans to, as [`Planner::plan`] names it for
+    /// a workload whose Pods' Node is unknown: no filter (namespaces, skip lists) is applied, only
+    /// the exclusions, the digest policy and the naming. `copycat failover` asks it per container.
+    pub fn plan_use(&self, namespace: &str, workload: &str, use_: &ContainerImage) -> Result<Planned, InvalidImage> {
+        self.task(namespace, workload, None, use_)
+    }
+
     fn task(
         &self,
-        key: &ObjectKey,
+        namespace: &str,
         workload: &str,
         node: Option<&Platform>,
         use_: &ContainerImage,
@@ -924,7 +935,7 @@ impl Planner {
             prefix: self.prefix.clone(),
             rules: self.rules.clone(),
             ctx: NameContext {
-                namespace: key.namespace.clone(),
+                namespace: namespace.to_owned(),
                 podname: workload.to_owned(),
                 container_name: use_.container.clone(),
                 arch: None,

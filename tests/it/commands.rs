@@ -8,6 +8,11 @@ use crate::support::start;
 
 /// The built binary with an empty environment except `env`, no config file, text logs.
 pub(crate) fn copycat(args: &[&str], env: &[(&str, &str)]) -> Output {
+    copycat_command(args, env).output().expect("run copycat")
+}
+
+/// [`copycat`] as a command not yet run (to start it and act while it runs).
+pub(crate) fn copycat_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
     cmd.args(args)
         .env_clear()
@@ -16,7 +21,7 @@ pub(crate) fn copycat(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run copycat")
+    cmd
 }
 
 /// Everything the command printed.
