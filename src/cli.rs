@@ -153,9 +153,12 @@ pub fn separate_value_flags(command: &clap::Command) -> Vec<String> {
 pub enum Command {
     /// Run the daemon: watch the cluster's workloads and mirror every image they use (the default).
     Run(DaemonFlags),
-    /// Mirror one image reference, e.g. `copycat copy docker.io/library/nginx:1.27 registry.example.com/mirror/nginx:1.27`.
+    /// Mirror one image reference, e.g. `copycat copy docker.io/library/nginx:1.27 registry.example.com/mirror/nginx:1.27`;
+    /// with `--pull-through`, read it through a pull-through cache instead, e.g. `copycat copy --pull-through
+    /// docker.io/library/nginx:1.27 harbor.example.com/dockerhub-proxy`.
     Copy(CopyArgs),
-    /// Mirror every image listed in a file (kyma image-syncer format: targetRepoPrefix + images).
+    /// Mirror every image listed in a file (kyma image-syncer format: targetRepoPrefix + images); with
+    /// `--pull-through`, targetRepoPrefix is a pull-through cache the images are read through.
     Sync(SyncArgs),
     /// Load the configuration exactly as `run` would, print it with secrets masked, and exit 0;
     /// or list every problem and exit 2.
@@ -270,15 +273,22 @@ pub enum OutputFormat {
 pub struct CopyArgs {
     /// Source image reference (tag, digest or tag@digest).
     pub source: String,
-    /// Target image reference.
-    pub target: String,
+    /// Target image reference. With `--pull-through`: the cache's address and path prefix
+    /// (`harbor.example.com/dockerhub-proxy`), by default the `pullThrough.caches` entry of the
+    /// source's registry.
+    #[arg(required_unless_present = "pull_through")]
+    pub target: Option<String>,
     /// Copy only these platforms (`linux/amd64`, `linux/arm/v7`); repeatable. Default: everything.
-    #[arg(long = "platform", value_name = "PLATFORM")]
+    #[arg(long = "platform", value_name = "PLATFORM", conflicts_with = "pull_through")]
     pub platforms: Vec<String>,
     /// Signatures, attestations and SBOMs copied with the image: all, signatures, none (overrides
     /// the `referrers` setting).
     #[arg(long, value_name = "MODE")]
     pub referrers: Option<ReferrersMode>,
+    /// The target is a pull-through cache: read the image through it (every manifest, and every
+    /// blob unless `pullThrough.blobs` is false) instead of copying; nothing is written.
+    #[arg(long)]
+    pub pull_through: bool,
 }
 
 /// Arguments of `copycat sync`.
@@ -294,6 +304,10 @@ pub struct SyncArgs {
     /// the `referrers` setting).
     #[arg(long, value_name = "MODE")]
     pub referrers: Option<ReferrersMode>,
+    /// targetRepoPrefix is a pull-through cache: read each image through it (the source's own tag
+    /// or digest) instead of copying; entries may not name a `tag` or `amd64Only`.
+    #[arg(long)]
+    pub pull_through: bool,
 }
 
 /// Flags every command accepts.
@@ -611,7 +625,28 @@ mod tests {
         else {
             panic!("not a copy")
         };
-        assert_eq!((c.source.as_str(), c.target.as_str(), c.platforms.len()), ("a", "b", 2));
+        assert_eq!(
+            (
+                c.source.as_str(),
+                c.target.as_deref(),
+                c.platforms.len(),
+                c.pull_through
+            ),
+            ("a", Some("b"), 2, false)
+        );
+        assert!(parse(&["copy", "a"]).is_err(), "DST is required");
+        let Some(Command::Copy(c)) = parse(&["copy", "--pull-through", "a"]).unwrap().command else {
+            panic!("not a copy")
+        };
+        assert_eq!(
+            (c.target, c.pull_through),
+            (None, true),
+            "the cache may come from pullThrough.caches"
+        );
+        assert!(
+            parse(&["copy", "--pull-through", "a", "c", "--platform", "linux/amd64"]).is_err(),
+            "a cache is read through for every platform"
+        );
         let Some(Command::Sync(s)) = parse(&["sync", "--images", "f.yaml", "--jobs", "8", "--dry-run"])
             .unwrap()
             .command

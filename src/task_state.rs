@@ -16,7 +16,8 @@ pub enum TaskState {
     Queued,
     /// Being copied.
     Running,
-    /// The target holds the source's content (copied, or already present).
+    /// The target holds the source's content (copied, or already present); a pull-through cache
+    /// target served it when read through.
     Mirrored,
     /// The last attempt failed and the cooldown is disabled: retried at `next_retry` (a backoff that
     /// doubles with each failure) or when submitted again, whichever comes first.

@@ -19,6 +19,12 @@ pub const CRIO_FILE: &str = "copycat-mirror.conf";
 
 /// `copycat node-config`.
 pub async fn node_config(config: &Config, args: &NodeConfigArgs) -> ExitCode {
+    let Some(naming) = wiring::mirror_naming(config) else {
+        return usage(
+            "node-config describes one target registry; with targetKind pullThrough, point each runtime's \
+             mirror of a registry at its cache (pullThrough.caches) by hand, see docs/pull-through.md",
+        );
+    };
     let names = if args.registries.is_empty() {
         match cluster_registries(config, args).await {
             Ok(names) => names,
@@ -40,7 +46,6 @@ pub async fn node_config(config: &Config, args: &NodeConfigArgs) -> ExitCode {
              namespace filters), or name the registries with --registry HOST",
         );
     }
-    let naming = wiring::mirror_naming(config);
     let (routes, refusals) = naming.routes(&namespaces);
     for refusal in &refusals {
         eprintln!("copycat: {}: not configured: {}", refusal.namespace, refusal.reason);

@@ -34,7 +34,7 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
     let total = plan.tasks.len();
     eprintln!(
         "copycat: checking {total} targets at {}{}",
-        parts.target.registry,
+        parts.targets.join(", "),
         if args.deep { " (deep: reading every blob)" } else { "" }
     );
     let options = CheckOptions {

@@ -91,7 +91,7 @@ const fn s(
 /// Every setting copycat reads.
 #[rustfmt::skip]
 pub static SETTINGS: &[Setting] = &[
-    s(Some("targetKind"), Some("TARGET_KIND"), "ecr", "`ecr` \\| `docker`", "Kind of target registry (case-insensitive)."),
+    s(Some("targetKind"), Some("TARGET_KIND"), "ecr", "`ecr` \\| `docker` \\| `pullThrough`", "Kind of target registry (case-insensitive): ECR, any OCI/Docker registry, or pull-through caches (`pullThrough.caches`, see docs/pull-through.md), which are read through, never written to."),
     s(Some("logLevel"), Some("LOG_LEVEL"), "info", "`trace` \\| `debug` \\| `info` \\| `warn` \\| `error`", "Log verbosity. Flag `--log-level` (alias `--zap-log-level`). `trace` is copycat's own trace; its dependencies (AWS SDK, kube, hyper, h2, reqwest, rustls) stay at `debug`, because their trace output dumps requests and responses with credentials in them (the AWS SDK prints `GetAuthorizationToken`'s answer, the ECR registry password). kube's per-request ERROR line for non-2xx answers is left out at every level: copycat logs each failed API call itself. `RUST_LOG`, when set, replaces this filter, limits included: do not set it to `trace` for the AWS SDK or the HTTP crates outside a test setup."),
     s(Some("logFormat"), Some("LOG_FORMAT"), "json", "`json` \\| `text`", "Log line format: JSON for collectors, text for people."),
     s(Some("ecr.accountID"), Some("ECR_ACCOUNT_ID"), "", "string", "AWS account id of the target ECR registry. Required when `targetKind` is `ecr`."),
@@ -113,6 +113,8 @@ pub static SETTINGS: &[Setting] = &[
     s(Some("docker.repoPrefix"), Some("TARGET_REPO_PREFIX"), "", "template", "Repository prefix in the target registry; same placeholders as `ecr.repoPrefix`."),
     s(Some("docker.insecure"), Some("TARGET_INSECURE"), "false", "bool", "Allow plain HTTP and skip TLS verification for the target registry only."),
     s(Some("docker.caFile"), Some("TARGET_CA_FILE"), "", "path", "PEM file of extra CA certificates trusted for the target registry."),
+    s(Some("pullThrough.caches"), None, "", "map host → cache host[:port][/path]", "For `targetKind: pullThrough`: the pull-through cache of each source registry, with the path prefix under which the cache serves it (e.g. `docker.io: harbor.example.com/dockerhub-proxy`). An image is pulled through `<cache>/<source repository>` with its own tag or digest. Docker Hub's spellings (`index.docker.io`, `registry-1.docker.io`) are one registry. Images of a registry without an entry are not mirrored (`excluded` in `/status`). Credentials for a cache host come from `registryCredentials` (ECR caches: ECR tokens), its TLS settings from `registries`."),
+    s(Some("pullThrough.blobs"), Some("PULL_THROUGH_BLOBS"), "true", "bool", "For `targetKind: pullThrough`: also read every blob through the cache (streamed, verified, discarded), so that caches that fetch blobs only when asked hold them. `false`: manifests only."),
     s(None, Some("TARGET_USERNAME"), "", "string", "Username for the docker target (anonymous when empty)."),
     s(None, Some("TARGET_PASSWORD"), "", "secret", "Password for the docker target. Never printed."),
     s(Some("digestPull"), Some("DIGEST_PULL"), "false", "bool", "Mirror by digest: the Pod's `imageID`, or the tag resolved at the source for workloads without Pods."),

@@ -170,6 +170,13 @@ impl ReferrerState {
         }
     }
 
+    /// Remembers what `manifest` lists (nothing, for an image), when it parses.
+    pub(super) fn remember_listed(&self, manifest: &Manifest) {
+        if let Ok(parsed) = manifest::parse(&manifest.bytes, &manifest.media_type) {
+            self.remember_children(&manifest.digest, &parsed.manifests);
+        }
+    }
+
     /// Remembers the manifests an index lists (the copy knows them, so the referrer walk needs no GET).
     pub(super) fn remember_children(&self, index: &Digest, children: &[Descriptor]) {
         let digests = children.iter().map(|d| d.digest.clone()).collect();
