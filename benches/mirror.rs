@@ -7,6 +7,9 @@
 //! checked after every run of either tool, cold and warm. Then `copycat copy` against `skopeo copy` of one image with a single
 //! 1 GiB layer (`BENCH_BIG_MIB` to change the size), for wall time and peak RSS.
 //! Prints medians of wall time and client CPU (user + sys) and the ratios copycat / skopeo.
+//! Then the cost of `referrers: all` (the default) against `none` on the same data set, which has no
+//! signatures, attestations or SBOMs: `copycat sync --referrers all|none` interleaved, cold and warm,
+//! with the requests each run sent to the source. `BENCH_ONLY=referrers` runs that part alone.
 
 use std::path::Path;
 use std::process::Command;
@@ -188,6 +191,12 @@ fn main() {
         c
     };
 
+    let referrers_only = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "referrers");
+    if referrers_only {
+        referrers_cost(&rt, &src, &dst, &images_file, &expected, pairs);
+        return;
+    }
+
     let (mut cc, mut cw, mut sc, mut sw) = (vec![], vec![], vec![], vec![]);
     for pair in 0..pairs {
         let order: [bool; 2] = if pair % 2 == 0 { [true, false] } else { [false, true] };
@@ -294,4 +303,66 @@ fn main() {
         rss(&cc) / 1024,
         rss(&sc) / 1024
     );
+    referrers_cost(&rt, &src, &dst, &images_file, &expected, pairs);
+}
+
+/// `copycat sync --referrers all` against `--referrers none` on images without related artifacts:
+/// interleaved pairs, cold (target wiped) and warm; wall time and the requests sent to the source.
+fn referrers_cost(
+    rt: &tokio::runtime::Runtime,
+    src: &Registry,
+    dst: &Registry,
+    images_file: &Path,
+    expected: &[(String, String)],
+    pairs: usize,
+) {
+    /// Wall times and source requests of the runs of one (mode, cold or warm).
+    type Runs = (Vec<Duration>, Vec<usize>);
+    let mut runs: std::collections::BTreeMap<(&str, &str), Runs> = Default::default();
+    for pair in 0..pairs {
+        let order = if pair % 2 == 0 {
+            ["all", "none"]
+        } else {
+            ["none", "all"]
+        };
+        for mode in order {
+            wipe(dst);
+            for phase in ["cold", "warm"] {
+                let before = src.requests().len();
+                let mut c = copycat();
+                c.args(["sync", "--referrers", mode, "--images"]).arg(images_file);
+                let run = measure(&mut c);
+                verify(rt, dst, expected);
+                let requests = src.requests().len() - before;
+                eprintln!(
+                    "pair {pair}: referrers {mode} {phase} {} ({requests} source requests)",
+                    secs(run.wall)
+                );
+                let entry = runs.entry((mode, phase)).or_default();
+                entry.0.push(run.wall);
+                entry.1.push(requests);
+            }
+        }
+    }
+    println!(
+        "\n## referrers: all vs none ({} repositories without related artifacts, {pairs} interleaved pairs, medians)\n",
+        expected.len()
+    );
+    println!(
+        "| sync | `none` wall | `all` wall | wall ratio | `none` source requests | `all` source requests | extra requests |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for phase in ["cold", "warm"] {
+        let (none_wall, none_requests) = &runs[&("none", phase)];
+        let (all_wall, all_requests) = &runs[&("all", phase)];
+        let (none_wall, all_wall) = (median(none_wall.clone()), median(all_wall.clone()));
+        let (n, a) = (none_requests[0], all_requests[0]);
+        println!(
+            "| {phase} | {} | {} | {} | {n} | {a} | {} |",
+            secs(none_wall),
+            secs(all_wall),
+            ratio(all_wall, none_wall),
+            a.saturating_sub(n)
+        );
+    }
 }

@@ -8,6 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Overrides, parse};
 pub use crate::node_config::Runtime;
+use crate::referrer_policy::ReferrersMode;
 
 /// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
 pub const EXIT_USAGE: u8 = 2;
@@ -280,6 +281,10 @@ pub struct CopyArgs {
     /// Copy only these platforms (`linux/amd64`, `linux/arm/v7`); repeatable. Default: everything.
     #[arg(long = "platform", value_name = "PLATFORM", conflicts_with = "pull_through")]
     pub platforms: Vec<String>,
+    /// Signatures, attestations and SBOMs copied with the image: all, signatures, none (overrides
+    /// the `referrers` setting).
+    #[arg(long, value_name = "MODE")]
+    pub referrers: Option<ReferrersMode>,
     /// The target is a pull-through cache: read the image through it (every manifest, and every
     /// blob unless `pullThrough.blobs` is false) instead of copying; nothing is written.
     #[arg(long)]
@@ -295,6 +300,10 @@ pub struct SyncArgs {
     /// Images copied at the same time.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+    /// Signatures, attestations and SBOMs copied with each image: all, signatures, none (overrides
+    /// the `referrers` setting).
+    #[arg(long, value_name = "MODE")]
+    pub referrers: Option<ReferrersMode>,
     /// targetRepoPrefix is a pull-through cache: read each image through it (the source's own tag
     /// or digest) instead of copying; entries may not name a `tag` or `amd64Only`.
     #[arg(long)]

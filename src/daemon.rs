@@ -147,6 +147,17 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         };
         tokio::spawn(verifier.run(leadership.subscribe(), busy, copy_again))
     });
+    // dryRun and dryPull write nothing: no related artifact either. A pull-through cache is filled by
+    // reads, never written: nothing to sweep for (and a sweep would read every image through it again).
+    let pull_through = config.target_kind == crate::config::TargetKind::PullThrough;
+    let referrer_sweep = (!config.referrer_policy().is_off() && !config.dry_run && !config.dry_pull && !pull_through)
+        .then(|| {
+            tokio::spawn(sweep_referrers(
+                queue.clone(),
+                config.referrers_interval,
+                leadership.subscribe(),
+            ))
+        });
     let servers = server::start(
         &config.runtime.metrics_addr,
         &config.runtime.health_addr,
@@ -200,10 +211,32 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     for task in [verifier, drills].into_iter().flatten() {
         task.abort();
     }
+    if let Some(sweep) = referrer_sweep {
+        sweep.abort();
+    }
     if stopped {
         anyhow::bail!("every watcher stopped: nothing is watched any more");
     }
     Ok(())
+}
+
+/// Once per `every`, while this replica leads, submits every planned target again past the positive
+/// cache: the copy (two HEADs for an unchanged image) then looks for new signatures, attestations and
+/// SBOMs at the source, so a re-sign upstream reaches the target within the interval. The copier
+/// looks at most once per interval per image, whatever else submits it meanwhile.
+async fn sweep_referrers(queue: Queue, every: Duration, leading: channel::Receiver<bool>) {
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if *leading.borrow() {
+            let targets = queue.resubmit_planned();
+            tracing::debug!(
+                targets,
+                "looking for new signatures, attestations and SBOMs of every mirrored image"
+            );
+        }
+    }
 }
 
 /// Explicitly named namespaces that do not exist yet are watched anyway (they are picked up when they

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod platform;
 pub mod queue;
 pub mod reference;
+pub mod referrer_policy;
 pub mod registry;
 pub mod secret;
 pub mod server;

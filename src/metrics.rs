@@ -11,6 +11,7 @@ use prometheus::{
     Encoder as _, Gauge, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
 };
 
+use crate::copy::referrers::ReferrerSource;
 use crate::copy::{CopyError, CopyReport, Outcome};
 use crate::reference::{DOCKER_HUB, canonical_host};
 use crate::registry::Side;
@@ -27,6 +28,8 @@ pub struct Metrics {
     push_error: IntCounterVec,
     bytes_copied: IntCounter,
     blobs: IntCounterVec,
+    referrers: IntCounterVec,
+    referrer_errors: IntCounter,
     duration: prometheus::HistogramVec,
     last_success: IntGauge,
     tasks: IntGaugeVec,
@@ -124,6 +127,22 @@ impl Metrics {
         for outcome in ["skipped", "mounted", "transferred", "warmed"] {
             blobs.with_label_values(&[outcome]);
         }
+        let referrers = IntCounterVec::new(
+            Opts::new(
+                format!("{PREFIX}referrers_copied_total"),
+                "Signatures, attestations and SBOMs copied with mirrored images, by where they were found: cosign-tag (sha256-<hex>.sig/.att/.sbom), referrers-api (the source's Referrers API), fallback-tag (the source's sha256-<hex> referrers index).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for source in ReferrerSource::ALL {
+            referrers.with_label_values(&[source.label()]);
+        }
+        let referrer_errors = IntCounter::new(
+            format!("{PREFIX}referrer_errors_total"),
+            "Looks for an image's related artifacts that failed (the image itself was mirrored; tried again at the next referrersInterval).",
+        )
+        .expect("valid metric");
         let duration = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 format!("{PREFIX}mirror_duration_seconds"),
@@ -248,6 +267,8 @@ impl Metrics {
         for m in [
             Box::new(bytes_copied.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(blobs.clone()),
+            Box::new(referrers.clone()),
+            Box::new(referrer_errors.clone()),
             Box::new(duration.clone()),
             Box::new(last_success.clone()),
             Box::new(tasks.clone()),
@@ -292,6 +313,8 @@ impl Metrics {
             push_error,
             bytes_copied,
             blobs,
+            referrers,
+            referrer_errors,
             duration,
             last_success,
             tasks,
@@ -408,6 +431,12 @@ impl Metrics {
             ("warmed", report.blobs_warmed),
         ] {
             self.blobs.with_label_values(&[label]).inc_by(u64::from(n));
+        }
+        for (source, n) in ReferrerSource::ALL.iter().zip(report.referrers.copied) {
+            self.referrers.with_label_values(&[source.label()]).inc_by(u64::from(n));
+        }
+        if report.referrers.error.is_some() {
+            self.referrer_errors.inc();
         }
         let result = match outcome {
             Outcome::Copied => {
@@ -652,6 +681,13 @@ mod tests {
             manifests_written: 0,
             missing_platforms: vec![],
             filtered: false,
+            referrers: crate::copy::referrers::ReferrerReport {
+                checked: true,
+                found: 4,
+                copied: [2, 0, 1],
+                missing: 0,
+                error: None,
+            },
         };
         let copied = report(Outcome::Copied, 10, [1, 2, 3]);
         m.mirror_succeeded("docker.io", "r.io", &copied, Duration::from_millis(5));
@@ -684,6 +720,10 @@ mod tests {
             r#"k8s_copycat_blobs_total{outcome="skipped"} 1"#,
             r#"k8s_copycat_blobs_total{outcome="mounted"} 2"#,
             r#"k8s_copycat_blobs_total{outcome="transferred"} 3"#,
+            r#"k8s_copycat_referrers_copied_total{kind="cosign-tag"} 4"#,
+            r#"k8s_copycat_referrers_copied_total{kind="referrers-api"} 0"#,
+            r#"k8s_copycat_referrers_copied_total{kind="fallback-tag"} 2"#,
+            "k8s_copycat_referrer_errors_total 0",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -255,7 +255,10 @@ pub fn registries(config: &Config, targets: &[Target]) -> Result<Registries, Wir
 
 /// A copier over `registries` with the configured read mirrors, preparing the targets' repositories.
 pub fn copier(config: &Config, registries: Registries, targets: &[Target]) -> Copier {
-    let mut copier = Copier::new(registries).with_mirrors(config.registry_mirrors.clone().into_iter().collect());
+    let mut copier = Copier::new(registries)
+        .with_mirrors(config.registry_mirrors.clone().into_iter().collect())
+        // 90 %: the daemon's sweep, once per interval, must not find the previous look still fresh.
+        .with_referrers_interval(config.referrers_interval * 9 / 10);
     for target in targets {
         if let Some(preparer) = &target.repositories {
             copier = copier.with_preparer(&target.host, preparer.clone());
@@ -331,6 +334,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         blob_concurrency: config.blob_concurrency as usize,
         deadline: config.image_deadline,
         source_credentials: vec![],
+        referrers: config.referrer_policy(),
         pull_through: None,
         repair: false,
     }

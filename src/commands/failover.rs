@@ -27,6 +27,7 @@ use crate::discovery::watch;
 use crate::failover::{self, Choice, FailoverError, Outcome};
 use crate::plan::{MirrorTask, Planned};
 use crate::reference::{self, Digest, ImageRef};
+use crate::referrer_policy::ReferrerPolicy;
 use crate::wiring::DaemonParts;
 use crate::workload::{Kind, Workload};
 
@@ -345,9 +346,14 @@ async fn choices(
         depth: Depth::Quick,
         images: usize::from(args.jobs),
         blobs: config.blob_concurrency as usize,
+        // The source may be down: failing over is what this is for.
+        referrers: ReferrerPolicy::none(),
     };
     let checked: HashMap<(String, String), (ImageCoverage, Option<WholeTarget>)> = futures::stream::iter(tasks)
-        .map(|(check, task)| async move { (check, coverage::check_task(&parts.copier, &task, options).await) })
+        .map(|(check, task)| {
+            let options = options.clone();
+            async move { (check, coverage::check_task(&parts.copier, &task, options).await) }
+        })
         .buffer_unordered(options.images.max(1))
         .collect()
         .await;

@@ -18,6 +18,7 @@ use crate::copy::{CopyOptions, CopyRequest};
 use crate::naming::{self, NamingError};
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef, ReferenceError};
+use crate::referrer_policy::ReferrersMode;
 use crate::wiring::{command_copier, copy_options, pull_through};
 pub use failover::failover;
 pub use node_config::node_config;
@@ -62,7 +63,7 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
     let progress = Progress::start(&copier, 1);
     let options = CopyOptions {
         pull_through: args.pull_through.then(|| pull_through(config)),
-        ..copy_options(config, platforms)
+        ..with_referrers_flag(copy_options(config, platforms), args.referrers)
     };
     let result = copier.copy(&request, &options).instrument(mirror_span(&request)).await;
     progress.finished(&request.source.to_string(), &request.target_display(None), &result);
@@ -71,6 +72,14 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// `options` with the mode of `--referrers`, when given.
+fn with_referrers_flag(mut options: CopyOptions, flag: Option<ReferrersMode>) -> CopyOptions {
+    if let Some(mode) = flag {
+        options.referrers.mode = mode;
+    }
+    options
 }
 
 /// Why the arguments of `copy` name no copy.
@@ -187,7 +196,7 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
                     allow_overwrite: false,
                     always_overwrite_tags: vec![],
                     pull_through: args.pull_through.then(|| pull_through(config)),
-                    ..copy_options(config, entry.platforms.clone())
+                    ..with_referrers_flag(copy_options(config, entry.platforms.clone()), args.referrers)
                 };
                 let result = copier
                     .copy(&entry.request, &opts)

@@ -199,6 +199,16 @@ pub fn describe(source: &str, target: &str, r: &CopyReport) -> String {
     if r.filtered {
         line.push_str("; platform-filtered index, new digest");
     }
+    let referrers = &r.referrers;
+    if let Some(error) = &referrers.error {
+        line.push_str(&format!("; signatures/attestations/SBOMs failed: {error}"));
+    } else if referrers.found > 0 {
+        line.push_str(&format!(
+            "; signatures/attestations/SBOMs: {} at the target, {} copied",
+            referrers.found,
+            referrers.copied_total()
+        ));
+    }
     if !r.missing_platforms.is_empty() {
         let missing: Vec<String> = r.missing_platforms.iter().map(ToString::to_string).collect();
         line.push_str(&format!("; source lacks {}", missing.join(", ")));

@@ -41,6 +41,7 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
         depth: if args.deep { Depth::Deep } else { Depth::Quick },
         images: usize::from(args.jobs),
         blobs: config.blob_concurrency as usize,
+        referrers: config.referrer_policy(),
     };
     let images = coverage::check_plan(&parts.copier, &plan, options, |image, done| {
         progress(image, done, total)

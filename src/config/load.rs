@@ -13,6 +13,7 @@ use super::{Overrides, Problem, Purpose, keys, snippet};
 use crate::files::{self, MAX_CONFIG_FILE_SIZE};
 use crate::naming::PathMapRule;
 use crate::platform::Platform;
+use crate::referrer_policy::{ArtifactTypes, ReferrersMode};
 use crate::secret::{MASK, Secret};
 
 /// The config path that means "no config file" (`--config /dev/null`), read as an empty file.
@@ -383,6 +384,12 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         path_map: path_map(loader),
         always_overwrite_tags: loader.get("alwaysOverwriteTags", lower_list),
         digest_tag_template: loader.get("digestTagTemplate", digest_tag_template),
+        referrers: loader.get("referrers", referrers_mode),
+        referrer_artifact_types: loader.get("referrerArtifactTypes", artifact_types),
+        referrer_depth: loader.get("referrerDepth", parse::positive_u32),
+        referrers_interval: loader.get("referrersInterval", |i| {
+            parse::duration(i, SECOND)?.ok_or_else(|| ValueError::invalid("must be more than 0"))
+        }),
         blob_concurrency: loader.get("blobConcurrency", parse::positive_u32),
         registry_max_concurrent_requests: loader.get("registryMaxConcurrentRequests", parse::positive_u32),
         image_deadline: loader.get("imageDeadline", |i| parse::duration(i, SECOND)),
@@ -708,6 +715,15 @@ fn patterns(input: &Input) -> Result<Vec<Pattern>, ValueError> {
                 .map_err(|e| ValueError::invalid(format_args!("invalid regex {p:?}: {e}")))
         })
         .collect()
+}
+
+fn referrers_mode(input: &Input) -> Result<ReferrersMode, ValueError> {
+    let mode = parse::one_of(input, &["all", "signatures", "none"])?;
+    mode.parse().map_err(ValueError::invalid)
+}
+
+fn artifact_types(input: &Input) -> Result<ArtifactTypes, ValueError> {
+    ArtifactTypes::parse(&parse::list(input)?).map_err(ValueError::invalid)
 }
 
 fn platforms(input: &Input) -> Result<Vec<Platform>, ValueError> {

@@ -127,6 +127,15 @@ pub(crate) fn from_env(env: &[(&str, &str)], purpose: Purpose) -> Config {
 }
 
 impl Config {
+    /// What travels with each image: `referrers`, `referrerArtifactTypes`, `referrerDepth`.
+    pub fn referrer_policy(&self) -> crate::referrer_policy::ReferrerPolicy {
+        crate::referrer_policy::ReferrerPolicy {
+            mode: self.referrers,
+            artifact_types: self.referrer_artifact_types.clone(),
+            depth: self.referrer_depth as usize,
+        }
+    }
+
     /// The effective configuration as YAML that loads back to the same settings, secrets masked,
     /// followed by the environment-only settings as comments.
     pub fn to_yaml(&self) -> String {

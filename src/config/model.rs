@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 
 use crate::naming::PathMapRule;
 use crate::platform::Platform;
+use crate::referrer_policy::{ArtifactTypes, ReferrersMode};
 use crate::secret::Secret;
 
 /// Everything copycat reads at start, validated.
@@ -81,6 +82,15 @@ pub struct Config {
     /// Anchor tag template for digest-only sources; `None` (`none`): push by digest only, untagged.
     #[serde(serialize_with = "optional_template")]
     pub digest_tag_template: Option<String>,
+    /// Which signatures, attestations and SBOMs are copied with each image.
+    pub referrers: ReferrersMode,
+    /// Their filter by artifact type.
+    pub referrer_artifact_types: ArtifactTypes,
+    /// Levels of related artifacts followed.
+    pub referrer_depth: u32,
+    /// How often the daemon looks for new related artifacts of each mirrored image.
+    #[serde(serialize_with = "duration")]
+    pub referrers_interval: Duration,
     /// Blobs of one image transferred at once.
     pub blob_concurrency: u32,
     /// Requests in flight per registry host.

@@ -177,6 +177,20 @@ fn bad_values_are_reported_by_name() {
         ),
         ("requestTimeout: soon", &[], &["requestTimeout", "duration like 90s"]),
         ("verifyInterval: -1h", &[], &["verifyInterval", "must not be negative"]),
+        ("referrers: some", &[], &["referrers", "some"]),
+        ("", &[("REFERRERS", "yes")], &["REFERRERS", "yes"]),
+        (
+            "referrerArtifactTypes: [spdx]",
+            &[],
+            &["referrerArtifactTypes", "no media type"],
+        ),
+        ("referrerDepth: 0", &[], &["referrerDepth", "greater than 0"]),
+        ("referrersInterval: 0", &[], &["referrersInterval", "more than 0"]),
+        (
+            "referrersInterval: hourly",
+            &[],
+            &["referrersInterval", "duration like 90s"],
+        ),
         (
             "restoreDrillInterval: -5m",
             &[],
@@ -847,6 +861,35 @@ fn every_setting_in_the_table_is_read() {
             s.id()
         );
     }
+}
+
+#[test]
+fn referrer_settings_and_their_defaults() {
+    use crate::referrer_policy::{ArtifactTypes, ReferrerPolicy, ReferrersMode};
+    let c = ok("", &[]);
+    assert_eq!(c.referrer_policy(), ReferrerPolicy::default());
+    assert_eq!(c.referrers_interval, Duration::from_secs(3600));
+    let c = ok(
+        "referrers: Signatures\nreferrerArtifactTypes: [\"!application/spdx+json\"]\nreferrerDepth: 1\nreferrersInterval: 10m",
+        &[],
+    );
+    assert_eq!(
+        c.referrer_policy(),
+        ReferrerPolicy {
+            mode: ReferrersMode::Signatures,
+            artifact_types: ArtifactTypes {
+                include: vec![],
+                exclude: vec!["application/spdx+json".into()],
+            },
+            depth: 1,
+        }
+    );
+    assert_eq!(c.referrers_interval, Duration::from_secs(600));
+    let c = ok("", &[("REFERRERS", "none"), ("REFERRERS_INTERVAL", "90")]);
+    assert_eq!(
+        (c.referrers, c.referrers_interval),
+        (ReferrersMode::None, Duration::from_secs(90))
+    );
 }
 
 #[test]

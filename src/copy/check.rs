@@ -178,7 +178,11 @@ impl Copier {
                 }
             }
             match dst.get_manifest(repo, &reference, MAX_MANIFEST_SIZE).await {
-                Ok(manifest) => walk.add(&manifest, level, &req.target)?,
+                Ok(manifest) => {
+                    walk.add(&manifest, level, &req.target)?;
+                    // What it lists, for the look at its signatures that may follow (no GET again).
+                    self.referrers.remember_listed(&manifest);
+                }
                 Err(RegistryError::DigestMismatch { .. }) => missing.damaged.push(digest),
                 Err(e) => {
                     let action = format!("GET manifest {}@{digest}", req.target.name());

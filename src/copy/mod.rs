@@ -9,6 +9,7 @@ pub mod arch;
 pub mod check;
 mod locks;
 pub mod manifest;
+pub mod referrers;
 pub mod select;
 pub mod verify;
 mod walk;
@@ -28,9 +29,11 @@ use crate::destination::{RepositoryError, RepositoryPreparer};
 use crate::naming::NamingError;
 use crate::platform::Platform;
 use crate::reference::{Digest, ImageRef};
+use crate::referrer_policy::ReferrerPolicy;
 use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registries, Registry, RegistryError, Side};
 use locks::KeyedLocks;
 use manifest::{Budget, Descriptor, Kind, ManifestError, Parsed};
+use referrers::{ReferrerReport, ReferrerState};
 use select::{NoMatchingPlatform, Selection};
 pub use warm::PullThrough;
 
@@ -58,6 +61,9 @@ pub struct CopyOptions {
     /// Credentials for the source registry to try in order (a Pod's pull secrets) before the
     /// configured ones; empty: only the configured ones.
     pub source_credentials: Vec<PullSecret>,
+    /// Signatures, attestations and SBOMs copied with the image ([`referrers`]). Off by default here;
+    /// the configuration's default (`referrers: all`) comes through `wiring::copy_options`.
+    pub referrers: ReferrerPolicy,
     /// The target is a pull-through cache: fill it by reading the image through it ([`warm`])
     /// instead of copying; `None`: copy.
     pub pull_through: Option<PullThrough>,
@@ -87,6 +93,7 @@ impl Default for CopyOptions {
             blob_concurrency: 4,
             deadline: None,
             source_credentials: vec![],
+            referrers: ReferrerPolicy::none(),
             pull_through: None,
             repair: false,
         }
@@ -165,6 +172,8 @@ pub struct CopyReport {
     pub missing_platforms: Vec<Platform>,
     /// Whether a new, filtered index was written (its digest differs from the source's).
     pub filtered: bool,
+    /// The image's signatures, attestations and SBOMs.
+    pub referrers: ReferrerReport,
 }
 
 /// Why a copy failed.
@@ -333,6 +342,8 @@ pub struct Copier {
     /// Preparation of target repositories before their first write, per target host.
     preparers: Arc<HashMap<String, Arc<dyn RepositoryPreparer>>>,
     shared: Arc<Shared>,
+    /// What the copier knows about related artifacts ([`referrers`]).
+    referrers: Arc<ReferrerState>,
 }
 
 struct Shared {
@@ -420,7 +431,15 @@ impl Copier {
                 total_bytes: AtomicU64::new(0),
                 architectures: moka::sync::Cache::new(10_000),
             }),
+            referrers: Arc::new(ReferrerState::new(referrers::DEFAULT_INTERVAL)),
         }
+    }
+
+    /// An image's related artifacts are looked for at most once per `every` (a re-sign upstream
+    /// reaches the target within it).
+    pub fn with_referrers_interval(mut self, every: Duration) -> Copier {
+        self.referrers = Arc::new(ReferrerState::new(every));
+        self
     }
 
     /// Reads from each source host in `mirrors` try those hosts first, in order, and fall back to the
@@ -556,23 +575,41 @@ impl Copier {
         Ok((digest, arch))
     }
 
-    async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {
+    /// The pieces of one copy (or check, without `writing`) of `req` from `src`.
+    fn job<'a>(&self, req: &'a CopyRequest, opts: &'a CopyOptions, src: Registry, writing: bool) -> Job<'a> {
         let readers = self.readers(&src);
         let dst = self.registries.get(req.target.registry());
-        let job = Job {
+        Job {
             src,
             readers,
             src_repo: req.source.repository(),
-            dst: if opts.dry_run {
-                dst
-            } else {
+            dst: if writing {
                 dst.for_writing(req.target.repository())
+            } else {
+                dst
             },
             dst_repo: req.target.repository(),
             opts,
             counters: Counters::default(),
+        }
+    }
+
+    async fn copy_from(&self, req: &CopyRequest, opts: &CopyOptions, src: Registry) -> Result<CopyReport, CopyError> {
+        let job = self.job(req, opts, src, !opts.dry_run);
+        // The source's tag list, which the look for related artifacts needs, is asked for while the
+        // image is copied: an unchanged image then costs no extra round trip.
+        let (result, tags) = futures::join!(
+            within_deadline(req, opts, self.run(req, &job)),
+            self.prefetch_tags(req, &job)
+        );
+        let referrers = match &result {
+            Ok(Decision {
+                digest: Some(digest),
+                filtered,
+                ..
+            }) => self.copy_referrers(req, &job, digest, *filtered, tags).await,
+            _ => ReferrerReport::default(),
         };
-        let result = within_deadline(req, opts, self.run(req, &job)).await;
         let bytes = job.counters.bytes.load(Ordering::Relaxed);
         self.shared.total_bytes.fetch_add(bytes, Ordering::Relaxed);
         let Decision {
@@ -594,6 +631,7 @@ impl Copier {
             manifests_written: job.counters.manifests.load(Ordering::Relaxed),
             missing_platforms,
             filtered,
+            referrers,
         })
     }
 
@@ -622,6 +660,7 @@ impl Copier {
             && head.digest == *want
             && !opts.repair
         {
+            self.referrers.remember_media_type(want, &head.media_type);
             return Ok(Decision {
                 outcome: Outcome::AlreadyPresent,
                 source_digest,
@@ -688,6 +727,9 @@ impl Copier {
         // 4. Content first: children (with their blobs) by digest, or the image's blobs.
         if let Some(preparer) = self.preparers.get(job.dst.host()) {
             preparer.ensure(job.dst_repo).await.map_err(CopyError::Repository)?;
+        }
+        if top_parsed.kind == Kind::Index {
+            self.referrers.remember_children(&top.digest, &children);
         }
         match top_parsed.kind {
             Kind::Index => self.copy_children(req, job, children, level, &mut budget).await?,

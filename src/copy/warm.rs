@@ -164,5 +164,6 @@ fn report(outcome: Outcome, digest: Digest, bytes: u64, blobs: u32) -> CopyRepor
         manifests_written: 0,
         missing_platforms: vec![],
         filtered: false,
+        referrers: Default::default(),
     }
 }

@@ -20,6 +20,7 @@ use crate::copy::check::{Depth, TargetState};
 use crate::copy::{Copier, CopyError, CopyOptions, CopyRequest};
 use crate::plan::{MirrorTask, Plan};
 use crate::reference::Digest;
+use crate::referrer_policy::ReferrerPolicy;
 use crate::registry::Side;
 use crate::workload::Workload;
 
@@ -149,7 +150,7 @@ impl std::fmt::Display for Summary {
 }
 
 /// How to check a plan.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CheckOptions {
     /// HEADs, or reading and re-hashing every blob.
     pub depth: Depth,
@@ -157,6 +158,8 @@ pub struct CheckOptions {
     pub images: usize,
     /// Blobs of one image checked at the same time.
     pub blobs: usize,
+    /// The signatures, attestations and SBOMs that must be at the target too (none: not checked).
+    pub referrers: ReferrerPolicy,
 }
 
 /// Checks every task of `plan` at its target, `options.images` at a time, calling `done` with each
@@ -170,7 +173,10 @@ pub async fn check_plan(
 ) -> Vec<ImageCoverage> {
     let finished = AtomicUsize::new(0);
     let mut out: Vec<ImageCoverage> = futures::stream::iter(&plan.tasks)
-        .map(|task| async move { check_task(copier, task, options).await.0 })
+        .map(|task| {
+            let options = options.clone();
+            async move { check_task(copier, task, options).await.0 }
+        })
         .buffer_unordered(options.images.max(1))
         .inspect(|row| done(row, finished.fetch_add(1, Ordering::Relaxed) + 1))
         .collect()
@@ -252,6 +258,7 @@ pub(crate) async fn check_task(
     let copy_options = CopyOptions {
         platforms: task.platforms.clone(),
         source_credentials: task.source_credentials.clone(),
+        referrers: options.referrers.clone(),
         ..CopyOptions::default()
     };
     let checked = async {
@@ -260,14 +267,35 @@ pub(crate) async fn check_task(
         let state = copier
             .check_target(&request, &expected, options.depth, options.blobs)
             .await?;
-        Ok::<_, CopyError>((request, expected, state))
+        // Signatures, attestations and SBOMs, once the image itself is whole.
+        let referrers = match state {
+            TargetState::Verified { .. } => Some(copier.missing_referrers(&request, &copy_options, &expected).await),
+            _ => None,
+        };
+        Ok::<_, CopyError>((request, expected, state, referrers))
     }
     .await;
     match checked {
-        Ok((request, expected, state)) => {
+        Ok((request, expected, state, referrers)) => {
             row.target = request.target_display(Some(&expected));
             row.expected = Some(expected.to_string());
             (row.state, row.detail) = describe(state, request.target_tag.is_some());
+            match referrers {
+                Some(Ok(r)) if r.missing > 0 => {
+                    row.state = BackupState::Missing;
+                    row.detail = format!(
+                        "{}; {} of the source's signatures, attestations and SBOMs missing",
+                        row.detail, r.missing
+                    );
+                }
+                Some(Ok(r)) if r.found > 0 => {
+                    row.detail = format!("{}, {} signatures/attestations/SBOMs", row.detail, r.found);
+                }
+                Some(Err(e)) => {
+                    row.detail = format!("{}; signatures, attestations and SBOMs not checked: {e}", row.detail);
+                }
+                _ => {}
+            }
             let whole = (row.state == BackupState::Verified).then_some(WholeTarget {
                 request,
                 digest: expected,

@@ -19,6 +19,7 @@ use super::{BackupState, CheckOptions, ImageCoverage, Summary, WholeTarget, chec
 use crate::copy::Copier;
 use crate::copy::check::Depth;
 use crate::plan::{MirrorTask, Plan};
+use crate::referrer_policy::ReferrerPolicy;
 
 /// Targets the daemon checks at the same time.
 pub const CONCURRENCY: usize = 4;
@@ -398,6 +399,8 @@ impl Verifier {
             depth: Depth::Quick,
             images: 1,
             blobs: self.blobs,
+            // The daemon looks for new related artifacts on its own (`referrersInterval`).
+            referrers: ReferrerPolicy::none(),
         };
         loop {
             let mut keyed = self.states.candidates();
@@ -423,7 +426,7 @@ impl Verifier {
                     let Some(task) = self.states.task(&key) else {
                         continue;
                     };
-                    let copier = self.copier.clone();
+                    let (copier, options) = (self.copier.clone(), options.clone());
                     let handle = running.spawn(async move {
                         let row = check_task(&copier, &task, options).await;
                         (task, row)

@@ -280,6 +280,8 @@ struct Attempt {
     error: Option<String>,
     started: Option<SystemTime>,
     finished: Option<SystemTime>,
+    /// Related artifacts at the target, as last looked for.
+    referrers: Option<u32>,
 }
 
 /// A successful attempt.
@@ -293,6 +295,16 @@ impl Done {
         match self {
             Done::Copy(report) => report.digest.clone(),
             Done::DryPull => None,
+        }
+    }
+
+    /// Related artifacts the target holds, when this attempt looked for them successfully.
+    fn referrers(&self) -> Option<u32> {
+        match self {
+            Done::Copy(report) if report.referrers.checked && report.referrers.error.is_none() => {
+                Some(report.referrers.found)
+            }
+            _ => None,
         }
     }
 
@@ -505,6 +517,23 @@ impl Queue {
         task.repair = true;
         self.inner.positive.invalidate(&task.key());
         self.submit(task);
+    }
+
+    /// Submits every task of the last plan again past the positive cache (the daemon does, once per
+    /// `referrersInterval`, so that new signatures upstream reach the target); returns how many.
+    pub fn resubmit_planned(&self) -> usize {
+        let tasks: Vec<MirrorTask> = lock(&self.inner.last_plan).values().cloned().collect();
+        let n = tasks.len();
+        for mut task in tasks {
+            let key = task.key();
+            // The plan keeps the work only; the users shown are those of the last attempt.
+            if let Some(done) = self.inner.finished.get(&key) {
+                task.users = done.users.clone();
+            }
+            self.inner.positive.invalidate(&key);
+            self.submit(task);
+        }
+        n
     }
 
     /// Hands a whole plan to the queue: submits the tasks that are new or whose work changed since the
@@ -915,6 +944,7 @@ impl Inner {
                 entry.task.repair = repair_asked;
                 self.positive.insert(key.clone(), Arc::new(ran.work()));
                 entry.last.digest = done.digest();
+                entry.last.referrers = done.referrers().or(entry.last.referrers);
                 entry.last.error = None;
                 (!rerun).then(|| done.state())
             }
@@ -1060,6 +1090,7 @@ impl Entry {
             finished: self.last.finished,
             excluded_by: None,
             kept_source: None,
+            referrers: self.last.referrers,
         }
     }
 }
@@ -1072,6 +1103,7 @@ impl TaskStatus {
             error: self.last_error.clone(),
             started: self.started,
             finished: self.finished,
+            referrers: self.referrers,
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct TaskStatus {
     /// For an image in conflict: the source that keeps its target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept_source: Option<String>,
+    /// Signatures, attestations and SBOMs the target holds for the image, as last looked for
+    /// (`referrersInterval`); absent before the first look or with `referrers: none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<u32>,
 }
 
 impl TaskStatus {
@@ -67,6 +71,7 @@ impl TaskStatus {
             finished: None,
             excluded_by: Some(image.rule.clone()),
             kept_source: None,
+            referrers: None,
         }
     }
 
@@ -108,6 +113,7 @@ impl TaskStatus {
             finished: None,
             excluded_by: None,
             kept_source: Some(conflict.kept.clone()),
+            referrers: None,
         }
     }
 }
@@ -273,8 +279,10 @@ mod tests {
             finished: None,
             excluded_by: None,
             kept_source: None,
+            referrers: Some(3),
         };
         let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["referrers"], 3);
         assert_eq!(json["state"], "dry-run");
         assert_eq!(json["nextRetry"], "1970-01-02T00:00:00.000Z");
         assert_eq!(json["lastError"], serde_json::Value::Null);

@@ -62,6 +62,7 @@ impl CopyEngine for Fake {
                 manifests_written: 0,
                 missing_platforms: vec![],
                 filtered: false,
+                referrers: Default::default(),
             })
         })
     }

@@ -29,6 +29,7 @@ use crate::secret::Secret;
 mod auth;
 pub mod credentials;
 mod error;
+mod listing;
 mod ops;
 mod proto;
 mod retry;
@@ -39,6 +40,7 @@ mod transport;
 mod tests;
 
 pub use credentials::{Credentials, DockerAuths, parse_docker_config_json};
+pub use listing::{PutManifest, ReferrerDescriptor, ReferrerIndex, Referrers};
 pub(crate) use tls::load_ca_file;
 
 /// Manifest media types copycat sends in `Accept` (all of them, always: distribution 2.8 answers 404

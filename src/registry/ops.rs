@@ -25,7 +25,7 @@ const PIECE: usize = 256 * 1024;
 /// Limit for the GET that stands in for a HEAD without `Docker-Content-Digest`.
 const HEAD_FALLBACK_LIMIT: u64 = 4 * 1024 * 1024;
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -38,7 +38,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok())
 }
 
-fn content_digest(headers: &HeaderMap, url: &Url) -> Result<Option<Digest>, RegistryError> {
+pub(super) fn content_digest(headers: &HeaderMap, url: &Url) -> Result<Option<Digest>, RegistryError> {
     match header_str(headers, "docker-content-digest") {
         None => Ok(None),
         Some(v) => Digest::parse(v).map(Some).map_err(|e| {
@@ -73,7 +73,7 @@ fn path_error(what: &str, e: impl std::fmt::Display) -> RegistryError {
 }
 
 /// Refuses path segments that would change the URL's meaning (`..`, `?`, `#`, empty).
-fn check_repo(repo: &str) -> Result<(), RegistryError> {
+pub(super) fn check_repo(repo: &str) -> Result<(), RegistryError> {
     if repo.is_empty()
         || repo.contains(['?', '#', ' ', '\\'])
         || repo.split('/').any(|c| c.is_empty() || c == "." || c == "..")
@@ -83,7 +83,7 @@ fn check_repo(repo: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
-fn check_reference(reference: &str) -> Result<(), RegistryError> {
+pub(super) fn check_reference(reference: &str) -> Result<(), RegistryError> {
     if reference.is_empty() || reference.contains(['/', '?', '#', ' ', '\\']) || reference == "." || reference == ".." {
         return Err(path_error("manifest reference", format!("{reference:?}")));
     }
@@ -551,18 +551,10 @@ impl Registry {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
-        check_repo(repo)?;
-        check_reference(reference)?;
-        let url = self.api_url(&format!("/v2/{repo}/manifests/{reference}")).await?;
-        let local = digest_of("sha256", &bytes)?;
-        let req = Req::new(Method::PUT, url.clone(), Access::Push(repo))
-            .header(header::CONTENT_TYPE, media_type)
-            .body(Payload::Bytes(bytes));
-        let resp = self.send(req).await?;
-        if !resp.status().is_success() {
-            return Err(status_error("PUT", &url, resp).await);
-        }
-        Ok(content_digest(resp.headers(), &url)?.unwrap_or(local))
+        Ok(self
+            .put_manifest_with_subject(repo, reference, bytes, media_type)
+            .await?
+            .digest)
     }
 }
 

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod apiserver;
+pub mod artifacts;
 mod certs;
 pub mod cluster;
 pub mod containerd;
@@ -14,6 +15,7 @@ pub mod layer;
 pub mod logs;
 pub mod moto;
 pub mod push;
+pub mod referrers_api;
 pub mod registry;
 pub mod skopeo;
 pub mod static_registry;

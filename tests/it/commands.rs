@@ -265,3 +265,65 @@ async fn digest_only_sources_get_an_anchor_tag_unless_turned_off() {
         "never :latest"
     );
 }
+
+#[tokio::test]
+async fn copy_and_sync_bring_signatures_unless_told_not_to() {
+    use testkit::artifacts::{self, Subject};
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[3000], 150).unwrap();
+    image.push(&src, "team/signed", "1.0").await.unwrap();
+    let subject = Subject::of(&image);
+    let sig = artifacts::cosign_signature(&subject, "team/signed", 1, 1);
+    sig.push(&src, "team/signed", &subject.cosign_tag("sig")).await.unwrap();
+    let source = format!("{}/team/signed:1.0", src.host());
+
+    let none = copycat(
+        &[
+            "copy",
+            "--referrers",
+            "none",
+            &source,
+            &format!("{}/off/signed", dst.host()),
+        ],
+        &[],
+    );
+    assert_eq!(none.status.code(), Some(0), "{}", text(&none));
+    assert_eq!(list_tags(&dst, "off/signed").await.unwrap(), vec!["1.0"]);
+    let by_config = copycat(
+        &["copy", &source, &format!("{}/config/signed", dst.host())],
+        &[("REFERRERS", "none")],
+    );
+    assert_eq!(by_config.status.code(), Some(0), "{}", text(&by_config));
+    assert_eq!(list_tags(&dst, "config/signed").await.unwrap(), vec!["1.0"]);
+
+    let all = copycat(&["copy", &source, &format!("{}/on/signed", dst.host())], &[]);
+    assert_eq!(all.status.code(), Some(0), "{}", text(&all));
+    assert!(
+        text(&all).contains("signatures/attestations/SBOMs: 1 at the target, 1 copied"),
+        "{}",
+        text(&all)
+    );
+    assert_eq!(
+        manifest_digest(&dst, "on/signed", &subject.cosign_tag("sig"))
+            .await
+            .unwrap(),
+        Some(sig.digest.clone())
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = images_file(&dir, &dst, std::slice::from_ref(&source));
+    let synced = copycat(&["sync", "--images", &file, "--referrers", "signatures"], &[]);
+    assert_eq!(synced.status.code(), Some(0), "{}", text(&synced));
+    assert_eq!(
+        skopeo_digest(&dst, &format!("external/team/signed:{}", subject.cosign_tag("sig")))
+            .await
+            .unwrap(),
+        sig.digest
+    );
+    let bad = copycat(
+        &["copy", "--referrers", "some", &source, &format!("{}/x", dst.host())],
+        &[],
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("--referrers"), "{}", text(&bad));
+}

@@ -727,3 +727,54 @@ async fn two_sources_naming_one_target_keep_the_first_and_report_the_other() {
     );
     assert_eq!(log.matches("two sources name one target").count(), 1, "{log}");
 }
+
+#[tokio::test]
+async fn signatures_travel_and_a_re_sign_upstream_reaches_the_mirror_within_the_interval() {
+    use testkit::artifacts::{self, Subject};
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[3000], 450).unwrap();
+    image.push(&src, "shop/signed", "1.0").await.unwrap();
+    let subject = Subject::of(&image);
+    let tag = subject.cosign_tag("sig");
+    let first = artifacts::cosign_signature(&subject, "shop/signed", 1, 1);
+    first.push(&src, "shop/signed", &tag).await.unwrap();
+
+    let server = ApiServer::new();
+    server
+        .apply(deployment("signed", &[format!("{}/shop/signed:1.0", src.host())]))
+        .unwrap();
+    let running = server.serve().unwrap();
+    let daemon = Daemon::mirroring_to(running.kubeconfig_path(), &dst, &[("REFERRERS_INTERVAL", "3s")]);
+    let signature_at_target = async || manifest_digest(&dst, "shop/signed", &tag).await.unwrap();
+    eventually("the signature at the target", WAIT, async || {
+        signature_at_target().await == Some(first.digest.clone())
+    })
+    .await;
+    let target = format!("{}/shop/signed:1.0", dst.host());
+    eventually("/status to count the signature", WAIT, async || {
+        daemon.status_of(&target).await.is_some_and(|s| s["referrers"] == 1)
+    })
+    .await;
+
+    // cosign signs again: a second signature in the manifest under the same tag.
+    let resigned = artifacts::cosign_signature(&subject, "shop/signed", 2, 1);
+    resigned.push(&src, "shop/signed", &tag).await.unwrap();
+    eventually("the re-sign at the target", Duration::from_secs(15), async || {
+        signature_at_target().await == Some(resigned.digest.clone())
+    })
+    .await;
+    let status = daemon.status_of(&target).await.unwrap();
+    assert_eq!(
+        status["users"],
+        json!(["Deployment default/signed"]),
+        "the sweep keeps the users"
+    );
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert_eq!(
+        sample(&metrics, r#"k8s_copycat_referrers_copied_total{kind="cosign-tag"}"#),
+        Some(2.0),
+        "{metrics}"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -20,6 +20,7 @@ mod on_the_fly;
 mod pull_through;
 mod queue;
 mod real_cluster;
+mod referrers;
 mod registry;
 mod server;
 mod support;

@@ -908,6 +908,60 @@ async fn restore_drills_pull_verified_targets_whole_in_turn_and_report_a_damaged
     );
 }
 
+/// Issue 16: a target without the source's signature is incomplete for `copycat verify`; once the
+/// signature travels (a copy with the default `referrers: all`), it verifies; `REFERRERS=none`
+/// leaves them out of the check.
+#[tokio::test]
+async fn verify_counts_missing_signatures_as_incomplete() {
+    use testkit::artifacts::{self, Subject};
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[2000], 1600).unwrap();
+    image.push(&src, "shop/signed", "1.0").await.unwrap();
+    let subject = Subject::of(&image);
+    let sig = artifacts::cosign_signature(&subject, "shop/signed", 1, 1);
+    sig.push(&src, "shop/signed", &subject.cosign_tag("sig")).await.unwrap();
+    let sbom = artifacts::spdx_sbom(&subject, 2);
+    artifacts::publish_referrer(&src, "shop/signed", &subject, &sbom)
+        .await
+        .unwrap();
+    // The image mirrored without its related artifacts.
+    image.push(&dst, "shop/signed", "1.0").await.unwrap();
+    let server = ApiServer::new();
+    server
+        .apply(workload(
+            "Deployment",
+            "apps/v1",
+            "default",
+            "signed",
+            &[("app", &format!("{}/shop/signed:1.0", src.host()))],
+        ))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let kubeconfig = api.kubeconfig_path();
+
+    let out = verify(kubeconfig, &dst, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (state, detail) = &states(&out)["shop/signed:1.0"];
+    assert_eq!(state, "missing", "{detail}");
+    assert!(
+        detail.contains("2 of the source's signatures, attestations and SBOMs missing"),
+        "{detail}"
+    );
+
+    let request = request(&src, "shop/signed:1.0", &dst, "shop/signed", Some("1.0"));
+    let options = CopyOptions {
+        referrers: copycat::referrer_policy::ReferrerPolicy::default(),
+        ..CopyOptions::default()
+    };
+    let report = copier(&[&src, &dst]).copy(&request, &options).await.unwrap();
+    assert_eq!(report.referrers.copied_total(), 2, "{report:?}");
+    let out = verify(kubeconfig, &dst, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (state, detail) = &states(&out)["shop/signed:1.0"];
+    assert_eq!(state, "verified", "{detail}");
+    assert!(detail.contains("2 signatures/attestations/SBOMs"), "{detail}");
+}
+
 /// Issue 14 part 5: a digest-only source with `digestTagTemplate: none` is copied by digest alone.
 /// The copy is whole, yet no tag holds it, so a rule that expires untagged images can delete it:
 /// the daemon's `/status`, `/status/summary` and metrics and `copycat verify` all count it
