@@ -41,17 +41,15 @@ impl Cli {
     /// which would otherwise be accepted and ignored.
     pub fn checked(self) -> Result<Cli, clap::Error> {
         match &self.command {
-            Some(Command::Copy(_) | Command::Sync(_) | Command::Verify(_) | Command::Failover(_))
-                if self.daemon != DaemonFlags::default() =>
-            {
-                Err(Cli::command().error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
+            Some(
+                Command::Copy(_) | Command::Sync(_) | Command::Verify(_) | Command::Failover(_) | Command::PlanTags(_),
+            ) if self.daemon != DaemonFlags::default() => Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
                      --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync`, \
-                     `verify` or `failover` (`verify --kubeconfig FILE` and `failover --kubeconfig FILE` \
+                     `plan-tags`, `verify` or `failover` (`verify --kubeconfig FILE` and `failover --kubeconfig FILE` \
                      take their own)",
-                ))
-            }
+            )),
             _ => Ok(self),
         }
     }
@@ -72,7 +70,7 @@ impl Cli {
                     ..DaemonFlags::default()
                 })
             }
-            Command::Copy(_) | Command::Sync(_) => None,
+            Command::Copy(_) | Command::Sync(_) | Command::PlanTags(_) => None,
         };
         let overrides = self.flags.overrides(daemon.as_ref());
         (command, overrides)
@@ -164,6 +162,21 @@ pub enum Command {
     /// back (`--revert`), with your own kubeconfig. Exit 0 when everything in scope was switched or
     /// reverted, 1 when something was left as it is (listed), 2 for usage and configuration errors.
     Failover(FailoverArgs),
+    /// Preview an image-operator version pattern: list SOURCE's tags at its registry and print those
+    /// PATTERN matches today, sorted by version, e.g. `copycat plan-tags quay.io/argoproj/argocd v2.13.x`.
+    PlanTags(PlanTagsArgs),
+}
+
+/// Arguments of `copycat plan-tags`.
+#[derive(Debug, Args)]
+pub struct PlanTagsArgs {
+    /// Source repository with its registry, without a tag (`quay.io/argoproj/argocd`).
+    pub source: String,
+    /// Version pattern: three parts, each a number or `x`, an optional leading `v` (`v2.13.x`, `2.x.0`).
+    pub pattern: String,
+    /// Also match candidate releases `X.Y.Z-rcN` (an `Image`'s `allowCandidateRelease: true`).
+    #[arg(long)]
+    pub rc: bool,
 }
 
 /// Arguments of `copycat failover`.

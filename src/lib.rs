@@ -25,6 +25,7 @@ pub mod reference;
 pub mod registry;
 pub mod secret;
 pub mod server;
+pub mod tag_pattern;
 pub mod task_state;
 pub mod telemetry;
 pub mod wiring;

@@ -3,6 +3,7 @@
 //! daemon's parts.
 
 mod failover;
+mod plan_tags;
 mod progress;
 mod verify;
 
@@ -19,6 +20,7 @@ use crate::platform::Platform;
 use crate::reference::{self, ImageRef, ReferenceError};
 use crate::wiring::{command_copier, copy_options};
 pub use failover::failover;
+pub use plan_tags::plan_tags;
 use progress::Progress;
 pub use verify::verify;
 

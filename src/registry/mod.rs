@@ -32,6 +32,7 @@ mod error;
 mod ops;
 mod proto;
 mod retry;
+mod tags;
 mod tls;
 mod transport;
 

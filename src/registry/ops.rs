@@ -73,7 +73,7 @@ fn path_error(what: &str, e: impl std::fmt::Display) -> RegistryError {
 }
 
 /// Refuses path segments that would change the URL's meaning (`..`, `?`, `#`, empty).
-fn check_repo(repo: &str) -> Result<(), RegistryError> {
+pub(super) fn check_repo(repo: &str) -> Result<(), RegistryError> {
     if repo.is_empty()
         || repo.contains(['?', '#', ' ', '\\'])
         || repo.split('/').any(|c| c.is_empty() || c == "." || c == "..")
