@@ -8,6 +8,7 @@ pub mod config;
 pub mod copy;
 pub mod coverage;
 pub mod daemon;
+pub mod declarative;
 pub mod destination;
 pub mod discovery;
 pub mod events;
