@@ -91,3 +91,152 @@ async fn plan_tags_follows_link_pages() {
     let pages = reg.requests().iter().filter(|r| r.ends_with("/tags/list")).count();
     assert_eq!(pages, 13, "1,205 tags in pages of 100");
 }
+
+const IMAGE_CRD: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/manifests/crds/images.skopeo.io.yaml"
+));
+
+/// The stand-in API server serves `Image` objects as a cluster with the CRD does, to the real
+/// `kube` client: create, list, watch, and status only through the status subresource; a spec
+/// copycat cannot follow gets its `Failed` condition there.
+#[tokio::test]
+async fn image_objects_on_the_stand_in_api_server() {
+    use copycat::declarative::image::{self, ImageObject, ImagePlan};
+    use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+    use kube::runtime::watcher;
+    use std::time::Duration;
+
+    let server = testkit::apiserver::ApiServer::new();
+    let client = kube::Client::new(server.router(), "default");
+    let crd: DynamicObject = serde_saphyr::from_str(IMAGE_CRD).unwrap();
+    let crd_resource = kube::core::ApiResource {
+        group: "apiextensions.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiextensions.k8s.io/v1".into(),
+        kind: "CustomResourceDefinition".into(),
+        plural: "customresourcedefinitions".into(),
+    };
+    let crds: Api<DynamicObject> = Api::all_with(client.clone(), &crd_resource);
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    assert!(
+        crds.get_opt("images.skopeo.io").await.unwrap().is_some(),
+        "the CRD is there"
+    );
+
+    let images: Api<ImageObject> = Api::namespaced_with(client.clone(), "default", &image::api_resource());
+    let mut watch = std::pin::pin!(watcher(images.clone(), watcher::Config::default()));
+    let object: ImageObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "skopeo.io/v1alpha1",
+        "kind": "Image",
+        "metadata": {"name": "argocd", "namespace": "default"},
+        "spec": {
+            "mode": "OneShot",
+            "source": {"name": "quay.io/argoproj/argocd", "version": "v2.x"},
+            "destination": {"name": "argoproj/argocd"}
+        },
+        "status": {"lastSyncTime": "2020-01-01T00:00:00Z"}
+    }))
+    .unwrap();
+    let created = images.create(&PostParams::default(), &object).await.unwrap();
+    assert_eq!(created.status, None, "status is not written through the main resource");
+
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await.expect("watch open").expect("watch event") {
+                watcher::Event::InitApply(o) | watcher::Event::Apply(o) => break o,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the watch delivers the Image");
+    assert_eq!(seen.spec.source.version, "v2.x");
+
+    let error = ImagePlan::from_spec(&seen.spec, "mirror.example").unwrap_err();
+    let status = image::invalid_status(&error, seen.metadata.generation, "2026-12-07T15:00:00Z");
+    images
+        .patch_status(
+            "argocd",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .unwrap();
+    let listed = images.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let written = listed.items[0].status.clone().expect("status written");
+    let failed = written.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(
+        (failed.status.as_str(), failed.reason.as_str()),
+        ("True", "InvalidPattern")
+    );
+    assert!(failed.message.contains("\"v2.x\""), "{}", failed.message);
+}
+
+/// Every field copycat reads from or writes to an `Image` is in the CRD's schema (a field missing
+/// there would be pruned by a real API server), and the status is a subresource.
+#[test]
+fn the_image_crd_schema_holds_every_field_copycat_uses() {
+    use copycat::declarative::image::{Condition, DestinationSpec, ImageSpec, ImageStatus, SourceSpec, TagResult};
+    use serde_json::Value;
+
+    fn missing(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) {
+        match value {
+            Value::Object(fields) => {
+                for (name, v) in fields {
+                    match schema["properties"].get(name) {
+                        Some(s) => missing(v, s, &format!("{path}.{name}"), out),
+                        None => out.push(format!("{path}.{name}")),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| missing(v, &schema["items"], path, out)),
+            _ => {}
+        }
+    }
+
+    let crd: Value = serde_saphyr::from_str(IMAGE_CRD).unwrap();
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_object(), "status subresource");
+    let schema = &version["schema"]["openAPIV3Schema"];
+    let time = Some("2026-01-01T00:00:00Z".to_owned());
+    let spec = ImageSpec {
+        mode: "Recurrent".into(),
+        frequency: Some("15m".into()),
+        allow_candidate_release: true,
+        source: SourceSpec {
+            name: "quay.io/a/b".into(),
+            version: "1.x.x".into(),
+        },
+        destination: DestinationSpec {
+            name: "b".into(),
+            version: Some("1.x.x".into()),
+        },
+    };
+    let status = ImageStatus {
+        observed_generation: Some(1),
+        last_sync_time: time.clone(),
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Copied".into(),
+            message: "m".into(),
+            last_transition_time: time.clone(),
+        }],
+        tags: vec![TagResult {
+            tag: "1.0.0".into(),
+            source_digest: Some("sha256:00".into()),
+            destination: "r/b:1.0.0".into(),
+            result: "Copied".into(),
+            message: "m".into(),
+            time,
+        }],
+        pending_tags: Some(0),
+    };
+    let object = serde_json::json!({ "spec": spec, "status": status });
+    let mut out = Vec::new();
+    missing(&object, schema, "", &mut out);
+    assert!(out.is_empty(), "fields not in the CRD schema: {out:?}");
+}
