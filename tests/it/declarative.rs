@@ -240,3 +240,85 @@ fn the_image_crd_schema_holds_every_field_copycat_uses() {
     missing(&object, schema, "", &mut out);
     assert!(out.is_empty(), "fields not in the CRD schema: {out:?}");
 }
+
+/// A Flux `ImageRepository` watched on the stand-in API server: the scan result the reflector writes
+/// through the status subresource asks for a mirror once per new revision, never for a status write
+/// that keeps the revision.
+#[tokio::test]
+async fn flux_scan_revisions_seen_through_a_watch() {
+    use copycat::declarative::flux::{self, ImageRepositoryObject, scan_changed};
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::watcher;
+    use std::time::Duration;
+
+    let server = testkit::apiserver::ApiServer::new();
+    server
+        .apply(serde_json::json!({
+            "apiVersion": "image.toolkit.fluxcd.io/v1",
+            "kind": "ImageRepository",
+            "metadata": {"name": "app", "namespace": "default"},
+            "spec": {"image": "ghcr.io/org/app", "interval": "5m"}
+        }))
+        .unwrap();
+    let client = kube::Client::new(server.router(), "default");
+    let repos: Api<ImageRepositoryObject> = Api::namespaced_with(client, "default", &flux::api_resource("v1"));
+    let mut watch = std::pin::pin!(watcher(repos.clone(), watcher::Config::default()));
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match watch.next().await.expect("watch open").expect("watch event") {
+                    watcher::Event::InitApply(o) | watcher::Event::Apply(o) => break o,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("a watch event")
+    };
+    let scan = |o: &ImageRepositoryObject| o.status.clone().and_then(|s| s.last_scan_result);
+    let write = |revision: &str, tags: &[&str]| {
+        let repos = repos.clone();
+        let status = serde_json::json!({"status": {"lastScanResult": {
+            "revision": revision, "tagCount": tags.len(), "latestTags": tags,
+            "scanTime": "2026-12-07T15:00:00Z"}}});
+        async move {
+            repos
+                .patch_status("app", &PatchParams::default(), &Patch::Merge(status))
+                .await
+                .unwrap();
+        }
+    };
+
+    let created = next().await;
+    assert!(
+        !scan_changed(None, scan(&created).as_ref()),
+        "created without a scan result"
+    );
+    write("rev-1", &["1.1", "1.0"]).await;
+    let first = next().await;
+    assert!(
+        scan_changed(scan(&created).as_ref(), scan(&first).as_ref()),
+        "nil → set"
+    );
+    assert_eq!(scan(&first).unwrap().latest_tags, ["1.1", "1.0"]);
+    write("rev-1", &["1.1", "1.0"]).await;
+    repos
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    let touched = next().await;
+    assert!(
+        !scan_changed(scan(&first).as_ref(), scan(&touched).as_ref()),
+        "same revision"
+    );
+    write("rev-2", &["1.2", "1.1"]).await;
+    let second = next().await;
+    assert!(
+        scan_changed(scan(&touched).as_ref(), scan(&second).as_ref()),
+        "revision differs"
+    );
+}
