@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: real registries (docker-registry = CNCF distribution 2.8), skopeo as the
-# independent verifier, htpasswd for basic-auth registries, openssl for test certificates.
+# independent verifier, htpasswd for basic-auth registries, openssl for test certificates, containerd
+# (node-config's hosts.toml files pulled through by a containerd the tests start on its own socket).
 source scripts/lib/packages.sh
-ensure_packages docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl
+ensure_packages docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl containerd:containerd
 
 # moto (the ECR control plane for ECR tests) and kubernetes-validate (offline schema check of
 # manifests/k8s.yaml) in a project-local virtualenv.

@@ -13,7 +13,11 @@ pub async fn main(cli: Cli) -> ExitCode {
     let zap_warnings = cli.flags.zap.warnings();
     let (command, overrides) = cli.into_parts();
     let purpose = match command {
-        Command::Run(_) | Command::CheckConfig(_) | Command::Verify(_) | Command::Failover(_) => Purpose::Daemon,
+        Command::Run(_)
+        | Command::CheckConfig(_)
+        | Command::Verify(_)
+        | Command::Failover(_)
+        | Command::NodeConfig(_) => Purpose::Daemon,
         Command::Copy(_) | Command::Sync(_) | Command::PlanTags(_) => Purpose::OneShot,
     };
     let env = |name: &str| std::env::var(name).ok();
@@ -47,6 +51,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Verify(args) => commands::verify(&loaded.config, args).await,
         Command::Failover(args) => commands::failover(&loaded.config, args).await,
         Command::PlanTags(args) => commands::plan_tags(&loaded.config, args).await,
+        Command::NodeConfig(args) => commands::node_config(&loaded.config, args).await,
         Command::Run(_) | Command::CheckConfig(_) => run_daemon(&loaded.config).await,
     }
 }

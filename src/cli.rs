@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Overrides, parse};
+pub use crate::node_config::Runtime;
 
 /// Exit status for usage and configuration errors (clap uses 2 for usage errors too).
 pub const EXIT_USAGE: u8 = 2;
@@ -42,13 +43,18 @@ impl Cli {
     pub fn checked(self) -> Result<Cli, clap::Error> {
         match &self.command {
             Some(
-                Command::Copy(_) | Command::Sync(_) | Command::Verify(_) | Command::Failover(_) | Command::PlanTags(_),
+                Command::Copy(_)
+                | Command::Sync(_)
+                | Command::Verify(_)
+                | Command::Failover(_)
+                | Command::NodeConfig(_)
+                | Command::PlanTags(_),
             ) if self.daemon != DaemonFlags::default() => Err(Cli::command().error(
                 clap::error::ErrorKind::ArgumentConflict,
                 "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
                      --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync`, \
-                     `plan-tags`, `verify` or `failover` (`verify --kubeconfig FILE` and `failover --kubeconfig FILE` \
-                     take their own)",
+                     `plan-tags`, `verify`, `failover` or `node-config` (`verify`, `failover` and `node-config` \
+                     take their own --kubeconfig FILE)",
             )),
             _ => Ok(self),
         }
@@ -64,12 +70,12 @@ impl Cli {
         }
         let daemon = match &command {
             Command::Run(daemon) | Command::CheckConfig(daemon) => Some(daemon.clone()),
-            Command::Verify(VerifyArgs { kubeconfig, .. }) | Command::Failover(FailoverArgs { kubeconfig, .. }) => {
-                Some(DaemonFlags {
-                    kubeconfig: kubeconfig.clone(),
-                    ..DaemonFlags::default()
-                })
-            }
+            Command::Verify(VerifyArgs { kubeconfig, .. })
+            | Command::Failover(FailoverArgs { kubeconfig, .. })
+            | Command::NodeConfig(NodeConfigArgs { kubeconfig, .. }) => Some(DaemonFlags {
+                kubeconfig: kubeconfig.clone(),
+                ..DaemonFlags::default()
+            }),
             Command::Copy(_) | Command::Sync(_) | Command::PlanTags(_) => None,
         };
         let overrides = self.flags.overrides(daemon.as_ref());
@@ -147,9 +153,12 @@ pub fn separate_value_flags(command: &clap::Command) -> Vec<String> {
 pub enum Command {
     /// Run the daemon: watch the cluster's workloads and mirror every image they use (the default).
     Run(DaemonFlags),
-    /// Mirror one image reference, e.g. `copycat copy docker.io/library/nginx:1.27 registry.example.com/mirror/nginx:1.27`.
+    /// Mirror one image reference, e.g. `copycat copy docker.io/library/nginx:1.27 registry.example.com/mirror/nginx:1.27`;
+    /// with `--pull-through`, read it through a pull-through cache instead, e.g. `copycat copy --pull-through
+    /// docker.io/library/nginx:1.27 harbor.example.com/dockerhub-proxy`.
     Copy(CopyArgs),
-    /// Mirror every image listed in a file (kyma image-syncer format: targetRepoPrefix + images).
+    /// Mirror every image listed in a file (kyma image-syncer format: targetRepoPrefix + images); with
+    /// `--pull-through`, targetRepoPrefix is a pull-through cache the images are read through.
     Sync(SyncArgs),
     /// Load the configuration exactly as `run` would, print it with secrets masked, and exit 0;
     /// or list every problem and exit 2.
@@ -162,6 +171,11 @@ pub enum Command {
     /// back (`--revert`), with your own kubeconfig. Exit 0 when everything in scope was switched or
     /// reverted, 1 when something was left as it is (listed), 2 for usage and configuration errors.
     Failover(FailoverArgs),
+    /// Write node runtime configuration (containerd `hosts.toml` files or a CRI-O `registries.conf`
+    /// drop-in) that lets nodes pull each source registry's images from the mirror when the upstream
+    /// fails (or first). Exit 0 when every registry was written, 1 when some cannot be expressed at
+    /// node level (listed with the reason), 2 for configuration and usage errors. See docs/restore.md.
+    NodeConfig(NodeConfigArgs),
     /// Preview an image-operator version pattern: list SOURCE's tags at its registry and print those
     /// PATTERN matches today, sorted by version, e.g. `copycat plan-tags quay.io/argoproj/argocd v2.13.x`.
     PlanTags(PlanTagsArgs),
@@ -212,6 +226,32 @@ pub struct FailoverArgs {
     pub dry_run: bool,
 }
 
+/// Arguments of `copycat node-config`.
+#[derive(Debug, Args)]
+pub struct NodeConfigArgs {
+    /// The nodes' container runtime.
+    #[arg(long, value_enum)]
+    pub format: Runtime,
+    /// Write the files under DIR (containerd: DIR/<registry>/hosts.toml, for its `config_path`;
+    /// CRI-O: DIR/copycat-mirror.conf, for /etc/containers/registries.conf.d) instead of stdout.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Try the mirror before the upstream (default: the upstream first, the mirror when it fails).
+    #[arg(long)]
+    pub mirror_first: bool,
+    /// A source registry to configure (repeatable). Default: every registry the cluster's workloads
+    /// pull mirrored images from (one list of the cluster, as `verify` reads it).
+    #[arg(long = "registry", value_name = "HOST")]
+    pub registries: Vec<String>,
+    /// Kubeconfig file, when the registries come from the cluster (default: KUBECONFIG, then
+    /// ~/.kube/config, then the in-cluster config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Take the registries from images used in this namespace only (repeatable).
+    #[arg(long = "namespace", short = 'n', value_name = "NS")]
+    pub namespaces: Vec<String>,
+}
+
 /// Arguments of `copycat verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -248,11 +288,18 @@ pub enum OutputFormat {
 pub struct CopyArgs {
     /// Source image reference (tag, digest or tag@digest).
     pub source: String,
-    /// Target image reference.
-    pub target: String,
+    /// Target image reference. With `--pull-through`: the cache's address and path prefix
+    /// (`harbor.example.com/dockerhub-proxy`), by default the `pullThrough.caches` entry of the
+    /// source's registry.
+    #[arg(required_unless_present = "pull_through")]
+    pub target: Option<String>,
     /// Copy only these platforms (`linux/amd64`, `linux/arm/v7`); repeatable. Default: everything.
-    #[arg(long = "platform", value_name = "PLATFORM")]
+    #[arg(long = "platform", value_name = "PLATFORM", conflicts_with = "pull_through")]
     pub platforms: Vec<String>,
+    /// The target is a pull-through cache: read the image through it (every manifest, and every
+    /// blob unless `pullThrough.blobs` is false) instead of copying; nothing is written.
+    #[arg(long)]
+    pub pull_through: bool,
 }
 
 /// Arguments of `copycat sync`.
@@ -264,6 +311,10 @@ pub struct SyncArgs {
     /// Images copied at the same time.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+    /// targetRepoPrefix is a pull-through cache: read each image through it (the source's own tag
+    /// or digest) instead of copying; entries may not name a `tag` or `amd64Only`.
+    #[arg(long)]
+    pub pull_through: bool,
 }
 
 /// Flags every command accepts.
@@ -581,7 +632,28 @@ mod tests {
         else {
             panic!("not a copy")
         };
-        assert_eq!((c.source.as_str(), c.target.as_str(), c.platforms.len()), ("a", "b", 2));
+        assert_eq!(
+            (
+                c.source.as_str(),
+                c.target.as_deref(),
+                c.platforms.len(),
+                c.pull_through
+            ),
+            ("a", Some("b"), 2, false)
+        );
+        assert!(parse(&["copy", "a"]).is_err(), "DST is required");
+        let Some(Command::Copy(c)) = parse(&["copy", "--pull-through", "a"]).unwrap().command else {
+            panic!("not a copy")
+        };
+        assert_eq!(
+            (c.target, c.pull_through),
+            (None, true),
+            "the cache may come from pullThrough.caches"
+        );
+        assert!(
+            parse(&["copy", "--pull-through", "a", "c", "--platform", "linux/amd64"]).is_err(),
+            "a cache is read through for every platform"
+        );
         let Some(Command::Sync(s)) = parse(&["sync", "--images", "f.yaml", "--jobs", "8", "--dry-run"])
             .unwrap()
             .command
@@ -673,6 +745,44 @@ mod tests {
             assert!(parse(&[flag, "verify"]).is_err(), "{flag} before verify");
         }
         assert!(parse(&["verify", "--leader-elect=false"]).is_err());
+    }
+
+    #[test]
+    fn node_config_args() {
+        let (command, o) = parse(&[
+            "node-config",
+            "--format",
+            "cri-o",
+            "--registry",
+            "docker.io",
+            "--registry=ghcr.io",
+            "--mirror-first",
+            "--output",
+            "out",
+            "--kubeconfig",
+            "k.yaml",
+        ])
+        .unwrap()
+        .into_parts();
+        let Command::NodeConfig(args) = command else {
+            panic!("not node-config")
+        };
+        assert_eq!(args.format, Runtime::CriO);
+        assert_eq!(args.registries, ["docker.io", "ghcr.io"]);
+        assert!(args.mirror_first);
+        assert_eq!(args.output, Some(PathBuf::from("out")));
+        assert_eq!(o.kubeconfig, Some(PathBuf::from("k.yaml")));
+        let Some(Command::NodeConfig(args)) = parse(&["node-config", "--format=crio"]).unwrap().command else {
+            panic!("not node-config")
+        };
+        assert_eq!(
+            (args.format, args.mirror_first, args.output),
+            (Runtime::CriO, false, None)
+        );
+        for bad in [&["node-config"][..], &["node-config", "--format", "docker"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--kubeconfig=k", "node-config", "--format", "containerd"]).is_err());
     }
 
     #[test]

@@ -36,7 +36,7 @@ const SETTLE: Duration = Duration::from_millis(250);
 pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let DaemonParts {
         client,
-        target,
+        targets,
         copier,
         queue,
         planner,
@@ -47,7 +47,6 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let dockerhub = copier.registries().get("docker.io");
     let verify_copier = copier.clone();
     let queue = Queue::start(copier, queue);
-    let target = target.registry;
     let metrics = Arc::new(Metrics::new());
     queue.record_metrics(metrics.clone());
     let identity = leader::identity();
@@ -138,7 +137,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     warn_about_missing_namespaces(&client, &planner, namespaces.as_deref()).await;
     let (watchers, updates) = watch::start(client, &feeds, metrics.clone(), &watch_health);
     let scope = namespaces.map_or_else(|| "every namespace".to_owned(), |n| n.join(","));
-    tracing::info!(target = %target, dry_run = config.dry_run, dry_pull = config.dry_pull, events = events.is_some(),
+    tracing::info!(target = %targets.join(","), dry_run = config.dry_run, dry_pull = config.dry_pull, events = events.is_some(),
         kinds = config.watch_resources.join(","), namespaces = scope, "copycat started");
 
     let loop_state = LoopState {

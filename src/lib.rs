@@ -19,6 +19,7 @@ pub mod images_file;
 pub mod leader;
 pub mod metrics;
 pub mod naming;
+pub mod node_config;
 pub mod plan;
 pub mod platform;
 pub mod queue;

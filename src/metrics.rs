@@ -98,24 +98,24 @@ impl Metrics {
         );
         let bytes_copied = IntCounter::new(
             format!("{PREFIX}bytes_copied_total"),
-            "Blob bytes streamed from source to target registries.",
+            "Blob bytes streamed from source to target registries (for a pull-through cache target: read through it).",
         )
         .expect("valid metric");
         let blobs = IntCounterVec::new(
             Opts::new(
                 format!("{PREFIX}blobs_total"),
-                "Blobs of mirrored images, by how they reached the target: skipped (already there), mounted (linked from another repository), transferred (streamed).",
+                "Blobs of mirrored images, by how they reached the target: skipped (already there), mounted (linked from another repository), transferred (streamed), warmed (read through a pull-through cache target).",
             ),
             &["outcome"],
         )
         .expect("valid metric");
-        for outcome in ["skipped", "mounted", "transferred"] {
+        for outcome in ["skipped", "mounted", "transferred", "warmed"] {
             blobs.with_label_values(&[outcome]);
         }
         let duration = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 format!("{PREFIX}mirror_duration_seconds"),
-                "Duration of mirror attempts, by result (copied, present, would-copy, failed).",
+                "Duration of mirror attempts, by result (copied, present, warmed, would-copy, failed).",
             )
             .buckets(vec![
                 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
@@ -179,7 +179,7 @@ impl Metrics {
             images: IntGaugeVec::new(
                 Opts::new(
                     format!("{PREFIX}backup_images"),
-                    "Images of the latest plan by backup state (verified, pending, missing, mismatch, failed, excluded), from the periodic verification.",
+                    "Images of the latest plan by backup state (verified, untagged, pending, missing, mismatch, failed, excluded), from the periodic verification; untagged copies are at risk, not verified.",
                 ),
                 &["state"],
             )
@@ -337,6 +337,7 @@ impl Metrics {
             ("skipped", report.blobs_skipped),
             ("mounted", report.blobs_mounted),
             ("transferred", report.blobs_transferred),
+            ("warmed", report.blobs_warmed),
         ] {
             self.blobs.with_label_values(&[label]).inc_by(u64::from(n));
         }
@@ -349,6 +350,7 @@ impl Metrics {
                 self.verified_present.inc();
                 "present"
             }
+            Outcome::Warmed => "warmed",
             Outcome::WouldCopy => "would-copy",
         };
         if outcome != Outcome::WouldCopy {
@@ -465,6 +467,7 @@ mod tests {
             ("k8s_copycat_backup_images{state=\"failed\"} 2\n", true),
             ("k8s_copycat_backup_images{state=\"missing\"} 0\n", true),
             ("k8s_copycat_backup_images{state=\"pending\"} 0\n", true),
+            ("k8s_copycat_backup_images{state=\"untagged\"} 0\n", true),
             ("k8s_copycat_backup_coverage_ratio 0.9\n", true),
             ("k8s_copycat_backup_oldest_unverified_seconds 61\n", true),
             ("k8s_copycat_backup_repairs_total 1\n", true),
@@ -572,6 +575,7 @@ mod tests {
             blobs_skipped: blobs[0],
             blobs_mounted: blobs[1],
             blobs_transferred: blobs[2],
+            blobs_warmed: 0,
             manifests_written: 0,
             missing_platforms: vec![],
             filtered: false,

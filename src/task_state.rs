@@ -16,7 +16,8 @@ pub enum TaskState {
     Queued,
     /// Being copied.
     Running,
-    /// The target holds the source's content (copied, or already present).
+    /// The target holds the source's content (copied, or already present); a pull-through cache
+    /// target served it when read through.
     Mirrored,
     /// The last attempt failed and the cooldown is disabled: retried at `next_retry` (a backoff that
     /// doubles with each failure) or when submitted again, whichever comes first.
@@ -71,6 +72,10 @@ impl fmt::Display for TaskState {
 pub enum BackupState {
     /// The target holds the expected digest and everything it references.
     Verified,
+    /// As verified, but no tag holds the copy (a digest-only source with `digestTagTemplate: none`):
+    /// a registry rule that expires untagged images can delete it, so it counts as at risk, not
+    /// verified.
+    Untagged,
     /// Not checked yet (the daemon checks a target once the queue has finished with it).
     Pending,
     /// The target lacks the manifest, child manifests or blobs (or holds them damaged).
@@ -86,8 +91,9 @@ pub enum BackupState {
 
 impl BackupState {
     /// Every state.
-    pub const ALL: [BackupState; 6] = [
+    pub const ALL: [BackupState; 7] = [
         BackupState::Verified,
+        BackupState::Untagged,
         BackupState::Pending,
         BackupState::Missing,
         BackupState::Mismatch,
@@ -99,6 +105,7 @@ impl BackupState {
     pub fn as_str(self) -> &'static str {
         match self {
             BackupState::Verified => "verified",
+            BackupState::Untagged => "untagged",
             BackupState::Pending => "pending",
             BackupState::Missing => "missing",
             BackupState::Mismatch => "mismatch",

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Problem};
-use crate::copy::{Copier, CopyOptions};
-use crate::destination::Target;
+use crate::config::{Config, Problem, TargetKind};
+use crate::copy::{Copier, CopyOptions, PullThrough};
+use crate::destination::{Target, ecr};
 use crate::events;
 use crate::naming::NamingError;
+use crate::node_config::MirrorNaming;
 use crate::plan::Planner;
 use crate::platform::Platform;
 use crate::queue::{DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF, DEFAULT_STATUS_CAPACITY, QueueOptions};
@@ -73,8 +74,9 @@ pub struct DaemonParts {
     /// The URL of the API server the client talks to (without any user information), named when
     /// watches fail.
     pub api_server: String,
-    /// Where images are mirrored to; `registry` is what the planner prefixes repositories with.
-    pub target: Target,
+    /// Where images are mirrored to: the target `registry[/path]`, or with `targetKind:
+    /// pullThrough` each cache's `host[:port][/path]`. The planner excludes images already there.
+    pub targets: Vec<String>,
     /// The copy engine over the registry clients.
     pub copier: Copier,
     /// How the queue works.
@@ -93,14 +95,18 @@ impl DaemonParts {
     /// first image needs one).
     pub async fn build(config: &Config) -> Result<DaemonParts, WiringError> {
         let (client, api_server) = kube_client(config).await?;
-        let target = Target::from_config(config).await;
-        let targets = [target.clone()];
+        let targets = Target::from_config(config).await;
+        let addresses: Vec<String> = match config.target_kind {
+            TargetKind::PullThrough => config.pull_through.caches.values().cloned().collect(),
+            TargetKind::Ecr | TargetKind::Docker => targets.iter().map(|t| t.registry.clone()).collect(),
+        };
         let copier = copier(config, registries(config, &targets)?, &targets);
-        let planner = Planner::new(config, &target.registry)?;
+        // One target for ecr and docker; with pull-through caches the planner reads them itself.
+        let planner = Planner::new(config, addresses.first().map_or("", String::as_str))?;
         Ok(DaemonParts {
             client,
             api_server,
-            target,
+            targets: addresses,
             copier,
             queue: queue_options(config),
             planner,
@@ -255,19 +261,61 @@ pub fn copier(config: &Config, registries: Registries, targets: &[Target]) -> Co
     copier
 }
 
-/// The copier of the one-shot commands for images written to `target_hosts`.
+/// The copier of the one-shot commands for images written to (or, for pull-through caches, read
+/// through) `target_hosts`.
 pub async fn command_copier(config: &Config, target_hosts: &[&str]) -> Result<Copier, WiringError> {
-    let mut targets: Vec<Target> = Vec::new();
-    for host in target_hosts {
-        if !targets.iter().any(|t| t.host.eq_ignore_ascii_case(host)) {
-            targets.push(Target::for_host(config, host).await);
-        }
-    }
+    let targets = Target::for_hosts(config, target_hosts).await;
     Ok(copier(config, registries(config, &targets)?, &targets))
+}
+
+/// How to fill pull-through cache targets (`pullThrough.blobs`).
+pub fn pull_through(config: &Config) -> PullThrough {
+    PullThrough {
+        blobs: config.pull_through.blobs,
+    }
 }
 
 fn non_empty_path(path: &str) -> Option<PathBuf> {
     (!path.is_empty()).then(|| path.into())
+}
+
+/// What the planner prefixes repositories with, without connecting anything: the docker target's
+/// `host[/path]`, or the ECR registry host (as [`Target::from_config`] names it); `None` with
+/// `targetKind: pullThrough`, where each source registry has its own cache.
+pub fn target_registry(config: &Config) -> Option<String> {
+    match config.target_kind {
+        TargetKind::Docker => Some(config.docker.registry.clone()),
+        TargetKind::Ecr => Some(ecr::Settings::from_config(&config.ecr).registry_host),
+        TargetKind::PullThrough => None,
+    }
+}
+
+/// How targets are named, as far as a node's runtime can follow it (`node-config`); `None` with
+/// pull-through caches, which `node-config` does not describe.
+pub fn mirror_naming(config: &Config) -> Option<MirrorNaming> {
+    let registry = target_registry(config)?;
+    let (host, path) = registry.split_once('/').unwrap_or((&registry, ""));
+    let host = host.to_ascii_lowercase();
+    let (prefix, insecure) = match config.target_kind {
+        TargetKind::Docker => (&config.docker.repo_prefix, config.docker.insecure),
+        TargetKind::Ecr => (&config.ecr.repo_prefix, false),
+        TargetKind::PullThrough => return None,
+    };
+    let insecure = insecure || config.registries.iter().any(|r| r.insecure && r.host == host);
+    Some(MirrorNaming {
+        prefix: prefix.clone(),
+        path_map: config.path_map.clone(),
+        target_host: host,
+        target_path: path.trim_matches('/').to_owned(),
+        insecure,
+        exclude: config.exclude_registries.clone(),
+        insecure_sources: config
+            .registries
+            .iter()
+            .filter(|r| r.insecure)
+            .map(|r| reference::canonical_host(&r.host))
+            .collect(),
+    })
 }
 
 /// Copy options from the configuration.
@@ -280,6 +328,7 @@ pub fn copy_options(config: &Config, platforms: Vec<Platform>) -> CopyOptions {
         blob_concurrency: config.blob_concurrency as usize,
         deadline: config.image_deadline,
         source_credentials: vec![],
+        pull_through: None,
         repair: false,
     }
 }
@@ -300,7 +349,10 @@ pub fn queue_options(config: &Config) -> QueueOptions {
         retry_backoff: DEFAULT_RETRY_BACKOFF,
         max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
         positive_ttl,
-        copy: copy_options(config, vec![]),
+        copy: CopyOptions {
+            pull_through: (config.target_kind == TargetKind::PullThrough).then(|| pull_through(config)),
+            ..copy_options(config, vec![])
+        },
         dry_pull: config.dry_pull,
         status_capacity: DEFAULT_STATUS_CAPACITY,
         ignore_missing_platforms: config.ignore_missing_platforms.iter().map(|p| p.0.clone()).collect(),
@@ -366,6 +418,68 @@ mod tests {
         let cache = moka::sync::Cache::builder().time_to_live(o.positive_ttl).build();
         cache.insert(1, 1);
         assert_eq!(cache.get(&1), None::<i32>);
+    }
+
+    #[test]
+    fn mirror_naming_from_the_configuration() {
+        // (env, target registry, host, path, prefix, insecure)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str, &'a str, bool);
+        let cases: [Case<'_>; 3] = [
+            (
+                &[
+                    ("TARGET_KIND", "docker"),
+                    ("TARGET_REGISTRY", "R.example:5000/base/"),
+                    ("TARGET_REPO_PREFIX", "m/$registry"),
+                    ("TARGET_INSECURE", "true"),
+                ],
+                "R.example:5000/base",
+                "r.example:5000",
+                "base",
+                "m/$registry",
+                true,
+            ),
+            (
+                &[
+                    ("TARGET_KIND", "ecr"),
+                    ("ECR_ACCOUNT_ID", "123456789012"),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("ECR_REPO_PREFIX", "mirror"),
+                ],
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                "",
+                "mirror",
+                false,
+            ),
+            (
+                &[
+                    ("TARGET_KIND", "ecr"),
+                    ("ECR_ACCOUNT_ID", "123456789012"),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("ECR_REGISTRY_HOST", "ECR.internal:443"),
+                ],
+                "ecr.internal:443",
+                "ecr.internal:443",
+                "",
+                "",
+                false,
+            ),
+        ];
+        for (env, registry, host, path, prefix, insecure) in cases {
+            let c = config(env);
+            assert_eq!(target_registry(&c).as_deref(), Some(registry), "{env:?}");
+            let n = mirror_naming(&c).expect("a target registry");
+            assert_eq!(
+                (
+                    n.target_host.as_str(),
+                    n.target_path.as_str(),
+                    n.prefix.as_str(),
+                    n.insecure
+                ),
+                (host, path, prefix, insecure),
+                "{env:?}"
+            );
+        }
     }
 
     #[test]

@@ -307,7 +307,9 @@ async fn choices(
         parts,
         cluster,
         registries: args.registries.iter().map(|r| reference::canonical_host(r)).collect(),
-        target: parts.target.registry.trim_end_matches('/').to_ascii_lowercase(),
+        targets: (parts.targets.iter())
+            .map(|t| t.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
     };
     let mut decided: HashMap<UseKey, Choice> = HashMap::new();
     let mut pending: HashMap<UseKey, (String, String)> = HashMap::new();
@@ -334,7 +336,11 @@ async fn choices(
             }
         }
     }
-    eprintln!("copycat: checking {} backups at {}", tasks.len(), parts.target.registry);
+    eprintln!(
+        "copycat: checking {} backups at {}",
+        tasks.len(),
+        parts.targets.join(", ")
+    );
     let options = CheckOptions {
         depth: Depth::Quick,
         images: usize::from(args.jobs),
@@ -361,8 +367,8 @@ struct Scope<'a> {
     cluster: &'a Cluster,
     /// `--registry`, canonical; empty: every registry.
     registries: Vec<String>,
-    /// The target `registry[/path]`, as the planner excludes it (images already on the mirror).
-    target: String,
+    /// The targets' `registry[/path]`, as the planner excludes them (images already on the mirror).
+    targets: Vec<String>,
 }
 
 impl Scope<'_> {
@@ -387,7 +393,7 @@ impl Scope<'_> {
         };
         match self.parts.planner.plan_use(&who.namespace, workload, &use_) {
             Err(e) => Err(Choice::Leave(format!("not mirrored: {e}"))),
-            Ok(Planned::Excluded { rule, .. }) if rule == self.target => Err(Choice::Skip),
+            Ok(Planned::Excluded { rule, .. }) if self.targets.contains(&rule) => Err(Choice::Skip),
             Ok(Planned::Excluded { rule, .. }) => Err(Choice::Leave(format!("not mirrored: excluded by {rule}"))),
             Ok(Planned::Task(mut task)) => {
                 // Tag mode names no digest; the backup must hold the one the cluster runs.

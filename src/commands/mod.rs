@@ -1,8 +1,9 @@
 //! The one-shot commands `copycat copy` and `copycat sync`, over a copier that [`wiring`] builds
-//! for the target hosts the command names; and `copycat verify` and `copycat failover` over the
-//! daemon's parts.
+//! for the target hosts the command names; and `copycat verify`, `copycat failover` and
+//! `copycat node-config` over the daemon's parts.
 
 mod failover;
+mod node_config;
 mod plan_tags;
 mod progress;
 mod verify;
@@ -18,8 +19,9 @@ use crate::copy::{CopyOptions, CopyRequest};
 use crate::naming::{self, NamingError};
 use crate::platform::Platform;
 use crate::reference::{self, ImageRef, ReferenceError};
-use crate::wiring::{command_copier, copy_options};
+use crate::wiring::{command_copier, copy_options, pull_through};
 pub use failover::failover;
+pub use node_config::node_config;
 pub use plan_tags::plan_tags;
 use progress::Progress;
 pub use verify::verify;
@@ -29,7 +31,12 @@ const EXIT_FAILED: u8 = 1;
 
 /// `copycat copy SRC DST`.
 pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
-    let request = match copy_request(&args.source, &args.target, config.digest_tag_template.as_deref()) {
+    let request = match (&args.target, args.pull_through) {
+        (cache, true) => pull_through_request(config, &args.source, cache.as_deref()),
+        (Some(target), false) => copy_request(&args.source, target, config.digest_tag_template.as_deref()),
+        (None, false) => Err(CopyArgsError::NoTarget),
+    };
+    let request = match request {
         Ok(r) => r,
         Err(e) => return usage(&e.to_string()),
     };
@@ -55,7 +62,10 @@ pub async fn copy(config: &Config, args: &CopyArgs) -> ExitCode {
         Err(e) => return usage(&e.to_string()),
     };
     let progress = Progress::start(&copier, 1);
-    let options = copy_options(config, platforms);
+    let options = CopyOptions {
+        pull_through: args.pull_through.then(|| pull_through(config)),
+        ..copy_options(config, platforms)
+    };
     let result = copier.copy(&request, &options).instrument(mirror_span(&request)).await;
     progress.finished(&request.source.to_string(), &request.target_display(None), &result);
     if progress.summary() {
@@ -80,6 +90,33 @@ pub enum CopyArgsError {
     /// The target tag cannot be made (`digestTagTemplate`).
     #[error("DST: {0}")]
     TargetTag(#[source] NamingError),
+    /// No DST, and not `--pull-through`.
+    #[error("DST: required (or --pull-through)")]
+    NoTarget,
+    /// `--pull-through` without a cache, and none configured for the source's registry.
+    #[error("CACHE: not given, and pullThrough.caches has no cache for {0}")]
+    NoCache(String),
+    /// The cache is no `host[:port][/path]`.
+    #[error("CACHE {cache:?}: {source}")]
+    Cache {
+        /// The cache as given.
+        cache: String,
+        /// Why it makes no image reference.
+        #[source]
+        source: NamingError,
+    },
+}
+
+/// `copy --pull-through SRC [CACHE]`: SRC read through CACHE, by default the `pullThrough.caches`
+/// entry of its registry.
+pub fn pull_through_request(config: &Config, source: &str, cache: Option<&str>) -> Result<CopyRequest, CopyArgsError> {
+    let source = ImageRef::parse(source).map_err(CopyArgsError::Source)?;
+    let cache = match cache {
+        Some(cache) => cache.trim().to_ascii_lowercase(),
+        None => (config.pull_through.caches.get(source.registry()).cloned())
+            .ok_or_else(|| CopyArgsError::NoCache(source.registry().to_owned()))?,
+    };
+    CopyRequest::through_cache(source, &cache).map_err(|source| CopyArgsError::Cache { cache, source })
 }
 
 /// Source and target of `copy`: the target keeps the source's tag unless it names one, and a
@@ -115,7 +152,15 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(&format!("cannot read {}: {e}", args.images.display())),
     };
-    let entries = match crate::images_file::parse(&text, config.digest_tag_template.as_deref()) {
+    // A cache serves the source's own tags: no anchor tags for digest-only sources.
+    let template = config.digest_tag_template.as_deref().filter(|_| !args.pull_through);
+    let entries = match crate::images_file::parse(&text, template).and_then(|entries| {
+        if args.pull_through {
+            through_caches(entries)
+        } else {
+            Ok(entries)
+        }
+    }) {
         Ok(e) => e,
         Err(problems) => return usage(&format!("{}:\n  {}", args.images.display(), problems.join("\n  "))),
     };
@@ -143,6 +188,7 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
                 let opts = CopyOptions {
                     allow_overwrite: false,
                     always_overwrite_tags: vec![],
+                    pull_through: args.pull_through.then(|| pull_through(config)),
                     ..copy_options(config, entry.platforms.clone())
                 };
                 let result = copier
@@ -161,6 +207,36 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// The entries of an images file read by `sync --pull-through`: each target (targetRepoPrefix plus
+/// the source's repository) is the image at the cache, by the source's own tag; an entry naming
+/// another tag or a platform subset is refused, since a cache serves the source as it is.
+fn through_caches(
+    entries: Vec<crate::images_file::SyncEntry>,
+) -> Result<Vec<crate::images_file::SyncEntry>, Vec<String>> {
+    let problems: Vec<String> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let why = if e.request.target_tag.as_deref() != e.request.source.tag() {
+                "tag"
+            } else if !e.platforms.is_empty() {
+                "amd64Only"
+            } else {
+                return None;
+            };
+            Some(format!(
+                "images[{i}] ({}): {why} does not apply with --pull-through: a cache serves the source as it is",
+                e.request.source
+            ))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(entries)
+    } else {
+        Err(problems)
     }
 }
 
@@ -205,6 +281,48 @@ mod tests {
             match want {
                 Ok(w) => assert_eq!(got.as_deref(), Ok(w), "{src} {dst}"),
                 Err(prefix) => assert!(got.unwrap_err().starts_with(prefix), "{src} {dst}"),
+            }
+        }
+    }
+
+    #[test]
+    fn pull_through_targets() {
+        const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let mut config = crate::config::from_env(&[], crate::config::Purpose::OneShot);
+        config.pull_through.caches = [("docker.io".to_owned(), "harbor.example.com/hub".to_owned())].into();
+        let pinned = format!("ghcr.io/org/app@{D}");
+        let by_digest = format!("cache.example.com:5000/org/app@{D}");
+        // (SRC, CACHE, the image at the cache or the start of the error)
+        let cases: [(&str, Option<&str>, Result<&str, &str>); 6] = [
+            ("nginx:1.27", None, Ok("harbor.example.com/hub/library/nginx:1.27")),
+            (
+                "index.docker.io/bitnami/redis",
+                None,
+                Ok("harbor.example.com/hub/bitnami/redis:latest"),
+            ),
+            (&pinned, Some("Cache.Example.com:5000/"), Ok(&by_digest)),
+            (
+                "ghcr.io/org/app:1",
+                None,
+                Err("CACHE: not given, and pullThrough.caches has no cache for ghcr.io"),
+            ),
+            (
+                "ghcr.io/org/app:1",
+                Some("cache.example.com/Bad Path"),
+                Err("CACHE \"cache.example.com/bad path\""),
+            ),
+            ("Nginx", None, Err("SRC")),
+        ];
+        for (src, cache, want) in cases {
+            let got = pull_through_request(&config, src, cache)
+                .map(|r| r.target_display(r.source.digest()))
+                .map_err(|e| e.to_string());
+            match want {
+                Ok(w) => assert_eq!(got.as_deref(), Ok(w), "{src} {cache:?}"),
+                Err(prefix) => {
+                    let e = got.unwrap_err();
+                    assert!(e.starts_with(prefix), "{src} {cache:?}: {e}");
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::copy::{Copier, CopyError, CopyReport, Outcome};
 pub struct Tally {
     copied: AtomicU32,
     present: AtomicU32,
+    warmed: AtomicU32,
     would_copy: AtomicU32,
     failed: AtomicU32,
 }
@@ -90,6 +91,7 @@ impl Progress {
                 let counter = match r.outcome {
                     Outcome::Copied => &self.tally.copied,
                     Outcome::AlreadyPresent => &self.tally.present,
+                    Outcome::Warmed => &self.tally.warmed,
                     Outcome::WouldCopy => &self.tally.would_copy,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +131,10 @@ impl Progress {
             t.present.load(Ordering::Relaxed),
             t.failed.load(Ordering::Relaxed),
         );
+        let warmed = t.warmed.load(Ordering::Relaxed);
+        if warmed > 0 {
+            line.push_str(&format!(", {warmed} warmed through a pull-through cache"));
+        }
         let would = t.would_copy.load(Ordering::Relaxed);
         if would > 0 {
             line.push_str(&format!(", {would} would be copied (dry run)"));
@@ -147,10 +153,16 @@ impl Progress {
 
 impl Tally {
     fn done(&self) -> u32 {
-        [&self.copied, &self.present, &self.would_copy, &self.failed]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.copied,
+            &self.present,
+            &self.warmed,
+            &self.would_copy,
+            &self.failed,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 }
 
@@ -164,9 +176,17 @@ pub fn describe(source: &str, target: &str, r: &CopyReport) -> String {
     let verb = match r.outcome {
         Outcome::Copied => "copied",
         Outcome::AlreadyPresent => "already present",
+        Outcome::Warmed => "warmed",
         Outcome::WouldCopy => "would copy (dry run)",
     };
     let mut line = format!("{verb}: {source} → {target} ({digest}");
+    if r.outcome == Outcome::Warmed {
+        line.push_str(&format!(
+            "; {} blobs read through; {}",
+            r.blobs_warmed,
+            human_bytes(r.bytes)
+        ));
+    }
     if r.outcome == Outcome::Copied {
         line.push_str(&format!(
             "; blobs: {} transferred, {} mounted, {} present; {}",

@@ -10,7 +10,8 @@ use crate::cli::{OutputFormat, VerifyArgs};
 use crate::config::Config;
 use crate::copy::check::Depth;
 use crate::coverage::{self, CheckOptions, ImageCoverage, Summary};
-use crate::discovery::watch;
+use crate::discovery::inventory::Inventory;
+use crate::discovery::watch::{self, ListError};
 use crate::wiring::{DaemonParts, WiringError};
 
 /// How long the API server may take to list every watched kind.
@@ -22,19 +23,7 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
         Ok(found) => found,
         Err(code) => return code,
     };
-    let watched = watch::watched_for(
-        &parts.watched,
-        config.check_node_platform,
-        config.use_image_pull_secrets,
-    );
-    let feeds = watch::feeds(&watched, namespaces.as_deref());
-    eprintln!(
-        "copycat: listing {} in {} from {}",
-        config.watch_resources.join(", "),
-        scope_text(namespaces.as_deref()),
-        parts.api_server
-    );
-    let inventory = match watch::list_once(parts.client.clone(), &parts.api_server, &feeds, LIST_TIMEOUT).await {
+    let inventory = match list_watched(config, &parts, namespaces.as_deref()).await {
         Ok(inventory) => inventory,
         Err(e) => {
             eprintln!("copycat: {e}");
@@ -45,7 +34,7 @@ pub async fn verify(config: &Config, args: &VerifyArgs) -> ExitCode {
     let total = plan.tasks.len();
     eprintln!(
         "copycat: checking {total} targets at {}{}",
-        parts.target.registry,
+        parts.targets.join(", "),
         if args.deep { " (deep: reading every blob)" } else { "" }
     );
     let options = CheckOptions {
@@ -103,6 +92,28 @@ pub(super) async fn cluster_parts(
         Some(namespaces.to_vec())
     };
     Ok((parts, namespaces))
+}
+
+/// One list of each kind the daemon watches (its own discovery) in `namespaces` (`None`: every
+/// namespace), said on stderr; for the commands that plan from the cluster (`verify`, `node-config`).
+pub(super) async fn list_watched(
+    config: &Config,
+    parts: &DaemonParts,
+    namespaces: Option<&[String]>,
+) -> Result<Inventory, ListError> {
+    let watched = watch::watched_for(
+        &parts.watched,
+        config.check_node_platform,
+        config.use_image_pull_secrets,
+    );
+    let feeds = watch::feeds(&watched, namespaces);
+    eprintln!(
+        "copycat: listing {} in {} from {}",
+        config.watch_resources.join(", "),
+        scope_text(namespaces),
+        parts.api_server
+    );
+    watch::list_once(parts.client.clone(), &parts.api_server, &feeds, LIST_TIMEOUT).await
 }
 
 /// `namespaces` as progress lines name them.

@@ -287,8 +287,9 @@ fn to_input(v: &Value) -> Result<Input, ValueError> {
 
 /// Builds the configuration; see [`super::load`].
 pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Purpose) -> Config {
-    let target_kind = match loader.get("targetKind", |i| parse::one_of(i, &["ecr", "docker"])) {
+    let target_kind = match loader.get("targetKind", |i| parse::one_of(i, &["ecr", "docker", "pullThrough"])) {
         "docker" => TargetKind::Docker,
+        "pullThrough" => TargetKind::PullThrough,
         _ => TargetKind::Ecr,
     };
     let log_level = loader.get("logLevel", log_level);
@@ -329,6 +330,10 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         username: loader.get("TARGET_USERNAME", parse::text),
         password: Secret::new(loader.get("TARGET_PASSWORD", parse::text)),
     };
+    let pull_through = PullThroughConfig {
+        caches: pull_through_caches(loader),
+        blobs: loader.get("pullThrough.blobs", parse::boolean),
+    };
     let lower_list = |i: &Input| parse::list(i).map(|l| l.into_iter().map(|s| s.to_ascii_lowercase()).collect());
     let config = Config {
         target_kind,
@@ -339,6 +344,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         },
         ecr,
         docker,
+        pull_through,
         digest_pull: loader.get("digestPull", parse::boolean),
         digest_pull_ignored_tags: loader.get("digestPullIgnoredTags", lower_list),
         ignore_missing_platforms: loader.get("ignoreMissingPlatforms", patterns),
@@ -516,7 +522,68 @@ fn check_target(loader: &mut Loader<'_>, config: &Config) {
             loader.setting_problem("docker.registry", "required when targetKind is docker".into());
         }
         TargetKind::Docker => {}
+        TargetKind::PullThrough => {
+            if config.pull_through.caches.is_empty() && !loader.problems.iter().any(|p| p.origin.starts_with(CACHES)) {
+                loader.problems.push(Problem::new(
+                    CACHES.into(),
+                    None,
+                    "required when targetKind is pullThrough: a mapping of source registry to its cache, \
+                     e.g. docker.io: harbor.example.com/dockerhub-proxy"
+                        .into(),
+                ));
+            }
+            if !config.path_map.is_empty() {
+                loader.warnings.push(
+                    "pathMap does not apply with targetKind pullThrough: a cache serves each image under the \
+                     source's own repository path"
+                        .into(),
+                );
+            }
+        }
     }
+}
+
+/// The key of the pull-through cache map.
+const CACHES: &str = "pullThrough.caches";
+
+/// `pullThrough.caches`: source registry host (Docker Hub's spellings are one) → cache
+/// `host[:port][/path]`. Each bad entry is a problem naming it; so is a registry given twice.
+fn pull_through_caches(loader: &mut Loader<'_>) -> std::collections::BTreeMap<String, String> {
+    let mut seen: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let mut twice = Vec::new();
+    let caches = file_map(
+        loader,
+        CACHES,
+        "a mapping of source registry host to cache host[:port][/path]",
+        |name, value| {
+            if name.contains('/') || name.contains("://") {
+                return Err(ValueError::invalid(
+                    "name a source registry host only (e.g. docker.io or ghcr.io), without a path or scheme",
+                ));
+            }
+            let host = registry_host(&Input::Scalar(name.clone()))?;
+            let source = crate::reference::canonical_host(&host);
+            let cache = match to_input(value) {
+                Ok(input @ Input::Scalar(_)) => registry_host(&input)?.to_ascii_lowercase(),
+                _ => return Err(ValueError::invalid("expected a cache host[:port][/path]")),
+            };
+            if cache.is_empty() {
+                return Err(ValueError::invalid(format_args!("no cache given for {source}")));
+            }
+            if let Some(first) = seen.insert(source.clone(), name.clone()) {
+                twice.push((name.clone(), first, source.clone()));
+            }
+            Ok((source, cache))
+        },
+    );
+    for (name, first, source) in twice {
+        loader.problem(
+            &Origin::File(format!("{CACHES}.{name}")),
+            None,
+            format!("{source} is given twice (also as {first:?})"),
+        );
+    }
+    caches
 }
 
 fn log_level(input: &Input) -> Result<LogLevel, ValueError> {
@@ -792,7 +859,7 @@ fn file_map<V>(
     loader: &mut Loader<'_>,
     id: &'static str,
     expected: &str,
-    entry: impl Fn(String, &Value) -> Result<(String, V), ValueError>,
+    mut entry: impl FnMut(String, &Value) -> Result<(String, V), ValueError>,
 ) -> std::collections::BTreeMap<String, V> {
     loader.used.push(id);
     let mut out = std::collections::BTreeMap::new();

@@ -24,6 +24,8 @@ pub struct Config {
     pub ecr: EcrConfig,
     /// Generic registry target settings (used when `target_kind` is Docker).
     pub docker: DockerConfig,
+    /// Pull-through cache settings (used when `target_kind` is PullThrough).
+    pub pull_through: PullThroughConfig,
     /// Mirror by digest rather than by tag.
     pub digest_pull: bool,
     /// Tags that stay tag-based under `digest_pull` (lower-case).
@@ -117,6 +119,9 @@ pub enum TargetKind {
     Ecr,
     /// Any OCI/Docker registry.
     Docker,
+    /// Pull-through caches, filled by reading images through them.
+    #[serde(rename = "pullThrough")]
+    PullThrough,
 }
 
 /// Log verbosity.
@@ -200,6 +205,16 @@ pub struct DockerConfig {
     /// Target password (env only).
     #[serde(skip)]
     pub password: Secret,
+}
+
+/// Pull-through cache settings.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullThroughConfig {
+    /// The cache (`host[:port][/path]`, lower-case) of each source registry (canonical host).
+    pub caches: std::collections::BTreeMap<String, String>,
+    /// Read every blob through the cache too, not only the manifests.
+    pub blobs: bool,
 }
 
 /// Per-kind skip lists: entries are `name`, `namespace/name` or `*`.

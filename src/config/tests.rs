@@ -911,3 +911,45 @@ fn listener_addresses_and_registry_hosts_in_every_accepted_form() {
         "{err}"
     );
 }
+
+#[rustfmt::skip]
+#[test]
+fn pull_through_caches_are_checked_entry_by_entry() {
+    let c = ok(
+        "targetKind: PullThrough\npullThrough:\n  caches:\n    Index.Docker.io: Harbor.Example.com/dockerhub-proxy/\n    ghcr.io: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/ghcr\n    localhost:5000: cache.example.com:5000\n  blobs: false\n",
+        &[],
+    );
+    assert_eq!(c.target_kind, TargetKind::PullThrough);
+    let caches: Vec<(&str, &str)> = c.pull_through.caches.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        caches,
+        [
+            ("docker.io", "harbor.example.com/dockerhub-proxy"),
+            ("ghcr.io", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ghcr"),
+            ("localhost:5000", "cache.example.com:5000"),
+        ],
+        "Docker Hub's spellings are one registry; hosts are lower-cased, trailing slashes dropped"
+    );
+    assert!(!c.pull_through.blobs);
+    assert!(ok("", &[]).pull_through.blobs, "blobs are read by default");
+    assert!(!ok("", &[("PULL_THROUGH_BLOBS", "false")]).pull_through.blobs);
+    assert_eq!(ok("", &[("TARGET_KIND", "pullthrough")]).target_kind, TargetKind::PullThrough);
+    let caches = "pullThrough:\n  caches:\n";
+    assert_reported(&[
+        ("pullThrough:\n  caches: [a.example.com]\n", &[], &["pullThrough.caches", "expected a mapping"]),
+        (&format!("{caches}    docker.io: https://h.example.com\n"), &[], &["pullThrough.caches.docker.io", "without a scheme"]),
+        (&format!("{caches}    docker.io/library: h.example.com\n"), &[], &["pullThrough.caches.docker.io/library", "without a path"]),
+        (&format!("{caches}    docker.io: ''\n"), &[], &["pullThrough.caches.docker.io", "no cache given for docker.io"]),
+        (&format!("{caches}    docker.io: [h.example.com]\n"), &[], &["pullThrough.caches.docker.io", "expected a cache host"]),
+        (&format!("{caches}    docker.io: cache\n"), &[], &["pullThrough.caches.docker.io", "\"cache\" is not a registry host"]),
+        (&format!("{caches}    myregistry: h.example.com\n"), &[], &["pullThrough.caches.myregistry", "\"myregistry\" is not a registry host"]),
+        (&format!("{caches}    docker.io: a.example.com\n    registry-1.docker.io: b.example.com\n"), &[], &["pullThrough.caches.registry-1.docker.io", "docker.io is given twice (also as \"docker.io\")"]),
+        ("pullThrough:\n  cache: {}\n", &[], &["pullThrough.cache", "did you mean \"pullThrough.caches\""]),
+        ("", &[("TARGET_KIND", "pull")], &["TARGET_KIND (env)", "pullThrough"]),
+    ]);
+    let p = problems("targetKind: pullThrough", &[], Purpose::Daemon).join("\n");
+    assert!(p.contains("pullThrough.caches: required when targetKind is pullThrough"), "{p}");
+    let with_path_map = format!("targetKind: pullThrough\n{caches}    docker.io: h.example.com\npathMap:\n  - {{from: a/, to: b/}}\n");
+    let loaded = load_with(&with_path_map, &[], Overrides::default(), Purpose::Daemon).unwrap();
+    assert!(loaded.warnings.iter().any(|w| w.contains("pathMap does not apply")), "{:?}", loaded.warnings);
+}

@@ -5,15 +5,14 @@
 //! `copycat verify` runs it once per planned target; the daemon's periodic verification can run it
 //! the same way.
 
-use std::collections::BTreeSet;
-
 use futures::{StreamExt, TryStreamExt};
 
-use super::manifest::{Budget, Kind};
+use super::manifest::Kind;
 use super::select::{self, Selection};
+use super::walk::{Walk, drain_verified};
 use super::{
-    Copier, CopyError, CopyOptions, CopyRequest, MAX_MANIFEST_SIZE, admit, parse_manifest, read, sha256_digest,
-    source_digest, source_error, target_error, verify,
+    Copier, CopyError, CopyOptions, CopyRequest, MAX_MANIFEST_SIZE, parse_manifest, read, sha256_digest, source_digest,
+    source_error, target_error,
 };
 use crate::reference::Digest;
 use crate::registry::{Registry, RegistryError};
@@ -165,18 +164,9 @@ impl Copier {
             Some(_) => {}
         }
         let mut missing = Missing::default();
-        let mut blobs = BTreeSet::new();
-        let mut budget = Budget::default();
-        let mut manifests = 0;
-        // (digest, level): the manifest under the tag is level 1; a list, not recursion.
-        let mut pending = vec![(expected.clone(), 1)];
-        let mut seen = BTreeSet::new();
-        while let Some((digest, level)) = pending.pop() {
-            if !seen.insert(digest.clone()) {
-                continue; // listed twice: checked once
-            }
+        let mut walk = Walk::new(expected);
+        while let Some((digest, level)) = walk.next_manifest() {
             let reference = digest.to_string();
-            let action = || format!("GET manifest {}@{digest}", req.target.name());
             if level > 1 {
                 let present = dst.head_manifest(repo, &reference).await.map_err(target_error(
                     dst.host(),
@@ -187,24 +177,17 @@ impl Copier {
                     continue;
                 }
             }
-            let manifest = match dst.get_manifest(repo, &reference, MAX_MANIFEST_SIZE).await {
-                Ok(m) => m,
-                Err(RegistryError::DigestMismatch { .. }) => {
-                    missing.damaged.push(digest);
-                    continue;
+            match dst.get_manifest(repo, &reference, MAX_MANIFEST_SIZE).await {
+                Ok(manifest) => walk.add(&manifest, level, &req.target)?,
+                Err(RegistryError::DigestMismatch { .. }) => missing.damaged.push(digest),
+                Err(e) => {
+                    let action = format!("GET manifest {}@{digest}", req.target.name());
+                    return Err(target_error(dst.host(), action)(e));
                 }
-                Err(e) => return Err(target_error(dst.host(), action())(e)),
-            };
-            manifests += 1;
-            let parsed = parse_manifest(&manifest, &req.target)?;
-            match parsed.kind {
-                Kind::Index => {
-                    admit(&mut budget, &parsed, level, &req.target, &digest)?;
-                    pending.extend(parsed.manifests.iter().map(|d| (d.digest.clone(), level + 1)));
-                }
-                Kind::Image => blobs.extend(parsed.blobs().map(|b| (b.digest.clone(), b.size))),
             }
         }
+        let tree = walk.into_tree();
+        let (manifests, blobs) = (tree.manifests, tree.blobs);
         let checked = blobs.len();
         let found: Vec<(Digest, BlobFound)> = futures::stream::iter(blobs)
             .map(|(digest, size)| {
@@ -255,16 +238,11 @@ async fn check_blob(
         Some(_) if depth == Depth::Quick => return Ok(BlobFound::Present),
         Some(_) => {}
     }
-    let download = dst.get_blob(repo, digest).await?;
-    let mut stream = verify::verified(download.stream, digest, size, Default::default());
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(_) => {}
-            Err(RegistryError::DigestMismatch { .. }) => return Ok(BlobFound::Damaged),
-            Err(e) => return Err(e),
-        }
+    match drain_verified(dst, repo, digest, size, Default::default()).await {
+        Ok(()) => Ok(BlobFound::Present),
+        Err(RegistryError::DigestMismatch { .. }) => Ok(BlobFound::Damaged),
+        Err(e) => Err(e),
     }
-    Ok(BlobFound::Present)
 }
 
 #[cfg(test)]

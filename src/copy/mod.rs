@@ -11,6 +11,8 @@ mod locks;
 pub mod manifest;
 pub mod select;
 pub mod verify;
+mod walk;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::registry::{Credential, Manifest, ManifestHead, MountOutcome, Registri
 use locks::KeyedLocks;
 use manifest::{Budget, Descriptor, Kind, ManifestError, Parsed};
 use select::{NoMatchingPlatform, Selection};
+pub use warm::PullThrough;
 
 /// Manifests larger than this are refused (a guard against hostile registries).
 pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
@@ -55,6 +58,9 @@ pub struct CopyOptions {
     /// Credentials for the source registry to try in order (a Pod's pull secrets) before the
     /// configured ones; empty: only the configured ones.
     pub source_credentials: Vec<PullSecret>,
+    /// The target is a pull-through cache: fill it by reading the image through it ([`warm`])
+    /// instead of copying; `None`: copy.
+    pub pull_through: Option<PullThrough>,
     /// Repair mode, for a target a check found incomplete: a tag that already holds the expected
     /// digest is not trusted; the whole tree below it is walked at the target (HEADs; the manifests
     /// present are read from the target) and only what is missing is copied. The tag is written
@@ -81,6 +87,7 @@ impl Default for CopyOptions {
             blob_concurrency: 4,
             deadline: None,
             source_credentials: vec![],
+            pull_through: None,
             repair: false,
         }
     }
@@ -98,6 +105,18 @@ pub struct CopyRequest {
 }
 
 impl CopyRequest {
+    /// `source` read through the pull-through cache `cache` (`host[:port][/path]`): the cache's
+    /// path, then the source's repository, by the source's own tag (or digest alone).
+    pub fn through_cache(source: ImageRef, cache: &str) -> Result<CopyRequest, NamingError> {
+        let text = format!("{}/{}", cache.trim_end_matches('/'), source.repository());
+        let target = ImageRef::parse(&text).map_err(|e| NamingError::Target(Box::new(e)))?;
+        Ok(CopyRequest {
+            target_tag: source.tag().map(str::to_owned),
+            source,
+            target,
+        })
+    }
+
     /// The target as text, `registry/repo:tag` or `registry/repo@digest`.
     pub fn target_display(&self, digest: Option<&Digest>) -> String {
         match (&self.target_tag, digest) {
@@ -117,6 +136,8 @@ pub enum Outcome {
     Copied,
     /// Dry run: content would have been written.
     WouldCopy,
+    /// The image was read through the pull-through cache that is the target, which now serves it.
+    Warmed,
 }
 
 /// The result of one copy.
@@ -136,6 +157,8 @@ pub struct CopyReport {
     pub blobs_mounted: u32,
     /// Blobs streamed.
     pub blobs_transferred: u32,
+    /// Blobs read through a pull-through cache.
+    pub blobs_warmed: u32,
     /// Manifests written by digest below the tag (an index's children the target lacked).
     pub manifests_written: u32,
     /// Requested platforms the source does not offer.
@@ -210,6 +233,14 @@ pub enum CopyError {
         #[source]
         refusal: Box<CopyError>,
     },
+    /// A pull-through cache does not serve the image it was just read through.
+    #[error("pull-through cache {target}: {detail}")]
+    NotServed {
+        /// The image at the cache.
+        target: String,
+        /// What it serves instead.
+        detail: String,
+    },
     /// The whole-image deadline passed.
     #[error("copy to {target} did not finish within {after:?}")]
     DeadlineExceeded {
@@ -228,7 +259,7 @@ impl CopyError {
                 source.is_retryable() || matches!(source, RegistryError::RateLimited { .. })
             }
             CopyError::Repository(e) => e.transient,
-            CopyError::DeadlineExceeded { .. } | CopyError::SourceNotFound(_) => true,
+            CopyError::DeadlineExceeded { .. } | CopyError::SourceNotFound(_) | CopyError::NotServed { .. } => true,
             _ => false,
         }
     }
@@ -246,6 +277,7 @@ impl CopyError {
             CopyError::TagConflict { .. }
             | CopyError::Repository(_)
             | CopyError::TargetName(_)
+            | CopyError::NotServed { .. }
             | CopyError::DeadlineExceeded { .. } => Side::Target,
         }
     }
@@ -416,8 +448,12 @@ impl Copier {
     }
 
     /// Copies `req` according to `opts`. With source credentials, each is tried in order while the
-    /// source refuses access, then the configured credentials.
+    /// source refuses access, then the configured credentials. When the target is a pull-through
+    /// cache (`opts.pull_through`), the image is read through it instead ([`warm`]).
     pub async fn copy(&self, req: &CopyRequest, opts: &CopyOptions) -> Result<CopyReport, CopyError> {
+        if let Some(how) = opts.pull_through {
+            return self.warm(req, opts, how).await;
+        }
         self.with_source(&req.source, opts, |src| self.copy_from(req, opts, src))
             .await
     }
@@ -536,17 +572,7 @@ impl Copier {
             opts,
             counters: Counters::default(),
         };
-        let result = match opts.deadline {
-            Some(after) => tokio::time::timeout(after, self.run(req, &job))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(CopyError::DeadlineExceeded {
-                        target: req.target_display(None),
-                        after,
-                    })
-                }),
-            None => self.run(req, &job).await,
-        };
+        let result = within_deadline(req, opts, self.run(req, &job)).await;
         let bytes = job.counters.bytes.load(Ordering::Relaxed);
         self.shared.total_bytes.fetch_add(bytes, Ordering::Relaxed);
         let Decision {
@@ -564,6 +590,7 @@ impl Copier {
             blobs_skipped: job.counters.skipped.load(Ordering::Relaxed),
             blobs_mounted: job.counters.mounted.load(Ordering::Relaxed),
             blobs_transferred: job.counters.transferred.load(Ordering::Relaxed),
+            blobs_warmed: 0,
             manifests_written: job.counters.manifests.load(Ordering::Relaxed),
             missing_platforms,
             filtered,
@@ -996,6 +1023,23 @@ impl Copier {
             repos.truncate(MOUNT_CANDIDATES);
             self.shared.known.insert(key.clone(), Arc::new(repos));
         }
+    }
+}
+
+/// Runs `work` for `req` within the whole-image deadline of `opts`, if any.
+async fn within_deadline<T>(
+    req: &CopyRequest,
+    opts: &CopyOptions,
+    work: impl Future<Output = Result<T, CopyError>>,
+) -> Result<T, CopyError> {
+    match opts.deadline {
+        Some(after) => tokio::time::timeout(after, work).await.unwrap_or_else(|_| {
+            Err(CopyError::DeadlineExceeded {
+                target: req.target_display(None),
+                after,
+            })
+        }),
+        None => work.await,
     }
 }
 

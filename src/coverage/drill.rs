@@ -62,7 +62,10 @@ pub async fn drill(copier: &Copier, target: &WholeTarget, blobs: usize) -> Drill
                 count(blobs, "blob")
             ),
         ),
-        Ok(incomplete) => (DrillResult::Failed, describe(incomplete).1),
+        Ok(incomplete) => (
+            DrillResult::Failed,
+            describe(incomplete, target.request.target_tag.is_some()).1,
+        ),
         Err(e) => (DrillResult::Failed, e.to_string()),
     };
     Drill {

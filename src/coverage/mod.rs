@@ -65,6 +65,8 @@ pub struct Summary {
     pub images: usize,
     /// Verified.
     pub verified: usize,
+    /// Whole at the target but held by no tag: at risk, not counted as verified.
+    pub untagged: usize,
     /// Not checked yet (the daemon only; `copycat verify` checks everything).
     pub pending: usize,
     /// Missing parts.
@@ -87,6 +89,7 @@ impl Summary {
             summary.images += 1;
             *match state {
                 BackupState::Verified => &mut summary.verified,
+                BackupState::Untagged => &mut summary.untagged,
                 BackupState::Pending => &mut summary.pending,
                 BackupState::Missing => &mut summary.missing,
                 BackupState::Mismatch => &mut summary.mismatch,
@@ -103,9 +106,10 @@ impl Summary {
     }
 
     /// The count of each state.
-    pub fn counts(&self) -> [(BackupState, usize); 6] {
+    pub fn counts(&self) -> [(BackupState, usize); 7] {
         [
             (BackupState::Verified, self.verified),
+            (BackupState::Untagged, self.untagged),
             (BackupState::Pending, self.pending),
             (BackupState::Missing, self.missing),
             (BackupState::Mismatch, self.mismatch),
@@ -122,13 +126,15 @@ impl Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pending = match self.pending {
+        // Untagged and pending are shown when there are any (pending never is in `copycat verify`).
+        let optional = |n: usize, what: &str| match n {
             0 => String::new(),
-            n => format!(", {n} pending"),
+            n => format!(", {n} {what}"),
         };
+        let (untagged, pending) = (optional(self.untagged, "untagged"), optional(self.pending, "pending"));
         write!(
             f,
-            "{} images: {} verified{pending}, {} missing, {} mismatch, {} failed, {} excluded; coverage {}/{} ({:.1}%)",
+            "{} images: {} verified{untagged}{pending}, {} missing, {} mismatch, {} failed, {} excluded; coverage {}/{} ({:.1}%)",
             self.images,
             self.verified,
             self.missing,
@@ -261,7 +267,7 @@ pub(crate) async fn check_task(
         Ok((request, expected, state)) => {
             row.target = request.target_display(Some(&expected));
             row.expected = Some(expected.to_string());
-            (row.state, row.detail) = describe(state);
+            (row.state, row.detail) = describe(state, request.target_tag.is_some());
             let whole = (row.state == BackupState::Verified).then_some(WholeTarget {
                 request,
                 digest: expected,
@@ -293,13 +299,24 @@ async fn named_request(copier: &Copier, task: &MirrorTask, options: &CopyOptions
     task.arch_request(digest, &arch).map_err(CopyError::TargetName)
 }
 
-/// The backup state of a target state, with what to say about it.
-fn describe(state: TargetState) -> (BackupState, String) {
+/// The backup state of a target state, with what to say about it; a whole copy no tag holds
+/// (`tagged` false: pushed by digest alone) is untagged.
+fn describe(state: TargetState, tagged: bool) -> (BackupState, String) {
     match state {
-        TargetState::Verified { manifests, blobs } => (
-            BackupState::Verified,
-            format!("{}, {} present", count(manifests, "manifest"), count(blobs, "blob")),
-        ),
+        TargetState::Verified { manifests, blobs } => {
+            let present = format!("{}, {} present", count(manifests, "manifest"), count(blobs, "blob"));
+            if tagged {
+                (BackupState::Verified, present)
+            } else {
+                (
+                    BackupState::Untagged,
+                    format!(
+                        "{present}, but no tag holds it (digest-only source with digestTagTemplate: none): \
+                         a rule that expires untagged images can delete it"
+                    ),
+                )
+            }
+        }
         TargetState::Missing(missing) => (BackupState::Missing, missing.to_string()),
         TargetState::Mismatch { expected, found } => (
             BackupState::Mismatch,
@@ -376,7 +393,7 @@ mod tests {
     fn coverage_counts_verified_images_among_those_in_scope() {
         use BackupState::*;
         // (states, verified, excluded, coverage, complete)
-        let cases: [(&[BackupState], usize, usize, f64, bool); 8] = [
+        let cases: [(&[BackupState], usize, usize, f64, bool); 10] = [
             (&[], 0, 0, 1.0, true),
             (&[Verified, Verified], 2, 0, 1.0, true),
             (&[Verified, Excluded], 1, 1, 1.0, true),
@@ -385,6 +402,9 @@ mod tests {
             (&[Verified, Verified, Verified, Failed, Excluded], 3, 1, 0.75, false),
             (&[Missing, Excluded], 0, 1, 0.0, false),
             (&[Verified, Pending, Excluded], 1, 1, 0.5, false),
+            // A copy no tag holds is at risk: not verified, the backup not complete.
+            (&[Untagged], 0, 0, 0.0, false),
+            (&[Verified, Untagged, Excluded], 1, 1, 0.5, false),
         ];
         for (states, verified, excluded, coverage, complete) in cases {
             let summary = Summary::of(states.iter().copied());
@@ -394,7 +414,13 @@ mod tests {
             assert!((summary.coverage - coverage).abs() < 1e-9, "{states:?}: {summary:?}");
             assert_eq!(summary.complete(), complete, "{states:?}");
             assert_eq!(
-                summary.pending + summary.missing + summary.mismatch + summary.failed + verified + excluded,
+                summary.untagged
+                    + summary.pending
+                    + summary.missing
+                    + summary.mismatch
+                    + summary.failed
+                    + verified
+                    + excluded,
                 states.len()
             );
         }
@@ -408,27 +434,44 @@ mod tests {
             summary.to_string(),
             "2 images: 1 verified, 1 pending, 0 missing, 0 mismatch, 0 failed, 0 excluded; coverage 1/2 (50.0%)"
         );
+        let summary = Summary::of([Verified, Untagged, Pending]);
+        assert_eq!(
+            summary.to_string(),
+            "3 images: 1 verified, 1 untagged, 1 pending, 0 missing, 0 mismatch, 0 failed, 0 excluded; coverage 1/3 (33.3%)"
+        );
     }
 
     #[test]
     fn target_states_become_backup_states_with_their_detail() {
         let d = |n: u8| Digest::sha256_hex(&format!("{n:02x}").repeat(32)).unwrap();
+        // (what the target holds, whether a tag holds it, the backup state, its detail)
         let cases = [
             (
                 TargetState::Verified { manifests: 3, blobs: 4 },
+                true,
                 BackupState::Verified,
                 "3 manifests, 4 blobs present".to_owned(),
             ),
             (
                 TargetState::Verified { manifests: 1, blobs: 1 },
+                true,
                 BackupState::Verified,
                 "1 manifest, 1 blob present".to_owned(),
+            ),
+            (
+                TargetState::Verified { manifests: 1, blobs: 2 },
+                false,
+                BackupState::Untagged,
+                "1 manifest, 2 blobs present, but no tag holds it (digest-only source with digestTagTemplate: none): \
+                 a rule that expires untagged images can delete it"
+                    .to_owned(),
             ),
             (
                 TargetState::Missing(Missing {
                     blobs: vec![d(1)],
                     ..Missing::default()
                 }),
+                false,
                 BackupState::Missing,
                 "1 blob".to_owned(),
             ),
@@ -437,12 +480,13 @@ mod tests {
                     expected: d(1),
                     found: d(2),
                 },
+                true,
                 BackupState::Mismatch,
                 format!("the target holds {}, expected {}", d(2), d(1)),
             ),
         ];
-        for (state, want, detail) in cases {
-            assert_eq!(describe(state), (want, detail));
+        for (state, tagged, want, detail) in cases {
+            assert_eq!(describe(state, tagged), (want, detail));
         }
     }
 

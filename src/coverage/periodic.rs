@@ -470,6 +470,9 @@ fn copy_again_after(state: BackupState, after_copy: bool) -> bool {
 fn log_result(row: &ImageCoverage) {
     if row.state == BackupState::Verified {
         tracing::debug!(target = %row.target, source = %row.image, detail = %row.detail, "backup verified");
+    } else if row.state == BackupState::Untagged {
+        tracing::warn!(target = %row.target, source = %row.image, detail = %row.detail,
+            "backup check: the copy is whole but no tag holds it (at risk)");
     } else {
         tracing::warn!(target = %row.target, source = %row.image, state = row.state.as_str(),
             detail = %row.detail, side = row.side.unwrap_or(""), "backup check: the target does not hold the whole image");
@@ -657,6 +660,8 @@ mod tests {
             (Mismatch, false, false),
             (Failed, false, false),
             (Pending, false, false),
+            // Copying again would write no tag either.
+            (Untagged, false, false),
         ];
         for (state, after_copy, want) in cases {
             assert_eq!(copy_again_after(state, after_copy), want, "{state:?} {after_copy}");

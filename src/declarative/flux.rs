@@ -122,19 +122,19 @@ mod tests {
     #[test]
     fn revision_predicate_table() {
         let (empty, a, b) = (scan(""), scan("sha256:a"), scan("sha256:b"));
-        // (old — None on create, new, mirror?)
-        let cases: [(Option<Option<&ScanResult>>, Option<&ScanResult>, bool, &str); 8] = [
+        // (old: None on create or before a scan, new, mirror?, what): imagerepo-mirror's table.
+        let cases: [(Option<&ScanResult>, Option<&ScanResult>, bool, &str); 8] = [
             (None, None, false, "create without a scan result"),
             (None, Some(&empty), false, "create with an empty revision"),
             (None, Some(&a), true, "create with a revision"),
-            (Some(Some(&a)), Some(&a), false, "update, same revision"),
-            (Some(Some(&a)), Some(&b), true, "update, revision differs"),
-            (Some(None), Some(&a), true, "update, nil → set"),
-            (Some(None), None, false, "update, both nil"),
-            (Some(Some(&a)), None, false, "update, scan result gone"),
+            (Some(&a), Some(&a), false, "update, same revision"),
+            (Some(&a), Some(&b), true, "update, revision differs"),
+            (None, Some(&b), true, "update, nil → set"),
+            (None, None, false, "update, both nil"),
+            (Some(&a), None, false, "update, scan result gone"),
         ];
         for (old, new, want, what) in cases {
-            assert_eq!(scan_changed(old.flatten(), new), want, "{what}");
+            assert_eq!(scan_changed(old, new), want, "{what}");
         }
     }
 

@@ -51,16 +51,33 @@ impl Target {
         }
     }
 
-    /// The daemon's target from the configuration; for ECR this builds the AWS clients (no AWS call
-    /// is made until the first image needs one).
-    pub async fn from_config(config: &Config) -> Target {
+    /// The daemon's targets from the configuration: the target registry (for ECR this builds the AWS
+    /// clients; no AWS call is made until the first image needs one), or with `targetKind:
+    /// pullThrough` each host of `pullThrough.caches` ([`Target::for_hosts`]).
+    pub async fn from_config(config: &Config) -> Vec<Target> {
         match config.target_kind {
-            TargetKind::Docker => Target::plain(&config.docker.registry),
+            TargetKind::Docker => vec![Target::plain(&config.docker.registry)],
             TargetKind::Ecr => {
                 let settings = ecr::Settings::from_config(&config.ecr);
-                ecr::Ecr::connect(settings).await.target()
+                vec![ecr::Ecr::connect(settings).await.target()]
+            }
+            TargetKind::PullThrough => {
+                let caches = config.pull_through.caches.values();
+                let hosts: Vec<&str> = caches.map(|c| c.split('/').next().unwrap_or(c)).collect();
+                Target::for_hosts(config, &hosts).await
             }
         }
+    }
+
+    /// One target per distinct host of `hosts` ([`Target::for_host`]).
+    pub async fn for_hosts(config: &Config, hosts: &[&str]) -> Vec<Target> {
+        let mut targets: Vec<Target> = Vec::new();
+        for host in hosts {
+            if !targets.iter().any(|t| t.host.eq_ignore_ascii_case(host)) {
+                targets.push(Target::for_host(config, host).await);
+            }
+        }
+        targets
     }
 
     /// The target for an image reference's registry `host` in the one-shot commands: an ECR

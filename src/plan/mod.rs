@@ -105,12 +105,10 @@ pub struct Exclusions {
 }
 
 impl Exclusions {
-    /// From the normalised `excludeRegistries` and the target `registry[/path]`, if any.
-    pub fn new(exclude_registries: &[String], target: Option<&str>) -> Self {
+    /// From the normalised `excludeRegistries` and the targets' `registry[/path]`s.
+    pub fn new(exclude_registries: &[String], targets: &[&str]) -> Self {
         let mut prefixes = exclude_registries.to_vec();
-        if let Some(target) = target {
-            prefixes.push(target.trim_end_matches('/').to_ascii_lowercase());
-        }
+        prefixes.extend(targets.iter().map(|t| t.trim_end_matches('/').to_ascii_lowercase()));
         Exclusions { prefixes }
     }
 
@@ -411,6 +409,66 @@ mod tests {
         );
     }
 
+    #[test]
+    fn pull_through_reads_images_at_their_registry_s_cache() {
+        let digest = format!("sha256:{HEX}");
+        let inv = inventory(vec![
+            (
+                POD,
+                seen(
+                    "a",
+                    "p",
+                    &[
+                        ("nginx:1.25", None),
+                        (&format!("ghcr.io/org/app@{digest}"), None),
+                        ("quay.io/org/tool:2", None),
+                        ("harbor.example.com/dockerhub-proxy/library/redis:7", None),
+                    ],
+                    None,
+                ),
+            ),
+            (DEPLOY, seen("a", "d", &[("ghcr.io/org/app:1.0", Some(&digest))], None)),
+        ]);
+        let mut config = config(&[("DIGEST_PULL", "true"), ("TARGET_REPO_PREFIX", "ignored/$namespace")]);
+        config.target_kind = TargetKind::PullThrough;
+        config.pull_through.caches = [
+            ("docker.io", "harbor.example.com/dockerhub-proxy"),
+            ("ghcr.io", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ghcr"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        let plan = Planner::new(&config, "").unwrap().plan(&inv);
+        assert_eq!(
+            targets(&plan),
+            vec![
+                format!(
+                    "ghcr.io/org/app:1.0@{digest} -> 123456789012.dkr.ecr.eu-west-1.amazonaws.com/ghcr/org/app:1.0"
+                ),
+                format!(
+                    "ghcr.io/org/app@{digest} -> 123456789012.dkr.ecr.eu-west-1.amazonaws.com/ghcr/org/app@{digest}"
+                ),
+                "docker.io/library/nginx:1.25 -> harbor.example.com/dockerhub-proxy/library/nginx:1.25".to_owned(),
+            ],
+            "named after the source at its cache, by the source's own tag or digest (no anchor tag, no prefix)"
+        );
+        let excluded: Vec<(&str, &str)> = plan
+            .excluded
+            .iter()
+            .map(|e| (e.source.as_str(), e.rule.as_str()))
+            .collect();
+        assert_eq!(
+            excluded,
+            [
+                (
+                    "harbor.example.com/dockerhub-proxy/library/redis:7",
+                    "harbor.example.com/dockerhub-proxy"
+                ),
+                ("quay.io/org/tool:2", "pullThrough.caches (no cache for quay.io)"),
+            ],
+            "images at a cache are not read through it again; a registry without a cache is not guessed"
+        );
+    }
+
     fn config_with_node_platform_off() -> Config {
         config(&[("DIGEST_PULL", "false"), ("CHECK_NODE_PLATFORM", "true")])
     }
@@ -606,7 +664,7 @@ mod tests {
     fn exclusions() {
         let ex = Exclusions::new(
             &strings(&["docker.io/library", "registry.gitlab.com/group", "quay.io"]),
-            Some("mirror.example.com/"),
+            &["mirror.example.com/"],
         );
         let cases = [
             ("nginx", Some("docker.io/library")),
@@ -677,6 +735,9 @@ pub struct Planner {
     check_node_platform: bool,
     use_image_pull_secrets: bool,
     digest_tag_template: Option<String>,
+    /// With `targetKind: pullThrough`, the cache of each source registry (`pullThrough.caches`):
+    /// images are read through it, named after the source, instead of copied to `target_host`.
+    caches: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The outcome of planning.
@@ -775,7 +836,8 @@ impl Claims {
 pub struct ExcludedImage {
     /// The image reference as the workloads give it.
     pub source: String,
-    /// The `excludeRegistries` entry, or the target `registry[/path]`, it falls under.
+    /// The `excludeRegistries` entry, or the target `registry[/path]`, it falls under (or, for
+    /// pull-through caches, that no cache is configured for its registry).
     pub rule: String,
     /// Who uses it (the most recent few).
     pub users: Vec<Workload>,
@@ -796,17 +858,24 @@ pub enum Planned {
 }
 
 impl Planner {
-    /// A planner for `config`, mirroring into `target` (`host[:port][/path]`).
+    /// A planner for `config`, mirroring into `target` (`host[:port][/path]`); with `targetKind:
+    /// pullThrough`, into the caches of `pullThrough.caches` instead (`target` is not used).
     pub fn new(config: &Config, target: &str) -> Result<Planner, NamingError> {
         let (host, path) = target.split_once('/').unwrap_or((target, ""));
         let prefix = match config.target_kind {
             TargetKind::Docker => config.docker.repo_prefix.clone(),
             TargetKind::Ecr => config.ecr.repo_prefix.clone(),
+            TargetKind::PullThrough => String::new(),
+        };
+        let caches = (config.target_kind == TargetKind::PullThrough).then(|| config.pull_through.caches.clone());
+        let targets: Vec<&str> = match &caches {
+            Some(caches) => caches.values().map(String::as_str).collect(),
+            None => vec![target],
         };
         Ok(Planner {
             scope: NamespaceScope::new(&config.include_namespaces, &config.skip_namespaces),
             skip: SkipList::new(&config.skip_names),
-            exclusions: Exclusions::new(&config.exclude_registries, Some(target)),
+            exclusions: Exclusions::new(&config.exclude_registries, &targets),
             rules: PathRule::compile(&config.path_map)?.into(),
             mirrored: workload::kinds_named(&config.watch_resources),
             target_host: host.to_ascii_lowercase(),
@@ -818,6 +887,7 @@ impl Planner {
             check_node_platform: config.check_node_platform,
             use_image_pull_secrets: config.use_image_pull_secrets,
             digest_tag_template: config.digest_tag_template.clone(),
+            caches,
         })
     }
 
@@ -931,6 +1001,17 @@ impl Planner {
             (Some(d), true) => image.with_digest(d.clone()),
             _ => image,
         };
+        if let Some(caches) = &self.caches {
+            return Ok(match caches.get(source.registry()) {
+                Some(cache) => Planned::Task(Box::new(MirrorTask::new(
+                    CopyRequest::through_cache(source, cache).map_err(InvalidImage::Naming)?,
+                ))),
+                None => Planned::Excluded {
+                    rule: format!("pullThrough.caches (no cache for {})", source.registry()),
+                    source,
+                },
+            });
+        }
         let naming = TargetNaming {
             prefix: self.prefix.clone(),
             rules: self.rules.clone(),

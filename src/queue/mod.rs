@@ -286,7 +286,7 @@ impl Done {
     fn state(&self) -> TaskState {
         match self {
             Done::Copy(CopyReport {
-                outcome: Outcome::Copied | Outcome::AlreadyPresent,
+                outcome: Outcome::Copied | Outcome::AlreadyPresent | Outcome::Warmed,
                 ..
             }) => TaskState::Mirrored,
             _ => TaskState::DryRun,

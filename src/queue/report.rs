@@ -94,6 +94,7 @@ impl Inner {
                 let (counter, result) = match report.outcome {
                     Outcome::Copied => (&c.copied, "copied"),
                     Outcome::AlreadyPresent => (&c.present, "present"),
+                    Outcome::Warmed => (&c.warmed, "warmed"),
                     Outcome::WouldCopy => (&c.would_copy, "would-copy"),
                 };
                 Counters::add(counter, 1);

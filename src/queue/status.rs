@@ -135,6 +135,8 @@ pub struct QueueCounters {
     pub copied: u64,
     /// Copies that found the content already at the target.
     pub present: u64,
+    /// Images read through a pull-through cache target.
+    pub warmed: u64,
     /// Dry-run copies that would have written content.
     pub would_copy: u64,
     /// Tasks only logged because of `dryPull`.
@@ -163,6 +165,7 @@ pub(super) struct Counters {
     pub skipped_by_cache: AtomicU64,
     pub copied: AtomicU64,
     pub present: AtomicU64,
+    pub warmed: AtomicU64,
     pub would_copy: AtomicU64,
     pub dry_pulled: AtomicU64,
     pub failed: AtomicU64,
@@ -185,6 +188,7 @@ impl Counters {
             skipped_by_cache: get(&self.skipped_by_cache),
             copied: get(&self.copied),
             present: get(&self.present),
+            warmed: get(&self.warmed),
             would_copy: get(&self.would_copy),
             dry_pulled: get(&self.dry_pulled),
             failed: get(&self.failed),

@@ -58,6 +58,7 @@ impl CopyEngine for Fake {
                 blobs_skipped: 0,
                 blobs_mounted: 0,
                 blobs_transferred: 1,
+                blobs_warmed: 0,
                 manifests_written: 0,
                 missing_platforms: vec![],
                 filtered: false,

@@ -7,6 +7,7 @@
 pub mod apiserver;
 mod certs;
 pub mod cluster;
+pub mod containerd;
 pub mod fault;
 pub mod image;
 pub mod layer;
@@ -20,6 +21,7 @@ pub mod token;
 pub mod tools;
 pub mod util;
 
+pub use containerd::Containerd;
 pub use fault::{Fault, FaultKind, FaultProxy, Match, ProxyRequest};
 pub use image::{Blob, BlobSource, Format, Image, Platform};
 pub use moto::Moto;

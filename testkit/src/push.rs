@@ -109,12 +109,10 @@ impl Client {
         if self.anonymous {
             return Ok(rb);
         }
-        Ok(match &self.mode {
-            RegistryMode::Plain | RegistryMode::Tls => rb,
-            RegistryMode::Basic { user, pass } | RegistryMode::BasicTls { user, pass } => {
-                rb.basic_auth(user, Some(pass))
-            }
-            RegistryMode::Token { .. } => rb.bearer_auth(self.token(repo).await?),
+        Ok(match (&self.mode, self.mode.htpasswd_credentials()) {
+            (RegistryMode::Token { .. }, _) => rb.bearer_auth(self.token(repo).await?),
+            (_, Some((user, pass))) => rb.basic_auth(user, Some(pass)),
+            (_, None) => rb,
         })
     }
 
@@ -409,9 +407,7 @@ impl Client {
     /// auth registry answers 401 to an anonymous client, and in Token mode to any client).
     pub async fn ping(&self) -> anyhow::Result<StatusCode> {
         let mut rb = self.http.get(format!("{}/v2/", self.base)).timeout(SMALL_TIMEOUT);
-        if let (false, RegistryMode::Basic { user, pass } | RegistryMode::BasicTls { user, pass }) =
-            (self.anonymous, &self.mode)
-        {
+        if let (false, Some((user, pass))) = (self.anonymous, self.mode.htpasswd_credentials()) {
             rb = rb.basic_auth(user, Some(pass));
         }
         Ok(rb.send().await.context("GET /v2/")?.status())

@@ -53,6 +53,17 @@ pub enum RegistryMode {
         /// Password the token server accepts.
         pass: String,
     },
+    /// HTTP as a pull-through cache (distribution's proxy mode, `proxy.remoteurl`) of another
+    /// registry: pulls of content it lacks are fetched from the remote and stored; pushes are
+    /// refused.
+    Proxy {
+        /// The remote's URL, e.g. `http://127.0.0.1:5000` (HTTP: the cache trusts no test CA).
+        remote: String,
+        /// Credentials the cache presents to the remote, if it needs them.
+        remote_credentials: Option<(String, String)>,
+        /// Credentials clients must present to the cache (htpasswd Basic auth); `None`: anonymous.
+        credentials: Option<(String, String)>,
+    },
 }
 
 impl RegistryMode {
@@ -80,6 +91,48 @@ impl RegistryMode {
         }
     }
 
+    /// `Proxy` for the plain-HTTP registry `remote` (with its credentials), anonymous.
+    pub fn proxy_of(remote: &Registry) -> RegistryMode {
+        assert!(
+            !remote.mode().is_tls(),
+            "a test pull-through cache reaches its remote over HTTP only"
+        );
+        RegistryMode::Proxy {
+            remote: remote.url(),
+            remote_credentials: remote.credentials(),
+            credentials: None,
+        }
+    }
+
+    /// The same `Proxy` requiring `user:pass` of its clients (Basic auth).
+    pub fn with_auth(self, user: &str, pass: &str) -> RegistryMode {
+        match self {
+            RegistryMode::Proxy {
+                remote,
+                remote_credentials,
+                ..
+            } => RegistryMode::Proxy {
+                remote,
+                remote_credentials,
+                credentials: Some((user.into(), pass.into())),
+            },
+            other => panic!("with_auth is for Proxy, not {other:?}"),
+        }
+    }
+
+    /// The credentials of htpasswd Basic auth (Basic, BasicTls, Proxy with credentials), if any.
+    pub fn htpasswd_credentials(&self) -> Option<(&str, &str)> {
+        match self {
+            RegistryMode::Basic { user, pass }
+            | RegistryMode::BasicTls { user, pass }
+            | RegistryMode::Proxy {
+                credentials: Some((user, pass)),
+                ..
+            } => Some((user, pass)),
+            _ => None,
+        }
+    }
+
     /// Whether the registry speaks HTTPS.
     pub fn is_tls(&self) -> bool {
         matches!(self, RegistryMode::Tls | RegistryMode::BasicTls { .. })
@@ -89,6 +142,7 @@ impl RegistryMode {
     pub fn credentials(&self) -> Option<(String, String)> {
         match self {
             RegistryMode::Plain | RegistryMode::Tls => None,
+            RegistryMode::Proxy { credentials, .. } => credentials.clone(),
             RegistryMode::Basic { user, pass }
             | RegistryMode::BasicTls { user, pass }
             | RegistryMode::Token { user, pass } => Some((user.clone(), pass.clone())),
@@ -319,26 +373,23 @@ impl Registry {
             write_file(&d.join("skopeo-certs"), "ca.crt", c.ca_pem.as_bytes())?;
             self.tls = Some(rustls_config(&c.ca_der)?);
         }
-        match &self.mode {
-            RegistryMode::Basic { user, pass } | RegistryMode::BasicTls { user, pass } => {
-                let htpasswd = crate::tools::htpasswd()?;
-                let out = Command::new(htpasswd)
-                    .args(["-Bbn", user, pass])
-                    .output()
-                    .context("running htpasswd")?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "htpasswd failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                write_file(&d, "htpasswd", &out.stdout)?;
-            }
-            RegistryMode::Token { user, pass } => {
-                let c = certs::certs()?;
-                write_file(&d, "token-root.crt", c.signing_cert_pem.as_bytes())?;
-                self.token = Some(TokenServer::start(user, pass)?);
-            }
-            RegistryMode::Plain | RegistryMode::Tls => {}
+        if let Some((user, pass)) = self.mode.htpasswd_credentials() {
+            let htpasswd = crate::tools::htpasswd()?;
+            let out = Command::new(htpasswd)
+                .args(["-Bbn", user, pass])
+                .output()
+                .context("running htpasswd")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "htpasswd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            write_file(&d, "htpasswd", &out.stdout)?;
+        }
+        if let RegistryMode::Token { user, pass } = &self.mode {
+            let c = certs::certs()?;
+            write_file(&d, "token-root.crt", c.signing_cert_pem.as_bytes())?;
+            self.token = Some(TokenServer::start(user, pass)?);
         }
         Ok(())
     }
@@ -366,13 +417,13 @@ impl Registry {
                 q(&d.join("certs/server.key"))
             );
         }
+        if self.mode.htpasswd_credentials().is_some() {
+            y += &format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                q(&d.join("htpasswd"))
+            );
+        }
         match &self.mode {
-            RegistryMode::Basic { .. } | RegistryMode::BasicTls { .. } => {
-                y += &format!(
-                    "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
-                    q(&d.join("htpasswd"))
-                );
-            }
             RegistryMode::Token { .. } => {
                 let realm = self.token_url().unwrap_or_default();
                 y += &format!(
@@ -383,7 +434,18 @@ impl Registry {
                     q(&d.join("token-root.crt"))
                 );
             }
-            RegistryMode::Plain | RegistryMode::Tls => {}
+            RegistryMode::Proxy {
+                remote,
+                remote_credentials,
+                ..
+            } => {
+                let quoted = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+                y += &format!("proxy:\n  remoteurl: {}\n", quoted(remote));
+                if let Some((user, pass)) = remote_credentials {
+                    y += &format!("  username: {}\n  password: {}\n", quoted(user), quoted(pass));
+                }
+            }
+            RegistryMode::Plain | RegistryMode::Tls | RegistryMode::Basic { .. } | RegistryMode::BasicTls { .. } => {}
         }
         y
     }

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use crate::registry::Registry;
 
 /// Longest a skopeo invocation may run before it is killed and the call fails.
@@ -35,31 +33,9 @@ pub fn docker_ref(reg: &Registry, reference: &str) -> String {
 
 /// Runs skopeo with `args`, without proxy variables; returns stdout.
 pub async fn run_skopeo(args: &[String]) -> anyhow::Result<Vec<u8>> {
-    let bin = crate::tools::skopeo()?;
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    let out = tokio::time::timeout(SKOPEO_TIMEOUT, cmd.output())
-        .await
-        .with_context(|| format!("skopeo {} timed out", args.join(" ")))?
-        .context("running skopeo")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "skopeo {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out.stdout)
+    let mut cmd = tokio::process::Command::new(crate::tools::skopeo()?);
+    cmd.args(args);
+    crate::tools::output_of(cmd, &format!("skopeo {}", args.join(" ")), SKOPEO_TIMEOUT).await
 }
 
 /// The raw manifest of `repo:tag` (or `repo@digest`) exactly as the registry serves it.

@@ -1,6 +1,9 @@
 //! Checks for the external programs the harness drives.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 /// Returns the path of executable `name` found on `PATH` (or `name` itself when it is a path).
 ///
@@ -65,4 +68,36 @@ pub(crate) fn htpasswd() -> anyhow::Result<PathBuf> {
 /// `skopeo`, the independent verifier.
 pub(crate) fn skopeo() -> anyhow::Result<PathBuf> {
     require_tool("skopeo", "apt-get install -y skopeo")
+}
+
+/// Runs `cmd` without proxy variables (loopback registries must be reached directly) and without
+/// stdin, killed after `timeout`; its stdout when it succeeds, else an error with `what` and its
+/// stderr.
+pub(crate) async fn output_of(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u8>> {
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .with_context(|| format!("{what} timed out"))?
+        .with_context(|| format!("running {what}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
 }

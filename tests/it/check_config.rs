@@ -219,3 +219,57 @@ fn overlong_string_settings_are_refused() {
         stderr.len()
     );
 }
+
+/// A pull-through target prints its caches normalised; a bad cache entry exits 2 naming it, and
+/// `copycat run` refuses it the same way before it needs a cluster.
+#[test]
+fn pull_through_caches_are_shown_normalised_or_refused_by_entry() {
+    let good = write(
+        "targetKind: pullThrough\npullThrough:\n  caches:\n    index.docker.io: Harbor.Example.com/dockerhub-proxy/\n",
+    );
+    let out = check_config(good.path().to_str().unwrap(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("targetKind: pullThrough\n"), "{stdout}");
+    assert!(
+        stdout.contains("docker.io: harbor.example.com/dockerhub-proxy\n"),
+        "{stdout}"
+    );
+
+    let bad = write("targetKind: pullThrough\npullThrough:\n  caches:\n    ghcr.io: https://cache.example.com/ghcr\n");
+    let path = bad.path().to_str().unwrap();
+    let out = check_config(path, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "pullThrough.caches.ghcr.io ({path}): give the registry host without a scheme"
+        )),
+        "{stderr}"
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_copycat"))
+        .args(["run", "--config", path])
+        .env_clear()
+        .output()
+        .expect("run copycat");
+    assert_eq!(run.status.code(), Some(2), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("pullThrough.caches.ghcr.io"));
+
+    // node-config describes one target registry; each registry has its own cache here.
+    let node = Command::new(env!("CARGO_BIN_EXE_copycat"))
+        .args([
+            "node-config",
+            "--format",
+            "containerd",
+            "--registry",
+            "docker.io",
+            "--config",
+        ])
+        .arg(good.path())
+        .env_clear()
+        .output()
+        .expect("run copycat");
+    let stderr = String::from_utf8_lossy(&node.stderr);
+    assert_eq!(node.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("with targetKind pullThrough"), "{stderr}");
+}

@@ -16,6 +16,8 @@ mod first_run;
 mod image;
 mod leader;
 mod manifests;
+mod node_config;
+mod pull_through;
 mod queue;
 mod real_cluster;
 mod registry;

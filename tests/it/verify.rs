@@ -907,3 +907,91 @@ async fn restore_drills_pull_verified_targets_whole_in_turn_and_report_a_damaged
         &secrets,
     );
 }
+
+/// Issue 14 part 5: a digest-only source with `digestTagTemplate: none` is copied by digest alone.
+/// The copy is whole, yet no tag holds it, so a rule that expires untagged images can delete it:
+/// the daemon's `/status`, `/status/summary` and metrics and `copycat verify` all count it
+/// `untagged` (at risk, not verified; coverage 1/2, verify exits 1). With the anchor tag (the
+/// default template) the same image is verified.
+#[tokio::test]
+async fn an_untagged_copy_counts_as_at_risk_everywhere() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let pinned = Image::oci("amd64", &[1100], 1430).unwrap();
+    let tagged = Image::oci("amd64", &[1200], 1431).unwrap();
+    pinned.push(&src, "tools/pin", &pinned.digest).await.unwrap();
+    tagged.push(&src, "tools/tagged", "1").await.unwrap();
+    let pinned_ref = format!("{}/tools/pin@{}", src.host(), pinned.digest);
+    let server = ApiServer::new();
+    server
+        .apply_all([workload(
+            "Deployment",
+            "apps/v1",
+            "ops",
+            "tools",
+            &[("p", &pinned_ref), ("t", &format!("{}/tools/tagged:1", src.host()))],
+        )])
+        .unwrap();
+    let api = server.serve().unwrap();
+    let env = [("DIGEST_TAG_TEMPLATE", "none"), ("VERIFY_INTERVAL", "3s")];
+    let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, &env);
+    eventually(
+        "1 verified and 1 untagged in /status/summary and /metrics",
+        WAIT,
+        async || {
+            let (code, summary) = daemon.json("GET", "/status/summary", None).await;
+            let s = &summary["summary"];
+            let (_, metrics) = daemon.get("/metrics").await;
+            let metric = |state: &str| sample(&metrics, &format!("k8s_copycat_backup_images{{state=\"{state}\"}}"));
+            code == 200
+                && s["verified"] == 1
+                && s["untagged"] == 1
+                && s["coverage"] == 0.5
+                && metric("verified") == Some(1.0)
+                && metric("untagged") == Some(1.0)
+                && sample(&metrics, "k8s_copycat_backup_coverage_ratio") == Some(0.5)
+        },
+    )
+    .await;
+    let (_, untagged) = daemon.json("GET", "/status?backup=untagged", None).await;
+    let entries = untagged.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{untagged}");
+    let detail = entries[0]["backup"]["detail"].as_str().unwrap();
+    assert!(detail.contains("no tag holds it"), "{untagged}");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("no tag holds it (at risk)"), "{log}");
+
+    let kubeconfig = api.kubeconfig_path().to_str().unwrap();
+    let run = |template: &'static str| {
+        let host = dst.host();
+        copycat(
+            &["verify", "--kubeconfig", kubeconfig, "--output", "json"],
+            &[
+                ("TARGET_KIND", "docker"),
+                ("TARGET_REGISTRY", &host),
+                ("DIGEST_TAG_TEMPLATE", template),
+            ],
+        )
+    };
+    let out = run("none");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&report["summary"]["verified"], &report["summary"]["untagged"]),
+        (&1.into(), &1.into()),
+        "{report}"
+    );
+    let pin = report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["image"] == pinned_ref.as_str())
+        .unwrap();
+    assert_eq!(pin["state"], "untagged", "{pin}");
+    assert!(text(&out).contains("1 untagged"), "{}", text(&out));
+    // The anchor tag makes the same copy safe from such rules: verified.
+    let anchor = format!("copycat-{}", pinned.digest.trim_start_matches("sha256:"));
+    pinned.push(&dst, "tools/pin", &anchor).await.unwrap();
+    let out = run("");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
