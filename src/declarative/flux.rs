@@ -19,13 +19,7 @@ pub const PLURAL: &str = "imagerepositories";
 
 /// The resource in `version`, for `kube::Api::all_with`.
 pub fn api_resource(version: &str) -> kube::core::ApiResource {
-    kube::core::ApiResource {
-        group: GROUP.into(),
-        version: version.into(),
-        api_version: format!("{GROUP}/{version}"),
-        kind: KIND.into(),
-        plural: PLURAL.into(),
-    }
+    super::api_resource(GROUP, version, KIND, PLURAL)
 }
 
 /// An `ImageRepository` as copycat reads it.

@@ -24,13 +24,7 @@ pub const PLURAL: &str = "images";
 
 /// The resource, for `kube::Api::all_with` / `namespaced_with`.
 pub fn api_resource() -> kube::core::ApiResource {
-    kube::core::ApiResource {
-        group: GROUP.into(),
-        version: VERSION.into(),
-        api_version: format!("{GROUP}/{VERSION}"),
-        kind: KIND.into(),
-        plural: PLURAL.into(),
-    }
+    super::api_resource(GROUP, VERSION, KIND, PLURAL)
 }
 
 /// An `Image` object as copycat reads and writes it.

@@ -5,3 +5,14 @@
 
 pub mod flux;
 pub mod image;
+
+/// The `kube` resource of a custom kind, for `kube::Api::all_with` / `namespaced_with`.
+fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
