@@ -22,11 +22,11 @@ if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/kubernetes-validate" ];
 fi
 export COPYCAT_MOTO_SERVER="$venv/bin/moto_server"
 
-# The install manifest against the Kubernetes schemas, offline. --strict rejects unknown fields; an
+# The install manifest and the CRDs against the Kubernetes schemas, offline. --strict rejects unknown fields; an
 # unknown kind (or apiVersion) is only a WARN with exit 0, so any output line fails too.
-if ! validation=$("$venv/bin/kubernetes-validate" --strict --quiet manifests/k8s.yaml 2>&1) ||
+if ! validation=$("$venv/bin/kubernetes-validate" --strict --quiet manifests/k8s.yaml manifests/crds/*.yaml 2>&1) ||
   [ -n "$validation" ]; then
-  echo "manifests/k8s.yaml fails validation:" >&2
+  echo "manifests/k8s.yaml or manifests/crds/ fail validation:" >&2
   echo "$validation" >&2
   exit 1
 fi

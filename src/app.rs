@@ -18,7 +18,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         | Command::Verify(_)
         | Command::Failover(_)
         | Command::NodeConfig(_) => Purpose::Daemon,
-        Command::Copy(_) | Command::Sync(_) => Purpose::OneShot,
+        Command::Copy(_) | Command::Sync(_) | Command::PlanTags(_) => Purpose::OneShot,
     };
     let env = |name: &str| std::env::var(name).ok();
     let mut loaded = match config::load(&env, &overrides, purpose) {
@@ -50,6 +50,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Sync(args) => commands::sync(&loaded.config, args).await,
         Command::Verify(args) => commands::verify(&loaded.config, args).await,
         Command::Failover(args) => commands::failover(&loaded.config, args).await,
+        Command::PlanTags(args) => commands::plan_tags(&loaded.config, args).await,
         Command::NodeConfig(args) => commands::node_config(&loaded.config, args).await,
         Command::Run(_) | Command::CheckConfig(_) => run_daemon(&loaded.config).await,
     }

@@ -48,13 +48,14 @@ impl Cli {
                 | Command::Sync(_)
                 | Command::Verify(_)
                 | Command::Failover(_)
-                | Command::NodeConfig(_),
+                | Command::NodeConfig(_)
+                | Command::PlanTags(_),
             ) if self.daemon != DaemonFlags::default() => Err(Cli::command().error(
                 clap::error::ErrorKind::ArgumentConflict,
                 "--metrics-bind-address, --health-probe-bind-address, --leader-elect and \
                      --kubeconfig belong to the daemon (`run`) and `check-config`, not to `copy`, `sync`, \
-                     `verify`, `failover` or `node-config` (`verify`, `failover` and `node-config` take their own \
-                     --kubeconfig FILE)",
+                     `plan-tags`, `verify`, `failover` or `node-config` (`verify`, `failover` and `node-config` \
+                     take their own --kubeconfig FILE)",
             )),
             _ => Ok(self),
         }
@@ -76,7 +77,7 @@ impl Cli {
                 kubeconfig: kubeconfig.clone(),
                 ..DaemonFlags::default()
             }),
-            Command::Copy(_) | Command::Sync(_) => None,
+            Command::Copy(_) | Command::Sync(_) | Command::PlanTags(_) => None,
         };
         let overrides = self.flags.overrides(daemon.as_ref());
         (command, overrides)
@@ -176,6 +177,21 @@ pub enum Command {
     /// fails (or first). Exit 0 when every registry was written, 1 when some cannot be expressed at
     /// node level (listed with the reason), 2 for configuration and usage errors. See docs/restore.md.
     NodeConfig(NodeConfigArgs),
+    /// Preview an image-operator version pattern: list SOURCE's tags at its registry and print those
+    /// PATTERN matches today, sorted by version, e.g. `copycat plan-tags quay.io/argoproj/argocd v2.13.x`.
+    PlanTags(PlanTagsArgs),
+}
+
+/// Arguments of `copycat plan-tags`.
+#[derive(Debug, Args)]
+pub struct PlanTagsArgs {
+    /// Source repository with its registry, without a tag (`quay.io/argoproj/argocd`).
+    pub source: String,
+    /// Version pattern: three parts, each a number or `x`, an optional leading `v` (`v2.13.x`, `2.x.0`).
+    pub pattern: String,
+    /// Also match candidate releases `X.Y.Z-rcN` (an `Image`'s `allowCandidateRelease: true`).
+    #[arg(long)]
+    pub rc: bool,
 }
 
 /// Arguments of `copycat failover`.

@@ -647,6 +647,12 @@ impl FromStr for ImageRef {
     }
 }
 
+/// Whether a repository name starts with a registry host (`quay.io/a/b`, `localhost:5000/a`), as
+/// distribution decides it; `team/app` and `nginx` do not (they would be Docker Hub's).
+pub fn names_registry(name: &str) -> bool {
+    split_domain(name).0.is_some()
+}
+
 /// Distribution's `splitDockerDomain`: the first component is a registry only if it cannot be a Docker Hub
 /// namespace, i.e. it has a '.' or ':', is `localhost`, or has upper case (Hub namespaces are lower-case).
 fn split_domain(name: &str) -> (Option<&str>, &str) {

@@ -4,6 +4,7 @@
 
 mod failover;
 mod node_config;
+mod plan_tags;
 mod progress;
 mod verify;
 
@@ -22,6 +23,7 @@ use crate::referrer_policy::ReferrersMode;
 use crate::wiring::{command_copier, copy_options, pull_through};
 pub use failover::failover;
 pub use node_config::node_config;
+pub use plan_tags::plan_tags;
 use progress::Progress;
 pub use verify::verify;
 

@@ -91,6 +91,7 @@ impl TaskStatus {
             finished: Some(SystemTime::now()),
             excluded_by: None,
             kept_source: None,
+            referrers: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Listing what a repository holds besides manifests by digest: its tags (`GET /v2/<name>/tags/list`,
-//! paginated with `Link`) and the OCI 1.1 Referrers API (`GET /v2/<name>/referrers/<digest>`), and
+//! paginated with `Link` — Docker Hub, Quay and distribution all paginate — on the same host only,
+//! since the next page receives our credentials) and the OCI 1.1 Referrers API (`GET /v2/<name>/referrers/<digest>`), and
 //! the manifest PUT that reports whether the registry indexed a `subject` (`OCI-Subject`).
 
 use bytes::{Bytes, BytesMut};
@@ -18,7 +19,7 @@ use crate::reference::Digest;
 
 /// Tags asked for per page.
 const TAGS_PER_PAGE: usize = 1000;
-/// Most pages followed (tag lists and referrer lists): a hostile `Link` loop ends here.
+/// Most pages followed (tag lists and referrer lists): a hostile `Link` loop ends here, with an error.
 const MAX_PAGES: usize = 100;
 /// Largest page body read.
 const MAX_PAGE_SIZE: usize = 4 * 1024 * 1024;
@@ -92,8 +93,27 @@ fn next_link(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
+/// The next page's URL: relative to the current one, on the same scheme, host and port.
+fn next_page(current: &Url, link: &str) -> Result<Url, RegistryError> {
+    let next = proto::resolve_location(current, link)
+        .map_err(|e| RegistryError::Invalid(format!("{}: Link: {e}", proto::display_url(current))))?;
+    if next.origin() != current.origin() {
+        return Err(RegistryError::Invalid(format!(
+            "{}: Link points to another host ({})",
+            proto::display_url(current),
+            next.host_str().unwrap_or_default()
+        )));
+    }
+    Ok(next)
+}
+
+fn too_many_pages(what: &str) -> RegistryError {
+    RegistryError::Invalid(format!("{what} longer than {MAX_PAGES} pages"))
+}
+
 impl Registry {
-    /// Every tag of `repo` (all pages); empty when the repository does not exist.
+    /// Every tag of `repo`, in the registry's order, all pages; empty when the repository does not
+    /// exist (404).
     pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
         check_repo(repo)?;
         let first = proto::with_query(
@@ -111,9 +131,12 @@ impl Registry {
             let page: TagPage = serde_json::from_slice(&body)
                 .map_err(|e| RegistryError::Invalid(format!("{}: invalid tag list: {e}", proto::display_url(&url))))?;
             tags.extend(page.tags.unwrap_or_default());
-            next = link;
+            match link {
+                Some(link) => next = Some(link),
+                None => return Ok(tags),
+            }
         }
-        Ok(tags)
+        Err(too_many_pages("tag list"))
     }
 
     /// The Referrers API for `digest` in `repo`, asking the registry to filter by `artifact_type`;
@@ -146,9 +169,12 @@ impl Registry {
             })?;
             referrers.descriptors.extend(index.manifests);
             referrers.filtered = filtered && artifact_type.is_some();
-            next = link;
+            match link {
+                Some(link) => next = Some(link),
+                None => return Ok(Some(referrers)),
+            }
         }
-        Ok(Some(referrers))
+        Err(too_many_pages("referrers list"))
     }
 
     /// GET one page of a list: its body and the next page, `None` on 404. `filters_applied`, when
@@ -170,10 +196,7 @@ impl Registry {
             *applied = header_str(resp.headers(), "oci-filters-applied")
                 .is_some_and(|v| v.split(',').any(|f| f.trim() == "artifactType"));
         }
-        let link = match next_link(resp.headers()) {
-            Some(l) => Some(proto::resolve_location(url, l).map_err(|e| RegistryError::Invalid(e.to_string()))?),
-            None => None,
-        };
+        let link = next_link(resp.headers()).map(|l| next_page(url, l)).transpose()?;
         let mut body = BytesMut::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -242,5 +265,15 @@ mod tests {
             }
             assert_eq!(next_link(&headers), *want, "{values:?}");
         }
+    }
+
+    #[test]
+    fn next_page_stays_on_the_host() {
+        let current = Url::parse("http://127.0.0.1:5000/v2/a/tags/list?n=2").unwrap();
+        assert_eq!(
+            next_page(&current, "/v2/a/tags/list?last=b&n=2").unwrap().as_str(),
+            "http://127.0.0.1:5000/v2/a/tags/list?last=b&n=2"
+        );
+        assert!(next_page(&current, "http://elsewhere.example/v2/a/tags/list").is_err());
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! It answers the distribution API's read side over plain HTTP on `127.0.0.1`: `GET /v2/`, `HEAD`
 //! and `GET` of manifests (by tag or digest) and blobs, with `Docker-Content-Digest`, `Content-Type`
-//! and `Content-Length`; anything else is `404` with a registry-style error. Every request is logged.
+//! and `Content-Length`, and tag lists (`tags/list`, paginated with `Link`); anything else is `404` with a registry-style error. Every request is logged.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +34,8 @@ struct Content {
     blobs: HashMap<String, Bytes>,
     /// `METHOD /path` of every request, in arrival order.
     log: Vec<String>,
+    /// Most tags per `tags/list` page, whatever `n` asks (Docker Hub and Quay cap pages too).
+    tag_page_limit: Option<usize>,
 }
 
 /// A registry on `127.0.0.1:<free port>` serving what was put in it, on its own thread and runtime;
@@ -157,6 +159,12 @@ impl StaticRegistry {
         digest
     }
 
+    /// Answers `tags/list` with at most `limit` tags a page, whatever `n` asks, and a
+    /// `Link: <…?last=…&n=…>; rel="next"` header while more follow.
+    pub fn set_tag_page_limit(&self, limit: usize) {
+        lock(&self.content).tag_page_limit = Some(limit.max(1));
+    }
+
     /// `METHOD /path` of every request so far.
     pub fn requests(&self) -> Vec<String> {
         lock(&self.content).log.clone()
@@ -168,6 +176,11 @@ async fn serve(State(content): State<Arc<Mutex<Content>>>, request: Request<Body
     let found = {
         let mut content = lock(&content);
         content.log.push(format!("{method} {path}"));
+        if method == Method::GET
+            && let Some(repo) = path.strip_prefix("/v2/").and_then(|r| r.strip_suffix("/tags/list"))
+        {
+            return tag_page(&content, repo, request.uri().query().unwrap_or(""));
+        }
         lookup(&content, &path)
     };
     let head = method == Method::HEAD;
@@ -187,6 +200,47 @@ async fn serve(State(content): State<Arc<Mutex<Content>>>, request: Request<Body
         }
         None => error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
     }
+}
+
+/// One page of `repo`'s tags in name order: after `last`, at most `n` (and the page limit), with a
+/// `Link` to the next page while more follow; 404 for a repository without tags.
+fn tag_page(content: &Content, repo: &str, query: &str) -> Response<Body> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let mut tags: Vec<&str> = content
+        .manifests
+        .keys()
+        .filter(|(r, reference)| r == repo && !reference.contains(':'))
+        .map(|(_, t)| t.as_str())
+        .collect();
+    if tags.is_empty() {
+        return error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
+    }
+    tags.sort_unstable();
+    let last = param("last");
+    let after: Vec<&str> = tags
+        .into_iter()
+        .filter(|t| last.as_deref().is_none_or(|l| *t > l))
+        .collect();
+    let asked = param("n").and_then(|n| n.parse::<usize>().ok()).unwrap_or(usize::MAX);
+    let size = asked.min(content.tag_page_limit.unwrap_or(usize::MAX)).max(1);
+    let page = &after[..size.min(after.len())];
+    let mut response = Response::builder().header(header::CONTENT_TYPE, "application/json");
+    if page.len() < after.len()
+        && let Some(end) = page.last()
+    {
+        response = response.header(
+            header::LINK,
+            format!("</v2/{repo}/tags/list?last={end}&n={size}>; rel=\"next\""),
+        );
+    }
+    let body = json!({"name": repo, "tags": page}).to_string();
+    response.body(Body::from(body)).expect("valid response")
 }
 
 /// What `path` names: (media type, digest, bytes).

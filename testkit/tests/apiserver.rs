@@ -822,6 +822,24 @@ async fn discovery_version_metadata_and_dynamic_lists() {
         assert_eq!(ar.plural, "deployments");
         assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
         assert!(discovery.has_group("coordination.k8s.io"));
+        // The custom kinds copycat reads: Image with its status subresource, Flux's
+        // ImageRepository in both versions (v1 preferred).
+        let image = kube::api::GroupVersionKind::gvk("skopeo.io", "v1alpha1", "Image");
+        let (images, image_caps) = discovery.resolve_gvk(&image).expect("images discovered");
+        assert_eq!(
+            (images.plural.as_str(), image_caps.scope.clone()),
+            ("images", kube::discovery::Scope::Namespaced)
+        );
+        assert!(
+            image_caps.subresources.iter().any(|(s, _)| s.plural == "status"),
+            "images/status"
+        );
+        for version in ["v1", "v1beta2"] {
+            let gvk = kube::api::GroupVersionKind::gvk("image.toolkit.fluxcd.io", version, "ImageRepository");
+            assert!(discovery.resolve_gvk(&gvk).is_some(), "ImageRepository {version}");
+        }
+        let flux = discovery.get("image.toolkit.fluxcd.io").expect("flux group");
+        assert_eq!(flux.preferred_version_or_latest(), "v1");
         // Dynamic lists decode although items come without apiVersion/kind.
         let dynamic: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
         let items = dynamic.list(&ListParams::default()).await.unwrap().items;

@@ -5,6 +5,7 @@ mod check_config;
 mod commands;
 mod copy;
 mod daemon;
+mod declarative;
 mod discovery;
 mod drills;
 mod dropin;

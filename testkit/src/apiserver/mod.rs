@@ -5,7 +5,10 @@
 //! a bounded event history feeds watches and consistent paged lists. Served types: core/v1
 //! pods, namespaces, nodes, events, secrets, serviceaccounts; apps/v1 deployments,
 //! statefulsets, daemonsets, replicasets; batch/v1 jobs, cronjobs; coordination.k8s.io/v1
-//! leases.
+//! leases; apiextensions.k8s.io/v1 customresourcedefinitions; and the custom kinds copycat reads,
+//! served whether or not their CRD object exists: skopeo.io/v1alpha1 images and
+//! image.toolkit.fluxcd.io/v1 and v1beta2 imagerepositories (each version stored apart, no
+//! conversion), all with a status subresource.
 //!
 //! Two ways to use it:
 //!

@@ -1,4 +1,5 @@
-//! The fixed set of resource types the stand-in API server serves.
+//! The fixed set of resource types the stand-in API server serves, the custom kinds copycat reads
+//! (image-operator's `Image`, Flux's `ImageRepository` in both versions) and CRDs themselves included.
 
 /// One served resource type (a kind under one group/version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +216,52 @@ pub static RESOURCES: &[ResourceType] = &[
         kind: "Lease",
         namespaced: true,
         status_subresource: false,
+        short_names: &[],
+        field_labels: &[],
+    },
+    ResourceType {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        kind: "CustomResourceDefinition",
+        namespaced: false,
+        status_subresource: true,
+        short_names: &["crd", "crds"],
+        field_labels: &[],
+    },
+    // The custom kinds copycat reads, served as if their CRDs were installed (objects are
+    // schema-free here; the CRD's schema is checked by kubernetes-validate).
+    ResourceType {
+        group: "skopeo.io",
+        version: "v1alpha1",
+        plural: "images",
+        singular: "image",
+        kind: "Image",
+        namespaced: true,
+        status_subresource: true,
+        short_names: &[],
+        field_labels: &[],
+    },
+    ResourceType {
+        group: "image.toolkit.fluxcd.io",
+        version: "v1",
+        plural: "imagerepositories",
+        singular: "imagerepository",
+        kind: "ImageRepository",
+        namespaced: true,
+        status_subresource: true,
+        short_names: &[],
+        field_labels: &[],
+    },
+    ResourceType {
+        group: "image.toolkit.fluxcd.io",
+        version: "v1beta2",
+        plural: "imagerepositories",
+        singular: "imagerepository",
+        kind: "ImageRepository",
+        namespaced: true,
+        status_subresource: true,
         short_names: &[],
         field_labels: &[],
     },
