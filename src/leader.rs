@@ -58,7 +58,11 @@ impl Params {
             .with_identity(self.identity.clone())
             .with_duration(self.duration)
             .with_grace(self.grace)
-            .with_field_manager("copycat")
+            // One field manager per replica: the library takes a free Lease with a server-side apply
+            // of `holderIdentity`, which only conflicts between different managers. With one shared
+            // name two replicas starting together both "took" it (the later apply silently won) and
+            // both mirrored until the next renewal (seen on a real API server).
+            .with_field_manager(format!("copycat/{}", self.identity))
             .build()
             .await
     }
