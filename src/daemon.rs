@@ -33,6 +33,12 @@ use crate::workload::{Kind, Workload};
 /// How long changes may keep arriving before a plan is made (a rollout touches many objects at once).
 const SETTLE: Duration = Duration::from_millis(250);
 
+/// The longest the first full plan waits, once the watches readiness needs have listed, for the
+/// pull-secret watches (`useImagePullSecrets`) to list too: planning without them would try every
+/// private image without its credentials and fail it, while a watch the RBAC refuses must not hold
+/// mirroring back for ever.
+const CREDENTIALS_GRACE: Duration = Duration::from_secs(3);
+
 /// Runs the daemon with the `parts` built from `config` until SIGTERM or SIGINT.
 pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     let DaemonParts {
@@ -309,6 +315,8 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
     let mut inventory = Inventory::new();
     let mut plan_at: Option<Instant> = None;
     let mut listed = false;
+    // Whether every watch, the pull-secret ones included, has listed once.
+    let mut credentials_listed = false;
     let mut next_rescan = rescan.map(|every| Instant::now() + every);
     loop {
         let plan_due = until(plan_at);
@@ -326,7 +334,12 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
                         listed = true;
                         ready.store(true, Ordering::Release);
                         tracing::info!(objects = inventory.objects().count(), "initial list complete");
-                        // The one pass that merges everything, at once: the lists are complete.
+                        // The one pass that merges everything: at once when the pull-secret watches
+                        // have listed too (below), else once they do or after the grace at the latest.
+                        plan_at = Some(Instant::now() + CREDENTIALS_GRACE);
+                    }
+                    if listed && !credentials_listed && feeds.iter().all(|f| inventory.is_synced(f)) {
+                        credentials_listed = true;
                         plan_at = Some(Instant::now());
                     }
                 }
