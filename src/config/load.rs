@@ -406,6 +406,13 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
             enabled: loader.get("onTheFly.enabled", parse::boolean),
             rules: on_the_fly_rules(loader),
         },
+        flux_image_repositories: FluxImageRepositories {
+            enabled: loader.get("fluxImageRepositories.enabled", parse::boolean),
+            namespaces: loader.get("fluxImageRepositories.namespaces", namespace_names),
+            destination_prefix: loader.get("fluxImageRepositories.destinationPrefix", prefix_template),
+            max_tags: loader.get("fluxImageRepositories.maxTags", parse::positive_u32),
+            all_tags: loader.get("fluxImageRepositories.allTags", parse::boolean),
+        },
         runtime: RuntimeSettings {
             config_path: PathBuf::new(),
             config_found: false,
@@ -429,6 +436,7 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
         check_target(loader, &config);
         check_namespaces(loader, &config);
         check_on_the_fly(loader, &config);
+        check_flux(loader, &config);
     }
     warn_about_tagged_exclusions(loader, &config.exclude_registries);
     warn_about_empty_digest_tag_template(loader);
@@ -745,6 +753,30 @@ fn globs(input: &Input) -> Result<Vec<String>, ValueError> {
     Ok(items)
 }
 
+/// Namespace names (DNS labels), each watched by itself; `*` or an empty list: all (empty).
+fn namespace_names(input: &Input) -> Result<Vec<String>, ValueError> {
+    let items = parse::list(input)?;
+    if items.iter().any(|n| n == "*") {
+        return if items.len() == 1 {
+            Ok(vec![])
+        } else {
+            Err(ValueError::invalid("`*` (all namespaces) cannot be listed with names"))
+        };
+    }
+    for name in &items {
+        let label = name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !label {
+            return Err(ValueError::invalid(format_args!(
+                "{name:?} is not a namespace name (lower-case letters, digits and `-`, at most 63; no globs)"
+            )));
+        }
+    }
+    Ok(items)
+}
+
 /// k8s-copycat's normalisation: lower-case, no scheme, no trailing `/`, `index.docker.io` → `docker.io`.
 fn excluded_registries(input: &Input) -> Result<Vec<String>, ValueError> {
     let mut out: Vec<String> = parse::list(input)?
@@ -877,6 +909,17 @@ fn on_the_fly_rules(loader: &mut Loader<'_>) -> Vec<OnTheFlyRule> {
         out.push((entry.0, OnTheFlyRule { mirror, source }));
     }
     out.into_iter().map(|(_, rule)| rule).collect()
+}
+
+/// With `fluxImageRepositories.enabled`: copies are named on a target registry, which pull-through
+/// caches are not (they are read through, never written to).
+fn check_flux(loader: &mut Loader<'_>, config: &Config) {
+    if config.flux_image_repositories.enabled && config.target_kind == TargetKind::PullThrough {
+        loader.setting_problem(
+            "fluxImageRepositories.enabled",
+            "needs a target registry to copy to: targetKind pullThrough only reads images through caches".into(),
+        );
+    }
 }
 
 /// With `onTheFly.enabled`: Pods are watched (their statuses say which pulls fail), there is a rule,

@@ -118,6 +118,8 @@ pub struct Config {
     pub registry_mirrors: std::collections::BTreeMap<String, Vec<String>>,
     /// Copy on the fly of images on the target registry that Pods fail to pull.
     pub on_the_fly: OnTheFly,
+    /// Mirroring of Flux `ImageRepository` scans.
+    pub flux_image_repositories: FluxImageRepositories,
     /// Settings that come only from the environment or flags.
     #[serde(skip)]
     pub runtime: RuntimeSettings,
@@ -292,6 +294,22 @@ pub struct OnTheFlyRule {
     pub mirror: String,
     /// `host[:port][/path]` of the upstream registry: host canonical (`docker.io`), no trailing `/`.
     pub source: String,
+}
+
+/// Mirroring of Flux `ImageRepository` scans (`fluxImageRepositories`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FluxImageRepositories {
+    /// Whether `ImageRepository` objects are watched.
+    pub enabled: bool,
+    /// The namespaces watched, each by its own watch; empty: all, one cluster-wide watch.
+    pub namespaces: Vec<String>,
+    /// Repository prefix template replacing the target's `repoPrefix`; empty: the target's.
+    pub destination_prefix: String,
+    /// Most tags copied per scan of one object.
+    pub max_tags: u32,
+    /// Also copy every tag the source repository lists.
+    pub all_tags: bool,
 }
 
 /// A validated regular expression that prints as its source.

@@ -1072,3 +1072,24 @@ fn pull_through_caches_are_checked_entry_by_entry() {
     let loaded = load_with(&with_path_map, &[], Overrides::default(), Purpose::Daemon).unwrap();
     assert!(loaded.warnings.iter().any(|w| w.contains("pathMap does not apply")), "{:?}", loaded.warnings);
 }
+
+#[rustfmt::skip]
+#[test]
+fn flux_image_repository_settings_and_bad_values_by_name() {
+    let c = ok("", &[]).flux_image_repositories;
+    assert_eq!((c.enabled, c.namespaces.len(), c.destination_prefix.as_str(), c.max_tags, c.all_tags), (false, 0, "", 100, false), "the defaults");
+    let yaml = "fluxImageRepositories:\n  enabled: true\n  namespaces: [flux-system, team-a]\n  destinationPrefix: flux/$namespace\n  maxTags: 5\n  allTags: true\n";
+    let c = ok(yaml, &[]).flux_image_repositories;
+    assert_eq!((c.enabled, c.namespaces, c.destination_prefix.as_str(), c.max_tags, c.all_tags), (true, vec!["flux-system".to_owned(), "team-a".to_owned()], "flux/$namespace", 5, true));
+    assert!(ok("fluxImageRepositories: {namespaces: ['*']}", &[]).flux_image_repositories.namespaces.is_empty(), "`*` is all");
+    assert_reported(&[
+        ("fluxImageRepositories: {enabled: maybe}", &[], &["fluxImageRepositories.enabled", "maybe"]),
+        ("fluxImageRepositories: {maxTags: 0}", &[], &["fluxImageRepositories.maxTags", "greater than 0"]),
+        ("fluxImageRepositories: {namespaces: [team-*]}", &[], &["fluxImageRepositories.namespaces", "\"team-*\" is not a namespace name", "no globs"]),
+        ("fluxImageRepositories: {namespaces: ['*', a]}", &[], &["fluxImageRepositories.namespaces", "cannot be listed with names"]),
+        ("fluxImageRepositories: {destinationPrefix: flux/$ns}", &[], &["fluxImageRepositories.destinationPrefix", "unknown placeholder $ns"]),
+        ("fluxImageRepositories: {allTag: true}", &[], &["fluxImageRepositories.allTag", "did you mean \"fluxImageRepositories.allTags\""]),
+    ]);
+    let p = problems("targetKind: pullThrough\npullThrough:\n  caches:\n    docker.io: h.example.com\nfluxImageRepositories: {enabled: true}\n", &[], Purpose::Daemon).join("\n");
+    assert!(p.contains("fluxImageRepositories.enabled") && p.contains("pullThrough"), "{p}");
+}
