@@ -765,7 +765,9 @@ fn namespace_names(input: &Input) -> Result<Vec<String>, ValueError> {
     }
     for name in &items {
         let label = name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !name.starts_with('-')
             && !name.ends_with('-');
         if !label {

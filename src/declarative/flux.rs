@@ -1,11 +1,12 @@
 //! Flux's `ImageRepository` (`image.toolkit.fluxcd.io/v1` and `v1beta2`, the same fields), as
 //! imagerepo-mirror used it: the image-reflector-controller scans `spec.image` and writes
 //! `status.lastScanResult`; a new `revision` means the set of tags changed, and its
-//! `latestTags` are mirrored ([`scan_changed`], [`ScanResult::requests`]).
+//! `latestTags` are mirrored ([`scan_changed`], [`TagSelection`], [`requests`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::copy::CopyRequest;
+use crate::naming::{NameContext, NamingError, TargetNaming};
 use crate::reference::{ImageRef, ReferenceError};
 
 /// The API group.
@@ -81,24 +82,74 @@ fn revision(scan: Option<&ScanResult>) -> Option<&str> {
     scan.map(|s| s.revision.as_str()).filter(|r| !r.is_empty())
 }
 
-impl ScanResult {
-    /// The copies of `latest_tags` of `image` to `prefix` + the image's repository path, each tag
-    /// kept (`ghcr.io/org/app:1.2` → `<prefix>/org/app:1.2`), at most `limit`, in the scan's order.
-    pub fn requests(&self, image: &str, prefix: &str, limit: usize) -> Result<Vec<CopyRequest>, ReferenceError> {
-        let source = ImageRef::parse(image)?;
-        let target = ImageRef::parse(&format!("{}/{}", prefix.trim_end_matches('/'), source.repository()))?;
-        self.latest_tags
+/// The tags a new scan asks to copy: the scan's `latest_tags` first, then the tags `listed` by the
+/// registry (with `allTags`; empty otherwise) from the last in the registry's order, each once, at
+/// most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagSelection {
+    /// The tags to copy, in that order.
+    pub tags: Vec<String>,
+    /// How many more the limit left out.
+    pub left_out: usize,
+}
+
+impl TagSelection {
+    /// Selects from `scan` and `listed` (see [`TagSelection`]).
+    pub fn of(scan: &ScanResult, listed: &[String], limit: usize) -> TagSelection {
+        let mut seen = std::collections::HashSet::new();
+        let all: Vec<&String> = scan
+            .latest_tags
             .iter()
-            .take(limit)
-            .map(|tag| {
-                Ok(CopyRequest {
-                    source: source.with_tag(tag)?,
-                    target: target.clone(),
-                    target_tag: Some(tag.clone()),
-                })
-            })
-            .collect()
+            .chain(listed.iter().rev())
+            .filter(|t| seen.insert(t.as_str()))
+            .collect();
+        TagSelection {
+            left_out: all.len().saturating_sub(limit),
+            tags: all.into_iter().take(limit).cloned().collect(),
+        }
     }
+}
+
+/// Why an `ImageRepository` gives no copies.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FluxError {
+    /// `spec.image`, or the image with one of its tags, is no valid reference.
+    #[error("spec.image: {0}")]
+    Image(#[from] ReferenceError),
+    /// The target named for it is no valid reference.
+    #[error(transparent)]
+    Naming(#[from] NamingError),
+}
+
+/// How the copies of the `ImageRepository` `namespace/name` are named: copycat's target naming
+/// (`base`: the target host, path, `pathMap` and the `repoPrefix` or `destinationPrefix` template)
+/// with `$namespace` the object's namespace and `$podname` its name.
+pub fn naming_for(base: &TargetNaming, namespace: &str, name: &str) -> TargetNaming {
+    TargetNaming {
+        ctx: NameContext {
+            namespace: namespace.to_owned(),
+            podname: name.to_owned(),
+            container_name: String::new(),
+            arch: None,
+        },
+        ..base.clone()
+    }
+}
+
+/// The copies of `image` (`spec.image`) under each of `tags`, the tag kept at the target, named by
+/// `naming` (a `$arch` segment is left out here; the caller names it once the image is read).
+pub fn requests(image: &str, tags: &[String], naming: &TargetNaming) -> Result<Vec<CopyRequest>, FluxError> {
+    let image = ImageRef::parse(image)?;
+    let target = naming.target(&image, None)?;
+    tags.iter()
+        .map(|tag| {
+            Ok(CopyRequest {
+                source: image.with_tag(tag)?,
+                target: target.clone(),
+                target_tag: Some(tag.clone()),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -133,16 +184,78 @@ mod tests {
     }
 
     #[test]
-    fn latest_tags_go_under_the_prefix() {
-        let requests = scan("r")
-            .requests("ghcr.io/org/app", "mirror.example:5000/flux/", 1)
-            .unwrap();
-        assert_eq!(requests.len(), 1);
-        assert_eq!(requests[0].source.to_string(), "ghcr.io/org/app:1.1");
-        assert_eq!(requests[0].target_display(None), "mirror.example:5000/flux/org/app:1.1");
-        let hub = scan("r").requests("nginx", "mirror.example", 5).unwrap();
-        assert_eq!(hub[1].target_display(None), "mirror.example/library/nginx:1.0");
-        assert!(scan("r").requests("Bad Image", "mirror.example", 5).is_err());
+    fn tags_selected_latest_first_then_listed_from_the_last_within_the_limit() {
+        let listed: Vec<String> = ["0.9", "1.0", "1.1", "1.2", "latest"].map(String::from).to_vec();
+        // (listed, limit, tags, left out, what)
+        let cases: [(&[String], usize, &[&str], usize, &str); 5] = [
+            (&[], 10, &["1.1", "1.0"], 0, "latest tags only"),
+            (&[], 1, &["1.1"], 1, "latest tags, limited"),
+            (
+                &listed,
+                10,
+                &["1.1", "1.0", "latest", "1.2", "0.9"],
+                0,
+                "all tags, each once",
+            ),
+            (&listed, 3, &["1.1", "1.0", "latest"], 2, "all tags, limited"),
+            (&listed, 0, &[], 5, "limit 0"),
+        ];
+        for (listed, limit, tags, left_out, what) in cases {
+            let got = TagSelection::of(&scan("r"), listed, limit);
+            assert_eq!(
+                (got.tags.iter().map(String::as_str).collect::<Vec<_>>(), got.left_out),
+                (tags.to_vec(), left_out),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn copies_are_named_by_the_target_naming_with_the_objects_namespace() {
+        let base = TargetNaming {
+            prefix: "flux/$namespace/$podname/$arch".into(),
+            rules: crate::naming::PathRule::compile(&[crate::naming::PathMapRule {
+                from: "org/".into(),
+                to: "team/".into(),
+                regex: false,
+            }])
+            .unwrap()
+            .into(),
+            ctx: NameContext::default(),
+            target_host: "mirror.example:5000".into(),
+            target_path: "backup".into(),
+        };
+        let naming = naming_for(&base, "apps", "app-repo");
+        let tags = ["1.1".to_owned(), "1.0".to_owned()];
+        // (spec.image, first source, first target)
+        let cases = [
+            (
+                "ghcr.io/org/app",
+                "ghcr.io/org/app:1.1",
+                "mirror.example:5000/backup/flux/apps/app-repo/team/app:1.1",
+            ),
+            (
+                "nginx",
+                "docker.io/library/nginx:1.1",
+                "mirror.example:5000/backup/flux/apps/app-repo/library/nginx:1.1",
+            ),
+            ("localhost:5000/Org/App", "", ""),
+        ];
+        for (image, source, target) in cases {
+            match requests(image, &tags, &naming) {
+                Ok(r) => {
+                    assert_eq!(r.len(), 2, "{image}");
+                    assert_eq!(r[0].source.to_string(), source, "{image}");
+                    assert_eq!(r[0].target_display(None), target, "{image}");
+                    assert_eq!(r[1].target_tag.as_deref(), Some("1.0"), "{image}");
+                }
+                Err(e) => assert!(
+                    source.is_empty() && e.to_string().starts_with("spec.image: "),
+                    "{image}: {e}"
+                ),
+            }
+        }
+        assert!(requests("ghcr.io/org/app", &["bad tag".into()], &naming).is_err());
     }
 
     #[test]
