@@ -438,18 +438,12 @@ impl Metrics {
         if report.referrers.error.is_some() {
             self.referrer_errors.inc();
         }
-        let result = match outcome {
-            Outcome::Copied => {
-                self.push_success.with_label_values(&[&registry_label(target)]).inc();
-                "copied"
-            }
-            Outcome::AlreadyPresent => {
-                self.verified_present.inc();
-                "present"
-            }
-            Outcome::Warmed => "warmed",
-            Outcome::WouldCopy => "would-copy",
-        };
+        match outcome {
+            Outcome::Copied => self.push_success.with_label_values(&[&registry_label(target)]).inc(),
+            Outcome::AlreadyPresent => self.verified_present.inc(),
+            Outcome::Warmed | Outcome::WouldCopy => {}
+        }
+        let result = outcome.as_str();
         if outcome != Outcome::WouldCopy {
             self.last_success.set(unix_now());
         }

@@ -22,7 +22,7 @@ use crate::discovery::pull_failures::PullFailure;
 use crate::events::Notice;
 use crate::metrics::Metrics;
 use crate::plan::{MirrorTask, TargetKey};
-use crate::queue::{DEFAULT_STATUS_CAPACITY, Queue, TaskStatus, UnmatchedImages, UrgentOutcome};
+use crate::queue::{DEFAULT_STATUS_CAPACITY, Interest, Queue, TaskOutcome, TaskStatus, UnmatchedImages};
 use crate::reference::{ImageRef, canonical_host};
 use crate::workload::{Kind, Workload};
 
@@ -130,8 +130,8 @@ impl OnTheFly {
             .max_capacity(DEFAULT_STATUS_CAPACITY)
             .time_to_live(FIRST_SEEN_TTL)
             .build();
-        let (to, mut outcomes) = mpsc::unbounded_channel::<UrgentOutcome>();
-        queue.report_urgent_outcomes(to);
+        let (to, mut outcomes) = mpsc::unbounded_channel::<TaskOutcome>();
+        queue.report_outcomes(Interest::Urgent, to);
         let recorder = {
             let (metrics, first_seen) = (metrics.clone(), first_seen.clone());
             tokio::spawn(async move {
@@ -229,7 +229,7 @@ impl OnTheFly {
 
 /// Counts the outcome of an urgent copy and, once the target holds the image, how long after the
 /// failed pull was first seen.
-fn record(metrics: &Metrics, first_seen: &moka::sync::Cache<TargetKey, Instant>, outcome: &UrgentOutcome) {
+fn record(metrics: &Metrics, first_seen: &moka::sync::Cache<TargetKey, Instant>, outcome: &TaskOutcome) {
     match outcome.result {
         "copied" | "present" => {
             let since = first_seen.remove(&outcome.target).map(|at| at.elapsed());

@@ -147,6 +147,18 @@ pub enum Outcome {
     Warmed,
 }
 
+impl Outcome {
+    /// `copied`, `present`, `would-copy` or `warmed`: the `result` of log lines and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Copied => "copied",
+            Outcome::AlreadyPresent => "present",
+            Outcome::WouldCopy => "would-copy",
+            Outcome::Warmed => "warmed",
+        }
+    }
+}
+
 /// The result of one copy.
 #[derive(Debug, Clone)]
 pub struct CopyReport {

@@ -25,7 +25,12 @@
 //! - **Priority** ([`Queue::submit_urgent`], copy on the fly): an urgent target is taken by the
 //!   next free worker ahead of every routine one, with the same merging, positive cache and cooldown;
 //!   it stays known (and is not forgotten by [`Queue::retain_planned`]) for a while after its last
-//!   urgent submission, and its outcomes are reported ([`Queue::report_urgent_outcomes`]).
+//!   urgent submission, and its outcomes are reported ([`Queue::report_outcomes`]).
+//! - **Declared work** ([`Queue::declare`]): what a declarative object (an `Image`, a Flux
+//!   `ImageRepository`) asks for, outside the plan: only new or changed work is submitted (the rule
+//!   [`Queue::submit_plan`] uses), its targets are kept like urgent ones until no object declares them
+//!   ([`Queue::undeclare`]), [`Queue::refresh_declared`] copies them again past the positive cache,
+//!   and their outcomes are reported per object ([`Queue::report_outcomes`]).
 //! - **Dropping waiting work** ([`Queue::drop_waiting`], when the replica loses leadership): queued
 //!   targets and those in cooldown are forgotten; running copies finish and schedule nothing more.
 //! - **Dry pull**: no copy call, one log line per task. Dry runs are the copier's
@@ -34,6 +39,7 @@
 //! Every outcome is one structured log line. Memory is bounded by the number of distinct targets
 //! waiting or in cooldown; finished targets live in bounded caches.
 
+mod kept;
 mod report;
 mod status;
 
@@ -56,7 +62,9 @@ use crate::plan::{MirrorTask, TargetKey, union_users};
 use crate::reference::{Digest, ImageRef};
 use crate::task_state::TaskState;
 use crate::workload::Workload;
-pub use report::{FailureReport, UrgentOutcome};
+use kept::Kept;
+pub use kept::{DeclaredSource, Interest};
+pub use report::{FailureReport, TaskOutcome};
 use status::Counters;
 pub use status::{ExcludedImages, QueueCounters, TaskStatus, UnmatchedImages};
 
@@ -190,10 +198,12 @@ struct Inner {
     ready: mpsc::UnboundedSender<TargetKey>,
     /// Keys of queued urgent entries, taken before those of `ready`.
     urgent_ready: mpsc::UnboundedSender<TargetKey>,
-    /// Targets submitted urgently ([`Queue::submit_urgent`]) recently.
-    urgent: moka::sync::Cache<TargetKey, ()>,
-    /// Where the outcomes of urgent targets are reported, once set.
-    urgent_outcomes: OnceLock<mpsc::UnboundedSender<UrgentOutcome>>,
+    /// Targets kept besides the plan: urgent and declared ones.
+    kept: Kept,
+    /// Where the outcomes of urgent or declared targets are reported ([`Queue::report_outcomes`]).
+    subscribers: Mutex<Vec<(Interest, mpsc::UnboundedSender<TaskOutcome>)>>,
+    /// The targets of the last plan ([`Queue::retain_planned`]).
+    planned: Mutex<HashSet<TargetKey>>,
     /// Work that succeeded per target (users cleared).
     positive: moka::sync::Cache<TargetKey, Arc<MirrorTask>>,
     /// Status of targets no longer in `State::entries`.
@@ -385,11 +395,9 @@ impl Queue {
             state: Mutex::default(),
             ready,
             urgent_ready,
-            urgent: moka::sync::Cache::builder()
-                .max_capacity(POSITIVE_CAPACITY)
-                .time_to_live(urgent_ttl)
-                .build(),
-            urgent_outcomes: OnceLock::new(),
+            kept: Kept::new(POSITIVE_CAPACITY, urgent_ttl),
+            subscribers: Mutex::default(),
+            planned: Mutex::default(),
             counters: Counters::default(),
             busy: watch::Sender::new(0),
             stopping: watch::Sender::new(false),
@@ -480,7 +488,7 @@ impl Queue {
     /// the target is known mirrored (nothing will run).
     pub fn submit_urgent(&self, task: MirrorTask) -> bool {
         let key = task.key();
-        self.inner.urgent.insert(key.clone(), ());
+        self.inner.kept.urgent.insert(key.clone(), ());
         let (known, queued) = {
             let st = self.inner.lock();
             let entry = st.entries.get(&key);
@@ -504,10 +512,61 @@ impl Queue {
         !known
     }
 
-    /// Reports the outcome of every attempt at an urgent target to `to` from now on (set once; later
-    /// calls are ignored).
-    pub fn report_urgent_outcomes(&self, to: mpsc::UnboundedSender<UrgentOutcome>) {
-        let _ = self.inner.urgent_outcomes.set(to);
+    /// Reports the outcome of every attempt at a target of `interest` (urgent ones, or those objects
+    /// of one kind declare) to `to` from now on.
+    pub fn report_outcomes(&self, interest: Interest, to: mpsc::UnboundedSender<TaskOutcome>) {
+        lock(&self.inner.subscribers).push((interest, to));
+    }
+
+    /// Replaces what the declarative object `source` asks for by `tasks` (an `Image`'s tags, an
+    /// `ImageRepository`'s latest tags): submits the tasks that are new, whose work changed
+    /// ([`MirrorTask::same_work`], as [`Queue::submit_plan`]) or that the queue does not know any more
+    /// (dropped when leadership was lost, say); keeps their targets whatever the plan holds; forgets
+    /// the targets no object declares any more and no plan holds, as [`Queue::retain_planned`] does.
+    pub fn declare(&self, source: DeclaredSource, tasks: Vec<MirrorTask>) -> PlanSubmitted {
+        let declaration = self.inner.kept.declare(&source, tasks);
+        let unknown: Vec<MirrorTask> = declaration
+            .unchanged
+            .into_iter()
+            .filter(|task| !self.knows(&task.key()))
+            .collect();
+        let submitted = declaration.changed.len() + unknown.len();
+        for task in declaration.changed.into_iter().chain(unknown) {
+            tracing::debug!(%source, source_image = %task.request.source, target = %task.key(), "declared");
+            self.submit(task);
+        }
+        let forgotten = {
+            let planned = lock(&self.inner.planned);
+            let gone: HashSet<&TargetKey> = declaration
+                .undeclared
+                .iter()
+                .filter(|key| !planned.contains(*key) && !self.inner.kept.keeps(key))
+                .collect();
+            self.forget_where(|key| gone.contains(key))
+        };
+        PlanSubmitted { submitted, forgotten }
+    }
+
+    /// Forgets what `source` declared (the object was deleted): [`Queue::declare`] with nothing.
+    pub fn undeclare(&self, source: DeclaredSource) -> usize {
+        self.declare(source, vec![]).forgotten
+    }
+
+    /// Submits every target `source` declares again past the positive cache (a `Recurrent` object,
+    /// once per frequency: HEAD-first, an unchanged image costs two HEADs); returns how many.
+    pub fn refresh_declared(&self, source: &DeclaredSource) -> usize {
+        let tasks = self.inner.kept.declared(source);
+        let n = tasks.len();
+        for task in tasks {
+            self.inner.positive.invalidate(&task.key());
+            self.submit(task);
+        }
+        n
+    }
+
+    /// Whether the queue has an entry for `key` or knows it mirrored.
+    fn knows(&self, key: &TargetKey) -> bool {
+        self.inner.lock().entries.contains_key(key) || self.inner.positive.contains_key(key)
     }
 
     /// Submits `task` to be copied in repair mode (a check found its target incomplete) although
@@ -617,9 +676,16 @@ impl Queue {
     /// leaves [`Queue::snapshot`]. Returns how many waiting targets were dropped. Without this, an
     /// image that failed would be retried after every cooldown for as long as the daemon runs.
     pub fn retain_planned(&self, planned: &HashSet<TargetKey>) -> usize {
-        // Urgent targets come from failed pulls, not from the plan.
-        let unwanted = |key: &TargetKey| !planned.contains(key) && !self.inner.urgent.contains_key(key);
-        let dropped = self.drop_waiting_where(unwanted, Unwanted::Unplanned);
+        // Urgent targets come from failed pulls, declared ones from objects, not from the plan.
+        let forgotten = self.forget_where(|key| !planned.contains(key) && !self.inner.kept.keeps(key));
+        *lock(&self.inner.planned) = planned.clone();
+        forgotten
+    }
+
+    /// Drops the waiting work of the targets `unwanted` selects and their status; returns how many
+    /// waiting targets were dropped.
+    fn forget_where(&self, unwanted: impl Fn(&TargetKey) -> bool) -> usize {
+        let dropped = self.drop_waiting_where(&unwanted, Unwanted::Unplanned);
         let finished = &self.inner.finished;
         let gone: Vec<Arc<TargetKey>> = finished
             .iter()
@@ -1047,7 +1113,7 @@ impl Inner {
 
     /// Hands a queued target's key to the workers: ahead of routine work when it is urgent.
     fn enqueue(&self, key: TargetKey) {
-        let channel = if self.urgent.contains_key(&key) {
+        let channel = if self.kept.urgent.contains_key(&key) {
             &self.urgent_ready
         } else {
             &self.ready

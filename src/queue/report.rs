@@ -2,14 +2,14 @@
 //! as operators filter it), the counters, the metrics, failure reports for Events, and a warning
 //! per missing platform. Reading only; the state machine in the parent module decides.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::status::Counters;
-use super::{Done, Failure, Inner};
+use super::{DeclaredSource, Done, Failure, Inner, Interest};
 use crate::copy::Outcome;
 use crate::plan::{MirrorTask, TargetKey};
 use crate::platform::Platform;
-use crate::reference::ImageRef;
+use crate::reference::{Digest, ImageRef};
 use crate::workload::Workload;
 
 /// Logs one mirror outcome at `$level` (a constant) with [`OutcomeLine`]'s fields, `result`, then the
@@ -62,26 +62,39 @@ impl Inner {
         }
     }
 
-    /// Sends the outcome of an attempt at an urgent target to whoever asked for them
-    /// ([`Queue::report_urgent_outcomes`](super::Queue::report_urgent_outcomes)), if anyone.
-    fn tell_urgent(&self, key: &TargetKey, result: &Result<Done, Failure>) {
-        let Some(to) = self.urgent_outcomes.get().filter(|_| self.urgent.contains_key(key)) else {
+    /// Sends the outcome of an attempt at an urgent or declared target to whoever asked for them
+    /// ([`Queue::report_outcomes`](super::Queue::report_outcomes)), if anyone.
+    fn tell_outcome(&self, key: &TargetKey, task: &MirrorTask, result: &Result<Done, Failure>) {
+        let subscribers = super::lock(&self.subscribers);
+        if subscribers.is_empty() {
             return;
+        }
+        let urgent = self.kept.urgent.contains_key(key);
+        let declared = self.kept.declared_by(key);
+        let (text, digest, error) = match result {
+            Ok(Done::Copy(report)) => (report.outcome.as_str(), Some(report.source_digest.clone()), None),
+            Ok(Done::DryPull) => ("dry-pull", None, None),
+            Err(failure) => ("failed", None, Some(failure.to_string())),
         };
-        let result = match result {
-            Ok(Done::Copy(report)) => match report.outcome {
-                Outcome::Copied => "copied",
-                Outcome::AlreadyPresent => "present",
-                Outcome::WouldCopy => "would-copy",
-                Outcome::Warmed => "warmed",
-            },
-            Ok(Done::DryPull) => "dry-pull",
-            Err(_) => "failed",
-        };
-        let _ = to.send(UrgentOutcome {
-            target: key.clone(),
-            result,
-        });
+        for (interest, to) in subscribers.iter() {
+            let declared_by: Vec<DeclaredSource> = match interest {
+                Interest::Urgent if urgent => vec![],
+                Interest::Declared(kind) => declared.iter().filter(|s| s.kind == *kind).cloned().collect(),
+                Interest::Urgent => continue,
+            };
+            if matches!(interest, Interest::Declared(_)) && declared_by.is_empty() {
+                continue;
+            }
+            let _ = to.send(TaskOutcome {
+                target: key.clone(),
+                source: task.request.source.clone(),
+                source_digest: digest.clone(),
+                result: text,
+                error: error.clone(),
+                time: SystemTime::now(),
+                declared_by,
+            });
+        }
     }
 
     /// Counts an attempt and logs it as one line.
@@ -105,7 +118,7 @@ impl Inner {
                 Err(Failure::Panicked(_)) => metrics.mirror_failed(from, to, None, took),
             }
         }
-        self.tell_urgent(key, result);
+        self.tell_outcome(key, task, result);
         let line = OutcomeLine::new(named.unwrap_or(key.as_str()), task, took);
         match result {
             Ok(Done::DryPull) => {
@@ -114,12 +127,13 @@ impl Inner {
                 outcome!(tracing::Level::INFO, line, "dry-pull", "would mirror {source} → {key}");
             }
             Ok(Done::Copy(report)) => {
-                let (counter, result) = match report.outcome {
-                    Outcome::Copied => (&c.copied, "copied"),
-                    Outcome::AlreadyPresent => (&c.present, "present"),
-                    Outcome::Warmed => (&c.warmed, "warmed"),
-                    Outcome::WouldCopy => (&c.would_copy, "would-copy"),
+                let counter = match report.outcome {
+                    Outcome::Copied => &c.copied,
+                    Outcome::AlreadyPresent => &c.present,
+                    Outcome::Warmed => &c.warmed,
+                    Outcome::WouldCopy => &c.would_copy,
                 };
+                let result = report.outcome.as_str();
                 Counters::add(counter, 1);
                 Counters::add(&c.bytes, report.bytes);
                 let line = OutcomeLine {
@@ -170,14 +184,24 @@ pub struct FailureReport {
     pub retry_in: Option<Duration>,
 }
 
-/// The outcome of an attempt at an urgent target, as
-/// [`Queue::report_urgent_outcomes`](super::Queue::report_urgent_outcomes) reports it.
+/// The outcome of an attempt at an urgent or declared target, as
+/// [`Queue::report_outcomes`](super::Queue::report_outcomes) reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrgentOutcome {
+pub struct TaskOutcome {
     /// The target.
     pub target: TargetKey,
+    /// The source of the attempt.
+    pub source: ImageRef,
+    /// The source's digest the target now holds (none for a failure or a dry pull).
+    pub source_digest: Option<Digest>,
     /// `copied`, `present`, `would-copy`, `warmed`, `dry-pull` or `failed` (the log line's `result`).
     pub result: &'static str,
+    /// What went wrong, for a failure (contains no credentials).
+    pub error: Option<String>,
+    /// When the attempt ended.
+    pub time: SystemTime,
+    /// The objects of the subscriber's kind declaring the target (empty for urgent outcomes).
+    pub declared_by: Vec<DeclaredSource>,
 }
 
 /// The fields every outcome line has. `None` fields are left out of the line: the digest when

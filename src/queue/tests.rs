@@ -310,7 +310,7 @@ async fn urgent_tasks_go_ahead_of_routine_work_and_outlive_plans_without_them() 
     };
     let queue = Queue::start(fake.clone(), options);
     let (to, mut outcomes) = mpsc::unbounded_channel();
-    queue.report_urgent_outcomes(to);
+    queue.report_outcomes(Interest::Urgent, to);
     // One worker, busy; three routine targets wait, then one urgent, and one routine target that
     // turns urgent while it waits.
     queue.submit(task_to("ghcr.io/a/busy:1", "busy"));
@@ -362,5 +362,119 @@ async fn urgent_tasks_go_ahead_of_routine_work_and_outlive_plans_without_them() 
         "known mirrored"
     );
     assert_eq!(queue.counters().skipped_by_cache, 1);
+    queue.shutdown(Duration::ZERO).await;
+}
+
+/// What an object declares is submitted when new or changed, outlives plans without it, is copied
+/// again past the cache on a refresh, is forgotten once no object declares it, and each attempt's
+/// outcome reaches the subscriber of the object's kind, naming the object.
+#[tokio::test]
+async fn declared_work_is_kept_besides_the_plan_and_reported_per_object() {
+    let fake = Fake::default();
+    fake.0.gate.add_permits(1_000);
+    let queue = Queue::start(fake.clone(), QueueOptions::default());
+    let (to, mut outcomes) = mpsc::unbounded_channel();
+    queue.report_outcomes(Interest::Declared("Image"), to);
+    let (urgent_to, mut urgent_outcomes) = mpsc::unbounded_channel();
+    queue.report_outcomes(Interest::Urgent, urgent_to);
+    let base = DeclaredSource::new("Image", "shop", "base");
+    let other = DeclaredSource::new("Image", "shop", "other");
+    let flux = DeclaredSource::new("ImageRepository", "flux-system", "app");
+    let calls = || fake.0.calls.lock().unwrap().clone();
+    let idle = async || assert!(queue.wait_idle(WAIT).await, "the queue never went idle");
+    let known = || -> Vec<String> { queue.snapshot().into_iter().map(|s| s.target).collect() };
+
+    // (declaration, submitted, forgotten) in turn, then the copies made so far.
+    let two = || vec![task_to("ghcr.io/a/one:1", "one"), task_to("ghcr.io/a/two:1", "two")];
+    let done = queue.declare(base.clone(), two());
+    assert_eq!((done.submitted, done.forgotten), (2, 0));
+    idle().await;
+    assert_eq!(queue.declare(base.clone(), two()).submitted, 0, "same work");
+    // A plan without the declared targets keeps them.
+    assert_eq!(
+        queue.submit_plan(vec![task_to("ghcr.io/a/p:1", "p")], false).forgotten,
+        0
+    );
+    idle().await;
+    assert_eq!(known(), ["r.example/one:1", "r.example/p:1", "r.example/two:1"]);
+    // Changed work for one target, the same for the other.
+    let changed = vec![
+        task_to(
+            "ghcr.io/a/one:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "one",
+        ),
+        task_to("ghcr.io/a/two:1", "two"),
+    ];
+    assert_eq!(queue.declare(base.clone(), changed).submitted, 1);
+    idle().await;
+    // Recurrent: a refresh copies every declared target again although the cache knows it.
+    assert_eq!(queue.refresh_declared(&base), 2);
+    idle().await;
+    assert_eq!(calls().len(), 2 + 1 + 1 + 2);
+    // Two objects declare `two`; the Flux object declares `three`.
+    queue.declare(other.clone(), vec![task_to("ghcr.io/a/two:1", "two")]);
+    queue.declare(flux.clone(), vec![task_to("ghcr.io/a/three:1", "three")]);
+    idle().await;
+    // `base` drops both: `one` is forgotten, `two` stays (declared by `other`).
+    let done = queue.declare(base.clone(), vec![]);
+    assert_eq!(done.submitted, 0);
+    assert_eq!(known(), ["r.example/p:1", "r.example/three:1", "r.example/two:1"]);
+    assert_eq!(queue.undeclare(other.clone()), 0, "nothing was waiting");
+    assert_eq!(known(), ["r.example/p:1", "r.example/three:1"]);
+    // Forgotten entirely: declared again, it is copied again only if the cache does not know it.
+    let again = queue.declare(base.clone(), vec![task_to("ghcr.io/a/four:1", "four")]);
+    assert_eq!(again.submitted, 1);
+    idle().await;
+
+    let mut reported = vec![];
+    while let Ok(outcome) = outcomes.try_recv() {
+        let by: Vec<String> = outcome.declared_by.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            outcome.source_digest.as_ref().map(ToString::to_string).as_deref(),
+            Some(D)
+        );
+        assert!(outcome.error.is_none());
+        reported.push((outcome.target.to_string(), outcome.result, by.join(",")));
+    }
+    reported.sort();
+    let one = "r.example/one:1".to_owned();
+    let two = "r.example/two:1".to_owned();
+    let base_name = "Image shop/base".to_owned();
+    assert_eq!(
+        reported,
+        [
+            ("r.example/four:1".to_owned(), "copied", base_name.clone()),
+            (one.clone(), "copied", base_name.clone()),
+            (one.clone(), "copied", base_name.clone()),
+            (one, "copied", base_name.clone()),
+            (two.clone(), "copied", base_name.clone()),
+            (two, "copied", base_name),
+        ],
+        "only targets Image objects declare, with the objects; none of the Flux object's or the plan's"
+    );
+    assert!(urgent_outcomes.try_recv().is_err(), "nothing urgent");
+    queue.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_failed_declared_target_reports_its_error_and_cools_down() {
+    let fake = Fake::default();
+    fake.0.gate.add_permits(10);
+    let queue = Queue::start(fake.clone(), QueueOptions::default());
+    let (to, mut outcomes) = mpsc::unbounded_channel();
+    queue.report_outcomes(Interest::Declared("Image"), to);
+    let source = DeclaredSource::new("Image", "shop", "bad");
+    queue.declare(source.clone(), vec![task_to("ghcr.io/a/bad:1", "bad")]);
+    assert!(queue.wait_idle(WAIT).await);
+    // Declared again with the same work: the cooldown holds it.
+    assert_eq!(
+        queue.declare(source, vec![task_to("ghcr.io/a/bad:1", "bad")]).submitted,
+        0
+    );
+    let outcome = outcomes.try_recv().expect("one outcome");
+    assert_eq!((outcome.result, outcome.source_digest), ("failed", None));
+    assert!(outcome.error.unwrap().contains("ghcr.io/a/bad:1"));
+    assert!(outcomes.try_recv().is_err());
+    assert_eq!(fake.0.calls.lock().unwrap().len(), 1);
     queue.shutdown(Duration::ZERO).await;
 }

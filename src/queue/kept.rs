@@ -1,0 +1,151 @@
+//! Targets kept besides the plan: those submitted urgently (copy on the fly) a short while ago, and
+//! those a declarative object (an `Image`, a Flux `ImageRepository`) declares. [`Queue::retain_planned`]
+//! forgets neither, and their outcomes are reported to whoever subscribed to them
+//! ([`Queue::report_outcomes`]).
+//!
+//! [`Queue::retain_planned`]: super::Queue::retain_planned
+//! [`Queue::report_outcomes`]: super::Queue::report_outcomes
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::plan::{MirrorTask, TargetKey};
+
+/// A declarative object whose targets the queue keeps: `Image shop/base`,
+/// `ImageRepository flux-system/app`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeclaredSource {
+    /// The object's kind (`Image`, `ImageRepository`).
+    pub kind: &'static str,
+    /// Its namespace (empty for a cluster-scoped kind).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl DeclaredSource {
+    /// `kind namespace/name`.
+    pub fn new(kind: &'static str, namespace: &str, name: &str) -> DeclaredSource {
+        DeclaredSource {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for DeclaredSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Which targets' outcomes a subscriber wants ([`Queue::report_outcomes`](super::Queue::report_outcomes)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Targets submitted urgently.
+    Urgent,
+    /// Targets declared by objects of this kind.
+    Declared(&'static str),
+}
+
+/// The targets kept besides the plan.
+pub(super) struct Kept {
+    /// Targets submitted urgently ([`Queue::submit_urgent`](super::Queue::submit_urgent)) recently.
+    pub(super) urgent: moka::sync::Cache<TargetKey, ()>,
+    declared: Mutex<Declared>,
+}
+
+/// What each declarative object declares, and the reverse.
+#[derive(Default)]
+struct Declared {
+    /// Per object, the work (users left out) of each target it declares.
+    by_source: HashMap<DeclaredSource, HashMap<TargetKey, MirrorTask>>,
+    /// Per target, the objects declaring it.
+    by_key: HashMap<TargetKey, Vec<DeclaredSource>>,
+}
+
+/// What [`Kept::declare`] changed.
+pub(super) struct Declaration {
+    /// Tasks that are new or whose work changed.
+    pub(super) changed: Vec<MirrorTask>,
+    /// Tasks declared with the same work as before.
+    pub(super) unchanged: Vec<MirrorTask>,
+    /// Targets this object no longer declares and no other object does.
+    pub(super) undeclared: Vec<TargetKey>,
+}
+
+impl Kept {
+    /// Urgent targets stay kept for `urgent_ttl` after their last urgent submission.
+    pub(super) fn new(capacity: u64, urgent_ttl: Duration) -> Kept {
+        Kept {
+            urgent: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(urgent_ttl)
+                .build(),
+            declared: Mutex::default(),
+        }
+    }
+
+    /// Whether `key` is kept whatever the plan holds.
+    pub(super) fn keeps(&self, key: &TargetKey) -> bool {
+        self.urgent.contains_key(key) || super::lock(&self.declared).by_key.contains_key(key)
+    }
+
+    /// The objects declaring `key`.
+    pub(super) fn declared_by(&self, key: &TargetKey) -> Vec<DeclaredSource> {
+        super::lock(&self.declared).by_key.get(key).cloned().unwrap_or_default()
+    }
+
+    /// The work `source` declares now.
+    pub(super) fn declared(&self, source: &DeclaredSource) -> Vec<MirrorTask> {
+        super::lock(&self.declared)
+            .by_source
+            .get(source)
+            .map(|work| work.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces what `source` declares by `tasks` (none: the object is gone).
+    pub(super) fn declare(&self, source: &DeclaredSource, tasks: Vec<MirrorTask>) -> Declaration {
+        let mut guard = super::lock(&self.declared);
+        let declared = &mut *guard;
+        let previous = declared.by_source.remove(source).unwrap_or_default();
+        let mut current = HashMap::with_capacity(tasks.len());
+        let (mut changed, mut unchanged) = (vec![], vec![]);
+        for task in tasks {
+            let key = task.key();
+            let work = task.work();
+            match previous.get(&key) {
+                Some(before) if before.same_work(&work) => unchanged.push(task),
+                Some(_) => changed.push(task),
+                None => {
+                    declared.by_key.entry(key.clone()).or_default().push(source.clone());
+                    changed.push(task);
+                }
+            }
+            current.insert(key, work);
+        }
+        let mut undeclared = vec![];
+        for key in previous.into_keys().filter(|k| !current.contains_key(k)) {
+            let Some(sources) = declared.by_key.get_mut(&key) else {
+                continue;
+            };
+            sources.retain(|s| s != source);
+            if sources.is_empty() {
+                declared.by_key.remove(&key);
+                undeclared.push(key);
+            }
+        }
+        if !current.is_empty() {
+            declared.by_source.insert(source.clone(), current);
+        }
+        Declaration {
+            changed,
+            unchanged,
+            undeclared,
+        }
+    }
+}
