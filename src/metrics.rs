@@ -43,7 +43,21 @@ pub struct Metrics {
     backup: BackupGauges,
     drills: DrillMetrics,
     on_the_fly: OnTheFlyMetrics,
+    flux: FluxMetrics,
 }
+
+/// The Flux `ImageRepository` metrics, registered only when they are followed ([`Metrics::enable_flux`]).
+struct FluxMetrics {
+    scans: IntCounterVec,
+    secret_errors: IntCounterVec,
+    enabled: std::sync::atomic::AtomicBool,
+}
+
+/// The results `k8s_copycat_flux_scans_total` counts.
+pub const FLUX_SCAN_RESULTS: [&str; 3] = ["mirrored", "unchanged", "invalid"];
+
+/// The reasons `k8s_copycat_flux_secret_ref_errors_total` counts.
+pub const FLUX_SECRET_ERRORS: [&str; 5] = ["not_found", "unreadable", "not_docker_config", "invalid", "no_entry"];
 
 /// The copy-on-the-fly metrics, registered only when it is enabled ([`Metrics::enable_on_the_fly`]).
 struct OnTheFlyMetrics {
@@ -304,8 +318,28 @@ impl Metrics {
             .expect("valid metric"),
             enabled: std::sync::atomic::AtomicBool::new(false),
         };
+        let flux = FluxMetrics {
+            scans: IntCounterVec::new(
+                Opts::new(
+                    format!("{PREFIX}flux_scans_total"),
+                    "Flux ImageRepository objects seen with a scan result, by what copycat did: mirrored (a new status.lastScanResult.revision: its tags were handed to the queue), unchanged (the revision copycat last mirrored: nothing), invalid (spec.image or the target named for it is no valid reference).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            secret_errors: IntCounterVec::new(
+                Opts::new(
+                    format!("{PREFIX}flux_secret_ref_errors_total"),
+                    "ImageRepository spec.secretRef Secrets that could not be used when a scan was mirrored (the configured credentials are used instead), by reason: not_found, unreadable (the API refused the get, e.g. RBAC), not_docker_config (no kubernetes.io/dockerconfigjson Secret), invalid (its JSON cannot be read), no_entry (no credentials for spec.image's registry).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            enabled: std::sync::atomic::AtomicBool::new(false),
+        };
         Metrics {
             on_the_fly,
+            flux,
             registry,
             pull_success,
             pull_error,
@@ -399,6 +433,37 @@ impl Metrics {
         if let Some(took) = since_failure {
             self.on_the_fly.seconds.observe(took.as_secs_f64());
         }
+    }
+
+    /// Registers the Flux `ImageRepository` metrics (once; the daemon calls it when they are followed).
+    pub fn enable_flux(&self) {
+        let f = &self.flux;
+        if f.enabled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        for result in FLUX_SCAN_RESULTS {
+            f.scans.with_label_values(&[result]);
+        }
+        for reason in FLUX_SECRET_ERRORS {
+            f.secret_errors.with_label_values(&[reason]);
+        }
+        for m in [
+            Box::new(f.scans.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(f.secret_errors.clone()),
+        ] {
+            self.registry.register(m).expect("unique metric");
+        }
+    }
+
+    /// Counts one `ImageRepository` scan seen, by `result` (one of [`FLUX_SCAN_RESULTS`]).
+    pub fn flux_scan(&self, result: &str) {
+        self.flux.scans.with_label_values(&[result]).inc();
+    }
+
+    /// Counts one `spec.secretRef` Secret that could not be used, by `reason` (one of
+    /// [`FLUX_SECRET_ERRORS`]).
+    pub fn flux_secret_error(&self, reason: &str) {
+        self.flux.secret_errors.with_label_values(&[reason]).inc();
     }
 
     /// Counts one target copied again after a check found it missing parts.

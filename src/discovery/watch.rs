@@ -23,6 +23,7 @@ use super::health::{FAILURE_LOG_INTERVAL, WatchHealth};
 use super::inventory::{Feed, Inventory, PullRefs, Seen, Update, Watched};
 use super::pull_failures::pull_failures;
 use crate::metrics::Metrics;
+use crate::registry::credentials::DockerConfigError;
 use crate::registry::{DockerAuths, parse_docker_config_json};
 use crate::workload::Kind;
 
@@ -200,13 +201,7 @@ fn pull_refs(spec: &PodSpec) -> PullRefs {
 /// Registry credentials of a `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg` Secret;
 /// `None` for other Secrets. A malformed one is reported (by name, never its content) and ignored.
 fn pull_secret_auths(secret: &Secret) -> Option<DockerAuths> {
-    let key = match secret.type_.as_deref() {
-        Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
-        Some("kubernetes.io/dockercfg") => ".dockercfg",
-        _ => return None,
-    };
-    let data = secret.data.as_ref()?.get(key)?;
-    match parse_docker_config_json(&data.0) {
+    match docker_config_of(secret)? {
         Ok(auths) => Some(auths),
         Err(e) => {
             tracing::warn!(namespace = secret.namespace().unwrap_or_default(), secret = secret.name_any(),
@@ -214,6 +209,19 @@ fn pull_secret_auths(secret: &Secret) -> Option<DockerAuths> {
             None
         }
     }
+}
+
+/// The Docker config a pull Secret holds: its `.dockerconfigjson` (`kubernetes.io/dockerconfigjson`)
+/// or `.dockercfg` (`kubernetes.io/dockercfg`) parsed; `None` for Secrets of other types or without
+/// that key. Errors name the registry key at most, never a credential.
+pub fn docker_config_of(secret: &Secret) -> Option<Result<DockerAuths, DockerConfigError>> {
+    let key = match secret.type_.as_deref() {
+        Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+        Some("kubernetes.io/dockercfg") => ".dockercfg",
+        _ => return None,
+    };
+    let data = secret.data.as_ref()?.get(key)?;
+    Some(parse_docker_config_json(&data.0))
 }
 
 /// Running watchers; dropping this stops them.

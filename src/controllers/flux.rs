@@ -1,0 +1,319 @@
+//! Flux `ImageRepository` scans mirrored (`fluxImageRepositories`), as imagerepo-mirror did: every
+//! replica follows the objects; the leader, each time an object's `status.lastScanResult.revision`
+//! differs from the one it last mirrored ([`scan_changed`]), declares the copies of the scan's tags
+//! to the queue ([`Queue::declare`]); a deleted object's are undeclared. Gaining the lead mirrors
+//! every object's current scan once (the queue's positive cache and target checks make copies
+//! already done cost a HEAD).
+//!
+//! `spec.secretRef` names a `kubernetes.io/dockerconfigjson` Secret in the object's namespace: it is
+//! read with one GET by name when a scan is mirrored (never listed or watched), and its credentials
+//! for `spec.image`'s registry are tried first, then the configured ones. A Secret that cannot be
+//! used is logged (its name and why, never its content) and counted
+//! (`k8s_copycat_flux_secret_ref_errors_total`); the copies go ahead with the configured credentials.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use crate::copy::PullSecret;
+use crate::declarative::flux::{self, FluxError, ImageRepositoryObject, ScanResult, TagSelection, scan_changed};
+use crate::discovery::watch::docker_config_of;
+use crate::metrics::Metrics;
+use crate::naming::TargetNaming;
+use crate::plan::MirrorTask;
+use crate::queue::{DeclaredSource, Queue};
+use crate::reference::ImageRef;
+use crate::registry::Registries;
+use crate::registry::credentials::DockerConfigError;
+
+/// How `ImageRepository` objects are followed (`fluxImageRepositories`), built by the wiring.
+#[derive(Debug, Clone)]
+pub struct FluxSettings {
+    /// Namespaces watched; empty: all.
+    pub namespaces: Vec<String>,
+    /// copycat's target naming with `destinationPrefix` (or the target's `repoPrefix`) as prefix;
+    /// its placeholder values are set per object ([`flux::naming_for`]).
+    pub naming: TargetNaming,
+    /// Most tags copied per scan of one object.
+    pub max_tags: usize,
+    /// Also copy every tag the source repository lists.
+    pub all_tags: bool,
+}
+
+/// Why a `spec.secretRef` Secret gives no credentials. Messages name the Secret and the registry,
+/// never a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretRefError {
+    /// No such Secret in the object's namespace.
+    #[error("Secret {0} not found")]
+    NotFound(String),
+    /// The API server did not answer the GET (RBAC: `get` on secrets; or it is away).
+    #[error("Secret {secret} cannot be read: {reason}")]
+    Unreadable {
+        /// `namespace/name`.
+        secret: String,
+        /// The API server's or the client's reason.
+        reason: String,
+    },
+    /// Not a `kubernetes.io/dockerconfigjson` (or `dockercfg`) Secret with its key.
+    #[error("Secret {0} is not a kubernetes.io/dockerconfigjson Secret with a .dockerconfigjson key")]
+    NotDockerConfig(String),
+    /// Its Docker config cannot be read.
+    #[error("Secret {secret}: {source}")]
+    Invalid {
+        /// `namespace/name`.
+        secret: String,
+        /// What is wrong with it.
+        source: DockerConfigError,
+    },
+    /// It has no credentials for the image's registry.
+    #[error("Secret {secret} has no credentials for {registry}")]
+    NoEntry {
+        /// `namespace/name`.
+        secret: String,
+        /// The canonical registry host of `spec.image`.
+        registry: String,
+    },
+}
+
+impl SecretRefError {
+    /// The `reason` label of `k8s_copycat_flux_secret_ref_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SecretRefError::NotFound(_) => "not_found",
+            SecretRefError::Unreadable { .. } => "unreadable",
+            SecretRefError::NotDockerConfig(_) => "not_docker_config",
+            SecretRefError::Invalid { .. } => "invalid",
+            SecretRefError::NoEntry { .. } => "no_entry",
+        }
+    }
+}
+
+/// One followed object: what it is now, and the scan this replica last mirrored.
+struct Followed {
+    object: ImageRepositoryObject,
+    mirrored: Option<ScanResult>,
+}
+
+impl Followed {
+    fn scan(&self) -> Option<&ScanResult> {
+        self.object.status.as_ref()?.last_scan_result.as_ref()
+    }
+}
+
+/// Follows `ImageRepository` objects and declares their scans' copies.
+pub struct FluxMirror {
+    client: kube::Client,
+    queue: Queue,
+    registries: Registries,
+    settings: FluxSettings,
+    metrics: Arc<Metrics>,
+    objects: HashMap<DeclaredSource, Followed>,
+}
+
+/// The queue's name of the object `namespace/name`.
+fn source_of(namespace: &str, name: &str) -> DeclaredSource {
+    DeclaredSource::new(flux::KIND, namespace, name)
+}
+
+impl FluxMirror {
+    /// Follows objects with `settings`: Secrets read through `client`, tags listed through
+    /// `registries`, copies declared to `queue`; the Flux metrics are registered on `metrics`.
+    pub fn new(
+        client: kube::Client,
+        queue: Queue,
+        registries: Registries,
+        settings: FluxSettings,
+        metrics: Arc<Metrics>,
+    ) -> FluxMirror {
+        metrics.enable_flux();
+        FluxMirror {
+            client,
+            queue,
+            registries,
+            settings,
+            metrics,
+            objects: HashMap::new(),
+        }
+    }
+
+    /// The object was created or changed (or listed again): when `lead` and its scan's revision is
+    /// not the one last mirrored, its tags are declared.
+    pub async fn applied(&mut self, object: ImageRepositoryObject, lead: bool) {
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let source = source_of(&namespace, &name);
+        match self.objects.get_mut(&source) {
+            Some(followed) => followed.object = object,
+            None => {
+                self.objects.insert(source.clone(), Followed { object, mirrored: None });
+            }
+        }
+        if lead {
+            self.mirror_if_changed(&source).await;
+        }
+    }
+
+    /// The object `namespace/name` is gone: what it declared is forgotten (running copies finish).
+    pub fn deleted(&mut self, namespace: &str, name: &str) {
+        let source = source_of(namespace, name);
+        if self.objects.remove(&source).is_some() {
+            let forgotten = self.queue.undeclare(source.clone());
+            tracing::info!(object = %source, forgotten, "ImageRepository deleted: its tags are no longer mirrored");
+        }
+    }
+
+    /// This replica now leads: every object's current scan is mirrored.
+    pub async fn lead(&mut self) {
+        let sources: Vec<DeclaredSource> = self.objects.keys().cloned().collect();
+        for source in sources {
+            if let Some(followed) = self.objects.get_mut(&source) {
+                followed.mirrored = None;
+            }
+            self.mirror_if_changed(&source).await;
+        }
+    }
+
+    /// Declares `source`'s scan when it is not the one last mirrored.
+    async fn mirror_if_changed(&mut self, source: &DeclaredSource) {
+        let Some(followed) = self.objects.get(source) else {
+            return;
+        };
+        let Some(scan) = followed.scan().cloned() else {
+            return;
+        };
+        if !scan_changed(followed.mirrored.as_ref(), Some(&scan)) {
+            if !scan.revision.is_empty() {
+                self.metrics.flux_scan("unchanged");
+            }
+            return;
+        }
+        let object = followed.object.clone();
+        match self.tasks(source, &object, &scan).await {
+            Ok(tasks) => {
+                let n = tasks.len();
+                let submitted = self.queue.declare(source.clone(), tasks);
+                self.metrics.flux_scan("mirrored");
+                tracing::info!(object = %source, image = object.spec.image, revision = scan.revision,
+                    tags = n, submitted = submitted.submitted, "ImageRepository scan changed: mirroring its tags");
+            }
+            Err(e) => {
+                self.metrics.flux_scan("invalid");
+                tracing::warn!(object = %source, image = object.spec.image, revision = scan.revision, error = %e,
+                    "ImageRepository not mirrored");
+            }
+        }
+        if let Some(followed) = self.objects.get_mut(source) {
+            followed.mirrored = Some(scan);
+        }
+    }
+
+    /// The copies of `scan` of `object`: its tags (with `allTags`, the listed ones too) within the
+    /// limit, each with the `spec.secretRef` credentials first.
+    async fn tasks(
+        &self,
+        source: &DeclaredSource,
+        object: &ImageRepositoryObject,
+        scan: &ScanResult,
+    ) -> Result<Vec<MirrorTask>, FluxError> {
+        let image = ImageRef::parse(&object.spec.image)?;
+        let credentials = match &object.spec.secret_ref {
+            Some(secret) => self.secret_credentials(&source.namespace, &secret.name, &image).await,
+            None => vec![],
+        };
+        let listed = if self.settings.all_tags {
+            self.list_tags(source, &image, &credentials).await
+        } else {
+            vec![]
+        };
+        let selection = TagSelection::of(scan, &listed, self.settings.max_tags);
+        if selection.left_out > 0 {
+            tracing::warn!(object = %source, image = %image.name(), copied = selection.tags.len(),
+                left_out = selection.left_out, "more tags than fluxImageRepositories.maxTags: the rest are not mirrored");
+        }
+        let naming = flux::naming_for(&self.settings.naming, &source.namespace, &source.name);
+        let by_arch = naming.uses_arch();
+        Ok(flux::requests(&object.spec.image, &selection.tags, &naming)?
+            .into_iter()
+            .map(|request| {
+                let mut task = MirrorTask::new(request);
+                task.add_source_credentials(credentials.iter().cloned());
+                if by_arch {
+                    task.with_arch_naming(naming.clone())
+                } else {
+                    task
+                }
+            })
+            .collect())
+    }
+
+    /// The credentials for `image`'s registry in the Secret `namespace/name`; none (logged and
+    /// counted) when it cannot be used.
+    async fn secret_credentials(&self, namespace: &str, name: &str, image: &ImageRef) -> Vec<PullSecret> {
+        match self.read_secret(namespace, name, image.registry()).await {
+            Ok(credential) => vec![credential],
+            Err(e) => {
+                self.metrics.flux_secret_error(e.reason());
+                tracing::warn!(namespace, image = %image.name(), error = %e,
+                    "ImageRepository spec.secretRef cannot be used; trying the configured credentials");
+                vec![]
+            }
+        }
+    }
+
+    /// Reads the Secret `namespace/name` (one GET) and takes its credentials for `registry`.
+    async fn read_secret(&self, namespace: &str, name: &str, registry: &str) -> Result<PullSecret, SecretRefError> {
+        let full = format!("{namespace}/{name}");
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = match secrets.get_opt(name).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => return Err(SecretRefError::NotFound(full)),
+            Err(e) => {
+                return Err(SecretRefError::Unreadable {
+                    secret: full,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let auths = docker_config_of(&secret)
+            .ok_or_else(|| SecretRefError::NotDockerConfig(full.clone()))?
+            .map_err(|source| SecretRefError::Invalid {
+                secret: full.clone(),
+                source,
+            })?;
+        match auths.get(registry) {
+            Some(credential) => Ok(PullSecret {
+                name: full,
+                credential: credential.clone(),
+            }),
+            None => Err(SecretRefError::NoEntry {
+                secret: full,
+                registry: registry.to_owned(),
+            }),
+        }
+    }
+
+    /// Every tag of `image`'s repository (`allTags`): with the Secret's credentials first, then the
+    /// configured ones; none (logged) when it cannot be listed.
+    async fn list_tags(&self, source: &DeclaredSource, image: &ImageRef, credentials: &[PullSecret]) -> Vec<String> {
+        let registry = self.registries.get(image.registry());
+        let clients = credentials
+            .iter()
+            .map(|c| registry.with_credential(c.credential.clone()))
+            .chain([registry.clone()]);
+        let mut last_error = None;
+        for client in clients {
+            match client.list_tags(image.repository()).await {
+                Ok(tags) => return tags,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        if let Some(e) = last_error {
+            tracing::warn!(object = %source, image = %image.name(), error = %e,
+                "fluxImageRepositories.allTags: the tags cannot be listed; mirroring the scan's latest tags only");
+        }
+        vec![]
+    }
+}

@@ -1,0 +1,3 @@
+//! Controllers of declarative objects: Flux's `ImageRepository` in [`flux`].
+
+pub mod flux;
