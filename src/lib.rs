@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod controllers;
 pub mod copy;
 pub mod coverage;
 pub mod daemon;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::config::{Config, OnTheFlyRule, Problem, TargetKind};
 use crate::copy::{Copier, CopyOptions, PullThrough};
+use crate::declarative::image::ImageSettings;
 use crate::destination::{Target, ecr};
 use crate::events;
 use crate::naming::NamingError;
@@ -89,6 +90,9 @@ pub struct DaemonParts {
     pub watched: Vec<Kind>,
     /// The `onTheFly.rules`, when copy on the fly is enabled.
     pub on_the_fly: Option<Vec<OnTheFlyRule>>,
+    /// How `Image` objects are followed, when `images.enabled` (and the target is a registry copycat
+    /// writes to).
+    pub images: Option<ImageSettings>,
 }
 
 impl DaemonParts {
@@ -105,6 +109,7 @@ impl DaemonParts {
         let copier = copier(config, registries(config, &targets)?, &targets);
         // One target for ecr and docker; with pull-through caches the planner reads them itself.
         let planner = Planner::new(config, addresses.first().map_or("", String::as_str))?;
+        let images = image_settings(config, addresses.first());
         Ok(DaemonParts {
             client,
             api_server,
@@ -115,8 +120,29 @@ impl DaemonParts {
             events: events_wanted(config).then(|| events_window(config)),
             watched: workload::kinds_named(&config.watch_resources),
             on_the_fly: config.on_the_fly.enabled.then(|| config.on_the_fly.rules.clone()),
+            images,
         })
     }
+}
+
+/// How `Image` objects are followed, when `images.enabled`: destinations without a host go to
+/// `target`. A pull-through cache is no place to write copies to: then they are not followed.
+fn image_settings(config: &Config, target: Option<&String>) -> Option<ImageSettings> {
+    if !config.images.enabled {
+        return None;
+    }
+    if config.target_kind == TargetKind::PullThrough {
+        tracing::warn!(
+            "images.enabled: Image objects copy to a registry, not through a pull-through cache; not watching them"
+        );
+        return None;
+    }
+    Some(ImageSettings {
+        namespaces: config.images.namespaces.clone(),
+        tag_list_interval: config.images.tag_list_interval,
+        max_tags_per_image: config.images.max_tags_per_image as usize,
+        target_registry: target?.clone(),
+    })
 }
 
 /// Why the daemon has no usable Kubernetes client configuration: a configuration problem (exit 2).

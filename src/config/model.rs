@@ -118,6 +118,8 @@ pub struct Config {
     pub registry_mirrors: std::collections::BTreeMap<String, Vec<String>>,
     /// Copy on the fly of images on the target registry that Pods fail to pull.
     pub on_the_fly: OnTheFly,
+    /// image-operator's `Image` objects.
+    pub images: Images,
     /// Settings that come only from the environment or flags.
     #[serde(skip)]
     pub runtime: RuntimeSettings,
@@ -283,6 +285,21 @@ pub struct OnTheFly {
     pub enabled: bool,
     /// Mirror prefix → source rules; the longest matching mirror prefix wins.
     pub rules: Vec<OnTheFlyRule>,
+}
+
+/// image-operator's `Image` objects (`images`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Images {
+    /// Whether they are watched (when the CRD exists).
+    pub enabled: bool,
+    /// Where; empty: cluster-wide.
+    pub namespaces: Vec<String>,
+    /// How long a tag list is reused.
+    #[serde(serialize_with = "duration")]
+    pub tag_list_interval: Duration,
+    /// Tags of one object being copied at once.
+    pub max_tags_per_image: u32,
 }
 
 /// One `onTheFly.rules` entry: images under `mirror` come from `source` (the rest of the path kept).
