@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::controllers::flux::FluxController;
+use crate::controllers::image::ImageController;
 use crate::coverage::{BackupStates, RestoreDrills, Verifier, periodic};
 use crate::discovery::health::WatchHealth;
 use crate::discovery::inventory::{Feed, Inventory, Update, Watched};
@@ -51,6 +53,8 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         watched,
         api_server,
         on_the_fly,
+        images,
+        flux,
     } = parts;
     let dockerhub = copier.registries().get("docker.io");
     let verify_copier = copier.clone();
@@ -82,6 +86,34 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             events.as_ref().map(|e| e.notices.clone()),
             leadership.subscribe(),
             events_window.unwrap_or(events::DEFAULT_WINDOW),
+        )
+    });
+    // Image objects: declared to the queue, acted on only while leading.
+    let image_controller = images.map(|settings| {
+        tokio::spawn(
+            ImageController {
+                client: client.clone(),
+                settings,
+                queue: queue.clone(),
+                registries: verify_copier.registries().clone(),
+                leading: leadership.subscribe(),
+                events: events.as_ref().map(|e| e.objects.clone()),
+            }
+            .run(),
+        )
+    });
+    // Flux ImageRepository scans: declared to the queue, acted on only while leading.
+    let flux_controller = flux.map(|settings| {
+        tokio::spawn(
+            FluxController {
+                client: client.clone(),
+                settings,
+                queue: queue.clone(),
+                registries: verify_copier.registries().clone(),
+                metrics: metrics.clone(),
+                leading: leadership.subscribe(),
+            }
+            .run(),
         )
     });
     let ready = Arc::new(AtomicBool::new(false));
@@ -214,7 +246,10 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     if let Some(events) = events {
         events.task.abort();
     }
-    for task in [verifier, drills].into_iter().flatten() {
+    for task in [verifier, drills, image_controller, flux_controller]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     if let Some(sweep) = referrer_sweep {

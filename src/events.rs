@@ -1,7 +1,8 @@
 //! Kubernetes Events for images that could not be mirrored, so that `kubectl describe` on the
 //! workload shows why: a `Warning` Event on each workload using the image, reason [`REASON`] for a
 //! failed copy, [`CONFLICT_REASON`] for an image whose target another source keeps, and other
-//! notices (copy on the fly: [`Notice`]) with their own reason.
+//! notices (copy on the fly: [`Notice`]) with their own reason; and Warning Events on any other object
+//! ([`ObjectNotice`]: a declarative `Image` whose tag failed or moved).
 //!
 //! The queue reports failures ([`Queue::report_failures`]), the plan loop conflicts
 //! ([`Events::conflicts`]) and notices ([`Events::notices`]); an [`Emitter`] task turns them into core/v1 Events (the API `kubectl
@@ -73,6 +74,20 @@ pub struct Notice {
     pub message: String,
 }
 
+/// Something to tell about one object (not a workload: an `Image`, say) in a Warning Event, at most
+/// once per `key` per window.
+#[derive(Debug, Clone)]
+pub struct ObjectNotice {
+    /// What makes two notices the same one (e.g. the object and its tag).
+    pub key: String,
+    /// The object the Event is about (with its `uid`, which `kubectl describe` selects Events by).
+    pub regarding: ObjectReference,
+    /// The Event's reason.
+    pub reason: &'static str,
+    /// The Event's message (bounded when emitted).
+    pub message: String,
+}
+
 /// A running [`Emitter`].
 pub struct Events {
     /// The emitting task; aborting it stops the Events.
@@ -81,6 +96,8 @@ pub struct Events {
     pub conflicts: mpsc::Sender<TargetConflict>,
     /// Where other notices are reported.
     pub notices: mpsc::Sender<Notice>,
+    /// Where notices about other objects are reported.
+    pub objects: mpsc::Sender<ObjectNotice>,
 }
 
 impl Emitter {
@@ -104,10 +121,12 @@ impl Emitter {
         queue.report_failures(to);
         let (conflicts, conflict_reports) = mpsc::channel(BACKLOG);
         let (notices, notice_reports) = mpsc::channel(BACKLOG);
+        let (objects, object_reports) = mpsc::channel(BACKLOG);
         Events {
-            task: tokio::spawn(self.run(reports, conflict_reports, notice_reports)),
+            task: tokio::spawn(self.run(reports, conflict_reports, notice_reports, object_reports)),
             conflicts,
             notices,
+            objects,
         }
     }
 
@@ -116,14 +135,42 @@ impl Emitter {
         mut reports: mpsc::Receiver<FailureReport>,
         mut conflicts: mpsc::Receiver<TargetConflict>,
         mut notices: mpsc::Receiver<Notice>,
+        mut objects: mpsc::Receiver<ObjectNotice>,
     ) {
         loop {
             tokio::select! {
                 Some(report) = reports.recv() => self.on_failure(report).await,
                 Some(conflict) = conflicts.recv() => self.on_conflict(conflict).await,
                 Some(notice) = notices.recv() => self.on_notice(notice).await,
+                Some(notice) = objects.recv() => self.on_object_notice(notice).await,
                 else => return,
             }
+        }
+    }
+
+    /// One Event on the notice's object, unless it had one in the window or this replica does not
+    /// lead.
+    async fn on_object_notice(&self, notice: ObjectNotice) {
+        if !*self.leading.borrow() || self.recent_notices.contains_key(&notice.key) {
+            return;
+        }
+        self.recent_notices.insert(notice.key, ());
+        let object = format!(
+            "{} {}/{}",
+            notice.regarding.kind.as_deref().unwrap_or_default(),
+            notice.regarding.namespace.as_deref().unwrap_or_default(),
+            notice.regarding.name.as_deref().unwrap_or_default()
+        );
+        let created = tokio::time::timeout(
+            API_TIMEOUT,
+            self.create(notice.regarding, notice.reason, &bounded(notice.message)),
+        )
+        .await;
+        let reason = notice.reason;
+        match created {
+            Ok(Ok(())) => tracing::debug!(object, reason, "event created"),
+            Ok(Err(e)) => tracing::warn!(object, reason, error = format!("{e:#}"), "cannot create the event"),
+            Err(_) => tracing::warn!(object, reason, "creating the event timed out"),
         }
     }
 
@@ -188,12 +235,19 @@ impl Emitter {
         else {
             return Ok(false);
         };
+        self.create(regarding, reason, message).await?;
+        Ok(true)
+    }
+
+    /// Creates a Warning Event on `regarding`, in its namespace.
+    async fn create(&self, regarding: ObjectReference, reason: &str, message: &str) -> anyhow::Result<()> {
+        let namespace = regarding.namespace.clone().unwrap_or_default();
         let event = event(regarding, reason, message, &self.instance, Timestamp::now());
-        Api::<Event>::namespaced(self.client.clone(), &workload.namespace)
+        Api::<Event>::namespaced(self.client.clone(), &namespace)
             .create(&PostParams::default(), &event)
             .await
-            .with_context(|| format!("creating an Event in namespace {}", workload.namespace))?;
-        Ok(true)
+            .with_context(|| format!("creating an Event in namespace {namespace}"))?;
+        Ok(())
     }
 }
 

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, OnTheFlyRule, Problem, TargetKind};
+use crate::controllers::flux::FluxSettings;
 use crate::copy::{Copier, CopyOptions, PullThrough};
+use crate::declarative::image::ImageSettings;
 use crate::destination::{Target, ecr};
 use crate::events;
-use crate::naming::NamingError;
+use crate::naming::{NameContext, NamingError, PathRule, TargetNaming};
 use crate::node_config::MirrorNaming;
 use crate::plan::Planner;
 use crate::platform::Platform;
@@ -89,6 +91,11 @@ pub struct DaemonParts {
     pub watched: Vec<Kind>,
     /// The `onTheFly.rules`, when copy on the fly is enabled.
     pub on_the_fly: Option<Vec<OnTheFlyRule>>,
+    /// How `Image` objects are followed, when `images.enabled` (and the target is a registry copycat
+    /// writes to).
+    pub images: Option<ImageSettings>,
+    /// How Flux `ImageRepository` scans are mirrored, when `fluxImageRepositories.enabled`.
+    pub flux: Option<FluxSettings>,
 }
 
 impl DaemonParts {
@@ -105,6 +112,8 @@ impl DaemonParts {
         let copier = copier(config, registries(config, &targets)?, &targets);
         // One target for ecr and docker; with pull-through caches the planner reads them itself.
         let planner = Planner::new(config, addresses.first().map_or("", String::as_str))?;
+        let images = image_settings(config, addresses.first());
+        let flux = flux_settings(config, addresses.first())?;
         Ok(DaemonParts {
             client,
             api_server,
@@ -115,8 +124,62 @@ impl DaemonParts {
             events: events_wanted(config).then(|| events_window(config)),
             watched: workload::kinds_named(&config.watch_resources),
             on_the_fly: config.on_the_fly.enabled.then(|| config.on_the_fly.rules.clone()),
+            images,
+            flux,
         })
     }
+}
+
+/// How `Image` objects are followed, when `images.enabled`: destinations without a host go to
+/// `target`. A pull-through cache is no place to write copies to: then they are not followed.
+fn image_settings(config: &Config, target: Option<&String>) -> Option<ImageSettings> {
+    if !config.images.enabled {
+        return None;
+    }
+    if config.target_kind == TargetKind::PullThrough {
+        tracing::warn!(
+            "images.enabled: Image objects copy to a registry, not through a pull-through cache; not watching them"
+        );
+        return None;
+    }
+    Some(ImageSettings {
+        namespaces: config.images.namespaces.clone(),
+        tag_list_interval: config.images.tag_list_interval,
+        max_tags_per_image: config.images.max_tags_per_image as usize,
+        target_registry: target?.clone(),
+    })
+}
+
+/// How Flux `ImageRepository` scans are mirrored, when `fluxImageRepositories.enabled`: named as the
+/// planner names a workload's images on `target` (`host[/path]`), with `destinationPrefix` instead
+/// of the target's `repoPrefix` when it is set. (Configuration loading refuses the feature with
+/// pull-through caches, which have no `target`.)
+pub fn flux_settings(config: &Config, target: Option<&String>) -> Result<Option<FluxSettings>, WiringError> {
+    let flux = &config.flux_image_repositories;
+    let Some(target) = target.filter(|_| flux.enabled) else {
+        return Ok(None);
+    };
+    let (host, path) = target.split_once('/').unwrap_or((target, ""));
+    let repo_prefix = match config.target_kind {
+        TargetKind::Ecr => &config.ecr.repo_prefix,
+        TargetKind::Docker | TargetKind::PullThrough => &config.docker.repo_prefix,
+    };
+    let prefix = match flux.destination_prefix.as_str() {
+        "" => repo_prefix.clone(),
+        prefix => prefix.to_owned(),
+    };
+    Ok(Some(FluxSettings {
+        namespaces: flux.namespaces.clone(),
+        naming: TargetNaming {
+            prefix,
+            rules: PathRule::compile(&config.path_map)?.into(),
+            ctx: NameContext::default(),
+            target_host: host.to_ascii_lowercase(),
+            target_path: path.trim_matches('/').to_owned(),
+        },
+        max_tags: flux.max_tags as usize,
+        all_tags: flux.all_tags,
+    }))
 }
 
 /// Why the daemon has no usable Kubernetes client configuration: a configuration problem (exit 2).

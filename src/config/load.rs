@@ -413,6 +413,14 @@ pub(super) fn build(loader: &mut Loader<'_>, overrides: &Overrides, purpose: Pur
             max_tags: loader.get("fluxImageRepositories.maxTags", parse::positive_u32),
             all_tags: loader.get("fluxImageRepositories.allTags", parse::boolean),
         },
+        images: Images {
+            enabled: loader.get("images.enabled", parse::boolean),
+            namespaces: loader.get("images.namespaces", parse::list),
+            tag_list_interval: loader.get("images.tagListInterval", |i| {
+                parse::duration(i, SECOND)?.ok_or_else(|| ValueError::invalid("must be more than 0"))
+            }),
+            max_tags_per_image: loader.get("images.maxTagsPerImage", parse::positive_u32),
+        },
         runtime: RuntimeSettings {
             config_path: PathBuf::new(),
             config_found: false,

@@ -120,6 +120,8 @@ pub struct Config {
     pub on_the_fly: OnTheFly,
     /// Mirroring of Flux `ImageRepository` scans.
     pub flux_image_repositories: FluxImageRepositories,
+    /// image-operator's `Image` objects.
+    pub images: Images,
     /// Settings that come only from the environment or flags.
     #[serde(skip)]
     pub runtime: RuntimeSettings,
@@ -285,6 +287,21 @@ pub struct OnTheFly {
     pub enabled: bool,
     /// Mirror prefix → source rules; the longest matching mirror prefix wins.
     pub rules: Vec<OnTheFlyRule>,
+}
+
+/// image-operator's `Image` objects (`images`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Images {
+    /// Whether they are watched (when the CRD exists).
+    pub enabled: bool,
+    /// Where; empty: cluster-wide.
+    pub namespaces: Vec<String>,
+    /// How long a tag list is reused.
+    #[serde(serialize_with = "duration")]
+    pub tag_list_interval: Duration,
+    /// Tags of one object being copied at once.
+    pub max_tags_per_image: u32,
 }
 
 /// One `onTheFly.rules` entry: images under `mirror` come from `source` (the rest of the path kept).

@@ -16,6 +16,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use tokio::sync::watch;
+
+use super::{Change, Watch, served_versions, watch_objects};
 
 use crate::copy::PullSecret;
 use crate::declarative::flux::{self, FluxError, ImageRepositoryObject, ScanResult, TagSelection, scan_changed};
@@ -40,6 +43,86 @@ pub struct FluxSettings {
     pub max_tags: usize,
     /// Also copy every tag the source repository lists.
     pub all_tags: bool,
+}
+
+/// The CRD that must exist.
+const CRD: &str = "imagerepositories.image.toolkit.fluxcd.io";
+
+/// What the controller works with.
+pub struct FluxController {
+    /// The Kubernetes client.
+    pub client: kube::Client,
+    /// `fluxImageRepositories.*`.
+    pub settings: FluxSettings,
+    /// The daemon's queue.
+    pub queue: Queue,
+    /// Registry clients, for `allTags`.
+    pub registries: Registries,
+    /// Where the Flux metrics are counted.
+    pub metrics: Arc<Metrics>,
+    /// Whether this replica leads.
+    pub leading: watch::Receiver<bool>,
+}
+
+impl FluxController {
+    /// Runs until the daemon stops it: returns at once when the CRD is not installed or serves
+    /// neither `v1` nor `v1beta2`.
+    pub async fn run(self) {
+        let FluxController {
+            client,
+            settings,
+            queue,
+            registries,
+            metrics,
+            mut leading,
+        } = self;
+        let mut watch = Watch {
+            resource: flux::api_resource(flux::VERSIONS[0]),
+            crd: CRD,
+            enabled_by: "fluxImageRepositories.enabled",
+            namespaces: settings.namespaces.clone(),
+        };
+        let Some(served) = served_versions(&client, &watch).await else {
+            return;
+        };
+        let Some(version) = flux::VERSIONS.into_iter().find(|v| served.iter().any(|s| s == v)) else {
+            tracing::warn!(
+                crd = CRD,
+                served = served.join(","),
+                wanted = flux::VERSIONS.join(","),
+                "fluxImageRepositories.enabled, but the CRD serves no version copycat reads: not watching ImageRepository objects"
+            );
+            return;
+        };
+        watch.resource = flux::api_resource(version);
+        let (_watching, mut changes) = watch_objects::<ImageRepositoryObject>(&client, &watch);
+        let scope = match settings.namespaces.is_empty() {
+            true => "every namespace".to_owned(),
+            false => settings.namespaces.join(","),
+        };
+        tracing::info!(namespaces = scope, version, "watching Flux ImageRepository objects");
+        let mut mirror = FluxMirror::new(client, queue, registries, settings, metrics);
+        let mut lead = *leading.borrow_and_update();
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Some(Change::Applied(object)) => mirror.applied(object, lead).await,
+                    Some(Change::Deleted(key)) => mirror.deleted(&key.namespace, &key.name),
+                    Some(Change::Undecodable(key, _, error)) => {
+                        tracing::warn!(object = %key, error, "ImageRepository cannot be read; ignoring it");
+                    }
+                    None => return,
+                },
+                Ok(()) = leading.changed() => {
+                    let now = *leading.borrow_and_update();
+                    if now && !lead {
+                        mirror.lead().await;
+                    }
+                    lead = now;
+                }
+            }
+        }
+    }
 }
 
 /// Why a `spec.secretRef` Secret gives no credentials. Messages name the Secret and the registry,
@@ -104,7 +187,7 @@ impl Followed {
 }
 
 /// Follows `ImageRepository` objects and declares their scans' copies.
-pub struct FluxMirror {
+struct FluxMirror {
     client: kube::Client,
     queue: Queue,
     registries: Registries,
@@ -121,7 +204,7 @@ fn source_of(namespace: &str, name: &str) -> DeclaredSource {
 impl FluxMirror {
     /// Follows objects with `settings`: Secrets read through `client`, tags listed through
     /// `registries`, copies declared to `queue`; the Flux metrics are registered on `metrics`.
-    pub fn new(
+    fn new(
         client: kube::Client,
         queue: Queue,
         registries: Registries,
@@ -141,7 +224,7 @@ impl FluxMirror {
 
     /// The object was created or changed (or listed again): when `lead` and its scan's revision is
     /// not the one last mirrored, its tags are declared.
-    pub async fn applied(&mut self, object: ImageRepositoryObject, lead: bool) {
+    async fn applied(&mut self, object: ImageRepositoryObject, lead: bool) {
         let namespace = object.metadata.namespace.clone().unwrap_or_default();
         let name = object.metadata.name.clone().unwrap_or_default();
         let source = source_of(&namespace, &name);
@@ -157,7 +240,7 @@ impl FluxMirror {
     }
 
     /// The object `namespace/name` is gone: what it declared is forgotten (running copies finish).
-    pub fn deleted(&mut self, namespace: &str, name: &str) {
+    fn deleted(&mut self, namespace: &str, name: &str) {
         let source = source_of(namespace, name);
         if self.objects.remove(&source).is_some() {
             let forgotten = self.queue.undeclare(source.clone());
@@ -166,7 +249,7 @@ impl FluxMirror {
     }
 
     /// This replica now leads: every object's current scan is mirrored.
-    pub async fn lead(&mut self) {
+    async fn lead(&mut self) {
         let sources: Vec<DeclaredSource> = self.objects.keys().cloned().collect();
         for source in sources {
             if let Some(followed) = self.objects.get_mut(&source) {

@@ -27,6 +27,20 @@ pub fn api_resource() -> kube::core::ApiResource {
     super::api_resource(GROUP, VERSION, KIND, PLURAL)
 }
 
+/// How the daemon follows `Image` objects (`images.*` settings, built by `wiring`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSettings {
+    /// Namespaces watched; empty: cluster-wide.
+    pub namespaces: Vec<String>,
+    /// How long a source repository's tag list is reused.
+    pub tag_list_interval: Duration,
+    /// Tags of one object being copied at once; the rest wait.
+    pub max_tags_per_image: usize,
+    /// Where destinations without a registry host go: copycat's target (`TARGET_REGISTRY`, or the
+    /// ECR registry).
+    pub target_registry: String,
+}
+
 /// An `Image` object as copycat reads and writes it.
 pub type ImageObject = kube::core::Object<ImageSpec, ImageStatus>;
 
@@ -157,6 +171,9 @@ pub enum SpecError {
     /// `spec.destination` names no repository, or a tag no copy can be written to.
     #[error("spec.destination: {0}")]
     Destination(String),
+    /// The object does not fit the `Image` schema (a field of the wrong type).
+    #[error("the object does not decode as an Image: {0}")]
+    Decode(String),
 }
 
 impl SpecError {
@@ -168,6 +185,7 @@ impl SpecError {
             SpecError::Pattern(_) => "InvalidPattern",
             SpecError::Source { .. } => "InvalidSource",
             SpecError::Destination(_) => "InvalidDestination",
+            SpecError::Decode(_) => "InvalidSpec",
         }
     }
 }
