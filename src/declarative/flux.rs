@@ -83,8 +83,8 @@ fn revision(scan: Option<&ScanResult>) -> Option<&str> {
 }
 
 /// The tags a new scan asks to copy: the scan's `latest_tags` first, then the tags `listed` by the
-/// registry (with `allTags`; empty otherwise) from the last in the registry's order, each once, at
-/// most `limit`.
+/// registry (with `allTags`; empty otherwise) in reverse alphabetical order, the order of Flux's
+/// `latestTags` (a registry lists in no order it promises), each once, at most `limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagSelection {
     /// The tags to copy, in that order.
@@ -97,10 +97,12 @@ impl TagSelection {
     /// Selects from `scan` and `listed` (see [`TagSelection`]).
     pub fn of(scan: &ScanResult, listed: &[String], limit: usize) -> TagSelection {
         let mut seen = std::collections::HashSet::new();
+        let mut listed: Vec<&String> = listed.iter().collect();
+        listed.sort_unstable_by(|a, b| b.cmp(a));
         let all: Vec<&String> = scan
             .latest_tags
             .iter()
-            .chain(listed.iter().rev())
+            .chain(listed)
             .filter(|t| seen.insert(t.as_str()))
             .collect();
         TagSelection {
@@ -184,8 +186,8 @@ mod tests {
     }
 
     #[test]
-    fn tags_selected_latest_first_then_listed_from_the_last_within_the_limit() {
-        let listed: Vec<String> = ["0.9", "1.0", "1.1", "1.2", "latest"].map(String::from).to_vec();
+    fn tags_selected_latest_first_then_listed_newest_first_within_the_limit() {
+        let listed: Vec<String> = ["1.0", "latest", "0.9", "1.2", "1.1"].map(String::from).to_vec();
         // (listed, limit, tags, left out, what)
         let cases: [(&[String], usize, &[&str], usize, &str); 5] = [
             (&[], 10, &["1.1", "1.0"], 0, "latest tags only"),

@@ -13,6 +13,7 @@ mod ecr;
 mod failover;
 mod faults;
 mod first_run;
+mod flux;
 mod image;
 mod leader;
 mod manifests;

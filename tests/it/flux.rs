@@ -1,0 +1,372 @@
+//! Flux `ImageRepository` scans mirrored (`fluxImageRepositories`): `copycat run` (the built
+//! binary) against the stand-in API server and real docker-registries. The objects are written as
+//! Flux's image-reflector-controller leaves them (`status.lastScanResult` with `revision` and
+//! `latestTags`); copies are counted in the registries' access logs (copycat's own requests only).
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use testkit::apiserver::{ApiServer, RunningApiServer};
+use testkit::{Image, Registry, RegistryMode};
+
+use crate::server::Daemon;
+use crate::support::{config_file, copycat_requests, eventually, manifest_puts, start};
+
+/// How long a test waits for the daemon to do something.
+const WAIT: Duration = Duration::from_secs(30);
+
+const NS: &str = "flux-system";
+
+/// Flux's CRD serving `versions` (the stand-in serves both versions whatever it says; copycat reads
+/// the CRD to choose).
+fn crd(versions: &[&str]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"name": v, "served": true, "storage": i == 0}))
+        .collect();
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "imagerepositories.image.toolkit.fluxcd.io"},
+           "spec": {"group": "image.toolkit.fluxcd.io", "scope": "Namespaced",
+                    "names": {"kind": "ImageRepository", "plural": "imagerepositories"},
+                    "versions": versions}})
+}
+
+/// The `ImageRepository` `flux-system/NAME` (API `version`) scanning `image`, with `secret_ref`, and
+/// the scan result `scan` (`revision`, `latestTags`) when there is one.
+fn repository(
+    version: &str,
+    name: &str,
+    image: &str,
+    secret_ref: Option<&str>,
+    scan: Option<(&str, &[&str])>,
+) -> Value {
+    let mut spec = json!({"image": image, "interval": "5m"});
+    if let Some(secret) = secret_ref {
+        spec["secretRef"] = json!({"name": secret});
+    }
+    let mut object = json!({"apiVersion": format!("image.toolkit.fluxcd.io/{version}"), "kind": "ImageRepository",
+                            "metadata": {"name": name, "namespace": NS}, "spec": spec});
+    if let Some((revision, tags)) = scan {
+        object["status"] = json!({"lastScanResult": {"revision": revision, "tagCount": tags.len(),
+                                  "latestTags": tags, "scanTime": "2026-12-07T17:00:00Z"}});
+    }
+    object
+}
+
+/// The stand-in with namespace `flux-system` and, when `versions` is not empty, Flux's CRD.
+fn cluster(versions: &[&str]) -> (ApiServer, RunningApiServer) {
+    let server = ApiServer::new();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+        .unwrap();
+    if !versions.is_empty() {
+        server.apply(crd(versions)).unwrap();
+    }
+    let running = server.serve().expect("serve the stand-in API server");
+    (server, running)
+}
+
+/// Starts the daemon mirroring to `dst` with `config` and waits for `line` in its log.
+async fn start_daemon(
+    running: &RunningApiServer,
+    dst: &Registry,
+    config: &tempfile::NamedTempFile,
+    line: &str,
+) -> Daemon {
+    let daemon = Daemon::mirroring_to(
+        running.kubeconfig_path(),
+        dst,
+        &[("CONFIG_PATH", config.path().to_str().unwrap())],
+    );
+    wait_logged(&daemon, line).await;
+    daemon
+}
+
+/// Waits until the daemon has logged `line` (`n` times).
+async fn wait_logged_n(daemon: &Daemon, line: &str, n: usize) {
+    let started = Instant::now();
+    while daemon.run.log().matches(line).count() < n {
+        assert!(
+            started.elapsed() < WAIT,
+            "{line:?} not logged {n} times in {WAIT:?}:\n{}",
+            daemon.run.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_logged(daemon: &Daemon, line: &str) {
+    wait_logged_n(daemon, line, 1).await;
+}
+
+/// The value of the series `name` (with its labels) in the daemon's metrics.
+async fn metric(daemon: &Daemon, series: &str) -> Option<String> {
+    let (_, text) = daemon.get("/metrics").await;
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|v| v.strip_prefix(' '))
+            .map(str::to_owned)
+    })
+}
+
+/// Waits until the metric `series` reads `value`.
+async fn wait_metric(daemon: &Daemon, series: &str, value: &str) {
+    eventually(&format!("{series} = {value}"), WAIT, async || {
+        metric(daemon, series).await.as_deref() == Some(value)
+    })
+    .await;
+}
+
+/// Pushes one small image to `reg` `repo` under each of `tags`.
+async fn push_tags(reg: &Registry, repo: &str, tags: &[&str]) {
+    let image = Image::oci("amd64", &[1_000, 2_000], 11).unwrap();
+    for tag in tags {
+        image.push(reg, repo, tag).await.unwrap();
+    }
+}
+
+/// The manifest PUTs copycat made to `dst`, `repo:tag` → count, tags only (the tags' manifests).
+fn tag_puts(dst: &Registry) -> Vec<(String, usize)> {
+    manifest_puts(dst)
+        .into_iter()
+        .filter(|(reference, _)| !reference.contains("sha256:"))
+        .collect()
+}
+
+fn puts(list: &[(&str, usize)]) -> Vec<(String, usize)> {
+    list.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+}
+
+#[tokio::test]
+async fn a_new_revision_mirrors_its_latest_tags_once_and_an_unchanged_one_nothing() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push_tags(&src, "org/app", &["1.0", "1.1", "1.2"]).await;
+    let image = format!("{}/org/app", src.host());
+    let (server, running) = cluster(&["v1", "v1beta2"]);
+    server.apply(repository("v1", "app", &image, None, None)).unwrap();
+    let config = config_file(
+        "fluxImageRepositories:\n  enabled: true\n  namespaces: [flux-system]\n  destinationPrefix: flux/$namespace\n",
+    );
+    let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
+
+    // Created without a scan result: nothing, not even a request to the source.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(copycat_requests(&src).is_empty(), "nothing before a scan");
+
+    // The reflector's first scan: its latest tags are mirrored, each once.
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-1", &["1.1", "1.0"]))))
+        .unwrap();
+    let mirrored = r#"k8s_copycat_flux_scans_total{result="mirrored"}"#;
+    wait_metric(&daemon, mirrored, "1").await;
+    let want = puts(&[("flux/flux-system/org/app:1.0", 1), ("flux/flux-system/org/app:1.1", 1)]);
+    eventually("both tags copied", WAIT, async || tag_puts(&dst) == want).await;
+    let after_first = copycat_requests(&src).len();
+
+    // Another status write with the same revision (Flux rescans every interval): nothing.
+    let mut again = repository("v1", "app", &image, None, Some(("rev-1", &["1.1", "1.0"])));
+    again["status"]["lastScanResult"]["scanTime"] = json!("2026-12-07T17:05:00Z");
+    server.apply(again).unwrap();
+    wait_metric(&daemon, r#"k8s_copycat_flux_scans_total{result="unchanged"}"#, "1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        copycat_requests(&src).len(),
+        after_first,
+        "no source request for an unchanged revision"
+    );
+    assert_eq!(tag_puts(&dst), want);
+
+    // A new revision: the new tag is copied once; the tag already mirrored is not written again.
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-2", &["1.2", "1.1"]))))
+        .unwrap();
+    wait_metric(&daemon, mirrored, "2").await;
+    let want = puts(&[
+        ("flux/flux-system/org/app:1.0", 1),
+        ("flux/flux-system/org/app:1.1", 1),
+        ("flux/flux-system/org/app:1.2", 1),
+    ]);
+    eventually("1.2 copied", WAIT, async || tag_puts(&dst) == want).await;
+    let source_requests = copycat_requests(&src).len();
+
+    server.delete("imagerepositories", NS, "app");
+    wait_logged(&daemon, "ImageRepository deleted").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(tag_puts(&dst), want, "{log}");
+    eprintln!(
+        "figures: source requests {after_first} after rev-1 (2 tags), {source_requests} after rev-2 (1 new tag); target tag writes {want:?}"
+    );
+}
+
+#[tokio::test]
+async fn all_tags_copies_the_listed_tags_within_the_tag_limit() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push_tags(&src, "org/app", &["1.0", "1.1", "1.2", "1.3", "1.4", "latest"]).await;
+    let image = format!("{}/org/app", src.host());
+    let (server, running) = cluster(&["v1"]);
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-1", &["1.4"]))))
+        .unwrap();
+    // `referrers: none`: the copies list no tags of their own (cosign's), so every tag list is allTags'.
+    let config = config_file("referrers: none\nfluxImageRepositories:\n  enabled: true\n  allTags: true\n  maxTags: 3\n");
+    let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
+
+    // The scan's latest tag first, then the listed ones in reverse alphabetical order: 1.4, latest, 1.3.
+    let want = puts(&[("org/app:1.3", 1), ("org/app:1.4", 1), ("org/app:latest", 1)]);
+    let copied = async || tag_puts(&dst) == want;
+    if tokio::time::timeout(WAIT, async {
+        while !copied().await {
+            tokio::time::sleep(Duration::from_millis(200)).await
+        }
+    })
+    .await
+    .is_err()
+    {
+        panic!("copied {:?}, not {want:?}:\n{}", tag_puts(&dst), daemon.run.log());
+    }
+    wait_logged(&daemon, "more tags than fluxImageRepositories.maxTags").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lists = copycat_requests(&src)
+        .iter()
+        .filter(|r| r.path.starts_with("/v2/org/app/tags/list"))
+        .count();
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(lists, 1, "one tag list per new revision");
+    assert!(log.contains("left_out=3"), "{log}");
+    assert_eq!(tag_puts(&dst), want);
+}
+
+#[tokio::test]
+async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown() {
+    let (user, pass) = ("flux-reader", "s3cret-Flux-never-shown-9Zq");
+    let src = start(RegistryMode::Basic {
+        user: user.into(),
+        pass: pass.into(),
+    });
+    let dst = start(RegistryMode::Plain);
+    push_tags(&src, "private/app", &["2.0"]).await;
+    let image = format!("{}/private/app", src.host());
+    let (server, running) = cluster(&["v1"]);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let docker_config = json!({"auths": {src.host(): {"auth": b64(&format!("{user}:{pass}"))}}}).to_string();
+    server
+        .apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pull", "namespace": NS},
+                      "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&docker_config)}}),
+        )
+        .unwrap();
+    server
+        .apply(repository("v1", "app", &image, Some("pull"), Some(("rev-1", &["2.0"]))))
+        .unwrap();
+    // Another object naming a Secret that does not exist: reported, copied without (and refused).
+    server
+        .apply(repository(
+            "v1",
+            "other",
+            &image,
+            Some("missing"),
+            Some(("rev-1", &["2.0"])),
+        ))
+        .unwrap();
+    let config = config_file("fluxImageRepositories:\n  enabled: true\n  destinationPrefix: $podname\n");
+    let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
+
+    let want = puts(&[("app/private/app:2.0", 1)]);
+    eventually("the private tag copied", WAIT, async || tag_puts(&dst) == want).await;
+    wait_metric(
+        &daemon,
+        r#"k8s_copycat_flux_secret_ref_errors_total{reason="not_found"}"#,
+        "1",
+    )
+    .await;
+    wait_logged(&daemon, "Secret flux-system/missing not found").await;
+    let (_, metrics) = daemon.get("/metrics").await;
+    let (_, status) = daemon.get("/status").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(tag_puts(&dst), want, "the object without its Secret copies nothing");
+    for (what, text) in [("log", &log), ("metrics", &metrics), ("/status", &status)] {
+        assert!(!text.contains(pass), "the password is in the {what}");
+        assert!(
+            !text.contains(&b64(&format!("{user}:{pass}"))),
+            "the auth is in the {what}"
+        );
+    }
+    // One GET of each named Secret; Secrets are never listed or watched.
+    let secret_requests: Vec<(String, String)> = server
+        .requests()
+        .into_iter()
+        .filter(|(_, path)| path.contains("/secrets"))
+        .collect();
+    let gets = |name: &str| {
+        secret_requests
+            .iter()
+            .filter(|(m, p)| m == "GET" && p.ends_with(&format!("/namespaces/{NS}/secrets/{name}")))
+            .count()
+    };
+    assert_eq!((gets("pull"), gets("missing")), (1, 1), "{secret_requests:?}");
+    assert_eq!(secret_requests.len(), 2, "{secret_requests:?}");
+}
+
+#[tokio::test]
+async fn v1beta2_when_the_crd_serves_only_it_and_off_without_the_crd_or_the_setting() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push_tags(&src, "org/app", &["3.0"]).await;
+    let image = format!("{}/org/app", src.host());
+    let enabled = config_file("fluxImageRepositories:\n  enabled: true\n");
+
+    // A cluster whose Flux serves v1beta2 only (before Flux 2.7).
+    let (server, running) = cluster(&["v1beta2"]);
+    server
+        .apply(repository("v1beta2", "app", &image, None, Some(("rev-1", &["3.0"]))))
+        .unwrap();
+    let daemon = start_daemon(&running, &dst, &enabled, "watching Flux ImageRepository objects").await;
+    eventually("the v1beta2 object's tag copied", WAIT, async || {
+        tag_puts(&dst) == puts(&[("org/app:3.0", 1)])
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("version=\"v1beta2\""), "{log}");
+
+    // No CRD: enabled, but nothing is watched (the stand-in would serve the objects regardless).
+    let dst = start(RegistryMode::Plain);
+    let (server, running) = cluster(&[]);
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-1", &["3.0"]))))
+        .unwrap();
+    let daemon = start_daemon(&running, &dst, &enabled, "the CRD is not installed").await;
+    // Not enabled: the CRD is there, the object has a scan, nothing happens.
+    let (server_off, running_off) = cluster(&["v1"]);
+    server_off
+        .apply(repository("v1", "app", &image, None, Some(("rev-1", &["3.0"]))))
+        .unwrap();
+    let off = daemon_started(&running_off, &dst).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, metrics) = off.get("/metrics").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let (code_off, log_off) = off.stop();
+    assert_eq!(code_off, Some(0), "{log_off}");
+    assert!(tag_puts(&dst).is_empty(), "nothing copied:\n{log}\n{log_off}");
+    assert!(!log.contains("watching Flux ImageRepository objects"), "{log}");
+    assert!(!log_off.contains("ImageRepository"), "{log_off}");
+    assert!(!metrics.contains("k8s_copycat_flux_"), "no Flux metrics when off");
+    let flux_requests = |s: &ApiServer| {
+        s.requests()
+            .iter()
+            .filter(|(_, p)| p.starts_with("/apis/image.toolkit.fluxcd.io/"))
+            .count()
+    };
+    assert_eq!((flux_requests(&server), flux_requests(&server_off)), (0, 0));
+}
+
+/// The daemon with the default configuration (Flux not enabled), once its workload watches listed.
+async fn daemon_started(running: &RunningApiServer, dst: &Registry) -> Daemon {
+    let none = config_file("");
+    start_daemon(running, dst, &none, "initial list complete").await
+}
