@@ -189,7 +189,8 @@ mod tests {
     fn tags_selected_latest_first_then_listed_newest_first_within_the_limit() {
         let listed: Vec<String> = ["1.0", "latest", "0.9", "1.2", "1.1"].map(String::from).to_vec();
         // (listed, limit, tags, left out, what)
-        let cases: [(&[String], usize, &[&str], usize, &str); 5] = [
+        type Case<'a> = (&'a [String], usize, &'a [&'a str], usize, &'a str);
+        let cases: [Case<'_>; 5] = [
             (&[], 10, &["1.1", "1.0"], 0, "latest tags only"),
             (&[], 1, &["1.1"], 1, "latest tags, limited"),
             (

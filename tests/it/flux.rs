@@ -211,7 +211,8 @@ async fn all_tags_copies_the_listed_tags_within_the_tag_limit() {
         .apply(repository("v1", "app", &image, None, Some(("rev-1", &["1.4"]))))
         .unwrap();
     // `referrers: none`: the copies list no tags of their own (cosign's), so every tag list is allTags'.
-    let config = config_file("referrers: none\nfluxImageRepositories:\n  enabled: true\n  allTags: true\n  maxTags: 3\n");
+    let config =
+        config_file("referrers: none\nfluxImageRepositories:\n  enabled: true\n  allTags: true\n  maxTags: 3\n");
     let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
 
     // The scan's latest tag first, then the listed ones in reverse alphabetical order: 1.4, latest, 1.3.
