@@ -129,8 +129,11 @@ struct Controller {
     events: Option<mpsc::Sender<ObjectNotice>>,
     objects: BTreeMap<ObjectKey, Tracked>,
     /// Per source repository: when it was listed and what it held (or why it could not be listed).
-    tag_lists: HashMap<String, (Instant, Result<Arc<Vec<String>>, String>)>,
+    tag_lists: HashMap<String, (Instant, TagList)>,
 }
+
+/// A repository's tags, or why they could not be listed.
+type TagList = Result<Arc<Vec<String>>, String>;
 
 /// One `Image` object.
 struct Tracked {
@@ -172,8 +175,14 @@ impl Tracked {
         let same_generation = status.observed_generation == object.metadata.generation;
         let once_by_tag = matches!(&plan, Ok(p) if p.mode == Mode::OnceByTag);
         let remembered = same_generation || once_by_tag;
+        // A dry run's tags were handled by that run only: copied for real after it.
         let tags: BTreeMap<String, TagResult> = match remembered {
-            true => status.tags.iter().map(|t| (t.tag.clone(), t.clone())).collect(),
+            true => status
+                .tags
+                .iter()
+                .filter(|t| t.result != DRY_RUN)
+                .map(|t| (t.tag.clone(), t.clone()))
+                .collect(),
             false => BTreeMap::new(),
         };
         // A OneShot already done for this generation is not done again after a restart.
@@ -245,7 +254,11 @@ impl Tracked {
             failed,
             moved,
             list_error: self.list_error.as_deref(),
-            copied: self.tags.values().filter(|t| is_done(&t.result)).count(),
+            copied: self
+                .tags
+                .values()
+                .filter(|t| matches!(t.result.as_str(), COPIED | PRESENT))
+                .count(),
         }
     }
 }
@@ -261,9 +274,10 @@ const MOVED: &str = "Moved";
 /// `DryRun`: nothing written (`dryRun`, `dryPull`).
 const DRY_RUN: &str = "DryRun";
 
-/// Whether a tag with this result is copied (never again for `OneShot` and `OnceByTag`).
+/// Whether a tag with this result is handled: never submitted again for `OneShot` and `OnceByTag`
+/// (a dry run's only while this process runs: its results are not read back at start).
 fn is_done(result: &str) -> bool {
-    matches!(result, COPIED | PRESENT | MOVED)
+    matches!(result, COPIED | PRESENT | MOVED | DRY_RUN)
 }
 
 /// The tag status result of a queue outcome.
@@ -582,8 +596,8 @@ impl Controller {
         tracked.waiting.extend(submitted);
         let tasks: Vec<MirrorTask> = tracked
             .declared
-            .iter()
-            .filter_map(|(_, tag)| plan.request(tag).ok().map(MirrorTask::new))
+            .values()
+            .filter_map(|tag| plan.request(tag).ok().map(MirrorTask::new))
             .collect();
         let source = tracked.source.clone();
         let done = self.queue.declare(source.clone(), tasks);
@@ -652,7 +666,7 @@ impl Controller {
     }
 
     /// The tags of `plan`'s source repository, listed at most once per `tagListInterval`.
-    async fn tag_list(&mut self, plan: &ImagePlan) -> Result<Arc<Vec<String>>, String> {
+    async fn tag_list(&mut self, plan: &ImagePlan) -> TagList {
         let repository = plan.source.name();
         let interval = self.settings.tag_list_interval;
         if let Some((at, listed)) = self.tag_lists.get(&repository)
@@ -809,8 +823,8 @@ mod tests {
             ("present", PRESENT, true),
             ("warmed", PRESENT, true),
             ("failed", FAILED, false),
-            ("would-copy", DRY_RUN, false),
-            ("dry-pull", DRY_RUN, false),
+            ("would-copy", DRY_RUN, true),
+            ("dry-pull", DRY_RUN, true),
         ] {
             assert_eq!(tag_result(outcome), result, "{outcome}");
             assert_eq!(is_done(result), done, "{outcome}");

@@ -14,6 +14,7 @@ mod failover;
 mod faults;
 mod first_run;
 mod image;
+mod image_objects;
 mod leader;
 mod manifests;
 mod node_config;
