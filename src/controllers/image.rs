@@ -111,8 +111,11 @@ impl ImageController {
                     }
                 }
                 Ok(()) = leading.changed() => {
+                    // A new leader takes every pass up at once (a finished OneShot stays finished).
                     if *leading.borrow_and_update() {
-                        controller.objects.values_mut().for_each(|o| o.due = Some(Instant::now()));
+                        for tracked in controller.objects.values_mut().filter(|o| o.due.is_some()) {
+                            tracked.due = Some(Instant::now());
+                        }
                     }
                 }
             }
@@ -193,21 +196,33 @@ impl Tracked {
             && !tags.is_empty()
             && tags.values().all(|t| is_done(&t.result));
         Tracked {
-            source: DeclaredSource::new(image::KIND, &key.namespace, &key.name),
             uid: object.metadata.uid.clone(),
-            generation: object.metadata.generation,
-            plan,
             tags,
+            due: (!finished).then(Instant::now),
+            last_sync: status.last_sync_time.clone(),
+            written: Some(status),
+            ..Tracked::nothing_done(&key, object.metadata.generation, plan)
+        }
+    }
+
+    /// An object of `plan` with nothing done, no status read, due now.
+    fn nothing_done(key: &ObjectKey, generation: Option<i64>, plan: Result<ImagePlan, SpecError>) -> Tracked {
+        Tracked {
+            source: DeclaredSource::new(image::KIND, &key.namespace, &key.name),
+            uid: None,
+            generation,
+            plan,
+            tags: BTreeMap::new(),
             declared: HashMap::new(),
             waiting: HashSet::new(),
             pending: 0,
             snapshot: None,
             declared_once: false,
             moves_checked: None,
-            due: (!finished).then(Instant::now),
+            due: Some(Instant::now()),
             list_error: None,
-            last_sync: status.last_sync_time.clone(),
-            written: Some(status),
+            last_sync: None,
+            written: None,
             write_after: None,
         }
     }
@@ -419,25 +434,7 @@ impl Controller {
             }
             Change::Undecodable(key, generation, error) => {
                 tracing::warn!(object = %key, error, "Image object does not decode; reported on its status");
-                let source = DeclaredSource::new(image::KIND, &key.namespace, &key.name);
-                let tracked = Tracked {
-                    source,
-                    uid: None,
-                    generation,
-                    plan: Err(SpecError::Decode(error)),
-                    tags: BTreeMap::new(),
-                    declared: HashMap::new(),
-                    waiting: HashSet::new(),
-                    pending: 0,
-                    snapshot: None,
-                    declared_once: false,
-                    moves_checked: None,
-                    due: Some(Instant::now()),
-                    list_error: None,
-                    last_sync: None,
-                    written: None,
-                    write_after: None,
-                };
+                let tracked = Tracked::nothing_done(&key, generation, Err(SpecError::Decode(error)));
                 if let Some(old) = self.objects.insert(key, tracked) {
                     self.queue.undeclare(old.source);
                 }
