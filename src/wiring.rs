@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, OnTheFlyRule, Problem, TargetKind};
-use crate::controllers::flux::FluxSettings;
 use crate::copy::{Copier, CopyOptions, PullThrough};
+use crate::declarative::flux::FluxSettings;
 use crate::declarative::image::ImageSettings;
 use crate::destination::{Target, ecr};
 use crate::events;

@@ -21,29 +21,16 @@ use tokio::sync::watch;
 use super::{Change, Watch, served_versions, watch_objects};
 
 use crate::copy::PullSecret;
-use crate::declarative::flux::{self, FluxError, ImageRepositoryObject, ScanResult, TagSelection, scan_changed};
+use crate::declarative::flux::{
+    self, FluxError, FluxSettings, ImageRepositoryObject, ScanResult, TagSelection, scan_changed,
+};
 use crate::discovery::watch::docker_config_of;
 use crate::metrics::Metrics;
-use crate::naming::TargetNaming;
 use crate::plan::MirrorTask;
 use crate::queue::{DeclaredSource, Queue};
 use crate::reference::ImageRef;
 use crate::registry::Registries;
 use crate::registry::credentials::DockerConfigError;
-
-/// How `ImageRepository` objects are followed (`fluxImageRepositories`), built by the wiring.
-#[derive(Debug, Clone)]
-pub struct FluxSettings {
-    /// Namespaces watched; empty: all.
-    pub namespaces: Vec<String>,
-    /// copycat's target naming with `destinationPrefix` (or the target's `repoPrefix`) as prefix;
-    /// its placeholder values are set per object ([`flux::naming_for`]).
-    pub naming: TargetNaming,
-    /// Most tags copied per scan of one object.
-    pub max_tags: usize,
-    /// Also copy every tag the source repository lists.
-    pub all_tags: bool,
-}
 
 /// The CRD that must exist.
 const CRD: &str = "imagerepositories.image.toolkit.fluxcd.io";

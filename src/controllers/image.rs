@@ -111,8 +111,11 @@ impl ImageController {
                     }
                 }
                 Ok(()) = leading.changed() => {
+                    // A new leader takes every pass up at once (a finished OneShot stays finished).
                     if *leading.borrow_and_update() {
-                        controller.objects.values_mut().for_each(|o| o.due = Some(Instant::now()));
+                        for tracked in controller.objects.values_mut().filter(|o| o.due.is_some()) {
+                            tracked.due = Some(Instant::now());
+                        }
                     }
                 }
             }
@@ -129,8 +132,11 @@ struct Controller {
     events: Option<mpsc::Sender<ObjectNotice>>,
     objects: BTreeMap<ObjectKey, Tracked>,
     /// Per source repository: when it was listed and what it held (or why it could not be listed).
-    tag_lists: HashMap<String, (Instant, Result<Arc<Vec<String>>, String>)>,
+    tag_lists: HashMap<String, (Instant, TagList)>,
 }
+
+/// A repository's tags, or why they could not be listed.
+type TagList = Result<Arc<Vec<String>>, String>;
 
 /// One `Image` object.
 struct Tracked {
@@ -172,8 +178,14 @@ impl Tracked {
         let same_generation = status.observed_generation == object.metadata.generation;
         let once_by_tag = matches!(&plan, Ok(p) if p.mode == Mode::OnceByTag);
         let remembered = same_generation || once_by_tag;
+        // A dry run's tags were handled by that run only: copied for real after it.
         let tags: BTreeMap<String, TagResult> = match remembered {
-            true => status.tags.iter().map(|t| (t.tag.clone(), t.clone())).collect(),
+            true => status
+                .tags
+                .iter()
+                .filter(|t| t.result != DRY_RUN)
+                .map(|t| (t.tag.clone(), t.clone()))
+                .collect(),
             false => BTreeMap::new(),
         };
         // A OneShot already done for this generation is not done again after a restart.
@@ -184,21 +196,33 @@ impl Tracked {
             && !tags.is_empty()
             && tags.values().all(|t| is_done(&t.result));
         Tracked {
-            source: DeclaredSource::new(image::KIND, &key.namespace, &key.name),
             uid: object.metadata.uid.clone(),
-            generation: object.metadata.generation,
-            plan,
             tags,
+            due: (!finished).then(Instant::now),
+            last_sync: status.last_sync_time.clone(),
+            written: Some(status),
+            ..Tracked::nothing_done(&key, object.metadata.generation, plan)
+        }
+    }
+
+    /// An object of `plan` with nothing done, no status read, due now.
+    fn nothing_done(key: &ObjectKey, generation: Option<i64>, plan: Result<ImagePlan, SpecError>) -> Tracked {
+        Tracked {
+            source: DeclaredSource::new(image::KIND, &key.namespace, &key.name),
+            uid: None,
+            generation,
+            plan,
+            tags: BTreeMap::new(),
             declared: HashMap::new(),
             waiting: HashSet::new(),
             pending: 0,
             snapshot: None,
             declared_once: false,
             moves_checked: None,
-            due: (!finished).then(Instant::now),
+            due: Some(Instant::now()),
             list_error: None,
-            last_sync: status.last_sync_time.clone(),
-            written: Some(status),
+            last_sync: None,
+            written: None,
             write_after: None,
         }
     }
@@ -245,7 +269,11 @@ impl Tracked {
             failed,
             moved,
             list_error: self.list_error.as_deref(),
-            copied: self.tags.values().filter(|t| is_done(&t.result)).count(),
+            copied: self
+                .tags
+                .values()
+                .filter(|t| matches!(t.result.as_str(), COPIED | PRESENT))
+                .count(),
         }
     }
 }
@@ -261,9 +289,10 @@ const MOVED: &str = "Moved";
 /// `DryRun`: nothing written (`dryRun`, `dryPull`).
 const DRY_RUN: &str = "DryRun";
 
-/// Whether a tag with this result is copied (never again for `OneShot` and `OnceByTag`).
+/// Whether a tag with this result is handled: never submitted again for `OneShot` and `OnceByTag`
+/// (a dry run's only while this process runs: its results are not read back at start).
 fn is_done(result: &str) -> bool {
-    matches!(result, COPIED | PRESENT | MOVED)
+    matches!(result, COPIED | PRESENT | MOVED | DRY_RUN)
 }
 
 /// The tag status result of a queue outcome.
@@ -405,25 +434,7 @@ impl Controller {
             }
             Change::Undecodable(key, generation, error) => {
                 tracing::warn!(object = %key, error, "Image object does not decode; reported on its status");
-                let source = DeclaredSource::new(image::KIND, &key.namespace, &key.name);
-                let tracked = Tracked {
-                    source,
-                    uid: None,
-                    generation,
-                    plan: Err(SpecError::Decode(error)),
-                    tags: BTreeMap::new(),
-                    declared: HashMap::new(),
-                    waiting: HashSet::new(),
-                    pending: 0,
-                    snapshot: None,
-                    declared_once: false,
-                    moves_checked: None,
-                    due: Some(Instant::now()),
-                    list_error: None,
-                    last_sync: None,
-                    written: None,
-                    write_after: None,
-                };
+                let tracked = Tracked::nothing_done(&key, generation, Err(SpecError::Decode(error)));
                 if let Some(old) = self.objects.insert(key, tracked) {
                     self.queue.undeclare(old.source);
                 }
@@ -582,8 +593,8 @@ impl Controller {
         tracked.waiting.extend(submitted);
         let tasks: Vec<MirrorTask> = tracked
             .declared
-            .iter()
-            .filter_map(|(_, tag)| plan.request(tag).ok().map(MirrorTask::new))
+            .values()
+            .filter_map(|tag| plan.request(tag).ok().map(MirrorTask::new))
             .collect();
         let source = tracked.source.clone();
         let done = self.queue.declare(source.clone(), tasks);
@@ -652,7 +663,7 @@ impl Controller {
     }
 
     /// The tags of `plan`'s source repository, listed at most once per `tagListInterval`.
-    async fn tag_list(&mut self, plan: &ImagePlan) -> Result<Arc<Vec<String>>, String> {
+    async fn tag_list(&mut self, plan: &ImagePlan) -> TagList {
         let repository = plan.source.name();
         let interval = self.settings.tag_list_interval;
         if let Some((at, listed)) = self.tag_lists.get(&repository)
@@ -809,8 +820,8 @@ mod tests {
             ("present", PRESENT, true),
             ("warmed", PRESENT, true),
             ("failed", FAILED, false),
-            ("would-copy", DRY_RUN, false),
-            ("dry-pull", DRY_RUN, false),
+            ("would-copy", DRY_RUN, true),
+            ("dry-pull", DRY_RUN, true),
         ] {
             assert_eq!(tag_result(outcome), result, "{outcome}");
             assert_eq!(is_done(result), done, "{outcome}");

@@ -23,6 +23,20 @@ pub fn api_resource(version: &str) -> kube::core::ApiResource {
     super::api_resource(GROUP, version, KIND, PLURAL)
 }
 
+/// How `ImageRepository` objects are followed (`fluxImageRepositories`), built by the wiring.
+#[derive(Debug, Clone)]
+pub struct FluxSettings {
+    /// Namespaces watched; empty: all.
+    pub namespaces: Vec<String>,
+    /// copycat's target naming with `destinationPrefix` (or the target's `repoPrefix`) as prefix;
+    /// its placeholder values are set per object ([`naming_for`]).
+    pub naming: TargetNaming,
+    /// Most tags copied per scan of one object.
+    pub max_tags: usize,
+    /// Also copy every tag the source repository lists.
+    pub all_tags: bool,
+}
+
 /// An `ImageRepository` as copycat reads it.
 pub type ImageRepositoryObject = kube::core::Object<ImageRepositorySpec, ImageRepositoryStatus>;
 

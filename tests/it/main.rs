@@ -15,6 +15,7 @@ mod faults;
 mod first_run;
 mod flux;
 mod image;
+mod image_objects;
 mod leader;
 mod manifests;
 mod node_config;

@@ -209,7 +209,7 @@ fn deployment_security_context() {
 }
 
 #[test]
-fn cluster_role_reads_creates_only_events_and_grants_no_secrets() {
+fn cluster_role_reads_creates_only_events_and_image_statuses_and_grants_no_secrets() {
     let role = object("ClusterRole", "k8s-copycat");
     let rules = role["rules"].as_array().unwrap();
     assert!(!rules.is_empty());
@@ -224,6 +224,15 @@ fn cluster_role_reads_creates_only_events_and_grants_no_secrets() {
             assert!(r != "secrets" && r != "*", "ClusterRole grants {r}");
         }
         if verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())) {
+            continue;
+        }
+        // The other write: the status of `Image` objects, patched through their status subresource.
+        if resources == ["images/status"] {
+            assert_eq!(
+                (groups, verbs),
+                (vec!["skopeo.io".to_owned()], vec!["patch".to_owned()]),
+                "{rule}"
+            );
             continue;
         }
         // The one write: core/v1 Events (what copycat creates), in any namespace, create only.

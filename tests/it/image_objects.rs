@@ -1,0 +1,420 @@
+//! image-operator's `Image` objects followed by `copycat run` (the built binary) against the stand-in
+//! API server (with the CRD installed) and real registries: docker-registry, and testkit's static
+//! registry for a thousand tags.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testkit::apiserver::{ApiServer, RunningApiServer};
+use testkit::{Client, Image, Registry, RegistryMode, StaticRegistry, list_tags, manifest_digest};
+
+use crate::server::Daemon;
+use crate::support::{config_file, copycat_requests, eventually, manifest_puts, start};
+
+/// How long a test waits for something the daemon does.
+const WAIT: Duration = Duration::from_secs(60);
+
+const IMAGE_CRD: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/manifests/crds/images.skopeo.io.yaml"
+));
+
+/// The stand-in with the `Image` CRD and namespace `shop`, serving.
+fn cluster() -> (ApiServer, RunningApiServer) {
+    let server = ApiServer::new();
+    let crd: Value = serde_saphyr::from_str(IMAGE_CRD).unwrap();
+    server.apply(crd).unwrap();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+        .unwrap();
+    let running = server.serve().expect("serve the stand-in API server");
+    (server, running)
+}
+
+/// An `Image` object `shop/NAME` with `spec`.
+fn image(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "skopeo.io/v1alpha1", "kind": "Image",
+           "metadata": {"name": name, "namespace": "shop"}, "spec": spec})
+}
+
+/// The daemon mirroring into `dst`, following `Image` objects with `settings` (YAML under `images:`).
+fn daemon(running: &RunningApiServer, dst: &Registry, settings: &str, more: &str) -> (Daemon, tempfile::NamedTempFile) {
+    let config = config_file(&format!(
+        "images:\n  enabled: true\n{settings}referrers: none\nwatchResources: [deployments]\n{more}"
+    ));
+    let daemon = Daemon::mirroring_to(
+        running.kubeconfig_path(),
+        dst,
+        &[("CONFIG_PATH", config.path().to_str().unwrap())],
+    );
+    (daemon, config)
+}
+
+/// The status of `shop/NAME`, if written.
+fn status(server: &ApiServer, name: &str) -> Value {
+    server
+        .get("Image", "shop", name)
+        .and_then(|o| o.get("status").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// The `status` (`True`/`False`) and reason of condition `type_`.
+fn condition(status: &Value, type_: &str) -> (String, String) {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// `(tag, result)` of each tag in `status`.
+fn tag_results(status: &Value) -> Vec<(String, String)> {
+    status["tags"]
+        .as_array()
+        .map(|tags| {
+            tags.iter()
+                .map(|t| {
+                    (
+                        t["tag"].as_str().unwrap().to_owned(),
+                        t["result"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The field `field` of tag `tag` in `status`.
+fn tag_field(status: &Value, tag: &str, field: &str) -> Option<String> {
+    status["tags"]
+        .as_array()?
+        .iter()
+        .find(|t| t["tag"] == tag)
+        .and_then(|t| t[field].as_str().map(str::to_owned))
+}
+
+/// The reasons of the Warning Events on `shop/NAME`.
+fn event_reasons(server: &ApiServer, name: &str) -> Vec<String> {
+    server
+        .list("Event", "shop")
+        .iter()
+        .filter(|e| e["involvedObject"]["kind"] == "Image" && e["involvedObject"]["name"] == name)
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Pushes `image` to `repo` under each of `tags`.
+async fn push(reg: &Registry, repo: &str, image: &Image, tags: &[&str]) {
+    let client = Client::new(reg).unwrap();
+    for tag in tags {
+        client.push_image(repo, tag, image).await.unwrap();
+    }
+}
+
+/// OneShot with a pattern copies exactly the tags matching it (candidates only when allowed), once;
+/// an invalid pattern or frequency is reported on the object's status with its reason, and a copy
+/// that fails is reported on the tag, in the `Failed` condition and in a Warning Event on the object.
+#[tokio::test]
+async fn one_shot_copies_exactly_the_matching_tags_and_bad_objects_are_reported() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image_v = Image::oci("amd64", &[1_000], 1).unwrap();
+    let tags = ["v2.13.0", "v2.13.2", "v2.13.3-rc1", "v2.14.0", "latest", "v2.13"];
+    push(&src, "argoproj/argocd", &image_v, &tags).await;
+    let (server, running) = cluster();
+    let source = format!("{}/argoproj/argocd", src.host());
+    let objects = [
+        image(
+            "argocd",
+            json!({"mode": "OneShot", "source": {"name": source, "version": "v2.13.x"},
+            "destination": {"name": "argoproj/argocd", "version": "v2.13.x"}}),
+        ),
+        image(
+            "argocd-rc",
+            json!({"mode": "OneShot", "allowCandidateRelease": true,
+            "source": {"name": source, "version": "v2.13.x"}, "destination": {"name": "rc/argocd"}}),
+        ),
+        image(
+            "bad-pattern",
+            json!({"mode": "OneShot", "source": {"name": source, "version": "v2.x"},
+            "destination": {"name": "argoproj/argocd"}}),
+        ),
+        image(
+            "bad-frequency",
+            json!({"mode": "Recurrent", "frequency": "15x",
+            "source": {"name": source, "version": "latest"}, "destination": {"name": "argoproj/argocd"}}),
+        ),
+        image(
+            "missing",
+            json!({"mode": "OneShot", "source": {"name": format!("{}/no/such", src.host()), "version": "1.0"},
+            "destination": {"name": "no/such"}}),
+        ),
+    ];
+    server.apply_all(objects).unwrap();
+    let (daemon, _config) = daemon(&running, &dst, "", "");
+
+    eventually("argocd and argocd-rc ready", WAIT, async || {
+        condition(&status(&server, "argocd"), "Ready").0 == "True"
+            && condition(&status(&server, "argocd-rc"), "Ready").0 == "True"
+    })
+    .await;
+    let mut copied = list_tags(&dst, "argoproj/argocd").await.unwrap();
+    copied.sort();
+    assert_eq!(copied, ["v2.13.0", "v2.13.2"], "exactly the matching releases");
+    let mut with_rc = list_tags(&dst, "rc/argocd").await.unwrap();
+    with_rc.sort();
+    assert_eq!(
+        with_rc,
+        ["v2.13.0", "v2.13.2", "v2.13.3-rc1"],
+        "candidates when allowed"
+    );
+    let argocd = status(&server, "argocd");
+    assert_eq!(
+        tag_results(&argocd),
+        [("v2.13.0".into(), "Copied".into()), ("v2.13.2".into(), "Copied".into())]
+    );
+    let digest = manifest_digest(&src, "argoproj/argocd", "v2.13.0").await.unwrap();
+    assert_eq!(tag_field(&argocd, "v2.13.0", "sourceDigest"), digest);
+    assert_eq!(
+        tag_field(&argocd, "v2.13.0", "destination"),
+        Some(format!("{}/argoproj/argocd:v2.13.0", dst.host()))
+    );
+    assert!(argocd["lastSyncTime"].is_string(), "{argocd}");
+    assert_eq!(argocd["pendingTags"], 0);
+
+    eventually("the invalid objects reported", WAIT, async || {
+        condition(&status(&server, "bad-pattern"), "Failed") == ("True".into(), "InvalidPattern".into())
+            && condition(&status(&server, "bad-frequency"), "Failed") == ("True".into(), "InvalidFrequency".into())
+    })
+    .await;
+    let message = status(&server, "bad-pattern")["conditions"][2]["message"].clone();
+    assert!(message.as_str().unwrap().contains("\"v2.x\""), "{message}");
+
+    eventually("the failed copy reported", WAIT, async || {
+        let missing = status(&server, "missing");
+        condition(&missing, "Failed") == ("True".into(), "CopyFailed".into())
+            && tag_results(&missing) == [("1.0".to_owned(), "Failed".to_owned())]
+            && event_reasons(&server, "missing").contains(&"MirrorFailed".to_owned())
+    })
+    .await;
+    assert!(event_reasons(&server, "bad-pattern").contains(&"InvalidPattern".to_owned()));
+    // Once: nothing is written again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let puts = manifest_puts(&dst);
+    assert!(puts.values().all(|n| *n == 1), "{puts:?}");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("watching Image objects"), "{log}");
+}
+
+/// OnceByTag picks up a tag pushed later within one tag-list interval, and a tag moved upstream
+/// after its copy is reported (`Moved`, Warning Event `TagMoved`) and never copied again.
+#[tokio::test]
+async fn once_by_tag_picks_up_new_tags_and_never_recopies_a_moved_one() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let first = Image::oci("amd64", &[1_000], 2).unwrap();
+    let moved = Image::oci("amd64", &[1_000], 3).unwrap();
+    push(&src, "app", &first, &["1.0.0", "1.1.0", "2.0.0"]).await;
+    let (server, running) = cluster();
+    server
+        .apply(image(
+            "app",
+            json!({"mode": "OnceByTag",
+            "source": {"name": format!("{}/app", src.host()), "version": "1.x.x"}, "destination": {"name": "app"}}),
+        ))
+        .unwrap();
+    let (daemon, _config) = daemon(&running, &dst, "  tagListInterval: 1s\n", "");
+    let copied = async |tags: &[&str]| {
+        let mut listed = list_tags(&dst, "app").await.unwrap_or_default();
+        listed.sort();
+        listed == tags
+    };
+    eventually("1.0.0 and 1.1.0 copied", WAIT, async || {
+        copied(&["1.0.0", "1.1.0"]).await
+    })
+    .await;
+
+    push(&src, "app", &first, &["1.2.0"]).await;
+    let pushed = std::time::Instant::now();
+    eventually("1.2.0 copied", WAIT, async || {
+        copied(&["1.0.0", "1.1.0", "1.2.0"]).await
+    })
+    .await;
+    let within = pushed.elapsed();
+
+    let before = manifest_digest(&dst, "app", "1.1.0").await.unwrap();
+    push(&src, "app", &moved, &["1.1.0"]).await;
+    eventually("1.1.0 reported moved", WAIT, async || {
+        let s = status(&server, "app");
+        tag_field(&s, "1.1.0", "result").as_deref() == Some("Moved")
+            && event_reasons(&server, "app").contains(&"TagMoved".to_owned())
+    })
+    .await;
+    // A few more tag-list intervals: still not copied again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(manifest_digest(&dst, "app", "1.1.0").await.unwrap(), before);
+    let puts = manifest_puts(&dst);
+    assert_eq!(puts.get("app:1.1.0"), Some(&1), "{puts:?}");
+    let s = status(&server, "app");
+    assert_eq!(condition(&s, "Ready"), ("True".into(), "SyncedWithMovedTags".into()));
+    assert_eq!(
+        event_reasons(&server, "app")
+            .iter()
+            .filter(|r| *r == "TagMoved")
+            .count(),
+        1,
+        "one Event per move"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!("a tag pushed later was copied {within:?} after the push (tagListInterval 1s)");
+    assert!(within < Duration::from_secs(10), "{within:?}");
+}
+
+/// Recurrent copies the tag again every frequency: unchanged, that costs exactly two HEADs (source
+/// and destination, nothing else); moved upstream, the destination follows within one frequency.
+#[tokio::test]
+async fn recurrent_recopies_a_moved_tag_and_costs_two_heads_when_unchanged() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let first = Image::oci("amd64", &[1_000], 4).unwrap();
+    let second = Image::oci("amd64", &[1_000], 5).unwrap();
+    push(&src, "nginx", &first, &["stable"]).await;
+    let (server, running) = cluster();
+    server
+        .apply(image(
+            "nginx",
+            json!({"mode": "Recurrent", "frequency": "3s",
+            "source": {"name": format!("{}/nginx", src.host()), "version": "stable"},
+            "destination": {"name": "mirror/nginx"}}),
+        ))
+        .unwrap();
+    let (daemon, _config) = daemon(&running, &dst, "", "");
+    let tag_time = || tag_field(&status(&server, "nginx"), "stable", "time");
+    eventually("stable copied", WAIT, async || {
+        tag_field(&status(&server, "nginx"), "stable", "result").as_deref() == Some("Copied")
+    })
+    .await;
+    // Wait for a refresh of the unchanged tag, then count what the next one asks.
+    let copied_at = tag_time();
+    eventually("a refresh", WAIT, async || tag_time() != copied_at).await;
+    assert_eq!(
+        tag_field(&status(&server, "nginx"), "stable", "result").as_deref(),
+        Some("Present")
+    );
+    let (src_before, dst_before) = (copycat_requests(&src).len(), copycat_requests(&dst).len());
+    let refreshed_at = tag_time();
+    eventually("another refresh", WAIT, async || tag_time() != refreshed_at).await;
+    let src_new: Vec<String> = copycat_requests(&src)[src_before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let dst_new: Vec<String> = copycat_requests(&dst)[dst_before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    eprintln!("one refresh of an unchanged tag: source {src_new:?}, destination {dst_new:?}");
+    assert_eq!(src_new, ["HEAD /v2/nginx/manifests/stable"]);
+    assert_eq!(dst_new, ["HEAD /v2/mirror/nginx/manifests/stable"]);
+
+    push(&src, "nginx", &second, &["stable"]).await;
+    let moved = manifest_digest(&src, "nginx", "stable").await.unwrap();
+    let pushed = std::time::Instant::now();
+    eventually("the moved tag copied again", Duration::from_secs(10), async || {
+        manifest_digest(&dst, "mirror/nginx", "stable").await.unwrap() == moved
+    })
+    .await;
+    let within = pushed.elapsed();
+    eprintln!("a moved tag reached the destination {within:?} after the push (frequency 3s)");
+    assert!(within <= Duration::from_secs(5), "{within:?}");
+    eventually("the status says so", WAIT, async || {
+        tag_field(&status(&server, "nginx"), "stable", "sourceDigest") == moved
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// A thousand matching tags: at most `maxTagsPerImage` are declared to the queue at a time (the
+/// rest wait in `status.pendingTags`), all are copied in the end, and the daemon's memory stays
+/// small.
+#[tokio::test]
+async fn a_thousand_tags_are_copied_at_most_max_tags_per_image_at_a_time() {
+    let src = StaticRegistry::start().unwrap();
+    src.set_tag_page_limit(100);
+    let (digest, _) = src.put_image("big/app", 1);
+    let versions: Vec<String> = (0..1_000).map(|i| format!("1.{}.{}", i / 100, i % 100)).collect();
+    for tag in versions.iter().map(String::as_str).chain(["latest", "2.0.0"]) {
+        src.tag("big/app", tag, &digest);
+    }
+    let dst = start(RegistryMode::Plain);
+    let (server, running) = cluster();
+    server
+        .apply(image(
+            "big",
+            json!({"mode": "OneShot",
+            "source": {"name": format!("{}/big/app", src.host()), "version": "1.x.x"},
+            "destination": {"name": "big/app"}}),
+        ))
+        .unwrap();
+    let (daemon, _config) = daemon(
+        &running,
+        &dst,
+        "  maxTagsPerImage: 100\n",
+        "maxConcurrentReconciles: 8\n",
+    );
+    let started = std::time::Instant::now();
+    let mut most_busy = 0;
+    let mut most_pending = 0;
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "not done within 300 s");
+        let (_, body) = daemon.json("GET", "/status", None).await;
+        let busy = body
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| matches!(e["state"].as_str(), Some("queued" | "running")))
+                    .count()
+            })
+            .unwrap_or(0);
+        most_busy = most_busy.max(busy);
+        let s = status(&server, "big");
+        most_pending = most_pending.max(s["pendingTags"].as_u64().unwrap_or(0));
+        if condition(&s, "Ready").0 == "True" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    let rss = peak_rss_kib(daemon.run.pid());
+    let s = status(&server, "big");
+    assert_eq!(s["tags"].as_array().unwrap().len(), 1_000);
+    assert!(tag_results(&s).iter().all(|(_, r)| r == "Copied"));
+    let mut copied = list_tags(&dst, "big/app").await.unwrap();
+    copied.sort();
+    let mut want = versions.clone();
+    want.sort();
+    assert_eq!(copied, want);
+    eprintln!(
+        "1,000 tags in {took:?}; at most {most_busy} in the queue at once, {most_pending} pending at most; daemon peak RSS {rss} KiB"
+    );
+    assert!(most_busy <= 100, "{most_busy} targets queued or running at once");
+    assert!(most_pending >= 800, "the rest waited: {most_pending}");
+    assert!(rss < 256 * 1024, "peak RSS {rss} KiB");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// The peak resident set of process `pid` (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
