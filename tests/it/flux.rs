@@ -263,7 +263,8 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
     server
         .apply(repository("v1", "app", &image, Some("pull"), Some(("rev-1", &["2.0"]))))
         .unwrap();
-    // Another object naming a Secret that does not exist: reported, copied without (and refused).
+    // Objects naming a Secret that does not exist, is of another type or has no credentials for the
+    // source: each reported, copied without it (and refused by the source).
     server
         .apply(repository(
             "v1",
@@ -273,6 +274,25 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
             Some(("rev-1", &["2.0"])),
         ))
         .unwrap();
+    // A Secret of another type, and one without credentials for the source's registry.
+    server
+        .apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "opaque", "namespace": NS},
+                      "type": "Opaque", "data": {"password": b64(pass)}}),
+        )
+        .unwrap();
+    let elsewhere = json!({"auths": {"registry.example.com": {"auth": b64(&format!("{user}:{pass}"))}}}).to_string();
+    server
+        .apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "elsewhere", "namespace": NS},
+                      "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&elsewhere)}}),
+        )
+        .unwrap();
+    for (name, secret) in [("third", "opaque"), ("fourth", "elsewhere")] {
+        server
+            .apply(repository("v1", name, &image, Some(secret), Some(("rev-1", &["2.0"]))))
+            .unwrap();
+    }
     let config = config_file("fluxImageRepositories:\n  enabled: true\n  destinationPrefix: $podname\n");
     let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
 
@@ -285,6 +305,19 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
     )
     .await;
     wait_logged(&daemon, "Secret flux-system/missing not found").await;
+    for reason in ["not_docker_config", "no_entry"] {
+        wait_metric(
+            &daemon,
+            &format!(r#"k8s_copycat_flux_secret_ref_errors_total{{reason="{reason}"}}"#),
+            "1",
+        )
+        .await;
+    }
+    wait_logged(
+        &daemon,
+        &format!("Secret flux-system/elsewhere has no credentials for {}", src.host()),
+    )
+    .await;
     let (_, metrics) = daemon.get("/metrics").await;
     let (_, status) = daemon.get("/status").await;
     let (code, log) = daemon.stop();
@@ -309,8 +342,9 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
             .filter(|(m, p)| m == "GET" && p.ends_with(&format!("/namespaces/{NS}/secrets/{name}")))
             .count()
     };
-    assert_eq!((gets("pull"), gets("missing")), (1, 1), "{secret_requests:?}");
-    assert_eq!(secret_requests.len(), 2, "{secret_requests:?}");
+    let each = ["pull", "missing", "opaque", "elsewhere"].map(gets);
+    assert_eq!(each, [1, 1, 1, 1], "{secret_requests:?}");
+    assert_eq!(secret_requests.len(), 4, "{secret_requests:?}");
 }
 
 #[tokio::test]
@@ -370,4 +404,62 @@ async fn v1beta2_when_the_crd_serves_only_it_and_off_without_the_crd_or_the_sett
 async fn daemon_started(running: &RunningApiServer, dst: &Registry) -> Daemon {
     let none = config_file("");
     start_daemon(running, dst, &none, "initial list complete").await
+}
+
+/// Two replicas: only the leader mirrors a scan; when it stops, the new leader mirrors every object's
+/// current scan once (a tag already copied costs no write) and follows new revisions.
+#[tokio::test]
+async fn only_the_leader_mirrors_and_a_new_leader_takes_over_the_scans() {
+    use crate::leader::{TAKEOVER, two_replicas_with};
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push_tags(&src, "org/app", &["1.0", "1.1"]).await;
+    let image = format!("{}/org/app", src.host());
+    let (server, running) = cluster(&["v1"]);
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-1", &["1.0"]))))
+        .unwrap();
+    let config = config_file("fluxImageRepositories:\n  enabled: true\n");
+    let env = [("CONFIG_PATH", config.path().to_str().unwrap())];
+    let (leader, follower) = two_replicas_with(&server, running.kubeconfig_path(), &dst.host(), &env).await;
+    let first = puts(&[("org/app:1.0", 1)]);
+    eventually("the leader's copy", WAIT, async || tag_puts(&dst) == first).await;
+    let scan_changed = "ImageRepository scan changed";
+    let (code, log) = leader.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains(scan_changed), "{log}");
+    assert!(
+        !follower.run.log().contains(scan_changed),
+        "the follower declares nothing:\n{}",
+        follower.run.log()
+    );
+
+    eventually("the follower to take over", TAKEOVER, async || {
+        follower.leader_gauge().await == Some(1.0)
+    })
+    .await;
+    let started = Instant::now();
+    while !follower.run.log().contains(scan_changed) {
+        assert!(
+            started.elapsed() < WAIT,
+            "the new leader does not mirror the current scan:\n{}",
+            follower.run.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-2", &["1.1", "1.0"]))))
+        .unwrap();
+    let both = puts(&[("org/app:1.0", 1), ("org/app:1.1", 1)]);
+    eventually("the new revision copied by the new leader", WAIT, async || {
+        tag_puts(&dst) == both
+    })
+    .await;
+    let (code, log) = follower.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        log.matches(scan_changed).count(),
+        2,
+        "the current scan once on taking over, then rev-2:\n{log}"
+    );
+    assert_eq!(tag_puts(&dst), both, "1.0 is not written again");
 }
