@@ -451,7 +451,7 @@ mod tests {
             assert_eq!(tasks[0].request.target_display(None), target, "{image}");
             assert!(tasks[0].arch_naming.is_some(), "{image}: $arch from the image");
             assert_eq!(tasks[1].request.target_tag.as_deref(), Some("1.0"), "{image}");
-            assert_eq!(tasks[1].source_credentials, [secret.clone()], "{image}");
+            assert_eq!(tasks[1].source_credentials, std::slice::from_ref(&secret), "{image}");
         }
         let image = ImageRef::parse("ghcr.io/org/app").unwrap();
         assert!(matches!(

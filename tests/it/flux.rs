@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 use testkit::apiserver::{ApiServer, RunningApiServer};
 use testkit::{Image, Registry, RegistryMode};
 
+use crate::on_the_fly::metric;
 use crate::server::Daemon;
-use crate::support::{config_file, copycat_requests, eventually, manifest_puts, start};
+use crate::support::{CopycatRun, config_file, copycat_requests, eventually, manifest_puts, start};
 
 /// How long a test waits for the daemon to do something.
 const WAIT: Duration = Duration::from_secs(30);
@@ -80,35 +81,21 @@ async fn start_daemon(
         dst,
         &[("CONFIG_PATH", config.path().to_str().unwrap())],
     );
-    wait_logged(&daemon, line).await;
+    wait_logged(&daemon.run, line).await;
     daemon
 }
 
-/// Waits until the daemon has logged `line` (`n` times).
-async fn wait_logged_n(daemon: &Daemon, line: &str, n: usize) {
+/// Waits until `run` has logged `line`.
+async fn wait_logged(run: &CopycatRun, line: &str) {
     let started = Instant::now();
-    while daemon.run.log().matches(line).count() < n {
+    while !run.log().contains(line) {
         assert!(
             started.elapsed() < WAIT,
-            "{line:?} not logged {n} times in {WAIT:?}:\n{}",
-            daemon.run.log()
+            "{line:?} not logged in {WAIT:?}:\n{}",
+            run.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn wait_logged(daemon: &Daemon, line: &str) {
-    wait_logged_n(daemon, line, 1).await;
-}
-
-/// The value of the series `name` (with its labels) in the daemon's metrics.
-async fn metric(daemon: &Daemon, series: &str) -> Option<String> {
-    let (_, text) = daemon.get("/metrics").await;
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|v| v.strip_prefix(' '))
-            .map(str::to_owned)
-    })
 }
 
 /// Waits until the metric `series` reads `value`.
@@ -192,7 +179,7 @@ async fn a_new_revision_mirrors_its_latest_tags_once_and_an_unchanged_one_nothin
     let source_requests = copycat_requests(&src).len();
 
     server.delete("imagerepositories", NS, "app");
-    wait_logged(&daemon, "ImageRepository deleted").await;
+    wait_logged(&daemon.run, "ImageRepository deleted").await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(tag_puts(&dst), want, "{log}");
@@ -228,7 +215,7 @@ async fn all_tags_copies_the_listed_tags_within_the_tag_limit() {
     {
         panic!("copied {:?}, not {want:?}:\n{}", tag_puts(&dst), daemon.run.log());
     }
-    wait_logged(&daemon, "more tags than fluxImageRepositories.maxTags").await;
+    wait_logged(&daemon.run, "more tags than fluxImageRepositories.maxTags").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lists = copycat_requests(&src)
         .iter()
@@ -304,7 +291,7 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
         "1",
     )
     .await;
-    wait_logged(&daemon, "Secret flux-system/missing not found").await;
+    wait_logged(&daemon.run, "Secret flux-system/missing not found").await;
     for reason in ["not_docker_config", "no_entry"] {
         wait_metric(
             &daemon,
@@ -314,7 +301,7 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
         .await;
     }
     wait_logged(
-        &daemon,
+        &daemon.run,
         &format!("Secret flux-system/elsewhere has no credentials for {}", src.host()),
     )
     .await;
@@ -437,15 +424,7 @@ async fn only_the_leader_mirrors_and_a_new_leader_takes_over_the_scans() {
         follower.leader_gauge().await == Some(1.0)
     })
     .await;
-    let started = Instant::now();
-    while !follower.run.log().contains(scan_changed) {
-        assert!(
-            started.elapsed() < WAIT,
-            "the new leader does not mirror the current scan:\n{}",
-            follower.run.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_logged(&follower.run, scan_changed).await;
     server
         .apply(repository("v1", "app", &image, None, Some(("rev-2", &["1.1", "1.0"]))))
         .unwrap();
