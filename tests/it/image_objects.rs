@@ -153,6 +153,11 @@ async fn one_shot_copies_exactly_the_matching_tags_and_bad_objects_are_reported(
             json!({"mode": "OneShot", "source": {"name": format!("{}/no/such", src.host()), "version": "1.0"},
             "destination": {"name": "no/such"}}),
         ),
+        // A field of the wrong type (a real API server's schema refuses it; the stand-in does not).
+        image(
+            "undecodable",
+            json!({"mode": "OneShot", "source": {"name": 5, "version": "1.0"}, "destination": {"name": "x"}}),
+        ),
     ];
     server.apply_all(objects).unwrap();
     let (daemon, _config) = daemon(&running, &dst, "", "");
@@ -189,6 +194,7 @@ async fn one_shot_copies_exactly_the_matching_tags_and_bad_objects_are_reported(
     eventually("the invalid objects reported", WAIT, async || {
         condition(&status(&server, "bad-pattern"), "Failed") == ("True".into(), "InvalidPattern".into())
             && condition(&status(&server, "bad-frequency"), "Failed") == ("True".into(), "InvalidFrequency".into())
+            && condition(&status(&server, "undecodable"), "Failed") == ("True".into(), "InvalidSpec".into())
     })
     .await;
     let message = status(&server, "bad-pattern")["conditions"][2]["message"].clone();
@@ -352,6 +358,17 @@ async fn a_thousand_tags_are_copied_at_most_max_tags_per_image_at_a_time() {
     }
     let dst = start(RegistryMode::Plain);
     let (server, running) = cluster();
+    let (daemon, _config) = daemon(
+        &running,
+        &dst,
+        "  maxTagsPerImage: 100\n",
+        "maxConcurrentReconciles: 8\n",
+    );
+    eventually("the daemon watching", WAIT, async || {
+        daemon.run.log().contains("watching Image objects")
+    })
+    .await;
+    let idle_rss = peak_rss_kib(daemon.run.pid());
     server
         .apply(image(
             "big",
@@ -360,12 +377,6 @@ async fn a_thousand_tags_are_copied_at_most_max_tags_per_image_at_a_time() {
             "destination": {"name": "big/app"}}),
         ))
         .unwrap();
-    let (daemon, _config) = daemon(
-        &running,
-        &dst,
-        "  maxTagsPerImage: 100\n",
-        "maxConcurrentReconciles: 8\n",
-    );
     let started = std::time::Instant::now();
     let mut most_busy = 0;
     let mut most_pending = 0;
@@ -401,7 +412,7 @@ async fn a_thousand_tags_are_copied_at_most_max_tags_per_image_at_a_time() {
     want.sort();
     assert_eq!(copied, want);
     eprintln!(
-        "1,000 tags in {took:?}; at most {most_busy} in the queue at once, {most_pending} pending at most; daemon peak RSS {rss} KiB"
+        "1,000 tags in {took:?}; at most {most_busy} in the queue at once, {most_pending} pending at most; daemon peak RSS {rss} KiB ({idle_rss} KiB before the object)"
     );
     assert!(most_busy <= 100, "{most_busy} targets queued or running at once");
     assert!(most_pending >= 800, "the rest waited: {most_pending}");
