@@ -279,6 +279,20 @@ async fn once_by_tag_picks_up_new_tags_and_never_recopies_a_moved_one() {
     assert_eq!(code, Some(0), "{log}");
     eprintln!("a tag pushed later was copied {within:?} after the push (tagListInterval 1s)");
     assert!(within < Duration::from_secs(10), "{within:?}");
+
+    // The status is the memory: after a restart (and 1.0.0 moved meanwhile) nothing is copied
+    // again, and the new move is reported.
+    push(&src, "app", &moved, &["1.0.0"]).await;
+    let (restarted, _config) = self::daemon(&running, &dst, "  tagListInterval: 1s\n", "");
+    eventually("1.0.0 reported moved after the restart", WAIT, async || {
+        tag_field(&status(&server, "app"), "1.0.0", "result").as_deref() == Some("Moved")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = manifest_puts(&dst);
+    assert_eq!(after, puts, "nothing written after the restart");
+    let (code, log) = restarted.stop();
+    assert_eq!(code, Some(0), "{log}");
 }
 
 /// Recurrent copies the tag again every frequency: unchanged, that costs exactly two HEADs (source
