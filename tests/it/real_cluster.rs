@@ -489,7 +489,12 @@ fn breaks_without(p: &Permission) -> Option<&'static str> {
         ("events", "create") => "no MirrorFailed Event on workloads whose image fails",
         ("nodes", "list") => "checkNodePlatform: copycat never becomes ready (Nodes are not listed)",
         ("nodes", "watch") => "checkNodePlatform: Node changes are not followed",
+        ("images", "list") => "images.enabled: Image objects are not followed (their list is refused)",
+        ("images", "watch") => "images.enabled: Image objects are not followed after their list",
+        ("images/status", "patch") => "images.enabled: Image objects get no status",
+        ("customresourcedefinitions", "get") => "images.enabled stays off: the CRD cannot be checked",
         ("namespaces", _) | ("nodes", _) | ("leases", _) | ("events", _) => return None,
+        ("images", _) | ("images/status", _) | ("customresourcedefinitions", _) => return None,
         (_, "list") => "copycat never becomes ready: the kind is not listed",
         (_, "watch") => "changes of the kind are not followed after the initial list",
         (kind, "get") if event_kind(kind).is_some() => {
@@ -535,7 +540,31 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
         ))
         .await;
     }
-    let config = real.configmap_config().await;
+    // An Image object (the CRD installed, the feature enabled) whose source does not exist: its
+    // status is written, with the copy's failure.
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds/images.skopeo.io.yaml");
+    real.cluster
+        .kubectl(&["apply", "-f", crd])
+        .expect("kubectl apply the Image CRD");
+    real.cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/images.skopeo.io",
+            "--timeout=60s",
+        ])
+        .expect("the Image CRD established");
+    real.apply(
+        json!({"apiVersion": "skopeo.io/v1alpha1", "kind": "Image", "metadata": {"name": "base", "namespace": "shop"},
+        "spec": {"mode": "OneShot", "source": {"name": format!("{}/missing/base", src.host()), "version": "1.0"},
+                 "destination": {"name": "base"}}}),
+    )
+    .await;
+    let shipped = real.configmap_config().await;
+    let text = std::fs::read_to_string(shipped.path()).unwrap();
+    let enabled = text.replace("images:\n  enabled: false", "images:\n  enabled: true");
+    assert_ne!(enabled, text, "the ConfigMap has images.enabled");
+    let config = crate::support::config_file(&enabled);
     let target = dst.host();
 
     let mut cases: Vec<Option<Permission>> = vec![None];
@@ -558,7 +587,8 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
         for case in batch {
             let id = match case {
                 None => "all".to_owned(),
-                Some(p) => format!("no-{}-{}", p.verb, p.resource),
+                // A namespace name: `images/status` → `images-status`.
+                Some(p) => format!("no-{}-{}", p.verb, p.resource.replace('/', "-")),
             };
             let ns = format!("rbac-{id}");
             real.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
@@ -637,6 +667,15 @@ async fn all_granted(real: &Real, daemon: Daemon, id: &str) -> String {
             })
     })
     .await;
+    eventually("the Image's status written, its copy failed", WAIT, async || {
+        let images = real.list("skopeo.io/v1alpha1", "Image", "shop").await;
+        images.iter().any(|o| {
+            o.data["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Failed" && c["reason"] == "CopyFailed"))
+        })
+    })
+    .await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("rbac-typo"), "the includeNamespaces check ran: {log}");
@@ -668,6 +707,8 @@ async fn one_missing(real: &Real, mut daemon: Daemon, id: &str, p: &Permission) 
     .await;
     // The behaviour that needs it is missing.
     match (resource, verb) {
+        // Image objects do not hold readiness or Events back: the refusal is what there is to see.
+        ("images" | "images/status" | "customresourcedefinitions", _) => {}
         ("leases", _) => assert_eq!(metric(&daemon, "k8s_copycat_leader").await, Some(0.0), "{p}"),
         ("namespaces", _) => assert!(
             daemon
