@@ -178,6 +178,13 @@ async fn a_new_revision_mirrors_its_latest_tags_once_and_an_unchanged_one_nothin
     eventually("1.2 copied", WAIT, async || tag_puts(&dst) == want).await;
     let source_requests = copycat_requests(&src).len();
 
+    // An object whose spec.image is no reference: reported and counted, nothing else stops.
+    server
+        .apply(repository("v1", "bad", "Not An/Image", None, Some(("rev-1", &["1.0"]))))
+        .unwrap();
+    wait_metric(&daemon, r#"k8s_copycat_flux_scans_total{result="invalid"}"#, "1").await;
+    wait_logged(&daemon.run, "ImageRepository not mirrored").await;
+
     server.delete("imagerepositories", NS, "app");
     wait_logged(&daemon.run, "ImageRepository deleted").await;
     let (code, log) = daemon.stop();
