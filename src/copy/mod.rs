@@ -942,6 +942,7 @@ impl Copier {
             match parsed.kind {
                 Kind::Index => {
                     admit(budget, &parsed, level + open.len(), shown, &child.digest)?;
+                    self.referrers.remember_children(&child.digest, &parsed.manifests);
                     open.push(Open {
                         index: to_write,
                         entries: parsed.manifests.into_iter(),

@@ -131,8 +131,8 @@ pub(super) struct ReferrerState {
     /// (source reference, target reference) looked at within the interval: no tag list is fetched
     /// ahead of the copy for them.
     checked_references: moka::sync::Cache<(String, String), ()>,
-    /// Digests an index lists (content-addressed: never stale).
-    children: moka::sync::Cache<Digest, Arc<Vec<Digest>>>,
+    /// The manifests an index lists (content-addressed: never stale).
+    children: moka::sync::Cache<Digest, Arc<Vec<Listed>>>,
     /// Whether a source host serves the Referrers API.
     source_api: Mutex<HashMap<String, bool>>,
     /// Whether a target host indexes `subject`s itself (Referrers API or `OCI-Subject`).
@@ -179,9 +179,23 @@ impl ReferrerState {
 
     /// Remembers the manifests an index lists (the copy knows them, so the referrer walk needs no GET).
     pub(super) fn remember_children(&self, index: &Digest, children: &[Descriptor]) {
-        let digests = children.iter().map(|d| d.digest.clone()).collect();
-        self.children.insert(index.clone(), Arc::new(digests));
+        let listed = children
+            .iter()
+            .map(|d| Listed {
+                digest: d.digest.clone(),
+                index: [manifest::OCI_INDEX, manifest::DOCKER_LIST].contains(&d.media_type.as_str()),
+            })
+            .collect();
+        self.children.insert(index.clone(), Arc::new(listed));
     }
+}
+
+/// A manifest an index lists.
+#[derive(Debug, Clone)]
+struct Listed {
+    digest: Digest,
+    /// Whether it is an index itself (its descriptor's media type says so).
+    index: bool,
 }
 
 fn cached(map: &Mutex<HashMap<String, bool>>, host: &str) -> Option<bool> {
@@ -192,6 +206,19 @@ fn remember(map: &Mutex<HashMap<String, bool>>, host: &str, value: bool) {
     map.lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(host.to_owned(), value);
+}
+
+/// Whether `tag` may name a digest as the cosign tags and the referrers tag schema do
+/// (`sha256-<hex>`, with or without a `.sig`-like suffix): a repository without such a tag holds
+/// nothing for either scheme.
+fn names_a_digest(tag: &str) -> bool {
+    let stem = tag.split_once('.').map_or(tag, |(stem, _)| stem);
+    stem.split_once('-').is_some_and(|(algorithm, hex)| {
+        !algorithm.is_empty()
+            && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && hex.len() >= 32
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 /// `<algorithm>-<hex>`, at most 128 characters: the referrers tag schema's tag for `digest`.
@@ -274,7 +301,7 @@ struct Walk {
     /// Only look (`copycat verify`): count what the target lacks, write nothing.
     check: bool,
     /// The source repository's tags, listed once per walk.
-    tags: Option<HashSet<String>>,
+    tags: HashSet<String>,
     /// Referrers handled (a loop of referrers ends here).
     seen: HashSet<Digest>,
     report: ReferrerReport,
@@ -371,6 +398,10 @@ impl Copier {
         .await
     }
 
+    /// Looks at the related artifacts of `top` first (which also learns whether the source serves the
+    /// Referrers API), then at those of every manifest below it, unless nothing can refer to those:
+    /// the source does not serve the API and holds no tag naming a digest (an unchanged index then
+    /// costs nothing but the tag list, not even a read of it at the target).
     async fn walk_referrers(
         &self,
         req: &CopyRequest,
@@ -380,42 +411,97 @@ impl Copier {
         tags: Option<Vec<String>>,
         check: bool,
     ) -> Result<ReferrerReport, CopyError> {
-        // A filtered index exists only at the target: nothing at the source refers to it.
-        let mut subjects: Vec<Digest> = if filtered { vec![] } else { vec![top.clone()] };
-        subjects.extend(self.children_of(req, job, top).await?.iter().cloned());
-        let mut pending: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 1)).collect();
+        let tags = match tags {
+            Some(tags) => tags,
+            None => job.src.list_tags(job.src_repo).await.map_err(source_error(
+                job.src.host(),
+                format!("list tags of {}", req.source.name()),
+            ))?,
+        };
         let mut walk = Walk {
             check,
-            tags: tags.map(|t| t.into_iter().collect()),
+            tags: tags.into_iter().collect(),
             ..Walk::default()
         };
         walk.report.checked = true;
-        while let Some((subject, level)) = pending.pop_front() {
-            let found = self.referrers_of(req, job, &subject, &mut walk).await?;
-            if level < job.opts.referrers.depth {
-                pending.extend(found.into_iter().map(|d| (d, level + 1)));
-            }
+        // A filtered index exists only at the target: nothing at the source refers to it.
+        if !filtered {
+            self.follow(req, job, vec![top.clone()], &mut walk).await?;
+        }
+        let may_refer = cached(&self.referrers.source_api, job.src.host()) != Some(false)
+            || walk.tags.iter().any(|t| names_a_digest(t));
+        if may_refer {
+            let below = self.manifests_below(req, job, top).await?;
+            self.follow(req, job, below, &mut walk).await?;
         }
         Ok(walk.report)
     }
 
-    /// The manifests the index `top` lists (none for an image), read at the target the first time.
-    async fn children_of(&self, req: &CopyRequest, job: &Job<'_>, top: &Digest) -> Result<Arc<Vec<Digest>>, CopyError> {
-        if let Some(children) = self.referrers.children.get(top) {
+    /// Copies the related artifacts of `subjects`, and theirs, to the policy's depth.
+    async fn follow(
+        &self,
+        req: &CopyRequest,
+        job: &Job<'_>,
+        subjects: Vec<Digest>,
+        walk: &mut Walk,
+    ) -> Result<(), CopyError> {
+        let mut pending: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 1)).collect();
+        while let Some((subject, level)) = pending.pop_front() {
+            let found = self.referrers_of(req, job, &subject, walk).await?;
+            if level < job.opts.referrers.depth {
+                pending.extend(found.into_iter().map(|d| (d, level + 1)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every manifest below `top` (none for an image): the manifests it lists, and below each index
+    /// among them those it lists, to the copy engine's nesting limit ([`manifest::MAX_INDEX_DEPTH`]
+    /// levels) and at most [`manifest::MAX_IMAGE_MANIFESTS`]; each index read at the target the
+    /// first time (the copy tells those it wrote).
+    async fn manifests_below(&self, req: &CopyRequest, job: &Job<'_>, top: &Digest) -> Result<Vec<Digest>, CopyError> {
+        let mut below = Vec::new();
+        let mut seen = HashSet::from([top.clone()]);
+        let mut open = vec![(top.clone(), 1)];
+        while let Some((index, level)) = open.pop() {
+            for child in self.children_of(req, job, &index).await?.iter() {
+                if below.len() >= manifest::MAX_IMAGE_MANIFESTS {
+                    return Ok(below);
+                }
+                if !seen.insert(child.digest.clone()) {
+                    continue;
+                }
+                below.push(child.digest.clone());
+                if child.index && level + 1 < manifest::MAX_INDEX_DEPTH {
+                    open.push((child.digest.clone(), level + 1));
+                }
+            }
+        }
+        Ok(below)
+    }
+
+    /// The manifests the index `index` lists (none for an image), read at the target the first time.
+    async fn children_of(
+        &self,
+        req: &CopyRequest,
+        job: &Job<'_>,
+        index: &Digest,
+    ) -> Result<Arc<Vec<Listed>>, CopyError> {
+        if let Some(children) = self.referrers.children.get(index) {
             return Ok(children);
         }
-        let reference = top.to_string();
+        let reference = index.to_string();
         let manifest = job
             .dst
             .get_manifest(job.dst_repo, &reference, MAX_MANIFEST_SIZE)
             .await
             .map_err(target_error(
                 job.dst.host(),
-                format!("GET manifest {}@{top}", req.target.name()),
+                format!("GET manifest {}@{index}", req.target.name()),
             ))?;
         let parsed = parse_manifest(&manifest, &req.target)?;
-        self.referrers.remember_children(top, &parsed.manifests);
-        Ok(self.referrers.children.get(top).unwrap_or_default())
+        self.referrers.remember_children(index, &parsed.manifests);
+        Ok(self.referrers.children.get(index).unwrap_or_default())
     }
 
     /// Copies the related artifacts of `subject` the policy takes; returns their digests.
@@ -428,14 +514,7 @@ impl Copier {
     ) -> Result<Vec<Digest>, CopyError> {
         let policy = &job.opts.referrers;
         let mut found = Vec::new();
-        if walk.tags.is_none() {
-            let tags = job.src.list_tags(job.src_repo).await.map_err(source_error(
-                job.src.host(),
-                format!("list tags of {}", req.source.name()),
-            ))?;
-            walk.tags = Some(tags.into_iter().collect());
-        }
-        let tags = walk.tags.as_ref().expect("listed above");
+        let tags = &walk.tags;
 
         let cosign: Vec<(CosignTag, String)> = CosignTag::ALL
             .into_iter()
@@ -810,6 +889,27 @@ mod tests {
         assert!(unlisted(Some(&merged), &[entry('a', "t/a")]).is_empty());
         assert_eq!(unlisted(Some(&merged), &[entry('d', "t/d")]).len(), 1);
         assert_eq!(unlisted(None, &[entry('d', "t/d")]).len(), 1);
+    }
+
+    #[test]
+    fn tags_that_may_name_a_digest() {
+        let hex = "a".repeat(64);
+        let cases: &[(&str, bool)] = &[
+            (&format!("sha256-{hex}"), true),
+            (&format!("sha256-{hex}.sig"), true),
+            (&format!("sha256-{hex}.att"), true),
+            (&format!("sha512-{}", "b".repeat(121)), true),
+            ("v1", false),
+            ("latest", false),
+            ("sha256-abc", false),
+            (&format!("sha256-{}", "z".repeat(64)), false),
+            (&format!("-{hex}"), false),
+            (&format!("SHA256-{hex}"), false),
+            ("1.2.3-alpine", false),
+        ];
+        for (tag, want) in cases {
+            assert_eq!(names_a_digest(tag), *want, "{tag}");
+        }
     }
 
     #[test]

@@ -143,6 +143,68 @@ async fn cosign_signatures_and_attestations_travel_with_an_image_and_an_index() 
     assert_eq!(discovery_requests(&src), before);
 }
 
+/// An index of indexes: the related artifacts of the grandchildren travel too (the walk follows
+/// nested indexes to the copy engine's nesting limit), in the copy that writes the image and in a
+/// later look by another process, which reads the nested index at the target.
+#[tokio::test]
+async fn related_artifacts_of_the_manifests_of_a_nested_index_travel_with_it() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let inner = Image::oci_index(&[1024], false, 71).unwrap();
+    let outer = Image::index_of(testkit::image::OCI_INDEX, vec![inner.clone()]).unwrap();
+    outer.push(&src, "src/nested", "v1").await.unwrap();
+    let grandchild = inner.child_for("arm64").unwrap();
+    let (inner_subject, grandchild_subject) = (Subject::of(&inner), Subject::of(grandchild));
+    let inner_sig = artifacts::cosign_signature(&inner_subject, "src/nested", 1, 72);
+    let grandchild_sig = artifacts::cosign_signature(&grandchild_subject, "src/nested", 1, 73);
+    push_tagged(&src, "src/nested", &inner_subject.cosign_tag("sig"), &inner_sig).await;
+    push_tagged(
+        &src,
+        "src/nested",
+        &grandchild_subject.cosign_tag("sig"),
+        &grandchild_sig,
+    )
+    .await;
+    let sbom = artifacts::spdx_sbom(&grandchild_subject, 74);
+    artifacts::publish_referrer(&src, "src/nested", &grandchild_subject, &sbom)
+        .await
+        .unwrap();
+
+    let req = request(&src, "src/nested:v1", &dst, "dst/nested", Some("v1"));
+    let report = copier(&[&src, &dst]).copy(&req, &all()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Copied);
+    assert_eq!(
+        (
+            copied(&report, ReferrerSource::CosignTag),
+            copied(&report, ReferrerSource::FallbackTag),
+            report.referrers.found
+        ),
+        (2, 1, 3),
+        "the nested index's signature, its child's signature and SBOM: {report:?}"
+    );
+    for s in [&inner_subject, &grandchild_subject] {
+        same_at_both(&src, "src/nested", &dst, "dst/nested", &s.cosign_tag("sig")).await;
+    }
+    let fallback = artifacts::fallback_tag(&grandchild.digest);
+    same_at_both(&src, "src/nested", &dst, "dst/nested", &fallback).await;
+    let (listed, _) = get_manifest(&dst, "dst/nested", &fallback).await.unwrap();
+    assert_eq!(artifacts::index_digests(&listed).unwrap(), vec![sbom.digest.clone()]);
+
+    // Another process (nothing remembered) finds all three present, reading the outer and the
+    // nested index at the target, and writes nothing.
+    let fresh = copier(&[&src, &dst]);
+    let again = fresh.copy(&req, &all()).await.unwrap();
+    assert_eq!(
+        (again.outcome, again.referrers.found, again.referrers.copied_total()),
+        (Outcome::AlreadyPresent, 3, 0),
+        "{again:?}"
+    );
+    let check = copier(&[&src, &dst])
+        .missing_referrers(&req, &all(), &copycat::reference::Digest::parse(&outer.digest).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((check.found, check.missing), (3, 0), "{check:?}");
+}
+
 #[tokio::test]
 async fn an_sbom_on_the_referrers_tag_schema_travels_with_its_own_signature() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
@@ -357,6 +419,32 @@ async fn a_source_without_referrers_costs_one_request_per_image_per_interval() {
     let r = copier.copy(&req, &all()).await.unwrap();
     assert_eq!((r.outcome, r.referrers.checked), (Outcome::AlreadyPresent, true));
     assert_eq!(discovery_requests(&src) - before, 2);
+
+    // A one-shot process (`copycat sync` again: nothing remembered) learns from the tag list that
+    // nothing can refer to the index's children: it does not even read the index at the target.
+    let (src_before, dst_before) = (src.requests().len(), dst.requests().len());
+    let r = self::copier(&[&src, &dst]).copy(&req, &all()).await.unwrap();
+    assert_eq!((r.outcome, r.referrers.checked), (Outcome::AlreadyPresent, true));
+    let paths = |reg: &Registry, from: usize| -> Vec<String> {
+        reg.requests()[from..]
+            .iter()
+            .filter(|e| e.path != "/v2/")
+            .map(|e| format!("{} {}", e.method, e.path.split('?').next().unwrap_or_default()))
+            .collect()
+    };
+    let probe = format!("GET /v2/src/app/referrers/{}", index.digest);
+    let mut at_src = paths(&src, src_before);
+    at_src.sort();
+    assert_eq!(
+        at_src,
+        vec![
+            probe,
+            "GET /v2/src/app/tags/list".into(),
+            "HEAD /v2/src/app/manifests/v1".into()
+        ],
+        "the source: the image's HEAD, the tag list and the Referrers API probe of its host"
+    );
+    assert_eq!(paths(&dst, dst_before), vec!["HEAD /v2/dst/app/manifests/v1"]);
 }
 
 #[tokio::test]
