@@ -137,6 +137,8 @@ pub(super) struct ReferrerState {
     source_api: Mutex<HashMap<String, bool>>,
     /// Whether a target host indexes `subject`s itself (Referrers API or `OCI-Subject`).
     target_api: Mutex<HashMap<String, bool>>,
+    /// Target hosts known to honour conditional manifest writes (one answered 412 to `If-Match`).
+    conditional: Mutex<HashMap<String, bool>>,
     /// One merge of a target's fallback index at a time per (host, repository, tag).
     index_locks: KeyedLocks<(String, String, String)>,
     /// One first Referrers API call per source host at a time, so a host is probed once.
@@ -157,6 +159,7 @@ impl ReferrerState {
             children: moka::sync::Cache::new(10_000),
             source_api: Mutex::default(),
             target_api: Mutex::default(),
+            conditional: Mutex::default(),
             index_locks: KeyedLocks::new(),
             probing: KeyedLocks::new(),
         }
@@ -749,10 +752,12 @@ impl Copier {
     }
 
     /// Adds `entries` to the target's fallback index of `subject`: read it, merge, check it did not
-    /// change meanwhile, write, and read it back once another writer's write racing ours would have
-    /// landed; again (a few times) when one replaced it. Registries take no conditional writes of
-    /// tags, so a writer slower than that can still drop entries: the next look (one interval later)
-    /// adds ours back.
+    /// change meanwhile, and write it on the condition that it still holds what was read (`If-Match`
+    /// with its digest; `If-None-Match: *` when there was none); again (a few times) when it changed.
+    /// A registry that honours the condition (it answered 412 once) needs nothing more. Others
+    /// (distribution ignores it) are read back once another writer's write racing ours would have
+    /// landed, merging again when one replaced it; a writer slower than that can still drop entries
+    /// there: the next look (one interval later) adds ours back.
     /// `verbatim`, the source's own index, is written as is when the target has none.
     async fn merge_fallback_index(
         &self,
@@ -789,18 +794,29 @@ impl Copier {
                 .head_manifest(job.dst_repo, &tag)
                 .await
                 .map_err(target_error(job.dst.host(), format!("HEAD target {shown}")))?;
-            if now.map(|h| h.digest) == current.as_ref().map(|m| m.digest.clone()) {
+            let read = current.as_ref().map(|m| m.digest.clone());
+            if now.map(|h| h.digest) == read {
                 let started = Instant::now();
-                job.dst
-                    .put_manifest(job.dst_repo, &tag, body, manifest::OCI_INDEX)
-                    .await
-                    .map_err(target_error(job.dst.host(), format!("PUT manifest {shown}")))?;
-                // Another writer that read the index before our write may still replace it: its
-                // write lands about one round trip after its read. Check once that has passed.
-                tokio::time::sleep(MERGE_SETTLE.max(started.elapsed() * 2)).await;
-                let back = self.target_index(job, &tag, &shown).await?;
-                if unlisted(back.as_ref().map(|m| &m.bytes[..]), entries).is_empty() {
-                    return Ok(());
+                let put = job
+                    .dst
+                    .put_manifest_if(job.dst_repo, &tag, body, manifest::OCI_INDEX, read.as_ref())
+                    .await;
+                match put {
+                    Ok(_) if cached(&self.referrers.conditional, job.dst.host()) == Some(true) => return Ok(()),
+                    Ok(_) => {
+                        // Another writer that read the index before our write may still replace it:
+                        // its write lands about one round trip after its read. Check once that has
+                        // passed.
+                        tokio::time::sleep(MERGE_SETTLE.max(started.elapsed() * 2)).await;
+                        let back = self.target_index(job, &tag, &shown).await?;
+                        if unlisted(back.as_ref().map(|m| &m.bytes[..]), entries).is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    Err(RegistryError::Status { status: 412, .. }) => {
+                        remember(&self.referrers.conditional, job.dst.host(), true);
+                    }
+                    Err(e) => return Err(target_error(job.dst.host(), format!("PUT manifest {shown}"))(e)),
                 }
             }
             tracing::debug!(index = %shown, attempt, "the fallback index changed underneath; merging again");

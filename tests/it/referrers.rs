@@ -647,3 +647,75 @@ async fn the_referrers_api_is_read_where_served_and_a_target_serving_it_indexes_
         "the notation signature is filtered out"
     );
 }
+
+/// A target that honours conditional writes (the testkit front without the Referrers API, over a
+/// docker-registry): copycat writes its fallback index on the condition that the tag still holds
+/// what it read (`If-None-Match: *` when it read none, `If-Match` with the digest after). Another
+/// writer's index landing between copycat's read and its write gets that write refused (412);
+/// copycat reads again and merges over the other writer's index, which keeps both entries.
+/// distribution itself ignores the condition (its manifest PUT handler reads none): docker-registry
+/// takes a write under a wrong `If-Match`, so targets like it stay covered by the read-back merge.
+#[tokio::test]
+async fn a_conditional_write_of_the_fallback_index_refused_after_another_writer_is_merged_again() {
+    use testkit::referrers_api::ReferrersApi;
+    let (src, dst_reg) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let dst = ReferrersApi::without_api(&dst_reg).unwrap();
+    let image = Image::oci("amd64", &[1024], 91).unwrap();
+    image.push(&src, "src/app", "v1").await.unwrap();
+    let subject = Subject::of(&image);
+    let sbom = artifacts::spdx_sbom(&subject, 92);
+    artifacts::publish_referrer(&src, "src/app", &subject, &sbom)
+        .await
+        .unwrap();
+    // Another writer (an `oras attach` against the mirror) pushes its referrer, and writes its index
+    // right after copycat has read the target's (none yet).
+    let theirs = artifacts::artifact(&subject, "application/vnd.example.note", b"note".to_vec(), 93);
+    theirs.push(&dst_reg, "dst/app", &theirs.digest).await.unwrap();
+    let tag = artifacts::fallback_tag(&image.digest);
+    let their_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": testkit::image::OCI_INDEX,
+        "manifests": [artifacts::referrer_descriptor(&theirs)],
+    });
+    dst.write_before_next_put(
+        "dst/app",
+        &tag,
+        testkit::image::OCI_INDEX,
+        serde_json::to_vec(&their_index).unwrap().into(),
+    );
+
+    let req = request_between(&src.host(), "src/app:v1", &dst.host(), "dst/app", "v1");
+    let report = copier(&[&src, &dst_reg]).copy(&req, &all()).await.unwrap();
+    assert_eq!(
+        (copied(&report, ReferrerSource::FallbackTag), &report.referrers.error),
+        (1, &None),
+        "{report:?}"
+    );
+    let (index, _) = get_manifest(&dst_reg, "dst/app", &tag).await.unwrap();
+    let mut want = vec![theirs.digest.clone(), sbom.digest.clone()];
+    want.sort();
+    assert_eq!(artifacts::index_digests(&index).unwrap(), want, "both writers' entries");
+    let their_digest = testkit::sha256_digest(&serde_json::to_vec(&their_index).unwrap());
+    let index_puts: Vec<String> = dst
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PUT") && r.contains(&format!("/manifests/{tag}")))
+        .collect();
+    assert_eq!(
+        index_puts,
+        [
+            format!("PUT /v2/dst/app/manifests/{tag} if-none-match: *"),
+            format!("PUT /v2/dst/app/manifests/{tag} if-match: \"{their_digest}\""),
+        ],
+        "the first write refused (the other writer's index was there), the second over it"
+    );
+
+    // docker-registry (distribution 2.8) writes under an `If-Match` that does not hold.
+    let registries = support::registries(&[&dst_reg]);
+    let wrong = copycat::reference::Digest::parse(&sbom.digest).unwrap();
+    registries
+        .get(&dst_reg.host())
+        .put_manifest_if("dst/app", &tag, index.clone(), testkit::image::OCI_INDEX, Some(&wrong))
+        .await
+        .expect("distribution ignores If-Match");
+}
