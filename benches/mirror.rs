@@ -321,8 +321,8 @@ fn referrers_cost(
     expected: &[(String, String)],
     pairs: usize,
 ) {
-    /// Wall times, source requests and target requests of the runs of one (mode, cold or warm).
-    type Runs = (Vec<Duration>, Vec<usize>, Vec<usize>);
+    /// The runs of one (mode, cold or warm), with the requests each sent to the source and the target.
+    type Runs = (Vec<Run>, Vec<usize>, Vec<usize>);
     let show_requests = std::env::var("BENCH_REQUESTS").is_ok_and(|v| v == "1");
     let mut runs: std::collections::BTreeMap<(&str, &str), Runs> = Default::default();
     for pair in 0..pairs {
@@ -355,7 +355,7 @@ fn referrers_cost(
                     }
                 }
                 let entry = runs.entry((mode, phase)).or_default();
-                entry.0.push(run.wall);
+                entry.0.push(run);
                 entry.1.push(src_log.len());
                 entry.2.push(dst_log.len());
             }
@@ -366,13 +366,15 @@ fn referrers_cost(
         expected.len()
     );
     println!(
-        "| sync | `none` wall | `all` wall | wall ratio | source requests `none` / `all` | target requests `none` / `all` |"
+        "| sync | `none` wall | `all` wall | wall ratio | CPU `none` / `all` | source requests `none` / `all` | target requests `none` / `all` |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for phase in ["cold", "warm"] {
-        let (none_wall, none_src, none_dst) = &runs[&("none", phase)];
-        let (all_wall, all_src, all_dst) = &runs[&("all", phase)];
-        let (none_wall, all_wall) = (median(none_wall.clone()), median(all_wall.clone()));
+        let (none_runs, none_src, none_dst) = &runs[&("none", phase)];
+        let (all_runs, all_src, all_dst) = &runs[&("all", phase)];
+        let wall = |runs: &[Run]| median(runs.iter().map(|r| r.wall).collect());
+        let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.cpu).collect());
+        let (none_wall, all_wall) = (wall(none_runs), wall(all_runs));
         let counts = |v: &[usize]| {
             let (lo, hi) = (v.iter().min().unwrap_or(&0), v.iter().max().unwrap_or(&0));
             if lo == hi {
@@ -382,10 +384,12 @@ fn referrers_cost(
             }
         };
         println!(
-            "| {phase} | {} | {} | {} | {} / {} | {} / {} |",
+            "| {phase} | {} | {} | {} | {} / {} | {} / {} | {} / {} |",
             secs(none_wall),
             secs(all_wall),
             ratio(all_wall, none_wall),
+            secs(cpu(none_runs)),
+            secs(cpu(all_runs)),
             counts(none_src),
             counts(all_src),
             counts(none_dst),
