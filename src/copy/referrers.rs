@@ -10,8 +10,9 @@
 //!   merge, write, read back; never dropping an entry another writer added);
 //! - recursively (a signature of an attestation) to the policy's depth.
 //!
-//! Cost: one tag list of the source repository per image, plus one Referrers API call per digest
-//! where the source serves it (learnt once per host), and nothing else when there is nothing to copy.
+//! Cost: one tag list of the source repository per image (shared by the images of a repository
+//! looked at within a short time), plus one Referrers API call per digest where the source serves it
+//! (learnt once per host), and nothing else when there is nothing to copy.
 //! A target image is looked at once per `referrersInterval`; calls within it cost nothing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -39,6 +40,10 @@ const MAX_REFERRERS: usize = 1_000;
 const MERGE_ATTEMPTS: u32 = 5;
 /// Wait before merging again, times the attempt.
 const MERGE_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest a source repository's tag list is shared by the looks of its images (less when the
+/// interval is short). A re-sign landing after a shared list was fetched waits for the image's next
+/// look: kept short, so that stays rare.
+const TAG_LIST_REUSE: Duration = Duration::from_secs(10);
 /// Least wait after writing the fallback index before checking no other writer replaced it.
 const MERGE_SETTLE: Duration = Duration::from_millis(200);
 /// Longest tag the distribution spec allows.
@@ -133,6 +138,9 @@ pub(super) struct ReferrerState {
     checked_references: moka::sync::Cache<(String, String), ()>,
     /// The manifests an index lists (content-addressed: never stale).
     children: moka::sync::Cache<Digest, Arc<Vec<Listed>>>,
+    /// Tag lists by (source host, repository), shared by the looks of every image of a repository
+    /// within a tenth of the interval (at most [`TAG_LIST_REUSE`]); concurrent looks share one request.
+    tag_lists: moka::future::Cache<(String, String), Arc<Vec<String>>>,
     /// Whether a source host serves the Referrers API.
     source_api: Mutex<HashMap<String, bool>>,
     /// Whether a target host indexes `subject`s itself (Referrers API or `OCI-Subject`).
@@ -157,6 +165,10 @@ impl ReferrerState {
                 .time_to_live(interval.max(Duration::from_millis(1)))
                 .build(),
             children: moka::sync::Cache::new(10_000),
+            tag_lists: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live((interval / 10).clamp(Duration::from_millis(1), TAG_LIST_REUSE))
+                .build(),
             source_api: Mutex::default(),
             target_api: Mutex::default(),
             conditional: Mutex::default(),
@@ -311,7 +323,7 @@ struct Walk {
 }
 
 /// A source's tag list, fetched while its image is copied.
-pub(super) type Prefetched = Option<Result<Vec<String>, RegistryError>>;
+pub(super) type Prefetched = Option<Result<Arc<Vec<String>>, RegistryError>>;
 
 impl Copier {
     /// The source repository's tags, when the copy of `req` is going to look for related artifacts
@@ -325,7 +337,19 @@ impl Copier {
         {
             return None;
         }
-        Some(job.src.list_tags(job.src_repo).await)
+        Some(self.source_tags(job).await)
+    }
+
+    /// The source repository's tags: one request per repository for the looks within a short
+    /// time (see [`ReferrerState::tag_lists`]).
+    async fn source_tags(&self, job: &Job<'_>) -> Result<Arc<Vec<String>>, RegistryError> {
+        let key = (job.src.host().to_owned(), job.src_repo.to_owned());
+        self.referrers
+            .tag_lists
+            .try_get_with(key, async { job.src.list_tags(job.src_repo).await.map(Arc::new) })
+            .await
+            // The looks that shared a failed request see its message.
+            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| RegistryError::Invalid(shared.to_string())))
     }
 
     /// After the image `top` (a filtered index when `filtered`) is at the target: copies its related
@@ -411,19 +435,19 @@ impl Copier {
         job: &Job<'_>,
         top: &Digest,
         filtered: bool,
-        tags: Option<Vec<String>>,
+        tags: Option<Arc<Vec<String>>>,
         check: bool,
     ) -> Result<ReferrerReport, CopyError> {
         let tags = match tags {
             Some(tags) => tags,
-            None => job.src.list_tags(job.src_repo).await.map_err(source_error(
+            None => self.source_tags(job).await.map_err(source_error(
                 job.src.host(),
                 format!("list tags of {}", req.source.name()),
             ))?,
         };
         let mut walk = Walk {
             check,
-            tags: tags.into_iter().collect(),
+            tags: tags.iter().cloned().collect(),
             ..Walk::default()
         };
         walk.report.checked = true;

@@ -420,6 +420,30 @@ async fn a_source_without_referrers_costs_one_request_per_image_per_interval() {
     assert_eq!((r.outcome, r.referrers.checked), (Outcome::AlreadyPresent, true));
     assert_eq!(discovery_requests(&src) - before, 2);
 
+    // Two more images of the repository, looked at together once the list above is no longer
+    // shared (a tenth of the interval): one tag list for both.
+    for (tag, seed) in [("v2", 52), ("v3", 53)] {
+        Image::oci("amd64", &[1024], seed)
+            .unwrap()
+            .push(&src, "src/app", tag)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(interval / 10 + Duration::from_millis(100)).await;
+    let before = discovery_requests(&src);
+    let (req_v2, req_v3, opts) = (
+        request(&src, "src/app:v2", &dst, "dst/app", Some("v2")),
+        request(&src, "src/app:v3", &dst, "dst/app", Some("v3")),
+        all(),
+    );
+    let (v2, v3) = tokio::join!(copier.copy(&req_v2, &opts), copier.copy(&req_v3, &opts));
+    assert!(v2.unwrap().referrers.checked && v3.unwrap().referrers.checked);
+    assert_eq!(
+        discovery_requests(&src) - before,
+        1,
+        "one tag list for the repository's images"
+    );
+
     // A one-shot process (`copycat sync` again: nothing remembered) learns from the tag list that
     // nothing can refer to the index's children: it does not even read the index at the target.
     let (src_before, dst_before) = (src.requests().len(), dst.requests().len());
