@@ -215,7 +215,7 @@ struct Figures {
     server_cpu: Option<f64>,
     peak_mib: u64,
     requests: Option<u64>,
-    /// The benchmark's own parallel paged lists of every watched kind, before copycat starts.
+    /// The benchmark's own lists of every watched kind (as copycat lists them), before copycat starts.
     server_list: Option<Duration>,
     /// Plan passes until planned: full, incremental (a log without the `pass` field counts as full).
     passes: (usize, usize),
@@ -731,7 +731,7 @@ fn main() {
     row("setting up (loading or creating them)", "", &|f| {
         format!("{:.0?}", f.setup)
     });
-    row("the API server's own parallel paged lists", "", &|f| {
+    row("the API server's own lists (as copycat lists)", "", &|f| {
         seconds(f.server_list)
     });
     row("objects kept as image uses", "", &|f| f.kept.to_string());
