@@ -26,7 +26,7 @@ use crate::events::{self, Emitter};
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::on_the_fly::OnTheFly;
-use crate::plan::{PlanState, Planner, TargetConflict};
+use crate::plan::{Pass, PlanState, Planner, TargetConflict};
 use crate::queue::{ExcludedImages, Queue};
 use crate::referrer_policy::ReferrerPolicy;
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
@@ -228,6 +228,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             reported_invalid: HashSet::new(),
             reported_conflicts: HashSet::new(),
             warned_naming: false,
+            handed_on: None,
         },
         rescan: config.force_reconcile_interval,
         ready: &ready,
@@ -389,12 +390,13 @@ async fn plan_loop(mut updates: mpsc::Receiver<Update>, mut forced: mpsc::Receiv
             },
             () = plan_due => {
                 plan_at = None;
-                planning.run(&mut inventory, listed, Trigger::Changes, lead && leads(&leading));
+                planning.run_changes(&mut inventory, listed, lead && leads(&leading));
             }
             Ok(()) = leading.changed() => {
                 let now = *leading.borrow_and_update();
                 if now != lead {
                     lead = now;
+                    planning.handed_on = None;
                     if lead && listed {
                         tracing::info!("leading: submitting the whole current plan");
                         planning.run(&mut inventory, listed, Trigger::Leading, lead && leads(&leading));
@@ -484,6 +486,9 @@ struct Planning<'a> {
     reported_conflicts: HashSet<(String, String)>,
     /// Whether the naming was warned about (images of several registries, no `$registry`).
     warned_naming: bool,
+    /// Whether the last plan handed on was submitted (this replica led); `None` when the next pass
+    /// must hand its plan on whatever changed (none yet, or the leadership changed since).
+    handed_on: Option<bool>,
 }
 
 impl Planning<'_> {
@@ -495,6 +500,26 @@ impl Planning<'_> {
         let pass = self
             .state
             .replan(self.planner, inventory, listed, trigger == Trigger::Rescan);
+        self.hand_on(pass, trigger, lead)
+    }
+
+    /// [`Planning::run`] on changes, handing the plan on only if it changed (or the leadership did
+    /// since the last hand-off, or the pass was a full one): while changes keep arriving (the
+    /// initial lists of a large cluster), most passes merge nothing new, and handing on the whole
+    /// plan each time would cost the cluster's size again and again.
+    fn run_changes(&mut self, inventory: &mut Inventory, listed: bool, lead: bool) {
+        let pass = self.state.replan(self.planner, inventory, listed, false);
+        if self.state.take_changed() || self.handed_on != Some(lead) || pass == Pass::Full {
+            self.hand_on(pass, Trigger::Changes, lead);
+        } else {
+            tracing::debug!(pass = pass.as_str(), "plan unchanged: nothing to hand on");
+        }
+    }
+
+    /// Hands the plan of a `pass` on: to the queue when `lead`, to the metrics, `/status` and Events.
+    fn hand_on(&mut self, pass: Pass, trigger: Trigger, lead: bool) -> PlanSummary {
+        self.state.take_changed();
+        self.handed_on = Some(lead);
         self.metrics.plan_pass(pass.as_str());
         let everything = trigger != Trigger::Changes;
         let plan = self.state.plan();

@@ -218,7 +218,7 @@ impl Metrics {
         let plan_passes = IntCounterVec::new(
             Opts::new(
                 format!("{PREFIX}plan_passes_total"),
-                "Plan passes, by pass: full (every target merged again: the first plan after the initial lists, a rescan, a Node platform or pull-secret change) or incremental (only the objects that changed).",
+                "Plan passes, by pass: full (every target merged again: the first plan after the initial lists, a rescan, a Node platform or pull-secret change) or incremental (only the objects that changed; a pass that leaves the plan as it was hands nothing on and is not counted).",
             ),
             &["pass"],
         )

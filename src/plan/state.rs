@@ -66,6 +66,9 @@ pub struct PlanState {
     dirty_excluded: BTreeSet<String>,
     /// Whether a pass has merged everything since every watcher listed.
     merged_listed: bool,
+    /// Whether the plan ([`PlanState::plan`]) may differ from when [`PlanState::take_changed`] was
+    /// last asked: an entry was merged or dropped, or invalid images came or went.
+    changed: bool,
 }
 
 /// Where one object's plan went, to take it back when the object changes.
@@ -143,6 +146,7 @@ impl PlanState {
     pub fn rebuild(&mut self, planner: &Planner, inventory: &Inventory) {
         *self = PlanState {
             merged_listed: self.merged_listed,
+            changed: true,
             ..PlanState::default()
         };
         for (key, entry) in inventory.objects() {
@@ -230,11 +234,13 @@ impl PlanState {
                         excluded.push(source);
                     }
                 }
-                Err(e) => self
-                    .invalid
-                    .entry(key.clone())
-                    .or_default()
-                    .push(((*user).clone(), image, e)),
+                Err(e) => {
+                    self.changed = true;
+                    self.invalid
+                        .entry(key.clone())
+                        .or_default()
+                        .push(((*user).clone(), image, e));
+                }
             }
         }
         let mut targets = Vec::with_capacity(by_target.len());
@@ -275,7 +281,7 @@ impl PlanState {
             }
             self.dirty_excluded.insert(source);
         }
-        self.invalid.remove(key);
+        self.changed |= self.invalid.remove(key).is_some();
         if let Some((kind, name)) = record.owner {
             let owner = (key.namespace.clone(), kind, name.into_string());
             if let Some(dependents) = self.dependents.get_mut(&owner) {
@@ -295,9 +301,15 @@ impl PlanState {
     /// merged before (and drops those no longer used), the others stay due.
     fn merge(&mut self, new_only: bool) {
         let dirty = std::mem::take(&mut self.dirty_targets);
-        self.dirty_targets = merge_due(&mut self.targets, dirty, new_only);
+        self.dirty_targets = merge_due(&mut self.targets, dirty, new_only, &mut self.changed);
         let dirty = std::mem::take(&mut self.dirty_excluded);
-        self.dirty_excluded = merge_due(&mut self.excluded, dirty, new_only);
+        self.dirty_excluded = merge_due(&mut self.excluded, dirty, new_only, &mut self.changed);
+    }
+
+    /// Whether the plan may have changed since the last call (or since it was made): when not, a
+    /// pass has nothing new to hand on.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// The plan as last merged: tasks and conflicts by target, excluded images by source, invalid
@@ -325,8 +337,8 @@ trait Uses {
 }
 
 /// Merges the `dirty` entries of `map` that are due (with `new_only`, those never merged), drops
-/// those no longer used; returns those left due.
-fn merge_due<K, V>(map: &mut BTreeMap<K, V>, dirty: BTreeSet<K>, new_only: bool) -> BTreeSet<K>
+/// those no longer used, and sets `changed` if it did either; returns those left due.
+fn merge_due<K, V>(map: &mut BTreeMap<K, V>, dirty: BTreeSet<K>, new_only: bool, changed: &mut bool) -> BTreeSet<K>
 where
     K: Ord + std::borrow::Borrow<str>,
     V: Uses,
@@ -338,8 +350,10 @@ where
             continue;
         };
         if uses.unused() {
+            *changed |= uses.merged();
             map.remove(key);
         } else if !new_only || !uses.merged() {
+            *changed = true;
             uses.merge(key);
         } else {
             pending.insert(name);
@@ -712,6 +726,8 @@ mod tests {
             let mut state = PlanState::new();
             let mut full = 0;
             let mut everything = 0;
+            let mut unchanged = 0;
+            let mut previous = format!("{:?}", state.plan());
             for step in 0..600 {
                 let listed = step >= 150;
                 // A rescan now and then, as `/force-reconcile` asks.
@@ -729,6 +745,13 @@ mod tests {
                 full += usize::from(pass == Pass::Full);
                 let scratch = planner.plan(&inventory);
                 let kept = state.plan();
+                // A pass that says nothing changed has nothing new to hand on: the same plan.
+                let now = format!("{kept:?}");
+                if !state.take_changed() {
+                    unchanged += 1;
+                    assert_eq!(now, previous, "config {c}, step {step}: changed but not said");
+                }
+                previous = now;
                 if listed {
                     assert_eq!(format!("{kept:?}"), format!("{scratch:?}"), "config {c}, step {step}");
                 } else {
@@ -750,6 +773,7 @@ mod tests {
                 !targets(&state.plan()).is_empty(),
                 "config {c}: the sequence plans something"
             );
+            assert!(unchanged > 0, "config {c}: some passes change nothing");
         }
     }
 }

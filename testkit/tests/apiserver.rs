@@ -338,6 +338,7 @@ async fn paged_lists_are_consistent_snapshots() {
         .await
         .unwrap();
     assert_eq!(names(&page2), vec!["p2", "p3"]);
+    assert_eq!(page2.metadata.remaining_item_count, Some(1), "counted in the snapshot");
     assert_eq!(page2.metadata.resource_version.as_deref(), Some(snapshot_rv.as_str()));
     let token2 = page2.metadata.continue_.clone().expect("continue token");
     let page3 = api

@@ -528,9 +528,19 @@ struct ContinueToken {
     rv: u64,
     start: String,
     r: String,
+    /// Items listed before `start` (for `remainingItemCount` without a walk over the rest).
+    pos: usize,
 }
 
-fn encode_continue(rt: &ResourceType, rv: u64, last: &Key) -> String {
+/// Where a paged list goes on: the snapshot, the last key listed and how many were listed so far.
+struct Resume {
+    rv: u64,
+    last: Key,
+    pos: usize,
+}
+
+fn encode_continue(rt: &ResourceType, resume: &Resume) -> String {
+    let Resume { rv, last, pos } = resume;
     let start = if last.1.is_empty() {
         last.2.clone()
     } else {
@@ -538,14 +548,15 @@ fn encode_continue(rt: &ResourceType, rv: u64, last: &Key) -> String {
     };
     let token = ContinueToken {
         v: "meta.k8s.io/v1".into(),
-        rv,
+        rv: *rv,
         start,
         r: rt.qualified(),
+        pos: *pos,
     };
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
 }
 
-fn decode_continue(rt: &ResourceType, res: ResIdx, s: &str) -> Result<(u64, Key), ApiError> {
+fn decode_continue(rt: &ResourceType, res: ResIdx, s: &str) -> Result<Resume, ApiError> {
     let bad = || {
         ApiError::bad_request(
             "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
@@ -560,7 +571,11 @@ fn decode_continue(rt: &ResourceType, res: ResIdx, s: &str) -> Result<(u64, Key)
         Some((ns, name)) => (ns.to_owned(), name.to_owned()),
         None => (String::new(), t.start.clone()),
     };
-    Ok((t.rv, (res, ns, name)))
+    Ok(Resume {
+        rv: t.rv,
+        last: (res, ns, name),
+        pos: t.pos,
+    })
 }
 
 /// A list item as the real server sends it: without `apiVersion`/`kind`.
@@ -625,10 +640,10 @@ fn list(sh: &Arc<Shared>, res: ResIdx, ns: Option<&str>, q: &Query, meta_only: b
     let mut items: Vec<Arc<Value>> = Vec::new();
     let mut last: Option<Key> = None;
     let mut more = false;
-    let mut remaining: u64 = 0;
+    let mut total: Option<usize> = None;
     let at = sh.read(|st| -> Result<u64, ApiError> {
         let (at, start) = match &after {
-            Some((rv, key)) => (*rv, Some(key)),
+            Some(resume) => (resume.rv, Some(&resume.last)),
             None => {
                 let at = match rv_param {
                     None | Some("0") => st.rv,
@@ -644,36 +659,42 @@ fn list(sh: &Arc<Shared>, res: ResIdx, ns: Option<&str>, q: &Query, meta_only: b
                 (at, None)
             }
         };
+        let expired = || {
+            if after.is_some() {
+                ApiError::continue_expired()
+            } else {
+                ApiError::too_old(at, st.history_start + 1)
+            }
+        };
+        // Stops at the first match past the page: a page costs its own items, not the rest.
         st.scan_at(res, ns, at, start, |k, v| {
-            if !(labels.matches(v) && fields.matches(v)) {
+            if !(no_selectors || (labels.matches(v) && fields.matches(v))) {
                 return true;
             }
             if limit > 0 && items.len() >= limit {
                 more = true;
-                if no_selectors {
-                    remaining += 1;
-                    return true;
-                }
                 return false;
             }
             items.push(v.clone());
             last = Some(k.clone());
             true
         })
-        .map_err(|()| {
-            if after.is_some() {
-                ApiError::continue_expired()
-            } else {
-                ApiError::too_old(at, st.history_start + 1)
-            }
-        })?;
+        .map_err(|()| expired())?;
+        if more && no_selectors {
+            total = Some(st.count_at(res, ns, at).map_err(|()| expired())?);
+        }
         Ok(at)
     })?;
     let mut metadata = json!({ "resourceVersion": at.to_string() });
-    if more && let Some(last) = &last {
-        metadata["continue"] = json!(encode_continue(rt, at, last));
-        if no_selectors {
-            metadata["remainingItemCount"] = json!(remaining);
+    if more && let Some(last) = last {
+        let resume = Resume {
+            rv: at,
+            last,
+            pos: after.as_ref().map_or(0, |r| r.pos) + items.len(),
+        };
+        metadata["continue"] = json!(encode_continue(rt, &resume));
+        if let Some(total) = total {
+            metadata["remainingItemCount"] = json!(total.saturating_sub(resume.pos));
         }
     }
     if meta_only {

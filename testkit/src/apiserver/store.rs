@@ -1,6 +1,7 @@
 //! The in-memory store: current objects, one global resourceVersion, a bounded event history.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -44,6 +45,9 @@ pub(crate) struct Store {
     /// Last resourceVersion handed out.
     pub rv: u64,
     pub objects: BTreeMap<Key, Arc<Value>>,
+    /// How many objects each (type, namespace or `""`) holds now, so that a paged list's
+    /// `remainingItemCount` costs no walk over the rest of the list.
+    counts: BTreeMap<(ResIdx, String), usize>,
     pub history: VecDeque<Event>,
     /// Every event with `rv > history_start` is still in `history`.
     pub history_start: u64,
@@ -69,6 +73,7 @@ impl Store {
         Store {
             rv: 0,
             objects: BTreeMap::new(),
+            counts: BTreeMap::new(),
             history: VecDeque::new(),
             history_start: 0,
             history_limit: history_limit.max(1),
@@ -88,12 +93,20 @@ impl Store {
                 let ty = if prev.is_some() {
                     EventType::Modified
                 } else {
+                    *self.counts.entry((key.0, key.1.clone())).or_default() += 1;
                     EventType::Added
                 };
                 (ty, obj, prev)
             }
             None => {
                 let prev = self.objects.remove(&key).expect("commit: delete of a missing object");
+                let scope = (key.0, key.1.clone());
+                if let Some(n) = self.counts.get_mut(&scope) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.counts.remove(&scope);
+                    }
+                }
                 let mut v = (*prev).clone();
                 set_rv(&mut v, rv);
                 (EventType::Deleted, Arc::new(v), Some(prev))
@@ -149,7 +162,8 @@ impl Store {
 
     /// Calls `f` for the objects of type `res` (in namespace `ns` when given) as they were at
     /// resourceVersion `at`, in key order, starting after `after`, until `f` returns false.
-    /// `Err` when `at` is before the retained history.
+    /// `Err` when `at` is before the retained history. Costs the objects visited (plus, for a past
+    /// `at`, the events since): a page of a long list does not walk the rest of it.
     pub(crate) fn scan_at(
         &self,
         res: ResIdx,
@@ -164,10 +178,11 @@ impl Store {
             Some(a) => Bound::Excluded(a.clone()),
             None => Bound::Included((res, ns.unwrap_or("").to_owned(), String::new())),
         };
-        let current = self
+        let mut current = self
             .objects
             .range((start, Bound::Unbounded))
-            .take_while(|(k, _)| in_scope(k));
+            .take_while(|(k, _)| in_scope(k))
+            .peekable();
         if at >= self.rv {
             for (k, v) in current {
                 if !f(k, v) {
@@ -186,28 +201,62 @@ impl Store {
                 undo.entry(&e.key).or_insert(e.prev.as_ref());
             }
         }
-        let mut merged: Vec<(&Key, &Arc<Value>)> = Vec::new();
-        for (k, v) in current {
-            match undo.get(k) {
-                Some(Some(old)) => merged.push((k, old)),
-                Some(None) => {}
-                None => merged.push((k, v)),
-            }
-        }
-        for (k, old) in &undo {
-            if let Some(old) = old
-                && !self.objects.contains_key(*k)
+        // Both in key order, merged as they go: a key only in `undo` is gone now (every current key
+        // in scope past the start comes through `current`).
+        let mut undo = undo.into_iter().peekable();
+        loop {
+            let order = match (current.peek(), undo.peek()) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((k, _)), Some((u, _))) => (*k).cmp(*u),
+            };
+            let (k, v) = match order {
+                Ordering::Less => current.next().map(|(k, v)| (k, Some(v))).expect("peeked"),
+                // Written since `at`: its state then (`None`: it did not exist).
+                Ordering::Equal => {
+                    let (_, old) = undo.next().expect("peeked");
+                    let (k, _) = current.next().expect("peeked");
+                    (k, old)
+                }
+                Ordering::Greater => undo.next().expect("peeked"),
+            };
+            if let Some(v) = v
+                && !f(k, v)
             {
-                merged.push((k, old));
+                return Ok(());
             }
         }
-        merged.sort_by(|a, b| a.0.cmp(b.0));
-        for (k, v) in merged {
-            if !f(k, v) {
-                break;
+    }
+
+    /// How many objects of type `res` (in namespace `ns` when given) there were at resourceVersion
+    /// `at`: the kept count, corrected by the events since. `Err` when `at` is before the retained
+    /// history.
+    pub(crate) fn count_at(&self, res: ResIdx, ns: Option<&str>, at: u64) -> Result<usize, ()> {
+        let now: usize = match ns {
+            Some(ns) => self.counts.get(&(res, ns.to_owned())).copied().unwrap_or(0),
+            None => self
+                .counts
+                .range((res, String::new())..)
+                .take_while(|((r, _), _)| *r == res)
+                .map(|(_, n)| n)
+                .sum(),
+        };
+        if at >= self.rv {
+            return Ok(now);
+        }
+        if !self.in_window(at) {
+            return Err(());
+        }
+        let mut seen: HashSet<&Key> = HashSet::new();
+        let mut then = now;
+        for e in self.events_after(at) {
+            if e.key.0 == res && ns.is_none_or(|n| e.key.1 == n) && seen.insert(&e.key) {
+                // The first write since `at`: the key existed then iff it had a previous state.
+                then = then + usize::from(e.prev.is_some()) - usize::from(self.objects.contains_key(&e.key));
             }
         }
-        Ok(())
+        Ok(then)
     }
 }
 
@@ -245,11 +294,24 @@ mod tests {
         s.commit(key("c"), Some(obj("c", 1)));
         assert_eq!(names_at(&s, at), vec![("a".into(), 1), ("b".into(), 1)]);
         assert_eq!(names_at(&s, s.rv), vec![("a".into(), 2), ("c".into(), 1)]);
+        // From a key on, and counted without a walk: as they were, and as they are.
+        let mut after_a = Vec::new();
+        s.scan_at(0, None, at, Some(&key("a")), |k, _| {
+            after_a.push(k.2.clone());
+            true
+        })
+        .unwrap();
+        assert_eq!(after_a, vec!["b"]);
+        assert_eq!(s.count_at(0, None, at), Ok(2));
+        assert_eq!(s.count_at(0, Some(""), s.rv), Ok(2));
+        assert_eq!(s.count_at(0, Some("other"), at), Ok(0));
+        assert_eq!(s.count_at(1, None, at), Ok(0));
         assert_eq!(s.events_after(at).count(), 3);
         let del = s.history.iter().find(|e| e.ty == EventType::Deleted).unwrap();
         assert_eq!(rv_of(&del.obj), 4);
         s.compact();
         assert!(s.scan_at(0, None, at, None, |_, _| true).is_err());
+        assert!(s.count_at(0, None, at).is_err());
         assert!(s.in_window(s.rv));
     }
 
