@@ -10,8 +10,9 @@
 //! Then the cost of `referrers: all` (the default) against `none` on the same data set, which has no
 //! signatures, attestations or SBOMs: `copycat sync --referrers all|none` interleaved, cold and warm,
 //! with the requests each run sent to the source and to the target. `BENCH_ONLY=referrers` runs that
-//! part alone; `BENCH_REQUESTS=1` prints each of its runs' requests. `BENCH_COPYCAT=<path>` measures
-//! another copycat binary.
+//! part alone; `BENCH_WARM_RUNS=N` takes N warm runs per mode and pair (alternating the modes, for a
+//! steadier median of runs that last a tenth of a second); `BENCH_REQUESTS=1` prints each of its
+//! runs' requests. `BENCH_COPYCAT=<path>` measures another copycat binary.
 
 use std::path::Path;
 use std::process::Command;
@@ -324,7 +325,41 @@ fn referrers_cost(
     /// The runs of one (mode, cold or warm), with the requests each sent to the source and the target.
     type Runs = (Vec<Run>, Vec<usize>, Vec<usize>);
     let show_requests = std::env::var("BENCH_REQUESTS").is_ok_and(|v| v == "1");
+    let warm_runs: usize = std::env::var("BENCH_WARM_RUNS")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .expect("BENCH_WARM_RUNS is a number of warm runs per mode and pair")
+        })
+        .unwrap_or(1)
+        .clamp(1, 50);
     let mut runs: std::collections::BTreeMap<(&str, &str), Runs> = Default::default();
+    let mut run_one = |pair: usize, mode: &'static str, phase: &'static str| {
+        let (src_before, dst_before) = (src.requests().len(), dst.requests().len());
+        let mut c = copycat();
+        c.args(["sync", "--referrers", mode, "--images"]).arg(images_file);
+        let run = measure(&mut c);
+        let (src_log, dst_log) = (src.requests(), dst.requests());
+        verify(rt, dst, expected);
+        let (src_log, dst_log) = (&src_log[src_before..], &dst_log[dst_before..]);
+        eprintln!(
+            "pair {pair}: referrers {mode} {phase} {} ({} source, {} target requests)",
+            secs(run.wall),
+            src_log.len(),
+            dst_log.len()
+        );
+        if show_requests {
+            for (side, log) in [("source", src_log), ("target", dst_log)] {
+                for r in log {
+                    eprintln!("    {side} {} {} {}", r.status, r.method, r.path);
+                }
+            }
+        }
+        let entry = runs.entry((mode, phase)).or_default();
+        entry.0.push(run);
+        entry.1.push(src_log.len());
+        entry.2.push(dst_log.len());
+    };
     for pair in 0..pairs {
         let order = if pair % 2 == 0 {
             ["all", "none"]
@@ -333,36 +368,20 @@ fn referrers_cost(
         };
         for mode in order {
             wipe(dst);
-            for phase in ["cold", "warm"] {
-                let (src_before, dst_before) = (src.requests().len(), dst.requests().len());
-                let mut c = copycat();
-                c.args(["sync", "--referrers", mode, "--images"]).arg(images_file);
-                let run = measure(&mut c);
-                let (src_log, dst_log) = (src.requests(), dst.requests());
-                verify(rt, dst, expected);
-                let (src_log, dst_log) = (&src_log[src_before..], &dst_log[dst_before..]);
-                eprintln!(
-                    "pair {pair}: referrers {mode} {phase} {} ({} source, {} target requests)",
-                    secs(run.wall),
-                    src_log.len(),
-                    dst_log.len()
-                );
-                if show_requests {
-                    for (side, log) in [("source", src_log), ("target", dst_log)] {
-                        for r in log {
-                            eprintln!("    {side} {} {} {}", r.status, r.method, r.path);
-                        }
-                    }
-                }
-                let entry = runs.entry((mode, phase)).or_default();
-                entry.0.push(run);
-                entry.1.push(src_log.len());
-                entry.2.push(dst_log.len());
+            run_one(pair, mode, "cold");
+            run_one(pair, mode, "warm");
+        }
+        // A warm run lasts a tenth of a second, so its median needs more samples than the cold
+        // one's: the rest of the warm runs alternate the modes on the same, complete target.
+        for _ in 1..warm_runs {
+            for mode in order {
+                run_one(pair, mode, "warm");
             }
         }
     }
     println!(
-        "\n## referrers: all vs none ({} repositories without related artifacts, {pairs} interleaved pairs, medians)\n",
+        "\n## referrers: all vs none ({} repositories without related artifacts, {pairs} interleaved pairs, \
+         {warm_runs} warm runs per mode and pair, medians)\n",
         expected.len()
     );
     println!(
