@@ -22,7 +22,7 @@ use crate::drills::{assert_dry_run, assert_identical, assert_written_once, metri
 use crate::image_objects::{condition, tag_field, tag_results};
 use crate::manifests::{objects, strings};
 use crate::server::Daemon;
-use crate::support::{copycat_requests, eventually, manifest_puts, start};
+use crate::support::{config_file, copycat_requests, eventually, manifest_puts, start};
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/k8s.yaml");
 /// copycat's namespace and the name of its ServiceAccount, roles and Lease in the manifest.
@@ -312,8 +312,8 @@ pub(crate) fn image_object(namespace: &str, name: &str, spec: Value) -> Value {
 }
 
 /// The ConfigMap's `config.yaml` (`text`) with `images.enabled` (watching `namespace` only) and
-/// `fluxImageRepositories.enabled` set, in a file.
-fn declarative_config(text: &str, namespace: &str) -> tempfile::NamedTempFile {
+/// `fluxImageRepositories.enabled` set.
+fn declarative_settings(text: &str, namespace: &str) -> String {
     let mut text = text.to_owned();
     for (off, on) in [
         (
@@ -328,7 +328,7 @@ fn declarative_config(text: &str, namespace: &str) -> tempfile::NamedTempFile {
         assert_eq!(text.matches(off).count(), 1, "{off:?} in the ConfigMap: {text}");
         text = text.replace(off, &on);
     }
-    crate::support::config_file(&text)
+    text
 }
 
 /// A Node without a kubelet (the DaemonSet controller makes a Pod for it).
@@ -535,7 +535,7 @@ fn granted() -> Vec<Permission> {
                             group: group.clone(),
                             resource: resource.clone(),
                             verb,
-                            names: strings(&rule["resourceNames"]),
+                            names: rule.get("resourceNames").map(strings).unwrap_or_default(),
                         });
                     }
                 }
@@ -687,7 +687,7 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
                        "destination": {"name": "missing/image"}}),
             ))
             .await;
-            let config = declarative_config(&configmap, &ns);
+            let config = config_file(&declarative_settings(&configmap, &ns));
             let kubeconfig = real.kubeconfig_as(&ns, "copycat").await;
             let daemon = copycat(
                 &kubeconfig,
@@ -774,6 +774,17 @@ async fn one_missing(real: &Real, mut daemon: Daemon, id: &str, p: &Permission) 
         named(&daemon.run.log())
     })
     .await;
+    if resource == "images" {
+        let failed = metric(
+            &daemon,
+            r#"k8s_copycat_watch_events_total{event="failed",kind="Image"}"#,
+        )
+        .await;
+        assert!(
+            failed.is_some_and(|n| n >= 1.0),
+            "{p}: the refusal is not counted ({failed:?})"
+        );
+    }
     // The behaviour that needs it is missing.
     match (resource, verb) {
         ("images", "list") | ("images/status", _) | ("customresourcedefinitions", _) => assert_eq!(
@@ -1211,7 +1222,7 @@ async fn image_objects_are_followed_and_their_status_written_through_the_status_
         other => panic!("the CRD's schema lets a mode outside its enum in: {other:?}"),
     }
     let configmap = std::fs::read_to_string(real.configmap_config().await.path()).unwrap();
-    let config = declarative_config(&configmap, "team");
+    let config = config_file(&declarative_settings(&configmap, "team"));
     let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
     let target = dst.host();
     let daemon = copycat(
@@ -1264,6 +1275,144 @@ async fn image_objects_are_followed_and_their_status_written_through_the_status_
     );
     let bad = real.image_status("team", "bad-pattern").await;
     assert!(bad["conditions"].to_string().contains("\\\"1.x\\\""), "{bad}");
+
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("forbidden"), "a request refused by RBAC: {log}");
+}
+
+/// A minimal CRD of Flux's `ImageRepository` (`image.toolkit.fluxcd.io/v1`, a status subresource,
+/// fields kept as written): Flux's own is not shipped with copycat.
+fn flux_crd() -> Value {
+    let open = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "imagerepositories.image.toolkit.fluxcd.io"},
+           "spec": {"group": "image.toolkit.fluxcd.io", "scope": "Namespaced",
+                    "names": {"kind": "ImageRepository", "listKind": "ImageRepositoryList",
+                              "plural": "imagerepositories", "singular": "imagerepository"},
+                    "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                                  "schema": {"openAPIV3Schema": {"type": "object",
+                                             "properties": {"spec": open, "status": open}}}}]}})
+}
+
+/// The manifest's ClusterRole with its commented `imagerepositories` rule uncommented, as
+/// docs/migration.md tells operators who enable `fluxImageRepositories`.
+fn cluster_role_with_flux() -> Value {
+    let text = std::fs::read_to_string(MANIFEST).unwrap();
+    let commented = "  # - apiGroups: [image.toolkit.fluxcd.io]\n  #   resources: [imagerepositories]\n  #   verbs: [get, list, watch]\n";
+    assert_eq!(text.matches(commented).count(), 1, "the manifest's commented Flux rule");
+    let text = text.replace(commented, &commented.replace("  # ", "  "));
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.into_iter().find(|d| d["kind"] == "ClusterRole").unwrap()
+}
+
+/// Writes a scan result on the `ImageRepository` `flux-system/NAME` through its status subresource,
+/// as Flux's image-reflector-controller does.
+async fn flux_scan(real: &Real, name: &str, revision: &str, tags: &[&str], at: &str) {
+    let status = json!({"status": {"lastScanResult": {"revision": revision, "tagCount": tags.len(),
+                                                      "latestTags": tags, "scanTime": at}}});
+    real.api("image.toolkit.fluxcd.io/v1", "ImageRepository", Some("flux-system"))
+        .await
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap_or_else(|e| panic!("the scan result of {name}: {e}"));
+}
+
+/// Issue 15: Flux's `ImageRepository` (a minimal CRD, [`flux_crd`]) on a real API server, copycat as
+/// the manifest's ServiceAccount with the manifest's commented `imagerepositories` rule enabled: an
+/// object without a scan result costs nothing; a scan result written through the status subresource
+/// mirrors its latest tags once; the same revision rescanned, nothing (not a request to the source);
+/// a new revision, its new tag. copycat never writes the object.
+#[tokio::test]
+async fn flux_image_repository_scans_on_a_real_api_server_mirror_each_new_revision_once() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[1_000], 1502).unwrap();
+    for tag in ["1.0", "1.1", "1.2"] {
+        image.push(&src, "org/app", tag).await.unwrap();
+    }
+    let real = Real::start().await;
+    real.install().await;
+    let crd = config_file(&flux_crd().to_string());
+    real.install_crd(crd.path(), "imagerepositories.image.toolkit.fluxcd.io");
+    real.apply(cluster_role_with_flux()).await;
+    real.namespace("flux-system").await;
+    real.apply(
+        json!({"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageRepository",
+                      "metadata": {"name": "app", "namespace": "flux-system"},
+                      "spec": {"image": format!("{}/org/app", src.host()), "interval": "5m"}}),
+    )
+    .await;
+    let configmap = std::fs::read_to_string(real.configmap_config().await.path()).unwrap();
+    let prefix = "  destinationPrefix: \"\"";
+    let settings = declarative_settings(&configmap, "flux-system");
+    assert_eq!(settings.matches(prefix).count(), 1, "{settings}");
+    let config = config_file(&settings.replace(prefix, "  destinationPrefix: flux/$namespace"));
+    let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
+    let target = dst.host();
+    let daemon = copycat(
+        &kubeconfig,
+        config.path(),
+        "copycat",
+        &[("TARGET_REGISTRY", &target), ("DRY_RUN", "false")],
+    );
+    eventually("watching ImageRepository objects and leading", WAIT, async || {
+        daemon.run.log().contains("watching Flux ImageRepository objects")
+            && metric(&daemon, "k8s_copycat_leader").await == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(copycat_requests(&src).is_empty(), "nothing before a scan");
+
+    let copied = async |want: &[&str]| {
+        let mut tags = list_tags(&dst, "flux/flux-system/org/app").await.unwrap_or_default();
+        tags.sort();
+        tags == want
+    };
+    let mirrored = r#"k8s_copycat_flux_scans_total{result="mirrored"}"#;
+    flux_scan(&real, "app", "rev-1", &["1.1", "1.0"], "2026-12-07T17:00:00Z").await;
+    eventually("rev-1's latest tags copied", WAIT, async || {
+        copied(&["1.0", "1.1"]).await && metric(&daemon, mirrored).await == Some(1.0)
+    })
+    .await;
+    let after_first = copycat_requests(&src).len();
+
+    // Flux rescans every interval: the same revision, a new scan time.
+    flux_scan(&real, "app", "rev-1", &["1.1", "1.0"], "2026-12-07T17:05:00Z").await;
+    eventually("the unchanged revision seen", WAIT, async || {
+        metric(&daemon, r#"k8s_copycat_flux_scans_total{result="unchanged"}"#).await == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        copycat_requests(&src).len(),
+        after_first,
+        "a request for an unchanged revision"
+    );
+
+    flux_scan(&real, "app", "rev-2", &["1.2", "1.1"], "2026-12-07T17:10:00Z").await;
+    eventually("rev-2's new tag copied", WAIT, async || {
+        copied(&["1.0", "1.1", "1.2"]).await && metric(&daemon, mirrored).await == Some(1.0 + 1.0)
+    })
+    .await;
+    assert_written_once(&dst);
+    assert_identical(&dst, "flux/flux-system/org/app", "1.2", &image).await;
+    let object = real
+        .api("image.toolkit.fluxcd.io/v1", "ImageRepository", Some("flux-system"))
+        .await
+        .get("app")
+        .await
+        .unwrap();
+    let managers: Vec<String> = object
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        !managers.iter().any(|m| m == "copycat"),
+        "copycat wrote the object: {managers:?}"
+    );
 
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
