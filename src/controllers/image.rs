@@ -833,6 +833,60 @@ mod tests {
         assert!(is_done(MOVED), "a moved tag is not copied again");
     }
 
+    /// An object as served: `mode`, `generation`, and a status observed at `observed` holding the
+    /// `(tag, result)` pairs.
+    fn object(mode: &str, generation: i64, observed: i64, tags: &[(&str, &str)], pending: u64) -> ImageObject {
+        let tags: Vec<serde_json::Value> = tags
+            .iter()
+            .map(|(tag, result)| serde_json::json!({"tag": tag, "result": result, "destination": "d"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "skopeo.io/v1alpha1", "kind": "Image",
+            "metadata": {"name": "a", "namespace": "shop", "generation": generation},
+            "spec": {"mode": mode, "frequency": "1h", "source": {"name": "quay.io/a/b", "version": "1.x.x"},
+                     "destination": {"name": "b"}},
+            "status": {"observedGeneration": observed, "lastSyncTime": NOW, "tags": tags, "pendingTags": pending}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_status_is_the_memory_read_back_at_start() {
+        let copied = [
+            ("1.0.0", COPIED),
+            ("1.1.0", MOVED),
+            ("1.2.0", DRY_RUN),
+            ("1.3.0", FAILED),
+        ];
+        // (object, tags remembered, a pass due)
+        let cases = [
+            // OnceByTag remembers what it copied whatever the generation; a dry run is forgotten.
+            (
+                object("OnceByTag", 2, 1, &copied, 0),
+                vec!["1.0.0", "1.1.0", "1.3.0"],
+                true,
+            ),
+            (
+                object("OnceByTag", 1, 1, &copied, 0),
+                vec!["1.0.0", "1.1.0", "1.3.0"],
+                true,
+            ),
+            // A OneShot done for this generation stays done; one whose spec changed starts again.
+            (object("OneShot", 1, 1, &[("1.0.0", COPIED)], 0), vec!["1.0.0"], false),
+            (object("OneShot", 2, 1, &[("1.0.0", COPIED)], 0), vec![], true),
+            // Not done: tags pending, or a failed tag.
+            (object("OneShot", 1, 1, &[("1.0.0", COPIED)], 3), vec!["1.0.0"], true),
+            (object("OneShot", 1, 1, &[("1.0.0", FAILED)], 0), vec!["1.0.0"], true),
+            (object("Recurrent", 1, 1, &[("1.0.0", COPIED)], 0), vec!["1.0.0"], true),
+        ];
+        for (i, (object, remembered, due)) in cases.into_iter().enumerate() {
+            let tracked = Tracked::new(&object, "r.example");
+            let tags: Vec<&str> = tracked.tags.keys().map(String::as_str).collect();
+            assert_eq!(tags, remembered, "case {i}");
+            assert_eq!(tracked.due.is_some(), due, "case {i}");
+        }
+    }
+
     #[test]
     fn transition_times_stay_while_a_condition_keeps_its_status() {
         let before = conditions(summary(1, 0, 0, 0, None), "2026-01-01T00:00:00Z");

@@ -608,3 +608,46 @@ async fn an_aws_sso_profile_is_used() {
         "the role credentials came from the SSO portal"
     );
 }
+
+/// An `Image` object whose destination names no registry host goes to the ECR target: the repository
+/// is created (as the daemon creates them) and the image pushed.
+#[tokio::test]
+async fn an_image_object_without_a_destination_host_goes_to_ecr_in_a_new_repository() {
+    use crate::image_objects::{cluster, image, status, tag_field};
+    let (moto, src, dst) = (moto(), start(RegistryMode::Plain), ecr_registry());
+    let pushed = Image::oci("amd64", &[2000], 751).unwrap();
+    pushed.push(&src, "tools/cli", "3.1.0").await.unwrap();
+    let (server, running) = cluster();
+    server
+        .apply(image(
+            "cli",
+            json!({"mode": "OneShot",
+            "source": {"name": format!("{}/tools/cli", src.host()), "version": "3.x.x"},
+            "destination": {"name": "vendor/cli"}}),
+        ))
+        .unwrap();
+    let config = config_file("images:\n  enabled: true\nwatchResources: [deployments]\nreferrers: none\n");
+    let mut env = aws_env(&moto);
+    env.extend([
+        ("CONFIG_PATH", config.path().display().to_string()),
+        ("TARGET_KIND", "ecr".into()),
+        ("ECR_REGISTRY_HOST", dst.host()),
+        ("LEADER_ELECT", "false".into()),
+        ("METRICS_ADDR", "127.0.0.1:0".into()),
+        ("HEALTH_ADDR", "127.0.0.1:0".into()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let daemon = CopycatRun::start(running.kubeconfig_path(), &[], &env);
+    eventually("the tag copied", Duration::from_secs(60), async || {
+        tag_field(&status(&server, "cli"), "3.1.0", "result").as_deref() == Some("Copied")
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(repository(&moto, "vendor/cli").is_some(), "repository created: {log}");
+    assert_eq!(skopeo_digest(&dst, "vendor/cli:3.1.0").await.unwrap(), pushed.digest);
+    assert_eq!(
+        tag_field(&status(&server, "cli"), "3.1.0", "destination"),
+        Some(format!("{}/vendor/cli:3.1.0", dst.host()))
+    );
+}

@@ -20,7 +20,7 @@ const IMAGE_CRD: &str = include_str!(concat!(
 ));
 
 /// The stand-in with the `Image` CRD and namespace `shop`, serving.
-fn cluster() -> (ApiServer, RunningApiServer) {
+pub(crate) fn cluster() -> (ApiServer, RunningApiServer) {
     let server = ApiServer::new();
     let crd: Value = serde_saphyr::from_str(IMAGE_CRD).unwrap();
     server.apply(crd).unwrap();
@@ -32,7 +32,7 @@ fn cluster() -> (ApiServer, RunningApiServer) {
 }
 
 /// An `Image` object `shop/NAME` with `spec`.
-fn image(name: &str, spec: Value) -> Value {
+pub(crate) fn image(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "skopeo.io/v1alpha1", "kind": "Image",
            "metadata": {"name": name, "namespace": "shop"}, "spec": spec})
 }
@@ -51,7 +51,7 @@ fn daemon(running: &RunningApiServer, dst: &Registry, settings: &str, more: &str
 }
 
 /// The status of `shop/NAME`, if written.
-fn status(server: &ApiServer, name: &str) -> Value {
+pub(crate) fn status(server: &ApiServer, name: &str) -> Value {
     server
         .get("Image", "shop", name)
         .and_then(|o| o.get("status").cloned())
@@ -153,6 +153,11 @@ async fn one_shot_copies_exactly_the_matching_tags_and_bad_objects_are_reported(
             json!({"mode": "OneShot", "source": {"name": format!("{}/no/such", src.host()), "version": "1.0"},
             "destination": {"name": "no/such"}}),
         ),
+        // A field of the wrong type (a real API server's schema refuses it; the stand-in does not).
+        image(
+            "undecodable",
+            json!({"mode": "OneShot", "source": {"name": 5, "version": "1.0"}, "destination": {"name": "x"}}),
+        ),
     ];
     server.apply_all(objects).unwrap();
     let (daemon, _config) = daemon(&running, &dst, "", "");
@@ -189,6 +194,7 @@ async fn one_shot_copies_exactly_the_matching_tags_and_bad_objects_are_reported(
     eventually("the invalid objects reported", WAIT, async || {
         condition(&status(&server, "bad-pattern"), "Failed") == ("True".into(), "InvalidPattern".into())
             && condition(&status(&server, "bad-frequency"), "Failed") == ("True".into(), "InvalidFrequency".into())
+            && condition(&status(&server, "undecodable"), "Failed") == ("True".into(), "InvalidSpec".into())
     })
     .await;
     let message = status(&server, "bad-pattern")["conditions"][2]["message"].clone();
@@ -273,6 +279,20 @@ async fn once_by_tag_picks_up_new_tags_and_never_recopies_a_moved_one() {
     assert_eq!(code, Some(0), "{log}");
     eprintln!("a tag pushed later was copied {within:?} after the push (tagListInterval 1s)");
     assert!(within < Duration::from_secs(10), "{within:?}");
+
+    // The status is the memory: after a restart (and 1.0.0 moved meanwhile) nothing is copied
+    // again, and the new move is reported.
+    push(&src, "app", &moved, &["1.0.0"]).await;
+    let (restarted, _config) = self::daemon(&running, &dst, "  tagListInterval: 1s\n", "");
+    eventually("1.0.0 reported moved after the restart", WAIT, async || {
+        tag_field(&status(&server, "app"), "1.0.0", "result").as_deref() == Some("Moved")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = manifest_puts(&dst);
+    assert_eq!(after, puts, "nothing written after the restart");
+    let (code, log) = restarted.stop();
+    assert_eq!(code, Some(0), "{log}");
 }
 
 /// Recurrent copies the tag again every frequency: unchanged, that costs exactly two HEADs (source
@@ -352,6 +372,17 @@ async fn a_thousand_tags_are_copied_at_most_max_tags_per_image_at_a_time() {
     }
     let dst = start(RegistryMode::Plain);
     let (server, running) = cluster();
+    let (daemon, _config) = daemon(
+        &running,
+        &dst,
+        "  maxTagsPerImage: 100\n",
+        "maxConcurrentReconciles: 8\n",
+    );
+    eventually("the daemon watching", WAIT, async || {
+        daemon.run.log().contains("watching Image objects")
+    })
+    .await;
+    let idle_rss = peak_rss_kib(daemon.run.pid());
     server
         .apply(image(
             "big",
@@ -360,12 +391,6 @@ async fn a_thousand_tags_are_copied_at_most_max_tags_per_image_at_a_time() {
             "destination": {"name": "big/app"}}),
         ))
         .unwrap();
-    let (daemon, _config) = daemon(
-        &running,
-        &dst,
-        "  maxTagsPerImage: 100\n",
-        "maxConcurrentReconciles: 8\n",
-    );
     let started = std::time::Instant::now();
     let mut most_busy = 0;
     let mut most_pending = 0;
@@ -401,7 +426,7 @@ async fn a_thousand_tags_are_copied_at_most_max_tags_per_image_at_a_time() {
     want.sort();
     assert_eq!(copied, want);
     eprintln!(
-        "1,000 tags in {took:?}; at most {most_busy} in the queue at once, {most_pending} pending at most; daemon peak RSS {rss} KiB"
+        "1,000 tags in {took:?}; at most {most_busy} in the queue at once, {most_pending} pending at most; daemon peak RSS {rss} KiB ({idle_rss} KiB before the object)"
     );
     assert!(most_busy <= 100, "{most_busy} targets queued or running at once");
     assert!(most_pending >= 800, "the rest waited: {most_pending}");
@@ -417,4 +442,149 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Only the leader copies and writes status: while another replica holds the Lease nothing is
+/// copied and the object's status stays empty; once the Lease is free, this replica takes it and
+/// copies.
+#[tokio::test]
+async fn only_the_leader_copies_and_writes_status() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push(&src, "app", &Image::oci("amd64", &[1_000], 6).unwrap(), &["1.0.0"]).await;
+    let (server, running) = cluster();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "k8s-copycat"}}))
+        .unwrap();
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    server
+        .apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "k8s-copycat", "namespace": "k8s-copycat"},
+            "spec": {"holderIdentity": "another-replica", "leaseDurationSeconds": 3600,
+                     "acquireTime": now, "renewTime": now}}))
+        .unwrap();
+    server
+        .apply(image(
+            "app",
+            json!({"mode": "OneShot",
+            "source": {"name": format!("{}/app", src.host()), "version": "1.0.0"}, "destination": {"name": "app"}}),
+        ))
+        .unwrap();
+    let config = config_file("images:\n  enabled: true\nwatchResources: [deployments]\n");
+    let daemon = Daemon::mirroring_to(
+        running.kubeconfig_path(),
+        &dst,
+        &[
+            ("CONFIG_PATH", config.path().to_str().unwrap()),
+            ("LEADER_ELECT", "true"),
+            ("HOSTNAME", "this-replica"),
+        ],
+    );
+    eventually("the daemon following", WAIT, async || {
+        daemon.run.log().contains("watching Image objects")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests: Vec<String> = copycat_requests(&dst)
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        requests.is_empty(),
+        "a follower copied: {requests:?}\n{}",
+        daemon.run.log()
+    );
+    assert_eq!(status(&server, "app"), Value::Null, "a follower wrote the status");
+
+    // The other replica releases the Lease, as one does on shutdown.
+    server
+        .apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "k8s-copycat", "namespace": "k8s-copycat"},
+            "spec": {"leaseDurationSeconds": 3600, "acquireTime": now, "renewTime": now}}))
+        .unwrap();
+    eventually("copied once leading", WAIT, async || {
+        tag_field(&status(&server, "app"), "1.0.0", "result").as_deref() == Some("Copied")
+    })
+    .await;
+    assert!(manifest_digest(&dst, "app", "1.0.0").await.unwrap().is_some());
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// A destination with a registry host goes to that registry with the credentials configured for it
+/// (`registryCredentials`, password from an environment variable), never shown in the status, the
+/// Events or the log.
+#[tokio::test]
+async fn a_destination_with_a_host_uses_its_configured_credentials() {
+    let (user, pass) = ("mirror-user", "hunter2-Image-Pw");
+    let src = start(RegistryMode::Plain);
+    let other = start(RegistryMode::Basic {
+        user: user.into(),
+        pass: pass.into(),
+    });
+    let dst = start(RegistryMode::Plain);
+    push(&src, "app", &Image::oci("amd64", &[1_000], 8).unwrap(), &["1.0.0"]).await;
+    let (server, running) = cluster();
+    server
+        .apply(image(
+            "app",
+            json!({"mode": "OneShot",
+            "source": {"name": format!("{}/app", src.host()), "version": "1.0.0"},
+            "destination": {"name": format!("{}/elsewhere/app", other.host()), "version": "stable"}}),
+        ))
+        .unwrap();
+    let more = format!(
+        "registryCredentials:\n  - registry: {}\n    username: {user}\n    passwordEnv: OTHER_PASSWORD\n",
+        other.host()
+    );
+    let config = config_file(&format!(
+        "images:\n  enabled: true\nreferrers: none\nwatchResources: [deployments]\n{more}"
+    ));
+    let daemon = Daemon::mirroring_to(
+        running.kubeconfig_path(),
+        &dst,
+        &[
+            ("CONFIG_PATH", config.path().to_str().unwrap()),
+            ("OTHER_PASSWORD", pass),
+        ],
+    );
+    eventually("copied to the other registry", WAIT, async || {
+        tag_field(&status(&server, "app"), "1.0.0", "result").as_deref() == Some("Copied")
+    })
+    .await;
+    let s = status(&server, "app");
+    assert_eq!(
+        tag_field(&s, "1.0.0", "destination"),
+        Some(format!("{}/elsewhere/app:stable", other.host()))
+    );
+    assert!(copycat_requests(&dst).is_empty(), "nothing went to copycat's target");
+    let events = serde_json::to_string(&server.list("Event", "shop")).unwrap();
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    crate::support::assert_no_secrets(
+        &[
+            ("the log", &log),
+            ("the status", &s.to_string()),
+            ("the Events", &events),
+        ],
+        &crate::support::credential_secrets(user, pass),
+    );
+}
+
+/// Enabled without the CRD installed: the feature stays off, said once, and the daemon runs on.
+#[tokio::test]
+async fn enabled_without_the_crd_is_said_once_and_the_daemon_runs_on() {
+    let dst = start(RegistryMode::Plain);
+    let server = ApiServer::new();
+    let running = server.serve().unwrap();
+    let (daemon, _config) = daemon(&running, &dst, "", "");
+    eventually("the warning", WAIT, async || {
+        daemon.run.log().contains("enabled, but the CRD is not installed")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(log.matches("the CRD is not installed").count(), 1, "{log}");
+    assert!(log.contains("images.enabled"), "{log}");
+    assert!(!log.contains("watching Image objects"), "{log}");
 }
