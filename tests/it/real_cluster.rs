@@ -1176,6 +1176,20 @@ async fn failover_switches_every_kind_and_back_and_the_daemons_account_cannot() 
     }
 }
 
+/// copycat as the manifest's ServiceAccount with `settings` (the config file's text, kept in the
+/// returned file), mirroring to `target` for real (`DRY_RUN=false`).
+async fn copycat_mirroring(real: &Real, settings: &str, target: &str) -> (Daemon, tempfile::NamedTempFile) {
+    let config = config_file(settings);
+    let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
+    let daemon = copycat(
+        &kubeconfig,
+        config.path(),
+        "copycat",
+        &[("TARGET_REGISTRY", target), ("DRY_RUN", "false")],
+    );
+    (daemon, config)
+}
+
 /// The Warning Events on the `Image` object `namespace/name`, by reason.
 async fn image_event_reasons(real: &Real, namespace: &str, name: &str) -> Vec<String> {
     Api::<Event>::namespaced(real.admin.clone(), namespace)
@@ -1222,15 +1236,8 @@ async fn image_objects_are_followed_and_their_status_written_through_the_status_
         other => panic!("the CRD's schema lets a mode outside its enum in: {other:?}"),
     }
     let configmap = std::fs::read_to_string(real.configmap_config().await.path()).unwrap();
-    let config = config_file(&declarative_settings(&configmap, "team"));
-    let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
     let target = dst.host();
-    let daemon = copycat(
-        &kubeconfig,
-        config.path(),
-        "copycat",
-        &[("TARGET_REGISTRY", &target), ("DRY_RUN", "false")],
-    );
+    let (daemon, _config) = copycat_mirroring(&real, &declarative_settings(&configmap, "team"), &target).await;
     eventually("app ready, bad-pattern failed with a Warning Event", WAIT, async || {
         condition(&real.image_status("team", "app").await, "Ready").0 == "True"
             && condition(&real.image_status("team", "bad-pattern").await, "Failed")
@@ -1346,15 +1353,9 @@ async fn flux_image_repository_scans_on_a_real_api_server_mirror_each_new_revisi
     let prefix = "  destinationPrefix: \"\"";
     let settings = declarative_settings(&configmap, "flux-system");
     assert_eq!(settings.matches(prefix).count(), 1, "{settings}");
-    let config = config_file(&settings.replace(prefix, "  destinationPrefix: flux/$namespace"));
-    let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
+    let settings = settings.replace(prefix, "  destinationPrefix: flux/$namespace");
     let target = dst.host();
-    let daemon = copycat(
-        &kubeconfig,
-        config.path(),
-        "copycat",
-        &[("TARGET_REGISTRY", &target), ("DRY_RUN", "false")],
-    );
+    let (daemon, _config) = copycat_mirroring(&real, &settings, &target).await;
     eventually("watching ImageRepository objects and leading", WAIT, async || {
         daemon.run.log().contains("watching Flux ImageRepository objects")
             && metric(&daemon, "k8s_copycat_leader").await == Some(1.0)
