@@ -255,8 +255,10 @@ pub fn target_repository(
     })
 }
 
-/// Everything that names a task's target, kept with a task whose `$arch` must come from the source
-/// image itself (no node platform known), so the target can be named once the image is read.
+/// The naming inputs of one image use: `repoPrefix`, `pathMap`, the placeholders' values and the
+/// target registry. [`TargetNaming::target`] is the one function that turns them into a target
+/// name: the planner's tasks are named through `MirrorTask::named` and, when `$arch` is the
+/// image's own, `MirrorTask::name_target`; `node_config` names a probe image with it.
 #[derive(Debug, Clone)]
 pub struct TargetNaming {
     /// `repoPrefix` template.

@@ -26,7 +26,8 @@ use crate::declarative::flux::{
 };
 use crate::discovery::watch::docker_config_of;
 use crate::metrics::Metrics;
-use crate::plan::MirrorTask;
+use crate::naming::TargetNaming;
+use crate::plan::{Arch, MirrorTask};
 use crate::queue::{DeclaredSource, Queue};
 use crate::reference::ImageRef;
 use crate::registry::Registries;
@@ -173,6 +174,23 @@ impl Followed {
     }
 }
 
+/// The copies of `image` (`spec.image`) under each of `tags`, the tag kept at the target, named by
+/// `naming` (a `$arch` from the image is read just before copying), `credentials` tried first.
+fn copies(
+    image: &ImageRef,
+    tags: &[String],
+    naming: &TargetNaming,
+    credentials: &[PullSecret],
+) -> Result<Vec<MirrorTask>, FluxError> {
+    tags.iter()
+        .map(|tag| {
+            let mut task = MirrorTask::named(image.with_tag(tag)?, Some(tag.clone()), naming.clone(), Arch::FromImage)?;
+            task.add_source_credentials(credentials.iter().cloned());
+            Ok(task)
+        })
+        .collect()
+}
+
 /// Follows `ImageRepository` objects and declares their scans' copies.
 struct FluxMirror {
     client: kube::Client,
@@ -288,7 +306,7 @@ impl FluxMirror {
         object: &ImageRepositoryObject,
         scan: &ScanResult,
     ) -> Result<Vec<MirrorTask>, FluxError> {
-        let image = ImageRef::parse(&object.spec.image)?;
+        let image = ImageRef::parse(&object.spec.image).map_err(FluxError::Image)?;
         let credentials = match &object.spec.secret_ref {
             Some(secret) => self.secret_credentials(&source.namespace, &secret.name, &image).await,
             None => vec![],
@@ -304,19 +322,7 @@ impl FluxMirror {
                 left_out = selection.left_out, "more tags than fluxImageRepositories.maxTags: the rest are not mirrored");
         }
         let naming = flux::naming_for(&self.settings.naming, &source.namespace, &source.name);
-        let by_arch = naming.uses_arch();
-        Ok(flux::requests(&object.spec.image, &selection.tags, &naming)?
-            .into_iter()
-            .map(|request| {
-                let mut task = MirrorTask::new(request);
-                task.add_source_credentials(credentials.iter().cloned());
-                if by_arch {
-                    task.with_arch_naming(naming.clone())
-                } else {
-                    task
-                }
-            })
-            .collect())
+        copies(&image, &selection.tags, &naming, &credentials)
     }
 
     /// The credentials for `image`'s registry in the Secret `namespace/name`; none (logged and
@@ -385,5 +391,76 @@ impl FluxMirror {
                 "fluxImageRepositories.allTags: the tags cannot be listed; mirroring the scan's latest tags only");
         }
         vec![]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::naming::{NameContext, PathMapRule, PathRule};
+    use crate::registry::Credential;
+    use crate::secret::Secret;
+
+    #[test]
+    fn copies_are_named_by_the_target_naming_with_the_objects_namespace() {
+        let base = TargetNaming {
+            prefix: "flux/$namespace/$podname/$arch".into(),
+            rules: PathRule::compile(&[PathMapRule {
+                from: "org/".into(),
+                to: "team/".into(),
+                regex: false,
+            }])
+            .unwrap()
+            .into(),
+            ctx: NameContext::default(),
+            target_host: "mirror.example:5000".into(),
+            target_path: "backup".into(),
+        };
+        let naming = flux::naming_for(&base, "apps", "app-repo");
+        let tags = ["1.1".to_owned(), "1.0".to_owned()];
+        let secret = PullSecret {
+            name: "apps/pull".into(),
+            credential: Credential::Basic {
+                username: "u".into(),
+                password: Secret::new("p"),
+            },
+        };
+        // (spec.image, first source, first target without its `$arch` segment, read from the image)
+        let cases = [
+            (
+                "ghcr.io/org/app",
+                "ghcr.io/org/app:1.1",
+                "mirror.example:5000/backup/flux/apps/app-repo/team/app:1.1",
+            ),
+            (
+                "nginx",
+                "docker.io/library/nginx:1.1",
+                "mirror.example:5000/backup/flux/apps/app-repo/library/nginx:1.1",
+            ),
+        ];
+        for (image, source, target) in cases {
+            let tasks = copies(
+                &ImageRef::parse(image).unwrap(),
+                &tags,
+                &naming,
+                std::slice::from_ref(&secret),
+            )
+            .unwrap();
+            assert_eq!(tasks.len(), 2, "{image}");
+            assert_eq!(tasks[0].request.source.to_string(), source, "{image}");
+            assert_eq!(tasks[0].request.target_display(None), target, "{image}");
+            assert!(tasks[0].arch_naming.is_some(), "{image}: $arch from the image");
+            assert_eq!(tasks[1].request.target_tag.as_deref(), Some("1.0"), "{image}");
+            assert_eq!(tasks[1].source_credentials, std::slice::from_ref(&secret), "{image}");
+        }
+        let image = ImageRef::parse("ghcr.io/org/app").unwrap();
+        assert!(matches!(
+            copies(&image, &["bad tag".into()], &naming, &[]),
+            Err(FluxError::Image(_))
+        ));
+        assert!(
+            ImageRef::parse("localhost:5000/Org/App").is_err(),
+            "spec.image is checked by the caller"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Whether a target holds a whole image: the manifest under the target tag (or digest) with the
 //! expected digest, every child manifest of an index, and every blob (configs and layers). Quick
-//! checks HEAD what they can (the manifests are read, since they list what else must be there);
+//! checks HEAD what they can (the manifests are read, since they list what else must be there: the
+//! one under the tag with a single GET, whose digest is the one compared);
 //! deep checks read every blob and re-hash it while it streams, as a node pulling the image would.
 //! `copycat verify` runs it once per planned target; the daemon's periodic verification can run it
 //! the same way.
@@ -144,30 +145,43 @@ impl Copier {
         let repo = req.target.repository();
         let reference = req.target_tag.clone().unwrap_or_else(|| expected.to_string());
         let shown = req.target_display(Some(expected));
-        let head = dst
-            .head_manifest(repo, &reference)
-            .await
-            .map_err(target_error(dst.host(), format!("HEAD target {shown}")))?;
-        match head {
-            None => {
+        // One GET of the tag (or digest): its digest is the one compared, and its bytes list what
+        // else must be there.
+        let mut top = match dst.get_manifest(repo, &reference, MAX_MANIFEST_SIZE).await {
+            Ok(top) if top.digest != *expected => {
+                return Ok(TargetState::Mismatch {
+                    expected: expected.clone(),
+                    found: top.digest,
+                });
+            }
+            Ok(top) => Some(top),
+            Err(RegistryError::Status { status: 404, .. }) => {
                 return Ok(TargetState::Missing(Missing {
                     manifest: true,
                     ..Missing::default()
                 }));
             }
-            Some(head) if head.digest != *expected => {
-                return Ok(TargetState::Mismatch {
-                    expected: expected.clone(),
-                    found: head.digest,
-                });
-            }
-            Some(_) => {}
-        }
+            // Bytes that do not hash to the digest the registry names: another manifest under the
+            // tag, or the expected one damaged (`None`).
+            Err(RegistryError::DigestMismatch { digest, .. }) => match Digest::parse(&digest) {
+                Ok(found) if found != *expected => {
+                    return Ok(TargetState::Mismatch {
+                        expected: expected.clone(),
+                        found,
+                    });
+                }
+                _ => None,
+            },
+            Err(e) => return Err(target_error(dst.host(), format!("GET target {shown}"))(e)),
+        };
         let mut missing = Missing::default();
         let mut walk = Walk::new(expected);
         while let Some((digest, level)) = walk.next_manifest() {
             let reference = digest.to_string();
-            if level > 1 {
+            // `None`: present, but its bytes do not hash to its digest.
+            let manifest = if level == 1 {
+                top.take()
+            } else {
                 let present = dst.head_manifest(repo, &reference).await.map_err(target_error(
                     dst.host(),
                     format!("HEAD target {}@{digest}", req.target.name()),
@@ -176,18 +190,22 @@ impl Copier {
                     missing.child_manifests.push(digest);
                     continue;
                 }
-            }
-            match dst.get_manifest(repo, &reference, MAX_MANIFEST_SIZE).await {
-                Ok(manifest) => {
+                match dst.get_manifest(repo, &reference, MAX_MANIFEST_SIZE).await {
+                    Ok(manifest) => Some(manifest),
+                    Err(RegistryError::DigestMismatch { .. }) => None,
+                    Err(e) => {
+                        let action = format!("GET manifest {}@{digest}", req.target.name());
+                        return Err(target_error(dst.host(), action)(e));
+                    }
+                }
+            };
+            match manifest {
+                Some(manifest) => {
                     walk.add(&manifest, level, &req.target)?;
                     // What it lists, for the look at its signatures that may follow (no GET again).
                     self.referrers.remember_listed(&manifest);
                 }
-                Err(RegistryError::DigestMismatch { .. }) => missing.damaged.push(digest),
-                Err(e) => {
-                    let action = format!("GET manifest {}@{digest}", req.target.name());
-                    return Err(target_error(dst.host(), action)(e));
-                }
+                None => missing.damaged.push(digest),
             }
         }
         let tree = walk.into_tree();

@@ -262,7 +262,9 @@ pub(crate) async fn check_task(
         ..CopyOptions::default()
     };
     let checked = async {
-        let request = named_request(copier, task, &copy_options).await?;
+        let request = task
+            .name_target(async |source| copier.source_architecture(source, &copy_options).await)
+            .await?;
         let expected = copier.expected_digest(&request, &copy_options).await?;
         let state = copier
             .check_target(&request, &expected, options.depth, options.blobs)
@@ -316,15 +318,6 @@ fn side_name(error: &CopyError) -> &'static str {
         Side::Source => "source",
         Side::Target => "target",
     }
-}
-
-/// The request of `task` with its target named, as the queue names it before copying.
-async fn named_request(copier: &Copier, task: &MirrorTask, options: &CopyOptions) -> Result<CopyRequest, CopyError> {
-    if task.arch_naming.is_none() {
-        return Ok(task.request.clone());
-    }
-    let (digest, arch) = copier.source_architecture(&task.request.source, options).await?;
-    task.arch_request(digest, &arch).map_err(CopyError::TargetName)
 }
 
 /// The backup state of a target state, with what to say about it; a whole copy no tag holds

@@ -50,6 +50,21 @@ struct Store {
     last_drill_success: Option<SystemTime>,
 }
 
+impl Store {
+    /// Each planned target key with when it was last checked for its current source (`None` also
+    /// for a key in `again`).
+    fn last_checks<'a>(
+        &'a self,
+        again: &'a HashSet<String>,
+    ) -> impl Iterator<Item = (&'a str, Option<SystemTime>)> + Clone + 'a {
+        self.tasks.iter().map(move |(key, planned)| {
+            let check = self.checks.get(key).filter(|c| c.source == planned.source);
+            let at = check.map(|c| c.checked).filter(|_| !again.contains(key));
+            (key.as_str(), at)
+        })
+    }
+}
+
 /// One planned task, with its key and source as checks record them.
 struct Planned {
     source: String,
@@ -242,22 +257,36 @@ impl BackupStates {
         store.drills.insert(key.to_owned(), drill);
     }
 
-    /// The planned target keys with when each was last checked for its current source.
-    fn candidates(&self) -> Vec<(String, Option<SystemTime>)> {
-        let store = self.store();
-        store
-            .tasks
-            .iter()
-            .map(|(key, planned)| {
-                let checked = store.checks.get(key).filter(|c| c.source == planned.source);
-                (key.clone(), checked.map(|c| c.checked))
-            })
-            .collect()
+    /// How many targets are planned.
+    fn planned(&self) -> usize {
+        self.store().tasks.len()
     }
 
-    /// The planned task of `key`.
-    fn task(&self, key: &str) -> Option<MirrorTask> {
-        self.store().tasks.get(key).map(|p| p.task.clone())
+    /// The checks to start next, with their tasks: [`pick`] over the planned targets as they stand
+    /// in the store (no copy of the keys), a target in `again` counted as never checked. `busy` is
+    /// asked (outside the store's lock) only when there is something to pick from: a re-check
+    /// `slot_due` or a target waiting for its first check.
+    fn next_checks(
+        &self,
+        again: &HashSet<String>,
+        in_flight: &HashSet<String>,
+        busy: impl FnOnce() -> HashSet<String>,
+        slot_due: bool,
+        free: usize,
+    ) -> Vec<(String, MirrorTask)> {
+        let waiting = slot_due || self.store().last_checks(again).any(|(_, at)| at.is_none());
+        if !waiting {
+            return vec![];
+        }
+        let busy = busy();
+        let store = self.store();
+        pick(store.last_checks(again), &busy, in_flight, slot_due, free)
+            .into_iter()
+            .filter_map(|key| {
+                let task = store.tasks.get(&key)?.task.clone();
+                Some((key, task))
+            })
+            .collect()
     }
 
     /// The backup state of every image of the current plan, as of `now`.
@@ -337,8 +366,8 @@ impl BackupStates {
 /// What to check next: every target never checked (for its current source) that the queue is not
 /// copying (`busy`: queued or running) and that is not being checked, then, when a re-check `slot_due`, the target
 /// checked longest ago among the rest; at most `free` in all. `candidates` are (key, last check).
-fn pick(
-    candidates: &[(String, Option<SystemTime>)],
+fn pick<'a>(
+    candidates: impl Iterator<Item = (&'a str, Option<SystemTime>)> + Clone,
     busy: &HashSet<String>,
     in_flight: &HashSet<String>,
     slot_due: bool,
@@ -346,17 +375,17 @@ fn pick(
 ) -> Vec<String> {
     let ready = || {
         candidates
-            .iter()
-            .filter(|(key, _)| !busy.contains(key) && !in_flight.contains(key))
+            .clone()
+            .filter(|(key, _)| !busy.contains(*key) && !in_flight.contains(*key))
     };
     let mut picked: Vec<String> = ready()
         .filter(|(_, checked)| checked.is_none())
-        .map(|(key, _)| key.clone())
+        .map(|(key, _)| key.to_owned())
         .take(free)
         .collect();
     if slot_due && picked.len() < free {
         let oldest = ready().filter_map(|(key, checked)| checked.map(|at| (at, key))).min();
-        picked.extend(oldest.map(|(_, key)| key.clone()));
+        picked.extend(oldest.map(|(_, key)| key.to_owned()));
     }
     picked
 }
@@ -403,29 +432,18 @@ impl Verifier {
             referrers: ReferrerPolicy::none(),
         };
         loop {
-            let mut keyed = self.states.candidates();
-            let spacing = self.interval / u32::try_from(keyed.len().max(1)).unwrap_or(u32::MAX);
+            let planned = self.states.planned();
+            let spacing = self.interval / u32::try_from(planned.max(1)).unwrap_or(u32::MAX);
             let free = self.concurrency.saturating_sub(in_flight.len());
-            if *leading.borrow() && free > 0 && !keyed.is_empty() {
-                for (key, at) in &mut keyed {
-                    if copied_again.contains(key) {
-                        *at = None;
-                    }
-                }
+            if *leading.borrow() && free > 0 && planned > 0 {
                 let slot_due = Instant::now() >= next_slot;
-                // Asks the queue only when there is something to pick from.
-                let picked = if slot_due || keyed.iter().any(|(_, at)| at.is_none()) {
-                    pick(&keyed, &busy(), &in_flight, slot_due, free)
-                } else {
-                    vec![]
-                };
+                let picked = self
+                    .states
+                    .next_checks(&copied_again, &in_flight, &busy, slot_due, free);
                 if slot_due {
                     next_slot = Instant::now() + spacing;
                 }
-                for key in picked {
-                    let Some(task) = self.states.task(&key) else {
-                        continue;
-                    };
+                for (key, task) in picked {
                     let (copier, options) = (self.copier.clone(), options.clone());
                     let handle = running.spawn(async move {
                         let row = check_task(&copier, &task, options).await;
@@ -672,6 +690,50 @@ mod tests {
     }
 
     #[test]
+    fn next_checks_come_from_the_store_asking_the_queue_only_when_one_waits() {
+        let plan = three_targets();
+        let key = |i: usize| plan.tasks[i].key().to_string();
+        let states = BackupStates::default();
+        states.set_plan(&plan, at(100));
+        for i in 0..3 {
+            let source = plan.tasks[i].request.source.to_string();
+            states.record(&key(i), &source, row(BackupState::Verified), None, at(110 + i as u64));
+        }
+        assert_eq!(states.planned(), 3);
+        let asked = std::cell::Cell::new(0);
+        let busy = |names: &[String]| {
+            asked.set(asked.get() + 1);
+            names.iter().cloned().collect::<HashSet<String>>()
+        };
+        let next = |again: &[String], busy_now: &[String], slot_due: bool| {
+            let picked = states.next_checks(
+                &again.iter().cloned().collect(),
+                &HashSet::new(),
+                || busy(busy_now),
+                slot_due,
+                4,
+            );
+            picked
+                .into_iter()
+                .map(|(k, task)| {
+                    assert_eq!(task.key().to_string(), k);
+                    k
+                })
+                .collect::<Vec<_>>()
+        };
+        // Every target checked, no slot due: nothing to pick, the queue is not asked.
+        assert_eq!(next(&[], &[], false), Vec::<String>::new());
+        assert_eq!(asked.get(), 0);
+        // A slot due: the target checked longest ago, unless the queue is busy with it.
+        assert_eq!(next(&[], &[], true), [key(0)]);
+        assert_eq!(next(&[], &[key(0)], true), [key(1)]);
+        assert_eq!(asked.get(), 2);
+        // A target copied again waits for a check as if never checked.
+        assert_eq!(next(&[key(2)], &[], false), [key(2)]);
+        assert_eq!(asked.get(), 3);
+    }
+
+    #[test]
     fn first_checks_come_first_then_one_recheck_per_slot_oldest_first() {
         let t = |s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
         let candidates: Vec<(String, Option<SystemTime>)> = vec![
@@ -695,7 +757,8 @@ mod tests {
             (all, keys(&[]), true, 4, &[]),
         ];
         for (busy, in_flight, slot_due, free, want) in cases {
-            let picked = pick(&candidates, &busy, &in_flight, slot_due, free);
+            let candidates = candidates.iter().map(|(key, at)| (key.as_str(), *at));
+            let picked = pick(candidates, &busy, &in_flight, slot_due, free);
             assert_eq!(picked, want, "{busy:?} {in_flight:?} {slot_due} {free}");
         }
     }

@@ -1,13 +1,12 @@
 //! Flux's `ImageRepository` (`image.toolkit.fluxcd.io/v1` and `v1beta2`, the same fields), as
 //! imagerepo-mirror used it: the image-reflector-controller scans `spec.image` and writes
 //! `status.lastScanResult`; a new `revision` means the set of tags changed, and its
-//! `latestTags` are mirrored ([`scan_changed`], [`TagSelection`], [`requests`]).
+//! `latestTags` are mirrored ([`scan_changed`], [`TagSelection`], [`naming_for`]).
 
 use serde::{Deserialize, Serialize};
 
-use crate::copy::CopyRequest;
 use crate::naming::{NameContext, NamingError, TargetNaming};
-use crate::reference::{ImageRef, ReferenceError};
+use crate::reference::ReferenceError;
 
 /// The API group.
 pub const GROUP: &str = "image.toolkit.fluxcd.io";
@@ -152,22 +151,6 @@ pub fn naming_for(base: &TargetNaming, namespace: &str, name: &str) -> TargetNam
     }
 }
 
-/// The copies of `image` (`spec.image`) under each of `tags`, the tag kept at the target, named by
-/// `naming` (a `$arch` segment is left out here; the caller names it once the image is read).
-pub fn requests(image: &str, tags: &[String], naming: &TargetNaming) -> Result<Vec<CopyRequest>, FluxError> {
-    let image = ImageRef::parse(image)?;
-    let target = naming.target(&image, None)?;
-    tags.iter()
-        .map(|tag| {
-            Ok(CopyRequest {
-                source: image.with_tag(tag)?,
-                target: target.clone(),
-                target_tag: Some(tag.clone()),
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,54 +208,6 @@ mod tests {
                 "{what}"
             );
         }
-    }
-
-    #[test]
-    fn copies_are_named_by_the_target_naming_with_the_objects_namespace() {
-        let base = TargetNaming {
-            prefix: "flux/$namespace/$podname/$arch".into(),
-            rules: crate::naming::PathRule::compile(&[crate::naming::PathMapRule {
-                from: "org/".into(),
-                to: "team/".into(),
-                regex: false,
-            }])
-            .unwrap()
-            .into(),
-            ctx: NameContext::default(),
-            target_host: "mirror.example:5000".into(),
-            target_path: "backup".into(),
-        };
-        let naming = naming_for(&base, "apps", "app-repo");
-        let tags = ["1.1".to_owned(), "1.0".to_owned()];
-        // (spec.image, first source, first target)
-        let cases = [
-            (
-                "ghcr.io/org/app",
-                "ghcr.io/org/app:1.1",
-                "mirror.example:5000/backup/flux/apps/app-repo/team/app:1.1",
-            ),
-            (
-                "nginx",
-                "docker.io/library/nginx:1.1",
-                "mirror.example:5000/backup/flux/apps/app-repo/library/nginx:1.1",
-            ),
-            ("localhost:5000/Org/App", "", ""),
-        ];
-        for (image, source, target) in cases {
-            match requests(image, &tags, &naming) {
-                Ok(r) => {
-                    assert_eq!(r.len(), 2, "{image}");
-                    assert_eq!(r[0].source.to_string(), source, "{image}");
-                    assert_eq!(r[0].target_display(None), target, "{image}");
-                    assert_eq!(r[1].target_tag.as_deref(), Some("1.0"), "{image}");
-                }
-                Err(e) => assert!(
-                    source.is_empty() && e.to_string().starts_with("spec.image: "),
-                    "{image}: {e}"
-                ),
-            }
-        }
-        assert!(requests("ghcr.io/org/app", &["bad tag".into()], &naming).is_err());
     }
 
     #[test]

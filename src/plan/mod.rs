@@ -14,7 +14,7 @@ use crate::platform::Platform;
 use crate::reference::{ImageRef, ReferenceError};
 use crate::workload::{self, Kind, Workload};
 pub use state::{Pass, PlanState};
-pub use task::{MAX_USERS, MirrorTask, TargetKey, union_users};
+pub use task::{Arch, MAX_USERS, MirrorTask, TargetKey, union_users};
 
 /// Which namespaces are in scope. Globs are evaluated for every namespace as it appears, so
 /// namespaces created later are picked up; a glob that matches nothing matches nothing.
@@ -979,7 +979,6 @@ impl Planner {
             target_host: self.target_host.clone(),
             target_path: self.target_path.clone(),
         };
-        let target = naming.target(&source, node.map(|p| p.architecture.as_str()))?;
         let target_tag = naming::target_tag(&source, None, self.digest_tag_template.as_deref())?;
         // Digest mode copies the node's platform and `mirrorPlatforms`; tag mode the whole index.
         let node_platform: Vec<Platform> = node.cloned().into_iter().collect();
@@ -988,18 +987,10 @@ impl Planner {
         } else {
             vec![]
         };
-        let task = MirrorTask::new(CopyRequest {
-            source,
-            target,
-            target_tag,
-        })
-        .with_platforms(platforms);
         // Without a node platform, `$arch` is the image's own, known only once it is read.
-        Ok(Planned::Task(Box::new(if node.is_none() && naming.uses_arch() {
-            task.with_arch_naming(naming)
-        } else {
-            task
-        })))
+        let arch = node.map_or(Arch::FromImage, |p| Arch::Node(&p.architecture));
+        let task = MirrorTask::named(source, target_tag, naming, arch)?.with_platforms(platforms);
+        Ok(Planned::Task(Box::new(task)))
     }
 }
 

@@ -3,20 +3,31 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::copy::{CopyRequest, PullSecret};
+use crate::copy::{CopyError, CopyRequest, PullSecret};
 use crate::naming::{NamingError, TargetNaming};
 use crate::platform::Platform;
-use crate::reference::Digest;
+use crate::reference::{Digest, ImageRef};
 use crate::workload::Workload;
 
 /// Users kept per task (the most recent ones): enough to find who runs an image, bounded however many
 /// Pods share it.
 pub const MAX_USERS: usize = 5;
 
+/// Where the `$arch` of a target name comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch<'a> {
+    /// The architecture of the Node the image's Pods run on.
+    Node(&'a str),
+    /// The source image's own (no Node platform known): read from the source just before copying,
+    /// by [`MirrorTask::name_target`].
+    FromImage,
+}
+
 /// One image to mirror to one target reference.
 #[derive(Debug, Clone)]
 pub struct MirrorTask {
-    /// Source, target repository and target tag (`None`: by digest).
+    /// Source, target repository and target tag (`None`: by digest). With `$arch` from the image
+    /// (`arch_naming`), the target is named without its `$arch` segment: only the task's identity.
     pub request: CopyRequest,
     /// Platforms to copy of an index; empty: the whole index, digest preserved.
     pub platforms: Vec<Platform>,
@@ -26,8 +37,8 @@ pub struct MirrorTask {
     /// Credentials for the source registry from the users' pull secrets, tried in order before the
     /// configured ones (`useImagePullSecrets`).
     pub source_credentials: Vec<PullSecret>,
-    /// When `$arch` comes from the image itself: how to name the target once it is known. The
-    /// `request`'s target (its `$arch` segment dropped) is then only the task's identity.
+    /// When `$arch` comes from the image itself ([`Arch::FromImage`]): how
+    /// [`MirrorTask::name_target`] names the target once the image is read.
     pub arch_naming: Option<Arc<TargetNaming>>,
     /// Copy in repair mode ([`crate::copy::CopyOptions::repair`]): a check found the target
     /// incomplete under a tag that may hold the right digest. A one-time request, not part of the
@@ -54,10 +65,30 @@ impl MirrorTask {
         self
     }
 
-    /// The same task naming its target by the source image's architecture.
-    pub fn with_arch_naming(mut self, naming: TargetNaming) -> MirrorTask {
-        self.arch_naming = Some(Arc::new(naming));
-        self
+    /// A task for `source` whose target `naming` names, with `arch` as `$arch`. With
+    /// [`Arch::FromImage`] and a name that has `$arch`, the target is named without that segment (the
+    /// task's identity, so its key does not wait for a source read) and `naming` is kept for
+    /// [`MirrorTask::name_target`].
+    pub fn named(
+        source: ImageRef,
+        target_tag: Option<String>,
+        naming: TargetNaming,
+        arch: Arch<'_>,
+    ) -> Result<MirrorTask, NamingError> {
+        let known = match arch {
+            Arch::Node(arch) => Some(arch),
+            Arch::FromImage => None,
+        };
+        let target = naming.target(&source, known)?;
+        let from_image = arch == Arch::FromImage && naming.uses_arch();
+        Ok(MirrorTask {
+            arch_naming: from_image.then(|| Arc::new(naming)),
+            ..MirrorTask::new(CopyRequest {
+                source,
+                target,
+                target_tag,
+            })
+        })
     }
 
     /// Adds source credentials to try after those the task has (the same credentials from another
@@ -76,17 +107,24 @@ impl MirrorTask {
         self
     }
 
-    /// The request to run once the source's architecture is known: with `$arch` from the image
-    /// (`arch_naming`), the target named by `arch` and the source pinned to `digest`, the digest the
-    /// architecture was read from (so a tag moved meanwhile cannot land under another name);
-    /// otherwise the task's own request.
-    pub fn arch_request(&self, digest: Digest, arch: &str) -> Result<CopyRequest, NamingError> {
+    /// The request to copy, its target named: with `$arch` from the image (`arch_naming`), the one
+    /// source read (`read_arch`: the source's manifest digest and architecture) names the target, and
+    /// the source is pinned to the digest the architecture was read from (so a tag moved meanwhile
+    /// cannot land under another name); otherwise the task's own request, without a read. The queue
+    /// names each attempt's target here, and the coverage check each target it checks.
+    pub async fn name_target(
+        &self,
+        read_arch: impl AsyncFnOnce(&ImageRef) -> Result<(Digest, String), CopyError>,
+    ) -> Result<CopyRequest, CopyError> {
         let Some(naming) = &self.arch_naming else {
             return Ok(self.request.clone());
         };
         let source = &self.request.source;
+        let (digest, arch) = read_arch(source).await?;
+        let target = naming.target(source, Some(&arch)).map_err(CopyError::TargetName)?;
+        tracing::debug!(%source, %arch, target = %target.name(), "named the target by the image's architecture");
         Ok(CopyRequest {
-            target: naming.target(source, Some(arch))?,
+            target,
             source: source.with_digest(digest),
             target_tag: self.request.target_tag.clone(),
         })
@@ -187,7 +225,7 @@ impl fmt::Display for TargetKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::ImageRef;
+    use crate::naming::{NameContext, PathRule};
     use crate::workload::Kind;
 
     fn pod(name: impl Into<String>) -> Workload {
@@ -271,6 +309,88 @@ mod tests {
         assert!(queued.same_work(&newer));
         let users: Vec<String> = queued.users.iter().map(ToString::to_string).collect();
         assert_eq!(users, ["Deployment ns/web", "Pod ns/web-1", "Pod ns/web-2"]);
+    }
+
+    /// Names a task of `nginx:1.27` by `prefix` with `arch`, then its target as the queue does,
+    /// with a source read answering `amd64` at D1: the identity key, the target copied, the source
+    /// copied and how many reads it took.
+    async fn named(prefix: &str, arch: Arch<'_>) -> (String, String, String, usize) {
+        let naming = TargetNaming {
+            prefix: prefix.into(),
+            rules: PathRule::compile(&[]).unwrap().into(),
+            ctx: NameContext {
+                namespace: "shop".into(),
+                ..NameContext::default()
+            },
+            target_host: "r.io".into(),
+            target_path: String::new(),
+        };
+        let source = ImageRef::parse("nginx:1.27").unwrap();
+        let task = MirrorTask::named(source, Some("1.27".into()), naming, arch).unwrap();
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let read_arch = async |_: &ImageRef| {
+            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((Digest::parse(D1).unwrap(), "amd64".to_owned()))
+        };
+        let request = task.name_target(read_arch).await.unwrap();
+        let reads = reads.into_inner();
+        (
+            task.key().to_string(),
+            request.target.name().to_owned(),
+            request.source.to_string(),
+            reads,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_target_is_named_once_reading_the_source_only_for_the_images_arch() {
+        let pinned = format!("docker.io/library/nginx:1.27@{D1}");
+        let cases = [
+            // The node's architecture names the target when planned: no read.
+            (
+                "$namespace/$arch",
+                Arch::Node("arm64"),
+                "r.io/shop/arm64/library/nginx:1.27",
+                "r.io/shop/arm64/library/nginx",
+                "docker.io/library/nginx:1.27",
+                0,
+            ),
+            // The image's own: the identity drops the segment; one read names the target and pins
+            // the source to the digest read.
+            (
+                "$namespace/$arch",
+                Arch::FromImage,
+                "r.io/shop/library/nginx:1.27",
+                "r.io/shop/amd64/library/nginx",
+                &pinned as &str,
+                1,
+            ),
+            // A name without `$arch` never reads the image.
+            (
+                "$namespace",
+                Arch::FromImage,
+                "r.io/shop/library/nginx:1.27",
+                "r.io/shop/library/nginx",
+                "docker.io/library/nginx:1.27",
+                0,
+            ),
+            (
+                "$namespace",
+                Arch::Node("arm64"),
+                "r.io/shop/library/nginx:1.27",
+                "r.io/shop/library/nginx",
+                "docker.io/library/nginx:1.27",
+                0,
+            ),
+        ];
+        for (prefix, arch, key, target, source, reads) in cases {
+            let got = named(prefix, arch).await;
+            assert_eq!(
+                got,
+                (key.into(), target.into(), source.into(), reads),
+                "{prefix} {arch:?}"
+            );
+        }
     }
 
     #[test]

@@ -921,20 +921,6 @@ impl Inner {
         Some(entry.task.clone())
     }
 
-    /// The task's request; with `$arch` from the image, its target named by the source's
-    /// architecture and its source pinned to the digest that architecture was read from (one HEAD
-    /// for an unchanged source, and a tag moved meanwhile cannot land under another name).
-    async fn named_request(&self, task: &MirrorTask, options: &CopyOptions) -> Result<CopyRequest, CopyError> {
-        if task.arch_naming.is_none() {
-            return Ok(task.request.clone());
-        }
-        let source = &task.request.source;
-        let (digest, arch) = self.copier.source_architecture(source, options).await?;
-        let request = task.arch_request(digest, &arch).map_err(CopyError::TargetName)?;
-        tracing::debug!(%source, %arch, target = %request.target.name(), "named the target by the image's architecture");
-        Ok(request)
-    }
-
     /// One attempt at `task`, in a `mirror` span naming its source and target: every line the copy
     /// engine and the registry client log meanwhile carries the image it works for.
     #[tracing::instrument(name = "mirror", skip_all, fields(source = %task.request.source, target = %task.key()))]
@@ -948,7 +934,8 @@ impl Inner {
             repair: task.repair,
             ..self.options.copy.clone()
         };
-        let request = match self.named_request(task, &options).await {
+        let read_arch = async |source: &ImageRef| self.copier.source_architecture(source, &options).await;
+        let request = match task.name_target(read_arch).await {
             Ok(request) => request,
             Err(e) => return Attempted::before_naming(Err(Failure::Copy(e))),
         };

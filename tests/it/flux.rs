@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 use testkit::apiserver::{ApiServer, RunningApiServer};
 use testkit::{Image, Registry, RegistryMode};
 
+use crate::on_the_fly::metric;
 use crate::server::Daemon;
-use crate::support::{config_file, copycat_requests, eventually, manifest_puts, start};
+use crate::support::{CopycatRun, config_file, copycat_requests, eventually, manifest_puts, start};
 
 /// How long a test waits for the daemon to do something.
 const WAIT: Duration = Duration::from_secs(30);
@@ -80,35 +81,21 @@ async fn start_daemon(
         dst,
         &[("CONFIG_PATH", config.path().to_str().unwrap())],
     );
-    wait_logged(&daemon, line).await;
+    wait_logged(&daemon.run, line).await;
     daemon
 }
 
-/// Waits until the daemon has logged `line` (`n` times).
-async fn wait_logged_n(daemon: &Daemon, line: &str, n: usize) {
+/// Waits until `run` has logged `line`.
+async fn wait_logged(run: &CopycatRun, line: &str) {
     let started = Instant::now();
-    while daemon.run.log().matches(line).count() < n {
+    while !run.log().contains(line) {
         assert!(
             started.elapsed() < WAIT,
-            "{line:?} not logged {n} times in {WAIT:?}:\n{}",
-            daemon.run.log()
+            "{line:?} not logged in {WAIT:?}:\n{}",
+            run.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn wait_logged(daemon: &Daemon, line: &str) {
-    wait_logged_n(daemon, line, 1).await;
-}
-
-/// The value of the series `name` (with its labels) in the daemon's metrics.
-async fn metric(daemon: &Daemon, series: &str) -> Option<String> {
-    let (_, text) = daemon.get("/metrics").await;
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|v| v.strip_prefix(' '))
-            .map(str::to_owned)
-    })
 }
 
 /// Waits until the metric `series` reads `value`.
@@ -191,8 +178,15 @@ async fn a_new_revision_mirrors_its_latest_tags_once_and_an_unchanged_one_nothin
     eventually("1.2 copied", WAIT, async || tag_puts(&dst) == want).await;
     let source_requests = copycat_requests(&src).len();
 
+    // An object whose spec.image is no reference: reported and counted, nothing else stops.
+    server
+        .apply(repository("v1", "bad", "Not An/Image", None, Some(("rev-1", &["1.0"]))))
+        .unwrap();
+    wait_metric(&daemon, r#"k8s_copycat_flux_scans_total{result="invalid"}"#, "1").await;
+    wait_logged(&daemon.run, "ImageRepository not mirrored").await;
+
     server.delete("imagerepositories", NS, "app");
-    wait_logged(&daemon, "ImageRepository deleted").await;
+    wait_logged(&daemon.run, "ImageRepository deleted").await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(tag_puts(&dst), want, "{log}");
@@ -228,7 +222,7 @@ async fn all_tags_copies_the_listed_tags_within_the_tag_limit() {
     {
         panic!("copied {:?}, not {want:?}:\n{}", tag_puts(&dst), daemon.run.log());
     }
-    wait_logged(&daemon, "more tags than fluxImageRepositories.maxTags").await;
+    wait_logged(&daemon.run, "more tags than fluxImageRepositories.maxTags").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lists = copycat_requests(&src)
         .iter()
@@ -263,7 +257,8 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
     server
         .apply(repository("v1", "app", &image, Some("pull"), Some(("rev-1", &["2.0"]))))
         .unwrap();
-    // Another object naming a Secret that does not exist: reported, copied without (and refused).
+    // Objects naming a Secret that does not exist, is of another type or has no credentials for the
+    // source: each reported, copied without it (and refused by the source).
     server
         .apply(repository(
             "v1",
@@ -273,6 +268,25 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
             Some(("rev-1", &["2.0"])),
         ))
         .unwrap();
+    // A Secret of another type, and one without credentials for the source's registry.
+    server
+        .apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "opaque", "namespace": NS},
+                      "type": "Opaque", "data": {"password": b64(pass)}}),
+        )
+        .unwrap();
+    let elsewhere = json!({"auths": {"registry.example.com": {"auth": b64(&format!("{user}:{pass}"))}}}).to_string();
+    server
+        .apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "elsewhere", "namespace": NS},
+                      "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&elsewhere)}}),
+        )
+        .unwrap();
+    for (name, secret) in [("third", "opaque"), ("fourth", "elsewhere")] {
+        server
+            .apply(repository("v1", name, &image, Some(secret), Some(("rev-1", &["2.0"]))))
+            .unwrap();
+    }
     let config = config_file("fluxImageRepositories:\n  enabled: true\n  destinationPrefix: $podname\n");
     let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
 
@@ -284,7 +298,20 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
         "1",
     )
     .await;
-    wait_logged(&daemon, "Secret flux-system/missing not found").await;
+    wait_logged(&daemon.run, "Secret flux-system/missing not found").await;
+    for reason in ["not_docker_config", "no_entry"] {
+        wait_metric(
+            &daemon,
+            &format!(r#"k8s_copycat_flux_secret_ref_errors_total{{reason="{reason}"}}"#),
+            "1",
+        )
+        .await;
+    }
+    wait_logged(
+        &daemon.run,
+        &format!("Secret flux-system/elsewhere has no credentials for {}", src.host()),
+    )
+    .await;
     let (_, metrics) = daemon.get("/metrics").await;
     let (_, status) = daemon.get("/status").await;
     let (code, log) = daemon.stop();
@@ -309,8 +336,9 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
             .filter(|(m, p)| m == "GET" && p.ends_with(&format!("/namespaces/{NS}/secrets/{name}")))
             .count()
     };
-    assert_eq!((gets("pull"), gets("missing")), (1, 1), "{secret_requests:?}");
-    assert_eq!(secret_requests.len(), 2, "{secret_requests:?}");
+    let each = ["pull", "missing", "opaque", "elsewhere"].map(gets);
+    assert_eq!(each, [1, 1, 1, 1], "{secret_requests:?}");
+    assert_eq!(secret_requests.len(), 4, "{secret_requests:?}");
 }
 
 #[tokio::test]
@@ -370,4 +398,54 @@ async fn v1beta2_when_the_crd_serves_only_it_and_off_without_the_crd_or_the_sett
 async fn daemon_started(running: &RunningApiServer, dst: &Registry) -> Daemon {
     let none = config_file("");
     start_daemon(running, dst, &none, "initial list complete").await
+}
+
+/// Two replicas: only the leader mirrors a scan; when it stops, the new leader mirrors every object's
+/// current scan once (a tag already copied costs no write) and follows new revisions.
+#[tokio::test]
+async fn only_the_leader_mirrors_and_a_new_leader_takes_over_the_scans() {
+    use crate::leader::{TAKEOVER, two_replicas_with};
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push_tags(&src, "org/app", &["1.0", "1.1"]).await;
+    let image = format!("{}/org/app", src.host());
+    let (server, running) = cluster(&["v1"]);
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-1", &["1.0"]))))
+        .unwrap();
+    let config = config_file("fluxImageRepositories:\n  enabled: true\n");
+    let env = [("CONFIG_PATH", config.path().to_str().unwrap())];
+    let (leader, follower) = two_replicas_with(&server, running.kubeconfig_path(), &dst.host(), &env).await;
+    let first = puts(&[("org/app:1.0", 1)]);
+    eventually("the leader's copy", WAIT, async || tag_puts(&dst) == first).await;
+    let scan_changed = "ImageRepository scan changed";
+    let (code, log) = leader.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains(scan_changed), "{log}");
+    assert!(
+        !follower.run.log().contains(scan_changed),
+        "the follower declares nothing:\n{}",
+        follower.run.log()
+    );
+
+    eventually("the follower to take over", TAKEOVER, async || {
+        follower.leader_gauge().await == Some(1.0)
+    })
+    .await;
+    wait_logged(&follower.run, scan_changed).await;
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-2", &["1.1", "1.0"]))))
+        .unwrap();
+    let both = puts(&[("org/app:1.0", 1), ("org/app:1.1", 1)]);
+    eventually("the new revision copied by the new leader", WAIT, async || {
+        tag_puts(&dst) == both
+    })
+    .await;
+    let (code, log) = follower.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        log.matches(scan_changed).count(),
+        2,
+        "the current scan once on taking over, then rev-2:\n{log}"
+    );
+    assert_eq!(tag_puts(&dst), both, "1.0 is not written again");
 }

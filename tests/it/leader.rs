@@ -11,10 +11,10 @@ use crate::drills::wait_for;
 use crate::support::{ANY_PORT, CopycatRun, eventually, http, start};
 
 /// The daemon's lease duration (`copycat::leader::LEASE_DURATION`) plus slack for a loaded machine.
-const TAKEOVER: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION + 10);
+pub(crate) const TAKEOVER: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION + 10);
 
-struct Daemon {
-    run: CopycatRun,
+pub(crate) struct Daemon {
+    pub(crate) run: CopycatRun,
     name: &'static str,
     /// The replica's `HTTP_PROXY`: sees every registry request it makes.
     proxy: FaultProxy,
@@ -42,12 +42,12 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and returns the exit code and everything it logged.
-    fn stop(self) -> (Option<i32>, String) {
+    pub(crate) fn stop(self) -> (Option<i32>, String) {
         self.run.stop()
     }
 
     /// `k8s_copycat_leader`, once the metrics listener answers.
-    async fn leader_gauge(&self) -> Option<f64> {
+    pub(crate) async fn leader_gauge(&self) -> Option<f64> {
         self.gauge("k8s_copycat_leader").await
     }
 
@@ -82,10 +82,21 @@ fn holder(server: &ApiServer) -> Option<String> {
 
 /// Starts two replicas and waits until one leads: (leader, follower).
 async fn two_replicas(server: &ApiServer, kubeconfig: &std::path::Path, dst: &str) -> (Daemon, Daemon) {
+    two_replicas_with(server, kubeconfig, dst, &[]).await
+}
+
+/// [`two_replicas`] with `more` environment.
+pub(crate) async fn two_replicas_with(
+    server: &ApiServer,
+    kubeconfig: &std::path::Path,
+    dst: &str,
+    more: &[(&str, &str)],
+) -> (Daemon, Daemon) {
     server
         .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "k8s-copycat"}}))
         .unwrap();
-    let env = [("TARGET_KIND", "docker"), ("TARGET_REGISTRY", dst)];
+    let mut env = vec![("TARGET_KIND", "docker"), ("TARGET_REGISTRY", dst)];
+    env.extend_from_slice(more);
     let a = Daemon::start("replica-a", kubeconfig, &env);
     let b = Daemon::start("replica-b", kubeconfig, &env);
     // One gauge at 1, the other at 0, and the Lease naming the one at 1. The three are read one after

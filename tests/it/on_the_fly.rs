@@ -72,7 +72,7 @@ async fn daemon(
 }
 
 /// The value of the series `name` (with its labels) in the daemon's metrics.
-async fn metric(daemon: &Daemon, series: &str) -> Option<String> {
+pub(crate) async fn metric(daemon: &Daemon, series: &str) -> Option<String> {
     let (_, text) = daemon.get("/metrics").await;
     text.lines().find_map(|l| {
         l.strip_prefix(series)

@@ -135,7 +135,8 @@ async fn verify_proves_the_backup_complete_and_names_what_is_missing() {
     let out = verify(kubeconfig, &dst, &[]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
-    // Reads only: one HEAD per tag and per child manifest, a GET per manifest, a HEAD per blob.
+    // Reads only: a GET per manifest (the one under the tag is not HEADed first: its GET's digest
+    // is compared), a HEAD per child manifest before its GET, a HEAD per blob.
     let images = [&web, &db, &migrate];
     let manifests: usize = images.iter().map(|i| i.all_manifest_digests().len()).sum();
     let blobs: usize = images.iter().map(|i| i.all_blobs().len()).sum();
@@ -145,7 +146,7 @@ async fn verify_proves_the_backup_complete_and_names_what_is_missing() {
         [
             ("GET manifests", manifests),
             ("HEAD blobs", blobs),
-            ("HEAD manifests", manifests)
+            ("HEAD manifests", manifests - images.len())
         ]
         .map(|(k, n)| (k.to_owned(), n))
         .into(),
