@@ -1306,10 +1306,20 @@ fn flux_crd() -> Value {
 /// docs/migration.md tells operators who enable `fluxImageRepositories`.
 fn cluster_role_with_flux() -> Value {
     let text = std::fs::read_to_string(MANIFEST).unwrap();
-    let commented = "  # - apiGroups: [image.toolkit.fluxcd.io]\n  #   resources: [imagerepositories]\n  #   verbs: [get, list, watch]\n";
-    assert_eq!(text.matches(commented).count(), 1, "the manifest's commented Flux rule");
-    let text = text.replace(commented, &commented.replace("  # ", "  "));
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let start = lines
+        .iter()
+        .position(|l| l == "  # - apiGroups: [image.toolkit.fluxcd.io]")
+        .expect("the manifest's commented Flux rule");
+    assert!(
+        lines[start + 1].starts_with("  #   resources: [imagerepositories]"),
+        "{text}"
+    );
+    assert!(lines[start + 2].starts_with("  #   verbs: ["), "{text}");
+    for line in &mut lines[start..start + 3] {
+        *line = line.replacen("  # ", "  ", 1);
+    }
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&lines.join("\n")).unwrap();
     docs.into_iter().find(|d| d["kind"] == "ClusterRole").unwrap()
 }
 
