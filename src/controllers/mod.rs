@@ -234,8 +234,13 @@ async fn run_watch<K: DeserializeOwned>(
                         verb,
                         error = refusal,
                         setting = watch.enabled_by,
-                        "the API server forbids copycat's ServiceAccount to {verb} these objects: grant it in its \
-                         ClusterRole (manifests/k8s.yaml), or a Role in each namespace watched; retrying with backoff"
+                        "the API server forbids copycat's ServiceAccount to {verb} these objects: grant it in a {} \
+                         (manifests/k8s.yaml); retrying with backoff",
+                        if watch.namespaces.is_empty() {
+                            "ClusterRole"
+                        } else {
+                            "Role in each namespace watched, or a ClusterRole"
+                        }
                     ),
                     None => tracing::warn!(kind, error = %e, "watch failed; retrying with backoff"),
                 }
