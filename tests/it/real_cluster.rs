@@ -581,6 +581,7 @@ fn breaks_without(p: &Permission) -> Option<&'static str> {
         ("nodes", "watch") => "checkNodePlatform: Node changes are not followed",
         ("images", "list") => "images.enabled: Image objects are not followed (never listed), no status",
         ("imagerepositories", "list") => "fluxImageRepositories.enabled: no scan is followed (never listed)",
+        ("secrets", "get") => "spec.secretRef: the Secret is not read, copies use the configured credentials",
         ("images/status", "patch") => "images.enabled: an Image's status (conditions, tags) is never written",
         ("customresourcedefinitions", "get") => "images.enabled, fluxImageRepositories.enabled stay off: no CRD read",
         ("namespaces", _) | ("nodes", _) | ("leases", _) | ("events", _) => return None,
@@ -620,9 +621,20 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
     real.install_crd(Path::new(IMAGE_CRD), "images.skopeo.io");
     let flux = config_file(&flux_crd().to_string());
     real.install_crd(flux.path(), "imagerepositories.image.toolkit.fluxcd.io");
+    // An ImageRepository with a scan and a spec.secretRef (every case follows it cluster-wide): each
+    // case's leader mirrors the scan and reads the Secret.
+    real.namespace("shop").await;
+    real.apply(pull_secret("shop", "pull", &src.host())).await;
+    real.apply(
+        json!({"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageRepository",
+                      "metadata": {"name": "scanned", "namespace": "shop"},
+                      "spec": {"image": format!("{}/missing/scanned", src.host()), "interval": "5m",
+                               "secretRef": {"name": "pull"}}}),
+    )
+    .await;
+    flux_scan(&real, ("shop", "scanned"), "rev-1", &["1"], "2026-12-07T17:00:00Z").await;
     // Every kind with an image that does not exist at the source: each fails, and copycat reads
     // the workload (get) to put a MirrorFailed Event (create) on it.
-    real.namespace("shop").await;
     real.apply(node("node-a")).await;
     for kind in ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"] {
         let name = kind.to_lowercase();
@@ -725,8 +737,8 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
     eprintln!("{}", report.join("\n"));
 }
 
-/// With every permission: ready, leading, an Event on each kind, the Image's status written,
-/// nothing refused.
+/// With every permission: ready, leading, an Event on each kind, the Image's status written, the
+/// ImageRepository's scan mirrored (its Secret read), nothing refused.
 async fn all_granted(real: &Real, daemon: Daemon, id: &str) -> String {
     eventually("ready and leading with every permission", WAIT, async || {
         daemon.probe("/readyz").await.0 == 200 && metric(&daemon, "k8s_copycat_leader").await == Some(1.0)
@@ -743,6 +755,10 @@ async fn all_granted(real: &Real, daemon: Daemon, id: &str) -> String {
             })
     })
     .await;
+    eventually("the ImageRepository's scan mirrored", WAIT, async || {
+        metric(&daemon, r#"k8s_copycat_flux_scans_total{result="mirrored"}"#).await == Some(1.0)
+    })
+    .await;
     eventually("the Image's failed copy on its status", WAIT, async || {
         condition(&real.image_status(&format!("rbac-{id}"), "missing").await, "Failed")
             == ("True".to_owned(), "CopyFailed".to_owned())
@@ -754,7 +770,9 @@ async fn all_granted(real: &Real, daemon: Daemon, id: &str) -> String {
     assert!(log.contains("watching Image objects"), "{log}");
     assert!(log.contains("watching Flux ImageRepository objects"), "{log}");
     assert!(!log.contains("forbidden"), "refused with every permission: {log}");
-    format!("{id:<28} ready, leading, an Event on every kind, the Image's status written, nothing refused")
+    format!(
+        "{id:<28} ready, leading, an Event on every kind, the Image's status written, a scan mirrored, nothing refused"
+    )
 }
 
 /// Without `p`: the refusal is logged naming verb and resource, and the behaviour that needs it
@@ -794,6 +812,10 @@ async fn one_missing(real: &Real, mut daemon: Daemon, id: &str, p: &Permission) 
     match (resource, verb) {
         // Flux's objects get no status from copycat: the refusal (logged, counted) is what there is to see.
         ("imagerepositories", _) => {}
+        ("secrets", _) => {
+            let unreadable = r#"k8s_copycat_flux_secret_ref_errors_total{reason="unreadable"}"#;
+            assert!(metric(&daemon, unreadable).await >= Some(1.0), "{p}: not counted");
+        }
         ("images", "list") | ("images/status", _) | ("customresourcedefinitions", _) => assert_eq!(
             real.image_status(&format!("rbac-{id}"), "missing").await,
             Value::Null,
@@ -1183,6 +1205,16 @@ async fn failover_switches_every_kind_and_back_and_the_daemons_account_cannot() 
     }
 }
 
+/// A `kubernetes.io/dockerconfigjson` Secret `namespace/name` with a login for `registry`.
+fn pull_secret(namespace: &str, name: &str, registry: &str) -> Value {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("copycat:not-needed");
+    let config = json!({"auths": {registry: {"auth": auth}}}).to_string();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+           "metadata": {"name": name, "namespace": namespace},
+           "stringData": {".dockerconfigjson": config}})
+}
+
 /// copycat as the manifest's ServiceAccount with `settings` (the config file's text, kept in the
 /// returned file), mirroring to `target` for real (`DRY_RUN=false`).
 async fn copycat_mirroring(real: &Real, settings: &str, target: &str) -> (Daemon, tempfile::NamedTempFile) {
@@ -1309,33 +1341,33 @@ fn flux_crd() -> Value {
                                              "properties": {"spec": open, "status": open}}}}]}})
 }
 
-/// The manifest's ClusterRole with its commented `imagerepositories` rule uncommented, as
-/// docs/migration.md tells operators who enable `fluxImageRepositories`.
+/// The manifest's ClusterRole with the commented rules `fluxImageRepositories.enabled` needs
+/// uncommented (`imagerepositories`; `get` on the Secrets `spec.secretRef` names), as
+/// docs/install.md tells operators who enable it.
 fn cluster_role_with_flux() -> Value {
     let text = std::fs::read_to_string(MANIFEST).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let start = lines
-        .iter()
-        .position(|l| l == "  # - apiGroups: [image.toolkit.fluxcd.io]")
-        .expect("the manifest's commented Flux rule");
-    assert!(
-        lines[start + 1].starts_with("  #   resources: [imagerepositories]"),
-        "{text}"
-    );
-    assert!(lines[start + 2].starts_with("  #   verbs: ["), "{text}");
-    for line in &mut lines[start..start + 3] {
-        *line = line.replacen("  # ", "  ", 1);
+    for resources in ["  #   resources: [imagerepositories]", "  #   resources: [secrets]"] {
+        let at = lines
+            .iter()
+            .position(|l| l == resources)
+            .unwrap_or_else(|| panic!("the manifest's commented rule {resources:?}"));
+        assert!(lines[at - 1].starts_with("  # - apiGroups: ["), "{text}");
+        assert!(lines[at + 1].starts_with("  #   verbs: ["), "{text}");
+        for line in &mut lines[at - 1..at + 2] {
+            *line = line.replacen("  # ", "  ", 1);
+        }
     }
     let docs: Vec<Value> = serde_saphyr::from_multiple(&lines.join("\n")).unwrap();
     docs.into_iter().find(|d| d["kind"] == "ClusterRole").unwrap()
 }
 
-/// Writes a scan result on the `ImageRepository` `flux-system/NAME` through its status subresource,
+/// Writes a scan result on the `ImageRepository` `namespace/name` through its status subresource,
 /// as Flux's image-reflector-controller does.
-async fn flux_scan(real: &Real, name: &str, revision: &str, tags: &[&str], at: &str) {
+async fn flux_scan(real: &Real, (namespace, name): (&str, &str), revision: &str, tags: &[&str], at: &str) {
     let status = json!({"status": {"lastScanResult": {"revision": revision, "tagCount": tags.len(),
                                                       "latestTags": tags, "scanTime": at}}});
-    real.api("image.toolkit.fluxcd.io/v1", "ImageRepository", Some("flux-system"))
+    real.api("image.toolkit.fluxcd.io/v1", "ImageRepository", Some(namespace))
         .await
         .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
         .await
@@ -1387,7 +1419,14 @@ async fn flux_image_repository_scans_on_a_real_api_server_mirror_each_new_revisi
         tags == want
     };
     let mirrored = r#"k8s_copycat_flux_scans_total{result="mirrored"}"#;
-    flux_scan(&real, "app", "rev-1", &["1.1", "1.0"], "2026-12-07T17:00:00Z").await;
+    flux_scan(
+        &real,
+        ("flux-system", "app"),
+        "rev-1",
+        &["1.1", "1.0"],
+        "2026-12-07T17:00:00Z",
+    )
+    .await;
     eventually("rev-1's latest tags copied", WAIT, async || {
         copied(&["1.0", "1.1"]).await && metric(&daemon, mirrored).await == Some(1.0)
     })
@@ -1395,7 +1434,14 @@ async fn flux_image_repository_scans_on_a_real_api_server_mirror_each_new_revisi
     let after_first = copycat_requests(&src).len();
 
     // Flux rescans every interval: the same revision, a new scan time.
-    flux_scan(&real, "app", "rev-1", &["1.1", "1.0"], "2026-12-07T17:05:00Z").await;
+    flux_scan(
+        &real,
+        ("flux-system", "app"),
+        "rev-1",
+        &["1.1", "1.0"],
+        "2026-12-07T17:05:00Z",
+    )
+    .await;
     eventually("the unchanged revision seen", WAIT, async || {
         metric(&daemon, r#"k8s_copycat_flux_scans_total{result="unchanged"}"#).await == Some(1.0)
     })
@@ -1407,7 +1453,14 @@ async fn flux_image_repository_scans_on_a_real_api_server_mirror_each_new_revisi
         "a request for an unchanged revision"
     );
 
-    flux_scan(&real, "app", "rev-2", &["1.2", "1.1"], "2026-12-07T17:10:00Z").await;
+    flux_scan(
+        &real,
+        ("flux-system", "app"),
+        "rev-2",
+        &["1.2", "1.1"],
+        "2026-12-07T17:10:00Z",
+    )
+    .await;
     eventually("rev-2's new tag copied", WAIT, async || {
         copied(&["1.0", "1.1", "1.2"]).await && metric(&daemon, mirrored).await == Some(1.0 + 1.0)
     })
