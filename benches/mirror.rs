@@ -9,7 +9,9 @@
 //! Prints medians of wall time and client CPU (user + sys) and the ratios copycat / skopeo.
 //! Then the cost of `referrers: all` (the default) against `none` on the same data set, which has no
 //! signatures, attestations or SBOMs: `copycat sync --referrers all|none` interleaved, cold and warm,
-//! with the requests each run sent to the source. `BENCH_ONLY=referrers` runs that part alone.
+//! with the requests each run sent to the source and to the target. `BENCH_ONLY=referrers` runs that
+//! part alone; `BENCH_REQUESTS=1` prints each of its runs' requests. `BENCH_COPYCAT=<path>` measures
+//! another copycat binary.
 
 use std::path::Path;
 use std::process::Command;
@@ -88,8 +90,11 @@ fn ratio(a: Duration, b: Duration) -> String {
     format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64().max(1e-9))
 }
 
+/// The copycat binary measured: this build's, or `BENCH_COPYCAT` (another build, e.g. main's, to
+/// compare against on the same data in the same run of the registries).
 fn copycat() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_copycat"));
+    let binary = std::env::var("BENCH_COPYCAT").unwrap_or_else(|_| env!("CARGO_BIN_EXE_copycat").to_owned());
+    let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("LOG_FORMAT", "text")
         .env("LOG_LEVEL", "warn")
@@ -316,8 +321,9 @@ fn referrers_cost(
     expected: &[(String, String)],
     pairs: usize,
 ) {
-    /// Wall times and source requests of the runs of one (mode, cold or warm).
-    type Runs = (Vec<Duration>, Vec<usize>);
+    /// The runs of one (mode, cold or warm), with the requests each sent to the source and the target.
+    type Runs = (Vec<Run>, Vec<usize>, Vec<usize>);
+    let show_requests = std::env::var("BENCH_REQUESTS").is_ok_and(|v| v == "1");
     let mut runs: std::collections::BTreeMap<(&str, &str), Runs> = Default::default();
     for pair in 0..pairs {
         let order = if pair % 2 == 0 {
@@ -328,19 +334,30 @@ fn referrers_cost(
         for mode in order {
             wipe(dst);
             for phase in ["cold", "warm"] {
-                let before = src.requests().len();
+                let (src_before, dst_before) = (src.requests().len(), dst.requests().len());
                 let mut c = copycat();
                 c.args(["sync", "--referrers", mode, "--images"]).arg(images_file);
                 let run = measure(&mut c);
+                let (src_log, dst_log) = (src.requests(), dst.requests());
                 verify(rt, dst, expected);
-                let requests = src.requests().len() - before;
+                let (src_log, dst_log) = (&src_log[src_before..], &dst_log[dst_before..]);
                 eprintln!(
-                    "pair {pair}: referrers {mode} {phase} {} ({requests} source requests)",
-                    secs(run.wall)
+                    "pair {pair}: referrers {mode} {phase} {} ({} source, {} target requests)",
+                    secs(run.wall),
+                    src_log.len(),
+                    dst_log.len()
                 );
+                if show_requests {
+                    for (side, log) in [("source", src_log), ("target", dst_log)] {
+                        for r in log {
+                            eprintln!("    {side} {} {} {}", r.status, r.method, r.path);
+                        }
+                    }
+                }
                 let entry = runs.entry((mode, phase)).or_default();
-                entry.0.push(run.wall);
-                entry.1.push(requests);
+                entry.0.push(run);
+                entry.1.push(src_log.len());
+                entry.2.push(dst_log.len());
             }
         }
     }
@@ -349,20 +366,34 @@ fn referrers_cost(
         expected.len()
     );
     println!(
-        "| sync | `none` wall | `all` wall | wall ratio | `none` source requests | `all` source requests | extra requests |"
+        "| sync | `none` wall | `all` wall | wall ratio | CPU `none` / `all` | source requests `none` / `all` | target requests `none` / `all` |"
     );
     println!("|---|---|---|---|---|---|---|");
     for phase in ["cold", "warm"] {
-        let (none_wall, none_requests) = &runs[&("none", phase)];
-        let (all_wall, all_requests) = &runs[&("all", phase)];
-        let (none_wall, all_wall) = (median(none_wall.clone()), median(all_wall.clone()));
-        let (n, a) = (none_requests[0], all_requests[0]);
+        let (none_runs, none_src, none_dst) = &runs[&("none", phase)];
+        let (all_runs, all_src, all_dst) = &runs[&("all", phase)];
+        let wall = |runs: &[Run]| median(runs.iter().map(|r| r.wall).collect());
+        let cpu = |runs: &[Run]| median(runs.iter().map(|r| r.cpu).collect());
+        let (none_wall, all_wall) = (wall(none_runs), wall(all_runs));
+        let counts = |v: &[usize]| {
+            let (lo, hi) = (v.iter().min().unwrap_or(&0), v.iter().max().unwrap_or(&0));
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}–{hi}")
+            }
+        };
         println!(
-            "| {phase} | {} | {} | {} | {n} | {a} | {} |",
+            "| {phase} | {} | {} | {} | {} / {} | {} / {} | {} / {} |",
             secs(none_wall),
             secs(all_wall),
             ratio(all_wall, none_wall),
-            a.saturating_sub(n)
+            secs(cpu(none_runs)),
+            secs(cpu(all_runs)),
+            counts(none_src),
+            counts(all_src),
+            counts(none_dst),
+            counts(all_dst)
         );
     }
 }

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::on_the_fly::OnTheFly;
 use crate::plan::{PlanState, Planner, TargetConflict};
 use crate::queue::{ExcludedImages, Queue};
+use crate::referrer_policy::ReferrerPolicy;
 use crate::server::{self, Admin, PlanSummary, RescanRequest};
 use crate::wiring::DaemonParts;
 use crate::workload::{Kind, Workload};
@@ -165,6 +166,10 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
                 metrics.restore_drill(drill.result, drill.duration);
             }))
         });
+    // dryRun and dryPull write nothing: no related artifact either. A pull-through cache is filled by
+    // reads, never written: nothing to sweep for (and a sweep would read every image through it again).
+    let pull_through = config.target_kind == crate::config::TargetKind::PullThrough;
+    let referrers_travel = !config.referrer_policy().is_off() && !config.dry_run && !config.dry_pull && !pull_through;
     let verifier = backup.clone().zip(verify_interval).map(|(states, interval)| {
         let verifier = Verifier {
             copier: verify_copier,
@@ -172,6 +177,12 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
             interval,
             concurrency: periodic::CONCURRENCY,
             blobs: config.blob_concurrency as usize,
+            // A target missing related artifacts is incomplete; its repair copy brings them.
+            referrers: if referrers_travel {
+                config.referrer_policy()
+            } else {
+                ReferrerPolicy::none()
+            },
         };
         let copy_again = {
             let (queue, metrics) = (queue.clone(), metrics.clone());
@@ -186,17 +197,13 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         };
         tokio::spawn(verifier.run(leadership.subscribe(), busy, copy_again))
     });
-    // dryRun and dryPull write nothing: no related artifact either. A pull-through cache is filled by
-    // reads, never written: nothing to sweep for (and a sweep would read every image through it again).
-    let pull_through = config.target_kind == crate::config::TargetKind::PullThrough;
-    let referrer_sweep = (!config.referrer_policy().is_off() && !config.dry_run && !config.dry_pull && !pull_through)
-        .then(|| {
-            tokio::spawn(sweep_referrers(
-                queue.clone(),
-                config.referrers_interval,
-                leadership.subscribe(),
-            ))
-        });
+    let referrer_sweep = referrers_travel.then(|| {
+        tokio::spawn(sweep_referrers(
+            queue.clone(),
+            config.referrers_interval,
+            leadership.subscribe(),
+        ))
+    });
     let servers = server::start(
         &config.runtime.metrics_addr,
         &config.runtime.health_addr,

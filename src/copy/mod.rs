@@ -740,9 +740,8 @@ impl Copier {
         if let Some(preparer) = self.preparers.get(job.dst.host()) {
             preparer.ensure(job.dst_repo).await.map_err(CopyError::Repository)?;
         }
-        if top_parsed.kind == Kind::Index {
-            self.referrers.remember_children(&top.digest, &children);
-        }
+        // The referrer walk below it then needs no read at the target (an image lists nothing).
+        self.referrers.remember_children(&top.digest, &children);
         match top_parsed.kind {
             Kind::Index => self.copy_children(req, job, children, level, &mut budget).await?,
             Kind::Image => self.copy_blobs(job, &top_parsed).await?,
@@ -954,6 +953,7 @@ impl Copier {
             match parsed.kind {
                 Kind::Index => {
                     admit(budget, &parsed, level + open.len(), shown, &child.digest)?;
+                    self.referrers.remember_children(&child.digest, &parsed.manifests);
                     open.push(Open {
                         index: to_write,
                         entries: parsed.manifests.into_iter(),

@@ -10,8 +10,9 @@
 //!   merge, write, read back; never dropping an entry another writer added);
 //! - recursively (a signature of an attestation) to the policy's depth.
 //!
-//! Cost: one tag list of the source repository per image, plus one Referrers API call per digest
-//! where the source serves it (learnt once per host), and nothing else when there is nothing to copy.
+//! Cost: one tag list of the source repository per image (shared by the images of a repository
+//! looked at within a short time), plus one Referrers API call per digest where the source serves it
+//! (learnt once per host), and nothing else when there is nothing to copy.
 //! A target image is looked at once per `referrersInterval`; calls within it cost nothing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -39,6 +40,10 @@ const MAX_REFERRERS: usize = 1_000;
 const MERGE_ATTEMPTS: u32 = 5;
 /// Wait before merging again, times the attempt.
 const MERGE_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest a source repository's tag list is shared by the looks of its images (less when the
+/// interval is short). A re-sign landing after a shared list was fetched waits for the image's next
+/// look: kept short, so that stays rare.
+const TAG_LIST_REUSE: Duration = Duration::from_secs(10);
 /// Least wait after writing the fallback index before checking no other writer replaced it.
 const MERGE_SETTLE: Duration = Duration::from_millis(200);
 /// Longest tag the distribution spec allows.
@@ -131,12 +136,17 @@ pub(super) struct ReferrerState {
     /// (source reference, target reference) looked at within the interval: no tag list is fetched
     /// ahead of the copy for them.
     checked_references: moka::sync::Cache<(String, String), ()>,
-    /// Digests an index lists (content-addressed: never stale).
-    children: moka::sync::Cache<Digest, Arc<Vec<Digest>>>,
+    /// The manifests an index lists (content-addressed: never stale).
+    children: moka::sync::Cache<Digest, Arc<Vec<Listed>>>,
+    /// Tag lists by (source host, repository), shared by the looks of every image of a repository
+    /// within a tenth of the interval (at most [`TAG_LIST_REUSE`]); concurrent looks share one request.
+    tag_lists: moka::future::Cache<(String, String), Arc<Vec<String>>>,
     /// Whether a source host serves the Referrers API.
     source_api: Mutex<HashMap<String, bool>>,
     /// Whether a target host indexes `subject`s itself (Referrers API or `OCI-Subject`).
     target_api: Mutex<HashMap<String, bool>>,
+    /// Target hosts known to honour conditional manifest writes (one answered 412 to `If-Match`).
+    conditional: Mutex<HashMap<String, bool>>,
     /// One merge of a target's fallback index at a time per (host, repository, tag).
     index_locks: KeyedLocks<(String, String, String)>,
     /// One first Referrers API call per source host at a time, so a host is probed once.
@@ -155,8 +165,13 @@ impl ReferrerState {
                 .time_to_live(interval.max(Duration::from_millis(1)))
                 .build(),
             children: moka::sync::Cache::new(10_000),
+            tag_lists: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live((interval / 10).clamp(Duration::from_millis(1), TAG_LIST_REUSE))
+                .build(),
             source_api: Mutex::default(),
             target_api: Mutex::default(),
+            conditional: Mutex::default(),
             index_locks: KeyedLocks::new(),
             probing: KeyedLocks::new(),
         }
@@ -179,9 +194,23 @@ impl ReferrerState {
 
     /// Remembers the manifests an index lists (the copy knows them, so the referrer walk needs no GET).
     pub(super) fn remember_children(&self, index: &Digest, children: &[Descriptor]) {
-        let digests = children.iter().map(|d| d.digest.clone()).collect();
-        self.children.insert(index.clone(), Arc::new(digests));
+        let listed = children
+            .iter()
+            .map(|d| Listed {
+                digest: d.digest.clone(),
+                index: [manifest::OCI_INDEX, manifest::DOCKER_LIST].contains(&d.media_type.as_str()),
+            })
+            .collect();
+        self.children.insert(index.clone(), Arc::new(listed));
     }
+}
+
+/// A manifest an index lists.
+#[derive(Debug, Clone)]
+struct Listed {
+    digest: Digest,
+    /// Whether it is an index itself (its descriptor's media type says so).
+    index: bool,
 }
 
 fn cached(map: &Mutex<HashMap<String, bool>>, host: &str) -> Option<bool> {
@@ -192,6 +221,19 @@ fn remember(map: &Mutex<HashMap<String, bool>>, host: &str, value: bool) {
     map.lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(host.to_owned(), value);
+}
+
+/// Whether `tag` may name a digest as the cosign tags and the referrers tag schema do
+/// (`sha256-<hex>`, with or without a `.sig`-like suffix): a repository without such a tag holds
+/// nothing for either scheme.
+fn names_a_digest(tag: &str) -> bool {
+    let stem = tag.split_once('.').map_or(tag, |(stem, _)| stem);
+    stem.split_once('-').is_some_and(|(algorithm, hex)| {
+        !algorithm.is_empty()
+            && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && hex.len() >= 32
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 /// `<algorithm>-<hex>`, at most 128 characters: the referrers tag schema's tag for `digest`.
@@ -274,14 +316,14 @@ struct Walk {
     /// Only look (`copycat verify`): count what the target lacks, write nothing.
     check: bool,
     /// The source repository's tags, listed once per walk.
-    tags: Option<HashSet<String>>,
+    tags: HashSet<String>,
     /// Referrers handled (a loop of referrers ends here).
     seen: HashSet<Digest>,
     report: ReferrerReport,
 }
 
 /// A source's tag list, fetched while its image is copied.
-pub(super) type Prefetched = Option<Result<Vec<String>, RegistryError>>;
+pub(super) type Prefetched = Option<Result<Arc<Vec<String>>, RegistryError>>;
 
 impl Copier {
     /// The source repository's tags, when the copy of `req` is going to look for related artifacts
@@ -295,7 +337,19 @@ impl Copier {
         {
             return None;
         }
-        Some(job.src.list_tags(job.src_repo).await)
+        Some(self.source_tags(job).await)
+    }
+
+    /// The source repository's tags: one request per repository for the looks within a short
+    /// time (see [`ReferrerState::tag_lists`]).
+    async fn source_tags(&self, job: &Job<'_>) -> Result<Arc<Vec<String>>, RegistryError> {
+        let key = (job.src.host().to_owned(), job.src_repo.to_owned());
+        self.referrers
+            .tag_lists
+            .try_get_with(key, async { job.src.list_tags(job.src_repo).await.map(Arc::new) })
+            .await
+            // The looks that shared a failed request see its message.
+            .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|shared| RegistryError::Invalid(shared.to_string())))
     }
 
     /// After the image `top` (a filtered index when `filtered`) is at the target: copies its related
@@ -371,51 +425,110 @@ impl Copier {
         .await
     }
 
+    /// Looks at the related artifacts of `top` first (which also learns whether the source serves the
+    /// Referrers API), then at those of every manifest below it, unless nothing can refer to those:
+    /// the source does not serve the API and holds no tag naming a digest (an unchanged index then
+    /// costs nothing but the tag list, not even a read of it at the target).
     async fn walk_referrers(
         &self,
         req: &CopyRequest,
         job: &Job<'_>,
         top: &Digest,
         filtered: bool,
-        tags: Option<Vec<String>>,
+        tags: Option<Arc<Vec<String>>>,
         check: bool,
     ) -> Result<ReferrerReport, CopyError> {
-        // A filtered index exists only at the target: nothing at the source refers to it.
-        let mut subjects: Vec<Digest> = if filtered { vec![] } else { vec![top.clone()] };
-        subjects.extend(self.children_of(req, job, top).await?.iter().cloned());
-        let mut pending: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 1)).collect();
+        let tags = match tags {
+            Some(tags) => tags,
+            None => self.source_tags(job).await.map_err(source_error(
+                job.src.host(),
+                format!("list tags of {}", req.source.name()),
+            ))?,
+        };
         let mut walk = Walk {
             check,
-            tags: tags.map(|t| t.into_iter().collect()),
+            tags: tags.iter().cloned().collect(),
             ..Walk::default()
         };
         walk.report.checked = true;
-        while let Some((subject, level)) = pending.pop_front() {
-            let found = self.referrers_of(req, job, &subject, &mut walk).await?;
-            if level < job.opts.referrers.depth {
-                pending.extend(found.into_iter().map(|d| (d, level + 1)));
-            }
+        // A filtered index exists only at the target: nothing at the source refers to it.
+        if !filtered {
+            self.follow(req, job, vec![top.clone()], &mut walk).await?;
+        }
+        let may_refer = cached(&self.referrers.source_api, job.src.host()) != Some(false)
+            || walk.tags.iter().any(|t| names_a_digest(t));
+        if may_refer {
+            let below = self.manifests_below(req, job, top).await?;
+            self.follow(req, job, below, &mut walk).await?;
         }
         Ok(walk.report)
     }
 
-    /// The manifests the index `top` lists (none for an image), read at the target the first time.
-    async fn children_of(&self, req: &CopyRequest, job: &Job<'_>, top: &Digest) -> Result<Arc<Vec<Digest>>, CopyError> {
-        if let Some(children) = self.referrers.children.get(top) {
+    /// Copies the related artifacts of `subjects`, and theirs, to the policy's depth.
+    async fn follow(
+        &self,
+        req: &CopyRequest,
+        job: &Job<'_>,
+        subjects: Vec<Digest>,
+        walk: &mut Walk,
+    ) -> Result<(), CopyError> {
+        let mut pending: VecDeque<(Digest, usize)> = subjects.into_iter().map(|d| (d, 1)).collect();
+        while let Some((subject, level)) = pending.pop_front() {
+            let found = self.referrers_of(req, job, &subject, walk).await?;
+            if level < job.opts.referrers.depth {
+                pending.extend(found.into_iter().map(|d| (d, level + 1)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every manifest below `top` (none for an image): the manifests it lists, and below each index
+    /// among them those it lists, to the copy engine's nesting limit ([`manifest::MAX_INDEX_DEPTH`]
+    /// levels) and at most [`manifest::MAX_IMAGE_MANIFESTS`]; each index read at the target the
+    /// first time (the copy tells those it wrote).
+    async fn manifests_below(&self, req: &CopyRequest, job: &Job<'_>, top: &Digest) -> Result<Vec<Digest>, CopyError> {
+        let mut below = Vec::new();
+        let mut seen = HashSet::from([top.clone()]);
+        let mut open = vec![(top.clone(), 1)];
+        while let Some((index, level)) = open.pop() {
+            for child in self.children_of(req, job, &index).await?.iter() {
+                if below.len() >= manifest::MAX_IMAGE_MANIFESTS {
+                    return Ok(below);
+                }
+                if !seen.insert(child.digest.clone()) {
+                    continue;
+                }
+                below.push(child.digest.clone());
+                if child.index && level + 1 < manifest::MAX_INDEX_DEPTH {
+                    open.push((child.digest.clone(), level + 1));
+                }
+            }
+        }
+        Ok(below)
+    }
+
+    /// The manifests the index `index` lists (none for an image), read at the target the first time.
+    async fn children_of(
+        &self,
+        req: &CopyRequest,
+        job: &Job<'_>,
+        index: &Digest,
+    ) -> Result<Arc<Vec<Listed>>, CopyError> {
+        if let Some(children) = self.referrers.children.get(index) {
             return Ok(children);
         }
-        let reference = top.to_string();
+        let reference = index.to_string();
         let manifest = job
             .dst
             .get_manifest(job.dst_repo, &reference, MAX_MANIFEST_SIZE)
             .await
             .map_err(target_error(
                 job.dst.host(),
-                format!("GET manifest {}@{top}", req.target.name()),
+                format!("GET manifest {}@{index}", req.target.name()),
             ))?;
         let parsed = parse_manifest(&manifest, &req.target)?;
-        self.referrers.remember_children(top, &parsed.manifests);
-        Ok(self.referrers.children.get(top).unwrap_or_default())
+        self.referrers.remember_children(index, &parsed.manifests);
+        Ok(self.referrers.children.get(index).unwrap_or_default())
     }
 
     /// Copies the related artifacts of `subject` the policy takes; returns their digests.
@@ -428,14 +541,7 @@ impl Copier {
     ) -> Result<Vec<Digest>, CopyError> {
         let policy = &job.opts.referrers;
         let mut found = Vec::new();
-        if walk.tags.is_none() {
-            let tags = job.src.list_tags(job.src_repo).await.map_err(source_error(
-                job.src.host(),
-                format!("list tags of {}", req.source.name()),
-            ))?;
-            walk.tags = Some(tags.into_iter().collect());
-        }
-        let tags = walk.tags.as_ref().expect("listed above");
+        let tags = &walk.tags;
 
         let cosign: Vec<(CosignTag, String)> = CosignTag::ALL
             .into_iter()
@@ -670,10 +776,12 @@ impl Copier {
     }
 
     /// Adds `entries` to the target's fallback index of `subject`: read it, merge, check it did not
-    /// change meanwhile, write, and read it back once another writer's write racing ours would have
-    /// landed; again (a few times) when one replaced it. Registries take no conditional writes of
-    /// tags, so a writer slower than that can still drop entries: the next look (one interval later)
-    /// adds ours back.
+    /// change meanwhile, and write it on the condition that it still holds what was read (`If-Match`
+    /// with its digest; `If-None-Match: *` when there was none); again (a few times) when it changed.
+    /// A registry that honours the condition (it answered 412 once) needs nothing more. Others
+    /// (distribution ignores it) are read back once another writer's write racing ours would have
+    /// landed, merging again when one replaced it; a writer slower than that can still drop entries
+    /// there: the next look (one interval later) adds ours back.
     /// `verbatim`, the source's own index, is written as is when the target has none.
     async fn merge_fallback_index(
         &self,
@@ -710,18 +818,29 @@ impl Copier {
                 .head_manifest(job.dst_repo, &tag)
                 .await
                 .map_err(target_error(job.dst.host(), format!("HEAD target {shown}")))?;
-            if now.map(|h| h.digest) == current.as_ref().map(|m| m.digest.clone()) {
+            let read = current.as_ref().map(|m| m.digest.clone());
+            if now.map(|h| h.digest) == read {
                 let started = Instant::now();
-                job.dst
-                    .put_manifest(job.dst_repo, &tag, body, manifest::OCI_INDEX)
-                    .await
-                    .map_err(target_error(job.dst.host(), format!("PUT manifest {shown}")))?;
-                // Another writer that read the index before our write may still replace it: its
-                // write lands about one round trip after its read. Check once that has passed.
-                tokio::time::sleep(MERGE_SETTLE.max(started.elapsed() * 2)).await;
-                let back = self.target_index(job, &tag, &shown).await?;
-                if unlisted(back.as_ref().map(|m| &m.bytes[..]), entries).is_empty() {
-                    return Ok(());
+                let put = job
+                    .dst
+                    .put_manifest_if(job.dst_repo, &tag, body, manifest::OCI_INDEX, read.as_ref())
+                    .await;
+                match put {
+                    Ok(_) if cached(&self.referrers.conditional, job.dst.host()) == Some(true) => return Ok(()),
+                    Ok(_) => {
+                        // Another writer that read the index before our write may still replace it:
+                        // its write lands about one round trip after its read. Check once that has
+                        // passed.
+                        tokio::time::sleep(MERGE_SETTLE.max(started.elapsed() * 2)).await;
+                        let back = self.target_index(job, &tag, &shown).await?;
+                        if unlisted(back.as_ref().map(|m| &m.bytes[..]), entries).is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    Err(RegistryError::Status { status: 412, .. }) => {
+                        remember(&self.referrers.conditional, job.dst.host(), true);
+                    }
+                    Err(e) => return Err(target_error(job.dst.host(), format!("PUT manifest {shown}"))(e)),
                 }
             }
             tracing::debug!(index = %shown, attempt, "the fallback index changed underneath; merging again");
@@ -810,6 +929,27 @@ mod tests {
         assert!(unlisted(Some(&merged), &[entry('a', "t/a")]).is_empty());
         assert_eq!(unlisted(Some(&merged), &[entry('d', "t/d")]).len(), 1);
         assert_eq!(unlisted(None, &[entry('d', "t/d")]).len(), 1);
+    }
+
+    #[test]
+    fn tags_that_may_name_a_digest() {
+        let hex = "a".repeat(64);
+        let cases: &[(&str, bool)] = &[
+            (&format!("sha256-{hex}"), true),
+            (&format!("sha256-{hex}.sig"), true),
+            (&format!("sha256-{hex}.att"), true),
+            (&format!("sha512-{}", "b".repeat(121)), true),
+            ("v1", false),
+            ("latest", false),
+            ("sha256-abc", false),
+            (&format!("sha256-{}", "z".repeat(64)), false),
+            (&format!("-{hex}"), false),
+            (&format!("SHA256-{hex}"), false),
+            ("1.2.3-alpine", false),
+        ];
+        for (tag, want) in cases {
+            assert_eq!(names_a_digest(tag), *want, "{tag}");
+        }
     }
 
     #[test]

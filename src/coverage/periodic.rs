@@ -402,6 +402,9 @@ pub struct Verifier {
     pub concurrency: usize,
     /// Blobs of one target checked at the same time.
     pub blobs: usize,
+    /// The signatures, attestations and SBOMs a target must hold too (a target lacking some is
+    /// missing parts, and copied again); [`ReferrerPolicy::none`]: not checked.
+    pub referrers: ReferrerPolicy,
 }
 
 impl Verifier {
@@ -428,8 +431,7 @@ impl Verifier {
             depth: Depth::Quick,
             images: 1,
             blobs: self.blobs,
-            // The daemon looks for new related artifacts on its own (`referrersInterval`).
-            referrers: ReferrerPolicy::none(),
+            referrers: self.referrers.clone(),
         };
         loop {
             let planned = self.states.planned();

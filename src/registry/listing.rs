@@ -221,13 +221,47 @@ impl Registry {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<PutManifest, RegistryError> {
+        self.put_manifest_when(repo, reference, bytes, media_type, None).await
+    }
+
+    /// PUT a manifest under `tag` only if the tag still holds `expected` (`If-Match`), or, with
+    /// `None`, holds nothing (`If-None-Match: *`). A registry that honours the condition answers 412
+    /// when it does not hold ([`RegistryError::Status`]); distribution (docker-registry) ignores it
+    /// and writes anyway.
+    pub async fn put_manifest_if(
+        &self,
+        repo: &str,
+        tag: &str,
+        bytes: Bytes,
+        media_type: &str,
+        expected: Option<&Digest>,
+    ) -> Result<PutManifest, RegistryError> {
+        let condition = match expected {
+            Some(digest) => (header::IF_MATCH, format!("\"{digest}\"")),
+            None => (header::IF_NONE_MATCH, "*".to_owned()),
+        };
+        self.put_manifest_when(repo, tag, bytes, media_type, Some(condition))
+            .await
+    }
+
+    async fn put_manifest_when(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: Bytes,
+        media_type: &str,
+        condition: Option<(header::HeaderName, String)>,
+    ) -> Result<PutManifest, RegistryError> {
         check_repo(repo)?;
         check_reference(reference)?;
         let url = self.api_url(&format!("/v2/{repo}/manifests/{reference}")).await?;
         let local = digest_of("sha256", &bytes)?;
-        let req = Req::new(Method::PUT, url.clone(), Access::Push(repo))
+        let mut req = Req::new(Method::PUT, url.clone(), Access::Push(repo))
             .header(header::CONTENT_TYPE, media_type)
             .body(Payload::Bytes(bytes));
+        if let Some((name, value)) = condition {
+            req = req.header(name, &value);
+        }
         let resp = self.send(req).await?;
         if !resp.status().is_success() {
             return Err(status_error("PUT", &url, resp).await);

@@ -258,9 +258,21 @@ impl Image {
         Image::index(DOCKER_MANIFEST_LIST, entries, children)
     }
 
-    /// An index of the given children with their platforms (`children` must have one).
+    /// An index of the given children with their platforms; a child that is an index itself (an
+    /// index of indexes) is listed without one, as the image spec allows.
     pub fn index_of(media_type: &str, children: Vec<Image>) -> anyhow::Result<Image> {
-        let entries = children.iter().map(|c| entry(c, c.platform_json(), None)).collect();
+        let entries = children
+            .iter()
+            .map(|c| {
+                let mut e = entry(c, c.platform_json(), None);
+                if c.is_index()
+                    && let Some(fields) = e.as_object_mut()
+                {
+                    fields.remove("platform");
+                }
+                e
+            })
+            .collect();
         Image::index(media_type, entries, children)
     }
 

@@ -7,8 +7,15 @@
 //!   none), filtered by `artifactType` with `OCI-Filters-Applied: artifactType`;
 //! - `PUT /v2/<name>/manifests/<ref>` of a manifest with a `subject`: stored upstream, added to the
 //!   subject's index, answered with `OCI-Subject: <subject digest>`;
+//! - a manifest PUT with `If-Match: "<digest>"` (or `If-None-Match: *`) is refused with 412 unless
+//!   the reference holds that digest (holds nothing) upstream: conditional writes, which
+//!   distribution ignores;
 //! - everything else is passed to the upstream as is (`Host` kept, so upload `Location`s point back
 //!   here). Request bodies are read whole: for test images only.
+//!
+//! [`ReferrersApi::without_api`] is the same front without the Referrers API (404, no `OCI-Subject`,
+//! tags as they are): a registry that honours conditional writes but keeps referrers in the tag
+//! schema. [`ReferrersApi::write_before_next_put`] plays another writer.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -33,8 +40,13 @@ struct Shared {
     client: reqwest::Client,
     /// One index update at a time (the front is the only writer of the indexes it keeps).
     indexing: tokio::sync::Mutex<()>,
-    /// `METHOD path?query` of every request, in order.
+    /// `METHOD path?query` of every request, in order (a conditional PUT with its condition).
     log: Mutex<Vec<String>>,
+    /// Whether it serves the Referrers API.
+    api: bool,
+    /// Another writer's manifest PUT upstream right before the next PUT to the same path:
+    /// (`/v2/<name>/manifests/<ref>`, media type, bytes).
+    interfering: Mutex<Option<(String, String, Bytes)>>,
 }
 
 /// The running front; dropping it stops it.
@@ -48,6 +60,25 @@ pub struct ReferrersApi {
 impl ReferrersApi {
     /// Serves the Referrers API in front of `upstream` (a plain-HTTP registry) on a free loopback port.
     pub fn start(upstream: &Registry) -> anyhow::Result<ReferrersApi> {
+        ReferrersApi::serve(upstream, true)
+    }
+
+    /// The front without the Referrers API: conditional manifest writes only.
+    pub fn without_api(upstream: &Registry) -> anyhow::Result<ReferrersApi> {
+        ReferrersApi::serve(upstream, false)
+    }
+
+    /// Before answering the next manifest PUT to `repo:reference`, writes `bytes` (of `media_type`)
+    /// there itself, as another writer would right after the client read it.
+    pub fn write_before_next_put(&self, repo: &str, reference: &str, media_type: &str, bytes: Bytes) {
+        *self.shared.interfering.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+            format!("/v2/{repo}/manifests/{reference}"),
+            media_type.to_owned(),
+            bytes,
+        ));
+    }
+
+    fn serve(upstream: &Registry, api: bool) -> anyhow::Result<ReferrersApi> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -62,6 +93,8 @@ impl ReferrersApi {
             client,
             indexing: tokio::sync::Mutex::new(()),
             log: Mutex::new(Vec::new()),
+            api,
+            interfering: Mutex::new(None),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -128,16 +161,62 @@ fn plain(status: StatusCode, text: String) -> Response {
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let method = req.method().clone();
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    shared
-        .log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(format!("{method} {path_and_query}"));
     let path = req.uri().path().to_owned();
+    let manifest_put = method == Method::PUT && path.contains("/manifests/");
+    let condition = [header::IF_MATCH, header::IF_NONE_MATCH]
+        .into_iter()
+        .find_map(|name| {
+            let value = req.headers().get(&name)?.to_str().ok()?.to_owned();
+            Some((name, value))
+        })
+        .filter(|_| manifest_put);
+    let logged = match &condition {
+        Some((name, value)) => format!("{method} {path_and_query} {name}: {value}"),
+        None => format!("{method} {path_and_query}"),
+    };
+    shared.log.lock().unwrap_or_else(|e| e.into_inner()).push(logged);
+    if manifest_put {
+        let interfering = {
+            let mut slot = shared.interfering.lock().unwrap_or_else(|e| e.into_inner());
+            slot.take_if(|(at, _, _)| *at == path)
+        };
+        if let Some((_, media_type, bytes)) = interfering {
+            let put = shared
+                .client
+                .put(format!("{}{path}", shared.upstream))
+                .header(header::CONTENT_TYPE, media_type)
+                .body(bytes)
+                .send()
+                .await;
+            if !put.is_ok_and(|r| r.status().is_success()) {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    "referrers front: the other writer's PUT failed".into(),
+                );
+            }
+        }
+    }
+    if let Some((name, value)) = &condition {
+        let held = match held_digest(&shared, &path).await {
+            Ok(d) => d,
+            Err(e) => return plain(StatusCode::BAD_GATEWAY, format!("referrers front: {e:#}")),
+        };
+        let holds = if *name == header::IF_MATCH {
+            held.is_some_and(|d| value.split(',').any(|v| v.trim().trim_matches('"') == d))
+        } else {
+            value.trim() == "*" && held.is_none()
+        };
+        if !holds {
+            return plain(
+                StatusCode::PRECONDITION_FAILED,
+                format!("{name}: {value} does not hold"),
+            );
+        }
+    }
     if let Some((repo, digest)) = path
         .strip_prefix("/v2/")
         .and_then(|p| p.rsplit_once("/referrers/"))
-        .filter(|_| method == Method::GET || method == Method::HEAD)
+        .filter(|_| shared.api && (method == Method::GET || method == Method::HEAD))
     {
         let wanted = req.uri().query().and_then(|q| {
             q.split('&')
@@ -151,13 +230,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return plain(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
-    let manifest_put = method == Method::PUT && path.contains("/manifests/");
     let answer = match forward(&shared, &method, &path_and_query, &parts.headers, body.clone()).await {
         Ok(a) => a,
         Err(e) => return plain(StatusCode::BAD_GATEWAY, format!("referrers front: {e:#}")),
     };
     let (status, mut headers, mut bytes) = answer;
-    if manifest_put && status.is_success() {
+    if manifest_put && shared.api && status.is_success() {
         let repo = path
             .strip_prefix("/v2/")
             .and_then(|p| p.rsplit_once("/manifests/"))
@@ -179,7 +257,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             }
         }
     }
-    if method == Method::GET && path.ends_with("/tags/list") && status.is_success() {
+    if shared.api && method == Method::GET && path.ends_with("/tags/list") && status.is_success() {
         bytes = hide_index_tags(&bytes);
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -216,6 +294,26 @@ async fn forward(
         headers.remove(name);
     }
     Ok((status, headers, resp.bytes().await?))
+}
+
+/// The digest the upstream holds at `path` (`/v2/<name>/manifests/<ref>`), `None` when nothing.
+async fn held_digest(shared: &Shared, path: &str) -> anyhow::Result<Option<String>> {
+    let resp = shared
+        .client
+        .head(format!("{}{path}", shared.upstream))
+        .header(header::ACCEPT, MANIFEST_ACCEPT)
+        .send()
+        .await?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    anyhow::ensure!(resp.status().is_success(), "HEAD {path}: {}", resp.status());
+    let digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .context("no Docker-Content-Digest")?;
+    Ok(Some(digest.to_owned()))
 }
 
 /// The subject's index from the upstream's `sha256-<hex>` tag; empty when there is none.

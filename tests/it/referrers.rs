@@ -143,6 +143,68 @@ async fn cosign_signatures_and_attestations_travel_with_an_image_and_an_index() 
     assert_eq!(discovery_requests(&src), before);
 }
 
+/// An index of indexes: the related artifacts of the grandchildren travel too (the walk follows
+/// nested indexes to the copy engine's nesting limit), in the copy that writes the image and in a
+/// later look by another process, which reads the nested index at the target.
+#[tokio::test]
+async fn related_artifacts_of_the_manifests_of_a_nested_index_travel_with_it() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let inner = Image::oci_index(&[1024], false, 71).unwrap();
+    let outer = Image::index_of(testkit::image::OCI_INDEX, vec![inner.clone()]).unwrap();
+    outer.push(&src, "src/nested", "v1").await.unwrap();
+    let grandchild = inner.child_for("arm64").unwrap();
+    let (inner_subject, grandchild_subject) = (Subject::of(&inner), Subject::of(grandchild));
+    let inner_sig = artifacts::cosign_signature(&inner_subject, "src/nested", 1, 72);
+    let grandchild_sig = artifacts::cosign_signature(&grandchild_subject, "src/nested", 1, 73);
+    push_tagged(&src, "src/nested", &inner_subject.cosign_tag("sig"), &inner_sig).await;
+    push_tagged(
+        &src,
+        "src/nested",
+        &grandchild_subject.cosign_tag("sig"),
+        &grandchild_sig,
+    )
+    .await;
+    let sbom = artifacts::spdx_sbom(&grandchild_subject, 74);
+    artifacts::publish_referrer(&src, "src/nested", &grandchild_subject, &sbom)
+        .await
+        .unwrap();
+
+    let req = request(&src, "src/nested:v1", &dst, "dst/nested", Some("v1"));
+    let report = copier(&[&src, &dst]).copy(&req, &all()).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Copied);
+    assert_eq!(
+        (
+            copied(&report, ReferrerSource::CosignTag),
+            copied(&report, ReferrerSource::FallbackTag),
+            report.referrers.found
+        ),
+        (2, 1, 3),
+        "the nested index's signature, its child's signature and SBOM: {report:?}"
+    );
+    for s in [&inner_subject, &grandchild_subject] {
+        same_at_both(&src, "src/nested", &dst, "dst/nested", &s.cosign_tag("sig")).await;
+    }
+    let fallback = artifacts::fallback_tag(&grandchild.digest);
+    same_at_both(&src, "src/nested", &dst, "dst/nested", &fallback).await;
+    let (listed, _) = get_manifest(&dst, "dst/nested", &fallback).await.unwrap();
+    assert_eq!(artifacts::index_digests(&listed).unwrap(), vec![sbom.digest.clone()]);
+
+    // Another process (nothing remembered) finds all three present, reading the outer and the
+    // nested index at the target, and writes nothing.
+    let fresh = copier(&[&src, &dst]);
+    let again = fresh.copy(&req, &all()).await.unwrap();
+    assert_eq!(
+        (again.outcome, again.referrers.found, again.referrers.copied_total()),
+        (Outcome::AlreadyPresent, 3, 0),
+        "{again:?}"
+    );
+    let check = copier(&[&src, &dst])
+        .missing_referrers(&req, &all(), &copycat::reference::Digest::parse(&outer.digest).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((check.found, check.missing), (3, 0), "{check:?}");
+}
+
 #[tokio::test]
 async fn an_sbom_on_the_referrers_tag_schema_travels_with_its_own_signature() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
@@ -357,6 +419,56 @@ async fn a_source_without_referrers_costs_one_request_per_image_per_interval() {
     let r = copier.copy(&req, &all()).await.unwrap();
     assert_eq!((r.outcome, r.referrers.checked), (Outcome::AlreadyPresent, true));
     assert_eq!(discovery_requests(&src) - before, 2);
+
+    // Two more images of the repository, looked at together once the list above is no longer
+    // shared (a tenth of the interval): one tag list for both.
+    for (tag, seed) in [("v2", 52), ("v3", 53)] {
+        Image::oci("amd64", &[1024], seed)
+            .unwrap()
+            .push(&src, "src/app", tag)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(interval / 10 + Duration::from_millis(100)).await;
+    let before = discovery_requests(&src);
+    let (req_v2, req_v3, opts) = (
+        request(&src, "src/app:v2", &dst, "dst/app", Some("v2")),
+        request(&src, "src/app:v3", &dst, "dst/app", Some("v3")),
+        all(),
+    );
+    let (v2, v3) = tokio::join!(copier.copy(&req_v2, &opts), copier.copy(&req_v3, &opts));
+    assert!(v2.unwrap().referrers.checked && v3.unwrap().referrers.checked);
+    assert_eq!(
+        discovery_requests(&src) - before,
+        1,
+        "one tag list for the repository's images"
+    );
+
+    // A one-shot process (`copycat sync` again: nothing remembered) learns from the tag list that
+    // nothing can refer to the index's children: it does not even read the index at the target.
+    let (src_before, dst_before) = (src.requests().len(), dst.requests().len());
+    let r = self::copier(&[&src, &dst]).copy(&req, &all()).await.unwrap();
+    assert_eq!((r.outcome, r.referrers.checked), (Outcome::AlreadyPresent, true));
+    let paths = |reg: &Registry, from: usize| -> Vec<String> {
+        reg.requests()[from..]
+            .iter()
+            .filter(|e| e.path != "/v2/")
+            .map(|e| format!("{} {}", e.method, e.path.split('?').next().unwrap_or_default()))
+            .collect()
+    };
+    let probe = format!("GET /v2/src/app/referrers/{}", index.digest);
+    let mut at_src = paths(&src, src_before);
+    at_src.sort();
+    assert_eq!(
+        at_src,
+        vec![
+            probe,
+            "GET /v2/src/app/tags/list".into(),
+            "HEAD /v2/src/app/manifests/v1".into()
+        ],
+        "the source: the image's HEAD, the tag list and the Referrers API probe of its host"
+    );
+    assert_eq!(paths(&dst, dst_before), vec!["HEAD /v2/dst/app/manifests/v1"]);
 }
 
 #[tokio::test]
@@ -558,4 +670,76 @@ async fn the_referrers_api_is_read_where_served_and_a_target_serving_it_indexes_
         None,
         "the notation signature is filtered out"
     );
+}
+
+/// A target that honours conditional writes (the testkit front without the Referrers API, over a
+/// docker-registry): copycat writes its fallback index on the condition that the tag still holds
+/// what it read (`If-None-Match: *` when it read none, `If-Match` with the digest after). Another
+/// writer's index landing between copycat's read and its write gets that write refused (412);
+/// copycat reads again and merges over the other writer's index, which keeps both entries.
+/// distribution itself ignores the condition (its manifest PUT handler reads none): docker-registry
+/// takes a write under a wrong `If-Match`, so targets like it stay covered by the read-back merge.
+#[tokio::test]
+async fn a_conditional_write_of_the_fallback_index_refused_after_another_writer_is_merged_again() {
+    use testkit::referrers_api::ReferrersApi;
+    let (src, dst_reg) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let dst = ReferrersApi::without_api(&dst_reg).unwrap();
+    let image = Image::oci("amd64", &[1024], 91).unwrap();
+    image.push(&src, "src/app", "v1").await.unwrap();
+    let subject = Subject::of(&image);
+    let sbom = artifacts::spdx_sbom(&subject, 92);
+    artifacts::publish_referrer(&src, "src/app", &subject, &sbom)
+        .await
+        .unwrap();
+    // Another writer (an `oras attach` against the mirror) pushes its referrer, and writes its index
+    // right after copycat has read the target's (none yet).
+    let theirs = artifacts::artifact(&subject, "application/vnd.example.note", b"note".to_vec(), 93);
+    theirs.push(&dst_reg, "dst/app", &theirs.digest).await.unwrap();
+    let tag = artifacts::fallback_tag(&image.digest);
+    let their_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": testkit::image::OCI_INDEX,
+        "manifests": [artifacts::referrer_descriptor(&theirs)],
+    });
+    dst.write_before_next_put(
+        "dst/app",
+        &tag,
+        testkit::image::OCI_INDEX,
+        serde_json::to_vec(&their_index).unwrap().into(),
+    );
+
+    let req = request_between(&src.host(), "src/app:v1", &dst.host(), "dst/app", "v1");
+    let report = copier(&[&src, &dst_reg]).copy(&req, &all()).await.unwrap();
+    assert_eq!(
+        (copied(&report, ReferrerSource::FallbackTag), &report.referrers.error),
+        (1, &None),
+        "{report:?}"
+    );
+    let (index, _) = get_manifest(&dst_reg, "dst/app", &tag).await.unwrap();
+    let mut want = vec![theirs.digest.clone(), sbom.digest.clone()];
+    want.sort();
+    assert_eq!(artifacts::index_digests(&index).unwrap(), want, "both writers' entries");
+    let their_digest = testkit::sha256_digest(&serde_json::to_vec(&their_index).unwrap());
+    let index_puts: Vec<String> = dst
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PUT") && r.contains(&format!("/manifests/{tag}")))
+        .collect();
+    assert_eq!(
+        index_puts,
+        [
+            format!("PUT /v2/dst/app/manifests/{tag} if-none-match: *"),
+            format!("PUT /v2/dst/app/manifests/{tag} if-match: \"{their_digest}\""),
+        ],
+        "the first write refused (the other writer's index was there), the second over it"
+    );
+
+    // docker-registry (distribution 2.8) writes under an `If-Match` that does not hold.
+    let registries = support::registries(&[&dst_reg]);
+    let wrong = copycat::reference::Digest::parse(&sbom.digest).unwrap();
+    registries
+        .get(&dst_reg.host())
+        .put_manifest_if("dst/app", &tag, index.clone(), testkit::image::OCI_INDEX, Some(&wrong))
+        .await
+        .expect("distribution ignores If-Match");
 }

@@ -963,6 +963,96 @@ async fn verify_counts_missing_signatures_as_incomplete() {
     assert!(detail.contains("2 signatures/attestations/SBOMs"), "{detail}");
 }
 
+/// The daemon's periodic verification counts missing related artifacts as `copycat verify` does: a
+/// signature deleted at the target (its manifest, through the registry API, which removes its tag)
+/// makes the target `missing`; the repair copy puts the signature back (the only write: its tag,
+/// same digest as the source's) and the next check finds the target verified again.
+#[tokio::test]
+async fn the_periodic_verification_finds_a_deleted_signature_and_the_repair_restores_it() {
+    use testkit::artifacts::{self, Subject};
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[2000], 1700).unwrap();
+    image.push(&src, "shop/signed", "1.0").await.unwrap();
+    let subject = Subject::of(&image);
+    let sig_tag = subject.cosign_tag("sig");
+    let sig = artifacts::cosign_signature(&subject, "shop/signed", 1, 3);
+    sig.push(&src, "shop/signed", &sig_tag).await.unwrap();
+    let sbom = artifacts::spdx_sbom(&subject, 4);
+    artifacts::publish_referrer(&src, "shop/signed", &subject, &sbom)
+        .await
+        .unwrap();
+    let server = ApiServer::new();
+    server
+        .apply(workload(
+            "Deployment",
+            "apps/v1",
+            "default",
+            "signed",
+            &[("app", &format!("{}/shop/signed:1.0", src.host()))],
+        ))
+        .unwrap();
+    let api = server.serve().unwrap();
+    let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, &[("VERIFY_INTERVAL", "2s")]);
+    let backup = async || {
+        let (code, status) = daemon.json("GET", "/status", None).await;
+        let entry = status.as_array().and_then(|a| a.first()).cloned().unwrap_or_default();
+        let backup = &entry["backup"];
+        (code == 200).then(|| {
+            (
+                backup["state"].as_str().unwrap_or_default().to_owned(),
+                backup["detail"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+    };
+    let whole = (
+        "verified".to_owned(),
+        "1 manifest, 2 blobs present, 2 signatures/attestations/SBOMs".to_owned(),
+    );
+    eventually(
+        "the image and its 2 related artifacts mirrored and verified",
+        WAIT,
+        async || backup().await.as_ref() == Some(&whole),
+    )
+    .await;
+
+    testkit::Client::new(&dst)
+        .unwrap()
+        .delete_manifest("shop/signed", &sig.digest)
+        .await
+        .unwrap();
+    assert_eq!(
+        testkit::manifest_digest(&dst, "shop/signed", &sig_tag).await.unwrap(),
+        None
+    );
+    let before = copycat_requests(&dst).len();
+    let repaired = async || {
+        let (_, metrics) = daemon.get("/metrics").await;
+        sample(&metrics, "k8s_copycat_backup_repairs_total") == Some(1.0) && backup().await.as_ref() == Some(&whole)
+    };
+    eventually(
+        "the signature found missing, repaired and verified again",
+        WAIT,
+        repaired,
+    )
+    .await;
+    assert_eq!(
+        testkit::manifest_digest(&dst, "shop/signed", &sig_tag).await.unwrap(),
+        Some(sig.digest.clone())
+    );
+    let writes: Vec<String> = copycat_requests(&dst)[before..]
+        .iter()
+        .filter(|r| !["HEAD", "GET"].contains(&r.method.as_str()))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(writes, [format!("PUT /v2/shop/signed/manifests/{sig_tag}")]);
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("1 of the source's signatures, attestations and SBOMs missing"),
+        "{log}"
+    );
+}
+
 /// Issue 14 part 5: a digest-only source with `digestTagTemplate: none` is copied by digest alone.
 /// The copy is whole, yet no tag holds it, so a rule that expires untagged images can delete it:
 /// the daemon's `/status`, `/status/summary` and metrics and `copycat verify` all count it
