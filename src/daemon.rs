@@ -99,6 +99,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
                 registries: verify_copier.registries().clone(),
                 leading: leadership.subscribe(),
                 events: events.as_ref().map(|e| e.objects.clone()),
+                metrics: metrics.clone(),
             }
             .run(),
         )

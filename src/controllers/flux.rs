@@ -83,7 +83,7 @@ impl FluxController {
             return;
         };
         watch.resource = flux::api_resource(version);
-        let (_watching, mut changes) = watch_objects::<ImageRepositoryObject>(&client, &watch);
+        let (_watching, mut changes) = watch_objects::<ImageRepositoryObject>(&client, &watch, &metrics);
         let scope = match settings.namespaces.is_empty() {
             true => "every namespace".to_owned(),
             false => settings.namespaces.join(","),

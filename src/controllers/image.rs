@@ -29,6 +29,7 @@ use crate::declarative::image::{
     next_pass,
 };
 use crate::events::ObjectNotice;
+use crate::metrics::Metrics;
 use crate::plan::{MirrorTask, TargetKey};
 use crate::queue::{DeclaredSource, Interest, Queue, TaskOutcome};
 use crate::registry::Registries;
@@ -56,6 +57,8 @@ pub struct ImageController {
     pub leading: watch::Receiver<bool>,
     /// Where Warning Events go, when Events are on.
     pub events: Option<mpsc::Sender<ObjectNotice>>,
+    /// Where the watch's events are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ImageController {
@@ -68,6 +71,7 @@ impl ImageController {
             registries,
             mut leading,
             events,
+            metrics,
         } = self;
         let watch = Watch {
             resource: image::api_resource(),
@@ -78,7 +82,7 @@ impl ImageController {
         if !crd_present(&client, &watch).await {
             return;
         }
-        let (_watching, mut changes) = watch_objects::<ImageObject>(&client, &watch);
+        let (_watching, mut changes) = watch_objects::<ImageObject>(&client, &watch, &metrics);
         let (to, mut outcomes) = mpsc::unbounded_channel();
         queue.report_outcomes(Interest::Declared(image::KIND), to);
         let scope = match settings.namespaces.is_empty() {

@@ -12,6 +12,7 @@ pub mod image;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,6 +24,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::discovery::watch::forbidden_verb;
+use crate::metrics::Metrics;
 
 /// The longest wait between two attempts of a failing watch (kube's default backoff's ceiling).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -140,9 +144,15 @@ impl Drop for Watching {
 }
 
 /// Watches `watch.resource` (cluster-wide, or one watch per namespace listed), each object decoded
-/// as `K` on its own; the changes arrive on the returned channel. Watch errors are retried with
-/// backoff (0.8 s doubling to 30 s), logged at warn level.
-pub fn watch_objects<K>(client: &kube::Client, watch: &Watch) -> (Watching, mpsc::Receiver<Change<K>>)
+/// as `K` on its own; the changes arrive on the returned channel, counted as the cluster watchers'
+/// (`k8s_copycat_watch_events_total`, kind `Image`, …). Watch errors are retried with backoff
+/// (0.8 s doubling to 30 s), logged at warn level; a refusal (403) at error level, naming the verb
+/// and the setting that needs it.
+pub fn watch_objects<K>(
+    client: &kube::Client,
+    watch: &Watch,
+    metrics: &Arc<Metrics>,
+) -> (Watching, mpsc::Receiver<Change<K>>)
 where
     K: DeserializeOwned + Send + 'static,
 {
@@ -156,16 +166,21 @@ where
             .map(|ns| Api::namespaced_with(client.clone(), ns, &watch.resource))
             .collect()
     };
-    let kind = watch.resource.kind.clone();
     let handles = apis
         .into_iter()
-        .map(|api| tokio::spawn(run_watch(api, kind.clone(), tx.clone())))
+        .map(|api| tokio::spawn(run_watch(api, watch.clone(), tx.clone(), metrics.clone())))
         .collect();
     (Watching(handles), rx)
 }
 
 /// One watch: relists reconcile deletions (objects listed before and not now are reported deleted).
-async fn run_watch<K: DeserializeOwned>(api: Api<DynamicObject>, kind: String, tx: mpsc::Sender<Change<K>>) {
+async fn run_watch<K: DeserializeOwned>(
+    api: Api<DynamicObject>,
+    watch: Watch,
+    tx: mpsc::Sender<Change<K>>,
+    metrics: Arc<Metrics>,
+) {
+    let kind = watch.resource.kind.as_str();
     let mut events = watcher(api, watcher::Config::default()).boxed();
     // As discovery's watches: kube's `default_backoff()` resets on `Init` and would retry an
     // unreachable server every 0.8 s.
@@ -175,6 +190,16 @@ async fn run_watch<K: DeserializeOwned>(api: Api<DynamicObject>, kind: String, t
     while let Some(event) = events.next().await {
         if matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init)) {
             backoff.reset();
+        }
+        let counted = match &event {
+            Ok(watcher::Event::Init) => Some("restarted"),
+            Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => Some("applied"),
+            Ok(watcher::Event::Delete(_)) => Some("deleted"),
+            Ok(watcher::Event::InitDone) => None,
+            Err(_) => Some("failed"),
+        };
+        if let Some(counted) = counted {
+            metrics.watch_event(kind, counted);
         }
         let changes = match event {
             Ok(watcher::Event::Init) => {
@@ -203,7 +228,22 @@ async fn run_watch<K: DeserializeOwned>(api: Api<DynamicObject>, kind: String, t
                 vec![Change::Deleted(key)]
             }
             Err(e) => {
-                tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+                match forbidden_verb(&e) {
+                    Some((verb, refusal)) => tracing::error!(
+                        kind,
+                        verb,
+                        error = refusal,
+                        setting = watch.enabled_by,
+                        "the API server forbids copycat's ServiceAccount to {verb} these objects: grant it in a {} \
+                         (manifests/k8s.yaml); retrying with backoff",
+                        if watch.namespaces.is_empty() {
+                            "ClusterRole"
+                        } else {
+                            "Role in each namespace watched, or a ClusterRole"
+                        }
+                    ),
+                    None => tracing::warn!(kind, error = %e, "watch failed; retrying with backoff"),
+                }
                 tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
                 continue;
             }

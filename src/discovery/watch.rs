@@ -391,7 +391,7 @@ where
 
 /// The verb and the API server's message when `error` is a 403: RBAC refused the list or the watch
 /// (the message names user, verb and resource). It will not heal by itself, unlike the other errors.
-fn forbidden_verb(error: &watcher::Error) -> Option<(&'static str, &str)> {
+pub(crate) fn forbidden_verb(error: &watcher::Error) -> Option<(&'static str, &str)> {
     let (verb, status) = match error {
         watcher::Error::InitialListFailed(kube::Error::Api(status)) => ("list", status),
         watcher::Error::WatchStartFailed(kube::Error::Api(status))

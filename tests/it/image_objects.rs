@@ -59,7 +59,7 @@ pub(crate) fn status(server: &ApiServer, name: &str) -> Value {
 }
 
 /// The `status` (`True`/`False`) and reason of condition `type_`.
-fn condition(status: &Value, type_: &str) -> (String, String) {
+pub(crate) fn condition(status: &Value, type_: &str) -> (String, String) {
     status["conditions"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
@@ -73,7 +73,7 @@ fn condition(status: &Value, type_: &str) -> (String, String) {
 }
 
 /// `(tag, result)` of each tag in `status`.
-fn tag_results(status: &Value) -> Vec<(String, String)> {
+pub(crate) fn tag_results(status: &Value) -> Vec<(String, String)> {
     status["tags"]
         .as_array()
         .map(|tags| {

@@ -16,12 +16,13 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use serde_json::{Value, json};
 use testkit::cluster::Cluster;
-use testkit::{Image, Registry, RegistryMode};
+use testkit::{Image, Registry, RegistryMode, list_tags, manifest_digest};
 
 use crate::drills::{assert_dry_run, assert_identical, assert_written_once, metric, wait_for};
+use crate::image_objects::{condition, tag_field, tag_results};
 use crate::manifests::{objects, strings};
 use crate::server::Daemon;
-use crate::support::{copycat_requests, eventually, manifest_puts, start};
+use crate::support::{config_file, copycat_requests, eventually, manifest_puts, start};
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/k8s.yaml");
 /// copycat's namespace and the name of its ServiceAccount, roles and Lease in the manifest.
@@ -30,6 +31,8 @@ const NS: &str = "k8s-copycat";
 const WAIT: Duration = Duration::from_secs(90);
 /// The daemon's lease duration.
 const LEASE: Duration = Duration::from_secs(copycat::leader::LEASE_DURATION);
+/// image-operator's CRD as shipped.
+const IMAGE_CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds/images.skopeo.io.yaml");
 
 /// A running control plane and an admin client for it.
 pub(crate) struct Real {
@@ -101,6 +104,14 @@ impl Real {
 
     /// Server-side apply of `object` as the admin.
     pub(crate) async fn apply(&self, object: Value) -> DynamicObject {
+        let (kind, name) = (object["kind"].clone(), object["metadata"]["name"].clone());
+        self.try_apply(object)
+            .await
+            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"))
+    }
+
+    /// Server-side apply of `object` as the admin, the API server's refusal returned.
+    pub(crate) async fn try_apply(&self, object: Value) -> kube::Result<DynamicObject> {
         let (api_version, kind) = (object["apiVersion"].as_str().unwrap(), object["kind"].as_str().unwrap());
         let name = object["metadata"]["name"].as_str().unwrap();
         self.api(api_version, kind, object["metadata"]["namespace"].as_str())
@@ -111,7 +122,39 @@ impl Real {
                 &Patch::Apply(&object),
             )
             .await
-            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"))
+    }
+
+    /// `kubectl apply --server-side -f FILE` of a CRD, then waits until it is established (served).
+    pub(crate) fn install_crd(&self, file: &Path, name: &str) {
+        let file = file.display().to_string();
+        self.cluster
+            .kubectl(&["apply", "--server-side", "-f", &file])
+            .unwrap_or_else(|e| panic!("kubectl apply -f {file}: {e}"));
+        self.cluster
+            .kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{name}"),
+            ])
+            .unwrap_or_else(|e| panic!("CRD {name} established: {e}"));
+    }
+
+    /// The `Image` object `namespace/name` (`skopeo.io/v1alpha1`) as the admin reads it.
+    pub(crate) async fn image_object(&self, namespace: &str, name: &str) -> Option<DynamicObject> {
+        self.api("skopeo.io/v1alpha1", "Image", Some(namespace))
+            .await
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    /// The status of the `Image` object `namespace/name` (`Null` when none was written).
+    pub(crate) async fn image_status(&self, namespace: &str, name: &str) -> Value {
+        self.image_object(namespace, name)
+            .await
+            .map(|o| o.data["status"].clone())
+            .unwrap_or(Value::Null)
     }
 
     /// Deletes an object (in the background: the garbage collector removes what it owns).
@@ -260,6 +303,32 @@ pub(crate) fn workload(kind: &str, namespace: &str, name: &str, image: &str) -> 
         other => panic!("no workload kind {other}"),
     };
     json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+}
+
+/// An `Image` object (`skopeo.io/v1alpha1`) `namespace/name` with `spec`.
+pub(crate) fn image_object(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "skopeo.io/v1alpha1", "kind": "Image",
+           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+}
+
+/// The ConfigMap's `config.yaml` (`text`) with `images.enabled` (watching `namespace` only) and
+/// `fluxImageRepositories.enabled` set.
+fn declarative_settings(text: &str, namespace: &str) -> String {
+    let mut text = text.to_owned();
+    for (off, on) in [
+        (
+            "images:\n  enabled: false\n  namespaces: []",
+            format!("images:\n  enabled: true\n  namespaces: [{namespace}]"),
+        ),
+        (
+            "fluxImageRepositories:\n  enabled: false",
+            "fluxImageRepositories:\n  enabled: true".to_owned(),
+        ),
+    ] {
+        assert_eq!(text.matches(off).count(), 1, "{off:?} in the ConfigMap: {text}");
+        text = text.replace(off, &on);
+    }
+    text
 }
 
 /// A Node without a kubelet (the DaemonSet controller makes a Pod for it).
@@ -430,6 +499,15 @@ struct Permission {
     group: String,
     resource: String,
     verb: String,
+    /// The rule's `resourceNames` (empty: every object), kept when the roles are rebuilt.
+    names: Vec<String>,
+}
+
+impl Permission {
+    /// The case's name (the Lease identity and, after `rbac-`, its namespace).
+    fn id(&self) -> String {
+        format!("no-{}-{}", self.verb, self.resource.replace('/', "-"))
+    }
 }
 
 impl std::fmt::Display for Permission {
@@ -439,10 +517,15 @@ impl std::fmt::Display for Permission {
     }
 }
 
-/// Every `(role, group, resource, verb)` the manifest grants copycat.
+/// Every `(role, group, resource, verb)` the manifest grants copycat, its opt-in `imagerepositories`
+/// rule uncommented ([`cluster_role_with_flux`]).
 fn granted() -> Vec<Permission> {
     let mut out = Vec::new();
-    for object in objects() {
+    let roles = objects().into_iter().map(|o| match o["kind"] == "ClusterRole" {
+        true => cluster_role_with_flux(),
+        false => o,
+    });
+    for object in roles {
         let role = match object["kind"].as_str() {
             Some("ClusterRole") => "ClusterRole",
             Some("Role") => "Role",
@@ -457,6 +540,7 @@ fn granted() -> Vec<Permission> {
                             group: group.clone(),
                             resource: resource.clone(),
                             verb,
+                            names: rule.get("resourceNames").map(strings).unwrap_or_default(),
                         });
                     }
                 }
@@ -466,15 +550,21 @@ fn granted() -> Vec<Permission> {
     out
 }
 
-/// The manifest's rules of `role` without `missing`.
+/// The manifest's rules of `role` without `missing` (each permission a rule of its own, with its
+/// rule's `resourceNames`: no more than the manifest grants).
 fn rules_without(role: &str, missing: Option<&Permission>) -> Vec<Value> {
     let mut rules = Vec::new();
     for p in granted().into_iter().filter(|p| p.role == role) {
         let dropped = missing
             .is_some_and(|m| (m.role, &m.group, &m.resource, &m.verb) == (p.role, &p.group, &p.resource, &p.verb));
-        if !dropped {
-            rules.push(json!({"apiGroups": [p.group], "resources": [p.resource], "verbs": [p.verb]}));
+        if dropped {
+            continue;
         }
+        let mut rule = json!({"apiGroups": [p.group], "resources": [p.resource], "verbs": [p.verb]});
+        if !p.names.is_empty() {
+            rule["resourceNames"] = json!(p.names);
+        }
+        rules.push(rule);
     }
     rules
 }
@@ -489,12 +579,12 @@ fn breaks_without(p: &Permission) -> Option<&'static str> {
         ("events", "create") => "no MirrorFailed Event on workloads whose image fails",
         ("nodes", "list") => "checkNodePlatform: copycat never becomes ready (Nodes are not listed)",
         ("nodes", "watch") => "checkNodePlatform: Node changes are not followed",
-        ("images", "list") => "images.enabled: Image objects are not followed (their list is refused)",
-        ("images", "watch") => "images.enabled: Image objects are not followed after their list",
-        ("images/status", "patch") => "images.enabled: Image objects get no status",
-        ("customresourcedefinitions", "get") => "images.enabled stays off: the CRD cannot be checked",
+        ("images", "list") => "images.enabled: Image objects are not followed (never listed), no status",
+        ("imagerepositories", "list") => "fluxImageRepositories.enabled: no scan is followed (never listed)",
+        ("secrets", "get") => "spec.secretRef: the Secret is not read, copies use the configured credentials",
+        ("images/status", "patch") => "images.enabled: an Image's status (conditions, tags) is never written",
+        ("customresourcedefinitions", "get") => "images.enabled, fluxImageRepositories.enabled stay off: no CRD read",
         ("namespaces", _) | ("nodes", _) | ("leases", _) | ("events", _) => return None,
-        ("images", _) | ("images/status", _) | ("customresourcedefinitions", _) => return None,
         (_, "list") => "copycat never becomes ready: the kind is not listed",
         (_, "watch") => "changes of the kind are not followed after the initial list",
         (kind, "get") if event_kind(kind).is_some() => {
@@ -520,15 +610,31 @@ fn event_kind(resource: &str) -> Option<&'static str> {
 /// Issue 13, §2: each permission of the manifest's roles removed in turn (each case its own
 /// ServiceAccount, roles and Lease namespace, all running at once): copycat reports the refusal
 /// naming the verb and the resource, and stops on SIGTERM (no hang); every permission is needed by
-/// something, and with all of them nothing is refused.
+/// something, and with all of them nothing is refused. Issue 15: with `images.enabled` (the CRD
+/// installed, each case following an `Image` in its own namespace) and `fluxImageRepositories.enabled`
+/// (a minimal CRD of Flux's, [`flux_crd`]; the manifest's opt-in `imagerepositories` rule uncommented).
 #[tokio::test]
 async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
     let real = Real::start().await;
     real.install().await;
+    real.install_crd(Path::new(IMAGE_CRD), "images.skopeo.io");
+    let flux = config_file(&flux_crd().to_string());
+    real.install_crd(flux.path(), "imagerepositories.image.toolkit.fluxcd.io");
+    // An ImageRepository with a scan and a spec.secretRef (every case follows it cluster-wide): each
+    // case's leader mirrors the scan and reads the Secret.
+    real.namespace("shop").await;
+    real.apply(pull_secret("shop", "pull", &src.host())).await;
+    real.apply(
+        json!({"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageRepository",
+                      "metadata": {"name": "scanned", "namespace": "shop"},
+                      "spec": {"image": format!("{}/missing/scanned", src.host()), "interval": "5m",
+                               "secretRef": {"name": "pull"}}}),
+    )
+    .await;
+    flux_scan(&real, ("shop", "scanned"), "rev-1", &["1"], "2026-12-07T17:00:00Z").await;
     // Every kind with an image that does not exist at the source: each fails, and copycat reads
     // the workload (get) to put a MirrorFailed Event (create) on it.
-    real.namespace("shop").await;
     real.apply(node("node-a")).await;
     for kind in ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"] {
         let name = kind.to_lowercase();
@@ -540,31 +646,7 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
         ))
         .await;
     }
-    // An Image object (the CRD installed, the feature enabled) whose source does not exist: its
-    // status is written, with the copy's failure.
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/crds/images.skopeo.io.yaml");
-    real.cluster
-        .kubectl(&["apply", "-f", crd])
-        .expect("kubectl apply the Image CRD");
-    real.cluster
-        .kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/images.skopeo.io",
-            "--timeout=60s",
-        ])
-        .expect("the Image CRD established");
-    real.apply(
-        json!({"apiVersion": "skopeo.io/v1alpha1", "kind": "Image", "metadata": {"name": "base", "namespace": "shop"},
-        "spec": {"mode": "OneShot", "source": {"name": format!("{}/missing/base", src.host()), "version": "1.0"},
-                 "destination": {"name": "base"}}}),
-    )
-    .await;
-    let shipped = real.configmap_config().await;
-    let text = std::fs::read_to_string(shipped.path()).unwrap();
-    let enabled = text.replace("images:\n  enabled: false", "images:\n  enabled: true");
-    assert_ne!(enabled, text, "the ConfigMap has images.enabled");
-    let config = crate::support::config_file(&enabled);
+    let configmap = std::fs::read_to_string(real.configmap_config().await.path()).unwrap();
     let target = dst.host();
 
     let mut cases: Vec<Option<Permission>> = vec![None];
@@ -585,11 +667,7 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
     for batch in cases.chunks(7) {
         let mut running = Vec::new();
         for case in batch {
-            let id = match case {
-                None => "all".to_owned(),
-                // A namespace name: `images/status` → `images-status`.
-                Some(p) => format!("no-{}-{}", p.verb, p.resource.replace('/', "-")),
-            };
+            let id = case.as_ref().map_or("all".to_owned(), Permission::id);
             let ns = format!("rbac-{id}");
             real.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
                 .await;
@@ -621,6 +699,15 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
                               "subjects": subject}),
             )
             .await;
+            // An Image whose source does not exist: its copy fails, reported on its status.
+            real.apply(image_object(
+                &ns,
+                "missing",
+                json!({"mode": "OneShot", "source": {"name": format!("{}/missing/image", src.host()), "version": "1"},
+                       "destination": {"name": "missing/image"}}),
+            ))
+            .await;
+            let config = config_file(&declarative_settings(&configmap, &ns));
             let kubeconfig = real.kubeconfig_as(&ns, "copycat").await;
             let daemon = copycat(
                 &kubeconfig,
@@ -637,9 +724,9 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
                     ("INCLUDE_NAMESPACES", "shop,rbac-typo,rbac-*"),
                 ],
             );
-            running.push((case, id, daemon));
+            running.push((case, id, daemon, config));
         }
-        for (case, id, daemon) in running {
+        for (case, id, daemon, _config) in running {
             let outcome = match case {
                 None => all_granted(&real, daemon, &id).await,
                 Some(p) => one_missing(&real, daemon, &id, p).await,
@@ -650,7 +737,8 @@ async fn each_rbac_permission_is_needed_and_its_absence_is_reported() {
     eprintln!("{}", report.join("\n"));
 }
 
-/// With every permission: ready, leading, an Event on each kind, nothing refused.
+/// With every permission: ready, leading, an Event on each kind, the Image's status written, the
+/// ImageRepository's scan mirrored (its Secret read), nothing refused.
 async fn all_granted(real: &Real, daemon: Daemon, id: &str) -> String {
     eventually("ready and leading with every permission", WAIT, async || {
         daemon.probe("/readyz").await.0 == 200 && metric(&daemon, "k8s_copycat_leader").await == Some(1.0)
@@ -667,20 +755,24 @@ async fn all_granted(real: &Real, daemon: Daemon, id: &str) -> String {
             })
     })
     .await;
-    eventually("the Image's status written, its copy failed", WAIT, async || {
-        let images = real.list("skopeo.io/v1alpha1", "Image", "shop").await;
-        images.iter().any(|o| {
-            o.data["status"]["conditions"]
-                .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Failed" && c["reason"] == "CopyFailed"))
-        })
+    eventually("the ImageRepository's scan mirrored", WAIT, async || {
+        metric(&daemon, r#"k8s_copycat_flux_scans_total{result="mirrored"}"#).await == Some(1.0)
+    })
+    .await;
+    eventually("the Image's failed copy on its status", WAIT, async || {
+        condition(&real.image_status(&format!("rbac-{id}"), "missing").await, "Failed")
+            == ("True".to_owned(), "CopyFailed".to_owned())
     })
     .await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("rbac-typo"), "the includeNamespaces check ran: {log}");
+    assert!(log.contains("watching Image objects"), "{log}");
+    assert!(log.contains("watching Flux ImageRepository objects"), "{log}");
     assert!(!log.contains("forbidden"), "refused with every permission: {log}");
-    format!("{id:<28} ready, leading, an Event on every kind, nothing refused")
+    format!(
+        "{id:<28} ready, leading, an Event on every kind, the Image's status written, a scan mirrored, nothing refused"
+    )
 }
 
 /// Without `p`: the refusal is logged naming verb and resource, and the behaviour that needs it
@@ -705,10 +797,30 @@ async fn one_missing(real: &Real, mut daemon: Daemon, id: &str, p: &Permission) 
         named(&daemon.run.log())
     })
     .await;
+    if let Some(kind) = [("images", "Image"), ("imagerepositories", "ImageRepository")]
+        .iter()
+        .find_map(|(r, k)| (*r == resource).then_some(k))
+    {
+        let series = format!(r#"k8s_copycat_watch_events_total{{event="failed",kind="{kind}"}}"#);
+        let failed = metric(&daemon, &series).await;
+        assert!(
+            failed.is_some_and(|n| n >= 1.0),
+            "{p}: the refusal is not counted ({failed:?})"
+        );
+    }
     // The behaviour that needs it is missing.
     match (resource, verb) {
-        // Image objects do not hold readiness or Events back: the refusal is what there is to see.
-        ("images" | "images/status" | "customresourcedefinitions", _) => {}
+        // Flux's objects get no status from copycat: the refusal (logged, counted) is what there is to see.
+        ("imagerepositories", _) => {}
+        ("secrets", _) => {
+            let unreadable = r#"k8s_copycat_flux_secret_ref_errors_total{reason="unreadable"}"#;
+            assert!(metric(&daemon, unreadable).await >= Some(1.0), "{p}: not counted");
+        }
+        ("images", "list") | ("images/status", _) | ("customresourcedefinitions", _) => assert_eq!(
+            real.image_status(&format!("rbac-{id}"), "missing").await,
+            Value::Null,
+            "{p}: the Image's status was written anyway"
+        ),
         ("leases", _) => assert_eq!(metric(&daemon, "k8s_copycat_leader").await, Some(0.0), "{p}"),
         ("namespaces", _) => assert!(
             daemon
@@ -1091,4 +1203,289 @@ async fn failover_switches_every_kind_and_back_and_the_daemons_account_cannot() 
         assert_eq!(now["spec"], was["spec"], "{kind}: {all}");
         assert!(now["metadata"]["annotations"].get(ANNOTATION).is_none(), "{kind}");
     }
+}
+
+/// A `kubernetes.io/dockerconfigjson` Secret `namespace/name` with a login for `registry`.
+fn pull_secret(namespace: &str, name: &str, registry: &str) -> Value {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("copycat:not-needed");
+    let config = json!({"auths": {registry: {"auth": auth}}}).to_string();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+           "metadata": {"name": name, "namespace": namespace},
+           "stringData": {".dockerconfigjson": config}})
+}
+
+/// copycat as the manifest's ServiceAccount with `settings` (the config file's text, kept in the
+/// returned file), mirroring to `target` for real (`DRY_RUN=false`).
+async fn copycat_mirroring(real: &Real, settings: &str, target: &str) -> (Daemon, tempfile::NamedTempFile) {
+    let config = config_file(settings);
+    let kubeconfig = real.kubeconfig_as(NS, "k8s-copycat").await;
+    let daemon = copycat(
+        &kubeconfig,
+        config.path(),
+        "copycat",
+        &[("TARGET_REGISTRY", target), ("DRY_RUN", "false")],
+    );
+    (daemon, config)
+}
+
+/// The Warning Events on the `Image` object `namespace/name`, by reason.
+async fn image_event_reasons(real: &Real, namespace: &str, name: &str) -> Vec<String> {
+    Api::<Event>::namespaced(real.admin.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.kind.as_deref() == Some("Image")
+                && e.involved_object.name.as_deref() == Some(name)
+                && e.type_.as_deref() == Some("Warning")
+        })
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// Issue 15: image-operator's CRD as shipped, accepted by a real API server (its schema enforced: a
+/// mode outside its enum is refused); copycat as the manifest's ServiceAccount with `images.enabled`
+/// follows a OneShot `Image` with a version pattern: exactly the matching tags are copied (not the
+/// `-rc1`, not `1.3.0` or `latest`), and the status (conditions, one line per tag with its source
+/// digest and destination) is written through the real status subresource under RBAC, read back as
+/// the admin; an invalid pattern gets `Failed` with its reason and a Warning Event. The spec is
+/// never written (generation 1; copycat manages fields of the status subresource only).
+#[tokio::test]
+async fn image_objects_are_followed_and_their_status_written_through_the_status_subresource() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[1_000], 1501).unwrap();
+    for tag in ["1.2.0", "1.2.1", "1.2.2-rc1", "1.3.0", "latest"] {
+        image.push(&src, "team/app", tag).await.unwrap();
+    }
+    let real = Real::start().await;
+    real.install().await;
+    real.install_crd(Path::new(IMAGE_CRD), "images.skopeo.io");
+    real.namespace("team").await;
+    let source = format!("{}/team/app", src.host());
+    let spec = |version: &str| json!({"mode": "OneShot", "source": {"name": source, "version": version}, "destination": {"name": "team/app"}});
+    real.apply(image_object("team", "app", spec("1.2.x"))).await;
+    real.apply(image_object("team", "bad-pattern", spec("1.x"))).await;
+    let mut bad_mode = spec("1.2.0");
+    bad_mode["mode"] = json!("Sometimes");
+    match real.try_apply(image_object("team", "bad-mode", bad_mode)).await {
+        Err(kube::Error::Api(e)) => assert!(e.code == 422 && e.message.contains("spec.mode"), "{e:?}"),
+        other => panic!("the CRD's schema lets a mode outside its enum in: {other:?}"),
+    }
+    let configmap = std::fs::read_to_string(real.configmap_config().await.path()).unwrap();
+    let target = dst.host();
+    let (daemon, _config) = copycat_mirroring(&real, &declarative_settings(&configmap, "team"), &target).await;
+    eventually("app ready, bad-pattern failed with a Warning Event", WAIT, async || {
+        condition(&real.image_status("team", "app").await, "Ready").0 == "True"
+            && condition(&real.image_status("team", "bad-pattern").await, "Failed")
+                == ("True".to_owned(), "InvalidPattern".to_owned())
+            && image_event_reasons(&real, "team", "bad-pattern")
+                .await
+                .contains(&"InvalidPattern".to_owned())
+    })
+    .await;
+    let mut copied = list_tags(&dst, "team/app").await.unwrap();
+    copied.sort();
+    assert_eq!(copied, ["1.2.0", "1.2.1"], "exactly the matching releases");
+    assert_identical(&dst, "team/app", "1.2.0", &image).await;
+
+    let app = real.image_object("team", "app").await.unwrap();
+    let status = &app.data["status"];
+    assert_eq!(
+        tag_results(status),
+        [("1.2.0".into(), "Copied".into()), ("1.2.1".into(), "Copied".into())]
+    );
+    let digest = manifest_digest(&src, "team/app", "1.2.0").await.unwrap();
+    assert_eq!(tag_field(status, "1.2.0", "sourceDigest"), digest);
+    assert_eq!(
+        tag_field(status, "1.2.0", "destination"),
+        Some(format!("{target}/team/app:1.2.0"))
+    );
+    assert!(status["lastSyncTime"].is_string(), "{status}");
+    assert_eq!(app.metadata.generation, Some(1), "the spec was written");
+    let copycat_writes: Vec<Option<String>> = app
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some("copycat"))
+        .map(|m| m.subresource.clone())
+        .collect();
+    assert_eq!(
+        copycat_writes,
+        [Some("status".to_owned())],
+        "{:?}",
+        app.metadata.managed_fields
+    );
+    let bad = real.image_status("team", "bad-pattern").await;
+    assert!(bad["conditions"].to_string().contains("\\\"1.x\\\""), "{bad}");
+
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("forbidden"), "a request refused by RBAC: {log}");
+}
+
+/// A minimal CRD of Flux's `ImageRepository` (`image.toolkit.fluxcd.io/v1`, a status subresource,
+/// fields kept as written): Flux's own is not shipped with copycat.
+fn flux_crd() -> Value {
+    let open = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "imagerepositories.image.toolkit.fluxcd.io"},
+           "spec": {"group": "image.toolkit.fluxcd.io", "scope": "Namespaced",
+                    "names": {"kind": "ImageRepository", "listKind": "ImageRepositoryList",
+                              "plural": "imagerepositories", "singular": "imagerepository"},
+                    "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                                  "schema": {"openAPIV3Schema": {"type": "object",
+                                             "properties": {"spec": open, "status": open}}}}]}})
+}
+
+/// The manifest's ClusterRole with the commented rules `fluxImageRepositories.enabled` needs
+/// uncommented (`imagerepositories`; `get` on the Secrets `spec.secretRef` names), as
+/// docs/install.md tells operators who enable it.
+fn cluster_role_with_flux() -> Value {
+    let text = std::fs::read_to_string(MANIFEST).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    for resources in ["  #   resources: [imagerepositories]", "  #   resources: [secrets]"] {
+        let at = lines
+            .iter()
+            .position(|l| l == resources)
+            .unwrap_or_else(|| panic!("the manifest's commented rule {resources:?}"));
+        assert!(lines[at - 1].starts_with("  # - apiGroups: ["), "{text}");
+        assert!(lines[at + 1].starts_with("  #   verbs: ["), "{text}");
+        for line in &mut lines[at - 1..at + 2] {
+            *line = line.replacen("  # ", "  ", 1);
+        }
+    }
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&lines.join("\n")).unwrap();
+    docs.into_iter().find(|d| d["kind"] == "ClusterRole").unwrap()
+}
+
+/// Writes a scan result on the `ImageRepository` `namespace/name` through its status subresource,
+/// as Flux's image-reflector-controller does.
+async fn flux_scan(real: &Real, (namespace, name): (&str, &str), revision: &str, tags: &[&str], at: &str) {
+    let status = json!({"status": {"lastScanResult": {"revision": revision, "tagCount": tags.len(),
+                                                      "latestTags": tags, "scanTime": at}}});
+    real.api("image.toolkit.fluxcd.io/v1", "ImageRepository", Some(namespace))
+        .await
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap_or_else(|e| panic!("the scan result of {name}: {e}"));
+}
+
+/// Issue 15: Flux's `ImageRepository` (a minimal CRD, [`flux_crd`]) on a real API server, copycat as
+/// the manifest's ServiceAccount with the manifest's commented `imagerepositories` rule enabled: an
+/// object without a scan result costs nothing; a scan result written through the status subresource
+/// mirrors its latest tags once; the same revision rescanned, nothing (not a request to the source);
+/// a new revision, its new tag. copycat never writes the object.
+#[tokio::test]
+async fn flux_image_repository_scans_on_a_real_api_server_mirror_each_new_revision_once() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[1_000], 1502).unwrap();
+    for tag in ["1.0", "1.1", "1.2"] {
+        image.push(&src, "org/app", tag).await.unwrap();
+    }
+    let real = Real::start().await;
+    real.install().await;
+    let crd = config_file(&flux_crd().to_string());
+    real.install_crd(crd.path(), "imagerepositories.image.toolkit.fluxcd.io");
+    real.apply(cluster_role_with_flux()).await;
+    real.namespace("flux-system").await;
+    real.apply(
+        json!({"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageRepository",
+                      "metadata": {"name": "app", "namespace": "flux-system"},
+                      "spec": {"image": format!("{}/org/app", src.host()), "interval": "5m"}}),
+    )
+    .await;
+    let configmap = std::fs::read_to_string(real.configmap_config().await.path()).unwrap();
+    let prefix = "  destinationPrefix: \"\"";
+    let settings = declarative_settings(&configmap, "flux-system");
+    assert_eq!(settings.matches(prefix).count(), 1, "{settings}");
+    let settings = settings.replace(prefix, "  destinationPrefix: flux/$namespace");
+    let target = dst.host();
+    let (daemon, _config) = copycat_mirroring(&real, &settings, &target).await;
+    eventually("watching ImageRepository objects and leading", WAIT, async || {
+        daemon.run.log().contains("watching Flux ImageRepository objects")
+            && metric(&daemon, "k8s_copycat_leader").await == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(copycat_requests(&src).is_empty(), "nothing before a scan");
+
+    let copied = async |want: &[&str]| {
+        let mut tags = list_tags(&dst, "flux/flux-system/org/app").await.unwrap_or_default();
+        tags.sort();
+        tags == want
+    };
+    let mirrored = r#"k8s_copycat_flux_scans_total{result="mirrored"}"#;
+    flux_scan(
+        &real,
+        ("flux-system", "app"),
+        "rev-1",
+        &["1.1", "1.0"],
+        "2026-12-07T17:00:00Z",
+    )
+    .await;
+    eventually("rev-1's latest tags copied", WAIT, async || {
+        copied(&["1.0", "1.1"]).await && metric(&daemon, mirrored).await == Some(1.0)
+    })
+    .await;
+    let after_first = copycat_requests(&src).len();
+
+    // Flux rescans every interval: the same revision, a new scan time.
+    flux_scan(
+        &real,
+        ("flux-system", "app"),
+        "rev-1",
+        &["1.1", "1.0"],
+        "2026-12-07T17:05:00Z",
+    )
+    .await;
+    eventually("the unchanged revision seen", WAIT, async || {
+        metric(&daemon, r#"k8s_copycat_flux_scans_total{result="unchanged"}"#).await == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        copycat_requests(&src).len(),
+        after_first,
+        "a request for an unchanged revision"
+    );
+
+    flux_scan(
+        &real,
+        ("flux-system", "app"),
+        "rev-2",
+        &["1.2", "1.1"],
+        "2026-12-07T17:10:00Z",
+    )
+    .await;
+    eventually("rev-2's new tag copied", WAIT, async || {
+        copied(&["1.0", "1.1", "1.2"]).await && metric(&daemon, mirrored).await == Some(1.0 + 1.0)
+    })
+    .await;
+    assert_written_once(&dst);
+    assert_identical(&dst, "flux/flux-system/org/app", "1.2", &image).await;
+    let object = real
+        .api("image.toolkit.fluxcd.io/v1", "ImageRepository", Some("flux-system"))
+        .await
+        .get("app")
+        .await
+        .unwrap();
+    let managers: Vec<String> = object
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        !managers.iter().any(|m| m == "copycat"),
+        "copycat wrote the object: {managers:?}"
+    );
+
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("forbidden"), "a request refused by RBAC: {log}");
 }
