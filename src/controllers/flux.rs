@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use tokio::sync::watch;
 
-use super::{Change, Watch, served_versions, watch_objects};
+use super::{Change, ObjectKey, Watch, served_versions, watch_objects};
 
 use crate::copy::PullSecret;
 use crate::declarative::flux::{
@@ -84,18 +84,18 @@ impl FluxController {
         };
         watch.resource = flux::api_resource(version);
         let (_watching, mut changes) = watch_objects::<ImageRepositoryObject>(&client, &watch, &metrics);
-        let scope = match settings.namespaces.is_empty() {
-            true => "every namespace".to_owned(),
-            false => settings.namespaces.join(","),
-        };
-        tracing::info!(namespaces = scope, version, "watching Flux ImageRepository objects");
+        tracing::info!(
+            namespaces = watch.scope(),
+            version,
+            "watching Flux ImageRepository objects"
+        );
         let mut mirror = FluxMirror::new(client, queue, registries, settings, metrics);
         let mut lead = *leading.borrow_and_update();
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
                     Some(Change::Applied(object)) => mirror.applied(object, lead).await,
-                    Some(Change::Deleted(key)) => mirror.deleted(&key.namespace, &key.name),
+                    Some(Change::Deleted(key)) => mirror.deleted(&key),
                     Some(Change::Undecodable(key, _, error)) => {
                         tracing::warn!(object = %key, error, "ImageRepository cannot be read; ignoring it");
                     }
@@ -201,9 +201,9 @@ struct FluxMirror {
     objects: HashMap<DeclaredSource, Followed>,
 }
 
-/// The queue's name of the object `namespace/name`.
-fn source_of(namespace: &str, name: &str) -> DeclaredSource {
-    DeclaredSource::new(flux::KIND, namespace, name)
+/// The queue's name of the object `key`.
+fn source_of(key: &ObjectKey) -> DeclaredSource {
+    DeclaredSource::new(flux::KIND, &key.namespace, &key.name)
 }
 
 impl FluxMirror {
@@ -230,9 +230,7 @@ impl FluxMirror {
     /// The object was created or changed (or listed again): when `lead` and its scan's revision is
     /// not the one last mirrored, its tags are declared.
     async fn applied(&mut self, object: ImageRepositoryObject, lead: bool) {
-        let namespace = object.metadata.namespace.clone().unwrap_or_default();
-        let name = object.metadata.name.clone().unwrap_or_default();
-        let source = source_of(&namespace, &name);
+        let source = source_of(&ObjectKey::of(&object.metadata));
         match self.objects.get_mut(&source) {
             Some(followed) => followed.object = object,
             None => {
@@ -244,9 +242,9 @@ impl FluxMirror {
         }
     }
 
-    /// The object `namespace/name` is gone: what it declared is forgotten (running copies finish).
-    fn deleted(&mut self, namespace: &str, name: &str) {
-        let source = source_of(namespace, name);
+    /// The object `key` is gone: what it declared is forgotten (running copies finish).
+    fn deleted(&mut self, key: &ObjectKey) {
+        let source = source_of(key);
         if self.objects.remove(&source).is_some() {
             let forgotten = self.queue.undeclare(source.clone());
             tracing::info!(object = %source, forgotten, "ImageRepository deleted: its tags are no longer mirrored");

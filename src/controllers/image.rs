@@ -85,11 +85,7 @@ impl ImageController {
         let (_watching, mut changes) = watch_objects::<ImageObject>(&client, &watch, &metrics);
         let (to, mut outcomes) = mpsc::unbounded_channel();
         queue.report_outcomes(Interest::Declared(image::KIND), to);
-        let scope = match settings.namespaces.is_empty() {
-            true => "every namespace".to_owned(),
-            false => settings.namespaces.join(","),
-        };
-        tracing::info!(namespaces = scope, "watching Image objects");
+        tracing::info!(namespaces = watch.scope(), "watching Image objects");
         let mut controller = Controller {
             client,
             settings,

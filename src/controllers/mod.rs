@@ -87,6 +87,16 @@ pub struct Watch {
     pub namespaces: Vec<String>,
 }
 
+impl Watch {
+    /// Where it watches, for logs: `every namespace` or the namespaces listed.
+    pub fn scope(&self) -> String {
+        match self.namespaces.is_empty() {
+            true => "every namespace".to_owned(),
+            false => self.namespaces.join(","),
+        }
+    }
+}
+
 /// Whether the CRD `watch.crd` exists, asked once at start. When it does not (or cannot be read),
 /// the feature stays off and this is logged once, naming the setting that enabled it.
 pub async fn crd_present(client: &kube::Client, watch: &Watch) -> bool {
