@@ -8,11 +8,15 @@
 //! 1 GiB layer (`BENCH_BIG_MIB` to change the size), for wall time and peak RSS.
 //! Prints medians of wall time and client CPU (user + sys) and the ratios copycat / skopeo.
 //! Then the cost of `referrers: all` (the default) against `none` on the same data set, which has no
-//! signatures, attestations or SBOMs: `copycat sync --referrers all|none` interleaved, cold and warm,
-//! with the requests each run sent to the source and to the target. `BENCH_ONLY=referrers` runs that
-//! part alone; `BENCH_WARM_RUNS=N` takes N warm runs per mode and pair (alternating the modes, for a
+//! signatures, attestations or SBOMs: `copycat sync --referrers all|none` interleaved, cold (target
+//! wiped, fresh state file) and warm, with the requests each run sent to the source and to the
+//! target. Warm twice: with the state file the cold run left (an image already at the target is
+//! looked at once per `referrersInterval`, as for a cron job's runs) and with none (every image
+//! looked at again, as in a fresh container). `BENCH_ONLY=referrers` runs that part alone;
+//! `BENCH_WARM_RUNS=N` takes N warm runs per mode, phase and pair (alternating the modes, for a
 //! steadier median of runs that last a tenth of a second); `BENCH_REQUESTS=1` prints each of its
-//! runs' requests. `BENCH_COPYCAT=<path>` measures another copycat binary.
+//! runs' requests. `BENCH_COPYCAT=<path>` measures another copycat binary (the referrers part needs
+//! one that knows `sync --state`).
 
 use std::path::Path;
 use std::process::Command;
@@ -313,7 +317,10 @@ fn main() {
 }
 
 /// `copycat sync --referrers all` against `--referrers none` on images without related artifacts:
-/// interleaved pairs, cold (target wiped) and warm; wall time and the requests sent to the source.
+/// interleaved pairs, cold (target wiped, fresh state file) and warm: a warm run with the state file
+/// the cold run left (the looks are remembered for `referrersInterval`, as a cron job's runs are)
+/// and one without any (every image looked at again, as in a fresh container); wall time and the
+/// requests sent to the source and the target.
 fn referrers_cost(
     rt: &tokio::runtime::Runtime,
     src: &Registry,
@@ -322,8 +329,9 @@ fn referrers_cost(
     expected: &[(String, String)],
     pairs: usize,
 ) {
-    /// The runs of one (mode, cold or warm), with the requests each sent to the source and the target.
+    /// The runs of one (mode, phase), with the requests each sent to the source and the target.
     type Runs = (Vec<Run>, Vec<usize>, Vec<usize>);
+    const PHASES: [&str; 3] = ["cold", "warm", "warm, no state"];
     let show_requests = std::env::var("BENCH_REQUESTS").is_ok_and(|v| v == "1");
     let warm_runs: usize = std::env::var("BENCH_WARM_RUNS")
         .ok()
@@ -333,11 +341,17 @@ fn referrers_cost(
         })
         .unwrap_or(1)
         .clamp(1, 50);
+    let state_dir = tempfile::tempdir().expect("temp dir");
+    let state = |mode: &str| state_dir.path().join(format!("{mode}.json"));
     let mut runs: std::collections::BTreeMap<(&str, &str), Runs> = Default::default();
     let mut run_one = |pair: usize, mode: &'static str, phase: &'static str| {
         let (src_before, dst_before) = (src.requests().len(), dst.requests().len());
         let mut c = copycat();
         c.args(["sync", "--referrers", mode, "--images"]).arg(images_file);
+        // The bench's environment has no HOME: without `--state`, nothing is remembered.
+        if phase != PHASES[2] {
+            c.arg("--state").arg(state(mode));
+        }
         let run = measure(&mut c);
         let (src_log, dst_log) = (src.requests(), dst.requests());
         verify(rt, dst, expected);
@@ -368,14 +382,16 @@ fn referrers_cost(
         };
         for mode in order {
             wipe(dst);
-            run_one(pair, mode, "cold");
-            run_one(pair, mode, "warm");
+            let _ = std::fs::remove_file(state(mode));
+            run_one(pair, mode, PHASES[0]);
         }
         // A warm run lasts a tenth of a second, so its median needs more samples than the cold
-        // one's: the rest of the warm runs alternate the modes on the same, complete target.
-        for _ in 1..warm_runs {
-            for mode in order {
-                run_one(pair, mode, "warm");
+        // one's: the warm runs alternate the modes on the same, complete target.
+        for _ in 0..warm_runs {
+            for phase in &PHASES[1..] {
+                for mode in order {
+                    run_one(pair, mode, phase);
+                }
             }
         }
     }
@@ -388,7 +404,7 @@ fn referrers_cost(
         "| sync | `none` wall | `all` wall | wall ratio | CPU `none` / `all` | source requests `none` / `all` | target requests `none` / `all` |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for phase in ["cold", "warm"] {
+    for phase in PHASES {
         let (none_runs, none_src, none_dst) = &runs[&("none", phase)];
         let (all_runs, all_src, all_dst) = &runs[&("all", phase)];
         let wall = |runs: &[Run]| median(runs.iter().map(|r| r.wall).collect());

@@ -324,6 +324,14 @@ pub struct SyncArgs {
     /// or digest) instead of copying; entries may not name a `tag` or `amd64Only`.
     #[arg(long)]
     pub pull_through: bool,
+    /// Where sync remembers between runs whose signatures, attestations and SBOMs it looked for, so
+    /// an image already at the target is looked at once per `referrersInterval` [default:
+    /// $XDG_STATE_HOME/copycat/sync-state.json, else ~/.local/state/copycat/sync-state.json].
+    #[arg(long, value_name = "FILE", conflicts_with = "no_state")]
+    pub state: Option<PathBuf>,
+    /// Remember nothing between runs: look for every image's related artifacts now.
+    #[arg(long)]
+    pub no_state: bool,
 }
 
 /// Flags every command accepts.

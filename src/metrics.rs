@@ -746,6 +746,7 @@ mod tests {
                 copied: [2, 0, 1],
                 missing: 0,
                 error: None,
+                ..Default::default()
             },
         };
         let copied = report(Outcome::Copied, 10, [1, 2, 3]);

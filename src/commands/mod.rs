@@ -6,6 +6,7 @@ mod failover;
 mod node_config;
 mod plan_tags;
 mod progress;
+mod sync_state;
 mod verify;
 
 use std::process::ExitCode;
@@ -188,6 +189,13 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(&e.to_string()),
     };
+    // A dry run writes nothing anywhere, and looks for no related artifacts to remember.
+    let state = sync_state::locate(args.state.as_deref(), args.no_state, |name| std::env::var(name).ok())
+        .filter(|_| !config.dry_run);
+    if let Some(path) = &state {
+        let remembered = copier.remember_referrer_looks(sync_state::load(path));
+        tracing::debug!(file = %path.display(), remembered, "sync state read");
+    }
     let progress = Progress::start(&copier, entries.len());
     futures::stream::iter(&entries)
         .for_each_concurrent(usize::from(args.jobs), |entry| {
@@ -212,6 +220,9 @@ pub async fn sync(config: &Config, args: &SyncArgs) -> ExitCode {
             }
         })
         .await;
+    if let Some(path) = &state {
+        sync_state::save(path, copier.referrer_looks(), copier.referrers_interval());
+    }
     if progress.summary() {
         ExitCode::SUCCESS
     } else {

@@ -18,6 +18,8 @@ pub struct Tally {
     warmed: AtomicU32,
     would_copy: AtomicU32,
     failed: AtomicU32,
+    /// Images whose related artifacts were looked for within the interval, so not asked again.
+    looked_recently: AtomicU32,
 }
 
 /// Reports progress while images copy, then a summary.
@@ -95,6 +97,9 @@ impl Progress {
                     Outcome::WouldCopy => &self.tally.would_copy,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                if r.referrers.recent {
+                    self.tally.looked_recently.fetch_add(1, Ordering::Relaxed);
+                }
                 describe(source, target, r)
             }
             Err(e) => {
@@ -138,6 +143,12 @@ impl Progress {
         let would = t.would_copy.load(Ordering::Relaxed);
         if would > 0 {
             line.push_str(&format!(", {would} would be copied (dry run)"));
+        }
+        let recent = t.looked_recently.load(Ordering::Relaxed);
+        if recent > 0 {
+            line.push_str(&format!(
+                "; signatures/attestations/SBOMs of {recent} looked for within referrersInterval, not asked again (sync --no-state asks now)"
+            ));
         }
         let rate = bytes as f64 / elapsed.as_secs_f64().max(0.001);
         line.push_str(&format!(

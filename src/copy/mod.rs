@@ -618,8 +618,12 @@ impl Copier {
             Ok(Decision {
                 digest: Some(digest),
                 filtered,
+                outcome,
                 ..
-            }) => self.copy_referrers(req, &job, digest, *filtered, tags).await,
+            }) => {
+                let written = *outcome != Outcome::AlreadyPresent;
+                self.copy_referrers(req, &job, (digest, *filtered, written), tags).await
+            }
             _ => ReferrerReport::default(),
         };
         let bytes = job.counters.bytes.load(Ordering::Relaxed);

@@ -13,15 +13,18 @@
 //! Cost: one tag list of the source repository per image (shared by the images of a repository
 //! looked at within a short time), plus one Referrers API call per digest where the source serves it
 //! (learnt once per host), and nothing else when there is nothing to copy.
-//! A target image is looked at once per `referrersInterval`; calls within it cost nothing.
+//! A target image is looked at once per `referrersInterval`; calls within it cost nothing, unless the
+//! image itself had to be written (the target lost it, so it likely lost its artifacts too). The
+//! looks can be kept across processes ([`Copier::referrer_looks`]): `copycat sync` keeps them in a
+//! state file, so a cron job every few minutes asks the source once an interval, as the daemon does.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::manifest::{self, Budget, Descriptor, Kind, Parsed};
 use super::{
@@ -34,6 +37,8 @@ use crate::registry::{Manifest, ReferrerDescriptor, ReferrerIndex, RegistryError
 
 /// How often a mirrored image's referrers are looked for by default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
+/// Most looks remembered (images, and source/target reference pairs).
+pub const MAX_LOOKS: u64 = 100_000;
 /// Most referrers copied with one image (every level): a hostile source cannot make it endless.
 const MAX_REFERRERS: usize = 1_000;
 /// Attempts at merging the target's fallback index while other writers change it.
@@ -89,6 +94,9 @@ impl ReferrerSource {
 pub struct ReferrerReport {
     /// Whether they were looked for (not: turned off, a dry run, or looked for within the interval).
     pub checked: bool,
+    /// Not looked for because they were looked for within the interval (by this process, or by an
+    /// earlier run whose looks were remembered).
+    pub recent: bool,
     /// Related artifacts the target holds for the image (copied now or before), when looked for.
     pub found: u32,
     /// Copied now, by [`ReferrerSource::ALL`].
@@ -129,13 +137,83 @@ enum Found {
     Missing,
 }
 
+/// One look for an image's related artifacts, as a one-shot command keeps it between runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferrerLook {
+    /// The source reference as requested (`ghcr.io/org/app:1.2`).
+    pub source: String,
+    /// The target reference (`registry.example.com/mirror/app:1.2`).
+    pub target: String,
+    /// The source repository (`ghcr.io/org/app`).
+    pub source_repository: String,
+    /// The target repository (`registry.example.com/mirror/app`).
+    pub target_repository: String,
+    /// The image (its top manifest) whose related artifacts were looked for.
+    pub digest: Digest,
+    /// When, in whole seconds since the Unix epoch (rounded down: a remembered look ends early,
+    /// never late).
+    pub at: u64,
+}
+
+impl ReferrerLook {
+    fn looked_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.at)
+    }
+}
+
+/// A look within the interval: when, and the references it was made for (kept for
+/// [`Copier::referrer_looks`]).
+#[derive(Debug, Clone)]
+struct Looked {
+    at: SystemTime,
+    source: String,
+    target: String,
+}
+
+/// When a remembered value was looked at.
+trait LookedAt {
+    fn looked_at(&self) -> SystemTime;
+}
+
+impl LookedAt for Looked {
+    fn looked_at(&self) -> SystemTime {
+        self.at
+    }
+}
+
+impl LookedAt for SystemTime {
+    fn looked_at(&self) -> SystemTime {
+        *self
+    }
+}
+
+/// Entries live the interval from the look they record: a look remembered from an earlier run keeps
+/// its age.
+struct FromTheLook(Duration);
+
+impl FromTheLook {
+    fn remaining(&self, at: SystemTime) -> Duration {
+        self.0
+            .saturating_sub(SystemTime::now().duration_since(at).unwrap_or_default())
+    }
+}
+
+impl<K, V: LookedAt> moka::Expiry<K, V> for FromTheLook {
+    fn expire_after_create(&self, _: &K, value: &V, _: Instant) -> Option<Duration> {
+        Some(self.remaining(value.looked_at()))
+    }
+}
+
 /// What the copier remembers about related artifacts.
 pub(super) struct ReferrerState {
+    /// How long a look holds.
+    interval: Duration,
     /// (source repository, target repository, top digest) looked at within the interval.
-    checked: moka::sync::Cache<(String, String, Digest), ()>,
+    checked: moka::sync::Cache<(String, String, Digest), Looked>,
     /// (source reference, target reference) looked at within the interval: no tag list is fetched
     /// ahead of the copy for them.
-    checked_references: moka::sync::Cache<(String, String), ()>,
+    checked_references: moka::sync::Cache<(String, String), SystemTime>,
     /// The manifests an index lists (content-addressed: never stale).
     children: moka::sync::Cache<Digest, Arc<Vec<Listed>>>,
     /// Tag lists by (source host, repository), shared by the looks of every image of a repository
@@ -155,14 +233,16 @@ pub(super) struct ReferrerState {
 
 impl ReferrerState {
     pub(super) fn new(interval: Duration) -> ReferrerState {
+        let interval = interval.max(Duration::from_millis(1));
         ReferrerState {
+            interval,
             checked: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(interval.max(Duration::from_millis(1)))
+                .max_capacity(MAX_LOOKS)
+                .expire_after(FromTheLook(interval))
                 .build(),
             checked_references: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(interval.max(Duration::from_millis(1)))
+                .max_capacity(MAX_LOOKS)
+                .expire_after(FromTheLook(interval))
                 .build(),
             children: moka::sync::Cache::new(10_000),
             tag_lists: moka::future::Cache::builder()
@@ -175,6 +255,48 @@ impl ReferrerState {
             index_locks: KeyedLocks::new(),
             probing: KeyedLocks::new(),
         }
+    }
+
+    /// The looks within the interval, with the time each was made.
+    fn looks(&self) -> Vec<ReferrerLook> {
+        self.checked
+            .iter()
+            .map(|(key, looked)| {
+                let (source_repository, target_repository, digest) = key.as_ref().clone();
+                ReferrerLook {
+                    source: looked.source,
+                    target: looked.target,
+                    source_repository,
+                    target_repository,
+                    digest,
+                    at: looked.at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+                }
+            })
+            .collect()
+    }
+
+    /// Takes `looks` made earlier as its own, each for the rest of the interval from when it was
+    /// made; returns how many were still within it.
+    fn remember(&self, looks: impl IntoIterator<Item = ReferrerLook>) -> usize {
+        let expiry = FromTheLook(self.interval);
+        let mut remembered = 0;
+        for look in looks {
+            let at = look.looked_at();
+            if expiry.remaining(at).is_zero() {
+                continue;
+            }
+            let looked = Looked {
+                at,
+                source: look.source,
+                target: look.target,
+            };
+            self.checked_references
+                .insert((looked.source.clone(), looked.target.clone()), at);
+            self.checked
+                .insert((look.source_repository, look.target_repository, look.digest), looked);
+            remembered += 1;
+        }
+        remembered
     }
 
     /// Remembers that `digest`, of `media_type`, lists no manifests when it is no index (a HEAD
@@ -354,13 +476,13 @@ impl Copier {
 
     /// After the image `top` (a filtered index when `filtered`) is at the target: copies its related
     /// artifacts, unless they are turned off, this is a dry run, or they were looked for within the
-    /// interval. A failure is logged and reported, never fails the image.
+    /// interval and the image was already there (`written` now: the target lost it, and likely its
+    /// artifacts with it). A failure is logged and reported, never fails the image.
     pub(super) async fn copy_referrers(
         &self,
         req: &CopyRequest,
         job: &Job<'_>,
-        top: &Digest,
-        filtered: bool,
+        (top, filtered, written): (&Digest, bool, bool),
         tags: Prefetched,
     ) -> ReferrerReport {
         let opts = job.opts;
@@ -369,8 +491,11 @@ impl Copier {
         }
         let key = (req.source.name(), req.target.name(), top.clone());
         // A repair (a check found the target incomplete) looks again at once.
-        if !opts.repair && self.referrers.checked.contains_key(&key) {
-            return ReferrerReport::default();
+        if !opts.repair && !written && self.referrers.checked.contains_key(&key) {
+            return ReferrerReport {
+                recent: true,
+                ..ReferrerReport::default()
+            };
         }
         // A failed prefetch is asked again by the walk (and fails there, with its context).
         let tags = tags.and_then(Result::ok);
@@ -387,10 +512,15 @@ impl Copier {
         };
         match walked {
             Ok(report) => {
-                self.referrers.checked.insert(key, ());
+                let looked = Looked {
+                    at: SystemTime::now(),
+                    source: req.source.to_string(),
+                    target: req.target_display(None),
+                };
                 self.referrers
                     .checked_references
-                    .insert((req.source.to_string(), req.target_display(None)), ());
+                    .insert((looked.source.clone(), looked.target.clone()), looked.at);
+                self.referrers.checked.insert(key, looked);
                 report
             }
             Err(e) => {
@@ -403,6 +533,23 @@ impl Copier {
                 }
             }
         }
+    }
+
+    /// The looks for related artifacts made (or remembered) within the interval, for a one-shot
+    /// command to keep until its next run.
+    pub fn referrer_looks(&self) -> Vec<ReferrerLook> {
+        self.referrers.looks()
+    }
+
+    /// Remembers looks an earlier run made: an image looked at within the interval is not looked at
+    /// again while it is already at the target. Returns how many were still within it.
+    pub fn remember_referrer_looks(&self, looks: impl IntoIterator<Item = ReferrerLook>) -> usize {
+        self.referrers.remember(looks)
+    }
+
+    /// How long a look for related artifacts holds (`referrersInterval`, as the copier was built).
+    pub fn referrers_interval(&self) -> Duration {
+        self.referrers.interval
     }
 
     /// Counts the related artifacts of `top` (at the target of `req`) that the source has and the
@@ -867,6 +1014,47 @@ impl Copier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_looks_hold_for_the_rest_of_the_interval_from_when_they_were_made() {
+        let hour = Duration::from_secs(3600);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let look = |repository: &str, age: u64| ReferrerLook {
+            source: format!("src.io/{repository}:1"),
+            target: format!("dst.io/{repository}:1"),
+            source_repository: format!("src.io/{repository}"),
+            target_repository: format!("dst.io/{repository}"),
+            digest: digest('a'),
+            at: now - age,
+        };
+        let state = ReferrerState::new(hour);
+        // (repository, age in seconds, still held)
+        let cases = [
+            ("new", 0, true),
+            ("half", 1800, true),
+            ("last", 3590, true),
+            ("over", 3600, false),
+            ("old", 86_400, false),
+        ];
+        let remembered = state.remember(cases.iter().map(|(r, age, _)| look(r, *age)));
+        assert_eq!(remembered, cases.iter().filter(|c| c.2).count());
+        state.checked.run_pending_tasks();
+        for (repository, age, held) in cases {
+            let key = (
+                format!("src.io/{repository}"),
+                format!("dst.io/{repository}"),
+                digest('a'),
+            );
+            assert_eq!(state.checked.contains_key(&key), held, "{repository}");
+            let pair = (format!("src.io/{repository}:1"), format!("dst.io/{repository}:1"));
+            assert_eq!(state.checked_references.contains_key(&pair), held, "{repository}");
+            if held {
+                let kept = state.looks().into_iter().find(|l| l.source_repository == key.0);
+                assert_eq!(kept, Some(look(repository, age)), "kept with its own time");
+            }
+        }
+        assert_eq!(state.looks().len(), remembered);
+    }
 
     fn digest(c: char) -> Digest {
         Digest::sha256_hex(&c.to_string().repeat(64)).unwrap()

@@ -327,3 +327,117 @@ async fn copy_and_sync_bring_signatures_unless_told_not_to() {
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
     assert!(text(&bad).contains("--referrers"), "{}", text(&bad));
 }
+
+/// A cron job's runs of `sync`: an image already at the target is looked at for related artifacts
+/// once per `referrersInterval` across runs (the state file), a re-sign upstream arrives after it,
+/// an image the run writes is always looked at, and the state never stops a sync.
+#[tokio::test]
+async fn sync_remembers_its_looks_for_signatures_between_runs() {
+    use testkit::artifacts::{self, Subject};
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let image = Image::oci("amd64", &[3000], 160).unwrap();
+    image.push(&src, "team/app", "1.0").await.unwrap();
+    let subject = Subject::of(&image);
+    let sig = artifacts::cosign_signature(&subject, "team/app", 1, 1);
+    sig.push(&src, "team/app", &subject.cosign_tag("sig")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = images_file(&dir, &dst, &[format!("{}/team/app:1.0", src.host())]);
+    let state = dir.path().join("state/sync.json");
+    let home = dir.path().join("home");
+    let tag_lists = |from: usize| {
+        src.requests()[from..]
+            .iter()
+            .filter(|r| r.path.contains("/tags/list"))
+            .count()
+    };
+    // 2 s, so a copier's look holds 1.8 s (90 %, as the daemon's).
+    let interval = [("REFERRERS_INTERVAL", "2")];
+    let sync = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["sync", "--images", file.as_str()];
+        args.extend_from_slice(extra);
+        let out = copycat(&args, env);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        text(&out)
+    };
+    let with_state = ["--state", state.to_str().unwrap()];
+
+    let before = src.requests().len();
+    let first = sync(&with_state, &interval);
+    assert!(first.contains("1 at the target, 1 copied"), "{first}");
+    assert_eq!(tag_lists(before), 1);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the state file is its owner's"
+    );
+
+    // Within the interval: the image is at the target, nothing is asked about its artifacts; a
+    // re-sign upstream waits for the interval's end.
+    let att = artifacts::cosign_attestation(&subject, "team/app", 2);
+    att.push(&src, "team/app", &subject.cosign_tag("att")).await.unwrap();
+    let before = src.requests().len();
+    let second = sync(&with_state, &interval);
+    assert!(second.contains("looked for within referrersInterval"), "{second}");
+    assert_eq!(tag_lists(before), 0, "{second}");
+    assert_eq!(
+        manifest_digest(&dst, "external/team/app", &subject.cosign_tag("att"))
+            .await
+            .unwrap(),
+        None
+    );
+    // --no-state looks now.
+    let before = src.requests().len();
+    let now = sync(&["--no-state"], &interval);
+    assert_eq!(tag_lists(before), 1, "{now}");
+    assert!(now.contains("2 at the target, 1 copied"), "{now}");
+
+    // After the interval, the remembered look is over: the next run looks (and finds nothing new).
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let before = src.requests().len();
+    let after = sync(&with_state, &interval);
+    assert_eq!(tag_lists(before), 1, "{after}");
+    assert!(after.contains("2 at the target, 0 copied"), "{after}");
+
+    // The target lost everything: the image is written, and its artifacts looked for at once, even
+    // though the state remembers a look a moment ago.
+    dst.wipe().unwrap();
+    let rewritten = sync(&with_state, &interval);
+    assert!(rewritten.contains("2 at the target, 2 copied"), "{rewritten}");
+
+    // Without --state, the file is under $XDG_STATE_HOME, else $HOME/.local/state; a dry run
+    // writes none.
+    let xdg = dir.path().join("xdg");
+    sync(&["--dry-run"], &[("HOME", home.to_str().unwrap())]);
+    assert!(!home.join(".local/state/copycat/sync-state.json").exists());
+    sync(&[], &[("HOME", home.to_str().unwrap())]);
+    assert!(home.join(".local/state/copycat/sync-state.json").exists());
+    sync(
+        &[],
+        &[
+            ("HOME", home.to_str().unwrap()),
+            ("XDG_STATE_HOME", xdg.to_str().unwrap()),
+        ],
+    );
+    assert!(xdg.join("copycat/sync-state.json").exists());
+
+    // A damaged state file is a warning naming it; the run looks, and writes a good one.
+    std::fs::write(&state, "{ not json").unwrap();
+    let before = src.requests().len();
+    let damaged = sync(&with_state, &interval);
+    assert!(
+        damaged.contains("ignoring the sync state") && damaged.contains(state.to_str().unwrap()),
+        "{damaged}"
+    );
+    assert_eq!(tag_lists(before), 1, "{damaged}");
+    let before = src.requests().len();
+    sync(&with_state, &interval);
+    assert_eq!(tag_lists(before), 0, "the damaged file was replaced");
+
+    // --state and --no-state together are a usage error.
+    let both = copycat(
+        &["sync", "--images", &file, "--no-state", "--state", "/tmp/x.json"],
+        &[],
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+}
