@@ -197,6 +197,10 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
         };
         tokio::spawn(verifier.run(leadership.subscribe(), busy, copy_again))
     });
+    // The targets objects declare enter the same coverage as the plan's.
+    let declared_coverage = backup
+        .clone()
+        .map(|states| tokio::spawn(cover_declared(queue.clone(), states, leadership.subscribe())));
     let referrer_sweep = referrers_travel.then(|| {
         tokio::spawn(sweep_referrers(
             queue.clone(),
@@ -255,7 +259,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     if let Some(events) = events {
         events.task.abort();
     }
-    for task in [verifier, drills, image_controller, flux_controller]
+    for task in [verifier, declared_coverage, drills, image_controller, flux_controller]
         .into_iter()
         .flatten()
     {
@@ -270,8 +274,8 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Once per `every`, while this replica leads, submits every planned target again past the positive
-/// cache: the copy (two HEADs for an unchanged image) then looks for new signatures, attestations and
+/// Once per `every`, while this replica leads, submits every planned and declared target again past
+/// the positive cache: the copy (two HEADs for an unchanged image) then looks for new signatures, attestations and
 /// SBOMs at the source, so a re-sign upstream reaches the target within the interval. The copier
 /// looks at most once per interval per image, whatever else submits it meanwhile.
 async fn sweep_referrers(queue: Queue, every: Duration, leading: channel::Receiver<bool>) {
@@ -280,11 +284,28 @@ async fn sweep_referrers(queue: Queue, every: Duration, leading: channel::Receiv
     loop {
         tick.tick().await;
         if *leading.borrow() {
-            let targets = queue.resubmit_planned();
+            let targets = queue.resubmit_mirrored();
             tracing::debug!(
                 targets,
                 "looking for new signatures, attestations and SBOMs of every mirrored image"
             );
+        }
+    }
+}
+
+/// Hands the targets declarative objects declare to the periodic verification whenever they change
+/// and whenever this replica gains the lead (the plan loop clears the coverage when it loses it), as
+/// [`Planning::hand_on`] hands it the plan's.
+async fn cover_declared(queue: Queue, states: BackupStates, mut leading: channel::Receiver<bool>) {
+    let mut declared = queue.declared_changes();
+    loop {
+        declared.borrow_and_update();
+        if *leading.borrow_and_update() {
+            states.set_declared(queue.declared_tasks(), std::time::SystemTime::now());
+        }
+        tokio::select! {
+            changed = declared.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::events::ObjectNotice;
 use crate::metrics::Metrics;
 use crate::plan::{MirrorTask, TargetKey};
 use crate::queue::{DeclaredSource, Interest, Queue, TaskOutcome};
+use crate::reference::Digest;
 use crate::registry::Registries;
 
 /// How often due passes and status writes are looked for.
@@ -106,6 +107,7 @@ impl ImageController {
                 Some(outcome) = outcomes.recv() => controller.on_outcome(&outcome),
                 _ = tick.tick() => {
                     if *leading.borrow() {
+                        controller.tell_finished();
                         controller.run_due().await;
                         controller.write_statuses().await;
                     }
@@ -113,8 +115,11 @@ impl ImageController {
                 Ok(()) = leading.changed() => {
                     // A new leader takes every pass up at once (a finished OneShot stays finished).
                     if *leading.borrow_and_update() {
-                        for tracked in controller.objects.values_mut().filter(|o| o.due.is_some()) {
-                            tracked.due = Some(Instant::now());
+                        for tracked in controller.objects.values_mut() {
+                            tracked.told = false;
+                            if tracked.due.is_some() {
+                                tracked.due = Some(Instant::now());
+                            }
                         }
                     }
                 }
@@ -156,6 +161,9 @@ struct Tracked {
     snapshot: Option<Vec<String>>,
     /// `Recurrent`: whether the tags were declared once (later passes copy them again).
     declared_once: bool,
+    /// Whether the queue was told what this object declares since this replica leads (a finished
+    /// `OneShot` runs no pass, yet its copies stay declared for the periodic verification).
+    told: bool,
     /// `OnceByTag`: when copied tags were last checked for moves.
     moves_checked: Option<Instant>,
     /// When the next pass is due; `None`: never (a finished `OneShot`, an invalid spec reported).
@@ -218,6 +226,7 @@ impl Tracked {
             pending: 0,
             snapshot: None,
             declared_once: false,
+            told: false,
             moves_checked: None,
             due: Some(Instant::now()),
             list_error: None,
@@ -225,6 +234,35 @@ impl Tracked {
             written: None,
             write_after: None,
         }
+    }
+
+    /// What the object declares to the queue under `plan`: the tags to copy (by tag), and for
+    /// `OneShot` and `OnceByTag` each tag copied to its current target, pinned to the digest copied
+    /// (never copied again by tag, so a tag moved upstream is not followed, yet the copy stays
+    /// declared: the periodic verification checks it, repairs it and looks for new signatures of
+    /// that digest).
+    fn tasks(&self, plan: &ImagePlan) -> Vec<MirrorTask> {
+        let copying = self
+            .declared
+            .values()
+            .filter_map(|tag| plan.request(tag).ok().map(MirrorTask::new));
+        let once = matches!(plan.mode, Mode::OneShot | Mode::OnceByTag);
+        let copied = self
+            .tags
+            .values()
+            .filter(move |_| once)
+            .filter(|t| matches!(t.result.as_str(), COPIED | PRESENT | MOVED))
+            .filter_map(|t| {
+                let digest = t.source_digest.as_deref()?.parse::<Digest>().ok()?;
+                let mut request = plan.request(&t.tag).ok()?;
+                let key = TargetKey::of(&request);
+                if key.to_string() != t.destination || self.declared.contains_key(&key) {
+                    return None; // copied elsewhere under an older spec, or being copied again
+                }
+                request.source = request.source.with_digest(digest);
+                Some(MirrorTask::new(request))
+            });
+        copying.chain(copied).collect()
     }
 
     /// A reference for Events.
@@ -495,6 +533,18 @@ impl Controller {
         }
     }
 
+    /// Tells the queue what each object that runs no pass (a finished `OneShot`) declares, once
+    /// since this replica leads: its copies, for the periodic verification.
+    fn tell_finished(&mut self) {
+        for tracked in self.objects.values_mut().filter(|t| t.due.is_none() && !t.told) {
+            tracked.told = true;
+            if let Ok(plan) = &tracked.plan {
+                let done = self.queue.declare(tracked.source.clone(), tracked.tasks(plan));
+                tracing::debug!(object = %tracked.source, submitted = done.submitted, "Image copies declared");
+            }
+        }
+    }
+
     /// Runs the passes that are due.
     async fn run_due(&mut self) {
         let now = Instant::now();
@@ -591,11 +641,8 @@ impl Controller {
         };
         tracked.waiting.retain(|k| tracked.declared.contains_key(k));
         tracked.waiting.extend(submitted);
-        let tasks: Vec<MirrorTask> = tracked
-            .declared
-            .values()
-            .filter_map(|tag| plan.request(tag).ok().map(MirrorTask::new))
-            .collect();
+        tracked.told = true;
+        let tasks = tracked.tasks(&plan);
         let source = tracked.source.clone();
         let done = self.queue.declare(source.clone(), tasks);
         let refreshed = if refresh {
@@ -831,6 +878,71 @@ mod tests {
 
     /// An object as served: `mode`, `generation`, and a status observed at `observed` holding the
     /// `(tag, result)` pairs.
+    #[test]
+    fn copied_tags_stay_declared_pinned_to_the_digest_copied() {
+        let d = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
+        let at = |tag: &str| format!("r.example/b:{tag}");
+        // (tag, result, source digest, destination) in the status
+        let status = [
+            ("1.0.0", COPIED, Some(d(1)), at("1.0.0")),
+            ("1.1.0", PRESENT, Some(d(2)), at("1.1.0")),
+            // Moved upstream: the digest copied stays what is checked.
+            ("1.2.0", MOVED, Some(d(3)), at("1.2.0")),
+            ("1.3.0", FAILED, None, at("1.3.0")),
+            ("1.4.0", DRY_RUN, Some(d(5)), at("1.4.0")),
+            // Copied under an older spec to another destination.
+            ("1.5.0", COPIED, Some(d(6)), "r.example/old:1.5.0".into()),
+            // Being copied again (declared by tag).
+            ("1.6.0", COPIED, Some(d(7)), at("1.6.0")),
+        ];
+        // (mode, the sources declared)
+        let cases: [(&str, Vec<String>); 3] = [
+            (
+                "OnceByTag",
+                vec![
+                    format!("quay.io/a/b:1.0.0@{}", d(1)),
+                    format!("quay.io/a/b:1.1.0@{}", d(2)),
+                    format!("quay.io/a/b:1.2.0@{}", d(3)),
+                    "quay.io/a/b:1.6.0".into(),
+                ],
+            ),
+            (
+                "OneShot",
+                vec![
+                    format!("quay.io/a/b:1.0.0@{}", d(1)),
+                    format!("quay.io/a/b:1.1.0@{}", d(2)),
+                    format!("quay.io/a/b:1.2.0@{}", d(3)),
+                    "quay.io/a/b:1.6.0".into(),
+                ],
+            ),
+            // Recurrent declares its tags by tag, copied or not.
+            ("Recurrent", vec!["quay.io/a/b:1.6.0".into()]),
+        ];
+        for (mode, want) in cases {
+            let mut tracked = Tracked::new(&object(mode, 1, 1, &[], 0), "r.example");
+            let plan = tracked.plan.clone().unwrap();
+            for (tag, result, digest, destination) in &status {
+                let entry = TagResult {
+                    tag: (*tag).into(),
+                    source_digest: digest.clone(),
+                    destination: destination.clone(),
+                    result: (*result).into(),
+                    message: String::new(),
+                    time: None,
+                };
+                tracked.tags.insert((*tag).into(), entry);
+            }
+            tracked.declared = declared(&plan, &["1.6.0".to_owned()]);
+            let mut got: Vec<String> = tracked
+                .tasks(&plan)
+                .iter()
+                .map(|t| t.request.source.to_string())
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "{mode}");
+        }
+    }
+
     fn object(mode: &str, generation: i64, observed: i64, tags: &[(&str, &str)], pending: u64) -> ImageObject {
         let tags: Vec<serde_json::Value> = tags
             .iter()

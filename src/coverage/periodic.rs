@@ -34,8 +34,11 @@ pub struct BackupStates(Arc<Mutex<Store>>);
 
 #[derive(Default)]
 struct Store {
-    /// The planned tasks by target key (leader only; empty on a follower).
+    /// The covered tasks by target key: the plan's, and those only objects declare (leader only;
+    /// empty on a follower).
     tasks: BTreeMap<String, Planned>,
+    /// The tasks declarative objects declare, by target key.
+    declared: HashMap<String, MirrorTask>,
     /// The plan's excluded, conflicting and invalid images.
     unplanned: Vec<ImageCoverage>,
     /// The last check of each target key.
@@ -51,6 +54,30 @@ struct Store {
 }
 
 impl Store {
+    /// Adds the declared targets the plan does not hold to `tasks`, then forgets the checks, ages and
+    /// drills of targets `tasks` no longer holds and starts the age of new ones at `now`.
+    fn settle(&mut self, now: SystemTime) {
+        let Store {
+            tasks,
+            declared,
+            checks,
+            since,
+            drills,
+            ..
+        } = self;
+        for (key, task) in declared.iter() {
+            tasks
+                .entry(key.clone())
+                .or_insert_with(|| Planned::new(task.clone(), false));
+        }
+        checks.retain(|key, _| tasks.contains_key(key));
+        since.retain(|key, _| tasks.contains_key(key));
+        drills.retain(|key, _| tasks.contains_key(key));
+        for key in tasks.keys() {
+            since.entry(key.clone()).or_insert(now);
+        }
+    }
+
     /// Each planned target key with when it was last checked for its current source (`None` also
     /// for a key in `again`).
     fn last_checks<'a>(
@@ -65,10 +92,22 @@ impl Store {
     }
 }
 
-/// One planned task, with its key and source as checks record them.
+/// One covered task (planned or declared), with its source as checks record it.
 struct Planned {
     source: String,
     task: MirrorTask,
+    /// Whether the plan holds it (else only objects declare it).
+    from_plan: bool,
+}
+
+impl Planned {
+    fn new(task: MirrorTask, from_plan: bool) -> Planned {
+        Planned {
+            source: task.request.source.to_string(),
+            task,
+            from_plan,
+        }
+    }
 }
 
 /// One finished check.
@@ -151,35 +190,28 @@ impl BackupStates {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the targets of `plan` (made `now`); checks of targets no longer planned are forgotten.
+    /// Takes the targets of `plan` (made `now`); checks of targets neither planned nor declared are
+    /// forgotten.
     pub fn set_plan(&self, plan: &Plan, now: SystemTime) {
         let mut store = self.store();
         store.tasks = plan
             .tasks
             .iter()
-            .map(|task| {
-                let source = task.request.source.to_string();
-                let planned = Planned {
-                    source,
-                    task: task.clone(),
-                };
-                (task.key().to_string(), planned)
-            })
+            .map(|task| (task.key().to_string(), Planned::new(task.clone(), true)))
             .collect();
-        let Store {
-            tasks,
-            checks,
-            since,
-            drills,
-            ..
-        } = &mut *store;
-        checks.retain(|key, _| tasks.contains_key(key));
-        since.retain(|key, _| tasks.contains_key(key));
-        drills.retain(|key, _| tasks.contains_key(key));
-        for key in tasks.keys() {
-            since.entry(key.clone()).or_insert(now);
-        }
         store.unplanned = unplanned(plan);
+        store.settle(now);
+    }
+
+    /// Takes the targets declarative objects (an `Image`, a Flux `ImageRepository`) declare now
+    /// (`tasks`, as of `now`): covered like planned ones (a target both planned and declared is
+    /// checked as the plan names it); checks of targets neither planned nor declared any more are
+    /// forgotten.
+    pub fn set_declared(&self, tasks: Vec<MirrorTask>, now: SystemTime) {
+        let mut store = self.store();
+        store.declared = tasks.into_iter().map(|task| (task.key().to_string(), task)).collect();
+        store.tasks.retain(|_, planned| planned.from_plan);
+        store.settle(now);
     }
 
     /// Forgets everything but whether drills run (this replica no longer leads).
@@ -295,7 +327,7 @@ impl BackupStates {
         let mut images: Vec<ImageBackup> = store
             .tasks
             .iter()
-            .map(|(key, Planned { source, task })| {
+            .map(|(key, Planned { source, task, .. })| {
                 let (key, source) = (key.clone(), source.clone());
                 match store.checks.get(&key).filter(|c| c.source == source) {
                     Some(check) => ImageBackup {
@@ -659,6 +691,58 @@ mod tests {
         assert_eq!(picked(5), Vec::<String>::new());
         states.clear();
         assert_eq!(states.report(at(700)).restore_drill, Some(DrillSummary::default()));
+    }
+
+    #[test]
+    fn declared_targets_are_covered_beside_the_plans_until_no_object_declares_them() {
+        let states = BackupStates::default();
+        // (source, target repository) pairs; (target key, source) for the covered ones
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        // (plan, declared, covered targets with their sources, in key order)
+        let cases: [(Pairs, Pairs, Pairs); 5] = [
+            (&[("a.io/x:1", "x")], &[], &[("r.example/x:1", "a.io/x:1")]),
+            // A target both planned and declared is checked as the plan names it.
+            (
+                &[("a.io/x:1", "x")],
+                &[("a.io/x:2", "x"), ("a.io/z:1", "z")],
+                &[("r.example/x:1", "a.io/x:1"), ("r.example/z:1", "a.io/z:1")],
+            ),
+            // The plan drops x: still declared, x stays with the declared source.
+            (
+                &[],
+                &[("a.io/x:2", "x"), ("a.io/z:1", "z")],
+                &[("r.example/x:1", "a.io/x:2"), ("r.example/z:1", "a.io/z:1")],
+            ),
+            // No object declares z any more.
+            (&[], &[("a.io/x:2", "x")], &[("r.example/x:1", "a.io/x:2")]),
+            (&[("a.io/y:1", "y")], &[], &[("r.example/y:1", "a.io/y:1")]),
+        ];
+        for (i, (planned, declared, want)) in cases.into_iter().enumerate() {
+            let tasks = |list: &[(&str, &str)]| -> Vec<MirrorTask> {
+                list.iter().map(|(source, repo)| task(source, repo)).collect()
+            };
+            let plan = Plan {
+                tasks: tasks(planned),
+                ..Plan::default()
+            };
+            states.set_plan(&plan, at(100 + i as u64));
+            states.set_declared(tasks(declared), at(100 + i as u64));
+            let report = states.report(at(300));
+            let got: Vec<(String, String)> = report
+                .images
+                .iter()
+                .map(|i| (i.key.clone(), i.image.image.clone()))
+                .collect();
+            let want: Vec<(String, String)> = want.iter().map(|(k, s)| ((*k).into(), (*s).into())).collect();
+            assert_eq!(got, want, "case {i}");
+            assert_eq!(report.summary.pending, want.len(), "case {i}: not checked yet");
+        }
+        // A declared target is recorded; one no longer covered is not.
+        states.set_declared(vec![task("a.io/x:2", "x")], at(400));
+        states.record("r.example/x:1", "a.io/x:2", row(BackupState::Verified), None, at(400));
+        states.record("r.example/z:1", "a.io/z:1", row(BackupState::Verified), None, at(400));
+        let summary = states.report(at(400)).summary;
+        assert_eq!((summary.images, summary.verified), (2, 1), "x verified, y pending");
     }
 
     #[test]

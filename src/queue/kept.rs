@@ -11,6 +11,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::plan::{MirrorTask, TargetKey};
 
 /// A declarative object whose targets the queue keeps: `Image shop/base`,
@@ -56,6 +58,8 @@ pub(super) struct Kept {
     /// Targets submitted urgently ([`Queue::submit_urgent`](super::Queue::submit_urgent)) recently.
     pub(super) urgent: moka::sync::Cache<TargetKey, ()>,
     declared: Mutex<Declared>,
+    /// Bumped whenever what objects declare changes ([`Kept::changed`]).
+    version: watch::Sender<u64>,
 }
 
 /// What each declarative object declares, and the reverse.
@@ -69,10 +73,15 @@ struct Declared {
 
 /// What [`Kept::declare`] changed.
 pub(super) struct Declaration {
+    /// Whether the declared targets or their work changed at all.
+    pub(super) any: bool,
     /// Tasks that are new or whose work changed.
     pub(super) changed: Vec<MirrorTask>,
     /// Tasks declared with the same work as before.
     pub(super) unchanged: Vec<MirrorTask>,
+    /// Tasks declared by tag before and now pinned to a digest, the same work otherwise (a copy done
+    /// by tag, declared from then on by the digest it copied), with the work declared before.
+    pub(super) pinned: Vec<(MirrorTask, MirrorTask)>,
     /// Targets this object no longer declares and no other object does.
     pub(super) undeclared: Vec<TargetKey>,
 }
@@ -86,7 +95,29 @@ impl Kept {
                 .time_to_live(urgent_ttl)
                 .build(),
             declared: Mutex::default(),
+            version: watch::Sender::new(0),
         }
+    }
+
+    /// Tells [`Kept::changes`] watchers that what objects declare changed.
+    pub(super) fn changed(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Changes whenever what objects declare changes.
+    pub(super) fn changes(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// The work of every declared target, once per target (when two objects declare one target, the
+    /// work of either).
+    pub(super) fn all_declared(&self) -> Vec<MirrorTask> {
+        let declared = super::lock(&self.declared);
+        let mut all: HashMap<&TargetKey, &MirrorTask> = HashMap::with_capacity(declared.by_key.len());
+        for work in declared.by_source.values() {
+            all.extend(work.iter());
+        }
+        all.into_values().cloned().collect()
     }
 
     /// Whether `key` is kept whatever the plan holds.
@@ -114,12 +145,13 @@ impl Kept {
         let declared = &mut *guard;
         let previous = declared.by_source.remove(source).unwrap_or_default();
         let mut current = HashMap::with_capacity(tasks.len());
-        let (mut changed, mut unchanged) = (vec![], vec![]);
+        let (mut changed, mut unchanged, mut pinned) = (vec![], vec![], vec![]);
         for task in tasks {
             let key = task.key();
             let work = task.work();
             match previous.get(&key) {
                 Some(before) if before.same_work(&work) => unchanged.push(task),
+                Some(before) if pins(before, &work) => pinned.push((before.clone(), task)),
                 Some(_) => changed.push(task),
                 None => {
                     declared.by_key.entry(key.clone()).or_default().push(source.clone());
@@ -129,7 +161,9 @@ impl Kept {
             current.insert(key, work);
         }
         let mut undeclared = vec![];
+        let mut dropped = false;
         for key in previous.into_keys().filter(|k| !current.contains_key(k)) {
+            dropped = true;
             let Some(sources) = declared.by_key.get_mut(&key) else {
                 continue;
             };
@@ -143,9 +177,22 @@ impl Kept {
             declared.by_source.insert(source.clone(), current);
         }
         Declaration {
+            any: dropped || !changed.is_empty() || !pinned.is_empty(),
             changed,
             unchanged,
+            pinned,
             undeclared,
         }
     }
+}
+
+/// Whether `after` is `before` pinned to a digest: the same tag and the same work otherwise.
+fn pins(before: &MirrorTask, after: &MirrorTask) -> bool {
+    let (was, now) = (&before.request.source, &after.request.source);
+    if was.digest().is_some() || now.digest().is_none() {
+        return false;
+    }
+    let mut unpinned = after.clone();
+    unpinned.request.source = now.without_digest();
+    before.same_work(&unpinned)
 }

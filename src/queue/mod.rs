@@ -521,15 +521,34 @@ impl Queue {
     /// Replaces what the declarative object `source` asks for by `tasks` (an `Image`'s tags, an
     /// `ImageRepository`'s latest tags): submits the tasks that are new, whose work changed
     /// ([`MirrorTask::same_work`], as [`Queue::submit_plan`]) or that the queue does not know any more
-    /// (dropped when leadership was lost, say); keeps their targets whatever the plan holds; forgets
-    /// the targets no object declares any more and no plan holds, as [`Queue::retain_planned`] does.
+    /// (dropped when leadership was lost, say), but not a tag it copied now declared pinned to the
+    /// digest copied; keeps their targets whatever the plan holds (and they are checked, repaired and
+    /// swept like planned ones: [`Queue::declared_tasks`]); forgets the targets no object declares any
+    /// more and no plan holds, as [`Queue::retain_planned`] does.
     pub fn declare(&self, source: DeclaredSource, tasks: Vec<MirrorTask>) -> PlanSubmitted {
         let declaration = self.inner.kept.declare(&source, tasks);
-        let unknown: Vec<MirrorTask> = declaration
-            .unchanged
-            .into_iter()
-            .filter(|task| !self.knows(&task.key()))
-            .collect();
+        // A copy done by tag and now declared by the digest it copied is not copied again: the
+        // positive cache takes the pinned work.
+        let mut unknown = vec![];
+        for (before, task) in declaration.pinned {
+            let key = task.key();
+            if self
+                .inner
+                .positive
+                .get(&key)
+                .is_some_and(|done| done.same_work(&before))
+            {
+                self.inner.positive.insert(key, Arc::new(task.work()));
+            } else {
+                unknown.push(task);
+            }
+        }
+        unknown.extend(
+            declaration
+                .unchanged
+                .into_iter()
+                .filter(|task| !self.knows(&task.key())),
+        );
         let submitted = declaration.changed.len() + unknown.len();
         for task in declaration.changed.into_iter().chain(unknown) {
             tracing::debug!(%source, source_image = %task.request.source, target = %task.key(), "declared");
@@ -544,7 +563,22 @@ impl Queue {
                 .collect();
             self.forget_where(|key| gone.contains(key))
         };
+        // After the submissions: a watcher that sees the change finds new work queued already.
+        if declaration.any {
+            self.inner.kept.changed();
+        }
         PlanSubmitted { submitted, forgotten }
+    }
+
+    /// The work of every target objects declare now (users left out), once per target.
+    pub fn declared_tasks(&self) -> Vec<MirrorTask> {
+        self.inner.kept.all_declared()
+    }
+
+    /// Changes whenever what objects declare changes (targets declared or undeclared, their work
+    /// changed): then [`Queue::declared_tasks`] says what they declare.
+    pub fn declared_changes(&self) -> watch::Receiver<u64> {
+        self.inner.kept.changes()
     }
 
     /// Forgets what `source` declared (the object was deleted): [`Queue::declare`] with nothing.
@@ -578,13 +612,19 @@ impl Queue {
         self.submit(task);
     }
 
-    /// Submits every task of the last plan again past the positive cache (the daemon does, once per
-    /// `referrersInterval`, so that new signatures upstream reach the target); returns how many.
-    pub fn resubmit_planned(&self) -> usize {
-        let tasks: Vec<MirrorTask> = lock(&self.inner.last_plan).values().cloned().collect();
+    /// Submits every task of the last plan and every declared one again past the positive cache (the
+    /// daemon does, once per `referrersInterval`, so that new signatures upstream reach the target);
+    /// returns how many targets.
+    pub fn resubmit_mirrored(&self) -> usize {
+        let mut tasks: HashMap<TargetKey, MirrorTask> = lock(&self.inner.last_plan)
+            .values()
+            .map(|task| (task.key(), task.clone()))
+            .collect();
+        for task in self.inner.kept.all_declared() {
+            tasks.entry(task.key()).or_insert(task);
+        }
         let n = tasks.len();
-        for mut task in tasks {
-            let key = task.key();
+        for (key, mut task) in tasks {
             // The plan keeps the work only; the users shown are those of the last attempt.
             if let Some(done) = self.inner.finished.get(&key) {
                 task.users = done.users.clone();

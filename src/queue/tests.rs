@@ -384,12 +384,21 @@ async fn declared_work_is_kept_besides_the_plan_and_reported_per_object() {
     let idle = async || assert!(queue.wait_idle(WAIT).await, "the queue never went idle");
     let known = || -> Vec<String> { queue.snapshot().into_iter().map(|s| s.target).collect() };
 
-    // (declaration, submitted, forgotten) in turn, then the copies made so far.
+    // (declaration, submitted, forgotten) in turn, then the copies made so far; each declaration
+    // that changes what is declared is told to those watching (the periodic verification).
+    let mut changes = queue.declared_changes();
+    let mut told = || {
+        let changed = changes.has_changed().unwrap();
+        changes.borrow_and_update();
+        changed
+    };
     let two = || vec![task_to("ghcr.io/a/one:1", "one"), task_to("ghcr.io/a/two:1", "two")];
     let done = queue.declare(base.clone(), two());
     assert_eq!((done.submitted, done.forgotten), (2, 0));
+    assert!(told());
     idle().await;
     assert_eq!(queue.declare(base.clone(), two()).submitted, 0, "same work");
+    assert!(!told(), "same work");
     // A plan without the declared targets keeps them.
     assert_eq!(
         queue.submit_plan(vec![task_to("ghcr.io/a/p:1", "p")], false).forgotten,
@@ -397,16 +406,25 @@ async fn declared_work_is_kept_besides_the_plan_and_reported_per_object() {
     );
     idle().await;
     assert_eq!(known(), ["r.example/one:1", "r.example/p:1", "r.example/two:1"]);
-    // Changed work for one target, the same for the other.
-    let changed = vec![
-        task_to(
-            "ghcr.io/a/one:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-            "one",
-        ),
+    // Changed work for one target (another source tag), the same for the other.
+    let changed = vec![task_to("ghcr.io/a/one:2", "one"), task_to("ghcr.io/a/two:1", "two")];
+    assert_eq!(queue.declare(base.clone(), changed).submitted, 1);
+    assert!(told());
+    idle().await;
+    // The tag copied, declared from then on by the digest copied: not copied again, yet told.
+    let pinned = vec![
+        task_to(&format!("ghcr.io/a/one:2@{D}"), "one"),
         task_to("ghcr.io/a/two:1", "two"),
     ];
-    assert_eq!(queue.declare(base.clone(), changed).submitted, 1);
-    idle().await;
+    assert_eq!(queue.declare(base.clone(), pinned).submitted, 0);
+    assert!(told());
+    let mut declared: Vec<String> = queue
+        .declared_tasks()
+        .iter()
+        .map(|t| t.request.source.to_string())
+        .collect();
+    declared.sort();
+    assert_eq!(declared, [format!("ghcr.io/a/one:2@{D}"), "ghcr.io/a/two:1".to_owned()]);
     // Recurrent: a refresh copies every declared target again although the cache knows it.
     assert_eq!(queue.refresh_declared(&base), 2);
     idle().await;
@@ -415,9 +433,20 @@ async fn declared_work_is_kept_besides_the_plan_and_reported_per_object() {
     queue.declare(other.clone(), vec![task_to("ghcr.io/a/two:1", "two")]);
     queue.declare(flux.clone(), vec![task_to("ghcr.io/a/three:1", "three")]);
     idle().await;
+    assert_eq!(queue.declared_tasks().len(), 3, "one, two (declared twice), three");
+    // The referrers sweep: every planned and declared target once, past the cache.
+    assert_eq!(queue.resubmit_mirrored(), 4, "p, one, two, three");
+    idle().await;
+    assert_eq!(
+        calls().len(),
+        2 + 1 + 1 + 2 + 1 + 4,
+        "three copied once, then the sweep"
+    );
+    told();
     // `base` drops both: `one` is forgotten, `two` stays (declared by `other`).
     let done = queue.declare(base.clone(), vec![]);
     assert_eq!(done.submitted, 0);
+    assert!(told());
     assert_eq!(known(), ["r.example/p:1", "r.example/three:1", "r.example/two:1"]);
     assert_eq!(queue.undeclare(other.clone()), 0, "nothing was waiting");
     assert_eq!(known(), ["r.example/p:1", "r.example/three:1"]);
@@ -446,9 +475,12 @@ async fn declared_work_is_kept_besides_the_plan_and_reported_per_object() {
             ("r.example/four:1".to_owned(), "copied", base_name.clone()),
             (one.clone(), "copied", base_name.clone()),
             (one.clone(), "copied", base_name.clone()),
+            (one.clone(), "copied", base_name.clone()),
             (one, "copied", base_name.clone()),
             (two.clone(), "copied", base_name.clone()),
-            (two, "copied", base_name),
+            (two.clone(), "copied", base_name.clone()),
+            // The sweep's, once both objects declare it.
+            (two, "copied", format!("{base_name},Image shop/other")),
         ],
         "only targets Image objects declare, with the objects; none of the Flux object's or the plan's"
     );

@@ -133,8 +133,10 @@ async fn a_new_revision_mirrors_its_latest_tags_once_and_an_unchanged_one_nothin
     let image = format!("{}/org/app", src.host());
     let (server, running) = cluster(&["v1", "v1beta2"]);
     server.apply(repository("v1", "app", &image, None, None)).unwrap();
+    // This test counts the scans' source requests: the periodic verification of the declared
+    // copies (a source HEAD each) is off here and tested in `declared_copies_are_verified…`.
     let config = config_file(
-        "fluxImageRepositories:\n  enabled: true\n  namespaces: [flux-system]\n  destinationPrefix: flux/$namespace\n",
+        "fluxImageRepositories:\n  enabled: true\n  namespaces: [flux-system]\n  destinationPrefix: flux/$namespace\nverifyInterval: 0\n",
     );
     let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
 

@@ -588,3 +588,94 @@ async fn enabled_without_the_crd_is_said_once_and_the_daemon_runs_on() {
     assert!(log.contains("images.enabled"), "{log}");
     assert!(!log.contains("watching Image objects"), "{log}");
 }
+
+/// An `Image` object's copy is part of the daemon's continuous coverage like a planned target: it
+/// is verified once copied (`/status`, `/status/summary`, the metrics), found missing when its
+/// manifest is deleted at the destination, copied again in repair mode and verified again; once
+/// the object is deleted, its target leaves `/status` and the coverage.
+#[tokio::test]
+async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with_the_object() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let pushed = Image::oci("amd64", &[1_000], 7).unwrap();
+    push(&src, "app", &pushed, &["1.0.0"]).await;
+    let (server, running) = cluster();
+    server
+        .apply(image(
+            "app",
+            json!({"mode": "OneShot",
+            "source": {"name": format!("{}/app", src.host()), "version": "1.0.0"},
+            "destination": {"name": "mirror/app"}}),
+        ))
+        .unwrap();
+    let (daemon, _config) = daemon(&running, &dst, "  tagListInterval: 1s\n", "verifyInterval: 2s\n");
+    let target = format!("{}/mirror/app:1.0.0", dst.host());
+    // The target's /status entry (its source and backup state) and the summary's (images, verified).
+    let coverage = async || {
+        let (_, status) = daemon.json("GET", "/status", None).await;
+        let entry = status
+            .as_array()
+            .and_then(|all| all.iter().find(|e| e["target"] == target.as_str()).cloned());
+        let entry = entry.map(|e| e["backup"]["state"].as_str().unwrap_or_default().to_owned());
+        let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+        let s = &summary["summary"];
+        (entry, s["images"].as_u64(), s["verified"].as_u64())
+    };
+    // Once copied, the copy stays declared (pinned to the digest copied: a OneShot copies it never
+    // again by tag) and is verified.
+    let digest = pushed.digest.clone();
+    let verified = (Some("verified".to_owned()), Some(1), Some(1));
+    let started = std::time::Instant::now();
+    eventually("the copy verified", WAIT, async || coverage().await == verified).await;
+    let first = started.elapsed();
+    assert_eq!(
+        tag_field(&status(&server, "app"), "1.0.0", "result").as_deref(),
+        Some("Copied")
+    );
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert_eq!(
+        crate::server::sample(&metrics, r#"k8s_copycat_backup_images{state="verified"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // Its manifest deleted at the destination: found missing, repaired, verified again.
+    Client::new(&dst)
+        .unwrap()
+        .delete_manifest("mirror/app", &digest)
+        .await
+        .unwrap();
+    assert_eq!(manifest_digest(&dst, "mirror/app", "1.0.0").await.unwrap(), None);
+    let deleted = std::time::Instant::now();
+    eventually("repaired and verified again", WAIT, async || {
+        let (_, metrics) = daemon.get("/metrics").await;
+        crate::server::sample(&metrics, "k8s_copycat_backup_repairs_total") == Some(1.0) && coverage().await == verified
+    })
+    .await;
+    let repaired = deleted.elapsed();
+    assert_eq!(
+        manifest_digest(&dst, "mirror/app", "1.0.0").await.unwrap(),
+        Some(digest.clone())
+    );
+    assert!(
+        daemon
+            .run
+            .log()
+            .contains("backup check: the target does not hold the whole image"),
+        "{}",
+        daemon.run.log()
+    );
+
+    // The object deleted: its target leaves /status and the coverage.
+    server.delete("Image", "shop", "app").unwrap();
+    let deleted = std::time::Instant::now();
+    eventually("the target gone from the coverage", WAIT, async || {
+        coverage().await == (None, Some(0), Some(0))
+    })
+    .await;
+    let gone = deleted.elapsed();
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!(
+        "verified {first:?} after the daemon started; repaired and verified {repaired:?} after the delete (verifyInterval 2s); out of the coverage {gone:?} after the object"
+    );
+}
