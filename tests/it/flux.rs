@@ -451,3 +451,56 @@ async fn only_the_leader_mirrors_and_a_new_leader_takes_over_the_scans() {
     );
     assert_eq!(tag_puts(&dst), both, "1.0 is not written again");
 }
+
+/// The copies a scan declares are part of the continuous coverage: verified once copied
+/// (`/status`, `/status/summary`); a new revision whose latest tags leave one out takes that copy
+/// out of `/status` and the coverage.
+#[tokio::test]
+async fn declared_copies_are_verified_and_leave_the_coverage_with_their_revision() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push_tags(&src, "org/app", &["1.0", "1.1"]).await;
+    let image = format!("{}/org/app", src.host());
+    let (server, running) = cluster(&["v1"]);
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-1", &["1.1", "1.0"]))))
+        .unwrap();
+    let config = config_file(
+        "fluxImageRepositories:\n  enabled: true\n  namespaces: [flux-system]\n  destinationPrefix: flux/$namespace\nverifyInterval: 2s\n",
+    );
+    let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
+    let target = |tag: &str| format!("{}/flux/flux-system/org/app:{tag}", dst.host());
+    // The backup state of each target in /status, and the summary's (images, verified).
+    let coverage = async || {
+        let (_, status) = daemon.json("GET", "/status", None).await;
+        let mut states: Vec<(String, String)> = status
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["target"].as_str().unwrap_or_default().to_owned(),
+                    e["backup"]["state"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        states.sort();
+        let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+        let s = &summary["summary"];
+        (states, s["images"].as_u64(), s["verified"].as_u64())
+    };
+    let verified = |tags: &[&str]| {
+        let states = tags.iter().map(|t| (target(t), "verified".to_owned())).collect();
+        (states, Some(tags.len() as u64), Some(tags.len() as u64))
+    };
+    let want = verified(&["1.0", "1.1"]);
+    eventually("both copies verified", WAIT, async || coverage().await == want).await;
+
+    // The next revision's latest tags leave 1.0 out: its copy leaves the coverage.
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-2", &["1.1"]))))
+        .unwrap();
+    let want = verified(&["1.1"]);
+    eventually("1.0 out of the coverage", WAIT, async || coverage().await == want).await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

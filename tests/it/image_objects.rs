@@ -679,3 +679,68 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
         "verified {first:?} after the daemon started; repaired and verified {repaired:?} after the delete (verifyInterval 2s); out of the coverage {gone:?} after the object"
     );
 }
+
+/// The `referrersInterval` sweep reaches an `OnceByTag` object's copies too: a re-sign upstream of
+/// the digest copied arrives within the interval, while the tag, moved upstream meanwhile, is not
+/// copied again (the copy stays declared by the digest it copied).
+#[tokio::test]
+async fn the_referrers_sweep_brings_a_new_signature_of_a_once_by_tag_copy() {
+    use testkit::artifacts::{self, Subject};
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let first = Image::oci("amd64", &[1_000], 8).unwrap();
+    let moved = Image::oci("amd64", &[1_000], 9).unwrap();
+    push(&src, "app", &first, &["1.0.0"]).await;
+    let subject = Subject::of(&first);
+    let sig_tag = subject.cosign_tag("sig");
+    let signed = artifacts::cosign_signature(&subject, "app", 1, 1);
+    signed.push(&src, "app", &sig_tag).await.unwrap();
+    let (server, running) = cluster();
+    server
+        .apply(image(
+            "app",
+            json!({"mode": "OnceByTag",
+            "source": {"name": format!("{}/app", src.host()), "version": "1.x.x"}, "destination": {"name": "app"}}),
+        ))
+        .unwrap();
+    let config = config_file("images:\n  enabled: true\n  tagListInterval: 1s\nwatchResources: [deployments]\n");
+    // The sweep alone: the periodic verification would find the new signature missing and repair
+    // the copy too.
+    let daemon = Daemon::mirroring_to(
+        running.kubeconfig_path(),
+        &dst,
+        &[
+            ("CONFIG_PATH", config.path().to_str().unwrap()),
+            ("REFERRERS_INTERVAL", "3s"),
+            ("VERIFY_INTERVAL", "0"),
+        ],
+    );
+    let signature_at_target = async || manifest_digest(&dst, "app", &sig_tag).await.unwrap();
+    eventually("the copy and its signature at the target", WAIT, async || {
+        signature_at_target().await == Some(signed.digest.clone())
+    })
+    .await;
+
+    // The tag moves upstream, then the digest copied is signed again.
+    push(&src, "app", &moved, &["1.0.0"]).await;
+    eventually("1.0.0 reported moved", WAIT, async || {
+        tag_field(&status(&server, "app"), "1.0.0", "result").as_deref() == Some("Moved")
+    })
+    .await;
+    let resigned = artifacts::cosign_signature(&subject, "app", 2, 1);
+    resigned.push(&src, "app", &sig_tag).await.unwrap();
+    let pushed = std::time::Instant::now();
+    eventually("the re-sign at the target", Duration::from_secs(15), async || {
+        signature_at_target().await == Some(resigned.digest.clone())
+    })
+    .await;
+    let within = pushed.elapsed();
+    assert_eq!(
+        manifest_digest(&dst, "app", "1.0.0").await.unwrap(),
+        Some(first.digest.clone()),
+        "the moved tag is not copied again"
+    );
+    assert_eq!(manifest_puts(&dst).get("app:1.0.0"), Some(&1));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!("a re-sign of a OnceByTag copy reached the target {within:?} after the push (referrersInterval 3s)");
+}
