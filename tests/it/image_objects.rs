@@ -590,7 +590,7 @@ async fn enabled_without_the_crd_is_said_once_and_the_daemon_runs_on() {
 }
 
 /// An `Image` object's copy is part of the daemon's continuous coverage like a planned target: it
-/// is verified once copied (`/status`, `/status/summary`, the metrics), found missing when its
+/// is verified once copied (`/status`, `/status/summary`, the metrics) and drilled, found missing when its
 /// manifest is deleted at the destination, copied again in repair mode and verified again; once
 /// the object is deleted, its target leaves `/status` and the coverage.
 #[tokio::test]
@@ -607,7 +607,12 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
             "destination": {"name": "mirror/app"}}),
         ))
         .unwrap();
-    let (daemon, _config) = daemon(&running, &dst, "  tagListInterval: 1s\n", "verifyInterval: 2s\n");
+    let (daemon, _config) = daemon(
+        &running,
+        &dst,
+        "  tagListInterval: 1s\n",
+        "verifyInterval: 2s\nrestoreDrillInterval: 1s\n",
+    );
     let target = format!("{}/mirror/app:1.0.0", dst.host());
     // The target's /status entry (its source and backup state) and the summary's (images, verified).
     let coverage = async || {
@@ -637,6 +642,12 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
         Some(1.0),
         "{metrics}"
     );
+    // Restore drills take it like a planned target.
+    eventually("a restore drill passed", WAIT, async || {
+        let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+        summary["restoreDrill"]["passed"] == 1
+    })
+    .await;
 
     // Its manifest deleted at the destination: found missing, repaired, verified again.
     Client::new(&dst)
