@@ -2,7 +2,8 @@
 //! ([`Copier::check_target`]) and given a backup state, the plan's excluded, conflicting and invalid
 //! images listed beside them, and the summary (counts and coverage = verified / (all − excluded)).
 //! `copycat verify` checks a plan made from one list of the cluster; the daemon checks its own plans
-//! the same way, continuously (`periodic.rs`: [`BackupStates`], [`Verifier`]).
+//! and the targets declarative objects declare the same way, continuously (`periodic.rs`:
+//! [`BackupStates`], [`Verifier`]).
 
 pub mod drill;
 pub mod periodic;

@@ -1,5 +1,5 @@
-//! The daemon's continuous coverage: the backup state of every target the latest plan holds
-//! ([`BackupStates`], read by `/status` and the metrics) and the loop that keeps it current
+//! The daemon's continuous coverage: the backup state of every target the latest plan holds or a
+//! declarative object declares ([`BackupStates`], read by `/status` and the metrics) and the loop that keeps it current
 //! ([`Verifier`], run by the leader). A target is checked for the first time as soon as the queue
 //! has finished with it; after that, one re-check starts every `verifyInterval / targets` (oldest
 //! check first), so each target is checked about once per interval and the checks are spread over
@@ -27,8 +27,8 @@ pub const CONCURRENCY: usize = 4;
 /// The longest the verifier sleeps before looking for targets the queue has finished with.
 const POLL: Duration = Duration::from_secs(1);
 
-/// The backup states of the latest plan's targets. Cloning is cheap and every clone is the same
-/// store.
+/// The backup states of the latest plan's targets and the declared ones. Cloning is cheap and every
+/// clone is the same store.
 #[derive(Clone, Default)]
 pub struct BackupStates(Arc<Mutex<Store>>);
 
@@ -43,7 +43,7 @@ struct Store {
     unplanned: Vec<ImageCoverage>,
     /// The last check of each target key.
     checks: HashMap<String, Check>,
-    /// When each target key was first planned (the age of an image never verified).
+    /// When each target key was first covered, planned or declared (the age of an image never verified).
     since: HashMap<String, SystemTime>,
     /// Whether restore drills run (their summary is reported).
     drills_enabled: bool,
@@ -229,7 +229,7 @@ impl BackupStates {
     }
 
     /// Records a check of `key` for `source` finished at `at` (with the target when it is whole),
-    /// unless the target is no longer planned.
+    /// unless the target is no longer covered.
     fn record(&self, key: &str, source: &str, row: ImageCoverage, whole: Option<WholeTarget>, at: SystemTime) {
         let mut store = self.store();
         if !store.since.contains_key(key) {
@@ -277,7 +277,7 @@ impl BackupStates {
             .collect()
     }
 
-    /// Records the restore drill of `key`, unless the target is no longer planned.
+    /// Records the restore drill of `key`, unless the target is no longer covered.
     pub fn record_drill(&self, key: &str, drill: Drill) {
         let mut store = self.store();
         if !store.since.contains_key(key) {
@@ -289,7 +289,7 @@ impl BackupStates {
         store.drills.insert(key.to_owned(), drill);
     }
 
-    /// How many targets are planned.
+    /// How many targets are covered (planned or declared).
     fn planned(&self) -> usize {
         self.store().tasks.len()
     }
@@ -422,7 +422,7 @@ fn pick<'a>(
     picked
 }
 
-/// The periodic verification of the planned targets (quick checks: HEADs).
+/// The periodic verification of the covered targets, planned and declared (quick checks: HEADs).
 pub struct Verifier {
     /// The copier whose registries are checked.
     pub copier: Copier,
