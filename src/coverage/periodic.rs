@@ -71,6 +71,17 @@ impl Store {
                 .or_insert_with(|| Planned::new(task.clone(), false));
         }
         checks.retain(|key, _| tasks.contains_key(key));
+        // A tag checked, now declared pinned to the digest the check expected (an `Image`'s copy
+        // once copied): the check holds for the pinned source, no second check.
+        for (key, planned) in tasks.iter() {
+            if let Some(check) = checks.get_mut(key)
+                && check.source != planned.source
+                && let Some(expected) = &check.row.expected
+                && planned.source.strip_suffix(expected.as_str()) == Some(&format!("{}@", check.source))
+            {
+                check.source.clone_from(&planned.source);
+            }
+        }
         since.retain(|key, _| tasks.contains_key(key));
         drills.retain(|key, _| tasks.contains_key(key));
         for key in tasks.keys() {
@@ -736,6 +747,19 @@ mod tests {
             let want: Vec<(String, String)> = want.iter().map(|(k, s)| ((*k).into(), (*s).into())).collect();
             assert_eq!(got, want, "case {i}");
             assert_eq!(report.summary.pending, want.len(), "case {i}: not checked yet");
+        }
+        // A tag checked, then declared pinned to the digest the check expected: the check holds;
+        // pinned to another digest, it is stale.
+        let d = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
+        let mut checked = row(BackupState::Verified);
+        checked.expected = Some(d(1));
+        states.set_declared(vec![task("a.io/w:1", "w")], at(500));
+        states.record("r.example/w:1", "a.io/w:1", checked, None, at(500));
+        for (digest, want) in [(d(1), BackupState::Verified), (d(2), BackupState::Pending)] {
+            states.set_declared(vec![task(&format!("a.io/w:1@{digest}"), "w")], at(600));
+            let report = states.report(at(600));
+            let w = report.images.iter().find(|i| i.key == "r.example/w:1").unwrap();
+            assert_eq!(w.image.state, want, "pinned to {digest}");
         }
         // A declared target is recorded; one no longer covered is not.
         states.set_declared(vec![task("a.io/x:2", "x")], at(400));
