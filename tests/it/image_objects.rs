@@ -39,15 +39,32 @@ pub(crate) fn image(name: &str, spec: Value) -> Value {
 
 /// The daemon mirroring into `dst`, following `Image` objects with `settings` (YAML under `images:`).
 fn daemon(running: &RunningApiServer, dst: &Registry, settings: &str, more: &str) -> (Daemon, tempfile::NamedTempFile) {
-    let config = config_file(&format!(
-        "images:\n  enabled: true\n{settings}referrers: none\nwatchResources: [deployments]\n{more}"
-    ));
-    let daemon = Daemon::mirroring_to(
-        running.kubeconfig_path(),
-        dst,
-        &[("CONFIG_PATH", config.path().to_str().unwrap())],
-    );
+    let config = format!("images:\n  enabled: true\n{settings}referrers: none\nwatchResources: [deployments]\n{more}");
+    daemon_with(running, dst, &config, &[])
+}
+
+/// The daemon mirroring into `dst` with the configuration file `config` and the environment `env`.
+fn daemon_with(
+    running: &RunningApiServer,
+    dst: &Registry,
+    config: &str,
+    env: &[(&str, &str)],
+) -> (Daemon, tempfile::NamedTempFile) {
+    let config = config_file(config);
+    let mut all = vec![("CONFIG_PATH", config.path().to_str().unwrap())];
+    all.extend_from_slice(env);
+    let daemon = Daemon::mirroring_to(running.kubeconfig_path(), dst, &all);
     (daemon, config)
+}
+
+/// The `Image` object `shop/app` copying `app` of `src` in `mode`, `version` (a tag or a pattern), to
+/// `app` at copycat's target.
+fn app_image(src: &Registry, mode: &str, version: &str) -> Value {
+    let source = format!("{}/app", src.host());
+    image(
+        "app",
+        json!({"mode": mode, "source": {"name": source, "version": version}, "destination": {"name": "app"}}),
+    )
 }
 
 /// The status of `shop/NAME`, if written.
@@ -226,13 +243,7 @@ async fn once_by_tag_picks_up_new_tags_and_never_recopies_a_moved_one() {
     let moved = Image::oci("amd64", &[1_000], 3).unwrap();
     push(&src, "app", &first, &["1.0.0", "1.1.0", "2.0.0"]).await;
     let (server, running) = cluster();
-    server
-        .apply(image(
-            "app",
-            json!({"mode": "OnceByTag",
-            "source": {"name": format!("{}/app", src.host()), "version": "1.x.x"}, "destination": {"name": "app"}}),
-        ))
-        .unwrap();
+    server.apply(app_image(&src, "OnceByTag", "1.x.x")).unwrap();
     let (daemon, _config) = daemon(&running, &dst, "  tagListInterval: 1s\n", "");
     let copied = async |tags: &[&str]| {
         let mut listed = list_tags(&dst, "app").await.unwrap_or_default();
@@ -462,22 +473,12 @@ async fn only_the_leader_copies_and_writes_status() {
             "spec": {"holderIdentity": "another-replica", "leaseDurationSeconds": 3600,
                      "acquireTime": now, "renewTime": now}}))
         .unwrap();
-    server
-        .apply(image(
-            "app",
-            json!({"mode": "OneShot",
-            "source": {"name": format!("{}/app", src.host()), "version": "1.0.0"}, "destination": {"name": "app"}}),
-        ))
-        .unwrap();
-    let config = config_file("images:\n  enabled: true\nwatchResources: [deployments]\n");
-    let daemon = Daemon::mirroring_to(
-        running.kubeconfig_path(),
+    server.apply(app_image(&src, "OneShot", "1.0.0")).unwrap();
+    let (daemon, _config) = daemon_with(
+        &running,
         &dst,
-        &[
-            ("CONFIG_PATH", config.path().to_str().unwrap()),
-            ("LEADER_ELECT", "true"),
-            ("HOSTNAME", "this-replica"),
-        ],
+        "images:\n  enabled: true\nwatchResources: [deployments]\n",
+        &[("LEADER_ELECT", "true"), ("HOSTNAME", "this-replica")],
     );
     eventually("the daemon following", WAIT, async || {
         daemon.run.log().contains("watching Image objects")
@@ -599,21 +600,14 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
     let pushed = Image::oci("amd64", &[1_000], 7).unwrap();
     push(&src, "app", &pushed, &["1.0.0"]).await;
     let (server, running) = cluster();
-    server
-        .apply(image(
-            "app",
-            json!({"mode": "OneShot",
-            "source": {"name": format!("{}/app", src.host()), "version": "1.0.0"},
-            "destination": {"name": "mirror/app"}}),
-        ))
-        .unwrap();
+    server.apply(app_image(&src, "OneShot", "1.0.0")).unwrap();
     let (daemon, _config) = daemon(
         &running,
         &dst,
         "  tagListInterval: 1s\n",
         "verifyInterval: 2s\nrestoreDrillInterval: 1s\n",
     );
-    let target = format!("{}/mirror/app:1.0.0", dst.host());
+    let target = format!("{}/app:1.0.0", dst.host());
     // The target's /status entry (its source and backup state) and the summary's (images, verified).
     let coverage = async || {
         let (_, status) = daemon.json("GET", "/status", None).await;
@@ -652,10 +646,10 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
     // Its manifest deleted at the destination: found missing, repaired, verified again.
     Client::new(&dst)
         .unwrap()
-        .delete_manifest("mirror/app", &digest)
+        .delete_manifest("app", &digest)
         .await
         .unwrap();
-    assert_eq!(manifest_digest(&dst, "mirror/app", "1.0.0").await.unwrap(), None);
+    assert_eq!(manifest_digest(&dst, "app", "1.0.0").await.unwrap(), None);
     let deleted = std::time::Instant::now();
     eventually("repaired and verified again", WAIT, async || {
         let (_, metrics) = daemon.get("/metrics").await;
@@ -664,7 +658,7 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
     .await;
     let repaired = deleted.elapsed();
     assert_eq!(
-        manifest_digest(&dst, "mirror/app", "1.0.0").await.unwrap(),
+        manifest_digest(&dst, "app", "1.0.0").await.unwrap(),
         Some(digest.clone())
     );
     assert!(
@@ -706,24 +700,14 @@ async fn the_referrers_sweep_brings_a_new_signature_of_a_once_by_tag_copy() {
     let signed = artifacts::cosign_signature(&subject, "app", 1, 1);
     signed.push(&src, "app", &sig_tag).await.unwrap();
     let (server, running) = cluster();
-    server
-        .apply(image(
-            "app",
-            json!({"mode": "OnceByTag",
-            "source": {"name": format!("{}/app", src.host()), "version": "1.x.x"}, "destination": {"name": "app"}}),
-        ))
-        .unwrap();
-    let config = config_file("images:\n  enabled: true\n  tagListInterval: 1s\nwatchResources: [deployments]\n");
+    server.apply(app_image(&src, "OnceByTag", "1.x.x")).unwrap();
     // The sweep alone: the periodic verification would find the new signature missing and repair
     // the copy too.
-    let daemon = Daemon::mirroring_to(
-        running.kubeconfig_path(),
+    let (daemon, _config) = daemon_with(
+        &running,
         &dst,
-        &[
-            ("CONFIG_PATH", config.path().to_str().unwrap()),
-            ("REFERRERS_INTERVAL", "3s"),
-            ("VERIFY_INTERVAL", "0"),
-        ],
+        "images:\n  enabled: true\n  tagListInterval: 1s\nwatchResources: [deployments]\n",
+        &[("REFERRERS_INTERVAL", "3s"), ("VERIFY_INTERVAL", "0")],
     );
     let signature_at_target = async || manifest_digest(&dst, "app", &sig_tag).await.unwrap();
     eventually("the copy and its signature at the target", WAIT, async || {
