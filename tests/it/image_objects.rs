@@ -591,9 +591,10 @@ async fn enabled_without_the_crd_is_said_once_and_the_daemon_runs_on() {
 }
 
 /// An `Image` object's copy is part of the daemon's continuous coverage like a planned target: it
-/// is verified once copied (`/status`, `/status/summary`, the metrics) and drilled, found missing when its
-/// manifest is deleted at the destination, copied again in repair mode and verified again; once
-/// the object is deleted, its target leaves `/status` and the coverage.
+/// is verified once copied (`/status`, `/status/summary`, the metrics) and drilled; found missing
+/// when its manifest is deleted at the destination, copied again in repair mode and verified again;
+/// covered again after a restart (nothing copied); once the object is deleted, its target leaves
+/// `/status` and the coverage.
 #[tokio::test]
 async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with_the_object() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
@@ -609,7 +610,7 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
     );
     let target = format!("{}/app:1.0.0", dst.host());
     // The target's /status entry (its source and backup state) and the summary's (images, verified).
-    let coverage = async || {
+    let coverage = async |daemon: &Daemon| {
         let (_, status) = daemon.json("GET", "/status", None).await;
         let entry = status
             .as_array()
@@ -624,7 +625,7 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
     let digest = pushed.digest.clone();
     let verified = (Some("verified".to_owned()), Some(1), Some(1));
     let started = std::time::Instant::now();
-    eventually("the copy verified", WAIT, async || coverage().await == verified).await;
+    eventually("the copy verified", WAIT, async || coverage(&daemon).await == verified).await;
     let first = started.elapsed();
     assert_eq!(
         tag_field(&status(&server, "app"), "1.0.0", "result").as_deref(),
@@ -653,7 +654,8 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
     let deleted = std::time::Instant::now();
     eventually("repaired and verified again", WAIT, async || {
         let (_, metrics) = daemon.get("/metrics").await;
-        crate::server::sample(&metrics, "k8s_copycat_backup_repairs_total") == Some(1.0) && coverage().await == verified
+        crate::server::sample(&metrics, "k8s_copycat_backup_repairs_total") == Some(1.0)
+            && coverage(&daemon).await == verified
     })
     .await;
     let repaired = deleted.elapsed();
@@ -670,11 +672,22 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
         daemon.run.log()
     );
 
+    // After a restart, the finished OneShot's copy is covered again, without a copy.
+    let puts = manifest_puts(&dst);
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let (daemon, _config) = self::daemon(&running, &dst, "  tagListInterval: 1s\n", "verifyInterval: 2s\n");
+    eventually("verified after the restart", WAIT, async || {
+        coverage(&daemon).await == verified
+    })
+    .await;
+    assert_eq!(manifest_puts(&dst), puts, "nothing written after the restart");
+
     // The object deleted: its target leaves /status and the coverage.
     server.delete("Image", "shop", "app").unwrap();
     let deleted = std::time::Instant::now();
     eventually("the target gone from the coverage", WAIT, async || {
-        coverage().await == (None, Some(0), Some(0))
+        coverage(&daemon).await == (None, Some(0), Some(0))
     })
     .await;
     let gone = deleted.elapsed();
