@@ -110,12 +110,17 @@ impl Kept {
     }
 
     /// The work of every declared target, once per target (when two objects declare one target, the
-    /// work of either).
+    /// work of the first object by kind, namespace and name, so that it does not change from one call
+    /// to the next).
     pub(super) fn all_declared(&self) -> Vec<MirrorTask> {
         let declared = super::lock(&self.declared);
+        let mut sources: Vec<_> = declared.by_source.iter().collect();
+        sources.sort_by(|a, b| a.0.cmp(b.0));
         let mut all: HashMap<&TargetKey, &MirrorTask> = HashMap::with_capacity(declared.by_key.len());
-        for work in declared.by_source.values() {
-            all.extend(work.iter());
+        for (_, work) in sources {
+            for (key, task) in work {
+                all.entry(key).or_insert(task);
+            }
         }
         all.into_values().cloned().collect()
     }
