@@ -1410,6 +1410,11 @@ async fn flux_image_repository_scans_on_a_real_api_server_mirror_each_new_revisi
     let settings = declarative_settings(&configmap, "flux-system");
     assert_eq!(settings.matches(prefix).count(), 1, "{settings}");
     let settings = settings.replace(prefix, "  destinationPrefix: flux/$namespace");
+    // This test counts the scans' source requests: the periodic verification of the declared
+    // copies (a source HEAD each) is off here; `flux::declared_copies_are_verified_…` covers it.
+    let verify = "verifyInterval: 24h ";
+    assert_eq!(settings.matches(verify).count(), 1, "{settings}");
+    let settings = settings.replace(verify, "verifyInterval: 0 ");
     let target = dst.host();
     let (daemon, _config) = copycat_mirroring(&real, &settings, &target).await;
     eventually("watching ImageRepository objects and leading", WAIT, async || {
