@@ -403,7 +403,8 @@ async fn daemon_started(running: &RunningApiServer, dst: &Registry) -> Daemon {
 }
 
 /// Two replicas: only the leader mirrors a scan; when it stops, the new leader mirrors every object's
-/// current scan once (a tag already copied costs no write) and follows new revisions.
+/// current scan once (a tag already copied costs no write) and follows new revisions. The copies
+/// are in the leader's backup coverage, never in a follower's.
 #[tokio::test]
 async fn only_the_leader_mirrors_and_a_new_leader_takes_over_the_scans() {
     use crate::leader::{TAKEOVER, two_replicas_with};
@@ -419,6 +420,18 @@ async fn only_the_leader_mirrors_and_a_new_leader_takes_over_the_scans() {
     let (leader, follower) = two_replicas_with(&server, running.kubeconfig_path(), &dst.host(), &env).await;
     let first = puts(&[("org/app:1.0", 1)]);
     eventually("the leader's copy", WAIT, async || tag_puts(&dst) == first).await;
+    // (images, verified) in a replica's backup summary: the leader covers the declared copies, a
+    // follower nothing.
+    let covered = async |daemon: &crate::leader::Daemon| {
+        let summary = daemon.json("/status/summary").await;
+        let s = &summary["summary"];
+        (s["images"].as_u64(), s["verified"].as_u64())
+    };
+    eventually("the leader's copy verified", WAIT, async || {
+        covered(&leader).await == (Some(1), Some(1))
+    })
+    .await;
+    assert_eq!(covered(&follower).await, (Some(0), Some(0)));
     let scan_changed = "ImageRepository scan changed";
     let (code, log) = leader.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -440,6 +453,10 @@ async fn only_the_leader_mirrors_and_a_new_leader_takes_over_the_scans() {
     let both = puts(&[("org/app:1.0", 1), ("org/app:1.1", 1)]);
     eventually("the new revision copied by the new leader", WAIT, async || {
         tag_puts(&dst) == both
+    })
+    .await;
+    eventually("the new leader's copies verified", WAIT, async || {
+        covered(&follower).await == (Some(2), Some(2))
     })
     .await;
     let (code, log) = follower.stop();

@@ -46,6 +46,12 @@ impl Daemon {
         self.run.stop()
     }
 
+    /// The JSON answer to `GET path` on the metrics listener (`Null` when it is not JSON).
+    pub(crate) async fn json(&self, path: &str) -> Value {
+        let (_, body) = http(&self.metrics().await, "GET", path, None).await;
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+
     /// `k8s_copycat_leader`, once the metrics listener answers.
     pub(crate) async fn leader_gauge(&self) -> Option<f64> {
         self.gauge("k8s_copycat_leader").await
