@@ -85,6 +85,16 @@ impl ApiFault {
         ApiFault::status(code, reason, None)
     }
 
+    /// A write the API server does not take: 409 `Conflict`, 422 `Invalid` (the schema refuses it)
+    /// or 400 `BadRequest` (any other code: 400), on every request until limited or cleared.
+    pub fn refused_write(code: u16) -> ApiFault {
+        match code {
+            409 => ApiFault::status(409, "Conflict", None),
+            422 => ApiFault::status(422, "Invalid", None),
+            _ => ApiFault::status(400, "BadRequest", None),
+        }
+    }
+
     /// Serves each request after `delay`.
     pub fn slow(delay: Duration) -> ApiFault {
         ApiFault {
