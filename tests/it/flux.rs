@@ -375,6 +375,21 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
     assert_eq!(secret_requests.len(), 4, "{secret_requests:?}");
 }
 
+/// Waits until the `/status` entry of `target` is in `state` with `declaredBy` as `declared_by`.
+async fn wait_entry(daemon: &Daemon, target: &str, declared_by: &Value, state: &str) {
+    eventually(
+        &format!("{target} {state}, declared by {declared_by}"),
+        WAIT,
+        async || {
+            daemon
+                .status_of(target)
+                .await
+                .is_some_and(|e| e["declaredBy"] == *declared_by && e["state"] == state)
+        },
+    )
+    .await;
+}
+
 /// A `spec.secretRef` Secret that cannot be used shows in `/status`, on the entry of each target
 /// the object declares, with the object and the problem naming the Secret (never a credential);
 /// once the Secret exists, Flux's next scan of the object (a status write with the same revision)
@@ -397,13 +412,7 @@ async fn a_secret_ref_problem_shows_in_status_until_the_secret_can_be_used() {
     let object = "ImageRepository flux-system/app";
 
     let missing = json!([{"object": object, "problem": "Secret flux-system/pull not found"}]);
-    eventually("the problem on the target's entry", WAIT, async || {
-        daemon
-            .status_of(&target)
-            .await
-            .is_some_and(|e| e["declaredBy"] == missing && e["state"] == "failed")
-    })
-    .await;
+    wait_entry(&daemon, &target, &missing, "failed").await;
     let refused = daemon.status_of(&target).await.unwrap();
     assert!(
         refused["lastError"].is_string(),
@@ -417,13 +426,7 @@ async fn a_secret_ref_problem_shows_in_status_until_the_secret_can_be_used() {
     rescanned["status"]["lastScanResult"]["scanTime"] = json!("2026-12-07T17:05:00Z");
     server.apply(rescanned).unwrap();
     let cleared = json!([{"object": object}]);
-    eventually("the copy made and the problem gone", WAIT, async || {
-        daemon
-            .status_of(&target)
-            .await
-            .is_some_and(|e| e["declaredBy"] == cleared && e["state"] == "mirrored")
-    })
-    .await;
+    wait_entry(&daemon, &target, &cleared, "mirrored").await;
     assert_eq!(tag_puts(&dst), puts(&[("app/private/app:2.0", 1)]));
     let (_, metrics) = daemon.get("/metrics").await;
     let (_, status) = daemon.get("/status").await;
