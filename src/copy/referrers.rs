@@ -203,6 +203,11 @@ impl<K, V: LookedAt> moka::Expiry<K, V> for FromTheLook {
     fn expire_after_create(&self, _: &K, value: &V, _: Instant) -> Option<Duration> {
         Some(self.remaining(value.looked_at()))
     }
+
+    /// A new look replaces the old one's expiry (moka would keep the old one).
+    fn expire_after_update(&self, _: &K, value: &V, _: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(self.remaining(value.looked_at()))
+    }
 }
 
 /// What the copier remembers about related artifacts.
@@ -1054,6 +1059,16 @@ mod tests {
             }
         }
         assert_eq!(state.looks().len(), remembered);
+
+        // A newer look of an image replaces an older one, and its expiry with it.
+        let short = ReferrerState::new(Duration::from_secs(10));
+        let mut again = look("again", 9);
+        assert_eq!(short.remember([again.clone()]), 1);
+        again.at = now;
+        assert_eq!(short.remember([again.clone()]), 1);
+        std::thread::sleep(Duration::from_millis(1_100));
+        short.checked.run_pending_tasks();
+        assert_eq!(short.looks(), vec![again], "held past the first look's end");
     }
 
     fn digest(c: char) -> Digest {
