@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -113,6 +113,25 @@ struct Declared {
     problems: HashMap<DeclaredSource, SourceProblem>,
 }
 
+/// The declarations while locked ([`Kept::view`]).
+pub(super) struct DeclaredView<'a>(MutexGuard<'a, Declared>);
+
+impl DeclaredView<'_> {
+    /// The objects declaring `key`, each with its current problem.
+    pub(super) fn declaring(&self, key: &TargetKey) -> Vec<DeclaringObject> {
+        let Some(sources) = self.0.by_key.get(key) else {
+            return vec![];
+        };
+        sources
+            .iter()
+            .map(|source| DeclaringObject {
+                object: source.clone(),
+                problem: self.0.problems.get(source).cloned(),
+            })
+            .collect()
+    }
+}
+
 /// What [`Kept::declare`] changed.
 pub(super) struct Declaration {
     /// Tasks that are new or whose work changed.
@@ -145,19 +164,9 @@ impl Kept {
         super::lock(&self.declared).by_key.get(key).cloned().unwrap_or_default()
     }
 
-    /// The objects declaring `key`, each with its current problem.
-    pub(super) fn declaring(&self, key: &TargetKey) -> Vec<DeclaringObject> {
-        let declared = super::lock(&self.declared);
-        let Some(sources) = declared.by_key.get(key) else {
-            return vec![];
-        };
-        sources
-            .iter()
-            .map(|source| DeclaringObject {
-                object: source.clone(),
-                problem: declared.problems.get(source).cloned(),
-            })
-            .collect()
+    /// The declarations, locked once to look up many targets ([`DeclaredView::declaring`]).
+    pub(super) fn view(&self) -> DeclaredView<'_> {
+        DeclaredView(super::lock(&self.declared))
     }
 
     /// Records what stands in the way of `source`'s copies now (`None`: nothing any more).

@@ -764,13 +764,13 @@ impl Queue {
     /// Every target the queue knows: those queued, running or cooling down, and the most recent
     /// finished ones (bounded), sorted by target.
     pub fn snapshot(&self) -> Vec<TaskStatus> {
-        let kept = &self.inner.kept;
         let st = self.inner.lock();
+        let declared = self.inner.kept.view();
         let mut all: Vec<TaskStatus> = st
             .entries
             .iter()
             .map(|(key, entry)| TaskStatus {
-                declared_by: kept.declaring(key),
+                declared_by: declared.declaring(key),
                 ..entry.status(key, None)
             })
             .collect();
@@ -780,10 +780,11 @@ impl Queue {
                 .iter()
                 .filter(|(key, _)| !st.entries.contains_key(&**key))
                 .map(|(key, status)| TaskStatus {
-                    declared_by: kept.declaring(&key),
+                    declared_by: declared.declaring(&key),
                     ..(*status).clone()
                 }),
         );
+        drop(declared);
         drop(st);
         all.sort_by(|a, b| a.target.cmp(&b.target));
         all
