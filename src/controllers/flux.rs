@@ -310,7 +310,7 @@ impl FluxMirror {
                 } else if secret_problem.is_none() {
                     tracing::info!(object = %source, image = object.spec.image, revision = scan.revision,
                         tags = n, submitted = submitted.submitted,
-                        "ImageRepository spec.secretRef usable now: mirroring its tags with its credentials");
+                        "ImageRepository spec.secretRef problem gone: its tags declared again");
                 }
                 let unusable = secret_problem.is_some();
                 self.queue
@@ -323,7 +323,8 @@ impl FluxMirror {
                     tracing::warn!(object = %source, image = object.spec.image, revision = scan.revision, error = %e,
                         "ImageRepository not mirrored");
                 }
-                false
+                // Nothing declared anew: a problem shown stays, and is looked at again next time.
+                retry
             }
         };
         if let Some(followed) = self.objects.get_mut(source) {

@@ -432,7 +432,7 @@ async fn a_secret_ref_problem_shows_in_status_until_the_secret_can_be_used() {
     let (_, status) = daemon.get("/status").await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
-    assert!(log.contains("ImageRepository spec.secretRef usable now"), "{log}");
+    assert!(log.contains("ImageRepository spec.secretRef problem gone"), "{log}");
     assert_no_credential(
         &[("log", &log), ("metrics", &metrics), ("/status", &status)],
         user,

@@ -212,4 +212,26 @@ mod tests {
         assert_eq!(take(&mut faults, "pods", "list"), None, "the 500s ran out");
         assert_eq!(faults.len(), 1, "the 403 stays until cleared");
     }
+
+    #[test]
+    fn refused_writes_carry_the_api_servers_reason() {
+        // (code asked, code and reason answered)
+        let cases = [
+            (409, 409, "Conflict"),
+            (422, 422, "Invalid"),
+            (400, 400, "BadRequest"),
+            (418, 400, "BadRequest"),
+        ];
+        for (asked, code, reason) in cases {
+            assert_eq!(
+                ApiFault::refused_write(asked).kind,
+                ApiFaultKind::Status {
+                    code,
+                    reason,
+                    retry_after: None
+                },
+                "{asked}"
+            );
+        }
+    }
 }
