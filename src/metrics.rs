@@ -38,6 +38,7 @@ pub struct Metrics {
     ratelimit: IntGaugeVec,
     leader: IntGauge,
     watch_events: IntCounterVec,
+    status_write_errors: IntCounterVec,
     plan_passes: IntCounterVec,
     verified_present: IntCounter,
     backup: BackupGauges,
@@ -58,6 +59,9 @@ pub const FLUX_SCAN_RESULTS: [&str; 3] = ["mirrored", "unchanged", "invalid"];
 
 /// The reasons `k8s_copycat_flux_secret_ref_errors_total` counts.
 pub const FLUX_SECRET_ERRORS: [&str; 5] = ["not_found", "unreadable", "not_docker_config", "invalid", "no_entry"];
+
+/// The reasons `k8s_copycat_status_write_errors_total` counts.
+pub const STATUS_WRITE_ERRORS: [&str; 5] = ["forbidden", "not_found", "conflict", "invalid", "other"];
 
 /// The copy-on-the-fly metrics, registered only when it is enabled ([`Metrics::enable_on_the_fly`]).
 struct OnTheFlyMetrics {
@@ -215,6 +219,14 @@ impl Metrics {
             &["kind", "event"],
         )
         .expect("valid metric");
+        let status_write_errors = IntCounterVec::new(
+            Opts::new(
+                format!("{PREFIX}status_write_errors_total"),
+                "Status writes on declarative objects (the images/status patch of an Image) the API server refused, by resource and reason: forbidden (403, RBAC), not_found (404: the object is gone or its CRD has no status subresource), conflict (409), invalid (400 or 422: the CRD's schema refuses it), other (any other answer, or none).",
+            ),
+            &["resource", "reason"],
+        )
+        .expect("valid metric");
         let plan_passes = IntCounterVec::new(
             Opts::new(
                 format!("{PREFIX}plan_passes_total"),
@@ -291,6 +303,7 @@ impl Metrics {
             Box::new(ratelimit.clone()),
             Box::new(leader.clone()),
             Box::new(watch_events.clone()),
+            Box::new(status_write_errors.clone()),
             Box::new(plan_passes.clone()),
             Box::new(verified_present.clone()),
         ] {
@@ -357,6 +370,7 @@ impl Metrics {
             ratelimit,
             leader,
             watch_events,
+            status_write_errors,
             plan_passes,
             verified_present,
             backup,
@@ -453,6 +467,20 @@ impl Metrics {
         ] {
             self.registry.register(m).expect("unique metric");
         }
+    }
+
+    /// Shows `k8s_copycat_status_write_errors_total` at zero for `resource` (`images`) and every
+    /// reason, so an alert on its rate has a series before the first refusal.
+    pub fn expect_status_writes(&self, resource: &str) {
+        for reason in STATUS_WRITE_ERRORS {
+            self.status_write_errors.with_label_values(&[resource, reason]);
+        }
+    }
+
+    /// Counts one status write on `resource` the API server refused, by `reason` (one of
+    /// [`STATUS_WRITE_ERRORS`]).
+    pub fn status_write_error(&self, resource: &str, reason: &str) {
+        self.status_write_errors.with_label_values(&[resource, reason]).inc();
     }
 
     /// Counts one `ImageRepository` scan seen, by `result` (one of [`FLUX_SCAN_RESULTS`]).

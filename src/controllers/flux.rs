@@ -8,8 +8,12 @@
 //! `spec.secretRef` names a `kubernetes.io/dockerconfigjson` Secret in the object's namespace: it is
 //! read with one GET by name when a scan is mirrored (never listed or watched), and its credentials
 //! for `spec.image`'s registry are tried first, then the configured ones. A Secret that cannot be
-//! used is logged (its name and why, never its content) and counted
-//! (`k8s_copycat_flux_secret_ref_errors_total`); the copies go ahead with the configured credentials.
+//! used is logged (its name and why, never its content), counted
+//! (`k8s_copycat_flux_secret_ref_errors_total`) and shown with the object in `/status`
+//! ([`Queue::declare_problem`]); the copies go ahead with the configured credentials. While it
+//! cannot be used it is read again at each change of the object (Flux writes its status at every
+//! scan), and once it can, the copies are declared again with its credentials and the problem
+//! cleared.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use crate::discovery::watch::docker_config_of;
 use crate::metrics::Metrics;
 use crate::naming::TargetNaming;
 use crate::plan::{Arch, MirrorTask};
-use crate::queue::{DeclaredSource, Queue};
+use crate::queue::{DeclaredSource, Queue, SourceProblem};
 use crate::reference::ImageRef;
 use crate::registry::Registries;
 use crate::registry::credentials::DockerConfigError;
@@ -121,12 +125,12 @@ pub enum SecretRefError {
     #[error("Secret {0} not found")]
     NotFound(String),
     /// The API server did not answer the GET (RBAC: `get` on secrets; or it is away).
-    #[error("Secret {secret} cannot be read: {reason}")]
+    #[error("Secret {secret} cannot be read: {source}")]
     Unreadable {
         /// `namespace/name`.
         secret: String,
-        /// The API server's or the client's reason.
-        reason: String,
+        /// The API server's or the client's answer.
+        source: kube::Error,
     },
     /// Not a `kubernetes.io/dockerconfigjson` (or `dockercfg`) Secret with its key.
     #[error("Secret {0} is not a kubernetes.io/dockerconfigjson Secret with a .dockerconfigjson key")]
@@ -162,10 +166,18 @@ impl SecretRefError {
     }
 }
 
-/// One followed object: what it is now, and the scan this replica last mirrored.
+/// One followed object: what it is now, the scan this replica last mirrored, and whether its
+/// `spec.secretRef` could not be used then (it is read again at the object's next change).
 struct Followed {
     object: ImageRepositoryObject,
     mirrored: Option<ScanResult>,
+    secret_unusable: bool,
+}
+
+/// The copies of one scan, and why its `spec.secretRef` gave no credentials, if it did not.
+struct Scanned {
+    tasks: Vec<MirrorTask>,
+    secret_problem: Option<SecretRefError>,
 }
 
 impl Followed {
@@ -234,7 +246,14 @@ impl FluxMirror {
         match self.objects.get_mut(&source) {
             Some(followed) => followed.object = object,
             None => {
-                self.objects.insert(source.clone(), Followed { object, mirrored: None });
+                self.objects.insert(
+                    source.clone(),
+                    Followed {
+                        object,
+                        mirrored: None,
+                        secret_unusable: false,
+                    },
+                );
             }
         }
         if lead {
@@ -262,7 +281,8 @@ impl FluxMirror {
         }
     }
 
-    /// Declares `source`'s scan when it is not the one last mirrored.
+    /// Declares `source`'s scan when it is not the one last mirrored, or again when its
+    /// `spec.secretRef` could not be used last time (to try it again).
     async fn mirror_if_changed(&mut self, source: &DeclaredSource) {
         let Some(followed) = self.objects.get(source) else {
             return;
@@ -270,29 +290,46 @@ impl FluxMirror {
         let Some(scan) = followed.scan().cloned() else {
             return;
         };
-        if !scan_changed(followed.mirrored.as_ref(), Some(&scan)) {
-            if !scan.revision.is_empty() {
-                self.metrics.flux_scan("unchanged");
-            }
+        let changed = scan_changed(followed.mirrored.as_ref(), Some(&scan));
+        let retry = followed.secret_unusable;
+        if !changed && !scan.revision.is_empty() {
+            self.metrics.flux_scan("unchanged");
+        }
+        if !changed && !retry {
             return;
         }
         let object = followed.object.clone();
-        match self.tasks(source, &object, &scan).await {
-            Ok(tasks) => {
+        let secret_unusable = match self.tasks(source, &object, &scan).await {
+            Ok(Scanned { tasks, secret_problem }) => {
                 let n = tasks.len();
                 let submitted = self.queue.declare(source.clone(), tasks);
-                self.metrics.flux_scan("mirrored");
-                tracing::info!(object = %source, image = object.spec.image, revision = scan.revision,
-                    tags = n, submitted = submitted.submitted, "ImageRepository scan changed: mirroring its tags");
+                if changed {
+                    self.metrics.flux_scan("mirrored");
+                    tracing::info!(object = %source, image = object.spec.image, revision = scan.revision,
+                        tags = n, submitted = submitted.submitted, "ImageRepository scan changed: mirroring its tags");
+                } else if secret_problem.is_none() {
+                    tracing::info!(object = %source, image = object.spec.image, revision = scan.revision,
+                        tags = n, submitted = submitted.submitted,
+                        "ImageRepository spec.secretRef problem gone: its tags declared again");
+                }
+                let unusable = secret_problem.is_some();
+                self.queue
+                    .declare_problem(source, secret_problem.map(SourceProblem::new));
+                unusable
             }
             Err(e) => {
-                self.metrics.flux_scan("invalid");
-                tracing::warn!(object = %source, image = object.spec.image, revision = scan.revision, error = %e,
-                    "ImageRepository not mirrored");
+                if changed {
+                    self.metrics.flux_scan("invalid");
+                    tracing::warn!(object = %source, image = object.spec.image, revision = scan.revision, error = %e,
+                        "ImageRepository not mirrored");
+                }
+                // Nothing declared anew: a problem shown stays, and is looked at again next time.
+                retry
             }
-        }
+        };
         if let Some(followed) = self.objects.get_mut(source) {
             followed.mirrored = Some(scan);
+            followed.secret_unusable = secret_unusable;
         }
     }
 
@@ -303,11 +340,22 @@ impl FluxMirror {
         source: &DeclaredSource,
         object: &ImageRepositoryObject,
         scan: &ScanResult,
-    ) -> Result<Vec<MirrorTask>, FluxError> {
+    ) -> Result<Scanned, FluxError> {
         let image = ImageRef::parse(&object.spec.image).map_err(FluxError::Image)?;
-        let credentials = match &object.spec.secret_ref {
-            Some(secret) => self.secret_credentials(&source.namespace, &secret.name, &image).await,
-            None => vec![],
+        let (credentials, secret_problem) = match &object.spec.secret_ref {
+            Some(secret) => match self
+                .read_secret(&source.namespace, &secret.name, image.registry())
+                .await
+            {
+                Ok(credential) => (vec![credential], None),
+                Err(e) => {
+                    self.metrics.flux_secret_error(e.reason());
+                    tracing::warn!(object = %source, image = %image.name(), error = %e,
+                        "ImageRepository spec.secretRef cannot be used; trying the configured credentials");
+                    (vec![], Some(e))
+                }
+            },
+            None => (vec![], None),
         };
         let listed = if self.settings.all_tags {
             self.list_tags(source, &image, &credentials).await
@@ -320,21 +368,8 @@ impl FluxMirror {
                 left_out = selection.left_out, "more tags than fluxImageRepositories.maxTags: the rest are not mirrored");
         }
         let naming = flux::naming_for(&self.settings.naming, &source.namespace, &source.name);
-        copies(&image, &selection.tags, &naming, &credentials)
-    }
-
-    /// The credentials for `image`'s registry in the Secret `namespace/name`; none (logged and
-    /// counted) when it cannot be used.
-    async fn secret_credentials(&self, namespace: &str, name: &str, image: &ImageRef) -> Vec<PullSecret> {
-        match self.read_secret(namespace, name, image.registry()).await {
-            Ok(credential) => vec![credential],
-            Err(e) => {
-                self.metrics.flux_secret_error(e.reason());
-                tracing::warn!(namespace, image = %image.name(), error = %e,
-                    "ImageRepository spec.secretRef cannot be used; trying the configured credentials");
-                vec![]
-            }
-        }
+        let tasks = copies(&image, &selection.tags, &naming, &credentials)?;
+        Ok(Scanned { tasks, secret_problem })
     }
 
     /// Reads the Secret `namespace/name` (one GET) and takes its credentials for `registry`.
@@ -344,12 +379,7 @@ impl FluxMirror {
         let secret = match secrets.get_opt(name).await {
             Ok(Some(secret)) => secret,
             Ok(None) => return Err(SecretRefError::NotFound(full)),
-            Err(e) => {
-                return Err(SecretRefError::Unreadable {
-                    secret: full,
-                    reason: e.to_string(),
-                });
-            }
+            Err(source) => return Err(SecretRefError::Unreadable { secret: full, source }),
         };
         let auths = docker_config_of(&secret)
             .ok_or_else(|| SecretRefError::NotDockerConfig(full.clone()))?

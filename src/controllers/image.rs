@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Change, ObjectKey, Watch, crd_present, patch_status, watch_objects};
+use super::{Change, ObjectKey, Watch, crd_present, patch_status, refusal_reason, watch_objects};
 use crate::declarative::image::{
     self, Condition, ImageObject, ImagePlan, ImageSettings, ImageStatus, Mode, SpecError, TagResult, Versions,
     next_pass,
@@ -87,12 +87,14 @@ impl ImageController {
         let (to, mut outcomes) = mpsc::unbounded_channel();
         queue.report_outcomes(Interest::Declared(image::KIND), to);
         tracing::info!(namespaces = watch.scope(), "watching Image objects");
+        metrics.expect_status_writes(&watch.resource.plural);
         let mut controller = Controller {
             client,
             settings,
             queue,
             registries,
             events,
+            metrics,
             objects: BTreeMap::new(),
             tag_lists: HashMap::new(),
         };
@@ -135,6 +137,8 @@ struct Controller {
     queue: Queue,
     registries: Registries,
     events: Option<mpsc::Sender<ObjectNotice>>,
+    /// Where refused status writes are counted.
+    metrics: Arc<Metrics>,
     objects: BTreeMap<ObjectKey, Tracked>,
     /// Per source repository: when it was listed and what it held (or why it could not be listed).
     tag_lists: HashMap<String, (Instant, TagList)>,
@@ -742,13 +746,15 @@ impl Controller {
             if tracked.written.as_ref().is_some_and(|w| same_status(w, &status)) {
                 continue;
             }
-            match patch_status(&self.client, &resource, key, &status).await {
+            match patch_status(&self.client, &resource, key, &status, &self.metrics).await {
                 Ok(()) => {
                     tracked.written = Some(status);
                     tracked.write_after = None;
                 }
                 Err(e) => {
-                    tracing::warn!(object = %tracked.source, error = %e, "cannot write the Image's status");
+                    tracing::warn!(object = %tracked.source, verb = "patch", resource = "images/status",
+                        reason = refusal_reason(&e), error = %e,
+                        "cannot write the Image's status (counted in k8s_copycat_status_write_errors_total); retrying");
                     tracked.write_after = Some(Instant::now() + STATUS_RETRY);
                 }
             }

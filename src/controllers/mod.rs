@@ -277,16 +277,69 @@ fn decode<K: DeserializeOwned>(object: DynamicObject) -> Change<K> {
 }
 
 /// Writes `status` on the object `key` of `resource` through its status subresource (a JSON merge
-/// patch of `{"status": …}`: fields copycat does not write are left as they are).
+/// patch of `{"status": …}`: fields copycat does not write are left as they are). A refusal is
+/// counted in `k8s_copycat_status_write_errors_total` by resource and [`refusal_reason`].
 pub async fn patch_status(
     client: &kube::Client,
     resource: &ApiResource,
     key: &ObjectKey,
     status: &impl Serialize,
+    metrics: &Metrics,
 ) -> kube::Result<()> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, resource);
     let patch = serde_json::json!({ "status": status });
-    api.patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
-        .await
-        .map(|_| ())
+    let written = api
+        .patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
+        .await;
+    match written {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            metrics.status_write_error(&resource.plural, refusal_reason(&e));
+            Err(e)
+        }
+    }
+}
+
+/// Why a write failed, from the API server's HTTP status (the `reason` label of
+/// `k8s_copycat_status_write_errors_total`, one of [`crate::metrics::STATUS_WRITE_ERRORS`]).
+pub fn refusal_reason(error: &kube::Error) -> &'static str {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            403 => "forbidden",
+            404 => "not_found",
+            409 => "conflict",
+            400 | 422 => "invalid",
+            _ => "other",
+        },
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_named_by_the_api_servers_answer() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        let cases = [
+            (api(403), "forbidden"),
+            (api(404), "not_found"),
+            (api(409), "conflict"),
+            (api(422), "invalid"),
+            (api(400), "invalid"),
+            (api(500), "other"),
+            (api(429), "other"),
+            (kube::Error::LinesCodecMaxLineLengthExceeded, "other"),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(refusal_reason(&error), reason, "{error}");
+            assert!(crate::metrics::STATUS_WRITE_ERRORS.contains(&reason));
+        }
+    }
 }

@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
 use crate::plan::{MirrorTask, TargetKey};
@@ -44,6 +45,48 @@ impl fmt::Display for DeclaredSource {
     }
 }
 
+impl Serialize for DeclaredSource {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// What stands in the way of a declarative object's copies while they go ahead regardless (a Flux
+/// `spec.secretRef` Secret that cannot be used, say), reported by its controller
+/// ([`Queue::declare_problem`](super::Queue::declare_problem)). Its message must name no credential:
+/// `/status` shows it.
+#[derive(Debug, Clone)]
+pub struct SourceProblem(Arc<dyn std::error::Error + Send + Sync>);
+
+impl SourceProblem {
+    /// The problem `error`.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> SourceProblem {
+        SourceProblem(Arc::new(error))
+    }
+}
+
+impl fmt::Display for SourceProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for SourceProblem {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// An object declaring a target, as the target's `/status` entry shows it (`declaredBy`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeclaringObject {
+    /// `ImageRepository flux-system/app`.
+    pub object: DeclaredSource,
+    /// What stands in the way of its copies now, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<SourceProblem>,
+}
+
 /// Which targets' outcomes a subscriber wants ([`Queue::report_outcomes`](super::Queue::report_outcomes)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interest {
@@ -69,6 +112,27 @@ struct Declared {
     by_source: HashMap<DeclaredSource, HashMap<TargetKey, MirrorTask>>,
     /// Per target, the objects declaring it.
     by_key: HashMap<TargetKey, Vec<DeclaredSource>>,
+    /// Per object, what stands in the way of its copies now.
+    problems: HashMap<DeclaredSource, SourceProblem>,
+}
+
+/// The declarations while locked ([`Kept::view`]).
+pub(super) struct DeclaredView<'a>(MutexGuard<'a, Declared>);
+
+impl DeclaredView<'_> {
+    /// The objects declaring `key`, each with its current problem.
+    pub(super) fn declaring(&self, key: &TargetKey) -> Vec<DeclaringObject> {
+        let Some(sources) = self.0.by_key.get(key) else {
+            return vec![];
+        };
+        sources
+            .iter()
+            .map(|source| DeclaringObject {
+                object: source.clone(),
+                problem: self.0.problems.get(source).cloned(),
+            })
+            .collect()
+    }
 }
 
 /// What [`Kept::declare`] changed.
@@ -133,6 +197,20 @@ impl Kept {
     /// The objects declaring `key`.
     pub(super) fn declared_by(&self, key: &TargetKey) -> Vec<DeclaredSource> {
         super::lock(&self.declared).by_key.get(key).cloned().unwrap_or_default()
+    }
+
+    /// The declarations, locked once to look up many targets ([`DeclaredView::declaring`]).
+    pub(super) fn view(&self) -> DeclaredView<'_> {
+        DeclaredView(super::lock(&self.declared))
+    }
+
+    /// Records what stands in the way of `source`'s copies now (`None`: nothing any more).
+    pub(super) fn set_problem(&self, source: &DeclaredSource, problem: Option<SourceProblem>) {
+        let mut declared = super::lock(&self.declared);
+        match problem {
+            Some(problem) => declared.problems.insert(source.clone(), problem),
+            None => declared.problems.remove(source),
+        };
     }
 
     /// The work `source` declares now.

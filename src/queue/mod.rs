@@ -63,7 +63,7 @@ use crate::reference::{Digest, ImageRef};
 use crate::task_state::TaskState;
 use crate::workload::Workload;
 use kept::Kept;
-pub use kept::{DeclaredSource, Interest};
+pub use kept::{DeclaredSource, DeclaringObject, Interest, SourceProblem};
 pub use report::{FailureReport, TaskOutcome};
 use status::Counters;
 pub use status::{ExcludedImages, QueueCounters, TaskStatus, UnmatchedImages};
@@ -581,9 +581,18 @@ impl Queue {
         self.inner.kept.changes()
     }
 
-    /// Forgets what `source` declared (the object was deleted): [`Queue::declare`] with nothing.
+    /// Forgets what `source` declared (the object was deleted): [`Queue::declare`] with nothing,
+    /// and its problem.
     pub fn undeclare(&self, source: DeclaredSource) -> usize {
+        self.inner.kept.set_problem(&source, None);
         self.declare(source, vec![]).forgotten
+    }
+
+    /// Records what stands in the way of `source`'s copies while they go ahead (`None`: nothing any
+    /// more): shown with the object in the `/status` entry of every target it declares
+    /// ([`TaskStatus::declared_by`]).
+    pub fn declare_problem(&self, source: &DeclaredSource, problem: Option<SourceProblem>) {
+        self.inner.kept.set_problem(source, problem);
     }
 
     /// Submits every target `source` declares again past the positive cache (a `Recurrent` object,
@@ -796,14 +805,26 @@ impl Queue {
     /// finished ones (bounded), sorted by target.
     pub fn snapshot(&self) -> Vec<TaskStatus> {
         let st = self.inner.lock();
-        let mut all: Vec<TaskStatus> = st.entries.iter().map(|(key, entry)| entry.status(key, None)).collect();
+        let declared = self.inner.kept.view();
+        let mut all: Vec<TaskStatus> = st
+            .entries
+            .iter()
+            .map(|(key, entry)| TaskStatus {
+                declared_by: declared.declaring(key),
+                ..entry.status(key, None)
+            })
+            .collect();
         all.extend(
             self.inner
                 .finished
                 .iter()
                 .filter(|(key, _)| !st.entries.contains_key(&**key))
-                .map(|(_, status)| (*status).clone()),
+                .map(|(key, status)| TaskStatus {
+                    declared_by: declared.declaring(&key),
+                    ..(*status).clone()
+                }),
         );
+        drop(declared);
         drop(st);
         all.sort_by(|a, b| a.target.cmp(&b.target));
         all
@@ -1184,6 +1205,7 @@ impl Entry {
             excluded_by: None,
             kept_source: None,
             referrers: self.last.referrers,
+            declared_by: vec![],
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+use super::DeclaringObject;
 use crate::plan::{ExcludedImage, TargetConflict};
 use crate::reference::Digest;
 use crate::task_state::{TaskState, rfc3339};
@@ -53,6 +54,11 @@ pub struct TaskStatus {
     /// (`referrersInterval`); absent before the first look or with `referrers: none`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers: Option<u32>,
+    /// The declarative objects (`Image`, Flux `ImageRepository`) asking for the target, each with
+    /// what stands in the way of its copies now (a `spec.secretRef` Secret that cannot be used);
+    /// left out when none does.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub declared_by: Vec<DeclaringObject>,
 }
 
 impl TaskStatus {
@@ -72,6 +78,7 @@ impl TaskStatus {
             excluded_by: Some(image.rule.clone()),
             kept_source: None,
             referrers: None,
+            declared_by: vec![],
         }
     }
 
@@ -92,6 +99,7 @@ impl TaskStatus {
             excluded_by: None,
             kept_source: None,
             referrers: None,
+            declared_by: vec![],
         }
     }
 
@@ -115,6 +123,7 @@ impl TaskStatus {
             excluded_by: None,
             kept_source: Some(conflict.kept.clone()),
             referrers: None,
+            declared_by: vec![],
         }
     }
 }
@@ -281,6 +290,7 @@ mod tests {
             excluded_by: None,
             kept_source: None,
             referrers: Some(3),
+            declared_by: vec![],
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["referrers"], 3);

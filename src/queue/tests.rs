@@ -510,3 +510,65 @@ async fn a_failed_declared_target_reports_its_error_and_cools_down() {
     assert_eq!(fake.0.calls.lock().unwrap().len(), 1);
     queue.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test]
+async fn status_names_the_objects_declaring_a_target_with_their_problems() {
+    let fake = Fake::default();
+    fake.0.gate.add_permits(10);
+    let queue = Queue::start(fake.clone(), QueueOptions::default());
+    let base = DeclaredSource::new("Image", "shop", "base");
+    let flux = DeclaredSource::new("ImageRepository", "flux-system", "app");
+    queue.declare(base.clone(), vec![task_to("ghcr.io/a/one:1", "one")]);
+    queue.declare(
+        flux.clone(),
+        vec![task_to("ghcr.io/a/one:1", "one"), task_to("ghcr.io/a/two:1", "two")],
+    );
+    queue.submit(task_to("ghcr.io/a/p:1", "p"));
+    assert!(queue.wait_idle(WAIT).await);
+    #[derive(Debug, thiserror::Error)]
+    #[error("Secret flux-system/pull not found")]
+    struct Missing;
+    // (problem of the Flux object, then `declaredBy` of each target as /status shows it)
+    let flux_entry = |problem: Option<&str>| match problem {
+        Some(p) => serde_json::json!({"object": "ImageRepository flux-system/app", "problem": p}),
+        None => serde_json::json!({"object": "ImageRepository flux-system/app"}),
+    };
+    let declared_by = || -> Vec<(String, serde_json::Value)> {
+        let all = serde_json::to_value(queue.snapshot()).unwrap();
+        let entries = all.as_array().unwrap().iter();
+        entries
+            .map(|e| (e["target"].as_str().unwrap().to_owned(), e["declaredBy"].clone()))
+            .collect()
+    };
+    let base_entry = serde_json::json!({"object": "Image shop/base"});
+    let problem = Some("Secret flux-system/pull not found");
+    let cases: [(Option<SourceProblem>, Option<&str>); 2] =
+        [(Some(SourceProblem::new(Missing)), problem), (None, None)];
+    for (reported, shown) in cases {
+        queue.declare_problem(&flux, reported);
+        assert_eq!(
+            declared_by(),
+            [
+                (
+                    "r.example/one:1".to_owned(),
+                    serde_json::json!([base_entry, flux_entry(shown)])
+                ),
+                ("r.example/p:1".to_owned(), serde_json::Value::Null),
+                ("r.example/two:1".to_owned(), serde_json::json!([flux_entry(shown)])),
+            ],
+            "{shown:?}"
+        );
+    }
+    // The object deleted: its problem goes with it.
+    queue.declare_problem(&flux, Some(SourceProblem::new(Missing)));
+    queue.undeclare(flux.clone());
+    queue.declare(flux.clone(), vec![task_to("ghcr.io/a/one:1", "one")]);
+    assert_eq!(
+        declared_by()[0],
+        (
+            "r.example/one:1".to_owned(),
+            serde_json::json!([base_entry, flux_entry(None)])
+        )
+    );
+    queue.shutdown(Duration::ZERO).await;
+}

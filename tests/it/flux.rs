@@ -237,25 +237,46 @@ async fn all_tags_copies_the_listed_tags_within_the_tag_limit() {
     assert_eq!(tag_puts(&dst), want);
 }
 
-#[tokio::test]
-async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown() {
-    let (user, pass) = ("flux-reader", "s3cret-Flux-never-shown-9Zq");
+/// A registry requiring `user`:`pass`, holding `private/app:2.0`; and that image's name.
+async fn protected_source(user: &str, pass: &str) -> (Registry, String) {
     let src = start(RegistryMode::Basic {
         user: user.into(),
         pass: pass.into(),
     });
-    let dst = start(RegistryMode::Plain);
     push_tags(&src, "private/app", &["2.0"]).await;
     let image = format!("{}/private/app", src.host());
+    (src, image)
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The `kubernetes.io/dockerconfigjson` Secret `flux-system/NAME` with `user`:`pass` for `host`.
+fn pull_secret(name: &str, host: &str, user: &str, pass: &str) -> Value {
+    let docker_config = json!({"auths": {host: {"auth": b64(&format!("{user}:{pass}"))}}}).to_string();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+           "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&docker_config)}})
+}
+
+/// Neither the password nor its `auth` form is in any of `texts` (`(what, text)`).
+fn assert_no_credential(texts: &[(&str, &String)], user: &str, pass: &str) {
+    for (what, text) in texts {
+        assert!(!text.contains(pass), "the password is in the {what}");
+        assert!(
+            !text.contains(&b64(&format!("{user}:{pass}"))),
+            "the auth is in the {what}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown() {
+    let (user, pass) = ("flux-reader", "s3cret-Flux-never-shown-9Zq");
+    let (src, image) = protected_source(user, pass).await;
+    let dst = start(RegistryMode::Plain);
     let (server, running) = cluster(&["v1"]);
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let docker_config = json!({"auths": {src.host(): {"auth": b64(&format!("{user}:{pass}"))}}}).to_string();
-    server
-        .apply(
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pull", "namespace": NS},
-                      "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&docker_config)}}),
-        )
-        .unwrap();
+    server.apply(pull_secret("pull", &src.host(), user, pass)).unwrap();
     server
         .apply(repository("v1", "app", &image, Some("pull"), Some(("rev-1", &["2.0"]))))
         .unwrap();
@@ -277,12 +298,8 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
                       "type": "Opaque", "data": {"password": b64(pass)}}),
         )
         .unwrap();
-    let elsewhere = json!({"auths": {"registry.example.com": {"auth": b64(&format!("{user}:{pass}"))}}}).to_string();
     server
-        .apply(
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "elsewhere", "namespace": NS},
-                      "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&elsewhere)}}),
-        )
+        .apply(pull_secret("elsewhere", "registry.example.com", user, pass))
         .unwrap();
     for (name, secret) in [("third", "opaque"), ("fourth", "elsewhere")] {
         server
@@ -314,18 +331,35 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
         &format!("Secret flux-system/elsewhere has no credentials for {}", src.host()),
     )
     .await;
+    // Each problem on its object's target in /status, naming the Secret.
+    let problems = [
+        ("other", "Secret flux-system/missing not found".to_owned()),
+        (
+            "third",
+            "Secret flux-system/opaque is not a kubernetes.io/dockerconfigjson Secret with a .dockerconfigjson key"
+                .to_owned(),
+        ),
+        (
+            "fourth",
+            format!("Secret flux-system/elsewhere has no credentials for {}", src.host()),
+        ),
+    ];
+    for (name, problem) in problems {
+        let target = format!("{}/{name}/private/app:2.0", dst.host());
+        let shown = json!([{"object": format!("ImageRepository {NS}/{name}"), "problem": problem}]);
+        let entry = daemon.status_of(&target).await;
+        assert_eq!(entry.map(|e| e["declaredBy"].clone()), Some(shown), "{target}");
+    }
     let (_, metrics) = daemon.get("/metrics").await;
     let (_, status) = daemon.get("/status").await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(tag_puts(&dst), want, "the object without its Secret copies nothing");
-    for (what, text) in [("log", &log), ("metrics", &metrics), ("/status", &status)] {
-        assert!(!text.contains(pass), "the password is in the {what}");
-        assert!(
-            !text.contains(&b64(&format!("{user}:{pass}"))),
-            "the auth is in the {what}"
-        );
-    }
+    assert_no_credential(
+        &[("log", &log), ("metrics", &metrics), ("/status", &status)],
+        user,
+        pass,
+    );
     // One GET of each named Secret; Secrets are never listed or watched.
     let secret_requests: Vec<(String, String)> = server
         .requests()
@@ -341,6 +375,84 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
     let each = ["pull", "missing", "opaque", "elsewhere"].map(gets);
     assert_eq!(each, [1, 1, 1, 1], "{secret_requests:?}");
     assert_eq!(secret_requests.len(), 4, "{secret_requests:?}");
+}
+
+/// Waits until the `/status` entry of `target` is in `state` with `declaredBy` as `declared_by`.
+async fn wait_entry(daemon: &Daemon, target: &str, declared_by: &Value, state: &str) {
+    eventually(
+        &format!("{target} {state}, declared by {declared_by}"),
+        WAIT,
+        async || {
+            daemon
+                .status_of(target)
+                .await
+                .is_some_and(|e| e["declaredBy"] == *declared_by && e["state"] == state)
+        },
+    )
+    .await;
+}
+
+/// A `spec.secretRef` Secret that cannot be used shows in `/status`, on the entry of each target
+/// the object declares, with the object and the problem naming the Secret (never a credential);
+/// once the Secret exists, Flux's next scan of the object (a status write with the same revision)
+/// has it read again: the copy is made with its credentials and the problem is gone.
+#[tokio::test]
+async fn a_secret_ref_problem_shows_in_status_until_the_secret_can_be_used() {
+    let (user, pass) = ("flux-reader", "s3cret-Status-never-shown-4Kd");
+    let (src, image) = protected_source(user, pass).await;
+    let dst = start(RegistryMode::Plain);
+    let (server, running) = cluster(&["v1"]);
+    server
+        .apply(repository("v1", "app", &image, Some("pull"), Some(("rev-1", &["2.0"]))))
+        .unwrap();
+    // Without a cooldown, a target submitted again is retried at once.
+    let config = config_file(
+        "fluxImageRepositories:\n  enabled: true\n  destinationPrefix: $podname\nfailureCooldownMinutes: 0\n",
+    );
+    let daemon = start_daemon(&running, &dst, &config, "watching Flux ImageRepository objects").await;
+    let target = format!("{}/app/private/app:2.0", dst.host());
+    let object = "ImageRepository flux-system/app";
+
+    let missing = json!([{"object": object, "problem": "Secret flux-system/pull not found"}]);
+    wait_entry(&daemon, &target, &missing, "failed").await;
+    let refused = daemon.status_of(&target).await.unwrap();
+    assert!(
+        refused["lastError"].is_string(),
+        "the source refused the copy without credentials: {refused}"
+    );
+    assert!(tag_puts(&dst).is_empty());
+    eprintln!("figures: the entry while the Secret is missing: {refused}");
+
+    server.apply(pull_secret("pull", &src.host(), user, pass)).unwrap();
+    let mut rescanned = repository("v1", "app", &image, Some("pull"), Some(("rev-1", &["2.0"])));
+    rescanned["status"]["lastScanResult"]["scanTime"] = json!("2026-12-07T17:05:00Z");
+    server.apply(rescanned).unwrap();
+    let cleared = json!([{"object": object}]);
+    wait_entry(&daemon, &target, &cleared, "mirrored").await;
+    assert_eq!(tag_puts(&dst), puts(&[("app/private/app:2.0", 1)]));
+    let (_, metrics) = daemon.get("/metrics").await;
+    let (_, status) = daemon.get("/status").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("ImageRepository spec.secretRef problem gone"), "{log}");
+    assert_no_credential(
+        &[("log", &log), ("metrics", &metrics), ("/status", &status)],
+        user,
+        pass,
+    );
+    // The Secret read once per look: at the first scan, then at the rescan.
+    let gets = server
+        .requests()
+        .into_iter()
+        .filter(|(m, p)| m == "GET" && p.ends_with(&format!("/namespaces/{NS}/secrets/pull")))
+        .count();
+    assert_eq!(gets, 2, "{log}");
+    let not_found = r#"k8s_copycat_flux_secret_ref_errors_total{reason="not_found"} 1"#;
+    assert!(metrics.lines().any(|l| l == not_found), "{metrics}");
+    eprintln!(
+        "figures: Secret GETs {gets} (first scan, rescan); target tag writes {:?}",
+        tag_puts(&dst)
+    );
 }
 
 #[tokio::test]

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use testkit::apiserver::{ApiServer, RunningApiServer};
+use testkit::apiserver::{ApiFault, ApiServer, RunningApiServer};
 use testkit::{Client, Image, Registry, RegistryMode, StaticRegistry, list_tags, manifest_digest};
 
+use crate::on_the_fly::metric;
 use crate::server::Daemon;
 use crate::support::{config_file, copycat_requests, eventually, manifest_puts, start};
 
@@ -751,4 +752,78 @@ async fn the_referrers_sweep_brings_a_new_signature_of_a_once_by_tag_copy() {
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     eprintln!("a re-sign of a OnceByTag copy reached the target {within:?} after the push (referrersInterval 3s)");
+}
+
+/// A status write the API server refuses (403 as RBAC words it, 409, 422) is logged, counted in
+/// `k8s_copycat_status_write_errors_total` by reason and retried until written; the copy itself is
+/// not affected.
+#[tokio::test]
+async fn a_refused_status_write_is_counted_by_reason_and_the_copy_goes_on() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push(&src, "org/app", &Image::oci("amd64", &[1_000], 2).unwrap(), &["1.0"]).await;
+    let (server, running) = cluster();
+    // The next three status patches are refused, one per reason, in this order.
+    server.inject(ApiFault::forbidden("images", "patch").times(1));
+    server.inject(ApiFault::refused_write(409).on("images", "patch").times(1));
+    server.inject(ApiFault::refused_write(422).on("images", "patch").times(1));
+    server
+        .apply(image(
+            "app",
+            json!({"mode": "OneShot", "source": {"name": format!("{}/org/app", src.host()), "version": "1.0"},
+                   "destination": {"name": "org/app"}}),
+        ))
+        .unwrap();
+    let (daemon, _config) = daemon(&running, &dst, "", "");
+
+    eventually("the tag copied", WAIT, async || {
+        list_tags(&dst, "org/app").await.is_ok_and(|t| t == ["1.0"])
+    })
+    .await;
+    let series =
+        |reason: &str| format!(r#"k8s_copycat_status_write_errors_total{{reason="{reason}",resource="images"}}"#);
+    eventually("the forbidden write counted", WAIT, async || {
+        metric(&daemon, &series("forbidden")).await.as_deref() == Some("1")
+    })
+    .await;
+    eventually("the status written at last", WAIT, async || {
+        condition(&status(&server, "app"), "Ready").0 == "True"
+    })
+    .await;
+    let counted: Vec<(&str, Option<String>)> = {
+        let mut all = vec![];
+        for reason in ["forbidden", "conflict", "invalid", "not_found", "other"] {
+            all.push((reason, metric(&daemon, &series(reason)).await));
+        }
+        all
+    };
+    let status_patches = server
+        .requests()
+        .into_iter()
+        .filter(|(m, p)| m == "PATCH" && p.contains("/images/app/status"))
+        .count();
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let one = Some("1".to_owned());
+    let zero = Some("0".to_owned());
+    assert_eq!(
+        counted,
+        [
+            ("forbidden", one.clone()),
+            ("conflict", one.clone()),
+            ("invalid", one),
+            ("not_found", zero.clone()),
+            ("other", zero)
+        ],
+        "{log}"
+    );
+    assert!(status_patches >= 4, "three refused, then written: {status_patches}");
+    assert_eq!(
+        log.matches("cannot write the Image's status").count(),
+        3,
+        "one warning per refusal: {log}"
+    );
+    assert_eq!(tag_results(&status(&server, "app")), [("1.0".into(), "Copied".into())]);
+    let puts = manifest_puts(&dst);
+    assert!(puts.values().all(|n| *n == 1), "copied once: {puts:?}");
+    eprintln!("figures: {status_patches} status patches, 3 refused (forbidden, conflict, invalid), each counted once");
 }

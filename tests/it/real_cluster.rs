@@ -816,7 +816,16 @@ async fn one_missing(real: &Real, mut daemon: Daemon, id: &str, p: &Permission) 
             let unreadable = r#"k8s_copycat_flux_secret_ref_errors_total{reason="unreadable"}"#;
             assert!(metric(&daemon, unreadable).await >= Some(1.0), "{p}: not counted");
         }
-        ("images", "list") | ("images/status", _) | ("customresourcedefinitions", _) => assert_eq!(
+        ("images/status", _) => {
+            assert_eq!(
+                real.image_status(&format!("rbac-{id}"), "missing").await,
+                Value::Null,
+                "{p}: the Image's status was written anyway"
+            );
+            let refused = r#"k8s_copycat_status_write_errors_total{reason="forbidden",resource="images"}"#;
+            assert!(metric(&daemon, refused).await >= Some(1.0), "{p}: not counted");
+        }
+        ("images", "list") | ("customresourcedefinitions", _) => assert_eq!(
             real.image_status(&format!("rbac-{id}"), "missing").await,
             Value::Null,
             "{p}: the Image's status was written anyway"

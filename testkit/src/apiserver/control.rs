@@ -11,7 +11,7 @@
 //! | `POST /_control/history-limit?events=N` | bound of the event history |
 //! | `GET /_control/requests`, `DELETE /_control/requests` | request log `[[method, path?query], …]`, or clear it |
 //! | `GET /_control/resource-version` | `{"resourceVersion": "N"}` |
-//! | `POST /_control/faults?status=N\|delayMs=N[&resource=R][&verb=V][&retryAfter=S][&times=N]` | arm an [`super::ApiFault`]: 403 (worded as RBAC's), 401, 429, 5xx, or a delay |
+//! | `POST /_control/faults?status=N\|delayMs=N[&resource=R][&verb=V][&retryAfter=S][&times=N]` | arm an [`super::ApiFault`]: 403 (worded as RBAC's), 401, 400/409/422 (a refused write), 429, 5xx, or a delay |
 //! | `DELETE /_control/faults` | disarm every fault |
 
 use std::sync::Arc;
@@ -107,11 +107,12 @@ fn route(server: &ApiServer, method: &Method, path: &str, q: &Query, body: &Byte
                 (Some(_), None) => match number("status")? {
                     401 => ApiFault::unauthorized(),
                     403 => ApiFault::forbidden("", ""),
+                    code @ (400 | 409 | 422) => ApiFault::refused_write(u16::try_from(code).unwrap_or(400)),
                     429 => ApiFault::too_many_requests(q.get("retryAfter").map_or(Ok(1), |_| number("retryAfter"))?),
                     code @ 500..=599 => ApiFault::server_error(u16::try_from(code).unwrap_or(500)),
                     code => {
                         return Err(ApiError::bad_request(format!(
-                            "status {code}: one of 401, 403, 429, 5xx"
+                            "status {code}: one of 400, 401, 403, 409, 422, 429, 5xx"
                         )));
                     }
                 },

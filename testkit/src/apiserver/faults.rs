@@ -85,6 +85,16 @@ impl ApiFault {
         ApiFault::status(code, reason, None)
     }
 
+    /// A write the API server does not take: 409 `Conflict`, 422 `Invalid` (the schema refuses it)
+    /// or 400 `BadRequest` (any other code: 400), on every request until limited or cleared.
+    pub fn refused_write(code: u16) -> ApiFault {
+        match code {
+            409 => ApiFault::status(409, "Conflict", None),
+            422 => ApiFault::status(422, "Invalid", None),
+            _ => ApiFault::status(400, "BadRequest", None),
+        }
+    }
+
     /// Serves each request after `delay`.
     pub fn slow(delay: Duration) -> ApiFault {
         ApiFault {
@@ -201,5 +211,27 @@ mod tests {
         ));
         assert_eq!(take(&mut faults, "pods", "list"), None, "the 500s ran out");
         assert_eq!(faults.len(), 1, "the 403 stays until cleared");
+    }
+
+    #[test]
+    fn refused_writes_carry_the_api_servers_reason() {
+        // (code asked, code and reason answered)
+        let cases = [
+            (409, 409, "Conflict"),
+            (422, 422, "Invalid"),
+            (400, 400, "BadRequest"),
+            (418, 400, "BadRequest"),
+        ];
+        for (asked, code, reason) in cases {
+            assert_eq!(
+                ApiFault::refused_write(asked).kind,
+                ApiFaultKind::Status {
+                    code,
+                    reason,
+                    retry_after: None
+                },
+                "{asked}"
+            );
+        }
     }
 }
