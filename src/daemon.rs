@@ -111,7 +111,7 @@ pub async fn run(config: &Config, parts: DaemonParts) -> anyhow::Result<()> {
                 client: client.clone(),
                 settings,
                 queue: queue.clone(),
-                registries: verify_copier.registries().clone(),
+                copier: verify_copier.clone(),
                 metrics: metrics.clone(),
                 leading: leadership.subscribe(),
             }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::{Change, ObjectKey, Watch, served_versions, watch_objects};
 
-use crate::copy::PullSecret;
+use crate::copy::{Copier, PullSecret};
 use crate::declarative::flux::{
     self, FluxError, FluxSettings, ImageRepositoryObject, ScanResult, TagSelection, scan_changed,
 };
@@ -34,7 +34,6 @@ use crate::naming::TargetNaming;
 use crate::plan::{Arch, MirrorTask};
 use crate::queue::{DeclaredSource, Queue, SourceProblem};
 use crate::reference::ImageRef;
-use crate::registry::Registries;
 use crate::registry::credentials::DockerConfigError;
 
 /// The CRD that must exist.
@@ -48,8 +47,8 @@ pub struct FluxController {
     pub settings: FluxSettings,
     /// The daemon's queue.
     pub queue: Queue,
-    /// Registry clients, for `allTags`.
-    pub registries: Registries,
+    /// The copy engine, whose source reads list the tags for `allTags`.
+    pub copier: Copier,
     /// Where the Flux metrics are counted.
     pub metrics: Arc<Metrics>,
     /// Whether this replica leads.
@@ -64,7 +63,7 @@ impl FluxController {
             client,
             settings,
             queue,
-            registries,
+            copier,
             metrics,
             mut leading,
         } = self;
@@ -93,7 +92,7 @@ impl FluxController {
             version,
             "watching Flux ImageRepository objects"
         );
-        let mut mirror = FluxMirror::new(client, queue, registries, settings, metrics);
+        let mut mirror = FluxMirror::new(client, queue, copier, settings, metrics);
         let mut lead = *leading.borrow_and_update();
         loop {
             tokio::select! {
@@ -207,7 +206,7 @@ fn copies(
 struct FluxMirror {
     client: kube::Client,
     queue: Queue,
-    registries: Registries,
+    copier: Copier,
     settings: FluxSettings,
     metrics: Arc<Metrics>,
     objects: HashMap<DeclaredSource, Followed>,
@@ -220,11 +219,11 @@ fn source_of(key: &ObjectKey) -> DeclaredSource {
 
 impl FluxMirror {
     /// Follows objects with `settings`: Secrets read through `client`, tags listed through
-    /// `registries`, copies declared to `queue`; the Flux metrics are registered on `metrics`.
+    /// `copier`, copies declared to `queue`; the Flux metrics are registered on `metrics`.
     fn new(
         client: kube::Client,
         queue: Queue,
-        registries: Registries,
+        copier: Copier,
         settings: FluxSettings,
         metrics: Arc<Metrics>,
     ) -> FluxMirror {
@@ -232,7 +231,7 @@ impl FluxMirror {
         FluxMirror {
             client,
             queue,
-            registries,
+            copier,
             settings,
             metrics,
             objects: HashMap::new(),
@@ -399,26 +398,18 @@ impl FluxMirror {
         }
     }
 
-    /// Every tag of `image`'s repository (`allTags`): with the Secret's credentials first, then the
-    /// configured ones; none (logged) when it cannot be listed.
+    /// Every tag of `image`'s repository (`allTags`), read as its copies read the source
+    /// ([`Copier::list_source_tags`]: the Secret's credentials first, then the configured ones);
+    /// none (logged) when it cannot be listed.
     async fn list_tags(&self, source: &DeclaredSource, image: &ImageRef, credentials: &[PullSecret]) -> Vec<String> {
-        let registry = self.registries.get(image.registry());
-        let clients = credentials
-            .iter()
-            .map(|c| registry.with_credential(c.credential.clone()))
-            .chain([registry.clone()]);
-        let mut last_error = None;
-        for client in clients {
-            match client.list_tags(image.repository()).await {
-                Ok(tags) => return tags,
-                Err(e) => last_error = Some(e),
+        match self.copier.list_source_tags(image, credentials).await {
+            Ok(tags) => tags,
+            Err(e) => {
+                tracing::warn!(object = %source, image = %image.name(), error = %e,
+                    "fluxImageRepositories.allTags: the tags cannot be listed; mirroring the scan's latest tags only");
+                vec![]
             }
         }
-        if let Some(e) = last_error {
-            tracing::warn!(object = %source, image = %image.name(), error = %e,
-                "fluxImageRepositories.allTags: the tags cannot be listed; mirroring the scan's latest tags only");
-        }
-        vec![]
     }
 }
 

@@ -94,7 +94,7 @@ impl Copier {
     /// a platform subset, the digest of what the copy writes under the tag (one platform's manifest,
     /// or the filtered index), which needs a GET of the source index.
     pub async fn expected_digest(&self, req: &CopyRequest, opts: &CopyOptions) -> Result<Digest, CopyError> {
-        self.with_source(&req.source, opts, |src| async move {
+        self.with_source(&req.source, &opts.source_credentials, |src| async move {
             let readers = self.readers(&src);
             let digest = source_digest(&req.source, &readers).await?;
             if opts.platforms.is_empty() {

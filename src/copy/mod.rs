@@ -485,8 +485,10 @@ impl Copier {
         if let Some(how) = opts.pull_through {
             return self.warm(req, opts, how).await;
         }
-        self.with_source(&req.source, opts, |src| self.copy_from(req, opts, src))
-            .await
+        self.with_source(&req.source, &opts.source_credentials, |src| {
+            self.copy_from(req, opts, src)
+        })
+        .await
     }
 
     /// `$arch` of `source` as k8s-copycat names it (see [`arch`]): a single image's config
@@ -498,15 +500,41 @@ impl Copier {
         source: &ImageRef,
         opts: &CopyOptions,
     ) -> Result<(Digest, String), CopyError> {
-        self.with_source(source, opts, |src| self.architecture_from(source, src))
-            .await
+        self.with_source(source, &opts.source_credentials, |src| {
+            self.architecture_from(source, src)
+        })
+        .await
     }
 
-    /// Runs `attempt` with the source registry client for each of the options' pull secrets in
+    /// Every tag of `source`'s repository, read as a copy of it reads the source: with each of
+    /// `credentials` (pull secrets, a Flux `spec.secretRef`) in order while the source refuses
+    /// access, then with the configured ones; a refusal of all of them after a pull secret was
+    /// refused is [`CopyError::PullSecretRefused`]. Listed at the registry itself, never through a
+    /// read mirror (a mirror holds only the tags read through it). Empty when the repository does
+    /// not exist.
+    pub async fn list_source_tags(
+        &self,
+        source: &ImageRef,
+        credentials: &[PullSecret],
+    ) -> Result<Vec<String>, CopyError> {
+        let repo = source.repository();
+        self.with_source(source, credentials, |src| async move {
+            let action = format!("list tags of {}", source.name());
+            src.list_tags(repo).await.map_err(source_error(src.host(), action))
+        })
+        .await
+    }
+
+    /// Runs `attempt` with the source registry client for each of `credentials` (pull secrets) in
     /// order while the source refuses access, then with the configured credentials. When those are
     /// refused too after a pull secret was refused, the error says so, naming the pull secrets
     /// (the configured credentials' refusal, often "no credentials are configured", says little).
-    async fn with_source<T, F, Fut>(&self, source: &ImageRef, opts: &CopyOptions, attempt: F) -> Result<T, CopyError>
+    async fn with_source<T, F, Fut>(
+        &self,
+        source: &ImageRef,
+        credentials: &[PullSecret],
+        attempt: F,
+    ) -> Result<T, CopyError>
     where
         F: Fn(Registry) -> Fut,
         Fut: Future<Output = Result<T, CopyError>>,
@@ -514,7 +542,7 @@ impl Copier {
         let src = self.registries.get(source.registry());
         let mut refused: Vec<String> = Vec::new();
         let mut first_refusal = None;
-        for secret in &opts.source_credentials {
+        for secret in credentials {
             match attempt(src.with_credential(secret.credential.clone())).await {
                 Err(e) if e.is_source_access_denied() => {
                     tracing::debug!(source = %source, secret = %secret.name, error = %e,

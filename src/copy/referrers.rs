@@ -569,7 +569,7 @@ impl Copier {
         if opts.referrers.is_off() {
             return Ok(ReferrerReport::default());
         }
-        self.with_source(&req.source, opts, |src| async move {
+        self.with_source(&req.source, &opts.source_credentials, |src| async move {
             let job = self.job(req, opts, src, false);
             let filtered = !opts.platforms.is_empty();
             self.walk_referrers(req, &job, top, filtered, None, true).await

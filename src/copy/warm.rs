@@ -43,7 +43,7 @@ impl Copier {
     ) -> Result<CopyReport, CopyError> {
         if opts.dry_run {
             let digest = self
-                .with_source(&req.source, opts, |src| async move {
+                .with_source(&req.source, &opts.source_credentials, |src| async move {
                     source_digest(&req.source, &self.readers(&src)).await
                 })
                 .await?;

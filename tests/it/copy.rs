@@ -8,7 +8,7 @@ use copycat::copy::{Copier, CopyError, CopyOptions, CopyRequest, Outcome, PullSe
 use copycat::platform::Platform;
 use copycat::reference::ImageRef;
 use copycat::registry::credentials::Credentials;
-use copycat::registry::{Credential, HostSettings, Registries, RegistryError};
+use copycat::registry::{Credential, HostSettings, Registries, RegistryError, Side};
 use copycat::secret::Secret;
 use testkit::{Image, Registry, RegistryMode, StaticRegistry, manifest_digest, skopeo_digest};
 
@@ -712,6 +712,26 @@ async fn source_credentials_are_tried_in_order_and_their_tokens_kept_apart() {
         );
         assert!(!text.contains("no credentials are configured"), "{text}");
         assert!(!text.contains("wrong-pw") && !text.contains("older-pw"), "{text}");
+        // The source's tags are listed with the same credentials in the same order, with the same
+        // errors (what the Flux controller's `allTags` uses).
+        let tags = copier.list_source_tags(&req.source, &opts.source_credentials).await;
+        assert_eq!(tags.unwrap(), ["1"], "{:?}", src.mode());
+        let err = copier
+            .list_source_tags(&req.source, &refused.source_credentials)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, CopyError::PullSecretRefused { ref secrets, .. } if secrets == &["team/stale", "team/older"]),
+            "{text}"
+        );
+        assert!(text.contains("list tags of") && text.contains(&src.host()), "{text}");
+        assert!(!text.contains("wrong-pw") && !text.contains("older-pw"), "{text}");
+        let err = copier.list_source_tags(&req.source, &[]).await.unwrap_err();
+        assert!(
+            matches!(err, CopyError::Registry { side: Side::Source, ref host, .. } if **host == *src.host()),
+            "{err:?}"
+        );
     }
 }
 
