@@ -259,15 +259,23 @@ fn pull_secret(name: &str, host: &str, user: &str, pass: &str) -> Value {
            "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&docker_config)}})
 }
 
-/// Neither the password nor its `auth` form is in any of `texts` (`(what, text)`).
-fn assert_no_credential(texts: &[(&str, &String)], user: &str, pass: &str) {
-    for (what, text) in texts {
-        assert!(!text.contains(pass), "the password is in the {what}");
-        assert!(
-            !text.contains(&b64(&format!("{user}:{pass}"))),
-            "the auth is in the {what}"
-        );
+/// Stops `daemon`, which must exit 0, and checks that none of `passwords` (of `user`) nor their
+/// `auth` forms is in its log, `/metrics` or `/status`; its log and metrics.
+async fn stop_showing_no_credential(daemon: Daemon, user: &str, passwords: &[&str]) -> (String, String) {
+    let (_, metrics) = daemon.get("/metrics").await;
+    let (_, status) = daemon.get("/status").await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for (what, text) in [("log", &log), ("metrics", &metrics), ("/status", &status)] {
+        for pass in passwords {
+            assert!(!text.contains(pass), "the password is in the {what}");
+            assert!(
+                !text.contains(&b64(&format!("{user}:{pass}"))),
+                "the auth is in the {what}"
+            );
+        }
     }
+    (log, metrics)
 }
 
 #[tokio::test]
@@ -350,16 +358,8 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
         let entry = daemon.status_of(&target).await;
         assert_eq!(entry.map(|e| e["declaredBy"].clone()), Some(shown), "{target}");
     }
-    let (_, metrics) = daemon.get("/metrics").await;
-    let (_, status) = daemon.get("/status").await;
-    let (code, log) = daemon.stop();
-    assert_eq!(code, Some(0), "{log}");
+    stop_showing_no_credential(daemon, user, &[pass]).await;
     assert_eq!(tag_puts(&dst), want, "the object without its Secret copies nothing");
-    assert_no_credential(
-        &[("log", &log), ("metrics", &metrics), ("/status", &status)],
-        user,
-        pass,
-    );
     // One GET of each named Secret; Secrets are never listed or watched.
     let secret_requests: Vec<(String, String)> = server
         .requests()
@@ -377,6 +377,93 @@ async fn secret_ref_credentials_are_used_for_a_protected_source_and_never_shown(
     assert_eq!(secret_requests.len(), 4, "{secret_requests:?}");
 }
 
+/// Starts the daemon mirroring to `dst` with the configuration `settings` and copycat's own
+/// credentials `(user, pass)` for the registry `source` (the password from the environment), and
+/// waits until it follows ImageRepository objects; with its configuration file, kept while it runs.
+async fn start_reading_with(
+    running: &RunningApiServer,
+    dst: &Registry,
+    settings: &str,
+    (source, user, pass): (&Registry, &str, &str),
+) -> (Daemon, tempfile::NamedTempFile) {
+    let config = config_file(&format!(
+        "{settings}registryCredentials:\n  - registry: \"{}\"\n    username: {user}\n    passwordEnv: FLUX_SOURCE_PASSWORD\n",
+        source.host()
+    ));
+    let daemon = Daemon::mirroring_to(
+        running.kubeconfig_path(),
+        dst,
+        &[
+            ("CONFIG_PATH", config.path().to_str().unwrap()),
+            ("FLUX_SOURCE_PASSWORD", pass),
+        ],
+    );
+    wait_logged(&daemon.run, "watching Flux ImageRepository objects").await;
+    (daemon, config)
+}
+
+/// `allTags` lists a protected source as the copies read it: with the `spec.secretRef` credentials
+/// first (the only ones for one source), then the configured ones (another source, whose Secret is
+/// refused); every listed tag is copied and no credential is shown.
+#[tokio::test]
+async fn all_tags_lists_with_the_secret_ref_first_then_the_configured_credentials() {
+    let user = "flux-reader";
+    let (secret_pass, configured_pass, stale_pass) = ("s3cret-List-Ref-2Wq", "s3cret-List-Conf-8Tx", "stale-List-5Pe");
+    // `secret_src` is readable with the Secret `pull` only; `configured_src` with copycat's own
+    // credentials only (its Secret `stale` holds an old password).
+    let (secret_src, secret_image) = protected_source(user, secret_pass).await;
+    let (configured_src, configured_image) = protected_source(user, configured_pass).await;
+    for src in [&secret_src, &configured_src] {
+        push_tags(src, "private/app", &["2.1", "2.2"]).await;
+    }
+    let dst = start(RegistryMode::Plain);
+    let (server, running) = cluster(&["v1"]);
+    server
+        .apply(pull_secret("pull", &secret_src.host(), user, secret_pass))
+        .unwrap();
+    server
+        .apply(pull_secret("stale", &configured_src.host(), user, stale_pass))
+        .unwrap();
+    for (name, image, secret) in [("app", &secret_image, "pull"), ("old", &configured_image, "stale")] {
+        server
+            .apply(repository("v1", name, image, Some(secret), Some(("rev-1", &["2.2"]))))
+            .unwrap();
+    }
+    // `referrers: none`: the copies list no tags of their own, so every tag list is allTags'.
+    let settings = "referrers: none\nfluxImageRepositories:\n  enabled: true\n  allTags: true\n  maxTags: 3\n  destinationPrefix: $podname\n";
+    let (daemon, _config) =
+        start_reading_with(&running, &dst, settings, (&configured_src, user, configured_pass)).await;
+
+    let want: Vec<(String, usize)> = ["app", "old"]
+        .iter()
+        .flat_map(|name| ["2.0", "2.1", "2.2"].map(|tag| (format!("{name}/private/app:{tag}"), 1)))
+        .collect();
+    eventually("every listed tag copied", WAIT, async || tag_puts(&dst) == want).await;
+    let (log, _) = stop_showing_no_credential(daemon, user, &[secret_pass, configured_pass, stale_pass]).await;
+    assert!(!log.contains("the tags cannot be listed"), "{log}");
+    assert_eq!(tag_puts(&dst), want, "{log}");
+    // (status, count) of the tag lists each source answered copycat.
+    let lists = |src: &Registry| {
+        let mut answers = std::collections::BTreeMap::new();
+        for r in copycat_requests(src) {
+            if r.path.starts_with("/v2/private/app/tags/list") {
+                *answers.entry(r.status).or_insert(0) += 1;
+            }
+        }
+        answers.into_iter().collect::<Vec<(u16, usize)>>()
+    };
+    let (with_secret, with_configured) = (lists(&secret_src), lists(&configured_src));
+    eprintln!(
+        "figures: tag lists (status, count): Secret's source {with_secret:?}, configured source {with_configured:?}"
+    );
+    assert_eq!(with_secret, [(200, 1)], "one list, with the Secret");
+    assert_eq!(
+        with_configured,
+        [(200, 1), (401, 1)],
+        "the stale Secret refused, then one list with the configured credentials"
+    );
+}
+
 /// Waits until the `/status` entry of `target` is in `state` with `declaredBy` as `declared_by`.
 async fn wait_entry(daemon: &Daemon, target: &str, declared_by: &Value, state: &str) {
     eventually(
@@ -392,6 +479,19 @@ async fn wait_entry(daemon: &Daemon, target: &str, declared_by: &Value, state: &
     .await;
 }
 
+/// A source requiring `user`:`pass` ([`protected_source`]), a plain target, and the stand-in with
+/// `flux-system/app` scanning the source at `rev-1` (`2.0`), naming the Secret `pull`, which does not
+/// exist; with the image's name.
+async fn missing_secret_scene(user: &str, pass: &str) -> (Registry, String, Registry, ApiServer, RunningApiServer) {
+    let (src, image) = protected_source(user, pass).await;
+    let dst = start(RegistryMode::Plain);
+    let (server, running) = cluster(&["v1"]);
+    server
+        .apply(repository("v1", "app", &image, Some("pull"), Some(("rev-1", &["2.0"]))))
+        .unwrap();
+    (src, image, dst, server, running)
+}
+
 /// A `spec.secretRef` Secret that cannot be used shows in `/status`, on the entry of each target
 /// the object declares, with the object and the problem naming the Secret (never a credential);
 /// once the Secret exists, Flux's next scan of the object (a status write with the same revision)
@@ -399,12 +499,7 @@ async fn wait_entry(daemon: &Daemon, target: &str, declared_by: &Value, state: &
 #[tokio::test]
 async fn a_secret_ref_problem_shows_in_status_until_the_secret_can_be_used() {
     let (user, pass) = ("flux-reader", "s3cret-Status-never-shown-4Kd");
-    let (src, image) = protected_source(user, pass).await;
-    let dst = start(RegistryMode::Plain);
-    let (server, running) = cluster(&["v1"]);
-    server
-        .apply(repository("v1", "app", &image, Some("pull"), Some(("rev-1", &["2.0"]))))
-        .unwrap();
+    let (src, image, dst, server, running) = missing_secret_scene(user, pass).await;
     // Without a cooldown, a target submitted again is retried at once.
     let config = config_file(
         "fluxImageRepositories:\n  enabled: true\n  destinationPrefix: $podname\nfailureCooldownMinutes: 0\n",
@@ -430,16 +525,8 @@ async fn a_secret_ref_problem_shows_in_status_until_the_secret_can_be_used() {
     let cleared = json!([{"object": object}]);
     wait_entry(&daemon, &target, &cleared, "mirrored").await;
     assert_eq!(tag_puts(&dst), puts(&[("app/private/app:2.0", 1)]));
-    let (_, metrics) = daemon.get("/metrics").await;
-    let (_, status) = daemon.get("/status").await;
-    let (code, log) = daemon.stop();
-    assert_eq!(code, Some(0), "{log}");
+    let (log, metrics) = stop_showing_no_credential(daemon, user, &[pass]).await;
     assert!(log.contains("ImageRepository spec.secretRef problem gone"), "{log}");
-    assert_no_credential(
-        &[("log", &log), ("metrics", &metrics), ("/status", &status)],
-        user,
-        pass,
-    );
     // The Secret read once per look: at the first scan, then at the rescan.
     let gets = server
         .requests()
@@ -453,6 +540,53 @@ async fn a_secret_ref_problem_shows_in_status_until_the_secret_can_be_used() {
         "figures: Secret GETs {gets} (first scan, rescan); target tag writes {:?}",
         tag_puts(&dst)
     );
+}
+
+/// Removing `spec.secretRef` from an object whose Secret could not be used clears the problem shown
+/// in `/status` at once (the object changed, its revision did not), with no read of the Secret; the
+/// copies, made with the configured credentials all along, go on with them for the next revision.
+#[tokio::test]
+async fn removing_an_unusable_secret_ref_clears_its_problem_and_the_configured_credentials_copy_on() {
+    let (user, pass) = ("flux-reader", "s3cret-Removed-never-shown-7Hw");
+    let (src, image, dst, server, running) = missing_secret_scene(user, pass).await;
+    // copycat's own credentials for the source; the object's Secret does not exist.
+    let settings = "fluxImageRepositories:\n  enabled: true\n  destinationPrefix: $podname\n";
+    let (daemon, _config) = start_reading_with(&running, &dst, settings, (&src, user, pass)).await;
+    let target = |tag: &str| format!("{}/app/private/app:{tag}", dst.host());
+    let object = "ImageRepository flux-system/app";
+
+    // Copied with the configured credentials, the Secret's problem shown with the object.
+    let missing = json!([{"object": object, "problem": "Secret flux-system/pull not found"}]);
+    wait_entry(&daemon, &target("2.0"), &missing, "mirrored").await;
+    assert_eq!(tag_puts(&dst), puts(&[("app/private/app:2.0", 1)]));
+
+    // The same scan, without spec.secretRef: the problem is gone, nothing is copied again.
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-1", &["2.0"]))))
+        .unwrap();
+    let cleared = json!([{"object": object}]);
+    wait_entry(&daemon, &target("2.0"), &cleared, "mirrored").await;
+    wait_logged(&daemon.run, "ImageRepository spec.secretRef problem gone").await;
+
+    // The next revision is mirrored with the configured credentials, without a problem.
+    push_tags(&src, "private/app", &["2.1"]).await;
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-2", &["2.1", "2.0"]))))
+        .unwrap();
+    wait_entry(&daemon, &target("2.1"), &cleared, "mirrored").await;
+    let (log, metrics) = stop_showing_no_credential(daemon, user, &[pass]).await;
+    let want = puts(&[("app/private/app:2.0", 1), ("app/private/app:2.1", 1)]);
+    assert_eq!(tag_puts(&dst), want, "{log}");
+    // The Secret was read at the first scan only: an object without spec.secretRef reads none.
+    let gets = server
+        .requests()
+        .into_iter()
+        .filter(|(m, p)| m == "GET" && p.contains("/secrets"))
+        .count();
+    assert_eq!(gets, 1, "{log}");
+    let not_found = r#"k8s_copycat_flux_secret_ref_errors_total{reason="not_found"} 1"#;
+    assert!(metrics.lines().any(|l| l == not_found), "{metrics}");
+    eprintln!("figures: Secret GETs {gets}; target tag writes {:?}", tag_puts(&dst));
 }
 
 #[tokio::test]
