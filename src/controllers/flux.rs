@@ -3,7 +3,8 @@
 //! differs from the one it last mirrored ([`scan_changed`]), declares the copies of the scan's tags
 //! to the queue ([`Queue::declare`]); a deleted object's are undeclared. Gaining the lead mirrors
 //! every object's current scan once (the queue's positive cache and target checks make copies
-//! already done cost a HEAD).
+//! already done cost a HEAD). A changed `spec` (another image or Secret, or none) has the current
+//! scan's copies made and declared again, though its revision is the same.
 //!
 //! `spec.secretRef` names a `kubernetes.io/dockerconfigjson` Secret in the object's namespace: it is
 //! read with one GET by name when a scan is mirrored (never listed or watched), and its credentials
@@ -165,12 +166,14 @@ impl SecretRefError {
     }
 }
 
-/// One followed object: what it is now, the scan this replica last mirrored, and whether its
-/// `spec.secretRef` could not be used then (it is read again at the object's next change).
+/// One followed object: what it is now, the scan this replica last mirrored, whether its
+/// `spec.secretRef` could not be used then (it is read again at the object's next change), and
+/// whether its `spec` changed since (its tasks are made again, with the same revision).
 struct Followed {
     object: ImageRepositoryObject,
     mirrored: Option<ScanResult>,
     secret_unusable: bool,
+    spec_changed: bool,
 }
 
 /// The copies of one scan, and why its `spec.secretRef` gave no credentials, if it did not.
@@ -243,7 +246,11 @@ impl FluxMirror {
     async fn applied(&mut self, object: ImageRepositoryObject, lead: bool) {
         let source = source_of(&ObjectKey::of(&object.metadata));
         match self.objects.get_mut(&source) {
-            Some(followed) => followed.object = object,
+            Some(followed) => {
+                // Another Secret, or none: the copies' credentials change though the scan did not.
+                followed.spec_changed |= followed.object.spec != object.spec;
+                followed.object = object;
+            }
             None => {
                 self.objects.insert(
                     source.clone(),
@@ -251,6 +258,7 @@ impl FluxMirror {
                         object,
                         mirrored: None,
                         secret_unusable: false,
+                        spec_changed: false,
                     },
                 );
             }
@@ -281,7 +289,7 @@ impl FluxMirror {
     }
 
     /// Declares `source`'s scan when it is not the one last mirrored, or again when its
-    /// `spec.secretRef` could not be used last time (to try it again).
+    /// `spec.secretRef` could not be used last time (to try it again) or its `spec` changed.
     async fn mirror_if_changed(&mut self, source: &DeclaredSource) {
         let Some(followed) = self.objects.get(source) else {
             return;
@@ -290,11 +298,11 @@ impl FluxMirror {
             return;
         };
         let changed = scan_changed(followed.mirrored.as_ref(), Some(&scan));
-        let retry = followed.secret_unusable;
+        let (was_unusable, respec) = (followed.secret_unusable, followed.spec_changed);
         if !changed && !scan.revision.is_empty() {
             self.metrics.flux_scan("unchanged");
         }
-        if !changed && !retry {
+        if !changed && !was_unusable && !respec {
             return;
         }
         let object = followed.object.clone();
@@ -306,10 +314,13 @@ impl FluxMirror {
                     self.metrics.flux_scan("mirrored");
                     tracing::info!(object = %source, image = object.spec.image, revision = scan.revision,
                         tags = n, submitted = submitted.submitted, "ImageRepository scan changed: mirroring its tags");
-                } else if secret_problem.is_none() {
+                } else if was_unusable && secret_problem.is_none() {
                     tracing::info!(object = %source, image = object.spec.image, revision = scan.revision,
                         tags = n, submitted = submitted.submitted,
                         "ImageRepository spec.secretRef problem gone: its tags declared again");
+                } else if respec {
+                    tracing::info!(object = %source, image = object.spec.image, revision = scan.revision,
+                        tags = n, submitted = submitted.submitted, "ImageRepository spec changed: its tags declared again");
                 }
                 let unusable = secret_problem.is_some();
                 self.queue
@@ -319,16 +330,19 @@ impl FluxMirror {
             Err(e) => {
                 if changed {
                     self.metrics.flux_scan("invalid");
+                }
+                if changed || respec {
                     tracing::warn!(object = %source, image = object.spec.image, revision = scan.revision, error = %e,
                         "ImageRepository not mirrored");
                 }
                 // Nothing declared anew: a problem shown stays, and is looked at again next time.
-                retry
+                was_unusable
             }
         };
         if let Some(followed) = self.objects.get_mut(source) {
             followed.mirrored = Some(scan);
             followed.secret_unusable = secret_unusable;
+            followed.spec_changed = false;
         }
     }
 

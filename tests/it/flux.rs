@@ -545,6 +545,7 @@ async fn a_secret_ref_problem_shows_in_status_until_the_secret_can_be_used() {
 /// Removing `spec.secretRef` from an object whose Secret could not be used clears the problem shown
 /// in `/status` at once (the object changed, its revision did not), with no read of the Secret; the
 /// copies, made with the configured credentials all along, go on with them for the next revision.
+/// Naming the Secret again with the same revision has it read again at once.
 #[tokio::test]
 async fn removing_an_unusable_secret_ref_clears_its_problem_and_the_configured_credentials_copy_on() {
     let (user, pass) = ("flux-reader", "s3cret-Removed-never-shown-7Hw");
@@ -574,17 +575,33 @@ async fn removing_an_unusable_secret_ref_clears_its_problem_and_the_configured_c
         .apply(repository("v1", "app", &image, None, Some(("rev-2", &["2.1", "2.0"]))))
         .unwrap();
     wait_entry(&daemon, &target("2.1"), &cleared, "mirrored").await;
+
+    // spec.secretRef named again, the revision the same: the Secret is read again at once.
+    server
+        .apply(repository(
+            "v1",
+            "app",
+            &image,
+            Some("pull"),
+            Some(("rev-2", &["2.1", "2.0"])),
+        ))
+        .unwrap();
+    wait_entry(&daemon, &target("2.1"), &missing, "mirrored").await;
     let (log, metrics) = stop_showing_no_credential(daemon, user, &[pass]).await;
+    assert!(
+        log.contains("ImageRepository spec changed: its tags declared again"),
+        "{log}"
+    );
     let want = puts(&[("app/private/app:2.0", 1), ("app/private/app:2.1", 1)]);
     assert_eq!(tag_puts(&dst), want, "{log}");
-    // The Secret was read at the first scan only: an object without spec.secretRef reads none.
+    // The Secret read at the first scan and when named again: an object without it reads none.
     let gets = server
         .requests()
         .into_iter()
         .filter(|(m, p)| m == "GET" && p.contains("/secrets"))
         .count();
-    assert_eq!(gets, 1, "{log}");
-    let not_found = r#"k8s_copycat_flux_secret_ref_errors_total{reason="not_found"} 1"#;
+    assert_eq!(gets, 2, "{log}");
+    let not_found = r#"k8s_copycat_flux_secret_ref_errors_total{reason="not_found"} 2"#;
     assert!(metrics.lines().any(|l| l == not_found), "{metrics}");
     eprintln!("figures: Secret GETs {gets}; target tag writes {:?}", tag_puts(&dst));
 }
