@@ -93,6 +93,11 @@ impl Store {
         }
     }
 
+    /// The objects declaring `key` now (none for a target only planned).
+    fn declared_by(&self, key: &str) -> Vec<DeclaredSource> {
+        self.declared.get(key).map(|(_, by)| by.clone()).unwrap_or_default()
+    }
+
     /// Each planned target key with when it was last checked for its current source (`None` also
     /// for a key in `again`).
     fn last_checks<'a>(
@@ -311,6 +316,11 @@ impl BackupStates {
         store.drills.insert(key.to_owned(), drill);
     }
 
+    /// The objects declaring `key` now (none for a target only planned).
+    fn declared_by(&self, key: &str) -> Vec<DeclaredSource> {
+        self.store().declared_by(key)
+    }
+
     /// How many targets are covered (planned or declared).
     fn planned(&self) -> usize {
         self.store().tasks.len()
@@ -351,7 +361,7 @@ impl BackupStates {
             .iter()
             .map(|(key, Planned { source, task, .. })| {
                 let (key, source) = (key.clone(), source.clone());
-                let declared_by = store.declared.get(&key).map(|(_, by)| by.clone()).unwrap_or_default();
+                let declared_by = store.declared_by(&key);
                 match store.checks.get(&key).filter(|c| c.source == source) {
                     Some(check) => ImageBackup {
                         drill: store.drills.get(&key).cloned(),
@@ -534,8 +544,9 @@ impl Verifier {
                     if let Some(key) = checking.remove(&id) {
                         in_flight.remove(&key);
                     }
-                    let Ok((_, (task, (row, whole)))) = done else { continue };
+                    let Ok((_, (task, (mut row, whole)))) = done else { continue };
                     let key = task.key().to_string();
+                    row.declared_by = self.states.declared_by(&key);
                     log_result(&row);
                     let after_copy = copied_again.remove(&key);
                     let again = copy_again_after(row.state, after_copy) && *leading.borrow();
@@ -561,17 +572,27 @@ fn copy_again_after(state: BackupState, after_copy: bool) -> bool {
     state == BackupState::Missing && !after_copy
 }
 
-/// One line per check that finds a target incomplete (a debug line when it is whole).
+/// One line per check that finds a target incomplete, naming who asked for it (a debug line when
+/// it is whole).
 fn log_result(row: &ImageCoverage) {
     if row.state == BackupState::Verified {
         tracing::debug!(target = %row.target, source = %row.image, detail = %row.detail, "backup verified");
-    } else if row.state == BackupState::Untagged {
-        tracing::warn!(target = %row.target, source = %row.image, detail = %row.detail,
+        return;
+    }
+    let (users, declared_by) = (names(&row.users), names(&row.declared_by));
+    if row.state == BackupState::Untagged {
+        tracing::warn!(target = %row.target, source = %row.image, detail = %row.detail, users = %users, declared_by = %declared_by,
             "backup check: the copy is whole but no tag holds it (at risk)");
     } else {
         tracing::warn!(target = %row.target, source = %row.image, state = row.state.as_str(),
-            detail = %row.detail, side = row.side.unwrap_or(""), "backup check: the target does not hold the whole image");
+            detail = %row.detail, side = row.side.unwrap_or(""), users = %users, declared_by = %declared_by,
+            "backup check: the target does not hold the whole image");
     }
+}
+
+/// `a, b`: the names of `items`.
+fn names(items: &[impl ToString]) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

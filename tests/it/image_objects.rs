@@ -745,6 +745,14 @@ async fn the_summary_names_the_image_object_of_an_unverified_declared_target() {
     );
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
+    // The check's warning names the object too.
+    let warned = log
+        .lines()
+        .find(|l| l.contains("backup check: the target does not hold the whole image") && l.contains("no/such"));
+    assert!(
+        warned.is_some_and(|l| l.contains("declared_by=Image shop/missing")),
+        "{log}"
+    );
 }
 
 /// The `referrersInterval` sweep reaches an `OnceByTag` object's copies too: a re-sign upstream of
