@@ -1,4 +1,5 @@
-//! The workloads copycat watches: their kinds and how one is named. The words every floor above
+//! The workloads copycat watches: their kinds and how one is named; the declarative objects
+//! (`Image`, Flux `ImageRepository`) that ask for images besides them. The words every floor above
 //! shares (discovery, plan, queue, events, status); this module imports nothing of copycat.
 
 /// The workload kinds copycat watches.
@@ -106,6 +107,41 @@ impl std::fmt::Display for Workload {
 
 /// As its display form, which `/status` has always shown.
 impl serde::Serialize for Workload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// A declarative object asking for images to be mirrored, as the queue keeps its targets and `/status`
+/// and the coverage name it: `Image shop/base`, `ImageRepository flux-system/app`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeclaredSource {
+    /// The object's kind (`Image`, `ImageRepository`).
+    pub kind: &'static str,
+    /// Its namespace (empty for a cluster-scoped kind).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl DeclaredSource {
+    /// `kind namespace/name`.
+    pub fn new(kind: &'static str, namespace: &str, name: &str) -> DeclaredSource {
+        DeclaredSource {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for DeclaredSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+impl serde::Serialize for DeclaredSource {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }

@@ -764,6 +764,7 @@ mod tests {
             expected_from: None,
             side,
             users: vec![],
+            declared_by: vec![],
         };
         let whole = |target: &str, tag: Option<&str>| WholeTarget {
             request: CopyRequest {

@@ -23,7 +23,7 @@ use crate::plan::{MirrorTask, Plan};
 use crate::reference::Digest;
 use crate::referrer_policy::ReferrerPolicy;
 use crate::registry::Side;
-use crate::workload::Workload;
+use crate::workload::{DeclaredSource, Workload};
 
 /// Where the digest a target was checked against came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,6 +58,10 @@ pub struct ImageCoverage {
     pub side: Option<&'static str>,
     /// Who uses the image (the most recent few).
     pub users: Vec<Workload>,
+    /// The declarative objects (`Image`, Flux `ImageRepository`) asking for the target; left out
+    /// when none does (always in `copycat verify`, which reads no such object).
+    #[serde(rename = "declaredBy", skip_serializing_if = "Vec::is_empty")]
+    pub declared_by: Vec<DeclaredSource>,
 }
 
 /// Counts of a coverage report.
@@ -200,6 +204,7 @@ pub fn unplanned(plan: &Plan) -> Vec<ImageCoverage> {
         expected_from: None,
         side: None,
         users: e.users.clone(),
+        declared_by: vec![],
     }));
     out.extend(plan.conflicts.iter().map(|c| ImageCoverage {
         image: c.source.clone(),
@@ -210,6 +215,7 @@ pub fn unplanned(plan: &Plan) -> Vec<ImageCoverage> {
         expected_from: None,
         side: None,
         users: c.users.clone(),
+        declared_by: vec![],
     }));
     out.extend(plan.invalid.iter().map(|(user, image, error)| ImageCoverage {
         image: image.clone(),
@@ -220,6 +226,7 @@ pub fn unplanned(plan: &Plan) -> Vec<ImageCoverage> {
         expected_from: None,
         side: None,
         users: vec![user.clone()],
+        declared_by: vec![],
     }));
     out
 }
@@ -255,6 +262,7 @@ pub(crate) async fn check_task(
         expected_from: Some(expected_from),
         side: None,
         users: task.users.clone(),
+        declared_by: vec![],
     };
     let copy_options = CopyOptions {
         platforms: task.platforms.clone(),
@@ -408,6 +416,7 @@ mod tests {
             expected_from: None,
             side: None,
             users: vec![Workload::new(Kind::Deployment, "shop", name)],
+            declared_by: vec![],
         }
     }
 

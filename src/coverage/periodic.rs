@@ -20,9 +20,13 @@ use crate::copy::Copier;
 use crate::copy::check::Depth;
 use crate::plan::{MirrorTask, Plan};
 use crate::referrer_policy::ReferrerPolicy;
+use crate::workload::DeclaredSource;
 
 /// Targets the daemon checks at the same time.
 pub const CONCURRENCY: usize = 4;
+
+/// The most unverified images `/status/summary` lists ([`Report::unverified`]).
+pub const UNVERIFIED_LISTED: usize = 50;
 
 /// The longest the verifier sleeps before looking for targets the queue has finished with.
 const POLL: Duration = Duration::from_secs(1);
@@ -37,8 +41,8 @@ struct Store {
     /// The covered tasks by target key: the plan's, and those only objects declare (leader only;
     /// empty on a follower).
     tasks: BTreeMap<String, Planned>,
-    /// The tasks declarative objects declare, by target key.
-    declared: HashMap<String, MirrorTask>,
+    /// The tasks declarative objects declare, by target key, with the objects declaring each.
+    declared: HashMap<String, (MirrorTask, Vec<DeclaredSource>)>,
     /// The plan's excluded, conflicting and invalid images.
     unplanned: Vec<ImageCoverage>,
     /// The last check of each target key.
@@ -65,7 +69,7 @@ impl Store {
             drills,
             ..
         } = self;
-        for (key, task) in declared.iter() {
+        for (key, (task, _)) in declared.iter() {
             tasks
                 .entry(key.clone())
                 .or_insert_with(|| Planned::new(task.clone(), false));
@@ -87,6 +91,11 @@ impl Store {
         for key in tasks.keys() {
             since.entry(key.clone()).or_insert(now);
         }
+    }
+
+    /// The objects declaring `key` now (none for a target only planned).
+    fn declared_by(&self, key: &str) -> Vec<DeclaredSource> {
+        self.declared.get(key).map(|(_, by)| by.clone()).unwrap_or_default()
     }
 
     /// Each planned target key with when it was last checked for its current source (`None` also
@@ -169,6 +178,10 @@ pub struct Report {
     /// Every image, planned ones first (by target key), then those not mirrored.
     #[serde(skip)]
     pub images: Vec<ImageBackup>,
+    /// The in-scope images not verified, with what each lacks, who uses it and which objects
+    /// declare it: the longest unverified first (those not mirrored at all last), at most
+    /// [`UNVERIFIED_LISTED`] (`/status?backup=STATE` lists every one).
+    pub unverified: Vec<ImageBackup>,
     /// The restore drills of the planned images (`None`: drills do not run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore_drill: Option<DrillSummary>,
@@ -215,12 +228,15 @@ impl BackupStates {
     }
 
     /// Takes the targets declarative objects (an `Image`, a Flux `ImageRepository`) declare now
-    /// (`tasks`, as of `now`): covered like planned ones (a target both planned and declared is
-    /// checked as the plan names it); checks of targets neither planned nor declared any more are
-    /// forgotten.
-    pub fn set_declared(&self, tasks: Vec<MirrorTask>, now: SystemTime) {
+    /// (`tasks`, each with the objects declaring it, as of `now`): covered like planned ones (a
+    /// target both planned and declared is checked as the plan names it, and named with its objects
+    /// too); checks of targets neither planned nor declared any more are forgotten.
+    pub fn set_declared(&self, tasks: Vec<(MirrorTask, Vec<DeclaredSource>)>, now: SystemTime) {
         let mut store = self.store();
-        store.declared = tasks.into_iter().map(|task| (task.key().to_string(), task)).collect();
+        store.declared = tasks
+            .into_iter()
+            .map(|(task, by)| (task.key().to_string(), (task, by)))
+            .collect();
         store.tasks.retain(|_, planned| planned.from_plan);
         store.settle(now);
     }
@@ -300,6 +316,11 @@ impl BackupStates {
         store.drills.insert(key.to_owned(), drill);
     }
 
+    /// The objects declaring `key` now (none for a target only planned).
+    fn declared_by(&self, key: &str) -> Vec<DeclaredSource> {
+        self.store().declared_by(key)
+    }
+
     /// How many targets are covered (planned or declared).
     fn planned(&self) -> usize {
         self.store().tasks.len()
@@ -340,11 +361,15 @@ impl BackupStates {
             .iter()
             .map(|(key, Planned { source, task, .. })| {
                 let (key, source) = (key.clone(), source.clone());
+                let declared_by = store.declared_by(&key);
                 match store.checks.get(&key).filter(|c| c.source == source) {
                     Some(check) => ImageBackup {
                         drill: store.drills.get(&key).cloned(),
                         key,
-                        image: check.row.clone(),
+                        image: ImageCoverage {
+                            declared_by,
+                            ..check.row.clone()
+                        },
                         checked: Some(check.checked),
                         last_verified: check.verified,
                     },
@@ -358,6 +383,7 @@ impl BackupStates {
                             expected_from: None,
                             side: None,
                             users: task.users.clone(),
+                            declared_by,
                         },
                         drill: store.drills.get(&key).cloned(),
                         key,
@@ -367,13 +393,6 @@ impl BackupStates {
                 }
             })
             .collect();
-        let oldest_unverified = images
-            .iter()
-            .filter(|i| i.image.state != BackupState::Verified)
-            .filter_map(|i| i.last_verified.or_else(|| store.since.get(&i.key).copied()))
-            .map(|since| now.duration_since(since).unwrap_or_default())
-            .max()
-            .unwrap_or_default();
         images.extend(store.unplanned.iter().map(|image| ImageBackup {
             key: String::new(),
             image: image.clone(),
@@ -381,6 +400,25 @@ impl BackupStates {
             last_verified: None,
             drill: None,
         }));
+        // In scope and not verified, with since when: the last verification, else the first time
+        // it was covered (none for an image not mirrored).
+        let mut unverified: Vec<(Option<SystemTime>, &ImageBackup)> = images
+            .iter()
+            .filter(|i| !matches!(i.image.state, BackupState::Verified | BackupState::Excluded))
+            .map(|i| (i.last_verified.or_else(|| store.since.get(&i.key).copied()), i))
+            .collect();
+        let oldest_unverified = unverified
+            .iter()
+            .filter_map(|(since, _)| *since)
+            .map(|since| now.duration_since(since).unwrap_or_default())
+            .max()
+            .unwrap_or_default();
+        unverified.sort_by_key(|(since, _)| (since.is_none(), *since));
+        let unverified = unverified
+            .into_iter()
+            .take(UNVERIFIED_LISTED)
+            .map(|(_, i)| i.clone())
+            .collect();
         let restore_drill = store.drills_enabled.then(|| {
             let drills = images.iter().filter_map(|i| i.drill.as_ref());
             let mut summary = DrillSummary {
@@ -401,6 +439,7 @@ impl BackupStates {
             summary: Summary::of(images.iter().map(|i| i.image.state)),
             oldest_unverified,
             images,
+            unverified,
             restore_drill,
         }
     }
@@ -505,8 +544,9 @@ impl Verifier {
                     if let Some(key) = checking.remove(&id) {
                         in_flight.remove(&key);
                     }
-                    let Ok((_, (task, (row, whole)))) = done else { continue };
+                    let Ok((_, (task, (mut row, whole)))) = done else { continue };
                     let key = task.key().to_string();
+                    row.declared_by = self.states.declared_by(&key);
                     log_result(&row);
                     let after_copy = copied_again.remove(&key);
                     let again = copy_again_after(row.state, after_copy) && *leading.borrow();
@@ -532,17 +572,27 @@ fn copy_again_after(state: BackupState, after_copy: bool) -> bool {
     state == BackupState::Missing && !after_copy
 }
 
-/// One line per check that finds a target incomplete (a debug line when it is whole).
+/// One line per check that finds a target incomplete, naming who asked for it (a debug line when
+/// it is whole).
 fn log_result(row: &ImageCoverage) {
     if row.state == BackupState::Verified {
         tracing::debug!(target = %row.target, source = %row.image, detail = %row.detail, "backup verified");
-    } else if row.state == BackupState::Untagged {
-        tracing::warn!(target = %row.target, source = %row.image, detail = %row.detail,
+        return;
+    }
+    let (users, declared_by) = (names(&row.users), names(&row.declared_by));
+    if row.state == BackupState::Untagged {
+        tracing::warn!(target = %row.target, source = %row.image, detail = %row.detail, users = %users, declared_by = %declared_by,
             "backup check: the copy is whole but no tag holds it (at risk)");
     } else {
         tracing::warn!(target = %row.target, source = %row.image, state = row.state.as_str(),
-            detail = %row.detail, side = row.side.unwrap_or(""), "backup check: the target does not hold the whole image");
+            detail = %row.detail, side = row.side.unwrap_or(""), users = %users, declared_by = %declared_by,
+            "backup check: the target does not hold the whole image");
     }
+}
+
+/// `a, b`: the names of `items`.
+fn names(items: &[impl ToString]) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -569,6 +619,7 @@ mod tests {
             expected_from: None,
             side: None,
             users: vec![],
+            declared_by: vec![],
         }
     }
 
@@ -639,6 +690,96 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_lists_the_unverified_images_the_longest_unverified_first() {
+        use crate::plan::{ExcludedImage, TargetConflict};
+        let mut plan = three_targets();
+        plan.excluded.push(ExcludedImage {
+            source: "quay.io/e:1".into(),
+            rule: "quay.io".into(),
+            users: vec![],
+        });
+        plan.conflicts.push(TargetConflict {
+            target: "r.example/x:1".into(),
+            source: "b.io/x:1".into(),
+            kept: "a.io/x:1".into(),
+            users: vec![],
+        });
+        let key = |i: usize| plan.tasks[i].key().to_string();
+        let source = |i: usize| plan.tasks[i].request.source.to_string();
+        let states = BackupStates::default();
+        states.set_plan(&plan, at(100));
+        states.set_declared(vec![declared("a.io/w:1", "w", &["w"])], at(150));
+        let checked = |i: usize, state: BackupState| ImageCoverage {
+            image: source(i),
+            ..row(state)
+        };
+        states.record(&key(0), &source(0), checked(0, BackupState::Verified), None, at(110));
+        states.record(&key(1), &source(1), checked(1, BackupState::Verified), None, at(120));
+        states.record(&key(1), &source(1), checked(1, BackupState::Missing), None, at(200));
+        let listed = |report: &Report| -> Vec<(String, BackupState, Vec<String>)> {
+            let by = |i: &ImageBackup| i.image.declared_by.iter().map(ToString::to_string).collect();
+            report
+                .unverified
+                .iter()
+                .map(|i| (i.image.image.clone(), i.image.state, by(i)))
+                .collect()
+        };
+        // z pending since planned (100), y missing since last verified (120), w pending since
+        // declared (150), then the conflict, never mirrored; x verified and the excluded image left out.
+        let want = vec![
+            ("a.io/z:1".to_owned(), BackupState::Pending, vec![]),
+            ("a.io/y:1".to_owned(), BackupState::Missing, vec![]),
+            (
+                "a.io/w:1".to_owned(),
+                BackupState::Pending,
+                vec!["Image shop/w".to_owned()],
+            ),
+            ("b.io/x:1".to_owned(), BackupState::Failed, vec![]),
+        ];
+        let report = states.report(at(300));
+        assert_eq!(listed(&report), want);
+        assert_eq!(report.oldest_unverified, Duration::from_secs(200), "z, planned at 100");
+        // In JSON: each with its detail, users and declaring objects (left out when none).
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["unverified"][2]["declaredBy"], serde_json::json!(["Image shop/w"]));
+        assert_eq!(json["unverified"][2]["detail"], "not checked yet");
+        assert!(json["unverified"][0].get("declaredBy").is_none(), "{json}");
+        assert!(json.get("images").is_none(), "the whole list is /status's");
+
+        // At most UNVERIFIED_LISTED, the longest unverified first.
+        let many = Plan {
+            tasks: (0..UNVERIFIED_LISTED + 5)
+                .map(|n| task(&format!("a.io/m{n:03}:1"), &format!("m{n:03}")))
+                .collect(),
+            ..Plan::default()
+        };
+        states.set_declared(vec![], at(400));
+        states.set_plan(&many, at(400));
+        states.record(
+            &many.tasks[0].key().to_string(),
+            "a.io/m000:1",
+            row(BackupState::Verified),
+            None,
+            at(300),
+        );
+        states.record(
+            &many.tasks[0].key().to_string(),
+            "a.io/m000:1",
+            row(BackupState::Failed),
+            None,
+            at(450),
+        );
+        let report = states.report(at(500));
+        assert_eq!(report.summary.images, UNVERIFIED_LISTED + 5);
+        assert_eq!(report.unverified.len(), UNVERIFIED_LISTED);
+        assert_eq!(
+            report.unverified[0].image.state,
+            BackupState::Failed,
+            "verified at 300, before the others were planned"
+        );
+    }
+
+    #[test]
     fn drills_take_whole_targets_never_drilled_first_then_the_one_drilled_longest_ago() {
         let plan = three_targets();
         let key = |i: usize| plan.tasks[i].key().to_string();
@@ -704,47 +845,74 @@ mod tests {
         assert_eq!(states.report(at(700)).restore_drill, Some(DrillSummary::default()));
     }
 
+    /// `task(source, repo)` declared by the `Image` objects `shop/NAME` for each of `names`.
+    fn declared(source: &str, repo: &str, names: &[&str]) -> (MirrorTask, Vec<DeclaredSource>) {
+        let by = names.iter().map(|n| DeclaredSource::new("Image", "shop", n)).collect();
+        (task(source, repo), by)
+    }
+
     #[test]
     fn declared_targets_are_covered_beside_the_plans_until_no_object_declares_them() {
         let states = BackupStates::default();
-        // (source, target repository) pairs; (target key, source) for the covered ones
+        // (source, target repository) pairs
         type Pairs<'a> = &'a [(&'a str, &'a str)];
-        // (plan, declared, covered targets with their sources, in key order)
-        let cases: [(Pairs, Pairs, Pairs); 5] = [
-            (&[("a.io/x:1", "x")], &[], &[("r.example/x:1", "a.io/x:1")]),
-            // A target both planned and declared is checked as the plan names it.
+        // (source, target repository, the `Image` objects declaring it)
+        type Declared<'a> = &'a [(&'a str, &'a str, &'a [&'a str])];
+        // (target key, source, the objects it is named with) of the covered ones
+        type Covered<'a> = &'a [(&'a str, &'a str, &'a [&'a str])];
+        // (plan, declared, covered targets with their sources and objects, in key order)
+        let cases: [(Pairs, Declared, Covered); 6] = [
+            (&[("a.io/x:1", "x")], &[], &[("r.example/x:1", "a.io/x:1", &[])]),
+            // A target both planned and declared is checked as the plan names it, and named with
+            // its object too.
             (
                 &[("a.io/x:1", "x")],
-                &[("a.io/x:2", "x"), ("a.io/z:1", "z")],
-                &[("r.example/x:1", "a.io/x:1"), ("r.example/z:1", "a.io/z:1")],
+                &[("a.io/x:2", "x", &["a"]), ("a.io/z:1", "z", &["b", "c"])],
+                &[
+                    ("r.example/x:1", "a.io/x:1", &["Image shop/a"]),
+                    ("r.example/z:1", "a.io/z:1", &["Image shop/b", "Image shop/c"]),
+                ],
             ),
             // The plan drops x: still declared, x stays with the declared source.
             (
                 &[],
-                &[("a.io/x:2", "x"), ("a.io/z:1", "z")],
-                &[("r.example/x:1", "a.io/x:2"), ("r.example/z:1", "a.io/z:1")],
+                &[("a.io/x:2", "x", &["a"]), ("a.io/z:1", "z", &["c"])],
+                &[
+                    ("r.example/x:1", "a.io/x:2", &["Image shop/a"]),
+                    ("r.example/z:1", "a.io/z:1", &["Image shop/c"]),
+                ],
             ),
             // No object declares z any more.
-            (&[], &[("a.io/x:2", "x")], &[("r.example/x:1", "a.io/x:2")]),
-            (&[("a.io/y:1", "y")], &[], &[("r.example/y:1", "a.io/y:1")]),
+            (
+                &[],
+                &[("a.io/x:2", "x", &["a"])],
+                &[("r.example/x:1", "a.io/x:2", &["Image shop/a"])],
+            ),
+            // Planned again, no longer declared: named with no object.
+            (&[("a.io/x:1", "x")], &[], &[("r.example/x:1", "a.io/x:1", &[])]),
+            (&[("a.io/y:1", "y")], &[], &[("r.example/y:1", "a.io/y:1", &[])]),
         ];
-        for (i, (planned, declared, want)) in cases.into_iter().enumerate() {
-            let tasks = |list: &[(&str, &str)]| -> Vec<MirrorTask> {
-                list.iter().map(|(source, repo)| task(source, repo)).collect()
-            };
+        for (i, (planned, declared_now, want)) in cases.into_iter().enumerate() {
             let plan = Plan {
-                tasks: tasks(planned),
+                tasks: planned.iter().map(|(source, repo)| task(source, repo)).collect(),
                 ..Plan::default()
             };
             states.set_plan(&plan, at(100 + i as u64));
-            states.set_declared(tasks(declared), at(100 + i as u64));
+            let declared_now = declared_now.iter().map(|(s, r, by)| declared(s, r, by)).collect();
+            states.set_declared(declared_now, at(100 + i as u64));
             let report = states.report(at(300));
-            let got: Vec<(String, String)> = report
+            let got: Vec<(String, String, Vec<String>)> = report
                 .images
                 .iter()
-                .map(|i| (i.key.clone(), i.image.image.clone()))
+                .map(|i| {
+                    let by = i.image.declared_by.iter().map(ToString::to_string).collect();
+                    (i.key.clone(), i.image.image.clone(), by)
+                })
                 .collect();
-            let want: Vec<(String, String)> = want.iter().map(|(k, s)| ((*k).into(), (*s).into())).collect();
+            let want: Vec<(String, String, Vec<String>)> = want
+                .iter()
+                .map(|(k, s, by)| ((*k).into(), (*s).into(), by.iter().map(|b| (*b).into()).collect()))
+                .collect();
             assert_eq!(got, want, "case {i}");
             assert_eq!(report.summary.pending, want.len(), "case {i}: not checked yet");
         }
@@ -753,16 +921,19 @@ mod tests {
         let d = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
         let mut checked = row(BackupState::Verified);
         checked.expected = Some(d(1));
-        states.set_declared(vec![task("a.io/w:1", "w")], at(500));
+        states.set_declared(vec![declared("a.io/w:1", "w", &["w"])], at(500));
         states.record("r.example/w:1", "a.io/w:1", checked, None, at(500));
         for (digest, want) in [(d(1), BackupState::Verified), (d(2), BackupState::Pending)] {
-            states.set_declared(vec![task(&format!("a.io/w:1@{digest}"), "w")], at(600));
+            states.set_declared(vec![declared(&format!("a.io/w:1@{digest}"), "w", &["w"])], at(600));
             let report = states.report(at(600));
             let w = report.images.iter().find(|i| i.key == "r.example/w:1").unwrap();
             assert_eq!(w.image.state, want, "pinned to {digest}");
+            // Checked or not, the image is named with its object.
+            let by: Vec<String> = w.image.declared_by.iter().map(ToString::to_string).collect();
+            assert_eq!(by, ["Image shop/w"], "pinned to {digest}");
         }
         // A declared target is recorded; one no longer covered is not.
-        states.set_declared(vec![task("a.io/x:2", "x")], at(400));
+        states.set_declared(vec![declared("a.io/x:2", "x", &["x"])], at(400));
         states.record("r.example/x:1", "a.io/x:2", row(BackupState::Verified), None, at(400));
         states.record("r.example/z:1", "a.io/z:1", row(BackupState::Verified), None, at(400));
         let summary = states.report(at(400)).summary;

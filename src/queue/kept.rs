@@ -15,41 +15,7 @@ use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
 use crate::plan::{MirrorTask, TargetKey};
-
-/// A declarative object whose targets the queue keeps: `Image shop/base`,
-/// `ImageRepository flux-system/app`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeclaredSource {
-    /// The object's kind (`Image`, `ImageRepository`).
-    pub kind: &'static str,
-    /// Its namespace (empty for a cluster-scoped kind).
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-}
-
-impl DeclaredSource {
-    /// `kind namespace/name`.
-    pub fn new(kind: &'static str, namespace: &str, name: &str) -> DeclaredSource {
-        DeclaredSource {
-            kind,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }
-    }
-}
-
-impl fmt::Display for DeclaredSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
-
-impl Serialize for DeclaredSource {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
+use crate::workload::DeclaredSource;
 
 /// What stands in the way of a declarative object's copies while they go ahead regardless (a Flux
 /// `spec.secretRef` Secret that cannot be used, say), reported by its controller
@@ -175,8 +141,8 @@ impl Kept {
 
     /// The work of every declared target, once per target (when two objects declare one target, the
     /// work of the first object by kind, namespace and name, so that it does not change from one call
-    /// to the next).
-    pub(super) fn all_declared(&self) -> Vec<MirrorTask> {
+    /// to the next), with the objects declaring it in that order.
+    pub(super) fn all_declared(&self) -> Vec<(MirrorTask, Vec<DeclaredSource>)> {
         let declared = super::lock(&self.declared);
         let mut sources: Vec<_> = declared.by_source.iter().collect();
         sources.sort_by(|a, b| a.0.cmp(b.0));
@@ -186,7 +152,13 @@ impl Kept {
                 all.entry(key).or_insert(task);
             }
         }
-        all.into_values().cloned().collect()
+        all.into_iter()
+            .map(|(key, task)| {
+                let mut by = declared.by_key.get(key).cloned().unwrap_or_default();
+                by.sort();
+                (task.clone(), by)
+            })
+            .collect()
     }
 
     /// Whether `key` is kept whatever the plan holds.

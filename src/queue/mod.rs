@@ -61,9 +61,10 @@ use crate::metrics::Metrics;
 use crate::plan::{MirrorTask, TargetKey, union_users};
 use crate::reference::{Digest, ImageRef};
 use crate::task_state::TaskState;
+pub use crate::workload::DeclaredSource;
 use crate::workload::Workload;
 use kept::Kept;
-pub use kept::{DeclaredSource, DeclaringObject, Interest, SourceProblem};
+pub use kept::{DeclaringObject, Interest, SourceProblem};
 pub use report::{FailureReport, TaskOutcome};
 use status::Counters;
 pub use status::{ExcludedImages, QueueCounters, TaskStatus, UnmatchedImages};
@@ -570,8 +571,9 @@ impl Queue {
         PlanSubmitted { submitted, forgotten }
     }
 
-    /// The work of every target objects declare now (users left out), once per target.
-    pub fn declared_tasks(&self) -> Vec<MirrorTask> {
+    /// The work of every target objects declare now (users left out), once per target, with the
+    /// objects declaring it.
+    pub fn declared_tasks(&self) -> Vec<(MirrorTask, Vec<DeclaredSource>)> {
         self.inner.kept.all_declared()
     }
 
@@ -629,7 +631,7 @@ impl Queue {
             .values()
             .map(|task| (task.key(), task.clone()))
             .collect();
-        for task in self.inner.kept.all_declared() {
+        for (task, _) in self.inner.kept.all_declared() {
             tasks.entry(task.key()).or_insert(task);
         }
         let n = tasks.len();

@@ -421,7 +421,7 @@ async fn declared_work_is_kept_besides_the_plan_and_reported_per_object() {
     let mut declared: Vec<String> = queue
         .declared_tasks()
         .iter()
-        .map(|t| t.request.source.to_string())
+        .map(|(t, _)| t.request.source.to_string())
         .collect();
     declared.sort();
     assert_eq!(declared, [format!("ghcr.io/a/one:2@{D}"), "ghcr.io/a/two:1".to_owned()]);
@@ -433,7 +433,20 @@ async fn declared_work_is_kept_besides_the_plan_and_reported_per_object() {
     queue.declare(other.clone(), vec![task_to("ghcr.io/a/two:1", "two")]);
     queue.declare(flux.clone(), vec![task_to("ghcr.io/a/three:1", "three")]);
     idle().await;
-    assert_eq!(queue.declared_tasks().len(), 3, "one, two (declared twice), three");
+    let mut declared: Vec<(String, Vec<DeclaredSource>)> = queue
+        .declared_tasks()
+        .into_iter()
+        .map(|(t, by)| (t.request.source.to_string(), by))
+        .collect();
+    declared.sort();
+    let one = format!("ghcr.io/a/one:2@{D}");
+    let want = [
+        (one.as_str(), vec![base.clone()]),
+        ("ghcr.io/a/three:1", vec![flux.clone()]),
+        ("ghcr.io/a/two:1", vec![base.clone(), other.clone()]),
+    ];
+    let want: Vec<(String, Vec<DeclaredSource>)> = want.into_iter().map(|(s, by)| (s.to_owned(), by)).collect();
+    assert_eq!(declared, want, "one, two (declared twice, both objects named), three");
     // The referrers sweep: every planned and declared target once, past the cache.
     assert_eq!(queue.resubmit_mirrored(), 4, "p, one, two, three");
     idle().await;

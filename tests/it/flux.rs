@@ -734,7 +734,8 @@ async fn only_the_leader_mirrors_and_a_new_leader_takes_over_the_scans() {
 
 /// The copies a scan declares are part of the continuous coverage: verified once copied
 /// (`/status`, `/status/summary`); a new revision whose latest tags leave one out takes that copy
-/// out of `/status` and the coverage.
+/// out of `/status` and the coverage; one naming a tag the source lacks has that copy listed as
+/// failed in the summary with `declaredBy` naming the object.
 #[tokio::test]
 async fn declared_copies_are_verified_and_leave_the_coverage_with_their_revision() {
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
@@ -781,6 +782,37 @@ async fn declared_copies_are_verified_and_leave_the_coverage_with_their_revision
         .unwrap();
     let want = verified(&["1.1"]);
     eventually("1.0 out of the coverage", WAIT, async || coverage().await == want).await;
+
+    // A revision naming a tag the source does not have: the summary lists its copy among the
+    // unverified images with the object declaring it.
+    server
+        .apply(repository("v1", "app", &image, None, Some(("rev-3", &["1.2", "1.1"]))))
+        .unwrap();
+    let listed = async || {
+        let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+        let unverified = summary["unverified"].as_array().cloned().unwrap_or_default();
+        let listed: Vec<(String, String, Value)> = unverified
+            .iter()
+            .map(|i| {
+                let (target, state) = (i["target"].as_str(), i["state"].as_str());
+                (
+                    target.unwrap_or_default().to_owned(),
+                    state.unwrap_or_default().to_owned(),
+                    i["declaredBy"].clone(),
+                )
+            })
+            .collect();
+        listed
+    };
+    let want = vec![(
+        target("1.2"),
+        "failed".to_owned(),
+        json!(["ImageRepository flux-system/app"]),
+    )];
+    eventually("1.2 listed as failed with its object", WAIT, async || {
+        listed().await == want
+    })
+    .await;
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
 }

@@ -699,6 +699,62 @@ async fn an_image_objects_copy_is_verified_repaired_and_leaves_the_coverage_with
     );
 }
 
+/// `/status/summary` names the `Image` object that declares a target the backup lacks: an object
+/// whose source tag does not exist is listed among the unverified images (`failed`, on the source
+/// side) with `declaredBy`, while the copy of another object, verified, is counted and not listed.
+#[tokio::test]
+async fn the_summary_names_the_image_object_of_an_unverified_declared_target() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    push(&src, "app", &Image::oci("amd64", &[1_000], 10).unwrap(), &["1.0.0"]).await;
+    let (server, running) = cluster();
+    let missing = image(
+        "missing",
+        json!({"mode": "OneShot", "source": {"name": format!("{}/no/such", src.host()), "version": "1.0"},
+        "destination": {"name": "no/such"}}),
+    );
+    server
+        .apply_all([app_image(&src, "OneShot", "1.0.0"), missing])
+        .unwrap();
+    let (daemon, _config) = daemon(
+        &running,
+        &dst,
+        "",
+        "verifyInterval: 2s
+",
+    );
+    let started = std::time::Instant::now();
+    let summary = async || daemon.json("GET", "/status/summary", None).await.1;
+    eventually("one verified, one failed in the summary", WAIT, async || {
+        let s = &summary().await["summary"];
+        (s["images"].as_u64(), s["verified"].as_u64(), s["failed"].as_u64()) == (Some(2), Some(1), Some(1))
+    })
+    .await;
+    let summary = summary().await;
+    let listed = summary["unverified"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "the verified copy is not listed: {summary}");
+    let entry = &listed[0];
+    assert_eq!(entry["target"], format!("{}/no/such:1.0", dst.host()), "{summary}");
+    assert_eq!(entry["image"], format!("{}/no/such:1.0", src.host()), "{summary}");
+    assert_eq!(entry["state"], "failed", "{summary}");
+    assert_eq!(entry["side"], "source", "{summary}");
+    assert_eq!(entry["declaredBy"], json!(["Image shop/missing"]), "{summary}");
+    assert_eq!(entry["users"], json!([]), "no workload uses it: {summary}");
+    eprintln!(
+        "the declared target listed with its object {:?} after the start",
+        started.elapsed()
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // The check's warning names the object too.
+    let warned = log
+        .lines()
+        .find(|l| l.contains("backup check: the target does not hold the whole image") && l.contains("no/such"));
+    assert!(
+        warned.is_some_and(|l| l.contains("declared_by=Image shop/missing")),
+        "{log}"
+    );
+}
+
 /// The `referrersInterval` sweep reaches an `OnceByTag` object's copies too: a re-sign upstream of
 /// the digest copied arrives within the interval, while the tag, moved upstream meanwhile, is not
 /// copied again (the copy stays declared by the digest it copied).

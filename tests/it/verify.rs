@@ -543,6 +543,25 @@ async fn verify_agrees_with_what_the_daemon_mirrored_and_verifies() {
             assert!(backup["lastVerified"].is_null(), "{entry}");
         }
     }
+    // The summary lists the two failures with the workloads using them (no object declares them).
+    let (_, summary) = daemon.json("GET", "/status/summary", None).await;
+    let mut listed: Vec<(String, String, Value, bool)> = summary["unverified"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let image = i["image"].as_str().unwrap_or_default().to_owned();
+            let state = i["state"].as_str().unwrap_or_default().to_owned();
+            (image, state, i["users"].clone(), i.get("declaredBy").is_some())
+        })
+        .collect();
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    let failing = |i: u64| {
+        let image = format!("{}/apps/app{i}:1", src.host());
+        let users = serde_json::json!([format!("Deployment team{}/app{i}", i % 4)]);
+        (image, "failed".to_owned(), users, false)
+    };
+    assert_eq!(listed, [failing(18), failing(19)], "{summary}");
 
     // A layer of app3 deleted behind the registry's back: a later round finds it missing and the
     // repair copy uploads that layer alone again (the tag is intact and not written).
