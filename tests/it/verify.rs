@@ -928,24 +928,24 @@ async fn restore_drills_pull_verified_targets_whole_in_turn_and_report_a_damaged
     );
 }
 
-/// Issue 16: a target without the source's signature is incomplete for `copycat verify`; once the
-/// signature travels (a copy with the default `referrers: all`), it verifies; `REFERRERS=none`
-/// leaves them out of the check.
-#[tokio::test]
-async fn verify_counts_missing_signatures_as_incomplete() {
+/// `shop/signed:1.0` at `src` (image `seed`) with a cosign signature (artifact seed `artifacts`)
+/// and an SPDX SBOM on the referrers tag schema (`artifacts + 1`); the image and its signature.
+async fn signed_image(src: &Registry, seed: u64, artifacts: u64) -> (Image, Image) {
     use testkit::artifacts::{self, Subject};
-    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
-    let image = Image::oci("amd64", &[2000], 1600).unwrap();
-    image.push(&src, "shop/signed", "1.0").await.unwrap();
+    let image = Image::oci("amd64", &[2000], seed).unwrap();
+    image.push(src, "shop/signed", "1.0").await.unwrap();
     let subject = Subject::of(&image);
-    let sig = artifacts::cosign_signature(&subject, "shop/signed", 1, 1);
-    sig.push(&src, "shop/signed", &subject.cosign_tag("sig")).await.unwrap();
-    let sbom = artifacts::spdx_sbom(&subject, 2);
-    artifacts::publish_referrer(&src, "shop/signed", &subject, &sbom)
+    let sig = artifacts::cosign_signature(&subject, "shop/signed", 1, artifacts);
+    sig.push(src, "shop/signed", &subject.cosign_tag("sig")).await.unwrap();
+    let sbom = artifacts::spdx_sbom(&subject, artifacts + 1);
+    artifacts::publish_referrer(src, "shop/signed", &subject, &sbom)
         .await
         .unwrap();
-    // The image mirrored without its related artifacts.
-    image.push(&dst, "shop/signed", "1.0").await.unwrap();
+    (image, sig)
+}
+
+/// A stand-in API server whose one Deployment runs `shop/signed:1.0` of `src`, and its server.
+fn serve_deployment_of(src: &Registry) -> (ApiServer, testkit::apiserver::RunningApiServer) {
     let server = ApiServer::new();
     server
         .apply(workload(
@@ -957,6 +957,19 @@ async fn verify_counts_missing_signatures_as_incomplete() {
         ))
         .unwrap();
     let api = server.serve().unwrap();
+    (server, api)
+}
+
+/// Issue 16: a target without the source's signature is incomplete for `copycat verify`; once the
+/// signature travels (a copy with the default `referrers: all`), it verifies; `REFERRERS=none`
+/// leaves them out of the check.
+#[tokio::test]
+async fn verify_counts_missing_signatures_as_incomplete() {
+    let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
+    let (image, _) = signed_image(&src, 1600, 1).await;
+    // The image mirrored without its related artifacts.
+    image.push(&dst, "shop/signed", "1.0").await.unwrap();
+    let (_server, api) = serve_deployment_of(&src);
     let kubeconfig = api.kubeconfig_path();
 
     let out = verify(kubeconfig, &dst, &["--output", "json"]);
@@ -988,29 +1001,11 @@ async fn verify_counts_missing_signatures_as_incomplete() {
 /// same digest as the source's) and the next check finds the target verified again.
 #[tokio::test]
 async fn the_periodic_verification_finds_a_deleted_signature_and_the_repair_restores_it() {
-    use testkit::artifacts::{self, Subject};
+    use testkit::artifacts::Subject;
     let (src, dst) = (start(RegistryMode::Plain), start(RegistryMode::Plain));
-    let image = Image::oci("amd64", &[2000], 1700).unwrap();
-    image.push(&src, "shop/signed", "1.0").await.unwrap();
-    let subject = Subject::of(&image);
-    let sig_tag = subject.cosign_tag("sig");
-    let sig = artifacts::cosign_signature(&subject, "shop/signed", 1, 3);
-    sig.push(&src, "shop/signed", &sig_tag).await.unwrap();
-    let sbom = artifacts::spdx_sbom(&subject, 4);
-    artifacts::publish_referrer(&src, "shop/signed", &subject, &sbom)
-        .await
-        .unwrap();
-    let server = ApiServer::new();
-    server
-        .apply(workload(
-            "Deployment",
-            "apps/v1",
-            "default",
-            "signed",
-            &[("app", &format!("{}/shop/signed:1.0", src.host()))],
-        ))
-        .unwrap();
-    let api = server.serve().unwrap();
+    let (image, sig) = signed_image(&src, 1700, 3).await;
+    let sig_tag = Subject::of(&image).cosign_tag("sig");
+    let (_server, api) = serve_deployment_of(&src);
     let daemon = Daemon::mirroring_to(api.kubeconfig_path(), &dst, &[("VERIFY_INTERVAL", "2s")]);
     let backup = async || {
         let (code, status) = daemon.json("GET", "/status", None).await;
