@@ -3,8 +3,9 @@
 //! (a cron job every few minutes asks the source once an interval, as the daemon does) instead of at
 //! every run. An image the run has to write is always looked at.
 //!
-//! The file is a cache: a missing, unreadable or damaged one costs one look per image, never an
-//! image; a write that fails is a warning. Two runs writing at once lose nothing but a look.
+//! The file is a cache: a missing, unreadable, damaged or oversized (past 128 MiB) one costs one
+//! look per image, never an image; a write that fails is a warning. Two runs writing at once lose
+//! nothing but a look.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ use crate::reference::Digest;
 const FILE_NAME: &str = "sync-state.json";
 /// The format written (a file of another version is read as empty).
 const VERSION: u32 = 1;
+/// Largest file read: [`MAX_LOOKS`] looks of long references fit in well under it.
+const MAX_FILE_BYTES: u64 = 128 << 20;
 
 /// The file's contents.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -58,11 +61,19 @@ pub fn load(path: &Path) -> Vec<ReferrerLook> {
 }
 
 fn read(path: &Path) -> Result<Vec<ReferrerLook>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.to_string()),
     };
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("larger than {} MiB", MAX_FILE_BYTES >> 20));
+    }
     let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     if file.version != VERSION {
         return Err(format!("version {} (this copycat reads {VERSION})", file.version));
@@ -246,6 +257,12 @@ mod tests {
             assert!(read(&path).is_err(), "{damaged}");
             assert!(load(&path).is_empty());
         }
+        // A file past the bound is not read whole (a sparse file: no disk is used).
+        let huge = std::fs::File::create(&path).unwrap();
+        huge.set_len(MAX_FILE_BYTES + 1).unwrap();
+        drop(huge);
+        assert_eq!(read(&path).unwrap_err(), "larger than 128 MiB");
+        assert!(load(&path).is_empty());
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         save(&path, vec![look("a", D1, now)], Duration::from_secs(3600));
         save(&path, vec![look("b", D2, now)], Duration::from_secs(3600));
