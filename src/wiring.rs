@@ -14,7 +14,7 @@ use crate::declarative::flux::FluxSettings;
 use crate::declarative::image::ImageSettings;
 use crate::destination::{Target, ecr};
 use crate::events;
-use crate::naming::{NameContext, NamingError, PathRule, TargetNaming};
+use crate::naming::{NameContext, NamingError};
 use crate::node_config::MirrorNaming;
 use crate::plan::Planner;
 use crate::platform::Platform;
@@ -113,7 +113,7 @@ impl DaemonParts {
         // One target for ecr and docker; with pull-through caches the planner reads them itself.
         let planner = Planner::new(config, addresses.first().map_or("", String::as_str))?;
         let images = image_settings(config, addresses.first());
-        let flux = flux_settings(config, addresses.first())?;
+        let flux = flux_settings(config, &planner);
         Ok(DaemonParts {
             client,
             api_server,
@@ -150,36 +150,25 @@ fn image_settings(config: &Config, target: Option<&String>) -> Option<ImageSetti
     })
 }
 
-/// How Flux `ImageRepository` scans are mirrored, when `fluxImageRepositories.enabled`: named as the
-/// planner names a workload's images on `target` (`host[/path]`), with `destinationPrefix` instead
-/// of the target's `repoPrefix` when it is set. (Configuration loading refuses the feature with
-/// pull-through caches, which have no `target`.)
-pub fn flux_settings(config: &Config, target: Option<&String>) -> Result<Option<FluxSettings>, WiringError> {
+/// How Flux `ImageRepository` scans are mirrored, when `fluxImageRepositories.enabled`: named as
+/// `planner` names a workload's images, with `destinationPrefix` instead of the target's
+/// `repoPrefix` when it is set. (Configuration loading refuses the feature with pull-through
+/// caches, where the planner writes to no target.)
+pub fn flux_settings(config: &Config, planner: &Planner) -> Option<FluxSettings> {
     let flux = &config.flux_image_repositories;
-    let Some(target) = target.filter(|_| flux.enabled) else {
-        return Ok(None);
-    };
-    let (host, path) = target.split_once('/').unwrap_or((target, ""));
-    let repo_prefix = match config.target_kind {
-        TargetKind::Ecr => &config.ecr.repo_prefix,
-        TargetKind::Docker | TargetKind::PullThrough => &config.docker.repo_prefix,
-    };
-    let prefix = match flux.destination_prefix.as_str() {
-        "" => repo_prefix.clone(),
-        prefix => prefix.to_owned(),
-    };
-    Ok(Some(FluxSettings {
+    if !flux.enabled {
+        return None;
+    }
+    let mut naming = planner.target_naming(NameContext::default());
+    if !flux.destination_prefix.is_empty() {
+        naming.prefix = flux.destination_prefix.clone();
+    }
+    Some(FluxSettings {
         namespaces: flux.namespaces.clone(),
-        naming: TargetNaming {
-            prefix,
-            rules: PathRule::compile(&config.path_map)?.into(),
-            ctx: NameContext::default(),
-            target_host: host.to_ascii_lowercase(),
-            target_path: path.trim_matches('/').to_owned(),
-        },
+        naming,
         max_tags: flux.max_tags as usize,
         all_tags: flux.all_tags,
-    }))
+    })
 }
 
 /// Why the daemon has no usable Kubernetes client configuration: a configuration problem (exit 2).

@@ -817,6 +817,17 @@ pub enum Planned {
 }
 
 impl Planner {
+    /// How this planner names targets (prefix, `pathMap`, target `host[/path]`), for `ctx`.
+    pub fn target_naming(&self, ctx: NameContext) -> TargetNaming {
+        TargetNaming {
+            prefix: self.prefix.clone(),
+            rules: self.rules.clone(),
+            ctx,
+            target_host: self.target_host.clone(),
+            target_path: self.target_path.clone(),
+        }
+    }
+
     /// A planner for `config`, mirroring into `target` (`host[:port][/path]`); with `targetKind:
     /// pullThrough`, into the caches of `pullThrough.caches` instead (`target` is not used).
     pub fn new(config: &Config, target: &str) -> Result<Planner, NamingError> {
@@ -967,18 +978,12 @@ impl Planner {
                 },
             });
         }
-        let naming = TargetNaming {
-            prefix: self.prefix.clone(),
-            rules: self.rules.clone(),
-            ctx: NameContext {
-                namespace: namespace.to_owned(),
-                podname: workload.to_owned(),
-                container_name: use_.container.clone(),
-                arch: None,
-            },
-            target_host: self.target_host.clone(),
-            target_path: self.target_path.clone(),
-        };
+        let naming = self.target_naming(NameContext {
+            namespace: namespace.to_owned(),
+            podname: workload.to_owned(),
+            container_name: use_.container.clone(),
+            arch: None,
+        });
         let target_tag = naming::target_tag(&source, None, self.digest_tag_template.as_deref())?;
         // Digest mode copies the node's platform and `mirrorPlatforms`; tag mode the whole index.
         let node_platform: Vec<Platform> = node.cloned().into_iter().collect();
