@@ -456,7 +456,7 @@ async fn status(State(admin): State<Arc<Admin>>, Query(q): Query<StatusQuery>) -
 /// has gone unverified (404 when `verifyInterval` is 0).
 async fn status_summary(State(admin): State<Arc<Admin>>) -> Response {
     match &admin.backup {
-        Some(states) => axum::Json(states.report(std::time::SystemTime::now())).into_response(),
+        Some(states) => axum::Json(states.summary_report(std::time::SystemTime::now())).into_response(),
         None => message(StatusCode::NOT_FOUND, VERIFICATION_DISABLED.into()),
     }
 }

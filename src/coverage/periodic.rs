@@ -180,7 +180,8 @@ pub struct Report {
     pub images: Vec<ImageBackup>,
     /// The in-scope images not verified, with what each lacks, who uses it and which objects
     /// declare it: the longest unverified first (those not mirrored at all last), at most
-    /// [`UNVERIFIED_LISTED`] (`/status?backup=STATE` lists every one).
+    /// [`UNVERIFIED_LISTED`] (`/status?backup=STATE` lists every one); only in a
+    /// [`BackupStates::summary_report`].
     pub unverified: Vec<ImageBackup>,
     /// The restore drills of the planned images (`None`: drills do not run).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -353,8 +354,18 @@ impl BackupStates {
             .collect()
     }
 
-    /// The backup state of every image of the current plan, as of `now`.
+    /// The backup state of every image of the current plan, as of `now`; `unverified` is left empty
+    /// (only `/status/summary` shows it: [`BackupStates::summary_report`]).
     pub fn report(&self, now: SystemTime) -> Report {
+        self.build_report(now, false)
+    }
+
+    /// [`BackupStates::report`] with the longest-unverified images listed in `unverified`.
+    pub fn summary_report(&self, now: SystemTime) -> Report {
+        self.build_report(now, true)
+    }
+
+    fn build_report(&self, now: SystemTime, list_unverified: bool) -> Report {
         let store = self.store();
         let mut images: Vec<ImageBackup> = store
             .tasks
@@ -402,23 +413,28 @@ impl BackupStates {
         }));
         // In scope and not verified, with since when: the last verification, else the first time
         // it was covered (none for an image not mirrored).
-        let mut unverified: Vec<(Option<SystemTime>, &ImageBackup)> = images
+        let unverified = images
             .iter()
             .filter(|i| !matches!(i.image.state, BackupState::Verified | BackupState::Excluded))
-            .map(|i| (i.last_verified.or_else(|| store.since.get(&i.key).copied()), i))
-            .collect();
+            .map(|i| (i.last_verified.or_else(|| store.since.get(&i.key).copied()), i));
         let oldest_unverified = unverified
-            .iter()
-            .filter_map(|(since, _)| *since)
+            .clone()
+            .filter_map(|(since, _)| since)
             .map(|since| now.duration_since(since).unwrap_or_default())
             .max()
             .unwrap_or_default();
-        unverified.sort_by_key(|(since, _)| (since.is_none(), *since));
-        let unverified = unverified
-            .into_iter()
-            .take(UNVERIFIED_LISTED)
-            .map(|(_, i)| i.clone())
-            .collect();
+        // Sorting and copying them is for `/status/summary` only, not every `/metrics` scrape.
+        let unverified = if list_unverified {
+            let mut listed: Vec<_> = unverified.collect();
+            listed.sort_by_key(|(since, _)| (since.is_none(), *since));
+            listed
+                .into_iter()
+                .take(UNVERIFIED_LISTED)
+                .map(|(_, i)| i.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let restore_drill = store.drills_enabled.then(|| {
             let drills = images.iter().filter_map(|i| i.drill.as_ref());
             let mut summary = DrillSummary {
@@ -736,9 +752,16 @@ mod tests {
             ),
             ("b.io/x:1".to_owned(), BackupState::Failed, vec![]),
         ];
-        let report = states.report(at(300));
+        let report = states.summary_report(at(300));
         assert_eq!(listed(&report), want);
         assert_eq!(report.oldest_unverified, Duration::from_secs(200), "z, planned at 100");
+        // `/status` and `/metrics` get the same figures without the list.
+        let plain = states.report(at(300));
+        assert!(plain.unverified.is_empty());
+        assert_eq!(
+            (plain.summary, plain.oldest_unverified),
+            (report.summary.clone(), report.oldest_unverified)
+        );
         // In JSON: each with its detail, users and declaring objects (left out when none).
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["unverified"][2]["declaredBy"], serde_json::json!(["Image shop/w"]));
@@ -769,7 +792,7 @@ mod tests {
             None,
             at(450),
         );
-        let report = states.report(at(500));
+        let report = states.summary_report(at(500));
         assert_eq!(report.summary.images, UNVERIFIED_LISTED + 5);
         assert_eq!(report.unverified.len(), UNVERIFIED_LISTED);
         assert_eq!(
