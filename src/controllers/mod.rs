@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::discovery::watch::forbidden_verb;
+use crate::discovery::watch::{event_label, forbidden_verb};
 use crate::metrics::Metrics;
 
 /// The longest wait between two attempts of a failing watch (kube's default backoff's ceiling).
@@ -201,15 +201,8 @@ async fn run_watch<K: DeserializeOwned>(
         if matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init)) {
             backoff.reset();
         }
-        let counted = match &event {
-            Ok(watcher::Event::Init) => Some("restarted"),
-            Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => Some("applied"),
-            Ok(watcher::Event::Delete(_)) => Some("deleted"),
-            Ok(watcher::Event::InitDone) => None,
-            Err(_) => Some("failed"),
-        };
-        if let Some(counted) = counted {
-            metrics.watch_event(kind, counted);
+        if let Some(label) = event_label(&event) {
+            metrics.watch_event(kind, label);
         }
         let changes = match event {
             Ok(watcher::Event::Init) => {

@@ -389,6 +389,18 @@ where
     }
 }
 
+/// The `event` label of `k8s_copycat_watch_events_total` for one watcher event (`None`: the end of
+/// a relist, not counted).
+pub(crate) fn event_label<K>(event: &Result<watcher::Event<K>, watcher::Error>) -> Option<&'static str> {
+    match event {
+        Ok(watcher::Event::Init) => Some("restarted"),
+        Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => Some("applied"),
+        Ok(watcher::Event::Delete(_)) => Some("deleted"),
+        Ok(watcher::Event::InitDone) => None,
+        Err(_) => Some("failed"),
+    }
+}
+
 /// The verb and the API server's message when `error` is a 403: RBAC refused the list or the watch
 /// (the message names user, verb and resource). It will not heal by itself, unlike the other errors.
 pub(crate) fn forbidden_verb(error: &watcher::Error) -> Option<(&'static str, &str)> {
@@ -433,22 +445,21 @@ fn spawn<K: WatchedObject>(
                     );
                 }
             }
-            let (update, counted) = match event {
-                Ok(watcher::Event::Init) => (Update::Init(feed.clone()), Some("restarted")),
-                Ok(watcher::Event::InitApply(o)) => (Update::InitApply(feed.clone(), reduce(o)), Some("applied")),
-                Ok(watcher::Event::InitDone) => (Update::InitDone(feed.clone()), None),
-                Ok(watcher::Event::Apply(o)) => (Update::Apply(K::WATCHED, reduce(o)), Some("applied")),
-                Ok(watcher::Event::Delete(o)) => (Update::Delete(K::WATCHED, reduce(o)), Some("deleted")),
+            if let Some(label) = event_label(&event) {
+                metrics.watch_event(&kind, label);
+            }
+            let update = match event {
+                Ok(watcher::Event::Init) => Update::Init(feed.clone()),
+                Ok(watcher::Event::InitApply(o)) => Update::InitApply(feed.clone(), reduce(o)),
+                Ok(watcher::Event::InitDone) => Update::InitDone(feed.clone()),
+                Ok(watcher::Event::Apply(o)) => Update::Apply(K::WATCHED, reduce(o)),
+                Ok(watcher::Event::Delete(o)) => Update::Delete(K::WATCHED, reduce(o)),
                 Err(e) => {
-                    metrics.watch_event(&kind, "failed");
                     report_failure(&e, &feed, &health);
                     tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
                     continue;
                 }
             };
-            if let Some(event) = counted {
-                metrics.watch_event(&kind, event);
-            }
             if tx.send(update).await.is_err() {
                 return;
             }
