@@ -254,8 +254,7 @@ impl Tracked {
         let copied = self
             .tags
             .values()
-            .filter(move |_| once)
-            .filter(|t| matches!(t.result.as_str(), COPIED | PRESENT | MOVED))
+            .filter(|t| once && is_copied(&t.result))
             .filter_map(|t| {
                 let digest = t.source_digest.as_deref()?.parse::<Digest>().ok()?;
                 let mut request = plan.request(&t.tag).ok()?;
@@ -331,10 +330,15 @@ const MOVED: &str = "Moved";
 /// `DryRun`: nothing written (`dryRun`, `dryPull`).
 const DRY_RUN: &str = "DryRun";
 
+/// Whether a tag with this result was copied (and may have moved upstream since).
+fn is_copied(result: &str) -> bool {
+    matches!(result, COPIED | PRESENT | MOVED)
+}
+
 /// Whether a tag with this result is handled: never submitted again for `OneShot` and `OnceByTag`
 /// (a dry run's only while this process runs: its results are not read back at start).
 fn is_done(result: &str) -> bool {
-    matches!(result, COPIED | PRESENT | MOVED | DRY_RUN)
+    is_copied(result) || result == DRY_RUN
 }
 
 /// The tag status result of a queue outcome.
@@ -677,7 +681,7 @@ impl Controller {
             .tags
             .values()
             .rev()
-            .filter(|t| matches!(t.result.as_str(), COPIED | PRESENT | MOVED))
+            .filter(|t| is_copied(&t.result))
             .filter_map(|t| Some((t.tag.clone(), t.source_digest.clone()?)))
             .take(self.settings.max_tags_per_image)
             .collect();

@@ -281,16 +281,10 @@ pub async fn patch_status(
 ) -> kube::Result<()> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, resource);
     let patch = serde_json::json!({ "status": status });
-    let written = api
-        .patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
-        .await;
-    match written {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            metrics.status_write_error(&resource.plural, refusal_reason(&e));
-            Err(e)
-        }
-    }
+    api.patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+        .inspect_err(|e| metrics.status_write_error(&resource.plural, refusal_reason(e)))
 }
 
 /// Why a write failed, from the API server's HTTP status (the `reason` label of
