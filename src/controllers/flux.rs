@@ -430,6 +430,33 @@ impl FluxMirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_secret_ref_problem_has_its_own_reason_label() {
+        let secret = || "flux-system/pull".to_owned();
+        let problems = [
+            SecretRefError::NotFound(secret()),
+            SecretRefError::Unreadable {
+                secret: secret(),
+                source: kube::Error::LinesCodecMaxLineLengthExceeded,
+            },
+            SecretRefError::NotDockerConfig(secret()),
+            SecretRefError::Invalid {
+                secret: secret(),
+                source: DockerConfigError::NotAnObject,
+            },
+            SecretRefError::NoEntry {
+                secret: secret(),
+                registry: "ghcr.io".into(),
+            },
+        ];
+        let reasons: Vec<&str> = problems.iter().map(SecretRefError::reason).collect();
+        assert_eq!(
+            reasons,
+            crate::metrics::FLUX_SECRET_ERRORS,
+            "the metric's labels, one each, in order"
+        );
+    }
     use crate::naming::{NameContext, PathMapRule, PathRule};
     use crate::registry::Credential;
     use crate::secret::Secret;
