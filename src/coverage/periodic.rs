@@ -98,6 +98,11 @@ impl Store {
         self.declared.get(key).map(|(_, by)| by.clone()).unwrap_or_default()
     }
 
+    /// The last check of `key`, when it was made for `source` (a check for another source is stale).
+    fn current_check(&self, key: &str, source: &str) -> Option<&Check> {
+        self.checks.get(key).filter(|c| c.source == source)
+    }
+
     /// Each planned target key with when it was last checked for its current source (`None` also
     /// for a key in `again`).
     fn last_checks<'a>(
@@ -105,7 +110,7 @@ impl Store {
         again: &'a HashSet<String>,
     ) -> impl Iterator<Item = (&'a str, Option<SystemTime>)> + Clone + 'a {
         self.tasks.iter().map(move |(key, planned)| {
-            let check = self.checks.get(key).filter(|c| c.source == planned.source);
+            let check = self.current_check(key, &planned.source);
             let at = check.map(|c| c.checked).filter(|_| !again.contains(key));
             (key.as_str(), at)
         })
@@ -266,11 +271,7 @@ impl BackupStates {
         let verified = if row.state == BackupState::Verified {
             Some(at)
         } else {
-            store
-                .checks
-                .get(key)
-                .filter(|c| c.source == source)
-                .and_then(|c| c.verified)
+            store.current_check(key, source).and_then(|c| c.verified)
         };
         store.checks.insert(
             key.to_owned(),
@@ -292,7 +293,7 @@ impl BackupStates {
             .tasks
             .iter()
             .filter_map(|(key, planned)| {
-                let check = store.checks.get(key).filter(|c| c.source == planned.source)?;
+                let check = store.current_check(key, &planned.source)?;
                 let target = check.whole.as_ref()?;
                 Some((store.drills.get(key).and_then(|d| d.at), key, target))
             })
@@ -373,7 +374,7 @@ impl BackupStates {
             .map(|(key, Planned { source, task, .. })| {
                 let (key, source) = (key.clone(), source.clone());
                 let declared_by = store.declared_by(&key);
-                match store.checks.get(&key).filter(|c| c.source == source) {
+                match store.current_check(&key, &source) {
                     Some(check) => ImageBackup {
                         drill: store.drills.get(&key).cloned(),
                         key,
