@@ -305,8 +305,8 @@ impl FluxMirror {
         if !changed && !was_unusable && !respec {
             return;
         }
-        let object = followed.object.clone();
-        let secret_unusable = match self.tasks(source, &object, &scan).await {
+        let object = &followed.object;
+        let secret_unusable = match self.tasks(source, object, &scan).await {
             Ok(Scanned { tasks, secret_problem }) => {
                 let n = tasks.len();
                 let submitted = self.queue.declare(source.clone(), tasks);
